@@ -1,0 +1,92 @@
+#include "graph/device.hpp"
+
+#include <oneapi/tbb/version.h>
+
+#include <fstream>
+#include <stdexcept>
+
+namespace diffuflow {
+
+DeviceSpec DeviceSpec::parse(const std::string& text) {
+  DeviceSpec spec;
+  if (text == "cpu") return spec;
+  if (text == "gpu") {
+    spec.kind = DeviceKind::gpu;
+    return spec;
+  }
+  if (text.rfind("gpu:", 0) == 0 && text.size() > 4) {
+    const std::string digits = text.substr(4);
+    if (digits.find_first_not_of("0123456789") == std::string::npos && digits.size() < 4) {
+      spec.kind = DeviceKind::gpu;
+      spec.index = std::stoi(digits);
+      return spec;
+    }
+  }
+  throw std::invalid_argument("device must be 'cpu', 'gpu' or 'gpu:N', got '" + text + "'");
+}
+
+std::string DeviceSpec::str() const {
+  if (kind == DeviceKind::cpu) return "cpu";
+  return "gpu:" + std::to_string(index);
+}
+
+static dnnl::engine make_engine(const DeviceSpec& spec) {
+  const auto kind = spec.kind == DeviceKind::cpu ? dnnl::engine::kind::cpu : dnnl::engine::kind::gpu;
+  const size_t count = dnnl::engine::get_count(kind);
+  if (spec.kind == DeviceKind::gpu && count == 0) {
+    throw std::runtime_error(
+        "device gpu requested, but oneDNN finds no Intel GPU (an Intel GPU needs the OpenCL driver, "
+        "Debian package intel-opencl-icd); use --device cpu");
+  }
+  if (static_cast<size_t>(spec.index) >= count) {
+    throw std::runtime_error("device " + spec.str() + " requested, but oneDNN finds " + std::to_string(count) +
+                             " device(s) of that kind");
+  }
+  return dnnl::engine(kind, static_cast<size_t>(spec.index));
+}
+
+Device::Device(const DeviceSpec& spec) : spec_(spec), engine_(make_engine(spec)), stream_(engine_) {}
+
+std::shared_ptr<Device> Device::host() {
+  static std::shared_ptr<Device> device = std::make_shared<Device>(DeviceSpec{});
+  return device;
+}
+
+std::string describe_cpu_isa() {
+  switch (dnnl::get_effective_cpu_isa()) {
+    case dnnl::cpu_isa::sse41: return "sse41";
+    case dnnl::cpu_isa::avx: return "avx";
+    case dnnl::cpu_isa::avx2: return "avx2";
+    case dnnl::cpu_isa::avx2_vnni: return "avx2_vnni";
+    case dnnl::cpu_isa::avx512_core: return "avx512_core";
+    case dnnl::cpu_isa::avx512_core_vnni: return "avx512_core_vnni";
+    case dnnl::cpu_isa::avx512_core_bf16: return "avx512_core_bf16";
+    case dnnl::cpu_isa::avx512_core_amx: return "avx512_core_amx";
+    default: return "other";
+  }
+}
+
+std::string describe_versions() {
+  const dnnl_version_t* v = dnnl_version();
+  const std::string cpu_runtime = v->cpu_runtime == DNNL_RUNTIME_OMP   ? "OpenMP"
+                                  : v->cpu_runtime == DNNL_RUNTIME_TBB ? "TBB"
+                                  : v->cpu_runtime == DNNL_RUNTIME_SEQ ? "sequential"
+                                                                       : "other";
+  return "oneDNN " + std::to_string(v->major) + "." + std::to_string(v->minor) + "." + std::to_string(v->patch) +
+         " (" + cpu_runtime + " CPU runtime), oneTBB " + std::to_string(TBB_VERSION_MAJOR) + "." +
+         std::to_string(TBB_VERSION_MINOR);
+}
+
+std::string describe_cpu_model() {
+  std::ifstream cpuinfo("/proc/cpuinfo");
+  std::string line;
+  while (std::getline(cpuinfo, line)) {
+    if (line.rfind("model name", 0) == 0) {
+      const auto colon = line.find(':');
+      if (colon != std::string::npos) return line.substr(colon + 2);
+    }
+  }
+  return "unknown CPU";
+}
+
+}  // namespace diffuflow

@@ -1,0 +1,103 @@
+// Node: the unit of work in a pipeline. A node type declares its contract
+// (parameters, ports, packet fields read and written, host-only or device) and
+// is registered with one line:
+//
+//   DIFFUFLOW_REGISTER_NODE(augment, Augment)
+//
+// where Augment has `static NodeContract contract();` and a constructor
+// `Augment(const NodeConfig&, RunContext&)`. The registered name is the YAML
+// `type:` and equals the file stem of the node's source.
+#pragma once
+
+#include "graph/packet.hpp"
+#include "graph/params.hpp"
+#include "graph/run_context.hpp"
+
+#include <functional>
+#include <memory>
+#include <string>
+#include <vector>
+
+namespace diffuflow {
+
+struct PortSpec {
+  std::string name;
+  std::vector<std::string> fields;  // input: fields read; output: fields written
+  std::string doc;                  // shapes in words, e.g. "x0 [N,C,H,W] f32 in [-1,1]"
+};
+
+enum class InputPolicy {
+  join,  // one packet from every input port with the same seq (tag-matching join)
+  any    // each packet as it arrives, on whichever port (loops, merges)
+};
+
+struct NodeContract {
+  std::string type;  // filled in by the registration macro
+  std::string doc;
+  std::string example;  // a YAML snippet
+  std::vector<ParamSpec> params;
+  std::vector<PortSpec> inputs;
+  std::vector<PortSpec> outputs;
+  InputPolicy input_policy = InputPolicy::join;
+  bool host_only = true;    // false: runs its oneDNN work on the compute executor
+  bool passthrough = true;  // output packets carry the fields of the input packet
+  int max_concurrency = 0;  // 0: any `concurrency:` is allowed; 1: the node is serial by nature
+
+  bool is_source() const { return inputs.empty(); }
+  int input_index(const std::string& port) const;
+  int output_index(const std::string& port) const;
+};
+
+struct NodeConfig {
+  std::string name;
+  std::string type;
+  Params params;
+  int concurrency = 1;
+};
+
+// What a node receives: for InputPolicy::join one packet per input port (same
+// seq); for InputPolicy::any a single packet and the port it came in on.
+struct NodeInput {
+  int port = 0;
+  std::vector<PacketPtr> packets;
+
+  const Packet& operator[](size_t i) const { return *packets.at(i); }
+  const Packet& packet() const { return *packets.at(0); }
+  const PacketPtr& ptr(size_t i = 0) const { return packets.at(i); }
+  int64_t seq() const { return packets.at(0)->seq(); }
+};
+
+// Where a node puts its results: zero or more packets per call, on any output port.
+class Emitter {
+ public:
+  virtual ~Emitter() = default;
+  virtual void emit(int port, PacketPtr packet) = 0;
+  void emit(PacketPtr packet) { emit(0, std::move(packet)); }
+  void emit(Packet packet) { emit(0, std::move(packet).share()); }
+  void emit(int port, Packet packet) { emit(port, std::move(packet).share()); }
+};
+
+class Node {
+ public:
+  Node(const NodeConfig& config, RunContext& ctx) : name_(config.name), ctx_(ctx) {}
+  virtual ~Node() = default;
+  Node(const Node&) = delete;
+  Node& operator=(const Node&) = delete;
+
+  // Non-source nodes: called once per input (see NodeInput).
+  virtual void process(const NodeInput& in, Emitter& out) {}
+  // Source nodes: emit the next packet(s); return false when exhausted. Called
+  // serially. Sources must honour ctx().stop_requested() and ctx().max_steps.
+  virtual bool produce(Emitter& out) { return false; }
+  // Called once after the graph has drained (write a final grid, a summary).
+  virtual void finish() {}
+
+  const std::string& name() const { return name_; }
+  RunContext& ctx() { return ctx_; }
+
+ private:
+  std::string name_;
+  RunContext& ctx_;
+};
+
+}  // namespace diffuflow

@@ -1,0 +1,44 @@
+// Resource: an object several nodes share (model weights, optimiser state, a
+// noise schedule), declared once under `resources:` and looked up by name:
+//
+//   resources:
+//     - name: schedule
+//       type: noise_schedule
+//       params: {kind: linear, timesteps: 1000}
+//
+//   DIFFUFLOW_REGISTER_RESOURCE(noise_schedule, NoiseSchedule)
+//
+// where NoiseSchedule has `static ResourceContract contract();` and a
+// constructor `NoiseSchedule(const ResourceConfig&, RunContext&)`.
+#pragma once
+
+#include "graph/params.hpp"
+#include "graph/run_context.hpp"
+
+#include <string>
+#include <vector>
+
+namespace diffuflow {
+
+struct ResourceContract {
+  std::string type;  // filled in by the registration macro
+  std::string doc;
+  std::vector<ParamSpec> params;
+  // Extra checks after the table has resolved (cross-parameter rules, a
+  // config file that must exist and parse). Throw ConfigError; the validator
+  // attaches the resource's location.
+  void (*check)(const Params& params) = nullptr;
+};
+
+struct ResourceConfig {
+  std::string name;
+  std::string type;
+  Params params;
+};
+
+class Resource {
+ public:
+  virtual ~Resource() = default;
+};
+
+}  // namespace diffuflow

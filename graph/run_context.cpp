@@ -1,0 +1,77 @@
+#include "graph/run_context.hpp"
+
+#include "graph/resource.hpp"
+
+#include <nlohmann/json.hpp>
+
+#include <cmath>
+#include <functional>
+#include <iostream>
+
+namespace diffuflow {
+
+MetricsLog::MetricsLog(const std::filesystem::path& file) : out_(file, std::ios::app) {
+  if (!out_) throw std::runtime_error("cannot open metrics file " + file.string() + " for writing");
+}
+
+void MetricsLog::log(int64_t step, const std::string& node, const std::string& name, double value) {
+  std::lock_guard<std::mutex> lock(mutex_);
+  latest_[name] = value;
+  if (!out_.is_open()) return;
+  nlohmann::json line = {{"step", step}, {"node", node}, {"name", name}};
+  if (std::isfinite(value)) {
+    line["value"] = value;
+  } else {
+    line["value"] = std::isnan(value) ? "nan" : (value > 0 ? "inf" : "-inf");
+  }
+  out_ << line.dump() << '\n';
+}
+
+double MetricsLog::latest(const std::string& name) const {
+  std::lock_guard<std::mutex> lock(mutex_);
+  auto it = latest_.find(name);
+  return it == latest_.end() ? std::nan("") : it->second;
+}
+
+void MetricsLog::flush() {
+  std::lock_guard<std::mutex> lock(mutex_);
+  if (out_.is_open()) out_.flush();
+}
+
+RunContext::RunContext() : RunContext(Device::host(), 0) {}
+
+RunContext::RunContext(std::shared_ptr<Device> device, uint64_t seed)
+    : device_(std::move(device)), seed_(seed), metrics_(std::make_shared<MetricsLog>()) {}
+
+uint64_t RunContext::mix(uint64_t a, uint64_t b) {
+  // splitmix64 finaliser over a combined word
+  uint64_t z = a + 0x9e3779b97f4a7c15ULL * (b + 1);
+  z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ULL;
+  z = (z ^ (z >> 27)) * 0x94d049bb133111ebULL;
+  return z ^ (z >> 31);
+}
+
+std::mt19937_64 RunContext::rng(const std::string& name, int64_t seq) const {
+  // FNV-1a of the name: stable across platforms, unlike std::hash.
+  uint64_t h = 1469598103934665603ULL;
+  for (unsigned char c : name) h = (h ^ c) * 1099511628211ULL;
+  return std::mt19937_64(mix(mix(seed_, h), static_cast<uint64_t>(seq)));
+}
+
+void RunContext::add_resource(const std::string& name, std::shared_ptr<Resource> resource) {
+  resources_[name] = std::move(resource);
+}
+
+std::shared_ptr<Resource> RunContext::resource(const std::string& name) const {
+  auto it = resources_.find(name);
+  if (it == resources_.end()) throw std::runtime_error("no resource named '" + name + "'");
+  return it->second;
+}
+
+void RunContext::info(const std::string& line) const {
+  static std::mutex mutex;
+  std::lock_guard<std::mutex> lock(mutex);
+  std::cerr << line << std::endl;
+}
+
+}  // namespace diffuflow

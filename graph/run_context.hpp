@@ -1,0 +1,90 @@
+// RunContext: the services a running pipeline gives its nodes and resources:
+// the device, the seed and per-node random streams, the output folder, the
+// metrics log, shared resources by name, and the stop flag.
+#pragma once
+
+#include "graph/device.hpp"
+#include "graph/params.hpp"
+
+#include <atomic>
+#include <cstdint>
+#include <filesystem>
+#include <fstream>
+#include <map>
+#include <memory>
+#include <mutex>
+#include <random>
+#include <string>
+
+namespace diffuflow {
+
+class Resource;
+
+// Metrics as JSON lines: {"step": 12, "node": "loss", "name": "loss", "value": 0.31}.
+class MetricsLog {
+ public:
+  MetricsLog() = default;
+  explicit MetricsLog(const std::filesystem::path& file);
+  void log(int64_t step, const std::string& node, const std::string& name, double value);
+  // The latest value of a metric (NaN when never logged), for progress lines.
+  double latest(const std::string& name) const;
+  void flush();
+
+ private:
+  mutable std::mutex mutex_;
+  std::ofstream out_;
+  std::map<std::string, double> latest_;
+};
+
+class RunContext {
+ public:
+  RunContext();
+  explicit RunContext(std::shared_ptr<Device> device, uint64_t seed = 0);
+
+  Device& device() { return *device_; }
+  std::shared_ptr<Device> device_ptr() const { return device_; }
+  uint64_t seed() const { return seed_; }
+  void set_seed(uint64_t seed) { seed_ = seed; }
+  bool deterministic = false;
+  int threads = 0;  // 0: all cores
+
+  // A random stream that depends only on (pipeline seed, name, seq), never on
+  // thread scheduling: the basis of reproducible runs.
+  std::mt19937_64 rng(const std::string& name, int64_t seq = 0) const;
+  static uint64_t mix(uint64_t a, uint64_t b);
+
+  // Where artefacts go; empty when the run writes nothing (validation, tests).
+  const std::filesystem::path& out_dir() const { return out_dir_; }
+  void set_out_dir(std::filesystem::path dir) { out_dir_ = std::move(dir); }
+  MetricsLog& metrics() { return *metrics_; }
+  void set_metrics(std::shared_ptr<MetricsLog> metrics) { metrics_ = std::move(metrics); }
+
+  // Step budget for sources: -1 means unbounded.
+  int64_t max_steps = -1;
+  std::atomic<bool>& stop_flag() { return stop_; }
+  bool stop_requested() const { return stop_.load(std::memory_order_relaxed); }
+  void request_stop() { stop_.store(true); }
+
+  // Shared objects declared under `resources:`, looked up by name and type.
+  void add_resource(const std::string& name, std::shared_ptr<Resource> resource);
+  std::shared_ptr<Resource> resource(const std::string& name) const;
+  template <typename T>
+  std::shared_ptr<T> resource_as(const std::string& name) const {
+    auto typed = std::dynamic_pointer_cast<T>(resource(name));
+    if (!typed) throw std::runtime_error("resource '" + name + "' is not of the type this node needs");
+    return typed;
+  }
+
+  // One line to stderr, serialised across threads.
+  void info(const std::string& line) const;
+
+ private:
+  std::shared_ptr<Device> device_;
+  uint64_t seed_ = 0;
+  std::filesystem::path out_dir_;
+  std::shared_ptr<MetricsLog> metrics_;
+  std::atomic<bool> stop_{false};
+  std::map<std::string, std::shared_ptr<Resource>> resources_;
+};
+
+}  // namespace diffuflow

@@ -1,0 +1,54 @@
+// diffuflow: the command-line entry point. Subcommands register themselves
+// (runners/command.hpp); this file only dispatches and maps errors to exit codes.
+#include "graph/errors.hpp"
+#include "runners/command.hpp"
+
+#include <exception>
+#include <iostream>
+
+int main(int argc, char** argv) {
+  using namespace diffuflow;
+  auto& table = commands();
+  auto usage = [&](std::ostream& out) {
+    out << "usage: diffuflow <command> [options]\n\ncommands:\n";
+    for (const auto& [name, command] : table) {
+      out << "  " << command.usage << "\n      " << command.summary << "\n";
+    }
+    out << "\n'diffuflow <command> --help' describes a command's options.\n";
+  };
+  if (argc < 2) {
+    usage(std::cerr);
+    return kExitBadInput;
+  }
+  const std::string name = argv[1];
+  if (name == "--help" || name == "-h" || name == "help") {
+    usage(std::cout);
+    return kExitOk;
+  }
+  auto it = table.find(name);
+  if (it == table.end()) {
+    std::vector<std::string> names;
+    for (const auto& [n, c] : table) names.push_back(n);
+    std::string near = closest_match(name, names);
+    std::cerr << "diffuflow: unknown command '" << name << "'" << (near.empty() ? "" : " (did you mean '" + near + "'?)")
+              << "\n";
+    usage(std::cerr);
+    return kExitBadInput;
+  }
+  std::vector<std::string> args(argv + 2, argv + argc);
+  try {
+    return it->second.run(args);
+  } catch (const ConfigErrors& e) {
+    std::cerr << e.what() << "\n";
+    return kExitBadInput;
+  } catch (const ConfigError& e) {
+    std::cerr << e.what() << "\n";
+    return kExitBadInput;
+  } catch (const DataError& e) {
+    std::cerr << "error: " << e.what() << "\n";
+    return kExitBadInput;
+  } catch (const std::exception& e) {
+    std::cerr << "error: " << e.what() << "\n";
+    return kExitFailure;
+  }
+}
