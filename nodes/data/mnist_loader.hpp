@@ -1,0 +1,67 @@
+// mnist_loader: batches of MNIST digits from the four standard IDX files
+// (train-images-idx3-ubyte, train-labels-idx1-ubyte, t10k-images-idx3-ubyte,
+// t10k-labels-idx1-ubyte), each gzip-compressed (.gz) or raw.
+//
+// Example config:
+//   - name: data
+//     type: mnist_loader
+//     params: {path: ../shared/data/mnist, split: train, batch_size: 64, epochs: 0}
+//
+// out: x0     [N,1,28,28] f32 in [-1,1] (u8/255*2-1) on the host
+//      labels [N] s32, the digit of each image
+//
+// A source: one batch per call, seq = batch index. Every problem with the
+// files (missing, wrong magic number, truncated, counts that disagree) is a
+// DataError naming the file.
+#pragma once
+
+#include "graph/node.hpp"
+#include "nodes/data/epoch_batcher.hpp"
+
+#include <cstdint>
+#include <filesystem>
+#include <memory>
+#include <string>
+#include <vector>
+
+namespace diffuflow {
+
+// The decoded contents of one IDX image file and its label file.
+struct IdxDataset {
+  int64_t count = 0;
+  int64_t rows = 0;
+  int64_t cols = 0;
+  std::vector<uint8_t> pixels;  // count * rows * cols, row-major
+  std::vector<uint8_t> labels;  // count
+};
+
+// Reads and checks an IDX image file / label file (gzip or raw). Throws DataError.
+IdxDataset read_idx_images(const std::filesystem::path& file);
+std::vector<uint8_t> read_idx_labels(const std::filesystem::path& file);
+// Reads a split ("train" or "test") from an MNIST folder; finds each file with
+// or without ".gz" and checks that image and label counts agree.
+IdxDataset read_mnist_split(const std::filesystem::path& folder, const std::string& split);
+
+class MnistLoader : public Node {
+ public:
+  struct Params {
+    std::string path;
+    std::string split = "train";
+    BatchOptions batch;
+    int64_t limit = 0;  // 0: all images
+  };
+
+  static NodeContract contract();
+  MnistLoader(const NodeConfig& config, RunContext& ctx);
+  bool produce(Emitter& out) override;
+
+  int64_t size() const { return data_.count; }
+
+ private:
+  Params params_;
+  IdxDataset data_;
+  std::unique_ptr<EpochBatcher> batcher_;
+  int64_t emitted_ = 0;
+};
+
+}  // namespace diffuflow
