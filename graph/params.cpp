@@ -27,6 +27,10 @@ namespace {
 
 std::string number_str(double v) {
   std::ostringstream out;
+  if (v == static_cast<double>(static_cast<long long>(v)) && std::fabs(v) < 1e15) {
+    out << static_cast<long long>(v);
+    return out.str();
+  }
   out << v;
   return out.str();
 }

@@ -1,11 +1,21 @@
 #include "graph/registry.hpp"
 
+#include "graph/limiter.hpp"
+
 #include <stdexcept>
 
 namespace diffuflow {
 
 Registry& Registry::instance() {
-  static Registry registry;
+  // Built-in graph types are added here, not by static registration lines:
+  // graph/ is a static library and the linker would drop an unreferenced one.
+  static Registry registry = [] {
+    Registry r;
+    r.add_node(kLimiterType, Limiter::contract(), [](const NodeConfig& config, RunContext& ctx) {
+      return std::unique_ptr<Node>(std::make_unique<Limiter>(config, ctx));
+    });
+    return r;
+  }();
   return registry;
 }
 

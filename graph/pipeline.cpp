@@ -1,0 +1,659 @@
+// The only translation unit that includes <tbb/flow_graph.h>: nodes are
+// unit-tested without a graph, and every graph is built here.
+#include "graph/pipeline.hpp"
+
+#include "graph/limiter.hpp"
+#include "graph/node.hpp"
+#include "graph/registry.hpp"
+
+#include <nlohmann/json.hpp>
+#include <oneapi/tbb/flow_graph.h>
+#include <oneapi/tbb/global_control.h>
+#include <omp.h>
+
+#include <algorithm>
+#include <chrono>
+#include <condition_variable>
+#include <deque>
+#include <fstream>
+#include <functional>
+#include <iomanip>
+#include <mutex>
+#include <sstream>
+#include <thread>
+
+namespace diffuflow {
+
+namespace flow = oneapi::tbb::flow;
+
+namespace {
+
+using Msg = PacketPtr;
+using Clock = std::chrono::steady_clock;
+
+// What a node body receives: the port (for `any` nodes) and the packet(s).
+struct Work {
+  int port = 0;
+  std::vector<PacketPtr> packets;
+};
+
+// What a node body returns: packets tagged with the output port they go to.
+using Routed = std::vector<std::pair<int, PacketPtr>>;
+using RoutedPtr = std::shared_ptr<Routed>;
+
+constexpr int kMaxPorts = 4;
+using RouterPorts = std::tuple<Msg, Msg, Msg, Msg>;
+using Router = flow::multifunction_node<RoutedPtr, RouterPorts>;
+using Join2 = flow::join_node<std::tuple<Msg, Msg>, flow::tag_matching>;
+using Join3 = flow::join_node<std::tuple<Msg, Msg, Msg>, flow::tag_matching>;
+using Join4 = flow::join_node<std::tuple<Msg, Msg, Msg, Msg>, flow::tag_matching>;
+
+constexpr const char* kTicketField = "_ticket";
+
+// Held by every packet that descends from one source packet. When the last
+// such packet is gone, the source may emit one more (see RunOptions::prefetch).
+class Ticket : public Payload {
+ public:
+  explicit Ticket(std::function<void()> release) : release_(std::move(release)) {}
+  ~Ticket() override { release_(); }
+
+ private:
+  std::function<void()> release_;
+};
+
+class CollectingEmitter : public Emitter {
+ public:
+  CollectingEmitter(Routed& out, size_t ports, const std::string& node) : out_(out), ports_(ports), node_(node) {}
+  void emit(int port, PacketPtr packet) override {
+    if (port < 0 || static_cast<size_t>(port) >= ports_) {
+      throw std::logic_error("node '" + node_ + "' emitted on output port " + std::to_string(port) + " of " +
+                             std::to_string(ports_));
+    }
+    out_.emplace_back(port, std::move(packet));
+  }
+
+ private:
+  Routed& out_;
+  size_t ports_;
+  const std::string& node_;
+};
+
+// One thread that runs every device node's oneDNN work, with an OpenMP team
+// of its own: TBB workers run the data path, this thread owns the compute cores.
+class ComputeExecutor {
+ public:
+  explicit ComputeExecutor(int omp_threads) : thread_([this, omp_threads] { loop(omp_threads); }) {}
+  ~ComputeExecutor() {
+    {
+      std::lock_guard<std::mutex> lock(mutex_);
+      closing_ = true;
+    }
+    ready_.notify_one();
+    thread_.join();
+  }
+  void submit(std::function<void()> job) {
+    {
+      std::lock_guard<std::mutex> lock(mutex_);
+      jobs_.push_back(std::move(job));
+    }
+    ready_.notify_one();
+  }
+
+ private:
+  void loop(int omp_threads) {
+    if (omp_threads > 0) omp_set_num_threads(omp_threads);
+    for (;;) {
+      std::function<void()> job;
+      {
+        std::unique_lock<std::mutex> lock(mutex_);
+        ready_.wait(lock, [this] { return closing_ || !jobs_.empty(); });
+        if (jobs_.empty()) return;
+        job = std::move(jobs_.front());
+        jobs_.pop_front();
+      }
+      job();
+    }
+  }
+
+  std::mutex mutex_;
+  std::condition_variable ready_;
+  std::deque<std::function<void()>> jobs_;
+  bool closing_ = false;
+  std::thread thread_;
+};
+
+struct Interval {
+  int64_t start_ns;
+  int64_t end_ns;
+  int64_t seq;
+};
+
+}  // namespace
+
+struct Pipeline::Impl {
+  struct Runtime {
+    const NodeSpec* spec = nullptr;
+    const NodeContract* contract = nullptr;
+    std::unique_ptr<Node> node;
+    // Graph pieces (only those this node needs are set).
+    std::unique_ptr<flow::input_node<Msg>> source;
+    std::unique_ptr<flow::limiter_node<Msg>> source_gate;
+    std::unique_ptr<flow::queue_node<Msg>> limiter_queue;
+    std::unique_ptr<flow::limiter_node<Msg>> limiter;
+    std::unique_ptr<flow::function_node<Msg, flow::continue_msg>> decrement;
+    std::vector<std::unique_ptr<flow::function_node<Msg, Work>>> adapters;
+    std::unique_ptr<flow::graph_node> join;
+    std::unique_ptr<flow::graph_node> join_adapter;
+    std::unique_ptr<flow::function_node<Work, RoutedPtr>> body;
+    std::unique_ptr<flow::async_node<Work, RoutedPtr>> async_body;
+    std::unique_ptr<Router> router;
+    // Source state (the input_node body runs serially).
+    std::deque<PacketPtr> pending;
+    bool exhausted = false;
+    int64_t emitted = 0;
+    // Profile.
+    std::mutex profile_mutex;
+    std::vector<Interval> intervals;
+  };
+
+  const PipelineSpec& spec;
+  RunContext& ctx;
+  RunOptions options;
+  flow::graph graph;
+  std::vector<std::unique_ptr<Runtime>> nodes;
+  std::unique_ptr<ComputeExecutor> executor;
+  std::shared_ptr<std::atomic<bool>> alive = std::make_shared<std::atomic<bool>>(true);
+  Clock::time_point start;
+
+  std::mutex failure_mutex;
+  std::exception_ptr failure;
+  std::string failure_node;
+  int64_t failure_step = -1;
+  std::atomic<bool> failed{false};
+
+  Impl(const PipelineSpec& s, RunContext& c, RunOptions o) : spec(s), ctx(c), options(std::move(o)) {}
+  ~Impl() { alive->store(false); }
+
+  int64_t now_ns() const {
+    return std::chrono::duration_cast<std::chrono::nanoseconds>(Clock::now() - start).count();
+  }
+
+  void record(Runtime& rt, int64_t t0, int64_t t1, int64_t seq) {
+    std::lock_guard<std::mutex> lock(rt.profile_mutex);
+    rt.intervals.push_back({t0, t1, seq});
+  }
+
+  void fail(Runtime& rt, int64_t seq, std::exception_ptr error) {
+    {
+      std::lock_guard<std::mutex> lock(failure_mutex);
+      if (!failure) {
+        failure = error;
+        failure_node = rt.spec->name;
+        failure_step = seq;
+      }
+    }
+    failed.store(true);
+    ctx.request_stop();
+    graph.cancel();
+  }
+
+  RoutedPtr invoke(Runtime& rt, const Work& work) {
+    auto routed = std::make_shared<Routed>();
+    if (failed.load()) return routed;
+    const int64_t seq = work.packets.empty() ? -1 : work.packets.front()->seq();
+    const int64_t t0 = now_ns();
+    try {
+      CollectingEmitter emitter(*routed, rt.contract->outputs.size(), rt.spec->name);
+      rt.node->process(NodeInput{work.port, work.packets}, emitter);
+    } catch (...) {
+      fail(rt, seq, std::current_exception());
+      routed->clear();
+    }
+    record(rt, t0, now_ns(), seq);
+    return routed;
+  }
+
+  Msg produce(Runtime& rt, oneapi::tbb::flow_control& control) {
+    while (rt.pending.empty()) {
+      const bool budget_spent = ctx.max_steps >= 0 && rt.emitted >= ctx.max_steps;
+      if (rt.exhausted || budget_spent || ctx.stop_requested() || failed.load()) {
+        control.stop();
+        return {};
+      }
+      Routed out;
+      const int64_t t0 = now_ns();
+      try {
+        CollectingEmitter emitter(out, rt.contract->outputs.size(), rt.spec->name);
+        if (!rt.node->produce(emitter)) rt.exhausted = true;
+      } catch (...) {
+        fail(rt, rt.emitted, std::current_exception());
+        control.stop();
+        return {};
+      }
+      record(rt, t0, now_ns(), rt.emitted);
+      for (auto& [port, packet] : out) rt.pending.push_back(std::move(packet));
+    }
+    PacketPtr next = std::move(rt.pending.front());
+    rt.pending.pop_front();
+    ++rt.emitted;
+    // Attach the ticket that frees a prefetch slot when the last descendant dies.
+    std::weak_ptr<std::atomic<bool>> alive_flag = alive;
+    flow::limiter_node<Msg>* gate = rt.source_gate.get();
+    auto ticket = std::make_shared<const Ticket>([alive_flag, gate] {
+      auto flag = alive_flag.lock();
+      if (flag && flag->load()) gate->decrementer().try_put(flow::continue_msg());
+    });
+    Packet stamped = *next;
+    stamped.set(kTicketField, std::shared_ptr<const Payload>(ticket));
+    return std::move(stamped).share();
+  }
+
+  void build() {
+    const auto& registry = Registry::instance();
+    for (const auto& r : spec.resources) {
+      ResourceConfig config{r.name, r.type, r.params};
+      ctx.add_resource(r.name, registry.create_resource(config, ctx));
+    }
+    for (const auto& n : spec.nodes) {
+      auto rt = std::make_unique<Runtime>();
+      rt->spec = &n;
+      rt->contract = registry.node_contract(n.type);
+      if (rt->contract->outputs.size() > kMaxPorts || rt->contract->inputs.size() > kMaxPorts) {
+        throw std::logic_error("node type '" + n.type + "' has more than " + std::to_string(kMaxPorts) + " ports");
+      }
+      NodeConfig config{n.name, n.type, n.params, n.concurrency};
+      rt->node = registry.create_node(config, ctx);
+      nodes.push_back(std::move(rt));
+    }
+    bool any_device_node = false;
+    for (auto& rt : nodes) make_flow_nodes(*rt, any_device_node);
+    if (any_device_node) executor = std::make_unique<ComputeExecutor>(options.compute_threads);
+    for (const auto& e : spec.edges) connect(e);
+  }
+
+  static size_t concurrency_of(const NodeSpec& n) {
+    return n.concurrency == 0 ? flow::unlimited : static_cast<size_t>(n.concurrency);
+  }
+
+  void make_flow_nodes(Runtime& rt, bool& any_device_node) {
+    Runtime* r = &rt;
+    const NodeContract& c = *rt.contract;
+    if (c.type == kLimiterType) {
+      rt.limiter_queue = std::make_unique<flow::queue_node<Msg>>(graph);
+      rt.limiter = std::make_unique<flow::limiter_node<Msg>>(
+          graph, static_cast<size_t>(rt.spec->params.integer("max_in_flight")));
+      flow::make_edge(*rt.limiter_queue, *rt.limiter);
+      rt.decrement = std::make_unique<flow::function_node<Msg, flow::continue_msg>>(
+          graph, flow::unlimited, [](const Msg&) { return flow::continue_msg(); });
+      flow::make_edge(*rt.decrement, rt.limiter->decrementer());
+      return;
+    }
+    if (c.is_source()) {
+      rt.source = std::make_unique<flow::input_node<Msg>>(
+          graph, [this, r](oneapi::tbb::flow_control& control) { return produce(*r, control); });
+      rt.source_gate =
+          std::make_unique<flow::limiter_node<Msg>>(graph, static_cast<size_t>(std::max(1, options.prefetch)));
+      flow::make_edge(*rt.source, *rt.source_gate);
+      return;
+    }
+    // Body.
+    if (c.host_only) {
+      rt.body = std::make_unique<flow::function_node<Work, RoutedPtr>>(
+          graph, concurrency_of(*rt.spec), [this, r](const Work& work) { return invoke(*r, work); });
+    } else {
+      any_device_node = true;
+      using Gateway = flow::async_node<Work, RoutedPtr>::gateway_type;
+      rt.async_body = std::make_unique<flow::async_node<Work, RoutedPtr>>(
+          graph, concurrency_of(*rt.spec), [this, r](const Work& work, Gateway& gateway) {
+            gateway.reserve_wait();
+            executor->submit([this, r, work = Work(work), &gateway]() mutable {
+              RoutedPtr routed = invoke(*r, work);
+              work.packets.clear();
+              gateway.try_put(routed);
+              gateway.release_wait();
+            });
+          });
+    }
+    flow::receiver<Work>& body_in = rt.body ? static_cast<flow::receiver<Work>&>(*rt.body)
+                                            : static_cast<flow::receiver<Work>&>(*rt.async_body);
+    flow::sender<RoutedPtr>& body_out = rt.body ? static_cast<flow::sender<RoutedPtr>&>(*rt.body)
+                                                : static_cast<flow::sender<RoutedPtr>&>(*rt.async_body);
+    // Inputs.
+    const size_t k = c.inputs.size();
+    if (c.input_policy == InputPolicy::any || k == 1) {
+      for (size_t p = 0; p < k; ++p) {
+        const int port = static_cast<int>(p);
+        rt.adapters.push_back(std::make_unique<flow::function_node<Msg, Work>>(
+            graph, flow::unlimited, [port](const Msg& m) { return Work{port, {m}}; }));
+        flow::make_edge(*rt.adapters.back(), body_in);
+      }
+    } else {
+      make_join(rt, k, body_in);
+    }
+    // Outputs.
+    if (!c.outputs.empty()) {
+      const size_t router_concurrency = rt.spec->concurrency == 1 ? flow::serial : flow::unlimited;
+      rt.router = std::make_unique<Router>(
+          graph, router_concurrency, [](const RoutedPtr& routed, Router::output_ports_type& ports) {
+            for (auto& [port, packet] : *routed) {
+              switch (port) {
+                case 0: std::get<0>(ports).try_put(packet); break;
+                case 1: std::get<1>(ports).try_put(packet); break;
+                case 2: std::get<2>(ports).try_put(packet); break;
+                default: std::get<3>(ports).try_put(packet); break;
+              }
+            }
+          });
+      flow::make_edge(body_out, *rt.router);
+    }
+  }
+
+  void make_join(Runtime& rt, size_t k, flow::receiver<Work>& body_in) {
+    auto tag = [](const Msg& m) { return static_cast<flow::tag_value>(m->seq()); };
+    if (k == 2) {
+      auto join = std::make_unique<Join2>(graph, tag, tag);
+      auto adapter = std::make_unique<flow::function_node<std::tuple<Msg, Msg>, Work>>(
+          graph, flow::unlimited,
+          [](const std::tuple<Msg, Msg>& t) { return Work{0, {std::get<0>(t), std::get<1>(t)}}; });
+      flow::make_edge(*join, *adapter);
+      flow::make_edge(*adapter, body_in);
+      rt.join = std::move(join);
+      rt.join_adapter = std::move(adapter);
+    } else if (k == 3) {
+      auto join = std::make_unique<Join3>(graph, tag, tag, tag);
+      auto adapter = std::make_unique<flow::function_node<std::tuple<Msg, Msg, Msg>, Work>>(
+          graph, flow::unlimited, [](const std::tuple<Msg, Msg, Msg>& t) {
+            return Work{0, {std::get<0>(t), std::get<1>(t), std::get<2>(t)}};
+          });
+      flow::make_edge(*join, *adapter);
+      flow::make_edge(*adapter, body_in);
+      rt.join = std::move(join);
+      rt.join_adapter = std::move(adapter);
+    } else {
+      auto join = std::make_unique<Join4>(graph, tag, tag, tag, tag);
+      auto adapter = std::make_unique<flow::function_node<std::tuple<Msg, Msg, Msg, Msg>, Work>>(
+          graph, flow::unlimited, [](const std::tuple<Msg, Msg, Msg, Msg>& t) {
+            return Work{0, {std::get<0>(t), std::get<1>(t), std::get<2>(t), std::get<3>(t)}};
+          });
+      flow::make_edge(*join, *adapter);
+      flow::make_edge(*adapter, body_in);
+      rt.join = std::move(join);
+      rt.join_adapter = std::move(adapter);
+    }
+  }
+
+  flow::sender<Msg>& output_of(Runtime& rt, int port) {
+    if (rt.limiter) return *rt.limiter;
+    if (rt.source_gate) return *rt.source_gate;
+    switch (port) {
+      case 0: return flow::output_port<0>(*rt.router);
+      case 1: return flow::output_port<1>(*rt.router);
+      case 2: return flow::output_port<2>(*rt.router);
+      default: return flow::output_port<3>(*rt.router);
+    }
+  }
+
+  flow::receiver<Msg>& input_of(Runtime& rt, int port) {
+    if (rt.limiter) {
+      if (port == 0) return *rt.limiter_queue;
+      return *rt.decrement;
+    }
+    if (!rt.join) return *rt.adapters.at(static_cast<size_t>(port));
+    const size_t k = rt.contract->inputs.size();
+    if (k == 2) {
+      auto& j = static_cast<Join2&>(*rt.join);
+      if (port == 0) return flow::input_port<0>(j);
+      return flow::input_port<1>(j);
+    }
+    if (k == 3) {
+      auto& j = static_cast<Join3&>(*rt.join);
+      if (port == 0) return flow::input_port<0>(j);
+      if (port == 1) return flow::input_port<1>(j);
+      return flow::input_port<2>(j);
+    }
+    auto& j = static_cast<Join4&>(*rt.join);
+    if (port == 0) return flow::input_port<0>(j);
+    if (port == 1) return flow::input_port<1>(j);
+    if (port == 2) return flow::input_port<2>(j);
+    return flow::input_port<3>(j);
+  }
+
+  void connect(const EdgeSpec& e) {
+    Runtime& from = *nodes.at(static_cast<size_t>(spec.node_index(e.from_node)));
+    Runtime& to = *nodes.at(static_cast<size_t>(spec.node_index(e.to_node)));
+    const int from_port = e.from_port.empty() ? 0 : from.contract->output_index(e.from_port);
+    const int to_port = e.to_port.empty() ? 0 : to.contract->input_index(e.to_port);
+    flow::make_edge(output_of(from, from_port), input_of(to, to_port));
+  }
+
+  NodeProfile profile_of(Runtime& rt, double wall_s) {
+    NodeProfile p;
+    p.name = rt.spec->name;
+    p.type = rt.spec->type;
+    std::vector<Interval> intervals;
+    {
+      std::lock_guard<std::mutex> lock(rt.profile_mutex);
+      intervals = rt.intervals;
+    }
+    p.count = static_cast<int64_t>(intervals.size());
+    if (intervals.empty()) {
+      p.wait_s = wall_s;
+      return p;
+    }
+    std::vector<double> durations;
+    for (const auto& i : intervals) durations.push_back((i.end_ns - i.start_ns) * 1e-9);
+    for (double d : durations) p.busy_s += d;
+    p.mean_ms = p.busy_s / durations.size() * 1e3;
+    std::sort(durations.begin(), durations.end());
+    p.p95_ms = durations[std::min(durations.size() - 1, static_cast<size_t>(0.95 * durations.size()))] * 1e3;
+    std::sort(intervals.begin(), intervals.end(), [](const Interval& a, const Interval& b) {
+      return a.start_ns < b.start_ns;
+    });
+    int64_t covered = 0, open_start = intervals[0].start_ns, open_end = intervals[0].end_ns;
+    for (const auto& i : intervals) {
+      if (i.start_ns > open_end) {
+        covered += open_end - open_start;
+        open_start = i.start_ns;
+        open_end = i.end_ns;
+      } else {
+        open_end = std::max(open_end, i.end_ns);
+      }
+    }
+    covered += open_end - open_start;
+    p.active_s = covered * 1e-9;
+    p.wait_s = std::max(0.0, wall_s - p.active_s);
+    p.busy_fraction = wall_s > 0 ? p.active_s / wall_s : 0;
+    return p;
+  }
+
+  void write_trace(const std::string& path) {
+    nlohmann::json events = nlohmann::json::array();
+    for (size_t i = 0; i < nodes.size(); ++i) {
+      Runtime& rt = *nodes[i];
+      events.push_back({{"name", "thread_name"}, {"ph", "M"}, {"pid", 1}, {"tid", i},
+                        {"args", {{"name", rt.spec->name + " (" + rt.spec->type + ")"}}}});
+      std::lock_guard<std::mutex> lock(rt.profile_mutex);
+      for (const auto& iv : rt.intervals) {
+        events.push_back({{"name", rt.spec->name}, {"cat", rt.spec->type}, {"ph", "X"}, {"pid", 1}, {"tid", i},
+                          {"ts", iv.start_ns / 1000.0}, {"dur", (iv.end_ns - iv.start_ns) / 1000.0},
+                          {"args", {{"seq", iv.seq}}}});
+      }
+    }
+    nlohmann::json trace = {{"traceEvents", events}, {"displayTimeUnit", "ms"}};
+    std::ofstream out(path);
+    if (!out) throw std::runtime_error("cannot write the trace file " + path);
+    out << trace.dump() << '\n';
+    if (!out) throw std::runtime_error("cannot write the trace file " + path);
+  }
+};
+
+Pipeline::Pipeline(const PipelineSpec& spec, RunContext& ctx, RunOptions options)
+    : impl_(std::make_unique<Impl>(spec, ctx, std::move(options))) {
+  impl_->build();
+}
+
+Pipeline::~Pipeline() = default;
+
+Node& Pipeline::node(const std::string& name) {
+  for (auto& rt : impl_->nodes)
+    if (rt->spec->name == name) return *rt->node;
+  throw std::out_of_range("no node named '" + name + "'");
+}
+
+RunReport Pipeline::run() {
+  Impl& impl = *impl_;
+  impl.start = Clock::now();
+
+  // --max-time: a watchdog asks the sources to stop; packets in flight drain.
+  std::mutex watchdog_mutex;
+  std::condition_variable watchdog_cv;
+  bool done = false;
+  std::thread watchdog;
+  if (impl.options.max_time_s > 0) {
+    watchdog = std::thread([&] {
+      std::unique_lock<std::mutex> lock(watchdog_mutex);
+      const auto deadline = impl.start + std::chrono::duration<double>(impl.options.max_time_s);
+      if (!watchdog_cv.wait_until(lock, deadline, [&] { return done; })) impl.ctx.request_stop();
+    });
+  }
+
+  for (auto& rt : impl.nodes)
+    if (rt->source) rt->source->activate();
+  impl.graph.wait_for_all();
+  {
+    std::lock_guard<std::mutex> lock(watchdog_mutex);
+    done = true;
+  }
+  watchdog_cv.notify_one();
+  if (watchdog.joinable()) watchdog.join();
+
+  if (!impl.failure) {
+    for (auto& rt : impl.nodes) {
+      try {
+        rt->node->finish();
+      } catch (...) {
+        impl.fail(*rt, -1, std::current_exception());
+        break;
+      }
+    }
+  }
+  impl.ctx.metrics().flush();
+
+  RunReport report;
+  report.wall_s = std::chrono::duration<double>(Clock::now() - impl.start).count();
+  report.stopped_early = impl.ctx.stop_requested();
+  for (auto& rt : impl.nodes) {
+    if (rt->spec->type == kLimiterType) continue;
+    report.nodes.push_back(impl.profile_of(*rt, report.wall_s));
+  }
+  if (!impl.options.trace_file.empty()) impl.write_trace(impl.options.trace_file);
+
+  if (impl.failure) {
+    const std::string where = "node '" + impl.failure_node + "'" +
+                              (impl.failure_step >= 0 ? ", step " + std::to_string(impl.failure_step) : "");
+    try {
+      std::rethrow_exception(impl.failure);
+    } catch (const DataError& e) {
+      throw DataError(e.path(), std::string(e.what()).substr(e.path().size() + 2) + " (in " + where + ")");
+    } catch (const ConfigError& e) {
+      throw ConfigError(e.where(), e.message() + " (in " + where + ")");
+    } catch (const std::exception& e) {
+      throw NodeError(impl.failure_node, impl.failure_step, e.what());
+    } catch (...) {
+      throw NodeError(impl.failure_node, impl.failure_step, "unknown exception");
+    }
+  }
+  // A source that neither ran dry nor was stopped means packets were kept alive somewhere.
+  for (auto& rt : impl.nodes) {
+    if (rt->source && !rt->exhausted && !impl.ctx.stop_requested() &&
+        !(impl.ctx.max_steps >= 0 && rt->emitted >= impl.ctx.max_steps)) {
+      throw std::runtime_error("the pipeline stalled: source '" + rt->spec->name + "' still had data after " +
+                               std::to_string(rt->emitted) +
+                               " packets, but nothing downstream released them (a node that keeps packets, or a "
+                               "limiter whose decrement never arrives)");
+    }
+  }
+  return report;
+}
+
+std::string RunReport::table() const {
+  std::ostringstream out;
+  out << std::left << std::setw(18) << "node" << std::setw(20) << "type" << std::right << std::setw(8) << "count"
+      << std::setw(10) << "busy s" << std::setw(8) << "busy%" << std::setw(11) << "mean ms" << std::setw(11)
+      << "p95 ms" << std::setw(10) << "wait s" << '\n';
+  out << std::fixed;
+  for (const auto& n : nodes) {
+    out << std::left << std::setw(18) << n.name << std::setw(20) << n.type << std::right << std::setw(8) << n.count
+        << std::setw(10) << std::setprecision(3) << n.busy_s << std::setw(7) << std::setprecision(1)
+        << n.busy_fraction * 100 << '%' << std::setw(11) << std::setprecision(3) << n.mean_ms << std::setw(11)
+        << n.p95_ms << std::setw(10) << n.wait_s << '\n';
+  }
+  out << "wall time " << std::setprecision(3) << wall_s << " s" << (stopped_early ? " (stopped early)" : "") << '\n';
+  return out.str();
+}
+
+std::string RunReport::json() const {
+  nlohmann::json j;
+  j["wall_s"] = wall_s;
+  j["stopped_early"] = stopped_early;
+  j["nodes"] = nlohmann::json::array();
+  for (const auto& n : nodes) {
+    j["nodes"].push_back({{"name", n.name}, {"type", n.type}, {"count", n.count}, {"busy_s", n.busy_s},
+                          {"active_s", n.active_s}, {"busy_fraction", n.busy_fraction}, {"mean_ms", n.mean_ms},
+                          {"p95_ms", n.p95_ms}, {"wait_s", n.wait_s}});
+  }
+  return j.dump(2) + "\n";
+}
+
+PipelineSpecBuilder::PipelineSpecBuilder(std::string name) : name_(std::move(name)) {}
+
+PipelineSpecBuilder& PipelineSpecBuilder::setting(const std::string& key, const std::string& value) {
+  settings_.emplace_back(key, value);
+  return *this;
+}
+PipelineSpecBuilder& PipelineSpecBuilder::resource(const std::string& name, const std::string& type,
+                                                   const Values& params) {
+  resources_.push_back({name, type, params, 1});
+  return *this;
+}
+PipelineSpecBuilder& PipelineSpecBuilder::node(const std::string& name, const std::string& type,
+                                               const Values& params, int concurrency) {
+  nodes_.push_back({name, type, params, concurrency});
+  return *this;
+}
+PipelineSpecBuilder& PipelineSpecBuilder::edge(const std::string& text) {
+  edges_.push_back(text);
+  return *this;
+}
+
+std::string PipelineSpecBuilder::yaml() const {
+  YAML::Node root;
+  root["name"] = name_;
+  for (const auto& [key, value] : settings_) root[key] = YAML::Load(value);
+  auto items = [](const std::vector<Item>& list, bool with_concurrency) {
+    YAML::Node seq(YAML::NodeType::Sequence);
+    for (const auto& item : list) {
+      YAML::Node n;
+      n["name"] = item.name;
+      n["type"] = item.type;
+      if (with_concurrency && item.concurrency != 1) n["concurrency"] = item.concurrency;
+      YAML::Node params(YAML::NodeType::Map);
+      for (const auto& [key, value] : item.params) params[key] = YAML::Load(value);
+      n["params"] = params;
+      seq.push_back(n);
+    }
+    return seq;
+  };
+  if (!resources_.empty()) root["resources"] = items(resources_, false);
+  root["nodes"] = items(nodes_, true);
+  YAML::Node edges(YAML::NodeType::Sequence);
+  for (const auto& e : edges_) edges.push_back(e);
+  root["edges"] = edges;
+  YAML::Emitter out;
+  out << root;
+  return out.c_str();
+}
+
+PipelineSpec PipelineSpecBuilder::build() const { return parse_pipeline(yaml(), "<c++ pipeline " + name_ + ">"); }
+
+}  // namespace diffuflow

@@ -1,0 +1,192 @@
+// `diffuflow validate`, `diffuflow nodes` and `diffuflow graph`: look at
+// pipelines and node types without running anything.
+#include "graph/registry.hpp"
+#include "runners/cli_common.hpp"
+#include "runners/command.hpp"
+
+#include <iostream>
+#include <sstream>
+
+namespace diffuflow {
+
+namespace po = boost::program_options;
+
+namespace {
+
+int run_validate(const std::vector<std::string>& args) {
+  po::options_description options("validate options");
+  options.add_options()("set", po::value<std::vector<std::string>>()->composing(), "override node.param=value");
+  po::variables_map vm;
+  if (!parse_command_line(args, options, vm, "diffuflow validate P.yaml [--set node.param=value ...]")) return kExitOk;
+  const PipelineSpec spec = load_from_command_line(vm);
+  std::cout << spec.file << ": ok (pipeline '" << spec.name << "', " << spec.nodes.size() << " nodes, "
+            << spec.edges.size() << " edges, " << spec.resources.size() << " resources)\n";
+  return kExitOk;
+}
+
+void print_params(std::ostream& out, const std::vector<ParamSpec>& params) {
+  for (const auto& p : params) {
+    out << "    " << p.name << " (" << p.type_description() << ")";
+    if (p.is_required)
+      out << ", required";
+    else
+      out << ", default " << (param_value_str(p.default_value).empty() ? "\"\"" : param_value_str(p.default_value));
+    out << ": " << p.doc << "\n";
+  }
+}
+
+std::string node_markdown(const NodeContract& c) {
+  std::ostringstream out;
+  out << "### `" << c.type << "`" << (c.host_only ? "" : " (device)") << "\n\n" << c.doc << "\n\n";
+  auto ports = [&](const char* title, const std::vector<PortSpec>& list) {
+    for (const auto& p : list) {
+      out << "- " << title << " `" << p.name << "`";
+      if (!p.fields.empty()) {
+        out << " (";
+        for (size_t i = 0; i < p.fields.size(); ++i) out << (i ? ", " : "") << p.fields[i];
+        out << ")";
+      }
+      out << ": " << p.doc << "\n";
+    }
+  };
+  ports("in", c.inputs);
+  ports("out", c.outputs);
+  if (!c.params.empty()) {
+    out << "\n| param | type | default | doc |\n|---|---|---|---|\n";
+    for (const auto& p : c.params) {
+      out << "| `" << p.name << "` | " << p.type_description() << " | "
+          << (p.is_required ? std::string("required") : "`" + param_value_str(p.default_value) + "`") << " | "
+          << p.doc << " |\n";
+    }
+  }
+  out << "\n";
+  return out.str();
+}
+
+int run_nodes_command(const std::vector<std::string>& args) {
+  po::options_description options("nodes options");
+  options.add_options()("markdown", "print the catalogue as Markdown (as in the README)");
+  options.add_options()("type", po::value<std::string>(), "only this node or resource type");
+  po::variables_map vm;
+  po::positional_options_description pos;
+  pos.add("type", 1);
+  options.add_options()("help,h", "show this help");
+  try {
+    po::store(po::command_line_parser(args).options(options).positional(pos).run(), vm);
+    po::notify(vm);
+  } catch (const po::error& e) {
+    throw ConfigError(SourceLocation{"command line", 0, 0, ""}, e.what());
+  }
+  if (vm.count("help")) {
+    std::cout << "usage: diffuflow nodes [--markdown] [TYPE]\n\n" << options << "\n";
+    return kExitOk;
+  }
+  const auto& registry = Registry::instance();
+  const bool markdown = vm.count("markdown") != 0;
+  std::string only = vm.count("type") ? vm["type"].as<std::string>() : "";
+  if (!only.empty() && !registry.node_contract(only) && !registry.resource_contract(only)) {
+    auto names = registry.node_types();
+    for (const auto& r : registry.resource_types()) names.push_back(r);
+    const std::string near = closest_match(only, names);
+    throw ConfigError(SourceLocation{"command line", 0, 0, ""},
+                      "unknown node or resource type '" + only + "'" +
+                          (near.empty() ? "" : " (did you mean '" + near + "'?)"));
+  }
+  for (const auto& type : registry.node_types()) {
+    if (!only.empty() && type != only) continue;
+    const NodeContract& c = *registry.node_contract(type);
+    if (markdown) {
+      std::cout << node_markdown(c);
+      continue;
+    }
+    std::cout << type << (c.host_only ? "" : "  [device]") << (c.is_source() ? "  [source]" : "") << "\n  " << c.doc
+              << "\n";
+    for (const auto& p : c.inputs) {
+      std::cout << "  in  " << p.name << ": reads";
+      for (const auto& f : p.fields) std::cout << " " << f;
+      std::cout << (p.fields.empty() ? " (any)" : "") << " -- " << p.doc << "\n";
+    }
+    for (const auto& p : c.outputs) {
+      std::cout << "  out " << p.name << ": writes";
+      for (const auto& f : p.fields) std::cout << " " << f;
+      std::cout << (p.fields.empty() ? " (nothing new)" : "") << " -- " << p.doc << "\n";
+    }
+    if (!c.params.empty()) std::cout << "  params:\n";
+    print_params(std::cout, c.params);
+    if (!c.example.empty()) std::cout << "  example: " << c.example << "\n";
+    std::cout << "\n";
+  }
+  for (const auto& type : registry.resource_types()) {
+    if (!only.empty() && type != only) continue;
+    const ResourceContract& c = *registry.resource_contract(type);
+    if (markdown) {
+      std::cout << "### resource `" << type << "`\n\n" << c.doc << "\n\n";
+      if (!c.params.empty()) {
+        std::cout << "| param | type | default | doc |\n|---|---|---|---|\n";
+        for (const auto& p : c.params)
+          std::cout << "| `" << p.name << "` | " << p.type_description() << " | "
+                    << (p.is_required ? std::string("required") : "`" + param_value_str(p.default_value) + "`")
+                    << " | " << p.doc << " |\n";
+      }
+      std::cout << "\n";
+      continue;
+    }
+    std::cout << type << "  [resource]\n  " << c.doc << "\n";
+    if (!c.params.empty()) std::cout << "  params:\n";
+    print_params(std::cout, c.params);
+    std::cout << "\n";
+  }
+  return kExitOk;
+}
+
+std::string dot_escape(const std::string& s) {
+  std::string out;
+  for (char c : s) {
+    if (c == '"' || c == '\\') out += '\\';
+    out += c;
+  }
+  return out;
+}
+
+int run_graph(const std::vector<std::string>& args) {
+  po::options_description options("graph options");
+  options.add_options()("set", po::value<std::vector<std::string>>()->composing(), "override node.param=value");
+  po::variables_map vm;
+  if (!parse_command_line(args, options, vm, "diffuflow graph P.yaml [--set node.param=value ...] > P.dot"))
+    return kExitOk;
+  const PipelineSpec spec = load_from_command_line(vm);
+  const auto& registry = Registry::instance();
+  std::cout << "digraph \"" << dot_escape(spec.name) << "\" {\n  rankdir=LR;\n  node [shape=box, style=rounded, "
+            << "fontname=\"Helvetica\"];\n";
+  for (const auto& n : spec.nodes) {
+    const NodeContract& c = *registry.node_contract(n.type);
+    std::string shape = c.type == "limiter" ? ", shape=diamond" : c.is_source() ? ", shape=folder" : "";
+    std::string color = c.host_only ? "" : ", color=\"#1f77b4\", penwidth=2";
+    std::cout << "  \"" << dot_escape(n.name) << "\" [label=\"" << dot_escape(n.name) << "\\n" << dot_escape(n.type)
+              << (n.concurrency != 1 ? "\\nx" + std::to_string(n.concurrency) : "") << "\"" << shape << color
+              << "];\n";
+  }
+  for (const auto& e : spec.edges) {
+    const NodeContract& src = *registry.node_contract(spec.nodes[spec.node_index(e.from_node)].type);
+    const NodeContract& dst = *registry.node_contract(spec.nodes[spec.node_index(e.to_node)].type);
+    const std::string from_port = e.from_port.empty() ? src.outputs.at(0).name : e.from_port;
+    const std::string to_port = e.to_port.empty() ? dst.inputs.at(0).name : e.to_port;
+    std::cout << "  \"" << dot_escape(e.from_node) << "\" -> \"" << dot_escape(e.to_node) << "\" [label=\""
+              << dot_escape(from_port + " -> " + to_port) << "\"" << (to_port == "decrement" ? ", style=dashed" : "")
+              << "];\n";
+  }
+  std::cout << "}\n";
+  return kExitOk;
+}
+
+}  // namespace
+
+DIFFUFLOW_REGISTER_COMMAND(validate, "validate P.yaml [--set node.param=value ...]",
+                           "check a pipeline (syntax, types, params, edges, fields, cycles) without running it",
+                           run_validate);
+DIFFUFLOW_REGISTER_COMMAND(nodes, "nodes [--markdown] [TYPE]",
+                           "list every registered node and resource type with its ports, params and docs",
+                           run_nodes_command);
+DIFFUFLOW_REGISTER_COMMAND(graph, "graph P.yaml [--set ...]", "print the pipeline as Graphviz dot", run_graph);
+
+}  // namespace diffuflow
