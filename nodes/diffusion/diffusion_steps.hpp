@@ -1,0 +1,121 @@
+// DiffusionSteps: the arithmetic of the forward process and of one reverse
+// step (DDPM ancestral, DDIM), shared by the noiser, the loss and the sampler.
+//
+// Every operation on image-sized tensors runs as a oneDNN primitive on the
+// device's engine and stream (binary ops against per-sample [N,1,..,1]
+// coefficients, eltwise clip as a post-op). Only the per-sample coefficients
+// are computed on the host, from the schedule's float32 tables, in the same
+// order as diffusers, so a step matches the PyTorch reference to ~1e-6.
+// Primitives are created once per (operation, shape) and reused.
+//
+// Shapes: images are [N, ...] f32 (usually [N,C,H,W]); timesteps are [N] s32
+// (or s64) host tensors, one per sample, and must lie in [0, T).
+//
+//   DiffusionSteps steps(schedule, ctx().device());
+//   Tensor x_t = steps.q_sample(x0, eps, t);
+//   Tensor x_prev = steps.ddpm_step(x_t, eps_pred, z, t);     // t -> t-1 per sample
+//
+// Thread safety: the primitive cache is guarded; calls may come from several
+// threads as long as they share the device's stream in a safe way.
+#pragma once
+
+#include "graph/device.hpp"
+#include "graph/tensor.hpp"
+#include "nodes/diffusion/noise_schedule.hpp"
+
+#include <map>
+#include <memory>
+#include <mutex>
+#include <string>
+#include <tuple>
+#include <vector>
+
+namespace diffuflow {
+
+// What a model is trained to predict.
+enum class PredictionTarget { epsilon, v, x0 };
+PredictionTarget parse_prediction_target(const std::string& text);  // "epsilon" | "v" | "x0"; ConfigError otherwise
+std::string prediction_target_name(PredictionTarget target);
+
+class DiffusionSteps {
+ public:
+  DiffusionSteps(const NoiseSchedule& schedule, Device& device);
+  ~DiffusionSteps();
+  DiffusionSteps(const DiffusionSteps&) = delete;
+  DiffusionSteps& operator=(const DiffusionSteps&) = delete;
+
+  const NoiseSchedule& schedule() const { return schedule_; }
+  Device& device() { return device_; }
+
+  // Forward process, closed form: x_t = sqrt(abar_t) x0 + sqrt(1 - abar_t) eps.
+  Tensor q_sample(const Tensor& x0, const Tensor& eps, const Tensor& t);
+
+  // out[i] = a[i] * x[i] + b[i] * y[i], with one coefficient per sample (rounded as
+  // fl(fl(a x) + fl(b y))). The building block of q_sample and the Markov chain.
+  Tensor combine(const std::vector<float>& a, const Tensor& x, const std::vector<float>& b, const Tensor& y);
+
+  // x0_hat = (x_t - sqrt(1 - abar_t) eps) / sqrt(abar_t), clipped to [-1, 1] when `clip`.
+  Tensor predict_x0(const Tensor& x_t, const Tensor& eps, const Tensor& t, bool clip = true);
+
+  // One ancestral DDPM step t -> t-1 per sample (diffusers DDPMScheduler.step,
+  // variance fixed_small, x0 clipped when `clip`):
+  //   x_prev = coef_x0 x0_hat + coef_xt x_t + sqrt(var) z, with no noise where t = 0.
+  // z [N,...] ~ N(0, I); it may be empty when every t is 0.
+  Tensor ddpm_step(const Tensor& x_t, const Tensor& eps_pred, const Tensor& z, const Tensor& t, bool clip = true);
+
+  // One DDIM step t -> t_prev per sample (diffusers DDIMScheduler.step, set_alpha_to_one,
+  // use_clipped_model_output = false):
+  //   x_prev = sqrt(abar_prev) x0_hat + sqrt(1 - abar_prev - s^2) eps_pred + s z,
+  //   s = eta sqrt((1 - abar_prev)/(1 - abar_t) (1 - abar_t/abar_prev)); abar_prev = 1 where t_prev < 0.
+  // eta in [0, 1]; z may be empty when eta = 0.
+  Tensor ddim_step(const Tensor& x_t, const Tensor& eps_pred, const Tensor& t, const Tensor& t_prev, float eta,
+                   const Tensor& z, bool clip = true);
+
+  // DDIM timesteps with 'leading' spacing (steps_offset 0), from the noisiest:
+  // k * (T / steps) for k = steps-1 .. 0; 980, 960, ..., 0 for 50 of 1000.
+  // The step after t is t - T / steps (negative after the last: abar = 1).
+  static std::vector<int> ddim_timesteps(int timesteps, int steps);
+
+  // The training target for a prediction type: eps, v = sqrt(abar) eps - sqrt(1-abar) x0, or x0.
+  // (For epsilon and x0 the given tensor is returned, moved to the engine if needed.)
+  Tensor training_target(PredictionTarget target, const Tensor& x0, const Tensor& eps, const Tensor& t);
+
+  // Converts a model output of the given type to an epsilon prediction:
+  //   v:  eps = sqrt(abar) v + sqrt(1-abar) x_t;   x0: eps = (x_t - sqrt(abar) x0) / sqrt(1-abar).
+  Tensor epsilon_from(PredictionTarget target, const Tensor& x_t, const Tensor& prediction, const Tensor& t);
+
+  // Min-SNR-gamma loss weights per sample (Hang et al. 2023), snr = abar / (1 - abar):
+  // epsilon: min(snr, gamma) / snr; v: min(snr, gamma) / (snr + 1); x0: min(snr, gamma).
+  std::vector<float> min_snr_weights(PredictionTarget target, const Tensor& t, float gamma) const;
+
+  // Per-sample values as a [N,1,..,1] f32 tensor of the given rank on the device (for broadcasts).
+  Tensor row_coefficients(const std::vector<float>& values, size_t rank);
+
+  // Reads a [N] s32/s64 timestep tensor on the host; checks every value is in [0, T)
+  // unless `allow_negative` (then -1 .. T-1, for t_prev).
+  std::vector<int> read_timesteps(const Tensor& t, bool allow_negative = false) const;
+
+  // Plain f32 on this device's engine: returned as is when already there (CPU
+  // engines share host memory), otherwise reordered.
+  Tensor on_device(const Tensor& x);
+
+ private:
+  enum class Op { mul_rows, mul_rows_add, div_rows, div_rows_clip, sub, add };
+  struct Kernel;
+
+  Kernel& kernel(Op op, const Shape& shape);
+  void run(Kernel& kernel, const Tensor& dst, const Tensor& src0, const Tensor& src1, const Tensor* addend = nullptr);
+  // (x - c1 * y) / c2 per sample, optionally clipped to [-1, 1].
+  Tensor sub_scaled_div(const Tensor& x, const std::vector<float>& c1, const Tensor& y, const std::vector<float>& c2,
+                        bool clip);
+  Tensor add(const Tensor& a, const Tensor& b);
+  Tensor mul_rows(const Tensor& x, const std::vector<float>& c);
+  void check_batch(const Tensor& x, size_t batch, const char* what) const;
+
+  const NoiseSchedule& schedule_;
+  Device& device_;
+  std::mutex mutex_;
+  std::map<std::tuple<Op, Shape>, std::unique_ptr<Kernel>> kernels_;
+};
+
+}  // namespace diffuflow
