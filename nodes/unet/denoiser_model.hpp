@@ -1,0 +1,105 @@
+// DenoiserModel: what the training and sampling nodes call, whichever network
+// predicts the noise (the U-Net, or a small MLP for 2-D toy data).
+//
+// Parameters, their gradients (and, owned by an optimiser, its moments) each
+// live in ONE flat f32 buffer of param_count() elements on the model's engine;
+// each parameter is a slice (ParamSlot: name, shape, offset), so an optimiser
+// step is a handful of primitives over the whole buffer.
+//
+//   auto model = make_unet(UNetConfig::named("unet-s"), device);
+//   model->zero_grads();
+//   ForwardResult fwd = model->forward(x, t, /*for_training=*/true);  // x [N,C,H,W] f32, t [N] s32 host
+//   Tensor grad_x = model->backward(*fwd.state, d_loss_d_prediction); // grads() += dL/dparams
+//
+// forward() may be called from several threads for different batches; the
+// ForwardState it returns is independent of the model and travels with the
+// packet to the backward node, so several batches can be in flight.
+#pragma once
+
+#include "graph/packet.hpp"
+#include "graph/safetensors.hpp"
+#include "graph/tensor.hpp"
+
+#include <dnnl.hpp>
+
+#include <memory>
+#include <mutex>
+#include <string>
+#include <vector>
+
+namespace diffuflow {
+
+struct ParamSlot {
+  std::string name;    // diffusers state-dict key, e.g. "down_blocks.0.resnets.0.conv1.weight"
+  Shape shape;         // e.g. [32, 32, 3, 3]
+  int64_t offset = 0;  // in elements, into params() and grads()
+  int64_t count() const { return shape_numel(shape); }
+};
+
+// The activations a forward pass keeps for its backward pass. Opaque to
+// callers; returned to the model's pool when the last reference goes.
+class ForwardState : public Payload {
+ public:
+  virtual int64_t batch() const = 0;
+};
+
+struct ForwardResult {
+  Tensor prediction;                          // [N, C_out, H, W] f32 on the model's engine
+  std::shared_ptr<const ForwardState> state;  // null unless for_training
+};
+
+class DenoiserModel {
+ public:
+  virtual ~DenoiserModel();
+  DenoiserModel(const DenoiserModel&) = delete;
+  DenoiserModel& operator=(const DenoiserModel&) = delete;
+
+  virtual std::string kind() const = 0;
+  // x: [N,C,H,W] f32 (any engine: reordered inside); t: [N] s32 or s64 host tensor.
+  virtual ForwardResult forward(const Tensor& x, const Tensor& t, bool for_training) = 0;
+  // grad_out = dL/d(prediction) [N,C_out,H,W]. Adds dL/dparams into grads();
+  // returns dL/dx [N,C,H,W]. The state must come from this model's forward().
+  virtual Tensor backward(const ForwardState& state, const Tensor& grad_out) = 0;
+
+  const std::vector<ParamSlot>& param_slots() const { return slots_; }
+  const ParamSlot& slot(const std::string& name) const;  // std::out_of_range naming it
+  int64_t param_count() const { return param_count_; }
+  dnnl::engine& engine() { return engine_; }
+  dnnl::memory& params() { return params_; }  // flat f32 [P]
+  dnnl::memory& grads() { return grads_; }    // flat f32 [P]
+  // Zeroes grads(); the next backward() writes instead of adding.
+  void zero_grads();
+
+  // Loads every parameter by name. A missing, extra, non-F32 or mis-shaped
+  // tensor is a DataError naming the file and the tensor.
+  void load(const SafetensorsFile& file);
+  void save_to(SafetensorsFile& file) const;
+  // Adds "<prefix><name>" = gradient of every parameter.
+  void save_grads_to(SafetensorsFile& file, const std::string& prefix = "grad.") const;
+  // PyTorch-default-like random init, on the host: weights of conv/linear
+  // layers U(-1/sqrt(fan_in), 1/sqrt(fan_in)) (kaiming_uniform with a=sqrt(5)),
+  // their biases U(-1/sqrt(fan_in), 1/sqrt(fan_in)); norm weights 1, biases 0.
+  void init_random(uint64_t seed);
+
+ protected:
+  DenoiserModel(std::vector<ParamSlot> slots, const dnnl::engine& engine);
+  // Adds a program's parameter-gradient staging buffer into grads() (or
+  // copies it, right after zero_grads()). Serialised across threads.
+  void accumulate_grads(const dnnl::memory& staging);
+
+ private:
+  std::vector<ParamSlot> slots_;
+  int64_t param_count_ = 0;
+  dnnl::engine engine_;
+  dnnl::memory params_;
+  dnnl::memory grads_;
+  std::mutex grads_mutex_;
+  dnnl::stream grads_stream_;
+  dnnl::primitive zero_;        // eltwise linear 0*x+0 over grads
+  dnnl::primitive add_;         // grads += staging
+  dnnl::primitive copy_;        // grads = staging
+  dnnl::memory scratchpad_;
+  bool overwrite_next_ = true;  // set by zero_grads()
+};
+
+}  // namespace diffuflow

@@ -1,0 +1,115 @@
+// The whole unet_tiny forward and backward against the PyTorch fixtures
+// (tolerances from tests/fixtures/README: ../shared/fixtures/README.md).
+#include "graph/safetensors.hpp"
+#include "nodes/unet/unet.hpp"
+#include "test_util.hpp"
+
+#include <doctest/doctest.h>
+
+#include <algorithm>
+#include <cmath>
+
+using namespace diffuflow;
+
+namespace {
+
+float max_abs(const std::vector<float>& v) {
+  float m = 0;
+  for (float x : v) m = std::max(m, std::fabs(x));
+  return m;
+}
+
+float max_diff(const std::vector<float>& a, const std::vector<float>& b) {
+  REQUIRE(a.size() == b.size());
+  float m = 0;
+  for (size_t i = 0; i < a.size(); ++i) m = std::max(m, std::fabs(a[i] - b[i]));
+  return m;
+}
+
+bool ends_with(const std::string& s, const std::string& tail) {
+  return s.size() >= tail.size() && s.compare(s.size() - tail.size(), tail.size(), tail) == 0;
+}
+
+// Checks every tensor of `got` (eps_out, grad_x, grad.*) against the fixture.
+void check_against_fixture(const SafetensorsFile& io, const SafetensorsFile& got, bool with_grads) {
+  const float eps_diff = max_diff(got.floats("eps_out"), io.floats("eps_out"));
+  INFO("eps_out max|diff| = " << eps_diff);
+  CHECK(eps_diff <= 1e-4f);
+  if (!with_grads) return;
+  const float gx_diff = max_diff(got.floats("grad_x"), io.floats("grad_x"));
+  INFO("grad_x max|diff| = " << gx_diff);
+  CHECK(gx_diff <= 1e-4f);
+  int checked = 0;
+  float worst_relative = 0;
+  for (const auto& name : io.names()) {
+    if (name.rfind("grad.", 0) != 0) continue;
+    const auto ref = io.floats(name);
+    const float diff = max_diff(got.floats(name), ref);
+    const float tolerance = ends_with(name, ".to_k.bias") ? 1e-5f : 1e-4f * std::max(1.0f, max_abs(ref));
+    INFO(name << " max|diff| = " << diff << " tolerance " << tolerance);
+    CHECK(diff <= tolerance);
+    worst_relative = std::max(worst_relative, diff / std::max(1.0f, max_abs(ref)));
+    ++checked;
+  }
+  MESSAGE("unet_tiny: eps_out " << eps_diff << ", grad_x " << gx_diff << ", worst weight-grad diff/max(1,|ref|) "
+                                << worst_relative);
+  CHECK(checked == 144);
+}
+
+}  // namespace
+
+TEST_CASE("unet-tiny parameter table matches the fixture weights name for name and shape for shape") {
+  const auto weights = SafetensorsFile::read(test::fixture("unet_tiny/weights.safetensors"));
+  const auto slots = unet_param_slots(UNetConfig::from_file(test::fixture("unet_tiny/config.json")));
+  CHECK(slots.size() == weights.names().size());
+  int64_t total = 0;
+  for (const auto& s : slots) {
+    INFO(s.name);
+    REQUIRE(weights.has(s.name));
+    CHECK(weights.entry(s.name).shape == s.shape);
+    total += s.count();
+  }
+  CHECK(total == 176849);
+  CHECK(unet_param_slots(UNetConfig::named("unet-s")).size() == 268);
+}
+
+TEST_CASE("unet-tiny forward and backward through the API match PyTorch within the fixture tolerances") {
+  Device device(DeviceSpec{});
+  auto model = make_unet(UNetConfig::from_file(test::fixture("unet_tiny/config.json")), device);
+  model->load(SafetensorsFile::read(test::fixture("unet_tiny/weights.safetensors")));
+  const auto io = SafetensorsFile::read(test::fixture("unet_tiny/io.safetensors"));
+  const Tensor x = io.tensor("x");
+  const auto steps = io.ints("t");
+  Tensor t({4}, DType::s32, device.engine());
+  {
+    auto m = t.map<int32_t>();
+    for (size_t i = 0; i < 4; ++i) m[i] = static_cast<int32_t>(steps[i]);
+  }
+  model->zero_grads();
+  auto fwd = model->forward(x, t, true);
+  const Tensor grad_x = model->backward(*fwd.state, io.tensor("g_out"));
+
+  SafetensorsFile got;
+  got.add_f32("eps_out", fwd.prediction);
+  got.add_f32("grad_x", grad_x);
+  model->save_grads_to(got);
+  check_against_fixture(io, got, true);
+
+  SUBCASE("a second pass on a pooled workspace gives the same prediction, and gradients accumulate") {
+    auto again = model->forward(x, t, true);
+    CHECK(max_diff(again.prediction.to_vector(), fwd.prediction.to_vector()) == 0.0f);
+    model->backward(*again.state, io.tensor("g_out"));
+    SafetensorsFile twice;
+    model->save_grads_to(twice);
+    const auto ref = io.floats("grad.conv_in.weight");
+    auto doubled = ref;
+    for (auto& v : doubled) v *= 2;
+    CHECK(max_diff(twice.floats("grad.conv_in.weight"), doubled) <= 2e-4f * std::max(1.0f, max_abs(ref)));
+    CHECK(model->programs_built() == 2);  // the second training pass could not reuse the first's (still held) workspace
+  }
+  SUBCASE("inference forward gives the training forward's prediction") {
+    auto inference = model->forward(x, t, false);
+    CHECK(inference.state == nullptr);
+    CHECK(max_diff(inference.prediction.to_vector(), fwd.prediction.to_vector()) == 0.0f);
+  }
+}
