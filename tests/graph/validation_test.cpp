@@ -1,0 +1,275 @@
+#include "graph/errors.hpp"
+#include "graph/spec.hpp"
+
+#include <doctest/doctest.h>
+
+using namespace diffuflow;
+
+namespace {
+
+// Validates `yaml` and returns the errors (none if it is valid).
+std::vector<ConfigError> errors_of(const std::string& yaml, const std::vector<Override>& overrides = {}) {
+  try {
+    parse_pipeline(yaml, "p.yaml", overrides);
+  } catch (const ConfigErrors& e) {
+    return e.errors();
+  }
+  return {};
+}
+
+ConfigError only_error(const std::vector<ConfigError>& errors) {
+  REQUIRE(errors.size() == 1);
+  return errors[0];
+}
+
+bool contains(const std::string& text, const std::string& part) { return text.find(part) != std::string::npos; }
+
+}  // namespace
+
+TEST_CASE("a valid pipeline has no errors and keeps its settings") {
+  const auto spec = parse_pipeline(R"(
+name: ok
+seed: 42
+threads: 2
+nodes:
+  - {name: src, type: test_source, params: {count: 3}}
+  - {name: sink, type: test_sink}
+edges: [src -> sink]
+)",
+                                   "p.yaml");
+  CHECK(spec.seed == 42);
+  CHECK(spec.threads == 2);
+  CHECK(spec.nodes[0].params.integer("count") == 3);
+  CHECK(spec.resolved_yaml().find("count: 3") != std::string::npos);
+}
+
+TEST_CASE("a YAML syntax error reports file, line and column") {
+  const auto e = only_error(errors_of("name: x\nnodes:\n  - {name: a, type: test_source\nedges: []\n"));
+  CHECK(e.where().file == "p.yaml");
+  CHECK(e.where().line == 4);
+  CHECK(e.where().column >= 1);
+  CHECK(contains(e.what(), "p.yaml:4:"));
+  CHECK(contains(e.message(), "YAML syntax error"));
+}
+
+TEST_CASE("an unknown node type suggests the closest registered name, at the type's position") {
+  const auto e = only_error(errors_of(R"(name: x
+nodes:
+  - name: src
+    type: test_sorce
+edges: []
+)"));
+  CHECK(e.where().line == 4);
+  CHECK(e.where().column == 11);
+  CHECK(e.where().key_path == "nodes[0].type");
+  CHECK(contains(e.message(), "unknown node type 'test_sorce'"));
+  CHECK(contains(e.message(), "did you mean 'test_source'"));
+}
+
+TEST_CASE("an unknown parameter is reported at its key with the closest name") {
+  const auto e = only_error(errors_of(R"(name: x
+nodes:
+  - name: src
+    type: test_source
+    params:
+      cuont: 3
+  - {name: sink, type: test_sink}
+edges: [src -> sink]
+)"));
+  CHECK(e.where().line == 6);
+  CHECK(e.where().column == 7);
+  CHECK(e.where().key_path == "nodes[0].params.cuont");
+  CHECK(contains(e.message(), "did you mean 'count'"));
+}
+
+TEST_CASE("a mistyped parameter names the expected type and the value given") {
+  const auto e = only_error(errors_of(R"(name: x
+nodes:
+  - name: src
+    type: test_source
+    params: {count: many}
+  - {name: sink, type: test_sink}
+edges: [src -> sink]
+)"));
+  CHECK(e.where().line == 5);
+  CHECK(e.where().column == 21);
+  CHECK(contains(e.message(), "expected int"));
+  CHECK(contains(e.message(), "'many'"));
+}
+
+TEST_CASE("a value out of range names the allowed range") {
+  const auto e = only_error(errors_of(R"(name: x
+nodes:
+  - {name: src, type: test_source, params: {count: -4}}
+  - {name: sink, type: test_sink}
+edges: [src -> sink]
+)"));
+  CHECK(e.where().line == 3);
+  CHECK(contains(e.message(), "out of range"));
+  CHECK(contains(e.message(), ">= 0"));
+}
+
+TEST_CASE("a missing required parameter is reported with its type and doc") {
+  const auto errors = errors_of(R"(name: x
+resources:
+  - {name: r, type: test_resource}
+nodes:
+  - {name: src, type: test_source}
+  - {name: sink, type: test_sink}
+edges: [src -> sink]
+)");
+  REQUIRE(errors.size() == 1);
+  CHECK(contains(errors[0].message(), "missing required parameter 'size'"));
+  CHECK(errors[0].where().line == 3);
+}
+
+TEST_CASE("an edge to a missing node or port is reported at the edge") {
+  auto errors = errors_of(R"(name: x
+nodes:
+  - {name: src, type: test_source}
+  - {name: sink, type: test_sink}
+edges:
+  - src -> sinc
+  - src.outt -> sink
+)");
+  REQUIRE(errors.size() == 2);
+  CHECK(errors[0].where().line == 6);
+  CHECK(contains(errors[0].message(), "node 'sinc'"));
+  CHECK(contains(errors[0].message(), "did you mean 'sink'"));
+  CHECK(errors[1].where().line == 7);
+  CHECK(contains(errors[1].message(), "no output port 'outt'"));
+  CHECK(contains(errors[1].message(), "its outputs: out"));
+}
+
+TEST_CASE("fields written upstream satisfy readers across joins and loops") {
+  CHECK(errors_of(R"(name: x
+nodes:
+  - {name: src, type: test_source}
+  - {name: gate, type: limiter}
+  - {name: step, type: test_loop}
+  - {name: sink, type: test_sink}
+edges: [src -> gate, gate -> step.start, step.again -> step.back, step.done -> sink, sink -> gate.decrement]
+)").empty());
+  CHECK(errors_of(R"(name: x
+nodes:
+  - {name: src, type: test_source}
+  - {name: join, type: test_pair_sum}
+  - {name: add, type: test_add}
+  - {name: sink, type: test_sink}
+edges: [src -> join.a, src -> join.b, join -> add, add -> sink]
+)").empty());
+}
+
+TEST_CASE("an input port with no incoming edge is an error") {
+  const auto e = only_error(errors_of(R"(name: x
+nodes:
+  - {name: lonely, type: test_resourceless}
+)"));
+  CHECK(e.where().line == 3);
+  CHECK(contains(e.message(), "input port 'in' of node 'lonely' has no incoming edge"));
+}
+
+TEST_CASE("a field read but never written upstream is reported at the reading node") {
+  const auto errors = errors_of(R"(name: x
+nodes:
+  - {name: a, type: test_needs_iter}
+  - {name: src, type: test_source}
+  - {name: sink, type: test_sink}
+edges: [src -> a, a -> sink]
+)");
+  REQUIRE(errors.size() == 1);
+  CHECK(errors[0].where().line == 3);
+  CHECK(contains(errors[0].message(), "reads field 'iter'"));
+  CHECK(contains(errors[0].message(), "upstream writes: value"));
+}
+
+TEST_CASE("a cycle without a limiter is an error; the same cycle behind a limiter is fine") {
+  const auto errors = errors_of(R"(name: x
+nodes:
+  - {name: src, type: test_source}
+  - {name: step, type: test_loop}
+  - {name: body, type: test_add}
+  - {name: sink, type: test_sink}
+edges: [src -> step.start, step.again -> body, body -> step.back, step.done -> sink]
+)");
+  REQUIRE(errors.size() == 1);
+  CHECK(contains(errors[0].message(), "cycle without a limiter"));
+  CHECK(contains(errors[0].message(), "step"));
+  CHECK(contains(errors[0].message(), "body"));
+  CHECK(errors[0].where().line == 4);
+  CHECK(errors_of(R"(name: x
+nodes:
+  - {name: src, type: test_source}
+  - {name: gate, type: limiter}
+  - {name: step, type: test_loop}
+  - {name: body, type: test_add}
+  - {name: sink, type: test_sink}
+edges: [src -> gate, gate -> step.start, step.again -> body, body -> step.back, step.done -> sink, sink -> gate.decrement]
+)").empty());
+}
+
+TEST_CASE("every error of a file is reported, not just the first") {
+  const auto errors = errors_of(R"(name: x
+colour: blue
+nodes:
+  - {name: src, type: test_source, params: {count: lots}}
+  - {name: sink, type: test_snik}
+  - {name: add, type: test_add, params: {amont: 2}}
+edges: [src -> add]
+)");
+  REQUIRE(errors.size() == 4);
+  CHECK(contains(errors[0].message(), "unknown top-level key 'colour'"));
+  CHECK(errors[1].where().line == 4);
+  CHECK(errors[2].where().line == 5);
+  CHECK(errors[3].where().line == 6);
+}
+
+TEST_CASE("--set overrides are type-checked like the YAML they replace") {
+  const std::string yaml = R"(name: x
+nodes:
+  - {name: src, type: test_source, params: {count: 3}}
+  - {name: sink, type: test_sink}
+edges: [src -> sink]
+)";
+  auto spec = parse_pipeline(yaml, "p.yaml", {parse_override("src.count=9"), parse_override("seed=5")});
+  CHECK(spec.nodes[0].params.integer("count") == 9);
+  CHECK(spec.seed == 5);
+  const auto e = only_error(errors_of(yaml, {parse_override("src.count=nine")}));
+  CHECK(e.where().file == "--set");
+  CHECK(e.where().key_path == "src.count");
+  CHECK(contains(e.message(), "expected int"));
+  CHECK(contains(only_error(errors_of(yaml, {parse_override("src.cont=1")})).message(), "did you mean 'count'"));
+  CHECK(contains(only_error(errors_of(yaml, {parse_override("scr.count=1")})).message(), "did you mean 'src'"));
+  CHECK_THROWS_AS(parse_override("nonsense"), ConfigError);
+}
+
+TEST_CASE("duplicate node names and a bad device are reported") {
+  const auto errors = errors_of(R"(name: x
+device: tpu
+nodes:
+  - {name: src, type: test_source}
+  - {name: src, type: test_sink}
+edges: []
+)");
+  REQUIRE(errors.size() == 2);
+  CHECK(contains(errors[0].message(), "device must be"));
+  CHECK(errors[0].where().line == 2);
+  CHECK(contains(errors[1].message(), "used twice"));
+  CHECK(errors[1].where().line == 5);
+}
+
+TEST_CASE("a resource reference must name a declared resource of the right type") {
+  const auto errors = errors_of(R"(name: x
+resources:
+  - {name: thing, type: test_resource, params: {size: 2}}
+nodes:
+  - {name: src, type: test_source}
+  - {name: user, type: test_uses_resource, params: {res: thng}}
+  - {name: sink, type: test_sink}
+edges: [src -> user, user -> sink]
+)");
+  REQUIRE(errors.size() == 1);
+  CHECK(errors[0].where().line == 6);
+  CHECK(contains(errors[0].message(), "'thng' is not a declared resource"));
+  CHECK(contains(errors[0].message(), "did you mean 'thing'"));
+}
