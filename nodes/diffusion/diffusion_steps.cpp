@@ -43,7 +43,30 @@ Shape row_shape(const Shape& shape) {
   return rows;
 }
 
+constexpr double kTwoPi = 6.283185307179586476925286766559;
+
+// A uniform double in (0, 1] from the top 53 bits (never 0, so log() is finite).
+double uniform_open_zero(std::mt19937_64& rng) {
+  return (static_cast<double>(rng() >> 11) + 1.0) * (1.0 / 9007199254740992.0);
+}
+
 }  // namespace
+
+Tensor standard_normal(const Shape& shape, std::mt19937_64& rng, Device& device) {
+  // Mapping is free on a CPU engine and an explicit host<->device transfer on a GPU.
+  Tensor out(shape, DType::f32, device.engine());
+  {
+    auto values = out.map<float>();
+    const size_t n = values.size();
+    for (size_t i = 0; i < n; i += 2) {
+      const double radius = std::sqrt(-2.0 * std::log(uniform_open_zero(rng)));
+      const double angle = kTwoPi * uniform_open_zero(rng);
+      values[i] = static_cast<float>(radius * std::cos(angle));
+      if (i + 1 < n) values[i + 1] = static_cast<float>(radius * std::sin(angle));
+    }
+  }
+  return out;
+}
 
 // One oneDNN primitive for one (operation, shape), with its scratchpad size.
 struct DiffusionSteps::Kernel {
@@ -124,11 +147,18 @@ Tensor DiffusionSteps::on_device(const Tensor& x) {
   const dnnl::engine& engine = device_.engine();
   const bool plain = x.desc() == plain_f32(x.shape());
   if (plain && x.engine() == engine) return x;
-  if (plain && x.engine().get_kind() == dnnl::engine::kind::cpu && engine.get_kind() == dnnl::engine::kind::cpu) {
-    // Another CPU engine: the same host memory, seen from this engine.
-    return Tensor(x.shape(), DType::f32, memory(x.desc(), engine, x.memory().get_data_handle()));
-  }
-  return x.copy_to(engine);
+  const bool both_cpu =
+      x.engine().get_kind() == dnnl::engine::kind::cpu && engine.get_kind() == dnnl::engine::kind::cpu;
+  if (x.engine() != engine && !both_cpu) return x.copy_to(engine);  // host <-> device: an explicit transfer
+  // Same engine but a blocked layout, or another CPU engine (host memory either
+  // way): one reorder into plain memory, run on this device's stream. The view
+  // of x lives only while the reorder runs.
+  memory source = x.engine() == engine ? x.memory() : memory(x.desc(), engine, x.memory().get_data_handle());
+  Tensor out(x.shape(), DType::f32, engine);
+  memory target = out.memory();
+  dnnl::reorder(source, target).execute(device_.stream(), source, target);
+  device_.stream().wait();
+  return out;
 }
 
 Tensor DiffusionSteps::row_coefficients(const std::vector<float>& values, size_t rank) {

@@ -26,6 +26,7 @@
 #include <map>
 #include <memory>
 #include <mutex>
+#include <random>
 #include <string>
 #include <tuple>
 #include <vector>
@@ -36,6 +37,11 @@ namespace diffuflow {
 enum class PredictionTarget { epsilon, v, x0 };
 PredictionTarget parse_prediction_target(const std::string& text);  // "epsilon" | "v" | "x0"; ConfigError otherwise
 std::string prediction_target_name(PredictionTarget target);
+
+// A tensor of independent N(0, 1) samples on the device. Drawn on the host with
+// Box-Muller over 53-bit uniforms from `rng` (the same numbers on every platform
+// for the same seed) and written through one explicit host mapping.
+Tensor standard_normal(const Shape& shape, std::mt19937_64& rng, Device& device);
 
 class DiffusionSteps {
  public:
@@ -95,8 +101,8 @@ class DiffusionSteps {
   // unless `allow_negative` (then -1 .. T-1, for t_prev).
   std::vector<int> read_timesteps(const Tensor& t, bool allow_negative = false) const;
 
-  // Plain f32 on this device's engine: returned as is when already there (CPU
-  // engines share host memory), otherwise reordered.
+  // Plain f32 on this device's engine: returned as is when already there,
+  // otherwise reordered (an explicit transfer when the engines differ).
   Tensor on_device(const Tensor& x);
 
  private:

@@ -1,0 +1,64 @@
+// noising_chain: the forward Markov chain made visible. Each image becomes a
+// strip of K snapshots x_t at the listed timesteps (for an image writer).
+//
+// Example config:
+//   - name: chain
+//     type: noising_chain
+//     params: {schedule: schedule, at: [0, 100, 200, 300, 400, 500, 600, 700, 800, 900, 999],
+//              mode: markov, include_x0: true}
+//
+// in:  x0      [N,C,H,W] f32 in [-1, 1]
+// out: chain   [N,K,C,H,W] f32 on the device; K = len(at) (+1 with include_x0, whose
+//              column 0 is x0 itself); column k holds x_t for t = at[k]
+//      chain_t [K] s32 host: the timestep of each column (-1 for the x0 column)
+//
+// mode markov (default): runs the chain step by step from x0,
+//   x_t = sqrt(1 - b_t) x_{t-1} + sqrt(b_t) z_t, with fresh z_t ~ N(0, I) at every step,
+//   recording the listed steps (max(at) + 1 oneDNN steps per packet).
+// mode closed_form: x_t = sqrt(abar_t) x0 + sqrt(1 - abar_t) eps with ONE eps shared by
+//   all columns, so the strip shows the same noise pattern growing over the image.
+// Both have the same distribution per column; noise is seeded by (seed, node name, seq).
+#pragma once
+
+#include "graph/node.hpp"
+#include "nodes/diffusion/diffusion_steps.hpp"
+
+#include <dnnl.hpp>
+
+#include <memory>
+#include <mutex>
+#include <string>
+#include <vector>
+
+namespace diffuflow {
+
+enum class ChainMode { markov, closed_form };
+
+class NoisingChain : public Node {
+ public:
+  struct Params {
+    std::string schedule;
+    std::vector<int> at;
+    ChainMode mode = ChainMode::markov;
+    bool include_x0 = true;
+  };
+
+  static NodeContract contract();
+  NoisingChain(const NodeConfig& config, RunContext& ctx);
+  void process(const NodeInput& in, Emitter& out) override;
+
+  int columns() const { return static_cast<int>(params_.at.size()) + (params_.include_x0 ? 1 : 0); }
+
+ private:
+  // Copies x [N, ...] into column k of chain [N, K, ...] with a cached reorder.
+  void write_column(const Tensor& chain, int k, const Tensor& x);
+
+  Params params_;
+  std::shared_ptr<NoiseSchedule> schedule_;
+  DiffusionSteps steps_;
+  std::mutex columns_mutex_;
+  Shape column_shape_;                  // the [N, ...] shape the reorders were built for
+  std::vector<dnnl::reorder> columns_;  // one per column
+};
+
+}  // namespace diffuflow
