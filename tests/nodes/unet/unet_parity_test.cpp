@@ -113,3 +113,62 @@ TEST_CASE("unet-tiny forward and backward through the API match PyTorch within t
     CHECK(max_diff(inference.prediction.to_vector(), fwd.prediction.to_vector()) == 0.0f);
   }
 }
+
+TEST_CASE("diffuflow unet-io reproduces the unet_tiny fixture: eps_out, grad_x and every parameter gradient") {
+  test::TempDir dir;
+  const std::string args = "unet-io --config \"" + test::fixture("unet_tiny/config.json").string() +
+                           "\" --weights \"" + test::fixture("unet_tiny/weights.safetensors").string() +
+                           "\" --inputs \"" + test::fixture("unet_tiny/io.safetensors").string() + "\" --out \"" +
+                           (dir / "out.safetensors").string() + "\"";
+  const auto result = test::run_cli(args);
+  INFO(result.output);
+  REQUIRE(result.exit_code == 0);
+  const auto got = SafetensorsFile::read(dir / "out.safetensors");
+  check_against_fixture(SafetensorsFile::read(test::fixture("unet_tiny/io.safetensors")), got, true);
+}
+
+TEST_CASE("diffuflow unet-io without g_out writes only eps_out") {
+  test::TempDir dir;
+  const auto io = SafetensorsFile::read(test::fixture("unet_tiny/io.safetensors"));
+  SafetensorsFile inputs;
+  inputs.add("x", "F32", io.entry("x").shape, io.entry("x").data);
+  inputs.add("t", "I64", io.entry("t").shape, io.entry("t").data);
+  inputs.write(dir / "in.safetensors");
+  const auto result = test::run_cli("unet-io --config unet-tiny --weights \"" +
+                                    test::fixture("unet_tiny/weights.safetensors").string() + "\" --inputs \"" +
+                                    (dir / "in.safetensors").string() + "\" --out \"" +
+                                    (dir / "out.safetensors").string() + "\"");
+  INFO(result.output);
+  REQUIRE(result.exit_code == 0);
+  const auto got = SafetensorsFile::read(dir / "out.safetensors");
+  CHECK(got.names() == std::vector<std::string>{"eps_out"});
+  check_against_fixture(io, got, false);
+}
+
+TEST_CASE("diffuflow unet-io exits 2 with the file named on bad input files") {
+  test::TempDir dir;
+  test::write_file(dir / "garbage.safetensors", "this is not a safetensors file at all");
+  const std::string weights = test::fixture("unet_tiny/weights.safetensors").string();
+  const std::string io = test::fixture("unet_tiny/io.safetensors").string();
+  const std::string out = (dir / "out.safetensors").string();
+
+  auto bad_inputs = test::run_cli("unet-io --config unet-tiny --weights \"" + weights + "\" --inputs \"" +
+                                  (dir / "garbage.safetensors").string() + "\" --out \"" + out + "\"");
+  CHECK(bad_inputs.exit_code == 2);
+  CHECK(bad_inputs.output.find("garbage.safetensors") != std::string::npos);
+
+  // Weights of another config: the first missing or mis-shaped tensor is named.
+  auto wrong_config = test::run_cli("unet-io --config unet-s --weights \"" + weights + "\" --inputs \"" + io +
+                                    "\" --out \"" + out + "\"");
+  CHECK(wrong_config.exit_code == 2);
+  CHECK(wrong_config.output.find("weights.safetensors") != std::string::npos);
+
+  auto missing = test::run_cli("unet-io --config unet-tiny --weights \"" + (dir / "absent.safetensors").string() +
+                               "\" --inputs \"" + io + "\" --out \"" + out + "\"");
+  CHECK(missing.exit_code == 2);
+  CHECK(missing.output.find("absent.safetensors") != std::string::npos);
+
+  auto no_args = test::run_cli("unet-io --config unet-tiny");
+  CHECK(no_args.exit_code == 2);
+  CHECK_FALSE(std::filesystem::exists(out));
+}
