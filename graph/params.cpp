@@ -255,7 +255,7 @@ std::optional<ParamValue> parse_param(const ParamSpec& spec, const YAML::Node& v
     case ParamType::path:
     case ParamType::resource: {
       if (!value.IsScalar()) return wrong_type();
-      if ((spec.type != ParamType::text) && value.Scalar().empty()) return wrong_type();
+      if (spec.type == ParamType::resource && value.Scalar().empty()) return wrong_type();
       return ParamValue(value.Scalar());
     }
     case ParamType::choice: {

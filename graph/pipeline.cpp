@@ -213,6 +213,21 @@ struct Pipeline::Impl {
     return routed;
   }
 
+  // On resume, sources replay their first start_step packets without emitting them.
+  void fast_forward(Runtime& rt) {
+    while (rt.emitted < ctx.start_step && !rt.exhausted) {
+      if (rt.pending.empty()) {
+        Routed out;
+        CollectingEmitter emitter(out, rt.contract->outputs.size(), rt.spec->name);
+        if (!rt.node->produce(emitter)) rt.exhausted = true;
+        for (auto& [port, packet] : out) rt.pending.push_back(std::move(packet));
+        if (out.empty()) continue;
+      }
+      rt.pending.pop_front();
+      ++rt.emitted;
+    }
+  }
+
   Msg produce(Runtime& rt, oneapi::tbb::flow_control& control) {
     while (rt.pending.empty()) {
       const bool budget_spent = ctx.max_steps >= 0 && rt.emitted >= ctx.max_steps;
@@ -517,8 +532,17 @@ RunReport Pipeline::run() {
     });
   }
 
+  for (auto& rt : impl.nodes) {
+    if (rt->source && impl.ctx.start_step > 0) {
+      try {
+        impl.fast_forward(*rt);
+      } catch (...) {
+        impl.fail(*rt, rt->emitted, std::current_exception());
+      }
+    }
+  }
   for (auto& rt : impl.nodes)
-    if (rt->source) rt->source->activate();
+    if (rt->source && !impl.failed.load()) rt->source->activate();
   impl.graph.wait_for_all();
   {
     std::lock_guard<std::mutex> lock(watchdog_mutex);

@@ -23,6 +23,10 @@ namespace diffuflow {
 struct ResourceContract {
   std::string type;  // filled in by the registration macro
   std::string doc;
+  // What the resource provides beyond its own type, so that a parameter can
+  // accept any resource of that kind: a ParamSpec::resource("model", "model", ...)
+  // accepts a unet_model as well as an mlp_model, both of kind "model".
+  std::string kind;
   std::vector<ParamSpec> params;
   // Extra checks after the table has resolved (cross-parameter rules, a
   // config file that must exist and parse). Throw ConfigError; the validator

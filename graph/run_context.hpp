@@ -59,8 +59,16 @@ class RunContext {
   MetricsLog& metrics() { return *metrics_; }
   void set_metrics(std::shared_ptr<MetricsLog> metrics) { metrics_ = std::move(metrics); }
 
-  // Step budget for sources: -1 means unbounded.
+  // Step budget for sources: -1 means unbounded. Counts the steps skipped on resume.
   int64_t max_steps = -1;
+
+  // Resuming a run: the checkpoint to restore from (empty: a fresh run) and the
+  // step it was written at. The builder fast-forwards every source by
+  // start_step packets (all randomness is keyed by (seed, node, seq), so the
+  // resumed run sees exactly the batches, timesteps and noise it would have);
+  // nodes with state (the optimiser) restore it from resume_path.
+  std::filesystem::path resume_path;
+  int64_t start_step = 0;
   std::atomic<bool>& stop_flag() { return stop_; }
   bool stop_requested() const { return stop_.load(std::memory_order_relaxed); }
   void request_stop() { stop_.store(true); }

@@ -211,7 +211,7 @@ class Parser {
               "unknown resource type '" + r.type + "'" + suggestion(r.type, Registry::instance().resource_types()));
         continue;
       }
-      r.raw_params = item["params"];
+      if (item["params"]) r.raw_params.reset(item["params"]);
       r.params = resolve_params(contract->params, r.raw_params,
                                 locate_key(file_, item, "params", path + ".params"), errors_);
       spec.resources.push_back(std::move(r));
@@ -267,7 +267,7 @@ class Parser {
           }
         }
       }
-      n.raw_params = item["params"];
+      if (item["params"]) n.raw_params.reset(item["params"]);
       n.params = resolve_params(contract->params, n.raw_params,
                                 locate_key(file_, item, "params", path + ".params"), errors_);
       // Resource references must name a declared resource of the right type.
@@ -277,13 +277,17 @@ class Parser {
         const ResourceSpec* r = spec.resource(ref);
         const YAML::Node at = n.raw_params.IsMap() ? n.raw_params[p.name] : YAML::Node();
         const SourceLocation where = locate(file_, at.IsDefined() ? at : item, path + ".params." + p.name);
+        auto provides = [&](const ResourceSpec& d) {
+          const ResourceContract* rc = Registry::instance().resource_contract(d.type);
+          return d.type == p.resource_type || (rc && rc->kind == p.resource_type);
+        };
         std::vector<std::string> declared;
         for (const auto& d : spec.resources)
-          if (d.type == p.resource_type) declared.push_back(d.name);
+          if (provides(d)) declared.push_back(d.name);
         if (!r) {
           error(where, "'" + ref + "' is not a declared resource; '" + p.name + "' needs a " + p.resource_type +
                            " resource" + suggestion(ref, declared));
-        } else if (r->type != p.resource_type) {
+        } else if (!provides(*r)) {
           error(where, "resource '" + ref + "' is a " + r->type + ", but '" + p.name + "' needs a " +
                            p.resource_type);
         }
