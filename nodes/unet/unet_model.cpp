@@ -23,6 +23,7 @@ void check_params(const diffuflow::Params& params) {
 
 ResourceContract UNetModelResource::contract() {
   ResourceContract c;
+  c.kind = kModelResourceKind;
   c.doc = "The U-Net denoiser (diffusers UNet2DModel names), its parameters and gradients in flat oneDNN buffers.";
   c.params = {
       ParamSpec::text("config", "unet-s", "built-in config (unet-s, unet-tiny) or a path to a diffusers config.json"),

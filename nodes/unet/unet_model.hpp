@@ -14,6 +14,8 @@
 // PyTorch's defaults, GroupNorm weight 1 and bias 0).
 #pragma once
 
+#include "nodes/unet/model_resource.hpp"
+
 #include "graph/resource.hpp"
 #include "nodes/unet/unet.hpp"
 
@@ -21,7 +23,7 @@
 
 namespace diffuflow {
 
-class UNetModelResource : public Resource {
+class UNetModelResource : public ModelResource {
  public:
   struct Params {
     std::string config = "unet-s";
@@ -32,7 +34,8 @@ class UNetModelResource : public Resource {
   static ResourceContract contract();
   UNetModelResource(const ResourceConfig& config, RunContext& ctx);
 
-  DenoiserModel& model() { return *model_; }
+  DenoiserModel& model() override { return *model_; }
+  std::string config_json() const override { return model_->config().to_json(); }
   UNetModel& unet() { return *model_; }
   const UNetConfig& unet_config() const { return model_->config(); }
   std::shared_ptr<UNetModel> shared_model() const { return model_; }
