@@ -1,0 +1,43 @@
+// noise_source: the starting points of reverse diffusion chains, x_T ~ N(0, I).
+//
+// Example config:
+//   - name: noise
+//     type: noise_source
+//     params: {shape: [1, 28, 28], batch_size: 16, count: 64}
+//
+// out: x_t [N,C,H,W] f32 ~ N(0, I) on the device (N = batch_size; the last
+//      packet holds the remainder when count is not a multiple of it)
+//
+// Emits ceil(count / batch_size) packets, seq = chain index 0, 1, ...; the
+// noise of chain `seq` depends only on (pipeline seed, node name, seq), so a
+// chain's samples do not depend on how many chains run at once.
+#pragma once
+
+#include "graph/node.hpp"
+
+#include <cstdint>
+#include <vector>
+
+namespace diffuflow {
+
+class NoiseSource : public Node {
+ public:
+  struct Params {
+    std::vector<int64_t> shape{1, 28, 28};  // [C,H,W] of one sample
+    int64_t batch_size = 16;
+    int64_t count = 64;
+  };
+
+  static NodeContract contract();
+  NoiseSource(const NodeConfig& config, RunContext& ctx);
+  bool produce(Emitter& out) override;
+
+  // Packets this source emits in all: ceil(count / batch_size).
+  int64_t packets() const { return (params_.count + params_.batch_size - 1) / params_.batch_size; }
+
+ private:
+  Params params_;
+  int64_t emitted_ = 0;
+};
+
+}  // namespace diffuflow

@@ -1,0 +1,100 @@
+// sampler: the reverse diffusion chain as a loop in the graph. Each chain
+// packet goes round sampler -> model -> sampler once per denoising step; all
+// the chain's state (x_t, t, the step, the snapshots) travels in the packet,
+// so any number of chains may be in flight and the node may run concurrently.
+//
+// Example config:
+//   nodes:
+//     - {name: noise, type: noise_source, params: {shape: [1, 28, 28], batch_size: 16, count: 64}}
+//     - {name: gate, type: limiter, params: {max_in_flight: 2}}
+//     - {name: sampler, type: sampler, params: {schedule: schedule, method: ddim, steps: 50}, concurrency: 2}
+//     - {name: forward, type: model_forward, params: {model: model}}
+//     - {name: writer, type: image_writer, params: {field: sample, layout: grid}}
+//   edges:
+//     - noise -> gate
+//     - gate -> sampler.start
+//     - sampler.model -> forward
+//     - forward -> sampler.back
+//     - sampler.done -> writer
+//     - sampler.done -> gate.decrement
+//
+// in:  start  x_t [N,C,H,W] f32, the chain's x_T
+//      back   x_t, t [N] s32 host, sampler_step (int), prediction [N,C,H,W] f32
+//             (the model's output for (x_t, t)); optionally z [N,C,H,W]: the
+//             noise of this step, used instead of the node's own draw
+// out: model  x_t [N,C,H,W] f32, t [N] s32 host, sampler_step: the next model call
+//      done   sample [N,C,H,W] f32 = x_0; chain [N,K,C,H,W] f32 when snapshots = K > 0
+//
+// Timesteps, from the noisiest:
+//   ddim: `steps` (default 50) with leading spacing, T/steps apart (980, 960, ..., 0)
+//   ddpm: every t from T-1 down to 0 (steps 0 or T), each an ancestral step
+//         t -> t-1. With 0 < steps < T, DDPM skips steps: the same leading
+//         spacing as DDIM, each step a DDIM step with eta = 1, which is the
+//         ancestral step of the respaced chain (its noise has the variance of
+//         the DDPM posterior between the two timesteps).
+// Step noise z of chain `seq` at step k is drawn from (pipeline seed, node name,
+// seq, k), so samples do not depend on scheduling.
+#pragma once
+
+#include "graph/node.hpp"
+#include "nodes/diffusion/diffusion_steps.hpp"
+#include "nodes/diffusion/noise_schedule.hpp"
+
+#include <map>
+#include <memory>
+#include <mutex>
+#include <string>
+#include <utility>
+#include <vector>
+
+namespace diffuflow {
+
+constexpr const char* kSamplerStepField = "sampler_step";
+
+class Sampler : public Node {
+ public:
+  enum class Method { ddpm, ddim };
+  static constexpr int kStartPort = 0, kBackPort = 1;  // inputs
+  static constexpr int kModelPort = 0, kDonePort = 1;  // outputs
+
+  struct Params {
+    std::string schedule;
+    Method method = Method::ddim;
+    int64_t steps = 0;  // 0: 50 for ddim, T for ddpm
+    double eta = 0.0;
+    bool clip = true;
+    PredictionTarget prediction = PredictionTarget::epsilon;
+    int64_t snapshots = 0;
+  };
+
+  static NodeContract contract();
+  Sampler(const NodeConfig& config, RunContext& ctx);
+  void process(const NodeInput& in, Emitter& out) override;
+
+  // The model is called at these timesteps, in order; after timesteps()[k]
+  // the chain moves to timesteps()[k] - stride() (x_0 after the last).
+  const std::vector<int>& timesteps() const { return timesteps_; }
+  int stride() const { return stride_; }
+  // Chain positions (0 = x_T, steps = x_0) kept as snapshots.
+  const std::vector<int64_t>& snapshot_positions() const { return snapshot_positions_; }
+
+ private:
+  void start(const Packet& packet, Emitter& out);
+  void step(const Packet& packet, Emitter& out);
+  Tensor step_noise(const Shape& shape, int64_t seq, int64_t step);
+  // Appends x to the packet's snapshots when `position` is one to keep.
+  void keep_snapshot(Packet& packet, int64_t position, const Tensor& x);
+  Tensor assemble_chain(const Packet& packet);
+
+  Params params_;
+  std::shared_ptr<NoiseSchedule> schedule_;
+  DiffusionSteps steps_;
+  std::vector<int> timesteps_;
+  int stride_ = 1;
+  bool ancestral_ = false;  // ddpm over every timestep: ddpm_step t -> t-1
+  std::vector<int64_t> snapshot_positions_;
+  std::mutex chain_mutex_;
+  std::map<std::pair<Shape, int64_t>, dnnl::reorder> chain_copies_;  // (chain shape, column) -> reorder
+};
+
+}  // namespace diffuflow
