@@ -1,0 +1,65 @@
+// loss_curve: plots the `loss` of every packet it receives as loss_curve.png
+// in the output folder: the raw values in light grey, an exponential moving
+// average on top, axes with tick labels, optionally a log-scale y axis.
+//
+// Example config:
+//   - name: curve
+//     type: loss_curve
+//     params: {every: 200, smoothing: 0.98, log_y: true}
+//
+// in: loss (number), one per packet; the packet's seq is the x axis (step)
+//
+// The picture is rewritten every `every` packets (0: only at the end) and at
+// finish(), under a temporary name then renamed, so a reader never sees half a
+// PNG. With an empty out_dir (validation, tests) nothing is written. Host-only.
+#pragma once
+
+#include "graph/node.hpp"
+
+#include <opencv2/core.hpp>
+
+#include <filesystem>
+#include <mutex>
+#include <string>
+#include <utility>
+#include <vector>
+
+namespace diffuflow {
+
+struct LossCurveStyle {
+  int width = 800;
+  int height = 480;
+  double smoothing = 0.98;  // EMA factor: ema = s * ema + (1 - s) * loss
+  bool log_y = true;
+  std::string title = "loss";
+};
+
+// Draws (step, loss) points, sorted by step, as a BGR image of style.width x style.height.
+// Non-finite values (and values <= 0 on a log axis) are skipped.
+cv::Mat draw_loss_curve(std::vector<std::pair<int64_t, double>> points, const LossCurveStyle& style);
+
+class LossCurve : public Node {
+ public:
+  struct Params {
+    int64_t every = 100;
+    std::string file = "loss_curve.png";
+    LossCurveStyle style;
+  };
+
+  static NodeContract contract();
+  LossCurve(const NodeConfig& config, RunContext& ctx);
+  void process(const NodeInput& in, Emitter& out) override;
+  void finish() override;
+
+  // Where the plot goes (empty without an out_dir).
+  std::filesystem::path file();
+
+ private:
+  void write();
+
+  Params params_;
+  std::mutex mutex_;
+  std::vector<std::pair<int64_t, double>> points_;
+};
+
+}  // namespace diffuflow

@@ -1,0 +1,69 @@
+// scatter_plot: draws 2-D point sets (toy data, samples, chains of samples) as
+// PNG scatter plots in the output folder, on fixed axes so pictures of
+// different steps compare at a glance.
+//
+//   layout: points  field [N,2,1,1] (or [N,2]): one panel. With every = E > 0,
+//                   each E-th packet's points -> <prefix>_<seq>.png; points
+//                   also accumulate (up to max_points) -> <prefix>.png at the end.
+//   layout: chain   field [N,K,2,1,1]: a row of K panels, column k holding
+//                   point k of every chain (the forward or the reverse chain)
+//                   -> <prefix>_<seq>.png for every E-th packet (E = 0: the
+//                   first), and <prefix>.png at the end from the accumulated rows.
+//
+// Example config:
+//   - name: plot
+//     type: scatter_plot
+//     params: {field: sample, layout: points, every: 0, max_points: 4096, limit: 1.5}
+//
+// in: <field> f32 on any engine (read on the host). Files are written under a
+// temporary name and renamed; with an empty out_dir nothing is written. Host-only.
+#pragma once
+
+#include "graph/node.hpp"
+
+#include <opencv2/core.hpp>
+
+#include <filesystem>
+#include <mutex>
+#include <string>
+#include <vector>
+
+namespace diffuflow {
+
+// One square panel of `size` pixels showing interleaved x,y pairs on the axes
+// [-limit, limit]^2 (points outside are clamped to the border), BGR.
+cv::Mat draw_scatter(const std::vector<float>& xy, float limit, int size, const std::string& title = "");
+
+// A row of K panels for a chain field [N,K,2,...]: panel k shows point k of every row.
+cv::Mat draw_scatter_chain(const std::vector<float>& values, int64_t n, int64_t k, float limit, int size);
+
+class ScatterPlot : public Node {
+ public:
+  enum class Layout { points, chain };
+  struct Params {
+    std::string field = "x0";
+    Layout layout = Layout::points;
+    int64_t every = 0;
+    int64_t max_points = 4096;
+    double limit = 1.5;
+    int64_t size = 400;
+    std::string prefix = "scatter";
+  };
+
+  static NodeContract contract();
+  ScatterPlot(const NodeConfig& config, RunContext& ctx);
+  void process(const NodeInput& in, Emitter& out) override;
+  void finish() override;
+
+  // <out_dir>/<prefix>_<seq>.png, or <out_dir>/<prefix>.png for seq < 0; empty without an out_dir.
+  std::filesystem::path file_for(int64_t seq);
+
+ private:
+  Params params_;
+  std::mutex mutex_;
+  std::vector<float> kept_;  // points: x,y pairs; chain: rows of K x,y pairs
+  int64_t chain_k_ = 0;
+  int64_t seen_ = 0;
+};
+
+}  // namespace diffuflow
