@@ -332,7 +332,7 @@ struct Pipeline::Impl {
     flow::receiver<Work>& body_in = rt.body ? static_cast<flow::receiver<Work>&>(*rt.body)
                                             : static_cast<flow::receiver<Work>&>(*rt.async_body);
     flow::sender<RoutedPtr>& body_out = rt.body ? static_cast<flow::sender<RoutedPtr>&>(*rt.body)
-                                                : static_cast<flow::sender<RoutedPtr>&>(*rt.async_body);
+                                                : flow::output_port<0>(*rt.async_body);  // async_node: via its port
     // Inputs.
     const size_t k = c.inputs.size();
     if (c.input_policy == InputPolicy::any || k == 1) {

@@ -1,6 +1,7 @@
 // diffuflow: the command-line entry point. Subcommands register themselves
 // (runners/command.hpp); this file only dispatches and maps errors to exit codes.
 #include "graph/errors.hpp"
+#include "graph/openmp_policy.hpp"
 #include "runners/command.hpp"
 
 #include <exception>
@@ -8,6 +9,7 @@
 
 int main(int argc, char** argv) {
   using namespace diffuflow;
+  ensure_passive_openmp(argc, argv);
   auto& table = commands();
   auto usage = [&](std::ostream& out) {
     out << "usage: diffuflow <command> [options]\n\ncommands:\n";

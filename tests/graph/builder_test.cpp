@@ -51,6 +51,26 @@ edges: [src -> add, add -> sink]
   }
 }
 
+TEST_CASE("device nodes run on the compute thread and deliver every packet") {
+  for (int concurrency : {1, 3}) {
+    CAPTURE(concurrency);
+    reset_sinks();
+    run_yaml(R"(
+name: device
+nodes:
+  - {name: src, type: test_source, params: {count: 25}}
+  - {name: add, type: test_device_add, params: {amount: 7}, concurrency: )" +
+             std::to_string(concurrency) + R"(}
+  - {name: more, type: test_device_add, params: {amount: 1}}
+  - {name: sink, type: test_sink}
+edges: [src -> add, add -> more, more -> sink]
+)");
+    const auto values = sorted_values("sink");
+    REQUIRE(values.size() == 25);
+    for (int64_t i = 0; i < 25; ++i) CHECK(values[i] == i + 8);
+  }
+}
+
 TEST_CASE("fan-out then a tag-matching join pairs packets by seq") {
   for (int concurrency : {1, 4}) {
     CAPTURE(concurrency);

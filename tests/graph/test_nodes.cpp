@@ -59,6 +59,18 @@ class Add : public Node {
   int64_t amount_, sleep_us_;
 };
 
+// The same as Add, but declared a device node: it runs on the compute thread.
+class DeviceAdd : public Add {
+ public:
+  static NodeContract contract() {
+    NodeContract c = Add::contract();
+    c.doc = "test: value += amount, on the compute thread";
+    c.host_only = false;
+    return c;
+  }
+  using Add::Add;
+};
+
 class PairSum : public Node {
  public:
   static NodeContract contract() {
@@ -195,6 +207,7 @@ int64_t max_in_flight_seen() { return g_max_in_flight.load(); }
 
 DIFFUFLOW_REGISTER_NODE(test_source, diffuflow::test::CounterSource);
 DIFFUFLOW_REGISTER_NODE(test_add, diffuflow::test::Add);
+DIFFUFLOW_REGISTER_NODE(test_device_add, diffuflow::test::DeviceAdd);
 DIFFUFLOW_REGISTER_NODE(test_pair_sum, diffuflow::test::PairSum);
 DIFFUFLOW_REGISTER_NODE(test_loop, diffuflow::test::LoopStep);
 DIFFUFLOW_REGISTER_NODE(test_enter, diffuflow::test::Enter);
