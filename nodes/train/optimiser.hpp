@@ -1,0 +1,139 @@
+// optimiser: Adam / AdamW over the model's flat parameter buffer, with
+// learning-rate warm-up and cosine decay, gradient clipping by global L2 norm,
+// gradient accumulation, an EMA of the weights and checkpoints.
+//
+// Example config:
+//   - name: optimiser
+//     type: optimiser
+//     params: {model: model, algorithm: adamw, lr: 2e-4, weight_decay: 0.01, warmup_steps: 500,
+//              schedule: cosine, total_steps: 8000, clip_grad_norm: 1.0, ema_decay: 0.999,
+//              checkpoint_every: 1000, keep_last: 3}
+//   edges:
+//     - backward -> optimiser
+//     - optimiser -> gate.decrement
+//
+// in:  grads_ready (the model's gradients hold this packet's batch), loss (double, logged)
+// out: step (int64): the optimiser steps taken so far (1-based after the first step);
+//      one packet per input packet, so a limiter fed by it frees one slot per batch
+//
+// The math is torch.optim.Adam / AdamW (amsgrad off), on the flat buffers
+// params [P], grads [P], exp_avg [P], exp_avg_sq [P] of the model's engine:
+//   g  = grads / accumulate * clip_coef     (clip_coef = min(1, max_norm / (||g|| + 1e-6)))
+//   g += weight_decay * p                   (adam: L2)   |  p *= 1 - lr * weight_decay  (adamw)
+//   m  = beta1 m + (1 - beta1) g;   v = beta2 v + (1 - beta2) g^2
+//   p -= lr / (1 - beta1^k) * m / (sqrt(v / (1 - beta2^k)) + eps)
+//   ema = d ema + (1 - d) p,  d = 0 at update 1, else min(ema_decay, (1 + s) / (10 + s)), s = k - 1
+// Every operation over [P] is a oneDNN primitive created once; values that
+// change per step (scale, lr, bias corrections, EMA decay) are 1-element
+// memories broadcast as src1. Only scalars (the gradient norm) reach the host.
+//
+// Learning rate at optimiser step k (1-based): lr * k / warmup_steps while
+// k < warmup_steps; then constant, or cosine from lr down to min_lr reached at
+// total_steps (0: the run's --max-steps).
+//
+// Checkpoints (host I/O): <out_dir>/<checkpoint_dir>/step_000123.safetensors,
+// written atomically, plus latest.safetensors with the same contents:
+//   <diffusers name>          the raw weights          (F32, the parameter's shape)
+//   ema.<diffusers name>      the EMA weights          (only when ema_decay > 0)
+//   optimiser.exp_avg         Adam's first moment      (F32 [P])
+//   optimiser.exp_avg_sq      Adam's second moment     (F32 [P])
+//   __metadata__: format "diffuflow-checkpoint", format_version "1", step (training
+//   steps = packets consumed), optimiser_step, seed, model_kind, model_config (JSON).
+// Only the newest keep_last step files are kept. finish() writes the final one.
+// With RunContext::resume_path set, the constructor restores weights, EMA,
+// moments and counters, so the resumed run continues bit for bit.
+#pragma once
+
+#include "graph/node.hpp"
+
+#include <dnnl.hpp>
+
+#include <cstdint>
+#include <filesystem>
+#include <memory>
+#include <string>
+
+namespace diffuflow {
+
+class ModelResource;
+class DenoiserModel;
+class SafetensorsFile;
+
+class Optimiser : public Node {
+ public:
+  enum class Algorithm { adam, adamw };
+  enum class LrSchedule { constant, cosine };
+  enum class OnNonfinite { stop, skip };
+
+  struct Params {
+    std::string model;
+    Algorithm algorithm = Algorithm::adam;
+    double lr = 2e-4;
+    double beta1 = 0.9;
+    double beta2 = 0.999;
+    double eps = 1e-8;
+    double weight_decay = 0;
+    int64_t warmup_steps = 0;
+    LrSchedule schedule = LrSchedule::constant;
+    int64_t total_steps = 0;
+    double min_lr = 0;
+    double clip_grad_norm = 0;
+    int64_t accumulate = 1;
+    double ema_decay = 0.999;
+    int64_t checkpoint_every = 0;
+    int64_t keep_last = 3;
+    std::string checkpoint_dir = "checkpoints";
+    OnNonfinite on_nonfinite = OnNonfinite::stop;
+  };
+
+  static constexpr const char* kCheckpointFormat = "diffuflow-checkpoint";
+  static constexpr int kCheckpointVersion = 1;
+
+  static NodeContract contract();
+  Optimiser(const NodeConfig& config, RunContext& ctx);
+  ~Optimiser() override;
+  void process(const NodeInput& in, Emitter& out) override;
+  void finish() override;
+
+  // The learning rate of optimiser step `step` (1-based).
+  static double learning_rate(const Params& params, int64_t step);
+  // The EMA decay of update `update` (1-based), diffusers' EMAModel warm-up.
+  static double ema_decay_at(double ema_decay, int64_t update);
+  // The training step a checkpoint was written at (its metadata "step"). DataError on a bad file.
+  static int64_t checkpoint_step(const std::filesystem::path& path);
+  // "step_000123.safetensors"
+  static std::string checkpoint_file_name(int64_t step);
+
+  const Params& params() const { return params_; }
+  int64_t step() const { return step_; }          // optimiser steps taken
+  int64_t packets() const { return packets_; }    // training steps (packets) consumed
+  double last_grad_norm() const { return last_grad_norm_; }
+  // The EMA weights, flat f32 [P] on the model's engine (null when ema_decay is 0).
+  const dnnl::memory* ema() const;
+  const dnnl::memory& exp_avg() const;
+  const dnnl::memory& exp_avg_sq() const;
+  // Where checkpoints go; empty when the run writes nothing.
+  std::filesystem::path checkpoint_folder() const;
+  // Writes a checkpoint of the current state to `path` (atomically).
+  void write_checkpoint(const std::filesystem::path& path) const;
+
+ private:
+  struct Kernels;
+
+  bool take_step(int64_t seq, double loss);
+  void save_checkpoint();
+  void restore(const SafetensorsFile& file);
+  void prune_checkpoints(const std::filesystem::path& folder) const;
+
+  Params params_;
+  std::shared_ptr<ModelResource> resource_;
+  DenoiserModel& model_;
+  std::unique_ptr<Kernels> kernels_;
+  int64_t step_ = 0;
+  int64_t packets_ = 0;
+  int64_t window_ = 0;  // packets accumulated since the last step
+  int64_t last_checkpoint_packets_ = -1;
+  double last_grad_norm_ = 0;
+};
+
+}  // namespace diffuflow
