@@ -1,0 +1,75 @@
+// image_writer: writes a tensor field of the packets it receives as PNG files
+// into <out_dir>/<subdir>, every `every`-th step.
+//
+//   layout: grid       nrow images per row            -> <prefix>_<seq>.png
+//   layout: strip      the whole batch in one row     -> <prefix>_<seq>.png
+//   layout: per_image  one file per image             -> <prefix>_<seq>_<i>.png
+//   layout: chain      field [N,K,C,H,W]: a row per image, its K chain steps
+//                      as columns                     -> <prefix>_<seq>.png
+//
+// Example config:
+//   - name: samples
+//     type: image_writer
+//     params: {field: x0, layout: grid, every: 100, nrow: 8, scale: 2}
+//
+// in:  <field> [N,C,H,W] (or [N,K,C,H,W] for chain) f32 in [-1,1], C = 1 (grey) or 3 (RGB)
+//
+// seq is written with 6 digits (grid_000012.png). Pixels map back to bytes as
+// round(clamp(x/2+0.5, 0, 1)*255); each image is enlarged `scale` times
+// (nearest neighbour) and tiles are kImageGap pixels apart on a grey ground. Files are
+// written under a temporary name and renamed, so a reader never sees half a
+// PNG. With an empty out_dir (validation, tests) nothing is written.
+#pragma once
+
+#include "graph/node.hpp"
+
+#include <opencv2/core.hpp>
+
+#include <filesystem>
+#include <string>
+
+namespace diffuflow {
+
+constexpr int kImageGap = 2;           // pixels between tiles
+constexpr uint8_t kImageGapValue = 128;  // grey, visible against black and white images
+
+// Tiles images [N,C,H,W] f32 in [-1,1] into one 8-bit picture: nrow images per
+// row (fewer when N < nrow), each enlarged `scale` times, `gap` pixels apart.
+// Returns CV_8UC1 for C = 1 and CV_8UC3 in OpenCV's BGR order for C = 3 (RGB
+// in the tensor), ready for cv::imwrite. Throws std::invalid_argument otherwise.
+cv::Mat tensor_to_image_grid(const Tensor& images, int nrow, int scale = 1, int gap = kImageGap);
+
+// tensor_to_image_grid written as a PNG at `out` (atomically; parent folders created).
+void write_png_grid(const Tensor& images, int nrow, int scale, const std::filesystem::path& out);
+
+// Encodes `image` as PNG into a temporary file next to `out`, then renames it.
+// Throws std::runtime_error naming the path when it cannot.
+void write_png_atomic(const cv::Mat& image, const std::filesystem::path& out);
+
+class ImageWriter : public Node {
+ public:
+  enum class Layout { grid, strip, per_image, chain };
+
+  struct Params {
+    std::string field = "x0";
+    Layout layout = Layout::grid;
+    int64_t every = 1;
+    int64_t max_images = 64;
+    int64_t nrow = 8;
+    std::string prefix;  // default: the layout's name
+    int64_t scale = 2;
+    std::string subdir = "samples";
+  };
+
+  static NodeContract contract();
+  ImageWriter(const NodeConfig& config, RunContext& ctx);
+  void process(const NodeInput& in, Emitter& out) override;
+
+  // The file a grid, strip or chain of step `seq` goes to (empty without an out_dir).
+  std::filesystem::path file_for(int64_t seq);
+
+ private:
+  Params params_;
+};
+
+}  // namespace diffuflow
