@@ -338,7 +338,14 @@ class Parser {
         error(where, "cannot parse value '" + o.value + "': " + e.msg);
         continue;
       }
+      const size_t before = errors_.size();
       if (auto v = parse_param(*ps, value, where, errors_)) params->set(o.param, *v);
+      // The value's own YAML position (1:1 of the --set text) means nothing to the user.
+      for (size_t i = before; i < errors_.size(); ++i) {
+        SourceLocation plain = where;
+        plain.key_path = errors_[i].where().key_path;
+        errors_[i] = ConfigError(plain, errors_[i].message());
+      }
     }
   }
 

@@ -121,7 +121,8 @@ Tensor Tensor::copy_to(const dnnl::engine& target) const {
   const auto src_kind = memory_.get_engine().get_kind();
   const auto dst_kind = target.get_kind();
   if (src_kind == dnnl::engine::kind::cpu && dst_kind == dnnl::engine::kind::cpu) {
-    dnnl::stream stream(target);
+    // Two CPU engine objects: the reorder belongs to the source's engine.
+    dnnl::stream stream(memory_.get_engine());
     dnnl::reorder(src, out.memory_).execute(stream, src, out.memory_);
     stream.wait();
     return out;

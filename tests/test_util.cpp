@@ -25,7 +25,8 @@ TempDir::~TempDir() {
 }
 
 CommandResult run_cli(const std::string& args) {
-  const std::string command = std::string("\"") + DIFFUFLOW_BINARY + "\" " + args + " 2>&1";
+  // From the repository root, as the README runs it (pipelines name data by relative paths).
+  const std::string command = "cd \"" + source_dir().string() + "\" && \"" + DIFFUFLOW_BINARY + "\" " + args + " 2>&1";
   CommandResult result;
   FILE* pipe = ::popen(command.c_str(), "r");
   if (!pipe) throw std::runtime_error("cannot run " + command);

@@ -1,0 +1,118 @@
+// The CLI as a user meets it: exit codes, messages, output folders.
+#include "test_util.hpp"
+
+#include <doctest/doctest.h>
+
+#include <filesystem>
+
+using namespace diffuflow::test;
+namespace fs = std::filesystem;
+
+namespace {
+bool contains(const std::string& text, const std::string& part) { return text.find(part) != std::string::npos; }
+}  // namespace
+
+TEST_CASE("every pipeline in pipelines/ validates") {
+  int count = 0;
+  for (const auto& entry : fs::directory_iterator(source_dir() / "pipelines")) {
+    if (entry.path().extension() != ".yaml") continue;
+    ++count;
+    const auto result = run_cli("validate " + entry.path().string());
+    CAPTURE(entry.path().string());
+    CAPTURE(result.output);
+    CHECK(result.exit_code == 0);
+    CHECK(contains(result.output, ": ok"));
+  }
+  CHECK(count >= 2);
+}
+
+TEST_CASE("a broken pipeline exits with code 2 and file:line:column messages for every error") {
+  TempDir dir;
+  write_file(dir / "bad.yaml", R"(name: bad
+nodes:
+  - {name: data, type: synthetic_sorce}
+  - {name: writer, type: image_writer, params: {scale: big}}
+edges: [data -> writer]
+)");
+  const auto result = run_cli("validate " + (dir / "bad.yaml").string());
+  CAPTURE(result.output);
+  CHECK(result.exit_code == 2);
+  CHECK(contains(result.output, "bad.yaml:3:"));
+  CHECK(contains(result.output, "did you mean 'synthetic_source'"));
+  CHECK(contains(result.output, "bad.yaml:4:"));
+  CHECK(contains(result.output, "expected int"));
+}
+
+TEST_CASE("run refuses a bad --set value with exit code 2 and leaves no output folder") {
+  TempDir dir;
+  const auto result =
+      run_cli("run pipelines/noising_chain.yaml --set data.batch_size=-3 --out " + (dir / "out").string());
+  CAPTURE(result.output);
+  CHECK(result.exit_code == 2);
+  CHECK(contains(result.output, "--set: data.batch_size"));
+  CHECK(contains(result.output, "out of range"));
+  CHECK(!fs::exists(dir / "out"));
+}
+
+TEST_CASE("run writes the resolved pipeline, metrics, profile and artefacts, and never reuses a folder") {
+  TempDir dir;
+  const std::string out = (dir / "run").string();
+  const auto result = run_cli("run pipelines/noising_chain.yaml -q --trace " + (dir / "trace.json").string() +
+                              " --out " + out);
+  CAPTURE(result.output);
+  REQUIRE(result.exit_code == 0);
+  CHECK(fs::exists(dir / "run" / "pipeline.yaml"));
+  CHECK(fs::exists(dir / "run" / "metrics.jsonl"));
+  CHECK(fs::exists(dir / "run" / "profile.json"));
+  CHECK(fs::file_size(dir / "run" / "noising_chain_000000.png") > 1000);
+  CHECK(contains(read_file(dir / "run" / "pipeline.yaml"), "mode: markov"));
+  CHECK(contains(read_file(dir / "run" / "profile.json"), "\"busy_fraction\""));
+  const std::string trace = read_file(dir / "trace.json");
+  CHECK(contains(trace, "\"traceEvents\""));
+  CHECK(contains(trace, "noising_chain"));
+
+  const auto again = run_cli("run pipelines/noising_chain.yaml -q --out " + out);
+  CHECK(again.exit_code == 2);
+  CHECK(contains(again.output, "already holds files"));
+}
+
+TEST_CASE("nodes lists every registered type with its ports and params; graph prints dot") {
+  const auto nodes = run_cli("nodes");
+  REQUIRE(nodes.exit_code == 0);
+  for (const char* type : {"mnist_loader", "image_folder_loader", "synthetic_source", "toy2d_source", "augment",
+                           "timestep_sampler", "noiser", "noising_chain", "image_writer", "limiter",
+                           "noise_schedule", "unet_model"}) {
+    CAPTURE(type);
+    const bool listed = contains(nodes.output, std::string(type) + "\n") || contains(nodes.output, std::string(type) + "  [");
+    CHECK(listed);
+  }
+  CHECK(contains(nodes.output, "batch_size (int in [1, 65536]), default 64"));
+  const auto unknown = run_cli("nodes mnist_loder");
+  CHECK(unknown.exit_code == 2);
+  CHECK(contains(unknown.output, "did you mean 'mnist_loader'"));
+
+  const auto dot = run_cli("graph pipelines/noising_chain.yaml");
+  REQUIRE(dot.exit_code == 0);
+  CHECK(contains(dot.output, "digraph \"noising_chain\""));
+  CHECK(contains(dot.output, "\"data\" -> \"chain\""));
+}
+
+TEST_CASE("an unknown command or option is bad input (exit 2)") {
+  const auto command = run_cli("rnu pipelines/noising_chain.yaml");
+  CHECK(command.exit_code == 2);
+  CHECK(contains(command.output, "did you mean 'run'"));
+  const auto option = run_cli("run pipelines/noising_chain.yaml --max-stpes 3");
+  CHECK(option.exit_code == 2);
+  const auto missing = run_cli("validate does/not/exist.yaml");
+  CHECK(missing.exit_code == 2);
+  CHECK(contains(missing.output, "does/not/exist.yaml: cannot open the pipeline file"));
+}
+
+TEST_CASE("device gpu without an Intel GPU is a clear error, never a silent CPU run") {
+  TempDir dir;
+  const auto result = run_cli("run pipelines/noising_chain.yaml --device gpu -q --out " + (dir / "gpu").string());
+  CAPTURE(result.output);
+  CHECK(result.exit_code != 0);
+  CHECK(contains(result.output, "no Intel GPU"));
+  CHECK(!fs::exists(dir / "gpu" / "noising_chain_000000.png"));
+}
