@@ -36,11 +36,17 @@ memory::desc plain_f32(const Shape& shape) {
   return memory::desc(shape, memory::data_type::f32, plain_format(shape.size()));
 }
 
-// [N, 1, ..., 1] of the same rank as `shape`.
-Shape row_shape(const Shape& shape) {
-  Shape rows(shape.size(), 1);
-  rows[0] = shape[0];
-  return rows;
+// The primitives see an [N, ...] tensor as [1, N, M] (the same plain memory) and
+// the per-sample coefficients as [1, N, 1]: a per-channel broadcast, which
+// oneDNN's jit binary kernels handle, where an [N,1,1,1] broadcast over the
+// batch dimension would fall back to the slow reference kernel.
+memory::desc flat_full(const Shape& shape) {
+  const int64_t n = shape[0];
+  return memory::desc({1, n, shape_numel(shape) / n}, memory::data_type::f32, memory::format_tag::abc);
+}
+
+memory::desc flat_rows(const Shape& shape) {
+  return memory::desc({1, shape[0], 1}, memory::data_type::f32, memory::format_tag::abc);
 }
 
 constexpr double kTwoPi = 6.283185307179586476925286766559;
@@ -52,14 +58,14 @@ double uniform_open_zero(std::mt19937_64& rng) {
 
 }  // namespace
 
-Tensor standard_normal(const Shape& shape, std::mt19937_64& rng, Device& device) {
+Tensor standard_normal(const Shape& shape, std::mt19937_64& rng, Device& device, float scale) {
   // Mapping is free on a CPU engine and an explicit host<->device transfer on a GPU.
   Tensor out(shape, DType::f32, device.engine());
   {
     auto values = out.map<float>();
     const size_t n = values.size();
     for (size_t i = 0; i < n; i += 2) {
-      const double radius = std::sqrt(-2.0 * std::log(uniform_open_zero(rng)));
+      const double radius = scale * std::sqrt(-2.0 * std::log(uniform_open_zero(rng)));
       const double angle = kTwoPi * uniform_open_zero(rng);
       values[i] = static_cast<float>(radius * std::cos(angle));
       if (i + 1 < n) values[i + 1] = static_cast<float>(radius * std::sin(angle));
@@ -71,6 +77,7 @@ Tensor standard_normal(const Shape& shape, std::mt19937_64& rng, Device& device)
 // One oneDNN primitive for one (operation, shape), with its scratchpad size.
 struct DiffusionSteps::Kernel {
   dnnl::primitive primitive;
+  memory::desc src0, src1, dst;  // the [1, N, M] / [1, N, 1] views
   memory::desc scratchpad;
   bool has_addend = false;
 };
@@ -85,8 +92,8 @@ DiffusionSteps::Kernel& DiffusionSteps::kernel(Op op, const Shape& shape) {
   auto it = kernels_.find(key);
   if (it != kernels_.end()) return *it->second;
 
-  const memory::desc full = plain_f32(shape);
-  const memory::desc rows = plain_f32(row_shape(shape));
+  const memory::desc full = flat_full(shape);
+  const memory::desc rows = flat_rows(shape);
   dnnl::primitive_attr attr;
   attr.set_scratchpad_mode(dnnl::scratchpad_mode::user);
   dnnl::post_ops post_ops;
@@ -118,6 +125,9 @@ DiffusionSteps::Kernel& DiffusionSteps::kernel(Op op, const Shape& shape) {
   dnnl::binary::desc desc(alg, full, src1, full);
   dnnl::binary::primitive_desc pd(desc, attr, device_.engine());
   kernel->primitive = dnnl::binary(pd);
+  kernel->src0 = full;
+  kernel->src1 = src1;
+  kernel->dst = full;
   kernel->scratchpad = pd.scratchpad_desc();
   auto& stored = kernels_[key];
   stored = std::move(kernel);
@@ -126,11 +136,15 @@ DiffusionSteps::Kernel& DiffusionSteps::kernel(Op op, const Shape& shape) {
 
 void DiffusionSteps::run(Kernel& kernel, const Tensor& dst, const Tensor& src0, const Tensor& src1,
                          const Tensor* addend) {
-  std::unordered_map<int, memory> args = {
-      {DNNL_ARG_SRC_0, src0.memory()}, {DNNL_ARG_SRC_1, src1.memory()}, {DNNL_ARG_DST, dst.memory()}};
+  // Views of the plain tensors with the kernel's flattened descriptors (no copies).
+  const dnnl::engine& engine = device_.engine();
+  auto view = [&](const Tensor& t, const memory::desc& md) { return memory(md, engine, t.memory().get_data_handle()); };
+  std::unordered_map<int, memory> args = {{DNNL_ARG_SRC_0, view(src0, kernel.src0)},
+                                          {DNNL_ARG_SRC_1, view(src1, kernel.src1)},
+                                          {DNNL_ARG_DST, view(dst, kernel.dst)}};
   if (kernel.has_addend) {
     if (!addend) throw std::logic_error("DiffusionSteps: a fused add needs its addend");
-    args[DNNL_ARG_ATTR_MULTIPLE_POST_OP(0) | DNNL_ARG_SRC_1] = addend->memory();
+    args[DNNL_ARG_ATTR_MULTIPLE_POST_OP(0) | DNNL_ARG_SRC_1] = view(*addend, kernel.dst);
   }
   // Elementwise binaries need no scratchpad today; should one ever ask for it,
   // it gets memory of its own per call, so concurrent calls never share it.
@@ -243,6 +257,21 @@ Tensor DiffusionSteps::combine(const std::vector<float>& a, const Tensor& x, con
   run(kernel(Op::mul_rows, ys.shape()), scaled_y, ys, coef_b);
   Tensor out(xs.shape(), DType::f32, device_.engine());
   run(kernel(Op::mul_rows_add, xs.shape()), out, xs, coef_a, &scaled_y);
+  device_.stream().wait();
+  return out;
+}
+
+Tensor DiffusionSteps::scale_add(const std::vector<float>& a, const Tensor& x, const Tensor& addend) {
+  Tensor xs = on_device(x);
+  Tensor add_to = on_device(addend);
+  if (xs.shape() != add_to.shape()) {
+    throw std::invalid_argument("DiffusionSteps: cannot add " + shape_str(add_to.shape()) + " to " +
+                                shape_str(xs.shape()));
+  }
+  check_batch(xs, a.size(), "x");
+  Tensor coef = row_coefficients(a, xs.rank());
+  Tensor out(xs.shape(), DType::f32, device_.engine());
+  run(kernel(Op::mul_rows_add, xs.shape()), out, xs, coef, &add_to);
   device_.stream().wait();
   return out;
 }

@@ -38,10 +38,10 @@ enum class PredictionTarget { epsilon, v, x0 };
 PredictionTarget parse_prediction_target(const std::string& text);  // "epsilon" | "v" | "x0"; ConfigError otherwise
 std::string prediction_target_name(PredictionTarget target);
 
-// A tensor of independent N(0, 1) samples on the device. Drawn on the host with
-// Box-Muller over 53-bit uniforms from `rng` (the same numbers on every platform
-// for the same seed) and written through one explicit host mapping.
-Tensor standard_normal(const Shape& shape, std::mt19937_64& rng, Device& device);
+// A tensor of independent N(0, 1) samples (times `scale`) on the device. Drawn on
+// the host with Box-Muller over 53-bit uniforms from `rng` (the same numbers on
+// every platform for the same seed) and written through one explicit host mapping.
+Tensor standard_normal(const Shape& shape, std::mt19937_64& rng, Device& device, float scale = 1.0f);
 
 class DiffusionSteps {
  public:
@@ -59,6 +59,9 @@ class DiffusionSteps {
   // out[i] = a[i] * x[i] + b[i] * y[i], with one coefficient per sample (rounded as
   // fl(fl(a x) + fl(b y))). The building block of q_sample and the Markov chain.
   Tensor combine(const std::vector<float>& a, const Tensor& x, const std::vector<float>& b, const Tensor& y);
+
+  // out[i] = a[i] * x[i] + addend[i]: one primitive (a binary mul with a fused add).
+  Tensor scale_add(const std::vector<float>& a, const Tensor& x, const Tensor& addend);
 
   // x0_hat = (x_t - sqrt(1 - abar_t) eps) / sqrt(abar_t), clipped to [-1, 1] when `clip`.
   Tensor predict_x0(const Tensor& x_t, const Tensor& eps, const Tensor& t, bool clip = true);

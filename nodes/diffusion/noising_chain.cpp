@@ -126,10 +126,11 @@ void NoisingChain::process(const NodeInput& in, Emitter& out) {
     Tensor x = x0;
     size_t next = 0;
     for (int t = 0; next < params_.at.size(); ++t) {
+      // x_t = sqrt(1 - b_t) x_{t-1} + sqrt(b_t) z: the noise is drawn with std sqrt(b_t)
+      // on the host, so each step is a single primitive.
       const float beta = schedule_->beta(t);
       const std::vector<float> keep(batch, std::sqrt(1.0f - beta));
-      const std::vector<float> spread(batch, std::sqrt(beta));
-      x = steps_.combine(keep, x, spread, standard_normal(shape, rng, ctx().device()));
+      x = steps_.scale_add(keep, x, standard_normal(shape, rng, ctx().device(), std::sqrt(beta)));
       if (t == params_.at[next]) {
         write_column(chain, column++, x);
         ++next;
