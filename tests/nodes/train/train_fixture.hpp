@@ -1,0 +1,73 @@
+// Shared helpers for the training-node tests: a tiny hand-made model whose
+// flat buffers the tests fill directly (TempDir comes from test_util.hpp).
+#pragma once
+
+#include "graph/device.hpp"
+#include "graph/run_context.hpp"
+#include "nodes/unet/model_resource.hpp"
+#include "test_util.hpp"
+
+#include <cstring>
+#include <filesystem>
+#include <memory>
+#include <random>
+#include <stdexcept>
+#include <string>
+#include <vector>
+
+namespace diffuflow::test {
+
+// Two parameters, 17 floats: "layer.weight" [3,4] and "layer.bias" [5].
+class FlatModel : public DenoiserModel {
+ public:
+  explicit FlatModel(const dnnl::engine& engine)
+      : DenoiserModel({{"layer.weight", {3, 4}, 0}, {"layer.bias", {5}, 0}}, engine) {}
+  std::string kind() const override { return "flat"; }
+  ForwardResult forward(const Tensor&, const Tensor&, bool) override {
+    throw std::logic_error("FlatModel has no forward pass");
+  }
+  Tensor backward(const ForwardState&, const Tensor&) override {
+    throw std::logic_error("FlatModel has no backward pass");
+  }
+};
+
+class FlatModelResource : public ModelResource {
+ public:
+  explicit FlatModelResource(const dnnl::engine& engine) : model_(engine) {}
+  DenoiserModel& model() override { return model_; }
+  std::string config_json() const override { return "{\"kind\": \"flat\", \"params\": 17}"; }
+
+ private:
+  FlatModel model_;
+};
+
+inline std::shared_ptr<FlatModelResource> add_flat_model(RunContext& ctx, const std::string& name = "model") {
+  auto resource = std::make_shared<FlatModelResource>(ctx.device().engine());
+  ctx.add_resource(name, resource);
+  return resource;
+}
+
+inline std::vector<float> read_flat(const dnnl::memory& memory) {
+  const size_t count = memory.get_desc().get_size() / sizeof(float);
+  std::vector<float> values(count);
+  auto* host = static_cast<float*>(memory.map_data());
+  std::memcpy(values.data(), host, count * sizeof(float));
+  memory.unmap_data(host);
+  return values;
+}
+
+inline void write_flat(const dnnl::memory& memory, const std::vector<float>& values) {
+  auto* host = static_cast<float*>(memory.map_data());
+  std::memcpy(host, values.data(), values.size() * sizeof(float));
+  memory.unmap_data(host);
+}
+
+inline std::vector<float> random_values(size_t count, uint64_t seed, float scale = 1.0f) {
+  std::mt19937_64 rng(seed);
+  std::normal_distribution<float> normal(0.0f, scale);
+  std::vector<float> values(count);
+  for (auto& v : values) v = normal(rng);
+  return values;
+}
+
+}  // namespace diffuflow::test
