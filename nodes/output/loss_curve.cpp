@@ -68,8 +68,11 @@ cv::Mat draw_loss_curve(std::vector<std::pair<int64_t, double>> points, const Lo
     cv::putText(image, tick_label(style.log_y ? std::pow(10.0, fy) : fy), cv::Point(6, py.y + 4),
                 cv::FONT_HERSHEY_SIMPLEX, 0.4, black, 1, cv::LINE_AA);
     cv::line(image, px, cv::Point(px.x, px.y + 4), black, 1);
-    cv::putText(image, tick_label(std::round(fx)), cv::Point(px.x - 12, px.y + 18), cv::FONT_HERSHEY_SIMPLEX, 0.4,
-                black, 1, cv::LINE_AA);
+    const std::string step_label = std::to_string(std::llround(fx));
+    const int label_w = cv::getTextSize(step_label, cv::FONT_HERSHEY_SIMPLEX, 0.4, 1, nullptr).width;
+    const int label_x = std::min(px.x - label_w / 2, style.width - label_w - 2);  // the last one stays inside
+    cv::putText(image, step_label, cv::Point(label_x, px.y + 18), cv::FONT_HERSHEY_SIMPLEX, 0.4, black, 1,
+                cv::LINE_AA);
   }
   cv::line(image, origin, cv::Point(origin.x + plot_w, origin.y), black, 1);
   cv::line(image, origin, cv::Point(origin.x, origin.y - plot_h), black, 1);

@@ -51,6 +51,21 @@ std::vector<ParamSlot> mlp_param_slots(const MlpConfig& c) {
   return slots;
 }
 
+SafetensorsFile model_weights_from(const SafetensorsFile& file, const std::vector<ParamSlot>& slots, bool prefer_ema) {
+  bool checkpoint = false;
+  for (const auto& name : file.names()) checkpoint = checkpoint || name.rfind("optimiser.", 0) == 0 || name.rfind("ema.", 0) == 0;
+  if (!checkpoint) return file;
+  SafetensorsFile weights;
+  for (const auto& slot : slots) {
+    const std::string ema = "ema." + slot.name;
+    const std::string& source = prefer_ema && file.has(ema) ? ema : slot.name;
+    if (!file.has(source)) continue;  // reported by load(), naming the tensor
+    const auto& e = file.entry(source);
+    weights.add(slot.name, e.dtype, e.shape, e.data);
+  }
+  return weights;
+}
+
 struct MlpDenoiser::Workspace {
   int64_t batch = 0;
   bool training = false;
@@ -248,7 +263,8 @@ ResourceContract MlpModelResource::contract() {
               ParamSpec::integer("hidden", 128, "width of the hidden layers").range(1, 65536),
               ParamSpec::integer("layers", 3, "hidden linear + SiLU layers").range(1, 64),
               ParamSpec::integer("time_embed_dim", 32, "size of the sinusoidal time embedding (even)").range(2, 4096),
-              ParamSpec::path("weights", "", "optional .safetensors checkpoint to load"),
+              ParamSpec::path("weights", "", "optional .safetensors weights or optimiser checkpoint to load"),
+              ParamSpec::boolean("use_ema", true, "from an optimiser checkpoint, load its EMA weights when it has them"),
               ParamSpec::integer("init_seed", 0, "seed of the random init used when no weights are given")
                   .range(0, 9.0e15)};
   c.check = &check_params;
@@ -259,7 +275,15 @@ MlpModelResource::MlpModelResource(const ResourceConfig& config, RunContext& ctx
     : model_(std::make_shared<MlpDenoiser>(config_from(config.params), ctx.device().engine())) {
   const std::string& weights = config.params.text("weights");
   if (!weights.empty()) {
-    model_->load(SafetensorsFile::read(weights));
+    const SafetensorsFile file = SafetensorsFile::read(weights);
+    try {
+      model_->load(model_weights_from(file, model_->param_slots(), config.params.boolean("use_ema")));
+    } catch (const DataError& e) {
+      // The filtered copy has no path of its own: name the file the user gave.
+      std::string what = e.what();
+      if (what.rfind(e.path() + ": ", 0) == 0) what = what.substr(e.path().size() + 2);
+      throw DataError(weights, what);
+    }
   } else {
     model_->init_random(static_cast<uint64_t>(config.params.integer("init_seed")));
   }

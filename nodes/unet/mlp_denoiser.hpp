@@ -7,7 +7,10 @@
 //   resources:
 //     - name: model
 //       type: mlp_model
-//       params: {dim: 2, hidden: 128, layers: 3, time_embed_dim: 32, weights: "", init_seed: 0}
+//       params: {dim: 2, hidden: 128, layers: 3, time_embed_dim: 32, weights: "", use_ema: true, init_seed: 0}
+//
+// weights: a .safetensors export or an optimiser checkpoint (its EMA weights
+// when use_ema and present).
 //
 // Network (x [N,D,1,1] or [N,D] f32, t [N] s32/s64 host -> prediction [N,D,1,1]):
 //   temb0 = sinusoidal(t) [N,E]               (host table, as the U-Net's)
@@ -22,6 +25,7 @@
 #pragma once
 
 #include "graph/device.hpp"
+#include "graph/safetensors.hpp"
 #include "nodes/unet/denoiser_model.hpp"
 #include "nodes/unet/model_resource.hpp"
 
@@ -41,6 +45,11 @@ struct MlpConfig {
 };
 
 std::vector<ParamSlot> mlp_param_slots(const MlpConfig& config);
+
+// The model's own tensors from a weights file: a plain export as is; from a
+// training checkpoint (with "optimiser.*" and maybe "ema.*" tensors) the
+// "ema.<name>" weights when `prefer_ema` and present, else "<name>".
+SafetensorsFile model_weights_from(const SafetensorsFile& file, const std::vector<ParamSlot>& slots, bool prefer_ema);
 
 class MlpDenoiser : public DenoiserModel {
  public:

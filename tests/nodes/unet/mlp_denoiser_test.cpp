@@ -174,3 +174,36 @@ TEST_CASE("mlp_model is a resource of kind model that loads its weights or draws
   CHECK_THROWS_WITH(make_resource("mlp_model", "missing", "{weights: no/such/file.safetensors}", ctx),
                     doctest::Contains("does not exist"));
 }
+
+TEST_CASE("mlp_model loads an optimiser checkpoint, preferring its EMA weights") {
+  test::TempDir dir;
+  MlpConfig config{2, 8, 2, 4};
+  MlpDenoiser live(config, Device::host()->engine()), ema(config, Device::host()->engine());
+  live.init_random(1);
+  ema.init_random(2);
+  SafetensorsFile checkpoint;
+  live.save_to(checkpoint);
+  SafetensorsFile ema_file;
+  ema.save_to(ema_file);
+  for (const auto& name : ema_file.names()) {
+    const auto& e = ema_file.entry(name);
+    checkpoint.add("ema." + name, e.dtype, e.shape, e.data);
+  }
+  const std::vector<float> moments(static_cast<size_t>(live.param_count()), 0.5f);
+  checkpoint.add_f32("optimiser.exp_avg", {live.param_count()}, moments.data());
+  checkpoint.write(dir / "step.safetensors");
+
+  std::mt19937 rng(9);
+  const Tensor x = random_tensor({2, 2, 1, 1}, rng);
+  const Tensor t = steps_of({10, 900});
+  const std::string params = "{hidden: 8, layers: 2, time_embed_dim: 4, weights: " +
+                             (dir / "step.safetensors").string();
+  RunContext ctx;
+  auto with_ema = std::dynamic_pointer_cast<ModelResource>(make_resource("mlp_model", "a", params + "}", ctx));
+  auto without = std::dynamic_pointer_cast<ModelResource>(
+      make_resource("mlp_model", "b", params + ", use_ema: false}", ctx));
+  CHECK(with_ema->model().forward(x, t, false).prediction.to_vector() ==
+        ema.forward(x, t, false).prediction.to_vector());
+  CHECK(without->model().forward(x, t, false).prediction.to_vector() ==
+        live.forward(x, t, false).prediction.to_vector());
+}
