@@ -6,7 +6,7 @@
 //   edges:
 //     - loader -> gate.in
 //     - gate.out -> model
-//     - optimiser.done -> gate.decrement     # one packet back = one slot free
+//     - optimiser.out -> gate.decrement      # one packet back = one slot free
 //
 // A cycle in the graph must be bounded by a limiter: either the limiter is on
 // the cycle or the cycle is only entered downstream of one.

@@ -112,7 +112,9 @@ Tensor Tensor::reshaped(Shape shape) const {
     throw std::invalid_argument("cannot reshape " + shape_str(shape_) + " to " + shape_str(shape));
   }
   dnnl::memory view(plain_desc(shape, dtype_), memory_.get_engine(), memory_.get_data_handle());
-  return Tensor(std::move(shape), dtype_, view);
+  Tensor result(std::move(shape), dtype_, view);
+  result.owner_ = owner_ ? owner_ : memory_;
+  return result;
 }
 
 Tensor Tensor::copy_to(const dnnl::engine& target) const {

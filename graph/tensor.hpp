@@ -58,7 +58,8 @@ class Tensor {
   dnnl::engine engine() const { return memory_.get_engine(); }
   bool on_cpu() const;
 
-  // The same data seen with another shape of equal element count (plain layout only).
+  // The same data seen with another shape of equal element count (plain layout
+  // only). The view keeps the original memory alive.
   Tensor reshaped(Shape shape) const;
 
   // A deep copy on `engine` (a reorder), plain layout. Waits for completion.
@@ -76,6 +77,7 @@ class Tensor {
   Shape shape_;
   DType dtype_ = DType::f32;
   dnnl::memory memory_;
+  dnnl::memory owner_;  // for views: the memory that owns the data
 };
 
 template <typename T>
