@@ -102,4 +102,9 @@ class DenoiserModel {
   bool overwrite_next_ = true;  // set by zero_grads()
 };
 
+// The model's own tensors from a weights file: a plain export as is; from a
+// training checkpoint (with "optimiser.*" and maybe "ema.*" tensors) the
+// "ema.<name>" weights when `prefer_ema` and present, else "<name>".
+SafetensorsFile model_weights_from(const SafetensorsFile& file, const std::vector<ParamSlot>& slots, bool prefer_ema);
+
 }  // namespace diffuflow

@@ -51,21 +51,6 @@ std::vector<ParamSlot> mlp_param_slots(const MlpConfig& c) {
   return slots;
 }
 
-SafetensorsFile model_weights_from(const SafetensorsFile& file, const std::vector<ParamSlot>& slots, bool prefer_ema) {
-  bool checkpoint = false;
-  for (const auto& name : file.names()) checkpoint = checkpoint || name.rfind("optimiser.", 0) == 0 || name.rfind("ema.", 0) == 0;
-  if (!checkpoint) return file;
-  SafetensorsFile weights;
-  for (const auto& slot : slots) {
-    const std::string ema = "ema." + slot.name;
-    const std::string& source = prefer_ema && file.has(ema) ? ema : slot.name;
-    if (!file.has(source)) continue;  // reported by load(), naming the tensor
-    const auto& e = file.entry(source);
-    weights.add(slot.name, e.dtype, e.shape, e.data);
-  }
-  return weights;
-}
-
 struct MlpDenoiser::Workspace {
   int64_t batch = 0;
   bool training = false;

@@ -46,10 +46,6 @@ struct MlpConfig {
 
 std::vector<ParamSlot> mlp_param_slots(const MlpConfig& config);
 
-// The model's own tensors from a weights file: a plain export as is; from a
-// training checkpoint (with "optimiser.*" and maybe "ema.*" tensors) the
-// "ema.<name>" weights when `prefer_ema` and present, else "<name>".
-SafetensorsFile model_weights_from(const SafetensorsFile& file, const std::vector<ParamSlot>& slots, bool prefer_ema);
 
 class MlpDenoiser : public DenoiserModel {
  public:

@@ -28,6 +28,7 @@ ResourceContract UNetModelResource::contract() {
   c.params = {
       ParamSpec::text("config", "unet-s", "built-in config (unet-s, unet-tiny) or a path to a diffusers config.json"),
       ParamSpec::path("weights", "", "optional .safetensors checkpoint to load (diffusers parameter names)"),
+      ParamSpec::boolean("use_ema", true, "from a training checkpoint, load its EMA weights when it has them"),
       ParamSpec::integer("init_seed", 0, "seed of the random init used when no weights are given")
           .range(0, 9.0e15)};
   c.check = &check_params;
@@ -38,9 +39,10 @@ UNetModelResource::UNetModelResource(const ResourceConfig& config, RunContext& c
   params_.config = config.params.text("config");
   params_.weights = config.params.text("weights");
   params_.init_seed = config.params.integer("init_seed");
+  params_.use_ema = config.params.boolean("use_ema");
   model_ = std::shared_ptr<UNetModel>(make_unet(UNetConfig::resolve(params_.config), ctx.device()));
   if (!params_.weights.empty()) {
-    model_->load(SafetensorsFile::read(params_.weights));
+    model_->load(model_weights_from(SafetensorsFile::read(params_.weights), model_->param_slots(), params_.use_ema));
   } else {
     model_->init_random(static_cast<uint64_t>(params_.init_seed));
   }

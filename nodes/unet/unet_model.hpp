@@ -29,6 +29,7 @@ class UNetModelResource : public ModelResource {
     std::string config = "unet-s";
     std::string weights;
     int64_t init_seed = 0;
+    bool use_ema = true;
   };
 
   static ResourceContract contract();
