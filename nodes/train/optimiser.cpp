@@ -254,9 +254,10 @@ Optimiser::Optimiser(const NodeConfig& config, RunContext& ctx)
     kernels_->stream.wait();
   }
   if (!ctx.resume_path.empty()) restore(SafetensorsFile::read(ctx.resume_path));
+  resource_->set_ema(ema());
 }
 
-Optimiser::~Optimiser() = default;
+Optimiser::~Optimiser() { resource_->set_ema(nullptr); }
 
 double Optimiser::learning_rate(const Params& p, int64_t step) {
   if (p.warmup_steps > 0 && step < p.warmup_steps)

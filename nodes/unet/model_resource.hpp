@@ -22,6 +22,16 @@ class ModelResource : public Resource {
   // The model's configuration as JSON text, stored in checkpoints so a
   // checkpoint names the network it belongs to.
   virtual std::string config_json() const = 0;
+
+  // The exponential moving average of the weights an optimiser keeps (a flat
+  // f32 buffer laid out like model().params()), published so that nodes which
+  // sample during training can use it. Null when no optimiser keeps one. The
+  // buffer belongs to the optimiser, which clears this in its destructor.
+  void set_ema(const dnnl::memory* ema) { ema_ = ema; }
+  const dnnl::memory* ema() const { return ema_; }
+
+ private:
+  const dnnl::memory* ema_ = nullptr;
 };
 
 }  // namespace diffuflow
