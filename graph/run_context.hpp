@@ -83,6 +83,15 @@ class RunContext {
     return typed;
   }
 
+  // Progress counters for the progress line: nodes that finish a unit of work
+  // (an optimiser step, a finished sample batch) report it here.
+  void count_progress(int64_t steps, int64_t images) {
+    steps_done_.fetch_add(steps, std::memory_order_relaxed);
+    images_done_.fetch_add(images, std::memory_order_relaxed);
+  }
+  int64_t steps_done() const { return steps_done_.load(std::memory_order_relaxed); }
+  int64_t images_done() const { return images_done_.load(std::memory_order_relaxed); }
+
   // One line to stderr, serialised across threads.
   void info(const std::string& line) const;
 
@@ -92,6 +101,8 @@ class RunContext {
   std::filesystem::path out_dir_;
   std::shared_ptr<MetricsLog> metrics_;
   std::atomic<bool> stop_{false};
+  std::atomic<int64_t> steps_done_{0};
+  std::atomic<int64_t> images_done_{0};
   std::map<std::string, std::shared_ptr<Resource>> resources_;
 };
 

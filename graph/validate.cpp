@@ -59,6 +59,14 @@ std::vector<int> components(const std::vector<std::vector<int>>& adjacency, int&
   return comp;
 }
 
+// The fields a port reads or writes: the declared ones and those named by its field parameters.
+std::vector<std::string> port_fields(const PortSpec& port, const Params& params) {
+  std::vector<std::string> fields = port.fields;
+  for (const auto& p : port.field_params)
+    if (params.has(p) && !params.text(p).empty()) fields.push_back(params.text(p));
+  return fields;
+}
+
 }  // namespace
 
 void validate_graph(const PipelineSpec& spec, std::vector<ConfigError>& errors) {
@@ -145,7 +153,7 @@ void validate_graph(const PipelineSpec& spec, std::vector<ConfigError>& errors) 
       }
       for (size_t p = 0; p < c.outputs.size(); ++p) {
         std::set<std::string> out = through;
-        out.insert(c.outputs[p].fields.begin(), c.outputs[p].fields.end());
+        for (const auto& f : port_fields(c.outputs[p], spec.nodes[i].params)) out.insert(f);
         if (out != avail_out[i][p]) {
           avail_out[i][p] = std::move(out);
           changed = true;
@@ -164,7 +172,7 @@ void validate_graph(const PipelineSpec& spec, std::vector<ConfigError>& errors) 
   for (size_t i = 0; i < n; ++i) {
     const NodeContract& c = *contracts[i];
     for (size_t p = 0; p < c.inputs.size(); ++p) {
-      for (const auto& field : c.inputs[p].fields) {
+      for (const auto& field : port_fields(c.inputs[p], spec.nodes[i].params)) {
         if (avail_in[i][p].count(field)) continue;
         errors.emplace_back(spec.nodes[i].where, "node '" + spec.nodes[i].name + "' (" + c.type + ") reads field '" +
                                                      field + "' on input '" + c.inputs[p].name +

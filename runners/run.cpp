@@ -2,13 +2,19 @@
 // graph, run it, and write the resolved pipeline, metrics, profile and trace.
 #include "graph/device.hpp"
 #include "graph/pipeline.hpp"
+#include "graph/safetensors.hpp"
 #include "runners/cli_common.hpp"
 #include "runners/command.hpp"
 
 #include <oneapi/tbb/global_control.h>
 
 #include <chrono>
+#include <cmath>
+#include <condition_variable>
 #include <csignal>
+#include <iomanip>
+#include <mutex>
+#include <sstream>
 #include <ctime>
 #include <filesystem>
 #include <fstream>
@@ -63,6 +69,86 @@ fs::path make_out_dir(const po::variables_map& vm, const std::string& pipeline_n
   return dir;
 }
 
+// The step a training checkpoint was written at (its "step" metadata).
+int64_t checkpoint_step(const fs::path& path) {
+  const SafetensorsFile file = SafetensorsFile::read(path);
+  const auto& meta = file.metadata();
+  auto it = meta.find("step");
+  if (it == meta.end()) throw DataError(path.string(), "not a training checkpoint: no 'step' in its metadata");
+  try {
+    size_t used = 0;
+    const long long step = std::stoll(it->second, &used);
+    if (used == it->second.size() && step >= 0) return step;
+  } catch (const std::exception&) {
+  }
+  throw DataError(path.string(), "the checkpoint's 'step' metadata is not a step number: '" + it->second + "'");
+}
+
+// One line every `period` seconds: steps, loss, images/s, ETA.
+class ProgressLine {
+ public:
+  ProgressLine(RunContext& ctx, double period, double max_time, std::string name)
+      : ctx_(ctx), period_(period), max_time_(max_time), name_(std::move(name)) {
+    if (period_ > 0) thread_ = std::thread([this] { loop(); });
+  }
+  ~ProgressLine() {
+    {
+      std::lock_guard<std::mutex> lock(mutex_);
+      done_ = true;
+    }
+    cv_.notify_one();
+    if (thread_.joinable()) thread_.join();
+  }
+
+ private:
+  void loop() {
+    const auto start = std::chrono::steady_clock::now();
+    std::unique_lock<std::mutex> lock(mutex_);
+    int64_t last_steps = 0, last_images = 0;
+    double last_t = 0;
+    while (!cv_.wait_for(lock, std::chrono::duration<double>(period_), [this] { return done_; })) {
+      const double t = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+      const int64_t steps = ctx_.start_step + ctx_.steps_done();
+      const int64_t images = ctx_.images_done();
+      if (steps == last_steps && images == last_images) continue;
+      const double rate = (steps - last_steps) / std::max(1e-9, t - last_t);
+      const double image_rate = (images - last_images) / std::max(1e-9, t - last_t);
+      std::ostringstream line;
+      line << "[" << name_ << "] step " << steps;
+      if (ctx_.max_steps > 0) line << "/" << ctx_.max_steps;
+      const double loss = ctx_.metrics().latest("loss");
+      if (!std::isnan(loss)) line << "  loss " << std::setprecision(4) << loss;
+      line << std::fixed << std::setprecision(1) << "  " << image_rate << " img/s  " << rate << " steps/s  elapsed "
+           << format_duration(t);
+      double eta = -1;
+      if (ctx_.max_steps > 0 && rate > 0) eta = (ctx_.max_steps - steps) / rate;
+      if (max_time_ > 0) eta = eta < 0 ? max_time_ - t : std::min(eta, max_time_ - t);
+      if (eta >= 0) line << "  ETA " << format_duration(eta);
+      ctx_.info(line.str());
+      last_steps = steps;
+      last_images = images;
+      last_t = t;
+    }
+  }
+
+  static std::string format_duration(double seconds) {
+    const long long s = static_cast<long long>(seconds + 0.5);
+    std::ostringstream out;
+    if (s >= 3600) out << s / 3600 << "h";
+    if (s >= 60) out << (s / 60) % 60 << "m";
+    out << s % 60 << "s";
+    return out.str();
+  }
+
+  RunContext& ctx_;
+  double period_, max_time_;
+  std::string name_;
+  std::mutex mutex_;
+  std::condition_variable cv_;
+  bool done_ = false;
+  std::thread thread_;
+};
+
 void write_text(const fs::path& path, const std::string& text) {
   std::ofstream out(path);
   out << text;
@@ -80,11 +166,13 @@ int run_pipeline(const std::vector<std::string>& args) {
       ("max-time", po::value<double>(), "stop the sources after this many seconds; in-flight work finishes")
       ("prefetch", po::value<int>()->default_value(4), "packets each source may have in flight")
       ("trace", po::value<std::string>(), "write a Chrome trace (open in Perfetto) to this file")
+      ("resume", po::value<std::string>(), "continue a training run from this checkpoint (weights, EMA, optimiser, step)")
+      ("progress", po::value<double>()->default_value(10.0), "seconds between progress lines (0: none)")
       ("quiet,q", "no profile table at the end");
   po::variables_map vm;
   const std::string usage =
       "diffuflow run P.yaml [--set node.param=value ...] [--out DIR] [--device cpu|gpu] [--threads N] "
-      "[--max-steps N] [--max-time SECONDS] [--trace FILE]";
+      "[--max-steps N] [--max-time SECONDS] [--trace FILE] [--resume CHECKPOINT]";
   if (!parse_command_line(args, options, vm, usage)) return kExitOk;
 
   PipelineSpec spec = load_from_command_line(vm);
@@ -121,6 +209,19 @@ int run_pipeline(const std::vector<std::string>& args) {
   oneapi::tbb::global_control parallelism(oneapi::tbb::global_control::max_allowed_parallelism,
                                           static_cast<size_t>(std::max(1, threads)));
 
+  // A checkpoint to resume from is checked before anything is created.
+  fs::path resume_path;
+  int64_t start_step = 0;
+  if (vm.count("resume")) {
+    resume_path = vm["resume"].as<std::string>();
+    start_step = checkpoint_step(resume_path);
+    if (max_steps >= 0 && max_steps <= start_step) {
+      throw ConfigError(SourceLocation{"--max-steps", 0, 0, ""},
+                        "the checkpoint is at step " + std::to_string(start_step) +
+                            "; --max-steps counts from the start of training, so it must be larger");
+    }
+  }
+
   auto device = std::make_shared<Device>(DeviceSpec::parse(spec.device));
   const fs::path out_dir = make_out_dir(vm, spec.name);
   RunContext ctx(device, spec.seed);
@@ -128,6 +229,8 @@ int run_pipeline(const std::vector<std::string>& args) {
   ctx.threads = threads;
   ctx.max_steps = max_steps;
   ctx.set_out_dir(out_dir);
+  ctx.resume_path = resume_path;
+  ctx.start_step = start_step;
   ctx.set_metrics(std::make_shared<MetricsLog>(out_dir / "metrics.jsonl"));
   write_text(out_dir / "pipeline.yaml", spec.resolved_yaml());
   if (vm.count("trace")) run_options.trace_file = vm["trace"].as<std::string>();
@@ -149,7 +252,11 @@ int run_pipeline(const std::vector<std::string>& args) {
   g_stop_flag = &ctx.stop_flag();
   std::signal(SIGINT, on_signal);
   std::signal(SIGTERM, on_signal);
-  RunReport report = pipeline->run();
+  RunReport report;
+  {
+    ProgressLine progress(ctx, vm["progress"].as<double>(), run_options.max_time_s, spec.name);
+    report = pipeline->run();
+  }
   pipeline.reset();  // nodes and resources finish their work (final checkpoints) here
   std::signal(SIGINT, SIG_DFL);
   std::signal(SIGTERM, SIG_DFL);

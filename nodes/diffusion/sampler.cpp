@@ -152,6 +152,7 @@ void Sampler::step(const Packet& packet, Emitter& out) {
   next.set("sample", x_prev);
   if (!snapshot_positions_.empty()) next.set("chain", assemble_chain(next));
   next.erase(kChainPayloadField).erase(kSamplerStepField);
+  ctx().count_progress(1, next.tensor("sample").dim(0));
   out.emit(kDonePort, std::move(next));
 }
 

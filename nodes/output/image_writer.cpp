@@ -138,7 +138,7 @@ NodeContract ImageWriter::contract() {
       ParamSpec::integer("scale", 2, "integer enlargement (nearest neighbour)").range(1, 64),
       ParamSpec::text("subdir", "samples", "folder inside the run's output folder"),
   };
-  c.inputs = {{"in", {}, "the field named by `field`: [N,C,H,W] (chain: [N,K,C,H,W]) f32 in [-1,1], C = 1 or 3"}};
+  c.inputs = {{"in", {}, "the field named by `field`: [N,C,H,W] (chain: [N,K,C,H,W]) f32 in [-1,1], C = 1 or 3", {"field"}}};
   c.outputs = {};
   return c;
 }

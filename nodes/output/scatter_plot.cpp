@@ -79,7 +79,7 @@ NodeContract ScatterPlot::contract() {
               ParamSpec::number("limit", 1.5, "axes span [-limit, limit] in x and y").range(1e-6, 1e6),
               ParamSpec::integer("size", 400, "panel size in pixels").range(64, 4096),
               ParamSpec::text("prefix", "scatter", "file name prefix inside the output folder")};
-  c.inputs = {{"in", {}, "<field> [N,2,1,1] f32 (points) or [N,K,2,1,1] f32 (chain)"}};
+  c.inputs = {{"in", {}, "<field> [N,2,1,1] f32 (points) or [N,K,2,1,1] f32 (chain)", {"field"}}};
   c.max_concurrency = 1;
   return c;
 }

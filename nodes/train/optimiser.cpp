@@ -320,6 +320,7 @@ void Optimiser::process(const NodeInput& in, Emitter& out) {
     take_step(seq, loss);
     if (params_.checkpoint_every > 0 && packets_ % params_.checkpoint_every == 0) save_checkpoint();
   }
+  ctx().count_progress(1, packet.has("x0") ? packet.tensor("x0").dim(0) : 0);
   Packet done(seq);
   done.set("step", step_);
   if (packet.has("loss")) done.set("loss", loss);

@@ -273,3 +273,24 @@ DIFFUFLOW_REGISTER_RESOURCE(test_resource, diffuflow::test::TestResource);
 DIFFUFLOW_REGISTER_NODE(test_uses_resource, diffuflow::test::UsesResource);
 DIFFUFLOW_REGISTER_NODE(test_needs_iter, diffuflow::test::NeedsIter);
 DIFFUFLOW_REGISTER_NODE(test_resourceless, diffuflow::test::Resourceless);
+
+namespace diffuflow::test {
+namespace {
+
+// Reads the field its `field` parameter names.
+class Show : public Node {
+ public:
+  static NodeContract contract() {
+    NodeContract c;
+    c.doc = "test: reads the field named by a parameter";
+    c.params = {ParamSpec::text("field", "value", "field to read")};
+    c.inputs = {{"in", {}, "", {"field"}}};
+    return c;
+  }
+  Show(const NodeConfig& config, RunContext& ctx) : Node(config, ctx) {}
+};
+
+}  // namespace
+}  // namespace diffuflow::test
+
+DIFFUFLOW_REGISTER_NODE(test_show, diffuflow::test::Show);

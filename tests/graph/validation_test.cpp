@@ -273,3 +273,16 @@ edges: [src -> user, user -> sink]
   CHECK(contains(errors[0].message(), "'thng' is not a declared resource"));
   CHECK(contains(errors[0].message(), "did you mean 'thing'"));
 }
+
+TEST_CASE("a field named by a parameter is checked like a declared one") {
+  const auto errors = errors_of(R"(name: x
+nodes:
+  - {name: src, type: test_source}
+  - {name: show, type: test_show, params: {field: value}}
+  - {name: show2, type: test_show, params: {field: valeu}}
+edges: [src -> show, src -> show2]
+)");
+  REQUIRE(errors.size() == 1);
+  CHECK(errors[0].where().line == 5);
+  CHECK(contains(errors[0].message(), "reads field 'valeu'"));
+}
