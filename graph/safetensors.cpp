@@ -52,7 +52,12 @@ SafetensorsFile SafetensorsFile::read(const std::filesystem::path& path) {
   if (!in) throw DataError(where, "cannot open safetensors file (" + std::string(std::strerror(errno)) + ")");
   std::string bytes((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
   if (in.bad()) throw DataError(where, "read error");
+  SafetensorsFile file = parse(bytes, where);
+  file.path_ = path;
+  return file;
+}
 
+SafetensorsFile SafetensorsFile::parse(const std::string& bytes, const std::string& where) {
   if (bytes.size() < 8) {
     throw DataError(where, "not a safetensors file: " + std::to_string(bytes.size()) +
                                " bytes, shorter than the 8-byte header length");
@@ -76,7 +81,7 @@ SafetensorsFile SafetensorsFile::read(const std::filesystem::path& path) {
   if (!header.is_object()) throw DataError(where, "header is not a JSON object");
 
   SafetensorsFile file;
-  file.path_ = path;
+  file.path_ = where;
   struct Span {
     uint64_t begin, end;
     std::string name;

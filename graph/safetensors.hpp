@@ -28,6 +28,9 @@ class SafetensorsFile {
  public:
   // Reads and validates the whole file. Throws DataError.
   static SafetensorsFile read(const std::filesystem::path& path);
+  // The same from the file's bytes already in memory; `name` stands for the
+  // path in messages (and in path()).
+  static SafetensorsFile parse(const std::string& bytes, const std::string& name);
 
   bool has(const std::string& name) const { return entries_.count(name) != 0; }
   const SafetensorsEntry& entry(const std::string& name) const;  // DataError when absent
