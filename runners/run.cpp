@@ -190,6 +190,11 @@ int run_pipeline(const std::vector<std::string>& args) {
     if (threads < 0) throw ConfigError(SourceLocation{"--threads", 0, 0, ""}, "threads must be >= 0");
     spec.threads = threads;
   }
+  if (spec.deterministic && spec.threads == 0) {
+    throw ConfigError(SourceLocation{spec.file, 0, 0, "deterministic"},
+                      "deterministic: true needs a fixed thread count (set `threads:` or --threads N): oneDNN's "
+                      "results are bitwise reproducible only at an equal number of threads");
+  }
   RunOptions run_options;
   run_options.prefetch = vm["prefetch"].as<int>();
   if (run_options.prefetch < 1) throw ConfigError(SourceLocation{"--prefetch", 0, 0, ""}, "prefetch must be >= 1");
