@@ -37,6 +37,8 @@ class SafetensorsFile {
   std::vector<std::string> names() const;                         // sorted
   const std::map<std::string, std::string>& metadata() const { return metadata_; }
   const std::filesystem::path& path() const { return path_; }
+  // The file a derived set of tensors came from, named in later errors.
+  void set_path(const std::filesystem::path& path) { path_ = path; }
 
   // As float values: F32 as is; I64/I32 converted. Checks the shape when
   // `expected` is non-empty (DataError naming tensor, expected and actual).

@@ -144,6 +144,7 @@ SafetensorsFile model_weights_from(const SafetensorsFile& file, const std::vecto
   for (const auto& name : file.names()) checkpoint = checkpoint || name.rfind("optimiser.", 0) == 0 || name.rfind("ema.", 0) == 0;
   if (!checkpoint) return file;
   SafetensorsFile weights;
+  weights.set_path(file.path());
   for (const auto& slot : slots) {
     const std::string ema = "ema." + slot.name;
     const std::string& source = prefer_ema && file.has(ema) ? ema : slot.name;

@@ -150,3 +150,36 @@ TEST_CASE("deterministic runs with fixed threads give bitwise identical weights"
   CHECK(unfixed.exit_code == 2);
   CHECK(unfixed.output.find("deterministic") != std::string::npos);
 }
+
+TEST_CASE("a truncated, foreign or mismatched checkpoint is a clear error (exit 2), never a crash") {
+  TempDir dir;
+  write_file(dir / "train.yaml", training_yaml(0));
+  const fs::path good_run = dir / "good";
+  REQUIRE(run_cli("run " + (dir / "train.yaml").string() + " --max-steps 3 -q --out " + good_run.string()).exit_code ==
+          0);
+  const std::string good = read_file(good_run / "checkpoints" / "latest.safetensors");
+
+  write_file(dir / "truncated.safetensors", good.substr(0, good.size() / 2));
+  write_file(dir / "garbage.safetensors", "this is not a checkpoint at all");
+  auto resume = [&](const std::string& file) {
+    return run_cli("run " + (dir / "train.yaml").string() + " --max-steps 6 -q --resume " + (dir / file).string() +
+                   " --out " + (dir / ("out_" + file)).string());
+  };
+  for (const char* file : {"truncated.safetensors", "garbage.safetensors", "missing.safetensors"}) {
+    CAPTURE(file);
+    const auto result = resume(file);
+    CAPTURE(result.output);
+    CHECK(result.exit_code == 2);
+    CHECK(result.output.find(file) != std::string::npos);
+    CHECK(!fs::exists(dir / (std::string("out_") + file)));
+  }
+
+  // A checkpoint of another model: the MLP's weights offered to the U-Net.
+  const auto wrong = run_cli("run pipelines/sample_mnist.yaml -q --set model.weights=" +
+                             (good_run / "checkpoints" / "latest.safetensors").string() + " --out " +
+                             (dir / "wrong").string());
+  CAPTURE(wrong.output);
+  CHECK(wrong.exit_code == 2);
+  CHECK(wrong.output.find("latest.safetensors") != std::string::npos);
+  CHECK(!fs::exists(dir / "wrong" / "samples"));
+}
