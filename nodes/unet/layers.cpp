@@ -1,6 +1,8 @@
 #include "nodes/unet/layers.hpp"
 
+#include <algorithm>
 #include <cmath>
+#include <string>
 #include <stdexcept>
 
 namespace diffuflow {
@@ -37,37 +39,67 @@ ValueId conv2d(Program& p, ValueId x, const ParamRef& weight, const ParamRef& bi
   const int64_t co = weight.shape[0], k = weight.shape[2];
   const int64_t ho = (xs[2] + 2 * padding - k) / stride + 1;
   const int64_t wo = (xs[3] + 2 * padding - k) / stride + 1;
-  const auto x_md = p.desc(x);
-  const auto y_md = plain_f32({xs[0], co, ho, wo});
+  auto y_md = activation_desc({xs[0], co, ho, wo});
   const auto w_plain = plain_f32(weight.shape);
   const dnnl::memory::desc w_any(weight.shape, dt::f32, tag::any);
   const auto b_md = plain_f32({co});
   const dims strides{stride, stride}, pads{padding, padding};
   const auto attr = user_scratchpad_attr();
-
-  dnnl::convolution_forward::primitive_desc fwd_pd(
-      dnnl::convolution_forward::desc(prop_kind::forward_training, algorithm::convolution_direct, x_md, w_any, b_md,
-                                      y_md, strides, pads, pads),
-      attr, p.engine());
+  auto make_fwd = [&](const dnnl::memory::desc& src, const dnnl::memory::desc& dst) {
+    return dnnl::convolution_forward::primitive_desc(
+        dnnl::convolution_forward::desc(prop_kind::forward_training, algorithm::convolution_direct, src, w_any, b_md,
+                                        dst, strides, pads, pads),
+        attr, p.engine());
+  };
+  // The convolution runs on the activations' layout unless that mix of
+  // layouts (e.g. a blocked input and a few-channel plain output) only has a
+  // reference kernel: then on plain tensors.
+  auto x_md = p.desc(x);
+  dnnl::memory x_mem = p.data(x);
+  auto fwd_pd = make_fwd(x_md, y_md);
+  if (std::string(fwd_pd.impl_info_str()).rfind("ref", 0) == 0 && x_md != plain_f32(xs)) {
+    x_md = plain_f32(xs);
+    y_md = plain_f32(y_md.dims());
+    fwd_pd = make_fwd(x_md, y_md);
+    x_mem = p.reorder_if_needed(p.data(x), x_md, false);
+  }
   const ValueId y = p.new_value(y_md, true);
   const dnnl::memory w_mem = p.param(weight.offset, w_plain);
   const dnnl::memory b_mem = p.param(bias.offset, b_md);
   const dnnl::memory w_fwd = p.reorder_if_needed(w_mem, fwd_pd.weights_desc(), false);
   p.forward(p.make<dnnl::convolution_forward>(fwd_pd),
-            {{DNNL_ARG_SRC, p.data(x)}, {DNNL_ARG_WEIGHTS, w_fwd}, {DNNL_ARG_BIAS, b_mem}, {DNNL_ARG_DST, p.data(y)}});
+            {{DNNL_ARG_SRC, x_mem}, {DNNL_ARG_WEIGHTS, w_fwd}, {DNNL_ARG_BIAS, b_mem}, {DNNL_ARG_DST, p.data(y)}});
 
   p.on_backward([=](Program& p) {
     const dnnl::memory dy = p.grad(y);
     if (p.needs_grad(x)) {
-      dnnl::convolution_backward_data::primitive_desc pd(
-          dnnl::convolution_backward_data::desc(algorithm::convolution_direct, x_md, w_any, y_md, strides, pads, pads),
-          attr, p.engine(), fwd_pd);
+      auto make_bwd = [&](const dnnl::memory::desc& diff_dst) {
+        return dnnl::convolution_backward_data::primitive_desc(
+            dnnl::convolution_backward_data::desc(algorithm::convolution_direct, x_md, w_any, diff_dst, strides, pads,
+                                                  pads),
+            attr, p.engine(), fwd_pd);
+      };
+      auto pd = make_bwd(y_md);
+      dnnl::memory dy_data = dy;
+      // Same fallback as the forward: a few-channel plain gradient of a
+      // blocked one only has a reference kernel, so read dy as plain.
+      if (std::string(pd.impl_info_str()).rfind("ref", 0) == 0 && y_md != plain_f32(y_md.dims())) {
+        pd = make_bwd(plain_f32(y_md.dims()));
+        dy_data = p.reorder_if_needed(dy, pd.diff_dst_desc(), true);
+      }
       const dnnl::memory w_bwd =
           pd.weights_desc() == w_fwd.get_desc() ? w_fwd : p.reorder_if_needed(w_mem, pd.weights_desc(), true);
-      const GradSink s = p.sink(x);
-      p.backward(p.make<dnnl::convolution_backward_data>(pd),
-                 {{DNNL_ARG_DIFF_DST, dy}, {DNNL_ARG_WEIGHTS, w_bwd}, {DNNL_ARG_DIFF_SRC, s.memory}});
-      p.commit(s);
+      if (x_md == p.desc(x)) {
+        const GradSink s = p.sink(x);
+        p.backward(p.make<dnnl::convolution_backward_data>(pd),
+                   {{DNNL_ARG_DIFF_DST, dy_data}, {DNNL_ARG_WEIGHTS, w_bwd}, {DNNL_ARG_DIFF_SRC, s.memory}});
+        p.commit(s);
+      } else {
+        const dnnl::memory dx = p.alloc(x_md);
+        p.backward(p.make<dnnl::convolution_backward_data>(pd),
+                   {{DNNL_ARG_DIFF_DST, dy_data}, {DNNL_ARG_WEIGHTS, w_bwd}, {DNNL_ARG_DIFF_SRC, dx}});
+        p.contribute(x, dx);
+      }
     }
     dnnl::convolution_backward_weights::primitive_desc pd(
         dnnl::convolution_backward_weights::desc(algorithm::convolution_direct, x_md, w_any, b_md, y_md, strides,
@@ -76,7 +108,7 @@ ValueId conv2d(Program& p, ValueId x, const ParamRef& weight, const ParamRef& bi
     const dnnl::memory dw_plain = p.param_grad(weight.offset, w_plain);
     const bool same = pd.diff_weights_desc() == w_plain;
     const dnnl::memory dw = same ? dw_plain : p.alloc(pd.diff_weights_desc());
-    p.backward(p.make<dnnl::convolution_backward_weights>(pd), {{DNNL_ARG_SRC, p.data(x)},
+    p.backward(p.make<dnnl::convolution_backward_weights>(pd), {{DNNL_ARG_SRC, x_mem},
                                                                 {DNNL_ARG_DIFF_DST, dy},
                                                                 {DNNL_ARG_DIFF_WEIGHTS, dw},
                                                                 {DNNL_ARG_DIFF_BIAS, p.param_grad(bias.offset, b_md)}});
@@ -136,73 +168,202 @@ ValueId linear(Program& p, ValueId x, const ParamRef& weight, const ParamRef& bi
   return y;
 }
 
+namespace {
+
+// Host access to a small f32 memory (per-channel statistics, parameters).
+class HostFloats {
+ public:
+  explicit HostFloats(const dnnl::memory& m) : memory_(m), data_(static_cast<float*>(m.map_data())) {}
+  ~HostFloats() { memory_.unmap_data(data_); }
+  HostFloats(const HostFloats&) = delete;
+  HostFloats& operator=(const HostFloats&) = delete;
+  float& operator[](int64_t i) { return data_[i]; }
+
+ private:
+  dnnl::memory memory_;
+  float* data_;
+};
+
+// x [N,C,...] seen as [1, N*C, H, W]: every (sample, channel) pair becomes a
+// channel of its own, which is the same memory for plain NCHW and for
+// nChw16c (C a multiple of 16). Per-(n,c) statistics and affine transforms are
+// then batch-normalisation primitives over this view.
+dnnl::memory::desc per_sample_channels(const dnnl::memory::desc& x_md) {
+  const dims xs = x_md.dims();
+  if (xs.size() == 4 && is_channel_blocked(x_md))
+    return dnnl::memory::desc({1, xs[0] * xs[1], xs[2], xs[3]}, dt::f32, tag::nChw16c);
+  return plain_f32({1, xs[0] * xs[1], product(xs, 2), 1});
+}
+
+// A per-channel [1, N*C, 1, 1] operand of a binary primitive over such a
+// view, described in the view's layout (the same memory as plain [N*C] when
+// N*C is a multiple of 16) so that the jit kernels take it.
+dnnl::memory::desc per_channel_operand(const dnnl::memory::desc& view_md) {
+  const int64_t nc = view_md.dims()[1];
+  if (is_channel_blocked(view_md)) return dnnl::memory::desc({1, nc, 1, 1}, dt::f32, tag::nChw16c);
+  return plain_f32({1, nc, 1, 1});
+}
+
+}  // namespace
+
 ValueId group_norm(Program& p, ValueId x, const ParamRef& weight, const ParamRef& bias, int64_t groups, float eps) {
-  // x [N,C,...] -> y [N,C,...]. Normalisation: layer_normalization (no
-  // scale/shift) over the [N*G, C/G*spatial] view of the plain tensor, whose
-  // rows are exactly the groups; then the per-channel affine as one binary
-  // mul with a binary-add post-op. weight, bias [C] seen as [1,C,1,...].
+  // x [N,C,...] -> y [N,C,...], any layout. Forward:
+  //   1. batch-norm statistics over the [1, N*C, H, W] view: mean and
+  //      (biased) variance of every (n, c) over the spatial positions;
+  //   2. host, O(N*C): group mean and variance from the channel ones, and the
+  //      per-(n,c) mean, variance, scale (gamma) and shift (beta);
+  //   3. one batch-norm with those global statistics and scale/shift = y.
   const dims xs = p.shape(x);
   require(xs.size() >= 2 && xs[1] % groups == 0, "group_norm channels not divisible by groups");
-  const int64_t rows = xs[0] * groups, row_len = product(xs) / rows;
+  const int64_t n = xs[0], c = xs[1], cg = c / groups, spatial = product(xs, 2), nc = n * c;
   const auto x_md = p.desc(x);
-  const auto rows_md = plain_f32({rows, row_len});
-  const auto ch_md = plain_f32(channel_dims(xs));
+  const auto bn_md = per_sample_channels(x_md);
+  const auto nc_md = plain_f32({nc});
+  const auto nc_b = per_channel_operand(bn_md);
+  const auto c_md = plain_f32({c});
   const auto attr = user_scratchpad_attr();
+  using flags = dnnl::normalization_flags;
 
-  dnnl::layer_normalization_forward::primitive_desc ln_pd(
-      dnnl::layer_normalization_forward::desc(prop_kind::forward_training, rows_md, eps,
-                                              dnnl::normalization_flags::none),
-      attr, p.engine());
-  const dnnl::memory mean = p.alloc(ln_pd.mean_desc());
-  const dnnl::memory variance = p.alloc(ln_pd.variance_desc());
-  const dnnl::memory xhat = p.alloc(rows_md);  // [N*G, C/G*spatial], kept for backward
-  p.forward(p.make<dnnl::layer_normalization_forward>(ln_pd), {{DNNL_ARG_SRC, view(p.data(x), rows_md)},
-                                                              {DNNL_ARG_DST, xhat},
-                                                              {DNNL_ARG_MEAN, mean},
-                                                              {DNNL_ARG_VARIANCE, variance}});
-
-  const dnnl::memory gamma = p.param(weight.offset, ch_md);
-  const dnnl::memory beta = p.param(bias.offset, ch_md);
-  dnnl::post_ops ops;
-  ops.append_binary(algorithm::binary_add, ch_md);
-  dnnl::primitive_attr affine_attr = user_scratchpad_attr();
-  affine_attr.set_post_ops(ops);
-  dnnl::binary::primitive_desc affine_pd(dnnl::binary::desc(algorithm::binary_mul, x_md, ch_md, x_md), affine_attr,
-                                         p.engine());
+  dnnl::batch_normalization_forward::primitive_desc stats_pd(
+      dnnl::batch_normalization_forward::desc(prop_kind::forward_training, bn_md, eps, flags::none), attr,
+      p.engine());
+  const dnnl::memory mean_c = p.alloc(nc_md), var_c = p.alloc(nc_md);
+  const dnnl::memory scratch = p.alloc(bn_md);
+  p.forward(p.make<dnnl::batch_normalization_forward>(stats_pd), {{DNNL_ARG_SRC, view(p.data(x), bn_md)},
+                                                                   {DNNL_ARG_DST, scratch},
+                                                                   {DNNL_ARG_MEAN, mean_c},
+                                                                   {DNNL_ARG_VARIANCE, var_c}});
+  // Kept for backward: the group statistics per (n, c) and gamma per (n, c).
+  const dnnl::memory mean = p.alloc(nc_md), var = p.alloc(nc_md), scale = p.alloc(nc_md), shift = p.alloc(nc_md);
+  p.host_forward(
+      [=](const Args& a) {
+        HostFloats mc(a.at(0)), vc(a.at(1)), gamma(a.at(2)), beta(a.at(3)), m(a.at(4)), v(a.at(5)), sc(a.at(6)),
+            sh(a.at(7));
+        for (int64_t i = 0; i < n; ++i) {
+          for (int64_t g = 0; g < groups; ++g) {
+            const int64_t c0 = i * c + g * cg;
+            double mu = 0;
+            for (int64_t j = 0; j < cg; ++j) mu += mc[c0 + j];
+            mu /= static_cast<double>(cg);
+            double variance = 0;
+            for (int64_t j = 0; j < cg; ++j) {
+              const double d = mc[c0 + j] - mu;
+              variance += vc[c0 + j] + d * d;
+            }
+            variance /= static_cast<double>(cg);
+            for (int64_t j = 0; j < cg; ++j) {
+              m[c0 + j] = static_cast<float>(mu);
+              v[c0 + j] = static_cast<float>(variance);
+              sc[c0 + j] = gamma[g * cg + j];
+              sh[c0 + j] = beta[g * cg + j];
+            }
+          }
+        }
+      },
+      {{0, mean_c},
+       {1, var_c},
+       {2, p.param(weight.offset, c_md)},
+       {3, p.param(bias.offset, c_md)},
+       {4, mean},
+       {5, var},
+       {6, scale},
+       {7, shift}});
+  const auto apply_flags = flags::use_global_stats | flags::use_scale | flags::use_shift;
+  dnnl::batch_normalization_forward::primitive_desc apply_pd(
+      dnnl::batch_normalization_forward::desc(prop_kind::forward_training, bn_md, eps, apply_flags), attr,
+      p.engine());
   const ValueId y = p.new_value(x_md, true);
-  p.forward(p.make<dnnl::binary>(affine_pd), {{DNNL_ARG_SRC_0, view(xhat, x_md)},
-                                              {DNNL_ARG_SRC_1, gamma},
-                                              {DNNL_ARG_ATTR_MULTIPLE_POST_OP(0) | DNNL_ARG_SRC_1, beta},
-                                              {DNNL_ARG_DST, p.data(y)}});
+  p.forward(p.make<dnnl::batch_normalization_forward>(apply_pd), {{DNNL_ARG_SRC, view(p.data(x), bn_md)},
+                                                                   {DNNL_ARG_MEAN, mean},
+                                                                   {DNNL_ARG_VARIANCE, var},
+                                                                   {DNNL_ARG_SCALE, scale},
+                                                                   {DNNL_ARG_SHIFT, shift},
+                                                                   {DNNL_ARG_DST, view(p.data(y), bn_md)}});
 
   p.on_backward([=](Program& p) {
-    const dnnl::memory dy = p.grad(y);
-    const dnnl::memory tmp = p.alloc(x_md);
-    // d gamma[c] = sum_{n,spatial} dy * xhat ; d beta[c] = sum dy
-    dnnl::binary::primitive_desc mul_pd(dnnl::binary::desc(algorithm::binary_mul, x_md, x_md, x_md), attr,
-                                        p.engine());
-    p.backward(p.make<dnnl::binary>(mul_pd),
-               {{DNNL_ARG_SRC_0, dy}, {DNNL_ARG_SRC_1, view(xhat, x_md)}, {DNNL_ARG_DST, tmp}});
-    dnnl::reduction::primitive_desc sum_pd(dnnl::reduction::desc(algorithm::reduction_sum, x_md, ch_md, 0.f, 0.f),
-                                           attr, p.engine());
-    const dnnl::primitive reduce = p.make<dnnl::reduction>(sum_pd);
-    p.backward(reduce, {{DNNL_ARG_SRC, tmp}, {DNNL_ARG_DST, p.param_grad(weight.offset, ch_md)}});
-    p.backward(reduce, {{DNNL_ARG_SRC, dy}, {DNNL_ARG_DST, p.param_grad(bias.offset, ch_md)}});
+    // 1. batch-norm backward over the [1, N*C, H, W] view with the group mean
+    //    and variance as the channel statistics gives, per (n,c): S1 = sum dy,
+    //    S2 = sum dy xhat, and a = gamma rstd (dy - S1/HW - xhat S2/HW), the
+    //    gradient as if every (n,c) were its own group;
+    // 2. host, O(N*C): d gamma, d beta, and the per-(n,c) B, C that turn the
+    //    channel means into group means: dx = a + B x + C;
+    // 3. one binary primitive: dx = x * B + C + a.
+    const auto bwd_flags = flags::use_scale | flags::use_shift;
+    dnnl::batch_normalization_forward::primitive_desc hint_pd(
+        dnnl::batch_normalization_forward::desc(prop_kind::forward_training, bn_md, eps, bwd_flags), attr,
+        p.engine());
+    dnnl::batch_normalization_backward::primitive_desc bwd_pd(
+        dnnl::batch_normalization_backward::desc(prop_kind::backward, bn_md, bn_md, eps, bwd_flags), attr,
+        p.engine(), hint_pd);
+    const dnnl::memory a_term = p.alloc(bn_md);
+    const dnnl::memory s1 = p.alloc(nc_md), s2 = p.alloc(nc_md);
+    p.backward(p.make<dnnl::batch_normalization_backward>(bwd_pd), {{DNNL_ARG_SRC, view(p.data(x), bn_md)},
+                                                                     {DNNL_ARG_MEAN, mean},
+                                                                     {DNNL_ARG_VARIANCE, var},
+                                                                     {DNNL_ARG_SCALE, scale},
+                                                                     {DNNL_ARG_SHIFT, shift},  // required, unused
+                                                                     {DNNL_ARG_DIFF_DST, view(p.grad(y), bn_md)},
+                                                                     {DNNL_ARG_DIFF_SRC, a_term},
+                                                                     {DNNL_ARG_DIFF_SCALE, s2},
+                                                                     {DNNL_ARG_DIFF_SHIFT, s1}});
+    const dnnl::memory b_coef = p.alloc(nc_md), c_coef = p.alloc(nc_md);
+    const double count = static_cast<double>(cg * spatial), hw = static_cast<double>(spatial);
+    const double epsilon = eps;
+    p.host_backward(
+        [=](const Args& a) {
+          HostFloats m(a.at(0)), v(a.at(1)), sc(a.at(2)), S1(a.at(3)), S2(a.at(4)), dgamma(a.at(5)), dbeta(a.at(6)),
+              bc(a.at(7)), cc(a.at(8));
+          for (int64_t j = 0; j < c; ++j) {
+            double dg = 0, db = 0;
+            for (int64_t i = 0; i < n; ++i) {
+              dg += S2[i * c + j];
+              db += S1[i * c + j];
+            }
+            dgamma[j] = static_cast<float>(dg);
+            dbeta[j] = static_cast<float>(db);
+          }
+          for (int64_t i = 0; i < n; ++i) {
+            for (int64_t g = 0; g < groups; ++g) {
+              const int64_t c0 = i * c + g * cg;
+              double k1 = 0, k2 = 0;
+              for (int64_t j = 0; j < cg; ++j) {
+                k1 += static_cast<double>(sc[c0 + j]) * S1[c0 + j];
+                k2 += static_cast<double>(sc[c0 + j]) * S2[c0 + j];
+              }
+              const double rstd = 1.0 / std::sqrt(static_cast<double>(v[c0]) + epsilon);
+              for (int64_t j = 0; j < cg; ++j) {
+                const double gamma = sc[c0 + j];
+                const double b = rstd * rstd * (gamma * S2[c0 + j] / hw - k2 / count);
+                const double cst = rstd * (gamma * S1[c0 + j] / hw - k1 / count) - static_cast<double>(m[c0]) * b;
+                bc[c0 + j] = static_cast<float>(b);
+                cc[c0 + j] = static_cast<float>(cst);
+              }
+            }
+          }
+        },
+        {{0, mean},
+         {1, var},
+         {2, scale},
+         {3, s1},
+         {4, s2},
+         {5, p.param_grad(weight.offset, c_md)},
+         {6, p.param_grad(bias.offset, c_md)},
+         {7, b_coef},
+         {8, c_coef}});
     if (!p.needs_grad(x)) return;
-    // d xhat = dy * gamma, then the normalisation's own backward.
-    dnnl::binary::primitive_desc scale_pd(dnnl::binary::desc(algorithm::binary_mul, x_md, ch_md, x_md), attr,
-                                          p.engine());
-    p.backward(p.make<dnnl::binary>(scale_pd), {{DNNL_ARG_SRC_0, dy}, {DNNL_ARG_SRC_1, gamma}, {DNNL_ARG_DST, tmp}});
-    dnnl::layer_normalization_backward::primitive_desc bwd_pd(
-        dnnl::layer_normalization_backward::desc(prop_kind::backward_data, rows_md, rows_md, eps,
-                                                 dnnl::normalization_flags::none),
-        attr, p.engine(), ln_pd);
+    dnnl::post_ops ops;
+    ops.append_binary(algorithm::binary_add, nc_b);
+    ops.append_binary(algorithm::binary_add, bn_md);
+    dnnl::primitive_attr dx_attr = user_scratchpad_attr();
+    dx_attr.set_post_ops(ops);
+    dnnl::binary::primitive_desc dx_pd(dnnl::binary::desc(algorithm::binary_mul, bn_md, nc_b, bn_md), dx_attr,
+                                       p.engine());
     const GradSink s = p.sink(x);
-    p.backward(p.make<dnnl::layer_normalization_backward>(bwd_pd), {{DNNL_ARG_SRC, view(p.data(x), rows_md)},
-                                                                   {DNNL_ARG_MEAN, mean},
-                                                                   {DNNL_ARG_VARIANCE, variance},
-                                                                   {DNNL_ARG_DIFF_DST, view(tmp, rows_md)},
-                                                                   {DNNL_ARG_DIFF_SRC, view(s.memory, rows_md)}});
+    p.backward(p.make<dnnl::binary>(dx_pd), {{DNNL_ARG_SRC_0, view(p.data(x), bn_md)},
+                                             {DNNL_ARG_SRC_1, view(b_coef, nc_b)},
+                                             {DNNL_ARG_ATTR_MULTIPLE_POST_OP(0) | DNNL_ARG_SRC_1, view(c_coef, nc_b)},
+                                             {DNNL_ARG_ATTR_MULTIPLE_POST_OP(1) | DNNL_ARG_SRC_1, a_term},
+                                             {DNNL_ARG_DST, view(s.memory, bn_md)}});
     p.commit(s);
   });
   return y;
@@ -233,8 +394,8 @@ ValueId add(Program& p, ValueId a, ValueId b) {
   // a, b [same shape] -> a + b
   require(p.shape(a) == p.shape(b), "add of different shapes");
   const auto md = p.desc(a);
-  dnnl::binary::primitive_desc pd(dnnl::binary::desc(algorithm::binary_add, md, md, md), user_scratchpad_attr(),
-                                  p.engine());
+  dnnl::binary::primitive_desc pd(dnnl::binary::desc(algorithm::binary_add, md, p.desc(b), md),
+                                  user_scratchpad_attr(), p.engine());
   const ValueId y = p.new_value(md, true);
   p.forward(p.make<dnnl::binary>(pd),
             {{DNNL_ARG_SRC_0, p.data(a)}, {DNNL_ARG_SRC_1, p.data(b)}, {DNNL_ARG_DST, p.data(y)}});
@@ -246,28 +407,52 @@ ValueId add(Program& p, ValueId a, ValueId b) {
 }
 
 ValueId add_channel_bias(Program& p, ValueId x, ValueId bias) {
-  // x [N,C,H,W] + bias [N,C] broadcast over H, W (the time embedding projection).
+  // x [N,C,H,W] (any layout) + bias [N,C] broadcast over H, W (the time
+  // embedding projection): a per-channel add over the [1, N*C, H, W] view.
   const dims xs = p.shape(x);
   require(xs.size() == 4 && p.shape(bias) == dims({xs[0], xs[1]}), "add_channel_bias shape mismatch");
   const auto x_md = p.desc(x);
-  const auto b4 = plain_f32({xs[0], xs[1], 1, 1});
+  const auto bn_md = per_sample_channels(x_md);
+  const int64_t nc = xs[0] * xs[1], spatial = xs[2] * xs[3];
+  const auto b4 = per_channel_operand(bn_md);
   const auto attr = user_scratchpad_attr();
-  dnnl::binary::primitive_desc pd(dnnl::binary::desc(algorithm::binary_add, x_md, b4, x_md), attr, p.engine());
+  dnnl::binary::primitive_desc pd(dnnl::binary::desc(algorithm::binary_add, bn_md, b4, bn_md), attr, p.engine());
   const ValueId y = p.new_value(x_md, true);
-  p.forward(p.make<dnnl::binary>(pd),
-            {{DNNL_ARG_SRC_0, p.data(x)}, {DNNL_ARG_SRC_1, view(p.data(bias), b4)}, {DNNL_ARG_DST, p.data(y)}});
+  p.forward(p.make<dnnl::binary>(pd), {{DNNL_ARG_SRC_0, view(p.data(x), bn_md)},
+                                       {DNNL_ARG_SRC_1, view(p.data(bias), b4)},
+                                       {DNNL_ARG_DST, view(p.data(y), bn_md)}});
   p.on_backward([=](Program& p) {
     const dnnl::memory dy = p.grad(y);
     if (p.needs_grad(x)) p.contribute(x, dy);
     if (!p.needs_grad(bias)) return;
-    if (xs[2] * xs[3] == 1) {
+    if (spatial == 1) {
       p.contribute(bias, view(dy, p.desc(bias)));
       return;
     }
-    dnnl::reduction::primitive_desc sum_pd(dnnl::reduction::desc(algorithm::reduction_sum, x_md, b4, 0.f, 0.f), attr,
-                                           p.engine());
+    // d bias[n,c] = sum over H, W of dy: a matmul with a vector of ones.
+    //   plain:   [N*C, S] x [S, 1]            -> [N*C, 1]
+    //   blocked: [1, 1, S] x [N*C/16, S, 16]  -> [N*C/16, 1, 16] (= plain [N, C])
     const GradSink s = p.sink(bias);
-    p.backward(p.make<dnnl::reduction>(sum_pd), {{DNNL_ARG_SRC, dy}, {DNNL_ARG_DST, view(s.memory, b4)}});
+    const bool blocked = is_channel_blocked(x_md);
+    const dnnl::memory ones = p.alloc_constant(plain_f32(blocked ? dims{1, 1, spatial} : dims{spatial, 1}));
+    {
+      auto* o = static_cast<float*>(ones.map_data());
+      std::fill(o, o + spatial, 1.0f);
+      ones.unmap_data(o);
+    }
+    if (blocked) {
+      const auto dy_md = plain_f32({nc / 16, spatial, 16});
+      const auto out_md = plain_f32({nc / 16, 1, 16});
+      dnnl::matmul::primitive_desc mm(dnnl::matmul::desc(ones.get_desc(), dy_md, out_md), attr, p.engine());
+      p.backward(p.make<dnnl::matmul>(mm),
+                 {{DNNL_ARG_SRC, ones}, {DNNL_ARG_WEIGHTS, view(dy, dy_md)}, {DNNL_ARG_DST, view(s.memory, out_md)}});
+    } else {
+      const auto dy_md = plain_f32({nc, spatial});
+      const auto out_md = plain_f32({nc, 1});
+      dnnl::matmul::primitive_desc mm(dnnl::matmul::desc(dy_md, ones.get_desc(), out_md), attr, p.engine());
+      p.backward(p.make<dnnl::matmul>(mm),
+                 {{DNNL_ARG_SRC, view(dy, dy_md)}, {DNNL_ARG_WEIGHTS, ones}, {DNNL_ARG_DST, view(s.memory, out_md)}});
+    }
     p.commit(s);
   });
   return y;
@@ -279,7 +464,10 @@ ValueId concat_channels(Program& p, ValueId a, ValueId b) {
   const dims as = p.shape(a), bs = p.shape(b);
   require(as.size() == 4 && bs.size() == 4 && as[0] == bs[0] && as[2] == bs[2] && as[3] == bs[3],
           "concat of incompatible shapes");
-  const auto y_md = plain_f32({as[0], as[1] + bs[1], as[2], as[3]});
+  // Channel-blocked output when the split falls on a block boundary (so the
+  // backward's channel slices are block-aligned sub-memories).
+  const dims ys{as[0], as[1] + bs[1], as[2], as[3]};
+  const auto y_md = as[1] % 16 == 0 ? activation_desc(ys) : plain_f32(ys);
   dnnl::concat::primitive_desc pd(y_md, 1, {p.desc(a), p.desc(b)}, p.engine(), user_scratchpad_attr());
   const ValueId y = p.new_value(y_md, true);
   p.forward(p.make<dnnl::concat>(pd), {{DNNL_ARG_MULTIPLE_SRC + 0, p.data(a)},
@@ -297,7 +485,8 @@ ValueId upsample_nearest2x(Program& p, ValueId x) {
   // x [N,C,H,W] -> [N,C,2H,2W], up[y,x] = in[y/2, x/2]
   const dims xs = p.shape(x);
   const auto x_md = p.desc(x);
-  const auto y_md = plain_f32({xs[0], xs[1], 2 * xs[2], 2 * xs[3]});
+  const auto y_md = is_channel_blocked(x_md) ? activation_desc({xs[0], xs[1], 2 * xs[2], 2 * xs[3]})
+                                             : plain_f32({xs[0], xs[1], 2 * xs[2], 2 * xs[3]});
   const auto attr = user_scratchpad_attr();
   dnnl::resampling_forward::primitive_desc fwd_pd(
       dnnl::resampling_forward::desc(prop_kind::forward_training, algorithm::resampling_nearest, x_md, y_md), attr,
@@ -317,25 +506,16 @@ ValueId upsample_nearest2x(Program& p, ValueId x) {
 
 namespace {
 
-// [N,C,H,W] plain memory seen as tokens [N,S,C] (token s = y*W + x).
-dnnl::memory::desc nchw_as_tokens(const dims& nchw) {
-  const int64_t c = nchw[1], s = nchw[2] * nchw[3];
-  return dnnl::memory::desc({nchw[0], s, c}, dt::f32, dims{c * s, 1, s});
-}
-
-// [N,S,C] plain memory seen as [N,C,H,W].
-dnnl::memory::desc tokens_as_nchw(const dims& nchw) {
-  const int64_t c = nchw[1], h = nchw[2], w = nchw[3];
-  return dnnl::memory::desc(nchw, dt::f32, dims{h * w * c, 1, w * c, c});
-}
+// Plain [N,S,C] tokens (token s = y*W + x) are [N,C,H,W] in nhwc order.
+dnnl::memory::desc tokens_as_nchw(const dims& nchw) { return dnnl::memory::desc(nchw, dt::f32, tag::nhwc); }
 
 }  // namespace
 
 ValueId to_tokens(Program& p, ValueId x) {
-  // x [N,C,H,W] -> [N,S,C] (a transposing reorder)
+  // x [N,C,H,W] (any layout) -> [N,S,C] (a reorder to nhwc)
   const dims xs = p.shape(x);
   const ValueId y = p.new_value(plain_f32({xs[0], xs[2] * xs[3], xs[1]}), true);
-  p.copy(view(p.data(x), nchw_as_tokens(xs)), p.data(y), false);
+  p.copy(p.data(x), view(p.data(y), tokens_as_nchw(xs)), false);
   p.on_backward([=](Program& p) {
     if (p.needs_grad(x)) p.contribute(x, view(p.grad(y), tokens_as_nchw(xs)));
   });
@@ -343,12 +523,15 @@ ValueId to_tokens(Program& p, ValueId x) {
 }
 
 ValueId from_tokens(Program& p, ValueId tokens, const dims& nchw) {
-  // [N,S,C] -> [N,C,H,W]
+  // [N,S,C] -> [N,C,H,W] in the activation layout
   require(p.shape(tokens) == dims({nchw[0], nchw[2] * nchw[3], nchw[1]}), "from_tokens shape mismatch");
-  const ValueId y = p.new_value(plain_f32(nchw), true);
+  const ValueId y = p.new_value(activation_desc(nchw), true);
   p.copy(view(p.data(tokens), tokens_as_nchw(nchw)), p.data(y), false);
   p.on_backward([=](Program& p) {
-    if (p.needs_grad(tokens)) p.contribute(tokens, view(p.grad(y), nchw_as_tokens(nchw)));
+    if (!p.needs_grad(tokens)) return;
+    const GradSink s = p.sink(tokens);
+    p.copy(p.grad(y), view(s.memory, tokens_as_nchw(nchw)), true);
+    p.commit(s);
   });
   return y;
 }

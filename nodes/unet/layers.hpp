@@ -1,13 +1,17 @@
 // The U-Net's layers, each a function that appends its forward primitives to
 // a Program and registers the code that appends its backward primitives
-// (gradients for the input and for every parameter). All tensors are plain
-// row-major f32; parameters are slices of the model's flat buffer, their
+// (gradients for the input and for every parameter). Image activations are
+// f32 in activation_desc()'s layout (channel-blocked where the channel count
+// allows, so convolutions run on jit kernels without reorders; layers accept
+// any layout for their inputs); tokens, embeddings and parameters are plain
+// row-major. Parameters are slices of the model's flat buffer, their
 // gradients slices of the program's staging buffer.
 //
 // Shapes (N batch, C channels, H x W image, M rows, S = H*W tokens):
 //   conv2d          x [N,Ci,H,W] -> [N,Co,H',W']        weight [Co,Ci,k,k], bias [Co]
 //   linear          x [M,I] -> [M,O]                    weight [O,I], bias [O]
-//   group_norm      x [N,C,H,W] -> [N,C,H,W]            weight [C], bias [C]
+//   group_norm      x [N,C,H,W] -> [N,C,H,W]            weight [C], bias [C] (batch-norm
+//                   primitives over a [1,N*C,H,W] view plus O(N*C) host arithmetic)
 //   silu            any -> same
 //   add             a, b (same shape) -> a + b
 //   add_channel_bias x [N,C,H,W], b [N,C] -> x + b[:,:,None,None]

@@ -9,10 +9,20 @@
 // stream. Primitives come from a PrimitiveCache shared by all programs of the
 // same model and batch size, so they are created once per (layer, batch size).
 //
-// Values: every tensor a layer produces is a Value (plain row-major layout)
-// with a data memory and, when some input needs a gradient, a gradient memory.
-// In backward, each consumer of a value contributes to its gradient: the
-// first contribution (in backward order) writes, later ones accumulate.
+// Values: every tensor a layer produces is a Value (image activations in the
+// layout convolutions run fastest on, see activation_desc(); everything else
+// plain row-major) with a data memory and, when some input needs a gradient,
+// a gradient memory. In backward, each consumer of a value contributes to its
+// gradient: the first contribution (in backward order) writes, later ones
+// accumulate.
+//
+// Memory planning: on the CPU, finalize() computes when each program-owned
+// buffer is first and last used by the recorded steps (forward, then
+// backward) and packs them into one arena, so buffers whose lifetimes do not
+// overlap share memory. Buffers read or written from outside the steps (the
+// model's inputs and outputs, constants filled at build time) are pinned;
+// values created before the first layer (inputs) and the output are pinned
+// automatically.
 #pragma once
 
 #include "graph/tensor.hpp"
@@ -32,6 +42,10 @@ using tag = dnnl::memory::format_tag;
 
 // Plain row-major f32 descriptor.
 dnnl::memory::desc plain_f32(const dims& shape);
+// The layout of image activations [N,C,H,W]: channel-blocked nChw16c when C
+// is a multiple of 16 (what oneDNN's jit convolutions prefer), else plain.
+dnnl::memory::desc activation_desc(const dims& nchw);
+bool is_channel_blocked(const dnnl::memory::desc& desc);
 // The same memory seen through another descriptor (a view: no copy).
 dnnl::memory view(const dnnl::memory& memory, const dnnl::memory::desc& desc);
 // A slice of a flat f32 buffer: `count` elements from `offset`, seen through `desc`.
@@ -50,9 +64,15 @@ class PrimitiveCache {
   std::vector<dnnl::primitive> primitives_;
 };
 
+using Args = std::unordered_map<int, dnnl::memory>;
+// A host computation on small tensors (O(N*C) numbers, never image-sized),
+// given its memories through the args map (so memory planning can move them).
+using HostFn = std::function<void(const Args& args)>;
+
 struct Step {
   dnnl::primitive primitive;
-  std::unordered_map<int, dnnl::memory> args;
+  Args args;
+  HostFn host;  // set for host steps (then `primitive` is empty)
 };
 
 using ValueId = int;
@@ -80,6 +100,14 @@ class Program {
   bool needs_grad(ValueId v) const { return values_.at(v).needs_grad; }
   // Program-owned temporary memory.
   dnnl::memory alloc(const dnnl::memory::desc& desc);
+  // Program-owned memory filled at build time and never written by a step.
+  dnnl::memory alloc_constant(const dnnl::memory::desc& desc);
+  // Keeps a value's data and gradient out of memory planning (read or written
+  // from outside the steps: model inputs, outputs, their gradients).
+  void pin(ValueId v) { values_.at(v).pinned = true; }
+  // Bytes of program-owned activation/gradient/temporary memory (after finalize).
+  size_t planned_bytes() const { return planned_bytes_; }
+  size_t unplanned_bytes() const { return unplanned_bytes_; }
 
   // --- parameters ---------------------------------------------------------
   // The parameter at `offset` seen through `desc` (plain shape of the slot).
@@ -101,6 +129,8 @@ class Program {
   }
   void forward(dnnl::primitive primitive, std::unordered_map<int, dnnl::memory> args);
   void backward(dnnl::primitive primitive, std::unordered_map<int, dnnl::memory> args);
+  void host_forward(HostFn fn, Args args);
+  void host_backward(HostFn fn, Args args);
   // `src` in the layout `want`: returns src itself when the layouts agree,
   // otherwise a program-owned memory filled by a reorder appended to the
   // forward (or backward) list. The one place where layouts are reconciled.
@@ -140,9 +170,16 @@ class Program {
     dnnl::memory data;
     dnnl::memory grad;
     bool needs_grad = false;
+    bool pinned = false;
     int contributions = 0;
   };
+  struct Allocation {
+    dnnl::memory memory;
+    bool pinned = false;
+  };
   void note_scratchpad(const dnnl::memory::desc& desc);
+  dnnl::memory owned(const dnnl::memory::desc& desc, bool pinned);
+  void plan_memory();
 
   dnnl::engine engine_;
   PrimitiveCache& cache_;
@@ -156,6 +193,9 @@ class Program {
   std::vector<dnnl::primitive> io_copies_;
   size_t scratchpad_bytes_ = 0;
   dnnl::memory scratchpad_;
+  std::vector<Allocation> allocations_;
+  dnnl::memory arena_;
+  size_t planned_bytes_ = 0, unplanned_bytes_ = 0;
 };
 
 }  // namespace diffuflow

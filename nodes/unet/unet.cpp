@@ -315,10 +315,12 @@ ForwardResult UNetModel::forward(const Tensor& x, const Tensor& t, bool for_trai
     made->x = p.new_value(x_md, for_training);
     made->temb0 = p.new_value(plain_f32({n, config_.block_out_channels[0]}), false);
     made->out = UNetBuilder(p, config_, param_slots()).build(made->x, made->temb0);
+    p.pin(made->x);
+    p.pin(made->temb0);
     made->copy_x_in = p.add_io_copy(x_md, x_md);
-    made->copy_out = p.add_io_copy(y_md, y_md);
+    made->copy_out = p.add_io_copy(p.desc(made->out), y_md);
     if (for_training) {
-      made->copy_grad_in = p.add_io_copy(y_md, y_md);
+      made->copy_grad_in = p.add_io_copy(y_md, p.desc(made->out));
       made->copy_grad_x = p.add_io_copy(x_md, x_md);
     }
     p.finalize(made->out, for_training);

@@ -31,6 +31,7 @@ class LayerHarness {
   }
   ValueId input(const dims& shape) {
     const ValueId v = p().new_value(plain_f32(shape), true);
+    p().pin(v);  // written and read from outside the program's steps
     fill(p().data(v), shape_numel(shape), 1.0f);
     inputs_.push_back(v);
     return v;
