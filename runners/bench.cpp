@@ -1,0 +1,718 @@
+// `diffuflow bench KIND`: throughput of the real graphs, measured in-process.
+//
+//   diffuflow bench train  [--config unet-s] [--batch 64] [--threads N] [--warmup W] [--steps K] [--repeats R]
+//   diffuflow bench sample [...]      DDIM chains, sampler <-> model_forward
+//   diffuflow bench data   [...]      the data path alone (loader, augment, timesteps, noiser)
+//   diffuflow bench unet   [...]      the U-Net alone: runs `diffuflow bench-unet`
+//
+//   --sweep threads=1,2 | batch=16,32,64 | max_in_flight=1,2 | concurrency=NODE:1,2 | NODE.PARAM=a,b
+//   --json FILE --csv FILE --plot FILE.png
+//
+// Method. Each repeat builds a fresh Pipeline from pipelines/bench_KIND.yaml
+// (with --set, --config and --batch applied), with no output folder (nothing
+// is written), and runs it with --max-steps W+K. Every node invocation is
+// recorded with its step (the Chrome trace the pipeline can write, kept in a
+// temporary file and removed at once). A step is complete when the last
+// invocation carrying its step number ends; with c_1 <= c_2 <= ... the sorted
+// completion times, the measured window is (c_W, c_{W+K}] and
+//
+//   images/s = K * batch / (c_{W+K} - c_W).
+//
+// So building the pipeline (model resources, weights) and the W warm-up steps
+// (oneDNN primitive creation, first touch of memory) are excluded, and the
+// rate is the steady state of the whole graph, data path included. The
+// per-node figures (busy %, mean ms) are those of the same window. Peak RSS is
+// the high-water mark of each repeat (reset through /proc/self/clear_refs
+// where the kernel allows it, else the process's).
+#include "graph/device.hpp"
+#include "graph/errors.hpp"
+#include "graph/node.hpp"
+#include "graph/pipeline.hpp"
+#include "graph/registry.hpp"
+#include "nodes/output/image_writer.hpp"
+#include "nodes/output/line_plot.hpp"
+#include "runners/cli_common.hpp"
+#include "runners/command.hpp"
+
+#include <nlohmann/json.hpp>
+#include <oneapi/tbb/global_control.h>
+#include <sys/resource.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <chrono>
+#include <cmath>
+#include <filesystem>
+#include <fstream>
+#include <iomanip>
+#include <iostream>
+#include <map>
+#include <optional>
+#include <set>
+#include <sstream>
+#include <thread>
+
+namespace diffuflow {
+
+namespace po = boost::program_options;
+namespace fs = std::filesystem;
+using json = nlohmann::json;
+
+namespace {
+
+const std::set<std::string> kKinds = {"train", "sample", "data", "unet"};
+const std::set<std::string> kModelTypes = {"model_forward", "diffusion_loss", "model_backward", "optimiser"};
+const std::set<std::string> kSourceTypes = {"mnist_loader", "image_folder_loader", "synthetic_source", "noise_source",
+                                            "toy2d_source"};
+
+ConfigError bad_option(const std::string& option, const std::string& what) {
+  return ConfigError(SourceLocation{"command line", 0, 0, option}, what);
+}
+
+struct Settings {
+  std::string kind;
+  std::string pipeline;  // bench_KIND.yaml unless --pipeline
+  std::string config;    // empty: the pipeline's
+  int64_t batch = 64;
+  int threads = 0;
+  int steps = 10;
+  int warmup = 2;
+  int repeats = 1;
+  int prefetch = 4;
+  std::vector<std::string> sets;
+  std::optional<std::string> concurrency_node;  // concurrency sweep: the node
+  std::optional<int> concurrency;
+  std::optional<int> max_in_flight;
+  std::optional<Override> param;  // NODE.PARAM sweep
+};
+
+struct NodeWindow {
+  std::string name, type;
+  bool device = false;
+  int64_t count = 0;        // invocations that ended in the window
+  double busy_fraction = 0; // union of invocations, clipped to the window, over the window
+  double mean_ms = 0;       // mean duration of the invocations counted
+};
+
+struct Measurement {
+  double images_per_s = 0;
+  double window_s = 0;
+  int64_t images = 0;
+  int64_t steps = 0;
+  double step_ms_median = 0;
+  double model_busy_fraction = 0;    // forward, loss, backward, optimiser: active time / window
+  double compute_busy_fraction = 0;  // every device node (the compute thread): active time / window
+  double unet_forwards_per_s = 0;    // model_forward invocations ended in the window / window
+  double setup_s = 0;                // building the Pipeline (resources, nodes)
+  double warmup_s = 0;               // run start to the end of the warm-up steps
+  double wall_s = 0;                 // the run, as the pipeline's report has it
+  double peak_rss_mib = 0;
+  std::vector<NodeWindow> nodes;
+  json extra;  // kind-specific numbers (unet)
+};
+
+// ---- resident memory ----------------------------------------------------------------------------
+
+bool reset_peak_rss() {
+  std::ofstream f("/proc/self/clear_refs");
+  if (!f) return false;
+  f << "5";
+  f.flush();
+  return static_cast<bool>(f);
+}
+
+double peak_rss_mib() {
+  std::ifstream status("/proc/self/status");
+  std::string line;
+  while (std::getline(status, line)) {
+    if (line.rfind("VmHWM:", 0) == 0) return std::stod(line.substr(6)) / 1024.0;  // kB
+  }
+  rusage usage{};
+  getrusage(RUSAGE_SELF, &usage);
+  return static_cast<double>(usage.ru_maxrss) / 1024.0;
+}
+
+// ---- intervals ----------------------------------------------------------------------------------
+
+struct Interval {
+  double start, end;  // seconds
+};
+
+double union_clipped(std::vector<Interval> v, double lo, double hi) {
+  std::sort(v.begin(), v.end(), [](const Interval& a, const Interval& b) { return a.start < b.start; });
+  double covered = 0, open_s = 0, open_e = -1;
+  bool open = false;
+  for (const auto& i : v) {
+    const double s = std::max(i.start, lo), e = std::min(i.end, hi);
+    if (e <= s) continue;
+    if (open && s <= open_e) {
+      open_e = std::max(open_e, e);
+    } else {
+      if (open) covered += open_e - open_s;
+      open_s = s;
+      open_e = e;
+      open = true;
+    }
+  }
+  if (open) covered += open_e - open_s;
+  return covered;
+}
+
+double median_of(std::vector<double> v) {
+  if (v.empty()) return 0;
+  std::sort(v.begin(), v.end());
+  const size_t m = v.size() / 2;
+  return v.size() % 2 ? v[m] : 0.5 * (v[m - 1] + v[m]);
+}
+
+// ---- one pipeline measurement -------------------------------------------------------------------
+
+int resolved_threads(int threads) {
+  return threads > 0 ? threads : std::max(1, static_cast<int>(std::thread::hardware_concurrency()));
+}
+
+PipelineSpec build_spec(const Settings& s) {
+  // A first load finds the nodes and resources that --config and --batch apply to.
+  std::vector<Override> user;
+  std::vector<ConfigError> errors;
+  for (const auto& text : s.sets) {
+    try {
+      user.push_back(parse_override(text));
+    } catch (const ConfigError& e) {
+      errors.push_back(e);
+    }
+  }
+  if (!errors.empty()) throw ConfigErrors(errors);
+  const PipelineSpec plain = load_pipeline(s.pipeline, user);
+  std::vector<Override> overrides;
+  for (const auto& r : plain.resources) {
+    if (r.type == "unet_model" && !s.config.empty()) overrides.push_back({r.name, "config", s.config});
+  }
+  const int64_t steps = static_cast<int64_t>(s.warmup) + s.steps;
+  for (const auto& n : plain.nodes) {
+    if (kSourceTypes.count(n.type) && n.params.has("batch_size")) {
+      overrides.push_back({n.name, "batch_size", std::to_string(s.batch)});
+      if (n.type == "noise_source") overrides.push_back({n.name, "count", std::to_string(s.batch * steps)});
+    }
+    if (n.type == "limiter" && s.max_in_flight) {
+      overrides.push_back({n.name, "max_in_flight", std::to_string(*s.max_in_flight)});
+    }
+  }
+  overrides.insert(overrides.end(), user.begin(), user.end());  // --set has the last word
+  if (s.param) overrides.push_back(*s.param);
+  PipelineSpec spec = load_pipeline(s.pipeline, overrides);
+  spec.threads = resolved_threads(s.threads);
+  if (s.concurrency_node) {
+    const int index = spec.node_index(*s.concurrency_node);
+    if (index < 0) throw bad_option("--sweep", "the pipeline has no node '" + *s.concurrency_node + "'");
+    auto& node = spec.nodes[static_cast<size_t>(index)];
+    const NodeContract* contract = Registry::instance().node_contract(node.type);
+    if (contract && contract->max_concurrency > 0 && *s.concurrency > contract->max_concurrency) {
+      throw bad_option("--sweep", "node '" + node.name + "' (" + node.type + ") allows concurrency up to " +
+                                      std::to_string(contract->max_concurrency));
+    }
+    node.concurrency = *s.concurrency;
+  }
+  return spec;
+}
+
+Measurement measure_pipeline(const Settings& s) {
+  const PipelineSpec spec = build_spec(s);
+  const int threads = resolved_threads(s.threads);
+  oneapi::tbb::global_control parallelism(oneapi::tbb::global_control::max_allowed_parallelism,
+                                          static_cast<size_t>(threads));
+  static int counter = 0;
+  const fs::path trace =
+      fs::temp_directory_path() / ("diffuflow-bench-" + std::to_string(::getpid()) + "-" + std::to_string(++counter) +
+                                   ".json");
+  struct Remove {
+    fs::path p;
+    ~Remove() {
+      std::error_code ignored;
+      fs::remove(p, ignored);
+    }
+  } remove_trace{trace};
+
+  Measurement m;
+  const bool rss_reset = reset_peak_rss();
+  RunReport report;
+  {
+    RunContext ctx(std::make_shared<Device>(DeviceSpec::parse(spec.device)), spec.seed);
+    ctx.threads = threads;
+    ctx.max_steps = static_cast<int64_t>(s.warmup) + s.steps;  // out_dir stays empty: nothing is written
+    RunOptions options;
+    options.compute_threads = threads;
+    options.prefetch = s.prefetch;
+    options.trace_file = trace.string();
+    const auto t0 = std::chrono::steady_clock::now();
+    Pipeline pipeline(spec, ctx, options);
+    m.setup_s = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+    report = pipeline.run();
+  }
+  m.peak_rss_mib = peak_rss_mib();
+  if (!rss_reset) m.extra["peak_rss_scope"] = "process";
+  m.wall_s = report.wall_s;
+
+  // Read the invocations back: per node, (start, end, step).
+  std::ifstream in(trace);
+  const json events = json::parse(in).at("traceEvents");
+  std::map<std::string, std::vector<Interval>> by_node;
+  std::map<std::string, std::string> type_of;
+  std::map<int64_t, double> done;  // step -> the end of its last invocation
+  double first = INFINITY;
+  for (const auto& e : events) {
+    if (e.value("ph", "") != "X") continue;
+    const double start = e.at("ts").get<double>() * 1e-6, end = start + e.at("dur").get<double>() * 1e-6;
+    const std::string name = e.at("name").get<std::string>();
+    by_node[name].push_back({start, end});
+    type_of[name] = e.at("cat").get<std::string>();
+    first = std::min(first, start);
+    const int64_t seq = e.at("args").value("seq", int64_t{-1});
+    if (seq >= 0) done[seq] = std::max(done[seq], end);
+  }
+  std::vector<double> completions;
+  for (const auto& [seq, t] : done) completions.push_back(t);
+  std::sort(completions.begin(), completions.end());
+  const size_t w = static_cast<size_t>(s.warmup), k = static_cast<size_t>(s.steps);
+  if (completions.size() < w + k) {
+    throw std::runtime_error("the pipeline completed " + std::to_string(completions.size()) + " steps, fewer than " +
+                             std::to_string(w + k) + " (warm-up + measured): does its source run dry?");
+  }
+  const double lo = w > 0 ? completions[w - 1] : first, hi = completions[w + k - 1];
+  m.window_s = hi - lo;
+  m.warmup_s = lo - first;
+  m.steps = static_cast<int64_t>(k);
+  m.images = static_cast<int64_t>(k) * s.batch;
+  m.images_per_s = m.window_s > 0 ? m.images / m.window_s : 0;
+  std::vector<double> step_s;
+  for (size_t i = w; i < w + k; ++i) step_s.push_back(completions[i] - (i > 0 ? completions[i - 1] : first));
+  m.step_ms_median = median_of(step_s) * 1e3;
+
+  std::vector<Interval> model, compute;
+  for (const auto& profile : report.nodes) {  // the pipeline's order, limiters left out
+    NodeWindow n;
+    n.name = profile.name;
+    n.type = profile.type;
+    const NodeContract* contract = Registry::instance().node_contract(n.type);
+    n.device = contract && !contract->host_only;
+    const auto& intervals = by_node[n.name];
+    double sum = 0;
+    for (const auto& i : intervals) {
+      if (i.end > lo && i.end <= hi) {
+        ++n.count;
+        sum += i.end - i.start;
+      }
+    }
+    n.mean_ms = n.count ? sum / n.count * 1e3 : 0;
+    n.busy_fraction = m.window_s > 0 ? union_clipped(intervals, lo, hi) / m.window_s : 0;
+    if (kModelTypes.count(n.type)) model.insert(model.end(), intervals.begin(), intervals.end());
+    if (n.device) compute.insert(compute.end(), intervals.begin(), intervals.end());
+    if (n.type == "model_forward" && m.window_s > 0) m.unet_forwards_per_s += n.count / m.window_s;
+    m.nodes.push_back(n);
+  }
+  if (s.kind == "sample" && m.unet_forwards_per_s > 0) {
+    // Chains in flight together finish together, so the completions of a few
+    // chains say little about the rate; the U-Net forwards (one per denoising
+    // step of a whole chain batch, serial on the compute thread) are steady.
+    int64_t forwards = 0;
+    for (const auto& n : m.nodes)
+      if (n.type == "model_forward") forwards += static_cast<int64_t>(by_node[n.name].size());
+    const double per_chain = static_cast<double>(forwards) / static_cast<double>(w + k);
+    m.extra["forwards_per_chain"] = per_chain;
+    m.extra["images_per_s_from_completions"] = m.images_per_s;
+    m.images_per_s = m.unet_forwards_per_s * static_cast<double>(s.batch) / per_chain;
+  }
+  if (m.window_s > 0) {
+    m.model_busy_fraction = union_clipped(model, lo, hi) / m.window_s;
+    m.compute_busy_fraction = union_clipped(compute, lo, hi) / m.window_s;
+  }
+  return m;
+}
+
+// `bench unet`: the U-Net alone, through the bench-unet command (its JSON read back).
+Measurement measure_unet(const Settings& s, const std::string& mode) {
+  auto it = commands().find("bench-unet");
+  if (it == commands().end()) throw std::runtime_error("this build has no bench-unet command");
+  static int counter = 0;
+  const fs::path out = fs::temp_directory_path() / ("diffuflow-bench-unet-" + std::to_string(::getpid()) + "-" +
+                                                    std::to_string(++counter) + ".json");
+  std::vector<std::string> args = {"--batch",  std::to_string(s.batch),   "--threads",
+                                   std::to_string(resolved_threads(s.threads)), "--iters", std::to_string(s.steps),
+                                   "--warmup", std::to_string(s.warmup), "--mode", mode, "--json", out.string()};
+  if (!s.config.empty()) args.insert(args.end(), {"--config", s.config});
+  const bool rss_reset = reset_peak_rss();
+  const int rc = it->second.run(args);
+  Measurement m;
+  m.peak_rss_mib = peak_rss_mib();
+  if (!rss_reset) m.extra["peak_rss_scope"] = "process";
+  json j;
+  {
+    std::ifstream in(out);
+    if (rc != 0 || !in) throw std::runtime_error("bench-unet failed (exit code " + std::to_string(rc) + ")");
+    j = json::parse(in);
+  }
+  std::error_code ignored;
+  fs::remove(out, ignored);
+  const bool forward = mode != "train";
+  m.images_per_s = j.value(forward ? "forward_images_per_s" : "forward_backward_images_per_s", 0.0);
+  m.steps = s.steps;
+  m.images = static_cast<int64_t>(s.steps) * s.batch;
+  for (const char* key : {"forward_images_per_s", "forward_gflops_per_s", "forward_backward_images_per_s",
+                          "forward_backward_gflops_per_s", "gflops_per_image_forward", "isa"}) {
+    if (j.contains(key)) m.extra[key] = j[key];
+  }
+  return m;
+}
+
+// ---- results ------------------------------------------------------------------------------------
+
+struct Row {
+  std::string sweep_value;  // empty without a sweep
+  double x = NAN;           // the value as a number, for the plot
+  int threads = 0;
+  int64_t batch = 0;
+  std::vector<Measurement> repeats;
+  double median = 0, min = 0, max = 0;
+  size_t median_index = 0;  // the repeat whose images/s is the median (the lower of two middles)
+};
+
+void summarise(Row& row) {
+  std::vector<std::pair<double, size_t>> v;
+  for (size_t i = 0; i < row.repeats.size(); ++i) v.emplace_back(row.repeats[i].images_per_s, i);
+  std::sort(v.begin(), v.end());
+  std::vector<double> values;
+  for (const auto& p : v) values.push_back(p.first);
+  row.median = median_of(values);
+  row.min = v.front().first;
+  row.max = v.back().first;
+  row.median_index = v[(v.size() - 1) / 2].second;
+}
+
+json node_json(const NodeWindow& n) {
+  return {{"name", n.name}, {"type", n.type}, {"device", n.device}, {"count", n.count},
+          {"busy_fraction", n.busy_fraction}, {"mean_ms", n.mean_ms}};
+}
+
+json measurement_json(const Measurement& m) {
+  json j = {{"images_per_s", m.images_per_s}, {"window_s", m.window_s},     {"images", m.images},
+            {"steps", m.steps},               {"step_ms_median", m.step_ms_median},
+            {"model_busy_fraction", m.model_busy_fraction},
+            {"compute_busy_fraction", m.compute_busy_fraction},
+            {"unet_forwards_per_s", m.unet_forwards_per_s},
+            {"setup_s", m.setup_s},           {"warmup_s", m.warmup_s},     {"wall_s", m.wall_s},
+            {"peak_rss_mib", m.peak_rss_mib}};
+  json nodes = json::array();
+  for (const auto& n : m.nodes) nodes.push_back(node_json(n));
+  j["nodes"] = nodes;
+  for (const auto& [key, value] : m.extra.items()) j[key] = value;
+  return j;
+}
+
+std::string fixed(double v, int digits = 1) {
+  std::ostringstream out;
+  out << std::fixed << std::setprecision(digits) << v;
+  return out.str();
+}
+
+void print_breakdown(const Measurement& m, std::ostream& out) {
+  if (m.nodes.empty()) return;
+  out << "  " << std::left << std::setw(14) << "node" << std::setw(18) << "type" << std::setw(8) << "where"
+      << std::right << std::setw(7) << "count" << std::setw(9) << "busy%" << std::setw(11) << "mean ms" << "\n";
+  for (const auto& n : m.nodes) {
+    out << "  " << std::left << std::setw(14) << n.name << std::setw(18) << n.type << std::setw(8)
+        << (n.device ? "compute" : "tbb") << std::right << std::setw(7) << n.count << std::setw(8)
+        << fixed(n.busy_fraction * 100) << "%" << std::setw(11) << fixed(n.mean_ms, 2) << "\n";
+  }
+}
+
+void write_text(const std::string& path, const std::string& text) {
+  std::ofstream out(path);
+  out << text;
+  if (!out) throw DataError(path, "cannot write");
+}
+
+std::string csv_field(const std::string& s) {
+  if (s.find_first_of(",\"\n") == std::string::npos) return s;
+  std::string q = "\"";
+  for (char c : s) q += c == '"' ? std::string("\"\"") : std::string(1, c);
+  return q + "\"";
+}
+
+// ---- the command --------------------------------------------------------------------------------
+
+std::vector<std::string> split(const std::string& text, char sep) {
+  std::vector<std::string> parts;
+  std::string part;
+  std::istringstream in(text);
+  while (std::getline(in, part, sep)) parts.push_back(part);
+  return parts;
+}
+
+int parse_positive(const std::string& text, const std::string& option) {
+  try {
+    size_t used = 0;
+    const long long v = std::stoll(text, &used);
+    if (used == text.size() && v >= 1 && v <= (1 << 24)) return static_cast<int>(v);
+  } catch (const std::exception&) {
+  }
+  throw bad_option(option, "'" + text + "' is not a whole number >= 1");
+}
+
+int run_bench(const std::vector<std::string>& args) {
+  po::options_description options("bench options");
+  options.add_options()
+      ("config", po::value<std::string>(), "U-Net config: unet-s, unet-tiny or a diffusers config.json (default: the pipeline's)")
+      ("batch", po::value<int64_t>()->default_value(64), "images per step (the source's batch_size)")
+      ("threads", po::value<int>()->default_value(0), "OpenMP threads of the compute thread and TBB parallelism (0: all cores)")
+      ("steps", po::value<int>()->default_value(10), "measured steps K (train/data: batches; sample: chains; unet: passes)")
+      ("warmup", po::value<int>()->default_value(2), "warm-up steps W, not measured")
+      ("repeats", po::value<int>()->default_value(3), "repeat the whole measurement R times, each with a fresh pipeline")
+      ("prefetch", po::value<int>()->default_value(4), "packets each source may have in flight")
+      ("mode", po::value<std::string>()->default_value("forward"), "unet: forward | train (forward+backward)")
+      ("pipeline", po::value<std::string>(), "the pipeline to run (default pipelines/bench_KIND.yaml)")
+      ("set", po::value<std::vector<std::string>>()->composing(), "override node.param=value in the pipeline")
+      ("sweep", po::value<std::string>(),
+       "one dimension: threads=1,2 | batch=16,32,64 | max_in_flight=1,2 | concurrency=NODE:1,2 | NODE.PARAM=a,b")
+      ("json", po::value<std::string>(), "write the results as JSON")
+      ("csv", po::value<std::string>(), "write one CSV row per sweep value")
+      ("plot", po::value<std::string>(), "write a PNG line plot of images/s (min-max bars) against the swept value");
+  po::variables_map vm;
+  const std::string usage =
+      "diffuflow bench train|sample|data|unet [--config unet-s] [--batch 64] [--threads N] [--steps K] [--warmup W] "
+      "[--repeats R] [--set node.param=value ...] [--sweep NAME=v1,v2,...] [--json FILE] [--csv FILE] [--plot FILE.png]";
+  if (!parse_command_line(args, options, vm, usage, "kind")) return kExitOk;
+
+  Settings base;
+  base.kind = vm["kind"].as<std::string>();
+  if (!kKinds.count(base.kind)) throw bad_option("KIND", "unknown bench '" + base.kind + "': train, sample, data or unet");
+  base.pipeline = vm.count("pipeline") ? vm["pipeline"].as<std::string>() : "pipelines/bench_" + base.kind + ".yaml";
+  if (vm.count("config")) base.config = vm["config"].as<std::string>();
+  base.batch = vm["batch"].as<int64_t>();
+  base.threads = vm["threads"].as<int>();
+  base.steps = vm["steps"].as<int>();
+  base.warmup = vm["warmup"].as<int>();
+  base.repeats = vm["repeats"].as<int>();
+  base.prefetch = vm["prefetch"].as<int>();
+  if (vm.count("set")) base.sets = vm["set"].as<std::vector<std::string>>();
+  const std::string mode = vm["mode"].as<std::string>();
+  if (base.batch < 1) throw bad_option("--batch", "must be >= 1");
+  if (base.threads < 0) throw bad_option("--threads", "must be >= 0");
+  if (base.steps < 1) throw bad_option("--steps", "must be >= 1");
+  if (base.warmup < 0) throw bad_option("--warmup", "must be >= 0");
+  if (base.repeats < 1) throw bad_option("--repeats", "must be >= 1");
+  if (base.prefetch < 1) throw bad_option("--prefetch", "must be >= 1");
+  if (mode != "forward" && mode != "train") throw bad_option("--mode", "forward or train");
+  if (base.kind == "unet" && !base.sets.empty()) throw bad_option("--set", "bench unet runs no pipeline");
+
+  // The sweep: a name and its values; one Settings per value.
+  std::string sweep_name;
+  std::vector<std::string> sweep_values;
+  if (vm.count("sweep")) {
+    const std::string text = vm["sweep"].as<std::string>();
+    const auto eq = text.find('=');
+    if (eq == std::string::npos || eq == 0 || eq + 1 == text.size()) {
+      throw bad_option("--sweep", "expected NAME=v1,v2,... (threads, batch, max_in_flight, concurrency=NODE:v1,v2, "
+                                  "or NODE.PARAM)");
+    }
+    sweep_name = text.substr(0, eq);
+    std::string values = text.substr(eq + 1);
+    if (sweep_name == "concurrency") {
+      const auto colon = values.find(':');
+      if (colon == std::string::npos || colon == 0) throw bad_option("--sweep", "concurrency=NODE:v1,v2,...");
+      base.concurrency_node = values.substr(0, colon);
+      values = values.substr(colon + 1);
+    }
+    sweep_values = split(values, ',');
+    if (sweep_values.empty()) throw bad_option("--sweep", "no values");
+    const bool known = sweep_name == "threads" || sweep_name == "batch" || sweep_name == "max_in_flight" ||
+                       sweep_name == "concurrency" || sweep_name.find('.') != std::string::npos;
+    if (!known) {
+      throw bad_option("--sweep", "unknown sweep '" + sweep_name +
+                                      "': threads, batch, max_in_flight, concurrency=NODE:..., or NODE.PARAM");
+    }
+    if (base.kind == "unet" && sweep_name != "threads" && sweep_name != "batch") {
+      throw bad_option("--sweep", "bench unet sweeps threads or batch");
+    }
+  }
+  std::vector<Row> rows;
+  std::vector<Settings> points;
+  for (size_t i = 0; i < std::max<size_t>(1, sweep_values.size()); ++i) {
+    Settings s = base;
+    Row row;
+    if (!sweep_values.empty()) {
+      const std::string& v = sweep_values[i];
+      row.sweep_value = v;
+      if (sweep_name == "threads") s.threads = parse_positive(v, "--sweep");
+      if (sweep_name == "batch") s.batch = parse_positive(v, "--sweep");
+      if (sweep_name == "max_in_flight") s.max_in_flight = parse_positive(v, "--sweep");
+      if (sweep_name == "concurrency") s.concurrency = parse_positive(v, "--sweep");
+      if (sweep_name.find('.') != std::string::npos) s.param = parse_override(sweep_name + "=" + v);
+      try {
+        size_t used = 0;
+        row.x = std::stod(v, &used);
+        if (used != v.size()) row.x = NAN;
+      } catch (const std::exception&) {
+        row.x = NAN;
+      }
+    }
+    row.threads = resolved_threads(s.threads);
+    row.batch = s.batch;
+    if (std::isnan(row.x)) row.x = sweep_values.empty() ? row.threads : static_cast<double>(i);
+    rows.push_back(row);
+    points.push_back(s);
+  }
+  // Every point's pipeline is checked before anything runs.
+  if (base.kind != "unet") {
+    for (const auto& s : points) build_spec(s);
+  }
+
+  // The machine first.
+  const int cores = static_cast<int>(std::thread::hardware_concurrency());
+  std::cout << "bench " << base.kind << (base.kind == "unet" ? "" : " (" + base.pipeline + ")") << "\n"
+            << "machine: " << describe_cpu_model() << ", " << cores << " cores (nproc)\n"
+            << "oneDNN ISA: " << describe_cpu_isa() << "\n"
+            << "versions: " << describe_versions() << "\n"
+            << "threads: " << resolved_threads(base.threads) << " (OpenMP threads of the compute thread and TBB "
+            << "max_allowed_parallelism)" << (sweep_name == "threads" ? ", swept" : "") << "\n"
+            << "settings: config " << (base.config.empty() ? "(pipeline's)" : base.config) << ", batch "
+            << base.batch << ", warm-up " << base.warmup << ", measured " << base.steps << ", repeats "
+            << base.repeats << (base.kind == "unet" ? ", mode " + mode : ", prefetch " + std::to_string(base.prefetch))
+            << "\n";
+  const std::string method =
+      base.kind == "unet"
+          ? "bench-unet times each U-Net pass alone (no graph); images/s = batch / median pass time per repeat"
+          : "one run with --max-steps W+K per repeat, a fresh pipeline each; a step completes when its last node "
+            "invocation ends; images/s = K*batch / (completion of step W+K - completion of step W), so building "
+            "the pipeline and the W warm-up steps (primitive creation) are excluded; node figures are from the same "
+            "window" +
+                std::string(base.kind == "sample"
+                                ? "; sampling images/s = U-Net forwards/s in the window * batch / forwards per chain "
+                                  "(chains in flight together finish together, forwards are evenly spaced)"
+                                : "");
+  std::cout << "method: " << method << "\n" << std::flush;
+
+  for (size_t i = 0; i < rows.size(); ++i) {
+    Row& row = rows[i];
+    for (int r = 0; r < base.repeats; ++r) {
+      Measurement m = base.kind == "unet" ? measure_unet(points[i], mode) : measure_pipeline(points[i]);
+      std::cout << (row.sweep_value.empty() ? "" : sweep_name + "=" + row.sweep_value + " ") << "repeat " << r + 1
+                << "/" << base.repeats << ": " << fixed(m.images_per_s) << " images/s";
+      if (base.kind != "unet") {
+        std::cout << " (" << m.images << " images in " << fixed(m.window_s, 3) << " s; step " << fixed(m.step_ms_median)
+                  << " ms median; model busy " << fixed(m.model_busy_fraction * 100) << "%, compute thread busy "
+                  << fixed(m.compute_busy_fraction * 100) << "%";
+        if (base.kind == "sample") std::cout << "; " << fixed(m.unet_forwards_per_s, 2) << " U-Net forwards/s";
+        std::cout << "; setup " << fixed(m.setup_s, 2) << " s, warm-up " << fixed(m.warmup_s, 2) << " s)";
+      }
+      std::cout << ", peak RSS " << fixed(m.peak_rss_mib) << " MiB\n" << std::flush;
+      row.repeats.push_back(std::move(m));
+    }
+    summarise(row);
+  }
+
+  // Summary: one line per row; the node breakdown of the median repeat.
+  std::cout << "\n" << std::left << std::setw(16) << (sweep_name.empty() ? "" : sweep_name) << std::right
+            << std::setw(10) << "threads" << std::setw(8) << "batch" << std::setw(14) << "images/s" << std::setw(10)
+            << "min" << std::setw(10) << "max";
+  if (base.kind != "unet") std::cout << std::setw(12) << "model busy";
+  if (base.kind == "sample") std::cout << std::setw(12) << "forwards/s";
+  std::cout << std::setw(14) << "peak RSS MiB" << "\n";
+  for (const auto& row : rows) {
+    const Measurement& m = row.repeats[row.median_index];
+    std::cout << std::left << std::setw(16) << row.sweep_value << std::right << std::setw(10) << row.threads
+              << std::setw(8) << row.batch << std::setw(14) << fixed(row.median) << std::setw(10) << fixed(row.min)
+              << std::setw(10) << fixed(row.max);
+    if (base.kind != "unet") std::cout << std::setw(11) << fixed(m.model_busy_fraction * 100) << "%";
+    if (base.kind == "sample") std::cout << std::setw(12) << fixed(m.unet_forwards_per_s, 2);
+    std::cout << std::setw(14) << fixed(m.peak_rss_mib) << "\n";
+  }
+  if (base.kind != "unet") {
+    for (const auto& row : rows) {
+      std::cout << "\nper node, median repeat" << (row.sweep_value.empty() ? "" : " of " + sweep_name + "=" + row.sweep_value)
+                << " (busy% and mean ms within the measured window):\n";
+      print_breakdown(row.repeats[row.median_index], std::cout);
+    }
+  }
+
+  if (vm.count("json")) {
+    json j;
+    j["bench"] = base.kind;
+    j["pipeline"] = base.kind == "unet" ? "" : base.pipeline;
+    j["machine"] = {{"cpu_model", describe_cpu_model()}, {"cores", cores}, {"isa", describe_cpu_isa()},
+                    {"versions", describe_versions()}};
+    j["settings"] = {{"config", base.config}, {"batch", base.batch},       {"threads", resolved_threads(base.threads)},
+                     {"steps", base.steps},   {"warmup", base.warmup},     {"repeats", base.repeats},
+                     {"prefetch", base.prefetch}, {"mode", mode},          {"set", base.sets}};
+    j["method"] = method;
+    j["sweep"] = sweep_name.empty() ? json(nullptr) : json{{"name", sweep_name}, {"values", sweep_values}};
+    j["results"] = json::array();
+    for (const auto& row : rows) {
+      const Measurement& m = row.repeats[row.median_index];
+      json r = {{"sweep_value", row.sweep_value},
+                {"threads", row.threads},
+                {"batch", row.batch},
+                {"images_per_s", {{"median", row.median}, {"min", row.min}, {"max", row.max}}},
+                {"model_busy_fraction", m.model_busy_fraction},
+                {"compute_busy_fraction", m.compute_busy_fraction},
+                {"unet_forwards_per_s", m.unet_forwards_per_s},
+                {"step_ms_median", m.step_ms_median},
+                {"peak_rss_mib", m.peak_rss_mib}};
+      json nodes = json::array();
+      for (const auto& n : m.nodes) nodes.push_back(node_json(n));
+      r["nodes"] = nodes;
+      r["repeats"] = json::array();
+      for (const auto& rep : row.repeats) r["repeats"].push_back(measurement_json(rep));
+      j["results"].push_back(r);
+    }
+    write_text(vm["json"].as<std::string>(), j.dump(2) + "\n");
+    std::cout << "wrote " << vm["json"].as<std::string>() << "\n";
+  }
+  if (vm.count("csv")) {
+    std::ostringstream csv;
+    csv << "bench,sweep,value,config,threads,batch,steps,warmup,repeats,images_per_s_median,images_per_s_min,"
+           "images_per_s_max,model_busy_fraction,compute_busy_fraction,unet_forwards_per_s,step_ms_median,"
+           "peak_rss_mib\n";
+    for (const auto& row : rows) {
+      const Measurement& m = row.repeats[row.median_index];
+      csv << base.kind << "," << csv_field(sweep_name) << "," << csv_field(row.sweep_value) << ","
+          << csv_field(base.config) << "," << row.threads << "," << row.batch << "," << base.steps << ","
+          << base.warmup << "," << base.repeats << "," << row.median << "," << row.min << "," << row.max << ","
+          << m.model_busy_fraction << "," << m.compute_busy_fraction << "," << m.unet_forwards_per_s << ","
+          << m.step_ms_median << "," << m.peak_rss_mib << "\n";
+    }
+    write_text(vm["csv"].as<std::string>(), csv.str());
+    std::cout << "wrote " << vm["csv"].as<std::string>() << "\n";
+  }
+  if (vm.count("plot")) {
+    LineSeries series;
+    series.label = base.kind;
+    for (const auto& row : rows) {
+      series.x.push_back(row.x);
+      series.y.push_back(row.median);
+      series.y_lo.push_back(row.min);
+      series.y_hi.push_back(row.max);
+    }
+    LinePlotStyle style;
+    style.title = "bench " + base.kind + ": " + (base.config.empty() ? std::string("pipeline's model") : base.config) +
+                  (sweep_name == "batch" ? "" : ", batch " + std::to_string(base.batch)) +
+                  (sweep_name == "threads" ? "" : ", " + std::to_string(resolved_threads(base.threads)) + " threads") +
+                  " (median of " + std::to_string(base.repeats) + ", min-max bars)";
+    style.x_label = sweep_name.empty() ? "threads" : sweep_name;
+    style.y_label = "images/s";
+    bool numeric = true;
+    for (const auto& row : rows) numeric = numeric && !row.sweep_value.empty() && std::isfinite(row.x);
+    style.categorical_x = sweep_name == "batch" || !numeric;
+    write_png_atomic(draw_line_plot({series}, style), vm["plot"].as<std::string>());
+    std::cout << "wrote " << vm["plot"].as<std::string>() << "\n";
+  }
+  return kExitOk;
+}
+
+}  // namespace
+
+DIFFUFLOW_REGISTER_COMMAND(bench,
+                           "bench train|sample|data|unet [--config C] [--batch N] [--threads N] [--steps K] "
+                           "[--warmup W] [--repeats R] [--sweep NAME=v1,v2] [--json F] [--csv F] [--plot F.png]",
+                           "measure images/s of the training, sampling or data graph (or the U-Net alone)", run_bench);
+
+}  // namespace diffuflow
