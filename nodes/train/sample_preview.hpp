@@ -1,0 +1,156 @@
+// sample_preview: watches a model learn. Every `every` optimiser steps (and
+// once more when the run ends) it draws `count` samples from the current
+// weights with DDIM (or DDPM) and writes them as a picture, always from the
+// SAME initial noise x_T (seeded by the pipeline seed and the node name), so
+// the pictures of different steps compare at a glance.
+//
+// Example config:
+//   - name: preview
+//     type: sample_preview
+//     params: {model: model, schedule: schedule, shape: [2, 1, 1], count: 1000, every: 500,
+//              method: ddim, steps: 50, layout: points, reverse_chain: 6}
+//   edges:
+//     - optimiser -> preview
+//     - preview -> gate.decrement
+//
+// in:  step (int64): the optimiser steps taken so far (the optimiser's `out`)
+// out: the input packet unchanged. Placed between the optimiser and the
+//      limiter's decrement, the next training step starts only after a preview
+//      is drawn, so preview_<k> shows exactly the weights after step k.
+//
+// Files, under <out_dir>/<subdir> (nothing is written without an out_dir):
+//   preview_<step, 6 digits>.png   when step % every == 0 (every > 0)
+//   final.png                      at finish(), from the final weights
+//   reverse_chain.png              at finish() when reverse_chain = K > 0: K
+//                                  evenly spaced states x_T ... x_0 of the chain
+//   layout grid:   samples [N,C,H,W] (C = 1 or 3), nrow per row; the chain as
+//                  one row per sample (at most nrow rows), K columns
+//   layout points: samples [N,2,1,1] as a scatter plot on [-limit, limit]^2;
+//                  the chain as a row of K scatter panels
+//
+// Weights: with use_ema (default) and an optimiser that keeps an EMA (the
+// model resource publishes it), a preview samples from the EMA weights: the
+// raw weights are saved to a scratch buffer, the EMA copied over them, the
+// chain sampled, and the raw weights copied back, each copy a oneDNN reorder
+// on the model's engine. The node is a device node: it runs on the compute
+// thread, so no other model call sees the swapped weights.
+#pragma once
+
+#include "graph/node.hpp"
+#include "nodes/diffusion/diffusion_steps.hpp"
+#include "nodes/diffusion/sampler.hpp"
+
+#include <dnnl.hpp>
+
+#include <cstdint>
+#include <filesystem>
+#include <memory>
+#include <string>
+#include <vector>
+
+namespace diffuflow {
+
+class DenoiserModel;
+class ModelResource;
+
+// How one reverse chain is run (the options of the in-graph sampler).
+struct ReverseChainOptions {
+  Sampler::Method method = Sampler::Method::ddim;
+  int64_t steps = 50;   // model calls; 0: 50 for ddim, every timestep for ddpm
+  double eta = 0.0;     // ddim only: 0 deterministic, 1 DDPM-like
+  bool clip = true;     // clip the predicted x_0 to [-1, 1] at every step
+  PredictionTarget prediction = PredictionTarget::epsilon;
+  int64_t snapshots = 0;    // keep K evenly spaced states x_T ... x_0
+  uint64_t noise_seed = 0;  // the noise of step k is drawn from (noise_seed, k)
+};
+
+// The timesteps a reverse chain calls the model at, from the noisiest, as the
+// sampler node chooses them: leading spacing T/steps apart; `stride` is how
+// far each step moves; `ancestral` when every timestep is a DDPM step t -> t-1.
+struct ReverseChainPlan {
+  std::vector<int> timesteps;
+  int stride = 1;
+  bool ancestral = false;
+  std::vector<int64_t> snapshot_positions;  // chain positions (0 = x_T, steps = x_0) kept
+};
+ReverseChainPlan plan_reverse_chain(int schedule_timesteps, const ReverseChainOptions& options);
+
+// Runs the reverse chain from x_T [N,C,H,W] f32 to x_0 with `model`, the step
+// arithmetic done by `steps` (oneDNN primitives on its device). With
+// options.snapshots = K > 0, `snapshots` receives K states [N,C,H,W] (x_T
+// first, x_0 last). The same x_T, weights and noise_seed give the same x_0.
+Tensor sample_reverse_chain(DenoiserModel& model, DiffusionSteps& steps, const Tensor& x_T,
+                            const ReverseChainOptions& options, std::vector<Tensor>* snapshots = nullptr);
+
+// Copies the optimiser's EMA weights over the model's parameters for as long as
+// it lives, and restores the raw weights (bitwise) when it goes. All copies are
+// reorders on the model's engine, waited for. With a null `ema` it does nothing.
+class EmaWeightSwap {
+ public:
+  EmaWeightSwap(DenoiserModel& model, const dnnl::memory* ema);
+  ~EmaWeightSwap();
+  EmaWeightSwap(const EmaWeightSwap&) = delete;
+  EmaWeightSwap& operator=(const EmaWeightSwap&) = delete;
+  bool active() const { return active_; }
+
+ private:
+  DenoiserModel& model_;
+  bool active_ = false;
+  dnnl::stream stream_;
+  dnnl::memory saved_;
+  dnnl::reorder copy_;
+};
+
+class SamplePreview : public Node {
+ public:
+  enum class Layout { grid, points };
+
+  struct Params {
+    std::string model;
+    std::string schedule;
+    Shape shape{1, 28, 28};  // [C, H, W] of one sample
+    int64_t count = 64;
+    int64_t every = 500;
+    ReverseChainOptions chain;
+    bool use_ema = true;
+    Layout layout = Layout::grid;
+    int64_t reverse_chain = 0;
+    std::string subdir = "samples";
+    int64_t nrow = 8;
+    int64_t scale = 2;
+    double limit = 1.5;
+  };
+
+  static NodeContract contract();
+  SamplePreview(const NodeConfig& config, RunContext& ctx);
+  ~SamplePreview() override;
+  void process(const NodeInput& in, Emitter& out) override;
+  void finish() override;
+
+  // Samples `count` points or images from the current weights (EMA when
+  // use_ema and published), from the node's fixed x_T. `snapshots` as for
+  // sample_reverse_chain (with K = reverse_chain).
+  Tensor draw(std::vector<Tensor>* snapshots = nullptr);
+
+  const Params& params() const { return params_; }
+  const Tensor& initial_noise() const { return x_T_; }
+  // The optimiser steps at which previews were written, in order.
+  const std::vector<int64_t>& previewed_steps() const { return previewed_; }
+  // <out_dir>/<subdir>/preview_<step>.png; empty without an out_dir.
+  std::filesystem::path preview_file(int64_t step);
+  std::filesystem::path output_file(const std::string& file_name);
+
+ private:
+  void write_samples(const Tensor& samples, const std::filesystem::path& file, const std::string& title);
+  void write_chain(const std::vector<Tensor>& snapshots, const std::filesystem::path& file);
+
+  Params params_;
+  std::shared_ptr<ModelResource> resource_;
+  std::shared_ptr<NoiseSchedule> schedule_;
+  std::unique_ptr<DiffusionSteps> steps_;
+  Tensor x_T_;                  // [count, C, H, W] f32 on the device, fixed for the run
+  int64_t last_step_ = -1;      // the last optimiser step seen
+  std::vector<int64_t> previewed_;
+};
+
+}  // namespace diffuflow
