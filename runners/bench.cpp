@@ -338,7 +338,8 @@ Measurement measure_unet(const Settings& s, const std::string& mode) {
                                                     std::to_string(++counter) + ".json");
   std::vector<std::string> args = {"--batch",  std::to_string(s.batch),   "--threads",
                                    std::to_string(resolved_threads(s.threads)), "--iters", std::to_string(s.steps),
-                                   "--warmup", std::to_string(s.warmup), "--mode", mode, "--json", out.string()};
+                                   "--warmup", std::to_string(s.warmup), "--mode", mode, "--size", "28",
+                                   "--json", out.string()};  // 28x28: the size the graphs run (MNIST)
   if (!s.config.empty()) args.insert(args.end(), {"--config", s.config});
   const bool rss_reset = reset_peak_rss();
   const int rc = it->second.run(args);
@@ -580,7 +581,8 @@ int run_bench(const std::vector<std::string>& args) {
             << "\n";
   const std::string method =
       base.kind == "unet"
-          ? "bench-unet times each U-Net pass alone (no graph); images/s = batch / median pass time per repeat"
+          ? "bench-unet times each U-Net pass alone (no graph) on 28x28 inputs; images/s = batch / median pass time "
+            "per repeat"
           : "one run with --max-steps W+K per repeat, a fresh pipeline each; a step completes when its last node "
             "invocation ends; images/s = K*batch / (completion of step W+K - completion of step W), so building "
             "the pipeline and the W warm-up steps (primitive creation) are excluded; node figures are from the same "
