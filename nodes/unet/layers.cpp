@@ -400,8 +400,11 @@ ValueId add(Program& p, ValueId a, ValueId b) {
   p.forward(p.make<dnnl::binary>(pd),
             {{DNNL_ARG_SRC_0, p.data(a)}, {DNNL_ARG_SRC_1, p.data(b)}, {DNNL_ARG_DST, p.data(y)}});
   p.on_backward([=](Program& p) {
-    if (p.needs_grad(a)) p.contribute(a, p.grad(y));
-    if (p.needs_grad(b)) p.contribute(b, p.grad(y));
+    // One input takes dy's memory as its gradient (no copy), the other a copy.
+    const bool shared_a = a != b && p.needs_grad(a) && p.share_grad(a, y);
+    const bool shared_b = a != b && !shared_a && p.needs_grad(b) && p.share_grad(b, y);
+    if (p.needs_grad(a) && !shared_a) p.contribute(a, p.grad(y));
+    if (p.needs_grad(b) && !shared_b) p.contribute(b, p.grad(y));
   });
   return y;
 }
@@ -423,7 +426,7 @@ ValueId add_channel_bias(Program& p, ValueId x, ValueId bias) {
                                        {DNNL_ARG_DST, view(p.data(y), bn_md)}});
   p.on_backward([=](Program& p) {
     const dnnl::memory dy = p.grad(y);
-    if (p.needs_grad(x)) p.contribute(x, dy);
+    if (p.needs_grad(x) && !p.share_grad(x, y)) p.contribute(x, dy);
     if (!p.needs_grad(bias)) return;
     if (spatial == 1) {
       p.contribute(bias, view(dy, p.desc(bias)));

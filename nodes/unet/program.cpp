@@ -153,6 +153,16 @@ void Program::contribute(ValueId v, const dnnl::memory& src) {
   ++value.contributions;
 }
 
+bool Program::share_grad(ValueId v, ValueId from) {
+  Value& value = values_.at(v);
+  const Value& source = values_.at(from);
+  if (v == from || value.contributions > 0 || value.grad || source.contributions == 0 || !(value.desc == source.desc))
+    return false;
+  value.grad = source.grad;
+  ++value.contributions;
+  return true;
+}
+
 void Program::finalize(ValueId output, bool with_backward) {
   if (with_backward) {
     // The gradient of the output arrives from outside: count it as written.

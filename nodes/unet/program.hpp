@@ -149,6 +149,12 @@ class Program {
   void commit(const GradSink& sink);
   // grad(v) (+)= src, any layout (a strided view of another gradient is fine).
   void contribute(ValueId v, const dnnl::memory& src);
+  // Identity backward: when v has no contribution yet and has from's layout,
+  // v's gradient becomes from's gradient memory (no step) and true is
+  // returned; else false. Only for the layer that produced `from`: later
+  // contributions to v accumulate into that memory, so every other read of
+  // grad(from) must be appended by the same backward code, right after.
+  bool share_grad(ValueId v, ValueId from);
 
   // A reorder between memory outside the program (model inputs and outputs,
   // any engine-local layout) and memory inside it, run on demand.
