@@ -10,7 +10,9 @@
 //
 // Method. Each repeat builds a fresh Pipeline from pipelines/bench_KIND.yaml
 // (with --set, --config and --batch applied), with no output folder (nothing
-// is written), and runs it with --max-steps W+K. Every node invocation is
+// is written), and runs it with --max-steps W+K+P (P = --prefetch, the most the
+// data path runs ahead, so it is as busy during the window as in a long run;
+// sample runs W+K chains). Every node invocation is
 // recorded with its step (the Chrome trace the pipeline can write, kept in a
 // temporary file and removed at once). A step is complete when the last
 // invocation carrying its step number ends; with c_1 <= c_2 <= ... the sorted
@@ -239,7 +241,10 @@ Measurement measure_pipeline(const Settings& s) {
   {
     RunContext ctx(std::make_shared<Device>(DeviceSpec::parse(spec.device)), spec.seed);
     ctx.threads = threads;
-    ctx.max_steps = static_cast<int64_t>(s.warmup) + s.steps;  // out_dir stays empty: nothing is written
+    // out_dir stays empty: nothing is written. Train and data run `prefetch` steps past the window: the
+    // data path works that far ahead, so the measured steps carry their share of its work as they would
+    // in a long run (stopping the source at W+K would leave the last steps' loading and noising in the warm-up).
+    ctx.max_steps = static_cast<int64_t>(s.warmup) + s.steps + (s.kind == "sample" ? 0 : s.prefetch);
     RunOptions options;
     options.compute_threads = threads;
     options.prefetch = s.prefetch;
@@ -583,7 +588,7 @@ int run_bench(const std::vector<std::string>& args) {
       base.kind == "unet"
           ? "bench-unet times each U-Net pass alone (no graph) on 28x28 inputs; images/s = batch / median pass time "
             "per repeat"
-          : "one run with --max-steps W+K per repeat, a fresh pipeline each; a step completes when its last node "
+          : "one run with --max-steps W+K+prefetch (sample: W+K) per repeat, a fresh pipeline each; a step completes when its last node "
             "invocation ends; images/s = K*batch / (completion of step W+K - completion of step W), so building "
             "the pipeline and the W warm-up steps (primitive creation) are excluded; node figures are from the same "
             "window" +
