@@ -57,6 +57,17 @@ ValueId conv2d(Program& p, ValueId x, const ParamRef& weight, const ParamRef& bi
   auto x_md = p.desc(x);
   dnnl::memory x_mem = p.data(x);
   auto fwd_pd = make_fwd(x_md, y_md);
+  // A few-channel output of a blocked input (the last convolution) first
+  // tries the blocked layout with its channels zero-padded to a block: the
+  // jit kernels take it, where plain tensors only have a gemm kernel.
+  if (is_channel_blocked(x_md) && !is_channel_blocked(y_md) && y_md.dims()[1] < 16) {
+    const dnnl::memory::desc padded(y_md.dims(), dt::f32, tag::nChw16c);
+    auto pd = make_fwd(x_md, padded);
+    if (std::string(pd.impl_info_str()).rfind("jit", 0) == 0) {
+      y_md = padded;
+      fwd_pd = pd;
+    }
+  }
   if (std::string(fwd_pd.impl_info_str()).rfind("ref", 0) == 0 && x_md != plain_f32(xs)) {
     x_md = plain_f32(xs);
     y_md = plain_f32(y_md.dims());
