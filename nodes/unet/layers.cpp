@@ -164,17 +164,26 @@ ValueId linear(Program& p, ValueId x, const ParamRef& weight, const ParamRef& bi
                  {{DNNL_ARG_DIFF_DST, dy}, {DNNL_ARG_WEIGHTS, w_bwd}, {DNNL_ARG_DIFF_SRC, view(s.memory, x2)}});
       p.commit(s);
     }
-    dnnl::inner_product_backward_weights::primitive_desc pd(
-        dnnl::inner_product_backward_weights::desc(x2, w_any, b_md, y2), attr, p.engine(), fwd_pd);
-    const dnnl::memory dw_plain = p.param_grad(weight.offset, w_plain);
-    const bool same = pd.diff_weights_desc() == w_plain;
-    const dnnl::memory dw = same ? dw_plain : p.alloc(pd.diff_weights_desc());
-    p.backward(p.make<dnnl::inner_product_backward_weights>(pd),
-               {{DNNL_ARG_SRC, view(p.data(x), x2)},
-                {DNNL_ARG_DIFF_DST, dy},
-                {DNNL_ARG_DIFF_WEIGHTS, dw},
-                {DNNL_ARG_DIFF_BIAS, p.param_grad(bias.offset, b_md)}});
-    if (!same) p.copy(dw, dw_plain, true);
+    // d weight = dy^T x and d bias = ones^T dy as matmuls: [O, M] x [M, I]
+    // writes the plain weight gradient directly, and the matmul kernels reduce
+    // over many rows (M = N*S tokens) far faster than the inner-product
+    // backward-weights kernel.
+    const dnnl::memory::desc dy_t({out, rows}, dt::f32, dims{1, out});
+    dnnl::matmul::primitive_desc dw_pd(dnnl::matmul::desc(dy_t, x2, w_plain), attr, p.engine());
+    p.backward(p.make<dnnl::matmul>(dw_pd), {{DNNL_ARG_SRC, view(dy, dy_t)},
+                                             {DNNL_ARG_WEIGHTS, view(p.data(x), x2)},
+                                             {DNNL_ARG_DST, p.param_grad(weight.offset, w_plain)}});
+    const dnnl::memory ones = p.alloc_constant(plain_f32({1, rows}));
+    {
+      auto* o = static_cast<float*>(ones.map_data());
+      std::fill(o, o + rows, 1.0f);
+      ones.unmap_data(o);
+    }
+    const auto db_md = plain_f32({1, out});
+    dnnl::matmul::primitive_desc db_pd(dnnl::matmul::desc(ones.get_desc(), y2, db_md), attr, p.engine());
+    p.backward(p.make<dnnl::matmul>(db_pd), {{DNNL_ARG_SRC, ones},
+                                             {DNNL_ARG_WEIGHTS, dy},
+                                             {DNNL_ARG_DST, view(p.param_grad(bias.offset, b_md), db_md)}});
   });
   return y;
 }
