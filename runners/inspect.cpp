@@ -35,6 +35,16 @@ void print_params(std::ostream& out, const std::vector<ParamSpec>& params) {
   }
 }
 
+// Table cells: a literal '|' would end the cell.
+std::string md_cell(const std::string& text) {
+  std::string out;
+  for (char c : text) {
+    if (c == '|') out += '\\';
+    out += c;
+  }
+  return out;
+}
+
 std::string node_markdown(const NodeContract& c) {
   std::ostringstream out;
   out << "### `" << c.type << "`" << (c.host_only ? "" : " (device)") << "\n\n" << c.doc << "\n\n";
@@ -54,9 +64,9 @@ std::string node_markdown(const NodeContract& c) {
   if (!c.params.empty()) {
     out << "\n| param | type | default | doc |\n|---|---|---|---|\n";
     for (const auto& p : c.params) {
-      out << "| `" << p.name << "` | " << p.type_description() << " | "
+      out << "| `" << p.name << "` | " << md_cell(p.type_description()) << " | "
           << (p.is_required ? std::string("required") : "`" + param_value_str(p.default_value) + "`") << " | "
-          << p.doc << " |\n";
+          << md_cell(p.doc) << " |\n";
     }
   }
   out << "\n";
@@ -124,9 +134,9 @@ int run_nodes_command(const std::vector<std::string>& args) {
       if (!c.params.empty()) {
         std::cout << "| param | type | default | doc |\n|---|---|---|---|\n";
         for (const auto& p : c.params)
-          std::cout << "| `" << p.name << "` | " << p.type_description() << " | "
+          std::cout << "| `" << p.name << "` | " << md_cell(p.type_description()) << " | "
                     << (p.is_required ? std::string("required") : "`" + param_value_str(p.default_value) + "`")
-                    << " | " << p.doc << " |\n";
+                    << " | " << md_cell(p.doc) << " |\n";
       }
       std::cout << "\n";
       continue;
