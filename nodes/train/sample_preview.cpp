@@ -278,7 +278,9 @@ void SamplePreview::write_chain(const std::vector<Tensor>& snapshots, const fs::
     }
   }
   if (params_.layout == Layout::points) {
-    write_png_atomic(draw_scatter_chain(rows, n, k, static_cast<float>(params_.limit), 300), file);
+    // x_T ~ N(0, I) spreads beyond the data: the chain's axes reach at least 3 standard deviations.
+    const float limit = static_cast<float>(std::max(params_.limit, 3.0));
+    write_png_atomic(draw_scatter_chain(rows, n, k, limit, 300), file);
     return;
   }
   const Tensor grid = Tensor::from_vector({n * k, params_.shape[0], params_.shape[1], params_.shape[2]}, rows);

@@ -26,7 +26,7 @@
 //   layout grid:   samples [N,C,H,W] (C = 1 or 3), nrow per row; the chain as
 //                  one row per sample (at most nrow rows), K columns
 //   layout points: samples [N,2,1,1] as a scatter plot on [-limit, limit]^2;
-//                  the chain as a row of K scatter panels
+//                  the chain as a row of K scatter panels (axes at least [-3, 3])
 //
 // Weights: with use_ema (default) and an optimiser that keeps an EMA (the
 // model resource publishes it), a preview samples from the EMA weights: the
