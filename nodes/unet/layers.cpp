@@ -84,29 +84,42 @@ ValueId conv2d(Program& p, ValueId x, const ParamRef& weight, const ParamRef& bi
   p.on_backward([=](Program& p) {
     const dnnl::memory dy = p.grad(y);
     if (p.needs_grad(x)) {
-      auto make_bwd = [&](const dnnl::memory::desc& diff_dst) {
+      auto make_bwd = [&](const dnnl::memory::desc& diff_src, const dnnl::memory::desc& diff_dst) {
         return dnnl::convolution_backward_data::primitive_desc(
-            dnnl::convolution_backward_data::desc(algorithm::convolution_direct, x_md, w_any, diff_dst, strides, pads,
-                                                  pads),
+            dnnl::convolution_backward_data::desc(algorithm::convolution_direct, diff_src, w_any, diff_dst, strides,
+                                                  pads, pads),
             attr, p.engine(), fwd_pd);
       };
-      auto pd = make_bwd(y_md);
+      auto is_ref = [](const auto& pd) { return std::string(pd.impl_info_str()).rfind("ref", 0) == 0; };
+      dnnl::memory::desc dx_md = x_md;
+      auto pd = make_bwd(dx_md, y_md);
       dnnl::memory dy_data = dy;
+      // A few-channel plain input gradient (the first convolution's) of a
+      // blocked dy: jit kernels take it with its channels zero-padded to a
+      // block; it is then copied into the plain gradient.
+      if (is_ref(pd) && is_channel_blocked(y_md) && !is_channel_blocked(x_md) && xs[1] < 16) {
+        const dnnl::memory::desc padded(xs, dt::f32, tag::nChw16c);
+        auto padded_pd = make_bwd(padded, y_md);
+        if (!is_ref(padded_pd)) {
+          dx_md = padded;
+          pd = padded_pd;
+        }
+      }
       // Same fallback as the forward: a few-channel plain gradient of a
       // blocked one only has a reference kernel, so read dy as plain.
-      if (std::string(pd.impl_info_str()).rfind("ref", 0) == 0 && y_md != plain_f32(y_md.dims())) {
-        pd = make_bwd(plain_f32(y_md.dims()));
+      if (is_ref(pd) && y_md != plain_f32(y_md.dims())) {
+        pd = make_bwd(dx_md, plain_f32(y_md.dims()));
         dy_data = p.reorder_if_needed(dy, pd.diff_dst_desc(), true);
       }
       const dnnl::memory w_bwd =
           pd.weights_desc() == w_fwd.get_desc() ? w_fwd : p.reorder_if_needed(w_mem, pd.weights_desc(), true);
-      if (x_md == p.desc(x)) {
+      if (dx_md == p.desc(x)) {
         const GradSink s = p.sink(x);
         p.backward(p.make<dnnl::convolution_backward_data>(pd),
                    {{DNNL_ARG_DIFF_DST, dy_data}, {DNNL_ARG_WEIGHTS, w_bwd}, {DNNL_ARG_DIFF_SRC, s.memory}});
         p.commit(s);
       } else {
-        const dnnl::memory dx = p.alloc(x_md);
+        const dnnl::memory dx = p.alloc(dx_md);
         p.backward(p.make<dnnl::convolution_backward_data>(pd),
                    {{DNNL_ARG_DIFF_DST, dy_data}, {DNNL_ARG_WEIGHTS, w_bwd}, {DNNL_ARG_DIFF_SRC, dx}});
         p.contribute(x, dx);
