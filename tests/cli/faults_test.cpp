@@ -183,3 +183,25 @@ TEST_CASE("a truncated, foreign or mismatched checkpoint is a clear error (exit 
   CHECK(wrong.output.find("latest.safetensors") != std::string::npos);
   CHECK(!fs::exists(dir / "wrong" / "samples"));
 }
+
+TEST_CASE("an unwritable output folder or checkpoint folder is a clear error, not a corrupt file") {
+  TempDir dir;
+  write_file(dir / "train.yaml", training_yaml(2));
+  write_file(dir / "a_file", "not a folder");
+  const auto no_folder =
+      run_cli("run " + (dir / "train.yaml").string() + " --max-steps 4 -q --out " + (dir / "a_file" / "run").string());
+  CAPTURE(no_folder.output);
+  CHECK(no_folder.exit_code != 0);
+  CHECK(no_folder.output.find("cannot create output folder") != std::string::npos);
+
+  // Checkpoints under a path whose parent is a file: the optimiser cannot write them.
+  const auto blocked = run_cli("run " + (dir / "train.yaml").string() +
+                               " --max-steps 4 -q --set optimiser.checkpoint_dir=pipeline.yaml/checkpoints --out " +
+                               (dir / "blocked").string());
+  CAPTURE(blocked.output);
+  CHECK(blocked.exit_code == 1);
+  CHECK(blocked.output.find("optimiser") != std::string::npos);
+  CHECK(blocked.output.find("pipeline.yaml/checkpoints") != std::string::npos);
+  // What was written before stays intact.
+  CHECK(read_file(dir / "blocked" / "pipeline.yaml").find("name: fault_run") != std::string::npos);
+}
