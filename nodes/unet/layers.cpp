@@ -239,7 +239,10 @@ dnnl::memory::desc per_channel_operand(const dnnl::memory::desc& view_md) {
 
 }  // namespace
 
-ValueId group_norm(Program& p, ValueId x, const ParamRef& weight, const ParamRef& bias, int64_t groups, float eps) {
+namespace {
+
+ValueId group_norm_impl(Program& p, ValueId x, const ParamRef& weight, const ParamRef& bias, int64_t groups, float eps,
+                        bool fuse_silu) {
   // x [N,C,...] -> y [N,C,...], any layout. Forward:
   //   1. batch-norm statistics over the [1, N*C, H, W] view: mean and
   //      (biased) variance of every (n, c) over the spatial positions;
@@ -266,12 +269,14 @@ ValueId group_norm(Program& p, ValueId x, const ParamRef& weight, const ParamRef
                                                                    {DNNL_ARG_DST, scratch},
                                                                    {DNNL_ARG_MEAN, mean_c},
                                                                    {DNNL_ARG_VARIANCE, var_c}});
-  // Kept for backward: the group statistics per (n, c) and gamma per (n, c).
-  const dnnl::memory mean = p.alloc(nc_md), var = p.alloc(nc_md), scale = p.alloc(nc_md), shift = p.alloc(nc_md);
+  // Kept for backward: the group statistics per (n, c) and gamma per (n, c);
+  // for the output, per (n, c): a = gamma rstd and b = beta - mean gamma rstd.
+  const dnnl::memory mean = p.alloc(nc_md), var = p.alloc(nc_md), scale = p.alloc(nc_md);
+  const dnnl::memory a_nc = p.alloc(nc_md), b_nc = p.alloc(nc_md);
   p.host_forward(
-      [=](const Args& a) {
-        HostFloats mc(a.at(0)), vc(a.at(1)), gamma(a.at(2)), beta(a.at(3)), m(a.at(4)), v(a.at(5)), sc(a.at(6)),
-            sh(a.at(7));
+      [=](const Args& args) {
+        HostFloats mc(args.at(0)), vc(args.at(1)), gamma(args.at(2)), beta(args.at(3)), m(args.at(4)),
+            v(args.at(5)), sc(args.at(6)), a(args.at(7)), b(args.at(8));
         for (int64_t i = 0; i < n; ++i) {
           for (int64_t g = 0; g < groups; ++g) {
             const int64_t c0 = i * c + g * cg;
@@ -284,11 +289,15 @@ ValueId group_norm(Program& p, ValueId x, const ParamRef& weight, const ParamRef
               variance += vc[c0 + j] + d * d;
             }
             variance /= static_cast<double>(cg);
+            const float mean_f = static_cast<float>(mu), var_f = static_cast<float>(variance);
+            const double rstd = 1.0 / std::sqrt(static_cast<double>(var_f) + static_cast<double>(eps));
             for (int64_t j = 0; j < cg; ++j) {
-              m[c0 + j] = static_cast<float>(mu);
-              v[c0 + j] = static_cast<float>(variance);
+              const double gj = gamma[g * cg + j];
+              m[c0 + j] = mean_f;
+              v[c0 + j] = var_f;
               sc[c0 + j] = gamma[g * cg + j];
-              sh[c0 + j] = beta[g * cg + j];
+              a[c0 + j] = static_cast<float>(gj * rstd);
+              b[c0 + j] = static_cast<float>(beta[g * cg + j] - static_cast<double>(mean_f) * gj * rstd);
             }
           }
         }
@@ -300,18 +309,24 @@ ValueId group_norm(Program& p, ValueId x, const ParamRef& weight, const ParamRef
        {4, mean},
        {5, var},
        {6, scale},
-       {7, shift}});
-  const auto apply_flags = flags::use_global_stats | flags::use_scale | flags::use_shift;
-  dnnl::batch_normalization_forward::primitive_desc apply_pd(
-      dnnl::batch_normalization_forward::desc(prop_kind::forward_training, bn_md, eps, apply_flags), attr,
-      p.engine());
-  const ValueId y = p.new_value(x_md, true);
-  p.forward(p.make<dnnl::batch_normalization_forward>(apply_pd), {{DNNL_ARG_SRC, view(p.data(x), bn_md)},
-                                                                   {DNNL_ARG_MEAN, mean},
-                                                                   {DNNL_ARG_VARIANCE, var},
-                                                                   {DNNL_ARG_SCALE, scale},
-                                                                   {DNNL_ARG_SHIFT, shift},
-                                                                   {DNNL_ARG_DST, view(p.data(y), bn_md)}});
+       {7, a_nc},
+       {8, b_nc}});
+  // y = x * a + b in one binary pass over the view (then SiLU as a post-op
+  // when fused: the same arithmetic as the separate SiLU step, so inference
+  // and training programs give identical outputs).
+  dnnl::post_ops ops;
+  ops.append_binary(algorithm::binary_add, nc_b);
+  if (fuse_silu) ops.append_eltwise(1.0f, algorithm::eltwise_swish, 1.0f, 0.0f);
+  dnnl::primitive_attr apply_attr = user_scratchpad_attr();
+  apply_attr.set_post_ops(ops);
+  dnnl::binary::primitive_desc apply_pd(dnnl::binary::desc(algorithm::binary_mul, bn_md, nc_b, bn_md), apply_attr,
+                                        p.engine());
+  const ValueId y = p.new_value(x_md, !fuse_silu);
+  p.forward(p.make<dnnl::binary>(apply_pd), {{DNNL_ARG_SRC_0, view(p.data(x), bn_md)},
+                                             {DNNL_ARG_SRC_1, view(a_nc, nc_b)},
+                                             {DNNL_ARG_ATTR_MULTIPLE_POST_OP(0) | DNNL_ARG_SRC_1, view(b_nc, nc_b)},
+                                             {DNNL_ARG_DST, view(p.data(y), bn_md)}});
+  if (fuse_silu) return y;
 
   p.on_backward([=](Program& p) {
     // 1. batch-norm backward over the [1, N*C, H, W] view with the group mean
@@ -334,7 +349,7 @@ ValueId group_norm(Program& p, ValueId x, const ParamRef& weight, const ParamRef
                                                                      {DNNL_ARG_MEAN, mean},
                                                                      {DNNL_ARG_VARIANCE, var},
                                                                      {DNNL_ARG_SCALE, scale},
-                                                                     {DNNL_ARG_SHIFT, shift},  // required, unused
+                                                                     {DNNL_ARG_SHIFT, b_nc},  // required, unused
                                                                      {DNNL_ARG_DIFF_DST, view(p.grad(y), bn_md)},
                                                                      {DNNL_ARG_DIFF_SRC, a_term},
                                                                      {DNNL_ARG_DIFF_SCALE, s2},
@@ -400,6 +415,18 @@ ValueId group_norm(Program& p, ValueId x, const ParamRef& weight, const ParamRef
     p.commit(s);
   });
   return y;
+}
+
+}  // namespace
+
+ValueId group_norm(Program& p, ValueId x, const ParamRef& weight, const ParamRef& bias, int64_t groups, float eps) {
+  return group_norm_impl(p, x, weight, bias, groups, eps, false);
+}
+
+ValueId group_norm_silu(Program& p, ValueId x, const ParamRef& weight, const ParamRef& bias, int64_t groups,
+                        float eps) {
+  if (p.training()) return silu(p, group_norm_impl(p, x, weight, bias, groups, eps, false));
+  return group_norm_impl(p, x, weight, bias, groups, eps, true);
 }
 
 ValueId silu(Program& p, ValueId x) {

@@ -13,6 +13,9 @@
 //   group_norm      x [N,C,H,W] -> [N,C,H,W]            weight [C], bias [C] (batch-norm
 //                   primitives over a [1,N*C,H,W] view plus O(N*C) host arithmetic)
 //   silu            any -> same
+//   group_norm_silu silu(group_norm(x)); one fused pass in programs built
+//                   for inference (training keeps the normalised values for
+//                   SiLU's backward)
 //   add             a, b (same shape) -> a + b
 //   add_channel_bias x [N,C,H,W], b [N,C] -> x + b[:,:,None,None]
 //   concat_channels a [N,Ca,H,W], b [N,Cb,H,W] -> [N,Ca+Cb,H,W]
@@ -35,6 +38,8 @@ ValueId conv2d(Program& p, ValueId x, const ParamRef& weight, const ParamRef& bi
 ValueId linear(Program& p, ValueId x, const ParamRef& weight, const ParamRef& bias);
 ValueId group_norm(Program& p, ValueId x, const ParamRef& weight, const ParamRef& bias, int64_t groups, float eps);
 ValueId silu(Program& p, ValueId x);
+ValueId group_norm_silu(Program& p, ValueId x, const ParamRef& weight, const ParamRef& bias, int64_t groups,
+                        float eps);
 ValueId add(Program& p, ValueId a, ValueId b);
 ValueId add_channel_bias(Program& p, ValueId x, ValueId bias);
 ValueId concat_channels(Program& p, ValueId a, ValueId b);

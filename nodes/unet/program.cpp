@@ -43,8 +43,9 @@ dnnl::primitive_attr user_scratchpad_attr() {
   return attr;
 }
 
-Program::Program(const dnnl::engine& engine, PrimitiveCache& cache, dnnl::memory params, int64_t param_count)
-    : engine_(engine), cache_(cache), params_(std::move(params)) {
+Program::Program(const dnnl::engine& engine, PrimitiveCache& cache, dnnl::memory params, int64_t param_count,
+                 bool training)
+    : engine_(engine), training_(training), cache_(cache), params_(std::move(params)) {
   staging_ = dnnl::memory(plain_f32({std::max<int64_t>(param_count, 1)}), engine_);
 }
 
@@ -164,6 +165,7 @@ bool Program::share_grad(ValueId v, ValueId from) {
 }
 
 void Program::finalize(ValueId output, bool with_backward) {
+  if (with_backward && !training_) throw std::logic_error("model program: backward of a program built for inference");
   if (with_backward) {
     // The gradient of the output arrives from outside: count it as written.
     Value& out = values_.at(output);

@@ -88,9 +88,13 @@ struct GradSink {
 class Program {
  public:
   // `params`: the model's flat parameter buffer [P] f32.
-  Program(const dnnl::engine& engine, PrimitiveCache& cache, dnnl::memory params, int64_t param_count);
+  // `training`: whether finalize() will build a backward pass (layers may
+  // fuse steps whose intermediate values only backward would read).
+  Program(const dnnl::engine& engine, PrimitiveCache& cache, dnnl::memory params, int64_t param_count,
+          bool training = true);
 
   const dnnl::engine& engine() const { return engine_; }
+  bool training() const { return training_; }
 
   // --- values -------------------------------------------------------------
   ValueId new_value(const dnnl::memory::desc& desc, bool needs_grad);
@@ -188,6 +192,7 @@ class Program {
   void plan_memory();
 
   dnnl::engine engine_;
+  bool training_ = true;
   PrimitiveCache& cache_;
   size_t cache_index_ = 0;
   dnnl::memory params_;

@@ -135,8 +135,7 @@ class UNetBuilder {
       }
       if (i + 1 < nb) h = conv(prefix + ".upsamplers.0.conv", upsample_nearest2x(p_, h), 1, 1);
     }
-    h = norm("conv_norm_out", h);
-    h = silu(p_, h);
+    h = norm_silu("conv_norm_out", h);
     return conv("conv_out", h, 1, 1);
   }
 
@@ -153,15 +152,19 @@ class UNetBuilder {
     return group_norm(p_, x, param(prefix + ".weight"), param(prefix + ".bias"), c_.norm_num_groups,
                       static_cast<float>(c_.norm_eps));
   }
+  ValueId norm_silu(const std::string& prefix, ValueId x) {
+    return group_norm_silu(p_, x, param(prefix + ".weight"), param(prefix + ".bias"), c_.norm_num_groups,
+                           static_cast<float>(c_.norm_eps));
+  }
   ValueId dense(const std::string& prefix, ValueId x) {
     return linear(p_, x, param(prefix + ".weight"), param(prefix + ".bias"));
   }
 
   // ResnetBlock2D: x [N,Ci,H,W] -> [N,Co,H,W]
   ValueId resnet(const std::string& prefix, ValueId x) {
-    ValueId h = conv(prefix + ".conv1", silu(p_, norm(prefix + ".norm1", x)), 1, 1);
+    ValueId h = conv(prefix + ".conv1", norm_silu(prefix + ".norm1", x), 1, 1);
     h = add_channel_bias(p_, h, dense(prefix + ".time_emb_proj", emb_act_));  // + [N,Co] over H, W
-    h = conv(prefix + ".conv2", silu(p_, norm(prefix + ".norm2", h)), 1, 1);
+    h = conv(prefix + ".conv2", norm_silu(prefix + ".norm2", h), 1, 1);
     const ValueId shortcut = index_.count(prefix + ".conv_shortcut.weight") ? conv(prefix + ".conv_shortcut", x, 1, 0) : x;
     return add(p_, shortcut, h);
   }
@@ -308,7 +311,8 @@ ForwardResult UNetModel::forward(const Tensor& x, const Tensor& t, bool for_trai
     made->height = h;
     made->width = w;
     made->training = for_training;
-    made->program = std::make_unique<Program>(engine(), cache, params(), for_training ? param_count() : 1);
+    made->program = std::make_unique<Program>(engine(), cache, params(), for_training ? param_count() : 1,
+                                               for_training);
     Program& p = *made->program;
     const auto x_md = plain_f32({n, config_.in_channels, h, w});
     const auto y_md = plain_f32({n, config_.out_channels, h, w});

@@ -202,6 +202,57 @@ TEST_CASE("group_norm normalises each group to zero mean and unit variance befor
   }
 }
 
+TEST_CASE("group_norm_silu: fused inference pass matches silu(group_norm) of a training program") {
+  // Plain and channel-blocked activations (32 channels take nChw16c).
+  for (const int64_t channels : {6, 32}) {
+    const dims shape{3, channels, 5, 4};
+    const int64_t groups = channels == 6 ? 3 : 8;
+    dnnl::engine engine(dnnl::engine::kind::cpu, 0);
+    dnnl::stream stream(engine);
+    const int64_t count = 2 * channels;
+    dnnl::memory params(plain_f32({count}), engine);
+    std::mt19937 rng(7);
+    std::normal_distribution<float> normal(0.5f, 1.0f);
+    auto* pw = static_cast<float*>(params.get_data_handle());
+    for (int64_t i = 0; i < count; ++i) pw[i] = normal(rng);
+    std::vector<float> input(static_cast<size_t>(shape_numel(Shape(shape.begin(), shape.end()))));
+    for (auto& v : input) v = 2.0f * normal(rng) + 1.0f;
+    const ParamRef gamma{0, {channels}}, beta{channels, {channels}};
+    std::vector<std::vector<float>> outputs;
+    for (const bool training : {true, false}) {
+      PrimitiveCache cache;
+      Program p(engine, cache, params, count, training);
+      const ValueId x = p.new_value(activation_desc(shape), training);
+      p.pin(x);
+      const ValueId y = group_norm_silu(p, x, gamma, beta, groups, 1e-5f);
+      p.finalize(y, training);
+      dnnl::memory plain_in(plain_f32(shape), engine, input.data());
+      dnnl::memory x_mem = p.data(x);
+      dnnl::reorder(plain_in, x_mem).execute(stream, plain_in, x_mem);
+      p.run_forward(stream);
+      std::vector<float> out(input.size());
+      dnnl::memory plain_out(plain_f32(shape), engine, out.data());
+      dnnl::memory y_mem = p.data(y);
+      dnnl::reorder(y_mem, plain_out).execute(stream, y_mem, plain_out);
+      stream.wait();
+      outputs.push_back(out);
+    }
+    for (size_t i = 0; i < input.size(); ++i) {
+      INFO("channels " << channels << " [" << i << "]");
+      CHECK(outputs[1][i] == doctest::Approx(outputs[0][i]).epsilon(1e-4).scale(1.0));
+    }
+  }
+}
+
+TEST_CASE("group_norm_silu gradients match finite differences") {
+  LayerHarness h(12);
+  const ValueId x = h.input({2, 6, 3, 3});
+  const auto gamma = h.param({6});
+  const auto beta = h.param({6});
+  h.finish(group_norm_silu(h.p(), x, gamma, beta, 3, 1e-5f));
+  h.check_all("group_norm_silu");
+}
+
 TEST_CASE("silu gradients match finite differences") {
   LayerHarness h(0);
   const ValueId x = h.input({2, 3, 4});
