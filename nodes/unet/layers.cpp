@@ -399,14 +399,16 @@ ValueId group_norm_impl(Program& p, ValueId x, const ParamRef& weight, const Par
          {7, b_coef},
          {8, c_coef}});
     if (!p.needs_grad(x)) return;
+    // A later contribution adds into the gradient directly (sum post-op).
+    const GradSink s = p.sink(x, true);
     dnnl::post_ops ops;
     ops.append_binary(algorithm::binary_add, nc_b);
     ops.append_binary(algorithm::binary_add, bn_md);
+    if (s.add_into) ops.append_sum(1.0f);
     dnnl::primitive_attr dx_attr = user_scratchpad_attr();
     dx_attr.set_post_ops(ops);
     dnnl::binary::primitive_desc dx_pd(dnnl::binary::desc(algorithm::binary_mul, bn_md, nc_b, bn_md), dx_attr,
                                        p.engine());
-    const GradSink s = p.sink(x);
     p.backward(p.make<dnnl::binary>(dx_pd), {{DNNL_ARG_SRC_0, view(p.data(x), bn_md)},
                                              {DNNL_ARG_SRC_1, view(b_coef, nc_b)},
                                              {DNNL_ARG_ATTR_MULTIPLE_POST_OP(0) | DNNL_ARG_SRC_1, view(c_coef, nc_b)},

@@ -123,13 +123,16 @@ const dnnl::memory& Program::grad(ValueId v) const {
   return value.grad;
 }
 
-GradSink Program::sink(ValueId v) {
+GradSink Program::sink(ValueId v, bool writer_adds) {
   Value& value = values_.at(v);
   GradSink s;
   s.value = v;
   if (!value.grad) value.grad = owned(value.desc, false);
   if (value.contributions == 0) {
     s.memory = value.grad;
+  } else if (writer_adds) {
+    s.memory = value.grad;
+    s.add_into = true;
   } else {
     s.memory = alloc(value.desc);
     s.accumulate = true;

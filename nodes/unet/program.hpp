@@ -82,7 +82,8 @@ using ValueId = int;
 struct GradSink {
   ValueId value = -1;
   dnnl::memory memory;
-  bool accumulate = false;
+  bool accumulate = false;  // memory is a temporary that commit() adds into the gradient
+  bool add_into = false;    // memory is the gradient itself: the writer must add to it (sum post-op)
 };
 
 class Program {
@@ -149,7 +150,9 @@ class Program {
   // --- backward helpers (only inside on_backward code) ---------------------
   // The gradient of a value all of whose consumers have contributed.
   const dnnl::memory& grad(ValueId v) const;
-  GradSink sink(ValueId v);
+  // `writer_adds`: the writing primitive can add into its destination (a sum
+  // post-op); later contributions then go straight into the gradient.
+  GradSink sink(ValueId v, bool writer_adds = false);
   void commit(const GradSink& sink);
   // grad(v) (+)= src, any layout (a strided view of another gradient is fine).
   void contribute(ValueId v, const dnnl::memory& src);

@@ -180,6 +180,17 @@ TEST_CASE("group_norm (layer norm over groups + affine) gradients match finite d
   h.check_all("group_norm");
 }
 
+TEST_CASE("group_norm adding its input gradient into an earlier contribution matches finite differences") {
+  // x feeds the residual add and the norm: the norm's backward adds into
+  // the gradient the add wrote.
+  LayerHarness h(12);
+  const ValueId x = h.input({2, 6, 3, 3});
+  const auto gamma = h.param({6});
+  const auto beta = h.param({6});
+  h.finish(add(h.p(), group_norm(h.p(), x, gamma, beta, 3, 1e-5f), x));
+  h.check_all("group_norm + residual");
+}
+
 TEST_CASE("group_norm normalises each group to zero mean and unit variance before the affine") {
   LayerHarness h(8);
   const ValueId x = h.input({1, 4, 2, 2});
