@@ -115,7 +115,9 @@ SafetensorsFile SafetensorsFile::parse(const std::string& bytes, const std::stri
       if (!d.is_number_unsigned() && !(d.is_number_integer() && d.get<int64_t>() >= 0))
         throw DataError(where, what + "shape has a non-integer or negative dimension");
       const uint64_t dim = d.get<uint64_t>();
-      if (dim != 0 && count > std::numeric_limits<uint64_t>::max() / 8 / dim)
+      // A dimension must fit the int64 of Shape even where an earlier 0 keeps the count at 0.
+      if (dim > static_cast<uint64_t>(std::numeric_limits<int64_t>::max()) ||
+          (dim != 0 && count > std::numeric_limits<uint64_t>::max() / 8 / dim))
         throw DataError(where, what + "shape is too large");
       count *= dim;
       entry.shape.push_back(static_cast<int64_t>(dim));
@@ -177,8 +179,9 @@ std::vector<float> SafetensorsFile::floats(const std::string& name, const Shape&
   }
   const size_t count = static_cast<size_t>(shape_numel(e.shape));
   std::vector<float> out(count);
+  // An empty tensor has no data buffer: memcpy must not see its null pointer.
   if (e.dtype == "F32") {
-    std::memcpy(out.data(), e.data.data(), count * sizeof(float));
+    if (count) std::memcpy(out.data(), e.data.data(), count * sizeof(float));
   } else if (e.dtype == "I64" || e.dtype == "I32") {
     const auto ints_v = ints(name);
     for (size_t i = 0; i < count; ++i) out[i] = static_cast<float>(ints_v[i]);
@@ -193,10 +196,10 @@ std::vector<int64_t> SafetensorsFile::ints(const std::string& name) const {
   const size_t count = static_cast<size_t>(shape_numel(e.shape));
   std::vector<int64_t> out(count);
   if (e.dtype == "I64") {
-    std::memcpy(out.data(), e.data.data(), count * sizeof(int64_t));
+    if (count) std::memcpy(out.data(), e.data.data(), count * sizeof(int64_t));
   } else if (e.dtype == "I32") {
     std::vector<int32_t> tmp(count);
-    std::memcpy(tmp.data(), e.data.data(), count * sizeof(int32_t));
+    if (count) std::memcpy(tmp.data(), e.data.data(), count * sizeof(int32_t));
     std::copy(tmp.begin(), tmp.end(), out.begin());
   } else {
     throw DataError(path_.string(), "tensor '" + name + "' has dtype " + e.dtype + ", expected I64 or I32");
