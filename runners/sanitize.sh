@@ -4,7 +4,9 @@
 #   runners/sanitize.sh tsan   build-tsan/: ThreadSanitizer
 #   runners/sanitize.sh all    both (the default)
 # Extra arguments after the mode go to ctest (e.g. -R graph_tests).
-# BUILD_TYPE (default RelWithDebInfo) and JOBS (default nproc) may be set.
+# BUILD_TYPE (default RelWithDebInfo) and JOBS (default nproc) may be set;
+# TARGETS (e.g. "graph_tests") builds only those targets, for a quick run
+# together with a matching ctest -R.
 # Exits non-zero when the build fails or a test (or a sanitizer report) fails.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -18,7 +20,7 @@ jobs="${JOBS:-$(nproc)}"
 run_asan() {
   local start=$SECONDS
   cmake -S . -B build-asan -DCMAKE_BUILD_TYPE="$build_type" -DDIFFUFLOW_SANITIZE_ADDRESS=ON
-  cmake --build build-asan -j "$jobs"
+  cmake --build build-asan -j "$jobs" ${TARGETS:+--target $TARGETS}
   local built=$SECONDS
   # oneDNN's JIT and OpenMP keep some allocations for the life of the process;
   # those are reported as leaks only if no pointer to them is left, so leak
@@ -33,7 +35,7 @@ run_asan() {
 run_tsan() {
   local start=$SECONDS
   cmake -S . -B build-tsan -DCMAKE_BUILD_TYPE="$build_type" -DDIFFUFLOW_SANITIZE_THREAD=ON
-  cmake --build build-tsan -j "$jobs"
+  cmake --build build-tsan -j "$jobs" ${TARGETS:+--target $TARGETS}
   local built=$SECONDS
   # oneDNN and libgomp are not instrumented: reports inside them are false
   # positives and are suppressed (tests/fuzz/tsan.supp), nothing else is.
