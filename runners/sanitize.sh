@@ -19,7 +19,11 @@ jobs="${JOBS:-$(nproc)}"
 
 run_asan() {
   local start=$SECONDS
-  cmake -S . -B build-asan -DCMAKE_BUILD_TYPE="$build_type" -DDIFFUFLOW_SANITIZE_ADDRESS=ON
+  # -fno-sanitize=vptr: oneTBB's flow graph headers destroy their tasks through
+  # graph_task::destruct_and_deallocate, which the vptr check reports as a bad
+  # downcast in every pipeline run; the other UBSan checks stay on.
+  cmake -S . -B build-asan -DCMAKE_BUILD_TYPE="$build_type" -DDIFFUFLOW_SANITIZE_ADDRESS=ON \
+    -DCMAKE_CXX_FLAGS="-fno-sanitize=vptr"
   cmake --build build-asan -j "$jobs" ${TARGETS:+--target $TARGETS}
   local built=$SECONDS
   # oneDNN's JIT and OpenMP keep some allocations for the life of the process;
