@@ -4,6 +4,7 @@
 
 #include <nlohmann/json.hpp>
 
+#include <chrono>
 #include <cmath>
 #include <functional>
 #include <iostream>
@@ -25,6 +26,12 @@ void MetricsLog::log(int64_t step, const std::string& node, const std::string& n
     line["value"] = std::isnan(value) ? "nan" : (value > 0 ? "inf" : "-inf");
   }
   out_ << line.dump() << '\n';
+  // Readers tail the file during long runs: flush at most once a second.
+  const auto now = std::chrono::steady_clock::now();
+  if (now - last_flush_ > std::chrono::seconds(1)) {
+    out_.flush();
+    last_flush_ = now;
+  }
 }
 
 double MetricsLog::latest(const std::string& name) const {

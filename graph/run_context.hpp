@@ -7,6 +7,7 @@
 #include "graph/params.hpp"
 
 #include <atomic>
+#include <chrono>
 #include <cstdint>
 #include <filesystem>
 #include <fstream>
@@ -34,6 +35,7 @@ class MetricsLog {
   mutable std::mutex mutex_;
   std::ofstream out_;
   std::map<std::string, double> latest_;
+  std::chrono::steady_clock::time_point last_flush_{};
 };
 
 class RunContext {

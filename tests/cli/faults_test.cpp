@@ -79,6 +79,16 @@ bool wait_for(const fs::path& path, double seconds) {
   return false;
 }
 
+// Waits until the file at `path` contains `text` (or the timeout passes).
+bool wait_for_text(const fs::path& path, const std::string& text, double seconds) {
+  const auto end = std::chrono::steady_clock::now() + std::chrono::duration<double>(seconds);
+  while (std::chrono::steady_clock::now() < end) {
+    if (fs::exists(path) && read_file(path).find(text) != std::string::npos) return true;
+    std::this_thread::sleep_for(std::chrono::milliseconds(20));
+  }
+  return false;
+}
+
 int64_t step_of(const fs::path& checkpoint) {
   return std::stoll(SafetensorsFile::read(checkpoint).metadata().at("step"));
 }
@@ -92,8 +102,9 @@ TEST_CASE("SIGINT and SIGTERM end a training run with a final checkpoint and exi
     write_file(dir / "train.yaml", training_yaml(0));
     const fs::path out = dir / "run";
     const pid_t pid = spawn_cli({"run", (dir / "train.yaml").string(), "--out", out.string(), "-q"}, dir / "log");
-    REQUIRE(wait_for(out / "metrics.jsonl", 30));
-    std::this_thread::sleep_for(std::chrono::milliseconds(800));
+    // Interrupt only once training is under way (a loss has been logged).
+    REQUIRE(wait_for_text(out / "metrics.jsonl", "\"loss\"", 60));
+    std::this_thread::sleep_for(std::chrono::milliseconds(300));
     ::kill(pid, sig);
     const int code = wait_exit_code(pid);
     CAPTURE(read_file(dir / "log"));
@@ -112,7 +123,7 @@ TEST_CASE("a run killed with SIGKILL while writing checkpoints leaves every chec
   for (int attempt = 0; attempt < 6; ++attempt) {
     const fs::path out = dir / ("run" + std::to_string(attempt));
     const pid_t pid = spawn_cli({"run", (dir / "train.yaml").string(), "--out", out.string(), "-q"}, dir / "log");
-    REQUIRE(wait_for(out / "checkpoints" / "latest.safetensors", 30));
+    REQUIRE(wait_for(out / "checkpoints" / "latest.safetensors", 60));
     std::this_thread::sleep_for(std::chrono::milliseconds(150 + 97 * attempt));
     ::kill(pid, SIGKILL);
     CHECK(wait_exit_code(pid) == 128 + SIGKILL);
