@@ -76,7 +76,8 @@ struct Optimiser::Kernels {
   dnnl::memory exp_avg, exp_avg_sq, denom, ema;
   // runtime scalars (1 element each)
   dnnl::memory norm_sq, scale, weight_decay, one_minus_beta1, inv_bc2, decay, neg_step_size, ema_d, ema_one_minus_d;
-  dnnl::primitive norm;        // norm_sq = sum(grads^2)
+  dnnl::primitive norm;        // norm_sq = grads . grads (a [1,P] x [P,1] matmul)
+  dnnl::memory::desc row, column, scalar;  // grads as [1, P] and [P, 1]; norm_sq as [1, 1]
   dnnl::primitive scale_grads; // grads = grads * scale
   dnnl::primitive l2;          // grads = p * weight_decay + grads          (adam)
   dnnl::primitive decay_params;// p = p * (1 - lr wd)                        (adamw)
@@ -114,10 +115,16 @@ struct Optimiser::Kernels {
     };
     const dnnl::post_ops none;
     {
-      dnnl::reduction::primitive_desc pd(dnnl::reduction::desc(alg::reduction_norm_lp_power_p_sum, flat, one, 2.f, 0.f),
-                                         user_scratchpad_attr(), engine);
+      // A dot product of the gradient with itself: oneDNN 2.6 has only a
+      // reference (single-threaded, ~30x slower) kernel for a reduction of a
+      // flat buffer, while the matmul kernels vectorise and thread it.
+      const int64_t count = flat.dims()[0];
+      row = dnnl::memory::desc({1, count}, dnnl::memory::data_type::f32, dnnl::memory::format_tag::ab);
+      column = dnnl::memory::desc({count, 1}, dnnl::memory::data_type::f32, dnnl::memory::format_tag::ab);
+      scalar = dnnl::memory::desc({1, 1}, dnnl::memory::data_type::f32, dnnl::memory::format_tag::ab);
+      dnnl::matmul::primitive_desc pd(dnnl::matmul::desc(row, column, scalar), user_scratchpad_attr(), engine);
       note(pd);
-      norm = dnnl::reduction(pd);
+      norm = dnnl::matmul(pd);
     }
     scale_grads = make_binary(alg::binary_mul, one, none);
     {
@@ -332,7 +339,9 @@ bool Optimiser::take_step(int64_t seq, double loss) {
   dnnl::memory& params = model_.params();
   dnnl::memory& grads = model_.grads();
 
-  k.run(k.norm, {{DNNL_ARG_SRC, grads}, {DNNL_ARG_DST, k.norm_sq}});
+  k.run(k.norm, {{DNNL_ARG_SRC, view(grads, k.row)},
+                 {DNNL_ARG_WEIGHTS, view(grads, k.column)},
+                 {DNNL_ARG_DST, view(k.norm_sq, k.scalar)}});
   k.stream.wait();
   const double norm = std::sqrt(static_cast<double>(get_scalar(k.norm_sq))) / static_cast<double>(params_.accumulate);
   last_grad_norm_ = norm;
