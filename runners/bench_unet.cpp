@@ -130,12 +130,14 @@ int run_bench_unet(const std::vector<std::string>& args) {
   options.add_options()("iters", po::value<int>()->default_value(5), "timed iterations of each kind");
   options.add_options()("warmup", po::value<int>()->default_value(1), "untimed iterations before each kind");
   options.add_options()("mode", po::value<std::string>()->default_value("both"), "forward | train | both");
+  options.add_options()("precision", po::value<std::string>()->default_value("f32"),
+                        "convolution arithmetic: f32 or bf16 (mixed precision)");
   options.add_options()("seed", po::value<uint64_t>()->default_value(1), "random seed for weights and inputs");
   options.add_options()("json", po::value<std::string>(), "also write the results as JSON to this file");
   po::variables_map vm;
   if (!parse_command_line(args, options, vm,
                           "diffuflow bench-unet [--config unet-s] [--batch 64] [--threads N] [--iters K] "
-                          "[--warmup W] [--json FILE]",
+                          "[--warmup W] [--precision f32|bf16] [--json FILE]",
                           "")) {
     return kExitOk;
   }
@@ -150,12 +152,17 @@ int run_bench_unet(const std::vector<std::string>& args) {
   if (mode != "forward" && mode != "train" && mode != "both") {
     throw ConfigError(SourceLocation{"command line", 0, 0, "--mode"}, "mode must be forward, train or both");
   }
+  const std::string precision = vm["precision"].as<std::string>();
+  if (precision != "f32" && precision != "bf16") {
+    throw ConfigError(SourceLocation{"command line", 0, 0, "--precision"}, "precision must be f32 or bf16");
+  }
   if (vm["threads"].as<int>() > 0) omp_set_num_threads(vm["threads"].as<int>());
   const int threads = omp_get_max_threads();
 
   Device device(DeviceSpec::parse("cpu"));
   auto model = make_unet(config, device);
   model->init_random(vm["seed"].as<uint64_t>());
+  model->set_precision(parse_precision(precision));
 
   std::mt19937_64 rng(vm["seed"].as<uint64_t>() + 1);
   std::normal_distribution<float> normal(0.f, 1.f);
@@ -177,7 +184,7 @@ int run_bench_unet(const std::vector<std::string>& args) {
   auto seconds_since = [](clock::time_point t0) { return std::chrono::duration<double>(clock::now() - t0).count(); };
 
   std::cout << "bench-unet: config " << vm["config"].as<std::string>() << ", batch " << batch << ", " << size << "x"
-            << size << ", " << threads << " OpenMP thread(s), " << model->param_count() << " parameters\n"
+            << size << ", " << threads << " OpenMP thread(s), " << model->param_count() << " parameters, " << precision << " convolutions\n"
             << "isa: " << describe_cpu_isa() << "\n"
             << std::fixed << std::setprecision(3) << "forward GFLOP per image: " << fwd_flops * 1e-9 << "\n";
 
@@ -227,6 +234,7 @@ int run_bench_unet(const std::vector<std::string>& args) {
        << "  \"batch\": " << batch << ",\n  \"image_size\": " << size << ",\n  \"threads\": " << threads << ",\n"
        << "  \"iters\": " << iters << ",\n  \"warmup\": " << warmup << ",\n"
        << "  \"isa\": \"" << describe_cpu_isa() << "\",\n"
+       << "  \"precision\": \"" << precision << "\",\n"
        << "  \"gflops_per_image_forward\": " << fwd_flops * 1e-9 << ",\n"
        << "  \"forward_images_per_s\": " << ips(f.median) << ",\n"
        << "  \"forward_images_per_s_min\": " << ips(f.max) << ",\n"
@@ -251,7 +259,7 @@ int run_bench_unet(const std::vector<std::string>& args) {
 
 DIFFUFLOW_REGISTER_COMMAND(bench_unet,
                            "bench-unet [--config unet-s] [--batch 64] [--threads N] [--iters K] [--warmup W] "
-                           "[--json FILE]",
+                           "[--precision f32|bf16] [--json FILE]",
                            "time the U-Net's forward and forward+backward passes", run_bench_unet);
 
 }  // namespace diffuflow

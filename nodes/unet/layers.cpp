@@ -2,6 +2,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <optional>
 #include <string>
 #include <stdexcept>
 
@@ -30,6 +31,74 @@ dims channel_dims(const dims& x) {
   return d;
 }
 
+bool is_reference(const char* impl) { return std::string(impl).rfind("ref", 0) == 0; }
+
+// The bf16 convolution (Precision::bf16): x and the weights are rounded to
+// bf16 channels-last copies (the layout the AMX kernels take), the
+// convolution accumulates and writes f32 channels-last, which is reordered
+// into the f32 activation layout. Backward: dy is rounded the same way; the
+// input gradient comes back f32 and the weight and bias gradients are f32.
+// The bf16 copy of x is kept from forward for the weight gradient. Returns
+// no value when this engine has only a reference bf16 kernel for the shape.
+std::optional<ValueId> conv2d_bf16(Program& p, ValueId x, const ParamRef& weight, const ParamRef& bias,
+                                   const dims& ys, const dims& strides, const dims& pads) {
+  const dims xs = p.shape(x);
+  const dnnl::memory::desc xb_md(xs, dt::bf16, tag::nhwc);
+  const dnnl::memory::desc yb_md(ys, dt::bf16, tag::nhwc);
+  const dnnl::memory::desc y_out_md(ys, dt::f32, tag::nhwc);
+  const dnnl::memory::desc x_grad_md(xs, dt::f32, tag::nhwc);
+  const dnnl::memory::desc wb_any(weight.shape, dt::bf16, tag::any);
+  const dnnl::memory::desc wf_any(weight.shape, dt::f32, tag::any);
+  const auto w_plain = plain_f32(weight.shape);
+  const auto b_md = plain_f32({ys[1]});
+  const auto attr = user_scratchpad_attr();
+  dnnl::convolution_forward::primitive_desc fwd_pd(
+      dnnl::convolution_forward::desc(prop_kind::forward_training, algorithm::convolution_direct, xb_md, wb_any, b_md,
+                                      y_out_md, strides, pads, pads),
+      attr, p.engine());
+  if (is_reference(fwd_pd.impl_info_str())) return std::nullopt;
+
+  const dnnl::memory xb = p.reorder_if_needed(p.data(x), xb_md, false);
+  const dnnl::memory w_mem = p.param(weight.offset, w_plain);
+  const dnnl::memory wb = p.reorder_if_needed(w_mem, fwd_pd.weights_desc(), false);
+  const dnnl::memory y_out = p.alloc(y_out_md);
+  p.forward(p.make<dnnl::convolution_forward>(fwd_pd), {{DNNL_ARG_SRC, xb},
+                                                        {DNNL_ARG_WEIGHTS, wb},
+                                                        {DNNL_ARG_BIAS, p.param(bias.offset, b_md)},
+                                                        {DNNL_ARG_DST, y_out}});
+  const ValueId y = p.new_value(activation_desc(ys), true);
+  p.copy(y_out, p.data(y), false);
+
+  p.on_backward([=](Program& p) {
+    const dnnl::memory dyb = p.reorder_if_needed(p.grad(y), yb_md, true);
+    if (p.needs_grad(x)) {
+      dnnl::convolution_backward_data::primitive_desc pd(
+          dnnl::convolution_backward_data::desc(algorithm::convolution_direct, x_grad_md, wb_any, yb_md, strides,
+                                                pads, pads),
+          attr, p.engine(), fwd_pd);
+      const dnnl::memory w_bwd =
+          pd.weights_desc() == wb.get_desc() ? wb : p.reorder_if_needed(w_mem, pd.weights_desc(), true);
+      const dnnl::memory dx = p.alloc(x_grad_md);
+      p.backward(p.make<dnnl::convolution_backward_data>(pd),
+                 {{DNNL_ARG_DIFF_DST, dyb}, {DNNL_ARG_WEIGHTS, w_bwd}, {DNNL_ARG_DIFF_SRC, dx}});
+      p.contribute(x, dx);
+    }
+    dnnl::convolution_backward_weights::primitive_desc pd(
+        dnnl::convolution_backward_weights::desc(algorithm::convolution_direct, xb_md, wf_any, b_md, yb_md, strides,
+                                                 pads, pads),
+        attr, p.engine(), fwd_pd);
+    const dnnl::memory dw_plain = p.param_grad(weight.offset, w_plain);
+    const bool same = pd.diff_weights_desc() == w_plain;
+    const dnnl::memory dw = same ? dw_plain : p.alloc(pd.diff_weights_desc());
+    p.backward(p.make<dnnl::convolution_backward_weights>(pd), {{DNNL_ARG_SRC, xb},
+                                                                {DNNL_ARG_DIFF_DST, dyb},
+                                                                {DNNL_ARG_DIFF_WEIGHTS, dw},
+                                                                {DNNL_ARG_DIFF_BIAS, p.param_grad(bias.offset, b_md)}});
+    if (!same) p.copy(dw, dw_plain, true);
+  });
+  return y;
+}
+
 }  // namespace
 
 ValueId conv2d(Program& p, ValueId x, const ParamRef& weight, const ParamRef& bias, int64_t stride, int64_t padding) {
@@ -39,6 +108,9 @@ ValueId conv2d(Program& p, ValueId x, const ParamRef& weight, const ParamRef& bi
   const int64_t co = weight.shape[0], k = weight.shape[2];
   const int64_t ho = (xs[2] + 2 * padding - k) / stride + 1;
   const int64_t wo = (xs[3] + 2 * padding - k) / stride + 1;
+  if (p.precision() == Precision::bf16 && xs[1] % 16 == 0 && co % 16 == 0) {
+    if (auto y = conv2d_bf16(p, x, weight, bias, {xs[0], co, ho, wo}, {stride, stride}, {padding, padding})) return *y;
+  }
   auto y_md = activation_desc({xs[0], co, ho, wo});
   const auto w_plain = plain_f32(weight.shape);
   const dnnl::memory::desc w_any(weight.shape, dt::f32, tag::any);

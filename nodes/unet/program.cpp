@@ -7,6 +7,14 @@
 
 namespace diffuflow {
 
+const char* precision_name(Precision precision) { return precision == Precision::bf16 ? "bf16" : "f32"; }
+
+Precision parse_precision(const std::string& name) {
+  if (name == "f32") return Precision::f32;
+  if (name == "bf16") return Precision::bf16;
+  throw std::invalid_argument("unknown precision '" + name + "' (f32 or bf16)");
+}
+
 dnnl::memory::desc plain_f32(const dims& shape) {
   return dnnl::memory::desc(shape, dnnl::memory::data_type::f32, plain_format(shape.size()));
 }
@@ -44,8 +52,8 @@ dnnl::primitive_attr user_scratchpad_attr() {
 }
 
 Program::Program(const dnnl::engine& engine, PrimitiveCache& cache, dnnl::memory params, int64_t param_count,
-                 bool training)
-    : engine_(engine), training_(training), cache_(cache), params_(std::move(params)) {
+                 bool training, Precision precision)
+    : engine_(engine), training_(training), precision_(precision), cache_(cache), params_(std::move(params)) {
   staging_ = dnnl::memory(plain_f32({std::max<int64_t>(param_count, 1)}), engine_);
 }
 

@@ -40,6 +40,16 @@ namespace diffuflow {
 using dims = dnnl::memory::dims;
 using tag = dnnl::memory::format_tag;
 
+// The arithmetic precision of a program's convolutions. bf16: inputs and
+// weights rounded to bfloat16, products accumulated and written in f32 (mixed
+// precision, as PyTorch's autocast does), on the AMX / AVX512-BF16 kernels
+// where the CPU has them. Parameters, gradients and the activations between
+// layers stay f32 either way; a convolution with no fast bf16 kernel (or
+// fewer than 16 channels in or out) stays f32.
+enum class Precision { f32, bf16 };
+const char* precision_name(Precision precision);
+Precision parse_precision(const std::string& name);
+
 // Plain row-major f32 descriptor.
 dnnl::memory::desc plain_f32(const dims& shape);
 // The layout of image activations [N,C,H,W]: channel-blocked nChw16c when C
@@ -92,10 +102,11 @@ class Program {
   // `training`: whether finalize() will build a backward pass (layers may
   // fuse steps whose intermediate values only backward would read).
   Program(const dnnl::engine& engine, PrimitiveCache& cache, dnnl::memory params, int64_t param_count,
-          bool training = true);
+          bool training = true, Precision precision = Precision::f32);
 
   const dnnl::engine& engine() const { return engine_; }
   bool training() const { return training_; }
+  Precision precision() const { return precision_; }
 
   // --- values -------------------------------------------------------------
   ValueId new_value(const dnnl::memory::desc& desc, bool needs_grad);
@@ -196,6 +207,7 @@ class Program {
 
   dnnl::engine engine_;
   bool training_ = true;
+  Precision precision_ = Precision::f32;
   PrimitiveCache& cache_;
   size_t cache_index_ = 0;
   dnnl::memory params_;

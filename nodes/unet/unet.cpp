@@ -192,6 +192,7 @@ class UNetBuilder {
 struct UNetModel::Workspace {
   int64_t batch = 0, height = 0, width = 0;
   bool training = false;
+  Precision precision = Precision::f32;
   std::unique_ptr<Program> program;
   ValueId x = -1, temb0 = -1, out = -1;
   int copy_x_in = -1, copy_out = -1, copy_grad_in = -1, copy_grad_x = -1;
@@ -200,7 +201,7 @@ struct UNetModel::Workspace {
 
 class UNetModel::Pool {
  public:
-  using Key = std::tuple<int64_t, int64_t, int64_t, bool>;  // batch, height, width, training
+  using Key = std::tuple<int64_t, int64_t, int64_t, bool, Precision>;  // batch, height, width, training, precision
 
   template <typename Build>
   std::unique_ptr<Workspace> acquire(const Key& key, Build build) {
@@ -219,7 +220,7 @@ class UNetModel::Pool {
   void release(std::unique_ptr<Workspace> ws) {
     if (!ws) return;
     std::lock_guard<std::mutex> lock(mutex_);
-    idle_[Key{ws->batch, ws->height, ws->width, ws->training}].push_back(std::move(ws));
+    idle_[Key{ws->batch, ws->height, ws->width, ws->training, ws->precision}].push_back(std::move(ws));
   }
   size_t built() const {
     std::lock_guard<std::mutex> lock(mutex_);
@@ -304,15 +305,17 @@ ForwardResult UNetModel::forward(const Tensor& x, const Tensor& t, bool for_trai
     }
   }
 
-  const Pool::Key key{n, h, w, for_training};
+  const Precision precision = precision_.load();
+  const Pool::Key key{n, h, w, for_training, precision};
   auto ws = pool_->acquire(key, [&](PrimitiveCache& cache) {
     auto made = std::make_unique<Workspace>();
     made->batch = n;
     made->height = h;
     made->width = w;
     made->training = for_training;
+    made->precision = precision;
     made->program = std::make_unique<Program>(engine(), cache, params(), for_training ? param_count() : 1,
-                                               for_training);
+                                               for_training, precision);
     Program& p = *made->program;
     const auto x_md = plain_f32({n, config_.in_channels, h, w});
     const auto y_md = plain_f32({n, config_.out_channels, h, w});

@@ -16,8 +16,10 @@
 
 #include "graph/device.hpp"
 #include "nodes/unet/denoiser_model.hpp"
+#include "nodes/unet/program.hpp"
 #include "nodes/unet/unet_config.hpp"
 
+#include <atomic>
 #include <memory>
 
 namespace diffuflow {
@@ -38,6 +40,11 @@ class UNetModel : public DenoiserModel {
   Tensor backward(const ForwardState& state, const Tensor& grad_out) override;
 
   const UNetConfig& config() const { return config_; }
+  // The convolutions' arithmetic (program.hpp). Programs are built per
+  // precision, so it may change between passes; a forward state remembers
+  // the precision it ran with.
+  void set_precision(Precision precision) { precision_ = precision; }
+  Precision precision() const { return precision_; }
   // Programs built so far (one per distinct shape and mode), for tests.
   size_t programs_built() const;
 
@@ -46,6 +53,7 @@ class UNetModel : public DenoiserModel {
 
  private:
   UNetConfig config_;
+  std::atomic<Precision> precision_{Precision::f32};
   std::shared_ptr<Pool> pool_;
 };
 

@@ -30,7 +30,11 @@ ResourceContract UNetModelResource::contract() {
       ParamSpec::path("weights", "", "optional .safetensors checkpoint to load (diffusers parameter names)"),
       ParamSpec::boolean("use_ema", true, "from a training checkpoint, load its EMA weights when it has them"),
       ParamSpec::integer("init_seed", 0, "seed of the random init used when no weights are given")
-          .range(0, 9.0e15)};
+          .range(0, 9.0e15),
+      ParamSpec::choice("precision", "f32", {"f32", "bf16"},
+                        "convolution arithmetic: f32, or bf16 inputs and weights with f32 accumulation and f32 "
+                        "parameters, gradients and activations (mixed precision; fast on CPUs with AMX or "
+                        "AVX512-BF16)")};
   c.check = &check_params;
   return c;
 }
@@ -41,6 +45,7 @@ UNetModelResource::UNetModelResource(const ResourceConfig& config, RunContext& c
   params_.init_seed = config.params.integer("init_seed");
   params_.use_ema = config.params.boolean("use_ema");
   model_ = std::shared_ptr<UNetModel>(make_unet(UNetConfig::resolve(params_.config), ctx.device()));
+  model_->set_precision(parse_precision(config.params.text("precision")));
   if (!params_.weights.empty()) {
     model_->load(model_weights_from(SafetensorsFile::read(params_.weights), model_->param_slots(), params_.use_ema));
   } else {

@@ -5,13 +5,14 @@
 //   resources:
 //     - name: model
 //       type: unet_model
-//       params: {config: unet-s, weights: "", init_seed: 0}
+//       params: {config: unet-s, weights: "", init_seed: 0, precision: f32}
 //
 // config: a built-in name (unet-s, unet-tiny) or a path to a diffusers
 // config.json; weights: an optional .safetensors checkpoint with diffusers
 // names; without one the parameters are initialised at random from init_seed
 // (conv/linear weights and biases U(-1/sqrt(fan_in), 1/sqrt(fan_in)) as
-// PyTorch's defaults, GroupNorm weight 1 and bias 0).
+// PyTorch's defaults, GroupNorm weight 1 and bias 0). precision: f32 or bf16
+// convolutions (mixed precision; see Precision in program.hpp).
 #pragma once
 
 #include "nodes/unet/model_resource.hpp"

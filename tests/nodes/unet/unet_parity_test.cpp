@@ -172,3 +172,66 @@ TEST_CASE("diffuflow unet-io exits 2 with the file named on bad input files") {
   CHECK(no_args.exit_code == 2);
   CHECK_FALSE(std::filesystem::exists(out));
 }
+
+namespace {
+
+double relative_l2(const std::vector<float>& got, const std::vector<float>& ref) {
+  REQUIRE(got.size() == ref.size());
+  double num = 0, den = 0;
+  for (size_t i = 0; i < ref.size(); ++i) {
+    num += (double(got[i]) - ref[i]) * (double(got[i]) - ref[i]);
+    den += double(ref[i]) * ref[i];
+  }
+  return std::sqrt(num / std::max(den, 1e-30));
+}
+
+bool cpu_has_bf16_kernels() {
+  const auto isa = dnnl::get_effective_cpu_isa();
+  return isa == dnnl::cpu_isa::avx512_core_bf16 || isa == dnnl::cpu_isa::avx512_core_amx;
+}
+
+}  // namespace
+
+TEST_CASE("bf16 convolutions: prediction and gradients stay within bf16 rounding of the PyTorch fixture") {
+  Device device(DeviceSpec{});
+  auto model = make_unet(UNetConfig::from_file(test::fixture("unet_tiny/config.json")), device);
+  model->load(SafetensorsFile::read(test::fixture("unet_tiny/weights.safetensors")));
+  model->set_precision(Precision::bf16);
+  const auto io = SafetensorsFile::read(test::fixture("unet_tiny/io.safetensors"));
+  const auto steps = io.ints("t");
+  Tensor t({4}, DType::s32, device.engine());
+  {
+    auto m = t.map<int32_t>();
+    for (size_t i = 0; i < 4; ++i) m[i] = static_cast<int32_t>(steps[i]);
+  }
+  model->zero_grads();
+  auto fwd = model->forward(io.tensor("x"), t, true);
+  const Tensor grad_x = model->backward(*fwd.state, io.tensor("g_out"));
+  SafetensorsFile got;
+  model->save_grads_to(got);
+
+  const double eps_err = relative_l2(fwd.prediction.to_vector(), io.floats("eps_out"));
+  const double gx_err = relative_l2(grad_x.to_vector(), io.floats("grad_x"));
+  double worst_grad = 0;
+  std::string worst_name;
+  for (const auto& name : io.names()) {
+    // to_k.bias has an exactly zero true gradient (softmax ignores a shift
+    // shared by a row's scores): only rounding noise is left to compare.
+    if (name.rfind("grad.", 0) != 0 || ends_with(name, ".to_k.bias")) continue;
+    const double e = relative_l2(got.floats(name), io.floats(name));
+    if (e > worst_grad) worst_grad = e, worst_name = name;
+  }
+  MESSAGE("bf16 unet_tiny relative L2 error: eps_out " << eps_err << ", grad_x " << gx_err << ", worst gradient "
+                                                       << worst_grad << " (" << worst_name << ")");
+  CHECK(eps_err < 1e-2);
+  CHECK(gx_err < 3e-2);
+  CHECK(worst_grad < 5e-2);
+  // The bf16 kernels did run: the rounding shows (an f32 pass is within 1e-6).
+  if (cpu_has_bf16_kernels()) CHECK(eps_err > 1e-5);
+
+  SUBCASE("switching back to f32 builds f32 programs again: the fixture matches to f32 accuracy") {
+    model->set_precision(Precision::f32);
+    auto f32 = model->forward(io.tensor("x"), t, false);
+    CHECK(max_diff(f32.prediction.to_vector(), io.floats("eps_out")) <= 1e-4f);
+  }
+}
