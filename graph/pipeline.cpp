@@ -2,6 +2,7 @@
 // unit-tested without a graph, and every graph is built here.
 #include "graph/pipeline.hpp"
 
+#include "graph/atomic_file.hpp"
 #include "graph/limiter.hpp"
 #include "graph/node.hpp"
 #include "graph/registry.hpp"
@@ -495,10 +496,7 @@ struct Pipeline::Impl {
       }
     }
     nlohmann::json trace = {{"traceEvents", events}, {"displayTimeUnit", "ms"}};
-    std::ofstream out(path);
-    if (!out) throw std::runtime_error("cannot write the trace file " + path);
-    out << trace.dump() << '\n';
-    if (!out) throw std::runtime_error("cannot write the trace file " + path);
+    write_file_atomically(path, trace.dump() + "\n");
   }
 };
 
@@ -561,7 +559,11 @@ RunReport Pipeline::run() {
       }
     }
   }
-  impl.ctx.metrics().flush();
+  try {
+    impl.ctx.metrics().flush();
+  } catch (...) {
+    if (!impl.failure) throw;  // a node's failure (often the same full disk) is the one to report
+  }
 
   RunReport report;
   report.wall_s = std::chrono::duration<double>(Clock::now() - impl.start).count();

@@ -5,13 +5,15 @@
 #include <nlohmann/json.hpp>
 
 #include <chrono>
+#include <cerrno>
 #include <cmath>
+#include <cstring>
 #include <functional>
 #include <iostream>
 
 namespace diffuflow {
 
-MetricsLog::MetricsLog(const std::filesystem::path& file) : out_(file, std::ios::app) {
+MetricsLog::MetricsLog(const std::filesystem::path& file) : file_(file), out_(file, std::ios::app) {
   if (!out_) throw std::runtime_error("cannot open metrics file " + file.string() + " for writing");
 }
 
@@ -29,8 +31,18 @@ void MetricsLog::log(int64_t step, const std::string& node, const std::string& n
   // Readers tail the file during long runs: flush at most once a second.
   const auto now = std::chrono::steady_clock::now();
   if (now - last_flush_ > std::chrono::seconds(1)) {
-    out_.flush();
+    flush_locked();
     last_flush_ = now;
+  }
+}
+
+void MetricsLog::flush_locked() {
+  if (!out_.is_open()) return;
+  out_.flush();
+  if (!out_) {
+    const int error = errno;
+    out_.close();  // once: later lines are not written after a failure
+    throw std::runtime_error("cannot write metrics file " + file_.string() + " (" + std::strerror(error) + ")");
   }
 }
 
@@ -42,7 +54,7 @@ double MetricsLog::latest(const std::string& name) const {
 
 void MetricsLog::flush() {
   std::lock_guard<std::mutex> lock(mutex_);
-  if (out_.is_open()) out_.flush();
+  flush_locked();
 }
 
 RunContext::RunContext() : RunContext(Device::host(), 0) {}

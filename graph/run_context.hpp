@@ -29,10 +29,15 @@ class MetricsLog {
   void log(int64_t step, const std::string& node, const std::string& name, double value);
   // The latest value of a metric (NaN when never logged), for progress lines.
   double latest(const std::string& name) const;
+  // Writes buffered lines out; a failed write (disk full, file-size limit)
+  // throws, naming the file, here or from log().
   void flush();
 
  private:
+  void flush_locked();
+
   mutable std::mutex mutex_;
+  std::filesystem::path file_;
   std::ofstream out_;
   std::map<std::string, double> latest_;
   std::chrono::steady_clock::time_point last_flush_{};

@@ -65,8 +65,4 @@ class SafetensorsFile {
   std::map<std::string, std::string> metadata_;
 };
 
-// Writes `bytes` to `path` atomically (temporary file, fsync, rename). Shared by
-// every writer of results that must never be left half-written.
-void write_file_atomically(const std::filesystem::path& path, const std::string& bytes);
-
 }  // namespace diffuflow

@@ -7,6 +7,7 @@
 // GFLOP/s (convolutions, linears and attention matmuls counted analytically
 // as 2*MACs; a backward pass counts twice its forward), the peak resident
 // memory of the process and the ISA oneDNN dispatches to.
+#include "graph/atomic_file.hpp"
 #include "graph/device.hpp"
 #include "graph/errors.hpp"
 #include "nodes/unet/unet.hpp"
@@ -247,9 +248,7 @@ int run_bench_unet(const std::vector<std::string>& args) {
        << (tr.median > 0 ? 3 * fwd_flops * batch / tr.median * 1e-9 : 0.0) << ",\n"
        << "  \"peak_rss_mib\": " << rss << "\n}\n";
     const std::string path = vm["json"].as<std::string>();
-    std::ofstream out(path);
-    if (!out) throw DataError(path, "cannot open for writing");
-    out << js.str();
+    write_file_atomically(path, js.str());
     std::cout << "wrote " << path << "\n";
   }
   return kExitOk;

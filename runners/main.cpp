@@ -4,12 +4,16 @@
 #include "graph/openmp_policy.hpp"
 #include "runners/command.hpp"
 
+#include <csignal>
 #include <exception>
 #include <iostream>
 
 int main(int argc, char** argv) {
   using namespace diffuflow;
   ensure_passive_openmp(argc, argv);
+  // A file-size limit (ulimit -f) then fails the write with EFBIG, reported
+  // like a full disk, instead of killing the process mid-file.
+  std::signal(SIGXFSZ, SIG_IGN);
   auto& table = commands();
   auto usage = [&](std::ostream& out) {
     out << "usage: diffuflow <command> [options]\n\ncommands:\n";

@@ -1,5 +1,6 @@
 // `diffuflow run`: validate a pipeline, make its output folder, build the
 // graph, run it, and write the resolved pipeline, metrics, profile and trace.
+#include "graph/atomic_file.hpp"
 #include "graph/device.hpp"
 #include "graph/pipeline.hpp"
 #include "graph/safetensors.hpp"
@@ -149,11 +150,7 @@ class ProgressLine {
   std::thread thread_;
 };
 
-void write_text(const fs::path& path, const std::string& text) {
-  std::ofstream out(path);
-  out << text;
-  if (!out) throw std::runtime_error("cannot write " + path.string());
-}
+void write_text(const fs::path& path, const std::string& text) { write_file_atomically(path, text); }
 
 int run_pipeline(const std::vector<std::string>& args) {
   po::options_description options("run options");

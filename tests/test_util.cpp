@@ -24,9 +24,9 @@ TempDir::~TempDir() {
   std::filesystem::remove_all(path_, ignored);
 }
 
-CommandResult run_cli(const std::string& args) {
+CommandResult run_cli(const std::string& args, const std::string& shell_prefix) {
   // From the repository root, as the README runs it (pipelines name data by relative paths).
-  const std::string command = "cd \"" + source_dir().string() + "\" && \"" + DIFFUFLOW_BINARY + "\" " + args + " 2>&1";
+  const std::string command = shell_prefix + "cd \"" + source_dir().string() + "\" && \"" + DIFFUFLOW_BINARY + "\" " + args + " 2>&1";
   CommandResult result;
   FILE* pipe = ::popen(command.c_str(), "r");
   if (!pipe) throw std::runtime_error("cannot run " + command);

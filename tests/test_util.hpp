@@ -28,8 +28,9 @@ struct CommandResult {
   std::string output;  // stdout and stderr together
 };
 
-// Runs the built `diffuflow` binary with the given argument string (shell-quoted by the caller).
-CommandResult run_cli(const std::string& args);
+// Runs the built `diffuflow` binary with the given argument string (shell-quoted by the caller),
+// after `shell_prefix` (e.g. "ulimit -f 64; ") in the same shell.
+CommandResult run_cli(const std::string& args, const std::string& shell_prefix = "");
 
 void write_file(const std::filesystem::path& path, const std::string& text);
 std::string read_file(const std::filesystem::path& path);

@@ -1,5 +1,6 @@
 #include "nodes/output/image_writer.hpp"
 
+#include "graph/atomic_file.hpp"
 #include "graph/registry.hpp"
 #include "nodes/data/epoch_batcher.hpp"
 
@@ -109,18 +110,7 @@ void write_png_atomic(const cv::Mat& image, const fs::path& out) {
     fs::create_directories(out.parent_path(), ec);
     if (ec) throw std::runtime_error("cannot create folder " + out.parent_path().string() + ": " + ec.message());
   }
-  fs::path temporary = out;
-  temporary += ".tmp";
-  {
-    std::ofstream file(temporary, std::ios::binary | std::ios::trunc);
-    file.write(reinterpret_cast<const char*>(bytes.data()), static_cast<std::streamsize>(bytes.size()));
-    if (!file) throw std::runtime_error("cannot write " + temporary.string());
-  }
-  fs::rename(temporary, out, ec);
-  if (ec) {
-    fs::remove(temporary, ec);
-    throw std::runtime_error("cannot rename " + temporary.string() + " to " + out.string());
-  }
+  write_file_atomically(out, std::string(bytes.begin(), bytes.end()));
 }
 
 NodeContract ImageWriter::contract() {

@@ -1,5 +1,6 @@
 #include "nodes/train/optimiser.hpp"
 
+#include "graph/atomic_file.hpp"
 #include "graph/errors.hpp"
 #include "graph/registry.hpp"
 #include "graph/safetensors.hpp"

@@ -216,3 +216,34 @@ TEST_CASE("an unwritable output folder or checkpoint folder is a clear error, no
   // What was written before stays intact.
   CHECK(read_file(dir / "blocked" / "pipeline.yaml").find("name: fault_run") != std::string::npos);
 }
+
+TEST_CASE("a full disk while writing checkpoints is a clear error and leaves no partial or temporary file") {
+  // A file-size limit (ulimit -f, in KiB) makes every write past it fail
+  // with EFBIG, as a full disk fails with ENOSPC: the run's small files fit
+  // under 64 KiB, the MLP's checkpoints (weights, EMA, Adam moments) do not.
+  TempDir dir;
+  write_file(dir / "train.yaml", training_yaml(2));
+  const fs::path out = dir / "run";
+  const auto full = run_cli("run " + (dir / "train.yaml").string() + " --max-steps 4 -q --out " + out.string(),
+                            "ulimit -f 64; ");
+  CAPTURE(full.output);
+  CHECK(full.exit_code == 1);
+  CHECK(full.output.find("node 'optimiser'") != std::string::npos);
+  CHECK(full.output.find("step_000002.safetensors") != std::string::npos);
+  CHECK(full.output.find("File too large") != std::string::npos);
+  for (const auto& entry : fs::recursive_directory_iterator(out)) {
+    const std::string name = entry.path().filename().string();
+    INFO(entry.path());
+    CHECK(name.find(".tmp") == std::string::npos);
+    CHECK(entry.path().extension() != ".safetensors");
+  }
+  // The files written before the failure are whole.
+  CHECK(read_file(out / "pipeline.yaml").find("name: fault_run") != std::string::npos);
+
+  // The same run with room to write succeeds: the limit, not the pipeline, failed it.
+  const auto roomy = run_cli("run " + (dir / "train.yaml").string() + " --max-steps 4 -q --out " +
+                             (dir / "roomy").string());
+  CAPTURE(roomy.output);
+  CHECK(roomy.exit_code == 0);
+  CHECK(fs::file_size(dir / "roomy" / "checkpoints" / "latest.safetensors") > 64 * 1024);
+}
