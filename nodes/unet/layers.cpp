@@ -24,13 +24,6 @@ void require(bool ok, const std::string& what) {
   if (!ok) throw std::invalid_argument("model layer: " + what);
 }
 
-// [1, C, 1, ...] for per-channel parameters broadcast over a [N, C, ...] tensor.
-dims channel_dims(const dims& x) {
-  dims d(x.size(), 1);
-  d[1] = x[1];
-  return d;
-}
-
 bool is_reference(const char* impl) { return std::string(impl).rfind("ref", 0) == 0; }
 
 // The bf16 convolution (Precision::bf16): x and the weights are rounded to
@@ -140,7 +133,7 @@ ValueId conv2d(Program& p, ValueId x, const ParamRef& weight, const ParamRef& bi
       fwd_pd = pd;
     }
   }
-  if (std::string(fwd_pd.impl_info_str()).rfind("ref", 0) == 0 && x_md != plain_f32(xs)) {
+  if (is_reference(fwd_pd.impl_info_str()) && x_md != plain_f32(xs)) {
     x_md = plain_f32(xs);
     y_md = plain_f32(y_md.dims());
     fwd_pd = make_fwd(x_md, y_md);
@@ -162,7 +155,7 @@ ValueId conv2d(Program& p, ValueId x, const ParamRef& weight, const ParamRef& bi
                                                   pads, pads),
             attr, p.engine(), fwd_pd);
       };
-      auto is_ref = [](const auto& pd) { return std::string(pd.impl_info_str()).rfind("ref", 0) == 0; };
+      auto is_ref = [](const auto& pd) { return is_reference(pd.impl_info_str()); };
       dnnl::memory::desc dx_md = x_md;
       auto pd = make_bwd(dx_md, y_md);
       dnnl::memory dy_data = dy;

@@ -4,6 +4,7 @@
 #include "graph/registry.hpp"
 #include "graph/safetensors.hpp"
 #include "nodes/unet/layers.hpp"
+#include "nodes/unet/program_pool.hpp"
 #include "nodes/unet/program.hpp"
 
 #include <filesystem>
@@ -51,7 +52,11 @@ std::vector<ParamSlot> mlp_param_slots(const MlpConfig& c) {
   return slots;
 }
 
+// Programs per (batch size, training).
+using MlpPoolKey = std::pair<int64_t, bool>;
+
 struct MlpDenoiser::Workspace {
+  MlpPoolKey key;
   int64_t batch = 0;
   bool training = false;
   std::unique_ptr<Program> program;
@@ -60,54 +65,11 @@ struct MlpDenoiser::Workspace {
   dnnl::stream stream;
 };
 
-// Programs per (batch size, training), reused by later calls of the same shape.
-class MlpDenoiser::Pool {
- public:
-  using Key = std::pair<int64_t, bool>;
-
-  template <typename Build>
-  std::unique_ptr<Workspace> acquire(const Key& key, Build build) {
-    std::lock_guard<std::mutex> lock(mutex_);
-    auto& idle = idle_[key];
-    if (!idle.empty()) {
-      auto ws = std::move(idle.back());
-      idle.pop_back();
-      return ws;
-    }
-    auto& cache = caches_[key];
-    if (!cache) cache = std::make_unique<PrimitiveCache>();
-    return build(*cache);
-  }
-  void release(std::unique_ptr<Workspace> ws) {
-    if (!ws) return;
-    std::lock_guard<std::mutex> lock(mutex_);
-    idle_[Key{ws->batch, ws->training}].push_back(std::move(ws));
-  }
-
- private:
-  std::mutex mutex_;
-  std::map<Key, std::unique_ptr<PrimitiveCache>> caches_;
-  std::map<Key, std::vector<std::unique_ptr<Workspace>>> idle_;
-};
+class MlpDenoiser::Pool : public ProgramPool<MlpPoolKey, MlpDenoiser::Workspace> {};
 
 namespace {
 
-class MlpState : public ForwardState {
- public:
-  MlpState(std::weak_ptr<MlpDenoiser::Pool> pool, std::unique_ptr<MlpDenoiser::Workspace> ws)
-      : pool_(std::move(pool)), owner_(pool_.lock().get()), ws_(std::move(ws)) {}
-  ~MlpState() override {
-    if (auto pool = pool_.lock()) pool->release(std::move(ws_));
-  }
-  int64_t batch() const override { return ws_->batch; }
-  MlpDenoiser::Workspace& workspace() const { return *ws_; }
-  const MlpDenoiser::Pool* owner() const { return owner_; }
-
- private:
-  std::weak_ptr<MlpDenoiser::Pool> pool_;
-  const MlpDenoiser::Pool* owner_;
-  std::unique_ptr<MlpDenoiser::Workspace> ws_;
-};
+using MlpState = PooledState<MlpDenoiser::Pool, MlpDenoiser::Workspace>;
 
 // A [N,D,1,1] (or [N,D]) tensor from outside as plain [N,D] memory on `engine`.
 dnnl::memory rows_on(const Tensor& x, int64_t n, int64_t d, const dnnl::engine& engine) {
@@ -148,8 +110,10 @@ ForwardResult MlpDenoiser::forward(const Tensor& x, const Tensor& t, bool for_tr
     }
   }
 
-  auto ws = pool_->acquire(Pool::Key{n, for_training}, [&](PrimitiveCache& cache) {
+  const MlpPoolKey key{n, for_training};
+  auto ws = pool_->acquire(key, [&](PrimitiveCache& cache) {
     auto made = std::make_unique<Workspace>();
+    made->key = key;
     made->batch = n;
     made->training = for_training;
     made->program = std::make_unique<Program>(engine(), cache, params(), for_training ? param_count() : 1);

@@ -2,6 +2,7 @@
 
 #include "graph/errors.hpp"
 #include "nodes/unet/layers.hpp"
+#include "nodes/unet/program_pool.hpp"
 #include "nodes/unet/program.hpp"
 
 #include <map>
@@ -189,69 +190,24 @@ class UNetBuilder {
 
 }  // namespace
 
+// Programs per (batch, height, width, training, precision).
+using UNetPoolKey = std::tuple<int64_t, int64_t, int64_t, bool, Precision>;
+
 struct UNetModel::Workspace {
+  UNetPoolKey key;
   int64_t batch = 0, height = 0, width = 0;
   bool training = false;
-  Precision precision = Precision::f32;
   std::unique_ptr<Program> program;
   ValueId x = -1, temb0 = -1, out = -1;
   int copy_x_in = -1, copy_out = -1, copy_grad_in = -1, copy_grad_x = -1;
   dnnl::stream stream;
 };
 
-class UNetModel::Pool {
- public:
-  using Key = std::tuple<int64_t, int64_t, int64_t, bool, Precision>;  // batch, height, width, training, precision
-
-  template <typename Build>
-  std::unique_ptr<Workspace> acquire(const Key& key, Build build) {
-    std::lock_guard<std::mutex> lock(mutex_);
-    auto& idle = idle_[key];
-    if (!idle.empty()) {
-      auto ws = std::move(idle.back());
-      idle.pop_back();
-      return ws;
-    }
-    auto& cache = caches_[key];
-    if (!cache) cache = std::make_unique<PrimitiveCache>();
-    ++built_;
-    return build(*cache);
-  }
-  void release(std::unique_ptr<Workspace> ws) {
-    if (!ws) return;
-    std::lock_guard<std::mutex> lock(mutex_);
-    idle_[Key{ws->batch, ws->height, ws->width, ws->training, ws->precision}].push_back(std::move(ws));
-  }
-  size_t built() const {
-    std::lock_guard<std::mutex> lock(mutex_);
-    return built_;
-  }
-
- private:
-  mutable std::mutex mutex_;
-  std::map<Key, std::unique_ptr<PrimitiveCache>> caches_;
-  std::map<Key, std::vector<std::unique_ptr<Workspace>>> idle_;
-  size_t built_ = 0;
-};
+class UNetModel::Pool : public ProgramPool<UNetPoolKey, UNetModel::Workspace> {};
 
 namespace {
 
-class UNetState : public ForwardState {
- public:
-  UNetState(std::weak_ptr<UNetModel::Pool> pool, std::unique_ptr<UNetModel::Workspace> ws)
-      : pool_(std::move(pool)), owner_(pool_.lock().get()), ws_(std::move(ws)) {}
-  ~UNetState() override {
-    if (auto pool = pool_.lock()) pool->release(std::move(ws_));
-  }
-  int64_t batch() const override { return ws_->batch; }
-  UNetModel::Workspace& workspace() const { return *ws_; }
-  const UNetModel::Pool* owner() const { return owner_; }
-
- private:
-  std::weak_ptr<UNetModel::Pool> pool_;
-  const UNetModel::Pool* owner_;
-  std::unique_ptr<UNetModel::Workspace> ws_;
-};
+using UNetState = PooledState<UNetModel::Pool, UNetModel::Workspace>;
 
 // src (a tensor from outside, possibly on another engine or layout) -> dst inside the program.
 void copy_in(Program& program, int copy_id, const Tensor& src, const dnnl::memory& dst, const dnnl::engine& engine,
@@ -306,14 +262,14 @@ ForwardResult UNetModel::forward(const Tensor& x, const Tensor& t, bool for_trai
   }
 
   const Precision precision = precision_.load();
-  const Pool::Key key{n, h, w, for_training, precision};
+  const UNetPoolKey key{n, h, w, for_training, precision};
   auto ws = pool_->acquire(key, [&](PrimitiveCache& cache) {
     auto made = std::make_unique<Workspace>();
+    made->key = key;
     made->batch = n;
     made->height = h;
     made->width = w;
     made->training = for_training;
-    made->precision = precision;
     made->program = std::make_unique<Program>(engine(), cache, params(), for_training ? param_count() : 1,
                                                for_training, precision);
     Program& p = *made->program;
