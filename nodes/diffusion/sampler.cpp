@@ -64,6 +64,36 @@ NodeContract Sampler::contract() {
   return c;
 }
 
+ReverseChainPlan plan_reverse_chain(int schedule_timesteps, Sampler::Method method, int64_t steps, int64_t snapshots,
+                                    const std::string& snapshots_param) {
+  int64_t count = steps;
+  if (count == 0) {
+    count = method == Sampler::Method::ddim ? std::min<int64_t>(kDefaultDdimSteps, schedule_timesteps)
+                                            : schedule_timesteps;
+  }
+  if (count < 1 || count > schedule_timesteps) {
+    throw ConfigError(SourceLocation{"", 0, 0, "steps"},
+                      "sampling steps must be in [1, " + std::to_string(schedule_timesteps) +
+                          "] (at most the schedule's " + std::to_string(schedule_timesteps) + " timesteps), got " +
+                          std::to_string(count));
+  }
+  ReverseChainPlan plan;
+  plan.timesteps = DiffusionSteps::ddim_timesteps(schedule_timesteps, static_cast<int>(count));
+  plan.stride = schedule_timesteps / static_cast<int>(count);
+  plan.ancestral = method == Sampler::Method::ddpm && plan.stride == 1;
+  const int64_t positions = count + 1;  // x_T, then one state after every step
+  if (snapshots > positions) {
+    throw ConfigError(SourceLocation{"", 0, 0, snapshots_param},
+                      snapshots_param + ": reverse chain snapshots must be at most steps + 1 = " +
+                          std::to_string(positions) + ", got " + std::to_string(snapshots));
+  }
+  if (snapshots == 1) plan.snapshot_positions = {count};
+  for (int64_t k = 0; snapshots > 1 && k < snapshots; ++k) {
+    plan.snapshot_positions.push_back(static_cast<int64_t>(std::llround(double(k) * count / double(snapshots - 1))));
+  }
+  return plan;
+}
+
 Sampler::Sampler(const NodeConfig& config, RunContext& ctx)
     : Node(config, ctx),
       params_{config.params.text("schedule"),
@@ -75,28 +105,12 @@ Sampler::Sampler(const NodeConfig& config, RunContext& ctx)
               config.params.integer("snapshots")},
       schedule_(ctx.resource_as<NoiseSchedule>(params_.schedule)),
       steps_(*schedule_, ctx.device()) {
-  const int total = schedule_->timesteps();
-  int64_t count = params_.steps;
-  if (count == 0) count = params_.method == Method::ddim ? std::min<int64_t>(kDefaultDdimSteps, total) : total;
-  if (count > total) {
-    throw ConfigError(SourceLocation{"", 0, 0, "steps"}, "sampler steps must be at most the schedule's " +
-                                                             std::to_string(total) + " timesteps, got " +
-                                                             std::to_string(count));
-  }
-  timesteps_ = DiffusionSteps::ddim_timesteps(total, static_cast<int>(count));
-  stride_ = total / static_cast<int>(count);
-  ancestral_ = params_.method == Method::ddpm && stride_ == 1;
-
-  const int64_t positions = count + 1;  // x_T, then one state after every step
-  if (params_.snapshots > positions) {
-    throw ConfigError(SourceLocation{"", 0, 0, "snapshots"},
-                      "sampler snapshots must be at most steps + 1 = " + std::to_string(positions) + ", got " +
-                          std::to_string(params_.snapshots));
-  }
-  if (params_.snapshots == 1) snapshot_positions_ = {count};
-  for (int64_t k = 0; params_.snapshots > 1 && k < params_.snapshots; ++k) {
-    snapshot_positions_.push_back(static_cast<int64_t>(std::llround(double(k) * count / (params_.snapshots - 1))));
-  }
+  const ReverseChainPlan plan =
+      plan_reverse_chain(schedule_->timesteps(), params_.method, params_.steps, params_.snapshots);
+  timesteps_ = plan.timesteps;
+  stride_ = plan.stride;
+  ancestral_ = plan.ancestral;
+  snapshot_positions_ = plan.snapshot_positions;
 }
 
 void Sampler::process(const NodeInput& in, Emitter& out) {

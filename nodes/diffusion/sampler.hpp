@@ -97,4 +97,20 @@ class Sampler : public Node {
   std::map<std::pair<Shape, int64_t>, dnnl::reorder> chain_copies_;  // (chain shape, column) -> reorder
 };
 
+// The timesteps a reverse chain calls the model at, from the noisiest, as
+// the sampler node (and sample_preview) choose them: leading spacing
+// T/steps apart (steps 0: 50 for DDIM, at most T; all T for DDPM); `stride`
+// is how far each step moves; `ancestral` when every timestep is a DDPM step
+// t -> t-1; `snapshot_positions` the chain positions (0 = x_T, steps = x_0)
+// kept for `snapshots` evenly spaced states. Bad counts are ConfigErrors
+// naming `steps` or `snapshots_param`.
+struct ReverseChainPlan {
+  std::vector<int> timesteps;
+  int stride = 1;
+  bool ancestral = false;
+  std::vector<int64_t> snapshot_positions;
+};
+ReverseChainPlan plan_reverse_chain(int schedule_timesteps, Sampler::Method method, int64_t steps, int64_t snapshots,
+                                    const std::string& snapshots_param = "snapshots");
+
 }  // namespace diffuflow

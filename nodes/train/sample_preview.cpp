@@ -16,7 +16,6 @@ namespace fs = std::filesystem;
 
 namespace {
 
-constexpr int64_t kDefaultDdimSteps = 50;
 constexpr int64_t kMaxChainRows = 8;  // image chains: rows (samples) shown at most
 
 SamplePreview::Layout parse_layout(const std::string& text) {
@@ -47,38 +46,10 @@ std::string step_str(int64_t step) {
 
 }  // namespace
 
-ReverseChainPlan plan_reverse_chain(int schedule_timesteps, const ReverseChainOptions& options) {
-  int64_t count = options.steps;
-  if (count == 0) {
-    count = options.method == Sampler::Method::ddim ? std::min<int64_t>(kDefaultDdimSteps, schedule_timesteps)
-                                                    : schedule_timesteps;
-  }
-  if (count < 1 || count > schedule_timesteps) {
-    throw ConfigError(SourceLocation{"", 0, 0, "steps"}, "sampling steps must be in [1, " +
-                                                             std::to_string(schedule_timesteps) + "], got " +
-                                                             std::to_string(count));
-  }
-  ReverseChainPlan plan;
-  plan.timesteps = DiffusionSteps::ddim_timesteps(schedule_timesteps, static_cast<int>(count));
-  plan.stride = schedule_timesteps / static_cast<int>(count);
-  plan.ancestral = options.method == Sampler::Method::ddpm && plan.stride == 1;
-  const int64_t positions = count + 1;  // x_T, then one state after every step
-  if (options.snapshots > positions) {
-    throw ConfigError(SourceLocation{"", 0, 0, "reverse_chain"},
-                      "reverse chain snapshots must be at most steps + 1 = " + std::to_string(positions) + ", got " +
-                          std::to_string(options.snapshots));
-  }
-  if (options.snapshots == 1) plan.snapshot_positions = {count};
-  for (int64_t k = 0; options.snapshots > 1 && k < options.snapshots; ++k) {
-    plan.snapshot_positions.push_back(
-        static_cast<int64_t>(std::llround(double(k) * count / double(options.snapshots - 1))));
-  }
-  return plan;
-}
-
 Tensor sample_reverse_chain(DenoiserModel& model, DiffusionSteps& steps, const Tensor& x_T,
                             const ReverseChainOptions& options, std::vector<Tensor>* snapshots) {
-  const ReverseChainPlan plan = plan_reverse_chain(steps.schedule().timesteps(), options);
+  const ReverseChainPlan plan = plan_reverse_chain(steps.schedule().timesteps(), options.method, options.steps, options.snapshots,
+                                                          "reverse_chain");
   const size_t n = static_cast<size_t>(x_T.dim(0));
   auto keep = [&](int64_t position, const Tensor& x) {
     if (!snapshots) return;
@@ -208,7 +179,8 @@ SamplePreview::SamplePreview(const NodeConfig& config, RunContext& ctx) : Node(c
   steps_ = std::make_unique<DiffusionSteps>(*schedule_, ctx.device());
   ReverseChainOptions checked = params_.chain;
   checked.snapshots = params_.reverse_chain;
-  plan_reverse_chain(schedule_->timesteps(), checked);  // steps and reverse_chain in range
+  plan_reverse_chain(schedule_->timesteps(), checked.method, checked.steps, checked.snapshots,
+                     "reverse_chain");  // steps and reverse_chain in range
 
   // The same x_T and step noise for every preview: drawn from (seed, node name) only.
   auto rng = ctx.rng(name() + "/x_T");

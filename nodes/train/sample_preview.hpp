@@ -64,16 +64,8 @@ struct ReverseChainOptions {
   uint64_t noise_seed = 0;  // the noise of step k is drawn from (noise_seed, k)
 };
 
-// The timesteps a reverse chain calls the model at, from the noisiest, as the
-// sampler node chooses them: leading spacing T/steps apart; `stride` is how
-// far each step moves; `ancestral` when every timestep is a DDPM step t -> t-1.
-struct ReverseChainPlan {
-  std::vector<int> timesteps;
-  int stride = 1;
-  bool ancestral = false;
-  std::vector<int64_t> snapshot_positions;  // chain positions (0 = x_T, steps = x_0) kept
-};
-ReverseChainPlan plan_reverse_chain(int schedule_timesteps, const ReverseChainOptions& options);
+// The chain's timesteps and snapshot positions: plan_reverse_chain() of
+// nodes/diffusion/sampler.hpp, so previews match the sampler node's samples.
 
 // Runs the reverse chain from x_T [N,C,H,W] f32 to x_0 with `model`, the step
 // arithmetic done by `steps` (oneDNN primitives on its device). With

@@ -181,10 +181,7 @@ TEST_CASE("sample_reverse_chain gives the in-graph sampler's samples and chain b
 }
 
 TEST_CASE("plan_reverse_chain picks the sampler's timesteps and snapshot positions") {
-  ReverseChainOptions options;
-  options.steps = 0;
-  options.snapshots = 3;
-  ReverseChainPlan ddim = plan_reverse_chain(1000, options);
+  ReverseChainPlan ddim = plan_reverse_chain(1000, Sampler::Method::ddim, 0, 3);
   CHECK(ddim.timesteps.size() == 50);
   CHECK(ddim.timesteps.front() == 980);
   CHECK(ddim.timesteps.back() == 0);
@@ -192,13 +189,15 @@ TEST_CASE("plan_reverse_chain picks the sampler's timesteps and snapshot positio
   CHECK_FALSE(ddim.ancestral);
   CHECK(ddim.snapshot_positions == std::vector<int64_t>{0, 25, 50});
 
-  options.method = Sampler::Method::ddpm;
-  ReverseChainPlan ddpm = plan_reverse_chain(1000, options);
+  ReverseChainPlan ddpm = plan_reverse_chain(1000, Sampler::Method::ddpm, 0, 3);
   CHECK(ddpm.timesteps.size() == 1000);
   CHECK(ddpm.ancestral);
 
-  options.steps = 2000;
-  CHECK_THROWS_WITH_AS(plan_reverse_chain(1000, options), doctest::Contains("steps"), ConfigError);
+  CHECK_THROWS_WITH_AS(plan_reverse_chain(1000, Sampler::Method::ddpm, 2000, 0), doctest::Contains("steps"),
+                       ConfigError);
+  CHECK_THROWS_WITH_AS(plan_reverse_chain(1000, Sampler::Method::ddim, 5, 7, "reverse_chain"),
+                       doctest::Contains("reverse_chain: reverse chain snapshots must be at most steps + 1 = 6"),
+                       ConfigError);
 }
 
 TEST_CASE("sample_preview in grid layout writes image grids and an image chain") {
