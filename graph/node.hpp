@@ -24,8 +24,8 @@ struct PortSpec {
   std::string name;
   std::vector<std::string> fields;  // input: fields read; output: fields written
   std::string doc;                  // shapes in words, e.g. "x0 [N,C,H,W] f32 in [-1,1]"
-  // Text parameters whose value names a further field this port reads or
-  // writes (an image writer's `field: sample`), checked like `fields`.
+  // Text (or text-list) parameters whose value names further fields this
+  // port reads or writes (an image writer's `field: sample`), checked like `fields`.
   std::vector<std::string> field_params = {};
 };
 

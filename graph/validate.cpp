@@ -62,8 +62,16 @@ std::vector<int> components(const std::vector<std::vector<int>>& adjacency, int&
 // The fields a port reads or writes: the declared ones and those named by its field parameters.
 std::vector<std::string> port_fields(const PortSpec& port, const Params& params) {
   std::vector<std::string> fields = port.fields;
-  for (const auto& p : port.field_params)
-    if (params.has(p) && !params.text(p).empty()) fields.push_back(params.text(p));
+  for (const auto& p : port.field_params) {
+    if (!params.has(p)) continue;
+    const ParamValue& value = params.values().at(p);
+    if (const auto* one = std::get_if<std::string>(&value)) {
+      if (!one->empty()) fields.push_back(*one);
+    } else if (const auto* many = std::get_if<std::vector<std::string>>(&value)) {
+      for (const auto& f : *many)
+        if (!f.empty()) fields.push_back(f);
+    }
+  }
   return fields;
 }
 

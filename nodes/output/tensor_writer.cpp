@@ -1,0 +1,84 @@
+#include "nodes/output/tensor_writer.hpp"
+
+#include "graph/device.hpp"
+#include "graph/registry.hpp"
+#include "graph/safetensors.hpp"
+
+#include <cstdio>
+#include <stdexcept>
+
+namespace diffuflow {
+
+namespace fs = std::filesystem;
+
+NodeContract TensorWriter::contract() {
+  NodeContract c;
+  c.doc = "Writes packet fields exactly (f32, integers as I64) as one .safetensors file per step.";
+  c.example = "{name: save, type: tensor_writer, params: {fields: [sample], prefix: samples}}";
+  c.params = {
+      ParamSpec::text_list("fields", {}, "the packet fields to write (tensor names in the file)").required(),
+      ParamSpec::integer("every", 1, "write every N-th step (seq divisible by N)").range(1, 1e12),
+      ParamSpec::text("prefix", "tensors", "file name prefix"),
+      ParamSpec::text("subdir", "samples", "folder inside the run's output folder"),
+  };
+  c.inputs = {{"in", {}, "the fields named by `fields`: f32, s32 or s64 tensors of any shape", {"fields"}}};
+  c.outputs = {};
+  return c;
+}
+
+TensorWriter::TensorWriter(const NodeConfig& config, RunContext& ctx) : Node(config, ctx) {
+  params_.fields = config.params.texts("fields");
+  params_.every = config.params.integer("every");
+  params_.prefix = config.params.text("prefix");
+  params_.subdir = config.params.text("subdir");
+  if (params_.fields.empty()) throw ConfigError(SourceLocation{}, "node '" + name() + "': fields must not be empty");
+  if (fs::path(params_.subdir).is_absolute()) {
+    throw ConfigError(SourceLocation{}, "node '" + name() + "': subdir '" + params_.subdir +
+                                            "' must be a folder inside the output folder, not an absolute path");
+  }
+}
+
+fs::path TensorWriter::file_for(int64_t seq) {
+  if (ctx().out_dir().empty()) return {};
+  char step[32];
+  std::snprintf(step, sizeof(step), "%06lld", static_cast<long long>(seq));
+  return ctx().out_dir() / params_.subdir / (params_.prefix + "_" + step + ".safetensors");
+}
+
+void TensorWriter::process(const NodeInput& in, Emitter& /*out*/) {
+  const Packet& packet = in.packet();
+  const int64_t seq = packet.seq();
+  if (ctx().out_dir().empty() || seq % params_.every != 0) return;
+  SafetensorsFile file;
+  for (const auto& field : params_.fields) {
+    const Tensor& t = packet.tensor(field);
+    if (t.dtype() == DType::f32) {
+      file.add_f32(field, t);
+    } else if (t.dtype() == DType::s32 || t.dtype() == DType::s64) {
+      const Tensor host = t.on_cpu() ? t : t.copy_to(Device::host()->engine());
+      std::vector<int64_t> values(static_cast<size_t>(host.numel()));
+      if (host.dtype() == DType::s32) {
+        auto m = host.map<int32_t>();
+        for (int64_t i = 0; i < host.numel(); ++i) values[i] = m[i];
+      } else {
+        auto m = host.map<int64_t>();
+        for (int64_t i = 0; i < host.numel(); ++i) values[i] = m[i];
+      }
+      file.add_i64(field, host.shape(), values);
+    } else {
+      throw std::invalid_argument("tensor_writer: field '" + field + "' is " + dtype_name(t.dtype()) +
+                                  "; f32, s32 or s64 can be written");
+    }
+  }
+  file.set_metadata("step", std::to_string(seq));
+  file.set_metadata("seed", std::to_string(ctx().seed()));
+  const fs::path path = file_for(seq);
+  std::error_code ec;
+  fs::create_directories(path.parent_path(), ec);
+  if (ec) throw std::runtime_error("cannot create folder " + path.parent_path().string() + ": " + ec.message());
+  file.write(path);
+}
+
+}  // namespace diffuflow
+
+DIFFUFLOW_REGISTER_NODE(tensor_writer, diffuflow::TensorWriter);
