@@ -6,6 +6,7 @@
 //   diffuflow bench unet   [...]      the U-Net alone: runs `diffuflow bench-unet`
 //
 //   --sweep threads=1,2 | batch=16,32,64 | max_in_flight=1,2 | concurrency=NODE:1,2 | NODE.PARAM=a,b
+//           | precision=f32,bf16 (bench unet; pipelines: model.precision=f32,bf16)
 //   --json FILE --csv FILE --plot FILE.png
 //
 // Method. Each repeat builds a fresh Pipeline from pipelines/bench_KIND.yaml
@@ -26,6 +27,7 @@
 // per-node figures (busy %, mean ms) are those of the same window. Peak RSS is
 // the high-water mark of each repeat (reset through /proc/self/clear_refs
 // where the kernel allows it, else the process's).
+#include "graph/atomic_file.hpp"
 #include "graph/device.hpp"
 #include "graph/errors.hpp"
 #include "graph/node.hpp"
@@ -86,6 +88,7 @@ struct Settings {
   std::optional<int> concurrency;
   std::optional<int> max_in_flight;
   std::optional<Override> param;  // NODE.PARAM sweep
+  std::string precision;          // bench unet: f32 or bf16 (empty: bench-unet's default)
 };
 
 struct NodeWindow {
@@ -346,6 +349,7 @@ Measurement measure_unet(const Settings& s, const std::string& mode) {
                                    "--warmup", std::to_string(s.warmup), "--mode", mode, "--size", "28",
                                    "--json", out.string()};  // 28x28: the size the graphs run (MNIST)
   if (!s.config.empty()) args.insert(args.end(), {"--config", s.config});
+  if (!s.precision.empty()) args.insert(args.end(), {"--precision", s.precision});
   const bool rss_reset = reset_peak_rss();
   const int rc = it->second.run(args);
   Measurement m;
@@ -432,9 +436,11 @@ void print_breakdown(const Measurement& m, std::ostream& out) {
 }
 
 void write_text(const std::string& path, const std::string& text) {
-  std::ofstream out(path);
-  out << text;
-  if (!out) throw DataError(path, "cannot write");
+  try {
+    write_file_atomically(path, text);
+  } catch (const std::runtime_error& e) {
+    throw DataError(path, e.what());
+  }
 }
 
 std::string csv_field(const std::string& s) {
@@ -478,7 +484,8 @@ int run_bench(const std::vector<std::string>& args) {
       ("pipeline", po::value<std::string>(), "the pipeline to run (default pipelines/bench_KIND.yaml)")
       ("set", po::value<std::vector<std::string>>()->composing(), "override node.param=value in the pipeline")
       ("sweep", po::value<std::string>(),
-       "one dimension: threads=1,2 | batch=16,32,64 | max_in_flight=1,2 | concurrency=NODE:1,2 | NODE.PARAM=a,b")
+       "one dimension: threads=1,2 | batch=16,32,64 | max_in_flight=1,2 | concurrency=NODE:1,2 | NODE.PARAM=a,b "
+       "| precision=f32,bf16 (bench unet)")
       ("json", po::value<std::string>(), "write the results as JSON")
       ("csv", po::value<std::string>(), "write one CSV row per sweep value")
       ("plot", po::value<std::string>(), "write a PNG line plot of images/s (min-max bars) against the swept value");
@@ -531,13 +538,22 @@ int run_bench(const std::vector<std::string>& args) {
     sweep_values = split(values, ',');
     if (sweep_values.empty()) throw bad_option("--sweep", "no values");
     const bool known = sweep_name == "threads" || sweep_name == "batch" || sweep_name == "max_in_flight" ||
-                       sweep_name == "concurrency" || sweep_name.find('.') != std::string::npos;
+                       sweep_name == "concurrency" || sweep_name == "precision" ||
+                       sweep_name.find('.') != std::string::npos;
     if (!known) {
       throw bad_option("--sweep", "unknown sweep '" + sweep_name +
-                                      "': threads, batch, max_in_flight, concurrency=NODE:..., or NODE.PARAM");
+                                      "': threads, batch, max_in_flight, concurrency=NODE:..., precision (bench "
+                                      "unet), or NODE.PARAM");
     }
-    if (base.kind == "unet" && sweep_name != "threads" && sweep_name != "batch") {
-      throw bad_option("--sweep", "bench unet sweeps threads or batch");
+    if (base.kind == "unet" && sweep_name != "threads" && sweep_name != "batch" && sweep_name != "precision") {
+      throw bad_option("--sweep", "bench unet sweeps threads, batch or precision");
+    }
+    if (base.kind != "unet" && sweep_name == "precision") {
+      throw bad_option("--sweep", "pipelines sweep the model's precision as a parameter: --sweep model.precision=f32,bf16");
+    }
+    if (sweep_name == "precision") {
+      for (const auto& v : sweep_values)
+        if (v != "f32" && v != "bf16") throw bad_option("--sweep", "precision values are f32 and bf16, got '" + v + "'");
     }
   }
   std::vector<Row> rows;
@@ -552,6 +568,7 @@ int run_bench(const std::vector<std::string>& args) {
       if (sweep_name == "batch") s.batch = parse_positive(v, "--sweep");
       if (sweep_name == "max_in_flight") s.max_in_flight = parse_positive(v, "--sweep");
       if (sweep_name == "concurrency") s.concurrency = parse_positive(v, "--sweep");
+      if (sweep_name == "precision") s.precision = v;
       if (sweep_name.find('.') != std::string::npos) s.param = parse_override(sweep_name + "=" + v);
       try {
         size_t used = 0;

@@ -139,10 +139,20 @@ TEST_CASE("bench unet runs the bench-unet measurement") {
   CHECK(j["results"][0]["repeats"][0].contains("forward_images_per_s"));
 }
 
+TEST_CASE("bench unet sweeps the convolution precision") {
+  TempDir dir;
+  const json j = run_bench(dir, "unet --config unet-tiny --batch 2 --warmup 0 --steps 1 --repeats 1 "
+                                "--sweep precision=f32,bf16", 2);
+  CHECK(j["sweep"]["name"] == "precision");
+  CHECK(j["results"][0]["sweep_value"] == "f32");
+  CHECK(j["results"][1]["sweep_value"] == "bf16");
+}
+
 TEST_CASE("bench: bad kinds, sweeps and overrides are bad input (exit 2)") {
   for (const std::string args : {"bench trian", "bench train --sweep colour=1,2", "bench train --sweep threads=0",
                                  "bench data --set augment.pad=-1", "bench data --sweep concurrency=nobody:1",
-                                 "bench train --steps 0", "bench unet --sweep max_in_flight=1"}) {
+                                 "bench train --steps 0", "bench unet --sweep max_in_flight=1",
+                                 "bench unet --sweep precision=f16", "bench train --sweep precision=bf16"}) {
     const auto result = run_cli(args);
     CAPTURE(args);
     CAPTURE(result.output);
