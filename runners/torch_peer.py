@@ -211,6 +211,13 @@ def build_model_classes():
             emb = F.pad(emb, (0, 1, 0, 0))
         return emb
 
+    class GroupNorm(nn.GroupNorm):
+        # Normalises in f32 under bf16 autocast too (torch 1.13's CPU autocast
+        # hands group_norm bf16 inputs with f32 parameters and fails), as
+        # diffuflow's bf16 mode keeps normalisation in f32. A no-op in f32.
+        def forward(self, x):
+            return super().forward(x.float())
+
     class TimestepEmbedding(nn.Module):
         def __init__(self, cin, dim):
             super().__init__()
@@ -223,10 +230,10 @@ def build_model_classes():
     class ResnetBlock2D(nn.Module):
         def __init__(self, cin, cout, temb, groups, eps, dropout):
             super().__init__()
-            self.norm1 = nn.GroupNorm(groups, cin, eps=eps, affine=True)
+            self.norm1 = GroupNorm(groups, cin, eps=eps, affine=True)
             self.conv1 = nn.Conv2d(cin, cout, 3, 1, 1)
             self.time_emb_proj = nn.Linear(temb, cout)
-            self.norm2 = nn.GroupNorm(groups, cout, eps=eps, affine=True)
+            self.norm2 = GroupNorm(groups, cout, eps=eps, affine=True)
             self.dropout = nn.Dropout(dropout)
             self.conv2 = nn.Conv2d(cout, cout, 3, 1, 1)
             self.conv_shortcut = nn.Conv2d(cin, cout, 1, 1, 0) if cin != cout else None
@@ -248,7 +255,7 @@ def build_model_classes():
             self.heads = c // head_dim if head_dim else 1
             self.head_dim = c // self.heads
             self.scale = self.head_dim ** -0.5
-            self.group_norm = nn.GroupNorm(groups, c, eps=eps, affine=True)
+            self.group_norm = GroupNorm(groups, c, eps=eps, affine=True)
             self.to_q = nn.Linear(c, c)
             self.to_k = nn.Linear(c, c)
             self.to_v = nn.Linear(c, c)
@@ -388,7 +395,7 @@ def build_model_classes():
                 self.up_blocks.append(UpBlock(cin, prev_out, cout, temb, L + 1, t == "AttnUpBlock2D",
                                               i != nb - 1, cfg))
             g = cfg["norm_num_groups"]
-            self.conv_norm_out = nn.GroupNorm(g, boc[0], eps=cfg["norm_eps"], affine=True)
+            self.conv_norm_out = GroupNorm(g, boc[0], eps=cfg["norm_eps"], affine=True)
             self.conv_out = nn.Conv2d(boc[0], cfg["out_channels"], 3, 1, 1)
 
         def forward(self, x, t):
@@ -623,6 +630,16 @@ def _summary(times, batch):
     }
 
 
+def autocast(enabled):
+    """torch's CPU mixed precision (bf16 convolutions and matmuls), the peer of
+    diffuflow's `precision: bf16`; a no-op context when disabled."""
+    import contextlib
+    import torch
+    if not enabled:
+        return contextlib.nullcontext()
+    return torch.autocast("cpu", dtype=torch.bfloat16)
+
+
 def cmd_bench(args):
     import torch
     torch.set_num_threads(args.threads)
@@ -652,19 +669,21 @@ def cmd_bench(args):
         "iters": args.iters,
         "warmup": args.warmup,
         "channels_last": bool(args.channels_last),
+        "bf16_autocast": bool(args.bf16),
         "environment": env,
     }
     print(f"torch {env['torch_version']}  BLAS: {env['blas_kind']}  CPU capability: "
           f"{env['cpu_capability']}  threads {args.threads}  ({env['cpu_model']}, "
           f"{env['logical_cpus']} logical CPUs)")
     print(f"config {args.config}: {nparams:,} parameters, batch {B}, {S}x{S}, "
-          f"{'channels_last' if args.channels_last else 'NCHW'}; RSS after importing torch "
+          f"{'channels_last' if args.channels_last else 'NCHW'}"
+          f"{', bf16 autocast' if args.bf16 else ''}; RSS after importing torch "
           f"{env['rss_after_import_mib']:.0f} MiB")
 
     if args.mode in ("both", "forward"):
         model.eval()
         times = []
-        with torch.inference_mode():
+        with torch.inference_mode(), autocast(args.bf16):
             for i in range(args.warmup + args.iters):
                 t0 = time.perf_counter()
                 y = model(x, t)
@@ -689,8 +708,9 @@ def cmd_bench(args):
         for i in range(args.warmup + args.iters):
             t0 = time.perf_counter()
             opt.zero_grad(set_to_none=True)
-            y = model(x, t)
-            loss = torch.nn.functional.mse_loss(y, target)
+            with autocast(args.bf16):
+                y = model(x, t)
+            loss = torch.nn.functional.mse_loss(y.float(), target)
             loss.backward()
             opt.step()
             lv = float(loss)
@@ -846,6 +866,8 @@ def main(argv=None):
     b.add_argument("--warmup", type=int, default=2)
     b.add_argument("--mode", choices=["both", "forward", "train"], default="both")
     b.add_argument("--channels-last", action="store_true", help="NHWC activations and weights")
+    b.add_argument("--bf16", action="store_true",
+                   help="torch.autocast('cpu', bfloat16) around the forward pass (mixed precision)")
     b.add_argument("--seed", type=int, default=0)
     b.add_argument("--json", help="write the results here")
 

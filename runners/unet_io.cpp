@@ -1,7 +1,7 @@
 // `diffuflow unet-io`: runs the U-Net on tensors from a .safetensors file, for
 // parity checks against PyTorch (or any other implementation).
 //
-//   diffuflow unet-io --config config.json --weights W.safetensors \
+//   diffuflow unet-io --config config.json --weights W.safetensors
 //                     --inputs IO.safetensors --out OUT.safetensors
 //
 // IO holds x F32 [N,C,H,W] and t (I64 or I32) [N]; OUT gets eps_out. When IO

@@ -29,7 +29,9 @@ double nice_step(double range) {
   return 10 * magnitude;
 }
 
-const cv::Scalar kPalette[] = {{180, 90, 20}, {30, 120, 230}, {60, 160, 40}, {40, 40, 200}, {150, 60, 150}};
+// Ten distinguishable colours (BGR), so a chart of up to ten series never repeats one.
+const cv::Scalar kPalette[] = {{180, 119, 31}, {14, 127, 255}, {44, 160, 44},   {40, 39, 214},  {189, 103, 148},
+                               {75, 86, 140},  {194, 119, 227}, {127, 127, 127}, {34, 189, 188}, {207, 190, 23}};
 
 }  // namespace
 

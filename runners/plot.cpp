@@ -1,0 +1,156 @@
+// `diffuflow plot`: columns of a CSV file drawn as lines into a PNG, for
+// sweeps measured outside `diffuflow bench` (runners/scaling.sh's thread
+// sweep against PyTorch) or several bench CSVs pasted together.
+//
+//   diffuflow plot scaling.csv --x threads --y diffuflow_f32_forward,torch_f32_forward
+//       --out scaling.png [--title T] [--y-label "images/s"] [--categorical]
+//
+// The CSV has a header row; every other row is numbers (an empty or
+// non-numeric cell is a gap in its series). A missing file, a missing column
+// or a malformed row is bad input (exit 2) naming file:line.
+#include "graph/atomic_file.hpp"
+#include "graph/errors.hpp"
+#include "nodes/output/image_writer.hpp"
+#include "nodes/output/line_plot.hpp"
+#include "runners/cli_common.hpp"
+#include "runners/command.hpp"
+
+#include <cmath>
+#include <fstream>
+#include <iostream>
+#include <sstream>
+
+namespace diffuflow {
+
+namespace po = boost::program_options;
+
+namespace {
+
+std::vector<std::string> split_csv_line(const std::string& line) {
+  std::vector<std::string> cells;
+  std::string cell;
+  std::istringstream in(line);
+  while (std::getline(in, cell, ',')) {
+    while (!cell.empty() && (cell.back() == '\r' || cell.back() == ' ')) cell.pop_back();
+    while (!cell.empty() && cell.front() == ' ') cell.erase(cell.begin());
+    cells.push_back(cell);
+  }
+  if (!line.empty() && line.back() == ',') cells.emplace_back();
+  return cells;
+}
+
+double number_or_nan(const std::string& cell) {
+  if (cell.empty()) return NAN;
+  try {
+    size_t used = 0;
+    const double v = std::stod(cell, &used);
+    return used == cell.size() ? v : NAN;
+  } catch (const std::exception&) {
+    return NAN;
+  }
+}
+
+struct Table {
+  std::vector<std::string> header;
+  std::vector<std::vector<double>> rows;
+};
+
+Table read_csv(const std::string& path) {
+  std::ifstream in(path);
+  if (!in) throw DataError(path, "cannot open the CSV file");
+  Table t;
+  std::string line;
+  int line_no = 0;
+  while (std::getline(in, line)) {
+    ++line_no;
+    if (line.empty() || line == "\r") continue;
+    const auto cells = split_csv_line(line);
+    if (t.header.empty()) {
+      t.header = cells;
+      continue;
+    }
+    if (cells.size() != t.header.size()) {
+      throw DataError(path + ":" + std::to_string(line_no), "row has " + std::to_string(cells.size()) +
+                                                                " cells, the header " +
+                                                                std::to_string(t.header.size()));
+    }
+    std::vector<double> row;
+    for (const auto& c : cells) row.push_back(number_or_nan(c));
+    t.rows.push_back(std::move(row));
+  }
+  if (t.header.empty()) throw DataError(path, "no header row");
+  if (t.rows.empty()) throw DataError(path, "no data rows");
+  return t;
+}
+
+size_t column(const Table& t, const std::string& name, const std::string& path) {
+  for (size_t i = 0; i < t.header.size(); ++i)
+    if (t.header[i] == name) return i;
+  const std::string near = closest_match(name, t.header);
+  throw DataError(path, "no column '" + name + "'" + (near.empty() ? "" : " (did you mean '" + near + "'?)"));
+}
+
+std::vector<std::string> split_names(const std::string& text) {
+  std::vector<std::string> names;
+  std::string name;
+  std::istringstream in(text);
+  while (std::getline(in, name, ','))
+    if (!name.empty()) names.push_back(name);
+  return names;
+}
+
+int run_plot(const std::vector<std::string>& args) {
+  po::options_description options("plot options");
+  options.add_options()("x", po::value<std::string>(), "the column on the x axis");
+  options.add_options()("y", po::value<std::string>(), "columns to draw, comma-separated (one line each)");
+  options.add_options()("out", po::value<std::string>(), "the PNG to write");
+  options.add_options()("title", po::value<std::string>()->default_value(""), "the chart's title");
+  options.add_options()("y-label", po::value<std::string>()->default_value(""), "the y axis name");
+  options.add_options()("categorical", "place x values evenly in file order (e.g. 1, 2, 4, 8, 16)");
+  po::variables_map vm;
+  if (!parse_command_line(args, options, vm,
+                          "diffuflow plot FILE.csv --x COLUMN --y COL1,COL2 --out FILE.png [--title T] "
+                          "[--y-label L] [--categorical]",
+                          "csv")) {
+    return kExitOk;
+  }
+  for (const char* name : {"x", "y", "out"}) {
+    if (!vm.count(name)) {
+      throw ConfigError(SourceLocation{"command line", 0, 0, std::string("--") + name},
+                        std::string("--") + name + " is required\nusage: diffuflow plot FILE.csv --x COLUMN --y COL1,COL2 "
+                                                   "--out FILE.png");
+    }
+  }
+  const std::string path = vm["csv"].as<std::string>();
+  const Table t = read_csv(path);
+  const size_t xi = column(t, vm["x"].as<std::string>(), path);
+  const auto names = split_names(vm["y"].as<std::string>());
+  if (names.empty()) throw ConfigError(SourceLocation{"command line", 0, 0, "--y"}, "no column named");
+  std::vector<LineSeries> series;
+  for (const auto& name : names) {
+    const size_t yi = column(t, name, path);
+    LineSeries s;
+    s.label = name;
+    for (const auto& row : t.rows) {
+      s.x.push_back(row[xi]);
+      s.y.push_back(row[yi]);
+    }
+    series.push_back(std::move(s));
+  }
+  LinePlotStyle style;
+  style.title = vm["title"].as<std::string>();
+  style.x_label = vm["x"].as<std::string>();
+  style.y_label = vm["y-label"].as<std::string>().empty() ? names.front() : vm["y-label"].as<std::string>();
+  style.categorical_x = vm.count("categorical") != 0;
+  write_png_atomic(draw_line_plot(series, style), vm["out"].as<std::string>());
+  std::cout << "wrote " << vm["out"].as<std::string>() << " (" << series.size() << " series, " << t.rows.size()
+            << " points each)\n";
+  return kExitOk;
+}
+
+}  // namespace
+
+DIFFUFLOW_REGISTER_COMMAND(plot, "plot FILE.csv --x COLUMN --y COL1,COL2 --out FILE.png",
+                           "draw columns of a CSV file as lines (sweeps measured outside bench)", run_plot);
+
+}  // namespace diffuflow

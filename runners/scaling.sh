@@ -1,0 +1,47 @@
+#!/bin/bash
+# Thread scaling of the U-Net against the PyTorch peer on one machine:
+# runners/compare_torch.py at each thread count, for each kind of comparison:
+#   f32                 diffuflow f32 against the peer in NCHW
+#   f32_channels_last   diffuflow f32 against the peer in channels_last
+#   bf16                diffuflow --precision bf16 against torch.autocast bf16
+#
+#   runners/scaling.sh [DIFFUFLOW] [OUT_DIR] [THREADS...]
+#   KINDS="f32 bf16" ROUNDS=2 runners/scaling.sh build/diffuflow scaling-out 16 8 4 2 1
+#
+# DIFFUFLOW is any binary with the bench-unet command (default build/diffuflow).
+# Each comparison writes OUT_DIR/<kind>_t<threads>.json (medians, ratios,
+# machine); KEEP=1 also keeps its children's logs in OUT_DIR/<kind>_t<threads>/.
+# At the end runners/scaling_table.py writes OUT_DIR/scaling.csv and prints
+# the table; `diffuflow plot` draws the CSV. The machine description goes to
+# OUT_DIR/machine.txt.
+set -u
+DIFFUFLOW=${1:-build/diffuflow}
+OUT=${2:-scaling-out}
+shift $(( $# > 2 ? 2 : $# ))
+THREADS=${*:-$(nproc)}
+ROUNDS=${ROUNDS:-1}
+KINDS=${KINDS:-f32 bf16 f32_channels_last}
+HERE=$(cd "$(dirname "$0")" && pwd)
+mkdir -p "$OUT"
+{ lscpu; free -g; python3 -c "import torch; print('torch', torch.__version__, torch.backends.cpu.get_cpu_capability())"; } \
+    > "$OUT/machine.txt" 2>&1
+compare() {
+  local name=$1; shift
+  echo "== $name"
+  local tmp
+  tmp=$(mktemp -d)
+  python3 "$HERE/compare_torch.py" --diffuflow "$DIFFUFLOW" --rounds "$ROUNDS" --iters 3 --warmup 1 \
+      --keep "$tmp" --json "$OUT/$name.json" "$@" 2>&1 | grep -E "round|images/s|RSS"
+  if [ "${KEEP:-0}" = 1 ]; then mv "$tmp" "$OUT/$name"; else rm -rf "$tmp"; fi
+}
+for kind in $KINDS; do
+  for t in $THREADS; do
+    case "$kind" in
+      f32) compare "f32_t$t" --threads "$t" ;;
+      bf16) compare "bf16_t$t" --threads "$t" --diffuflow-args=--precision=bf16 --peer-args=--bf16 ;;
+      f32_channels_last) compare "f32_channels_last_t$t" --threads "$t" --peer-args=--channels-last ;;
+      *) echo "scaling: unknown kind '$kind' (f32, bf16, f32_channels_last)" >&2; exit 2 ;;
+    esac
+  done
+done
+python3 "$HERE/scaling_table.py" "$OUT"
