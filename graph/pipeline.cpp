@@ -288,7 +288,7 @@ struct Pipeline::Impl {
   }
 
   static size_t concurrency_of(const NodeSpec& n) {
-    return n.concurrency == 0 ? flow::unlimited : static_cast<size_t>(n.concurrency);
+    return n.concurrency == 0 ? static_cast<size_t>(flow::unlimited) : static_cast<size_t>(n.concurrency);
   }
 
   void make_flow_nodes(Runtime& rt, bool& any_device_node) {
@@ -572,7 +572,13 @@ RunReport Pipeline::run() {
     if (rt->spec->type == kLimiterType) continue;
     report.nodes.push_back(impl.profile_of(*rt, report.wall_s));
   }
-  if (!impl.options.trace_file.empty()) impl.write_trace(impl.options.trace_file);
+  if (!impl.options.trace_file.empty()) {
+    try {
+      impl.write_trace(impl.options.trace_file);
+    } catch (...) {
+      if (!impl.failure) throw;  // as for the metrics: a node's failure is the one to report
+    }
+  }
 
   if (impl.failure) {
     const std::string where = "node '" + impl.failure_node + "'" +

@@ -28,6 +28,11 @@ void MetricsLog::log(int64_t step, const std::string& node, const std::string& n
     line["value"] = std::isnan(value) ? "nan" : (value > 0 ? "inf" : "-inf");
   }
   out_ << line.dump() << '\n';
+  if (!out_) {
+    const int error = errno;  // as seen by the write that failed
+    out_.close();
+    throw std::runtime_error("cannot write metrics file " + file_.string() + " (" + std::strerror(error) + ")");
+  }
   // Readers tail the file during long runs: flush at most once a second.
   const auto now = std::chrono::steady_clock::now();
   if (now - last_flush_ > std::chrono::seconds(1)) {

@@ -368,7 +368,7 @@ Measurement measure_unet(const Settings& s, const std::string& mode) {
   m.steps = s.steps;
   m.images = static_cast<int64_t>(s.steps) * s.batch;
   for (const char* key : {"forward_images_per_s", "forward_gflops_per_s", "forward_backward_images_per_s",
-                          "forward_backward_gflops_per_s", "gflops_per_image_forward", "isa"}) {
+                          "forward_backward_gflops_per_s", "gflops_per_image_forward", "isa", "precision"}) {
     if (j.contains(key)) m.extra[key] = j[key];
   }
   return m;

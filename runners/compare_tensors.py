@@ -56,7 +56,8 @@ def main():
     try:
         a, b = read(args.a), read(args.b)
     except (OSError, ValueError, KeyError) as e:
-        sys.exit(f"compare_tensors: {e}")
+        print(f"compare_tensors: {e}", file=sys.stderr)
+        sys.exit(2)
     shared = [n for n in sorted(a) if n in b and a[n][0] == b[n][0]]
     if not shared:
         print("compare_tensors: the files share no tensor of the same shape", file=sys.stderr)

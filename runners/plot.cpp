@@ -6,8 +6,10 @@
 //       --out scaling.png [--title T] [--y-label "images/s"] [--categorical]
 //
 // The CSV has a header row; every other row is numbers (an empty or
-// non-numeric cell is a gap in its series). A missing file, a missing column
-// or a malformed row is bad input (exit 2) naming file:line.
+// non-numeric cell is a gap in its series; quoted cells are not parsed, so
+// text columns cannot be the x axis). A missing file, a missing column, a
+// malformed row or an x column without numbers is bad input (exit 2),
+// naming file:line where there is one.
 #include "graph/atomic_file.hpp"
 #include "graph/errors.hpp"
 #include "nodes/output/image_writer.hpp"
@@ -126,6 +128,11 @@ int run_plot(const std::vector<std::string>& args) {
   const size_t xi = column(t, vm["x"].as<std::string>(), path);
   const auto names = split_names(vm["y"].as<std::string>());
   if (names.empty()) throw ConfigError(SourceLocation{"command line", 0, 0, "--y"}, "no column named");
+  bool any_x = false;
+  for (const auto& row : t.rows) any_x = any_x || std::isfinite(row[xi]);
+  if (!any_x) {
+    throw DataError(path, "column '" + vm["x"].as<std::string>() + "' has no numbers to put on the x axis");
+  }
   std::vector<LineSeries> series;
   for (const auto& name : names) {
     const size_t yi = column(t, name, path);

@@ -22,6 +22,7 @@ THREADS=${*:-$(nproc)}
 ROUNDS=${ROUNDS:-1}
 KINDS=${KINDS:-f32 bf16 f32_channels_last}
 HERE=$(cd "$(dirname "$0")" && pwd)
+failed=0
 mkdir -p "$OUT"
 { lscpu; free -g; python3 -c "import torch; print('torch', torch.__version__, torch.backends.cpu.get_cpu_capability())"; } \
     > "$OUT/machine.txt" 2>&1
@@ -31,7 +32,10 @@ compare() {
   local tmp
   tmp=$(mktemp -d)
   python3 "$HERE/compare_torch.py" --diffuflow "$DIFFUFLOW" --rounds "$ROUNDS" --iters 3 --warmup 1 \
-      --keep "$tmp" --json "$OUT/$name.json" "$@" 2>&1 | grep -E "round|images/s|RSS"
+      --keep "$tmp" --json "$OUT/$name.json" "$@" > "$tmp/compare.log" 2>&1
+  local rc=$?
+  grep -E "round|images/s|RSS" "$tmp/compare.log"
+  if [ $rc -ne 0 ]; then echo "scaling: $name failed (exit $rc):"; tail -20 "$tmp/compare.log"; failed=1; fi
   if [ "${KEEP:-0}" = 1 ]; then mv "$tmp" "$OUT/$name"; else rm -rf "$tmp"; fi
 }
 for kind in $KINDS; do
@@ -45,3 +49,4 @@ for kind in $KINDS; do
   done
 done
 python3 "$HERE/scaling_table.py" "$OUT"
+exit $failed

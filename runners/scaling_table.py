@@ -28,7 +28,13 @@ def main():
             continue
         with open(path) as f:
             d = json.load(f)
-        points.setdefault(int(m.group(2)), {})[m.group(1)] = d["medians"]
+        med = d.get("medians", {})
+        ok = all(isinstance(med.get(tool, {}).get(what), (int, float)) and med[tool][what] > 0
+                 for tool in ("diffuflow", "torch") for what in ("forward", "train", "rss"))
+        if not ok:  # a failed point (compare_torch writes None medians): left out, said so
+            print(f"scaling_table: {os.path.basename(path)} has no complete result, left out", file=sys.stderr)
+            continue
+        points.setdefault(int(m.group(2)), {})[m.group(1)] = med
     if not points:
         sys.exit(f"scaling_table: no <kind>_t<threads>.json files in {folder}")
     columns = ["threads"]

@@ -26,13 +26,23 @@ void require(bool ok, const std::string& what) {
 
 bool is_reference(const char* impl) { return std::string(impl).rfind("ref", 0) == 0; }
 
+// Whether bf16 arithmetic is native on the engine: Intel GPUs, and CPUs with
+// AVX512-BF16 or AMX. Elsewhere oneDNN 2.6 has no bf16 convolution (AVX2) or
+// emulates it slower than f32 (AVX-512 without BF16), so bf16 stays f32.
+bool native_bf16(const dnnl::engine& engine) {
+  if (engine.get_kind() != dnnl::engine::kind::cpu) return true;
+  const auto isa = dnnl::get_effective_cpu_isa();
+  return isa == dnnl::cpu_isa::avx512_core_bf16 || isa == dnnl::cpu_isa::avx512_core_amx;
+}
+
 // The bf16 convolution (Precision::bf16): x and the weights are rounded to
 // bf16 channels-last copies (the layout the AMX kernels take), the
 // convolution accumulates and writes f32 channels-last, which is reordered
 // into the f32 activation layout. Backward: dy is rounded the same way; the
 // input gradient comes back f32 and the weight and bias gradients are f32.
 // The bf16 copy of x is kept from forward for the weight gradient. Returns
-// no value when this engine has only a reference bf16 kernel for the shape.
+// no value (the caller runs f32) when bf16 is not native on the engine or
+// oneDNN has no bf16 kernel, or only a reference one, for the shape.
 std::optional<ValueId> conv2d_bf16(Program& p, ValueId x, const ParamRef& weight, const ParamRef& bias,
                                    const dims& ys, const dims& strides, const dims& pads) {
   const dims xs = p.shape(x);
@@ -45,11 +55,12 @@ std::optional<ValueId> conv2d_bf16(Program& p, ValueId x, const ParamRef& weight
   const auto w_plain = plain_f32(weight.shape);
   const auto b_md = plain_f32({ys[1]});
   const auto attr = user_scratchpad_attr();
+  if (!native_bf16(p.engine())) return std::nullopt;
   dnnl::convolution_forward::primitive_desc fwd_pd(
       dnnl::convolution_forward::desc(prop_kind::forward_training, algorithm::convolution_direct, xb_md, wb_any, b_md,
                                       y_out_md, strides, pads, pads),
-      attr, p.engine());
-  if (is_reference(fwd_pd.impl_info_str())) return std::nullopt;
+      attr, p.engine(), /*allow_empty=*/true);
+  if (!fwd_pd || is_reference(fwd_pd.impl_info_str())) return std::nullopt;
 
   const dnnl::memory xb = p.reorder_if_needed(p.data(x), xb_md, false);
   const dnnl::memory w_mem = p.param(weight.offset, w_plain);

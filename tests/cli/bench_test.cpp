@@ -146,6 +146,9 @@ TEST_CASE("bench unet sweeps the convolution precision") {
   CHECK(j["sweep"]["name"] == "precision");
   CHECK(j["results"][0]["sweep_value"] == "f32");
   CHECK(j["results"][1]["sweep_value"] == "bf16");
+  // The value reached bench-unet, which reports the precision it ran.
+  CHECK(j["results"][0]["repeats"][0]["precision"] == "f32");
+  CHECK(j["results"][1]["repeats"][0]["precision"] == "bf16");
 }
 
 TEST_CASE("bench: bad kinds, sweeps and overrides are bad input (exit 2)") {
@@ -178,4 +181,29 @@ TEST_CASE("draw_line_plot draws points, error bars and axes") {
   CHECK(!diffuflow::draw_line_plot({}, style).empty());
   diffuflow::LineSeries one{"", {1}, {NAN}, {}, {}};
   CHECK(!diffuflow::draw_line_plot({one}, style).empty());
+}
+
+TEST_CASE("diffuflow plot draws CSV columns; bad columns and files are bad input") {
+  TempDir dir;
+  write_file(dir / "s.csv", "threads,a,b,label\n1,10,12,x\n2,19,,y\n4,35,30,z\n");
+  const auto ok = run_cli("plot " + (dir / "s.csv").string() + " --x threads --y a,b --categorical --out " +
+                          (dir / "s.png").string());
+  CAPTURE(ok.output);
+  CHECK(ok.exit_code == 0);
+  const cv::Mat image = cv::imread((dir / "s.png").string());
+  CHECK(image.cols == 800);
+  CHECK(image.rows == 480);
+  for (const std::string args : {" --x threads --y nope --out p.png", " --x label --y a --out p.png",
+                                 " --x threads --out p.png"}) {
+    const auto bad = run_cli("plot " + (dir / "s.csv").string() + args);
+    CAPTURE(args);
+    CAPTURE(bad.output);
+    CHECK(bad.exit_code == 2);
+  }
+  write_file(dir / "ragged.csv", "x,y\n1,2\n3\n");
+  const auto ragged = run_cli("plot " + (dir / "ragged.csv").string() + " --x x --y y --out " +
+                              (dir / "r.png").string());
+  CHECK(ragged.exit_code == 2);
+  CHECK(contains(ragged.output, "ragged.csv:3"));
+  CHECK_FALSE(fs::exists(dir / "r.png"));
 }

@@ -218,9 +218,11 @@ TEST_CASE("an unwritable output folder or checkpoint folder is a clear error, no
 }
 
 TEST_CASE("a full disk while writing checkpoints is a clear error and leaves no partial or temporary file") {
-  // A file-size limit (ulimit -f, in KiB) makes every write past it fail
-  // with EFBIG, as a full disk fails with ENOSPC: the run's small files fit
-  // under 64 KiB, the MLP's checkpoints (weights, EMA, Adam moments) do not.
+  // A file-size limit (ulimit -f) makes every write past it fail with EFBIG,
+  // as a full disk fails with ENOSPC. `ulimit -f 64` is 32 KiB in dash's
+  // 512-byte blocks (popen's /bin/sh on Debian) and 64 KiB in bash's: either
+  // way the run's small files fit and the MLP's checkpoints (weights, EMA,
+  // Adam moments; asserted over 64 KiB below) do not.
   TempDir dir;
   write_file(dir / "train.yaml", training_yaml(2));
   const fs::path out = dir / "run";
