@@ -81,13 +81,21 @@ cv::Mat tile_images(const float* data, int64_t count, int64_t channels, int64_t 
   return picture;
 }
 
-std::string seq_str(int64_t seq) {
+
+}  // namespace
+
+std::string step_str(int64_t seq) {
   char buffer[32];
   std::snprintf(buffer, sizeof(buffer), "%06lld", static_cast<long long>(seq));
   return buffer;
 }
 
-}  // namespace
+void check_output_subdir(const std::string& node, const std::string& subdir) {
+  if (fs::path(subdir).is_absolute()) {
+    throw ConfigError(SourceLocation{}, "node '" + node + "': subdir '" + subdir +
+                                            "' must be a folder inside the output folder, not an absolute path");
+  }
+}
 
 cv::Mat tensor_to_image_grid(const Tensor& images, int nrow, int scale, int gap) {
   if (images.rank() != 4 || images.dtype() != DType::f32) {
@@ -144,15 +152,12 @@ ImageWriter::ImageWriter(const NodeConfig& config, RunContext& ctx) : Node(confi
   params_.subdir = config.params.text("subdir");
   if (params_.prefix.empty()) params_.prefix = layout_name(params_.layout);
   if (params_.field.empty()) throw ConfigError(SourceLocation{}, "node '" + name() + "': field must not be empty");
-  if (fs::path(params_.subdir).is_absolute()) {
-    throw ConfigError(SourceLocation{}, "node '" + name() + "': subdir '" + params_.subdir +
-                                            "' must be a folder inside the output folder, not an absolute path");
-  }
+  check_output_subdir(name(), params_.subdir);
 }
 
 fs::path ImageWriter::file_for(int64_t seq) {
   if (ctx().out_dir().empty()) return {};
-  return ctx().out_dir() / params_.subdir / (params_.prefix + "_" + seq_str(seq) + ".png");
+  return ctx().out_dir() / params_.subdir / (params_.prefix + "_" + step_str(seq) + ".png");
 }
 
 void ImageWriter::process(const NodeInput& in, Emitter& out) {
@@ -187,7 +192,7 @@ void ImageWriter::process(const NodeInput& in, Emitter& out) {
       for (int64_t i = 0; i < n; ++i) {
         write_png_atomic(tile_images(values.data() + i * per_image, 1, images.dim(1), images.dim(2), images.dim(3),
                                      1, scale, kImageGap),
-                         folder / (params_.prefix + "_" + seq_str(seq) + "_" + std::to_string(i) + ".png"));
+                         folder / (params_.prefix + "_" + step_str(seq) + "_" + std::to_string(i) + ".png"));
       }
       break;
     }

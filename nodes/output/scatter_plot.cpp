@@ -97,9 +97,7 @@ ScatterPlot::ScatterPlot(const NodeConfig& config, RunContext& ctx) : Node(confi
 std::filesystem::path ScatterPlot::file_for(int64_t seq) {
   if (ctx().out_dir().empty()) return {};
   if (seq < 0) return ctx().out_dir() / (params_.prefix + ".png");
-  char digits[32];
-  std::snprintf(digits, sizeof(digits), "_%06lld.png", static_cast<long long>(seq));
-  return ctx().out_dir() / (params_.prefix + digits);
+  return ctx().out_dir() / (params_.prefix + "_" + step_str(seq) + ".png");
 }
 
 void ScatterPlot::process(const NodeInput& in, Emitter& out) {

@@ -3,8 +3,8 @@
 #include "graph/device.hpp"
 #include "graph/registry.hpp"
 #include "graph/safetensors.hpp"
+#include "nodes/output/image_writer.hpp"
 
-#include <cstdio>
 #include <stdexcept>
 
 namespace diffuflow {
@@ -32,17 +32,12 @@ TensorWriter::TensorWriter(const NodeConfig& config, RunContext& ctx) : Node(con
   params_.prefix = config.params.text("prefix");
   params_.subdir = config.params.text("subdir");
   if (params_.fields.empty()) throw ConfigError(SourceLocation{}, "node '" + name() + "': fields must not be empty");
-  if (fs::path(params_.subdir).is_absolute()) {
-    throw ConfigError(SourceLocation{}, "node '" + name() + "': subdir '" + params_.subdir +
-                                            "' must be a folder inside the output folder, not an absolute path");
-  }
+  check_output_subdir(name(), params_.subdir);
 }
 
 fs::path TensorWriter::file_for(int64_t seq) {
   if (ctx().out_dir().empty()) return {};
-  char step[32];
-  std::snprintf(step, sizeof(step), "%06lld", static_cast<long long>(seq));
-  return ctx().out_dir() / params_.subdir / (params_.prefix + "_" + step + ".safetensors");
+  return ctx().out_dir() / params_.subdir / (params_.prefix + "_" + step_str(seq) + ".safetensors");
 }
 
 void TensorWriter::process(const NodeInput& in, Emitter& /*out*/) {

@@ -38,12 +38,6 @@ Tensor timestep_tensor(const std::vector<int>& values) {
   return t;
 }
 
-std::string step_str(int64_t step) {
-  char text[32];
-  std::snprintf(text, sizeof(text), "%06lld", static_cast<long long>(step));
-  return text;
-}
-
 }  // namespace
 
 Tensor sample_reverse_chain(DenoiserModel& model, DiffusionSteps& steps, const Tensor& x_T,
