@@ -35,6 +35,29 @@ bool native_bf16(const dnnl::engine& engine) {
   return isa == dnnl::cpu_isa::avx512_core_bf16 || isa == dnnl::cpu_isa::avx512_core_amx;
 }
 
+// Appends the weight and bias gradients of a convolution to the backward
+// list: d weight into the plain parameter-gradient slot (through a blocked
+// temporary when the kernel prefers one), d bias straight into its slot.
+void append_conv_weight_grads(Program& p, const dnnl::convolution_forward::primitive_desc& fwd_pd,
+                              const dnnl::memory& x, const dnnl::memory& dy, const ParamRef& weight,
+                              const ParamRef& bias, const dims& strides, const dims& pads) {
+  const auto w_plain = plain_f32(weight.shape);
+  const auto b_md = plain_f32({weight.shape[0]});
+  const dnnl::memory::desc w_any(weight.shape, dt::f32, tag::any);
+  dnnl::convolution_backward_weights::primitive_desc pd(
+      dnnl::convolution_backward_weights::desc(algorithm::convolution_direct, x.get_desc(), w_any, b_md,
+                                               dy.get_desc(), strides, pads, pads),
+      user_scratchpad_attr(), p.engine(), fwd_pd);
+  const dnnl::memory dw_plain = p.param_grad(weight.offset, w_plain);
+  const bool same = pd.diff_weights_desc() == w_plain;
+  const dnnl::memory dw = same ? dw_plain : p.alloc(pd.diff_weights_desc());
+  p.backward(p.make<dnnl::convolution_backward_weights>(pd), {{DNNL_ARG_SRC, x},
+                                                              {DNNL_ARG_DIFF_DST, dy},
+                                                              {DNNL_ARG_DIFF_WEIGHTS, dw},
+                                                              {DNNL_ARG_DIFF_BIAS, p.param_grad(bias.offset, b_md)}});
+  if (!same) p.copy(dw, dw_plain, true);
+}
+
 // The bf16 convolution (Precision::bf16): x and the weights are rounded to
 // bf16 channels-last copies (the layout the AMX kernels take), the
 // convolution accumulates and writes f32 channels-last, which is reordered
@@ -51,7 +74,6 @@ std::optional<ValueId> conv2d_bf16(Program& p, ValueId x, const ParamRef& weight
   const dnnl::memory::desc y_out_md(ys, dt::f32, tag::nhwc);
   const dnnl::memory::desc x_grad_md(xs, dt::f32, tag::nhwc);
   const dnnl::memory::desc wb_any(weight.shape, dt::bf16, tag::any);
-  const dnnl::memory::desc wf_any(weight.shape, dt::f32, tag::any);
   const auto w_plain = plain_f32(weight.shape);
   const auto b_md = plain_f32({ys[1]});
   const auto attr = user_scratchpad_attr();
@@ -87,18 +109,7 @@ std::optional<ValueId> conv2d_bf16(Program& p, ValueId x, const ParamRef& weight
                  {{DNNL_ARG_DIFF_DST, dyb}, {DNNL_ARG_WEIGHTS, w_bwd}, {DNNL_ARG_DIFF_SRC, dx}});
       p.contribute(x, dx);
     }
-    dnnl::convolution_backward_weights::primitive_desc pd(
-        dnnl::convolution_backward_weights::desc(algorithm::convolution_direct, xb_md, wf_any, b_md, yb_md, strides,
-                                                 pads, pads),
-        attr, p.engine(), fwd_pd);
-    const dnnl::memory dw_plain = p.param_grad(weight.offset, w_plain);
-    const bool same = pd.diff_weights_desc() == w_plain;
-    const dnnl::memory dw = same ? dw_plain : p.alloc(pd.diff_weights_desc());
-    p.backward(p.make<dnnl::convolution_backward_weights>(pd), {{DNNL_ARG_SRC, xb},
-                                                                {DNNL_ARG_DIFF_DST, dyb},
-                                                                {DNNL_ARG_DIFF_WEIGHTS, dw},
-                                                                {DNNL_ARG_DIFF_BIAS, p.param_grad(bias.offset, b_md)}});
-    if (!same) p.copy(dw, dw_plain, true);
+    append_conv_weight_grads(p, fwd_pd, xb, dyb, weight, bias, strides, pads);
   });
   return y;
 }
@@ -201,18 +212,7 @@ ValueId conv2d(Program& p, ValueId x, const ParamRef& weight, const ParamRef& bi
         p.contribute(x, dx);
       }
     }
-    dnnl::convolution_backward_weights::primitive_desc pd(
-        dnnl::convolution_backward_weights::desc(algorithm::convolution_direct, x_md, w_any, b_md, y_md, strides,
-                                                 pads, pads),
-        attr, p.engine(), fwd_pd);
-    const dnnl::memory dw_plain = p.param_grad(weight.offset, w_plain);
-    const bool same = pd.diff_weights_desc() == w_plain;
-    const dnnl::memory dw = same ? dw_plain : p.alloc(pd.diff_weights_desc());
-    p.backward(p.make<dnnl::convolution_backward_weights>(pd), {{DNNL_ARG_SRC, x_mem},
-                                                                {DNNL_ARG_DIFF_DST, dy},
-                                                                {DNNL_ARG_DIFF_WEIGHTS, dw},
-                                                                {DNNL_ARG_DIFF_BIAS, p.param_grad(bias.offset, b_md)}});
-    if (!same) p.copy(dw, dw_plain, true);
+    append_conv_weight_grads(p, fwd_pd, x_mem, dy, weight, bias, strides, pads);
   });
   return y;
 }
