@@ -9,6 +9,7 @@
 # together with a matching ctest -R.
 # Exits non-zero when the build fails or a test (or a sanitizer report) fails.
 set -euo pipefail
+shopt -s inherit_errexit
 cd "$(dirname "$0")/.."
 root=$(pwd)
 
@@ -33,13 +34,72 @@ run_asan() {
   echo "sanitize: asan build $((built - start)) s, tests $((SECONDS - built)) s, total $((SECONDS - start)) s"
 }
 
+# ThreadSanitizer only sees the synchronisation of instrumented code, and every
+# node body runs on oneTBB's workers, which Debian's libtbb.so hands tasks to
+# without instrumentation. So the tsan build links a oneTBB built with
+# -fsanitize=thread from the upstream source in Debian's onetbb source package
+# of the same release (downloaded once from deb.debian.org, checked against the
+# SHA-256 sum in the package's .dsc, installed under build-tsan-onetbb/; the
+# package's own patches touch only its tests, other architectures and warning
+# flags). TSAN_TBB_DIR=<prefix> uses a TSan-built oneTBB you already have.
+onetbb_version=2021.8.0
+onetbb_sha256=7e9111b8bb59c8800bf6d0b06afe7b0891937443d2dae1ee1101c8e2ede6a7ef
+onetbb_url=https://deb.debian.org/debian/pool/main/o/onetbb/onetbb_${onetbb_version}.orig.tar.xz
+
+build_tsan_onetbb() {
+  local dir=$root/build-tsan-onetbb
+  local prefix=$dir/install
+  if [ -f "$prefix/lib/cmake/TBB/TBBConfig.cmake" ]; then
+    echo "$prefix"
+    return
+  fi
+  local installed
+  installed=$(dpkg-query -W -f='${Version}' libtbb-dev 2>/dev/null || true)
+  case "$installed" in
+    "$onetbb_version"-*) ;;
+    *) echo "sanitize: note: libtbb-dev here is '$installed'; the TSan build uses" \
+            "oneTBB $onetbb_version (its own headers and library)" >&2 ;;
+  esac
+  local tarball=$dir/onetbb_${onetbb_version}.orig.tar.xz
+  mkdir -p "$dir"
+  if [ ! -f "$tarball" ]; then
+    curl -fsSL --retry 3 -o "$tarball.part" "$onetbb_url" ||
+      { echo "sanitize: cannot download $onetbb_url" >&2; return 1; }
+    mv "$tarball.part" "$tarball"
+  fi
+  echo "$onetbb_sha256  $tarball" | sha256sum --check --quiet >&2 ||
+    { echo "sanitize: $tarball does not match its checksum; delete it and retry" >&2; return 1; }
+  rm -rf "$dir/oneTBB-$onetbb_version" "$dir/build"
+  tar -C "$dir" -xf "$tarball"
+  cmake -S "$dir/oneTBB-$onetbb_version" -B "$dir/build" -DCMAKE_BUILD_TYPE=RelWithDebInfo \
+    -DTBB_SANITIZE=thread -DTBB_TEST=OFF -DTBB_STRICT=OFF -DTBBMALLOC_BUILD=OFF -DTBB_ENABLE_IPO=OFF \
+    -DCMAKE_INSTALL_PREFIX="$prefix" >&2
+  cmake --build "$dir/build" -j "$jobs" >&2
+  cmake --install "$dir/build" >&2
+  echo "$prefix"
+}
+
 run_tsan() {
   local start=$SECONDS
-  cmake -S . -B build-tsan -DCMAKE_BUILD_TYPE="$build_type" -DDIFFUFLOW_SANITIZE_THREAD=ON
+  local tbb_prefix=${TSAN_TBB_DIR:-}
+  [ -n "$tbb_prefix" ] || tbb_prefix=$(build_tsan_onetbb)
+  cmake -S . -B build-tsan -DCMAKE_BUILD_TYPE="$build_type" -DDIFFUFLOW_SANITIZE_THREAD=ON \
+    -DTBB_DIR="$tbb_prefix/lib/cmake/TBB"
   cmake --build build-tsan -j "$jobs" ${TARGETS:+--target $TARGETS}
   local built=$SECONDS
   # oneDNN and libgomp are not instrumented: reports inside them are false
   # positives and are suppressed (tests/fuzz/tsan.supp), nothing else is.
+  # The binaries carry the instrumented libtbb.so.12 in their run path; a
+  # report from Debian's would mean it was not picked up.
+  local target exe
+  for target in ${TARGETS:-graph_tests diffuflow}; do
+    for exe in build-tsan/tests/"$target" build-tsan/"$target"; do
+      [ -f "$exe" ] && [ -x "$exe" ] && break
+    done
+    [ -f "$exe" ] && [ -x "$exe" ] || continue
+    ldd "$exe" | grep -q "$tbb_prefix/lib/libtbb.so" ||
+      { echo "sanitize: $exe does not load the TSan-built libtbb.so from $tbb_prefix/lib" >&2; return 1; }
+  done
   ( cd build-tsan &&
     TSAN_OPTIONS="suppressions=$root/tests/fuzz/tsan.supp:halt_on_error=1:second_deadlock_stack=1:history_size=4" \
     OMP_NUM_THREADS="${OMP_NUM_THREADS:-2}" \
