@@ -16,15 +16,23 @@ bool parse_command_line(const std::vector<std::string>& args, po::options_descri
     all.add_options()(positional.c_str(), po::value<std::string>(), "");
     pos.add(positional.c_str(), 1);
   }
+  const auto fail = [&](const po::error& e) {
+    return ConfigError(SourceLocation{"command line", 0, 0, ""}, std::string(e.what()) + "\nusage: " + usage);
+  };
   try {
     po::store(po::command_line_parser(args).options(all).positional(pos).run(), vm);
-    po::notify(vm);
   } catch (const po::error& e) {
-    throw ConfigError(SourceLocation{"command line", 0, 0, ""}, std::string(e.what()) + "\nusage: " + usage);
+    throw fail(e);
   }
+  // --help before notify(): a command's required options must not be demanded to show its help.
   if (vm.count("help")) {
     std::cout << "usage: " << usage << "\n\n" << options << "\n";
     return false;
+  }
+  try {
+    po::notify(vm);
+  } catch (const po::error& e) {
+    throw fail(e);
   }
   if (!positional.empty() && !vm.count(positional)) {
     throw ConfigError(SourceLocation{"command line", 0, 0, ""}, "missing the " + positional + " file\nusage: " + usage);

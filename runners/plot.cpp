@@ -103,9 +103,9 @@ std::vector<std::string> split_names(const std::string& text) {
 
 int run_plot(const std::vector<std::string>& args) {
   po::options_description options("plot options");
-  options.add_options()("x", po::value<std::string>(), "the column on the x axis");
-  options.add_options()("y", po::value<std::string>(), "columns to draw, comma-separated (one line each)");
-  options.add_options()("out", po::value<std::string>(), "the PNG to write");
+  options.add_options()("x", po::value<std::string>()->required(), "the column on the x axis");
+  options.add_options()("y", po::value<std::string>()->required(), "columns to draw, comma-separated (one line each)");
+  options.add_options()("out", po::value<std::string>()->required(), "the PNG to write");
   options.add_options()("title", po::value<std::string>()->default_value(""), "the chart's title");
   options.add_options()("y-label", po::value<std::string>()->default_value(""), "the y axis name");
   options.add_options()("categorical", "place x values evenly in file order (e.g. 1, 2, 4, 8, 16)");
@@ -115,13 +115,6 @@ int run_plot(const std::vector<std::string>& args) {
                           "[--y-label L] [--categorical]",
                           "csv")) {
     return kExitOk;
-  }
-  for (const char* name : {"x", "y", "out"}) {
-    if (!vm.count(name)) {
-      throw ConfigError(SourceLocation{"command line", 0, 0, std::string("--") + name},
-                        std::string("--") + name + " is required\nusage: diffuflow plot FILE.csv --x COLUMN --y COL1,COL2 "
-                                                   "--out FILE.png");
-    }
   }
   const std::string path = vm["csv"].as<std::string>();
   const Table t = read_csv(path);

@@ -1,4 +1,5 @@
 // The CLI as a user meets it: exit codes, messages, output folders.
+#include "runners/command.hpp"
 #include "test_util.hpp"
 
 #include <doctest/doctest.h>
@@ -95,6 +96,20 @@ TEST_CASE("nodes lists every registered type with its ports and params; graph pr
   REQUIRE(dot.exit_code == 0);
   CHECK(contains(dot.output, "digraph \"noising_chain\""));
   CHECK(contains(dot.output, "\"data\" -> \"chain\""));
+}
+
+TEST_CASE("every command shows its help, even one with required options") {
+  REQUIRE(diffuflow::commands().size() >= 8);
+  for (const auto& [name, command] : diffuflow::commands()) {
+    const auto help = run_cli(name + " --help");
+    CAPTURE(name);
+    CAPTURE(help.output);
+    CHECK(help.exit_code == 0);
+    CHECK(contains(help.output, "usage: diffuflow " + name));
+  }
+  const auto missing = run_cli("unet-io --config unet-tiny");
+  CHECK(missing.exit_code == 2);
+  CHECK(contains(missing.output, "is required but missing"));
 }
 
 TEST_CASE("an unknown command or option is bad input (exit 2)") {
