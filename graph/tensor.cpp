@@ -1,5 +1,7 @@
 #include "graph/tensor.hpp"
 
+#include "graph/device.hpp"
+
 #include <cstring>
 #include <sstream>
 #include <stdexcept>
@@ -142,6 +144,20 @@ std::vector<float> Tensor::to_vector() const {
   if (desc() != plain_desc(shape_, dtype_)) plain = copy_to(engine());
   auto host = plain.map<float>();
   return std::vector<float>(host.begin(), host.end());
+}
+
+std::vector<int64_t> Tensor::to_int64_vector() const {
+  if (dtype_ != DType::s32 && dtype_ != DType::s64) {
+    throw std::invalid_argument("to_int64_vector needs an s32 or s64 tensor, got " + dtype_name(dtype_));
+  }
+  Tensor plain = *this;
+  if (!on_cpu() || desc() != plain_desc(shape_, dtype_)) plain = copy_to(Device::host()->engine());
+  if (dtype_ == DType::s32) {
+    auto host = plain.map<int32_t>();
+    return std::vector<int64_t>(host.begin(), host.end());
+  }
+  auto host = plain.map<int64_t>();
+  return std::vector<int64_t>(host.begin(), host.end());
 }
 
 }  // namespace diffuflow

@@ -72,6 +72,8 @@ class Tensor {
 
   // Copies all elements to a host vector (converting to float for f32 tensors).
   std::vector<float> to_vector() const;
+  // Copies all elements of an s32 or s64 tensor, on any engine, to a host vector.
+  std::vector<int64_t> to_int64_vector() const;
 
  private:
   Shape shape_;

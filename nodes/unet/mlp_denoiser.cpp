@@ -98,17 +98,7 @@ ForwardResult MlpDenoiser::forward(const Tensor& x, const Tensor& t, bool for_tr
     throw std::invalid_argument("mlp forward: t must be s32 or s64 [" + std::to_string(n) + "], got " +
                                 dtype_name(t.dtype()) + " " + shape_str(t.shape()));
   }
-  std::vector<int64_t> steps(static_cast<size_t>(n));
-  {
-    const Tensor host_t = t.on_cpu() ? t : t.copy_to(Device::host()->engine());
-    if (host_t.dtype() == DType::s32) {
-      auto m = host_t.map<int32_t>();
-      for (int64_t i = 0; i < n; ++i) steps[i] = m[i];
-    } else {
-      auto m = host_t.map<int64_t>();
-      for (int64_t i = 0; i < n; ++i) steps[i] = m[i];
-    }
-  }
+  const std::vector<int64_t> steps = t.to_int64_vector();
 
   const MlpPoolKey key{n, for_training};
   auto ws = pool_->acquire(key, [&](PrimitiveCache& cache) {

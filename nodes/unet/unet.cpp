@@ -249,17 +249,7 @@ ForwardResult UNetModel::forward(const Tensor& x, const Tensor& t, bool for_trai
                                 dtype_name(t.dtype()) + " " + shape_str(t.shape()));
   }
   // The timesteps are read on the host (they only feed the host-computed embedding table).
-  std::vector<int64_t> steps(static_cast<size_t>(n));
-  {
-    const Tensor host_t = t.on_cpu() ? t : t.copy_to(Device::host()->engine());
-    if (host_t.dtype() == DType::s32) {
-      auto m = host_t.map<int32_t>();
-      for (int64_t i = 0; i < n; ++i) steps[i] = m[i];
-    } else {
-      auto m = host_t.map<int64_t>();
-      for (int64_t i = 0; i < n; ++i) steps[i] = m[i];
-    }
-  }
+  const std::vector<int64_t> steps = t.to_int64_vector();
 
   const Precision precision = precision_.load();
   const UNetPoolKey key{n, h, w, for_training, precision};
