@@ -3,6 +3,7 @@
 #include "graph/atomic_file.hpp"
 #include "graph/registry.hpp"
 #include "nodes/data/epoch_batcher.hpp"
+#include "nodes/output/output_files.hpp"
 
 #include <opencv2/imgcodecs.hpp>
 
@@ -84,19 +85,6 @@ cv::Mat tile_images(const float* data, int64_t count, int64_t channels, int64_t 
 
 }  // namespace
 
-std::string step_str(int64_t seq) {
-  char buffer[32];
-  std::snprintf(buffer, sizeof(buffer), "%06lld", static_cast<long long>(seq));
-  return buffer;
-}
-
-void check_output_subdir(const std::string& node, const std::string& subdir) {
-  if (fs::path(subdir).is_absolute()) {
-    throw ConfigError(SourceLocation{}, "node '" + node + "': subdir '" + subdir +
-                                            "' must be a folder inside the output folder, not an absolute path");
-  }
-}
-
 cv::Mat tensor_to_image_grid(const Tensor& images, int nrow, int scale, int gap) {
   if (images.rank() != 4 || images.dtype() != DType::f32) {
     throw std::invalid_argument("an image grid needs an f32 [N,C,H,W] tensor, got " + dtype_name(images.dtype()) +
@@ -113,11 +101,7 @@ void write_png_grid(const Tensor& images, int nrow, int scale, const fs::path& o
 void write_png_atomic(const cv::Mat& image, const fs::path& out) {
   std::vector<uint8_t> bytes;
   if (!cv::imencode(".png", image, bytes)) throw std::runtime_error("cannot encode a PNG for " + out.string());
-  std::error_code ec;
-  if (out.has_parent_path()) {
-    fs::create_directories(out.parent_path(), ec);
-    if (ec) throw std::runtime_error("cannot create folder " + out.parent_path().string() + ": " + ec.message());
-  }
+  create_parent_folders(out);
   write_file_atomically(out, std::string(bytes.begin(), bytes.end()));
 }
 

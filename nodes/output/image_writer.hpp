@@ -39,12 +39,6 @@ constexpr uint8_t kImageGapValue = 128;  // grey, visible against black and whit
 // in the tensor), ready for cv::imwrite. Throws std::invalid_argument otherwise.
 cv::Mat tensor_to_image_grid(const Tensor& images, int nrow, int scale = 1, int gap = kImageGap);
 
-// A step number as writers put it in file names: six digits, "000012".
-std::string step_str(int64_t seq);
-// Throws a ConfigError naming `node` unless `subdir` is a relative folder
-// (writers only write inside the run's output folder).
-void check_output_subdir(const std::string& node, const std::string& subdir);
-
 // tensor_to_image_grid written as a PNG at `out` (atomically; parent folders created).
 void write_png_grid(const Tensor& images, int nrow, int scale, const std::filesystem::path& out);
 

@@ -1,9 +1,8 @@
 #include "nodes/output/tensor_writer.hpp"
 
-#include "graph/device.hpp"
 #include "graph/registry.hpp"
 #include "graph/safetensors.hpp"
-#include "nodes/output/image_writer.hpp"
+#include "nodes/output/output_files.hpp"
 
 #include <stdexcept>
 
@@ -50,16 +49,7 @@ void TensorWriter::process(const NodeInput& in, Emitter& /*out*/) {
     if (t.dtype() == DType::f32) {
       file.add_f32(field, t);
     } else if (t.dtype() == DType::s32 || t.dtype() == DType::s64) {
-      const Tensor host = t.on_cpu() ? t : t.copy_to(Device::host()->engine());
-      std::vector<int64_t> values(static_cast<size_t>(host.numel()));
-      if (host.dtype() == DType::s32) {
-        auto m = host.map<int32_t>();
-        for (int64_t i = 0; i < host.numel(); ++i) values[i] = m[i];
-      } else {
-        auto m = host.map<int64_t>();
-        for (int64_t i = 0; i < host.numel(); ++i) values[i] = m[i];
-      }
-      file.add_i64(field, host.shape(), values);
+      file.add_i64(field, t.shape(), t.to_int64_vector());
     } else {
       throw std::invalid_argument("tensor_writer: field '" + field + "' is " + dtype_name(t.dtype()) +
                                   "; f32, s32 or s64 can be written");
@@ -68,9 +58,7 @@ void TensorWriter::process(const NodeInput& in, Emitter& /*out*/) {
   file.set_metadata("step", std::to_string(seq));
   file.set_metadata("seed", std::to_string(ctx().seed()));
   const fs::path path = file_for(seq);
-  std::error_code ec;
-  fs::create_directories(path.parent_path(), ec);
-  if (ec) throw std::runtime_error("cannot create folder " + path.parent_path().string() + ": " + ec.message());
+  create_parent_folders(path);
   file.write(path);
 }
 

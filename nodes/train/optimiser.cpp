@@ -4,12 +4,12 @@
 #include "graph/errors.hpp"
 #include "graph/registry.hpp"
 #include "graph/safetensors.hpp"
+#include "nodes/output/output_files.hpp"
 #include "nodes/unet/model_resource.hpp"
 #include "nodes/unet/program.hpp"
 
 #include <algorithm>
 #include <cmath>
-#include <cstdio>
 #include <cstring>
 #include <fstream>
 #include <iterator>
@@ -282,11 +282,7 @@ double Optimiser::ema_decay_at(double ema_decay, int64_t update) {
   return std::min(ema_decay, (1.0 + static_cast<double>(s)) / (10.0 + static_cast<double>(s)));
 }
 
-std::string Optimiser::checkpoint_file_name(int64_t step) {
-  char buffer[64];
-  std::snprintf(buffer, sizeof buffer, "step_%06lld.safetensors", static_cast<long long>(step));
-  return buffer;
-}
+std::string Optimiser::checkpoint_file_name(int64_t step) { return "step_" + step_str(step) + ".safetensors"; }
 
 int64_t Optimiser::checkpoint_step(const std::filesystem::path& path) {
   const SafetensorsFile file = SafetensorsFile::read(path);

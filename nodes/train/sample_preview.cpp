@@ -3,6 +3,7 @@
 #include "graph/errors.hpp"
 #include "graph/registry.hpp"
 #include "nodes/output/image_writer.hpp"
+#include "nodes/output/output_files.hpp"
 #include "nodes/output/scatter_plot.hpp"
 #include "nodes/unet/model_resource.hpp"
 
@@ -42,8 +43,8 @@ Tensor timestep_tensor(const std::vector<int>& values) {
 
 Tensor sample_reverse_chain(DenoiserModel& model, DiffusionSteps& steps, const Tensor& x_T,
                             const ReverseChainOptions& options, std::vector<Tensor>* snapshots) {
-  const ReverseChainPlan plan = plan_reverse_chain(steps.schedule().timesteps(), options.method, options.steps, options.snapshots,
-                                                          "reverse_chain");
+  const ReverseChainPlan plan = plan_reverse_chain(steps.schedule().timesteps(), options.method, options.steps,
+                                                   options.snapshots, "reverse_chain");
   const size_t n = static_cast<size_t>(x_T.dim(0));
   auto keep = [&](int64_t position, const Tensor& x) {
     if (!snapshots) return;
@@ -151,6 +152,7 @@ SamplePreview::SamplePreview(const NodeConfig& config, RunContext& ctx) : Node(c
   params_.layout = parse_layout(p.text("layout"));
   params_.reverse_chain = p.integer("reverse_chain");
   params_.subdir = p.text("subdir");
+  check_output_subdir(name(), params_.subdir);
   params_.nrow = p.integer("nrow");
   params_.scale = p.integer("scale");
   params_.limit = p.number("limit");
@@ -171,9 +173,7 @@ SamplePreview::SamplePreview(const NodeConfig& config, RunContext& ctx) : Node(c
   resource_ = ctx.resource_as<ModelResource>(params_.model);
   schedule_ = ctx.resource_as<NoiseSchedule>(params_.schedule);
   steps_ = std::make_unique<DiffusionSteps>(*schedule_, ctx.device());
-  ReverseChainOptions checked = params_.chain;
-  checked.snapshots = params_.reverse_chain;
-  plan_reverse_chain(schedule_->timesteps(), checked.method, checked.steps, checked.snapshots,
+  plan_reverse_chain(schedule_->timesteps(), params_.chain.method, params_.chain.steps, params_.reverse_chain,
                      "reverse_chain");  // steps and reverse_chain in range
 
   // The same x_T and step noise for every preview: drawn from (seed, node name) only.
