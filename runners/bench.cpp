@@ -35,6 +35,7 @@
 #include "graph/registry.hpp"
 #include "nodes/output/image_writer.hpp"
 #include "nodes/output/line_plot.hpp"
+#include "nodes/unet/program.hpp"
 #include "runners/cli_common.hpp"
 #include "runners/command.hpp"
 
@@ -552,8 +553,13 @@ int run_bench(const std::vector<std::string>& args) {
       throw bad_option("--sweep", "pipelines sweep the model's precision as a parameter: --sweep model.precision=f32,bf16");
     }
     if (sweep_name == "precision") {
-      for (const auto& v : sweep_values)
-        if (v != "f32" && v != "bf16") throw bad_option("--sweep", "precision values are f32 and bf16, got '" + v + "'");
+      for (const auto& v : sweep_values) {
+        try {
+          parse_precision(v);
+        } catch (const std::invalid_argument& e) {
+          throw bad_option("--sweep", e.what());
+        }
+      }
     }
   }
   std::vector<Row> rows;

@@ -154,8 +154,11 @@ int run_bench_unet(const std::vector<std::string>& args) {
     throw ConfigError(SourceLocation{"command line", 0, 0, "--mode"}, "mode must be forward, train or both");
   }
   const std::string precision = vm["precision"].as<std::string>();
-  if (precision != "f32" && precision != "bf16") {
-    throw ConfigError(SourceLocation{"command line", 0, 0, "--precision"}, "precision must be f32 or bf16");
+  Precision arithmetic;
+  try {
+    arithmetic = parse_precision(precision);
+  } catch (const std::invalid_argument& e) {
+    throw ConfigError(SourceLocation{"command line", 0, 0, "--precision"}, e.what());
   }
   if (vm["threads"].as<int>() > 0) omp_set_num_threads(vm["threads"].as<int>());
   const int threads = omp_get_max_threads();
@@ -163,7 +166,7 @@ int run_bench_unet(const std::vector<std::string>& args) {
   Device device(DeviceSpec::parse("cpu"));
   auto model = make_unet(config, device);
   model->init_random(vm["seed"].as<uint64_t>());
-  model->set_precision(parse_precision(precision));
+  model->set_precision(arithmetic);
 
   std::mt19937_64 rng(vm["seed"].as<uint64_t>() + 1);
   std::normal_distribution<float> normal(0.f, 1.f);

@@ -26,15 +26,6 @@ void require(bool ok, const std::string& what) {
 
 bool is_reference(const char* impl) { return std::string(impl).rfind("ref", 0) == 0; }
 
-// Whether bf16 arithmetic is native on the engine: Intel GPUs, and CPUs with
-// AVX512-BF16 or AMX. Elsewhere oneDNN 2.6 has no bf16 convolution (AVX2) or
-// emulates it slower than f32 (AVX-512 without BF16), so bf16 stays f32.
-bool native_bf16(const dnnl::engine& engine) {
-  if (engine.get_kind() != dnnl::engine::kind::cpu) return true;
-  const auto isa = dnnl::get_effective_cpu_isa();
-  return isa == dnnl::cpu_isa::avx512_core_bf16 || isa == dnnl::cpu_isa::avx512_core_amx;
-}
-
 // Appends the weight and bias gradients of a convolution to the backward
 // list: d weight into the plain parameter-gradient slot (through a blocked
 // temporary when the kernel prefers one), d bias straight into its slot.
@@ -68,6 +59,7 @@ void append_conv_weight_grads(Program& p, const dnnl::convolution_forward::primi
 // oneDNN has no bf16 kernel, or only a reference one, for the shape.
 std::optional<ValueId> conv2d_bf16(Program& p, ValueId x, const ParamRef& weight, const ParamRef& bias,
                                    const dims& ys, const dims& strides, const dims& pads) {
+  if (!native_bf16(p.engine())) return std::nullopt;
   const dims xs = p.shape(x);
   const dnnl::memory::desc xb_md(xs, dt::bf16, tag::nhwc);
   const dnnl::memory::desc yb_md(ys, dt::bf16, tag::nhwc);
@@ -77,7 +69,6 @@ std::optional<ValueId> conv2d_bf16(Program& p, ValueId x, const ParamRef& weight
   const auto w_plain = plain_f32(weight.shape);
   const auto b_md = plain_f32({ys[1]});
   const auto attr = user_scratchpad_attr();
-  if (!native_bf16(p.engine())) return std::nullopt;
   dnnl::convolution_forward::primitive_desc fwd_pd(
       dnnl::convolution_forward::desc(prop_kind::forward_training, algorithm::convolution_direct, xb_md, wb_any, b_md,
                                       y_out_md, strides, pads, pads),
@@ -177,24 +168,23 @@ ValueId conv2d(Program& p, ValueId x, const ParamRef& weight, const ParamRef& bi
                                                   pads, pads),
             attr, p.engine(), fwd_pd);
       };
-      auto is_ref = [](const auto& pd) { return is_reference(pd.impl_info_str()); };
       dnnl::memory::desc dx_md = x_md;
       auto pd = make_bwd(dx_md, y_md);
       dnnl::memory dy_data = dy;
       // A few-channel plain input gradient (the first convolution's) of a
       // blocked dy: jit kernels take it with its channels zero-padded to a
       // block; it is then copied into the plain gradient.
-      if (is_ref(pd) && is_channel_blocked(y_md) && !is_channel_blocked(x_md) && xs[1] < 16) {
+      if (is_reference(pd.impl_info_str()) && is_channel_blocked(y_md) && !is_channel_blocked(x_md) && xs[1] < 16) {
         const dnnl::memory::desc padded(xs, dt::f32, tag::nChw16c);
         auto padded_pd = make_bwd(padded, y_md);
-        if (!is_ref(padded_pd)) {
+        if (!is_reference(padded_pd.impl_info_str())) {
           dx_md = padded;
           pd = padded_pd;
         }
       }
       // Same fallback as the forward: a few-channel plain gradient of a
       // blocked one only has a reference kernel, so read dy as plain.
-      if (is_ref(pd) && y_md != plain_f32(y_md.dims())) {
+      if (is_reference(pd.impl_info_str()) && y_md != plain_f32(y_md.dims())) {
         pd = make_bwd(dx_md, plain_f32(y_md.dims()));
         dy_data = p.reorder_if_needed(dy, pd.diff_dst_desc(), true);
       }

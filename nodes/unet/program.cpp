@@ -15,6 +15,12 @@ Precision parse_precision(const std::string& name) {
   throw std::invalid_argument("unknown precision '" + name + "' (f32 or bf16)");
 }
 
+bool native_bf16(const dnnl::engine& engine) {
+  if (engine.get_kind() != dnnl::engine::kind::cpu) return true;
+  const auto isa = dnnl::get_effective_cpu_isa();
+  return isa == dnnl::cpu_isa::avx512_core_bf16 || isa == dnnl::cpu_isa::avx512_core_amx;
+}
+
 dnnl::memory::desc plain_f32(const dims& shape) {
   return dnnl::memory::desc(shape, dnnl::memory::data_type::f32, plain_format(shape.size()));
 }
@@ -87,11 +93,11 @@ dnnl::memory Program::param_grad(int64_t offset, const dnnl::memory::desc& desc)
 }
 
 void Program::forward(dnnl::primitive primitive, std::unordered_map<int, dnnl::memory> args) {
-  forward_.push_back({std::move(primitive), std::move(args)});
+  forward_.push_back({std::move(primitive), std::move(args), {}});
 }
 
 void Program::backward(dnnl::primitive primitive, std::unordered_map<int, dnnl::memory> args) {
-  backward_.push_back({std::move(primitive), std::move(args)});
+  backward_.push_back({std::move(primitive), std::move(args), {}});
 }
 
 void Program::host_forward(HostFn fn, Args args) { forward_.push_back({dnnl::primitive(), std::move(args), std::move(fn)}); }
