@@ -10,7 +10,6 @@
 // text columns cannot be the x axis). A missing file, a missing column, a
 // malformed row or an x column without numbers is bad input (exit 2),
 // naming file:line where there is one.
-#include "graph/atomic_file.hpp"
 #include "graph/errors.hpp"
 #include "nodes/output/image_writer.hpp"
 #include "nodes/output/line_plot.hpp"
