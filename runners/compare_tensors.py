@@ -38,6 +38,10 @@ def read(path):
         if code is None:
             continue
         begin, end = info["data_offsets"]
+        count = math.prod(info["shape"])
+        if not 0 <= begin <= end <= len(body) or end - begin != count * array.array(code).itemsize:
+            raise ValueError(f"{path}: tensor '{name}' {info['shape']} does not match its bytes "
+                             f"[{begin}, {end}) of a {len(body)}-byte body")
         values = array.array(code)
         values.frombytes(body[begin:end])
         if sys.byteorder != "little":

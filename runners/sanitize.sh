@@ -91,13 +91,15 @@ run_tsan() {
   # positives and are suppressed (tests/fuzz/tsan.supp), nothing else is.
   # The binaries carry the instrumented libtbb.so.12 in their run path; a
   # report from Debian's would mean it was not picked up.
-  local target exe
+  tbb_prefix=$(realpath "$tbb_prefix")
+  local target exe deps
   for target in ${TARGETS:-graph_tests diffuflow}; do
     for exe in build-tsan/tests/"$target" build-tsan/"$target"; do
       [ -f "$exe" ] && [ -x "$exe" ] && break
     done
     [ -f "$exe" ] && [ -x "$exe" ] || continue
-    ldd "$exe" | grep -q "$tbb_prefix/lib/libtbb.so" ||
+    deps=$(ldd "$exe")
+    grep -qF "$tbb_prefix/lib/libtbb.so" <<< "$deps" ||
       { echo "sanitize: $exe does not load the TSan-built libtbb.so from $tbb_prefix/lib" >&2; return 1; }
   done
   ( cd build-tsan &&

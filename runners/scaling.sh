@@ -23,14 +23,20 @@ ROUNDS=${ROUNDS:-1}
 KINDS=${KINDS:-f32 bf16 f32_channels_last}
 HERE=$(cd "$(dirname "$0")" && pwd)
 failed=0
-mkdir -p "$OUT"
+for kind in $KINDS; do
+  case "$kind" in
+    f32|bf16|f32_channels_last) ;;
+    *) echo "scaling: unknown kind '$kind' (f32, bf16, f32_channels_last)" >&2; exit 2 ;;
+  esac
+done
+mkdir -p "$OUT" || exit 2
 { lscpu; free -g; python3 -c "import torch; print('torch', torch.__version__, torch.backends.cpu.get_cpu_capability())"; } \
     > "$OUT/machine.txt" 2>&1
 compare() {
   local name=$1; shift
   echo "== $name"
   local tmp
-  tmp=$(mktemp -d)
+  tmp=$(mktemp -d) || { failed=1; return; }
   python3 "$HERE/compare_torch.py" --diffuflow "$DIFFUFLOW" --rounds "$ROUNDS" --iters 3 --warmup 1 \
       --keep "$tmp" --json "$OUT/$name.json" "$@" > "$tmp/compare.log" 2>&1
   local rc=$?
@@ -44,9 +50,8 @@ for kind in $KINDS; do
       f32) compare "f32_t$t" --threads "$t" ;;
       bf16) compare "bf16_t$t" --threads "$t" --diffuflow-args=--precision=bf16 --peer-args=--bf16 ;;
       f32_channels_last) compare "f32_channels_last_t$t" --threads "$t" --peer-args=--channels-last ;;
-      *) echo "scaling: unknown kind '$kind' (f32, bf16, f32_channels_last)" >&2; exit 2 ;;
     esac
   done
 done
-python3 "$HERE/scaling_table.py" "$OUT"
+python3 "$HERE/scaling_table.py" "$OUT" || failed=1
 exit $failed
