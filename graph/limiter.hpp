@@ -20,6 +20,11 @@ constexpr const char* kLimiterType = "limiter";
 
 class Limiter : public Node {
  public:
+  struct Params {
+    DIFFUFLOW_PARAMS(Params);
+    DIFFUFLOW_PARAM(int64_t, max_in_flight, 1, "packets allowed past before a decrement", .range(1, 1 << 20));
+  };
+
   static NodeContract contract();
   Limiter(const NodeConfig& config, RunContext& ctx) : Node(config, ctx) {}
 };

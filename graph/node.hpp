@@ -1,16 +1,20 @@
 // Node: the unit of work in a pipeline. A node type declares its contract
-// (parameters, ports, packet fields read and written, host-only or device) and
-// is registered with one line:
+// (ports, packet fields read and written, host-only or device), its
+// parameters as a parameter struct (graph/param_table.hpp), and is registered
+// with one line:
 //
 //   DIFFUFLOW_REGISTER_NODE(augment, Augment)
 //
-// where Augment has `static NodeContract contract();` and a constructor
-// `Augment(const NodeConfig&, RunContext&)`. The registered name is the YAML
-// `type:` and equals the file stem of the node's source.
+// where Augment has `static NodeContract contract();`, optionally a nested
+// parameter struct `Params` (its rows become the contract's parameters), and a
+// constructor `Augment(const NodeConfig&, RunContext&)` that reads
+// `config.params_as<Params>()`. The registered name is the YAML `type:` and
+// equals the file stem of the node's source.
 #pragma once
 
+#include "graph/field.hpp"
 #include "graph/packet.hpp"
-#include "graph/params.hpp"
+#include "graph/param_table.hpp"
 #include "graph/run_context.hpp"
 
 #include <functional>
@@ -20,13 +24,21 @@
 
 namespace diffuflow {
 
+// A text (or text-list) parameter whose value names further fields a port
+// reads or writes (an image writer's `field: sample`), and what those fields
+// must hold (the spec's name is unused).
+struct FieldParam {
+  std::string param;
+  FieldSpec expects;
+  FieldParam(const char* param_name) : param(param_name) {}
+  FieldParam(std::string param_name, FieldSpec expected = {}) : param(std::move(param_name)), expects(std::move(expected)) {}
+};
+
 struct PortSpec {
   std::string name;
-  std::vector<std::string> fields;  // input: fields read; output: fields written
-  std::string doc;                  // shapes in words, e.g. "x0 [N,C,H,W] f32 in [-1,1]"
-  // Text (or text-list) parameters whose value names further fields this
-  // port reads or writes (an image writer's `field: sample`), checked like `fields`.
-  std::vector<std::string> field_params = {};
+  std::vector<FieldSpec> fields;  // input: fields read; output: fields written
+  std::string doc;                // shapes in words, e.g. "x0 [N,C,H,W] f32 in [-1,1]"
+  std::vector<FieldParam> field_params = {};
 };
 
 enum class InputPolicy {
@@ -38,7 +50,7 @@ struct NodeContract {
   std::string type;  // filled in by the registration macro
   std::string doc;
   std::string example;  // a YAML snippet
-  std::vector<ParamSpec> params;
+  std::vector<ParamSpec> params;  // filled in by the registration macro from the node's `Params`
   std::vector<PortSpec> inputs;
   std::vector<PortSpec> outputs;
   InputPolicy input_policy = InputPolicy::join;
@@ -54,8 +66,14 @@ struct NodeContract {
 struct NodeConfig {
   std::string name;
   std::string type;
-  Params params;
+  ParamValues params;
   int concurrency = 1;
+
+  // The parameters as the node's parameter struct.
+  template <typename S>
+  S params_as() const {
+    return params_from<S>(params);
+  }
 };
 
 // What a node receives: for InputPolicy::join one packet per input port (same

@@ -3,14 +3,20 @@
 // that changes a field builds a new packet with with(), which shares every
 // untouched field with the old one.
 //
-//   auto out = in->with("x_t", x_t).with("t", t);   // PacketPtr in, Packet out
+//   auto out = in->with(kXt, x_t).with(kT, t);   // PacketPtr in, Packet out
+//   const Tensor& x0 = in->get(kX0);             // checked against kX0's dtype and rank
+//
+// Fields are read and written through their declarations (graph/field.hpp);
+// the string-keyed calls serve fields named at run time (a writer's `field:`).
 #pragma once
 
+#include "graph/field.hpp"
 #include "graph/tensor.hpp"
 
 #include <map>
 #include <memory>
 #include <string>
+#include <type_traits>
 #include <variant>
 
 namespace diffuflow {
@@ -39,6 +45,53 @@ class Packet {
   }
 
   bool has(const std::string& name) const { return fields_.count(name) != 0; }
+  template <typename Field, typename = std::enable_if_t<std::is_base_of_v<FieldSpec, Field>>>
+  bool has(const Field& field) const {
+    return has(field.name);
+  }
+
+  // Typed reads through a field's declaration: a tensor is checked against
+  // its dtype and rank (std::invalid_argument naming the field otherwise).
+  const Tensor& get(const TensorField& field) const {
+    const Tensor& t = tensor(field.name);
+    field.check(t);
+    return t;
+  }
+  template <typename T>
+  T get(const ScalarField<T>& field) const {
+    if constexpr (std::is_same_v<T, double>) return number(field.name);
+    else if constexpr (std::is_same_v<T, int64_t>) return integer(field.name);
+    else return text(field.name);
+  }
+  template <typename T>
+  std::shared_ptr<const T> get(const PayloadField<T>& field) const {
+    return payload<T>(field.name);
+  }
+
+  Packet& set(const TensorField& field, Tensor value) {
+    field.check(value);
+    return set(field.name, std::move(value));
+  }
+  template <typename T>
+  Packet& set(const ScalarField<T>& field, typename ScalarField<T>::value_type value) {
+    return set(field.name, FieldValue(std::move(value)));
+  }
+  template <typename T>
+  Packet& set(const PayloadField<T>& field, std::shared_ptr<const T> value) {
+    return set(field.name, FieldValue(std::shared_ptr<const Payload>(std::move(value))));
+  }
+  template <typename Field, typename = std::enable_if_t<std::is_base_of_v<FieldSpec, Field>>>
+  Packet& erase(const Field& field) {
+    return erase(field.name);
+  }
+
+  // A copy of this packet with one declared field set; chain to set several.
+  template <typename Field, typename Value, typename = std::enable_if_t<std::is_base_of_v<FieldSpec, Field>>>
+  Packet with(const Field& field, Value&& value) const {
+    Packet copy = *this;
+    copy.set(field, std::forward<Value>(value));
+    return copy;
+  }
   const std::map<std::string, FieldValue>& fields() const { return fields_; }
 
   // Typed reads; throw std::runtime_error naming the field when absent or of another type.
@@ -62,7 +115,7 @@ class Packet {
     return *this;
   }
 
-  // A copy of this packet with one field set; chain to set several.
+  // A copy of this packet with one field, named at run time, set.
   Packet with(const std::string& name, FieldValue value) const {
     Packet copy = *this;
     copy.set(name, std::move(value));

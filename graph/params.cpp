@@ -131,7 +131,7 @@ std::string ParamSpec::type_description() const {
   return text;
 }
 
-const ParamValue& Params::get(const std::string& name) const {
+const ParamValue& ParamValues::get(const std::string& name) const {
   auto it = values_.find(name);
   if (it == values_.end()) throw std::runtime_error("parameter '" + name + "' is not declared");
   return it->second;
@@ -143,21 +143,21 @@ static const T& typed_param(const ParamValue& v, const std::string& name) {
   throw std::runtime_error("parameter '" + name + "' is read with the wrong type");
 }
 
-bool Params::boolean(const std::string& name) const { return typed_param<bool>(get(name), name); }
-int64_t Params::integer(const std::string& name) const { return typed_param<int64_t>(get(name), name); }
-double Params::number(const std::string& name) const {
+bool ParamValues::boolean(const std::string& name) const { return typed_param<bool>(get(name), name); }
+int64_t ParamValues::integer(const std::string& name) const { return typed_param<int64_t>(get(name), name); }
+double ParamValues::number(const std::string& name) const {
   const auto& v = get(name);
   if (const auto* i = std::get_if<int64_t>(&v)) return static_cast<double>(*i);
   return typed_param<double>(v, name);
 }
-const std::string& Params::text(const std::string& name) const { return typed_param<std::string>(get(name), name); }
-const std::vector<int64_t>& Params::ints(const std::string& name) const {
+const std::string& ParamValues::text(const std::string& name) const { return typed_param<std::string>(get(name), name); }
+const std::vector<int64_t>& ParamValues::ints(const std::string& name) const {
   return typed_param<std::vector<int64_t>>(get(name), name);
 }
-const std::vector<double>& Params::numbers(const std::string& name) const {
+const std::vector<double>& ParamValues::numbers(const std::string& name) const {
   return typed_param<std::vector<double>>(get(name), name);
 }
-const std::vector<std::string>& Params::texts(const std::string& name) const {
+const std::vector<std::string>& ParamValues::texts(const std::string& name) const {
   return typed_param<std::vector<std::string>>(get(name), name);
 }
 
@@ -319,9 +319,9 @@ std::optional<ParamValue> parse_param(const ParamSpec& spec, const YAML::Node& v
   return std::nullopt;
 }
 
-Params resolve_params(const std::vector<ParamSpec>& table, const YAML::Node& params, const SourceLocation& where,
+ParamValues resolve_params(const std::vector<ParamSpec>& table, const YAML::Node& params, const SourceLocation& where,
                       std::vector<ConfigError>& errors) {
-  Params resolved;
+  ParamValues resolved;
   std::vector<std::string> names;
   for (const auto& spec : table) names.push_back(spec.name);
 

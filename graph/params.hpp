@@ -1,13 +1,9 @@
 // Parameters: one table per node (or resource) type declares every parameter
 // with its type, default, documentation and allowed range. The same table
-// feeds YAML parsing, `--set` overrides, `diffuflow nodes` and the README's
-// node catalogue.
-//
-//   ParamSpec::integer("batch_size", 64, "images per batch").range(1, 65536)
-//   ParamSpec::number("lr", 2e-4, "learning rate").range(0.0, 1.0)
-//   ParamSpec::choice("schedule", "linear", {"linear", "cosine"}, "noise schedule")
-//   ParamSpec::text("path", "", "folder with the IDX files").required()
-//   ParamSpec::resource("model", "unet_model", "the model to run")
+// feeds YAML parsing, `--set` overrides, `diffuflow nodes` and the node
+// catalogue. Node and resource types declare it as a parameter struct
+// (graph/param_table.hpp), which produces these rows; ParamSpec is the
+// type-erased row, and ParamValues the resolved values of one node.
 #pragma once
 
 #include "graph/errors.hpp"
@@ -74,7 +70,7 @@ struct ParamSpec {
 
 // Resolved parameter values of one node or resource: every declared parameter
 // has a value (given or default) once validation has passed.
-class Params {
+class ParamValues {
  public:
   void set(const std::string& name, ParamValue value) { values_[name] = std::move(value); }
   bool has(const std::string& name) const { return values_.count(name) != 0; }
@@ -100,7 +96,7 @@ std::optional<ParamValue> parse_param(const ParamSpec& spec, const YAML::Node& v
 
 // Resolves a whole `params:` mapping against a table: unknown names (with the
 // closest match), type and range errors, missing required ones.
-Params resolve_params(const std::vector<ParamSpec>& table, const YAML::Node& params, const SourceLocation& where,
+ParamValues resolve_params(const std::vector<ParamSpec>& table, const YAML::Node& params, const SourceLocation& where,
                       std::vector<ConfigError>& errors);
 
 // Emits a resolved value back as YAML (for the resolved pipeline file).

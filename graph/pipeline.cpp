@@ -297,7 +297,7 @@ struct Pipeline::Impl {
     if (c.type == kLimiterType) {
       rt.limiter_queue = std::make_unique<flow::queue_node<Msg>>(graph);
       rt.limiter = std::make_unique<flow::limiter_node<Msg>>(
-          graph, static_cast<size_t>(rt.spec->params.integer("max_in_flight")));
+          graph, static_cast<size_t>(params_from<Limiter::Params>(rt.spec->params).max_in_flight));
       flow::make_edge(*rt.limiter_queue, *rt.limiter);
       rt.decrement = std::make_unique<flow::function_node<Msg, flow::continue_msg>>(
           graph, flow::unlimited, [](const Msg&) { return flow::continue_msg(); });

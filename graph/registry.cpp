@@ -11,7 +11,7 @@ Registry& Registry::instance() {
   // graph/ is a static library and the linker would drop an unreferenced one.
   static Registry registry = [] {
     Registry r;
-    r.add_node(kLimiterType, Limiter::contract(), [](const NodeConfig& config, RunContext& ctx) {
+    r.add_node(kLimiterType, node_contract_of<Limiter>("Limiter"), [](const NodeConfig& config, RunContext& ctx) {
       return std::unique_ptr<Node>(std::make_unique<Limiter>(config, ctx));
     });
     return r;

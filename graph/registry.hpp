@@ -1,6 +1,7 @@
-// Registry of node and resource types. Built-in types live in an OBJECT
-// library so their registration lines are always linked in; user types
-// register the same way from their own files.
+// Registry of node and resource types. Built-in types live in OBJECT
+// libraries so their registration lines are always linked in; user types
+// register the same way from their own files. Registration completes a
+// type's contract: its name, and the parameter rows of its `Params` struct.
 #pragma once
 
 #include "graph/node.hpp"
@@ -9,7 +10,9 @@
 #include <functional>
 #include <map>
 #include <memory>
+#include <stdexcept>
 #include <string>
+#include <type_traits>
 #include <vector>
 
 namespace diffuflow {
@@ -45,6 +48,52 @@ class Registry {
   std::map<std::string, ResourceEntry> resources_;
 };
 
+namespace detail {
+
+template <typename Class, typename = void>
+struct declares_params : std::false_type {};
+template <typename Class>
+struct declares_params<Class, std::void_t<typename Class::Params>> : is_param_struct<typename Class::Params> {};
+
+template <typename Class, typename P, typename = void>
+struct has_check : std::false_type {};
+template <typename Class, typename P>
+struct has_check<Class, P, std::void_t<decltype(Class::check(std::declval<const P&>()))>> : std::true_type {};
+
+template <typename Contract>
+void add_param_rows(Contract& contract, const std::vector<ParamSpec>& rows, const char* class_name) {
+  if (!contract.params.empty()) {
+    throw std::logic_error(std::string(class_name) +
+                           ": parameters are declared in its Params struct; contract() must not list them too");
+  }
+  contract.params = rows;
+}
+
+}  // namespace detail
+
+// Class::contract() with the rows of Class::Params (when it declares one).
+template <typename Class>
+NodeContract node_contract_of(const char* class_name) {
+  NodeContract contract = Class::contract();
+  if constexpr (detail::declares_params<Class>::value)
+    detail::add_param_rows(contract, param_specs<typename Class::Params>(), class_name);
+  return contract;
+}
+
+// Class::contract() with the rows of Class::Params and its static check().
+template <typename Class>
+ResourceContract resource_contract_of(const char* class_name) {
+  ResourceContract contract = Class::contract();
+  if constexpr (detail::declares_params<Class>::value) {
+    using P = typename Class::Params;
+    detail::add_param_rows(contract, param_specs<P>(), class_name);
+    if constexpr (detail::has_check<Class, P>::value) {
+      contract.check = [](const ParamValues& values) { Class::check(params_from<P>(values)); };
+    }
+  }
+  return contract;
+}
+
 }  // namespace diffuflow
 
 #define DIFFUFLOW_CONCAT_INNER(a, b) a##b
@@ -53,7 +102,7 @@ class Registry {
 #define DIFFUFLOW_REGISTER_NODE(type_name, Class)                                                 \
   static const bool DIFFUFLOW_CONCAT(diffuflow_node_registered_, type_name) =                     \
       ::diffuflow::Registry::instance().add_node(                                                 \
-          #type_name, Class::contract(),                                                          \
+          #type_name, ::diffuflow::node_contract_of<Class>(#Class),                               \
           [](const ::diffuflow::NodeConfig& config, ::diffuflow::RunContext& ctx) {               \
             return std::unique_ptr<::diffuflow::Node>(std::make_unique<Class>(config, ctx));      \
           })
@@ -61,7 +110,7 @@ class Registry {
 #define DIFFUFLOW_REGISTER_RESOURCE(type_name, Class)                                             \
   static const bool DIFFUFLOW_CONCAT(diffuflow_resource_registered_, type_name) =                 \
       ::diffuflow::Registry::instance().add_resource(                                             \
-          #type_name, Class::contract(),                                                          \
+          #type_name, ::diffuflow::resource_contract_of<Class>(#Class),                           \
           [](const ::diffuflow::ResourceConfig& config, ::diffuflow::RunContext& ctx) {           \
             return std::shared_ptr<::diffuflow::Resource>(std::make_shared<Class>(config, ctx));  \
           })

@@ -8,13 +8,16 @@
 //
 //   DIFFUFLOW_REGISTER_RESOURCE(noise_schedule, NoiseSchedule)
 //
-// where NoiseSchedule has `static ResourceContract contract();` and a
-// constructor `NoiseSchedule(const ResourceConfig&, RunContext&)`.
+// where NoiseSchedule has `static ResourceContract contract();`, optionally a
+// nested parameter struct `Params` (graph/param_table.hpp) and a
+// `static void check(const Params&)` run at validation, and a constructor
+// `NoiseSchedule(const ResourceConfig&, RunContext&)`.
 #pragma once
 
-#include "graph/params.hpp"
+#include "graph/param_table.hpp"
 #include "graph/run_context.hpp"
 
+#include <functional>
 #include <string>
 #include <vector>
 
@@ -27,17 +30,23 @@ struct ResourceContract {
   // accept any resource of that kind: a ParamSpec::resource("model", "model", ...)
   // accepts a unet_model as well as an mlp_model, both of kind "model".
   std::string kind;
-  std::vector<ParamSpec> params;
+  std::vector<ParamSpec> params;  // filled in by the registration macro from the resource's `Params`
   // Extra checks after the table has resolved (cross-parameter rules, a
-  // config file that must exist and parse). Throw ConfigError; the validator
+  // config file that must exist and parse): the resource's static check(),
+  // wrapped by the registration macro. Throws ConfigError; the validator
   // attaches the resource's location.
-  void (*check)(const Params& params) = nullptr;
+  std::function<void(const ParamValues& params)> check;
 };
 
 struct ResourceConfig {
   std::string name;
   std::string type;
-  Params params;
+  ParamValues params;
+
+  template <typename S>
+  S params_as() const {
+    return params_from<S>(params);
+  }
 };
 
 class Resource {

@@ -301,7 +301,7 @@ class Parser {
       if (o.target == "pipeline") continue;
       const SourceLocation where{"--set", 0, 0, o.target + "." + o.param};
       const std::vector<ParamSpec>* table = nullptr;
-      Params* params = nullptr;
+      ParamValues* params = nullptr;
       const int ni = spec.node_index(o.target);
       if (ni >= 0) {
         table = &Registry::instance().node_contract(spec.nodes[ni].type)->params;
@@ -465,7 +465,7 @@ std::string PipelineSpec::resolved_yaml() const {
   out << YAML::Key << "seed" << YAML::Value << seed;
   out << YAML::Key << "threads" << YAML::Value << threads;
   out << YAML::Key << "deterministic" << YAML::Value << deterministic;
-  auto emit_params = [&](const Params& params) {
+  auto emit_params = [&](const ParamValues& params) {
     out << YAML::Key << "params" << YAML::Value << YAML::BeginMap;
     for (const auto& [key, value] : params.values()) {
       YAML::Node v;

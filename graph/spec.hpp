@@ -31,7 +31,7 @@ namespace diffuflow {
 struct NodeSpec {
   std::string name;
   std::string type;
-  Params params;
+  ParamValues params;
   int concurrency = 1;
   YAML::Node raw_params;
   SourceLocation where;
@@ -40,7 +40,7 @@ struct NodeSpec {
 struct ResourceSpec {
   std::string name;
   std::string type;
-  Params params;
+  ParamValues params;
   YAML::Node raw_params;
   SourceLocation where;
 };

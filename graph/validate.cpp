@@ -1,11 +1,13 @@
 // Graph-level validation: edges, ports, unconnected inputs, fields read but
-// never written upstream, and cycles that no limiter bounds.
+// never written upstream, fields read as another type than they are written
+// (kind, dtype, rank, host or device), and cycles that no limiter bounds.
 #include "graph/limiter.hpp"
 #include "graph/registry.hpp"
 #include "graph/spec.hpp"
 
 #include <algorithm>
 #include <functional>
+#include <map>
 #include <set>
 
 namespace diffuflow {
@@ -18,10 +20,24 @@ std::string ports_list(const std::vector<PortSpec>& ports) {
   return s.empty() ? "none" : s;
 }
 
-std::string fields_list(const std::set<std::string>& fields) {
+// A field that reaches a port, and the node that wrote it.
+struct Written {
+  FieldSpec spec;
+  int node = -1;
+};
+using Available = std::map<std::string, Written>;
+
+std::string fields_list(const Available& fields) {
   std::string s;
-  for (const auto& f : fields) s += (s.empty() ? "" : ", ") + f;
+  for (const auto& [name, written] : fields) s += (s.empty() ? "" : ", ") + name;
   return s.empty() ? "nothing" : s;
+}
+
+// Adds what `from` holds to `into` (the first writer of a name stays); true when `into` grew.
+bool merge(Available& into, const Available& from) {
+  bool grew = false;
+  for (const auto& [name, written] : from) grew |= into.emplace(name, written).second;
+  return grew;
 }
 
 // Strongly connected components (Tarjan). Returns the component id of each vertex.
@@ -60,16 +76,21 @@ std::vector<int> components(const std::vector<std::vector<int>>& adjacency, int&
 }
 
 // The fields a port reads or writes: the declared ones and those named by its field parameters.
-std::vector<std::string> port_fields(const PortSpec& port, const Params& params) {
-  std::vector<std::string> fields = port.fields;
+std::vector<FieldSpec> port_fields(const PortSpec& port, const ParamValues& params) {
+  std::vector<FieldSpec> fields = port.fields;
   for (const auto& p : port.field_params) {
-    if (!params.has(p)) continue;
-    const ParamValue& value = params.values().at(p);
+    if (!params.has(p.param)) continue;
+    auto add = [&](const std::string& name) {
+      if (name.empty()) return;
+      FieldSpec field = p.expects;
+      field.name = name;
+      fields.push_back(std::move(field));
+    };
+    const ParamValue& value = params.values().at(p.param);
     if (const auto* one = std::get_if<std::string>(&value)) {
-      if (!one->empty()) fields.push_back(*one);
+      add(*one);
     } else if (const auto* many = std::get_if<std::vector<std::string>>(&value)) {
-      for (const auto& f : *many)
-        if (!f.empty()) fields.push_back(f);
+      for (const auto& f : *many) add(f);
     }
   }
   return fields;
@@ -145,7 +166,7 @@ void validate_graph(const PipelineSpec& spec, std::vector<ConfigError>& errors) 
 
   // Fields: what each input port can see is what upstream nodes write
   // (passthrough nodes forward what they received). Iterate to a fixpoint.
-  std::vector<std::vector<std::set<std::string>>> avail_in(n), avail_out(n);
+  std::vector<std::vector<Available>> avail_in(n), avail_out(n);
   for (size_t i = 0; i < n; ++i) {
     avail_in[i].resize(contracts[i]->inputs.size());
     avail_out[i].resize(contracts[i]->outputs.size());
@@ -154,38 +175,48 @@ void validate_graph(const PipelineSpec& spec, std::vector<ConfigError>& errors) 
     changed = false;
     for (size_t i = 0; i < n; ++i) {
       const NodeContract& c = *contracts[i];
-      std::set<std::string> through;
+      Available through;
       if (c.passthrough) {
         const size_t forwarded = c.type == kLimiterType ? 1 : c.inputs.size();
-        for (size_t p = 0; p < forwarded; ++p) through.insert(avail_in[i][p].begin(), avail_in[i][p].end());
+        for (size_t p = 0; p < forwarded; ++p) merge(through, avail_in[i][p]);
       }
       for (size_t p = 0; p < c.outputs.size(); ++p) {
-        std::set<std::string> out = through;
-        for (const auto& f : port_fields(c.outputs[p], spec.nodes[i].params)) out.insert(f);
-        if (out != avail_out[i][p]) {
-          avail_out[i][p] = std::move(out);
-          changed = true;
+        Available out;
+        // A node's own writes replace what passes through under the same name.
+        for (auto& f : port_fields(c.outputs[p], spec.nodes[i].params)) {
+          const std::string field_name = f.name;
+          out[field_name] = Written{std::move(f), static_cast<int>(i)};
         }
+        merge(out, through);
+        changed |= merge(avail_out[i][p], out);
       }
     }
     for (const auto& e : edges) {
       const int from = spec.node_index(e.from_node);
       const int to = spec.node_index(e.to_node);
-      auto& dst = avail_in[to][e.to_index];
-      const size_t before = dst.size();
-      dst.insert(avail_out[from][e.from_index].begin(), avail_out[from][e.from_index].end());
-      if (dst.size() != before) changed = true;
+      changed |= merge(avail_in[to][e.to_index], avail_out[from][e.from_index]);
     }
   }
+  const bool device_is_host = spec.device == "cpu";
   for (size_t i = 0; i < n; ++i) {
     const NodeContract& c = *contracts[i];
     for (size_t p = 0; p < c.inputs.size(); ++p) {
       for (const auto& field : port_fields(c.inputs[p], spec.nodes[i].params)) {
-        if (avail_in[i][p].count(field)) continue;
-        errors.emplace_back(spec.nodes[i].where, "node '" + spec.nodes[i].name + "' (" + c.type + ") reads field '" +
-                                                     field + "' on input '" + c.inputs[p].name +
-                                                     "', but no upstream node writes it (upstream writes: " +
-                                                     fields_list(avail_in[i][p]) + ")");
+        const std::string reader = "node '" + spec.nodes[i].name + "' (" + c.type + ") reads field '" + field.name +
+                                   "' on input '" + c.inputs[p].name + "'";
+        auto found = avail_in[i][p].find(field.name);
+        if (found == avail_in[i][p].end()) {
+          errors.emplace_back(spec.nodes[i].where, reader + ", but no upstream node writes it (upstream writes: " +
+                                                       fields_list(avail_in[i][p]) + ")");
+          continue;
+        }
+        const Written& written = found->second;
+        const std::string why = field.mismatch(written.spec, device_is_host);
+        if (why.empty()) continue;
+        errors.emplace_back(spec.nodes[i].where, reader + " as " + field.describe() + ", but node '" +
+                                                     spec.nodes[written.node].name + "' (" +
+                                                     contracts[written.node]->type + ") writes it as " +
+                                                     written.spec.describe());
       }
     }
   }

@@ -53,7 +53,7 @@ std::string node_markdown(const NodeContract& c) {
       out << "- " << title << " `" << p.name << "`";
       if (!p.fields.empty()) {
         out << " (";
-        for (size_t i = 0; i < p.fields.size(); ++i) out << (i ? ", " : "") << p.fields[i];
+        for (size_t i = 0; i < p.fields.size(); ++i) out << (i ? ", " : "") << p.fields[i].name;
         out << ")";
       }
       out << ": " << p.doc << "\n";
@@ -113,12 +113,12 @@ int run_nodes_command(const std::vector<std::string>& args) {
               << "\n";
     for (const auto& p : c.inputs) {
       std::cout << "  in  " << p.name << ": reads";
-      for (const auto& f : p.fields) std::cout << " " << f;
+      for (const auto& f : p.fields) std::cout << " " << f.name;
       std::cout << (p.fields.empty() ? " (any)" : "") << " -- " << p.doc << "\n";
     }
     for (const auto& p : c.outputs) {
       std::cout << "  out " << p.name << ": writes";
-      for (const auto& f : p.fields) std::cout << " " << f;
+      for (const auto& f : p.fields) std::cout << " " << f.name;
       std::cout << (p.fields.empty() ? " (nothing new)" : "") << " -- " << p.doc << "\n";
     }
     if (!c.params.empty()) std::cout << "  params:\n";

@@ -44,11 +44,11 @@ class CollectingEmitter : public Emitter {
 
 // Resolves `yaml_params` (a YAML mapping, e.g. "{kind: cosine}") against a
 // parameter table; throws ConfigErrors listing every problem.
-inline Params resolve_test_params(const std::vector<ParamSpec>& table, const std::string& yaml_params) {
+inline ParamValues resolve_test_params(const std::vector<ParamSpec>& table, const std::string& yaml_params) {
   std::vector<ConfigError> errors;
   SourceLocation where;
   where.file = "<test>";
-  Params params = resolve_params(table, YAML::Load(yaml_params.empty() ? "{}" : yaml_params), where, errors);
+  ParamValues params = resolve_params(table, YAML::Load(yaml_params.empty() ? "{}" : yaml_params), where, errors);
   if (!errors.empty()) throw ConfigErrors(std::move(errors));
   return params;
 }
@@ -78,6 +78,13 @@ inline std::shared_ptr<Resource> make_resource(const std::string& type, const st
   auto resource = Registry::instance().create_resource(config, ctx);
   ctx.add_resource(name, resource);
   return resource;
+}
+
+// The names of the fields a port reads or writes, in contract order.
+inline std::vector<std::string> field_names(const PortSpec& port) {
+  std::vector<std::string> names;
+  for (const auto& f : port.fields) names.push_back(f.name);
+  return names;
 }
 
 // A NodeInput holding the given packets (one per input port, for join nodes).

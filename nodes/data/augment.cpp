@@ -1,6 +1,7 @@
 #include "nodes/data/augment.hpp"
 
 #include "graph/registry.hpp"
+#include "nodes/common/fields.hpp"
 
 #include <random>
 #include <stdexcept>
@@ -18,19 +19,12 @@ NodeContract Augment::contract() {
   c.doc = "Random horizontal flip (probability p) and random crop with `pad` pixels of black padding; "
           "seeded per step.";
   c.example = "{name: augment, type: augment, params: {p: 0.5, pad: 2}}";
-  c.params = {
-      ParamSpec::number("p", 0.5, "probability of flipping an image left-right").range(0.0, 1.0),
-      ParamSpec::integer("pad", 0, "random crop after padding each side by this many pixels; 0 = off").range(0, 1024),
-  };
-  c.inputs = {{"in", {"x0"}, "x0 [N,C,H,W] f32 in [-1,1] (host)"}};
-  c.outputs = {{"out", {"x0"}, "x0 [N,C,H,W] f32, flipped and shifted per image"}};
+  c.inputs = {{"in", {fields::kX0}, "x0 [N,C,H,W] f32 in [-1,1] (host)"}};
+  c.outputs = {{"out", {fields::kX0}, "x0 [N,C,H,W] f32, flipped and shifted per image"}};
   return c;
 }
 
-Augment::Augment(const NodeConfig& config, RunContext& ctx) : Node(config, ctx) {
-  params_.p = config.params.number("p");
-  params_.pad = config.params.integer("pad");
-}
+Augment::Augment(const NodeConfig& config, RunContext& ctx) : Node(config, ctx), params_(config.params_as<Params>()) {}
 
 void Augment::process(const NodeInput& in, Emitter& out) {
   const Packet& packet = in.packet();
@@ -38,11 +32,7 @@ void Augment::process(const NodeInput& in, Emitter& out) {
     out.emit(in.ptr());
     return;
   }
-  const Tensor& x0 = packet.tensor("x0");
-  if (x0.rank() != 4 || x0.dtype() != DType::f32) {
-    throw std::invalid_argument("augment: x0 must be an f32 [N,C,H,W] tensor, got " + dtype_name(x0.dtype()) + " " +
-                                shape_str(x0.shape()));
-  }
+  const Tensor& x0 = packet.get(fields::kX0);
   const int64_t n = x0.dim(0);
   const int64_t channels = x0.dim(1);
   const int64_t height = x0.dim(2);
@@ -77,7 +67,7 @@ void Augment::process(const NodeInput& in, Emitter& out) {
       }
     }
   }
-  out.emit(packet.with("x0", result));
+  out.emit(packet.with(fields::kX0, result));
 }
 
 }  // namespace diffuflow

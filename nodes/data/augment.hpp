@@ -23,8 +23,10 @@ namespace diffuflow {
 class Augment : public Node {
  public:
   struct Params {
-    double p = 0.5;
-    int64_t pad = 0;
+    DIFFUFLOW_PARAMS(Params);
+    DIFFUFLOW_PARAM(double, p, 0.5, "probability of flipping an image left-right", .range(0.0, 1.0));
+    DIFFUFLOW_PARAM(int64_t, pad, 0, "random crop after padding each side by this many pixels; 0 = off",
+                    .range(0, 1024));
   };
 
   static NodeContract contract();

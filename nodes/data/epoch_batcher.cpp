@@ -8,24 +8,6 @@
 
 namespace diffuflow {
 
-std::vector<ParamSpec> batch_param_specs(int64_t default_batch_size, bool default_shuffle) {
-  return {
-      ParamSpec::integer("batch_size", default_batch_size, "images per batch").range(1, 65536),
-      ParamSpec::boolean("shuffle", default_shuffle, "visit the data in a fresh seeded order every epoch"),
-      ParamSpec::integer("epochs", 1, "passes over the data; 0 = unbounded").range(0, 1e9),
-      ParamSpec::boolean("drop_last", true, "drop the last batch of an epoch when it is short"),
-  };
-}
-
-BatchOptions read_batch_options(const Params& params) {
-  BatchOptions options;
-  options.batch_size = params.integer("batch_size");
-  options.shuffle = params.boolean("shuffle");
-  options.epochs = params.integer("epochs");
-  options.drop_last = params.boolean("drop_last");
-  return options;
-}
-
 EpochBatcher::EpochBatcher(int64_t count, BatchOptions options, EpochRng epoch_rng)
     : count_(count), options_(options), epoch_rng_(std::move(epoch_rng)) {
   if (count_ < 0) throw std::invalid_argument("EpochBatcher: negative item count");

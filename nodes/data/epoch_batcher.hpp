@@ -3,12 +3,13 @@
 // shuffling, and hands out the item indices of one batch at a time. Batches
 // never straddle two epochs; a short last batch is dropped with drop_last.
 //
-//   EpochBatcher batcher(count, read_batch_options(config.params),
+//   EpochBatcher batcher(count, params_.batch,
 //                        [this](int64_t epoch) { return ctx().rng(name(), epoch); });
 //   std::vector<int64_t> indices;
 //   while (batcher.next(indices)) { ... }
 //
-// Also here: the parameter rows the sources have in common, the step budget
+// Also here: the parameters the sources have in common (a parameter group:
+// DIFFUFLOW_PARAM_GROUP(BatchOptions, batch, BatchOptions{})), the step budget
 // every source honours, and the u8 <-> [-1, 1] pixel mapping.
 #pragma once
 
@@ -26,15 +27,12 @@
 namespace diffuflow {
 
 struct BatchOptions {
-  int64_t batch_size = 64;
-  bool shuffle = true;
-  int64_t epochs = 1;  // 0: unbounded
-  bool drop_last = true;
+  DIFFUFLOW_PARAMS(BatchOptions);
+  DIFFUFLOW_PARAM(int64_t, batch_size, 64, "images per batch", .range(1, 65536));
+  DIFFUFLOW_PARAM(bool, shuffle, true, "visit the data in a fresh seeded order every epoch");
+  DIFFUFLOW_PARAM(int64_t, epochs, 1, "passes over the data; 0 = unbounded", .range(0, 1e9));
+  DIFFUFLOW_PARAM(bool, drop_last, true, "drop the last batch of an epoch when it is short");
 };
-
-// The rows batch_size, shuffle, epochs and drop_last of a source's parameter table.
-std::vector<ParamSpec> batch_param_specs(int64_t default_batch_size = 64, bool default_shuffle = true);
-BatchOptions read_batch_options(const Params& params);
 
 class EpochBatcher {
  public:

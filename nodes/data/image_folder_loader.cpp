@@ -2,6 +2,7 @@
 
 #include "graph/errors.hpp"
 #include "graph/registry.hpp"
+#include "nodes/common/fields.hpp"
 
 #include <opencv2/imgcodecs.hpp>
 #include <opencv2/imgproc.hpp>
@@ -84,27 +85,13 @@ NodeContract ImageFolderLoader::contract() {
   c.doc = "Batches from a folder of PNG/JPEG images, resized and centre-cropped, mapped to [-1,1]; "
           "class subfolders give labels.";
   c.example = "{name: data, type: image_folder_loader, params: {path: data/faces, size: 32, channels: 3}}";
-  c.params = {
-      ParamSpec::path("path", "", "folder of images (optionally one subfolder per class)").required(),
-      ParamSpec::boolean("recursive", true, "also read images in subfolders"),
-      ParamSpec::integer("size", 32, "output side: shorter side resized to it, then a centre crop").range(1, 4096),
-      ParamSpec::integer("channels", 3, "1 = greyscale, 3 = RGB").range(1, 3),
-  };
-  for (auto& spec : batch_param_specs()) c.params.push_back(std::move(spec));
-  c.params.push_back(ParamSpec::choice("on_error", "skip", {"skip", "fail"},
-                                       "an unreadable image: skip it with a warning, or fail the run"));
-  c.outputs = {{"out", {"x0", "labels"}, "x0 [N,C,size,size] f32 in [-1,1]; labels [N] s32 (host)"}};
+  c.outputs = {{"out", {fields::kX0, fields::kLabels}, "x0 [N,C,size,size] f32 in [-1,1]; labels [N] s32 (host)"}};
   c.max_concurrency = 1;
   return c;
 }
 
-ImageFolderLoader::ImageFolderLoader(const NodeConfig& config, RunContext& ctx) : Node(config, ctx) {
-  params_.path = config.params.text("path");
-  params_.recursive = config.params.boolean("recursive");
-  params_.size = static_cast<int>(config.params.integer("size"));
-  params_.channels = static_cast<int>(config.params.integer("channels"));
-  params_.batch = read_batch_options(config.params);
-  params_.skip_errors = config.params.text("on_error") == "skip";
+ImageFolderLoader::ImageFolderLoader(const NodeConfig& config, RunContext& ctx)
+    : Node(config, ctx), params_(config.params_as<Params>()) {
   if (params_.channels == 2) {
     throw ConfigError(SourceLocation{}, "node '" + name() + "': channels must be 1 (grey) or 3 (RGB), not 2");
   }
@@ -149,7 +136,7 @@ ImageFolderLoader::ImageFolderLoader(const NodeConfig& config, RunContext& ctx) 
   size_t skipped = 0;
   for (size_t i = 0; i < files.size(); ++i) {
     if (images[i].empty()) {
-      if (!params_.skip_errors) throw DataError(files[i].string(), errors[i]);
+      if (params_.on_error == OnError::fail) throw DataError(files[i].string(), errors[i]);
       ctx.info("warning: " + name() + ": skipping " + files[i].string() + ": " + errors[i]);
       ++skipped;
       continue;
@@ -203,7 +190,7 @@ bool ImageFolderLoader::produce(Emitter& out) {
       label_values[i] = labels_[item];
     }
   }
-  out.emit(Packet(emitted_).with("x0", x0).with("labels", labels));
+  out.emit(Packet(emitted_).with(fields::kX0, x0).with(fields::kLabels, labels));
   ++emitted_;
   return true;
 }

@@ -36,13 +36,16 @@ cv::Mat resize_and_centre_crop(const cv::Mat& image, int size);
 
 class ImageFolderLoader : public Node {
  public:
+  DIFFUFLOW_NESTED_ENUM(OnError, skip, fail);
+
   struct Params {
-    std::string path;
-    bool recursive = true;
-    int size = 32;
-    int channels = 3;
-    BatchOptions batch;
-    bool skip_errors = true;
+    DIFFUFLOW_PARAMS(Params);
+    DIFFUFLOW_PARAM(std::string, path, "", "folder of images (optionally one subfolder per class)", .path().required());
+    DIFFUFLOW_PARAM(bool, recursive, true, "also read images in subfolders");
+    DIFFUFLOW_PARAM(int, size, 32, "output side: shorter side resized to it, then a centre crop", .range(1, 4096));
+    DIFFUFLOW_PARAM(int, channels, 3, "1 = greyscale, 3 = RGB", .range(1, 3));
+    DIFFUFLOW_PARAM_GROUP(BatchOptions, batch, BatchOptions{});
+    DIFFUFLOW_PARAM(OnError, on_error, OnError::skip, "an unreadable image: skip it with a warning, or fail the run");
   };
 
   static NodeContract contract();

@@ -2,6 +2,7 @@
 
 #include "graph/errors.hpp"
 #include "graph/registry.hpp"
+#include "nodes/common/fields.hpp"
 
 #include <zlib.h>
 
@@ -164,30 +165,20 @@ NodeContract MnistLoader::contract() {
   NodeContract c;
   c.doc = "Batches of MNIST digits from the standard IDX files (gzip or raw), mapped to [-1,1], with labels.";
   c.example = "{name: data, type: mnist_loader, params: {path: ../shared/data/mnist, split: train, batch_size: 64}}";
-  c.params = {
-      ParamSpec::path("path", "", "folder holding the IDX files (train-images-idx3-ubyte[.gz], ...)").required(),
-      ParamSpec::choice("split", "train", {"train", "test"}, "train (60000 images) or test (t10k, 10000 images)"),
-  };
-  for (auto& spec : batch_param_specs()) c.params.push_back(std::move(spec));
-  c.params.push_back(ParamSpec::integer("limit", 0, "use only the first N images; 0 = all").at_least(0));
-  c.outputs = {{"out", {"x0", "labels"}, "x0 [N,1,28,28] f32 in [-1,1]; labels [N] s32 (host)"}};
+  c.outputs = {{"out", {fields::kX0, fields::kLabels}, "x0 [N,1,28,28] f32 in [-1,1]; labels [N] s32 (host)"}};
   c.max_concurrency = 1;
   return c;
 }
 
-MnistLoader::MnistLoader(const NodeConfig& config, RunContext& ctx) : Node(config, ctx) {
-  params_.path = config.params.text("path");
-  params_.split = config.params.text("split");
-  params_.batch = read_batch_options(config.params);
-  params_.limit = config.params.integer("limit");
-
-  data_ = read_mnist_split(params_.path, params_.split);
+MnistLoader::MnistLoader(const NodeConfig& config, RunContext& ctx)
+    : Node(config, ctx), params_(config.params_as<Params>()) {
+  data_ = read_mnist_split(params_.path, enum_name(params_.split));
   if (params_.limit > 0 && params_.limit < data_.count) {
     data_.count = params_.limit;
     data_.pixels.resize(static_cast<size_t>(data_.count * data_.rows * data_.cols));
     data_.labels.resize(static_cast<size_t>(data_.count));
   }
-  if (data_.count == 0) throw DataError(params_.path, "the " + params_.split + " split holds no images");
+  if (data_.count == 0) throw DataError(params_.path, "the " + enum_name(params_.split) + " split holds no images");
   batcher_ = std::make_unique<EpochBatcher>(data_.count, params_.batch,
                                             [this](int64_t epoch) { return this->ctx().rng(name(), epoch); });
   if (batcher_->batches_per_epoch() == 0) {
@@ -218,7 +209,7 @@ bool MnistLoader::produce(Emitter& out) {
       label_values[i] = data_.labels[static_cast<size_t>(indices[i])];
     }
   }
-  out.emit(Packet(emitted_).with("x0", x0).with("labels", labels));
+  out.emit(Packet(emitted_).with(fields::kX0, x0).with(fields::kLabels, labels));
   ++emitted_;
   return true;
 }

@@ -44,11 +44,15 @@ IdxDataset read_mnist_split(const std::filesystem::path& folder, const std::stri
 
 class MnistLoader : public Node {
  public:
+  DIFFUFLOW_NESTED_ENUM(Split, train, test);
+
   struct Params {
-    std::string path;
-    std::string split = "train";
-    BatchOptions batch;
-    int64_t limit = 0;  // 0: all images
+    DIFFUFLOW_PARAMS(Params);
+    DIFFUFLOW_PARAM(std::string, path, "", "folder holding the IDX files (train-images-idx3-ubyte[.gz], ...)",
+                    .path().required());
+    DIFFUFLOW_PARAM(Split, split, Split::train, "train (60000 images) or test (t10k, 10000 images)");
+    DIFFUFLOW_PARAM_GROUP(BatchOptions, batch, BatchOptions{});
+    DIFFUFLOW_PARAM(int64_t, limit, 0, "use only the first N images; 0 = all", .at_least(0));
   };
 
   static NodeContract contract();

@@ -2,6 +2,7 @@
 
 #include "graph/errors.hpp"
 #include "graph/registry.hpp"
+#include "nodes/common/fields.hpp"
 
 #include <opencv2/imgproc.hpp>
 
@@ -139,12 +140,6 @@ void draw_digit(cv::Mat& image, int digit, std::mt19937_64& rng, const cv::Scala
 
 }  // namespace
 
-SyntheticKind parse_synthetic_kind(const std::string& text) {
-  if (text == "shapes") return SyntheticKind::shapes;
-  if (text == "digits") return SyntheticKind::digits;
-  throw std::invalid_argument("unknown synthetic kind '" + text + "' (valid: shapes, digits)");
-}
-
 int synthetic_classes(SyntheticKind kind) { return kind == SyntheticKind::shapes ? 4 : 10; }
 
 cv::Mat draw_synthetic_image(SyntheticKind kind, int label, int size, int channels, std::mt19937_64& rng) {
@@ -162,25 +157,13 @@ NodeContract SyntheticSource::contract() {
   NodeContract c;
   c.doc = "Built-in procedurally drawn images (shapes or digit-like strokes) with class labels; no download.";
   c.example = "{name: data, type: synthetic_source, params: {kind: digits, size: 28, batch_size: 64}}";
-  c.params = {
-      ParamSpec::choice("kind", "shapes", {"shapes", "digits"},
-                        "shapes: disc/square/triangle/ring (labels 0-3); digits: strokes 0-9"),
-      ParamSpec::integer("size", 28, "image side in pixels").range(8, 1024),
-      ParamSpec::integer("channels", 1, "1 = grey on black, 3 = colour").range(1, 3),
-      ParamSpec::integer("count", 1024, "images per epoch (the set is fixed by the seed)").range(1, 1e9),
-  };
-  for (auto& spec : batch_param_specs()) c.params.push_back(std::move(spec));
-  c.outputs = {{"out", {"x0", "labels"}, "x0 [N,C,size,size] f32 in [-1,1]; labels [N] s32 (host)"}};
+  c.outputs = {{"out", {fields::kX0, fields::kLabels}, "x0 [N,C,size,size] f32 in [-1,1]; labels [N] s32 (host)"}};
   c.max_concurrency = 1;
   return c;
 }
 
-SyntheticSource::SyntheticSource(const NodeConfig& config, RunContext& ctx) : Node(config, ctx) {
-  params_.kind = parse_synthetic_kind(config.params.text("kind"));
-  params_.size = static_cast<int>(config.params.integer("size"));
-  params_.channels = static_cast<int>(config.params.integer("channels"));
-  params_.count = config.params.integer("count");
-  params_.batch = read_batch_options(config.params);
+SyntheticSource::SyntheticSource(const NodeConfig& config, RunContext& ctx)
+    : Node(config, ctx), params_(config.params_as<Params>()) {
   if (params_.channels == 2) {
     throw ConfigError(SourceLocation{}, "node '" + name() + "': channels must be 1 (grey) or 3 (colour), not 2");
   }
@@ -227,7 +210,7 @@ bool SyntheticSource::produce(Emitter& out) {
       label_values[i] = label;
     }
   }
-  out.emit(Packet(emitted_).with("x0", x0).with("labels", labels));
+  out.emit(Packet(emitted_).with(fields::kX0, x0).with(fields::kLabels, labels));
   ++emitted_;
   return true;
 }

@@ -29,8 +29,7 @@
 
 namespace diffuflow {
 
-enum class SyntheticKind { shapes, digits };
-SyntheticKind parse_synthetic_kind(const std::string& text);  // "shapes" | "digits"
+DIFFUFLOW_ENUM(SyntheticKind, shapes, digits);
 int synthetic_classes(SyntheticKind kind);                     // 4 | 10
 
 // Draws one 8-bit image (size x size, 1 or 3 channels) of class `label` using `rng`.
@@ -39,11 +38,13 @@ cv::Mat draw_synthetic_image(SyntheticKind kind, int label, int size, int channe
 class SyntheticSource : public Node {
  public:
   struct Params {
-    SyntheticKind kind = SyntheticKind::shapes;
-    int size = 28;
-    int channels = 1;
-    int64_t count = 1024;
-    BatchOptions batch;
+    DIFFUFLOW_PARAMS(Params);
+    DIFFUFLOW_PARAM(SyntheticKind, kind, SyntheticKind::shapes,
+                    "shapes: disc/square/triangle/ring (labels 0-3); digits: strokes 0-9");
+    DIFFUFLOW_PARAM(int, size, 28, "image side in pixels", .range(8, 1024));
+    DIFFUFLOW_PARAM(int, channels, 1, "1 = grey on black, 3 = colour", .range(1, 3));
+    DIFFUFLOW_PARAM(int64_t, count, 1024, "images per epoch (the set is fixed by the seed)", .range(1, 1e9));
+    DIFFUFLOW_PARAM_GROUP(BatchOptions, batch, BatchOptions{});
   };
 
   static NodeContract contract();

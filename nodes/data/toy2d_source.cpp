@@ -2,6 +2,7 @@
 
 #include "graph/errors.hpp"
 #include "graph/registry.hpp"
+#include "nodes/common/fields.hpp"
 
 #include <cmath>
 #include <stdexcept>
@@ -61,28 +62,20 @@ NodeContract Toy2dSource::contract() {
   NodeContract c;
   c.doc = "2-D toy data (two moons, swiss roll, 8 gaussians) as [N,2,1,1] \"2-pixel images\" in about [-1,1].";
   c.example = "{name: data, type: toy2d_source, params: {kind: moons, batch_size: 256, count: 8192}}";
-  c.params = {
-      ParamSpec::choice("kind", "moons", {"moons", "swiss_roll", "gaussians8"}, "which 2-D distribution"),
-      ParamSpec::integer("count", 8192, "points per epoch (the set is fixed by the seed)").range(1, 1e9),
-      ParamSpec::number("noise", 0.05, "std of the gaussian noise on each coordinate").range(0.0, 10.0),
-  };
-  for (auto& spec : batch_param_specs(256)) c.params.push_back(std::move(spec));
-  c.outputs = {{"out", {"x0", "labels"}, "x0 [N,2,1,1] f32 (x, y as channels); labels [N] s32 (host)"}};
+  c.outputs = {{"out", {fields::kX0, fields::kLabels}, "x0 [N,2,1,1] f32 (x, y as channels); labels [N] s32 (host)"}};
   c.max_concurrency = 1;
   return c;
 }
 
-Toy2dSource::Toy2dSource(const NodeConfig& config, RunContext& ctx) : Node(config, ctx) {
-  params_.kind = config.params.text("kind");
-  params_.count = config.params.integer("count");
-  params_.noise = static_cast<float>(config.params.number("noise"));
-  params_.batch = read_batch_options(config.params);
+Toy2dSource::Toy2dSource(const NodeConfig& config, RunContext& ctx)
+    : Node(config, ctx), params_(config.params_as<Params>()) {
   if (params_.count > (int64_t{1} << 30)) {
     throw ConfigError(SourceLocation{}, "node '" + name() + "': count " + std::to_string(params_.count) +
                                             " points do not fit in memory; use at most 2^30");
   }
-  auto rng = ctx.rng("toy2d_source/" + params_.kind, 0);
-  points_ = sample_toy2d(params_.kind, static_cast<int>(params_.count), rng, params_.noise, &labels_);
+  const std::string kind = enum_name(params_.kind);
+  auto rng = ctx.rng("toy2d_source/" + kind, 0);
+  points_ = sample_toy2d(kind, static_cast<int>(params_.count), rng, static_cast<float>(params_.noise), &labels_);
   batcher_ = std::make_unique<EpochBatcher>(params_.count, params_.batch,
                                             [this](int64_t epoch) { return this->ctx().rng(name(), epoch); });
   if (batcher_->batches_per_epoch() == 0) {
@@ -112,7 +105,7 @@ bool Toy2dSource::produce(Emitter& out) {
       label_values[i] = labels_[item];
     }
   }
-  out.emit(Packet(emitted_).with("x0", x0).with("labels", labels));
+  out.emit(Packet(emitted_).with(fields::kX0, x0).with(fields::kLabels, labels));
   ++emitted_;
   return true;
 }

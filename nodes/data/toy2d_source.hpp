@@ -36,11 +36,14 @@ std::vector<float> sample_toy2d(const std::string& kind, int n, std::mt19937_64&
 
 class Toy2dSource : public Node {
  public:
+  DIFFUFLOW_NESTED_ENUM(Kind, moons, swiss_roll, gaussians8);
+
   struct Params {
-    std::string kind = "moons";
-    int64_t count = 8192;
-    float noise = 0.05f;
-    BatchOptions batch;
+    DIFFUFLOW_PARAMS(Params);
+    DIFFUFLOW_PARAM(Kind, kind, Kind::moons, "which 2-D distribution");
+    DIFFUFLOW_PARAM(int64_t, count, 8192, "points per epoch (the set is fixed by the seed)", .range(1, 1e9));
+    DIFFUFLOW_PARAM(double, noise, 0.05, "std of the gaussian noise on each coordinate", .range(0.0, 10.0));
+    DIFFUFLOW_PARAM_GROUP(BatchOptions, batch, (BatchOptions{256}));
   };
 
   static NodeContract contract();

@@ -174,7 +174,7 @@ Tensor MlpDenoiser::backward(const ForwardState& state, const Tensor& grad_out) 
 
 namespace {
 
-MlpConfig config_from(const diffuflow::Params& params) {
+MlpConfig config_from(const diffuflow::ParamValues& params) {
   MlpConfig c;
   c.dim = params.integer("dim");
   c.hidden = params.integer("hidden");
@@ -183,7 +183,7 @@ MlpConfig config_from(const diffuflow::Params& params) {
   return c;
 }
 
-void check_params(const diffuflow::Params& params) {
+void check_params(const diffuflow::ParamValues& params) {
   config_from(params).validate();
   const std::string& weights = params.text("weights");
   if (!weights.empty() && !std::filesystem::is_regular_file(weights)) {

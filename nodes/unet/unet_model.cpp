@@ -9,7 +9,7 @@ namespace diffuflow {
 
 namespace {
 
-void check_params(const diffuflow::Params& params) {
+void check_params(const diffuflow::ParamValues& params) {
   // Parses and validates the config (ConfigError naming the key), and checks
   // that a given checkpoint exists, before anything runs.
   UNetConfig::resolve(params.text("config"));

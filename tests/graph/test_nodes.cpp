@@ -11,6 +11,9 @@ namespace diffuflow::test {
 
 namespace {
 
+const ScalarField<int64_t> kValue{"value", "a counter"};
+const ScalarField<int64_t> kIter{"iter", "loop rounds taken"};
+
 std::mutex g_mutex;
 std::map<std::string, std::vector<SinkRecord>> g_records;
 std::atomic<int64_t> g_in_flight{0};
@@ -18,17 +21,21 @@ std::atomic<int64_t> g_max_in_flight{0};
 
 class CounterSource : public Node {
  public:
+  struct Params {
+    DIFFUFLOW_PARAMS(Params);
+    DIFFUFLOW_PARAM(int64_t, count, 10, "packets to emit", .at_least(0));
+  };
   static NodeContract contract() {
     NodeContract c;
     c.doc = "test: emits packets with value = seq";
-    c.params = {ParamSpec::integer("count", 10, "packets to emit").at_least(0)};
-    c.outputs = {{"out", {"value"}, "value"}};
+    c.outputs = {{"out", {kValue}, "value"}};
     return c;
   }
-  CounterSource(const NodeConfig& config, RunContext& ctx) : Node(config, ctx), count_(config.params.integer("count")) {}
+  CounterSource(const NodeConfig& config, RunContext& ctx)
+      : Node(config, ctx), count_(config.params_as<Params>().count) {}
   bool produce(Emitter& out) override {
     if (next_ >= count_) return false;
-    out.emit(Packet(next_).with("value", next_));
+    out.emit(Packet(next_).with(kValue, next_));
     ++next_;
     return next_ < count_;
   }
@@ -40,23 +47,26 @@ class CounterSource : public Node {
 
 class Add : public Node {
  public:
+  struct Params {
+    DIFFUFLOW_PARAMS(Params);
+    DIFFUFLOW_PARAM(int64_t, amount, 1, "added");
+    DIFFUFLOW_PARAM(int64_t, sleep_us, 0, "work time");
+  };
   static NodeContract contract() {
     NodeContract c;
     c.doc = "test: value += amount";
-    c.params = {ParamSpec::integer("amount", 1, "added"), ParamSpec::integer("sleep_us", 0, "work time")};
-    c.inputs = {{"in", {"value"}, ""}};
-    c.outputs = {{"out", {"value"}, ""}};
+    c.inputs = {{"in", {kValue}, ""}};
+    c.outputs = {{"out", {kValue}, ""}};
     return c;
   }
-  Add(const NodeConfig& config, RunContext& ctx)
-      : Node(config, ctx), amount_(config.params.integer("amount")), sleep_us_(config.params.integer("sleep_us")) {}
+  Add(const NodeConfig& config, RunContext& ctx) : Node(config, ctx), params_(config.params_as<Params>()) {}
   void process(const NodeInput& in, Emitter& out) override {
-    if (sleep_us_) std::this_thread::sleep_for(std::chrono::microseconds(sleep_us_));
-    out.emit(in.packet().with("value", in.packet().integer("value") + amount_));
+    if (params_.sleep_us) std::this_thread::sleep_for(std::chrono::microseconds(params_.sleep_us));
+    out.emit(in.packet().with(kValue, in.packet().get(kValue) + params_.amount));
   }
 
  private:
-  int64_t amount_, sleep_us_;
+  Params params_;
 };
 
 // The same as Add, but declared a device node: it runs on the compute thread.
@@ -76,35 +86,38 @@ class PairSum : public Node {
   static NodeContract contract() {
     NodeContract c;
     c.doc = "test: joins two packets of the same seq, writes sum";
-    c.inputs = {{"a", {"value"}, ""}, {"b", {"value"}, ""}};
-    c.outputs = {{"out", {"value"}, ""}};
+    c.inputs = {{"a", {kValue}, ""}, {"b", {kValue}, ""}};
+    c.outputs = {{"out", {kValue}, ""}};
     c.passthrough = false;
     return c;
   }
   PairSum(const NodeConfig& config, RunContext& ctx) : Node(config, ctx) {}
   void process(const NodeInput& in, Emitter& out) override {
     if (in.packets.size() != 2 || in[0].seq() != in[1].seq()) throw std::logic_error("join delivered a bad pair");
-    out.emit(Packet(in.seq()).with("value", in[0].integer("value") + in[1].integer("value")));
+    out.emit(Packet(in.seq()).with(kValue, in[0].get(kValue) + in[1].get(kValue)));
   }
 };
 
 // Loop body: counts `iter` up to `rounds`, emitting on `again` until done.
 class LoopStep : public Node {
  public:
+  struct Params {
+    DIFFUFLOW_PARAMS(Params);
+    DIFFUFLOW_PARAM(int64_t, rounds, 3, "rounds per packet", .at_least(1));
+  };
   static NodeContract contract() {
     NodeContract c;
     c.doc = "test: a loop that runs `rounds` times per packet";
-    c.params = {ParamSpec::integer("rounds", 3, "rounds per packet").at_least(1)};
-    c.inputs = {{"start", {"value"}, ""}, {"back", {"value"}, ""}};
-    c.outputs = {{"again", {"iter"}, ""}, {"done", {"iter"}, ""}};
+    c.inputs = {{"start", {kValue}, ""}, {"back", {kValue}, ""}};
+    c.outputs = {{"again", {kIter}, ""}, {"done", {kIter}, ""}};
     c.input_policy = InputPolicy::any;
     return c;
   }
-  LoopStep(const NodeConfig& config, RunContext& ctx) : Node(config, ctx), rounds_(config.params.integer("rounds")) {}
+  LoopStep(const NodeConfig& config, RunContext& ctx) : Node(config, ctx), rounds_(config.params_as<Params>().rounds) {}
   void process(const NodeInput& in, Emitter& out) override {
     const Packet& p = in.packet();
-    const int64_t iter = in.port == 0 ? 1 : p.integer("iter") + 1;
-    Packet next = p.with("iter", iter).with("value", p.integer("value") + 100);
+    const int64_t iter = in.port == 0 ? 1 : p.get(kIter) + 1;
+    Packet next = p.with(kIter, iter).with(kValue, p.get(kValue) + 100);
     out.emit(iter >= rounds_ ? 1 : 0, std::move(next));
   }
 
@@ -153,7 +166,7 @@ class Sink : public Node {
   static NodeContract contract() {
     NodeContract c;
     c.doc = "test: records (seq, value)";
-    c.inputs = {{"in", {"value"}, ""}};
+    c.inputs = {{"in", {kValue}, ""}};
     c.outputs = {{"out", {}, "the packet, for feedback edges"}};
     return c;
   }
@@ -161,7 +174,7 @@ class Sink : public Node {
   void process(const NodeInput& in, Emitter& out) override {
     {
       std::lock_guard<std::mutex> lock(g_mutex);
-      g_records[name()].push_back({in.seq(), in.packet().integer("value")});
+      g_records[name()].push_back({in.seq(), in.packet().get(kValue)});
     }
     out.emit(in.ptr());
   }
@@ -169,15 +182,18 @@ class Sink : public Node {
 
 class FailAt : public Node {
  public:
+  struct Params {
+    DIFFUFLOW_PARAMS(Params);
+    DIFFUFLOW_PARAM(int64_t, step, 3, "seq that fails");
+  };
   static NodeContract contract() {
     NodeContract c;
     c.doc = "test: throws on a chosen seq";
-    c.params = {ParamSpec::integer("step", 3, "seq that fails")};
     c.inputs = {{"in", {}, ""}};
     c.outputs = {{"out", {}, ""}};
     return c;
   }
-  FailAt(const NodeConfig& config, RunContext& ctx) : Node(config, ctx), step_(config.params.integer("step")) {}
+  FailAt(const NodeConfig& config, RunContext& ctx) : Node(config, ctx), step_(config.params_as<Params>().step) {}
   void process(const NodeInput& in, Emitter& out) override {
     if (in.seq() == step_) throw std::runtime_error("deliberate failure");
     out.emit(in.ptr());
@@ -220,10 +236,13 @@ namespace {
 
 class TestResource : public Resource {
  public:
+  struct Params {
+    DIFFUFLOW_PARAMS(Params);
+    DIFFUFLOW_PARAM(int64_t, size, 0, "a size", .required());
+  };
   static ResourceContract contract() {
     ResourceContract c;
     c.doc = "test: a resource with one required parameter";
-    c.params = {ParamSpec::integer("size", 0, "a size").required()};
     return c;
   }
   TestResource(const ResourceConfig&, RunContext&) {}
@@ -231,10 +250,13 @@ class TestResource : public Resource {
 
 class UsesResource : public Node {
  public:
+  struct Params {
+    DIFFUFLOW_PARAMS(Params);
+    DIFFUFLOW_PARAM(std::string, res, "", "the resource", .resource("test_resource"));
+  };
   static NodeContract contract() {
     NodeContract c;
     c.doc = "test: names a resource";
-    c.params = {ParamSpec::resource("res", "test_resource", "the resource")};
     c.inputs = {{"in", {}, ""}};
     c.outputs = {{"out", {}, ""}};
     return c;
@@ -247,7 +269,7 @@ class NeedsIter : public Node {
   static NodeContract contract() {
     NodeContract c;
     c.doc = "test: reads a field nobody writes";
-    c.inputs = {{"in", {"iter"}, ""}};
+    c.inputs = {{"in", {kIter}, ""}};
     c.outputs = {{"out", {}, ""}};
     return c;
   }
@@ -280,10 +302,13 @@ namespace {
 // Reads the field its `field` parameter names.
 class Show : public Node {
  public:
+  struct Params {
+    DIFFUFLOW_PARAMS(Params);
+    DIFFUFLOW_PARAM(std::string, field, "value", "field to read");
+  };
   static NodeContract contract() {
     NodeContract c;
     c.doc = "test: reads the field named by a parameter";
-    c.params = {ParamSpec::text("field", "value", "field to read")};
     c.inputs = {{"in", {}, "", {"field"}}};
     return c;
   }
@@ -294,3 +319,67 @@ class Show : public Node {
 }  // namespace diffuflow::test
 
 DIFFUFLOW_REGISTER_NODE(test_show, diffuflow::test::Show);
+
+// Typed fields: a source writing tensors of known dtype, rank and place, and
+// readers that expect them one way or another.
+namespace diffuflow::test {
+namespace {
+
+const TensorField kImage{"image", DType::f32, 4, Place::host, "[N,C,H,W] on the host"};
+const TensorField kDeviceImage{"device_image", DType::f32, 4, Place::device, "[N,C,H,W] on the device"};
+const TensorField kImageAsIndex{"image", DType::s32, 1, Place::host, "[N] indices"};
+const TensorField kImageAsRank2{"image", DType::f32, 2, Place::any, "[N,D]"};
+const ScalarField<double> kImageAsNumber{"image", "a number"};
+const ScalarField<double> kValueAsNumber{"value", "an integer read as a number"};
+const TensorField kDeviceImageOnHost{"device_image", DType::f32, 4, Place::host, "[N,C,H,W] mapped on the host"};
+
+class TensorSource : public Node {
+ public:
+  static NodeContract contract() {
+    NodeContract c;
+    c.doc = "test: writes typed tensor fields";
+    c.outputs = {{"out", {kImage, kDeviceImage, kValue}, ""}};
+    return c;
+  }
+  TensorSource(const NodeConfig& config, RunContext& ctx) : Node(config, ctx) {}
+};
+
+template <auto* Read>
+class Reader : public Node {
+ public:
+  static NodeContract contract() {
+    NodeContract c;
+    c.doc = "test: reads one typed field";
+    c.inputs = {{"in", {*Read}, ""}};
+    return c;
+  }
+  Reader(const NodeConfig& config, RunContext& ctx) : Node(config, ctx) {}
+};
+
+// Reads the field its `field` parameter names, expecting an f32 tensor of rank 4.
+class ShowImage : public Node {
+ public:
+  struct Params {
+    DIFFUFLOW_PARAMS(Params);
+    DIFFUFLOW_PARAM(std::string, field, "image", "field to read");
+  };
+  static NodeContract contract() {
+    NodeContract c;
+    c.doc = "test: reads an image field named by a parameter";
+    c.inputs = {{"in", {}, "", {FieldParam("field", TensorField("", DType::f32, 4, Place::any, ""))}}};
+    return c;
+  }
+  ShowImage(const NodeConfig& config, RunContext& ctx) : Node(config, ctx) {}
+};
+
+}  // namespace
+}  // namespace diffuflow::test
+
+DIFFUFLOW_REGISTER_NODE(test_tensor_source, diffuflow::test::TensorSource);
+DIFFUFLOW_REGISTER_NODE(test_read_image, diffuflow::test::Reader<&diffuflow::test::kImage>);
+DIFFUFLOW_REGISTER_NODE(test_read_index, diffuflow::test::Reader<&diffuflow::test::kImageAsIndex>);
+DIFFUFLOW_REGISTER_NODE(test_read_rank2, diffuflow::test::Reader<&diffuflow::test::kImageAsRank2>);
+DIFFUFLOW_REGISTER_NODE(test_read_number, diffuflow::test::Reader<&diffuflow::test::kImageAsNumber>);
+DIFFUFLOW_REGISTER_NODE(test_read_value_number, diffuflow::test::Reader<&diffuflow::test::kValueAsNumber>);
+DIFFUFLOW_REGISTER_NODE(test_read_on_host, diffuflow::test::Reader<&diffuflow::test::kDeviceImageOnHost>);
+DIFFUFLOW_REGISTER_NODE(test_show_image, diffuflow::test::ShowImage);

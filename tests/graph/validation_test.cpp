@@ -286,3 +286,73 @@ edges: [src -> show, src -> show2]
   CHECK(errors[0].where().line == 5);
   CHECK(contains(errors[0].message(), "reads field 'valeu'"));
 }
+
+TEST_CASE("a field read with another dtype and rank than it is written is refused at the reader's position") {
+  const auto e = only_error(errors_of(R"(name: typed
+nodes:
+  - {name: src, type: test_tensor_source}
+  - {name: reader, type: test_read_index}
+edges: [src -> reader]
+)"));
+  CHECK(e.where().file == "p.yaml");
+  CHECK(e.where().line == 4);
+  CHECK(e.where().column == 5);
+  CHECK(contains(e.message(), "node 'reader' (test_read_index) reads field 'image' on input 'in' as s32 tensor of "
+                              "rank 1 on the host, but node 'src' (test_tensor_source) writes it as f32 tensor of "
+                              "rank 4 on the host"));
+}
+
+TEST_CASE("typed fields: a rank mismatch and a tensor read as a number are refused; matching fields pass") {
+  CHECK(contains(only_error(errors_of("name: t\nnodes:\n  - {name: src, type: test_tensor_source}\n"
+                                      "  - {name: r, type: test_read_rank2}\nedges: [src -> r]\n"))
+                     .message(),
+                 "as f32 tensor of rank 2, but node 'src' (test_tensor_source) writes it as f32 tensor of rank 4"));
+  CHECK(contains(only_error(errors_of("name: t\nnodes:\n  - {name: src, type: test_tensor_source}\n"
+                                      "  - {name: r, type: test_read_number}\nedges: [src -> r]\n"))
+                     .message(),
+                 "reads field 'image' on input 'in' as number, but node 'src' (test_tensor_source) writes it as "
+                 "f32 tensor"));
+  CHECK(errors_of("name: t\nnodes:\n  - {name: src, type: test_tensor_source}\n"
+                  "  - {name: r, type: test_read_image}\nedges: [src -> r]\n")
+            .empty());
+  // An integer may be read as a number.
+  CHECK(errors_of("name: t\nnodes:\n  - {name: src, type: test_tensor_source}\n"
+                  "  - {name: r, type: test_read_value_number}\nedges: [src -> r]\n")
+            .empty());
+}
+
+TEST_CASE("typed fields pass through nodes that forward their input, and are checked at the far end") {
+  const auto e = only_error(errors_of(R"(name: through
+nodes:
+  - {name: src, type: test_tensor_source}
+  - {name: gate, type: limiter}
+  - {name: pass, type: test_enter}
+  - {name: reader, type: test_read_index}
+edges: [src -> gate, gate -> pass, pass -> reader, pass -> gate.decrement]
+)"));
+  CHECK(contains(e.message(), "node 'src' (test_tensor_source) writes it as f32 tensor of rank 4"));
+  CHECK(e.where().line == 6);
+}
+
+TEST_CASE("a field read on the host but written on the device is refused only when the device is not the host") {
+  const std::string pipeline = "name: t\nnodes:\n  - {name: src, type: test_tensor_source}\n"
+                               "  - {name: r, type: test_read_on_host}\nedges: [src -> r]\n";
+  CHECK(errors_of(pipeline).empty());
+  const auto e = only_error(errors_of("device: gpu\n" + pipeline));
+  CHECK(contains(e.message(), "as f32 tensor of rank 4 on the host, but node 'src' (test_tensor_source) writes it as "
+                              "f32 tensor of rank 4 on the device"));
+}
+
+TEST_CASE("a field named by a parameter is checked against what the port expects of it") {
+  const auto e = only_error(errors_of(R"(name: named
+nodes:
+  - {name: src, type: test_tensor_source}
+  - {name: show, type: test_show_image, params: {field: value}}
+edges: [src -> show]
+)"));
+  CHECK(contains(e.message(), "node 'show' (test_show_image) reads field 'value' on input 'in' as f32 tensor of "
+                              "rank 4, but node 'src' (test_tensor_source) writes it as integer"));
+  CHECK(errors_of("name: named\nnodes:\n  - {name: src, type: test_tensor_source}\n"
+                  "  - {name: show, type: test_show_image, params: {field: image}}\nedges: [src -> show]\n")
+            .empty());
+}

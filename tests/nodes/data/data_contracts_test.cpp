@@ -1,10 +1,12 @@
 #include "graph/registry.hpp"
+#include "node_test_util.hpp"
 
 #include <doctest/doctest.h>
 
 #include <algorithm>
 
 using namespace diffuflow;
+using diffuflow::test::field_names;
 
 TEST_CASE("data and output nodes are registered with host-only contracts of the expected shape") {
   const auto& registry = Registry::instance();
@@ -15,7 +17,7 @@ TEST_CASE("data and output nodes are registered with host-only contracts of the 
     CHECK(contract->is_source());
     CHECK(contract->host_only);
     REQUIRE(contract->outputs.size() == 1);
-    CHECK(contract->outputs[0].fields == std::vector<std::string>{"x0", "labels"});
+    CHECK(field_names(contract->outputs[0]) == std::vector<std::string>{"x0", "labels"});
     for (const char* param : {"batch_size", "shuffle", "epochs", "drop_last"}) {
       CAPTURE(param);
       CHECK(std::any_of(contract->params.begin(), contract->params.end(),
@@ -24,8 +26,8 @@ TEST_CASE("data and output nodes are registered with host-only contracts of the 
   }
   const NodeContract* augment = registry.node_contract("augment");
   REQUIRE(augment != nullptr);
-  CHECK(augment->inputs.at(0).fields == std::vector<std::string>{"x0"});
-  CHECK(augment->outputs.at(0).fields == std::vector<std::string>{"x0"});
+  CHECK(field_names(augment->inputs.at(0)) == std::vector<std::string>{"x0"});
+  CHECK(field_names(augment->outputs.at(0)) == std::vector<std::string>{"x0"});
   const NodeContract* writer = registry.node_contract("image_writer");
   REQUIRE(writer != nullptr);
   CHECK(writer->inputs.size() == 1);

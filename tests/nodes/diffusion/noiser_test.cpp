@@ -10,6 +10,7 @@
 
 using namespace diffuflow;
 using diffuflow::test::CollectingEmitter;
+using diffuflow::test::field_names;
 using diffuflow::test::make_node;
 using diffuflow::test::make_resource;
 using diffuflow::test::max_abs_diff;
@@ -132,8 +133,8 @@ TEST_CASE("noiser's contract declares a device node reading x0 and t and writing
   REQUIRE(c != nullptr);
   CHECK_FALSE(c->host_only);
   REQUIRE(c->inputs.size() == 1);
-  CHECK(c->inputs[0].fields == std::vector<std::string>{"x0", "t"});
-  CHECK(c->outputs[0].fields == std::vector<std::string>{"noise", "x_t"});
+  CHECK(field_names(c->inputs[0]) == std::vector<std::string>{"x0", "t"});
+  CHECK(field_names(c->outputs[0]) == std::vector<std::string>{"noise", "x_t"});
   RunContext ctx;
   CHECK_THROWS_AS(make_node("noiser", "{}", ctx), ConfigErrors);  // the schedule is required
 }
