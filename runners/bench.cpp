@@ -34,8 +34,8 @@
 #include "graph/pipeline.hpp"
 #include "graph/registry.hpp"
 #include "nodes/output/image_writer.hpp"
-#include "nodes/output/line_plot.hpp"
-#include "nodes/unet/program.hpp"
+#include "nodes/common/plots.hpp"
+#include "compute/program.hpp"
 #include "runners/cli_common.hpp"
 #include "runners/command.hpp"
 

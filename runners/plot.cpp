@@ -1,5 +1,5 @@
 // `diffuflow plot`: columns of a CSV file drawn as lines into a PNG, for
-// sweeps measured outside `diffuflow bench` (runners/scaling.sh's thread
+// sweeps measured outside `diffuflow bench` (benchmarks/scaling.sh's thread
 // sweep against PyTorch) or several bench CSVs pasted together.
 //
 //   diffuflow plot scaling.csv --x threads --y diffuflow_f32_forward,torch_f32_forward
@@ -12,7 +12,7 @@
 // naming file:line where there is one.
 #include "graph/errors.hpp"
 #include "nodes/output/image_writer.hpp"
-#include "nodes/output/line_plot.hpp"
+#include "nodes/common/plots.hpp"
 #include "runners/cli_common.hpp"
 #include "runners/command.hpp"
 

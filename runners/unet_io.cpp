@@ -10,7 +10,7 @@
 #include "graph/device.hpp"
 #include "graph/errors.hpp"
 #include "graph/safetensors.hpp"
-#include "nodes/unet/unet.hpp"
+#include "nodes/model/unet.hpp"
 #include "runners/cli_common.hpp"
 #include "runners/command.hpp"
 

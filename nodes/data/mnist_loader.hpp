@@ -16,7 +16,7 @@
 #pragma once
 
 #include "graph/node.hpp"
-#include "nodes/data/epoch_batcher.hpp"
+#include "nodes/common/batching.hpp"
 
 #include <cstdint>
 #include <filesystem>

@@ -19,7 +19,7 @@
 #pragma once
 
 #include "graph/node.hpp"
-#include "nodes/data/epoch_batcher.hpp"
+#include "nodes/common/batching.hpp"
 
 #include <opencv2/core.hpp>
 

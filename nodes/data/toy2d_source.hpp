@@ -18,7 +18,7 @@
 #pragma once
 
 #include "graph/node.hpp"
-#include "nodes/data/epoch_batcher.hpp"
+#include "nodes/common/batching.hpp"
 
 #include <memory>
 #include <random>

@@ -2,7 +2,7 @@
 
 #include "graph/errors.hpp"
 #include "graph/registry.hpp"
-#include "nodes/data/epoch_batcher.hpp"
+#include "nodes/common/batching.hpp"
 #include "nodes/diffusion/diffusion_steps.hpp"
 
 #include <algorithm>

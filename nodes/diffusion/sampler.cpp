@@ -2,7 +2,7 @@
 
 #include "graph/errors.hpp"
 #include "graph/registry.hpp"
-#include "nodes/unet/program.hpp"
+#include "compute/program.hpp"
 
 #include <algorithm>
 #include <cmath>

@@ -2,8 +2,8 @@
 
 #include "graph/atomic_file.hpp"
 #include "graph/registry.hpp"
-#include "nodes/data/epoch_batcher.hpp"
-#include "nodes/output/output_files.hpp"
+#include "nodes/common/batching.hpp"
+#include "nodes/common/output_files.hpp"
 
 #include <opencv2/imgcodecs.hpp>
 

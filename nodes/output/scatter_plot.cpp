@@ -3,7 +3,7 @@
 #include "graph/errors.hpp"
 #include "graph/registry.hpp"
 #include "nodes/output/image_writer.hpp"
-#include "nodes/output/output_files.hpp"
+#include "nodes/common/output_files.hpp"
 
 #include <opencv2/imgproc.hpp>
 

@@ -2,7 +2,7 @@
 
 #include "graph/registry.hpp"
 #include "graph/safetensors.hpp"
-#include "nodes/output/output_files.hpp"
+#include "nodes/common/output_files.hpp"
 
 #include <stdexcept>
 

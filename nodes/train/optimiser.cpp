@@ -4,9 +4,9 @@
 #include "graph/errors.hpp"
 #include "graph/registry.hpp"
 #include "graph/safetensors.hpp"
-#include "nodes/output/output_files.hpp"
-#include "nodes/unet/model_resource.hpp"
-#include "nodes/unet/program.hpp"
+#include "nodes/common/output_files.hpp"
+#include "nodes/model/model_resource.hpp"
+#include "compute/program.hpp"
 
 #include <algorithm>
 #include <cmath>

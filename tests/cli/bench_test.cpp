@@ -1,6 +1,6 @@
 // `diffuflow bench`: each kind runs end to end on tiny settings and writes
 // valid JSON, CSV and PNG. No timing is asserted: this is a loaded test machine.
-#include "nodes/output/line_plot.hpp"
+#include "nodes/common/plots.hpp"
 #include "test_util.hpp"
 
 #include <doctest/doctest.h>

@@ -1,6 +1,6 @@
 // Replays every input of tests/fuzz/corpus/ (fuzzer seeds and the inputs that
 // once crashed a loader) through the fuzz targets' checks, without libFuzzer:
-// the regular ctest, and the ASan build of runners/sanitize.sh, guard them.
+// the regular ctest, and the ASan build of scripts/sanitize.sh, guard them.
 #include "fuzz/fuzz_entry.hpp"
 #include "test_util.hpp"
 

@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""Tests of the PyTorch peer (runners/torch_peer.py) and the comparison driver.
+"""Tests of the PyTorch peer (benchmarks/torch_peer.py) and the comparison driver.
 
     python3 tests/cli/torch_peer_test.py [-v]
 

@@ -1,11 +1,11 @@
 // Acceptance: the MLP trained on two moons through the real graph samples two
 // moons. Distances are sliced Wasserstein-1 between point sets of equal size.
-#include "nodes/train/sample_preview.hpp"
+#include "nodes/output/sample_preview.hpp"
 
 #include "graph/pipeline.hpp"
 #include "graph/spec.hpp"
 #include "nodes/data/toy2d_source.hpp"
-#include "nodes/unet/model_resource.hpp"
+#include "nodes/model/model_resource.hpp"
 
 #include <doctest/doctest.h>
 

@@ -4,7 +4,7 @@
 
 #include "graph/device.hpp"
 #include "graph/run_context.hpp"
-#include "nodes/unet/model_resource.hpp"
+#include "nodes/model/model_resource.hpp"
 #include "test_util.hpp"
 
 #include <cstring>

@@ -6,7 +6,7 @@
 #include "graph/pipeline.hpp"
 #include "graph/safetensors.hpp"
 #include "node_test_util.hpp"
-#include "nodes/unet/model_resource.hpp"
+#include "nodes/model/model_resource.hpp"
 #include "train_fixture.hpp"
 
 #include <doctest/doctest.h>

@@ -1,0 +1,350 @@
+#include "compute/program.hpp"
+
+#include <algorithm>
+#include <climits>
+#include <set>
+#include <stdexcept>
+
+namespace diffuflow {
+
+const char* precision_name(Precision precision) { return precision == Precision::bf16 ? "bf16" : "f32"; }
+
+Precision parse_precision(const std::string& name) {
+  if (name == "f32") return Precision::f32;
+  if (name == "bf16") return Precision::bf16;
+  throw std::invalid_argument("unknown precision '" + name + "' (f32 or bf16)");
+}
+
+bool native_bf16(const dnnl::engine& engine) {
+  if (engine.get_kind() != dnnl::engine::kind::cpu) return true;
+  const auto isa = dnnl::get_effective_cpu_isa();
+  return isa == dnnl::cpu_isa::avx512_core_bf16 || isa == dnnl::cpu_isa::avx512_core_amx;
+}
+
+dnnl::memory::desc plain_f32(const dims& shape) {
+  return dnnl::memory::desc(shape, dnnl::memory::data_type::f32, plain_format(shape.size()));
+}
+
+dnnl::memory::desc activation_desc(const dims& nchw) {
+  if (nchw.size() == 4 && nchw[1] % 16 == 0)
+    return dnnl::memory::desc(nchw, dnnl::memory::data_type::f32, tag::nChw16c);
+  return plain_f32(nchw);
+}
+
+bool is_channel_blocked(const dnnl::memory::desc& desc) {
+  return desc.data.format_kind == dnnl_blocked && desc.data.format_desc.blocking.inner_nblks > 0;
+}
+
+dnnl::memory view(const dnnl::memory& memory, const dnnl::memory::desc& desc) {
+  return dnnl::memory(desc, memory.get_engine(), memory.get_data_handle());
+}
+
+dnnl::memory flat_slice(const dnnl::memory& flat, int64_t offset, const dnnl::memory::desc& desc) {
+  if (flat.get_engine().get_kind() == dnnl::engine::kind::cpu) {
+    auto* base = static_cast<float*>(flat.get_data_handle());
+    return dnnl::memory(desc, flat.get_engine(), base + offset);
+  }
+  // Device buffers cannot be offset by pointer arithmetic: the offset goes
+  // into the descriptor instead.
+  dnnl::memory::desc shifted = desc;
+  shifted.data.offset0 += offset;
+  return dnnl::memory(shifted, flat.get_engine(), flat.get_data_handle());
+}
+
+dnnl::primitive_attr user_scratchpad_attr() {
+  dnnl::primitive_attr attr;
+  attr.set_scratchpad_mode(dnnl::scratchpad_mode::user);
+  return attr;
+}
+
+Program::Program(const dnnl::engine& engine, PrimitiveCache& cache, dnnl::memory params, int64_t param_count,
+                 bool training, Precision precision)
+    : engine_(engine), training_(training), precision_(precision), cache_(cache), params_(std::move(params)) {
+  staging_ = dnnl::memory(plain_f32({std::max<int64_t>(param_count, 1)}), engine_);
+}
+
+ValueId Program::new_value(const dnnl::memory::desc& desc, bool needs_grad) {
+  Value v;
+  v.desc = desc;
+  v.data = owned(desc, false);
+  v.needs_grad = needs_grad;
+  // A value created before any layer is an input, filled from outside.
+  v.pinned = forward_.empty() && backward_builders_.empty();
+  values_.push_back(std::move(v));
+  return static_cast<ValueId>(values_.size() - 1);
+}
+
+dnnl::memory Program::owned(const dnnl::memory::desc& desc, bool pinned) {
+  dnnl::memory m(desc, engine_);
+  allocations_.push_back({m, pinned});
+  return m;
+}
+
+dnnl::memory Program::alloc(const dnnl::memory::desc& desc) { return owned(desc, false); }
+
+dnnl::memory Program::alloc_constant(const dnnl::memory::desc& desc) { return owned(desc, true); }
+
+dnnl::memory Program::param(int64_t offset, const dnnl::memory::desc& desc) const {
+  return flat_slice(params_, offset, desc);
+}
+
+dnnl::memory Program::param_grad(int64_t offset, const dnnl::memory::desc& desc) const {
+  return flat_slice(staging_, offset, desc);
+}
+
+void Program::forward(dnnl::primitive primitive, std::unordered_map<int, dnnl::memory> args) {
+  forward_.push_back({std::move(primitive), std::move(args), {}});
+}
+
+void Program::backward(dnnl::primitive primitive, std::unordered_map<int, dnnl::memory> args) {
+  backward_.push_back({std::move(primitive), std::move(args), {}});
+}
+
+void Program::host_forward(HostFn fn, Args args) { forward_.push_back({dnnl::primitive(), std::move(args), std::move(fn)}); }
+
+void Program::host_backward(HostFn fn, Args args) {
+  backward_.push_back({dnnl::primitive(), std::move(args), std::move(fn)});
+}
+
+void Program::copy(const dnnl::memory& src, const dnnl::memory& dst, bool in_backward, bool accumulate) {
+  dnnl::primitive_attr attr = user_scratchpad_attr();
+  if (accumulate) {
+    dnnl::post_ops ops;
+    ops.append_sum(1.0f);
+    attr.set_post_ops(ops);
+  }
+  dnnl::reorder::primitive_desc pd(engine_, src.get_desc(), engine_, dst.get_desc(), attr);
+  auto prim = make<dnnl::reorder>(pd);
+  std::unordered_map<int, dnnl::memory> args{{DNNL_ARG_FROM, src}, {DNNL_ARG_TO, dst}};
+  if (in_backward)
+    backward(prim, std::move(args));
+  else
+    forward(prim, std::move(args));
+}
+
+dnnl::memory Program::reorder_if_needed(const dnnl::memory& src, const dnnl::memory::desc& want, bool in_backward) {
+  if (src.get_desc() == want) return src;
+  dnnl::memory out = alloc(want);
+  copy(src, out, in_backward);
+  return out;
+}
+
+const dnnl::memory& Program::grad(ValueId v) const {
+  const Value& value = values_.at(v);
+  if (value.contributions == 0) {
+    throw std::logic_error("model program: gradient of value " + std::to_string(v) + " read before any contribution");
+  }
+  return value.grad;
+}
+
+GradSink Program::sink(ValueId v, bool writer_adds) {
+  Value& value = values_.at(v);
+  GradSink s;
+  s.value = v;
+  if (!value.grad) value.grad = owned(value.desc, false);
+  if (value.contributions == 0) {
+    s.memory = value.grad;
+  } else if (writer_adds) {
+    s.memory = value.grad;
+    s.add_into = true;
+  } else {
+    s.memory = alloc(value.desc);
+    s.accumulate = true;
+  }
+  return s;
+}
+
+void Program::commit(const GradSink& s) {
+  Value& value = values_.at(s.value);
+  if (s.accumulate) copy(s.memory, value.grad, true, true);
+  ++value.contributions;
+}
+
+void Program::contribute(ValueId v, const dnnl::memory& src) {
+  Value& value = values_.at(v);
+  if (!value.grad) value.grad = owned(value.desc, false);
+  // A source with another (equal-sized) shape writes the gradient seen as a
+  // plain tensor of that shape, e.g. [N,S,h,d] for a [N,S,C] value.
+  const dims src_dims = src.get_desc().dims();
+  const dnnl::memory dst = src_dims == value.desc.dims() ? value.grad : view(value.grad, plain_f32(src_dims));
+  copy(src, dst, true, value.contributions > 0);
+  ++value.contributions;
+}
+
+bool Program::share_grad(ValueId v, ValueId from) {
+  Value& value = values_.at(v);
+  const Value& source = values_.at(from);
+  if (v == from || value.contributions > 0 || value.grad || source.contributions == 0 || !(value.desc == source.desc))
+    return false;
+  value.grad = source.grad;
+  ++value.contributions;
+  return true;
+}
+
+void Program::finalize(ValueId output, bool with_backward) {
+  if (with_backward && !training_) throw std::logic_error("model program: backward of a program built for inference");
+  if (with_backward) {
+    // The gradient of the output arrives from outside: count it as written.
+    Value& out = values_.at(output);
+    if (!out.grad) out.grad = owned(out.desc, false);
+    out.contributions = 1;
+    for (auto it = backward_builders_.rbegin(); it != backward_builders_.rend(); ++it) (*it)(*this);
+  }
+  backward_builders_.clear();
+  values_.at(output).pinned = true;
+  plan_memory();
+  scratchpad_ = dnnl::memory(dnnl::memory::desc({static_cast<int64_t>(std::max<size_t>(scratchpad_bytes_, 1))},
+                                                dnnl::memory::data_type::u8, tag::a),
+                             engine_);
+  for (auto& step : forward_)
+    if (!step.host) step.args[DNNL_ARG_SCRATCHPAD] = scratchpad_;
+  for (auto& step : backward_)
+    if (!step.host) step.args[DNNL_ARG_SCRATCHPAD] = scratchpad_;
+}
+
+void Program::plan_memory() {
+  const size_t n = allocations_.size();
+  auto bytes_of = [](const dnnl::memory& m) { return m.get_desc().get_size(); };
+  if (engine_.get_kind() != dnnl::engine::kind::cpu) {
+    // Device buffers cannot be carved by pointer arithmetic: no planning.
+    for (const auto& a : allocations_) unplanned_bytes_ += bytes_of(a.memory);
+    allocations_.clear();
+    return;
+  }
+  std::set<const void*> pinned_handles;
+  for (const auto& v : values_) {
+    if (!v.pinned) continue;
+    if (v.data) pinned_handles.insert(v.data.get_data_handle());
+    if (v.grad) pinned_handles.insert(v.grad.get_data_handle());
+  }
+  struct Range {
+    const char* base;
+    size_t bytes;
+    size_t index;
+  };
+  std::vector<Range> ranges;
+  ranges.reserve(n);
+  std::vector<bool> pinned(n);
+  for (size_t i = 0; i < n; ++i) {
+    const auto* base = static_cast<const char*>(allocations_[i].memory.get_data_handle());
+    ranges.push_back({base, bytes_of(allocations_[i].memory), i});
+    pinned[i] = allocations_[i].pinned || pinned_handles.count(base) > 0;
+  }
+  std::sort(ranges.begin(), ranges.end(), [](const Range& a, const Range& b) { return a.base < b.base; });
+  auto locate = [&](const dnnl::memory& m) -> long {
+    if (!m) return -1;
+    const auto* h = static_cast<const char*>(m.get_data_handle());
+    auto it = std::upper_bound(ranges.begin(), ranges.end(), h, [](const char* p, const Range& r) { return p < r.base; });
+    if (it == ranges.begin()) return -1;
+    --it;
+    return h < it->base + it->bytes ? static_cast<long>(it->index) : -1;
+  };
+
+  // Live interval of every buffer, in step order (forward, then backward).
+  std::vector<long> first(n, LONG_MAX), last(n, -1);
+  long t = 0;
+  for (auto* list : {&forward_, &backward_}) {
+    for (const auto& step : *list) {
+      for (const auto& [key, m] : step.args) {
+        const long i = locate(m);
+        if (i < 0) continue;
+        first[i] = std::min(first[i], t);
+        last[i] = std::max(last[i], t);
+      }
+      ++t;
+    }
+  }
+
+  // Greedy first-fit placement, largest buffers first.
+  std::vector<size_t> order;
+  for (size_t i = 0; i < n; ++i) {
+    if (pinned[i] || last[i] < 0)
+      unplanned_bytes_ += bytes_of(allocations_[i].memory);
+    else
+      order.push_back(i);
+  }
+  std::stable_sort(order.begin(), order.end(), [&](size_t a, size_t b) {
+    return bytes_of(allocations_[a].memory) > bytes_of(allocations_[b].memory);
+  });
+  constexpr size_t kAlign = 64;
+  std::vector<size_t> offset(n, 0);
+  struct Placed {
+    size_t begin, end;
+    long first, last;
+  };
+  std::vector<Placed> placed;
+  size_t total = 0;
+  for (size_t i : order) {
+    const size_t size = (bytes_of(allocations_[i].memory) + kAlign - 1) / kAlign * kAlign;
+    std::vector<std::pair<size_t, size_t>> busy;
+    for (const auto& p : placed)
+      if (!(p.last < first[i] || last[i] < p.first)) busy.emplace_back(p.begin, p.end);
+    std::sort(busy.begin(), busy.end());
+    size_t at = 0;
+    for (const auto& [b, e] : busy) {
+      if (at + size <= b) break;
+      at = std::max(at, e);
+    }
+    offset[i] = at;
+    placed.push_back({at, at + size, first[i], last[i]});
+    total = std::max(total, at + size);
+  }
+  planned_bytes_ = total;
+  if (order.empty()) {
+    allocations_.clear();
+    return;
+  }
+  arena_ = dnnl::memory(dnnl::memory::desc({static_cast<int64_t>(total)}, dnnl::memory::data_type::u8, tag::a), engine_);
+  auto* arena = static_cast<char*>(arena_.get_data_handle());
+  auto rebind = [&](dnnl::memory& m) {
+    const long i = locate(m);
+    if (i < 0 || pinned[i] || last[i] < 0) return;
+    const auto* h = static_cast<const char*>(m.get_data_handle());
+    const auto* base = static_cast<const char*>(allocations_[i].memory.get_data_handle());
+    m = dnnl::memory(m.get_desc(), engine_, arena + offset[i] + (h - base));
+  };
+  for (auto* list : {&forward_, &backward_})
+    for (auto& step : *list)
+      for (auto& [key, m] : step.args) rebind(m);
+  for (auto& v : values_) {
+    rebind(v.data);
+    rebind(v.grad);
+  }
+  allocations_.clear();
+}
+
+int Program::add_io_copy(const dnnl::memory::desc& src, const dnnl::memory::desc& dst) {
+  dnnl::reorder::primitive_desc pd(engine_, src, engine_, dst, user_scratchpad_attr());
+  io_copies_.push_back(make<dnnl::reorder>(pd));
+  return static_cast<int>(io_copies_.size() - 1);
+}
+
+void Program::run_io_copy(int id, const dnnl::memory& src, const dnnl::memory& dst, dnnl::stream& stream) {
+  io_copies_.at(static_cast<size_t>(id))
+      .execute(stream, {{DNNL_ARG_FROM, src}, {DNNL_ARG_TO, dst}, {DNNL_ARG_SCRATCHPAD, scratchpad_}});
+}
+
+void Program::note_scratchpad(const dnnl::memory::desc& desc) {
+  scratchpad_bytes_ = std::max(scratchpad_bytes_, desc.get_size());
+}
+
+namespace {
+
+void run_steps(std::vector<Step>& steps, dnnl::stream& stream) {
+  for (auto& step : steps) {
+    if (step.host) {
+      stream.wait();
+      step.host(step.args);
+    } else {
+      step.primitive.execute(stream, step.args);
+    }
+  }
+}
+
+}  // namespace
+
+void Program::run_forward(dnnl::stream& stream) { run_steps(forward_, stream); }
+
+void Program::run_backward(dnnl::stream& stream) { run_steps(backward_, stream); }
+
+}  // namespace diffuflow

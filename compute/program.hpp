@@ -1,0 +1,231 @@
+// Program: a recorded list of oneDNN primitives with their argument maps, for
+// one model and one batch size: the forward steps in order and, built from the
+// same layers, the backward steps. Layers (nodes/model/layers.hpp) append to it.
+//
+// A Program owns every activation, activation gradient and temporary it
+// needs, one user-mode scratchpad shared by all its primitives (oneDNN's
+// default scratchpad is thread-local, and a program may run on any thread), a
+// staging buffer for the parameter gradients of one backward pass, and its own
+// stream. Primitives come from a PrimitiveCache shared by all programs of the
+// same model and batch size, so they are created once per (layer, batch size).
+//
+// Values: every tensor a layer produces is a Value (image activations in the
+// layout convolutions run fastest on, see activation_desc(); everything else
+// plain row-major) with a data memory and, when some input needs a gradient,
+// a gradient memory. In backward, each consumer of a value contributes to its
+// gradient: the first contribution (in backward order) writes, later ones
+// accumulate.
+//
+// Memory planning: on the CPU, finalize() computes when each program-owned
+// buffer is first and last used by the recorded steps (forward, then
+// backward) and packs them into one arena, so buffers whose lifetimes do not
+// overlap share memory. Buffers read or written from outside the steps (the
+// model's inputs and outputs, constants filled at build time) are pinned;
+// values created before the first layer (inputs) and the output are pinned
+// automatically.
+#pragma once
+
+#include "graph/tensor.hpp"
+
+#include <dnnl.hpp>
+
+#include <functional>
+#include <memory>
+#include <string>
+#include <unordered_map>
+#include <vector>
+
+namespace diffuflow {
+
+using dims = dnnl::memory::dims;
+using tag = dnnl::memory::format_tag;
+
+// The arithmetic precision of a program's convolutions. bf16: inputs and
+// weights rounded to bfloat16, products accumulated and written in f32 (mixed
+// precision, as PyTorch's autocast does), on the AMX / AVX512-BF16 kernels
+// where the CPU has them. Parameters, gradients and the activations between
+// layers stay f32 either way; a convolution with no fast bf16 kernel (or
+// whose channels in or out are not a multiple of 16) stays f32.
+enum class Precision { f32, bf16 };
+const char* precision_name(Precision precision);
+Precision parse_precision(const std::string& name);
+// Whether bf16 arithmetic is native on the engine: Intel GPUs, and CPUs with
+// AVX512-BF16 or AMX. Elsewhere oneDNN 2.6 has no bf16 convolution (AVX2) or
+// emulates it slower than f32 (AVX-512 without BF16), so bf16 programs run f32.
+bool native_bf16(const dnnl::engine& engine);
+
+// Plain row-major f32 descriptor.
+dnnl::memory::desc plain_f32(const dims& shape);
+// The layout of image activations [N,C,H,W]: channel-blocked nChw16c when C
+// is a multiple of 16 (what oneDNN's jit convolutions prefer), else plain.
+dnnl::memory::desc activation_desc(const dims& nchw);
+bool is_channel_blocked(const dnnl::memory::desc& desc);
+// The same memory seen through another descriptor (a view: no copy).
+dnnl::memory view(const dnnl::memory& memory, const dnnl::memory::desc& desc);
+// A slice of a flat f32 buffer: `count` elements from `offset`, seen through `desc`.
+dnnl::memory flat_slice(const dnnl::memory& flat, int64_t offset, const dnnl::memory::desc& desc);
+// The primitive attribute every model primitive uses: user-mode scratchpad.
+dnnl::primitive_attr user_scratchpad_attr();
+
+// Primitives created once per (model, batch size) and handed out in build order.
+class PrimitiveCache {
+ public:
+  size_t size() const { return primitives_.size(); }
+  dnnl::primitive& at(size_t i) { return primitives_.at(i); }
+  void push(dnnl::primitive p) { primitives_.push_back(std::move(p)); }
+
+ private:
+  std::vector<dnnl::primitive> primitives_;
+};
+
+using Args = std::unordered_map<int, dnnl::memory>;
+// A host computation on small tensors (O(N*C) numbers, never image-sized),
+// given its memories through the args map (so memory planning can move them).
+using HostFn = std::function<void(const Args& args)>;
+
+struct Step {
+  dnnl::primitive primitive;
+  Args args;
+  HostFn host;  // set for host steps (then `primitive` is empty)
+};
+
+using ValueId = int;
+
+// Where a backward primitive writes a gradient contribution. Call
+// Program::commit() after appending the step that writes `memory`.
+struct GradSink {
+  ValueId value = -1;
+  dnnl::memory memory;
+  bool accumulate = false;  // memory is a temporary that commit() adds into the gradient
+  bool add_into = false;    // memory is the gradient itself: the writer must add to it (sum post-op)
+};
+
+class Program {
+ public:
+  // `params`: the model's flat parameter buffer [P] f32.
+  // `training`: whether finalize() will build a backward pass (layers may
+  // fuse steps whose intermediate values only backward would read).
+  Program(const dnnl::engine& engine, PrimitiveCache& cache, dnnl::memory params, int64_t param_count,
+          bool training = true, Precision precision = Precision::f32);
+
+  const dnnl::engine& engine() const { return engine_; }
+  bool training() const { return training_; }
+  Precision precision() const { return precision_; }
+
+  // --- values -------------------------------------------------------------
+  ValueId new_value(const dnnl::memory::desc& desc, bool needs_grad);
+  const dnnl::memory& data(ValueId v) const { return values_.at(v).data; }
+  const dnnl::memory::desc& desc(ValueId v) const { return values_.at(v).desc; }
+  dims shape(ValueId v) const { return values_.at(v).desc.dims(); }
+  bool needs_grad(ValueId v) const { return values_.at(v).needs_grad; }
+  // Program-owned temporary memory.
+  dnnl::memory alloc(const dnnl::memory::desc& desc);
+  // Program-owned memory filled at build time and never written by a step.
+  dnnl::memory alloc_constant(const dnnl::memory::desc& desc);
+  // Keeps a value's data and gradient out of memory planning (read or written
+  // from outside the steps: model inputs, outputs, their gradients).
+  void pin(ValueId v) { values_.at(v).pinned = true; }
+  // Bytes of program-owned activation/gradient/temporary memory (after finalize).
+  size_t planned_bytes() const { return planned_bytes_; }
+  size_t unplanned_bytes() const { return unplanned_bytes_; }
+
+  // --- parameters ---------------------------------------------------------
+  // The parameter at `offset` seen through `desc` (plain shape of the slot).
+  dnnl::memory param(int64_t offset, const dnnl::memory::desc& desc) const;
+  // The same slice of this program's gradient staging buffer (overwritten by
+  // each backward pass, then added into the model's gradients).
+  dnnl::memory param_grad(int64_t offset, const dnnl::memory::desc& desc) const;
+  const dnnl::memory& grad_staging() const { return staging_; }
+
+  // --- building -----------------------------------------------------------
+  // A primitive from its descriptor: created on first build, from the cache after.
+  template <typename Primitive, typename PrimitiveDesc>
+  dnnl::primitive make(const PrimitiveDesc& pd) {
+    note_scratchpad(pd.scratchpad_desc());
+    if (cache_index_ < cache_.size()) return cache_.at(cache_index_++);
+    cache_.push(Primitive(pd));
+    ++cache_index_;
+    return cache_.at(cache_index_ - 1);
+  }
+  void forward(dnnl::primitive primitive, std::unordered_map<int, dnnl::memory> args);
+  void backward(dnnl::primitive primitive, std::unordered_map<int, dnnl::memory> args);
+  void host_forward(HostFn fn, Args args);
+  void host_backward(HostFn fn, Args args);
+  // `src` in the layout `want`: returns src itself when the layouts agree,
+  // otherwise a program-owned memory filled by a reorder appended to the
+  // forward (or backward) list. The one place where layouts are reconciled.
+  dnnl::memory reorder_if_needed(const dnnl::memory& src, const dnnl::memory::desc& want, bool in_backward);
+  // Appends a reorder src -> dst (dst += src when `accumulate`).
+  void copy(const dnnl::memory& src, const dnnl::memory& dst, bool in_backward, bool accumulate = false);
+
+  // Registers the code that appends a layer's backward steps; these run in
+  // reverse registration order when finalize() builds the backward list.
+  void on_backward(std::function<void(Program&)> build) { backward_builders_.push_back(std::move(build)); }
+
+  // --- backward helpers (only inside on_backward code) ---------------------
+  // The gradient of a value all of whose consumers have contributed.
+  const dnnl::memory& grad(ValueId v) const;
+  // `writer_adds`: the writing primitive can add into its destination (a sum
+  // post-op); later contributions then go straight into the gradient.
+  GradSink sink(ValueId v, bool writer_adds = false);
+  void commit(const GradSink& sink);
+  // grad(v) (+)= src, any layout (a strided view of another gradient is fine).
+  void contribute(ValueId v, const dnnl::memory& src);
+  // Identity backward: when v has no contribution yet and has from's layout,
+  // v's gradient becomes from's gradient memory (no step) and true is
+  // returned; else false. Only for the layer that produced `from`: later
+  // contributions to v accumulate into that memory, so every other read of
+  // grad(from) must be appended by the same backward code, right after.
+  bool share_grad(ValueId v, ValueId from);
+
+  // A reorder between memory outside the program (model inputs and outputs,
+  // any engine-local layout) and memory inside it, run on demand.
+  int add_io_copy(const dnnl::memory::desc& src, const dnnl::memory::desc& dst);
+  void run_io_copy(int id, const dnnl::memory& src, const dnnl::memory& dst, dnnl::stream& stream);
+
+  // Builds the backward list (when `with_backward`) and the scratchpad.
+  void finalize(ValueId output, bool with_backward);
+
+  // --- running ------------------------------------------------------------
+  void run_forward(dnnl::stream& stream);
+  void run_backward(dnnl::stream& stream);
+  size_t forward_steps() const { return forward_.size(); }
+  size_t backward_steps() const { return backward_.size(); }
+
+ private:
+  struct Value {
+    dnnl::memory::desc desc;
+    dnnl::memory data;
+    dnnl::memory grad;
+    bool needs_grad = false;
+    bool pinned = false;
+    int contributions = 0;
+  };
+  struct Allocation {
+    dnnl::memory memory;
+    bool pinned = false;
+  };
+  void note_scratchpad(const dnnl::memory::desc& desc);
+  dnnl::memory owned(const dnnl::memory::desc& desc, bool pinned);
+  void plan_memory();
+
+  dnnl::engine engine_;
+  bool training_ = true;
+  Precision precision_ = Precision::f32;
+  PrimitiveCache& cache_;
+  size_t cache_index_ = 0;
+  dnnl::memory params_;
+  dnnl::memory staging_;
+  std::vector<Value> values_;
+  std::vector<Step> forward_;
+  std::vector<Step> backward_;
+  std::vector<std::function<void(Program&)>> backward_builders_;
+  std::vector<dnnl::primitive> io_copies_;
+  size_t scratchpad_bytes_ = 0;
+  dnnl::memory scratchpad_;
+  std::vector<Allocation> allocations_;
+  dnnl::memory arena_;
+  size_t planned_bytes_ = 0, unplanned_bytes_ = 0;
+};
+
+}  // namespace diffuflow

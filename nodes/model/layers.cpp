@@ -1,0 +1,758 @@
+#include "nodes/model/layers.hpp"
+
+#include <algorithm>
+#include <cmath>
+#include <optional>
+#include <string>
+#include <stdexcept>
+
+namespace diffuflow {
+
+namespace {
+
+using dnnl::algorithm;
+using dnnl::prop_kind;
+using dt = dnnl::memory::data_type;
+
+int64_t product(const dims& d, size_t from = 0) {
+  int64_t n = 1;
+  for (size_t i = from; i < d.size(); ++i) n *= d[i];
+  return n;
+}
+
+void require(bool ok, const std::string& what) {
+  if (!ok) throw std::invalid_argument("model layer: " + what);
+}
+
+bool is_reference(const char* impl) { return std::string(impl).rfind("ref", 0) == 0; }
+
+// Appends the weight and bias gradients of a convolution to the backward
+// list: d weight into the plain parameter-gradient slot (through a blocked
+// temporary when the kernel prefers one), d bias straight into its slot.
+void append_conv_weight_grads(Program& p, const dnnl::convolution_forward::primitive_desc& fwd_pd,
+                              const dnnl::memory& x, const dnnl::memory& dy, const ParamRef& weight,
+                              const ParamRef& bias, const dims& strides, const dims& pads) {
+  const auto w_plain = plain_f32(weight.shape);
+  const auto b_md = plain_f32({weight.shape[0]});
+  const dnnl::memory::desc w_any(weight.shape, dt::f32, tag::any);
+  dnnl::convolution_backward_weights::primitive_desc pd(
+      dnnl::convolution_backward_weights::desc(algorithm::convolution_direct, x.get_desc(), w_any, b_md,
+                                               dy.get_desc(), strides, pads, pads),
+      user_scratchpad_attr(), p.engine(), fwd_pd);
+  const dnnl::memory dw_plain = p.param_grad(weight.offset, w_plain);
+  const bool same = pd.diff_weights_desc() == w_plain;
+  const dnnl::memory dw = same ? dw_plain : p.alloc(pd.diff_weights_desc());
+  p.backward(p.make<dnnl::convolution_backward_weights>(pd), {{DNNL_ARG_SRC, x},
+                                                              {DNNL_ARG_DIFF_DST, dy},
+                                                              {DNNL_ARG_DIFF_WEIGHTS, dw},
+                                                              {DNNL_ARG_DIFF_BIAS, p.param_grad(bias.offset, b_md)}});
+  if (!same) p.copy(dw, dw_plain, true);
+}
+
+// The bf16 convolution (Precision::bf16): x and the weights are rounded to
+// bf16 channels-last copies (the layout the AMX kernels take), the
+// convolution accumulates and writes f32 channels-last, which is reordered
+// into the f32 activation layout. Backward: dy is rounded the same way; the
+// input gradient comes back f32 and the weight and bias gradients are f32.
+// The bf16 copy of x is kept from forward for the weight gradient. Returns
+// no value (the caller runs f32) when bf16 is not native on the engine or
+// oneDNN has no bf16 kernel, or only a reference one, for the shape.
+std::optional<ValueId> conv2d_bf16(Program& p, ValueId x, const ParamRef& weight, const ParamRef& bias,
+                                   const dims& ys, const dims& strides, const dims& pads) {
+  if (!native_bf16(p.engine())) return std::nullopt;
+  const dims xs = p.shape(x);
+  const dnnl::memory::desc xb_md(xs, dt::bf16, tag::nhwc);
+  const dnnl::memory::desc yb_md(ys, dt::bf16, tag::nhwc);
+  const dnnl::memory::desc y_out_md(ys, dt::f32, tag::nhwc);
+  const dnnl::memory::desc x_grad_md(xs, dt::f32, tag::nhwc);
+  const dnnl::memory::desc wb_any(weight.shape, dt::bf16, tag::any);
+  const auto w_plain = plain_f32(weight.shape);
+  const auto b_md = plain_f32({ys[1]});
+  const auto attr = user_scratchpad_attr();
+  dnnl::convolution_forward::primitive_desc fwd_pd(
+      dnnl::convolution_forward::desc(prop_kind::forward_training, algorithm::convolution_direct, xb_md, wb_any, b_md,
+                                      y_out_md, strides, pads, pads),
+      attr, p.engine(), /*allow_empty=*/true);
+  if (!fwd_pd || is_reference(fwd_pd.impl_info_str())) return std::nullopt;
+
+  const dnnl::memory xb = p.reorder_if_needed(p.data(x), xb_md, false);
+  const dnnl::memory w_mem = p.param(weight.offset, w_plain);
+  const dnnl::memory wb = p.reorder_if_needed(w_mem, fwd_pd.weights_desc(), false);
+  const dnnl::memory y_out = p.alloc(y_out_md);
+  p.forward(p.make<dnnl::convolution_forward>(fwd_pd), {{DNNL_ARG_SRC, xb},
+                                                        {DNNL_ARG_WEIGHTS, wb},
+                                                        {DNNL_ARG_BIAS, p.param(bias.offset, b_md)},
+                                                        {DNNL_ARG_DST, y_out}});
+  const ValueId y = p.new_value(activation_desc(ys), true);
+  p.copy(y_out, p.data(y), false);
+
+  p.on_backward([=](Program& p) {
+    const dnnl::memory dyb = p.reorder_if_needed(p.grad(y), yb_md, true);
+    if (p.needs_grad(x)) {
+      dnnl::convolution_backward_data::primitive_desc pd(
+          dnnl::convolution_backward_data::desc(algorithm::convolution_direct, x_grad_md, wb_any, yb_md, strides,
+                                                pads, pads),
+          attr, p.engine(), fwd_pd);
+      const dnnl::memory w_bwd =
+          pd.weights_desc() == wb.get_desc() ? wb : p.reorder_if_needed(w_mem, pd.weights_desc(), true);
+      const dnnl::memory dx = p.alloc(x_grad_md);
+      p.backward(p.make<dnnl::convolution_backward_data>(pd),
+                 {{DNNL_ARG_DIFF_DST, dyb}, {DNNL_ARG_WEIGHTS, w_bwd}, {DNNL_ARG_DIFF_SRC, dx}});
+      p.contribute(x, dx);
+    }
+    append_conv_weight_grads(p, fwd_pd, xb, dyb, weight, bias, strides, pads);
+  });
+  return y;
+}
+
+}  // namespace
+
+ValueId conv2d(Program& p, ValueId x, const ParamRef& weight, const ParamRef& bias, int64_t stride, int64_t padding) {
+  // x [N,Ci,H,W] -> y [N,Co,Ho,Wo]; weight [Co,Ci,k,k], bias [Co]
+  const dims xs = p.shape(x);
+  require(xs.size() == 4 && weight.shape.size() == 4 && weight.shape[1] == xs[1], "conv2d input/weight mismatch");
+  const int64_t co = weight.shape[0], k = weight.shape[2];
+  const int64_t ho = (xs[2] + 2 * padding - k) / stride + 1;
+  const int64_t wo = (xs[3] + 2 * padding - k) / stride + 1;
+  if (p.precision() == Precision::bf16 && xs[1] % 16 == 0 && co % 16 == 0) {
+    if (auto y = conv2d_bf16(p, x, weight, bias, {xs[0], co, ho, wo}, {stride, stride}, {padding, padding})) return *y;
+  }
+  auto y_md = activation_desc({xs[0], co, ho, wo});
+  const auto w_plain = plain_f32(weight.shape);
+  const dnnl::memory::desc w_any(weight.shape, dt::f32, tag::any);
+  const auto b_md = plain_f32({co});
+  const dims strides{stride, stride}, pads{padding, padding};
+  const auto attr = user_scratchpad_attr();
+  auto make_fwd = [&](const dnnl::memory::desc& src, const dnnl::memory::desc& dst) {
+    return dnnl::convolution_forward::primitive_desc(
+        dnnl::convolution_forward::desc(prop_kind::forward_training, algorithm::convolution_direct, src, w_any, b_md,
+                                        dst, strides, pads, pads),
+        attr, p.engine());
+  };
+  // The convolution runs on the activations' layout unless that mix of
+  // layouts (e.g. a blocked input and a few-channel plain output) only has a
+  // reference kernel: then on plain tensors.
+  auto x_md = p.desc(x);
+  dnnl::memory x_mem = p.data(x);
+  auto fwd_pd = make_fwd(x_md, y_md);
+  // A few-channel output of a blocked input (the last convolution) first
+  // tries the blocked layout with its channels zero-padded to a block: the
+  // jit kernels take it, where plain tensors only have a gemm kernel.
+  if (is_channel_blocked(x_md) && !is_channel_blocked(y_md) && y_md.dims()[1] < 16) {
+    const dnnl::memory::desc padded(y_md.dims(), dt::f32, tag::nChw16c);
+    auto pd = make_fwd(x_md, padded);
+    if (std::string(pd.impl_info_str()).rfind("jit", 0) == 0) {
+      y_md = padded;
+      fwd_pd = pd;
+    }
+  }
+  if (is_reference(fwd_pd.impl_info_str()) && x_md != plain_f32(xs)) {
+    x_md = plain_f32(xs);
+    y_md = plain_f32(y_md.dims());
+    fwd_pd = make_fwd(x_md, y_md);
+    x_mem = p.reorder_if_needed(p.data(x), x_md, false);
+  }
+  const ValueId y = p.new_value(y_md, true);
+  const dnnl::memory w_mem = p.param(weight.offset, w_plain);
+  const dnnl::memory b_mem = p.param(bias.offset, b_md);
+  const dnnl::memory w_fwd = p.reorder_if_needed(w_mem, fwd_pd.weights_desc(), false);
+  p.forward(p.make<dnnl::convolution_forward>(fwd_pd),
+            {{DNNL_ARG_SRC, x_mem}, {DNNL_ARG_WEIGHTS, w_fwd}, {DNNL_ARG_BIAS, b_mem}, {DNNL_ARG_DST, p.data(y)}});
+
+  p.on_backward([=](Program& p) {
+    const dnnl::memory dy = p.grad(y);
+    if (p.needs_grad(x)) {
+      auto make_bwd = [&](const dnnl::memory::desc& diff_src, const dnnl::memory::desc& diff_dst) {
+        return dnnl::convolution_backward_data::primitive_desc(
+            dnnl::convolution_backward_data::desc(algorithm::convolution_direct, diff_src, w_any, diff_dst, strides,
+                                                  pads, pads),
+            attr, p.engine(), fwd_pd);
+      };
+      dnnl::memory::desc dx_md = x_md;
+      auto pd = make_bwd(dx_md, y_md);
+      dnnl::memory dy_data = dy;
+      // A few-channel plain input gradient (the first convolution's) of a
+      // blocked dy: jit kernels take it with its channels zero-padded to a
+      // block; it is then copied into the plain gradient.
+      if (is_reference(pd.impl_info_str()) && is_channel_blocked(y_md) && !is_channel_blocked(x_md) && xs[1] < 16) {
+        const dnnl::memory::desc padded(xs, dt::f32, tag::nChw16c);
+        auto padded_pd = make_bwd(padded, y_md);
+        if (!is_reference(padded_pd.impl_info_str())) {
+          dx_md = padded;
+          pd = padded_pd;
+        }
+      }
+      // Same fallback as the forward: a few-channel plain gradient of a
+      // blocked one only has a reference kernel, so read dy as plain.
+      if (is_reference(pd.impl_info_str()) && y_md != plain_f32(y_md.dims())) {
+        pd = make_bwd(dx_md, plain_f32(y_md.dims()));
+        dy_data = p.reorder_if_needed(dy, pd.diff_dst_desc(), true);
+      }
+      const dnnl::memory w_bwd =
+          pd.weights_desc() == w_fwd.get_desc() ? w_fwd : p.reorder_if_needed(w_mem, pd.weights_desc(), true);
+      if (dx_md == p.desc(x)) {
+        const GradSink s = p.sink(x);
+        p.backward(p.make<dnnl::convolution_backward_data>(pd),
+                   {{DNNL_ARG_DIFF_DST, dy_data}, {DNNL_ARG_WEIGHTS, w_bwd}, {DNNL_ARG_DIFF_SRC, s.memory}});
+        p.commit(s);
+      } else {
+        const dnnl::memory dx = p.alloc(dx_md);
+        p.backward(p.make<dnnl::convolution_backward_data>(pd),
+                   {{DNNL_ARG_DIFF_DST, dy_data}, {DNNL_ARG_WEIGHTS, w_bwd}, {DNNL_ARG_DIFF_SRC, dx}});
+        p.contribute(x, dx);
+      }
+    }
+    append_conv_weight_grads(p, fwd_pd, x_mem, dy, weight, bias, strides, pads);
+  });
+  return y;
+}
+
+ValueId linear(Program& p, ValueId x, const ParamRef& weight, const ParamRef& bias) {
+  // x [..., I] seen as [M, I] -> y [..., O]; weight [O, I], bias [O]
+  const dims xs = p.shape(x);
+  require(weight.shape.size() == 2 && weight.shape[1] == xs.back(), "linear input/weight mismatch");
+  const int64_t in = xs.back(), out = weight.shape[0], rows = product(xs) / in;
+  dims ys = xs;
+  ys.back() = out;
+  const auto x2 = plain_f32({rows, in});
+  const auto y2 = plain_f32({rows, out});
+  const auto w_plain = plain_f32(weight.shape);
+  const dnnl::memory::desc w_any(weight.shape, dt::f32, tag::any);
+  const auto b_md = plain_f32({out});
+  const auto attr = user_scratchpad_attr();
+
+  dnnl::inner_product_forward::primitive_desc fwd_pd(
+      dnnl::inner_product_forward::desc(prop_kind::forward_training, x2, w_any, b_md, y2), attr, p.engine());
+  const ValueId y = p.new_value(plain_f32(ys), true);
+  const dnnl::memory w_mem = p.param(weight.offset, w_plain);
+  const dnnl::memory w_fwd = p.reorder_if_needed(w_mem, fwd_pd.weights_desc(), false);
+  p.forward(p.make<dnnl::inner_product_forward>(fwd_pd), {{DNNL_ARG_SRC, view(p.data(x), x2)},
+                                                          {DNNL_ARG_WEIGHTS, w_fwd},
+                                                          {DNNL_ARG_BIAS, p.param(bias.offset, b_md)},
+                                                          {DNNL_ARG_DST, view(p.data(y), y2)}});
+
+  p.on_backward([=](Program& p) {
+    const dnnl::memory dy = view(p.grad(y), y2);
+    if (p.needs_grad(x)) {
+      dnnl::inner_product_backward_data::primitive_desc pd(dnnl::inner_product_backward_data::desc(x2, w_any, y2),
+                                                           attr, p.engine(), fwd_pd);
+      const dnnl::memory w_bwd =
+          pd.weights_desc() == w_fwd.get_desc() ? w_fwd : p.reorder_if_needed(w_mem, pd.weights_desc(), true);
+      const GradSink s = p.sink(x);
+      p.backward(p.make<dnnl::inner_product_backward_data>(pd),
+                 {{DNNL_ARG_DIFF_DST, dy}, {DNNL_ARG_WEIGHTS, w_bwd}, {DNNL_ARG_DIFF_SRC, view(s.memory, x2)}});
+      p.commit(s);
+    }
+    // d weight = dy^T x and d bias = ones^T dy as matmuls: [O, M] x [M, I]
+    // writes the plain weight gradient directly, and the matmul kernels reduce
+    // over many rows (M = N*S tokens) far faster than the inner-product
+    // backward-weights kernel.
+    const dnnl::memory::desc dy_t({out, rows}, dt::f32, dims{1, out});
+    dnnl::matmul::primitive_desc dw_pd(dnnl::matmul::desc(dy_t, x2, w_plain), attr, p.engine());
+    p.backward(p.make<dnnl::matmul>(dw_pd), {{DNNL_ARG_SRC, view(dy, dy_t)},
+                                             {DNNL_ARG_WEIGHTS, view(p.data(x), x2)},
+                                             {DNNL_ARG_DST, p.param_grad(weight.offset, w_plain)}});
+    const dnnl::memory ones = p.alloc_constant(plain_f32({1, rows}));
+    {
+      auto* o = static_cast<float*>(ones.map_data());
+      std::fill(o, o + rows, 1.0f);
+      ones.unmap_data(o);
+    }
+    const auto db_md = plain_f32({1, out});
+    dnnl::matmul::primitive_desc db_pd(dnnl::matmul::desc(ones.get_desc(), y2, db_md), attr, p.engine());
+    p.backward(p.make<dnnl::matmul>(db_pd), {{DNNL_ARG_SRC, ones},
+                                             {DNNL_ARG_WEIGHTS, dy},
+                                             {DNNL_ARG_DST, view(p.param_grad(bias.offset, b_md), db_md)}});
+  });
+  return y;
+}
+
+namespace {
+
+// Host access to a small f32 memory (per-channel statistics, parameters).
+class HostFloats {
+ public:
+  explicit HostFloats(const dnnl::memory& m) : memory_(m), data_(static_cast<float*>(m.map_data())) {}
+  ~HostFloats() { memory_.unmap_data(data_); }
+  HostFloats(const HostFloats&) = delete;
+  HostFloats& operator=(const HostFloats&) = delete;
+  float& operator[](int64_t i) { return data_[i]; }
+
+ private:
+  dnnl::memory memory_;
+  float* data_;
+};
+
+// x [N,C,...] seen as [1, N*C, H, W]: every (sample, channel) pair becomes a
+// channel of its own, which is the same memory for plain NCHW and for
+// nChw16c (C a multiple of 16). Per-(n,c) statistics and affine transforms are
+// then batch-normalisation primitives over this view.
+dnnl::memory::desc per_sample_channels(const dnnl::memory::desc& x_md) {
+  const dims xs = x_md.dims();
+  if (xs.size() == 4 && is_channel_blocked(x_md))
+    return dnnl::memory::desc({1, xs[0] * xs[1], xs[2], xs[3]}, dt::f32, tag::nChw16c);
+  return plain_f32({1, xs[0] * xs[1], product(xs, 2), 1});
+}
+
+// A per-channel [1, N*C, 1, 1] operand of a binary primitive over such a
+// view, described in the view's layout (the same memory as plain [N*C] when
+// N*C is a multiple of 16) so that the jit kernels take it.
+dnnl::memory::desc per_channel_operand(const dnnl::memory::desc& view_md) {
+  const int64_t nc = view_md.dims()[1];
+  if (is_channel_blocked(view_md)) return dnnl::memory::desc({1, nc, 1, 1}, dt::f32, tag::nChw16c);
+  return plain_f32({1, nc, 1, 1});
+}
+
+}  // namespace
+
+namespace {
+
+ValueId group_norm_impl(Program& p, ValueId x, const ParamRef& weight, const ParamRef& bias, int64_t groups, float eps,
+                        bool fuse_silu) {
+  // x [N,C,...] -> y [N,C,...], any layout. Forward:
+  //   1. batch-norm statistics over the [1, N*C, H, W] view: mean and
+  //      (biased) variance of every (n, c) over the spatial positions;
+  //   2. host, O(N*C): group mean and variance from the channel ones, and the
+  //      per-(n,c) mean, variance, scale (gamma) and shift (beta);
+  //   3. one batch-norm with those global statistics and scale/shift = y.
+  const dims xs = p.shape(x);
+  require(xs.size() >= 2 && xs[1] % groups == 0, "group_norm channels not divisible by groups");
+  const int64_t n = xs[0], c = xs[1], cg = c / groups, spatial = product(xs, 2), nc = n * c;
+  const auto x_md = p.desc(x);
+  const auto bn_md = per_sample_channels(x_md);
+  const auto nc_md = plain_f32({nc});
+  const auto nc_b = per_channel_operand(bn_md);
+  const auto c_md = plain_f32({c});
+  const auto attr = user_scratchpad_attr();
+  using flags = dnnl::normalization_flags;
+
+  dnnl::batch_normalization_forward::primitive_desc stats_pd(
+      dnnl::batch_normalization_forward::desc(prop_kind::forward_training, bn_md, eps, flags::none), attr,
+      p.engine());
+  const dnnl::memory mean_c = p.alloc(nc_md), var_c = p.alloc(nc_md);
+  const dnnl::memory scratch = p.alloc(bn_md);
+  p.forward(p.make<dnnl::batch_normalization_forward>(stats_pd), {{DNNL_ARG_SRC, view(p.data(x), bn_md)},
+                                                                   {DNNL_ARG_DST, scratch},
+                                                                   {DNNL_ARG_MEAN, mean_c},
+                                                                   {DNNL_ARG_VARIANCE, var_c}});
+  // Kept for backward: the group statistics per (n, c) and gamma per (n, c);
+  // for the output, per (n, c): a = gamma rstd and b = beta - mean gamma rstd.
+  const dnnl::memory mean = p.alloc(nc_md), var = p.alloc(nc_md), scale = p.alloc(nc_md);
+  const dnnl::memory a_nc = p.alloc(nc_md), b_nc = p.alloc(nc_md);
+  p.host_forward(
+      [=](const Args& args) {
+        HostFloats mc(args.at(0)), vc(args.at(1)), gamma(args.at(2)), beta(args.at(3)), m(args.at(4)),
+            v(args.at(5)), sc(args.at(6)), a(args.at(7)), b(args.at(8));
+        for (int64_t i = 0; i < n; ++i) {
+          for (int64_t g = 0; g < groups; ++g) {
+            const int64_t c0 = i * c + g * cg;
+            double mu = 0;
+            for (int64_t j = 0; j < cg; ++j) mu += mc[c0 + j];
+            mu /= static_cast<double>(cg);
+            double variance = 0;
+            for (int64_t j = 0; j < cg; ++j) {
+              const double d = mc[c0 + j] - mu;
+              variance += vc[c0 + j] + d * d;
+            }
+            variance /= static_cast<double>(cg);
+            const float mean_f = static_cast<float>(mu), var_f = static_cast<float>(variance);
+            const double rstd = 1.0 / std::sqrt(static_cast<double>(var_f) + static_cast<double>(eps));
+            for (int64_t j = 0; j < cg; ++j) {
+              const double gj = gamma[g * cg + j];
+              m[c0 + j] = mean_f;
+              v[c0 + j] = var_f;
+              sc[c0 + j] = gamma[g * cg + j];
+              a[c0 + j] = static_cast<float>(gj * rstd);
+              b[c0 + j] = static_cast<float>(beta[g * cg + j] - static_cast<double>(mean_f) * gj * rstd);
+            }
+          }
+        }
+      },
+      {{0, mean_c},
+       {1, var_c},
+       {2, p.param(weight.offset, c_md)},
+       {3, p.param(bias.offset, c_md)},
+       {4, mean},
+       {5, var},
+       {6, scale},
+       {7, a_nc},
+       {8, b_nc}});
+  // y = x * a + b in one binary pass over the view (then SiLU as a post-op
+  // when fused: the same arithmetic as the separate SiLU step, so inference
+  // and training programs give identical outputs).
+  dnnl::post_ops ops;
+  ops.append_binary(algorithm::binary_add, nc_b);
+  if (fuse_silu) ops.append_eltwise(1.0f, algorithm::eltwise_swish, 1.0f, 0.0f);
+  dnnl::primitive_attr apply_attr = user_scratchpad_attr();
+  apply_attr.set_post_ops(ops);
+  dnnl::binary::primitive_desc apply_pd(dnnl::binary::desc(algorithm::binary_mul, bn_md, nc_b, bn_md), apply_attr,
+                                        p.engine());
+  const ValueId y = p.new_value(x_md, !fuse_silu);
+  p.forward(p.make<dnnl::binary>(apply_pd), {{DNNL_ARG_SRC_0, view(p.data(x), bn_md)},
+                                             {DNNL_ARG_SRC_1, view(a_nc, nc_b)},
+                                             {DNNL_ARG_ATTR_MULTIPLE_POST_OP(0) | DNNL_ARG_SRC_1, view(b_nc, nc_b)},
+                                             {DNNL_ARG_DST, view(p.data(y), bn_md)}});
+  if (fuse_silu) return y;
+
+  p.on_backward([=](Program& p) {
+    // 1. batch-norm backward over the [1, N*C, H, W] view with the group mean
+    //    and variance as the channel statistics gives, per (n,c): S1 = sum dy,
+    //    S2 = sum dy xhat, and a = gamma rstd (dy - S1/HW - xhat S2/HW), the
+    //    gradient as if every (n,c) were its own group;
+    // 2. host, O(N*C): d gamma, d beta, and the per-(n,c) B, C that turn the
+    //    channel means into group means: dx = a + B x + C;
+    // 3. one binary primitive: dx = x * B + C + a.
+    const auto bwd_flags = flags::use_scale | flags::use_shift;
+    dnnl::batch_normalization_forward::primitive_desc hint_pd(
+        dnnl::batch_normalization_forward::desc(prop_kind::forward_training, bn_md, eps, bwd_flags), attr,
+        p.engine());
+    dnnl::batch_normalization_backward::primitive_desc bwd_pd(
+        dnnl::batch_normalization_backward::desc(prop_kind::backward, bn_md, bn_md, eps, bwd_flags), attr,
+        p.engine(), hint_pd);
+    const dnnl::memory a_term = p.alloc(bn_md);
+    const dnnl::memory s1 = p.alloc(nc_md), s2 = p.alloc(nc_md);
+    p.backward(p.make<dnnl::batch_normalization_backward>(bwd_pd), {{DNNL_ARG_SRC, view(p.data(x), bn_md)},
+                                                                     {DNNL_ARG_MEAN, mean},
+                                                                     {DNNL_ARG_VARIANCE, var},
+                                                                     {DNNL_ARG_SCALE, scale},
+                                                                     {DNNL_ARG_SHIFT, b_nc},  // required, unused
+                                                                     {DNNL_ARG_DIFF_DST, view(p.grad(y), bn_md)},
+                                                                     {DNNL_ARG_DIFF_SRC, a_term},
+                                                                     {DNNL_ARG_DIFF_SCALE, s2},
+                                                                     {DNNL_ARG_DIFF_SHIFT, s1}});
+    const dnnl::memory b_coef = p.alloc(nc_md), c_coef = p.alloc(nc_md);
+    const double count = static_cast<double>(cg * spatial), hw = static_cast<double>(spatial);
+    const double epsilon = eps;
+    p.host_backward(
+        [=](const Args& a) {
+          HostFloats m(a.at(0)), v(a.at(1)), sc(a.at(2)), S1(a.at(3)), S2(a.at(4)), dgamma(a.at(5)), dbeta(a.at(6)),
+              bc(a.at(7)), cc(a.at(8));
+          for (int64_t j = 0; j < c; ++j) {
+            double dg = 0, db = 0;
+            for (int64_t i = 0; i < n; ++i) {
+              dg += S2[i * c + j];
+              db += S1[i * c + j];
+            }
+            dgamma[j] = static_cast<float>(dg);
+            dbeta[j] = static_cast<float>(db);
+          }
+          for (int64_t i = 0; i < n; ++i) {
+            for (int64_t g = 0; g < groups; ++g) {
+              const int64_t c0 = i * c + g * cg;
+              double k1 = 0, k2 = 0;
+              for (int64_t j = 0; j < cg; ++j) {
+                k1 += static_cast<double>(sc[c0 + j]) * S1[c0 + j];
+                k2 += static_cast<double>(sc[c0 + j]) * S2[c0 + j];
+              }
+              const double rstd = 1.0 / std::sqrt(static_cast<double>(v[c0]) + epsilon);
+              for (int64_t j = 0; j < cg; ++j) {
+                const double gamma = sc[c0 + j];
+                const double b = rstd * rstd * (gamma * S2[c0 + j] / hw - k2 / count);
+                const double cst = rstd * (gamma * S1[c0 + j] / hw - k1 / count) - static_cast<double>(m[c0]) * b;
+                bc[c0 + j] = static_cast<float>(b);
+                cc[c0 + j] = static_cast<float>(cst);
+              }
+            }
+          }
+        },
+        {{0, mean},
+         {1, var},
+         {2, scale},
+         {3, s1},
+         {4, s2},
+         {5, p.param_grad(weight.offset, c_md)},
+         {6, p.param_grad(bias.offset, c_md)},
+         {7, b_coef},
+         {8, c_coef}});
+    if (!p.needs_grad(x)) return;
+    // A later contribution adds into the gradient directly (sum post-op).
+    const GradSink s = p.sink(x, true);
+    dnnl::post_ops ops;
+    ops.append_binary(algorithm::binary_add, nc_b);
+    ops.append_binary(algorithm::binary_add, bn_md);
+    if (s.add_into) ops.append_sum(1.0f);
+    dnnl::primitive_attr dx_attr = user_scratchpad_attr();
+    dx_attr.set_post_ops(ops);
+    dnnl::binary::primitive_desc dx_pd(dnnl::binary::desc(algorithm::binary_mul, bn_md, nc_b, bn_md), dx_attr,
+                                       p.engine());
+    p.backward(p.make<dnnl::binary>(dx_pd), {{DNNL_ARG_SRC_0, view(p.data(x), bn_md)},
+                                             {DNNL_ARG_SRC_1, view(b_coef, nc_b)},
+                                             {DNNL_ARG_ATTR_MULTIPLE_POST_OP(0) | DNNL_ARG_SRC_1, view(c_coef, nc_b)},
+                                             {DNNL_ARG_ATTR_MULTIPLE_POST_OP(1) | DNNL_ARG_SRC_1, a_term},
+                                             {DNNL_ARG_DST, view(s.memory, bn_md)}});
+    p.commit(s);
+  });
+  return y;
+}
+
+}  // namespace
+
+ValueId group_norm(Program& p, ValueId x, const ParamRef& weight, const ParamRef& bias, int64_t groups, float eps) {
+  return group_norm_impl(p, x, weight, bias, groups, eps, false);
+}
+
+ValueId group_norm_silu(Program& p, ValueId x, const ParamRef& weight, const ParamRef& bias, int64_t groups,
+                        float eps) {
+  if (p.training()) return silu(p, group_norm_impl(p, x, weight, bias, groups, eps, false));
+  return group_norm_impl(p, x, weight, bias, groups, eps, true);
+}
+
+ValueId silu(Program& p, ValueId x) {
+  // SiLU(x) = x * sigmoid(x): eltwise_swish with alpha = 1. Shape unchanged.
+  const auto x_md = p.desc(x);
+  const auto attr = user_scratchpad_attr();
+  dnnl::eltwise_forward::primitive_desc fwd_pd(
+      dnnl::eltwise_forward::desc(prop_kind::forward_training, algorithm::eltwise_swish, x_md, 1.f, 0.f), attr,
+      p.engine());
+  const ValueId y = p.new_value(x_md, true);
+  p.forward(p.make<dnnl::eltwise_forward>(fwd_pd), {{DNNL_ARG_SRC, p.data(x)}, {DNNL_ARG_DST, p.data(y)}});
+  p.on_backward([=](Program& p) {
+    if (!p.needs_grad(x)) return;
+    dnnl::eltwise_backward::primitive_desc pd(
+        dnnl::eltwise_backward::desc(algorithm::eltwise_swish, x_md, x_md, 1.f, 0.f), attr, p.engine(), fwd_pd);
+    const GradSink s = p.sink(x);
+    p.backward(p.make<dnnl::eltwise_backward>(pd),
+               {{DNNL_ARG_SRC, p.data(x)}, {DNNL_ARG_DIFF_DST, p.grad(y)}, {DNNL_ARG_DIFF_SRC, s.memory}});
+    p.commit(s);
+  });
+  return y;
+}
+
+ValueId add(Program& p, ValueId a, ValueId b) {
+  // a, b [same shape] -> a + b
+  require(p.shape(a) == p.shape(b), "add of different shapes");
+  const auto md = p.desc(a);
+  dnnl::binary::primitive_desc pd(dnnl::binary::desc(algorithm::binary_add, md, p.desc(b), md),
+                                  user_scratchpad_attr(), p.engine());
+  const ValueId y = p.new_value(md, true);
+  p.forward(p.make<dnnl::binary>(pd),
+            {{DNNL_ARG_SRC_0, p.data(a)}, {DNNL_ARG_SRC_1, p.data(b)}, {DNNL_ARG_DST, p.data(y)}});
+  p.on_backward([=](Program& p) {
+    // One input takes dy's memory as its gradient (no copy), the other a copy.
+    const bool shared_a = a != b && p.needs_grad(a) && p.share_grad(a, y);
+    const bool shared_b = a != b && !shared_a && p.needs_grad(b) && p.share_grad(b, y);
+    if (p.needs_grad(a) && !shared_a) p.contribute(a, p.grad(y));
+    if (p.needs_grad(b) && !shared_b) p.contribute(b, p.grad(y));
+  });
+  return y;
+}
+
+ValueId add_channel_bias(Program& p, ValueId x, ValueId bias) {
+  // x [N,C,H,W] (any layout) + bias [N,C] broadcast over H, W (the time
+  // embedding projection): a per-channel add over the [1, N*C, H, W] view.
+  const dims xs = p.shape(x);
+  require(xs.size() == 4 && p.shape(bias) == dims({xs[0], xs[1]}), "add_channel_bias shape mismatch");
+  const auto x_md = p.desc(x);
+  const auto bn_md = per_sample_channels(x_md);
+  const int64_t nc = xs[0] * xs[1], spatial = xs[2] * xs[3];
+  const auto b4 = per_channel_operand(bn_md);
+  const auto attr = user_scratchpad_attr();
+  dnnl::binary::primitive_desc pd(dnnl::binary::desc(algorithm::binary_add, bn_md, b4, bn_md), attr, p.engine());
+  const ValueId y = p.new_value(x_md, true);
+  p.forward(p.make<dnnl::binary>(pd), {{DNNL_ARG_SRC_0, view(p.data(x), bn_md)},
+                                       {DNNL_ARG_SRC_1, view(p.data(bias), b4)},
+                                       {DNNL_ARG_DST, view(p.data(y), bn_md)}});
+  p.on_backward([=](Program& p) {
+    const dnnl::memory dy = p.grad(y);
+    if (p.needs_grad(x) && !p.share_grad(x, y)) p.contribute(x, dy);
+    if (!p.needs_grad(bias)) return;
+    if (spatial == 1) {
+      p.contribute(bias, view(dy, p.desc(bias)));
+      return;
+    }
+    // d bias[n,c] = sum over H, W of dy: a matmul with a vector of ones.
+    //   plain:   [N*C, S] x [S, 1]            -> [N*C, 1]
+    //   blocked: [1, 1, S] x [N*C/16, S, 16]  -> [N*C/16, 1, 16] (= plain [N, C])
+    const GradSink s = p.sink(bias);
+    const bool blocked = is_channel_blocked(x_md);
+    const dnnl::memory ones = p.alloc_constant(plain_f32(blocked ? dims{1, 1, spatial} : dims{spatial, 1}));
+    {
+      auto* o = static_cast<float*>(ones.map_data());
+      std::fill(o, o + spatial, 1.0f);
+      ones.unmap_data(o);
+    }
+    if (blocked) {
+      const auto dy_md = plain_f32({nc / 16, spatial, 16});
+      const auto out_md = plain_f32({nc / 16, 1, 16});
+      dnnl::matmul::primitive_desc mm(dnnl::matmul::desc(ones.get_desc(), dy_md, out_md), attr, p.engine());
+      p.backward(p.make<dnnl::matmul>(mm),
+                 {{DNNL_ARG_SRC, ones}, {DNNL_ARG_WEIGHTS, view(dy, dy_md)}, {DNNL_ARG_DST, view(s.memory, out_md)}});
+    } else {
+      const auto dy_md = plain_f32({nc, spatial});
+      const auto out_md = plain_f32({nc, 1});
+      dnnl::matmul::primitive_desc mm(dnnl::matmul::desc(dy_md, ones.get_desc(), out_md), attr, p.engine());
+      p.backward(p.make<dnnl::matmul>(mm),
+                 {{DNNL_ARG_SRC, view(dy, dy_md)}, {DNNL_ARG_WEIGHTS, ones}, {DNNL_ARG_DST, view(s.memory, out_md)}});
+    }
+    p.commit(s);
+  });
+  return y;
+}
+
+ValueId concat_channels(Program& p, ValueId a, ValueId b) {
+  // a [N,Ca,H,W], b [N,Cb,H,W] -> [N,Ca+Cb,H,W]; backward: the two channel
+  // slices of dy, seen as sub-memory views and copied (or added) out.
+  const dims as = p.shape(a), bs = p.shape(b);
+  require(as.size() == 4 && bs.size() == 4 && as[0] == bs[0] && as[2] == bs[2] && as[3] == bs[3],
+          "concat of incompatible shapes");
+  // Channel-blocked output when the split falls on a block boundary (so the
+  // backward's channel slices are block-aligned sub-memories).
+  const dims ys{as[0], as[1] + bs[1], as[2], as[3]};
+  const auto y_md = as[1] % 16 == 0 ? activation_desc(ys) : plain_f32(ys);
+  dnnl::concat::primitive_desc pd(y_md, 1, {p.desc(a), p.desc(b)}, p.engine(), user_scratchpad_attr());
+  const ValueId y = p.new_value(y_md, true);
+  p.forward(p.make<dnnl::concat>(pd), {{DNNL_ARG_MULTIPLE_SRC + 0, p.data(a)},
+                                       {DNNL_ARG_MULTIPLE_SRC + 1, p.data(b)},
+                                       {DNNL_ARG_DST, p.data(y)}});
+  p.on_backward([=](Program& p) {
+    const dnnl::memory dy = p.grad(y);
+    if (p.needs_grad(a)) p.contribute(a, view(dy, y_md.submemory_desc(as, {0, 0, 0, 0})));
+    if (p.needs_grad(b)) p.contribute(b, view(dy, y_md.submemory_desc(bs, {0, as[1], 0, 0})));
+  });
+  return y;
+}
+
+ValueId upsample_nearest2x(Program& p, ValueId x) {
+  // x [N,C,H,W] -> [N,C,2H,2W], up[y,x] = in[y/2, x/2]
+  const dims xs = p.shape(x);
+  const auto x_md = p.desc(x);
+  const auto y_md = is_channel_blocked(x_md) ? activation_desc({xs[0], xs[1], 2 * xs[2], 2 * xs[3]})
+                                             : plain_f32({xs[0], xs[1], 2 * xs[2], 2 * xs[3]});
+  const auto attr = user_scratchpad_attr();
+  dnnl::resampling_forward::primitive_desc fwd_pd(
+      dnnl::resampling_forward::desc(prop_kind::forward_training, algorithm::resampling_nearest, x_md, y_md), attr,
+      p.engine());
+  const ValueId y = p.new_value(y_md, true);
+  p.forward(p.make<dnnl::resampling_forward>(fwd_pd), {{DNNL_ARG_SRC, p.data(x)}, {DNNL_ARG_DST, p.data(y)}});
+  p.on_backward([=](Program& p) {
+    if (!p.needs_grad(x)) return;
+    dnnl::resampling_backward::primitive_desc pd(
+        dnnl::resampling_backward::desc(algorithm::resampling_nearest, x_md, y_md), attr, p.engine(), fwd_pd);
+    const GradSink s = p.sink(x);
+    p.backward(p.make<dnnl::resampling_backward>(pd), {{DNNL_ARG_DIFF_DST, p.grad(y)}, {DNNL_ARG_DIFF_SRC, s.memory}});
+    p.commit(s);
+  });
+  return y;
+}
+
+namespace {
+
+// Plain [N,S,C] tokens (token s = y*W + x) are [N,C,H,W] in nhwc order.
+dnnl::memory::desc tokens_as_nchw(const dims& nchw) { return dnnl::memory::desc(nchw, dt::f32, tag::nhwc); }
+
+}  // namespace
+
+ValueId to_tokens(Program& p, ValueId x) {
+  // x [N,C,H,W] (any layout) -> [N,S,C] (a reorder to nhwc)
+  const dims xs = p.shape(x);
+  const ValueId y = p.new_value(plain_f32({xs[0], xs[2] * xs[3], xs[1]}), true);
+  p.copy(p.data(x), view(p.data(y), tokens_as_nchw(xs)), false);
+  p.on_backward([=](Program& p) {
+    if (p.needs_grad(x)) p.contribute(x, view(p.grad(y), tokens_as_nchw(xs)));
+  });
+  return y;
+}
+
+ValueId from_tokens(Program& p, ValueId tokens, const dims& nchw) {
+  // [N,S,C] -> [N,C,H,W] in the activation layout
+  require(p.shape(tokens) == dims({nchw[0], nchw[2] * nchw[3], nchw[1]}), "from_tokens shape mismatch");
+  const ValueId y = p.new_value(activation_desc(nchw), true);
+  p.copy(view(p.data(tokens), tokens_as_nchw(nchw)), p.data(y), false);
+  p.on_backward([=](Program& p) {
+    if (!p.needs_grad(tokens)) return;
+    const GradSink s = p.sink(tokens);
+    p.copy(p.grad(y), view(s.memory, tokens_as_nchw(nchw)), true);
+    p.commit(s);
+  });
+  return y;
+}
+
+ValueId attention_core(Program& p, ValueId q, ValueId k, ValueId v, int64_t batch, int64_t head_dim) {
+  // q, k, v [N,S,C] -> out [N,S,C]; heads h = C/d, B = N*h.
+  // Per head: P = softmax(scale * Q_h K_h^T) [B,S,S], O_h = P V_h [B,S,d].
+  const dims qs = p.shape(q);
+  require(qs.size() == 3 && qs[0] == batch && qs[2] % head_dim == 0, "attention shape mismatch");
+  const int64_t n = qs[0], s = qs[1], c = qs[2], d = head_dim, h = c / d, b = n * h;
+  const float scale = 1.0f / std::sqrt(static_cast<float>(d));
+  // The [N,S,C] tokens seen as heads [N,h,S,d], and the plain head layout.
+  const dnnl::memory::desc heads_view({n, h, s, d}, dt::f32, dims{s * c, d, c, 1});
+  const auto heads_plain = plain_f32({n, h, s, d});
+  const auto bsd = plain_f32({b, s, d});
+  const auto bss = plain_f32({b, s, s});
+  const dnnl::memory::desc bds_t({b, d, s}, dt::f32, dims{s * d, 1, d});  // [B,S,d] plain seen transposed
+  const dnnl::memory::desc bss_t({b, s, s}, dt::f32, dims{s * s, 1, s});  // [B,S,S] plain seen transposed
+  // Plain [B,S,d] head tensors seen as [N,S,h,d], i.e. plain [N,S,C] split.
+  const dnnl::memory::desc heads_as_tokens({n, s, h, d}, dt::f32, dims{h * s * d, d, s * d, 1});
+
+  dnnl::primitive_attr scaled = user_scratchpad_attr();
+  scaled.set_output_scales(0, {scale});
+  const auto attr = user_scratchpad_attr();
+
+  const dnnl::memory qh = p.alloc(heads_plain), kh = p.alloc(heads_plain), vh = p.alloc(heads_plain);
+  p.copy(view(p.data(q), heads_view), qh, false);
+  p.copy(view(p.data(k), heads_view), kh, false);
+  p.copy(view(p.data(v), heads_view), vh, false);
+  const dnnl::memory probs = p.alloc(bss);  // scores, then softmax in place: P [B,S,S]
+  dnnl::matmul::primitive_desc scores_pd(dnnl::matmul::desc(bsd, bds_t, bss), scaled, p.engine());
+  p.forward(p.make<dnnl::matmul>(scores_pd),
+            {{DNNL_ARG_SRC, view(qh, bsd)}, {DNNL_ARG_WEIGHTS, view(kh, bds_t)}, {DNNL_ARG_DST, probs}});
+  dnnl::softmax_forward::primitive_desc softmax_pd(dnnl::softmax_forward::desc(prop_kind::forward_training, bss, 2),
+                                                   attr, p.engine());
+  p.forward(p.make<dnnl::softmax_forward>(softmax_pd), {{DNNL_ARG_SRC, probs}, {DNNL_ARG_DST, probs}});
+  const dnnl::memory oh = p.alloc(bsd);
+  dnnl::matmul::primitive_desc pv_pd(dnnl::matmul::desc(bss, bsd, bsd), attr, p.engine());
+  p.forward(p.make<dnnl::matmul>(pv_pd),
+            {{DNNL_ARG_SRC, probs}, {DNNL_ARG_WEIGHTS, view(vh, bsd)}, {DNNL_ARG_DST, oh}});
+  const ValueId out = p.new_value(plain_f32(qs), true);
+  p.copy(view(oh, heads_plain), view(p.data(out), heads_view), false);
+
+  p.on_backward([=](Program& p) {
+    const dnnl::memory doh = p.alloc(bsd);
+    p.copy(view(p.grad(out), heads_view), view(doh, heads_plain), true);
+    // dP = dO V^T ; dV = P^T dO
+    const dnnl::memory dprobs = p.alloc(bss);
+    dnnl::matmul::primitive_desc dp_pd(dnnl::matmul::desc(bsd, bds_t, bss), attr, p.engine());
+    p.backward(p.make<dnnl::matmul>(dp_pd),
+               {{DNNL_ARG_SRC, doh}, {DNNL_ARG_WEIGHTS, view(vh, bds_t)}, {DNNL_ARG_DST, dprobs}});
+    const dnnl::memory dvh = p.alloc(bsd);
+    dnnl::matmul::primitive_desc dv_pd(dnnl::matmul::desc(bss_t, bsd, bsd), attr, p.engine());
+    p.backward(p.make<dnnl::matmul>(dv_pd),
+               {{DNNL_ARG_SRC, view(probs, bss_t)}, {DNNL_ARG_WEIGHTS, doh}, {DNNL_ARG_DST, dvh}});
+    // dScores = softmax backward ; dQ = scale dS K ; dK = scale dS^T Q
+    const dnnl::memory dscores = p.alloc(bss);
+    dnnl::softmax_backward::primitive_desc sb_pd(dnnl::softmax_backward::desc(bss, bss, 2), attr, p.engine(),
+                                                 softmax_pd);
+    p.backward(p.make<dnnl::softmax_backward>(sb_pd),
+               {{DNNL_ARG_DST, probs}, {DNNL_ARG_DIFF_DST, dprobs}, {DNNL_ARG_DIFF_SRC, dscores}});
+    const dnnl::memory dqh = p.alloc(bsd), dkh = p.alloc(bsd);
+    dnnl::matmul::primitive_desc dq_pd(dnnl::matmul::desc(bss, bsd, bsd), scaled, p.engine());
+    p.backward(p.make<dnnl::matmul>(dq_pd),
+               {{DNNL_ARG_SRC, dscores}, {DNNL_ARG_WEIGHTS, view(kh, bsd)}, {DNNL_ARG_DST, dqh}});
+    dnnl::matmul::primitive_desc dk_pd(dnnl::matmul::desc(bss_t, bsd, bsd), scaled, p.engine());
+    p.backward(p.make<dnnl::matmul>(dk_pd),
+               {{DNNL_ARG_SRC, view(dscores, bss_t)}, {DNNL_ARG_WEIGHTS, view(qh, bsd)}, {DNNL_ARG_DST, dkh}});
+    if (p.needs_grad(q)) p.contribute(q, view(dqh, heads_as_tokens));
+    if (p.needs_grad(k)) p.contribute(k, view(dkh, heads_as_tokens));
+    if (p.needs_grad(v)) p.contribute(v, view(dvh, heads_as_tokens));
+  });
+  return out;
+}
+
+void timestep_embedding_table(const std::vector<int64_t>& timesteps, int64_t dim, float* out) {
+  // Host computation (see the header): float32 throughout, as the reference.
+  const int64_t half = dim / 2;
+  const float log_max = std::log(10000.0f);
+  for (size_t n = 0; n < timesteps.size(); ++n) {
+    const float t = static_cast<float>(timesteps[n]);
+    float* row = out + static_cast<int64_t>(n) * dim;
+    for (int64_t j = 0; j < half; ++j) {
+      const float exponent = (-log_max * static_cast<float>(j)) / static_cast<float>(half);
+      const float arg = t * std::exp(exponent);
+      row[j] = std::cos(arg);
+      row[half + j] = std::sin(arg);
+    }
+    for (int64_t j = 2 * half; j < dim; ++j) row[j] = 0.0f;
+  }
+}
+
+}  // namespace diffuflow

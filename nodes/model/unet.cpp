@@ -1,0 +1,324 @@
+#include "nodes/model/unet.hpp"
+
+#include "graph/errors.hpp"
+#include "nodes/model/layers.hpp"
+#include "nodes/model/pooled_state.hpp"
+#include "compute/program.hpp"
+
+#include <map>
+#include <stdexcept>
+#include <tuple>
+#include <unordered_map>
+
+namespace diffuflow {
+
+namespace {
+
+bool is_attention(const std::string& type) { return type.rfind("Attn", 0) == 0; }
+
+// Appends a block's parameters in diffusers' module order.
+struct SlotList {
+  std::vector<ParamSlot> slots;
+  void add(const std::string& name, Shape shape) { slots.push_back({name, std::move(shape), 0}); }
+  void conv(const std::string& prefix, int64_t out, int64_t in, int64_t k) {
+    add(prefix + ".weight", {out, in, k, k});
+    add(prefix + ".bias", {out});
+  }
+  void linear(const std::string& prefix, int64_t out, int64_t in) {
+    add(prefix + ".weight", {out, in});
+    add(prefix + ".bias", {out});
+  }
+  void norm(const std::string& prefix, int64_t channels) {
+    add(prefix + ".weight", {channels});
+    add(prefix + ".bias", {channels});
+  }
+  void resnet(const std::string& prefix, int64_t in, int64_t out, int64_t temb) {
+    norm(prefix + ".norm1", in);
+    conv(prefix + ".conv1", out, in, 3);
+    linear(prefix + ".time_emb_proj", out, temb);
+    norm(prefix + ".norm2", out);
+    conv(prefix + ".conv2", out, out, 3);
+    if (in != out) conv(prefix + ".conv_shortcut", out, in, 1);
+  }
+  void attention(const std::string& prefix, int64_t channels) {
+    norm(prefix + ".group_norm", channels);
+    linear(prefix + ".to_q", channels, channels);
+    linear(prefix + ".to_k", channels, channels);
+    linear(prefix + ".to_v", channels, channels);
+    linear(prefix + ".to_out.0", channels, channels);
+  }
+};
+
+}  // namespace
+
+std::vector<ParamSlot> unet_param_slots(const UNetConfig& c) {
+  c.validate();
+  SlotList s;
+  const auto& boc = c.block_out_channels;
+  const size_t nb = boc.size();
+  const int64_t temb = c.time_embed_dim(), L = c.layers_per_block;
+  s.conv("conv_in", boc[0], c.in_channels, 3);
+  s.linear("time_embedding.linear_1", temb, boc[0]);
+  s.linear("time_embedding.linear_2", temb, temb);
+  for (size_t i = 0; i < nb; ++i) {
+    const std::string prefix = "down_blocks." + std::to_string(i);
+    const int64_t in = i == 0 ? boc[0] : boc[i - 1], out = boc[i];
+    if (is_attention(c.down_block_types[i]))
+      for (int64_t j = 0; j < L; ++j) s.attention(prefix + ".attentions." + std::to_string(j), out);
+    for (int64_t j = 0; j < L; ++j) s.resnet(prefix + ".resnets." + std::to_string(j), j == 0 ? in : out, out, temb);
+    if (i + 1 < nb) s.conv(prefix + ".downsamplers.0.conv", out, out, 3);
+  }
+  std::vector<int64_t> rev(boc.rbegin(), boc.rend());
+  for (size_t i = 0; i < nb; ++i) {
+    const std::string prefix = "up_blocks." + std::to_string(i);
+    const int64_t prev_out = i == 0 ? rev[0] : rev[i - 1], out = rev[i], in = rev[std::min(i + 1, nb - 1)];
+    if (is_attention(c.up_block_types[i]))
+      for (int64_t j = 0; j <= L; ++j) s.attention(prefix + ".attentions." + std::to_string(j), out);
+    for (int64_t j = 0; j <= L; ++j) {
+      const int64_t res_in = (j == 0 ? prev_out : out) + (j == L ? in : out);
+      s.resnet(prefix + ".resnets." + std::to_string(j), res_in, out, temb);
+    }
+    if (i + 1 < nb) s.conv(prefix + ".upsamplers.0.conv", out, out, 3);
+  }
+  s.attention("mid_block.attentions.0", boc.back());
+  s.resnet("mid_block.resnets.0", boc.back(), boc.back(), temb);
+  s.resnet("mid_block.resnets.1", boc.back(), boc.back(), temb);
+  s.norm("conv_norm_out", boc[0]);
+  s.conv("conv_out", c.out_channels, boc[0], 3);
+  return s.slots;
+}
+
+namespace {
+
+// Appends the whole network to a program (SPEC.md "Blocks").
+class UNetBuilder {
+ public:
+  UNetBuilder(Program& p, const UNetConfig& c, const std::vector<ParamSlot>& slots) : p_(p), c_(c) {
+    for (const auto& s : slots) index_[s.name] = ParamRef{s.offset, s.shape};
+  }
+
+  // x [N,Cin,H,W], temb0 [N,D] -> eps [N,Cout,H,W]
+  ValueId build(ValueId x, ValueId temb0) {
+    const auto& boc = c_.block_out_channels;
+    const size_t nb = boc.size();
+    const int64_t L = c_.layers_per_block;
+    // Time embedding MLP: [N,D] -> [N,4D]; every resnet projects SiLU(emb).
+    ValueId emb = linear(p_, temb0, param("time_embedding.linear_1.weight"), param("time_embedding.linear_1.bias"));
+    emb = silu(p_, emb);
+    emb = linear(p_, emb, param("time_embedding.linear_2.weight"), param("time_embedding.linear_2.bias"));
+    emb_act_ = silu(p_, emb);
+
+    ValueId h = conv("conv_in", x, 1, 1);
+    std::vector<ValueId> skips{h};
+    for (size_t i = 0; i < nb; ++i) {
+      const std::string prefix = "down_blocks." + std::to_string(i);
+      for (int64_t j = 0; j < L; ++j) {
+        h = resnet(prefix + ".resnets." + std::to_string(j), h);
+        if (is_attention(c_.down_block_types[i])) h = attention(prefix + ".attentions." + std::to_string(j), h);
+        skips.push_back(h);
+      }
+      if (i + 1 < nb) {
+        h = conv(prefix + ".downsamplers.0.conv", h, 2, 1);
+        skips.push_back(h);
+      }
+    }
+    h = resnet("mid_block.resnets.0", h);
+    h = attention("mid_block.attentions.0", h);
+    h = resnet("mid_block.resnets.1", h);
+    for (size_t i = 0; i < nb; ++i) {
+      const std::string prefix = "up_blocks." + std::to_string(i);
+      for (int64_t j = 0; j <= L; ++j) {
+        const ValueId skip = skips.back();
+        skips.pop_back();
+        h = concat_channels(p_, h, skip);
+        h = resnet(prefix + ".resnets." + std::to_string(j), h);
+        if (is_attention(c_.up_block_types[i])) h = attention(prefix + ".attentions." + std::to_string(j), h);
+      }
+      if (i + 1 < nb) h = conv(prefix + ".upsamplers.0.conv", upsample_nearest2x(p_, h), 1, 1);
+    }
+    h = norm_silu("conv_norm_out", h);
+    return conv("conv_out", h, 1, 1);
+  }
+
+ private:
+  const ParamRef& param(const std::string& name) const {
+    auto it = index_.find(name);
+    if (it == index_.end()) throw std::logic_error("U-Net build: no parameter " + name);
+    return it->second;
+  }
+  ValueId conv(const std::string& prefix, ValueId x, int64_t stride, int64_t padding) {
+    return conv2d(p_, x, param(prefix + ".weight"), param(prefix + ".bias"), stride, padding);
+  }
+  ValueId norm(const std::string& prefix, ValueId x) {
+    return group_norm(p_, x, param(prefix + ".weight"), param(prefix + ".bias"), c_.norm_num_groups,
+                      static_cast<float>(c_.norm_eps));
+  }
+  ValueId norm_silu(const std::string& prefix, ValueId x) {
+    return group_norm_silu(p_, x, param(prefix + ".weight"), param(prefix + ".bias"), c_.norm_num_groups,
+                           static_cast<float>(c_.norm_eps));
+  }
+  ValueId dense(const std::string& prefix, ValueId x) {
+    return linear(p_, x, param(prefix + ".weight"), param(prefix + ".bias"));
+  }
+
+  // ResnetBlock2D: x [N,Ci,H,W] -> [N,Co,H,W]
+  ValueId resnet(const std::string& prefix, ValueId x) {
+    ValueId h = conv(prefix + ".conv1", norm_silu(prefix + ".norm1", x), 1, 1);
+    h = add_channel_bias(p_, h, dense(prefix + ".time_emb_proj", emb_act_));  // + [N,Co] over H, W
+    h = conv(prefix + ".conv2", norm_silu(prefix + ".norm2", h), 1, 1);
+    const ValueId shortcut = index_.count(prefix + ".conv_shortcut.weight") ? conv(prefix + ".conv_shortcut", x, 1, 0) : x;
+    return add(p_, shortcut, h);
+  }
+
+  // Attention with group norm and residual: x [N,C,H,W] -> [N,C,H,W]
+  ValueId attention(const std::string& prefix, ValueId x) {
+    const dims shape = p_.shape(x);
+    const ValueId tokens = to_tokens(p_, norm(prefix + ".group_norm", x));  // [N,S,C]
+    const ValueId q = dense(prefix + ".to_q", tokens);
+    const ValueId k = dense(prefix + ".to_k", tokens);
+    const ValueId v = dense(prefix + ".to_v", tokens);
+    const ValueId o = attention_core(p_, q, k, v, shape[0], c_.attention_head_dim);
+    const ValueId y = from_tokens(p_, dense(prefix + ".to_out.0", o), shape);
+    return add(p_, y, x);
+  }
+
+  Program& p_;
+  const UNetConfig& c_;
+  std::unordered_map<std::string, ParamRef> index_;
+  ValueId emb_act_ = -1;
+};
+
+}  // namespace
+
+// Programs per (batch, height, width, training, precision).
+using UNetPoolKey = std::tuple<int64_t, int64_t, int64_t, bool, Precision>;
+
+struct UNetModel::Workspace {
+  UNetPoolKey key;
+  int64_t batch = 0, height = 0, width = 0;
+  bool training = false;
+  std::unique_ptr<Program> program;
+  ValueId x = -1, temb0 = -1, out = -1;
+  int copy_x_in = -1, copy_out = -1, copy_grad_in = -1, copy_grad_x = -1;
+  dnnl::stream stream;
+};
+
+class UNetModel::Pool : public ProgramPool<UNetPoolKey, UNetModel::Workspace> {};
+
+namespace {
+
+using UNetState = PooledState<UNetModel::Pool, UNetModel::Workspace>;
+
+// src (a tensor from outside, possibly on another engine or layout) -> dst inside the program.
+void copy_in(Program& program, int copy_id, const Tensor& src, const dnnl::memory& dst, const dnnl::engine& engine,
+             dnnl::stream& stream) {
+  Tensor local = src;
+  if (src.engine().get_kind() != engine.get_kind()) local = src.copy_to(engine);
+  if (local.desc() == plain_f32(local.shape())) {
+    program.run_io_copy(copy_id, local.memory(), dst, stream);
+  } else {
+    dnnl::memory from = local.memory(), to = dst;
+    dnnl::reorder(from, to).execute(stream, from, to);
+  }
+}
+
+}  // namespace
+
+UNetModel::UNetModel(const UNetConfig& config, const dnnl::engine& engine)
+    : DenoiserModel(unet_param_slots(config), engine), config_(config), pool_(std::make_shared<Pool>()) {}
+
+UNetModel::~UNetModel() = default;
+
+size_t UNetModel::programs_built() const { return pool_->built(); }
+
+std::unique_ptr<UNetModel> make_unet(const UNetConfig& config, Device& device) {
+  return std::make_unique<UNetModel>(config, device.engine());
+}
+
+ForwardResult UNetModel::forward(const Tensor& x, const Tensor& t, bool for_training) {
+  const int64_t factor = int64_t{1} << config_.resolution_steps();
+  if (x.rank() != 4 || x.dtype() != DType::f32 || x.dim(1) != config_.in_channels || x.dim(2) % factor != 0 ||
+      x.dim(3) % factor != 0 || x.dim(0) < 1) {
+    throw std::invalid_argument("unet forward: x must be f32 [N, " + std::to_string(config_.in_channels) +
+                                ", H, W] with H and W multiples of " + std::to_string(factor) + ", got " +
+                                dtype_name(x.dtype()) + " " + shape_str(x.shape()));
+  }
+  const int64_t n = x.dim(0), h = x.dim(2), w = x.dim(3);
+  if (t.rank() != 1 || t.dim(0) != n || (t.dtype() != DType::s32 && t.dtype() != DType::s64)) {
+    throw std::invalid_argument("unet forward: t must be s32 or s64 [" + std::to_string(n) + "], got " +
+                                dtype_name(t.dtype()) + " " + shape_str(t.shape()));
+  }
+  // The timesteps are read on the host (they only feed the host-computed embedding table).
+  const std::vector<int64_t> steps = t.to_int64_vector();
+
+  const Precision precision = precision_.load();
+  const UNetPoolKey key{n, h, w, for_training, precision};
+  auto ws = pool_->acquire(key, [&](PrimitiveCache& cache) {
+    auto made = std::make_unique<Workspace>();
+    made->key = key;
+    made->batch = n;
+    made->height = h;
+    made->width = w;
+    made->training = for_training;
+    made->program = std::make_unique<Program>(engine(), cache, params(), for_training ? param_count() : 1,
+                                               for_training, precision);
+    Program& p = *made->program;
+    const auto x_md = plain_f32({n, config_.in_channels, h, w});
+    const auto y_md = plain_f32({n, config_.out_channels, h, w});
+    made->x = p.new_value(x_md, for_training);
+    made->temb0 = p.new_value(plain_f32({n, config_.block_out_channels[0]}), false);
+    made->out = UNetBuilder(p, config_, param_slots()).build(made->x, made->temb0);
+    p.pin(made->x);
+    p.pin(made->temb0);
+    made->copy_x_in = p.add_io_copy(x_md, x_md);
+    made->copy_out = p.add_io_copy(p.desc(made->out), y_md);
+    if (for_training) {
+      made->copy_grad_in = p.add_io_copy(y_md, p.desc(made->out));
+      made->copy_grad_x = p.add_io_copy(x_md, x_md);
+    }
+    p.finalize(made->out, for_training);
+    made->stream = dnnl::stream(engine());
+    return made;
+  });
+  auto state = std::make_shared<UNetState>(pool_, std::move(ws));
+  Workspace& space = state->workspace();
+  Program& p = *space.program;
+
+  copy_in(p, space.copy_x_in, x, p.data(space.x), engine(), space.stream);
+  {
+    auto* table = static_cast<float*>(p.data(space.temb0).map_data());
+    timestep_embedding_table(steps, config_.block_out_channels[0], table);
+    p.data(space.temb0).unmap_data(table);
+  }
+  p.run_forward(space.stream);
+  Tensor prediction({n, config_.out_channels, h, w}, DType::f32, engine());
+  p.run_io_copy(space.copy_out, p.data(space.out), prediction.memory(), space.stream);
+  space.stream.wait();
+
+  ForwardResult result;
+  result.prediction = prediction;
+  if (for_training) result.state = state;
+  return result;
+}
+
+Tensor UNetModel::backward(const ForwardState& state, const Tensor& grad_out) {
+  const auto* s = dynamic_cast<const UNetState*>(&state);
+  if (!s || s->owner() != pool_.get()) throw std::invalid_argument("unet backward: the state is not from this model");
+  Workspace& space = s->workspace();
+  if (!space.training) throw std::invalid_argument("unet backward: the forward pass was not run for training");
+  const Shape want{space.batch, config_.out_channels, space.height, space.width};
+  if (grad_out.shape() != want || grad_out.dtype() != DType::f32) {
+    throw std::invalid_argument("unet backward: grad_out must be f32 " + shape_str(want) + ", got " +
+                                dtype_name(grad_out.dtype()) + " " + shape_str(grad_out.shape()));
+  }
+  Program& p = *space.program;
+  copy_in(p, space.copy_grad_in, grad_out, p.grad(space.out), engine(), space.stream);
+  p.run_backward(space.stream);
+  Tensor grad_x({space.batch, config_.in_channels, space.height, space.width}, DType::f32, engine());
+  p.run_io_copy(space.copy_grad_x, p.grad(space.x), grad_x.memory(), space.stream);
+  space.stream.wait();
+  accumulate_grads(p.grad_staging());
+  return grad_x;
+}
+
+}  // namespace diffuflow

@@ -1,0 +1,60 @@
+// The U-Net denoiser (diffusers UNet2DModel structure and parameter names),
+// forward and backward as oneDNN primitives. See ../shared/fixtures/SPEC.md
+// for the equations and the block bookkeeping it follows.
+//
+//   auto model = make_unet(UNetConfig::named("unet-tiny"), device);
+//   model->load(SafetensorsFile::read("weights.safetensors"));
+//   auto fwd = model->forward(x, t, true);          // x [N,1,16,16], t [N]
+//   Tensor grad_x = model->backward(*fwd.state, g); // g = dL/d eps_pred
+//
+// Per (batch size, image size, training or not) the model builds a program
+// (compute/program.hpp) once; primitives are cached per such shape, and
+// the programs' memory (activations, gradients, scratchpad) is pooled: a
+// ForwardState holds one until it is dropped, so steady-state steps at a
+// fixed batch size allocate no activation memory.
+#pragma once
+
+#include "graph/device.hpp"
+#include "nodes/model/denoiser_model.hpp"
+#include "compute/program.hpp"
+#include "nodes/model/unet_config.hpp"
+
+#include <atomic>
+#include <memory>
+
+namespace diffuflow {
+
+// The parameter table (diffusers state-dict names and shapes, module order) of a config.
+std::vector<ParamSlot> unet_param_slots(const UNetConfig& config);
+
+class UNetModel;
+std::unique_ptr<UNetModel> make_unet(const UNetConfig& config, Device& device);
+
+class UNetModel : public DenoiserModel {
+ public:
+  UNetModel(const UNetConfig& config, const dnnl::engine& engine);
+  ~UNetModel() override;
+
+  std::string kind() const override { return "unet"; }
+  ForwardResult forward(const Tensor& x, const Tensor& t, bool for_training) override;
+  Tensor backward(const ForwardState& state, const Tensor& grad_out) override;
+
+  const UNetConfig& config() const { return config_; }
+  // The convolutions' arithmetic (program.hpp). Programs are built per
+  // precision, so it may change between passes; a forward state remembers
+  // the precision it ran with.
+  void set_precision(Precision precision) { precision_ = precision; }
+  Precision precision() const { return precision_; }
+  // Programs built so far (one per distinct shape and mode), for tests.
+  size_t programs_built() const;
+
+  struct Workspace;
+  class Pool;
+
+ private:
+  UNetConfig config_;
+  std::atomic<Precision> precision_{Precision::f32};
+  std::shared_ptr<Pool> pool_;
+};
+
+}  // namespace diffuflow

@@ -1,0 +1,50 @@
+// unet_model: the U-Net declared once as a pipeline resource, shared by the
+// nodes that run it (forward, backward), update it (optimiser) and save it.
+//
+// Example config:
+//   resources:
+//     - name: model
+//       type: unet_model
+//       params: {config: unet-s, weights: "", init_seed: 0, precision: f32}
+//
+// config: a built-in name (unet-s, unet-tiny) or a path to a diffusers
+// config.json; weights: an optional .safetensors checkpoint with diffusers
+// names; without one the parameters are initialised at random from init_seed
+// (conv/linear weights and biases U(-1/sqrt(fan_in), 1/sqrt(fan_in)) as
+// PyTorch's defaults, GroupNorm weight 1 and bias 0). precision: f32 or bf16
+// convolutions (mixed precision; see Precision in program.hpp).
+#pragma once
+
+#include "nodes/model/model_resource.hpp"
+
+#include "graph/resource.hpp"
+#include "nodes/model/unet.hpp"
+
+#include <memory>
+
+namespace diffuflow {
+
+class UNetModelResource : public ModelResource {
+ public:
+  struct Params {
+    std::string config = "unet-s";
+    std::string weights;
+    int64_t init_seed = 0;
+    bool use_ema = true;
+  };
+
+  static ResourceContract contract();
+  UNetModelResource(const ResourceConfig& config, RunContext& ctx);
+
+  DenoiserModel& model() override { return *model_; }
+  std::string config_json() const override { return model_->config().to_json(); }
+  UNetModel& unet() { return *model_; }
+  const UNetConfig& unet_config() const { return model_->config(); }
+  std::shared_ptr<UNetModel> shared_model() const { return model_; }
+
+ private:
+  Params params_;
+  std::shared_ptr<UNetModel> model_;
+};
+
+}  // namespace diffuflow

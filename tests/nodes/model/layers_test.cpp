@@ -1,0 +1,338 @@
+// Finite-difference gradient checks for each U-Net layer on small shapes:
+// L = sum(y * g) for a fixed random g; the analytic dL/dinput and dL/dparam
+// from the backward program against central differences of the forward one.
+#include "nodes/model/layers.hpp"
+#include "compute/program.hpp"
+
+#include <doctest/doctest.h>
+
+#include <cmath>
+#include <memory>
+#include <random>
+
+using namespace diffuflow;
+
+namespace {
+
+class LayerHarness {
+ public:
+  explicit LayerHarness(int64_t param_count) : param_count_(std::max<int64_t>(param_count, 1)) {
+    params_ = dnnl::memory(plain_f32({param_count_}), engine_);
+    fill(params_, param_count_, 0.8f);
+    program_ = std::make_unique<Program>(engine_, cache_, params_, param_count_);
+  }
+  Program& p() { return *program_; }
+
+  ParamRef param(Shape shape) {
+    ParamRef ref{next_offset_, shape};
+    next_offset_ += shape_numel(shape);
+    REQUIRE(next_offset_ <= param_count_);
+    return ref;
+  }
+  ValueId input(const dims& shape) {
+    const ValueId v = p().new_value(plain_f32(shape), true);
+    p().pin(v);  // written and read from outside the program's steps
+    fill(p().data(v), shape_numel(shape), 1.0f);
+    inputs_.push_back(v);
+    return v;
+  }
+  void finish(ValueId out) {
+    out_ = out;
+    p().finalize(out, true);
+    const int64_t n = shape_numel(p().shape(out));
+    g_.resize(static_cast<size_t>(n));
+    std::normal_distribution<float> normal;
+    for (auto& v : g_) v = normal(rng_);
+  }
+
+  double loss() {
+    p().run_forward(stream_);
+    stream_.wait();
+    const float* y = static_cast<const float*>(p().data(out_).get_data_handle());
+    double sum = 0;
+    for (size_t i = 0; i < g_.size(); ++i) sum += static_cast<double>(y[i]) * g_[i];
+    return sum;
+  }
+  void backward() {
+    loss();
+    float* dy = static_cast<float*>(p().grad(out_).get_data_handle());
+    std::copy(g_.begin(), g_.end(), dy);
+    p().run_backward(stream_);
+    stream_.wait();
+  }
+
+  // Compares analytic and numeric derivatives at up to `samples` entries of `data`
+  // (an input or the parameter buffer), whose analytic gradient is `grad`.
+  void check(float* data, const float* grad, int64_t count, const std::string& what, int samples = 24) {
+    std::uniform_int_distribution<int64_t> pick(0, count - 1);
+    const float eps = 1e-2f;
+    for (int s = 0; s < std::min<int64_t>(samples, count); ++s) {
+      const int64_t i = count <= samples ? s : pick(rng_);
+      const float saved = data[i];
+      data[i] = saved + eps;
+      const double up = loss();
+      data[i] = saved - eps;
+      const double down = loss();
+      data[i] = saved;
+      const double numeric = (up - down) / (2.0 * eps);
+      INFO(what << "[" << i << "]: analytic " << grad[i] << ", numeric " << numeric);
+      CHECK(std::fabs(numeric - grad[i]) <= 1e-2 * std::max(1.0, std::fabs(numeric)) + 2e-3);
+    }
+  }
+
+  // Backward, then checks every input and every parameter used.
+  void check_all(const std::string& layer) {
+    backward();
+    // Copy the analytic gradients: the finite-difference passes rerun forward only,
+    // but keep them safe from any reuse anyway.
+    for (const ValueId v : inputs_) {
+      const int64_t n = shape_numel(p().shape(v));
+      const float* grad = static_cast<const float*>(p().grad(v).get_data_handle());
+      std::vector<float> analytic(grad, grad + n);
+      check(static_cast<float*>(p().data(v).get_data_handle()), analytic.data(), n,
+            layer + " d/input" + std::to_string(v));
+    }
+    if (next_offset_ > 0) {
+      const float* grad = static_cast<const float*>(p().grad_staging().get_data_handle());
+      std::vector<float> analytic(grad, grad + next_offset_);
+      check(static_cast<float*>(params_.get_data_handle()), analytic.data(), next_offset_, layer + " d/param");
+    }
+  }
+
+ private:
+  void fill(const dnnl::memory& m, int64_t n, float scale) {
+    std::normal_distribution<float> normal(0.0f, scale);
+    float* data = static_cast<float*>(m.get_data_handle());
+    for (int64_t i = 0; i < n; ++i) data[i] = normal(rng_);
+  }
+
+  dnnl::engine engine_{dnnl::engine::kind::cpu, 0};
+  dnnl::stream stream_{engine_};
+  PrimitiveCache cache_;
+  int64_t param_count_;
+  int64_t next_offset_ = 0;
+  dnnl::memory params_;
+  std::unique_ptr<Program> program_;
+  std::vector<ValueId> inputs_;
+  ValueId out_ = -1;
+  std::vector<float> g_;
+  std::mt19937 rng_{1234};
+};
+
+}  // namespace
+
+TEST_CASE("conv2d 3x3 stride 1 gradients match finite differences") {
+  LayerHarness h(4 * 3 * 9 + 4);
+  const ValueId x = h.input({2, 3, 5, 5});
+  const auto w = h.param({4, 3, 3, 3});
+  const auto b = h.param({4});
+  h.finish(conv2d(h.p(), x, w, b, 1, 1));
+  h.check_all("conv3x3");
+}
+
+TEST_CASE("conv2d 3x3 stride 2 (downsampling) gradients match finite differences and halve the size") {
+  LayerHarness h(4 * 3 * 9 + 4);
+  const ValueId x = h.input({2, 3, 6, 6});
+  const auto w = h.param({4, 3, 3, 3});
+  const auto b = h.param({4});
+  const ValueId y = conv2d(h.p(), x, w, b, 2, 1);
+  CHECK(h.p().shape(y) == dims{2, 4, 3, 3});
+  h.finish(y);
+  h.check_all("conv3x3s2");
+}
+
+TEST_CASE("conv2d 1x1 (shortcut) gradients match finite differences") {
+  LayerHarness h(5 * 3 + 5);
+  const ValueId x = h.input({2, 3, 4, 4});
+  const auto w = h.param({5, 3, 1, 1});
+  const auto b = h.param({5});
+  h.finish(conv2d(h.p(), x, w, b, 1, 0));
+  h.check_all("conv1x1");
+}
+
+TEST_CASE("linear gradients match finite differences for 2-D and token (3-D) inputs") {
+  SUBCASE("2-D") {
+    LayerHarness h(4 * 5 + 4);
+    const ValueId x = h.input({3, 5});
+    const auto w = h.param({4, 5});
+    const auto b = h.param({4});
+    h.finish(linear(h.p(), x, w, b));
+    h.check_all("linear");
+  }
+  SUBCASE("3-D") {
+    LayerHarness h(4 * 5 + 4);
+    const ValueId x = h.input({2, 3, 5});
+    const auto w = h.param({4, 5});
+    const auto b = h.param({4});
+    const ValueId y = linear(h.p(), x, w, b);
+    CHECK(h.p().shape(y) == dims{2, 3, 4});
+    h.finish(y);
+    h.check_all("linear3d");
+  }
+}
+
+TEST_CASE("group_norm (layer norm over groups + affine) gradients match finite differences") {
+  LayerHarness h(12);
+  const ValueId x = h.input({2, 6, 3, 3});
+  const auto gamma = h.param({6});
+  const auto beta = h.param({6});
+  h.finish(group_norm(h.p(), x, gamma, beta, 3, 1e-5f));
+  h.check_all("group_norm");
+}
+
+TEST_CASE("group_norm adding its input gradient into an earlier contribution matches finite differences") {
+  // x feeds the residual add and the norm: the norm's backward adds into
+  // the gradient the add wrote.
+  LayerHarness h(12);
+  const ValueId x = h.input({2, 6, 3, 3});
+  const auto gamma = h.param({6});
+  const auto beta = h.param({6});
+  h.finish(add(h.p(), group_norm(h.p(), x, gamma, beta, 3, 1e-5f), x));
+  h.check_all("group_norm + residual");
+}
+
+TEST_CASE("group_norm normalises each group to zero mean and unit variance before the affine") {
+  LayerHarness h(8);
+  const ValueId x = h.input({1, 4, 2, 2});
+  const auto gamma = h.param({4});
+  const auto beta = h.param({4});
+  const ValueId y = group_norm(h.p(), x, gamma, beta, 2, 1e-5f);
+  h.finish(y);
+  // gamma = 1, beta = 0: the output is the normalised input.
+  float* params = static_cast<float*>(h.p().param(0, plain_f32({8})).get_data_handle());
+  for (int i = 0; i < 8; ++i) params[i] = i < 4 ? 1.0f : 0.0f;
+  h.loss();
+  const float* out = static_cast<const float*>(h.p().data(y).get_data_handle());
+  for (int g = 0; g < 2; ++g) {
+    double mean = 0, sq = 0;
+    for (int i = 0; i < 8; ++i) mean += out[g * 8 + i];
+    mean /= 8;
+    for (int i = 0; i < 8; ++i) sq += (out[g * 8 + i] - mean) * (out[g * 8 + i] - mean);
+    CHECK(std::fabs(mean) < 1e-5);
+    CHECK(sq / 8 == doctest::Approx(1.0).epsilon(1e-3));
+  }
+}
+
+TEST_CASE("group_norm_silu: fused inference pass matches silu(group_norm) of a training program") {
+  // Plain and channel-blocked activations (32 channels take nChw16c).
+  for (const int64_t channels : {6, 32}) {
+    const dims shape{3, channels, 5, 4};
+    const int64_t groups = channels == 6 ? 3 : 8;
+    dnnl::engine engine(dnnl::engine::kind::cpu, 0);
+    dnnl::stream stream(engine);
+    const int64_t count = 2 * channels;
+    dnnl::memory params(plain_f32({count}), engine);
+    std::mt19937 rng(7);
+    std::normal_distribution<float> normal(0.5f, 1.0f);
+    auto* pw = static_cast<float*>(params.get_data_handle());
+    for (int64_t i = 0; i < count; ++i) pw[i] = normal(rng);
+    std::vector<float> input(static_cast<size_t>(shape_numel(Shape(shape.begin(), shape.end()))));
+    for (auto& v : input) v = 2.0f * normal(rng) + 1.0f;
+    const ParamRef gamma{0, {channels}}, beta{channels, {channels}};
+    std::vector<std::vector<float>> outputs;
+    for (const bool training : {true, false}) {
+      PrimitiveCache cache;
+      Program p(engine, cache, params, count, training);
+      const ValueId x = p.new_value(activation_desc(shape), training);
+      p.pin(x);
+      const ValueId y = group_norm_silu(p, x, gamma, beta, groups, 1e-5f);
+      p.finalize(y, training);
+      dnnl::memory plain_in(plain_f32(shape), engine, input.data());
+      dnnl::memory x_mem = p.data(x);
+      dnnl::reorder(plain_in, x_mem).execute(stream, plain_in, x_mem);
+      p.run_forward(stream);
+      std::vector<float> out(input.size());
+      dnnl::memory plain_out(plain_f32(shape), engine, out.data());
+      dnnl::memory y_mem = p.data(y);
+      dnnl::reorder(y_mem, plain_out).execute(stream, y_mem, plain_out);
+      stream.wait();
+      outputs.push_back(out);
+    }
+    for (size_t i = 0; i < input.size(); ++i) {
+      INFO("channels " << channels << " [" << i << "]");
+      CHECK(outputs[1][i] == doctest::Approx(outputs[0][i]).epsilon(1e-4).scale(1.0));
+    }
+  }
+}
+
+TEST_CASE("group_norm_silu gradients match finite differences") {
+  LayerHarness h(12);
+  const ValueId x = h.input({2, 6, 3, 3});
+  const auto gamma = h.param({6});
+  const auto beta = h.param({6});
+  h.finish(group_norm_silu(h.p(), x, gamma, beta, 3, 1e-5f));
+  h.check_all("group_norm_silu");
+}
+
+TEST_CASE("silu gradients match finite differences") {
+  LayerHarness h(0);
+  const ValueId x = h.input({2, 3, 4});
+  h.finish(silu(h.p(), x));
+  h.check_all("silu");
+}
+
+TEST_CASE("nearest 2x upsampling gradients match finite differences") {
+  LayerHarness h(0);
+  const ValueId x = h.input({2, 2, 3, 3});
+  const ValueId y = upsample_nearest2x(h.p(), x);
+  CHECK(h.p().shape(y) == dims{2, 2, 6, 6});
+  h.finish(y);
+  h.check_all("upsample");
+}
+
+TEST_CASE("channel concatenation gradients split back to both inputs") {
+  LayerHarness h(0);
+  const ValueId a = h.input({2, 3, 2, 2});
+  const ValueId b = h.input({2, 2, 2, 2});
+  const ValueId y = concat_channels(h.p(), a, b);
+  CHECK(h.p().shape(y) == dims{2, 5, 2, 2});
+  h.finish(y);
+  h.check_all("concat");
+}
+
+TEST_CASE("residual add and a value used twice accumulate their gradients") {
+  LayerHarness h(0);
+  const ValueId x = h.input({2, 3, 2, 2});
+  h.finish(add(h.p(), silu(h.p(), x), x));
+  h.check_all("add");
+}
+
+TEST_CASE("time-embedding channel bias add gradients match finite differences") {
+  LayerHarness h(0);
+  const ValueId x = h.input({2, 3, 4, 4});
+  const ValueId bias = h.input({2, 3});
+  h.finish(add_channel_bias(h.p(), x, bias));
+  h.check_all("channel_bias");
+}
+
+TEST_CASE("token transposes around a linear layer match finite differences") {
+  LayerHarness h(3 * 3 + 3);
+  const ValueId x = h.input({2, 3, 2, 3});
+  const auto w = h.param({3, 3});
+  const auto b = h.param({3});
+  const ValueId tokens = to_tokens(h.p(), x);
+  CHECK(h.p().shape(tokens) == dims{2, 6, 3});
+  h.finish(from_tokens(h.p(), linear(h.p(), tokens, w, b), {2, 3, 2, 3}));
+  h.check_all("tokens");
+}
+
+TEST_CASE("multi-head attention core gradients match finite differences for q, k and v") {
+  LayerHarness h(0);
+  const ValueId q = h.input({2, 5, 8});
+  const ValueId k = h.input({2, 5, 8});
+  const ValueId v = h.input({2, 5, 8});
+  h.finish(attention_core(h.p(), q, k, v, 2, 4));
+  h.check_all("attention");
+}
+
+TEST_CASE("timestep embedding table is cos then sin of t times geometric frequencies") {
+  std::vector<float> table(2 * 8);
+  timestep_embedding_table({0, 10}, 8, table.data());
+  for (int j = 0; j < 4; ++j) {
+    CHECK(table[j] == doctest::Approx(1.0f));      // cos(0)
+    CHECK(table[4 + j] == doctest::Approx(0.0f));  // sin(0)
+    const double freq = std::exp(-std::log(10000.0) * j / 4.0);
+    CHECK(table[8 + j] == doctest::Approx(std::cos(10.0 * freq)).epsilon(1e-5));
+    CHECK(table[12 + j] == doctest::Approx(std::sin(10.0 * freq)).epsilon(1e-5));
+  }
+}

@@ -1,0 +1,222 @@
+// A second config end to end, the resource, and the model API's contracts.
+#include "graph/safetensors.hpp"
+#include "node_test_util.hpp"
+#include "nodes/model/unet.hpp"
+#include "nodes/model/unet_model.hpp"
+#include "test_util.hpp"
+
+#include <doctest/doctest.h>
+
+#include <cmath>
+#include <random>
+
+using namespace diffuflow;
+
+namespace {
+
+Tensor random_tensor(const Shape& shape, std::mt19937& rng) {
+  std::normal_distribution<float> normal;
+  std::vector<float> values(static_cast<size_t>(shape_numel(shape)));
+  for (auto& v : values) v = normal(rng);
+  return Tensor::from_vector(shape, values);
+}
+
+Tensor timesteps(const std::vector<int32_t>& values) {
+  Tensor t({static_cast<int64_t>(values.size())}, DType::s32, Device::host()->engine());
+  auto m = t.map<int32_t>();
+  for (size_t i = 0; i < values.size(); ++i) m[i] = values[i];
+  return t;
+}
+
+bool all_finite(const std::vector<float>& v) {
+  for (float x : v)
+    if (!std::isfinite(x)) return false;
+  return true;
+}
+
+double dot(const std::vector<float>& a, const std::vector<float>& b) {
+  double s = 0;
+  for (size_t i = 0; i < a.size(); ++i) s += static_cast<double>(a[i]) * b[i];
+  return s;
+}
+
+}  // namespace
+
+TEST_CASE("a 3-level U-Net with attention at 8x8 and 4x4 runs forward and backward with correct gradients") {
+  UNetConfig c;
+  c.in_channels = 2;
+  c.out_channels = 3;
+  c.sample_size = 16;
+  c.block_out_channels = {16, 32, 32};
+  c.layers_per_block = 1;
+  c.down_block_types = {"DownBlock2D", "AttnDownBlock2D", "AttnDownBlock2D"};
+  c.up_block_types = {"AttnUpBlock2D", "AttnUpBlock2D", "UpBlock2D"};
+  c.norm_num_groups = 8;
+  c.attention_head_dim = 8;
+  Device device(DeviceSpec{});
+  auto model = make_unet(c, device);
+  model->init_random(7);
+  std::mt19937 rng(11);
+  const Tensor x = random_tensor({2, 2, 16, 16}, rng);
+  const Tensor t = timesteps({3, 640});
+  const Tensor g = random_tensor({2, 3, 16, 16}, rng);
+
+  model->zero_grads();
+  auto fwd = model->forward(x, t, true);
+  CHECK(fwd.prediction.shape() == Shape{2, 3, 16, 16});
+  const Tensor grad_x = model->backward(*fwd.state, g);
+  CHECK(grad_x.shape() == Shape{2, 2, 16, 16});
+  const auto gx = grad_x.to_vector();
+  CHECK(all_finite(fwd.prediction.to_vector()));
+  CHECK(all_finite(gx));
+  SafetensorsFile grads;
+  model->save_grads_to(grads);
+  for (const auto& name : grads.names()) {
+    INFO(name);
+    CHECK(all_finite(grads.floats(name)));
+  }
+
+  // Finite-difference spot checks of L = sum(pred * g) for a few parameters and an input entry.
+  const auto gv = g.to_vector();
+  auto loss = [&](const Tensor& input) { return dot(model->forward(input, t, false).prediction.to_vector(), gv); };
+  float* params = static_cast<float*>(model->params().get_data_handle());
+  const float eps = 1e-2f;
+  const std::vector<std::pair<std::string, int64_t>> probes = {
+      {"conv_in.weight", 5},
+      {"time_embedding.linear_1.weight", 17},
+      {"down_blocks.1.attentions.0.to_q.weight", 40},
+      {"down_blocks.2.attentions.0.to_v.bias", 3},
+      {"mid_block.attentions.0.group_norm.weight", 2},
+      {"up_blocks.0.resnets.1.conv_shortcut.weight", 9},
+      {"up_blocks.1.upsamplers.0.conv.bias", 1},
+      {"conv_norm_out.bias", 4},
+      {"conv_out.weight", 12}};
+  for (const auto& [name, index] : probes) {
+    const auto& slot = model->slot(name);
+    const int64_t i = slot.offset + index;
+    const float analytic = grads.floats("grad." + name)[static_cast<size_t>(index)];
+    const float saved = params[i];
+    params[i] = saved + eps;
+    const double up = loss(x);
+    params[i] = saved - eps;
+    const double down = loss(x);
+    params[i] = saved;
+    const double numeric = (up - down) / (2 * eps);
+    INFO(name << "[" << index << "]: analytic " << analytic << ", numeric " << numeric);
+    CHECK(std::fabs(numeric - analytic) <= 2e-2 * std::max(1.0, std::fabs(numeric)) + 2e-3);
+  }
+  {
+    Tensor shifted = x.clone();
+    const int64_t i = 300;
+    auto m = shifted.map<float>();
+    const float saved = m[i];
+    m[i] = saved + eps;
+    const double up = loss(shifted);
+    m[i] = saved - eps;
+    const double down = loss(shifted);
+    const double numeric = (up - down) / (2 * eps);
+    INFO("x[300]: analytic " << gx[i] << ", numeric " << numeric);
+    CHECK(std::fabs(numeric - gx[i]) <= 2e-2 * std::max(1.0, std::fabs(numeric)) + 2e-3);
+  }
+}
+
+TEST_CASE("unet-s runs forward and backward at batch 2 on 28x28 images") {
+  Device device(DeviceSpec{});
+  auto model = make_unet(UNetConfig::named("unet-s"), device);
+  CHECK(model->param_count() == 1623169);
+  model->init_random(1);
+  std::mt19937 rng(3);
+  model->zero_grads();
+  auto fwd = model->forward(random_tensor({2, 1, 28, 28}, rng), timesteps({0, 999}), true);
+  CHECK(fwd.prediction.shape() == Shape{2, 1, 28, 28});
+  const Tensor grad_x = model->backward(*fwd.state, random_tensor({2, 1, 28, 28}, rng));
+  CHECK(all_finite(grad_x.to_vector()));
+  CHECK(all_finite(fwd.prediction.to_vector()));
+}
+
+TEST_CASE("forward rejects inputs of the wrong shape and backward a state from another model") {
+  Device device(DeviceSpec{});
+  auto model = make_unet(UNetConfig::named("unet-tiny"), device);
+  auto other = make_unet(UNetConfig::named("unet-tiny"), device);
+  std::mt19937 rng(5);
+  CHECK_THROWS_WITH_AS(model->forward(random_tensor({1, 2, 16, 16}, rng), timesteps({1}), false),
+                       doctest::Contains("x must be f32 [N, 1, H, W]"), std::invalid_argument);
+  CHECK_THROWS_WITH_AS(model->forward(random_tensor({1, 1, 15, 16}, rng), timesteps({1}), false),
+                       doctest::Contains("multiples of 2"), std::invalid_argument);
+  CHECK_THROWS_WITH_AS(model->forward(random_tensor({2, 1, 16, 16}, rng), timesteps({1}), false),
+                       doctest::Contains("t must be"), std::invalid_argument);
+  auto fwd = model->forward(random_tensor({1, 1, 16, 16}, rng), timesteps({1}), true);
+  CHECK_THROWS_WITH_AS(other->backward(*fwd.state, random_tensor({1, 1, 16, 16}, rng)),
+                       doctest::Contains("not from this model"), std::invalid_argument);
+}
+
+TEST_CASE("loading weights of the wrong shape or with missing tensors names the tensor") {
+  Device device(DeviceSpec{});
+  auto model = make_unet(UNetConfig::named("unet-tiny"), device);
+  test::TempDir dir;
+  SafetensorsFile file;
+  model->save_to(file);
+  SafetensorsFile wrong;
+  for (const auto& name : file.names()) {
+    const auto& e = file.entry(name);
+    if (name == "conv_out.bias")
+      wrong.add(name, "F32", {2}, std::vector<unsigned char>(8, 0));
+    else if (name != "conv_in.bias")
+      wrong.add(name, e.dtype, e.shape, e.data);
+  }
+  wrong.write(dir / "w.safetensors");
+  const auto read = SafetensorsFile::read(dir / "w.safetensors");
+  CHECK_THROWS_WITH_AS(model->load(read), doctest::Contains("'conv_in.bias'"), DataError);
+  wrong.add("conv_in.bias", "F32", {16}, std::vector<unsigned char>(64, 0));
+  wrong.write(dir / "w.safetensors");
+  CHECK_THROWS_WITH_AS(model->load(SafetensorsFile::read(dir / "w.safetensors")),
+                       doctest::Contains("'conv_out.bias' has shape [2], expected [1]"), DataError);
+  wrong.add("conv_out.bias", "F32", {1}, std::vector<unsigned char>(4, 0));
+  wrong.add("extra.weight", "F32", {1}, std::vector<unsigned char>(4, 0));
+  wrong.write(dir / "w.safetensors");
+  CHECK_THROWS_WITH_AS(model->load(SafetensorsFile::read(dir / "w.safetensors")),
+                       doctest::Contains("'extra.weight'"), DataError);
+}
+
+TEST_CASE("save_to then load restores every parameter exactly") {
+  Device device(DeviceSpec{});
+  auto a = make_unet(UNetConfig::named("unet-tiny"), device);
+  auto b = make_unet(UNetConfig::named("unet-tiny"), device);
+  a->init_random(42);
+  test::TempDir dir;
+  SafetensorsFile file;
+  a->save_to(file);
+  file.write(dir / "ckpt.safetensors");
+  b->load(SafetensorsFile::read(dir / "ckpt.safetensors"));
+  const auto* pa = static_cast<const float*>(a->params().get_data_handle());
+  const auto* pb = static_cast<const float*>(b->params().get_data_handle());
+  CHECK(std::equal(pa, pa + a->param_count(), pb));
+}
+
+TEST_CASE("unet_model resource loads the fixture weights and rejects a bad config at validation") {
+  RunContext ctx;
+  auto resource = test::make_resource(
+      "unet_model", "model",
+      "{config: unet-tiny, weights: \"" + test::fixture("unet_tiny/weights.safetensors").string() + "\"}", ctx);
+  auto& unet = std::dynamic_pointer_cast<UNetModelResource>(resource)->unet();
+  CHECK(unet.param_count() == 176849);
+  const auto weights = SafetensorsFile::read(test::fixture("unet_tiny/weights.safetensors"));
+  const auto& slot = unet.slot("conv_out.weight");
+  const auto* p = static_cast<const float*>(unet.params().get_data_handle()) + slot.offset;
+  CHECK(std::vector<float>(p, p + slot.count()) == weights.floats("conv_out.weight"));
+
+  CHECK_THROWS_WITH_AS(test::make_resource("unet_model", "m2", "{config: unet-xl}", ctx),
+                       doctest::Contains("unknown built-in U-Net config 'unet-xl'"), ConfigError);
+  CHECK_THROWS_WITH_AS(test::make_resource("unet_model", "m3", "{config: unet-s, weights: /no/such.safetensors}", ctx),
+                       doctest::Contains("does not exist"), ConfigError);
+
+  // Random init: the same seed gives the same parameters.
+  auto r1 = test::make_resource("unet_model", "r1", "{config: unet-tiny, init_seed: 9}", ctx);
+  auto r2 = test::make_resource("unet_model", "r2", "{config: unet-tiny, init_seed: 9}", ctx);
+  auto& m1 = std::dynamic_pointer_cast<UNetModelResource>(r1)->model();
+  auto& m2 = std::dynamic_pointer_cast<UNetModelResource>(r2)->model();
+  const auto* a = static_cast<const float*>(m1.params().get_data_handle());
+  const auto* b = static_cast<const float*>(m2.params().get_data_handle());
+  CHECK(std::equal(a, a + m1.param_count(), b));
+  CHECK(a[0] != 0.0f);
+}
