@@ -33,7 +33,7 @@
 #include "graph/node.hpp"
 #include "graph/pipeline.hpp"
 #include "graph/registry.hpp"
-#include "nodes/output/image_writer.hpp"
+#include "nodes/common/images.hpp"
 #include "nodes/common/plots.hpp"
 #include "compute/program.hpp"
 #include "runners/cli_common.hpp"

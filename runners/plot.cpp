@@ -11,7 +11,7 @@
 // malformed row or an x column without numbers is bad input (exit 2),
 // naming file:line where there is one.
 #include "graph/errors.hpp"
-#include "nodes/output/image_writer.hpp"
+#include "nodes/common/images.hpp"
 #include "nodes/common/plots.hpp"
 #include "runners/cli_common.hpp"
 #include "runners/command.hpp"

@@ -57,24 +57,4 @@ bool source_may_emit(const RunContext& ctx, int64_t emitted) {
   return ctx.max_steps < 0 || emitted < ctx.max_steps;
 }
 
-uint8_t signed_unit_to_u8(float x) {
-  float unit = x * 0.5f + 0.5f;
-  if (!(unit > 0.0f)) unit = 0.0f;  // also maps NaN to black
-  if (unit > 1.0f) unit = 1.0f;
-  return static_cast<uint8_t>(std::lround(unit * 255.0f));
-}
-
-void image_to_planar(const cv::Mat& image, float* dst) {
-  if (image.depth() != CV_8U) throw std::invalid_argument("image_to_planar needs an 8-bit image");
-  const int channels = image.channels();
-  const size_t plane = static_cast<size_t>(image.rows) * static_cast<size_t>(image.cols);
-  for (int y = 0; y < image.rows; ++y) {
-    const uint8_t* row = image.ptr<uint8_t>(y);
-    for (int x = 0; x < image.cols; ++x) {
-      const size_t pixel = static_cast<size_t>(y) * static_cast<size_t>(image.cols) + static_cast<size_t>(x);
-      for (int c = 0; c < channels; ++c) dst[c * plane + pixel] = u8_to_signed_unit(row[x * channels + c]);
-    }
-  }
-}
-
 }  // namespace diffuflow

@@ -9,15 +9,13 @@
 //   while (batcher.next(indices)) { ... }
 //
 // Also here: the parameters the sources have in common (a parameter group:
-// DIFFUFLOW_PARAM_GROUP(BatchOptions, batch, BatchOptions{})), the step budget
-// every source honours, and the u8 <-> [-1, 1] pixel mapping.
+// DIFFUFLOW_PARAM_GROUP(BatchOptions, batch, BatchOptions{})) and the step
+// budget every source honours.
 #pragma once
 
 #include "graph/node.hpp"
 #include "graph/params.hpp"
 #include "graph/run_context.hpp"
-
-#include <opencv2/core.hpp>
 
 #include <cstdint>
 #include <functional>
@@ -63,14 +61,5 @@ class EpochBatcher {
 // True while a source may emit another packet: no stop was requested and the
 // step budget (ctx.max_steps, -1 = unbounded) is not used up by `emitted` packets.
 bool source_may_emit(const RunContext& ctx, int64_t emitted);
-
-// Pixel mapping used by every loader and writer: u8 v -> v/255*2-1, and back
-// with round(clamp(x/2+0.5, 0, 1)*255).
-inline float u8_to_signed_unit(uint8_t v) { return static_cast<float>(v) * (2.0f / 255.0f) - 1.0f; }
-uint8_t signed_unit_to_u8(float x);
-
-// Copies an 8-bit image (1 or 3 channels, interleaved, channel order as stored)
-// into planar [C,H,W] floats in [-1, 1] starting at `dst`.
-void image_to_planar(const cv::Mat& image, float* dst);
 
 }  // namespace diffuflow

@@ -154,4 +154,130 @@ cv::Mat draw_line_plot(const std::vector<LineSeries>& series, const LinePlotStyl
   return image;
 }
 
+namespace {
+
+constexpr int kTitleHeight = 22;
+constexpr int kLossMarginLeft = 80, kLossMarginRight = 20, kLossMarginTop = 36, kLossMarginBottom = 48;
+constexpr int kLossTicks = 5;
+
+std::string tick_label(double value) {
+  char text[32];
+  std::snprintf(text, sizeof(text), "%.3g", value);
+  return text;
+}
+
+}  // namespace
+
+cv::Mat draw_loss_curve(std::vector<std::pair<int64_t, double>> points, const LossCurveStyle& style) {
+  cv::Mat image(style.height, style.width, CV_8UC3, cv::Scalar(255, 255, 255));
+  std::sort(points.begin(), points.end());
+  points.erase(std::remove_if(points.begin(), points.end(),
+                              [&](const auto& p) { return !std::isfinite(p.second) || (style.log_y && p.second <= 0); }),
+               points.end());
+  const cv::Point origin(kLossMarginLeft, style.height - kLossMarginBottom);
+  const int plot_w = std::max(1, style.width - kLossMarginLeft - kLossMarginRight);
+  const int plot_h = std::max(1, style.height - kLossMarginTop - kLossMarginBottom);
+  const cv::Scalar black(0, 0, 0), grey(200, 200, 200), blue(180, 90, 20);
+  cv::putText(image, style.title + (style.log_y ? " (log scale)" : ""), cv::Point(kLossMarginLeft, 24),
+              cv::FONT_HERSHEY_SIMPLEX, 0.6, black, 1, cv::LINE_AA);
+  cv::putText(image, "step", cv::Point(kLossMarginLeft + plot_w / 2 - 16, style.height - 8), cv::FONT_HERSHEY_SIMPLEX,
+              0.5, black, 1, cv::LINE_AA);
+
+  double x_lo = 0, x_hi = 1, y_lo = 0, y_hi = 1;
+  auto y_of = [&](double v) { return style.log_y ? std::log10(v) : v; };
+  if (!points.empty()) {
+    x_lo = double(points.front().first);
+    x_hi = double(points.back().first);
+    y_lo = y_hi = y_of(points.front().second);
+    for (const auto& p : points) {
+      y_lo = std::min(y_lo, y_of(p.second));
+      y_hi = std::max(y_hi, y_of(p.second));
+    }
+  }
+  if (x_hi <= x_lo) x_hi = x_lo + 1;
+  if (y_hi - y_lo < 1e-12) {
+    y_lo -= 0.5;
+    y_hi += 0.5;
+  }
+  auto to_pixel = [&](double x, double y) {
+    return cv::Point(origin.x + int(std::lround((x - x_lo) / (x_hi - x_lo) * plot_w)),
+                     origin.y - int(std::lround((y - y_lo) / (y_hi - y_lo) * plot_h)));
+  };
+
+  // Grid, ticks and their labels.
+  for (int i = 0; i <= kLossTicks; ++i) {
+    const double fy = y_lo + (y_hi - y_lo) * i / kLossTicks, fx = x_lo + (x_hi - x_lo) * i / kLossTicks;
+    const cv::Point py = to_pixel(x_lo, fy), px = to_pixel(fx, y_lo);
+    cv::line(image, py, cv::Point(origin.x + plot_w, py.y), cv::Scalar(235, 235, 235), 1);
+    cv::putText(image, tick_label(style.log_y ? std::pow(10.0, fy) : fy), cv::Point(6, py.y + 4),
+                cv::FONT_HERSHEY_SIMPLEX, 0.4, black, 1, cv::LINE_AA);
+    cv::line(image, px, cv::Point(px.x, px.y + 4), black, 1);
+    const std::string step_label = std::to_string(std::llround(fx));
+    const int label_w = cv::getTextSize(step_label, cv::FONT_HERSHEY_SIMPLEX, 0.4, 1, nullptr).width;
+    const int label_x = std::min(px.x - label_w / 2, style.width - label_w - 2);  // the last one stays inside
+    cv::putText(image, step_label, cv::Point(label_x, px.y + 18), cv::FONT_HERSHEY_SIMPLEX, 0.4, black, 1,
+                cv::LINE_AA);
+  }
+  cv::line(image, origin, cv::Point(origin.x + plot_w, origin.y), black, 1);
+  cv::line(image, origin, cv::Point(origin.x, origin.y - plot_h), black, 1);
+
+  // Raw values, then the EMA (bias-corrected, so the first points are not pulled to 0).
+  std::vector<cv::Point> raw, smooth;
+  double ema = 0, weight = 0;
+  for (const auto& p : points) {
+    raw.push_back(to_pixel(double(p.first), y_of(p.second)));
+    ema = style.smoothing * ema + (1 - style.smoothing) * p.second;
+    weight = style.smoothing * weight + (1 - style.smoothing);
+    const double value = weight > 0 ? ema / weight : p.second;
+    smooth.push_back(to_pixel(double(p.first), y_of(value)));
+  }
+  if (raw.size() == 1) cv::circle(image, raw[0], 2, blue, cv::FILLED);
+  if (raw.size() > 1) {
+    cv::polylines(image, raw, false, grey, 1, cv::LINE_AA);
+    cv::polylines(image, smooth, false, blue, 2, cv::LINE_AA);
+  }
+  return image;
+}
+
+cv::Mat draw_scatter(const std::vector<float>& xy, float limit, int size, const std::string& title) {
+  cv::Mat panel(size + kTitleHeight, size, CV_8UC3, cv::Scalar(255, 255, 255));
+  const cv::Scalar axis(190, 190, 190), frame(0, 0, 0), dot(170, 80, 20);
+  auto to_pixel = [&](float x, float y) {
+    const float fx = std::clamp((x + limit) / (2 * limit), 0.0f, 1.0f);
+    const float fy = std::clamp((y + limit) / (2 * limit), 0.0f, 1.0f);
+    return cv::Point(int(std::lround(fx * (size - 1))), kTitleHeight + int(std::lround((1 - fy) * (size - 1))));
+  };
+  cv::line(panel, to_pixel(-limit, 0), to_pixel(limit, 0), axis, 1);
+  cv::line(panel, to_pixel(0, -limit), to_pixel(0, limit), axis, 1);
+  cv::rectangle(panel, cv::Rect(0, kTitleHeight, size, size), frame, 1);
+  char label[64];
+  std::snprintf(label, sizeof(label), "%s [-%.3g, %.3g]", title.c_str(), limit, limit);
+  cv::putText(panel, label, cv::Point(4, 16), cv::FONT_HERSHEY_SIMPLEX, 0.45, frame, 1, cv::LINE_AA);
+  for (size_t i = 0; i + 1 < xy.size(); i += 2) {
+    if (!std::isfinite(xy[i]) || !std::isfinite(xy[i + 1])) continue;
+    cv::circle(panel, to_pixel(xy[i], xy[i + 1]), 2, dot, cv::FILLED, cv::LINE_AA);
+  }
+  return panel;
+}
+
+cv::Mat draw_scatter_chain(const std::vector<float>& values, int64_t n, int64_t k, float limit, int size) {
+  if (static_cast<int64_t>(values.size()) != n * k * 2) {
+    throw std::invalid_argument("scatter chain: expected " + std::to_string(n * k * 2) + " values, got " +
+                                std::to_string(values.size()));
+  }
+  std::vector<cv::Mat> panels;
+  for (int64_t j = 0; j < k; ++j) {
+    std::vector<float> xy;
+    xy.reserve(static_cast<size_t>(2 * n));
+    for (int64_t i = 0; i < n; ++i) {
+      xy.push_back(values[static_cast<size_t>((i * k + j) * 2)]);
+      xy.push_back(values[static_cast<size_t>((i * k + j) * 2 + 1)]);
+    }
+    panels.push_back(draw_scatter(xy, limit, size, "step " + std::to_string(j)));
+  }
+  cv::Mat row;
+  cv::hconcat(panels, row);
+  return row;
+}
+
 }  // namespace diffuflow

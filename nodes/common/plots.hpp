@@ -1,6 +1,8 @@
-// draw_line_plot: a small line chart with OpenCV, for benchmark sweeps and any
-// other "y against x" picture: one or more series, each point with an
-// optional error bar (lo..hi), axes with tick labels, a title and axis names.
+// Plots drawn with OpenCV as BGR images: line charts (benchmark sweeps and any
+// other "y against x" picture), loss curves, and scatter plots of 2-D points.
+//
+// draw_line_plot: one or more series, each point with an optional error bar
+// (lo..hi), axes with tick labels, a title and axis names.
 //
 //   LineSeries s{"train", {1, 2}, {40.5, 77.9}, {39.8, 76.0}, {41.0, 78.3}};
 //   LinePlotStyle style;
@@ -16,7 +18,9 @@
 
 #include <opencv2/core.hpp>
 
+#include <cstdint>
 #include <string>
+#include <utility>
 #include <vector>
 
 namespace diffuflow {
@@ -41,5 +45,25 @@ struct LinePlotStyle {
 
 // A BGR image of style.width x style.height.
 cv::Mat draw_line_plot(const std::vector<LineSeries>& series, const LinePlotStyle& style);
+
+// Loss curves: the raw values in light grey, an exponential moving average on top.
+struct LossCurveStyle {
+  int width = 800;
+  int height = 480;
+  double smoothing = 0.98;  // EMA factor: ema = s * ema + (1 - s) * loss
+  bool log_y = true;
+  std::string title = "loss";
+};
+
+// Draws (step, loss) points, sorted by step, as a BGR image of style.width x style.height.
+// Non-finite values (and values <= 0 on a log axis) are skipped.
+cv::Mat draw_loss_curve(std::vector<std::pair<int64_t, double>> points, const LossCurveStyle& style);
+
+// One square panel of `size` pixels showing interleaved x,y pairs on the axes
+// [-limit, limit]^2 (points outside are clamped to the border), BGR.
+cv::Mat draw_scatter(const std::vector<float>& xy, float limit, int size, const std::string& title = "");
+
+// A row of K panels for a chain field [N,K,2,...]: panel k shows point k of every row.
+cv::Mat draw_scatter_chain(const std::vector<float>& values, int64_t n, int64_t k, float limit, int size);
 
 }  // namespace diffuflow

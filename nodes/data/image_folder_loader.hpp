@@ -19,6 +19,7 @@
 
 #include "graph/node.hpp"
 #include "nodes/common/batching.hpp"
+#include "nodes/common/images.hpp"
 
 #include <filesystem>
 #include <memory>

@@ -17,6 +17,7 @@
 
 #include "graph/node.hpp"
 #include "nodes/common/batching.hpp"
+#include "nodes/common/images.hpp"
 
 #include <cstdint>
 #include <filesystem>

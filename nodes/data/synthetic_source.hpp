@@ -20,6 +20,7 @@
 
 #include "graph/node.hpp"
 #include "nodes/common/batching.hpp"
+#include "nodes/common/images.hpp"
 
 #include <opencv2/core.hpp>
 

@@ -23,28 +23,10 @@
 
 #include "graph/node.hpp"
 
-#include <opencv2/core.hpp>
-
 #include <filesystem>
 #include <string>
 
 namespace diffuflow {
-
-constexpr int kImageGap = 2;           // pixels between tiles
-constexpr uint8_t kImageGapValue = 128;  // grey, visible against black and white images
-
-// Tiles images [N,C,H,W] f32 in [-1,1] into one 8-bit picture: nrow images per
-// row (fewer when N < nrow), each enlarged `scale` times, `gap` pixels apart.
-// Returns CV_8UC1 for C = 1 and CV_8UC3 in OpenCV's BGR order for C = 3 (RGB
-// in the tensor), ready for cv::imwrite. Throws std::invalid_argument otherwise.
-cv::Mat tensor_to_image_grid(const Tensor& images, int nrow, int scale = 1, int gap = kImageGap);
-
-// tensor_to_image_grid written as a PNG at `out` (atomically; parent folders created).
-void write_png_grid(const Tensor& images, int nrow, int scale, const std::filesystem::path& out);
-
-// Encodes `image` as PNG into a temporary file next to `out`, then renames it.
-// Throws std::runtime_error naming the path when it cannot.
-void write_png_atomic(const cv::Mat& image, const std::filesystem::path& out);
 
 class ImageWriter : public Node {
  public:

@@ -15,8 +15,7 @@
 #pragma once
 
 #include "graph/node.hpp"
-
-#include <opencv2/core.hpp>
+#include "nodes/common/plots.hpp"
 
 #include <filesystem>
 #include <mutex>
@@ -25,18 +24,6 @@
 #include <vector>
 
 namespace diffuflow {
-
-struct LossCurveStyle {
-  int width = 800;
-  int height = 480;
-  double smoothing = 0.98;  // EMA factor: ema = s * ema + (1 - s) * loss
-  bool log_y = true;
-  std::string title = "loss";
-};
-
-// Draws (step, loss) points, sorted by step, as a BGR image of style.width x style.height.
-// Non-finite values (and values <= 0 on a log axis) are skipped.
-cv::Mat draw_loss_curve(std::vector<std::pair<int64_t, double>> points, const LossCurveStyle& style);
 
 class LossCurve : public Node {
  public:

@@ -2,9 +2,9 @@
 
 #include "graph/errors.hpp"
 #include "graph/registry.hpp"
-#include "nodes/output/image_writer.hpp"
+#include "nodes/common/images.hpp"
 #include "nodes/common/output_files.hpp"
-#include "nodes/output/scatter_plot.hpp"
+#include "nodes/common/plots.hpp"
 #include "nodes/model/model_resource.hpp"
 
 #include <algorithm>

@@ -2,7 +2,8 @@
 
 #include "graph/errors.hpp"
 #include "graph/registry.hpp"
-#include "nodes/output/image_writer.hpp"
+#include "nodes/common/images.hpp"
+#include "nodes/common/plots.hpp"
 #include "nodes/common/output_files.hpp"
 
 #include <opencv2/imgproc.hpp>
@@ -16,8 +17,6 @@ namespace diffuflow {
 
 namespace {
 
-constexpr int kTitleHeight = 22;
-
 ScatterPlot::Layout parse_layout(const std::string& text) {
   if (text == "points") return ScatterPlot::Layout::points;
   if (text == "chain") return ScatterPlot::Layout::chain;
@@ -26,47 +25,6 @@ ScatterPlot::Layout parse_layout(const std::string& text) {
 }
 
 }  // namespace
-
-cv::Mat draw_scatter(const std::vector<float>& xy, float limit, int size, const std::string& title) {
-  cv::Mat panel(size + kTitleHeight, size, CV_8UC3, cv::Scalar(255, 255, 255));
-  const cv::Scalar axis(190, 190, 190), frame(0, 0, 0), dot(170, 80, 20);
-  auto to_pixel = [&](float x, float y) {
-    const float fx = std::clamp((x + limit) / (2 * limit), 0.0f, 1.0f);
-    const float fy = std::clamp((y + limit) / (2 * limit), 0.0f, 1.0f);
-    return cv::Point(int(std::lround(fx * (size - 1))), kTitleHeight + int(std::lround((1 - fy) * (size - 1))));
-  };
-  cv::line(panel, to_pixel(-limit, 0), to_pixel(limit, 0), axis, 1);
-  cv::line(panel, to_pixel(0, -limit), to_pixel(0, limit), axis, 1);
-  cv::rectangle(panel, cv::Rect(0, kTitleHeight, size, size), frame, 1);
-  char label[64];
-  std::snprintf(label, sizeof(label), "%s [-%.3g, %.3g]", title.c_str(), limit, limit);
-  cv::putText(panel, label, cv::Point(4, 16), cv::FONT_HERSHEY_SIMPLEX, 0.45, frame, 1, cv::LINE_AA);
-  for (size_t i = 0; i + 1 < xy.size(); i += 2) {
-    if (!std::isfinite(xy[i]) || !std::isfinite(xy[i + 1])) continue;
-    cv::circle(panel, to_pixel(xy[i], xy[i + 1]), 2, dot, cv::FILLED, cv::LINE_AA);
-  }
-  return panel;
-}
-
-cv::Mat draw_scatter_chain(const std::vector<float>& values, int64_t n, int64_t k, float limit, int size) {
-  if (static_cast<int64_t>(values.size()) != n * k * 2) {
-    throw std::invalid_argument("scatter chain: expected " + std::to_string(n * k * 2) + " values, got " +
-                                std::to_string(values.size()));
-  }
-  std::vector<cv::Mat> panels;
-  for (int64_t j = 0; j < k; ++j) {
-    std::vector<float> xy;
-    xy.reserve(static_cast<size_t>(2 * n));
-    for (int64_t i = 0; i < n; ++i) {
-      xy.push_back(values[static_cast<size_t>((i * k + j) * 2)]);
-      xy.push_back(values[static_cast<size_t>((i * k + j) * 2 + 1)]);
-    }
-    panels.push_back(draw_scatter(xy, limit, size, "step " + std::to_string(j)));
-  }
-  cv::Mat row;
-  cv::hconcat(panels, row);
-  return row;
-}
 
 NodeContract ScatterPlot::contract() {
   NodeContract c;

@@ -21,21 +21,12 @@
 
 #include "graph/node.hpp"
 
-#include <opencv2/core.hpp>
-
 #include <filesystem>
 #include <mutex>
 #include <string>
 #include <vector>
 
 namespace diffuflow {
-
-// One square panel of `size` pixels showing interleaved x,y pairs on the axes
-// [-limit, limit]^2 (points outside are clamped to the border), BGR.
-cv::Mat draw_scatter(const std::vector<float>& xy, float limit, int size, const std::string& title = "");
-
-// A row of K panels for a chain field [N,K,2,...]: panel k shows point k of every row.
-cv::Mat draw_scatter_chain(const std::vector<float>& values, int64_t n, int64_t k, float limit, int size);
 
 class ScatterPlot : public Node {
  public:

@@ -1,4 +1,5 @@
 #include "nodes/output/image_writer.hpp"
+#include "nodes/common/images.hpp"
 
 #include "node_test_util.hpp"
 #include "test_util.hpp"

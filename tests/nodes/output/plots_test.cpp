@@ -1,5 +1,6 @@
 // loss_curve and scatter_plot: files written where and when expected, at the
 // expected size, with the points where they belong.
+#include "nodes/common/plots.hpp"
 #include "nodes/output/loss_curve.hpp"
 #include "nodes/output/scatter_plot.hpp"
 #include "node_test_util.hpp"
