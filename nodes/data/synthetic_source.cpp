@@ -117,7 +117,7 @@ void draw_digit(cv::Mat& image, int digit, std::mt19937_64& rng, const cv::Scala
   const double width = height * uniform(rng, 0.5, 0.7);
   const double slant = uniform(rng, -0.3, 0.3);
   const double rotation = uniform(rng, -0.17, 0.17);  // about +-10 degrees
-  const double thickness = std::max(1.0, uniform(rng, 0.07, 0.12) * size);
+  const double thickness = std::max(1.0, uniform(rng, 0.06, 0.09) * size);
   const double room_x = std::max(0.0, (size - width) / 2.0 - thickness - 1.0);
   const double room_y = std::max(0.0, (size - height) / 2.0 - thickness - 1.0);
   const cv::Point2d centre(size / 2.0 + uniform(rng, -0.6, 0.6) * room_x,
