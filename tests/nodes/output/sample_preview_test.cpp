@@ -3,6 +3,7 @@
 #include "nodes/output/sample_preview.hpp"
 
 #include "node_test_util.hpp"
+#include "nodes/diffusion/sampler.hpp"
 #include "nodes/model/model_resource.hpp"
 #include "nodes/train/train_fixture.hpp"
 
@@ -161,11 +162,11 @@ TEST_CASE("sample_reverse_chain gives the in-graph sampler's samples and chain b
   const Packet& done = out.packet(out.size() - 1);
 
   DiffusionSteps steps(*schedule, ctx->device());
-  ReverseChainOptions options;
-  options.steps = 10;
-  options.snapshots = 4;
+  ReverseChainDraw draw;
+  draw.options.steps = 10;
+  draw.snapshots = 4;
   std::vector<Tensor> snapshots;
-  const Tensor sample = sample_reverse_chain(resource->model(), steps, x_T, options, &snapshots);
+  const Tensor sample = sample_reverse_chain(resource->model(), steps, x_T, draw, &snapshots);
   CHECK(sample.to_vector() == done.tensor("sample").to_vector());
 
   REQUIRE(snapshots.size() == 4);
@@ -181,7 +182,7 @@ TEST_CASE("sample_reverse_chain gives the in-graph sampler's samples and chain b
 }
 
 TEST_CASE("plan_reverse_chain picks the sampler's timesteps and snapshot positions") {
-  ReverseChainPlan ddim = plan_reverse_chain(1000, Sampler::Method::ddim, 0, 3);
+  ReverseChainPlan ddim = plan_reverse_chain(1000, SamplerMethod::ddim, 0, 3);
   CHECK(ddim.timesteps.size() == 50);
   CHECK(ddim.timesteps.front() == 980);
   CHECK(ddim.timesteps.back() == 0);
@@ -189,13 +190,13 @@ TEST_CASE("plan_reverse_chain picks the sampler's timesteps and snapshot positio
   CHECK_FALSE(ddim.ancestral);
   CHECK(ddim.snapshot_positions == std::vector<int64_t>{0, 25, 50});
 
-  ReverseChainPlan ddpm = plan_reverse_chain(1000, Sampler::Method::ddpm, 0, 3);
+  ReverseChainPlan ddpm = plan_reverse_chain(1000, SamplerMethod::ddpm, 0, 3);
   CHECK(ddpm.timesteps.size() == 1000);
   CHECK(ddpm.ancestral);
 
-  CHECK_THROWS_WITH_AS(plan_reverse_chain(1000, Sampler::Method::ddpm, 2000, 0), doctest::Contains("steps"),
+  CHECK_THROWS_WITH_AS(plan_reverse_chain(1000, SamplerMethod::ddpm, 2000, 0), doctest::Contains("steps"),
                        ConfigError);
-  CHECK_THROWS_WITH_AS(plan_reverse_chain(1000, Sampler::Method::ddim, 5, 7, "reverse_chain"),
+  CHECK_THROWS_WITH_AS(plan_reverse_chain(1000, SamplerMethod::ddim, 5, 7, "reverse_chain"),
                        doctest::Contains("reverse_chain: reverse chain snapshots must be at most steps + 1 = 6"),
                        ConfigError);
 }
