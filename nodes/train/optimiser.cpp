@@ -8,6 +8,8 @@
 #include "nodes/common/output_files.hpp"
 #include "compute/program.hpp"
 
+#include <nlohmann/json.hpp>
+
 #include <algorithm>
 #include <cmath>
 #include <cstring>
@@ -46,6 +48,39 @@ std::string format_value(double value) {
   std::ostringstream s;
   s << value;
   return s.str();
+}
+
+// Appends to `out` how the JSON objects `saved` (the checkpoint's) and `ours`
+// (this model's) differ, key by key; nested objects as a.b paths.
+void list_differences(const nlohmann::json& saved, const nlohmann::json& ours, const std::string& prefix,
+                      std::vector<std::string>& out) {
+  for (const auto& [key, value] : saved.items()) {
+    const std::string path = prefix + key;
+    if (!ours.contains(key)) {
+      out.push_back(path + " only in the checkpoint (" + value.dump() + ")");
+    } else if (value.is_object() && ours[key].is_object()) {
+      list_differences(value, ours[key], path + ".", out);
+    } else if (value != ours[key]) {
+      out.push_back(path + " is " + value.dump() + " in the checkpoint, " + ours[key].dump() + " in this model");
+    }
+  }
+  for (const auto& [key, value] : ours.items()) {
+    if (!saved.contains(key)) out.push_back(prefix + key + " only in this model (" + value.dump() + ")");
+  }
+}
+
+// Why a checkpoint's model config (JSON text) is not this model's: the keys
+// that differ with both values, or both texts when they do not parse as
+// JSON objects or differ only in how they are written.
+std::string config_mismatch(const std::string& saved, const std::string& ours) {
+  const auto saved_json = nlohmann::json::parse(saved, nullptr, /*allow_exceptions=*/false);
+  const auto our_json = nlohmann::json::parse(ours, nullptr, /*allow_exceptions=*/false);
+  std::vector<std::string> differences;
+  if (saved_json.is_object() && our_json.is_object()) list_differences(saved_json, our_json, "", differences);
+  if (differences.empty()) return "the checkpoint's is " + saved + ", this model's is " + ours;
+  std::string text;
+  for (const auto& d : differences) text += (text.empty() ? "" : "; ") + d;
+  return text;
 }
 
 }  // namespace
@@ -440,7 +475,8 @@ void Optimiser::restore(const SafetensorsFile& file) {
                                std::to_string(kCheckpointVersion));
   }
   if (get("model_config") != resource_->config_json()) {
-    throw DataError(where, "checkpoint was written for another model config: " + get("model_config"));
+    throw DataError(where, "checkpoint was written for another model config: " +
+                               config_mismatch(get("model_config"), resource_->config_json()));
   }
   const int64_t count = model_.param_count();
   Kernels& k = *kernels_;
