@@ -11,6 +11,8 @@
 
 #include <opencv2/imgcodecs.hpp>
 
+#include <algorithm>
+
 using namespace diffuflow;
 using diffuflow::test::CollectingEmitter;
 using diffuflow::test::make_node;
@@ -234,4 +236,37 @@ TEST_CASE("sample_preview rejects a points layout for images and out-of-range sn
                               "reverse_chain: 6}",
                               *ctx),
                     doctest::Contains("reverse chain"));
+}
+
+TEST_CASE("sample_preview and the sampler take the same chain options, choices and defaults (but steps)") {
+  const NodeContract* sampler = Registry::instance().node_contract("sampler");
+  const NodeContract* preview = Registry::instance().node_contract("sample_preview");
+  REQUIRE(sampler);
+  REQUIRE(preview);
+  auto row = [](const NodeContract& c, const std::string& name) {
+    const auto found = std::find_if(c.params.begin(), c.params.end(), [&](const ParamSpec& p) { return p.name == name; });
+    REQUIRE(found != c.params.end());
+    return *found;
+  };
+  for (const char* name : {"method", "steps", "eta", "clip", "prediction"}) {
+    CAPTURE(name);
+    const ParamSpec a = row(*sampler, name);
+    const ParamSpec b = row(*preview, name);
+    CHECK(a.type == b.type);
+    CHECK(a.choices == b.choices);
+    CHECK(a.doc == b.doc);
+    CHECK(a.min == b.min);
+    CHECK(a.max == b.max);
+    if (std::string(name) != "steps") CHECK(a.default_value == b.default_value);
+  }
+  CHECK(row(*sampler, "method").choices == std::vector<std::string>{"ddpm", "ddim"});
+  CHECK(row(*sampler, "steps").default_value == ParamValue(int64_t{0}));
+  CHECK(row(*preview, "steps").default_value == ParamValue(int64_t{50}));
+
+  // A misspelt method is refused by both with the same choices.
+  auto ctx = mlp_context();
+  CHECK_THROWS_WITH_AS(make_node("sampler", "{schedule: schedule, method: ddin}", *ctx),
+                       doctest::Contains("'method': expected one of ddpm|ddim (did you mean 'ddim'?)"), ConfigErrors);
+  CHECK_THROWS_WITH_AS(make_node("sample_preview", "{model: model, schedule: schedule, method: ddin}", *ctx),
+                       doctest::Contains("'method': expected one of ddpm|ddim (did you mean 'ddim'?)"), ConfigErrors);
 }
