@@ -7,14 +7,6 @@
 
 namespace diffuflow {
 
-const char* precision_name(Precision precision) { return precision == Precision::bf16 ? "bf16" : "f32"; }
-
-Precision parse_precision(const std::string& name) {
-  if (name == "f32") return Precision::f32;
-  if (name == "bf16") return Precision::bf16;
-  throw std::invalid_argument("unknown precision '" + name + "' (f32 or bf16)");
-}
-
 bool native_bf16(const dnnl::engine& engine) {
   if (engine.get_kind() != dnnl::engine::kind::cpu) return true;
   const auto isa = dnnl::get_effective_cpu_isa();

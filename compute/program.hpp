@@ -25,6 +25,7 @@
 // automatically.
 #pragma once
 
+#include "graph/enum_names.hpp"
 #include "graph/tensor.hpp"
 
 #include <dnnl.hpp>
@@ -45,10 +46,9 @@ using tag = dnnl::memory::format_tag;
 // precision, as PyTorch's autocast does), on the AMX / AVX512-BF16 kernels
 // where the CPU has them. Parameters, gradients and the activations between
 // layers stay f32 either way; a convolution with no fast bf16 kernel (or
-// whose channels in or out are not a multiple of 16) stays f32.
-enum class Precision { f32, bf16 };
-const char* precision_name(Precision precision);
-Precision parse_precision(const std::string& name);
+// whose channels in or out are not a multiple of 16) stays f32. Spelled
+// "f32" / "bf16" (parse_enum<Precision>, enum_name).
+DIFFUFLOW_ENUM(Precision, f32, bf16);
 // Whether bf16 arithmetic is native on the engine: Intel GPUs, and CPUs with
 // AVX512-BF16 or AMX. Elsewhere oneDNN 2.6 has no bf16 convolution (AVX2) or
 // emulates it slower than f32 (AVX-512 without BF16), so bf16 programs run f32.

@@ -555,9 +555,9 @@ int run_bench(const std::vector<std::string>& args) {
     if (sweep_name == "precision") {
       for (const auto& v : sweep_values) {
         try {
-          parse_precision(v);
-        } catch (const std::invalid_argument& e) {
-          throw bad_option("--sweep", e.what());
+          parse_enum<Precision>(v, "precision");
+        } catch (const ConfigError& e) {
+          throw bad_option("--sweep", e.message());
         }
       }
     }

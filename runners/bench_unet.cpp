@@ -156,9 +156,9 @@ int run_bench_unet(const std::vector<std::string>& args) {
   const std::string precision = vm["precision"].as<std::string>();
   Precision arithmetic;
   try {
-    arithmetic = parse_precision(precision);
-  } catch (const std::invalid_argument& e) {
-    throw ConfigError(SourceLocation{"command line", 0, 0, "--precision"}, e.what());
+    arithmetic = parse_enum<Precision>(precision, "precision");
+  } catch (const ConfigError& e) {
+    throw ConfigError(SourceLocation{"command line", 0, 0, "--precision"}, e.message());
   }
   if (vm["threads"].as<int>() > 0) omp_set_num_threads(vm["threads"].as<int>());
   const int threads = omp_get_max_threads();

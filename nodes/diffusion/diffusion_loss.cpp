@@ -3,6 +3,7 @@
 #include "graph/errors.hpp"
 #include "graph/registry.hpp"
 #include "compute/program.hpp"
+#include "nodes/common/fields.hpp"
 
 #include <algorithm>
 #include <cmath>
@@ -44,19 +45,9 @@ NodeContract DiffusionLoss::contract() {
   c.doc = "Denoising loss (MSE to eps, v or x0; optional min-SNR-gamma weights) and its gradient "
           "dL/dprediction; per-timestep-bucket loss metrics.";
   c.example = "{name: loss, type: diffusion_loss, params: {schedule: schedule, prediction: epsilon}}";
-  c.params = {
-      ParamSpec::resource("schedule", "noise_schedule", "the noise schedule the noiser used"),
-      ParamSpec::choice("prediction", "epsilon", {"epsilon", "v", "x0"}, "what the model predicts"),
-      ParamSpec::number("min_snr_gamma", 0.0, "min-SNR weighting gamma (0: off, 5 is usual)").at_least(0.0),
-      ParamSpec::integer("buckets", 10, "timestep buckets for the per-bucket loss metrics (0: none)")
-          .range(0, 100000),
-      ParamSpec::integer("log_every", 100, "steps between per-bucket loss reports").range(1, 1000000000),
-      ParamSpec::choice("on_nonfinite", "stop", {"stop", "skip"},
-                        "a NaN/inf loss: stop the run, or emit a zero gradient so the step is skipped"),
-  };
-  c.inputs = {{"in", {"prediction", "x0", "noise", "t"},
+  c.inputs = {{"in", {fields::kPrediction, fields::kX0, fields::kNoise, fields::kT},
                "prediction, x0, noise [N,C,H,W] f32; t [N] s32 host"}};
-  c.outputs = {{"out", {"loss", "grad_prediction"}, "loss (double); grad_prediction [N,C,H,W] f32 on the device"}};
+  c.outputs = {{"out", {fields::kLoss, fields::kGradPrediction}, "loss (double); grad_prediction [N,C,H,W] f32 on the device"}};
   c.host_only = false;
   c.max_concurrency = 1;  // the per-shape buffers are reused every step
   return c;
@@ -64,17 +55,12 @@ NodeContract DiffusionLoss::contract() {
 
 DiffusionLoss::DiffusionLoss(const NodeConfig& config, RunContext& ctx)
     : Node(config, ctx),
-      schedule_(ctx.resource_as<NoiseSchedule>(config.params.text("schedule"))),
+      params_(config.params_as<Params>()),
+      schedule_(ctx.resource_as<NoiseSchedule>(params_.schedule)),
+      buckets_(static_cast<int>(std::min<int64_t>(params_.buckets, schedule_->timesteps()))),
       steps_(*schedule_, ctx.device()) {
-  const auto& p = config.params;
-  params_.schedule = p.text("schedule");
-  params_.prediction = parse_prediction_target(p.text("prediction"));
-  params_.min_snr_gamma = p.number("min_snr_gamma");
-  params_.buckets = std::min<int64_t>(p.integer("buckets"), schedule_->timesteps());
-  params_.log_every = p.integer("log_every");
-  params_.skip_nonfinite = p.text("on_nonfinite") == "skip";
-  bucket_sum_.assign(static_cast<size_t>(params_.buckets), 0.0);
-  bucket_count_.assign(static_cast<size_t>(params_.buckets), 0);
+  bucket_sum_.assign(static_cast<size_t>(buckets_), 0.0);
+  bucket_count_.assign(static_cast<size_t>(buckets_), 0);
 }
 
 DiffusionLoss::~DiffusionLoss() = default;
@@ -98,8 +84,8 @@ void DiffusionLoss::process(const NodeInput& in, Emitter& out) {
   std::lock_guard<std::mutex> lock(mutex_);
   const Packet& packet = in.packet();
   const int64_t seq = packet.seq();
-  const Tensor prediction = steps_.on_device(packet.tensor("prediction"));
-  const Tensor& t = packet.tensor("t");
+  const Tensor prediction = steps_.on_device(packet.get(fields::kPrediction));
+  const Tensor& t = packet.get(fields::kT);
   const Shape shape = prediction.shape();
   const int64_t batch = shape.at(0);
   const int64_t per_sample = prediction.numel() / std::max<int64_t>(batch, 1);
@@ -108,7 +94,7 @@ void DiffusionLoss::process(const NodeInput& in, Emitter& out) {
     throw std::runtime_error("diffusion_loss: t has " + std::to_string(ts.size()) + " entries, prediction " +
                              shape_str(shape) + " has " + std::to_string(batch) + " samples");
   }
-  const Tensor target = steps_.training_target(params_.prediction, packet.tensor("x0"), packet.tensor("noise"), t);
+  const Tensor target = steps_.training_target(params_.prediction, packet.get(fields::kX0), packet.get(fields::kNoise), t);
   if (target.shape() != shape) {
     throw std::runtime_error("diffusion_loss: prediction " + shape_str(shape) + " and target " +
                              shape_str(target.shape()) + " differ in shape");
@@ -145,13 +131,14 @@ void DiffusionLoss::process(const NodeInput& in, Emitter& out) {
   if (!std::isfinite(loss)) {
     std::ostringstream value;
     value << loss;
-    if (!params_.skip_nonfinite) {
+    if (params_.on_nonfinite == OnNonfinite::stop) {
       throw NodeError(name(), seq, "the loss is " + value.str() +
                                        " (non-finite prediction or input; set on_nonfinite: skip to skip such steps)");
     }
     ctx().metrics().log(seq, name(), "nonfinite_loss", 1.0);
     ctx().info(name() + ": skipped training step " + std::to_string(seq) + ": loss " + value.str());
-    out.emit(packet.with("loss", loss).with("grad_prediction", Tensor::zeros(shape, DType::f32, device.engine())));
+    out.emit(packet.with(fields::kLoss, loss)
+                 .with(fields::kGradPrediction, Tensor::zeros(shape, DType::f32, device.engine())));
     return;
   }
 
@@ -171,19 +158,19 @@ void DiffusionLoss::process(const NodeInput& in, Emitter& out) {
   stream.wait();
 
   ctx().metrics().log(seq, name(), "loss", loss);
-  if (params_.buckets > 0) {
+  if (buckets_ > 0) {
     for (int64_t i = 0; i < batch; ++i) {
-      const int b = bucket_of(ts[i], static_cast<int>(params_.buckets), schedule_->timesteps());
+      const int b = bucket_of(ts[i], buckets_, schedule_->timesteps());
       bucket_sum_[b] += sums[i] / static_cast<double>(per_sample);
       ++bucket_count_[b];
     }
     if (++since_report_ >= params_.log_every) log_buckets(seq);
   }
-  out.emit(packet.with("loss", loss).with("grad_prediction", grad));
+  out.emit(packet.with(fields::kLoss, loss).with(fields::kGradPrediction, grad));
 }
 
 void DiffusionLoss::log_buckets(int64_t step) {
-  const int buckets = static_cast<int>(params_.buckets);
+  const int buckets = buckets_;
   for (int b = 0; b < buckets; ++b) {
     if (bucket_count_[b] == 0) continue;
     const auto [lo, hi] = bucket_range(b, buckets, schedule_->timesteps());

@@ -39,13 +39,18 @@ namespace diffuflow {
 
 class DiffusionLoss : public Node {
  public:
+  DIFFUFLOW_NESTED_ENUM(OnNonfinite, stop, skip);
+
   struct Params {
-    std::string schedule;
-    PredictionTarget prediction = PredictionTarget::epsilon;
-    double min_snr_gamma = 0;
-    int64_t buckets = 10;
-    int64_t log_every = 100;
-    bool skip_nonfinite = false;
+    DIFFUFLOW_PARAMS(Params);
+    DIFFUFLOW_PARAM(std::string, schedule, "", "the noise schedule the noiser used", .resource("noise_schedule"));
+    DIFFUFLOW_PARAM(PredictionTarget, prediction, PredictionTarget::epsilon, "what the model predicts");
+    DIFFUFLOW_PARAM(double, min_snr_gamma, 0.0, "min-SNR weighting gamma (0: off, 5 is usual)", .at_least(0.0));
+    DIFFUFLOW_PARAM(int64_t, buckets, 10, "timestep buckets for the per-bucket loss metrics (0: none)",
+                    .range(0, 100000));
+    DIFFUFLOW_PARAM(int64_t, log_every, 100, "steps between per-bucket loss reports", .range(1, 1000000000));
+    DIFFUFLOW_PARAM(OnNonfinite, on_nonfinite, OnNonfinite::stop,
+                    "a NaN/inf loss: stop the run, or emit a zero gradient so the step is skipped");
   };
 
   static NodeContract contract();
@@ -65,6 +70,7 @@ class DiffusionLoss : public Node {
 
   Params params_;
   std::shared_ptr<NoiseSchedule> schedule_;
+  int buckets_ = 0;  // the `buckets` parameter, at most T
   DiffusionSteps steps_;
   std::mutex mutex_;
   std::map<std::pair<int64_t, int64_t>, std::unique_ptr<Kernel>> kernels_;

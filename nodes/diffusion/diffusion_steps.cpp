@@ -14,22 +14,6 @@ namespace diffuflow {
 using dnnl::algorithm;
 using dnnl::memory;
 
-PredictionTarget parse_prediction_target(const std::string& text) {
-  if (text == "epsilon") return PredictionTarget::epsilon;
-  if (text == "v") return PredictionTarget::v;
-  if (text == "x0") return PredictionTarget::x0;
-  throw ConfigError(SourceLocation{}, "unknown prediction target '" + text + "' (valid: epsilon, v, x0)");
-}
-
-std::string prediction_target_name(PredictionTarget target) {
-  switch (target) {
-    case PredictionTarget::epsilon: return "epsilon";
-    case PredictionTarget::v: return "v";
-    case PredictionTarget::x0: return "x0";
-  }
-  return "?";
-}
-
 namespace {
 
 memory::desc plain_f32(const Shape& shape) {

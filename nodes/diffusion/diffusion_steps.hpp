@@ -20,6 +20,7 @@
 #pragma once
 
 #include "graph/device.hpp"
+#include "graph/enum_names.hpp"
 #include "graph/tensor.hpp"
 #include "nodes/diffusion/noise_schedule.hpp"
 
@@ -33,10 +34,8 @@
 
 namespace diffuflow {
 
-// What a model is trained to predict.
-enum class PredictionTarget { epsilon, v, x0 };
-PredictionTarget parse_prediction_target(const std::string& text);  // "epsilon" | "v" | "x0"; ConfigError otherwise
-std::string prediction_target_name(PredictionTarget target);
+// What a model is trained to predict; spelled epsilon | v | x0 in YAML.
+DIFFUFLOW_ENUM(PredictionTarget, epsilon, v, x0);
 
 // A tensor of independent N(0, 1) samples (times `scale`) on the device. Drawn on
 // the host with Box-Muller over 53-bit uniforms from `rng` (the same numbers on

@@ -25,34 +25,14 @@ double cosine_alpha_bar(double s) {
 
 }  // namespace
 
-ScheduleKind parse_schedule_kind(const std::string& text) {
-  if (text == "linear") return ScheduleKind::linear;
-  if (text == "cosine") return ScheduleKind::cosine;
-  throw ConfigError(SourceLocation{}, "unknown noise schedule '" + text + "' (valid: linear, cosine)");
-}
-
-std::string schedule_kind_name(ScheduleKind kind) { return kind == ScheduleKind::linear ? "linear" : "cosine"; }
-
 ResourceContract NoiseSchedule::contract() {
   ResourceContract c;
   c.doc = "The forward-process betas and alphas_cumprod (DDPM linear or cosine), shared by noiser, loss and sampler.";
-  c.params = {
-      ParamSpec::choice("kind", "linear", {"linear", "cosine"}, "beta schedule: linear (Ho et al.) or cosine "
-                                                                "(Nichol & Dhariwal, squaredcos_cap_v2)"),
-      ParamSpec::integer("timesteps", 1000, "T, the number of diffusion steps").range(2, 100000),
-      ParamSpec::number("beta_start", 1e-4, "first beta of the linear schedule").range(1e-9, 0.999),
-      ParamSpec::number("beta_end", 0.02, "last beta of the linear schedule").range(1e-9, 0.999),
-  };
   return c;
 }
 
-NoiseSchedule::NoiseSchedule(const ResourceConfig& config, RunContext& ctx) {
-  params_.kind = parse_schedule_kind(config.params.text("kind"));
-  params_.timesteps = static_cast<int>(config.params.integer("timesteps"));
-  params_.beta_start = config.params.number("beta_start");
-  params_.beta_end = config.params.number("beta_end");
-  build();
-}
+NoiseSchedule::NoiseSchedule(const ResourceConfig& config, RunContext& ctx)
+    : NoiseSchedule(config.params_as<Params>()) {}
 
 NoiseSchedule::NoiseSchedule(const Params& params) : params_(params) { build(); }
 

@@ -26,17 +26,17 @@
 
 namespace diffuflow {
 
-enum class ScheduleKind { linear, cosine };
-ScheduleKind parse_schedule_kind(const std::string& text);  // ConfigError on an unknown name
-std::string schedule_kind_name(ScheduleKind kind);
+DIFFUFLOW_ENUM(ScheduleKind, linear, cosine);
 
 class NoiseSchedule : public Resource {
  public:
   struct Params {
-    ScheduleKind kind = ScheduleKind::linear;
-    int timesteps = 1000;
-    double beta_start = 1e-4;
-    double beta_end = 0.02;
+    DIFFUFLOW_PARAMS(Params);
+    DIFFUFLOW_PARAM(ScheduleKind, kind, ScheduleKind::linear,
+                    "beta schedule: linear (Ho et al.) or cosine (Nichol & Dhariwal, squaredcos_cap_v2)");
+    DIFFUFLOW_PARAM(int, timesteps, 1000, "T, the number of diffusion steps", .range(2, 100000));
+    DIFFUFLOW_PARAM(double, beta_start, 1e-4, "first beta of the linear schedule", .range(1e-9, 0.999));
+    DIFFUFLOW_PARAM(double, beta_end, 0.02, "last beta of the linear schedule", .range(1e-9, 0.999));
   };
 
   static ResourceContract contract();

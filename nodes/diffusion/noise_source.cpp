@@ -3,6 +3,7 @@
 #include "graph/errors.hpp"
 #include "graph/registry.hpp"
 #include "nodes/common/batching.hpp"
+#include "nodes/common/fields.hpp"
 #include "nodes/diffusion/diffusion_steps.hpp"
 
 #include <algorithm>
@@ -13,19 +14,13 @@ NodeContract NoiseSource::contract() {
   NodeContract c;
   c.doc = "Starts reverse diffusion chains: packets of x_T ~ N(0, I), seeded per chain (seq).";
   c.example = "{name: noise, type: noise_source, params: {shape: [1, 28, 28], batch_size: 16, count: 64}}";
-  c.params = {ParamSpec::int_list("shape", {1, 28, 28}, "[C, H, W] of one sample ([2, 1, 1] for 2-D points)")
-                  .range(1, 65536),
-              ParamSpec::integer("batch_size", 16, "samples per chain packet").range(1, 65536),
-              ParamSpec::integer("count", 64, "samples in all; packets = ceil(count / batch_size)").range(1, 1e9)};
-  c.outputs = {{"out", {"x_t"}, "x_t [N,C,H,W] f32 ~ N(0, I) on the device"}};
+  c.outputs = {{"out", {fields::kXt}, "x_t [N,C,H,W] f32 ~ N(0, I) on the device"}};
   c.host_only = false;
   return c;
 }
 
-NoiseSource::NoiseSource(const NodeConfig& config, RunContext& ctx) : Node(config, ctx) {
-  params_.shape = config.params.ints("shape");
-  params_.batch_size = config.params.integer("batch_size");
-  params_.count = config.params.integer("count");
+NoiseSource::NoiseSource(const NodeConfig& config, RunContext& ctx)
+    : Node(config, ctx), params_(config.params_as<Params>()) {
   if (params_.shape.size() != 3) {
     throw ConfigError(SourceLocation{"", 0, 0, "shape"},
                       "noise_source shape must be [C, H, W], got " + shape_str(params_.shape));
@@ -37,7 +32,7 @@ bool NoiseSource::produce(Emitter& out) {
   const int64_t n = std::min(params_.batch_size, params_.count - emitted_ * params_.batch_size);
   const Shape shape{n, params_.shape[0], params_.shape[1], params_.shape[2]};
   auto rng = ctx().rng(name(), emitted_);
-  out.emit(Packet(emitted_).with("x_t", standard_normal(shape, rng, ctx().device())));
+  out.emit(Packet(emitted_).with(fields::kXt, standard_normal(shape, rng, ctx().device())));
   ++emitted_;
   return true;
 }

@@ -23,9 +23,11 @@ namespace diffuflow {
 class NoiseSource : public Node {
  public:
   struct Params {
-    std::vector<int64_t> shape{1, 28, 28};  // [C,H,W] of one sample
-    int64_t batch_size = 16;
-    int64_t count = 64;
+    DIFFUFLOW_PARAMS(Params);
+    DIFFUFLOW_PARAM(std::vector<int64_t>, shape, (std::vector<int64_t>{1, 28, 28}),
+                    "[C, H, W] of one sample ([2, 1, 1] for 2-D points)", .range(1, 65536));
+    DIFFUFLOW_PARAM(int64_t, batch_size, 16, "samples per chain packet", .range(1, 65536));
+    DIFFUFLOW_PARAM(int64_t, count, 64, "samples in all; packets = ceil(count / batch_size)", .range(1, 1e9));
   };
 
   static NodeContract contract();

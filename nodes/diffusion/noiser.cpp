@@ -1,6 +1,7 @@
 #include "nodes/diffusion/noiser.hpp"
 
 #include "graph/registry.hpp"
+#include "nodes/common/fields.hpp"
 
 namespace diffuflow {
 
@@ -9,27 +10,26 @@ NodeContract Noiser::contract() {
   c.doc = "Noises each image to its timestep in closed form: x_t = sqrt(abar_t) x0 + sqrt(1-abar_t) eps, "
           "eps ~ N(0, I) seeded per step.";
   c.example = "{name: noiser, type: noiser, params: {schedule: schedule}}";
-  c.params = {ParamSpec::resource("schedule", "noise_schedule", "the noise schedule (betas, alphas_cumprod)")};
-  c.inputs = {{"in", {"x0", "t"}, "x0 [N,C,H,W] f32 in [-1,1]; t [N] s32 host, in [0, T)"}};
-  c.outputs = {{"out", {"noise", "x_t"}, "noise [N,C,H,W] f32 ~ N(0,I); x_t [N,C,H,W] f32, both on the device"}};
+  c.inputs = {{"in", {fields::kX0, fields::kT}, "x0 [N,C,H,W] f32 in [-1,1]; t [N] s32 host, in [0, T)"}};
+  c.outputs = {{"out", {fields::kNoise, fields::kXt}, "noise [N,C,H,W] f32 ~ N(0,I); x_t [N,C,H,W] f32, both on the device"}};
   c.host_only = false;
   return c;
 }
 
 Noiser::Noiser(const NodeConfig& config, RunContext& ctx)
     : Node(config, ctx),
-      params_{config.params.text("schedule")},
+      params_(config.params_as<Params>()),
       schedule_(ctx.resource_as<NoiseSchedule>(params_.schedule)),
       steps_(*schedule_, ctx.device()) {}
 
 void Noiser::process(const NodeInput& in, Emitter& out) {
   const Packet& packet = in.packet();
-  const Tensor& x0 = packet.tensor("x0");
-  const Tensor& t = packet.tensor("t");
+  const Tensor& x0 = packet.get(fields::kX0);
+  const Tensor& t = packet.get(fields::kT);
   auto rng = ctx().rng(name(), packet.seq());
   Tensor noise = standard_normal(x0.shape(), rng, ctx().device());
   Tensor x_t = steps_.q_sample(x0, noise, t);
-  out.emit(packet.with("noise", noise).with("x_t", x_t));
+  out.emit(packet.with(fields::kNoise, noise).with(fields::kXt, x_t));
 }
 
 }  // namespace diffuflow

@@ -25,7 +25,9 @@ namespace diffuflow {
 class Noiser : public Node {
  public:
   struct Params {
-    std::string schedule;
+    DIFFUFLOW_PARAMS(Params);
+    DIFFUFLOW_PARAM(std::string, schedule, "", "the noise schedule (betas, alphas_cumprod)",
+                    .resource("noise_schedule"));
   };
 
   static NodeContract contract();

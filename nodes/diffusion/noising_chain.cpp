@@ -2,43 +2,19 @@
 
 #include "graph/errors.hpp"
 #include "graph/registry.hpp"
+#include "nodes/common/fields.hpp"
 
 #include <cmath>
 
 namespace diffuflow {
-
-namespace {
-
-std::vector<int64_t> default_timesteps() {
-  std::vector<int64_t> at;
-  for (int t = 0; t < 1000; t += 100) at.push_back(t);
-  at.push_back(999);
-  return at;
-}
-
-ChainMode parse_chain_mode(const std::string& text) {
-  if (text == "markov") return ChainMode::markov;
-  if (text == "closed_form") return ChainMode::closed_form;
-  throw ConfigError(SourceLocation{}, "unknown noising_chain mode '" + text + "' (valid: markov, closed_form)");
-}
-
-}  // namespace
 
 NodeContract NoisingChain::contract() {
   NodeContract c;
   c.doc = "Shows the forward process: a strip per image of x_t at the listed timesteps, run as the Markov "
           "chain step by step (markov) or in closed form with one shared eps (closed_form).";
   c.example = "{name: chain, type: noising_chain, params: {schedule: schedule, at: [0, 250, 500, 750, 999]}}";
-  c.params = {
-      ParamSpec::resource("schedule", "noise_schedule", "the noise schedule (betas, alphas_cumprod)"),
-      ParamSpec::int_list("at", default_timesteps(), "timesteps to show, strictly increasing, each in [0, T)")
-          .range(0, 100000),
-      ParamSpec::choice("mode", "markov", {"markov", "closed_form"},
-                        "markov: step x_{t-1} -> x_t with fresh noise; closed_form: one shared eps for all columns"),
-      ParamSpec::boolean("include_x0", true, "put the clean image x0 in front of the strip (column 0)"),
-  };
-  c.inputs = {{"in", {"x0"}, "x0 [N,C,H,W] f32 in [-1,1]"}};
-  c.outputs = {{"out", {"chain", "chain_t"},
+  c.inputs = {{"in", {fields::kX0}, "x0 [N,C,H,W] f32 in [-1,1]"}};
+  c.outputs = {{"out", {fields::kChain, fields::kChainT},
                 "chain [N,K,C,H,W] f32 on the device; chain_t [K] s32 host (-1 marks the x0 column)"}};
   c.host_only = false;
   return c;
@@ -46,23 +22,21 @@ NodeContract NoisingChain::contract() {
 
 NoisingChain::NoisingChain(const NodeConfig& config, RunContext& ctx)
     : Node(config, ctx),
-      schedule_(ctx.resource_as<NoiseSchedule>(config.params.text("schedule"))),
+      params_(config.params_as<Params>()),
+      schedule_(ctx.resource_as<NoiseSchedule>(params_.schedule)),
       steps_(*schedule_, ctx.device()) {
-  params_.schedule = config.params.text("schedule");
-  params_.mode = parse_chain_mode(config.params.text("mode"));
-  params_.include_x0 = config.params.boolean("include_x0");
   const int timesteps = schedule_->timesteps();
-  for (int64_t t : config.params.ints("at")) {
+  for (size_t i = 0; i < params_.at.size(); ++i) {
+    const int64_t t = params_.at[i];
     if (t < 0 || t >= timesteps) {
       throw ConfigError(SourceLocation{}, "noising_chain '" + name() + "': timestep " + std::to_string(t) +
                                               " in 'at' is outside [0, " + std::to_string(timesteps - 1) + "]");
     }
-    if (!params_.at.empty() && t <= params_.at.back()) {
+    if (i > 0 && t <= params_.at[i - 1]) {
       throw ConfigError(SourceLocation{}, "noising_chain '" + name() + "': 'at' must be strictly increasing (" +
-                                              std::to_string(t) + " follows " + std::to_string(params_.at.back()) +
+                                              std::to_string(t) + " follows " + std::to_string(params_.at[i - 1]) +
                                               ")");
     }
-    params_.at.push_back(static_cast<int>(t));
   }
   if (columns() == 0) {
     throw ConfigError(SourceLocation{}, "noising_chain '" + name() + "': nothing to show (empty 'at' and no x0)");
@@ -95,10 +69,8 @@ void NoisingChain::write_column(const Tensor& chain, int k, const Tensor& x) {
 
 void NoisingChain::process(const NodeInput& in, Emitter& out) {
   const Packet& packet = in.packet();
-  const Tensor x0 = steps_.on_device(packet.tensor("x0"));
+  const Tensor x0 = steps_.on_device(packet.get(fields::kX0));  // [N,C,H,W]
   const Shape& shape = x0.shape();
-  if (shape.size() + 1 > 6) throw std::invalid_argument("noising_chain: x0 of rank " + std::to_string(shape.size()) +
-                                                         " is too deep (at most 5)");
   const int kcols = columns();
   Shape chain_shape = shape;
   chain_shape.insert(chain_shape.begin() + 1, kcols);
@@ -108,7 +80,7 @@ void NoisingChain::process(const NodeInput& in, Emitter& out) {
     auto labels = chain_t.map<int32_t>();
     int k = 0;
     if (params_.include_x0) labels[k++] = -1;
-    for (int t : params_.at) labels[k++] = t;
+    for (int64_t t : params_.at) labels[k++] = static_cast<int32_t>(t);
   }
 
   int column = 0;
@@ -117,7 +89,8 @@ void NoisingChain::process(const NodeInput& in, Emitter& out) {
   const size_t batch = static_cast<size_t>(shape[0]);
   if (params_.mode == ChainMode::closed_form) {
     const Tensor eps = standard_normal(shape, rng, ctx().device());
-    for (int t : params_.at) {
+    for (int64_t at : params_.at) {
+      const int t = static_cast<int>(at);
       const std::vector<float> a(batch, schedule_->sqrt_alpha_bar(t));
       const std::vector<float> b(batch, schedule_->sqrt_one_minus_alpha_bar(t));
       write_column(chain, column++, steps_.combine(a, x0, b, eps));
@@ -138,7 +111,7 @@ void NoisingChain::process(const NodeInput& in, Emitter& out) {
     }
   }
   ctx().device().stream().wait();
-  out.emit(packet.with("chain", chain).with("chain_t", chain_t));
+  out.emit(packet.with(fields::kChain, chain).with(fields::kChainT, chain_t));
 }
 
 }  // namespace diffuflow

@@ -32,15 +32,19 @@
 
 namespace diffuflow {
 
-enum class ChainMode { markov, closed_form };
+DIFFUFLOW_ENUM(ChainMode, markov, closed_form);
 
 class NoisingChain : public Node {
  public:
   struct Params {
-    std::string schedule;
-    std::vector<int> at;
-    ChainMode mode = ChainMode::markov;
-    bool include_x0 = true;
+    DIFFUFLOW_PARAMS(Params);
+    DIFFUFLOW_PARAM(std::string, schedule, "", "the noise schedule (betas, alphas_cumprod)",
+                    .resource("noise_schedule"));
+    DIFFUFLOW_PARAM(std::vector<int64_t>, at, (std::vector<int64_t>{0, 100, 200, 300, 400, 500, 600, 700, 800, 900, 999}),
+                    "timesteps to show, strictly increasing, each in [0, T)", .range(0, 100000));
+    DIFFUFLOW_PARAM(ChainMode, mode, ChainMode::markov,
+                    "markov: step x_{t-1} -> x_t with fresh noise; closed_form: one shared eps for all columns");
+    DIFFUFLOW_PARAM(bool, include_x0, true, "put the clean image x0 in front of the strip (column 0)");
   };
 
   static NodeContract contract();

@@ -3,6 +3,7 @@
 #include "graph/errors.hpp"
 #include "graph/registry.hpp"
 #include "compute/program.hpp"
+#include "nodes/common/fields.hpp"
 
 #include <algorithm>
 #include <cmath>
@@ -11,9 +12,6 @@ namespace diffuflow {
 
 namespace {
 
-constexpr const char* kChainPayloadField = "sampler_chain";
-constexpr int64_t kDefaultDdimSteps = 50;
-
 // The snapshots a chain has kept so far, oldest first. Immutable: a step that
 // keeps one more builds a new list sharing the tensors.
 class ChainSnapshots : public Payload {
@@ -21,11 +19,8 @@ class ChainSnapshots : public Payload {
   std::vector<Tensor> states;  // each [N,C,H,W] f32 on the device
 };
 
-Sampler::Method parse_method(const std::string& text) {
-  if (text == "ddpm") return Sampler::Method::ddpm;
-  if (text == "ddim") return Sampler::Method::ddim;
-  throw ConfigError(SourceLocation{"", 0, 0, "method"}, "sampler method must be ddpm or ddim, got '" + text + "'");
-}
+// Private to the sampler: travels round the loop with the chain's packet.
+const PayloadField<ChainSnapshots> kChainSnapshots{"sampler_chain", "the snapshots a chain has kept so far"};
 
 // A [N] s32 host tensor holding `values`.
 Tensor timestep_tensor(const std::vector<int>& values) {
@@ -42,76 +37,25 @@ NodeContract Sampler::contract() {
   c.doc = "Reverse diffusion (DDPM ancestral or DDIM) as a loop in the graph: sends x_t and t to the model on "
           "`model`, takes its prediction back on `back`, and emits x_0 on `done` after the last step.";
   c.example = "{name: sampler, type: sampler, params: {schedule: schedule, method: ddim, steps: 50}, concurrency: 2}";
-  c.params = {
-      ParamSpec::resource("schedule", "noise_schedule", "the noise schedule the model was trained with"),
-      ParamSpec::choice("method", "ddim", {"ddpm", "ddim"}, "ancestral DDPM steps or DDIM steps"),
-      ParamSpec::integer("steps", 0,
-                         "model calls per chain; 0: 50 for ddim, every timestep for ddpm (ddpm with fewer than T "
-                         "steps takes DDIM steps with eta 1 over the same spacing)")
-          .range(0, 100000),
-      ParamSpec::number("eta", 0.0, "DDIM noise scale: 0 deterministic, 1 DDPM-like").range(0.0, 1.0),
-      ParamSpec::boolean("clip", true, "clip the predicted x_0 to [-1, 1] at every step"),
-      ParamSpec::choice("prediction", "epsilon", {"epsilon", "v", "x0"}, "what the model predicts"),
-      ParamSpec::integer("snapshots", 0, "keep K evenly spaced x_t of the reverse chain (x_T ... x_0) in `chain`")
-          .range(0, 1000)};
-  c.inputs = {{"start", {"x_t"}, "x_t [N,C,H,W] f32: x_T of each chain"},
-              {"back", {"x_t", "t", kSamplerStepField, "prediction"},
+  c.inputs = {{"start", {fields::kXt}, "x_t [N,C,H,W] f32: x_T of each chain"},
+              {"back", {fields::kXt, fields::kT, fields::kSamplerStep, fields::kPrediction},
                "prediction [N,C,H,W] f32 for (x_t, t); optional z [N,C,H,W] replaces the step's noise"}};
-  c.outputs = {{"model", {"x_t", "t", kSamplerStepField}, "x_t [N,C,H,W] f32; t [N] s32 host; sampler_step"},
-               {"done", {"sample", "chain"}, "sample [N,C,H,W] f32 = x_0; chain [N,K,C,H,W] f32 (snapshots > 0)"}};
+  c.outputs = {{"model", {fields::kXt, fields::kT, fields::kSamplerStep},
+                "x_t [N,C,H,W] f32; t [N] s32 host; sampler_step"},
+               {"done", {fields::kSample, fields::kChain},
+                "sample [N,C,H,W] f32 = x_0; chain [N,K,C,H,W] f32 (snapshots > 0)"}};
   c.input_policy = InputPolicy::any;
   c.host_only = false;
   return c;
 }
 
-ReverseChainPlan plan_reverse_chain(int schedule_timesteps, Sampler::Method method, int64_t steps, int64_t snapshots,
-                                    const std::string& snapshots_param) {
-  int64_t count = steps;
-  if (count == 0) {
-    count = method == Sampler::Method::ddim ? std::min<int64_t>(kDefaultDdimSteps, schedule_timesteps)
-                                            : schedule_timesteps;
-  }
-  if (count < 1 || count > schedule_timesteps) {
-    throw ConfigError(SourceLocation{"", 0, 0, "steps"},
-                      "sampling steps must be in [1, " + std::to_string(schedule_timesteps) +
-                          "] (at most the schedule's " + std::to_string(schedule_timesteps) + " timesteps), got " +
-                          std::to_string(count));
-  }
-  ReverseChainPlan plan;
-  plan.timesteps = DiffusionSteps::ddim_timesteps(schedule_timesteps, static_cast<int>(count));
-  plan.stride = schedule_timesteps / static_cast<int>(count);
-  plan.ancestral = method == Sampler::Method::ddpm && plan.stride == 1;
-  const int64_t positions = count + 1;  // x_T, then one state after every step
-  if (snapshots > positions) {
-    throw ConfigError(SourceLocation{"", 0, 0, snapshots_param},
-                      snapshots_param + ": reverse chain snapshots must be at most steps + 1 = " +
-                          std::to_string(positions) + ", got " + std::to_string(snapshots));
-  }
-  if (snapshots == 1) plan.snapshot_positions = {count};
-  for (int64_t k = 0; snapshots > 1 && k < snapshots; ++k) {
-    plan.snapshot_positions.push_back(static_cast<int64_t>(std::llround(double(k) * count / double(snapshots - 1))));
-  }
-  return plan;
-}
-
 Sampler::Sampler(const NodeConfig& config, RunContext& ctx)
     : Node(config, ctx),
-      params_{config.params.text("schedule"),
-              parse_method(config.params.text("method")),
-              config.params.integer("steps"),
-              config.params.number("eta"),
-              config.params.boolean("clip"),
-              parse_prediction_target(config.params.text("prediction")),
-              config.params.integer("snapshots")},
+      params_(config.params_as<Params>()),
       schedule_(ctx.resource_as<NoiseSchedule>(params_.schedule)),
-      steps_(*schedule_, ctx.device()) {
-  const ReverseChainPlan plan =
-      plan_reverse_chain(schedule_->timesteps(), params_.method, params_.steps, params_.snapshots);
-  timesteps_ = plan.timesteps;
-  stride_ = plan.stride;
-  ancestral_ = plan.ancestral;
-  snapshot_positions_ = plan.snapshot_positions;
-}
+      steps_(*schedule_, ctx.device()),
+      plan_(plan_reverse_chain(schedule_->timesteps(), params_.chain.method, params_.chain.steps,
+                               params_.snapshots)) {}
 
 void Sampler::process(const NodeInput& in, Emitter& out) {
   if (in.port == kStartPort) {
@@ -122,51 +66,56 @@ void Sampler::process(const NodeInput& in, Emitter& out) {
 }
 
 void Sampler::start(const Packet& packet, Emitter& out) {
-  const Tensor& x_t = packet.tensor("x_t");
-  Packet next = packet.with("t", timestep_tensor(std::vector<int>(static_cast<size_t>(x_t.dim(0)), timesteps_[0])))
-                    .with(kSamplerStepField, int64_t{0});
-  next.erase("prediction");
-  if (!snapshot_positions_.empty()) {
-    next.set(kChainPayloadField, std::shared_ptr<const Payload>(std::make_shared<ChainSnapshots>()));
+  const Tensor& x_t = packet.get(fields::kXt);
+  const int first = plan_.timesteps[0];
+  Packet next = packet.with(fields::kT, timestep_tensor(std::vector<int>(static_cast<size_t>(x_t.dim(0)), first)))
+                    .with(fields::kSamplerStep, int64_t{0});
+  next.erase(fields::kPrediction);
+  if (!plan_.snapshot_positions.empty()) {
+    next.set(kChainSnapshots, std::make_shared<const ChainSnapshots>());
     keep_snapshot(next, 0, x_t);
   }
   out.emit(kModelPort, std::move(next));
 }
 
 void Sampler::step(const Packet& packet, Emitter& out) {
-  const int64_t step = packet.integer(kSamplerStepField);
-  const Tensor& x_t = packet.tensor("x_t");
-  const Tensor& t = packet.tensor("t");
+  const ReverseChainOptions& chain = params_.chain;
+  const int64_t step = packet.get(fields::kSamplerStep);
+  const Tensor& x_t = packet.get(fields::kXt);
+  const Tensor& t = packet.get(fields::kT);
   const std::vector<int> now = steps_.read_timesteps(t);
-  const Tensor eps = steps_.epsilon_from(params_.prediction, x_t, packet.tensor("prediction"), t);
+  const Tensor eps = steps_.epsilon_from(chain.prediction, x_t, packet.get(fields::kPrediction), t);
+  // The step's noise: the packet's optional z, else the node's own draw.
+  auto noise = [&] {
+    return packet.has(fields::kStepNoise) ? packet.get(fields::kStepNoise) : step_noise(x_t.shape(), packet.seq(), step);
+  };
 
   Tensor x_prev;
   std::vector<int> after(now.size());
-  for (size_t i = 0; i < now.size(); ++i) after[i] = now[i] - stride_;
-  if (ancestral_) {
+  for (size_t i = 0; i < now.size(); ++i) after[i] = now[i] - plan_.stride;
+  if (plan_.ancestral) {
     const bool noisy = std::any_of(now.begin(), now.end(), [](int v) { return v > 0; });
-    Tensor z = packet.has("z") ? packet.tensor("z") : noisy ? step_noise(x_t.shape(), packet.seq(), step) : Tensor();
-    x_prev = steps_.ddpm_step(x_t, eps, z, t, params_.clip);
+    const Tensor z = packet.has(fields::kStepNoise) || noisy ? noise() : Tensor();
+    x_prev = steps_.ddpm_step(x_t, eps, z, t, chain.clip);
   } else {
-    const float eta = params_.method == Method::ddpm ? 1.0f : static_cast<float>(params_.eta);
-    Tensor z;
-    if (eta > 0) z = packet.has("z") ? packet.tensor("z") : step_noise(x_t.shape(), packet.seq(), step);
-    x_prev = steps_.ddim_step(x_t, eps, t, timestep_tensor(after), eta, z, params_.clip);
+    const float eta = chain.step_eta();
+    const Tensor z = eta > 0 ? noise() : Tensor();
+    x_prev = steps_.ddim_step(x_t, eps, t, timestep_tensor(after), eta, z, chain.clip);
   }
 
   const int64_t position = step + 1;
-  Packet next = packet.with(kSamplerStepField, position);
-  next.erase("prediction").erase("z");
-  if (!snapshot_positions_.empty()) keep_snapshot(next, position, x_prev);
-  if (position < static_cast<int64_t>(timesteps_.size())) {
-    next.set("x_t", x_prev).set("t", timestep_tensor(after));
+  Packet next = packet.with(fields::kSamplerStep, position);
+  next.erase(fields::kPrediction).erase(fields::kStepNoise);
+  if (!plan_.snapshot_positions.empty()) keep_snapshot(next, position, x_prev);
+  if (position < static_cast<int64_t>(plan_.timesteps.size())) {
+    next.set(fields::kXt, x_prev).set(fields::kT, timestep_tensor(after));
     out.emit(kModelPort, std::move(next));
     return;
   }
-  next.set("sample", x_prev);
-  if (!snapshot_positions_.empty()) next.set("chain", assemble_chain(next));
-  next.erase(kChainPayloadField).erase(kSamplerStepField);
-  ctx().count_progress(1, next.tensor("sample").dim(0));
+  next.set(fields::kSample, x_prev);
+  if (!plan_.snapshot_positions.empty()) next.set(fields::kChain, assemble_chain(next));
+  next.erase(kChainSnapshots).erase(fields::kSamplerStep);
+  ctx().count_progress(1, x_prev.dim(0));
   out.emit(kDonePort, std::move(next));
 }
 
@@ -178,20 +127,20 @@ Tensor Sampler::step_noise(const Shape& shape, int64_t seq, int64_t step) {
 
 void Sampler::keep_snapshot(Packet& packet, int64_t position, const Tensor& x) {
   // Positions repeat when K is close to steps + 1; each repeat is kept once per K.
-  const auto hits = std::count(snapshot_positions_.begin(), snapshot_positions_.end(), position);
+  const auto hits = std::count(plan_.snapshot_positions.begin(), plan_.snapshot_positions.end(), position);
   if (hits == 0) return;
-  auto kept = std::make_shared<ChainSnapshots>(*packet.payload<ChainSnapshots>(kChainPayloadField));
+  auto kept = std::make_shared<ChainSnapshots>(*packet.get(kChainSnapshots));
   for (int64_t i = 0; i < hits; ++i) kept->states.push_back(x);
-  packet.set(kChainPayloadField, std::shared_ptr<const Payload>(std::move(kept)));
+  packet.set(kChainSnapshots, std::shared_ptr<const ChainSnapshots>(std::move(kept)));
 }
 
 // Copies the K snapshots [N,C,H,W] into chain [N,K,C,H,W]: one reorder per
 // column into a strided view of the chain tensor.
 Tensor Sampler::assemble_chain(const Packet& packet) {
-  const auto& states = packet.payload<ChainSnapshots>(kChainPayloadField)->states;
-  if (states.size() != snapshot_positions_.size()) {
+  const auto& states = packet.get(kChainSnapshots)->states;
+  if (states.size() != plan_.snapshot_positions.size()) {
     throw std::logic_error("sampler: a chain kept " + std::to_string(states.size()) + " snapshots, expected " +
-                           std::to_string(snapshot_positions_.size()));
+                           std::to_string(plan_.snapshot_positions.size()));
   }
   const Shape& one = states.front().shape();
   const int64_t k_count = static_cast<int64_t>(states.size());

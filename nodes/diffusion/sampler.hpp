@@ -39,6 +39,7 @@
 #include "graph/node.hpp"
 #include "nodes/diffusion/diffusion_steps.hpp"
 #include "nodes/diffusion/noise_schedule.hpp"
+#include "nodes/diffusion/reverse_chain.hpp"
 
 #include <map>
 #include <memory>
@@ -49,22 +50,18 @@
 
 namespace diffuflow {
 
-constexpr const char* kSamplerStepField = "sampler_step";
-
 class Sampler : public Node {
  public:
-  enum class Method { ddpm, ddim };
   static constexpr int kStartPort = 0, kBackPort = 1;  // inputs
   static constexpr int kModelPort = 0, kDonePort = 1;  // outputs
 
   struct Params {
-    std::string schedule;
-    Method method = Method::ddim;
-    int64_t steps = 0;  // 0: 50 for ddim, T for ddpm
-    double eta = 0.0;
-    bool clip = true;
-    PredictionTarget prediction = PredictionTarget::epsilon;
-    int64_t snapshots = 0;
+    DIFFUFLOW_PARAMS(Params);
+    DIFFUFLOW_PARAM(std::string, schedule, "", "the noise schedule the model was trained with",
+                    .resource("noise_schedule"));
+    DIFFUFLOW_PARAM_GROUP(ReverseChainOptions, chain, ReverseChainOptions{});  // method, steps (0), eta, clip, prediction
+    DIFFUFLOW_PARAM(int64_t, snapshots, 0,
+                    "keep K evenly spaced x_t of the reverse chain (x_T ... x_0) in `chain`", .range(0, 1000));
   };
 
   static NodeContract contract();
@@ -73,10 +70,10 @@ class Sampler : public Node {
 
   // The model is called at these timesteps, in order; after timesteps()[k]
   // the chain moves to timesteps()[k] - stride() (x_0 after the last).
-  const std::vector<int>& timesteps() const { return timesteps_; }
-  int stride() const { return stride_; }
+  const std::vector<int>& timesteps() const { return plan_.timesteps; }
+  int stride() const { return plan_.stride; }
   // Chain positions (0 = x_T, steps = x_0) kept as snapshots.
-  const std::vector<int64_t>& snapshot_positions() const { return snapshot_positions_; }
+  const std::vector<int64_t>& snapshot_positions() const { return plan_.snapshot_positions; }
 
  private:
   void start(const Packet& packet, Emitter& out);
@@ -89,28 +86,9 @@ class Sampler : public Node {
   Params params_;
   std::shared_ptr<NoiseSchedule> schedule_;
   DiffusionSteps steps_;
-  std::vector<int> timesteps_;
-  int stride_ = 1;
-  bool ancestral_ = false;  // ddpm over every timestep: ddpm_step t -> t-1
-  std::vector<int64_t> snapshot_positions_;
+  ReverseChainPlan plan_;  // ancestral: ddpm over every timestep, ddpm_step t -> t-1
   std::mutex chain_mutex_;
   std::map<std::pair<Shape, int64_t>, dnnl::reorder> chain_copies_;  // (chain shape, column) -> reorder
 };
-
-// The timesteps a reverse chain calls the model at, from the noisiest, as
-// the sampler node (and sample_preview) choose them: leading spacing
-// T/steps apart (steps 0: 50 for DDIM, at most T; all T for DDPM); `stride`
-// is how far each step moves; `ancestral` when every timestep is a DDPM step
-// t -> t-1; `snapshot_positions` the chain positions (0 = x_T, steps = x_0)
-// kept for `snapshots` evenly spaced states. Bad counts are ConfigErrors
-// naming `steps` or `snapshots_param`.
-struct ReverseChainPlan {
-  std::vector<int> timesteps;
-  int stride = 1;
-  bool ancestral = false;
-  std::vector<int64_t> snapshot_positions;
-};
-ReverseChainPlan plan_reverse_chain(int schedule_timesteps, Sampler::Method method, int64_t steps, int64_t snapshots,
-                                    const std::string& snapshots_param = "snapshots");
 
 }  // namespace diffuflow

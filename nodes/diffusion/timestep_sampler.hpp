@@ -16,7 +16,8 @@ namespace diffuflow {
 class TimestepSampler : public Node {
  public:
   struct Params {
-    int64_t timesteps = 1000;
+    DIFFUFLOW_PARAMS(Params);
+    DIFFUFLOW_PARAM(int64_t, timesteps, 1000, "T, the number of diffusion steps", .range(1, 100000));
   };
 
   static NodeContract contract();

@@ -172,51 +172,29 @@ Tensor MlpDenoiser::backward(const ForwardState& state, const Tensor& grad_out) 
   return grad_x;
 }
 
-namespace {
-
-MlpConfig config_from(const diffuflow::ParamValues& params) {
-  MlpConfig c;
-  c.dim = params.integer("dim");
-  c.hidden = params.integer("hidden");
-  c.layers = params.integer("layers");
-  c.time_embed_dim = params.integer("time_embed_dim");
-  return c;
-}
-
-void check_params(const diffuflow::ParamValues& params) {
-  config_from(params).validate();
-  const std::string& weights = params.text("weights");
-  if (!weights.empty() && !std::filesystem::is_regular_file(weights)) {
-    throw ConfigError(SourceLocation{"", 0, 0, "weights"}, "weights file '" + weights + "' does not exist");
-  }
-}
-
-}  // namespace
-
 ResourceContract MlpModelResource::contract() {
   ResourceContract c;
   c.kind = kModelResourceKind;
   c.doc = "An MLP denoiser for 2-D toy data (linear + SiLU layers with a sinusoidal time embedding), its "
           "parameters and gradients in flat oneDNN buffers.";
-  c.params = {ParamSpec::integer("dim", 2, "point dimension D (inputs [N,D,1,1])").range(1, 4096),
-              ParamSpec::integer("hidden", 128, "width of the hidden layers").range(1, 65536),
-              ParamSpec::integer("layers", 3, "hidden linear + SiLU layers").range(1, 64),
-              ParamSpec::integer("time_embed_dim", 32, "size of the sinusoidal time embedding (even)").range(2, 4096),
-              ParamSpec::path("weights", "", "optional .safetensors weights or optimiser checkpoint to load"),
-              ParamSpec::boolean("use_ema", true, "from an optimiser checkpoint, load its EMA weights when it has them"),
-              ParamSpec::integer("init_seed", 0, "seed of the random init used when no weights are given")
-                  .range(0, 9.0e15)};
-  c.check = &check_params;
   return c;
 }
 
-MlpModelResource::MlpModelResource(const ResourceConfig& config, RunContext& ctx)
-    : model_(std::make_shared<MlpDenoiser>(config_from(config.params), ctx.device().engine())) {
-  const std::string& weights = config.params.text("weights");
+void MlpModelResource::check(const Params& params) {
+  params.network.validate();
+  if (!params.weights.empty() && !std::filesystem::is_regular_file(params.weights)) {
+    throw ConfigError(SourceLocation{"", 0, 0, "weights"}, "weights file '" + params.weights + "' does not exist");
+  }
+}
+
+MlpModelResource::MlpModelResource(const ResourceConfig& config, RunContext& ctx) {
+  const Params params = config.params_as<Params>();
+  model_ = std::make_shared<MlpDenoiser>(params.network, ctx.device().engine());
+  const std::string& weights = params.weights;
   if (!weights.empty()) {
     const SafetensorsFile file = SafetensorsFile::read(weights);
     try {
-      model_->load(model_weights_from(file, model_->param_slots(), config.params.boolean("use_ema")));
+      model_->load(model_weights_from(file, model_->param_slots(), params.use_ema));
     } catch (const DataError& e) {
       // The filtered copy has no path of its own: name the file the user gave.
       std::string what = e.what();
@@ -224,7 +202,7 @@ MlpModelResource::MlpModelResource(const ResourceConfig& config, RunContext& ctx
       throw DataError(weights, what);
     }
   } else {
-    model_->init_random(static_cast<uint64_t>(config.params.integer("init_seed")));
+    model_->init_random(static_cast<uint64_t>(params.init_seed));
   }
 }
 

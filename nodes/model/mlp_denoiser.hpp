@@ -25,6 +25,7 @@
 #pragma once
 
 #include "graph/device.hpp"
+#include "graph/param_table.hpp"
 #include "graph/safetensors.hpp"
 #include "nodes/model/denoiser_model.hpp"
 #include "nodes/model/model_resource.hpp"
@@ -34,11 +35,13 @@
 
 namespace diffuflow {
 
+// The network's shape; also the first rows of the mlp_model resource's parameters.
 struct MlpConfig {
-  int64_t dim = 2;
-  int64_t hidden = 128;
-  int64_t layers = 3;
-  int64_t time_embed_dim = 32;
+  DIFFUFLOW_PARAMS(MlpConfig);
+  DIFFUFLOW_PARAM(int64_t, dim, 2, "point dimension D (inputs [N,D,1,1])", .range(1, 4096));
+  DIFFUFLOW_PARAM(int64_t, hidden, 128, "width of the hidden layers", .range(1, 65536));
+  DIFFUFLOW_PARAM(int64_t, layers, 3, "hidden linear + SiLU layers", .range(1, 64));
+  DIFFUFLOW_PARAM(int64_t, time_embed_dim, 32, "size of the sinusoidal time embedding (even)", .range(2, 4096));
 
   void validate() const;  // ConfigError naming the key
   std::string to_json() const;
@@ -68,7 +71,19 @@ class MlpDenoiser : public DenoiserModel {
 
 class MlpModelResource : public ModelResource {
  public:
+  struct Params {
+    DIFFUFLOW_PARAMS(Params);
+    DIFFUFLOW_PARAM_GROUP(MlpConfig, network, MlpConfig{});  // dim, hidden, layers, time_embed_dim
+    DIFFUFLOW_PARAM(std::string, weights, "", "optional .safetensors weights or optimiser checkpoint to load",
+                    .path());
+    DIFFUFLOW_PARAM(bool, use_ema, true, "from an optimiser checkpoint, load its EMA weights when it has them");
+    DIFFUFLOW_PARAM(int64_t, init_seed, 0, "seed of the random init used when no weights are given",
+                    .range(0, 9.0e15));
+  };
+
   static ResourceContract contract();
+  // The network's shape is valid and a given weights file exists (ConfigError naming the key).
+  static void check(const Params& params);
   MlpModelResource(const ResourceConfig& config, RunContext& ctx);
 
   DenoiserModel& model() override { return *model_; }

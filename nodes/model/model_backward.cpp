@@ -1,7 +1,7 @@
 #include "nodes/model/model_backward.hpp"
 
 #include "graph/registry.hpp"
-#include "nodes/model/model_resource.hpp"
+#include "nodes/common/fields.hpp"
 
 namespace diffuflow {
 
@@ -9,24 +9,25 @@ NodeContract ModelBackward::contract() {
   NodeContract c;
   c.doc = "Back-propagates the loss gradient through the saved activations into the model's gradient buffer.";
   c.example = "{name: backward, type: model_backward, params: {model: model}}";
-  c.params = {ParamSpec::resource("model", kModelResourceKind, "the model resource the forward pass ran")};
-  c.inputs = {{"in", {"activations", "grad_prediction"}, "activations; grad_prediction [N,C,H,W] f32"}};
-  c.outputs = {{"out", {"grads_ready"}, "grads_ready: the model's gradients include this batch"}};
+  c.inputs = {{"in", {fields::kActivations, fields::kGradPrediction}, "activations; grad_prediction [N,C,H,W] f32"}};
+  c.outputs = {{"out", {fields::kGradsReady}, "grads_ready: the model's gradients include this batch"}};
   c.host_only = false;
   c.max_concurrency = 1;  // gradients accumulate into one buffer
   return c;
 }
 
 ModelBackward::ModelBackward(const NodeConfig& config, RunContext& ctx)
-    : Node(config, ctx), model_(ctx.resource_as<ModelResource>(config.params.text("model"))) {}
+    : Node(config, ctx),
+      params_(config.params_as<Params>()),
+      model_(ctx.resource_as<ModelResource>(params_.model)) {}
 
 void ModelBackward::process(const NodeInput& in, Emitter& out) {
   const Packet& packet = in.packet();
-  auto state = packet.payload<ForwardState>("activations");
-  model_->model().backward(*state, packet.tensor("grad_prediction"));
-  Packet next = packet.with("grads_ready", int64_t{1});
-  next.erase("activations");
-  next.erase("grad_prediction");
+  auto state = packet.get(fields::kActivations);
+  model_->model().backward(*state, packet.get(fields::kGradPrediction));
+  Packet next = packet.with(fields::kGradsReady, int64_t{1});
+  next.erase(fields::kActivations);
+  next.erase(fields::kGradPrediction);
   out.emit(std::move(next));
 }
 

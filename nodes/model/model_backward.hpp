@@ -12,18 +12,23 @@
 #pragma once
 
 #include "graph/node.hpp"
+#include "nodes/model/model_resource.hpp"
 
 namespace diffuflow {
 
-class ModelResource;
-
 class ModelBackward : public Node {
  public:
+  struct Params {
+    DIFFUFLOW_PARAMS(Params);
+    DIFFUFLOW_PARAM(std::string, model, "", "the model resource the forward pass ran", .resource(kModelResourceKind));
+  };
+
   static NodeContract contract();
   ModelBackward(const NodeConfig& config, RunContext& ctx);
   void process(const NodeInput& in, Emitter& out) override;
 
  private:
+  Params params_;
   std::shared_ptr<ModelResource> model_;
 };
 

@@ -11,20 +11,26 @@
 #pragma once
 
 #include "graph/node.hpp"
+#include "nodes/model/model_resource.hpp"
 
 namespace diffuflow {
 
-class ModelResource;
-
 class ModelForward : public Node {
  public:
+  struct Params {
+    DIFFUFLOW_PARAMS(Params);
+    DIFFUFLOW_PARAM(std::string, model, "", "the model resource (unet_model, mlp_model)",
+                    .resource(kModelResourceKind));
+    DIFFUFLOW_PARAM(bool, training, false, "keep the activations the backward pass needs");
+  };
+
   static NodeContract contract();
   ModelForward(const NodeConfig& config, RunContext& ctx);
   void process(const NodeInput& in, Emitter& out) override;
 
  private:
+  Params params_;
   std::shared_ptr<ModelResource> model_;
-  bool training_ = false;
 };
 
 }  // namespace diffuflow

@@ -2,8 +2,8 @@
 // nodes that use it. Nodes name a model with a parameter of resource kind
 // "model", so any denoiser can be dropped into a pipeline:
 //
-//   ParamSpec::resource("model", "model", "the denoiser to run")
-//   auto& model = ctx().resource_as<ModelResource>(params.text("model"))->model();
+//   DIFFUFLOW_PARAM(std::string, model, "", "the denoiser to run", .resource(kModelResourceKind));
+//   auto& model = ctx().resource_as<ModelResource>(params_.model)->model();
 #pragma once
 
 #include "graph/resource.hpp"

@@ -27,13 +27,24 @@ namespace diffuflow {
 class UNetModelResource : public ModelResource {
  public:
   struct Params {
-    std::string config = "unet-s";
-    std::string weights;
-    int64_t init_seed = 0;
-    bool use_ema = true;
+    DIFFUFLOW_PARAMS(Params);
+    DIFFUFLOW_PARAM(std::string, config, "unet-s",
+                    "built-in config (unet-s, unet-tiny) or a path to a diffusers config.json");
+    DIFFUFLOW_PARAM(std::string, weights, "", "optional .safetensors checkpoint to load (diffusers parameter names)",
+                    .path());
+    DIFFUFLOW_PARAM(bool, use_ema, true, "from a training checkpoint, load its EMA weights when it has them");
+    DIFFUFLOW_PARAM(int64_t, init_seed, 0, "seed of the random init used when no weights are given",
+                    .range(0, 9.0e15));
+    DIFFUFLOW_PARAM(Precision, precision, Precision::f32,
+                    "convolution arithmetic: f32, or bf16 inputs and weights with f32 accumulation and f32 "
+                    "parameters, gradients and activations (mixed precision; fast on CPUs with AMX or "
+                    "AVX512-BF16)");
   };
 
   static ResourceContract contract();
+  // Parses and validates the config (ConfigError naming the key), and checks
+  // that a given checkpoint exists, before anything runs.
+  static void check(const Params& params);
   UNetModelResource(const ResourceConfig& config, RunContext& ctx);
 
   DenoiserModel& model() override { return *model_; }

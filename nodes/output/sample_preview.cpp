@@ -2,10 +2,10 @@
 
 #include "graph/errors.hpp"
 #include "graph/registry.hpp"
+#include "nodes/common/fields.hpp"
 #include "nodes/common/images.hpp"
 #include "nodes/common/output_files.hpp"
 #include "nodes/common/plots.hpp"
-#include "nodes/model/model_resource.hpp"
 
 #include <algorithm>
 #include <cmath>
@@ -19,18 +19,6 @@ namespace {
 
 constexpr int64_t kMaxChainRows = 8;  // image chains: rows (samples) shown at most
 
-SamplePreview::Layout parse_layout(const std::string& text) {
-  if (text == "grid") return SamplePreview::Layout::grid;
-  if (text == "points") return SamplePreview::Layout::points;
-  throw ConfigError(SourceLocation{"", 0, 0, "layout"}, "sample_preview layout must be grid or points, got '" + text + "'");
-}
-
-Sampler::Method parse_method(const std::string& text) {
-  if (text == "ddpm") return Sampler::Method::ddpm;
-  if (text == "ddim") return Sampler::Method::ddim;
-  throw ConfigError(SourceLocation{"", 0, 0, "method"}, "sample_preview method must be ddpm or ddim, got '" + text + "'");
-}
-
 // A [N] s32 host tensor holding `values`.
 Tensor timestep_tensor(const std::vector<int>& values) {
   Tensor t({static_cast<int64_t>(values.size())}, DType::s32, Device::host()->engine());
@@ -42,9 +30,10 @@ Tensor timestep_tensor(const std::vector<int>& values) {
 }  // namespace
 
 Tensor sample_reverse_chain(DenoiserModel& model, DiffusionSteps& steps, const Tensor& x_T,
-                            const ReverseChainOptions& options, std::vector<Tensor>* snapshots) {
+                            const ReverseChainDraw& draw, std::vector<Tensor>* snapshots) {
+  const ReverseChainOptions& options = draw.options;
   const ReverseChainPlan plan = plan_reverse_chain(steps.schedule().timesteps(), options.method, options.steps,
-                                                   options.snapshots, "reverse_chain");
+                                                   draw.snapshots, "reverse_chain");
   const size_t n = static_cast<size_t>(x_T.dim(0));
   auto keep = [&](int64_t position, const Tensor& x) {
     if (!snapshots) return;
@@ -52,14 +41,14 @@ Tensor sample_reverse_chain(DenoiserModel& model, DiffusionSteps& steps, const T
     for (int64_t i = 0; i < hits; ++i) snapshots->push_back(x);
   };
   auto step_noise = [&](int64_t k) {
-    std::mt19937_64 rng(RunContext::mix(options.noise_seed, static_cast<uint64_t>(k)));
+    std::mt19937_64 rng(RunContext::mix(draw.noise_seed, static_cast<uint64_t>(k)));
     return standard_normal(x_T.shape(), rng, steps.device());
   };
   if (snapshots) snapshots->clear();
 
   Tensor x = steps.on_device(x_T);
   keep(0, x);
-  const float eta = options.method == Sampler::Method::ddpm ? 1.0f : static_cast<float>(options.eta);
+  const float eta = options.step_eta();
   for (size_t k = 0; k < plan.timesteps.size(); ++k) {
     const int now = plan.timesteps[k];
     const Tensor t = timestep_tensor(std::vector<int>(n, now));
@@ -109,54 +98,16 @@ NodeContract SamplePreview::contract() {
           "the end). Passes its input packet through unchanged.";
   c.example = "{name: preview, type: sample_preview, params: {model: model, schedule: schedule, shape: [2, 1, 1], "
               "count: 1000, every: 500, layout: points, reverse_chain: 6}}";
-  c.params = {
-      ParamSpec::resource("model", kModelResourceKind, "the model being trained (unet_model, mlp_model)"),
-      ParamSpec::resource("schedule", "noise_schedule", "the noise schedule the model is trained with"),
-      ParamSpec::int_list("shape", {1, 28, 28}, "[C, H, W] of one sample ([2, 1, 1] for 2-D points)").range(1, 65536),
-      ParamSpec::integer("count", 64, "samples per preview").range(1, 1e6),
-      ParamSpec::integer("every", 500, "preview every N optimiser steps (0: only at the end)").range(0, 1e9),
-      ParamSpec::choice("method", "ddim", {"ddpm", "ddim"}, "DDIM steps or ancestral DDPM steps"),
-      ParamSpec::integer("steps", 50, "model calls per preview; 0: 50 for ddim, every timestep for ddpm")
-          .range(0, 100000),
-      ParamSpec::number("eta", 0.0, "DDIM noise scale: 0 deterministic, 1 DDPM-like").range(0.0, 1.0),
-      ParamSpec::boolean("clip", true, "clip the predicted x_0 to [-1, 1] at every step"),
-      ParamSpec::choice("prediction", "epsilon", {"epsilon", "v", "x0"}, "what the model predicts"),
-      ParamSpec::boolean("use_ema", true, "sample from the optimiser's EMA weights when it keeps them"),
-      ParamSpec::choice("layout", "grid", {"grid", "points"}, "grid: images [N,C,H,W]; points: 2-D [N,2,1,1]"),
-      ParamSpec::integer("reverse_chain", 0, "at the end, also draw K evenly spaced states x_T ... x_0 (0: none)")
-          .range(0, 1000),
-      ParamSpec::text("subdir", "samples", "folder inside the output folder"),
-      ParamSpec::integer("nrow", 8, "grid: images per row").range(1, 4096),
-      ParamSpec::integer("scale", 2, "grid: pixel enlargement").range(1, 64),
-      ParamSpec::number("limit", 1.5, "points: axes span [-limit, limit]").range(1e-6, 1e6)};
-  c.inputs = {{"in", {"step"}, "step (int64): optimiser steps taken so far"}};
+  c.inputs = {{"in", {fields::kStep}, "step (int64): optimiser steps taken so far"}};
   c.outputs = {{"out", {}, "the input packet, unchanged"}};
   c.host_only = false;
   c.max_concurrency = 1;
   return c;
 }
 
-SamplePreview::SamplePreview(const NodeConfig& config, RunContext& ctx) : Node(config, ctx) {
-  const auto& p = config.params;
-  params_.model = p.text("model");
-  params_.schedule = p.text("schedule");
-  params_.shape = p.ints("shape");
-  params_.count = p.integer("count");
-  params_.every = p.integer("every");
-  params_.chain.method = parse_method(p.text("method"));
-  params_.chain.steps = p.integer("steps");
-  params_.chain.eta = p.number("eta");
-  params_.chain.clip = p.boolean("clip");
-  params_.chain.prediction = parse_prediction_target(p.text("prediction"));
-  params_.use_ema = p.boolean("use_ema");
-  params_.layout = parse_layout(p.text("layout"));
-  params_.reverse_chain = p.integer("reverse_chain");
-  params_.subdir = p.text("subdir");
+SamplePreview::SamplePreview(const NodeConfig& config, RunContext& ctx)
+    : Node(config, ctx), params_(config.params_as<Params>()) {
   check_output_subdir(name(), params_.subdir);
-  params_.nrow = p.integer("nrow");
-  params_.scale = p.integer("scale");
-  params_.limit = p.number("limit");
-
   if (params_.shape.size() != 3) {
     throw ConfigError(SourceLocation{"", 0, 0, "shape"},
                       "sample_preview shape must be [C, H, W], got " + shape_str(params_.shape));
@@ -179,22 +130,21 @@ SamplePreview::SamplePreview(const NodeConfig& config, RunContext& ctx) : Node(c
   // The same x_T and step noise for every preview: drawn from (seed, node name) only.
   auto rng = ctx.rng(name() + "/x_T");
   x_T_ = standard_normal({params_.count, params_.shape[0], params_.shape[1], params_.shape[2]}, rng, ctx.device());
-  params_.chain.noise_seed = ctx.rng(name() + "/z")();
+  noise_seed_ = ctx.rng(name() + "/z")();
 }
 
 SamplePreview::~SamplePreview() = default;
 
 Tensor SamplePreview::draw(std::vector<Tensor>* snapshots) {
-  ReverseChainOptions options = params_.chain;
-  options.snapshots = snapshots ? params_.reverse_chain : 0;
+  const ReverseChainDraw chain{params_.chain, snapshots ? params_.reverse_chain : 0, noise_seed_};
   DenoiserModel& model = resource_->model();
   EmaWeightSwap swap(model, params_.use_ema ? resource_->ema() : nullptr);
-  return sample_reverse_chain(model, *steps_, x_T_, options, snapshots);
+  return sample_reverse_chain(model, *steps_, x_T_, chain, snapshots);
 }
 
 void SamplePreview::process(const NodeInput& in, Emitter& out) {
   const Packet& packet = in.packet();
-  const int64_t step = packet.integer("step");
+  const int64_t step = packet.get(fields::kStep);
   // With gradient accumulation several packets carry one step: preview it once.
   if (params_.every > 0 && step > 0 && step % params_.every == 0 && step != last_step_ && !ctx().out_dir().empty()) {
     write_samples(draw(), preview_file(step), "step " + std::to_string(step));

@@ -38,7 +38,8 @@
 
 #include "graph/node.hpp"
 #include "nodes/diffusion/diffusion_steps.hpp"
-#include "nodes/diffusion/sampler.hpp"
+#include "nodes/diffusion/reverse_chain.hpp"
+#include "nodes/model/model_resource.hpp"
 
 #include <dnnl.hpp>
 
@@ -50,29 +51,23 @@
 
 namespace diffuflow {
 
-class DenoiserModel;
-class ModelResource;
-
-// How one reverse chain is run (the options of the in-graph sampler).
-struct ReverseChainOptions {
-  Sampler::Method method = Sampler::Method::ddim;
-  int64_t steps = 50;   // model calls; 0: 50 for ddim, every timestep for ddpm
-  double eta = 0.0;     // ddim only: 0 deterministic, 1 DDPM-like
-  bool clip = true;     // clip the predicted x_0 to [-1, 1] at every step
-  PredictionTarget prediction = PredictionTarget::epsilon;
-  int64_t snapshots = 0;    // keep K evenly spaced states x_T ... x_0
-  uint64_t noise_seed = 0;  // the noise of step k is drawn from (noise_seed, k)
+// One reverse chain as a preview draws it: the sampler's options, the number
+// of evenly spaced states x_T ... x_0 to keep (0: none), and the seed of the
+// step noise (the noise of step k is drawn from (noise_seed, k)).
+struct ReverseChainDraw {
+  ReverseChainOptions options;
+  int64_t snapshots = 0;
+  uint64_t noise_seed = 0;
 };
 
-// The chain's timesteps and snapshot positions: plan_reverse_chain() of
-// nodes/diffusion/sampler.hpp, so previews match the sampler node's samples.
-
 // Runs the reverse chain from x_T [N,C,H,W] f32 to x_0 with `model`, the step
-// arithmetic done by `steps` (oneDNN primitives on its device). With
-// options.snapshots = K > 0, `snapshots` receives K states [N,C,H,W] (x_T
-// first, x_0 last). The same x_T, weights and noise_seed give the same x_0.
+// arithmetic done by `steps` (oneDNN primitives on its device), at the
+// timesteps plan_reverse_chain() picks, so previews match the sampler node's
+// samples. With draw.snapshots = K > 0, `snapshots` receives K states
+// [N,C,H,W] (x_T first, x_0 last). The same x_T, weights and noise_seed give
+// the same x_0.
 Tensor sample_reverse_chain(DenoiserModel& model, DiffusionSteps& steps, const Tensor& x_T,
-                            const ReverseChainOptions& options, std::vector<Tensor>* snapshots = nullptr);
+                            const ReverseChainDraw& draw, std::vector<Tensor>* snapshots = nullptr);
 
 // Copies the optimiser's EMA weights over the model's parameters for as long as
 // it lives, and restores the raw weights (bitwise) when it goes. All copies are
@@ -95,22 +90,28 @@ class EmaWeightSwap {
 
 class SamplePreview : public Node {
  public:
-  enum class Layout { grid, points };
+  DIFFUFLOW_NESTED_ENUM(Layout, grid, points);
 
   struct Params {
-    std::string model;
-    std::string schedule;
-    Shape shape{1, 28, 28};  // [C, H, W] of one sample
-    int64_t count = 64;
-    int64_t every = 500;
-    ReverseChainOptions chain;
-    bool use_ema = true;
-    Layout layout = Layout::grid;
-    int64_t reverse_chain = 0;
-    std::string subdir = "samples";
-    int64_t nrow = 8;
-    int64_t scale = 2;
-    double limit = 1.5;
+    DIFFUFLOW_PARAMS(Params);
+    DIFFUFLOW_PARAM(std::string, model, "", "the model being trained (unet_model, mlp_model)",
+                    .resource(kModelResourceKind));
+    DIFFUFLOW_PARAM(std::string, schedule, "", "the noise schedule the model is trained with",
+                    .resource("noise_schedule"));
+    DIFFUFLOW_PARAM(Shape, shape, (Shape{1, 28, 28}), "[C, H, W] of one sample ([2, 1, 1] for 2-D points)",
+                    .range(1, 65536));
+    DIFFUFLOW_PARAM(int64_t, count, 64, "samples per preview", .range(1, 1e6));
+    DIFFUFLOW_PARAM(int64_t, every, 500, "preview every N optimiser steps (0: only at the end)", .range(0, 1e9));
+    // method, steps (50 here), eta, clip, prediction
+    DIFFUFLOW_PARAM_GROUP(ReverseChainOptions, chain, ReverseChainOptions::with_steps(50));
+    DIFFUFLOW_PARAM(bool, use_ema, true, "sample from the optimiser's EMA weights when it keeps them");
+    DIFFUFLOW_PARAM(Layout, layout, Layout::grid, "grid: images [N,C,H,W]; points: 2-D [N,2,1,1]");
+    DIFFUFLOW_PARAM(int64_t, reverse_chain, 0, "at the end, also draw K evenly spaced states x_T ... x_0 (0: none)",
+                    .range(0, 1000));
+    DIFFUFLOW_PARAM(std::string, subdir, "samples", "folder inside the output folder");
+    DIFFUFLOW_PARAM(int64_t, nrow, 8, "grid: images per row", .range(1, 4096));
+    DIFFUFLOW_PARAM(int64_t, scale, 2, "grid: pixel enlargement", .range(1, 64));
+    DIFFUFLOW_PARAM(double, limit, 1.5, "points: axes span [-limit, limit]", .range(1e-6, 1e6));
   };
 
   static NodeContract contract();
@@ -141,6 +142,7 @@ class SamplePreview : public Node {
   std::shared_ptr<NoiseSchedule> schedule_;
   std::unique_ptr<DiffusionSteps> steps_;
   Tensor x_T_;                  // [count, C, H, W] f32 on the device, fixed for the run
+  uint64_t noise_seed_ = 0;     // the step noise, fixed for the run
   int64_t last_step_ = -1;      // the last optimiser step seen
   std::vector<int64_t> previewed_;
 };

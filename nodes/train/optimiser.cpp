@@ -4,9 +4,11 @@
 #include "graph/errors.hpp"
 #include "graph/registry.hpp"
 #include "graph/safetensors.hpp"
+#include "nodes/common/fields.hpp"
 #include "nodes/common/output_files.hpp"
-#include "nodes/model/model_resource.hpp"
 #include "compute/program.hpp"
+
+#include <nlohmann/json.hpp>
 
 #include <algorithm>
 #include <cmath>
@@ -22,24 +24,6 @@ namespace diffuflow {
 namespace {
 
 using alg = dnnl::algorithm;
-
-Optimiser::Algorithm parse_algorithm(const std::string& text) {
-  if (text == "adam") return Optimiser::Algorithm::adam;
-  if (text == "adamw") return Optimiser::Algorithm::adamw;
-  throw ConfigError(SourceLocation{}, "unknown optimiser algorithm '" + text + "' (adam | adamw)");
-}
-
-Optimiser::LrSchedule parse_lr_schedule(const std::string& text) {
-  if (text == "constant") return Optimiser::LrSchedule::constant;
-  if (text == "cosine") return Optimiser::LrSchedule::cosine;
-  throw ConfigError(SourceLocation{}, "unknown learning-rate schedule '" + text + "' (constant | cosine)");
-}
-
-Optimiser::OnNonfinite parse_on_nonfinite(const std::string& text) {
-  if (text == "stop") return Optimiser::OnNonfinite::stop;
-  if (text == "skip") return Optimiser::OnNonfinite::skip;
-  throw ConfigError(SourceLocation{}, "unknown on_nonfinite '" + text + "' (stop | skip)");
-}
 
 void set_scalar(const dnnl::memory& memory, float value) {
   auto* p = static_cast<float*>(memory.map_data());
@@ -64,6 +48,39 @@ std::string format_value(double value) {
   std::ostringstream s;
   s << value;
   return s.str();
+}
+
+// Appends to `out` how the JSON objects `saved` (the checkpoint's) and `ours`
+// (this model's) differ, key by key; nested objects as a.b paths.
+void list_differences(const nlohmann::json& saved, const nlohmann::json& ours, const std::string& prefix,
+                      std::vector<std::string>& out) {
+  for (const auto& [key, value] : saved.items()) {
+    const std::string path = prefix + key;
+    if (!ours.contains(key)) {
+      out.push_back(path + " only in the checkpoint (" + value.dump() + ")");
+    } else if (value.is_object() && ours[key].is_object()) {
+      list_differences(value, ours[key], path + ".", out);
+    } else if (value != ours[key]) {
+      out.push_back(path + " is " + value.dump() + " in the checkpoint, " + ours[key].dump() + " in this model");
+    }
+  }
+  for (const auto& [key, value] : ours.items()) {
+    if (!saved.contains(key)) out.push_back(prefix + key + " only in this model (" + value.dump() + ")");
+  }
+}
+
+// Why a checkpoint's model config (JSON text) is not this model's: the keys
+// that differ with both values, or both texts when they do not parse as
+// JSON objects or differ only in how they are written.
+std::string config_mismatch(const std::string& saved, const std::string& ours) {
+  const auto saved_json = nlohmann::json::parse(saved, nullptr, /*allow_exceptions=*/false);
+  const auto our_json = nlohmann::json::parse(ours, nullptr, /*allow_exceptions=*/false);
+  std::vector<std::string> differences;
+  if (saved_json.is_object() && our_json.is_object()) list_differences(saved_json, our_json, "", differences);
+  if (differences.empty()) return "the checkpoint's is " + saved + ", this model's is " + ours;
+  std::string text;
+  for (const auto& d : differences) text += (text.empty() ? "" : "; ") + d;
+  return text;
 }
 
 }  // namespace
@@ -191,32 +208,8 @@ NodeContract Optimiser::contract() {
   c.example =
       "{name: optimiser, type: optimiser, params: {model: model, algorithm: adamw, lr: 2e-4, warmup_steps: 500, "
       "ema_decay: 0.999, checkpoint_every: 1000}}";
-  c.params = {
-      ParamSpec::resource("model", kModelResourceKind, "the model whose parameters are updated"),
-      ParamSpec::choice("algorithm", "adam", {"adam", "adamw"}, "adam (L2 weight decay) or adamw (decoupled)"),
-      ParamSpec::number("lr", 2e-4, "peak learning rate").range(0.0, 10.0),
-      ParamSpec::number("beta1", 0.9, "Adam beta1").range(0.0, 0.999999),
-      ParamSpec::number("beta2", 0.999, "Adam beta2").range(0.0, 0.999999999),
-      ParamSpec::number("eps", 1e-8, "Adam epsilon, added to the denominator").range(0.0, 1.0),
-      ParamSpec::number("weight_decay", 0.0, "weight decay (adamw: decoupled)").range(0.0, 1.0),
-      ParamSpec::integer("warmup_steps", 0, "linear warm-up of the learning rate from 0 over this many steps")
-          .at_least(0),
-      ParamSpec::choice("schedule", "constant", {"constant", "cosine"}, "learning rate after the warm-up"),
-      ParamSpec::integer("total_steps", 0, "cosine: the step where min_lr is reached (0: the run's --max-steps)")
-          .at_least(0),
-      ParamSpec::number("min_lr", 0.0, "cosine: the final learning rate").range(0.0, 10.0),
-      ParamSpec::number("clip_grad_norm", 0.0, "clip the gradient's global L2 norm to this (0: off)").at_least(0.0),
-      ParamSpec::integer("accumulate", 1, "step every k packets on the averaged gradient").range(1, 100000),
-      ParamSpec::number("ema_decay", 0.999, "EMA decay with diffusers' warm-up (0: no EMA)").range(0.0, 1.0),
-      ParamSpec::integer("checkpoint_every", 0, "write a checkpoint every n training steps (0: only at the end)")
-          .at_least(0),
-      ParamSpec::integer("keep_last", 3, "step checkpoints kept (0: all)").at_least(0),
-      ParamSpec::path("checkpoint_dir", "checkpoints", "folder under the run's output folder"),
-      ParamSpec::choice("on_nonfinite", "stop", {"stop", "skip"},
-                        "a NaN/inf gradient norm: stop the run or skip the step"),
-  };
-  c.inputs = {{"in", {"grads_ready"}, "grads_ready (the model's gradients hold the batch); loss (double, logged)"}};
-  c.outputs = {{"out", {"step"}, "step (int64): optimiser steps taken; feeds a limiter's decrement"}};
+  c.inputs = {{"in", {fields::kGradsReady}, "grads_ready (the model's gradients hold the batch); loss (double, logged)"}};
+  c.outputs = {{"out", {fields::kStep}, "step (int64): optimiser steps taken; feeds a limiter's decrement"}};
   c.host_only = false;
   c.passthrough = false;
   c.max_concurrency = 1;
@@ -225,27 +218,9 @@ NodeContract Optimiser::contract() {
 
 Optimiser::Optimiser(const NodeConfig& config, RunContext& ctx)
     : Node(config, ctx),
-      resource_(ctx.resource_as<ModelResource>(config.params.text("model"))),
+      params_(config.params_as<Params>()),
+      resource_(ctx.resource_as<ModelResource>(params_.model)),
       model_(resource_->model()) {
-  const auto& p = config.params;
-  params_.model = p.text("model");
-  params_.algorithm = parse_algorithm(p.text("algorithm"));
-  params_.lr = p.number("lr");
-  params_.beta1 = p.number("beta1");
-  params_.beta2 = p.number("beta2");
-  params_.eps = p.number("eps");
-  params_.weight_decay = p.number("weight_decay");
-  params_.warmup_steps = p.integer("warmup_steps");
-  params_.schedule = parse_lr_schedule(p.text("schedule"));
-  params_.total_steps = p.integer("total_steps");
-  params_.min_lr = p.number("min_lr");
-  params_.clip_grad_norm = p.number("clip_grad_norm");
-  params_.accumulate = p.integer("accumulate");
-  params_.ema_decay = p.number("ema_decay");
-  params_.checkpoint_every = p.integer("checkpoint_every");
-  params_.keep_last = p.integer("keep_last");
-  params_.checkpoint_dir = p.text("checkpoint_dir");
-  params_.on_nonfinite = parse_on_nonfinite(p.text("on_nonfinite"));
   if (params_.schedule == LrSchedule::cosine) {
     if (params_.total_steps == 0 && ctx.max_steps > 0) params_.total_steps = ctx.max_steps / params_.accumulate;
     if (params_.total_steps <= params_.warmup_steps) {
@@ -312,7 +287,7 @@ std::filesystem::path Optimiser::checkpoint_folder() const {
 void Optimiser::process(const NodeInput& in, Emitter& out) {
   const Packet& packet = in.packet();
   const int64_t seq = packet.seq();
-  const double loss = packet.has("loss") ? packet.number("loss") : 0.0;
+  const double loss = packet.has(fields::kLoss) ? packet.get(fields::kLoss) : 0.0;
   ++packets_;
   if (!std::isfinite(loss)) {
     // The loss node skipped this batch (its gradient is zero): drop the whole window.
@@ -324,10 +299,10 @@ void Optimiser::process(const NodeInput& in, Emitter& out) {
     take_step(seq, loss);
     if (params_.checkpoint_every > 0 && packets_ % params_.checkpoint_every == 0) save_checkpoint();
   }
-  ctx().count_progress(1, packet.has("x0") ? packet.tensor("x0").dim(0) : 0);
+  ctx().count_progress(1, packet.has(fields::kX0) ? packet.get(fields::kX0).dim(0) : 0);
   Packet done(seq);
-  done.set("step", step_);
-  if (packet.has("loss")) done.set("loss", loss);
+  done.set(fields::kStep, step_);
+  if (packet.has(fields::kLoss)) done.set(fields::kLoss, loss);
   out.emit(std::move(done));
 }
 
@@ -427,7 +402,7 @@ void Optimiser::write_checkpoint(const std::filesystem::path& path) const {
   file.set_metadata("seed", std::to_string(c.seed()));
   file.set_metadata("model_kind", model_.kind());
   file.set_metadata("model_config", resource_->config_json());
-  file.set_metadata("algorithm", params_.algorithm == Algorithm::adam ? "adam" : "adamw");
+  file.set_metadata("algorithm", enum_name(params_.algorithm));
   file.set_metadata("ema_decay", format_value(params_.ema_decay));
   file.write(path);
 }
@@ -500,7 +475,8 @@ void Optimiser::restore(const SafetensorsFile& file) {
                                std::to_string(kCheckpointVersion));
   }
   if (get("model_config") != resource_->config_json()) {
-    throw DataError(where, "checkpoint was written for another model config: " + get("model_config"));
+    throw DataError(where, "checkpoint was written for another model config: " +
+                               config_mismatch(get("model_config"), resource_->config_json()));
   }
   const int64_t count = model_.param_count();
   Kernels& k = *kernels_;

@@ -45,6 +45,7 @@
 #pragma once
 
 #include "graph/node.hpp"
+#include "nodes/model/model_resource.hpp"
 
 #include <dnnl.hpp>
 
@@ -55,35 +56,39 @@
 
 namespace diffuflow {
 
-class ModelResource;
-class DenoiserModel;
 class SafetensorsFile;
 
 class Optimiser : public Node {
  public:
-  enum class Algorithm { adam, adamw };
-  enum class LrSchedule { constant, cosine };
-  enum class OnNonfinite { stop, skip };
+  DIFFUFLOW_NESTED_ENUM(Algorithm, adam, adamw);
+  DIFFUFLOW_NESTED_ENUM(LrSchedule, constant, cosine);
+  DIFFUFLOW_NESTED_ENUM(OnNonfinite, stop, skip);
 
   struct Params {
-    std::string model;
-    Algorithm algorithm = Algorithm::adam;
-    double lr = 2e-4;
-    double beta1 = 0.9;
-    double beta2 = 0.999;
-    double eps = 1e-8;
-    double weight_decay = 0;
-    int64_t warmup_steps = 0;
-    LrSchedule schedule = LrSchedule::constant;
-    int64_t total_steps = 0;
-    double min_lr = 0;
-    double clip_grad_norm = 0;
-    int64_t accumulate = 1;
-    double ema_decay = 0.999;
-    int64_t checkpoint_every = 0;
-    int64_t keep_last = 3;
-    std::string checkpoint_dir = "checkpoints";
-    OnNonfinite on_nonfinite = OnNonfinite::stop;
+    DIFFUFLOW_PARAMS(Params);
+    DIFFUFLOW_PARAM(std::string, model, "", "the model whose parameters are updated", .resource(kModelResourceKind));
+    DIFFUFLOW_PARAM(Algorithm, algorithm, Algorithm::adam, "adam (L2 weight decay) or adamw (decoupled)");
+    DIFFUFLOW_PARAM(double, lr, 2e-4, "peak learning rate", .range(0.0, 10.0));
+    DIFFUFLOW_PARAM(double, beta1, 0.9, "Adam beta1", .range(0.0, 0.999999));
+    DIFFUFLOW_PARAM(double, beta2, 0.999, "Adam beta2", .range(0.0, 0.999999999));
+    DIFFUFLOW_PARAM(double, eps, 1e-8, "Adam epsilon, added to the denominator", .range(0.0, 1.0));
+    DIFFUFLOW_PARAM(double, weight_decay, 0.0, "weight decay (adamw: decoupled)", .range(0.0, 1.0));
+    DIFFUFLOW_PARAM(int64_t, warmup_steps, 0, "linear warm-up of the learning rate from 0 over this many steps",
+                    .at_least(0));
+    DIFFUFLOW_PARAM(LrSchedule, schedule, LrSchedule::constant, "learning rate after the warm-up");
+    DIFFUFLOW_PARAM(int64_t, total_steps, 0, "cosine: the step where min_lr is reached (0: the run's --max-steps)",
+                    .at_least(0));
+    DIFFUFLOW_PARAM(double, min_lr, 0.0, "cosine: the final learning rate", .range(0.0, 10.0));
+    DIFFUFLOW_PARAM(double, clip_grad_norm, 0.0, "clip the gradient's global L2 norm to this (0: off)",
+                    .at_least(0.0));
+    DIFFUFLOW_PARAM(int64_t, accumulate, 1, "step every k packets on the averaged gradient", .range(1, 100000));
+    DIFFUFLOW_PARAM(double, ema_decay, 0.999, "EMA decay with diffusers' warm-up (0: no EMA)", .range(0.0, 1.0));
+    DIFFUFLOW_PARAM(int64_t, checkpoint_every, 0, "write a checkpoint every n training steps (0: only at the end)",
+                    .at_least(0));
+    DIFFUFLOW_PARAM(int64_t, keep_last, 3, "step checkpoints kept (0: all)", .at_least(0));
+    DIFFUFLOW_PARAM(std::string, checkpoint_dir, "checkpoints", "folder under the run's output folder", .path());
+    DIFFUFLOW_PARAM(OnNonfinite, on_nonfinite, OnNonfinite::stop,
+                    "a NaN/inf gradient norm: stop the run or skip the step");
   };
 
   static constexpr const char* kCheckpointFormat = "diffuflow-checkpoint";

@@ -17,7 +17,7 @@ namespace {
 
 NoiseSchedule make_schedule(const std::string& kind) {
   NoiseSchedule::Params params;
-  params.kind = parse_schedule_kind(kind);
+  params.kind = parse_enum<ScheduleKind>(kind);
   return NoiseSchedule(params);
 }
 
@@ -191,9 +191,9 @@ TEST_CASE("timesteps outside the schedule and mismatched batches are reported") 
 }
 
 TEST_CASE("prediction targets parse from their YAML spelling") {
-  CHECK(parse_prediction_target("epsilon") == PredictionTarget::epsilon);
-  CHECK(parse_prediction_target("v") == PredictionTarget::v);
-  CHECK(parse_prediction_target("x0") == PredictionTarget::x0);
-  CHECK(prediction_target_name(PredictionTarget::v) == "v");
-  CHECK_THROWS_AS(parse_prediction_target("sample"), ConfigError);
+  CHECK(parse_enum<PredictionTarget>("epsilon") == PredictionTarget::epsilon);
+  CHECK(parse_enum<PredictionTarget>("v") == PredictionTarget::v);
+  CHECK(parse_enum<PredictionTarget>("x0") == PredictionTarget::x0);
+  CHECK(enum_name(PredictionTarget::v) == "v");
+  CHECK_THROWS_AS(parse_enum<PredictionTarget>("sample"), ConfigError);
 }

@@ -4,6 +4,7 @@
 #include "graph/registry.hpp"
 #include "graph/spec.hpp"
 #include "nodes/diffusion/diffusion_steps.hpp"
+#include "nodes/common/fields.hpp"
 #include "nodes/diffusion/sampler.hpp"
 #include "diffusion_fixture.hpp"
 #include "node_test_util.hpp"
@@ -51,7 +52,7 @@ class SamplerTestSink : public Node {
 
 // One step of the sampler from the packet a model would send back.
 Packet back_packet(const Tensor& x_t, const Tensor& t, const Tensor& prediction, int64_t step) {
-  return Packet(0).with("x_t", x_t).with("t", t).with("prediction", prediction).with(kSamplerStepField, step);
+  return Packet(0).with("x_t", x_t).with("t", t).with("prediction", prediction).with(fields::kSamplerStep, step);
 }
 
 struct LoopRun {
@@ -153,7 +154,7 @@ TEST_CASE("a sampler DDIM step (eta 0, 50 steps) matches the PyTorch reference a
                      out);
     REQUIRE(out.size() == 1);
     CHECK(out.port(0) == Sampler::kModelPort);
-    CHECK(out.packet(0).integer(kSamplerStepField) == 4);
+    CHECK(out.packet(0).get(fields::kSamplerStep) == 4);
     auto t = out.packet(0).tensor("t").map<int32_t>();
     CHECK(std::vector<int32_t>(t.begin(), t.end()) == std::vector<int32_t>{960, 480, 0, 0});
   }
@@ -170,7 +171,7 @@ TEST_CASE("a chain starts at the noisiest timestep of its method") {
     REQUIRE(out.size() == 1);
     CHECK(out.port(0) == Sampler::kModelPort);
     CHECK(out.packet(0).seq() == 5);
-    CHECK(out.packet(0).integer(kSamplerStepField) == 0);
+    CHECK(out.packet(0).get(fields::kSamplerStep) == 0);
     auto t = out.packet(0).tensor("t").map<int32_t>();
     REQUIRE(t.size() == 2);
     CHECK(t[0] == t[1]);

@@ -3,12 +3,15 @@
 #include "nodes/output/sample_preview.hpp"
 
 #include "node_test_util.hpp"
+#include "nodes/diffusion/sampler.hpp"
 #include "nodes/model/model_resource.hpp"
 #include "nodes/train/train_fixture.hpp"
 
 #include <doctest/doctest.h>
 
 #include <opencv2/imgcodecs.hpp>
+
+#include <algorithm>
 
 using namespace diffuflow;
 using diffuflow::test::CollectingEmitter;
@@ -161,11 +164,11 @@ TEST_CASE("sample_reverse_chain gives the in-graph sampler's samples and chain b
   const Packet& done = out.packet(out.size() - 1);
 
   DiffusionSteps steps(*schedule, ctx->device());
-  ReverseChainOptions options;
-  options.steps = 10;
-  options.snapshots = 4;
+  ReverseChainDraw draw;
+  draw.options.steps = 10;
+  draw.snapshots = 4;
   std::vector<Tensor> snapshots;
-  const Tensor sample = sample_reverse_chain(resource->model(), steps, x_T, options, &snapshots);
+  const Tensor sample = sample_reverse_chain(resource->model(), steps, x_T, draw, &snapshots);
   CHECK(sample.to_vector() == done.tensor("sample").to_vector());
 
   REQUIRE(snapshots.size() == 4);
@@ -181,7 +184,7 @@ TEST_CASE("sample_reverse_chain gives the in-graph sampler's samples and chain b
 }
 
 TEST_CASE("plan_reverse_chain picks the sampler's timesteps and snapshot positions") {
-  ReverseChainPlan ddim = plan_reverse_chain(1000, Sampler::Method::ddim, 0, 3);
+  ReverseChainPlan ddim = plan_reverse_chain(1000, SamplerMethod::ddim, 0, 3);
   CHECK(ddim.timesteps.size() == 50);
   CHECK(ddim.timesteps.front() == 980);
   CHECK(ddim.timesteps.back() == 0);
@@ -189,13 +192,13 @@ TEST_CASE("plan_reverse_chain picks the sampler's timesteps and snapshot positio
   CHECK_FALSE(ddim.ancestral);
   CHECK(ddim.snapshot_positions == std::vector<int64_t>{0, 25, 50});
 
-  ReverseChainPlan ddpm = plan_reverse_chain(1000, Sampler::Method::ddpm, 0, 3);
+  ReverseChainPlan ddpm = plan_reverse_chain(1000, SamplerMethod::ddpm, 0, 3);
   CHECK(ddpm.timesteps.size() == 1000);
   CHECK(ddpm.ancestral);
 
-  CHECK_THROWS_WITH_AS(plan_reverse_chain(1000, Sampler::Method::ddpm, 2000, 0), doctest::Contains("steps"),
+  CHECK_THROWS_WITH_AS(plan_reverse_chain(1000, SamplerMethod::ddpm, 2000, 0), doctest::Contains("steps"),
                        ConfigError);
-  CHECK_THROWS_WITH_AS(plan_reverse_chain(1000, Sampler::Method::ddim, 5, 7, "reverse_chain"),
+  CHECK_THROWS_WITH_AS(plan_reverse_chain(1000, SamplerMethod::ddim, 5, 7, "reverse_chain"),
                        doctest::Contains("reverse_chain: reverse chain snapshots must be at most steps + 1 = 6"),
                        ConfigError);
 }
@@ -233,4 +236,37 @@ TEST_CASE("sample_preview rejects a points layout for images and out-of-range sn
                               "reverse_chain: 6}",
                               *ctx),
                     doctest::Contains("reverse chain"));
+}
+
+TEST_CASE("sample_preview and the sampler take the same chain options, choices and defaults (but steps)") {
+  const NodeContract* sampler = Registry::instance().node_contract("sampler");
+  const NodeContract* preview = Registry::instance().node_contract("sample_preview");
+  REQUIRE(sampler);
+  REQUIRE(preview);
+  auto row = [](const NodeContract& c, const std::string& name) {
+    const auto found = std::find_if(c.params.begin(), c.params.end(), [&](const ParamSpec& p) { return p.name == name; });
+    REQUIRE(found != c.params.end());
+    return *found;
+  };
+  for (const char* name : {"method", "steps", "eta", "clip", "prediction"}) {
+    CAPTURE(name);
+    const ParamSpec a = row(*sampler, name);
+    const ParamSpec b = row(*preview, name);
+    CHECK(a.type == b.type);
+    CHECK(a.choices == b.choices);
+    CHECK(a.doc == b.doc);
+    CHECK(a.min == b.min);
+    CHECK(a.max == b.max);
+    if (std::string(name) != "steps") CHECK(a.default_value == b.default_value);
+  }
+  CHECK(row(*sampler, "method").choices == std::vector<std::string>{"ddpm", "ddim"});
+  CHECK(row(*sampler, "steps").default_value == ParamValue(int64_t{0}));
+  CHECK(row(*preview, "steps").default_value == ParamValue(int64_t{50}));
+
+  // A misspelt method is refused by both with the same choices.
+  auto ctx = mlp_context();
+  CHECK_THROWS_WITH_AS(make_node("sampler", "{schedule: schedule, method: ddin}", *ctx),
+                       doctest::Contains("'method': expected one of ddpm|ddim (did you mean 'ddim'?)"), ConfigErrors);
+  CHECK_THROWS_WITH_AS(make_node("sample_preview", "{model: model, schedule: schedule, method: ddin}", *ctx),
+                       doctest::Contains("'method': expected one of ddpm|ddim (did you mean 'ddim'?)"), ConfigErrors);
 }

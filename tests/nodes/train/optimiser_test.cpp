@@ -373,3 +373,63 @@ TEST_CASE("checkpoint_step and resuming reject a file that is not a training che
   add_flat_model(ctx);
   CHECK_THROWS_AS(make_node("optimiser", "{model: model}", ctx), DataError);
 }
+
+namespace {
+
+// The flat model under another configuration text.
+class OtherConfigModel : public diffuflow::test::FlatModelResource {
+ public:
+  OtherConfigModel(const dnnl::engine& engine, std::string json)
+      : FlatModelResource(engine), json_(std::move(json)) {}
+  std::string config_json() const override { return json_; }
+
+ private:
+  std::string json_;
+};
+
+// What resuming from `checkpoint` says when the model's config is `ours`.
+std::string resume_error(const std::filesystem::path& checkpoint, const std::string& ours) {
+  RunContext ctx;
+  ctx.resume_path = checkpoint;
+  ctx.add_resource("model", std::make_shared<OtherConfigModel>(ctx.device().engine(), ours));
+  try {
+    make_node("optimiser", "{model: model}", ctx);
+  } catch (const DataError& e) {
+    return e.what();
+  }
+  return "(no error)";
+}
+
+}  // namespace
+
+TEST_CASE("resuming a checkpoint of another model config names the keys that differ, with both values") {
+  TempDir dir("otherconfig");
+  RunContext ctx;
+  ctx.set_out_dir(dir.path());
+  ctx.add_resource("model", std::make_shared<OtherConfigModel>(
+                                ctx.device().engine(),
+                                R"({"model": "unet", "sample_size": 32, "block_out_channels": [32, 64], )"
+                                R"("norm": {"groups": 8, "eps": 1e-05}, "dropout": 0.0})"));
+  auto node = make_node("optimiser", "{model: model}", ctx);
+  node->finish();
+  const auto latest = dir.path() / "checkpoints" / "latest.safetensors";
+
+  const std::string message =
+      resume_error(latest, R"({"model": "unet", "sample_size": 28, "block_out_channels": [32, 64, 64], )"
+                           R"("norm": {"groups": 16, "eps": 1e-05}, "attention": true})");
+  CHECK(message.find("written for another model config") != std::string::npos);
+  CHECK(message.find("sample_size is 32 in the checkpoint, 28 in this model") != std::string::npos);
+  CHECK(message.find("block_out_channels is [32,64] in the checkpoint, [32,64,64] in this model") !=
+        std::string::npos);
+  CHECK(message.find("norm.groups is 8 in the checkpoint, 16 in this model") != std::string::npos);
+  CHECK(message.find("dropout only in the checkpoint (0.0)") != std::string::npos);
+  CHECK(message.find("attention only in this model (true)") != std::string::npos);
+  // Keys that agree are not listed.
+  CHECK(message.find("norm.eps") == std::string::npos);
+  CHECK(message.find("\"model\"") == std::string::npos);
+
+  // Text that is not JSON is shown whole.
+  const std::string unparsed = resume_error(latest, "not json");
+  CHECK(unparsed.find("written for another model config") != std::string::npos);
+  CHECK(unparsed.find("this model's is not json") != std::string::npos);
+}

@@ -87,7 +87,7 @@ std::vector<float> sample_points(DenoiserModel& model, const NoiseSchedule& sche
   std::mt19937_64 rng(99);
   const Tensor x_T = standard_normal({kPoints, 2, 1, 1}, rng, device);
   EmaWeightSwap swap(model, ema);
-  return sample_reverse_chain(model, steps, x_T, ReverseChainOptions{}).to_vector();
+  return sample_reverse_chain(model, steps, x_T, ReverseChainDraw{}).to_vector();
 }
 
 }  // namespace
