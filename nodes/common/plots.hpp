@@ -16,6 +16,8 @@
 // the y axis starts at 0 unless `y_from_zero` is false. Non-finite points are skipped.
 #pragma once
 
+#include "graph/param_table.hpp"
+
 #include <opencv2/core.hpp>
 
 #include <cstdint>
@@ -46,12 +48,15 @@ struct LinePlotStyle {
 // A BGR image of style.width x style.height.
 cv::Mat draw_line_plot(const std::vector<LineSeries>& series, const LinePlotStyle& style);
 
-// Loss curves: the raw values in light grey, an exponential moving average on top.
+// Loss curves: the raw values in light grey, an exponential moving average on
+// top. Also the loss_curve node's parameters (a parameter group).
 struct LossCurveStyle {
-  int width = 800;
-  int height = 480;
-  double smoothing = 0.98;  // EMA factor: ema = s * ema + (1 - s) * loss
-  bool log_y = true;
+  DIFFUFLOW_PARAMS(LossCurveStyle);
+  // EMA factor: ema = s * ema + (1 - s) * loss
+  DIFFUFLOW_PARAM(double, smoothing, 0.98, "EMA factor of the smoothed curve", .range(0.0, 0.9999));
+  DIFFUFLOW_PARAM(bool, log_y, true, "logarithmic loss axis");
+  DIFFUFLOW_PARAM(int, width, 800, "picture width in pixels", .range(200, 8192));
+  DIFFUFLOW_PARAM(int, height, 480, "picture height in pixels", .range(150, 8192));
   std::string title = "loss";
 };
 
