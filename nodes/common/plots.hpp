@@ -14,7 +14,14 @@
 // x values are placed on a linear axis, or evenly spaced in the order given
 // when `categorical_x` is set (a sweep over 16, 32, 64, 128 reads better so);
 // the y axis starts at 0 unless `y_from_zero` is false. Non-finite points are skipped.
+//
+// Both charts share one set of axes: ticks at round values (1, 2 or 5 x 10^k
+// apart on linear axes, decades on log axes), labels in one notation per axis,
+// and a legend in the corner of the plot area that covers no data (right of
+// the plot area when every corner holds some).
 #pragma once
+
+#include "graph/param_table.hpp"
 
 #include <opencv2/core.hpp>
 
@@ -46,12 +53,15 @@ struct LinePlotStyle {
 // A BGR image of style.width x style.height.
 cv::Mat draw_line_plot(const std::vector<LineSeries>& series, const LinePlotStyle& style);
 
-// Loss curves: the raw values in light grey, an exponential moving average on top.
+// Loss curves: the raw values in light grey, an exponential moving average on
+// top. Also the loss_curve node's parameters (a parameter group).
 struct LossCurveStyle {
-  int width = 800;
-  int height = 480;
-  double smoothing = 0.98;  // EMA factor: ema = s * ema + (1 - s) * loss
-  bool log_y = true;
+  DIFFUFLOW_PARAMS(LossCurveStyle);
+  // EMA factor: ema = s * ema + (1 - s) * loss
+  DIFFUFLOW_PARAM(double, smoothing, 0.98, "EMA factor of the smoothed curve", .range(0.0, 0.9999));
+  DIFFUFLOW_PARAM(bool, log_y, true, "logarithmic loss axis");
+  DIFFUFLOW_PARAM(int, width, 800, "picture width in pixels", .range(200, 8192));
+  DIFFUFLOW_PARAM(int, height, 480, "picture height in pixels", .range(150, 8192));
   std::string title = "loss";
 };
 
@@ -65,5 +75,32 @@ cv::Mat draw_scatter(const std::vector<float>& xy, float limit, int size, const 
 
 // A row of K panels for a chain field [N,K,2,...]: panel k shows point k of every row.
 cv::Mat draw_scatter_chain(const std::vector<float>& values, int64_t n, int64_t k, float limit, int size);
+
+// --- axes (the pieces the charts above are made of) ------------------------
+
+// Round tick values inside [lo, hi]: the multiples of a step of 1, 2 or 5 x 10^k
+// that gives the number of intervals closest to `target`.
+//   nice_ticks(0, 2) -> 0, 0.5, 1, 1.5, 2
+std::vector<double> nice_ticks(double lo, double hi, int target = 5);
+
+// Labelled ticks of a log axis inside [lo, hi] (0 < lo < hi): the decades when
+// three or more fall inside (every other decade, or fewer, past eight), else
+// 1, 2 and 5 x 10^k when three or more fall inside, else nice_ticks.
+//   log_ticks(0.003, 2) -> 0.01, 0.1, 1      log_ticks(0.05, 1) -> 0.05, 0.1, 0.2, 0.5, 1
+std::vector<double> log_ticks(double lo, double hi);
+
+// The labels of one axis's ticks, in one notation: fixed ("0.02", "150")
+// unless some value is below 1e-3 or at least 1e6 in magnitude, then
+// scientific for all ("2e-4", "1.5e6"); zero is "0". With `same_decimals`
+// (linear axes) every fixed label has as many decimals as the finest one
+// needs ("0.5", "1.0", "1.5").
+std::vector<std::string> tick_labels(const std::vector<double>& ticks, bool same_decimals);
+
+// Where a legend goes: the corner of the plot area whose box of `size`
+// (fractions of the plot area's width and height) holds the fewest ink points
+// (fractions too, y up), preferring top right, top left, bottom right, bottom
+// left; `outside` when every corner holds some.
+enum class LegendCorner { top_right, top_left, bottom_right, bottom_left, outside };
+LegendCorner legend_corner(const std::vector<cv::Point2d>& ink, cv::Size2d size);
 
 }  // namespace diffuflow

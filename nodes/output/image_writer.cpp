@@ -17,58 +17,22 @@ namespace diffuflow {
 
 namespace fs = std::filesystem;
 
-namespace {
-
-const char* layout_name(ImageWriter::Layout layout) {
-  switch (layout) {
-    case ImageWriter::Layout::grid: return "grid";
-    case ImageWriter::Layout::strip: return "strip";
-    case ImageWriter::Layout::per_image: return "per_image";
-    case ImageWriter::Layout::chain: return "chain";
-  }
-  return "grid";
-}
-
-ImageWriter::Layout parse_layout(const std::string& text) {
-  for (auto layout : {ImageWriter::Layout::grid, ImageWriter::Layout::strip, ImageWriter::Layout::per_image,
-                      ImageWriter::Layout::chain}) {
-    if (text == layout_name(layout)) return layout;
-  }
-  throw std::invalid_argument("unknown image layout '" + text + "' (valid: grid, strip, per_image, chain)");
-}
-
-}  // namespace
-
 NodeContract ImageWriter::contract() {
   NodeContract c;
   c.doc = "Writes a tensor field as PNG grids, strips, single images or noising/sampling chains.";
   c.example = "{name: samples, type: image_writer, params: {field: x0, layout: grid, every: 100}}";
-  c.params = {
-      ParamSpec::text("field", "x0", "the packet field to write"),
-      ParamSpec::choice("layout", "grid", {"grid", "strip", "per_image", "chain"},
-                        "grid | strip (one row) | per_image | chain (field [N,K,C,H,W], a row per image)"),
-      ParamSpec::integer("every", 1, "write every N-th step (seq divisible by N)").range(1, 1e12),
-      ParamSpec::integer("max_images", 64, "write at most this many images (rows for chain)").range(1, 65536),
-      ParamSpec::integer("nrow", 8, "images per row of a grid").range(1, 4096),
-      ParamSpec::text("prefix", "", "file name prefix; empty = the layout's name"),
-      ParamSpec::integer("scale", 2, "integer enlargement (nearest neighbour)").range(1, 64),
-      ParamSpec::text("subdir", "samples", "folder inside the run's output folder"),
-  };
-  c.inputs = {{"in", {}, "the field named by `field`: [N,C,H,W] (chain: [N,K,C,H,W]) f32 in [-1,1], C = 1 or 3", {"field"}}};
+  // The rank depends on the layout (4, or 5 for chain): declared as any rank, checked when writing.
+  c.inputs = {{"in",
+               {},
+               "the field named by `field`: [N,C,H,W] (chain: [N,K,C,H,W]) f32 in [-1,1], C = 1 or 3",
+               {FieldParam("field", TensorField("", DType::f32, -1, Place::any, "images in [-1, 1]"))}}};
   c.outputs = {};
   return c;
 }
 
-ImageWriter::ImageWriter(const NodeConfig& config, RunContext& ctx) : Node(config, ctx) {
-  params_.field = config.params.text("field");
-  params_.layout = parse_layout(config.params.text("layout"));
-  params_.every = config.params.integer("every");
-  params_.max_images = config.params.integer("max_images");
-  params_.nrow = config.params.integer("nrow");
-  params_.prefix = config.params.text("prefix");
-  params_.scale = config.params.integer("scale");
-  params_.subdir = config.params.text("subdir");
-  if (params_.prefix.empty()) params_.prefix = layout_name(params_.layout);
+ImageWriter::ImageWriter(const NodeConfig& config, RunContext& ctx)
+    : Node(config, ctx), params_(config.params_as<Params>()) {
+  if (params_.prefix.empty()) params_.prefix = enum_name(params_.layout);
   if (params_.field.empty()) throw ConfigError(SourceLocation{}, "node '" + name() + "': field must not be empty");
   check_output_subdir(name(), params_.subdir);
 }
@@ -88,7 +52,7 @@ void ImageWriter::process(const NodeInput& in, Emitter& out) {
   if (images.rank() != rank || images.dtype() != DType::f32) {
     throw std::invalid_argument("image_writer: field '" + params_.field + "' must be an f32 " +
                                 (rank == 5 ? "[N,K,C,H,W]" : "[N,C,H,W]") + " tensor for layout " +
-                                layout_name(params_.layout) + ", got " + dtype_name(images.dtype()) + " " +
+                                enum_name(params_.layout) + ", got " + dtype_name(images.dtype()) + " " +
                                 shape_str(images.shape()));
   }
   const std::vector<float> values = images.to_vector();

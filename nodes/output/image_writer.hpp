@@ -30,17 +30,19 @@ namespace diffuflow {
 
 class ImageWriter : public Node {
  public:
-  enum class Layout { grid, strip, per_image, chain };
+  DIFFUFLOW_NESTED_ENUM(Layout, grid, strip, per_image, chain);
 
   struct Params {
-    std::string field = "x0";
-    Layout layout = Layout::grid;
-    int64_t every = 1;
-    int64_t max_images = 64;
-    int64_t nrow = 8;
-    std::string prefix;  // default: the layout's name
-    int64_t scale = 2;
-    std::string subdir = "samples";
+    DIFFUFLOW_PARAMS(Params);
+    DIFFUFLOW_PARAM(std::string, field, "x0", "the packet field to write");
+    DIFFUFLOW_PARAM(Layout, layout, Layout::grid,
+                    "grid | strip (one row) | per_image | chain (field [N,K,C,H,W], a row per image)");
+    DIFFUFLOW_PARAM(int64_t, every, 1, "write every N-th step (seq divisible by N)", .range(1, 1e12));
+    DIFFUFLOW_PARAM(int64_t, max_images, 64, "write at most this many images (rows for chain)", .range(1, 65536));
+    DIFFUFLOW_PARAM(int64_t, nrow, 8, "images per row of a grid", .range(1, 4096));
+    DIFFUFLOW_PARAM(std::string, prefix, "", "file name prefix; empty = the layout's name");
+    DIFFUFLOW_PARAM(int64_t, scale, 2, "integer enlargement (nearest neighbour)", .range(1, 64));
+    DIFFUFLOW_PARAM(std::string, subdir, "samples", "folder inside the run's output folder");
   };
 
   static NodeContract contract();

@@ -28,9 +28,10 @@ namespace diffuflow {
 class LossCurve : public Node {
  public:
   struct Params {
-    int64_t every = 100;
-    std::string file = "loss_curve.png";
-    LossCurveStyle style;
+    DIFFUFLOW_PARAMS(Params);
+    DIFFUFLOW_PARAM(int64_t, every, 100, "rewrite the plot every N packets (0: only at the end)", .range(0, 1e9));
+    DIFFUFLOW_PARAM(std::string, file, "loss_curve.png", "file name inside the output folder");
+    DIFFUFLOW_PARAM_GROUP(LossCurveStyle, style, LossCurveStyle{});  // smoothing, log_y, width, height
   };
 
   static NodeContract contract();

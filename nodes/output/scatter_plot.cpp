@@ -1,6 +1,5 @@
 #include "nodes/output/scatter_plot.hpp"
 
-#include "graph/errors.hpp"
 #include "graph/registry.hpp"
 #include "nodes/common/images.hpp"
 #include "nodes/common/plots.hpp"
@@ -15,43 +14,21 @@
 
 namespace diffuflow {
 
-namespace {
-
-ScatterPlot::Layout parse_layout(const std::string& text) {
-  if (text == "points") return ScatterPlot::Layout::points;
-  if (text == "chain") return ScatterPlot::Layout::chain;
-  throw ConfigError(SourceLocation{"", 0, 0, "layout"}, "scatter_plot layout must be points or chain, got '" + text +
-                                                            "'");
-}
-
-}  // namespace
-
 NodeContract ScatterPlot::contract() {
   NodeContract c;
   c.doc = "Scatter plots of 2-D points ([N,2,1,1]) or of their chains ([N,K,2,1,1]) as PNGs on fixed axes.";
   c.example = "{name: plot, type: scatter_plot, params: {field: sample, layout: points, every: 0, limit: 1.5}}";
-  c.params = {ParamSpec::text("field", "x0", "the tensor field holding the points"),
-              ParamSpec::choice("layout", "points", {"points", "chain"}, "[N,2,1,1] points or [N,K,2,1,1] chains"),
-              ParamSpec::integer("every", 0, "plot every N-th packet on its own (0: only the accumulated plot)")
-                  .range(0, 1e9),
-              ParamSpec::integer("max_points", 4096, "points (or chains) kept for the final plot").range(1, 1e7),
-              ParamSpec::number("limit", 1.5, "axes span [-limit, limit] in x and y").range(1e-6, 1e6),
-              ParamSpec::integer("size", 400, "panel size in pixels").range(64, 4096),
-              ParamSpec::text("prefix", "scatter", "file name prefix inside the output folder")};
-  c.inputs = {{"in", {}, "<field> [N,2,1,1] f32 (points) or [N,K,2,1,1] f32 (chain)", {"field"}}};
+  // The rank depends on the layout ([N,2] or [N,2,1,1]; chain [N,K,2,1,1]): checked when plotting.
+  c.inputs = {{"in",
+               {},
+               "<field> [N,2,1,1] f32 (points) or [N,K,2,1,1] f32 (chain)",
+               {FieldParam("field", TensorField("", DType::f32, -1, Place::any, "2-D points"))}}};
   c.max_concurrency = 1;
   return c;
 }
 
-ScatterPlot::ScatterPlot(const NodeConfig& config, RunContext& ctx) : Node(config, ctx) {
-  params_.field = config.params.text("field");
-  params_.layout = parse_layout(config.params.text("layout"));
-  params_.every = config.params.integer("every");
-  params_.max_points = config.params.integer("max_points");
-  params_.limit = config.params.number("limit");
-  params_.size = config.params.integer("size");
-  params_.prefix = config.params.text("prefix");
-}
+ScatterPlot::ScatterPlot(const NodeConfig& config, RunContext& ctx)
+    : Node(config, ctx), params_(config.params_as<Params>()) {}
 
 std::filesystem::path ScatterPlot::file_for(int64_t seq) {
   if (ctx().out_dir().empty()) return {};

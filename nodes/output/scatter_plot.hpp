@@ -30,15 +30,18 @@ namespace diffuflow {
 
 class ScatterPlot : public Node {
  public:
-  enum class Layout { points, chain };
+  DIFFUFLOW_NESTED_ENUM(Layout, points, chain);
+
   struct Params {
-    std::string field = "x0";
-    Layout layout = Layout::points;
-    int64_t every = 0;
-    int64_t max_points = 4096;
-    double limit = 1.5;
-    int64_t size = 400;
-    std::string prefix = "scatter";
+    DIFFUFLOW_PARAMS(Params);
+    DIFFUFLOW_PARAM(std::string, field, "x0", "the tensor field holding the points");
+    DIFFUFLOW_PARAM(Layout, layout, Layout::points, "[N,2,1,1] points or [N,K,2,1,1] chains");
+    DIFFUFLOW_PARAM(int64_t, every, 0, "plot every N-th packet on its own (0: only the accumulated plot)",
+                    .range(0, 1e9));
+    DIFFUFLOW_PARAM(int64_t, max_points, 4096, "points (or chains) kept for the final plot", .range(1, 1e7));
+    DIFFUFLOW_PARAM(double, limit, 1.5, "axes span [-limit, limit] in x and y", .range(1e-6, 1e6));
+    DIFFUFLOW_PARAM(int64_t, size, 400, "panel size in pixels", .range(64, 4096));
+    DIFFUFLOW_PARAM(std::string, prefix, "scatter", "file name prefix inside the output folder");
   };
 
   static NodeContract contract();

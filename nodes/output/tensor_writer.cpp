@@ -14,22 +14,18 @@ NodeContract TensorWriter::contract() {
   NodeContract c;
   c.doc = "Writes packet fields exactly (f32, integers as I64) as one .safetensors file per step.";
   c.example = "{name: save, type: tensor_writer, params: {fields: [sample], prefix: samples}}";
-  c.params = {
-      ParamSpec::text_list("fields", {}, "the packet fields to write (tensor names in the file)").required(),
-      ParamSpec::integer("every", 1, "write every N-th step (seq divisible by N)").range(1, 1e12),
-      ParamSpec::text("prefix", "tensors", "file name prefix"),
-      ParamSpec::text("subdir", "samples", "folder inside the run's output folder"),
-  };
-  c.inputs = {{"in", {}, "the fields named by `fields`: f32, s32 or s64 tensors of any shape", {"fields"}}};
+  FieldSpec any_tensor;  // any dtype and rank; the dtype is checked when writing
+  any_tensor.kind = FieldKind::tensor;
+  c.inputs = {{"in",
+               {},
+               "the fields named by `fields`: f32, s32 or s64 tensors of any shape",
+               {FieldParam("fields", any_tensor)}}};
   c.outputs = {};
   return c;
 }
 
-TensorWriter::TensorWriter(const NodeConfig& config, RunContext& ctx) : Node(config, ctx) {
-  params_.fields = config.params.texts("fields");
-  params_.every = config.params.integer("every");
-  params_.prefix = config.params.text("prefix");
-  params_.subdir = config.params.text("subdir");
+TensorWriter::TensorWriter(const NodeConfig& config, RunContext& ctx)
+    : Node(config, ctx), params_(config.params_as<Params>()) {
   if (params_.fields.empty()) throw ConfigError(SourceLocation{}, "node '" + name() + "': fields must not be empty");
   check_output_subdir(name(), params_.subdir);
 }

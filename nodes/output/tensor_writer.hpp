@@ -26,10 +26,12 @@ namespace diffuflow {
 class TensorWriter : public Node {
  public:
   struct Params {
-    std::vector<std::string> fields;
-    int64_t every = 1;
-    std::string prefix = "tensors";
-    std::string subdir = "samples";
+    DIFFUFLOW_PARAMS(Params);
+    DIFFUFLOW_PARAM(std::vector<std::string>, fields, {}, "the packet fields to write (tensor names in the file)",
+                    .required());
+    DIFFUFLOW_PARAM(int64_t, every, 1, "write every N-th step (seq divisible by N)", .range(1, 1e12));
+    DIFFUFLOW_PARAM(std::string, prefix, "tensors", "file name prefix");
+    DIFFUFLOW_PARAM(std::string, subdir, "samples", "folder inside the run's output folder");
   };
 
   static NodeContract contract();

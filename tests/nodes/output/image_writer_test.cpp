@@ -160,3 +160,24 @@ TEST_CASE("write_png_grid clamps values outside [-1,1] and writes the file atomi
   CHECK_FALSE(std::filesystem::exists(dir / "deep" / "grid.png.tmp"));
   CHECK_THROWS_AS(tensor_to_image_grid(Tensor::from_vector({1, 2, 1, 1}, {0.0f, 0.0f}), 1), std::invalid_argument);
 }
+
+TEST_CASE("image_writer declares its field as an f32 tensor and spells its layouts as in YAML") {
+  const NodeContract* contract = Registry::instance().node_contract("image_writer");
+  REQUIRE(contract != nullptr);
+  REQUIRE(contract->inputs.at(0).field_params.size() == 1);
+  const FieldParam& field = contract->inputs[0].field_params[0];
+  CHECK(field.param == "field");
+  CHECK(field.expects.kind == FieldKind::tensor);
+  CHECK(field.expects.dtype == DType::f32);
+  CHECK(field.expects.rank == -1);  // 4 or 5 by layout: checked when writing
+  CHECK(enum_choices<ImageWriter::Layout>() == std::vector<std::string>{"grid", "strip", "per_image", "chain"});
+
+  RunContext ctx;
+  CHECK_THROWS_WITH_AS(make_node("image_writer", "{layout: chian}", ctx), doctest::Contains("did you mean 'chain'"),
+                       ConfigErrors);
+  TempDir dir;
+  ctx.set_out_dir(dir.path());
+  auto writer = make_node("image_writer", "{layout: per_image}", ctx);  // prefix: the layout's name
+  write_packet(*writer, Packet(1).with("x0", constant_images({2, 1, 3, 3})));
+  CHECK(std::filesystem::exists(dir / "samples" / "per_image_000001_1.png"));
+}

@@ -117,3 +117,31 @@ TEST_CASE("scatter_plot with layout chain draws a row of K panels") {
   node->finish();
   CHECK(cv::imread((dir / "reverse.png").string()).cols == 5 * 120);
 }
+
+TEST_CASE("loss_curve reads the typed loss field and takes its picture settings as one parameter group") {
+  const NodeContract* contract = Registry::instance().node_contract("loss_curve");
+  REQUIRE(contract != nullptr);
+  REQUIRE(contract->inputs.at(0).fields.size() == 1);
+  CHECK(contract->inputs[0].fields[0].name == "loss");
+  CHECK(contract->inputs[0].fields[0].kind == FieldKind::number);
+  std::vector<std::string> names;
+  for (const auto& p : contract->params) names.push_back(p.name);
+  CHECK(names == std::vector<std::string>{"every", "file", "smoothing", "log_y", "width", "height"});
+
+  RunContext ctx;
+  CHECK_THROWS_AS(make_node("loss_curve", "{smoothing: 1.5}", ctx), ConfigErrors);
+  auto node = make_node("loss_curve", "{}", ctx);
+  CollectingEmitter out;
+  CHECK_THROWS_WITH(node->process(single_input(Packet(0).with("x0", 1.0).share()), out), doctest::Contains("loss"));
+}
+
+TEST_CASE("scatter_plot declares its field as f32 points and refuses an unknown layout") {
+  const NodeContract* contract = Registry::instance().node_contract("scatter_plot");
+  REQUIRE(contract != nullptr);
+  REQUIRE(contract->inputs.at(0).field_params.size() == 1);
+  CHECK(contract->inputs[0].field_params[0].param == "field");
+  CHECK(contract->inputs[0].field_params[0].expects.dtype == DType::f32);
+  RunContext ctx;
+  CHECK_THROWS_WITH_AS(make_node("scatter_plot", "{layout: chains}", ctx), doctest::Contains("did you mean 'chain'"),
+                       ConfigErrors);
+}

@@ -41,3 +41,16 @@ TEST_CASE("tensor_writer writes the chosen fields exactly, one safetensors file 
                          doctest::Contains("field 'sample'"), std::invalid_argument);
   }
 }
+
+TEST_CASE("tensor_writer declares the fields it names as tensors of any dtype and rank") {
+  const NodeContract* contract = Registry::instance().node_contract("tensor_writer");
+  REQUIRE(contract != nullptr);
+  REQUIRE(contract->inputs.at(0).field_params.size() == 1);
+  const FieldParam& fields = contract->inputs[0].field_params[0];
+  CHECK(fields.param == "fields");
+  CHECK(fields.expects.kind == FieldKind::tensor);
+  CHECK_FALSE(fields.expects.dtype.has_value());
+  CHECK(fields.expects.rank == -1);
+  RunContext ctx;
+  CHECK_THROWS_WITH_AS(make_node("tensor_writer", "{every: 2}", ctx), doctest::Contains("fields"), ConfigErrors);
+}
