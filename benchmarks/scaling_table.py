@@ -3,8 +3,8 @@
 compare_torch.py) into OUT_DIR/scaling.csv, one row per thread count, and
 prints the Markdown table the README shows.
 
-    python3 benchmarks/scaling_table.py benchmarks/results/xeon-16core
-    ./build/diffuflow plot benchmarks/results/xeon-16core/scaling.csv --x threads \\
+    python3 benchmarks/scaling_table.py benchmarks/results/xeon-16core/run2
+    ./build/diffuflow plot benchmarks/results/xeon-16core/run2/scaling.csv --x threads \\
         --y diffuflow_f32_forward,torch_f32_forward,diffuflow_f32_train,torch_f32_train \\
         --y-label images/s --categorical --out scaling.png
 """

@@ -1,8 +1,8 @@
 #!/usr/bin/env python3
 """PyTorch peer of diffuflow's U-Net: the same network in plain PyTorch, for parity and speed.
 
-The model is diffusers' UNet2DModel as tests/fixtures/SPEC.md (the shared fixtures' SPEC.md)
-describes it, written from scratch: parameter names are the diffusers state-dict keys, so
+The model is diffusers' UNet2DModel (the network of the PyTorch fixtures in tests/fixtures/),
+written from scratch: parameter names are the diffusers state-dict keys, so
 weights load with strict=True in both directions. Needs only torch and numpy (Debian:
 python3-torch, python3-numpy); safetensors files are read and written here with numpy.
 

@@ -482,17 +482,48 @@ struct Pipeline::Impl {
     return p;
   }
 
+  // One track per node, and one per concurrent slot for a node whose
+  // invocations overlap (Perfetto draws overlapping slices on one track as if
+  // nested): each invocation goes to the lowest slot free when it started, so
+  // no two slices on a track overlap. Slot k of a node with several is named
+  // "name #k (type)".
   void write_trace(const std::string& path) {
     nlohmann::json events = nlohmann::json::array();
+    int64_t next_tid = 0;
     for (size_t i = 0; i < nodes.size(); ++i) {
       Runtime& rt = *nodes[i];
-      events.push_back({{"name", "thread_name"}, {"ph", "M"}, {"pid", 1}, {"tid", i},
-                        {"args", {{"name", rt.spec->name + " (" + rt.spec->type + ")"}}}});
-      std::lock_guard<std::mutex> lock(rt.profile_mutex);
-      for (const auto& iv : rt.intervals) {
-        events.push_back({{"name", rt.spec->name}, {"cat", rt.spec->type}, {"ph", "X"}, {"pid", 1}, {"tid", i},
-                          {"ts", iv.start_ns / 1000.0}, {"dur", (iv.end_ns - iv.start_ns) / 1000.0},
-                          {"args", {{"seq", iv.seq}}}});
+      std::vector<Interval> intervals = [&rt] {
+        std::lock_guard<std::mutex> lock(rt.profile_mutex);
+        return rt.intervals;
+      }();
+      std::sort(intervals.begin(), intervals.end(), [](const Interval& a, const Interval& b) {
+        return a.start_ns != b.start_ns ? a.start_ns < b.start_ns : a.end_ns < b.end_ns;
+      });
+      std::vector<int64_t> slot_end;  // per slot: the end of its latest invocation
+      std::vector<size_t> slot_of(intervals.size());
+      for (size_t j = 0; j < intervals.size(); ++j) {
+        size_t slot = 0;
+        while (slot < slot_end.size() && slot_end[slot] > intervals[j].start_ns) ++slot;
+        if (slot == slot_end.size()) slot_end.push_back(0);
+        slot_end[slot] = intervals[j].end_ns;
+        slot_of[j] = slot;
+      }
+      const size_t tracks = std::max<size_t>(1, slot_end.size());
+      const int64_t first_tid = next_tid;
+      next_tid += static_cast<int64_t>(tracks);
+      for (size_t slot = 0; slot < tracks; ++slot) {
+        const int64_t tid = first_tid + static_cast<int64_t>(slot);
+        const std::string track = tracks == 1 ? rt.spec->name : rt.spec->name + " #" + std::to_string(slot);
+        events.push_back({{"name", "thread_name"}, {"ph", "M"}, {"pid", 1}, {"tid", tid},
+                          {"args", {{"name", track + " (" + rt.spec->type + ")"}}}});
+        events.push_back(
+            {{"name", "thread_sort_index"}, {"ph", "M"}, {"pid", 1}, {"tid", tid}, {"args", {{"sort_index", tid}}}});
+      }
+      for (size_t j = 0; j < intervals.size(); ++j) {
+        const Interval& iv = intervals[j];
+        events.push_back({{"name", rt.spec->name}, {"cat", rt.spec->type}, {"ph", "X"}, {"pid", 1},
+                          {"tid", first_tid + static_cast<int64_t>(slot_of[j])}, {"ts", iv.start_ns / 1000.0},
+                          {"dur", (iv.end_ns - iv.start_ns) / 1000.0}, {"args", {{"seq", iv.seq}}}});
       }
     }
     nlohmann::json trace = {{"traceEvents", events}, {"displayTimeUnit", "ms"}};

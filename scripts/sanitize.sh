@@ -37,14 +37,71 @@ run_asan() {
 # ThreadSanitizer only sees the synchronisation of instrumented code, and every
 # node body runs on oneTBB's workers, which Debian's libtbb.so hands tasks to
 # without instrumentation. So the tsan build links a oneTBB built with
-# -fsanitize=thread from the upstream source in Debian's onetbb source package
-# of the same release (downloaded once from deb.debian.org, checked against the
-# SHA-256 sum in the package's .dsc, installed under build-tsan-onetbb/; the
-# package's own patches touch only its tests, other architectures and warning
-# flags). TSAN_TBB_DIR=<prefix> uses a TSan-built oneTBB you already have.
+# -fsanitize=thread from the upstream tarball of Debian's onetbb source package
+# of the same release, installed under build-tsan-onetbb/ (the package's own
+# patches touch only its tests, other architectures and warning flags, so the
+# tarball is built as it is). `apt-get source` fetches the package once from the
+# machine's own apt sources, verifying it against their signed index; the
+# tarball is then checked against the SHA-256 below, which is also the one the
+# package's .dsc lists. TSAN_TBB_DIR=<prefix> uses a TSan-built oneTBB you
+# already have.
 onetbb_version=2021.8.0
 onetbb_sha256=7e9111b8bb59c8800bf6d0b06afe7b0891937443d2dae1ee1101c8e2ede6a7ef
-onetbb_url=https://deb.debian.org/debian/pool/main/o/onetbb/onetbb_${onetbb_version}.orig.tar.xz
+
+# Source entries for apt: the machine's own when it has deb-src entries,
+# otherwise a private copy of its apt sources with every entry turned into a
+# deb-src one, under $1 (the system's configuration is left as it is, and no
+# root is needed). Prints the apt-get options that select the copy.
+apt_source_options() {
+  local conf=$1 records
+  records=$(apt-cache showsrc onetbb 2>/dev/null || true)
+  grep -q "^Version: $onetbb_version-" <<< "$records" && return
+  local list parts
+  eval "$(apt-config shell list Dir::Etc::sourcelist/f parts Dir::Etc::sourceparts/d)"
+  rm -rf "$conf"
+  mkdir -p "$conf/sources.list.d" "$conf/lists/partial" "$conf/cache/archives/partial"
+  local f out=$conf/sources.list
+  : > "$out"
+  for f in "$list" "$parts"*.list; do
+    [ -f "$f" ] && sed -nE 's/^[[:space:]]*deb[[:space:]]/deb-src /p' "$f" >> "$out"
+  done
+  for f in "$parts"*.sources; do
+    [ -f "$f" ] && sed -E 's/^Types:.*$/Types: deb-src/I' "$f" > "$conf/sources.list.d/$(basename "$f")"
+  done
+  printf '%s\n' -o "Dir::Etc::SourceList=$out" -o "Dir::Etc::SourceParts=$conf/sources.list.d" \
+    -o "Dir::State::Lists=$conf/lists" -o "Dir::Cache=$conf/cache"
+}
+
+# Downloads onetbb's source package into $1 (once) and checks the tarball.
+fetch_onetbb_source() {
+  local dir=$1
+  local tarball=$dir/onetbb_${onetbb_version}.orig.tar.xz
+  if [ ! -f "$tarball" ]; then
+    command -v apt-get > /dev/null ||
+      { echo "sanitize: apt-get is needed to fetch oneTBB's source (or set TSAN_TBB_DIR)" >&2; return 1; }
+    local options=() text
+    text=$(apt_source_options "$dir/apt")
+    if [ -n "$text" ]; then
+      mapfile -t options <<< "$text"
+      echo "sanitize: no deb-src entry for onetbb here; fetching source indexes with a copy of the apt sources" >&2
+      # A source that has no source index fails its part alone; what matters is onetbb below.
+      apt-get "${options[@]}" update >&2 || echo "sanitize: note: apt-get update reported errors" >&2
+    fi
+    local version
+    version=$( (apt-cache "${options[@]}" showsrc onetbb 2>/dev/null || true) | sed -n 's/^Version: //p' |
+              (grep "^$onetbb_version-" || true) | sort -V | tail -n 1)
+    [ -n "$version" ] ||
+      { echo "sanitize: apt knows no onetbb source package of release $onetbb_version" >&2; return 1; }
+    ( cd "$dir" && apt-get "${options[@]}" source --download-only "onetbb=$version" >&2 ) ||
+      { echo "sanitize: apt-get source onetbb=$version failed" >&2; return 1; }
+    local dsc=$dir/onetbb_${version#*:}.dsc
+    grep -qE "^ $onetbb_sha256 [0-9]+ onetbb_${onetbb_version}\.orig\.tar\.xz\$" "$dsc" ||
+      { echo "sanitize: $dsc does not list the expected SHA-256 for onetbb_${onetbb_version}.orig.tar.xz" >&2
+        return 1; }
+  fi
+  echo "$onetbb_sha256  $tarball" | sha256sum --check --quiet >&2 ||
+    { echo "sanitize: $tarball does not match its checksum; delete it and retry" >&2; return 1; }
+}
 
 build_tsan_onetbb() {
   local dir=$root/build-tsan-onetbb
@@ -60,17 +117,10 @@ build_tsan_onetbb() {
     *) echo "sanitize: note: libtbb-dev here is '$installed'; the TSan build uses" \
             "oneTBB $onetbb_version (its own headers and library)" >&2 ;;
   esac
-  local tarball=$dir/onetbb_${onetbb_version}.orig.tar.xz
   mkdir -p "$dir"
-  if [ ! -f "$tarball" ]; then
-    curl -fsSL --retry 3 -o "$tarball.part" "$onetbb_url" ||
-      { echo "sanitize: cannot download $onetbb_url" >&2; return 1; }
-    mv "$tarball.part" "$tarball"
-  fi
-  echo "$onetbb_sha256  $tarball" | sha256sum --check --quiet >&2 ||
-    { echo "sanitize: $tarball does not match its checksum; delete it and retry" >&2; return 1; }
+  fetch_onetbb_source "$dir"
   rm -rf "$dir/oneTBB-$onetbb_version" "$dir/build"
-  tar -C "$dir" -xf "$tarball"
+  tar -C "$dir" -xf "$dir/onetbb_${onetbb_version}.orig.tar.xz"
   cmake -S "$dir/oneTBB-$onetbb_version" -B "$dir/build" -DCMAKE_BUILD_TYPE=RelWithDebInfo \
     -DTBB_SANITIZE=thread -DTBB_TEST=OFF -DTBB_STRICT=OFF -DTBBMALLOC_BUILD=OFF -DTBB_ENABLE_IPO=OFF \
     -DCMAKE_INSTALL_PREFIX="$prefix" >&2

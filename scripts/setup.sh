@@ -8,9 +8,9 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 mode="${1:-quickstart}"
-# curl and xz-utils: scripts/sanitize.sh tsan downloads and unpacks oneTBB's source.
+# xz-utils: scripts/sanitize.sh tsan unpacks oneTBB's source (fetched with apt-get source).
 packages=(build-essential cmake ccache libtbb-dev libdnnl-dev libopencv-dev libyaml-cpp-dev
-          libboost-program-options-dev doctest-dev nlohmann-json3-dev zlib1g-dev curl xz-utils)
+          libboost-program-options-dev doctest-dev nlohmann-json3-dev zlib1g-dev xz-utils)
 
 missing=()
 for p in "${packages[@]}"; do

@@ -14,9 +14,9 @@
 // the file into a program that also links diffuflow's nodes and runners (see
 // CMakeLists.txt beside it) is all it takes to use `type: cutout` in YAML.
 #include "graph/registry.hpp"
+#include "nodes/common/fields.hpp"
 
 #include <algorithm>
-#include <cstring>
 #include <random>
 
 namespace example {
@@ -25,47 +25,47 @@ using namespace diffuflow;
 
 class Cutout : public Node {
  public:
+  struct Params {
+    DIFFUFLOW_PARAMS(Params);
+    DIFFUFLOW_PARAM(int64_t, size, 8, "side of the blanked square in pixels", .range(1, 4096));
+    DIFFUFLOW_PARAM(float, fill, -1.0f, "value written into the square (-1 is black)", .range(-1.0, 1.0));
+  };
+
   static NodeContract contract() {
     NodeContract c;
     c.doc = "Blanks one random square per image (cutout augmentation); an example of a user node.";
     c.example = "{name: cutout, type: cutout, params: {size: 8, fill: -1.0}}";
-    c.params = {ParamSpec::integer("size", 8, "side of the blanked square in pixels").range(1, 4096),
-                ParamSpec::number("fill", -1.0, "value written into the square (-1 is black)").range(-1.0, 1.0)};
-    c.inputs = {{"in", {"x0"}, "x0 [N,C,H,W] f32 in [-1,1]"}};
-    c.outputs = {{"out", {"x0"}, "x0 [N,C,H,W] f32 with one square per image blanked"}};
+    c.inputs = {{"in", {fields::kX0}, "x0 [N,C,H,W] f32 in [-1,1]"}};
+    c.outputs = {{"out", {fields::kX0}, "x0 [N,C,H,W] f32 with one square per image blanked"}};
     return c;
   }
 
-  Cutout(const NodeConfig& config, RunContext& ctx)
-      : Node(config, ctx),
-        size_(config.params.integer("size")),
-        fill_(static_cast<float>(config.params.number("fill"))) {}
+  Cutout(const NodeConfig& config, RunContext& ctx) : Node(config, ctx), params_(config.params_as<Params>()) {}
 
   void process(const NodeInput& in, Emitter& out) override {
     const Packet& packet = in.packet();
-    const Tensor& x0 = packet.tensor("x0");
-    const int64_t n = x0.dim(0), c = x0.dim(1), h = x0.dim(2), w = x0.dim(3);
+    const Tensor& x0 = packet.get(fields::kX0);
+    const int64_t n = x0.dim(0), c = x0.dim(1), h = x0.dim(2), w = x0.dim(3), size = params_.size;
     Tensor result(x0.shape(), DType::f32, x0.engine());
     auto rng = ctx().rng(name(), packet.seq());  // depends on (seed, node, step) only
     {
       auto src = x0.map<float>();
       auto dst = result.map<float>();
-      std::memcpy(dst.data(), src.data(), result.bytes());
+      std::copy(src.begin(), src.end(), dst.begin());
       std::uniform_int_distribution<int64_t> cy(0, h - 1), cx(0, w - 1);
       for (int64_t i = 0; i < n; ++i) {
-        const int64_t y0 = std::max<int64_t>(0, cy(rng) - size_ / 2), x0_ = std::max<int64_t>(0, cx(rng) - size_ / 2);
-        const int64_t y1 = std::min(h, y0 + size_), x1 = std::min(w, x0_ + size_);
+        const int64_t y0 = std::max<int64_t>(0, cy(rng) - size / 2), x0_ = std::max<int64_t>(0, cx(rng) - size / 2);
+        const int64_t y1 = std::min(h, y0 + size), x1 = std::min(w, x0_ + size);
         for (int64_t ch = 0; ch < c; ++ch)
           for (int64_t y = y0; y < y1; ++y)
-            for (int64_t x = x0_; x < x1; ++x) dst[((i * c + ch) * h + y) * w + x] = fill_;
+            for (int64_t x = x0_; x < x1; ++x) dst[((i * c + ch) * h + y) * w + x] = params_.fill;
       }
     }
-    out.emit(packet.with("x0", result));
+    out.emit(packet.with(fields::kX0, result));
   }
 
  private:
-  int64_t size_;
-  float fill_;
+  Params params_;
 };
 
 }  // namespace example

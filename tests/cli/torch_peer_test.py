@@ -15,8 +15,8 @@ import tempfile
 import unittest
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-PEER = os.path.join(ROOT, "runners", "torch_peer.py")
-COMPARE = os.path.join(ROOT, "runners", "compare_torch.py")
+PEER = os.path.join(ROOT, "benchmarks", "torch_peer.py")
+COMPARE = os.path.join(ROOT, "benchmarks", "compare_torch.py")
 FIXTURE = os.path.join(ROOT, "tests", "fixtures", "unet_tiny")
 DIFFUFLOW = os.path.join(ROOT, "build", "diffuflow")
 
@@ -57,7 +57,7 @@ class TorchPeerTest(unittest.TestCase):
                 "w, m = tp.read_safetensors(sys.argv[2])\n"
                 "w['conv_out.bias'] = w['conv_out.bias'] + 1e-2\n"
                 "tp.write_safetensors(sys.argv[3], w, m)\n",
-                os.path.join(ROOT, "runners"), os.path.join(FIXTURE, "weights.safetensors"),
+                os.path.join(ROOT, "benchmarks"), os.path.join(FIXTURE, "weights.safetensors"),
                 os.path.join(tmp, "weights.safetensors"))
             r = run(sys.executable, PEER, "check", "--fixture", tmp, check=False)
             self.assertNotEqual(r.returncode, 0)
