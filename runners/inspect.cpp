@@ -9,16 +9,12 @@
 
 namespace diffuflow {
 
-namespace po = boost::program_options;
-
 namespace {
 
-int run_validate(const std::vector<std::string>& args) {
-  po::options_description options("validate options");
-  options.add_options()("set", po::value<std::vector<std::string>>()->composing(), "override node.param=value");
-  po::variables_map vm;
-  if (!parse_command_line(args, options, vm, "diffuflow validate P.yaml [--set node.param=value ...]")) return kExitOk;
-  const PipelineSpec spec = load_from_command_line(vm);
+OptionTable validate_options() { return {shared::pipeline_file(), shared::set_overrides()}; }
+
+int run_validate(const ParsedOptions& options) {
+  const PipelineSpec spec = load_from_command_line(options);
   std::cout << spec.file << ": ok (pipeline '" << spec.name << "', " << spec.nodes.size() << " nodes, "
             << spec.edges.size() << " edges, " << spec.resources.size() << " resources)\n";
   return kExitOk;
@@ -73,27 +69,15 @@ std::string node_markdown(const NodeContract& c) {
   return out.str();
 }
 
-int run_nodes_command(const std::vector<std::string>& args) {
-  po::options_description options("nodes options");
-  options.add_options()("markdown", "print the catalogue as Markdown (as in the README)");
-  options.add_options()("type", po::value<std::string>(), "only this node or resource type");
-  po::variables_map vm;
-  po::positional_options_description pos;
-  pos.add("type", 1);
-  options.add_options()("help,h", "show this help");
-  try {
-    po::store(po::command_line_parser(args).options(options).positional(pos).run(), vm);
-    po::notify(vm);
-  } catch (const po::error& e) {
-    throw ConfigError(SourceLocation{"command line", 0, 0, ""}, e.what());
-  }
-  if (vm.count("help")) {
-    std::cout << "usage: diffuflow nodes [--markdown] [TYPE]\n\n" << options << "\n";
-    return kExitOk;
-  }
+OptionTable nodes_options() {
+  return {OptionSpec::positional("type", "TYPE", "only this node or resource type").optional(),
+          OptionSpec::flag("markdown", "print the catalogue as Markdown (as in the README)")};
+}
+
+int run_nodes_command(const ParsedOptions& options) {
   const auto& registry = Registry::instance();
-  const bool markdown = vm.count("markdown") != 0;
-  std::string only = vm.count("type") ? vm["type"].as<std::string>() : "";
+  const bool markdown = options.flag("markdown");
+  const std::string only = options.has("type") ? options.text("type") : "";
   if (!only.empty() && !registry.node_contract(only) && !registry.resource_contract(only)) {
     auto names = registry.node_types();
     for (const auto& r : registry.resource_types()) names.push_back(r);
@@ -158,13 +142,10 @@ std::string dot_escape(const std::string& s) {
   return out;
 }
 
-int run_graph(const std::vector<std::string>& args) {
-  po::options_description options("graph options");
-  options.add_options()("set", po::value<std::vector<std::string>>()->composing(), "override node.param=value");
-  po::variables_map vm;
-  if (!parse_command_line(args, options, vm, "diffuflow graph P.yaml [--set node.param=value ...] > P.dot"))
-    return kExitOk;
-  const PipelineSpec spec = load_from_command_line(vm);
+OptionTable graph_options() { return {shared::pipeline_file(), shared::set_overrides()}; }
+
+int run_graph(const ParsedOptions& options) {
+  const PipelineSpec spec = load_from_command_line(options);
   const auto& registry = Registry::instance();
   std::cout << "digraph \"" << dot_escape(spec.name) << "\" {\n  rankdir=LR;\n  node [shape=box, style=rounded, "
             << "fontname=\"Helvetica\"];\n";
@@ -191,12 +172,12 @@ int run_graph(const std::vector<std::string>& args) {
 
 }  // namespace
 
-DIFFUFLOW_REGISTER_COMMAND(validate, "validate P.yaml [--set node.param=value ...]",
+DIFFUFLOW_REGISTER_COMMAND(validate,
                            "check a pipeline (syntax, types, params, edges, fields, cycles) without running it",
-                           run_validate);
-DIFFUFLOW_REGISTER_COMMAND(nodes, "nodes [--markdown] [TYPE]",
-                           "list every registered node and resource type with its ports, params and docs",
-                           run_nodes_command);
-DIFFUFLOW_REGISTER_COMMAND(graph, "graph P.yaml [--set ...]", "print the pipeline as Graphviz dot", run_graph);
+                           validate_options(), run_validate);
+DIFFUFLOW_REGISTER_COMMAND(nodes, "list every registered node and resource type with its ports, params and docs",
+                           nodes_options(), run_nodes_command);
+DIFFUFLOW_REGISTER_COMMAND(graph, "print the pipeline as Graphviz dot (diffuflow graph P.yaml > P.dot)", graph_options(),
+                           run_graph);
 
 }  // namespace diffuflow
