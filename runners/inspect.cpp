@@ -1,11 +1,11 @@
 // `diffuflow validate`, `diffuflow nodes` and `diffuflow graph`: look at
 // pipelines and node types without running anything.
 #include "graph/registry.hpp"
+#include "runners/catalogue.hpp"
 #include "runners/cli_common.hpp"
 #include "runners/command.hpp"
 
 #include <iostream>
-#include <sstream>
 
 namespace diffuflow {
 
@@ -20,64 +20,19 @@ int run_validate(const ParsedOptions& options) {
   return kExitOk;
 }
 
-void print_params(std::ostream& out, const std::vector<ParamSpec>& params) {
-  for (const auto& p : params) {
-    out << "    " << p.name << " (" << p.type_description() << ")";
-    if (p.is_required)
-      out << ", required";
-    else
-      out << ", default " << (param_value_str(p.default_value).empty() ? "\"\"" : param_value_str(p.default_value));
-    out << ": " << p.doc << "\n";
-  }
-}
-
-// Table cells: a literal '|' would end the cell.
-std::string md_cell(const std::string& text) {
-  std::string out;
-  for (char c : text) {
-    if (c == '|') out += '\\';
-    out += c;
-  }
-  return out;
-}
-
-std::string node_markdown(const NodeContract& c) {
-  std::ostringstream out;
-  out << "### `" << c.type << "`" << (c.host_only ? "" : " (device)") << "\n\n" << c.doc << "\n\n";
-  auto ports = [&](const char* title, const std::vector<PortSpec>& list) {
-    for (const auto& p : list) {
-      out << "- " << title << " `" << p.name << "`";
-      if (!p.fields.empty()) {
-        out << " (";
-        for (size_t i = 0; i < p.fields.size(); ++i) out << (i ? ", " : "") << p.fields[i].name;
-        out << ")";
-      }
-      out << ": " << p.doc << "\n";
-    }
-  };
-  ports("in", c.inputs);
-  ports("out", c.outputs);
-  if (!c.params.empty()) {
-    out << "\n| param | type | default | doc |\n|---|---|---|---|\n";
-    for (const auto& p : c.params) {
-      out << "| `" << p.name << "` | " << md_cell(p.type_description()) << " | "
-          << (p.is_required ? std::string("required") : "`" + param_value_str(p.default_value) + "`") << " | "
-          << md_cell(p.doc) << " |\n";
-    }
-  }
-  out << "\n";
-  return out.str();
-}
-
 OptionTable nodes_options() {
   return {OptionSpec::positional("type", "TYPE", "only this node or resource type").optional(),
-          OptionSpec::flag("markdown", "print the catalogue as Markdown (as in the README)")};
+          OptionSpec::flag("markdown", "print Markdown: without TYPE the whole catalogue, as in docs/nodes.md")};
 }
 
 int run_nodes_command(const ParsedOptions& options) {
   const auto& registry = Registry::instance();
   const bool markdown = options.flag("markdown");
   const std::string only = options.has("type") ? options.text("type") : "";
+  if (only.empty() && markdown) {
+    std::cout << catalogue_markdown();
+    return kExitOk;
+  }
   if (!only.empty() && !registry.node_contract(only) && !registry.resource_contract(only)) {
     auto names = registry.node_types();
     for (const auto& r : registry.resource_types()) names.push_back(r);
@@ -89,46 +44,12 @@ int run_nodes_command(const ParsedOptions& options) {
   for (const auto& type : registry.node_types()) {
     if (!only.empty() && type != only) continue;
     const NodeContract& c = *registry.node_contract(type);
-    if (markdown) {
-      std::cout << node_markdown(c);
-      continue;
-    }
-    std::cout << type << (c.host_only ? "" : "  [device]") << (c.is_source() ? "  [source]" : "") << "\n  " << c.doc
-              << "\n";
-    for (const auto& p : c.inputs) {
-      std::cout << "  in  " << p.name << ": reads";
-      for (const auto& f : p.fields) std::cout << " " << f.name;
-      std::cout << (p.fields.empty() ? " (any)" : "") << " -- " << p.doc << "\n";
-    }
-    for (const auto& p : c.outputs) {
-      std::cout << "  out " << p.name << ": writes";
-      for (const auto& f : p.fields) std::cout << " " << f.name;
-      std::cout << (p.fields.empty() ? " (nothing new)" : "") << " -- " << p.doc << "\n";
-    }
-    if (!c.params.empty()) std::cout << "  params:\n";
-    print_params(std::cout, c.params);
-    if (!c.example.empty()) std::cout << "  example: " << c.example << "\n";
-    std::cout << "\n";
+    std::cout << (markdown ? node_markdown(c) : node_text(c) + "\n");
   }
   for (const auto& type : registry.resource_types()) {
     if (!only.empty() && type != only) continue;
     const ResourceContract& c = *registry.resource_contract(type);
-    if (markdown) {
-      std::cout << "### resource `" << type << "`\n\n" << c.doc << "\n\n";
-      if (!c.params.empty()) {
-        std::cout << "| param | type | default | doc |\n|---|---|---|---|\n";
-        for (const auto& p : c.params)
-          std::cout << "| `" << p.name << "` | " << md_cell(p.type_description()) << " | "
-                    << (p.is_required ? std::string("required") : "`" + param_value_str(p.default_value) + "`")
-                    << " | " << md_cell(p.doc) << " |\n";
-      }
-      std::cout << "\n";
-      continue;
-    }
-    std::cout << type << "  [resource]\n  " << c.doc << "\n";
-    if (!c.params.empty()) std::cout << "  params:\n";
-    print_params(std::cout, c.params);
-    std::cout << "\n";
+    std::cout << (markdown ? resource_markdown(c) : resource_text(c) + "\n");
   }
   return kExitOk;
 }
@@ -175,7 +96,7 @@ int run_graph(const ParsedOptions& options) {
 DIFFUFLOW_REGISTER_COMMAND(validate,
                            "check a pipeline (syntax, types, params, edges, fields, cycles) without running it",
                            validate_options(), run_validate);
-DIFFUFLOW_REGISTER_COMMAND(nodes, "list every registered node and resource type with its ports, params and docs",
+DIFFUFLOW_REGISTER_COMMAND(nodes, "list every registered node and resource type with its ports, fields, params and docs",
                            nodes_options(), run_nodes_command);
 DIFFUFLOW_REGISTER_COMMAND(graph, "print the pipeline as Graphviz dot (diffuflow graph P.yaml > P.dot)", graph_options(),
                            run_graph);
