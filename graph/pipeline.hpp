@@ -19,6 +19,7 @@
 
 #include "graph/run_context.hpp"
 #include "graph/spec.hpp"
+#include "graph/spec_builder.hpp"  // PipelineSpecBuilder: a PipelineSpec from C++
 
 #include <memory>
 #include <string>
@@ -69,39 +70,6 @@ class Pipeline {
  private:
   struct Impl;
   std::unique_ptr<Impl> impl_;
-};
-
-// Builds a PipelineSpec from C++ instead of YAML; validation is the same.
-//
-//   PipelineSpec spec = PipelineSpecBuilder("demo")
-//       .resource("schedule", "noise_schedule", {{"kind", "cosine"}})
-//       .node("src", "synthetic_source", {{"batch_size", "8"}})
-//       .node("noiser", "noiser", {{"schedule", "schedule"}})
-//       .edge("src -> noiser")
-//       .build();
-class PipelineSpecBuilder {
- public:
-  explicit PipelineSpecBuilder(std::string name);
-  // Parameter values are YAML text: "8", "1e-4", "cosine", "[0, 10, 999]".
-  using Values = std::vector<std::pair<std::string, std::string>>;
-  PipelineSpecBuilder& setting(const std::string& key, const std::string& value);  // seed, device, threads
-  PipelineSpecBuilder& resource(const std::string& name, const std::string& type, const Values& params = {});
-  PipelineSpecBuilder& node(const std::string& name, const std::string& type, const Values& params = {},
-                            int concurrency = 1);
-  PipelineSpecBuilder& edge(const std::string& text);
-  PipelineSpec build() const;  // throws ConfigErrors
-  std::string yaml() const;
-
- private:
-  struct Item {
-    std::string name, type;
-    Values params;
-    int concurrency;
-  };
-  std::string name_;
-  Values settings_;
-  std::vector<Item> resources_, nodes_;
-  std::vector<std::string> edges_;
 };
 
 }  // namespace diffuflow

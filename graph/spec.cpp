@@ -428,6 +428,11 @@ PipelineSpec parse_pipeline(const std::string& yaml_text, const std::string& fil
     SourceLocation where{file, e.mark.line >= 0 ? e.mark.line + 1 : 0, e.mark.column >= 0 ? e.mark.column + 1 : 0, ""};
     throw ConfigErrors({ConfigError(where, "YAML syntax error: " + e.msg)});
   }
+  return parse_pipeline_tree(root, file, overrides);
+}
+
+PipelineSpec parse_pipeline_tree(const YAML::Node& root, const std::string& file,
+                                 const std::vector<Override>& overrides) {
   std::vector<ConfigError> errors;
   Parser parser(file, errors);
   PipelineSpec spec = parser.parse(root, overrides);

@@ -86,6 +86,10 @@ PipelineSpec load_pipeline(const std::string& path, const std::vector<Override>&
 // The same from YAML text (for tests and C++-built pipelines); `file` names it in messages.
 PipelineSpec parse_pipeline(const std::string& yaml_text, const std::string& file,
                             const std::vector<Override>& overrides = {});
+// The same from a YAML tree built in memory (graph/spec_builder.hpp); its nodes
+// carry no positions, so errors name `file` and the key path only.
+PipelineSpec parse_pipeline_tree(const YAML::Node& root, const std::string& file,
+                                 const std::vector<Override>& overrides = {});
 
 // Graph-level checks on an already parsed spec (also run by parse_pipeline):
 // edges to missing nodes or ports, unconnected inputs, fields read that no

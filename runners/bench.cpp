@@ -3,7 +3,7 @@
 //   diffuflow bench train  [--config unet-s] [--batch 64] [--threads N] [--warmup W] [--steps K] [--repeats R]
 //   diffuflow bench sample [...]      DDIM chains, sampler <-> model_forward
 //   diffuflow bench data   [...]      the data path alone (loader, augment, timesteps, noiser)
-//   diffuflow bench unet   [...]      the U-Net alone: runs `diffuflow bench-unet`
+//   diffuflow bench unet   [...]      the U-Net alone, as `diffuflow bench-unet` times it
 //
 //   --sweep threads=1,2 | batch=16,32,64 | max_in_flight=1,2 | concurrency=NODE:1,2 | NODE.PARAM=a,b
 //           | precision=f32,bf16 (bench unet; pipelines: model.precision=f32,bf16)
@@ -36,6 +36,7 @@
 #include "nodes/common/images.hpp"
 #include "nodes/common/plots.hpp"
 #include "compute/program.hpp"
+#include "runners/bench_unet.hpp"
 #include "runners/cli_common.hpp"
 #include "runners/command.hpp"
 
@@ -59,7 +60,6 @@
 
 namespace diffuflow {
 
-namespace po = boost::program_options;
 namespace fs = std::filesystem;
 using json = nlohmann::json;
 
@@ -179,16 +179,7 @@ int resolved_threads(int threads) {
 
 PipelineSpec build_spec(const Settings& s) {
   // A first load finds the nodes and resources that --config and --batch apply to.
-  std::vector<Override> user;
-  std::vector<ConfigError> errors;
-  for (const auto& text : s.sets) {
-    try {
-      user.push_back(parse_override(text));
-    } catch (const ConfigError& e) {
-      errors.push_back(e);
-    }
-  }
-  if (!errors.empty()) throw ConfigErrors(errors);
+  const std::vector<Override> user = parse_overrides(s.sets);
   const PipelineSpec plain = load_pipeline(s.pipeline, user);
   std::vector<Override> overrides;
   for (const auto& r : plain.resources) {
@@ -338,39 +329,29 @@ Measurement measure_pipeline(const Settings& s) {
   return m;
 }
 
-// `bench unet`: the U-Net alone, through the bench-unet command (its JSON read back).
-Measurement measure_unet(const Settings& s, const std::string& mode) {
-  auto it = commands().find("bench-unet");
-  if (it == commands().end()) throw std::runtime_error("this build has no bench-unet command");
-  static int counter = 0;
-  const fs::path out = fs::temp_directory_path() / ("diffuflow-bench-unet-" + std::to_string(::getpid()) + "-" +
-                                                    std::to_string(++counter) + ".json");
-  std::vector<std::string> args = {"--batch",  std::to_string(s.batch),   "--threads",
-                                   std::to_string(resolved_threads(s.threads)), "--iters", std::to_string(s.steps),
-                                   "--warmup", std::to_string(s.warmup), "--mode", mode, "--size", "28",
-                                   "--json", out.string()};  // 28x28: the size the graphs run (MNIST)
-  if (!s.config.empty()) args.insert(args.end(), {"--config", s.config});
-  if (!s.precision.empty()) args.insert(args.end(), {"--precision", s.precision});
+// `bench unet`: the U-Net alone, timed by bench_unet() (runners/bench_unet.hpp).
+Measurement measure_unet(const Settings& s, UNetBenchMode mode) {
+  UNetBenchSettings u;
+  if (!s.config.empty()) u.config = s.config;
+  u.batch = s.batch;
+  u.size = 28;  // the size the graphs run (MNIST)
+  u.threads = resolved_threads(s.threads);
+  u.iters = s.steps;
+  u.warmup = s.warmup;
+  u.mode = mode;
+  if (!s.precision.empty()) u.precision = parse_enum<Precision>(s.precision, "precision");
   const bool rss_reset = reset_peak_rss();
-  const int rc = it->second.run(args);
+  const UNetBenchResult r = bench_unet(u);
   Measurement m;
   m.peak_rss_mib = peak_rss_mib();
   if (!rss_reset) m.extra["peak_rss_scope"] = "process";
-  json j;
-  {
-    std::ifstream in(out);
-    if (rc != 0 || !in) throw std::runtime_error("bench-unet failed (exit code " + std::to_string(rc) + ")");
-    j = json::parse(in);
-  }
-  std::error_code ignored;
-  fs::remove(out, ignored);
-  const bool forward = mode != "train";
-  m.images_per_s = j.value(forward ? "forward_images_per_s" : "forward_backward_images_per_s", 0.0);
+  m.images_per_s = mode == UNetBenchMode::forward ? r.forward_images_per_s() : r.forward_backward_images_per_s();
   m.steps = s.steps;
   m.images = static_cast<int64_t>(s.steps) * s.batch;
+  const json j = r.json();
   for (const char* key : {"forward_images_per_s", "forward_gflops_per_s", "forward_backward_images_per_s",
                           "forward_backward_gflops_per_s", "gflops_per_image_forward", "isa", "precision"}) {
-    if (j.contains(key)) m.extra[key] = j[key];
+    m.extra[key] = j.at(key);
   }
   return m;
 }
@@ -471,58 +452,55 @@ int parse_positive(const std::string& text, const std::string& option) {
   throw bad_option(option, "'" + text + "' is not a whole number >= 1");
 }
 
-int run_bench(const std::vector<std::string>& args) {
-  po::options_description options("bench options");
-  options.add_options()
-      ("config", po::value<std::string>(), "U-Net config: unet-s, unet-tiny or a diffusers config.json (default: the pipeline's)")
-      ("batch", po::value<int64_t>()->default_value(64), "images per step (the source's batch_size)")
-      ("threads", po::value<int>()->default_value(0), "OpenMP threads of the compute thread and TBB parallelism (0: all cores)")
-      ("steps", po::value<int>()->default_value(10), "measured steps K (train/data: batches; sample: chains; unet: passes)")
-      ("warmup", po::value<int>()->default_value(2), "warm-up steps W, not measured")
-      ("repeats", po::value<int>()->default_value(3), "repeat the whole measurement R times, each with a fresh pipeline")
-      ("prefetch", po::value<int>()->default_value(4), "packets each source may have in flight")
-      ("mode", po::value<std::string>()->default_value("forward"), "unet: forward | train (forward+backward)")
-      ("pipeline", po::value<std::string>(), "the pipeline to run (default pipelines/bench_KIND.yaml)")
-      ("set", po::value<std::vector<std::string>>()->composing(), "override node.param=value in the pipeline")
-      ("sweep", po::value<std::string>(),
-       "one dimension: threads=1,2 | batch=16,32,64 | max_in_flight=1,2 | concurrency=NODE:1,2 | NODE.PARAM=a,b "
-       "| precision=f32,bf16 (bench unet)")
-      ("json", po::value<std::string>(), "write the results as JSON")
-      ("csv", po::value<std::string>(), "write one CSV row per sweep value")
-      ("plot", po::value<std::string>(), "write a PNG line plot of images/s (min-max bars) against the swept value");
-  po::variables_map vm;
-  const std::string usage =
-      "diffuflow bench train|sample|data|unet [--config unet-s] [--batch 64] [--threads N] [--steps K] [--warmup W] "
-      "[--repeats R] [--set node.param=value ...] [--sweep NAME=v1,v2,...] [--json FILE] [--csv FILE] [--plot FILE.png]";
-  if (!parse_command_line(args, options, vm, usage, "kind")) return kExitOk;
+OptionTable bench_options() {
+  return {OptionSpec::positional("kind", "train|sample|data|unet", "what to measure: the training, sampling or data "
+                                                                   "graph, or the U-Net alone"),
+          shared::unet_config(),
+          shared::batch(),
+          shared::threads().fallback("0"),
+          OptionSpec::integer("steps", "K", "measured steps (train/data: batches; sample: chains; unet: passes)")
+              .range(1, 1 << 20)
+              .fallback("10"),
+          shared::warmup().fallback("2"),
+          OptionSpec::integer("repeats", "R", "repeat the whole measurement R times, each with a fresh pipeline")
+              .range(1, 10000)
+              .fallback("3"),
+          shared::prefetch(),
+          shared::unet_mode().fallback("forward"),
+          OptionSpec::text("pipeline", "P.yaml", "the pipeline to run (default pipelines/bench_KIND.yaml)"),
+          shared::set_overrides(),
+          OptionSpec::text("sweep", "NAME=v1,v2,...",
+                           "one dimension: threads=1,2 | batch=16,32,64 | max_in_flight=1,2 | concurrency=NODE:1,2 | "
+                           "NODE.PARAM=a,b | precision=f32,bf16 (bench unet)"),
+          shared::json_file(),
+          OptionSpec::text("csv", "FILE", "write one CSV row per sweep value"),
+          OptionSpec::text("plot", "FILE.png",
+                           "write a PNG line plot of images/s (min-max bars) against the swept value")};
+}
 
+int run_bench(const ParsedOptions& opts) {
   Settings base;
-  base.kind = vm["kind"].as<std::string>();
+  base.kind = opts.text("kind");
   if (!kKinds.count(base.kind)) throw bad_option("KIND", "unknown bench '" + base.kind + "': train, sample, data or unet");
-  base.pipeline = vm.count("pipeline") ? vm["pipeline"].as<std::string>() : "pipelines/bench_" + base.kind + ".yaml";
-  if (vm.count("config")) base.config = vm["config"].as<std::string>();
-  base.batch = vm["batch"].as<int64_t>();
-  base.threads = vm["threads"].as<int>();
-  base.steps = vm["steps"].as<int>();
-  base.warmup = vm["warmup"].as<int>();
-  base.repeats = vm["repeats"].as<int>();
-  base.prefetch = vm["prefetch"].as<int>();
-  if (vm.count("set")) base.sets = vm["set"].as<std::vector<std::string>>();
-  const std::string mode = vm["mode"].as<std::string>();
-  if (base.batch < 1) throw bad_option("--batch", "must be >= 1");
-  if (base.threads < 0) throw bad_option("--threads", "must be >= 0");
-  if (base.steps < 1) throw bad_option("--steps", "must be >= 1");
-  if (base.warmup < 0) throw bad_option("--warmup", "must be >= 0");
-  if (base.repeats < 1) throw bad_option("--repeats", "must be >= 1");
-  if (base.prefetch < 1) throw bad_option("--prefetch", "must be >= 1");
-  if (mode != "forward" && mode != "train") throw bad_option("--mode", "forward or train");
+  base.pipeline = opts.has("pipeline") ? opts.text("pipeline") : "pipelines/bench_" + base.kind + ".yaml";
+  if (opts.has("config")) base.config = opts.text("config");
+  base.batch = opts.integer("batch");
+  base.threads = static_cast<int>(opts.integer("threads"));
+  base.steps = static_cast<int>(opts.integer("steps"));
+  base.warmup = static_cast<int>(opts.integer("warmup"));
+  base.repeats = static_cast<int>(opts.integer("repeats"));
+  base.prefetch = static_cast<int>(opts.integer("prefetch"));
+  base.sets = opts.texts("set");
+  const std::string mode = opts.text("mode");
+  if (mode != "forward" && mode != "train") throw bad_option("--mode", "bench unet times one kind: forward or train");
+  const UNetBenchMode unet_mode = parse_enum<UNetBenchMode>(mode);
   if (base.kind == "unet" && !base.sets.empty()) throw bad_option("--set", "bench unet runs no pipeline");
 
   // The sweep: a name and its values; one Settings per value.
   std::string sweep_name;
   std::vector<std::string> sweep_values;
-  if (vm.count("sweep")) {
-    const std::string text = vm["sweep"].as<std::string>();
+  if (opts.has("sweep")) {
+    const std::string text = opts.text("sweep");
     const auto eq = text.find('=');
     if (eq == std::string::npos || eq == 0 || eq + 1 == text.size()) {
       throw bad_option("--sweep", "expected NAME=v1,v2,... (threads, batch, max_in_flight, concurrency=NODE:v1,v2, "
@@ -624,7 +602,7 @@ int run_bench(const std::vector<std::string>& args) {
   for (size_t i = 0; i < rows.size(); ++i) {
     Row& row = rows[i];
     for (int r = 0; r < base.repeats; ++r) {
-      Measurement m = base.kind == "unet" ? measure_unet(points[i], mode) : measure_pipeline(points[i]);
+      Measurement m = base.kind == "unet" ? measure_unet(points[i], unet_mode) : measure_pipeline(points[i]);
       std::cout << (row.sweep_value.empty() ? "" : sweep_name + "=" + row.sweep_value + " ") << "repeat " << r + 1
                 << "/" << base.repeats << ": " << fixed(m.images_per_s) << " images/s";
       if (base.kind != "unet") {
@@ -664,7 +642,7 @@ int run_bench(const std::vector<std::string>& args) {
     }
   }
 
-  if (vm.count("json")) {
+  if (opts.has("json")) {
     json j;
     j["bench"] = base.kind;
     j["pipeline"] = base.kind == "unet" ? "" : base.pipeline;
@@ -694,10 +672,10 @@ int run_bench(const std::vector<std::string>& args) {
       for (const auto& rep : row.repeats) r["repeats"].push_back(measurement_json(rep));
       j["results"].push_back(r);
     }
-    write_text(vm["json"].as<std::string>(), j.dump(2) + "\n");
-    std::cout << "wrote " << vm["json"].as<std::string>() << "\n";
+    write_text(opts.text("json"), j.dump(2) + "\n");
+    std::cout << "wrote " << opts.text("json") << "\n";
   }
-  if (vm.count("csv")) {
+  if (opts.has("csv")) {
     std::ostringstream csv;
     csv << "bench,sweep,value,config,threads,batch,steps,warmup,repeats,images_per_s_median,images_per_s_min,"
            "images_per_s_max,model_busy_fraction,compute_busy_fraction,unet_forwards_per_s,step_ms_median,"
@@ -710,10 +688,10 @@ int run_bench(const std::vector<std::string>& args) {
           << m.model_busy_fraction << "," << m.compute_busy_fraction << "," << m.unet_forwards_per_s << ","
           << m.step_ms_median << "," << m.peak_rss_mib << "\n";
     }
-    write_text(vm["csv"].as<std::string>(), csv.str());
-    std::cout << "wrote " << vm["csv"].as<std::string>() << "\n";
+    write_text(opts.text("csv"), csv.str());
+    std::cout << "wrote " << opts.text("csv") << "\n";
   }
-  if (vm.count("plot")) {
+  if (opts.has("plot")) {
     LineSeries series;
     series.label = base.kind;
     for (const auto& row : rows) {
@@ -732,17 +710,15 @@ int run_bench(const std::vector<std::string>& args) {
     bool numeric = true;
     for (const auto& row : rows) numeric = numeric && !row.sweep_value.empty() && std::isfinite(row.x);
     style.categorical_x = sweep_name == "batch" || !numeric;
-    write_png_atomic(draw_line_plot({series}, style), vm["plot"].as<std::string>());
-    std::cout << "wrote " << vm["plot"].as<std::string>() << "\n";
+    write_png_atomic(draw_line_plot({series}, style), opts.text("plot"));
+    std::cout << "wrote " << opts.text("plot") << "\n";
   }
   return kExitOk;
 }
 
 }  // namespace
 
-DIFFUFLOW_REGISTER_COMMAND(bench,
-                           "bench train|sample|data|unet [--config C] [--batch N] [--threads N] [--steps K] "
-                           "[--warmup W] [--repeats R] [--sweep NAME=v1,v2] [--json F] [--csv F] [--plot F.png]",
-                           "measure images/s of the training, sampling or data graph (or the U-Net alone)", run_bench);
+DIFFUFLOW_REGISTER_COMMAND(bench, "measure images/s of the training, sampling or data graph (or the U-Net alone)",
+                           bench_options(), run_bench);
 
 }  // namespace diffuflow

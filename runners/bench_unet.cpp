@@ -7,13 +7,15 @@
 // GFLOP/s (convolutions, linears and attention matmuls counted analytically
 // as 2*MACs; a backward pass counts twice its forward), the peak resident
 // memory of the process and the ISA oneDNN dispatches to.
+#include "runners/bench_unet.hpp"
+
 #include "graph/atomic_file.hpp"
 #include "graph/device.hpp"
 #include "graph/errors.hpp"
 #include "nodes/model/unet.hpp"
-#include "runners/cli_common.hpp"
 #include "runners/command.hpp"
 
+#include <oneapi/tbb/global_control.h>
 #include <omp.h>
 #include <sys/resource.h>
 
@@ -23,11 +25,9 @@
 #include <iomanip>
 #include <iostream>
 #include <random>
-#include <sstream>
+#include <thread>
 
 namespace diffuflow {
-
-namespace po = boost::program_options;
 
 namespace {
 
@@ -100,13 +100,10 @@ struct MacCounter {
   }
 };
 
-struct Stats {
-  double median = 0, min = 0, max = 0;
-};
-
-Stats stats_of(std::vector<double> v) {
+PassTimes stats_of(std::vector<double> v, double first) {
   std::sort(v.begin(), v.end());
-  Stats s;
+  PassTimes s;
+  s.first = first;
   if (v.empty()) return s;
   s.min = v.front();
   s.max = v.back();
@@ -121,54 +118,67 @@ double peak_rss_mib() {
   return static_cast<double>(usage.ru_maxrss) / 1024.0;  // ru_maxrss is in KiB on Linux
 }
 
-int run_bench_unet(const std::vector<std::string>& args) {
-  po::options_description options("bench-unet options");
-  options.add_options()("config", po::value<std::string>()->default_value("unet-s"),
-                        "U-Net config: a built-in name or a diffusers config.json");
-  options.add_options()("batch", po::value<int64_t>()->default_value(64), "images per pass");
-  options.add_options()("size", po::value<int64_t>()->default_value(0), "image size (0: the config's sample_size)");
-  options.add_options()("threads", po::value<int>()->default_value(0), "OpenMP threads (0: the runtime's default)");
-  options.add_options()("iters", po::value<int>()->default_value(5), "timed iterations of each kind");
-  options.add_options()("warmup", po::value<int>()->default_value(1), "untimed iterations before each kind");
-  options.add_options()("mode", po::value<std::string>()->default_value("both"), "forward | train | both");
-  options.add_options()("precision", po::value<std::string>()->default_value("f32"),
-                        "convolution arithmetic: f32 or bf16 (mixed precision)");
-  options.add_options()("seed", po::value<uint64_t>()->default_value(1), "random seed for weights and inputs");
-  options.add_options()("json", po::value<std::string>(), "also write the results as JSON to this file");
-  po::variables_map vm;
-  if (!parse_command_line(args, options, vm,
-                          "diffuflow bench-unet [--config unet-s] [--batch 64] [--threads N] [--iters K] "
-                          "[--warmup W] [--precision f32|bf16] [--json FILE]",
-                          "")) {
-    return kExitOk;
-  }
-  const UNetConfig config = UNetConfig::resolve(vm["config"].as<std::string>());
-  const int64_t batch = vm["batch"].as<int64_t>();
-  const int64_t size = vm["size"].as<int64_t>() > 0 ? vm["size"].as<int64_t>() : config.sample_size;
-  const int iters = vm["iters"].as<int>(), warmup = vm["warmup"].as<int>();
-  const std::string mode = vm["mode"].as<std::string>();
-  if (batch < 1 || iters < 1 || warmup < 0) {
-    throw ConfigError(SourceLocation{"command line", 0, 0, "--batch"}, "batch and iters must be >= 1, warmup >= 0");
-  }
-  if (mode != "forward" && mode != "train" && mode != "both") {
-    throw ConfigError(SourceLocation{"command line", 0, 0, "--mode"}, "mode must be forward, train or both");
-  }
-  const std::string precision = vm["precision"].as<std::string>();
-  Precision arithmetic;
-  try {
-    arithmetic = parse_enum<Precision>(precision, "precision");
-  } catch (const ConfigError& e) {
-    throw ConfigError(SourceLocation{"command line", 0, 0, "--precision"}, e.message());
-  }
-  if (vm["threads"].as<int>() > 0) omp_set_num_threads(vm["threads"].as<int>());
-  const int threads = omp_get_max_threads();
+ConfigError bad_setting(const std::string& option, const std::string& what) {
+  return ConfigError(SourceLocation{"command line", 0, 0, option}, what);
+}
+
+double images_per_s(int64_t batch, double seconds) { return seconds > 0 ? static_cast<double>(batch) / seconds : 0.0; }
+
+}  // namespace
+
+double UNetBenchResult::forward_images_per_s() const { return images_per_s(settings.batch, forward.median); }
+
+double UNetBenchResult::forward_backward_images_per_s() const { return images_per_s(settings.batch, train.median); }
+
+nlohmann::json UNetBenchResult::json() const {
+  const double gflop = forward_flops_per_image * 1e-9;
+  const auto rate = [&](double s) { return images_per_s(settings.batch, s); };
+  const auto gflops = [&](double s, double factor) { return s > 0 ? factor * gflop * settings.batch / s : 0.0; };
+  return {{"config", settings.config},
+          {"batch", settings.batch},
+          {"image_size", settings.size},
+          {"threads", settings.threads},
+          {"iters", settings.iters},
+          {"warmup", settings.warmup},
+          {"isa", isa},
+          {"precision", enum_name(settings.precision)},
+          {"gflops_per_image_forward", gflop},
+          {"forward_images_per_s", rate(forward.median)},
+          {"forward_images_per_s_min", rate(forward.max)},
+          {"forward_images_per_s_max", rate(forward.min)},
+          {"forward_gflops_per_s", gflops(forward.median, 1)},
+          {"forward_backward_images_per_s", rate(train.median)},
+          {"forward_backward_images_per_s_min", rate(train.max)},
+          {"forward_backward_images_per_s_max", rate(train.min)},
+          {"forward_backward_gflops_per_s", gflops(train.median, 3)},
+          {"peak_rss_mib", peak_rss_mib}};
+}
+
+UNetBenchResult bench_unet(const UNetBenchSettings& settings, std::ostream* log) {
+  if (settings.batch < 1) throw bad_setting("--batch", "must be >= 1");
+  if (settings.iters < 1) throw bad_setting("--iters", "must be >= 1");
+  if (settings.warmup < 0) throw bad_setting("--warmup", "must be >= 0");
+  if (settings.size < 0) throw bad_setting("--size", "must be >= 0");
+  if (settings.threads < 0) throw bad_setting("--threads", "must be >= 0");
+  const UNetConfig config = UNetConfig::resolve(settings.config);
+  UNetBenchResult result;
+  result.settings = settings;
+  UNetBenchSettings& s = result.settings;
+  if (s.size == 0) s.size = config.sample_size;
+  if (s.threads == 0) s.threads = std::max(1, static_cast<int>(std::thread::hardware_concurrency()));
+  omp_set_num_threads(s.threads);
+  oneapi::tbb::global_control parallelism(oneapi::tbb::global_control::max_allowed_parallelism,
+                                          static_cast<size_t>(s.threads));
+  const int64_t batch = s.batch, size = s.size;
 
   Device device(DeviceSpec::parse("cpu"));
   auto model = make_unet(config, device);
-  model->init_random(vm["seed"].as<uint64_t>());
-  model->set_precision(arithmetic);
+  model->init_random(s.seed);
+  model->set_precision(s.precision);
+  result.parameters = model->param_count();
+  result.isa = describe_cpu_isa();
 
-  std::mt19937_64 rng(vm["seed"].as<uint64_t>() + 1);
+  std::mt19937_64 rng(s.seed + 1);
   std::normal_distribution<float> normal(0.f, 1.f);
   std::uniform_int_distribution<int64_t> step(0, 999);
   Tensor x({batch, config.in_channels, size, size}, DType::f32, device.engine());
@@ -184,74 +194,101 @@ int run_bench_unet(const std::vector<std::string>& args) {
   }
 
   const double fwd_flops = 2.0 * MacCounter{config, size, size}.count();
+  result.forward_flops_per_image = fwd_flops;
   using clock = std::chrono::steady_clock;
   auto seconds_since = [](clock::time_point t0) { return std::chrono::duration<double>(clock::now() - t0).count(); };
 
-  std::cout << "bench-unet: config " << vm["config"].as<std::string>() << ", batch " << batch << ", " << size << "x"
-            << size << ", " << threads << " OpenMP thread(s), " << model->param_count() << " parameters, " << precision << " convolutions\n"
-            << "isa: " << describe_cpu_isa() << "\n"
-            << std::fixed << std::setprecision(3) << "forward GFLOP per image: " << fwd_flops * 1e-9 << "\n";
+  if (log) {
+    *log << "bench-unet: config " << s.config << ", batch " << batch << ", " << size << "x" << size << ", "
+         << s.threads << " OpenMP thread(s), " << result.parameters << " parameters, " << enum_name(s.precision)
+         << " convolutions\n"
+         << "isa: " << result.isa << "\n"
+         << std::fixed << std::setprecision(3) << "forward GFLOP per image: " << fwd_flops * 1e-9 << "\n";
+  }
 
   std::vector<double> fwd_times, train_times;
   double first_forward_s = 0, first_train_s = 0;
-  if (mode != "train") {
-    for (int i = 0; i < warmup + iters; ++i) {
+  if (s.mode != UNetBenchMode::train) {
+    for (int i = 0; i < s.warmup + s.iters; ++i) {
       const auto t0 = clock::now();
       auto r = model->forward(x, t, false);
-      const double s = seconds_since(t0);
-      if (i == 0) first_forward_s = s;
-      if (i >= warmup) fwd_times.push_back(s);
+      const double seconds = seconds_since(t0);
+      if (i == 0) first_forward_s = seconds;
+      if (i >= s.warmup) fwd_times.push_back(seconds);
     }
   }
-  if (mode != "forward") {
-    for (int i = 0; i < warmup + iters; ++i) {
+  if (s.mode != UNetBenchMode::forward) {
+    for (int i = 0; i < s.warmup + s.iters; ++i) {
       model->zero_grads();
       const auto t0 = clock::now();
       auto r = model->forward(x, t, true);
       model->backward(*r.state, g);
-      const double s = seconds_since(t0);
-      if (i == 0) first_train_s = s;
-      if (i >= warmup) train_times.push_back(s);
+      const double seconds = seconds_since(t0);
+      if (i == 0) first_train_s = seconds;
+      if (i >= s.warmup) train_times.push_back(seconds);
     }
   }
+  result.forward = stats_of(fwd_times, first_forward_s);
+  result.train = stats_of(train_times, first_train_s);
+  result.peak_rss_mib = peak_rss_mib();
 
-  const Stats f = stats_of(fwd_times), tr = stats_of(train_times);
-  auto ips = [&](double s) { return s > 0 ? static_cast<double>(batch) / s : 0.0; };
-  const double rss = peak_rss_mib();
-  std::cout << std::setprecision(1);
-  if (!fwd_times.empty()) {
-    std::cout << "forward:          " << ips(f.median) << " images/s (min " << ips(f.max) << ", max " << ips(f.min)
-              << "), " << f.median * 1e3 << " ms/pass, " << fwd_flops * batch / f.median * 1e-9
-              << " GFLOP/s; first pass " << first_forward_s * 1e3 << " ms\n";
+  if (log) {
+    const PassTimes &f = result.forward, &tr = result.train;
+    auto ips = [&](double seconds) { return images_per_s(batch, seconds); };
+    *log << std::setprecision(1);
+    if (!fwd_times.empty()) {
+      *log << "forward:          " << ips(f.median) << " images/s (min " << ips(f.max) << ", max " << ips(f.min)
+           << "), " << f.median * 1e3 << " ms/pass, " << fwd_flops * batch / f.median * 1e-9
+           << " GFLOP/s; first pass " << f.first * 1e3 << " ms\n";
+    }
+    if (!train_times.empty()) {
+      *log << "forward+backward: " << ips(tr.median) << " images/s (min " << ips(tr.max) << ", max "
+           << ips(tr.min) << "), " << tr.median * 1e3 << " ms/step, " << 3 * fwd_flops * batch / tr.median * 1e-9
+           << " GFLOP/s; first step " << tr.first * 1e3 << " ms\n";
+    }
+    *log << "peak RSS: " << result.peak_rss_mib << " MiB\n";
   }
-  if (!train_times.empty()) {
-    std::cout << "forward+backward: " << ips(tr.median) << " images/s (min " << ips(tr.max) << ", max "
-              << ips(tr.min) << "), " << tr.median * 1e3 << " ms/step, " << 3 * fwd_flops * batch / tr.median * 1e-9
-              << " GFLOP/s; first step " << first_train_s * 1e3 << " ms\n";
-  }
-  std::cout << "peak RSS: " << rss << " MiB\n";
+  return result;
+}
 
-  if (vm.count("json")) {
-    std::ostringstream js;
-    js << std::setprecision(6) << "{\n"
-       << "  \"config\": \"" << vm["config"].as<std::string>() << "\",\n"
-       << "  \"batch\": " << batch << ",\n  \"image_size\": " << size << ",\n  \"threads\": " << threads << ",\n"
-       << "  \"iters\": " << iters << ",\n  \"warmup\": " << warmup << ",\n"
-       << "  \"isa\": \"" << describe_cpu_isa() << "\",\n"
-       << "  \"precision\": \"" << precision << "\",\n"
-       << "  \"gflops_per_image_forward\": " << fwd_flops * 1e-9 << ",\n"
-       << "  \"forward_images_per_s\": " << ips(f.median) << ",\n"
-       << "  \"forward_images_per_s_min\": " << ips(f.max) << ",\n"
-       << "  \"forward_images_per_s_max\": " << ips(f.min) << ",\n"
-       << "  \"forward_gflops_per_s\": " << (f.median > 0 ? fwd_flops * batch / f.median * 1e-9 : 0.0) << ",\n"
-       << "  \"forward_backward_images_per_s\": " << ips(tr.median) << ",\n"
-       << "  \"forward_backward_images_per_s_min\": " << ips(tr.max) << ",\n"
-       << "  \"forward_backward_images_per_s_max\": " << ips(tr.min) << ",\n"
-       << "  \"forward_backward_gflops_per_s\": "
-       << (tr.median > 0 ? 3 * fwd_flops * batch / tr.median * 1e-9 : 0.0) << ",\n"
-       << "  \"peak_rss_mib\": " << rss << "\n}\n";
-    const std::string path = vm["json"].as<std::string>();
-    write_file_atomically(path, js.str());
+namespace {
+
+OptionTable bench_unet_options() {
+  return {shared::unet_config().fallback("unet-s"),
+          shared::batch(),
+          OptionSpec::integer("size", "PIXELS", "image side (0: the config's sample_size)").range(0, 4096).fallback("0"),
+          shared::threads().fallback("0"),
+          OptionSpec::integer("iters", "K", "timed passes of each kind").range(1, 1 << 20).fallback("5"),
+          shared::warmup().fallback("1"),
+          shared::unet_mode().fallback("both"),
+          OptionSpec::text("precision", "P", "convolution arithmetic: f32 or bf16 (mixed precision)").fallback("f32"),
+          OptionSpec::integer("seed", "S", "random seed for weights and inputs").at_least(0).fallback("1"),
+          shared::json_file()};
+}
+
+int run_bench_unet(const ParsedOptions& options) {
+  UNetBenchSettings s;
+  s.config = options.text("config");
+  s.batch = options.integer("batch");
+  s.size = options.integer("size");
+  s.threads = static_cast<int>(options.integer("threads"));
+  s.iters = static_cast<int>(options.integer("iters"));
+  s.warmup = static_cast<int>(options.integer("warmup"));
+  s.seed = static_cast<uint64_t>(options.integer("seed"));
+  try {
+    s.mode = parse_enum<UNetBenchMode>(options.text("mode"), "mode");
+  } catch (const ConfigError& e) {
+    throw bad_setting("--mode", e.message());
+  }
+  try {
+    s.precision = parse_enum<Precision>(options.text("precision"), "precision");
+  } catch (const ConfigError& e) {
+    throw bad_setting("--precision", e.message());
+  }
+  const UNetBenchResult result = bench_unet(s, &std::cout);
+  if (options.has("json")) {
+    const std::string path = options.text("json");
+    write_file_atomically(path, result.json().dump(2) + "\n");
     std::cout << "wrote " << path << "\n";
   }
   return kExitOk;
@@ -259,9 +296,7 @@ int run_bench_unet(const std::vector<std::string>& args) {
 
 }  // namespace
 
-DIFFUFLOW_REGISTER_COMMAND(bench_unet,
-                           "bench-unet [--config unet-s] [--batch 64] [--threads N] [--iters K] [--warmup W] "
-                           "[--precision f32|bf16] [--json FILE]",
-                           "time the U-Net's forward and forward+backward passes", run_bench_unet);
+DIFFUFLOW_REGISTER_COMMAND(bench_unet, "time the U-Net's forward and forward+backward passes", bench_unet_options(),
+                           run_bench_unet);
 
 }  // namespace diffuflow

@@ -1,99 +1,38 @@
 // `diffuflow validate`, `diffuflow nodes` and `diffuflow graph`: look at
 // pipelines and node types without running anything.
 #include "graph/registry.hpp"
+#include "runners/catalogue.hpp"
 #include "runners/cli_common.hpp"
 #include "runners/command.hpp"
 
 #include <iostream>
-#include <sstream>
 
 namespace diffuflow {
 
-namespace po = boost::program_options;
-
 namespace {
 
-int run_validate(const std::vector<std::string>& args) {
-  po::options_description options("validate options");
-  options.add_options()("set", po::value<std::vector<std::string>>()->composing(), "override node.param=value");
-  po::variables_map vm;
-  if (!parse_command_line(args, options, vm, "diffuflow validate P.yaml [--set node.param=value ...]")) return kExitOk;
-  const PipelineSpec spec = load_from_command_line(vm);
+OptionTable validate_options() { return {shared::pipeline_file(), shared::set_overrides()}; }
+
+int run_validate(const ParsedOptions& options) {
+  const PipelineSpec spec = load_from_command_line(options);
   std::cout << spec.file << ": ok (pipeline '" << spec.name << "', " << spec.nodes.size() << " nodes, "
             << spec.edges.size() << " edges, " << spec.resources.size() << " resources)\n";
   return kExitOk;
 }
 
-void print_params(std::ostream& out, const std::vector<ParamSpec>& params) {
-  for (const auto& p : params) {
-    out << "    " << p.name << " (" << p.type_description() << ")";
-    if (p.is_required)
-      out << ", required";
-    else
-      out << ", default " << (param_value_str(p.default_value).empty() ? "\"\"" : param_value_str(p.default_value));
-    out << ": " << p.doc << "\n";
-  }
+OptionTable nodes_options() {
+  return {OptionSpec::positional("type", "TYPE", "only this node or resource type").optional(),
+          OptionSpec::flag("markdown", "print Markdown: without TYPE the whole catalogue, as in docs/nodes.md")};
 }
 
-// Table cells: a literal '|' would end the cell.
-std::string md_cell(const std::string& text) {
-  std::string out;
-  for (char c : text) {
-    if (c == '|') out += '\\';
-    out += c;
-  }
-  return out;
-}
-
-std::string node_markdown(const NodeContract& c) {
-  std::ostringstream out;
-  out << "### `" << c.type << "`" << (c.host_only ? "" : " (device)") << "\n\n" << c.doc << "\n\n";
-  auto ports = [&](const char* title, const std::vector<PortSpec>& list) {
-    for (const auto& p : list) {
-      out << "- " << title << " `" << p.name << "`";
-      if (!p.fields.empty()) {
-        out << " (";
-        for (size_t i = 0; i < p.fields.size(); ++i) out << (i ? ", " : "") << p.fields[i].name;
-        out << ")";
-      }
-      out << ": " << p.doc << "\n";
-    }
-  };
-  ports("in", c.inputs);
-  ports("out", c.outputs);
-  if (!c.params.empty()) {
-    out << "\n| param | type | default | doc |\n|---|---|---|---|\n";
-    for (const auto& p : c.params) {
-      out << "| `" << p.name << "` | " << md_cell(p.type_description()) << " | "
-          << (p.is_required ? std::string("required") : "`" + param_value_str(p.default_value) + "`") << " | "
-          << md_cell(p.doc) << " |\n";
-    }
-  }
-  out << "\n";
-  return out.str();
-}
-
-int run_nodes_command(const std::vector<std::string>& args) {
-  po::options_description options("nodes options");
-  options.add_options()("markdown", "print the catalogue as Markdown (as in the README)");
-  options.add_options()("type", po::value<std::string>(), "only this node or resource type");
-  po::variables_map vm;
-  po::positional_options_description pos;
-  pos.add("type", 1);
-  options.add_options()("help,h", "show this help");
-  try {
-    po::store(po::command_line_parser(args).options(options).positional(pos).run(), vm);
-    po::notify(vm);
-  } catch (const po::error& e) {
-    throw ConfigError(SourceLocation{"command line", 0, 0, ""}, e.what());
-  }
-  if (vm.count("help")) {
-    std::cout << "usage: diffuflow nodes [--markdown] [TYPE]\n\n" << options << "\n";
+int run_nodes_command(const ParsedOptions& options) {
+  const auto& registry = Registry::instance();
+  const bool markdown = options.flag("markdown");
+  const std::string only = options.has("type") ? options.text("type") : "";
+  if (only.empty() && markdown) {
+    std::cout << catalogue_markdown();
     return kExitOk;
   }
-  const auto& registry = Registry::instance();
-  const bool markdown = vm.count("markdown") != 0;
-  std::string only = vm.count("type") ? vm["type"].as<std::string>() : "";
   if (!only.empty() && !registry.node_contract(only) && !registry.resource_contract(only)) {
     auto names = registry.node_types();
     for (const auto& r : registry.resource_types()) names.push_back(r);
@@ -105,46 +44,12 @@ int run_nodes_command(const std::vector<std::string>& args) {
   for (const auto& type : registry.node_types()) {
     if (!only.empty() && type != only) continue;
     const NodeContract& c = *registry.node_contract(type);
-    if (markdown) {
-      std::cout << node_markdown(c);
-      continue;
-    }
-    std::cout << type << (c.host_only ? "" : "  [device]") << (c.is_source() ? "  [source]" : "") << "\n  " << c.doc
-              << "\n";
-    for (const auto& p : c.inputs) {
-      std::cout << "  in  " << p.name << ": reads";
-      for (const auto& f : p.fields) std::cout << " " << f.name;
-      std::cout << (p.fields.empty() ? " (any)" : "") << " -- " << p.doc << "\n";
-    }
-    for (const auto& p : c.outputs) {
-      std::cout << "  out " << p.name << ": writes";
-      for (const auto& f : p.fields) std::cout << " " << f.name;
-      std::cout << (p.fields.empty() ? " (nothing new)" : "") << " -- " << p.doc << "\n";
-    }
-    if (!c.params.empty()) std::cout << "  params:\n";
-    print_params(std::cout, c.params);
-    if (!c.example.empty()) std::cout << "  example: " << c.example << "\n";
-    std::cout << "\n";
+    std::cout << (markdown ? node_markdown(c) : node_text(c) + "\n");
   }
   for (const auto& type : registry.resource_types()) {
     if (!only.empty() && type != only) continue;
     const ResourceContract& c = *registry.resource_contract(type);
-    if (markdown) {
-      std::cout << "### resource `" << type << "`\n\n" << c.doc << "\n\n";
-      if (!c.params.empty()) {
-        std::cout << "| param | type | default | doc |\n|---|---|---|---|\n";
-        for (const auto& p : c.params)
-          std::cout << "| `" << p.name << "` | " << md_cell(p.type_description()) << " | "
-                    << (p.is_required ? std::string("required") : "`" + param_value_str(p.default_value) + "`")
-                    << " | " << md_cell(p.doc) << " |\n";
-      }
-      std::cout << "\n";
-      continue;
-    }
-    std::cout << type << "  [resource]\n  " << c.doc << "\n";
-    if (!c.params.empty()) std::cout << "  params:\n";
-    print_params(std::cout, c.params);
-    std::cout << "\n";
+    std::cout << (markdown ? resource_markdown(c) : resource_text(c) + "\n");
   }
   return kExitOk;
 }
@@ -158,13 +63,10 @@ std::string dot_escape(const std::string& s) {
   return out;
 }
 
-int run_graph(const std::vector<std::string>& args) {
-  po::options_description options("graph options");
-  options.add_options()("set", po::value<std::vector<std::string>>()->composing(), "override node.param=value");
-  po::variables_map vm;
-  if (!parse_command_line(args, options, vm, "diffuflow graph P.yaml [--set node.param=value ...] > P.dot"))
-    return kExitOk;
-  const PipelineSpec spec = load_from_command_line(vm);
+OptionTable graph_options() { return {shared::pipeline_file(), shared::set_overrides()}; }
+
+int run_graph(const ParsedOptions& options) {
+  const PipelineSpec spec = load_from_command_line(options);
   const auto& registry = Registry::instance();
   std::cout << "digraph \"" << dot_escape(spec.name) << "\" {\n  rankdir=LR;\n  node [shape=box, style=rounded, "
             << "fontname=\"Helvetica\"];\n";
@@ -191,12 +93,12 @@ int run_graph(const std::vector<std::string>& args) {
 
 }  // namespace
 
-DIFFUFLOW_REGISTER_COMMAND(validate, "validate P.yaml [--set node.param=value ...]",
+DIFFUFLOW_REGISTER_COMMAND(validate,
                            "check a pipeline (syntax, types, params, edges, fields, cycles) without running it",
-                           run_validate);
-DIFFUFLOW_REGISTER_COMMAND(nodes, "nodes [--markdown] [TYPE]",
-                           "list every registered node and resource type with its ports, params and docs",
-                           run_nodes_command);
-DIFFUFLOW_REGISTER_COMMAND(graph, "graph P.yaml [--set ...]", "print the pipeline as Graphviz dot", run_graph);
+                           validate_options(), run_validate);
+DIFFUFLOW_REGISTER_COMMAND(nodes, "list every registered node and resource type with its ports, fields, params and docs",
+                           nodes_options(), run_nodes_command);
+DIFFUFLOW_REGISTER_COMMAND(graph, "print the pipeline as Graphviz dot (diffuflow graph P.yaml > P.dot)", graph_options(),
+                           run_graph);
 
 }  // namespace diffuflow

@@ -16,9 +16,9 @@ int main(int argc, char** argv) {
   std::signal(SIGXFSZ, SIG_IGN);
   auto& table = commands();
   auto usage = [&](std::ostream& out) {
-    out << "usage: diffuflow <command> [options]\n\ncommands:\n";
+    out << "usage: diffuflow <command> [options]\n       diffuflow --version\n\ncommands:\n";
     for (const auto& [name, command] : table) {
-      out << "  " << command.usage << "\n      " << command.summary << "\n";
+      out << wrapped_usage("  ", name, command.options) << "\n      " << command.summary << "\n";
     }
     out << "\n'diffuflow <command> --help' describes a command's options.\n";
   };
@@ -26,11 +26,12 @@ int main(int argc, char** argv) {
     usage(std::cerr);
     return kExitBadInput;
   }
-  const std::string name = argv[1];
+  std::string name = argv[1];
   if (name == "--help" || name == "-h" || name == "help") {
     usage(std::cout);
     return kExitOk;
   }
+  if (name == "--version") name = "version";
   auto it = table.find(name);
   if (it == table.end()) {
     std::vector<std::string> names;
@@ -43,7 +44,7 @@ int main(int argc, char** argv) {
   }
   std::vector<std::string> args(argv + 2, argv + argc);
   try {
-    return it->second.run(args);
+    return it->second(args, std::cout);
   } catch (const ConfigErrors& e) {
     std::cerr << e.what() << "\n";
     return kExitBadInput;

@@ -23,8 +23,6 @@
 
 namespace diffuflow {
 
-namespace po = boost::program_options;
-
 namespace {
 
 std::vector<std::string> split_csv_line(const std::string& line) {
@@ -100,30 +98,26 @@ std::vector<std::string> split_names(const std::string& text) {
   return names;
 }
 
-int run_plot(const std::vector<std::string>& args) {
-  po::options_description options("plot options");
-  options.add_options()("x", po::value<std::string>()->required(), "the column on the x axis");
-  options.add_options()("y", po::value<std::string>()->required(), "columns to draw, comma-separated (one line each)");
-  options.add_options()("out", po::value<std::string>()->required(), "the PNG to write");
-  options.add_options()("title", po::value<std::string>()->default_value(""), "the chart's title");
-  options.add_options()("y-label", po::value<std::string>()->default_value(""), "the y axis name");
-  options.add_options()("categorical", "place x values evenly in file order (e.g. 1, 2, 4, 8, 16)");
-  po::variables_map vm;
-  if (!parse_command_line(args, options, vm,
-                          "diffuflow plot FILE.csv --x COLUMN --y COL1,COL2 --out FILE.png [--title T] "
-                          "[--y-label L] [--categorical]",
-                          "csv")) {
-    return kExitOk;
-  }
-  const std::string path = vm["csv"].as<std::string>();
+OptionTable plot_options() {
+  return {OptionSpec::positional("csv", "FILE.csv", "the CSV file (a header row, then numbers)"),
+          OptionSpec::text("x", "COLUMN", "the column on the x axis").required(),
+          OptionSpec::text("y", "COL1,COL2", "columns to draw, comma-separated (one line each)").required(),
+          shared::output().required(),
+          OptionSpec::text("title", "T", "the chart's title"),
+          OptionSpec::text("y-label", "L", "the y axis name (default: the first y column)"),
+          OptionSpec::flag("categorical", "place x values evenly in file order (e.g. 1, 2, 4, 8, 16)")};
+}
+
+int run_plot(const ParsedOptions& options) {
+  const std::string path = options.text("csv");
   const Table t = read_csv(path);
-  const size_t xi = column(t, vm["x"].as<std::string>(), path);
-  const auto names = split_names(vm["y"].as<std::string>());
+  const size_t xi = column(t, options.text("x"), path);
+  const auto names = split_names(options.text("y"));
   if (names.empty()) throw ConfigError(SourceLocation{"command line", 0, 0, "--y"}, "no column named");
   bool any_x = false;
   for (const auto& row : t.rows) any_x = any_x || std::isfinite(row[xi]);
   if (!any_x) {
-    throw DataError(path, "column '" + vm["x"].as<std::string>() + "' has no numbers to put on the x axis");
+    throw DataError(path, "column '" + options.text("x") + "' has no numbers to put on the x axis");
   }
   std::vector<LineSeries> series;
   for (const auto& name : names) {
@@ -137,19 +131,19 @@ int run_plot(const std::vector<std::string>& args) {
     series.push_back(std::move(s));
   }
   LinePlotStyle style;
-  style.title = vm["title"].as<std::string>();
-  style.x_label = vm["x"].as<std::string>();
-  style.y_label = vm["y-label"].as<std::string>().empty() ? names.front() : vm["y-label"].as<std::string>();
-  style.categorical_x = vm.count("categorical") != 0;
-  write_png_atomic(draw_line_plot(series, style), vm["out"].as<std::string>());
-  std::cout << "wrote " << vm["out"].as<std::string>() << " (" << series.size() << " series, " << t.rows.size()
+  style.title = options.has("title") ? options.text("title") : "";
+  style.x_label = options.text("x");
+  style.y_label = options.has("y-label") && !options.text("y-label").empty() ? options.text("y-label") : names.front();
+  style.categorical_x = options.flag("categorical");
+  write_png_atomic(draw_line_plot(series, style), options.text("out"));
+  std::cout << "wrote " << options.text("out") << " (" << series.size() << " series, " << t.rows.size()
             << " points each)\n";
   return kExitOk;
 }
 
 }  // namespace
 
-DIFFUFLOW_REGISTER_COMMAND(plot, "plot FILE.csv --x COLUMN --y COL1,COL2 --out FILE.png",
-                           "draw columns of a CSV file as lines (sweeps measured outside bench)", run_plot);
+DIFFUFLOW_REGISTER_COMMAND(plot, "draw columns of a CSV file as lines (sweeps measured outside bench)", plot_options(),
+                           run_plot);
 
 }  // namespace diffuflow

@@ -24,7 +24,6 @@
 
 namespace diffuflow {
 
-namespace po = boost::program_options;
 namespace fs = std::filesystem;
 
 namespace {
@@ -47,11 +46,11 @@ std::string timestamp() {
   return buffer;
 }
 
-// A new folder for this run. An explicit --out that already holds files is
+// A new folder for this run (`out` empty: under runs/). An explicit --out that already holds files is
 // refused: an earlier run's results are never overwritten silently.
-fs::path make_out_dir(const po::variables_map& vm, const std::string& pipeline_name) {
-  if (vm.count("out")) {
-    const fs::path dir = vm["out"].as<std::string>();
+fs::path make_out_dir(const std::string& out, const std::string& pipeline_name) {
+  if (!out.empty()) {
+    const fs::path dir = out;
     if (fs::exists(dir) && !fs::is_empty(dir)) {
       throw ConfigError(SourceLocation{"--out", 0, 0, ""},
                         "output folder '" + dir.string() + "' already holds files; choose another folder");
@@ -152,29 +151,26 @@ class ProgressLine {
 
 void write_text(const fs::path& path, const std::string& text) { write_file_atomically(path, text); }
 
-int run_pipeline(const std::vector<std::string>& args) {
-  po::options_description options("run options");
-  options.add_options()
-      ("set", po::value<std::vector<std::string>>()->composing(), "override node.param=value (type-checked)")
-      ("out", po::value<std::string>(), "output folder (default runs/<pipeline>-<timestamp>)")
-      ("device", po::value<std::string>(), "cpu | gpu | gpu:N (overrides the pipeline's device)")
-      ("threads", po::value<int>(), "cores to use (overrides the pipeline's threads; 0: all)")
-      ("max-steps", po::value<long long>(), "stop each source after this many packets")
-      ("max-time", po::value<double>(), "stop the sources after this many seconds; in-flight work finishes")
-      ("prefetch", po::value<int>()->default_value(4), "packets each source may have in flight")
-      ("trace", po::value<std::string>(), "write a Chrome trace (open in Perfetto) to this file")
-      ("resume", po::value<std::string>(), "continue a training run from this checkpoint (weights, EMA, optimiser, step)")
-      ("progress", po::value<double>()->default_value(10.0), "seconds between progress lines (0: none)")
-      ("quiet,q", "no profile table at the end");
-  po::variables_map vm;
-  const std::string usage =
-      "diffuflow run P.yaml [--set node.param=value ...] [--out DIR] [--device cpu|gpu] [--threads N] "
-      "[--max-steps N] [--max-time SECONDS] [--trace FILE] [--resume CHECKPOINT]";
-  if (!parse_command_line(args, options, vm, usage)) return kExitOk;
+OptionTable run_options() {
+  return {shared::pipeline_file(),
+          shared::set_overrides(),
+          shared::output(),
+          shared::device(),
+          shared::threads(),
+          OptionSpec::integer("max-steps", "N", "stop each source after this many packets").at_least(0),
+          OptionSpec::number("max-time", "SECONDS", "stop the sources after this many seconds; in-flight work finishes"),
+          shared::prefetch(),
+          OptionSpec::text("trace", "FILE", "write a Chrome trace (open in Perfetto) to this file"),
+          OptionSpec::text("resume", "CHECKPOINT",
+                           "continue a training run from this checkpoint (weights, EMA, optimiser, step)"),
+          OptionSpec::number("progress", "SECONDS", "seconds between progress lines; 0 turns them off").at_least(0).fallback("10"),
+          OptionSpec::flag("quiet", "no profile table at the end").short_name('q')};
+}
 
-  PipelineSpec spec = load_from_command_line(vm);
-  if (vm.count("device")) {
-    const std::string device = vm["device"].as<std::string>();
+int run_pipeline(const ParsedOptions& opts) {
+  PipelineSpec spec = load_from_command_line(opts);
+  if (opts.has("device")) {
+    const std::string device = opts.text("device");
     try {
       DeviceSpec::parse(device);
     } catch (const std::invalid_argument& e) {
@@ -182,28 +178,19 @@ int run_pipeline(const std::vector<std::string>& args) {
     }
     spec.device = device;
   }
-  if (vm.count("threads")) {
-    const int threads = vm["threads"].as<int>();
-    if (threads < 0) throw ConfigError(SourceLocation{"--threads", 0, 0, ""}, "threads must be >= 0");
-    spec.threads = threads;
-  }
+  if (opts.has("threads")) spec.threads = static_cast<int>(opts.integer("threads"));
   if (spec.deterministic && spec.threads == 0) {
     throw ConfigError(SourceLocation{spec.file, 0, 0, "deterministic"},
                       "deterministic: true needs a fixed thread count (set `threads:` or --threads N): oneDNN's "
                       "results are bitwise reproducible only at an equal number of threads");
   }
   RunOptions run_options;
-  run_options.prefetch = vm["prefetch"].as<int>();
-  if (run_options.prefetch < 1) throw ConfigError(SourceLocation{"--prefetch", 0, 0, ""}, "prefetch must be >= 1");
-  if (vm.count("max-time")) {
-    run_options.max_time_s = vm["max-time"].as<double>();
+  run_options.prefetch = static_cast<int>(opts.integer("prefetch"));
+  if (opts.has("max-time")) {
+    run_options.max_time_s = opts.number("max-time");
     if (!(run_options.max_time_s > 0)) throw ConfigError(SourceLocation{"--max-time", 0, 0, ""}, "must be > 0");
   }
-  long long max_steps = -1;
-  if (vm.count("max-steps")) {
-    max_steps = vm["max-steps"].as<long long>();
-    if (max_steps < 0) throw ConfigError(SourceLocation{"--max-steps", 0, 0, ""}, "must be >= 0");
-  }
+  const long long max_steps = opts.has("max-steps") ? opts.integer("max-steps") : -1;
 
   const int cores = static_cast<int>(std::thread::hardware_concurrency());
   const int threads = spec.threads > 0 ? spec.threads : cores;
@@ -214,8 +201,8 @@ int run_pipeline(const std::vector<std::string>& args) {
   // A checkpoint to resume from is checked before anything is created.
   fs::path resume_path;
   int64_t start_step = 0;
-  if (vm.count("resume")) {
-    resume_path = vm["resume"].as<std::string>();
+  if (opts.has("resume")) {
+    resume_path = opts.text("resume");
     start_step = checkpoint_step(resume_path);
     if (max_steps >= 0 && max_steps <= start_step) {
       throw ConfigError(SourceLocation{"--max-steps", 0, 0, ""},
@@ -225,7 +212,7 @@ int run_pipeline(const std::vector<std::string>& args) {
   }
 
   auto device = std::make_shared<Device>(DeviceSpec::parse(spec.device));
-  const fs::path out_dir = make_out_dir(vm, spec.name);
+  const fs::path out_dir = make_out_dir(opts.has("out") ? opts.text("out") : "", spec.name);
   RunContext ctx(device, spec.seed);
   ctx.deterministic = spec.deterministic;
   ctx.threads = threads;
@@ -235,7 +222,7 @@ int run_pipeline(const std::vector<std::string>& args) {
   ctx.start_step = start_step;
   ctx.set_metrics(std::make_shared<MetricsLog>(out_dir / "metrics.jsonl"));
   write_text(out_dir / "pipeline.yaml", spec.resolved_yaml());
-  if (vm.count("trace")) run_options.trace_file = vm["trace"].as<std::string>();
+  if (opts.has("trace")) run_options.trace_file = opts.text("trace");
 
   std::cerr << "diffuflow: running '" << spec.name << "' on " << device->spec().str() << " ("
             << describe_cpu_model() << ", ISA " << describe_cpu_isa() << ", " << describe_versions() << ", "
@@ -256,7 +243,7 @@ int run_pipeline(const std::vector<std::string>& args) {
   std::signal(SIGTERM, on_signal);
   RunReport report;
   {
-    ProgressLine progress(ctx, vm["progress"].as<double>(), run_options.max_time_s, spec.name);
+    ProgressLine progress(ctx, opts.number("progress"), run_options.max_time_s, spec.name);
     report = pipeline->run();
   }
   pipeline.reset();  // nodes and resources finish their work (final checkpoints) here
@@ -265,7 +252,7 @@ int run_pipeline(const std::vector<std::string>& args) {
   g_stop_flag = nullptr;
 
   write_text(out_dir / "profile.json", report.json());
-  if (!vm.count("quiet")) std::cerr << report.table();
+  if (!opts.flag("quiet")) std::cerr << report.table();
   std::cerr << "diffuflow: results in " << out_dir.string() << "\n";
   if (g_signal != 0) return 128 + g_signal;
   return kExitOk;
@@ -273,9 +260,7 @@ int run_pipeline(const std::vector<std::string>& args) {
 
 }  // namespace
 
-DIFFUFLOW_REGISTER_COMMAND(run,
-                           "run P.yaml [--set node.param=value ...] [--out DIR] [--device cpu|gpu] [--threads N] "
-                           "[--max-steps N] [--max-time SECONDS] [--trace FILE]",
-                           "run a pipeline; results, metrics and profile go to its output folder", run_pipeline);
+DIFFUFLOW_REGISTER_COMMAND(run, "run a pipeline; results, metrics and profile go to its output folder", run_options(),
+                           run_pipeline);
 
 }  // namespace diffuflow

@@ -18,37 +18,29 @@
 
 namespace diffuflow {
 
-namespace po = boost::program_options;
-
 namespace {
 
-int run_unet_io(const std::vector<std::string>& args) {
-  po::options_description options("unet-io options");
-  options.add_options()("config", po::value<std::string>()->required(),
-                        "U-Net config: a built-in name (unet-s, unet-tiny) or a diffusers config.json");
-  options.add_options()("weights", po::value<std::string>()->required(), "parameters (.safetensors)");
-  options.add_options()("inputs", po::value<std::string>()->required(), "x, t and optionally g_out (.safetensors)");
-  options.add_options()("out", po::value<std::string>()->required(), "where to write the results (.safetensors)");
-  options.add_options()("device", po::value<std::string>()->default_value("cpu"), "cpu | gpu[:N]");
-  po::variables_map vm;
-  if (!parse_command_line(args, options, vm,
-                          "diffuflow unet-io --config C --weights W.safetensors --inputs IO.safetensors --out "
-                          "OUT.safetensors",
-                          "")) {
-    return kExitOk;
-  }
+OptionTable unet_io_options() {
+  return {shared::unet_config().required(),
+          OptionSpec::text("weights", "W.safetensors", "parameters (.safetensors)").required(),
+          OptionSpec::text("inputs", "IO.safetensors", "x, t and optionally g_out (.safetensors)").required(),
+          shared::output().required(),
+          shared::device().fallback("cpu")};
+}
+
+int run_unet_io(const ParsedOptions& options) {
   DeviceSpec spec;
   try {
-    spec = DeviceSpec::parse(vm["device"].as<std::string>());
+    spec = DeviceSpec::parse(options.text("device"));
   } catch (const std::invalid_argument& e) {
     throw ConfigError(SourceLocation{"command line", 0, 0, "--device"}, e.what());
   }
-  const UNetConfig config = UNetConfig::resolve(vm["config"].as<std::string>());
+  const UNetConfig config = UNetConfig::resolve(options.text("config"));
   Device device(spec);
   auto model = make_unet(config, device);
-  model->load(SafetensorsFile::read(vm["weights"].as<std::string>()));
+  model->load(SafetensorsFile::read(options.text("weights")));
 
-  const std::string inputs_path = vm["inputs"].as<std::string>();
+  const std::string inputs_path = options.text("inputs");
   const auto io = SafetensorsFile::read(inputs_path);
   const auto& x_entry = io.entry("x");
   if (x_entry.dtype != "F32" || x_entry.shape.size() != 4 || x_entry.shape[1] != config.in_channels) {
@@ -90,7 +82,7 @@ int run_unet_io(const std::vector<std::string>& args) {
     out.add_f32("grad_x", model->backward(*result.state, g_out));
     model->save_grads_to(out, "grad.");
   }
-  const std::string out_path = vm["out"].as<std::string>();
+  const std::string out_path = options.text("out");
   out.write(out_path);
   std::cout << "wrote " << out_path << ": eps_out" << (with_backward ? ", grad_x and " : "")
             << (with_backward ? std::to_string(model->param_slots().size()) + " parameter gradients" : "") << "\n";
@@ -101,7 +93,5 @@ int run_unet_io(const std::vector<std::string>& args) {
 
 }  // namespace diffuflow
 
-DIFFUFLOW_REGISTER_COMMAND(unet_io,
-                           "unet-io --config C --weights W.safetensors --inputs IO.safetensors --out OUT.safetensors",
-                           "run the U-Net forward (and backward when IO has g_out) on tensors from a file",
-                           diffuflow::run_unet_io);
+DIFFUFLOW_REGISTER_COMMAND(unet_io, "run the U-Net forward (and backward when IO has g_out) on tensors from a file",
+                           diffuflow::unet_io_options(), diffuflow::run_unet_io);

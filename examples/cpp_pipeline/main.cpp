@@ -1,12 +1,15 @@
 // A pipeline assembled in C++ through the public API instead of YAML: built-in
 // synthetic shapes are noised at random timesteps and written as a grid, then
-// the profile is printed. Validation is the same as for a YAML file.
+// the profile is printed. Values are typed C++ values (a node's own Params
+// struct, or name/value pairs); validation is the same as for a YAML file, and
+// an error names the builder call it comes from.
 //
 //   ./build/examples/cpp_pipeline/cpp_pipeline [OUT_DIR]
 #include "graph/device.hpp"
 #include "graph/errors.hpp"
 #include "graph/openmp_policy.hpp"
 #include "graph/pipeline.hpp"
+#include "nodes/data/synthetic_source.hpp"
 
 #include <filesystem>
 #include <iostream>
@@ -16,14 +19,18 @@ int main(int argc, char** argv) {
   ensure_passive_openmp(argc, argv);
   const std::filesystem::path out_dir = argc > 1 ? argv[1] : "runs/cpp_pipeline";
   try {
+    SyntheticSource::Params data;  // the node's own parameter struct: defaults, then what differs
+    data.kind = SyntheticKind::shapes;
+    data.count = 32;
+    data.batch.batch_size = 16;
     PipelineSpec spec = PipelineSpecBuilder("cpp_pipeline")
-                            .setting("seed", "7")
+                            .setting("seed", 7)
                             .resource("schedule", "noise_schedule", {{"kind", "cosine"}})
-                            .node("data", "synthetic_source", {{"kind", "shapes"}, {"batch_size", "16"}, {"count", "32"}})
-                            .node("timesteps", "timestep_sampler", {{"timesteps", "1000"}})
+                            .node<SyntheticSource>("data", data)
+                            .node("timesteps", "timestep_sampler", {{"timesteps", 1000}})
                             .node("noiser", "noiser", {{"schedule", "schedule"}})
                             .node("writer", "image_writer",
-                                  {{"field", "x_t"}, {"layout", "grid"}, {"subdir", "\"\""}, {"prefix", "noisy"}})
+                                  {{"field", "x_t"}, {"layout", "grid"}, {"subdir", ""}, {"prefix", "noisy"}})
                             .edge("data -> timesteps")
                             .edge("timesteps -> noiser")
                             .edge("noiser -> writer")

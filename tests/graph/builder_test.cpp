@@ -198,8 +198,8 @@ edges: [src -> add, add -> sink]
 TEST_CASE("a pipeline assembled in C++ validates and runs like its YAML twin") {
   reset_sinks();
   PipelineSpec spec = PipelineSpecBuilder("from_cpp")
-                          .node("src", "test_source", {{"count", "5"}})
-                          .node("add", "test_add", {{"amount", "2"}})
+                          .node("src", "test_source", {{"count", 5}})
+                          .node("add", "test_add", {{"amount", 2}})
                           .node("sink", "test_sink")
                           .edge("src -> add")
                           .edge("add -> sink")

@@ -50,21 +50,21 @@ double mean(const std::vector<double>& v, size_t from, size_t to) {
   return std::accumulate(v.begin() + from, v.begin() + to, 0.0) / double(to - from);
 }
 
-PipelineSpec training_spec(const std::string& checkpoint_every) {
+PipelineSpec training_spec(int64_t checkpoint_every) {
   return PipelineSpecBuilder("train_tiny")
-      .setting("seed", "5")
+      .setting("seed", 5)
       .resource("schedule", "noise_schedule", {{"kind", "linear"}})
-      .resource("model", "unet_model", {{"config", "unet-tiny"}, {"init_seed", "3"}})
-      .node("data", "synthetic_source", {{"kind", "shapes"}, {"size", "16"}, {"batch_size", "4"}, {"count", "16"},
-                                         {"epochs", "0"}})
+      .resource("model", "unet_model", {{"config", "unet-tiny"}, {"init_seed", 3}})
+      .node("data", "synthetic_source", {{"kind", "shapes"}, {"size", 16}, {"batch_size", 4}, {"count", 16},
+                                         {"epochs", 0}})
       .node("timesteps", "timestep_sampler")
       .node("noiser", "noiser", {{"schedule", "schedule"}})
-      .node("gate", "limiter", {{"max_in_flight", "1"}})
-      .node("forward", "model_forward", {{"model", "model"}, {"training", "true"}})
+      .node("gate", "limiter", {{"max_in_flight", 1}})
+      .node("forward", "model_forward", {{"model", "model"}, {"training", true}})
       .node("loss", "diffusion_loss", {{"schedule", "schedule"}})
       .node("backward", "model_backward", {{"model", "model"}})
       .node("optimiser", "optimiser",
-            {{"model", "model"}, {"lr", "1e-3"}, {"ema_decay", "0.99"}, {"checkpoint_every", checkpoint_every}})
+            {{"model", "model"}, {"lr", 1e-3}, {"ema_decay", 0.99}, {"checkpoint_every", checkpoint_every}})
       .edge("data -> timesteps")
       .edge("timesteps -> noiser")
       .edge("noiser -> gate")
@@ -82,7 +82,7 @@ struct RunResult {
 };
 
 RunResult run_training(const std::filesystem::path& out_dir, int64_t max_steps, const std::filesystem::path& resume) {
-  const PipelineSpec spec = training_spec("10");
+  const PipelineSpec spec = training_spec(10);
   RunContext ctx(std::make_shared<Device>(DeviceSpec{}), 5);
   ctx.set_out_dir(out_dir);
   ctx.max_steps = max_steps;

@@ -1,0 +1,59 @@
+// The U-Net's throughput alone, on the CPU, with random weights and inputs:
+// what `diffuflow bench-unet` prints and `diffuflow bench unet` repeats.
+//
+//   UNetBenchSettings s;
+//   s.config = "unet-tiny";
+//   s.batch = 8;
+//   UNetBenchResult r = bench_unet(s, &std::cout);   // progress lines to std::cout (nullptr: none)
+//   r.forward_images_per_s();
+#pragma once
+
+#include "compute/program.hpp"
+#include "graph/enum_names.hpp"
+
+#include <nlohmann/json.hpp>
+
+#include <cstdint>
+#include <ostream>
+#include <string>
+
+namespace diffuflow {
+
+DIFFUFLOW_ENUM(UNetBenchMode, forward, train, both);
+
+struct UNetBenchSettings {
+  std::string config = "unet-s";  // a built-in name or a diffusers config.json
+  int64_t batch = 64;
+  int64_t size = 0;               // image side; 0: the config's sample_size
+  int threads = 0;                // OpenMP threads (and oneTBB's parallelism limit); 0: all cores
+  int iters = 5;                  // timed passes of each kind
+  int warmup = 1;                 // untimed passes before each kind
+  UNetBenchMode mode = UNetBenchMode::both;
+  Precision precision = Precision::f32;
+  uint64_t seed = 1;              // weights and inputs
+};
+
+// Seconds per pass over the timed iterations (all 0 when that kind did not run).
+struct PassTimes {
+  double median = 0, min = 0, max = 0;
+  double first = 0;  // the very first pass, warm-up included (primitive creation)
+};
+
+struct UNetBenchResult {
+  UNetBenchSettings settings;  // as run: size and threads resolved
+  std::string isa;
+  int64_t parameters = 0;
+  double forward_flops_per_image = 0;  // 2 * multiply-accumulates; a backward pass counts twice this
+  PassTimes forward, train;            // train: forward + backward
+  double peak_rss_mib = 0;             // of the whole process
+
+  double forward_images_per_s() const;        // at the median pass time
+  double forward_backward_images_per_s() const;
+  // The results as `bench-unet --json` writes them.
+  nlohmann::json json() const;
+};
+
+// Throws ConfigError for settings out of range or a config that cannot be built.
+UNetBenchResult bench_unet(const UNetBenchSettings& settings, std::ostream* log = nullptr);
+
+}  // namespace diffuflow
