@@ -31,7 +31,7 @@ namespace diffuflow {
 
 namespace {
 
-// Multiply-accumulates of one image's forward pass (SPEC.md "Blocks").
+// Multiply-accumulates of one image's forward pass, block by block as the U-Net is built.
 struct MacCounter {
   const UNetConfig& c;
   int64_t h, w;

@@ -164,7 +164,7 @@ IdxDataset read_mnist_split(const fs::path& folder, const std::string& split) {
 NodeContract MnistLoader::contract() {
   NodeContract c;
   c.doc = "Batches of MNIST digits from the standard IDX files (gzip or raw), mapped to [-1,1], with labels.";
-  c.example = "{name: data, type: mnist_loader, params: {path: ../shared/data/mnist, split: train, batch_size: 64}}";
+  c.example = "{name: data, type: mnist_loader, params: {path: data/mnist, split: train, batch_size: 64}}";
   c.outputs = {{"out", {fields::kX0, fields::kLabels}, "x0 [N,1,28,28] f32 in [-1,1]; labels [N] s32 (host)"}};
   c.max_concurrency = 1;
   return c;

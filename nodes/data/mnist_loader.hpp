@@ -5,7 +5,7 @@
 // Example config:
 //   - name: data
 //     type: mnist_loader
-//     params: {path: ../shared/data/mnist, split: train, batch_size: 64, epochs: 0}
+//     params: {path: data/mnist, split: train, batch_size: 64, epochs: 0}
 //
 // out: x0     [N,1,28,28] f32 in [-1,1] (u8/255*2-1) on the host
 //      labels [N] s32, the digit of each image

@@ -1,5 +1,5 @@
 // The whole unet_tiny forward and backward against the PyTorch fixtures
-// (tolerances from tests/fixtures/README: ../shared/fixtures/README.md).
+// (the tolerances are explained in tests/fixtures/README.md).
 #include "graph/safetensors.hpp"
 #include "nodes/model/unet.hpp"
 #include "test_util.hpp"
