@@ -19,14 +19,6 @@ namespace {
 
 constexpr int64_t kMaxChainRows = 8;  // image chains: rows (samples) shown at most
 
-// A [N] s32 host tensor holding `values`.
-Tensor timestep_tensor(const std::vector<int>& values) {
-  Tensor t({static_cast<int64_t>(values.size())}, DType::s32, Device::host()->engine());
-  auto host = t.map<int32_t>();
-  for (size_t i = 0; i < values.size(); ++i) host[i] = values[i];
-  return t;
-}
-
 }  // namespace
 
 Tensor sample_reverse_chain(DenoiserModel& model, DiffusionSteps& steps, const Tensor& x_T,
