@@ -66,7 +66,7 @@ dnnl::memory DiffusionSteps::Coefficients::row(size_t j) const {
   return flat_slice(values.memory(), static_cast<int64_t>(j) * shape[0], flat_rows(shape));
 }
 
-DiffusionSteps::Coefficients DiffusionSteps::coefficients(const Shape& shape,
+DiffusionSteps::Coefficients DiffusionSteps::coefficients(Pending& pending, const Shape& shape,
                                                           const std::vector<std::vector<float>>& rows) {
   const size_t n = static_cast<size_t>(shape.at(0));
   for (const auto& values : rows) {
@@ -78,7 +78,7 @@ DiffusionSteps::Coefficients DiffusionSteps::coefficients(const Shape& shape,
     auto host = values.map<float>();
     for (size_t j = 0; j < rows.size(); ++j) std::copy(rows[j].begin(), rows[j].end(), host.begin() + j * n);
   }
-  return {values, shape};
+  return {pending.keep(values), shape};
 }
 
 memory DiffusionSteps::whole(const Tensor& x) { return view(x.memory(), flat_full(x.shape())); }
@@ -122,7 +122,34 @@ void DiffusionSteps::run(Op op, const Tensor& dst, const Tensor& src0, const mem
   kernel.run(device_.stream(), std::move(args));
 }
 
+DiffusionSteps::Pending::~Pending() {
+  if (tensors_.empty()) return;
+  try {
+    stream_.wait();
+  } catch (...) {
+    // Leaving on an error already: that error is the one to report.
+  }
+}
+
+const Tensor& DiffusionSteps::Pending::keep(const Tensor& t) {
+  tensors_.push_back(t);
+  return t;
+}
+
+void DiffusionSteps::Pending::wait() {
+  if (tensors_.empty()) return;
+  stream_.wait();
+  tensors_.clear();
+}
+
 Tensor DiffusionSteps::on_device(const Tensor& x) {
+  Pending pending(device_.stream());
+  Tensor out = queue_on_device(pending, x);
+  pending.wait();
+  return out;
+}
+
+Tensor DiffusionSteps::queue_on_device(Pending& pending, const Tensor& x) {
   if (x.empty()) throw std::invalid_argument("DiffusionSteps: an input tensor is empty");
   if (x.dtype() != DType::f32) {
     throw std::invalid_argument("DiffusionSteps: expected an f32 tensor, got " + dtype_name(x.dtype()) + " " +
@@ -136,13 +163,13 @@ Tensor DiffusionSteps::on_device(const Tensor& x) {
   if (x.engine() != engine && !both_cpu) return x.copy_to(engine);  // host <-> device: an explicit transfer
   // Same engine but a blocked layout, or another CPU engine (host memory either
   // way): one reorder into plain memory, run on this device's stream. The view
-  // of x lives only while the reorder runs.
+  // of x is kept with the queued reorder.
   memory source = x.engine() == engine ? x.memory() : memory(x.desc(), engine, x.memory().get_data_handle());
   Tensor out(x.shape(), DType::f32, engine);
   memory target = out.memory();
   dnnl::reorder(source, target).execute(device_.stream(), source, target);
-  device_.stream().wait();
-  return out;
+  pending.keep(Tensor(x.shape(), DType::f32, source));
+  return pending.keep(out);
 }
 
 void DiffusionSteps::write_column(const Tensor& chain, int64_t k, const Tensor& x) {
@@ -202,72 +229,73 @@ void DiffusionSteps::check_same_shape(const Tensor& x, const Tensor& y) const {
   }
 }
 
-Tensor DiffusionSteps::queue_mul_rows(std::vector<Tensor>& keep, const Tensor& x, const memory& c) {
+Tensor DiffusionSteps::queue_mul_rows(Pending& pending, const Tensor& x, const memory& c) {
   Tensor out(x.shape(), DType::f32, device_.engine());
   run(Op::mul_rows, out, x, c);
-  keep.push_back(out);
+  pending.keep(out);
   return out;
 }
 
-Tensor DiffusionSteps::queue_add(std::vector<Tensor>& keep, const Tensor& a, const Tensor& b) {
+Tensor DiffusionSteps::queue_add(Pending& pending, const Tensor& a, const Tensor& b) {
   Tensor out(a.shape(), DType::f32, device_.engine());
   run(Op::add, out, a, whole(b));
-  keep.push_back(out);
+  pending.keep(out);
   return out;
 }
 
-Tensor DiffusionSteps::queue_combine(std::vector<Tensor>& keep, const memory& a, const Tensor& x, const memory& b,
+Tensor DiffusionSteps::queue_combine(Pending& pending, const memory& a, const Tensor& x, const memory& b,
                                      const Tensor& y) {
   // [N,...]: scaled_y = b * y; out = a * x + scaled_y (binary mul with a fused add).
-  const Tensor scaled_y = queue_mul_rows(keep, y, b);
+  const Tensor scaled_y = queue_mul_rows(pending, y, b);
   Tensor out(x.shape(), DType::f32, device_.engine());
   run(Op::mul_rows_add, out, x, a, &scaled_y);
-  keep.push_back(out);
+  pending.keep(out);
   return out;
 }
 
-Tensor DiffusionSteps::queue_sub_scaled_div(std::vector<Tensor>& keep, const Tensor& x, const memory& c1,
+Tensor DiffusionSteps::queue_sub_scaled_div(Pending& pending, const Tensor& x, const memory& c1,
                                             const Tensor& y, const memory& c2, bool clip) {
   // [N,...]: scaled = c1 * y; diff = x - scaled; out = clip(diff / c2).
-  const Tensor scaled = queue_mul_rows(keep, y, c1);
+  const Tensor scaled = queue_mul_rows(pending, y, c1);
   Tensor diff(x.shape(), DType::f32, device_.engine());
   run(Op::sub, diff, x, whole(scaled));
   Tensor out(x.shape(), DType::f32, device_.engine());
   run(clip ? Op::div_rows_clip : Op::div_rows, out, diff, c2);
-  keep.push_back(diff);
-  keep.push_back(out);
+  pending.keep(diff);
+  pending.keep(out);
   return out;
 }
 
 Tensor DiffusionSteps::combine(const std::vector<float>& a, const Tensor& x, const std::vector<float>& b,
                                const Tensor& y) {
-  const Tensor xs = on_device(x);
-  const Tensor ys = on_device(y);
+  Pending pending(device_.stream());
+  const Tensor xs = queue_on_device(pending, x);
+  const Tensor ys = queue_on_device(pending, y);
   if (xs.shape() != ys.shape()) {
     throw std::invalid_argument("DiffusionSteps: cannot combine " + shape_str(xs.shape()) + " with " +
                                 shape_str(ys.shape()));
   }
   check_batch(xs, a.size(), "x");
   check_batch(ys, b.size(), "y");
-  const Coefficients c = coefficients(xs.shape(), {a, b});
-  std::vector<Tensor> keep;
-  Tensor out = queue_combine(keep, c.row(0), xs, c.row(1), ys);
-  device_.stream().wait();
+  const Coefficients c = coefficients(pending, xs.shape(), {a, b});
+  Tensor out = queue_combine(pending, c.row(0), xs, c.row(1), ys);
+  pending.wait();
   return out;
 }
 
 Tensor DiffusionSteps::scale_add(const std::vector<float>& a, const Tensor& x, const Tensor& addend) {
-  const Tensor xs = on_device(x);
-  const Tensor add_to = on_device(addend);
+  Pending pending(device_.stream());
+  const Tensor xs = queue_on_device(pending, x);
+  const Tensor add_to = queue_on_device(pending, addend);
   if (xs.shape() != add_to.shape()) {
     throw std::invalid_argument("DiffusionSteps: cannot add " + shape_str(add_to.shape()) + " to " +
                                 shape_str(xs.shape()));
   }
   check_batch(xs, a.size(), "x");
-  const Coefficients c = coefficients(xs.shape(), {a});
+  const Coefficients c = coefficients(pending, xs.shape(), {a});
   Tensor out(xs.shape(), DType::f32, device_.engine());
-  run(Op::mul_rows_add, out, xs, c.row(0), &add_to);
-  device_.stream().wait();
+  run(Op::mul_rows_add, pending.keep(out), xs, c.row(0), &add_to);
+  pending.wait();
   return out;
 }
 
@@ -293,14 +321,14 @@ Tensor DiffusionSteps::predict_x0(const Tensor& x_t, const Tensor& eps, const Te
 
 Tensor DiffusionSteps::sub_scaled_div(const Tensor& x, const std::vector<float>& c1, const Tensor& y,
                                       const std::vector<float>& c2, bool clip) {
-  const Tensor xs = on_device(x);
-  const Tensor ys = on_device(y);
+  Pending pending(device_.stream());
+  const Tensor xs = queue_on_device(pending, x);
+  const Tensor ys = queue_on_device(pending, y);
   check_same_shape(xs, ys);
   check_batch(xs, c1.size(), "x_t");
-  const Coefficients c = coefficients(xs.shape(), {c1, c2});
-  std::vector<Tensor> keep;
-  Tensor out = queue_sub_scaled_div(keep, xs, c.row(0), ys, c.row(1), clip);
-  device_.stream().wait();
+  const Coefficients c = coefficients(pending, xs.shape(), {c1, c2});
+  Tensor out = queue_sub_scaled_div(pending, xs, c.row(0), ys, c.row(1), clip);
+  pending.wait();
   return out;
 }
 
@@ -320,29 +348,29 @@ Tensor DiffusionSteps::ddpm_step(const Tensor& x_t, const Tensor& eps_pred, cons
     sigma[i] = steps[i] > 0 ? std::sqrt(p.variance) : 0.0f;
     any_noise = any_noise || steps[i] > 0;
   }
-  const Tensor xs = on_device(x_t);
-  const Tensor es = on_device(eps_pred);
+  Pending pending(device_.stream());
+  const Tensor xs = queue_on_device(pending, x_t);
+  const Tensor es = queue_on_device(pending, eps_pred);
   check_same_shape(xs, es);
   check_batch(xs, n, "x_t");
   Tensor zs;
   if (any_noise) {
     if (z.empty()) throw std::invalid_argument("ddpm_step: noise z is needed where t > 0");
-    zs = on_device(z);
+    zs = queue_on_device(pending, z);
     check_batch(zs, n, "a tensor");
   }
-  const Coefficients c = coefficients(xs.shape(), {c1, c2, coef_x0, coef_xt, sigma});
-  std::vector<Tensor> keep;
-  const Tensor x0 = queue_sub_scaled_div(keep, xs, c.row(0), es, c.row(1), clip);
+  const Coefficients c = coefficients(pending, xs.shape(), {c1, c2, coef_x0, coef_xt, sigma});
+  const Tensor x0 = queue_sub_scaled_div(pending, xs, c.row(0), es, c.row(1), clip);
   // mean = coef_x0 x0 + coef_xt x_t  (diffusers' order: both products, then the sum)
-  Tensor out = queue_combine(keep, c.row(2), x0, c.row(3), xs);
+  Tensor out = queue_combine(pending, c.row(2), x0, c.row(3), xs);
   if (any_noise) {
     if (zs.shape() != out.shape()) {
       throw std::invalid_argument("DiffusionSteps: cannot add " + shape_str(out.shape()) + " and " +
                                   shape_str(zs.shape()));
     }
-    out = queue_add(keep, out, queue_mul_rows(keep, zs, c.row(4)));
+    out = queue_add(pending, out, queue_mul_rows(pending, zs, c.row(4)));
   }
-  device_.stream().wait();
+  pending.wait();
   return out;
 }
 
@@ -377,28 +405,28 @@ Tensor DiffusionSteps::ddim_step(const Tensor& x_t, const Tensor& eps_pred, cons
     sigma[i] = std_dev;
     any_noise = any_noise || std_dev > 0.0f;
   }
-  const Tensor xs = on_device(x_t);
-  const Tensor es = on_device(eps_pred);
+  Pending pending(device_.stream());
+  const Tensor xs = queue_on_device(pending, x_t);
+  const Tensor es = queue_on_device(pending, eps_pred);
   check_same_shape(xs, es);
   check_batch(xs, n, "x_t");
   Tensor zs;
   if (any_noise) {
     if (z.empty()) throw std::invalid_argument("ddim_step: noise z is needed when eta > 0");
-    zs = on_device(z);
+    zs = queue_on_device(pending, z);
     check_batch(zs, n, "a tensor");
   }
-  const Coefficients c = coefficients(xs.shape(), {c1, c2, coef_x0, coef_eps, sigma});
-  std::vector<Tensor> keep;
-  const Tensor x0 = queue_sub_scaled_div(keep, xs, c.row(0), es, c.row(1), clip);
-  Tensor out = queue_combine(keep, c.row(2), x0, c.row(3), es);
+  const Coefficients c = coefficients(pending, xs.shape(), {c1, c2, coef_x0, coef_eps, sigma});
+  const Tensor x0 = queue_sub_scaled_div(pending, xs, c.row(0), es, c.row(1), clip);
+  Tensor out = queue_combine(pending, c.row(2), x0, c.row(3), es);
   if (any_noise) {
     if (zs.shape() != out.shape()) {
       throw std::invalid_argument("DiffusionSteps: cannot add " + shape_str(out.shape()) + " and " +
                                   shape_str(zs.shape()));
     }
-    out = queue_add(keep, out, queue_mul_rows(keep, zs, c.row(4)));
+    out = queue_add(pending, out, queue_mul_rows(pending, zs, c.row(4)));
   }
-  device_.stream().wait();
+  pending.wait();
   return out;
 }
 

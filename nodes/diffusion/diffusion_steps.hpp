@@ -119,6 +119,25 @@ class DiffusionSteps {
  private:
   enum class Op { mul_rows, mul_rows_add, div_rows, div_rows_clip, sub, add };
 
+  // The tensors that work queued on the device's stream reads or writes, held
+  // until wait(). Each public operation queues its work through one Pending
+  // and waits once, at its end; should an error leave first, the destructor
+  // waits, so that no queued work outlives the memory it uses.
+  class Pending {
+   public:
+    explicit Pending(dnnl::stream& stream) : stream_(stream) {}
+    ~Pending();
+    Pending(const Pending&) = delete;
+    Pending& operator=(const Pending&) = delete;
+    const Tensor& keep(const Tensor& t);
+    // Waits for the work queued so far (no wait when nothing was).
+    void wait();
+
+   private:
+    dnnl::stream& stream_;
+    std::vector<Tensor> tensors_;
+  };
+
   // Per-sample coefficient vectors (N values each) for tensors of `shape`,
   // written to the device together, with one host mapping.
   struct Coefficients {
@@ -127,7 +146,7 @@ class DiffusionSteps {
     // Vector j as the [1, N, 1] operand of the kernels.
     dnnl::memory row(size_t j) const;
   };
-  Coefficients coefficients(const Shape& shape, const std::vector<std::vector<float>>& rows);
+  Coefficients coefficients(Pending& pending, const Shape& shape, const std::vector<std::vector<float>>& rows);
 
   // dst = op(src0, src1) [+ addend], over [N, ...] tensors seen as [1, N, M];
   // src1 is a coefficient row or a whole tensor (whole()).
@@ -135,17 +154,17 @@ class DiffusionSteps {
   // A whole tensor as the [1, N, M] operand.
   static dnnl::memory whole(const Tensor& x);
 
-  // The arithmetic on tensors already on the device with checked shapes. They
-  // queue their primitives and return at once, so that a public operation
-  // waits once, at its end; the temporaries they make go to `keep`, which the
-  // caller holds until that wait.
-  Tensor queue_mul_rows(std::vector<Tensor>& keep, const Tensor& x, const dnnl::memory& c);
-  Tensor queue_add(std::vector<Tensor>& keep, const Tensor& a, const Tensor& b);
+  // on_device() with its reorder, if any, queued.
+  Tensor queue_on_device(Pending& pending, const Tensor& x);
+  // The arithmetic on tensors already on the device with checked shapes:
+  // queued, returning at once.
+  Tensor queue_mul_rows(Pending& pending, const Tensor& x, const dnnl::memory& c);
+  Tensor queue_add(Pending& pending, const Tensor& a, const Tensor& b);
   // a x + b y, rounded as fl(fl(a x) + fl(b y)).
-  Tensor queue_combine(std::vector<Tensor>& keep, const dnnl::memory& a, const Tensor& x, const dnnl::memory& b,
+  Tensor queue_combine(Pending& pending, const dnnl::memory& a, const Tensor& x, const dnnl::memory& b,
                        const Tensor& y);
   // (x - c1 y) / c2, optionally clipped to [-1, 1].
-  Tensor queue_sub_scaled_div(std::vector<Tensor>& keep, const Tensor& x, const dnnl::memory& c1, const Tensor& y,
+  Tensor queue_sub_scaled_div(Pending& pending, const Tensor& x, const dnnl::memory& c1, const Tensor& y,
                               const dnnl::memory& c2, bool clip);
   // (x - c1 y) / c2 per sample on tensors from anywhere, optionally clipped to [-1, 1].
   Tensor sub_scaled_div(const Tensor& x, const std::vector<float>& c1, const Tensor& y, const std::vector<float>& c2,
