@@ -1,5 +1,6 @@
 // DiffusionSteps: the arithmetic of the forward process and of one reverse
-// step (DDPM ancestral, DDIM), shared by the noiser, the loss and the sampler.
+// step (DDPM ancestral, DDIM), shared by the noiser, the loss, the sampler,
+// the noising chain and the training-time preview.
 //
 // Every operation on image-sized tensors runs as a oneDNN primitive on the
 // device's engine and stream (binary ops against per-sample [N,1,..,1]
@@ -16,6 +17,9 @@
 //   DiffusionSteps steps(schedule, ctx().device());
 //   Tensor x_t = steps.q_sample(x0, eps, t);
 //   Tensor x_prev = steps.ddpm_step(x_t, eps_pred, z, t);     // t -> t-1 per sample
+//
+// Each operation queues its primitives on the device's stream and waits once,
+// at its end, so its result is ready when it returns.
 //
 // Thread safety: kernel lookups are guarded and runs serialised; calls may come
 // from several threads, their work going to the device's one stream.
