@@ -13,42 +13,6 @@ bool native_bf16(const dnnl::engine& engine) {
   return isa == dnnl::cpu_isa::avx512_core_bf16 || isa == dnnl::cpu_isa::avx512_core_amx;
 }
 
-dnnl::memory::desc plain_f32(const dims& shape) {
-  return dnnl::memory::desc(shape, dnnl::memory::data_type::f32, plain_format(shape.size()));
-}
-
-dnnl::memory::desc activation_desc(const dims& nchw) {
-  if (nchw.size() == 4 && nchw[1] % 16 == 0)
-    return dnnl::memory::desc(nchw, dnnl::memory::data_type::f32, tag::nChw16c);
-  return plain_f32(nchw);
-}
-
-bool is_channel_blocked(const dnnl::memory::desc& desc) {
-  return desc.data.format_kind == dnnl_blocked && desc.data.format_desc.blocking.inner_nblks > 0;
-}
-
-dnnl::memory view(const dnnl::memory& memory, const dnnl::memory::desc& desc) {
-  return dnnl::memory(desc, memory.get_engine(), memory.get_data_handle());
-}
-
-dnnl::memory flat_slice(const dnnl::memory& flat, int64_t offset, const dnnl::memory::desc& desc) {
-  if (flat.get_engine().get_kind() == dnnl::engine::kind::cpu) {
-    auto* base = static_cast<float*>(flat.get_data_handle());
-    return dnnl::memory(desc, flat.get_engine(), base + offset);
-  }
-  // Device buffers cannot be offset by pointer arithmetic: the offset goes
-  // into the descriptor instead.
-  dnnl::memory::desc shifted = desc;
-  shifted.data.offset0 += offset;
-  return dnnl::memory(shifted, flat.get_engine(), flat.get_data_handle());
-}
-
-dnnl::primitive_attr user_scratchpad_attr() {
-  dnnl::primitive_attr attr;
-  attr.set_scratchpad_mode(dnnl::scratchpad_mode::user);
-  return attr;
-}
-
 Program::Program(const dnnl::engine& engine, PrimitiveCache& cache, dnnl::memory params, int64_t param_count,
                  bool training, Precision precision)
     : engine_(engine), training_(training), precision_(precision), cache_(cache), params_(std::move(params)) {
@@ -84,11 +48,11 @@ dnnl::memory Program::param_grad(int64_t offset, const dnnl::memory::desc& desc)
   return flat_slice(staging_, offset, desc);
 }
 
-void Program::forward(dnnl::primitive primitive, std::unordered_map<int, dnnl::memory> args) {
+void Program::forward(dnnl::primitive primitive, Args args) {
   forward_.push_back({std::move(primitive), std::move(args), {}});
 }
 
-void Program::backward(dnnl::primitive primitive, std::unordered_map<int, dnnl::memory> args) {
+void Program::backward(dnnl::primitive primitive, Args args) {
   backward_.push_back({std::move(primitive), std::move(args), {}});
 }
 
@@ -107,7 +71,7 @@ void Program::copy(const dnnl::memory& src, const dnnl::memory& dst, bool in_bac
   }
   dnnl::reorder::primitive_desc pd(engine_, src.get_desc(), engine_, dst.get_desc(), attr);
   auto prim = make<dnnl::reorder>(pd);
-  std::unordered_map<int, dnnl::memory> args{{DNNL_ARG_FROM, src}, {DNNL_ARG_TO, dst}};
+  Args args{{DNNL_ARG_FROM, src}, {DNNL_ARG_TO, dst}};
   if (in_backward)
     backward(prim, std::move(args));
   else
@@ -185,9 +149,7 @@ void Program::finalize(ValueId output, bool with_backward) {
   backward_builders_.clear();
   values_.at(output).pinned = true;
   plan_memory();
-  scratchpad_ = dnnl::memory(dnnl::memory::desc({static_cast<int64_t>(std::max<size_t>(scratchpad_bytes_, 1))},
-                                                dnnl::memory::data_type::u8, tag::a),
-                             engine_);
+  scratchpad_ = scratchpad_memory(engine_, scratchpad_bytes_);
   for (auto& step : forward_)
     if (!step.host) step.args[DNNL_ARG_SCRATCHPAD] = scratchpad_;
   for (auto& step : backward_)

@@ -23,23 +23,23 @@
 // model's inputs and outputs, constants filled at build time) are pinned;
 // values created before the first layer (inputs) and the output are pinned
 // automatically.
+//
+// Descriptors and views (plain_f32, view, flat_slice, ...) are in
+// compute/memory.hpp; one-off primitives outside a recorded pass in
+// compute/kernels.hpp.
 #pragma once
 
+#include "compute/memory.hpp"
 #include "graph/enum_names.hpp"
-#include "graph/tensor.hpp"
 
 #include <dnnl.hpp>
 
 #include <functional>
 #include <memory>
 #include <string>
-#include <unordered_map>
 #include <vector>
 
 namespace diffuflow {
-
-using dims = dnnl::memory::dims;
-using tag = dnnl::memory::format_tag;
 
 // The arithmetic precision of a program's convolutions. bf16: inputs and
 // weights rounded to bfloat16, products accumulated and written in f32 (mixed
@@ -54,19 +54,6 @@ DIFFUFLOW_ENUM(Precision, f32, bf16);
 // emulates it slower than f32 (AVX-512 without BF16), so bf16 programs run f32.
 bool native_bf16(const dnnl::engine& engine);
 
-// Plain row-major f32 descriptor.
-dnnl::memory::desc plain_f32(const dims& shape);
-// The layout of image activations [N,C,H,W]: channel-blocked nChw16c when C
-// is a multiple of 16 (what oneDNN's jit convolutions prefer), else plain.
-dnnl::memory::desc activation_desc(const dims& nchw);
-bool is_channel_blocked(const dnnl::memory::desc& desc);
-// The same memory seen through another descriptor (a view: no copy).
-dnnl::memory view(const dnnl::memory& memory, const dnnl::memory::desc& desc);
-// A slice of a flat f32 buffer: `count` elements from `offset`, seen through `desc`.
-dnnl::memory flat_slice(const dnnl::memory& flat, int64_t offset, const dnnl::memory::desc& desc);
-// The primitive attribute every model primitive uses: user-mode scratchpad.
-dnnl::primitive_attr user_scratchpad_attr();
-
 // Primitives created once per (model, batch size) and handed out in build order.
 class PrimitiveCache {
  public:
@@ -78,7 +65,6 @@ class PrimitiveCache {
   std::vector<dnnl::primitive> primitives_;
 };
 
-using Args = std::unordered_map<int, dnnl::memory>;
 // A host computation on small tensors (O(N*C) numbers, never image-sized),
 // given its memories through the args map (so memory planning can move them).
 using HostFn = std::function<void(const Args& args)>;
@@ -147,8 +133,8 @@ class Program {
     ++cache_index_;
     return cache_.at(cache_index_ - 1);
   }
-  void forward(dnnl::primitive primitive, std::unordered_map<int, dnnl::memory> args);
-  void backward(dnnl::primitive primitive, std::unordered_map<int, dnnl::memory> args);
+  void forward(dnnl::primitive primitive, Args args);
+  void backward(dnnl::primitive primitive, Args args);
   void host_forward(HostFn fn, Args args);
   void host_backward(HostFn fn, Args args);
   // `src` in the layout `want`: returns src itself when the layouts agree,

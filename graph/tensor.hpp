@@ -5,13 +5,16 @@
 // sent, so a node that wants to change a tensor makes a new one.
 //
 // Memory is dense row-major ("plain") unless made with a blocked descriptor by a
-// model layer. Host code reads and writes through map<T>(), an RAII mapping that
-// is a no-op on the CPU engine and a real map/unmap on a GPU engine.
+// model layer. Host code reads and writes through map<T>(), an RAII mapping
+// (HostMap, below) that is a no-op on the CPU engine and a real map/unmap on a
+// GPU engine.
 #pragma once
 
 #include <dnnl.hpp>
 
+#include <algorithm>
 #include <cstdint>
+#include <stdexcept>
 #include <string>
 #include <vector>
 
@@ -82,9 +85,21 @@ class Tensor {
   dnnl::memory owner_;  // for views: the memory that owns the data
 };
 
+// Host access to a dnnl::memory for as long as the HostMap lives: a no-op on
+// the CPU engine, a real map/unmap (a transfer) on a GPU engine. The one way
+// host code touches oneDNN memory, so no mapping outlives an exception.
+//
+//   HostMap<float> stats(buffer);            // the whole memory: size() from its descriptor
+//   stats[0] = 1.0f;
+//   std::vector<float> copy(stats.begin(), stats.end());
 template <typename T>
 class HostMap {
  public:
+  // The whole memory: as many T as its descriptor has bytes. Maps whole
+  // buffers only (a descriptor with an offset has no size of its own: map the
+  // buffer it views).
+  explicit HostMap(const dnnl::memory& memory) : HostMap(memory, whole_count(memory)) {}
+  // The first `count` elements.
   HostMap(const dnnl::memory& memory, size_t count) : memory_(memory), count_(count) {
     data_ = static_cast<T*>(memory_.map_data());
   }
@@ -102,8 +117,15 @@ class HostMap {
   T& operator[](size_t i) const { return data_[i]; }
   T* begin() const { return data_; }
   T* end() const { return data_ + count_; }
+  void fill(const T& value) const { std::fill(begin(), end(), value); }
 
  private:
+  static size_t whole_count(const dnnl::memory& memory) {
+    const dnnl::memory::desc desc = memory.get_desc();
+    if (desc.data.offset0 != 0) throw std::invalid_argument("HostMap: map the whole buffer, not an offset view of it");
+    return desc.get_size() / sizeof(T);
+  }
+
   dnnl::memory memory_;
   T* data_ = nullptr;
   size_t count_ = 0;

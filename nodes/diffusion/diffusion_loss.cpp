@@ -2,7 +2,6 @@
 
 #include "graph/errors.hpp"
 #include "graph/registry.hpp"
-#include "compute/program.hpp"
 #include "nodes/common/fields.hpp"
 
 #include <algorithm>
@@ -11,33 +10,12 @@
 
 namespace diffuflow {
 
-// The primitives for one (N, D = C*H*W), with their buffers:
-//   diff [N,D] = prediction - target;  sums [N,1] = sum_d diff^2;  grad [N,D] = diff * coef [N,1]
-struct DiffusionLoss::Kernel {
-  dnnl::primitive sub, sum_squares, scale;
-  dnnl::memory diff, sums, coef, scratchpad;
-
-  Kernel(const dnnl::engine& engine, int64_t batch, int64_t per_sample) {
-    const auto rows = plain_f32({batch, per_sample});
-    const auto column = plain_f32({batch, 1});
-    const auto attr = user_scratchpad_attr();
-    dnnl::binary::primitive_desc sub_pd(dnnl::binary::desc(dnnl::algorithm::binary_sub, rows, rows, rows), attr,
-                                        engine);
-    dnnl::reduction::primitive_desc sum_pd(
-        dnnl::reduction::desc(dnnl::algorithm::reduction_norm_lp_power_p_sum, rows, column, 2.f, 0.f), attr, engine);
-    dnnl::binary::primitive_desc mul_pd(dnnl::binary::desc(dnnl::algorithm::binary_mul, rows, column, rows), attr,
-                                        engine);
-    sub = dnnl::binary(sub_pd);
-    sum_squares = dnnl::reduction(sum_pd);
-    scale = dnnl::binary(mul_pd);
-    diff = dnnl::memory(rows, engine);
-    sums = dnnl::memory(column, engine);
-    coef = dnnl::memory(column, engine);
-    const size_t scratch = std::max({sub_pd.scratchpad_desc().get_size(), sum_pd.scratchpad_desc().get_size(),
-                                     mul_pd.scratchpad_desc().get_size(), size_t{1}});
-    scratchpad = dnnl::memory(
-        dnnl::memory::desc({static_cast<int64_t>(scratch)}, dnnl::memory::data_type::u8, tag::a), engine);
-  }
+// The buffers of one (N, D = C*H*W): diff [N,D] = prediction - target, and
+// stats [2,N]: row 0 the per-sample sums of squares (written by the device,
+// read on the host), row 1 the per-sample gradient coefficients (written on
+// the host), so that the host reads one and writes the other in one mapping.
+struct DiffusionLoss::Buffers {
+  dnnl::memory diff, stats;
 };
 
 NodeContract DiffusionLoss::contract() {
@@ -58,7 +36,8 @@ DiffusionLoss::DiffusionLoss(const NodeConfig& config, RunContext& ctx)
       params_(config.params_as<Params>()),
       schedule_(ctx.resource_as<NoiseSchedule>(params_.schedule)),
       buckets_(static_cast<int>(std::min<int64_t>(params_.buckets, schedule_->timesteps()))),
-      steps_(*schedule_, ctx.device()) {
+      steps_(*schedule_, ctx.device()),
+      kernels_(ctx.device().engine()) {
   bucket_sum_.assign(static_cast<size_t>(buckets_), 0.0);
   bucket_count_.assign(static_cast<size_t>(buckets_), 0);
 }
@@ -74,9 +53,13 @@ int DiffusionLoss::bucket_of(int t, int buckets, int timesteps) {
   return static_cast<int>(int64_t(t) * buckets / timesteps);
 }
 
-DiffusionLoss::Kernel& DiffusionLoss::kernel(int64_t batch, int64_t per_sample) {
-  auto& slot = kernels_[{batch, per_sample}];
-  if (!slot) slot = std::make_unique<Kernel>(ctx().device().engine(), batch, per_sample);
+DiffusionLoss::Buffers& DiffusionLoss::buffers(int64_t batch, int64_t per_sample) {
+  auto& slot = buffers_[{batch, per_sample}];
+  if (!slot) {
+    const dnnl::engine& engine = ctx().device().engine();
+    slot = std::make_unique<Buffers>(
+        Buffers{dnnl::memory(plain_f32({batch, per_sample}), engine), dnnl::memory(plain_f32({2, batch}), engine)});
+  }
   return *slot;
 }
 
@@ -101,28 +84,41 @@ void DiffusionLoss::process(const NodeInput& in, Emitter& out) {
   }
   Device& device = ctx().device();
   dnnl::stream& stream = device.stream();
-  Kernel& k = kernel(batch, per_sample);
-  const Shape rows{batch, per_sample};
-  const Tensor pred_rows = prediction.reshaped(rows);
-  const Tensor target_rows = target.reshaped(rows);
+  const dnnl::engine& engine = device.engine();
+  const auto rows = plain_f32({batch, per_sample});
+  const auto column = plain_f32({batch, 1});
+  const Shape rows_shape{batch, per_sample};
+  const Tensor pred_rows = prediction.reshaped(rows_shape);
+  const Tensor target_rows = target.reshaped(rows_shape);
+  Buffers& b = buffers(batch, per_sample);
+  const dnnl::memory sums_device = flat_slice(b.stats, 0, column);
+  const dnnl::memory coef_device = flat_slice(b.stats, batch, column);
 
   // diff = prediction - target;  sums_i = sum_d diff_id^2          [N,D] -> [N,1]
-  k.sub.execute(stream, {{DNNL_ARG_SRC_0, pred_rows.memory()},
-                         {DNNL_ARG_SRC_1, target_rows.memory()},
-                         {DNNL_ARG_DST, k.diff},
-                         {DNNL_ARG_SCRATCHPAD, k.scratchpad}});
-  k.sum_squares.execute(stream, {{DNNL_ARG_SRC, k.diff}, {DNNL_ARG_DST, k.sums}, {DNNL_ARG_SCRATCHPAD, k.scratchpad}});
+  const Kernel& sub = kernels_.get({Op::sub, batch, per_sample}, [&] {
+    return dnnl::binary::primitive_desc(dnnl::binary::desc(dnnl::algorithm::binary_sub, rows, rows, rows),
+                                        user_scratchpad_attr(), engine);
+  });
+  const Kernel& sum_squares = kernels_.get({Op::sum_squares, batch, per_sample}, [&] {
+    return dnnl::reduction::primitive_desc(
+        dnnl::reduction::desc(dnnl::algorithm::reduction_norm_lp_power_p_sum, rows, column, 2.f, 0.f),
+        user_scratchpad_attr(), engine);
+  });
+  sub.run(stream, {{DNNL_ARG_SRC_0, pred_rows.memory()}, {DNNL_ARG_SRC_1, target_rows.memory()}, {DNNL_ARG_DST, b.diff}});
+  sum_squares.run(stream, {{DNNL_ARG_SRC, b.diff}, {DNNL_ARG_DST, sums_device}});
   stream.wait();
-  std::vector<double> sums(static_cast<size_t>(batch));
-  {
-    auto* host = static_cast<float*>(k.sums.map_data());
-    for (int64_t i = 0; i < batch; ++i) sums[i] = host[i];
-    k.sums.unmap_data(host);
-  }
+
   std::vector<float> weights(static_cast<size_t>(batch), 1.0f);
   if (params_.min_snr_gamma > 0)
-    weights = steps_.min_snr_weights(params_.prediction, t, static_cast<float>(params_.min_snr_gamma));
+    weights = steps_.min_snr_weights(params_.prediction, ts, static_cast<float>(params_.min_snr_gamma));
   const double count = static_cast<double>(batch) * static_cast<double>(per_sample);
+  std::vector<double> sums(static_cast<size_t>(batch));
+  {
+    // One mapping of stats [2,N]: the sums out; the coefficients 2 w_i / (N*D) of the gradient in.
+    HostMap<float> stats(b.stats);
+    for (int64_t i = 0; i < batch; ++i) sums[i] = stats[i];
+    for (int64_t i = 0; i < batch; ++i) stats[batch + i] = static_cast<float>(2.0 * weights[i] / count);
+  }
   double weighted = 0;
   for (int64_t i = 0; i < batch; ++i) weighted += double(weights[i]) * sums[i];
   const double loss = weighted / count;
@@ -143,18 +139,14 @@ void DiffusionLoss::process(const NodeInput& in, Emitter& out) {
   }
 
   // grad = diff * (2 w_i / (N*D))                                  [N,D] x [N,1] -> [N,D]
-  {
-    auto* host = static_cast<float*>(k.coef.map_data());
-    for (int64_t i = 0; i < batch; ++i) host[i] = static_cast<float>(2.0 * weights[i] / count);
-    k.coef.unmap_data(host);
-  }
   // grad owns its memory; grad_rows is a [N,D] view of it (Tensor::reshaped does not own).
   Tensor grad(shape, DType::f32, device.engine());
-  const Tensor grad_rows = grad.reshaped(rows);
-  k.scale.execute(stream, {{DNNL_ARG_SRC_0, k.diff},
-                           {DNNL_ARG_SRC_1, k.coef},
-                           {DNNL_ARG_DST, grad_rows.memory()},
-                           {DNNL_ARG_SCRATCHPAD, k.scratchpad}});
+  const Tensor grad_rows = grad.reshaped(rows_shape);
+  const Kernel& scale = kernels_.get({Op::scale, batch, per_sample}, [&] {
+    return dnnl::binary::primitive_desc(dnnl::binary::desc(dnnl::algorithm::binary_mul, rows, column, rows),
+                                        user_scratchpad_attr(), engine);
+  });
+  scale.run(stream, {{DNNL_ARG_SRC_0, b.diff}, {DNNL_ARG_SRC_1, coef_device}, {DNNL_ARG_DST, grad_rows.memory()}});
   stream.wait();
 
   ctx().metrics().log(seq, name(), "loss", loss);

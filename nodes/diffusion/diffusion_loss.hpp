@@ -18,7 +18,8 @@
 // The tensor work is three oneDNN primitives per shape, created once:
 // binary sub (diff), reduction_norm_lp_power_p_sum over C*H*W (per-sample sums
 // of squares, the only values read on the host), binary mul by a [N,1] column
-// of per-sample coefficients. Metrics: "loss" every step; "loss_t<lo>_<hi>"
+// of per-sample coefficients; the sums come out and the coefficients go in
+// with one host mapping. Metrics: "loss" every step; "loss_t<lo>_<hi>"
 // (the unweighted MSE of the samples whose t fell in that bucket, averaged
 // since the last report) every `log_every` steps and at the end.
 // A non-finite loss stops the run (NodeError naming node, step and value), or
@@ -26,6 +27,7 @@
 // the non-finite loss, which tells the optimiser to skip the step).
 #pragma once
 
+#include "compute/kernels.hpp"
 #include "graph/node.hpp"
 #include "nodes/diffusion/diffusion_steps.hpp"
 
@@ -33,6 +35,7 @@
 #include <memory>
 #include <mutex>
 #include <string>
+#include <tuple>
 #include <vector>
 
 namespace diffuflow {
@@ -64,8 +67,9 @@ class DiffusionLoss : public Node {
   static int bucket_of(int t, int buckets, int timesteps);
 
  private:
-  struct Kernel;
-  Kernel& kernel(int64_t batch, int64_t per_sample);
+  enum class Op { sub, sum_squares, scale };
+  struct Buffers;
+  Buffers& buffers(int64_t batch, int64_t per_sample);
   void log_buckets(int64_t step);
 
   Params params_;
@@ -73,7 +77,8 @@ class DiffusionLoss : public Node {
   int buckets_ = 0;  // the `buckets` parameter, at most T
   DiffusionSteps steps_;
   std::mutex mutex_;
-  std::map<std::pair<int64_t, int64_t>, std::unique_ptr<Kernel>> kernels_;
+  KernelSet<std::tuple<Op, int64_t, int64_t>> kernels_;  // (operation, N, D)
+  std::map<std::pair<int64_t, int64_t>, std::unique_ptr<Buffers>> buffers_;  // (N, D)
   std::vector<double> bucket_sum_;
   std::vector<int64_t> bucket_count_;
   int64_t last_step_ = -1;

@@ -5,9 +5,7 @@
 #include <algorithm>
 #include <cmath>
 #include <climits>
-#include <cstring>
 #include <stdexcept>
-#include <unordered_map>
 
 namespace diffuflow {
 
@@ -16,22 +14,16 @@ using dnnl::memory;
 
 namespace {
 
-memory::desc plain_f32(const Shape& shape) {
-  return memory::desc(shape, memory::data_type::f32, plain_format(shape.size()));
-}
-
 // The primitives see an [N, ...] tensor as [1, N, M] (the same plain memory) and
 // the per-sample coefficients as [1, N, 1]: a per-channel broadcast, which
 // oneDNN's jit binary kernels handle, where an [N,1,1,1] broadcast over the
 // batch dimension would fall back to the slow reference kernel.
 memory::desc flat_full(const Shape& shape) {
   const int64_t n = shape[0];
-  return memory::desc({1, n, shape_numel(shape) / n}, memory::data_type::f32, memory::format_tag::abc);
+  return plain_f32({1, n, shape_numel(shape) / n});
 }
 
-memory::desc flat_rows(const Shape& shape) {
-  return memory::desc({1, shape[0], 1}, memory::data_type::f32, memory::format_tag::abc);
-}
+memory::desc flat_rows(const Shape& shape) { return plain_f32({1, shape[0], 1}); }
 
 constexpr double kTwoPi = 6.283185307179586476925286766559;
 
@@ -58,85 +50,106 @@ Tensor standard_normal(const Shape& shape, std::mt19937_64& rng, Device& device,
   return out;
 }
 
-// One oneDNN primitive for one (operation, shape), with its scratchpad size.
-struct DiffusionSteps::Kernel {
-  dnnl::primitive primitive;
-  memory::desc src0, src1, dst;  // the [1, N, M] / [1, N, 1] views
-  memory::desc scratchpad;
-  bool has_addend = false;
-};
+Tensor timestep_tensor(const std::vector<int>& values) {
+  Tensor t({static_cast<int64_t>(values.size())}, DType::s32, Device::host()->engine());
+  auto host = t.map<int32_t>();
+  std::copy(values.begin(), values.end(), host.begin());
+  return t;
+}
 
-DiffusionSteps::DiffusionSteps(const NoiseSchedule& schedule, Device& device) : schedule_(schedule), device_(device) {}
+DiffusionSteps::DiffusionSteps(const NoiseSchedule& schedule, Device& device)
+    : schedule_(schedule), device_(device), kernels_(device.engine()), column_copies_(device.engine()) {}
 
 DiffusionSteps::~DiffusionSteps() = default;
 
-DiffusionSteps::Kernel& DiffusionSteps::kernel(Op op, const Shape& shape) {
-  std::lock_guard<std::mutex> lock(mutex_);
-  auto key = std::make_tuple(op, shape);
-  auto it = kernels_.find(key);
-  if (it != kernels_.end()) return *it->second;
-
-  const memory::desc full = flat_full(shape);
-  const memory::desc rows = flat_rows(shape);
-  dnnl::primitive_attr attr;
-  attr.set_scratchpad_mode(dnnl::scratchpad_mode::user);
-  dnnl::post_ops post_ops;
-  algorithm alg = algorithm::binary_mul;
-  memory::desc src1 = rows;
-  auto kernel = std::make_unique<Kernel>();
-  switch (op) {
-    case Op::mul_rows: alg = algorithm::binary_mul; break;
-    case Op::mul_rows_add:
-      alg = algorithm::binary_mul;
-      post_ops.append_binary(algorithm::binary_add, full);
-      kernel->has_addend = true;
-      break;
-    case Op::div_rows: alg = algorithm::binary_div; break;
-    case Op::div_rows_clip:
-      alg = algorithm::binary_div;
-      post_ops.append_eltwise(1.0f, algorithm::eltwise_clip, -1.0f, 1.0f);
-      break;
-    case Op::sub:
-      alg = algorithm::binary_sub;
-      src1 = full;
-      break;
-    case Op::add:
-      alg = algorithm::binary_add;
-      src1 = full;
-      break;
-  }
-  attr.set_post_ops(post_ops);
-  dnnl::binary::desc desc(alg, full, src1, full);
-  dnnl::binary::primitive_desc pd(desc, attr, device_.engine());
-  kernel->primitive = dnnl::binary(pd);
-  kernel->src0 = full;
-  kernel->src1 = src1;
-  kernel->dst = full;
-  kernel->scratchpad = pd.scratchpad_desc();
-  auto& stored = kernels_[key];
-  stored = std::move(kernel);
-  return *stored;
+dnnl::memory DiffusionSteps::Coefficients::row(size_t j) const {
+  return flat_slice(values.memory(), static_cast<int64_t>(j) * shape[0], flat_rows(shape));
 }
 
-void DiffusionSteps::run(Kernel& kernel, const Tensor& dst, const Tensor& src0, const Tensor& src1,
-                         const Tensor* addend) {
-  // Views of the plain tensors with the kernel's flattened descriptors (no copies).
-  const dnnl::engine& engine = device_.engine();
-  auto view = [&](const Tensor& t, const memory::desc& md) { return memory(md, engine, t.memory().get_data_handle()); };
-  std::unordered_map<int, memory> args = {{DNNL_ARG_SRC_0, view(src0, kernel.src0)},
-                                          {DNNL_ARG_SRC_1, view(src1, kernel.src1)},
-                                          {DNNL_ARG_DST, view(dst, kernel.dst)}};
-  if (kernel.has_addend) {
-    if (!addend) throw std::logic_error("DiffusionSteps: a fused add needs its addend");
-    args[DNNL_ARG_ATTR_MULTIPLE_POST_OP(0) | DNNL_ARG_SRC_1] = view(*addend, kernel.dst);
+DiffusionSteps::Coefficients DiffusionSteps::coefficients(Pending& pending, const Shape& shape,
+                                                          const std::vector<std::vector<float>>& rows) {
+  const size_t n = static_cast<size_t>(shape.at(0));
+  for (const auto& values : rows) {
+    if (values.empty()) throw std::invalid_argument("DiffusionSteps: no per-sample coefficients");
+    if (values.size() != n) throw std::logic_error("DiffusionSteps: a coefficient vector does not match the batch");
   }
-  // Elementwise binaries need no scratchpad today; should one ever ask for it,
-  // it gets memory of its own per call, so concurrent calls never share it.
-  if (kernel.scratchpad.get_size() > 0) args[DNNL_ARG_SCRATCHPAD] = memory(kernel.scratchpad, device_.engine());
-  kernel.primitive.execute(device_.stream(), args);
+  Tensor values({static_cast<int64_t>(rows.size()), static_cast<int64_t>(n)}, DType::f32, device_.engine());
+  {
+    auto host = values.map<float>();
+    for (size_t j = 0; j < rows.size(); ++j) std::copy(rows[j].begin(), rows[j].end(), host.begin() + j * n);
+  }
+  return {pending.keep(values), shape};
+}
+
+memory DiffusionSteps::whole(const Tensor& x) { return view(x.memory(), flat_full(x.shape())); }
+
+void DiffusionSteps::run(Op op, const Tensor& dst, const Tensor& src0, const memory& src1, const Tensor* addend) {
+  const Shape& shape = dst.shape();
+  const Kernel& kernel = kernels_.get({op, shape}, [&] {
+    const memory::desc full = flat_full(shape);
+    memory::desc operand = flat_rows(shape);
+    algorithm alg = algorithm::binary_mul;
+    dnnl::post_ops post_ops;
+    switch (op) {
+      case Op::mul_rows: alg = algorithm::binary_mul; break;
+      case Op::mul_rows_add:
+        alg = algorithm::binary_mul;
+        post_ops.append_binary(algorithm::binary_add, full);
+        break;
+      case Op::div_rows: alg = algorithm::binary_div; break;
+      case Op::div_rows_clip:
+        alg = algorithm::binary_div;
+        post_ops.append_eltwise(1.0f, algorithm::eltwise_clip, -1.0f, 1.0f);
+        break;
+      case Op::sub:
+        alg = algorithm::binary_sub;
+        operand = full;
+        break;
+      case Op::add:
+        alg = algorithm::binary_add;
+        operand = full;
+        break;
+    }
+    dnnl::primitive_attr attr = user_scratchpad_attr();
+    attr.set_post_ops(post_ops);
+    return dnnl::binary::primitive_desc(dnnl::binary::desc(alg, full, operand, full), attr, device_.engine());
+  });
+  Args args{{DNNL_ARG_SRC_0, whole(src0)}, {DNNL_ARG_SRC_1, src1}, {DNNL_ARG_DST, whole(dst)}};
+  if (op == Op::mul_rows_add) {
+    if (!addend) throw std::logic_error("DiffusionSteps: a fused add needs its addend");
+    args[DNNL_ARG_ATTR_MULTIPLE_POST_OP(0) | DNNL_ARG_SRC_1] = whole(*addend);
+  }
+  kernel.run(device_.stream(), std::move(args));
+}
+
+DiffusionSteps::Pending::~Pending() {
+  if (tensors_.empty()) return;
+  try {
+    stream_.wait();
+  } catch (...) {
+    // Leaving on an error already: that error is the one to report.
+  }
+}
+
+const Tensor& DiffusionSteps::Pending::keep(const Tensor& t) {
+  tensors_.push_back(t);
+  return t;
+}
+
+void DiffusionSteps::Pending::wait() {
+  if (tensors_.empty()) return;
+  stream_.wait();
+  tensors_.clear();
 }
 
 Tensor DiffusionSteps::on_device(const Tensor& x) {
+  Pending pending(device_.stream());
+  Tensor out = queue_on_device(pending, x);
+  pending.wait();
+  return out;
+}
+
+Tensor DiffusionSteps::queue_on_device(Pending& pending, const Tensor& x) {
   if (x.empty()) throw std::invalid_argument("DiffusionSteps: an input tensor is empty");
   if (x.dtype() != DType::f32) {
     throw std::invalid_argument("DiffusionSteps: expected an f32 tensor, got " + dtype_name(x.dtype()) + " " +
@@ -150,23 +163,32 @@ Tensor DiffusionSteps::on_device(const Tensor& x) {
   if (x.engine() != engine && !both_cpu) return x.copy_to(engine);  // host <-> device: an explicit transfer
   // Same engine but a blocked layout, or another CPU engine (host memory either
   // way): one reorder into plain memory, run on this device's stream. The view
-  // of x lives only while the reorder runs.
+  // of x is kept with the queued reorder.
   memory source = x.engine() == engine ? x.memory() : memory(x.desc(), engine, x.memory().get_data_handle());
   Tensor out(x.shape(), DType::f32, engine);
   memory target = out.memory();
   dnnl::reorder(source, target).execute(device_.stream(), source, target);
-  device_.stream().wait();
-  return out;
+  pending.keep(Tensor(x.shape(), DType::f32, source));
+  return pending.keep(out);
 }
 
-Tensor DiffusionSteps::row_coefficients(const std::vector<float>& values, size_t rank) {
-  if (values.empty()) throw std::invalid_argument("DiffusionSteps: no per-sample coefficients");
-  Shape shape(rank, 1);
-  shape[0] = static_cast<int64_t>(values.size());
-  Tensor coef(shape, DType::f32, device_.engine());
-  auto host = coef.map<float>();
-  std::memcpy(host.data(), values.data(), values.size() * sizeof(float));
-  return coef;
+void DiffusionSteps::write_column(const Tensor& chain, int64_t k, const Tensor& x) {
+  // chain [N, K, M] and x [N, 1, M], with M the element count of one image.
+  const Tensor src = on_device(x);
+  const Shape& shape = chain.shape();
+  if (shape.size() < 2 || k < 0 || k >= shape[1] || src.numel() * shape[1] != chain.numel() || src.dim(0) != shape[0]) {
+    throw std::invalid_argument("DiffusionSteps: cannot write " + shape_str(src.shape()) + " into column " +
+                                std::to_string(k) + " of " + shape_str(shape));
+  }
+  const int64_t n = shape[0], columns = shape[1], m = src.numel() / n;
+  const memory::desc chain_md = plain_f32({n, columns, m});
+  const memory::desc column_md = chain_md.submemory_desc({n, 1, m}, {0, k, 0});
+  const memory::desc src_md = plain_f32({n, 1, m});
+  const Kernel& copy = column_copies_.get({shape, k}, [&] {
+    return dnnl::reorder::primitive_desc(device_.engine(), src_md, device_.engine(), column_md,
+                                         user_scratchpad_attr());
+  });
+  copy.run(device_.stream(), {{DNNL_ARG_FROM, view(src.memory(), src_md)}, {DNNL_ARG_TO, view(chain.memory(), column_md)}});
 }
 
 std::vector<int> DiffusionSteps::read_timesteps(const Tensor& t, bool allow_negative) const {
@@ -200,86 +222,80 @@ void DiffusionSteps::check_batch(const Tensor& x, size_t batch, const char* what
   }
 }
 
-Tensor DiffusionSteps::mul_rows(const Tensor& x, const std::vector<float>& c) {
-  Tensor src = on_device(x);
-  check_batch(src, c.size(), "a tensor");
-  Tensor coef = row_coefficients(c, src.rank());
-  Tensor out(src.shape(), DType::f32, device_.engine());
-  run(kernel(Op::mul_rows, src.shape()), out, src, coef);
-  device_.stream().wait();
+void DiffusionSteps::check_same_shape(const Tensor& x, const Tensor& y) const {
+  if (x.shape() != y.shape()) {
+    throw std::invalid_argument("DiffusionSteps: shapes " + shape_str(x.shape()) + " and " + shape_str(y.shape()) +
+                                " differ");
+  }
+}
+
+Tensor DiffusionSteps::queue_mul_rows(Pending& pending, const Tensor& x, const memory& c) {
+  Tensor out(x.shape(), DType::f32, device_.engine());
+  run(Op::mul_rows, out, x, c);
+  pending.keep(out);
   return out;
 }
 
-Tensor DiffusionSteps::add(const Tensor& a, const Tensor& b) {
-  Tensor lhs = on_device(a);
-  Tensor rhs = on_device(b);
-  if (lhs.shape() != rhs.shape()) {
-    throw std::invalid_argument("DiffusionSteps: cannot add " + shape_str(lhs.shape()) + " and " +
-                                shape_str(rhs.shape()));
-  }
-  Tensor out(lhs.shape(), DType::f32, device_.engine());
-  run(kernel(Op::add, lhs.shape()), out, lhs, rhs);
-  device_.stream().wait();
+Tensor DiffusionSteps::queue_add(Pending& pending, const Tensor& a, const Tensor& b) {
+  Tensor out(a.shape(), DType::f32, device_.engine());
+  run(Op::add, out, a, whole(b));
+  pending.keep(out);
+  return out;
+}
+
+Tensor DiffusionSteps::queue_combine(Pending& pending, const memory& a, const Tensor& x, const memory& b,
+                                     const Tensor& y) {
+  // [N,...]: scaled_y = b * y; out = a * x + scaled_y (binary mul with a fused add).
+  const Tensor scaled_y = queue_mul_rows(pending, y, b);
+  Tensor out(x.shape(), DType::f32, device_.engine());
+  run(Op::mul_rows_add, out, x, a, &scaled_y);
+  pending.keep(out);
+  return out;
+}
+
+Tensor DiffusionSteps::queue_sub_scaled_div(Pending& pending, const Tensor& x, const memory& c1,
+                                            const Tensor& y, const memory& c2, bool clip) {
+  // [N,...]: scaled = c1 * y; diff = x - scaled; out = clip(diff / c2).
+  const Tensor scaled = queue_mul_rows(pending, y, c1);
+  Tensor diff(x.shape(), DType::f32, device_.engine());
+  run(Op::sub, diff, x, whole(scaled));
+  Tensor out(x.shape(), DType::f32, device_.engine());
+  run(clip ? Op::div_rows_clip : Op::div_rows, out, diff, c2);
+  pending.keep(diff);
+  pending.keep(out);
   return out;
 }
 
 Tensor DiffusionSteps::combine(const std::vector<float>& a, const Tensor& x, const std::vector<float>& b,
                                const Tensor& y) {
-  Tensor xs = on_device(x);
-  Tensor ys = on_device(y);
+  Pending pending(device_.stream());
+  const Tensor xs = queue_on_device(pending, x);
+  const Tensor ys = queue_on_device(pending, y);
   if (xs.shape() != ys.shape()) {
     throw std::invalid_argument("DiffusionSteps: cannot combine " + shape_str(xs.shape()) + " with " +
                                 shape_str(ys.shape()));
   }
   check_batch(xs, a.size(), "x");
   check_batch(ys, b.size(), "y");
-  const size_t rank = xs.rank();
-  Tensor coef_a = row_coefficients(a, rank);
-  Tensor coef_b = row_coefficients(b, rank);
-  // [N,...]: scaled_y = b * y; out = a * x + scaled_y (binary mul with a fused add).
-  Tensor scaled_y(ys.shape(), DType::f32, device_.engine());
-  run(kernel(Op::mul_rows, ys.shape()), scaled_y, ys, coef_b);
-  Tensor out(xs.shape(), DType::f32, device_.engine());
-  run(kernel(Op::mul_rows_add, xs.shape()), out, xs, coef_a, &scaled_y);
-  device_.stream().wait();
+  const Coefficients c = coefficients(pending, xs.shape(), {a, b});
+  Tensor out = queue_combine(pending, c.row(0), xs, c.row(1), ys);
+  pending.wait();
   return out;
 }
 
 Tensor DiffusionSteps::scale_add(const std::vector<float>& a, const Tensor& x, const Tensor& addend) {
-  Tensor xs = on_device(x);
-  Tensor add_to = on_device(addend);
+  Pending pending(device_.stream());
+  const Tensor xs = queue_on_device(pending, x);
+  const Tensor add_to = queue_on_device(pending, addend);
   if (xs.shape() != add_to.shape()) {
     throw std::invalid_argument("DiffusionSteps: cannot add " + shape_str(add_to.shape()) + " to " +
                                 shape_str(xs.shape()));
   }
   check_batch(xs, a.size(), "x");
-  Tensor coef = row_coefficients(a, xs.rank());
+  const Coefficients c = coefficients(pending, xs.shape(), {a});
   Tensor out(xs.shape(), DType::f32, device_.engine());
-  run(kernel(Op::mul_rows_add, xs.shape()), out, xs, coef, &add_to);
-  device_.stream().wait();
-  return out;
-}
-
-Tensor DiffusionSteps::sub_scaled_div(const Tensor& x, const std::vector<float>& c1, const Tensor& y,
-                                      const std::vector<float>& c2, bool clip) {
-  Tensor xs = on_device(x);
-  Tensor ys = on_device(y);
-  if (xs.shape() != ys.shape()) {
-    throw std::invalid_argument("DiffusionSteps: shapes " + shape_str(xs.shape()) + " and " + shape_str(ys.shape()) +
-                                " differ");
-  }
-  check_batch(xs, c1.size(), "x_t");
-  const Shape& shape = xs.shape();
-  Tensor coef1 = row_coefficients(c1, shape.size());
-  Tensor coef2 = row_coefficients(c2, shape.size());
-  // [N,...]: scaled = c1 * y; diff = x - scaled; out = clip(diff / c2).
-  Tensor scaled(shape, DType::f32, device_.engine());
-  run(kernel(Op::mul_rows, shape), scaled, ys, coef1);
-  Tensor diff(shape, DType::f32, device_.engine());
-  run(kernel(Op::sub, shape), diff, xs, scaled);
-  Tensor out(shape, DType::f32, device_.engine());
-  run(kernel(clip ? Op::div_rows_clip : Op::div_rows, shape), out, diff, coef2);
-  device_.stream().wait();
+  run(Op::mul_rows_add, pending.keep(out), xs, c.row(0), &add_to);
+  pending.wait();
   return out;
 }
 
@@ -303,25 +319,59 @@ Tensor DiffusionSteps::predict_x0(const Tensor& x_t, const Tensor& eps, const Te
   return sub_scaled_div(x_t, c1, eps, c2, clip);
 }
 
+Tensor DiffusionSteps::sub_scaled_div(const Tensor& x, const std::vector<float>& c1, const Tensor& y,
+                                      const std::vector<float>& c2, bool clip) {
+  Pending pending(device_.stream());
+  const Tensor xs = queue_on_device(pending, x);
+  const Tensor ys = queue_on_device(pending, y);
+  check_same_shape(xs, ys);
+  check_batch(xs, c1.size(), "x_t");
+  const Coefficients c = coefficients(pending, xs.shape(), {c1, c2});
+  Tensor out = queue_sub_scaled_div(pending, xs, c.row(0), ys, c.row(1), clip);
+  pending.wait();
+  return out;
+}
+
 Tensor DiffusionSteps::ddpm_step(const Tensor& x_t, const Tensor& eps_pred, const Tensor& z, const Tensor& t,
                                  bool clip) {
   const std::vector<int> steps = read_timesteps(t);
   const size_t n = steps.size();
-  std::vector<float> coef_x0(n), coef_xt(n), sigma(n);
+  // x0_hat = (x_t - c1 eps) / c2 as in predict_x0; then the posterior mean and noise.
+  std::vector<float> c1(n), c2(n), coef_x0(n), coef_xt(n), sigma(n);
   bool any_noise = false;
   for (size_t i = 0; i < n; ++i) {
+    c1[i] = schedule_.sqrt_one_minus_alpha_bar(steps[i]);
+    c2[i] = schedule_.sqrt_alpha_bar(steps[i]);
     const NoiseSchedule::Posterior p = schedule_.posterior(steps[i]);
     coef_x0[i] = p.coef_x0;
     coef_xt[i] = p.coef_xt;
     sigma[i] = steps[i] > 0 ? std::sqrt(p.variance) : 0.0f;
     any_noise = any_noise || steps[i] > 0;
   }
-  Tensor x0 = predict_x0(x_t, eps_pred, t, clip);
+  Pending pending(device_.stream());
+  const Tensor xs = queue_on_device(pending, x_t);
+  const Tensor es = queue_on_device(pending, eps_pred);
+  check_same_shape(xs, es);
+  check_batch(xs, n, "x_t");
+  Tensor zs;
+  if (any_noise) {
+    if (z.empty()) throw std::invalid_argument("ddpm_step: noise z is needed where t > 0");
+    zs = queue_on_device(pending, z);
+    check_batch(zs, n, "a tensor");
+  }
+  const Coefficients c = coefficients(pending, xs.shape(), {c1, c2, coef_x0, coef_xt, sigma});
+  const Tensor x0 = queue_sub_scaled_div(pending, xs, c.row(0), es, c.row(1), clip);
   // mean = coef_x0 x0 + coef_xt x_t  (diffusers' order: both products, then the sum)
-  Tensor mean = combine(coef_x0, x0, coef_xt, x_t);
-  if (!any_noise) return mean;
-  if (z.empty()) throw std::invalid_argument("ddpm_step: noise z is needed where t > 0");
-  return add(mean, mul_rows(z, sigma));
+  Tensor out = queue_combine(pending, c.row(2), x0, c.row(3), xs);
+  if (any_noise) {
+    if (zs.shape() != out.shape()) {
+      throw std::invalid_argument("DiffusionSteps: cannot add " + shape_str(out.shape()) + " and " +
+                                  shape_str(zs.shape()));
+    }
+    out = queue_add(pending, out, queue_mul_rows(pending, zs, c.row(4)));
+  }
+  pending.wait();
+  return out;
 }
 
 Tensor DiffusionSteps::ddim_step(const Tensor& x_t, const Tensor& eps_pred, const Tensor& t, const Tensor& t_prev,
@@ -334,13 +384,16 @@ Tensor DiffusionSteps::ddim_step(const Tensor& x_t, const Tensor& eps_pred, cons
                                 std::to_string(prev.size()));
   }
   const size_t n = steps.size();
-  std::vector<float> coef_x0(n), coef_eps(n), sigma(n);
+  // x0_hat = (x_t - c1 eps) / c2 as in predict_x0; then the DDIM update.
+  std::vector<float> c1(n), c2(n), coef_x0(n), coef_eps(n), sigma(n);
   bool any_noise = false;
   for (size_t i = 0; i < n; ++i) {
     if (prev[i] >= steps[i]) {
       throw std::invalid_argument("ddim_step: t_prev (" + std::to_string(prev[i]) + ") must be below t (" +
                                   std::to_string(steps[i]) + ")");
     }
+    c1[i] = schedule_.sqrt_one_minus_alpha_bar(steps[i]);
+    c2[i] = schedule_.sqrt_alpha_bar(steps[i]);
     const float ab_t = schedule_.alpha_bar(steps[i]);
     const float ab_prev = schedule_.alpha_bar_or_one(prev[i]);
     const float beta_prod_t = 1.0f - ab_t;
@@ -352,11 +405,29 @@ Tensor DiffusionSteps::ddim_step(const Tensor& x_t, const Tensor& eps_pred, cons
     sigma[i] = std_dev;
     any_noise = any_noise || std_dev > 0.0f;
   }
-  Tensor x0 = predict_x0(x_t, eps_pred, t, clip);
-  Tensor out = combine(coef_x0, x0, coef_eps, eps_pred);
-  if (!any_noise) return out;
-  if (z.empty()) throw std::invalid_argument("ddim_step: noise z is needed when eta > 0");
-  return add(out, mul_rows(z, sigma));
+  Pending pending(device_.stream());
+  const Tensor xs = queue_on_device(pending, x_t);
+  const Tensor es = queue_on_device(pending, eps_pred);
+  check_same_shape(xs, es);
+  check_batch(xs, n, "x_t");
+  Tensor zs;
+  if (any_noise) {
+    if (z.empty()) throw std::invalid_argument("ddim_step: noise z is needed when eta > 0");
+    zs = queue_on_device(pending, z);
+    check_batch(zs, n, "a tensor");
+  }
+  const Coefficients c = coefficients(pending, xs.shape(), {c1, c2, coef_x0, coef_eps, sigma});
+  const Tensor x0 = queue_sub_scaled_div(pending, xs, c.row(0), es, c.row(1), clip);
+  Tensor out = queue_combine(pending, c.row(2), x0, c.row(3), es);
+  if (any_noise) {
+    if (zs.shape() != out.shape()) {
+      throw std::invalid_argument("DiffusionSteps: cannot add " + shape_str(out.shape()) + " and " +
+                                  shape_str(zs.shape()));
+    }
+    out = queue_add(pending, out, queue_mul_rows(pending, zs, c.row(4)));
+  }
+  pending.wait();
+  return out;
 }
 
 std::vector<int> DiffusionSteps::ddim_timesteps(int timesteps, int steps) {
@@ -418,7 +489,12 @@ Tensor DiffusionSteps::epsilon_from(PredictionTarget target, const Tensor& x_t, 
 
 std::vector<float> DiffusionSteps::min_snr_weights(PredictionTarget target, const Tensor& t, float gamma) const {
   if (!(gamma > 0.0f)) throw std::invalid_argument("min-SNR gamma must be positive");
-  const std::vector<int> steps = read_timesteps(t);
+  return min_snr_weights(target, read_timesteps(t), gamma);
+}
+
+std::vector<float> DiffusionSteps::min_snr_weights(PredictionTarget target, const std::vector<int>& steps,
+                                                   float gamma) const {
+  if (!(gamma > 0.0f)) throw std::invalid_argument("min-SNR gamma must be positive");
   std::vector<float> weights(steps.size());
   for (size_t i = 0; i < steps.size(); ++i) {
     const float snr = schedule_.snr(steps[i]);

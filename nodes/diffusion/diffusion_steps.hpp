@@ -1,12 +1,15 @@
 // DiffusionSteps: the arithmetic of the forward process and of one reverse
-// step (DDPM ancestral, DDIM), shared by the noiser, the loss and the sampler.
+// step (DDPM ancestral, DDIM), shared by the noiser, the loss, the sampler,
+// the noising chain and the training-time preview.
 //
 // Every operation on image-sized tensors runs as a oneDNN primitive on the
 // device's engine and stream (binary ops against per-sample [N,1,..,1]
 // coefficients, eltwise clip as a post-op). Only the per-sample coefficients
 // are computed on the host, from the schedule's float32 tables, in the same
-// order as diffusers, so a step matches the PyTorch reference to ~1e-6.
-// Primitives are created once per (operation, shape) and reused.
+// order as diffusers, so a step matches the PyTorch reference to ~1e-6; the
+// coefficient vectors one operation needs go to the device together, in one
+// host mapping. Primitives are created once per (operation, shape) and reused
+// (compute/kernels.hpp).
 //
 // Shapes: images are [N, ...] f32 (usually [N,C,H,W]); timesteps are [N] s32
 // (or s64) host tensors, one per sample, and must lie in [0, T).
@@ -15,21 +18,22 @@
 //   Tensor x_t = steps.q_sample(x0, eps, t);
 //   Tensor x_prev = steps.ddpm_step(x_t, eps_pred, z, t);     // t -> t-1 per sample
 //
-// Thread safety: the primitive cache is guarded; calls may come from several
-// threads as long as they share the device's stream in a safe way.
+// Each operation queues its primitives on the device's stream and waits once,
+// at its end, so its result is ready when it returns.
+//
+// Thread safety: kernel lookups are guarded and runs serialised; calls may come
+// from several threads, their work going to the device's one stream.
 #pragma once
 
+#include "compute/kernels.hpp"
 #include "graph/device.hpp"
 #include "graph/enum_names.hpp"
 #include "graph/tensor.hpp"
 #include "nodes/diffusion/noise_schedule.hpp"
 
-#include <map>
-#include <memory>
-#include <mutex>
 #include <random>
 #include <string>
-#include <tuple>
+#include <utility>
 #include <vector>
 
 namespace diffuflow {
@@ -41,6 +45,9 @@ DIFFUFLOW_ENUM(PredictionTarget, epsilon, v, x0);
 // the host with Box-Muller over 53-bit uniforms from `rng` (the same numbers on
 // every platform for the same seed) and written through one explicit host mapping.
 Tensor standard_normal(const Shape& shape, std::mt19937_64& rng, Device& device, float scale = 1.0f);
+
+// A [N] s32 host tensor holding one timestep per sample.
+Tensor timestep_tensor(const std::vector<int>& values);
 
 class DiffusionSteps {
  public:
@@ -95,9 +102,8 @@ class DiffusionSteps {
   // Min-SNR-gamma loss weights per sample (Hang et al. 2023), snr = abar / (1 - abar):
   // epsilon: min(snr, gamma) / snr; v: min(snr, gamma) / (snr + 1); x0: min(snr, gamma).
   std::vector<float> min_snr_weights(PredictionTarget target, const Tensor& t, float gamma) const;
-
-  // Per-sample values as a [N,1,..,1] f32 tensor of the given rank on the device (for broadcasts).
-  Tensor row_coefficients(const std::vector<float>& values, size_t rank);
+  // The same for timesteps already read (read_timesteps).
+  std::vector<float> min_snr_weights(PredictionTarget target, const std::vector<int>& steps, float gamma) const;
 
   // Reads a [N] s32/s64 timestep tensor on the host; checks every value is in [0, T)
   // unless `allow_negative` (then -1 .. T-1, for t_prev).
@@ -105,25 +111,75 @@ class DiffusionSteps {
 
   // Plain f32 on this device's engine: returned as is when already there,
   // otherwise reordered (an explicit transfer when the engines differ).
+  // Waits for the reorder.
   Tensor on_device(const Tensor& x);
+
+  // Copies x [N, ...] into column k of chain [N, K, ...] (both plain f32 on
+  // this device): one reorder into a strided view of the chain, created once
+  // per (chain shape, column). Queued on the device's stream: wait on it
+  // before the chain is read (as the copy runs, x is read in place).
+  void write_column(const Tensor& chain, int64_t k, const Tensor& x);
 
  private:
   enum class Op { mul_rows, mul_rows_add, div_rows, div_rows_clip, sub, add };
-  struct Kernel;
 
-  Kernel& kernel(Op op, const Shape& shape);
-  void run(Kernel& kernel, const Tensor& dst, const Tensor& src0, const Tensor& src1, const Tensor* addend = nullptr);
-  // (x - c1 * y) / c2 per sample, optionally clipped to [-1, 1].
+  // The tensors that work queued on the device's stream reads or writes, held
+  // until wait(). Each public operation queues its work through one Pending
+  // and waits once, at its end; should an error leave first, the destructor
+  // waits, so that no queued work outlives the memory it uses.
+  class Pending {
+   public:
+    explicit Pending(dnnl::stream& stream) : stream_(stream) {}
+    ~Pending();
+    Pending(const Pending&) = delete;
+    Pending& operator=(const Pending&) = delete;
+    const Tensor& keep(const Tensor& t);
+    // Waits for the work queued so far (no wait when nothing was).
+    void wait();
+
+   private:
+    dnnl::stream& stream_;
+    std::vector<Tensor> tensors_;
+  };
+
+  // Per-sample coefficient vectors (N values each) for tensors of `shape`,
+  // written to the device together, with one host mapping.
+  struct Coefficients {
+    Tensor values;  // [K, N] f32 on the device
+    Shape shape;
+    // Vector j as the [1, N, 1] operand of the kernels.
+    dnnl::memory row(size_t j) const;
+  };
+  Coefficients coefficients(Pending& pending, const Shape& shape, const std::vector<std::vector<float>>& rows);
+
+  // dst = op(src0, src1) [+ addend], over [N, ...] tensors seen as [1, N, M];
+  // src1 is a coefficient row or a whole tensor (whole()).
+  void run(Op op, const Tensor& dst, const Tensor& src0, const dnnl::memory& src1, const Tensor* addend = nullptr);
+  // A whole tensor as the [1, N, M] operand.
+  static dnnl::memory whole(const Tensor& x);
+
+  // on_device() with its reorder, if any, queued.
+  Tensor queue_on_device(Pending& pending, const Tensor& x);
+  // The arithmetic on tensors already on the device with checked shapes:
+  // queued, returning at once.
+  Tensor queue_mul_rows(Pending& pending, const Tensor& x, const dnnl::memory& c);
+  Tensor queue_add(Pending& pending, const Tensor& a, const Tensor& b);
+  // a x + b y, rounded as fl(fl(a x) + fl(b y)).
+  Tensor queue_combine(Pending& pending, const dnnl::memory& a, const Tensor& x, const dnnl::memory& b,
+                       const Tensor& y);
+  // (x - c1 y) / c2, optionally clipped to [-1, 1].
+  Tensor queue_sub_scaled_div(Pending& pending, const Tensor& x, const dnnl::memory& c1, const Tensor& y,
+                              const dnnl::memory& c2, bool clip);
+  // (x - c1 y) / c2 per sample on tensors from anywhere, optionally clipped to [-1, 1].
   Tensor sub_scaled_div(const Tensor& x, const std::vector<float>& c1, const Tensor& y, const std::vector<float>& c2,
                         bool clip);
-  Tensor add(const Tensor& a, const Tensor& b);
-  Tensor mul_rows(const Tensor& x, const std::vector<float>& c);
+  void check_same_shape(const Tensor& x, const Tensor& y) const;
   void check_batch(const Tensor& x, size_t batch, const char* what) const;
 
   const NoiseSchedule& schedule_;
   Device& device_;
-  std::mutex mutex_;
-  std::map<std::tuple<Op, Shape>, std::unique_ptr<Kernel>> kernels_;
+  KernelSet<std::pair<Op, Shape>> kernels_;           // (operation, shape) -> binary
+  KernelSet<std::pair<Shape, int64_t>> column_copies_;  // (chain shape, column) -> reorder
 };
 
 }  // namespace diffuflow

@@ -43,30 +43,6 @@ NoisingChain::NoisingChain(const NodeConfig& config, RunContext& ctx)
   }
 }
 
-void NoisingChain::write_column(const Tensor& chain, int k, const Tensor& x) {
-  // chain [N, K, M] and x [N, 1, M] with M the per-image element count.
-  const int64_t n = chain.dim(0);
-  const int64_t kcols = chain.dim(1);
-  const int64_t m = x.numel() / n;
-  dnnl::engine& engine = ctx().device().engine();
-  using md = dnnl::memory::desc;
-  const md chain_md({n, kcols, m}, dnnl::memory::data_type::f32, dnnl::memory::format_tag::abc);
-  const md column_md = chain_md.submemory_desc({n, 1, m}, {0, k, 0});
-  const md src_md({n, 1, m}, dnnl::memory::data_type::f32, dnnl::memory::format_tag::abc);
-  std::lock_guard<std::mutex> lock(columns_mutex_);
-  if (column_shape_ != x.shape() || static_cast<int64_t>(columns_.size()) != kcols) {
-    columns_.clear();
-    for (int64_t j = 0; j < kcols; ++j) {
-      const md sub = chain_md.submemory_desc({n, 1, m}, {0, j, 0});
-      columns_.emplace_back(dnnl::reorder::primitive_desc(engine, src_md, engine, sub));
-    }
-    column_shape_ = x.shape();
-  }
-  dnnl::memory src(src_md, engine, x.memory().get_data_handle());
-  dnnl::memory dst(column_md, engine, chain.memory().get_data_handle());
-  columns_[static_cast<size_t>(k)].execute(ctx().device().stream(), src, dst);
-}
-
 void NoisingChain::process(const NodeInput& in, Emitter& out) {
   const Packet& packet = in.packet();
   const Tensor x0 = steps_.on_device(packet.get(fields::kX0));  // [N,C,H,W]
@@ -84,7 +60,7 @@ void NoisingChain::process(const NodeInput& in, Emitter& out) {
   }
 
   int column = 0;
-  if (params_.include_x0) write_column(chain, column++, x0);
+  if (params_.include_x0) steps_.write_column(chain, column++, x0);
   auto rng = ctx().rng(name(), packet.seq());
   const size_t batch = static_cast<size_t>(shape[0]);
   if (params_.mode == ChainMode::closed_form) {
@@ -93,7 +69,7 @@ void NoisingChain::process(const NodeInput& in, Emitter& out) {
       const int t = static_cast<int>(at);
       const std::vector<float> a(batch, schedule_->sqrt_alpha_bar(t));
       const std::vector<float> b(batch, schedule_->sqrt_one_minus_alpha_bar(t));
-      write_column(chain, column++, steps_.combine(a, x0, b, eps));
+      steps_.write_column(chain, column++, steps_.combine(a, x0, b, eps));
     }
   } else {
     Tensor x = x0;
@@ -105,7 +81,7 @@ void NoisingChain::process(const NodeInput& in, Emitter& out) {
       const std::vector<float> keep(batch, std::sqrt(1.0f - beta));
       x = steps_.scale_add(keep, x, standard_normal(shape, rng, ctx().device(), std::sqrt(beta)));
       if (t == params_.at[next]) {
-        write_column(chain, column++, x);
+        steps_.write_column(chain, column++, x);
         ++next;
       }
     }

@@ -23,10 +23,7 @@
 #include "graph/node.hpp"
 #include "nodes/diffusion/diffusion_steps.hpp"
 
-#include <dnnl.hpp>
-
 #include <memory>
-#include <mutex>
 #include <string>
 #include <vector>
 
@@ -54,15 +51,9 @@ class NoisingChain : public Node {
   int columns() const { return static_cast<int>(params_.at.size()) + (params_.include_x0 ? 1 : 0); }
 
  private:
-  // Copies x [N, ...] into column k of chain [N, K, ...] with a cached reorder.
-  void write_column(const Tensor& chain, int k, const Tensor& x);
-
   Params params_;
   std::shared_ptr<NoiseSchedule> schedule_;
-  DiffusionSteps steps_;
-  std::mutex columns_mutex_;
-  Shape column_shape_;                  // the [N, ...] shape the reorders were built for
-  std::vector<dnnl::reorder> columns_;  // one per column
+  DiffusionSteps steps_;  // also copies each x_t into its column of the chain
 };
 
 }  // namespace diffuflow

@@ -2,7 +2,6 @@
 
 #include "graph/errors.hpp"
 #include "graph/registry.hpp"
-#include "compute/program.hpp"
 #include "nodes/common/fields.hpp"
 
 #include <algorithm>
@@ -21,14 +20,6 @@ class ChainSnapshots : public Payload {
 
 // Private to the sampler: travels round the loop with the chain's packet.
 const PayloadField<ChainSnapshots> kChainSnapshots{"sampler_chain", "the snapshots a chain has kept so far"};
-
-// A [N] s32 host tensor holding `values`.
-Tensor timestep_tensor(const std::vector<int>& values) {
-  Tensor t({static_cast<int64_t>(values.size())}, DType::s32, Device::host()->engine());
-  auto host = t.map<int32_t>();
-  for (size_t i = 0; i < values.size(); ++i) host[i] = values[i];
-  return t;
-}
 
 }  // namespace
 
@@ -134,8 +125,7 @@ void Sampler::keep_snapshot(Packet& packet, int64_t position, const Tensor& x) {
   packet.set(kChainSnapshots, std::shared_ptr<const ChainSnapshots>(std::move(kept)));
 }
 
-// Copies the K snapshots [N,C,H,W] into chain [N,K,C,H,W]: one reorder per
-// column into a strided view of the chain tensor.
+// Copies the K snapshots [N,C,H,W] into chain [N,K,C,H,W], one column each.
 Tensor Sampler::assemble_chain(const Packet& packet) {
   const auto& states = packet.get(kChainSnapshots)->states;
   if (states.size() != plan_.snapshot_positions.size()) {
@@ -147,27 +137,8 @@ Tensor Sampler::assemble_chain(const Packet& packet) {
   Shape chain_shape{one[0], k_count};
   chain_shape.insert(chain_shape.end(), one.begin() + 1, one.end());
   Tensor chain(chain_shape, DType::f32, ctx().device().engine());
-  Shape column_shape = chain_shape;
-  column_shape[1] = 1;
-  const auto chain_md = plain_f32(chain_shape);
-  const auto column_md = plain_f32(column_shape);
-  std::lock_guard<std::mutex> lock(chain_mutex_);
-  auto& stream = ctx().device().stream();
-  for (int64_t k = 0; k < k_count; ++k) {
-    dnnl::memory::dims offsets(chain_shape.size(), 0);
-    offsets[1] = k;
-    const auto dst_md = chain_md.submemory_desc(column_md.dims(), offsets);
-    const Tensor src = steps_.on_device(states[k]);
-    dnnl::memory src_mem = view(src.memory(), column_md);
-    dnnl::memory dst_mem = view(chain.memory(), dst_md);
-    auto key = std::make_pair(chain_shape, k);
-    auto it = chain_copies_.find(key);
-    if (it == chain_copies_.end()) {
-      it = chain_copies_.emplace(key, dnnl::reorder(dnnl::reorder::primitive_desc(src_mem, dst_mem))).first;
-    }
-    it->second.execute(stream, src_mem, dst_mem);
-  }
-  stream.wait();
+  for (int64_t k = 0; k < k_count; ++k) steps_.write_column(chain, k, states[k]);
+  ctx().device().stream().wait();
   return chain;
 }
 

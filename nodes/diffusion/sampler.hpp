@@ -41,11 +41,8 @@
 #include "nodes/diffusion/noise_schedule.hpp"
 #include "nodes/diffusion/reverse_chain.hpp"
 
-#include <map>
 #include <memory>
-#include <mutex>
 #include <string>
-#include <utility>
 #include <vector>
 
 namespace diffuflow {
@@ -87,8 +84,6 @@ class Sampler : public Node {
   std::shared_ptr<NoiseSchedule> schedule_;
   DiffusionSteps steps_;
   ReverseChainPlan plan_;  // ancestral: ddpm over every timestep, ddpm_step t -> t-1
-  std::mutex chain_mutex_;
-  std::map<std::pair<Shape, int64_t>, dnnl::reorder> chain_copies_;  // (chain shape, column) -> reorder
 };
 
 }  // namespace diffuflow

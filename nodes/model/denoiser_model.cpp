@@ -1,7 +1,7 @@
 #include "nodes/model/denoiser_model.hpp"
 
 #include "graph/errors.hpp"
-#include "compute/program.hpp"
+#include "compute/memory.hpp"
 
 #include <cmath>
 #include <cstring>
@@ -14,7 +14,7 @@ namespace diffuflow {
 DenoiserModel::~DenoiserModel() = default;
 
 DenoiserModel::DenoiserModel(std::vector<ParamSlot> slots, const dnnl::engine& engine)
-    : slots_(std::move(slots)), engine_(engine), grads_stream_(engine_) {
+    : slots_(std::move(slots)), engine_(engine), flat_stream_(engine_), flat_kernels_(engine_) {
   param_count_ = 0;
   for (auto& s : slots_) {
     s.offset = param_count_;
@@ -23,27 +23,32 @@ DenoiserModel::DenoiserModel(std::vector<ParamSlot> slots, const dnnl::engine& e
   const auto flat = plain_f32({std::max<int64_t>(param_count_, 1)});
   params_ = dnnl::memory(flat, engine_);
   grads_ = dnnl::memory(flat, engine_);
-  const auto attr = user_scratchpad_attr();
-  dnnl::eltwise_forward::primitive_desc zero_pd(
-      dnnl::eltwise_forward::desc(dnnl::prop_kind::forward_inference, dnnl::algorithm::eltwise_linear, flat, 0.f, 0.f),
-      attr, engine_);
-  dnnl::binary::primitive_desc add_pd(dnnl::binary::desc(dnnl::algorithm::binary_add, flat, flat, flat), attr,
-                                      engine_);
-  dnnl::reorder::primitive_desc copy_pd(engine_, flat, engine_, flat, attr);
-  zero_ = dnnl::eltwise_forward(zero_pd);
-  add_ = dnnl::binary(add_pd);
-  copy_ = dnnl::reorder(copy_pd);
-  const size_t scratch = std::max({zero_pd.scratchpad_desc().get_size(), add_pd.scratchpad_desc().get_size(),
-                                   copy_pd.scratchpad_desc().get_size(), size_t{1}});
-  scratchpad_ = dnnl::memory(dnnl::memory::desc({static_cast<int64_t>(scratch)}, dnnl::memory::data_type::u8, tag::a),
-                             engine_);
   zero_grads();
   // Parameters start at zero until loaded or initialised.
   {
-    std::lock_guard<std::mutex> lock(grads_mutex_);
-    zero_.execute(grads_stream_, {{DNNL_ARG_SRC, params_}, {DNNL_ARG_DST, params_}, {DNNL_ARG_SCRATCHPAD, scratchpad_}});
-    grads_stream_.wait();
+    std::lock_guard<std::mutex> lock(flat_mutex_);
+    flat_kernel(FlatOp::zero).run(flat_stream_, {{DNNL_ARG_SRC, params_}, {DNNL_ARG_DST, params_}});
+    flat_stream_.wait();
   }
+}
+
+const Kernel& DenoiserModel::flat_kernel(FlatOp op) {
+  return flat_kernels_.get(op, [&]() -> dnnl::primitive_desc_base {
+    const auto flat = params_.get_desc();
+    const auto attr = user_scratchpad_attr();
+    switch (op) {
+      case FlatOp::zero:
+        return dnnl::eltwise_forward::primitive_desc(
+            dnnl::eltwise_forward::desc(dnnl::prop_kind::forward_inference, dnnl::algorithm::eltwise_linear, flat, 0.f,
+                                        0.f),
+            attr, engine_);
+      case FlatOp::add:
+        return dnnl::binary::primitive_desc(dnnl::binary::desc(dnnl::algorithm::binary_add, flat, flat, flat), attr,
+                                            engine_);
+      case FlatOp::copy: return dnnl::reorder::primitive_desc(engine_, flat, engine_, flat, attr);
+    }
+    throw std::logic_error("model: unknown flat-buffer operation");
+  });
 }
 
 const ParamSlot& DenoiserModel::slot(const std::string& name) const {
@@ -53,24 +58,26 @@ const ParamSlot& DenoiserModel::slot(const std::string& name) const {
 }
 
 void DenoiserModel::zero_grads() {
-  std::lock_guard<std::mutex> lock(grads_mutex_);
-  zero_.execute(grads_stream_, {{DNNL_ARG_SRC, grads_}, {DNNL_ARG_DST, grads_}, {DNNL_ARG_SCRATCHPAD, scratchpad_}});
-  grads_stream_.wait();
+  std::lock_guard<std::mutex> lock(flat_mutex_);
+  flat_kernel(FlatOp::zero).run(flat_stream_, {{DNNL_ARG_SRC, grads_}, {DNNL_ARG_DST, grads_}});
+  flat_stream_.wait();
   overwrite_next_ = true;
 }
 
+void DenoiserModel::copy_flat(const dnnl::memory& from, const dnnl::memory& to) {
+  std::lock_guard<std::mutex> lock(flat_mutex_);
+  flat_kernel(FlatOp::copy).run(flat_stream_, {{DNNL_ARG_FROM, from}, {DNNL_ARG_TO, to}});
+  flat_stream_.wait();
+}
+
 void DenoiserModel::accumulate_grads(const dnnl::memory& staging) {
-  std::lock_guard<std::mutex> lock(grads_mutex_);
+  std::lock_guard<std::mutex> lock(flat_mutex_);
   if (overwrite_next_) {
-    copy_.execute(grads_stream_,
-                  {{DNNL_ARG_FROM, staging}, {DNNL_ARG_TO, grads_}, {DNNL_ARG_SCRATCHPAD, scratchpad_}});
+    flat_kernel(FlatOp::copy).run(flat_stream_, {{DNNL_ARG_FROM, staging}, {DNNL_ARG_TO, grads_}});
   } else {
-    add_.execute(grads_stream_, {{DNNL_ARG_SRC_0, grads_},
-                                 {DNNL_ARG_SRC_1, staging},
-                                 {DNNL_ARG_DST, grads_},
-                                 {DNNL_ARG_SCRATCHPAD, scratchpad_}});
+    flat_kernel(FlatOp::add).run(flat_stream_, {{DNNL_ARG_SRC_0, grads_}, {DNNL_ARG_SRC_1, staging}, {DNNL_ARG_DST, grads_}});
   }
-  grads_stream_.wait();
+  flat_stream_.wait();
   overwrite_next_ = false;
 }
 
@@ -101,30 +108,27 @@ void DenoiserModel::load(const SafetensorsFile& file) {
                                  shape_str(s.shape));
     }
   }
-  auto* host = static_cast<float*>(params_.map_data());
-  for (const auto& s : slots_) std::memcpy(host + s.offset, file.entry(s.name).data.data(), s.count() * sizeof(float));
-  params_.unmap_data(host);
+  HostMap<float> host(params_);
+  for (const auto& s : slots_) std::memcpy(&host[s.offset], file.entry(s.name).data.data(), s.count() * sizeof(float));
 }
 
 void DenoiserModel::save_to(SafetensorsFile& file) const {
-  auto* host = static_cast<float*>(params_.map_data());
-  for (const auto& s : slots_) file.add_f32(s.name, s.shape, host + s.offset);
-  params_.unmap_data(host);
+  const HostMap<float> host(params_);
+  for (const auto& s : slots_) file.add_f32(s.name, s.shape, &host[s.offset]);
 }
 
 void DenoiserModel::save_grads_to(SafetensorsFile& file, const std::string& prefix) const {
-  auto* host = static_cast<float*>(grads_.map_data());
-  for (const auto& s : slots_) file.add_f32(prefix + s.name, s.shape, host + s.offset);
-  grads_.unmap_data(host);
+  const HostMap<float> host(grads_);
+  for (const auto& s : slots_) file.add_f32(prefix + s.name, s.shape, &host[s.offset]);
 }
 
 void DenoiserModel::init_random(uint64_t seed) {
   std::mt19937_64 rng(seed);
-  auto* host = static_cast<float*>(params_.map_data());
+  HostMap<float> host(params_);
   // fan_in of the weight whose bias follows it (a bias shares its layer's bound).
   int64_t last_fan_in = 1;
   for (const auto& s : slots_) {
-    float* out = host + s.offset;
+    float* out = &host[s.offset];
     const bool is_bias = s.name.size() > 5 && s.name.compare(s.name.size() - 5, 5, ".bias") == 0;
     const bool is_norm = s.name.find("norm") != std::string::npos;
     if (is_norm) {
@@ -136,7 +140,6 @@ void DenoiserModel::init_random(uint64_t seed) {
     std::uniform_real_distribution<float> uniform(-bound, bound);
     for (int64_t i = 0; i < s.count(); ++i) out[i] = uniform(rng);
   }
-  params_.unmap_data(host);
 }
 
 SafetensorsFile model_weights_from(const SafetensorsFile& file, const std::vector<ParamSlot>& slots, bool prefer_ema) {

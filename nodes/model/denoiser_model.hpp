@@ -16,6 +16,7 @@
 // packet to the backward node, so several batches can be in flight.
 #pragma once
 
+#include "compute/kernels.hpp"
 #include "graph/packet.hpp"
 #include "graph/safetensors.hpp"
 #include "graph/tensor.hpp"
@@ -69,6 +70,9 @@ class DenoiserModel {
   dnnl::memory& grads() { return grads_; }    // flat f32 [P]
   // Zeroes grads(); the next backward() writes instead of adding.
   void zero_grads();
+  // Copies one flat f32 [P] buffer of the model's engine into another (the
+  // parameters, an optimiser's EMA of them, a saved copy) and waits for it.
+  void copy_flat(const dnnl::memory& from, const dnnl::memory& to);
 
   // Loads every parameter by name. A missing, extra, non-F32 or mis-shaped
   // tensor is a DataError naming the file and the tensor.
@@ -88,17 +92,18 @@ class DenoiserModel {
   void accumulate_grads(const dnnl::memory& staging);
 
  private:
+  // The kernels over flat [P] buffers: x = 0 (eltwise linear 0*x+0), a + b, and a copy.
+  enum class FlatOp { zero, add, copy };
+  const Kernel& flat_kernel(FlatOp op);
+
   std::vector<ParamSlot> slots_;
   int64_t param_count_ = 0;
   dnnl::engine engine_;
   dnnl::memory params_;
   dnnl::memory grads_;
-  std::mutex grads_mutex_;
-  dnnl::stream grads_stream_;
-  dnnl::primitive zero_;        // eltwise linear 0*x+0 over grads
-  dnnl::primitive add_;         // grads += staging
-  dnnl::primitive copy_;        // grads = staging
-  dnnl::memory scratchpad_;
+  std::mutex flat_mutex_;       // one flat-buffer operation at a time, each waited for
+  dnnl::stream flat_stream_;
+  KernelSet<FlatOp> flat_kernels_;
   bool overwrite_next_ = true;  // set by zero_grads()
 };
 

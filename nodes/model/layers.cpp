@@ -253,11 +253,7 @@ ValueId linear(Program& p, ValueId x, const ParamRef& weight, const ParamRef& bi
                                              {DNNL_ARG_WEIGHTS, view(p.data(x), x2)},
                                              {DNNL_ARG_DST, p.param_grad(weight.offset, w_plain)}});
     const dnnl::memory ones = p.alloc_constant(plain_f32({1, rows}));
-    {
-      auto* o = static_cast<float*>(ones.map_data());
-      std::fill(o, o + rows, 1.0f);
-      ones.unmap_data(o);
-    }
+    HostMap<float>(ones).fill(1.0f);
     const auto db_md = plain_f32({1, out});
     dnnl::matmul::primitive_desc db_pd(dnnl::matmul::desc(ones.get_desc(), y2, db_md), attr, p.engine());
     p.backward(p.make<dnnl::matmul>(db_pd), {{DNNL_ARG_SRC, ones},
@@ -268,20 +264,6 @@ ValueId linear(Program& p, ValueId x, const ParamRef& weight, const ParamRef& bi
 }
 
 namespace {
-
-// Host access to a small f32 memory (per-channel statistics, parameters).
-class HostFloats {
- public:
-  explicit HostFloats(const dnnl::memory& m) : memory_(m), data_(static_cast<float*>(m.map_data())) {}
-  ~HostFloats() { memory_.unmap_data(data_); }
-  HostFloats(const HostFloats&) = delete;
-  HostFloats& operator=(const HostFloats&) = delete;
-  float& operator[](int64_t i) { return data_[i]; }
-
- private:
-  dnnl::memory memory_;
-  float* data_;
-};
 
 // x [N,C,...] seen as [1, N*C, H, W]: every (sample, channel) pair becomes a
 // channel of its own, which is the same memory for plain NCHW and for
@@ -307,6 +289,35 @@ dnnl::memory::desc per_channel_operand(const dnnl::memory::desc& view_md) {
 
 namespace {
 
+// Where the small numbers of one group norm live: slices of ONE program-owned
+// f32 buffer, so that each of its host steps maps that buffer once. gamma and
+// beta [C] (adjacent, as d gamma and d beta are) come in, and d gamma, d beta
+// go out, by reorders recorded in the program; the host steps touch nothing
+// else. Each slice starts on a 16-float (64-byte) boundary.
+struct GroupNormLayout {
+  int64_t gamma = 0, beta = 0;                                    // [C]
+  int64_t mean_c = 0, var_c = 0;                                  // [N*C] channel statistics (device)
+  int64_t mean = 0, var = 0, scale = 0, a = 0, b = 0;             // [N*C] forward host step's outputs
+  int64_t s1 = 0, s2 = 0, b_coef = 0, c_coef = 0;                 // [N*C] backward
+  int64_t dgamma = 0, dbeta = 0;                                  // [C] backward host step's outputs
+  int64_t size = 0;
+
+  GroupNormLayout(int64_t c, int64_t nc, bool with_backward) {
+    auto take = [&](int64_t count) {
+      const int64_t at = size;
+      size += (count + 15) / 16 * 16;
+      return at;
+    };
+    gamma = take(2 * c);
+    beta = gamma + c;
+    for (int64_t* slot : {&mean_c, &var_c, &mean, &var, &scale, &a, &b}) *slot = take(nc);
+    if (!with_backward) return;
+    for (int64_t* slot : {&s1, &s2, &b_coef, &c_coef}) *slot = take(nc);
+    dgamma = take(2 * c);
+    dbeta = dgamma + c;
+  }
+};
+
 ValueId group_norm_impl(Program& p, ValueId x, const ParamRef& weight, const ParamRef& bias, int64_t groups, float eps,
                         bool fuse_silu) {
   // x [N,C,...] -> y [N,C,...], any layout. Forward:
@@ -326,23 +337,42 @@ ValueId group_norm_impl(Program& p, ValueId x, const ParamRef& weight, const Par
   const auto attr = user_scratchpad_attr();
   using flags = dnnl::normalization_flags;
 
+  // The group norm's buffer: [gamma | beta], then per (n, c) the channel
+  // statistics, what the host step computes, and the backward's numbers.
+  const GroupNormLayout at(c, nc, p.training());
+  const dnnl::memory numbers = p.alloc(plain_f32({at.size}));
+  auto slice = [numbers](int64_t offset, const dnnl::memory::desc& desc) { return flat_slice(numbers, offset, desc); };
+  // gamma, beta [C] -> the buffer: one copy when adjacent in the parameters
+  // (weight, then bias: the models' module order).
+  if (bias.offset == weight.offset + c) {
+    p.copy(p.param(weight.offset, plain_f32({2 * c})), slice(at.gamma, plain_f32({2 * c})), false);
+  } else {
+    p.copy(p.param(weight.offset, c_md), slice(at.gamma, c_md), false);
+    p.copy(p.param(bias.offset, c_md), slice(at.beta, c_md), false);
+  }
+
   dnnl::batch_normalization_forward::primitive_desc stats_pd(
       dnnl::batch_normalization_forward::desc(prop_kind::forward_training, bn_md, eps, flags::none), attr,
       p.engine());
-  const dnnl::memory mean_c = p.alloc(nc_md), var_c = p.alloc(nc_md);
   const dnnl::memory scratch = p.alloc(bn_md);
   p.forward(p.make<dnnl::batch_normalization_forward>(stats_pd), {{DNNL_ARG_SRC, view(p.data(x), bn_md)},
                                                                    {DNNL_ARG_DST, scratch},
-                                                                   {DNNL_ARG_MEAN, mean_c},
-                                                                   {DNNL_ARG_VARIANCE, var_c}});
+                                                                   {DNNL_ARG_MEAN, slice(at.mean_c, nc_md)},
+                                                                   {DNNL_ARG_VARIANCE, slice(at.var_c, nc_md)}});
   // Kept for backward: the group statistics per (n, c) and gamma per (n, c);
   // for the output, per (n, c): a = gamma rstd and b = beta - mean gamma rstd.
-  const dnnl::memory mean = p.alloc(nc_md), var = p.alloc(nc_md), scale = p.alloc(nc_md);
-  const dnnl::memory a_nc = p.alloc(nc_md), b_nc = p.alloc(nc_md);
   p.host_forward(
       [=](const Args& args) {
-        HostFloats mc(args.at(0)), vc(args.at(1)), gamma(args.at(2)), beta(args.at(3)), m(args.at(4)),
-            v(args.at(5)), sc(args.at(6)), a(args.at(7)), b(args.at(8));
+        HostMap<float> buffer(args.at(0));
+        const float* mc = buffer.data() + at.mean_c;
+        const float* vc = buffer.data() + at.var_c;
+        const float* gamma = buffer.data() + at.gamma;
+        const float* beta = buffer.data() + at.beta;
+        float* m = buffer.data() + at.mean;
+        float* v = buffer.data() + at.var;
+        float* sc = buffer.data() + at.scale;
+        float* a = buffer.data() + at.a;
+        float* b = buffer.data() + at.b;
         for (int64_t i = 0; i < n; ++i) {
           for (int64_t g = 0; g < groups; ++g) {
             const int64_t c0 = i * c + g * cg;
@@ -368,15 +398,7 @@ ValueId group_norm_impl(Program& p, ValueId x, const ParamRef& weight, const Par
           }
         }
       },
-      {{0, mean_c},
-       {1, var_c},
-       {2, p.param(weight.offset, c_md)},
-       {3, p.param(bias.offset, c_md)},
-       {4, mean},
-       {5, var},
-       {6, scale},
-       {7, a_nc},
-       {8, b_nc}});
+      {{0, numbers}});
   // y = x * a + b in one binary pass over the view (then SiLU as a post-op
   // when fused: the same arithmetic as the separate SiLU step, so inference
   // and training programs give identical outputs).
@@ -389,8 +411,8 @@ ValueId group_norm_impl(Program& p, ValueId x, const ParamRef& weight, const Par
                                         p.engine());
   const ValueId y = p.new_value(x_md, !fuse_silu);
   p.forward(p.make<dnnl::binary>(apply_pd), {{DNNL_ARG_SRC_0, view(p.data(x), bn_md)},
-                                             {DNNL_ARG_SRC_1, view(a_nc, nc_b)},
-                                             {DNNL_ARG_ATTR_MULTIPLE_POST_OP(0) | DNNL_ARG_SRC_1, view(b_nc, nc_b)},
+                                             {DNNL_ARG_SRC_1, slice(at.a, nc_b)},
+                                             {DNNL_ARG_ATTR_MULTIPLE_POST_OP(0) | DNNL_ARG_SRC_1, slice(at.b, nc_b)},
                                              {DNNL_ARG_DST, view(p.data(y), bn_md)}});
   if (fuse_silu) return y;
 
@@ -410,23 +432,30 @@ ValueId group_norm_impl(Program& p, ValueId x, const ParamRef& weight, const Par
         dnnl::batch_normalization_backward::desc(prop_kind::backward, bn_md, bn_md, eps, bwd_flags), attr,
         p.engine(), hint_pd);
     const dnnl::memory a_term = p.alloc(bn_md);
-    const dnnl::memory s1 = p.alloc(nc_md), s2 = p.alloc(nc_md);
-    p.backward(p.make<dnnl::batch_normalization_backward>(bwd_pd), {{DNNL_ARG_SRC, view(p.data(x), bn_md)},
-                                                                     {DNNL_ARG_MEAN, mean},
-                                                                     {DNNL_ARG_VARIANCE, var},
-                                                                     {DNNL_ARG_SCALE, scale},
-                                                                     {DNNL_ARG_SHIFT, b_nc},  // required, unused
-                                                                     {DNNL_ARG_DIFF_DST, view(p.grad(y), bn_md)},
-                                                                     {DNNL_ARG_DIFF_SRC, a_term},
-                                                                     {DNNL_ARG_DIFF_SCALE, s2},
-                                                                     {DNNL_ARG_DIFF_SHIFT, s1}});
-    const dnnl::memory b_coef = p.alloc(nc_md), c_coef = p.alloc(nc_md);
+    p.backward(p.make<dnnl::batch_normalization_backward>(bwd_pd),
+               {{DNNL_ARG_SRC, view(p.data(x), bn_md)},
+                {DNNL_ARG_MEAN, slice(at.mean, nc_md)},
+                {DNNL_ARG_VARIANCE, slice(at.var, nc_md)},
+                {DNNL_ARG_SCALE, slice(at.scale, nc_md)},
+                {DNNL_ARG_SHIFT, slice(at.b, nc_md)},  // required, unused
+                {DNNL_ARG_DIFF_DST, view(p.grad(y), bn_md)},
+                {DNNL_ARG_DIFF_SRC, a_term},
+                {DNNL_ARG_DIFF_SCALE, slice(at.s2, nc_md)},
+                {DNNL_ARG_DIFF_SHIFT, slice(at.s1, nc_md)}});
     const double count = static_cast<double>(cg * spatial), hw = static_cast<double>(spatial);
     const double epsilon = eps;
     p.host_backward(
-        [=](const Args& a) {
-          HostFloats m(a.at(0)), v(a.at(1)), sc(a.at(2)), S1(a.at(3)), S2(a.at(4)), dgamma(a.at(5)), dbeta(a.at(6)),
-              bc(a.at(7)), cc(a.at(8));
+        [=](const Args& args) {
+          HostMap<float> buffer(args.at(0));
+          const float* m = buffer.data() + at.mean;
+          const float* v = buffer.data() + at.var;
+          const float* sc = buffer.data() + at.scale;
+          const float* S1 = buffer.data() + at.s1;
+          const float* S2 = buffer.data() + at.s2;
+          float* dgamma = buffer.data() + at.dgamma;
+          float* dbeta = buffer.data() + at.dbeta;
+          float* bc = buffer.data() + at.b_coef;
+          float* cc = buffer.data() + at.c_coef;
           for (int64_t j = 0; j < c; ++j) {
             double dg = 0, db = 0;
             for (int64_t i = 0; i < n; ++i) {
@@ -455,15 +484,14 @@ ValueId group_norm_impl(Program& p, ValueId x, const ParamRef& weight, const Par
             }
           }
         },
-        {{0, mean},
-         {1, var},
-         {2, scale},
-         {3, s1},
-         {4, s2},
-         {5, p.param_grad(weight.offset, c_md)},
-         {6, p.param_grad(bias.offset, c_md)},
-         {7, b_coef},
-         {8, c_coef}});
+        {{0, numbers}});
+    // d gamma, d beta [C] -> the parameter gradients (as gamma and beta came in).
+    if (bias.offset == weight.offset + c) {
+      p.copy(slice(at.dgamma, plain_f32({2 * c})), p.param_grad(weight.offset, plain_f32({2 * c})), true);
+    } else {
+      p.copy(slice(at.dgamma, c_md), p.param_grad(weight.offset, c_md), true);
+      p.copy(slice(at.dbeta, c_md), p.param_grad(bias.offset, c_md), true);
+    }
     if (!p.needs_grad(x)) return;
     // A later contribution adds into the gradient directly (sum post-op).
     const GradSink s = p.sink(x, true);
@@ -476,8 +504,8 @@ ValueId group_norm_impl(Program& p, ValueId x, const ParamRef& weight, const Par
     dnnl::binary::primitive_desc dx_pd(dnnl::binary::desc(algorithm::binary_mul, bn_md, nc_b, bn_md), dx_attr,
                                        p.engine());
     p.backward(p.make<dnnl::binary>(dx_pd), {{DNNL_ARG_SRC_0, view(p.data(x), bn_md)},
-                                             {DNNL_ARG_SRC_1, view(b_coef, nc_b)},
-                                             {DNNL_ARG_ATTR_MULTIPLE_POST_OP(0) | DNNL_ARG_SRC_1, view(c_coef, nc_b)},
+                                             {DNNL_ARG_SRC_1, slice(at.b_coef, nc_b)},
+                                             {DNNL_ARG_ATTR_MULTIPLE_POST_OP(0) | DNNL_ARG_SRC_1, slice(at.c_coef, nc_b)},
                                              {DNNL_ARG_ATTR_MULTIPLE_POST_OP(1) | DNNL_ARG_SRC_1, a_term},
                                              {DNNL_ARG_DST, view(s.memory, bn_md)}});
     p.commit(s);
@@ -566,11 +594,7 @@ ValueId add_channel_bias(Program& p, ValueId x, ValueId bias) {
     const GradSink s = p.sink(bias);
     const bool blocked = is_channel_blocked(x_md);
     const dnnl::memory ones = p.alloc_constant(plain_f32(blocked ? dims{1, 1, spatial} : dims{spatial, 1}));
-    {
-      auto* o = static_cast<float*>(ones.map_data());
-      std::fill(o, o + spatial, 1.0f);
-      ones.unmap_data(o);
-    }
+    HostMap<float>(ones).fill(1.0f);
     if (blocked) {
       const auto dy_md = plain_f32({nc / 16, spatial, 16});
       const auto out_md = plain_f32({nc / 16, 1, 16});
@@ -753,6 +777,14 @@ void timestep_embedding_table(const std::vector<int64_t>& timesteps, int64_t dim
     }
     for (int64_t j = 2 * half; j < dim; ++j) row[j] = 0.0f;
   }
+}
+
+void write_timestep_embedding(const std::vector<int64_t>& timesteps, int64_t dim, const dnnl::memory& temb0) {
+  std::vector<float> table(timesteps.size() * static_cast<size_t>(dim));
+  timestep_embedding_table(timesteps, dim, table.data());
+  HostMap<float> host(temb0);
+  if (host.size() != table.size()) throw std::invalid_argument("model layer: time embedding input of the wrong size");
+  std::copy(table.begin(), table.end(), host.begin());
 }
 
 }  // namespace diffuflow

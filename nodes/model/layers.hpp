@@ -54,5 +54,9 @@ ValueId attention_core(Program& p, ValueId q, ValueId k, ValueId v, int64_t batc
 // gradient), so it is computed on the host in float32 and copied into the
 // model's input value before the forward pass.
 void timestep_embedding_table(const std::vector<int64_t>& timesteps, int64_t dim, float* out);
+// The table written into a model's input temb0 [N, dim] with one host mapping.
+// It is computed before the mapping, so a model that queues its input uploads
+// first has the host work overlap them.
+void write_timestep_embedding(const std::vector<int64_t>& timesteps, int64_t dim, const dnnl::memory& temb0);
 
 }  // namespace diffuflow

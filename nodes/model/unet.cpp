@@ -285,11 +285,7 @@ ForwardResult UNetModel::forward(const Tensor& x, const Tensor& t, bool for_trai
   Program& p = *space.program;
 
   copy_in(p, space.copy_x_in, x, p.data(space.x), engine(), space.stream);
-  {
-    auto* table = static_cast<float*>(p.data(space.temb0).map_data());
-    timestep_embedding_table(steps, config_.block_out_channels[0], table);
-    p.data(space.temb0).unmap_data(table);
-  }
+  write_timestep_embedding(steps, config_.block_out_channels[0], p.data(space.temb0));  // while x uploads
   p.run_forward(space.stream);
   Tensor prediction({n, config_.out_channels, h, w}, DType::f32, engine());
   p.run_io_copy(space.copy_out, p.data(space.out), prediction.memory(), space.stream);

@@ -19,14 +19,6 @@ namespace {
 
 constexpr int64_t kMaxChainRows = 8;  // image chains: rows (samples) shown at most
 
-// A [N] s32 host tensor holding `values`.
-Tensor timestep_tensor(const std::vector<int>& values) {
-  Tensor t({static_cast<int64_t>(values.size())}, DType::s32, Device::host()->engine());
-  auto host = t.map<int32_t>();
-  for (size_t i = 0; i < values.size(); ++i) host[i] = values[i];
-  return t;
-}
-
 }  // namespace
 
 Tensor sample_reverse_chain(DenoiserModel& model, DiffusionSteps& steps, const Tensor& x_T,
@@ -68,27 +60,20 @@ Tensor sample_reverse_chain(DenoiserModel& model, DiffusionSteps& steps, const T
 
 EmaWeightSwap::EmaWeightSwap(DenoiserModel& model, const dnnl::memory* ema) : model_(model) {
   if (!ema) return;
-  dnnl::memory params = model_.params();  // handles: execute() takes non-const references
-  dnnl::memory ema_weights = *ema;
+  const dnnl::memory& params = model_.params();
   if (ema->get_desc() != params.get_desc() || ema->get_engine() != params.get_engine()) {
     throw std::invalid_argument("EMA weights do not match the model's parameter buffer (" +
                                 std::to_string(ema->get_desc().get_size()) + " vs " +
                                 std::to_string(params.get_desc().get_size()) + " bytes)");
   }
-  // One reorder primitive serves every copy: all three buffers share one descriptor.
-  stream_ = dnnl::stream(model_.engine());
   saved_ = dnnl::memory(params.get_desc(), model_.engine());
-  copy_ = dnnl::reorder(dnnl::reorder::primitive_desc(params, saved_));
-  copy_.execute(stream_, params, saved_);  // saved = raw weights [P]
-  copy_.execute(stream_, ema_weights, params);  // params = EMA [P]
-  stream_.wait();
+  model_.copy_flat(params, saved_);  // saved = raw weights [P]
+  model_.copy_flat(*ema, params);    // params = EMA [P]
   active_ = true;
 }
 
 EmaWeightSwap::~EmaWeightSwap() {
-  if (!active_) return;
-  copy_.execute(stream_, saved_, model_.params());  // params = raw weights again
-  stream_.wait();
+  if (active_) model_.copy_flat(saved_, model_.params());  // params = raw weights again
 }
 
 NodeContract SamplePreview::contract() {

@@ -31,8 +31,8 @@
 // Weights: with use_ema (default) and an optimiser that keeps an EMA (the
 // model resource publishes it), a preview samples from the EMA weights: the
 // raw weights are saved to a scratch buffer, the EMA copied over them, the
-// chain sampled, and the raw weights copied back, each copy a oneDNN reorder
-// on the model's engine. The node is a device node: it runs on the compute
+// chain sampled, and the raw weights copied back, each copy the model's flat
+// copy on its engine (DenoiserModel::copy_flat). The node is a device node: it runs on the compute
 // thread, so no other model call sees the swapped weights.
 #pragma once
 
@@ -71,7 +71,7 @@ Tensor sample_reverse_chain(DenoiserModel& model, DiffusionSteps& steps, const T
 
 // Copies the optimiser's EMA weights over the model's parameters for as long as
 // it lives, and restores the raw weights (bitwise) when it goes. All copies are
-// reorders on the model's engine, waited for. With a null `ema` it does nothing.
+// DenoiserModel::copy_flat, waited for. With a null `ema` it does nothing.
 class EmaWeightSwap {
  public:
   EmaWeightSwap(DenoiserModel& model, const dnnl::memory* ema);
@@ -83,9 +83,7 @@ class EmaWeightSwap {
  private:
   DenoiserModel& model_;
   bool active_ = false;
-  dnnl::stream stream_;
-  dnnl::memory saved_;
-  dnnl::reorder copy_;
+  dnnl::memory saved_;  // the raw weights while the EMA is in place
 };
 
 class SamplePreview : public Node {

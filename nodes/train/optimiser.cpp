@@ -6,7 +6,7 @@
 #include "graph/safetensors.hpp"
 #include "nodes/common/fields.hpp"
 #include "nodes/common/output_files.hpp"
-#include "compute/program.hpp"
+#include "compute/kernels.hpp"
 
 #include <nlohmann/json.hpp>
 
@@ -24,25 +24,6 @@ namespace diffuflow {
 namespace {
 
 using alg = dnnl::algorithm;
-
-void set_scalar(const dnnl::memory& memory, float value) {
-  auto* p = static_cast<float*>(memory.map_data());
-  *p = value;
-  memory.unmap_data(p);
-}
-
-float get_scalar(const dnnl::memory& memory) {
-  auto* p = static_cast<float*>(memory.map_data());
-  const float value = *p;
-  memory.unmap_data(p);
-  return value;
-}
-
-void fill_zero(const dnnl::memory& memory) {
-  void* p = memory.map_data();
-  std::memset(p, 0, memory.get_desc().get_size());
-  memory.unmap_data(p);
-}
 
 std::string format_value(double value) {
   std::ostringstream s;
@@ -85,119 +66,107 @@ std::string config_mismatch(const std::string& saved, const std::string& ours) {
 
 }  // namespace
 
-// The primitives of one optimiser step, all over flat f32 [P] buffers (src1
-// of the scalar ones is a 1-element memory broadcast over [P]).
-struct Optimiser::Kernels {
-  dnnl::engine engine;
-  dnnl::stream stream;
-  dnnl::memory::desc flat, one;
-  dnnl::memory exp_avg, exp_avg_sq, denom, ema;
-  // runtime scalars (1 element each)
-  dnnl::memory norm_sq, scale, weight_decay, one_minus_beta1, inv_bc2, decay, neg_step_size, ema_d, ema_one_minus_d;
-  dnnl::primitive norm;        // norm_sq = grads . grads (a [1,P] x [P,1] matmul)
-  dnnl::memory::desc row, column, scalar;  // grads as [1, P] and [P, 1]; norm_sq as [1, 1]
-  dnnl::primitive scale_grads; // grads = grads * scale
-  dnnl::primitive l2;          // grads = p * weight_decay + grads          (adam)
-  dnnl::primitive decay_params;// p = p * (1 - lr wd)                        (adamw)
-  dnnl::primitive first;       // m = g * (1 - beta1) + beta1 m
-  dnnl::primitive second;      // v = (1 - beta2) g g + beta2 v
-  dnnl::primitive denominator; // denom = sqrt(v * inv_bc2) + eps
-  dnnl::primitive update;      // p = (m / denom) * (-lr / bc1) + p
-  dnnl::primitive ema_scale;   // ema = ema * d
-  dnnl::primitive ema_add;     // ema = p * (1 - d) + ema
-  dnnl::primitive copy;        // ema = p
-  dnnl::memory scratchpad;
+// The optimiser's buffers on the model's engine and the primitives of one
+// step, all over flat f32 [P] buffers; src1 of the scalar ones is one element
+// of `scalars`, broadcast over [P].
+struct Optimiser::State {
+  // The per-step numbers, one f32 each in `scalars`: the squared gradient norm
+  // (written by the device) and what the step's primitives read. One host
+  // mapping per step reads the norm and writes the rest.
+  enum Scalar { norm_sq, scale, weight_decay, one_minus_beta1, inv_bc2, decay, neg_step_size, ema_d, ema_one_minus_d,
+                kScalars };
+  enum class Op { norm, mul_scalar, mul_scalar_add, first_moment, second_moment, denominator, update };
 
-  Kernels(const Optimiser::Params& p, const dnnl::engine& eng, int64_t count)
-      : engine(eng), stream(eng), flat(plain_f32({std::max<int64_t>(count, 1)})), one(plain_f32({1})) {
+  dnnl::stream stream;
+  dnnl::memory exp_avg, exp_avg_sq, denom, ema;  // [P]
+  dnnl::memory scalars;                           // [kScalars]
+  dnnl::memory::desc row, column, one_by_one;     // grads as [1, P] and [P, 1]; norm_sq as [1, 1]
+  KernelSet<Op> kernels;
+  const Kernel* norm;            // norm_sq = grads . grads (a [1,P] x [P,1] matmul)
+  const Kernel* mul_scalar;      // dst = src0 * s                  (grads *= scale; p *= 1 - lr wd; ema *= d)
+  const Kernel* mul_scalar_add;  // dst = src0 * s + dst            (grads += wd p; ema += (1 - d) p)
+  const Kernel* first_moment;    // m = g * (1 - beta1) + beta1 m
+  const Kernel* second_moment;   // v = (1 - beta2) g g + beta2 v
+  const Kernel* denominator;     // denom = sqrt(v * inv_bc2) + eps
+  const Kernel* update;          // p = (m / denom) * (-lr / bc1) + p
+
+  State(const Optimiser::Params& p, const dnnl::engine& engine, int64_t count) : stream(engine), kernels(engine) {
+    const auto flat = plain_f32({std::max<int64_t>(count, 1)});
+    const auto one = plain_f32({1});
     exp_avg = dnnl::memory(flat, engine);
     exp_avg_sq = dnnl::memory(flat, engine);
     denom = dnnl::memory(flat, engine);
-    fill_zero(exp_avg);
-    fill_zero(exp_avg_sq);
+    HostMap<float>(exp_avg).fill(0.0f);
+    HostMap<float>(exp_avg_sq).fill(0.0f);
     if (p.ema_decay > 0) ema = dnnl::memory(flat, engine);
-    for (auto* m : {&norm_sq, &scale, &weight_decay, &one_minus_beta1, &inv_bc2, &decay, &neg_step_size, &ema_d,
-                    &ema_one_minus_d})
-      *m = dnnl::memory(one, engine);
-    set_scalar(weight_decay, static_cast<float>(p.weight_decay));
-    set_scalar(one_minus_beta1, static_cast<float>(1.0 - p.beta1));
+    scalars = dnnl::memory(plain_f32({kScalars}), engine);
+    {
+      HostMap<float> host(scalars);
+      host.fill(0.0f);
+      host[weight_decay] = static_cast<float>(p.weight_decay);
+      host[one_minus_beta1] = static_cast<float>(1.0 - p.beta1);
+    }
 
-    size_t scratch = 1;
-    auto note = [&](const dnnl::primitive_desc_base& pd) { scratch = std::max(scratch, pd.scratchpad_desc().get_size()); };
-    auto make_binary = [&](alg a, const dnnl::memory::desc& src1, const dnnl::post_ops& po) {
-      dnnl::primitive_attr attr = user_scratchpad_attr();
-      attr.set_post_ops(po);
-      dnnl::binary::primitive_desc pd(dnnl::binary::desc(a, flat, src1, flat), attr, engine);
-      note(pd);
-      return dnnl::primitive(dnnl::binary(pd));
-    };
-    const dnnl::post_ops none;
     {
       // A dot product of the gradient with itself: oneDNN 2.6 has only a
       // reference (single-threaded, ~30x slower) kernel for a reduction of a
       // flat buffer, while the matmul kernels vectorise and thread it.
-      const int64_t count = flat.dims()[0];
-      row = dnnl::memory::desc({1, count}, dnnl::memory::data_type::f32, dnnl::memory::format_tag::ab);
-      column = dnnl::memory::desc({count, 1}, dnnl::memory::data_type::f32, dnnl::memory::format_tag::ab);
-      scalar = dnnl::memory::desc({1, 1}, dnnl::memory::data_type::f32, dnnl::memory::format_tag::ab);
-      dnnl::matmul::primitive_desc pd(dnnl::matmul::desc(row, column, scalar), user_scratchpad_attr(), engine);
-      note(pd);
-      norm = dnnl::matmul(pd);
+      const int64_t n = flat.dims()[0];
+      row = plain_f32({1, n});
+      column = plain_f32({n, 1});
+      one_by_one = plain_f32({1, 1});
+      norm = &kernels.get(Op::norm, [&] {
+        return dnnl::matmul::primitive_desc(dnnl::matmul::desc(row, column, one_by_one), user_scratchpad_attr(),
+                                            engine);
+      });
     }
-    scale_grads = make_binary(alg::binary_mul, one, none);
+    auto binary = [&](Op op, alg a, const dnnl::memory::desc& src1, const dnnl::post_ops& po) {
+      return &kernels.get(op, [&] {
+        dnnl::primitive_attr attr = user_scratchpad_attr();
+        attr.set_post_ops(po);
+        return dnnl::binary::primitive_desc(dnnl::binary::desc(a, flat, src1, flat), attr, engine);
+      });
+    };
+    mul_scalar = binary(Op::mul_scalar, alg::binary_mul, one, dnnl::post_ops());
     {
       dnnl::post_ops po;
       po.append_sum(1.f);
-      l2 = make_binary(alg::binary_mul, one, po);
+      mul_scalar_add = binary(Op::mul_scalar_add, alg::binary_mul, one, po);
     }
-    decay_params = make_binary(alg::binary_mul, one, none);
     {
       dnnl::post_ops po;
       po.append_sum(static_cast<float>(p.beta1));
-      first = make_binary(alg::binary_mul, one, po);
+      first_moment = binary(Op::first_moment, alg::binary_mul, one, po);
     }
     {
       dnnl::post_ops po;
       po.append_eltwise(1.f, alg::eltwise_linear, static_cast<float>(1.0 - p.beta2), 0.f);
       po.append_sum(static_cast<float>(p.beta2));
-      second = make_binary(alg::binary_mul, flat, po);
+      second_moment = binary(Op::second_moment, alg::binary_mul, flat, po);
     }
     {
       dnnl::post_ops po;
       po.append_eltwise(1.f, alg::eltwise_sqrt, 0.f, 0.f);
       po.append_eltwise(1.f, alg::eltwise_linear, 1.f, static_cast<float>(p.eps));
-      denominator = make_binary(alg::binary_mul, one, po);
+      denominator = binary(Op::denominator, alg::binary_mul, one, po);
     }
     {
       dnnl::post_ops po;
       po.append_binary(alg::binary_mul, one);
       po.append_sum(1.f);
-      update = make_binary(alg::binary_div, flat, po);
+      update = binary(Op::update, alg::binary_div, flat, po);
     }
-    ema_scale = make_binary(alg::binary_mul, one, none);
-    {
-      dnnl::post_ops po;
-      po.append_sum(1.f);
-      ema_add = make_binary(alg::binary_mul, one, po);
-    }
-    {
-      dnnl::reorder::primitive_desc pd(engine, flat, engine, flat, user_scratchpad_attr());
-      note(pd);
-      copy = dnnl::reorder(pd);
-    }
-    scratchpad = dnnl::memory(
-        dnnl::memory::desc({static_cast<int64_t>(scratch)}, dnnl::memory::data_type::u8, tag::a), engine);
   }
 
-  void run(dnnl::primitive& primitive, std::unordered_map<int, dnnl::memory> args) {
-    args[DNNL_ARG_SCRATCHPAD] = scratchpad;
-    primitive.execute(stream, args);
-  }
-  void binary(dnnl::primitive& primitive, const dnnl::memory& src0, const dnnl::memory& src1, const dnnl::memory& dst,
+  // One element of `scalars` as a 1-element operand.
+  dnnl::memory scalar(Scalar s) const { return flat_slice(scalars, s, plain_f32({1})); }
+
+  // dst = src0 (op) src1 [then the post-op's binary with post_src1].
+  void binary(const Kernel& kernel, const dnnl::memory& src0, const dnnl::memory& src1, const dnnl::memory& dst,
               const dnnl::memory* post_src1 = nullptr) {
-    std::unordered_map<int, dnnl::memory> args{{DNNL_ARG_SRC_0, src0}, {DNNL_ARG_SRC_1, src1}, {DNNL_ARG_DST, dst}};
+    Args args{{DNNL_ARG_SRC_0, src0}, {DNNL_ARG_SRC_1, src1}, {DNNL_ARG_DST, dst}};
     if (post_src1) args[DNNL_ARG_ATTR_MULTIPLE_POST_OP(0) | DNNL_ARG_SRC_1] = *post_src1;
-    run(primitive, std::move(args));
+    kernel.run(stream, std::move(args));
   }
 };
 
@@ -231,11 +200,8 @@ Optimiser::Optimiser(const NodeConfig& config, RunContext& ctx)
     }
   }
 
-  kernels_ = std::make_unique<Kernels>(params_, model_.engine(), model_.param_count());
-  if (params_.ema_decay > 0) {
-    kernels_->run(kernels_->copy, {{DNNL_ARG_FROM, model_.params()}, {DNNL_ARG_TO, kernels_->ema}});
-    kernels_->stream.wait();
-  }
+  state_ = std::make_unique<State>(params_, model_.engine(), model_.param_count());
+  if (params_.ema_decay > 0) model_.copy_flat(model_.params(), state_->ema);
   if (!ctx.resume_path.empty()) restore(SafetensorsFile::read(ctx.resume_path));
   resource_->set_ema(ema());
 }
@@ -274,9 +240,9 @@ int64_t Optimiser::checkpoint_step(const std::filesystem::path& path) {
   }
 }
 
-const dnnl::memory* Optimiser::ema() const { return params_.ema_decay > 0 ? &kernels_->ema : nullptr; }
-const dnnl::memory& Optimiser::exp_avg() const { return kernels_->exp_avg; }
-const dnnl::memory& Optimiser::exp_avg_sq() const { return kernels_->exp_avg_sq; }
+const dnnl::memory* Optimiser::ema() const { return params_.ema_decay > 0 ? &state_->ema : nullptr; }
+const dnnl::memory& Optimiser::exp_avg() const { return state_->exp_avg; }
+const dnnl::memory& Optimiser::exp_avg_sq() const { return state_->exp_avg_sq; }
 
 std::filesystem::path Optimiser::checkpoint_folder() const {
   RunContext& c = const_cast<Optimiser*>(this)->ctx();
@@ -307,17 +273,47 @@ void Optimiser::process(const NodeInput& in, Emitter& out) {
 }
 
 bool Optimiser::take_step(int64_t seq, double loss) {
-  Kernels& k = *kernels_;
+  State& s = *state_;
   dnnl::memory& params = model_.params();
   dnnl::memory& grads = model_.grads();
 
-  k.run(k.norm, {{DNNL_ARG_SRC, view(grads, k.row)},
-                 {DNNL_ARG_WEIGHTS, view(grads, k.column)},
-                 {DNNL_ARG_DST, view(k.norm_sq, k.scalar)}});
-  k.stream.wait();
-  const double norm = std::sqrt(static_cast<double>(get_scalar(k.norm_sq))) / static_cast<double>(params_.accumulate);
+  // norm_sq = grads . grads                                     [1,P] x [P,1] -> [1,1]
+  s.norm->run(s.stream, {{DNNL_ARG_SRC, view(grads, s.row)},
+                         {DNNL_ARG_WEIGHTS, view(grads, s.column)},
+                         {DNNL_ARG_DST, flat_slice(s.scalars, State::norm_sq, s.one_by_one)}});
+  s.stream.wait();
+  double norm = 0, lr = 0;
+  bool finite = false;
+  bool scaled = false;
+  {
+    // One mapping of the scalars: the norm out, this step's scalars in.
+    HostMap<float> scalars(s.scalars);
+    norm = std::sqrt(static_cast<double>(scalars[State::norm_sq])) / static_cast<double>(params_.accumulate);
+    finite = std::isfinite(norm);
+    if (finite) {
+      double scale = 1.0 / static_cast<double>(params_.accumulate);
+      if (params_.clip_grad_norm > 0) {
+        const double clip = params_.clip_grad_norm / (norm + 1e-6);
+        if (clip < 1.0) scale *= clip;
+      }
+      ++step_;
+      lr = learning_rate(params_, step_);
+      const double bc1 = 1.0 - std::pow(params_.beta1, static_cast<double>(step_));
+      const double bc2 = 1.0 - std::pow(params_.beta2, static_cast<double>(step_));
+      scaled = scale != 1.0;
+      scalars[State::scale] = static_cast<float>(scale);
+      scalars[State::decay] = static_cast<float>(1.0 - lr * params_.weight_decay);
+      scalars[State::inv_bc2] = static_cast<float>(1.0 / bc2);
+      scalars[State::neg_step_size] = static_cast<float>(-lr / bc1);
+      if (params_.ema_decay > 0) {
+        const double d = ema_decay_at(params_.ema_decay, step_);
+        scalars[State::ema_d] = static_cast<float>(d);
+        scalars[State::ema_one_minus_d] = static_cast<float>(1.0 - d);
+      }
+    }
+  }
   last_grad_norm_ = norm;
-  if (!std::isfinite(norm)) {
+  if (!finite) {
     const std::string value = format_value(norm);
     if (params_.on_nonfinite == OnNonfinite::stop) {
       throw NodeError(name(), seq,
@@ -332,42 +328,25 @@ bool Optimiser::take_step(int64_t seq, double loss) {
     return false;
   }
 
-  double scale = 1.0 / static_cast<double>(params_.accumulate);
-  if (params_.clip_grad_norm > 0) {
-    const double clip = params_.clip_grad_norm / (norm + 1e-6);
-    if (clip < 1.0) scale *= clip;
-  }
-  ++step_;
-  const double lr = learning_rate(params_, step_);
-  const double bc1 = 1.0 - std::pow(params_.beta1, static_cast<double>(step_));
-  const double bc2 = 1.0 - std::pow(params_.beta2, static_cast<double>(step_));
-
-  if (scale != 1.0) {
-    set_scalar(k.scale, static_cast<float>(scale));
-    k.binary(k.scale_grads, grads, k.scale, grads);
-  }
+  // All over [P]: the gradient scaled and decayed, the moments, the update, the EMA.
+  if (scaled) s.binary(*s.mul_scalar, grads, s.scalar(State::scale), grads);
   if (params_.weight_decay > 0) {
     if (params_.algorithm == Algorithm::adam) {
-      k.binary(k.l2, params, k.weight_decay, grads);
+      s.binary(*s.mul_scalar_add, params, s.scalar(State::weight_decay), grads);
     } else {
-      set_scalar(k.decay, static_cast<float>(1.0 - lr * params_.weight_decay));
-      k.binary(k.decay_params, params, k.decay, params);
+      s.binary(*s.mul_scalar, params, s.scalar(State::decay), params);
     }
   }
-  k.binary(k.first, grads, k.one_minus_beta1, k.exp_avg);
-  k.binary(k.second, grads, grads, k.exp_avg_sq);
-  set_scalar(k.inv_bc2, static_cast<float>(1.0 / bc2));
-  k.binary(k.denominator, k.exp_avg_sq, k.inv_bc2, k.denom);
-  set_scalar(k.neg_step_size, static_cast<float>(-lr / bc1));
-  k.binary(k.update, k.exp_avg, k.denom, params, &k.neg_step_size);
+  s.binary(*s.first_moment, grads, s.scalar(State::one_minus_beta1), s.exp_avg);
+  s.binary(*s.second_moment, grads, grads, s.exp_avg_sq);
+  s.binary(*s.denominator, s.exp_avg_sq, s.scalar(State::inv_bc2), s.denom);
+  const dnnl::memory neg_step_size = s.scalar(State::neg_step_size);
+  s.binary(*s.update, s.exp_avg, s.denom, params, &neg_step_size);
   if (params_.ema_decay > 0) {
-    const double d = ema_decay_at(params_.ema_decay, step_);
-    set_scalar(k.ema_d, static_cast<float>(d));
-    set_scalar(k.ema_one_minus_d, static_cast<float>(1.0 - d));
-    k.binary(k.ema_scale, k.ema, k.ema_d, k.ema);
-    k.binary(k.ema_add, params, k.ema_one_minus_d, k.ema);
+    s.binary(*s.mul_scalar, s.ema, s.scalar(State::ema_d), s.ema);
+    s.binary(*s.mul_scalar_add, params, s.scalar(State::ema_one_minus_d), s.ema);
   }
-  k.stream.wait();
+  s.stream.wait();
   model_.zero_grads();
 
   MetricsLog& metrics = ctx().metrics();
@@ -378,21 +357,18 @@ bool Optimiser::take_step(int64_t seq, double loss) {
 }
 
 void Optimiser::write_checkpoint(const std::filesystem::path& path) const {
-  Kernels& k = *kernels_;
-  k.stream.wait();
+  State& s = *state_;
+  s.stream.wait();
   SafetensorsFile file;
   model_.save_to(file);
   const int64_t count = model_.param_count();
   if (params_.ema_decay > 0) {
-    auto* host = static_cast<float*>(k.ema.map_data());
-    for (const auto& slot : model_.param_slots()) file.add_f32("ema." + slot.name, slot.shape, host + slot.offset);
-    k.ema.unmap_data(host);
+    const HostMap<float> host(s.ema);
+    for (const auto& slot : model_.param_slots()) file.add_f32("ema." + slot.name, slot.shape, &host[slot.offset]);
   }
-  for (auto [name, memory] : {std::pair<const char*, const dnnl::memory*>{"optimiser.exp_avg", &k.exp_avg},
-                              {"optimiser.exp_avg_sq", &k.exp_avg_sq}}) {
-    auto* host = static_cast<float*>(memory->map_data());
-    file.add_f32(name, {count}, host);
-    memory->unmap_data(host);
+  for (auto [name, memory] : {std::pair<const char*, const dnnl::memory*>{"optimiser.exp_avg", &s.exp_avg},
+                              {"optimiser.exp_avg_sq", &s.exp_avg_sq}}) {
+    file.add_f32(name, {count}, HostMap<float>(*memory).data());
   }
   RunContext& c = const_cast<Optimiser*>(this)->ctx();
   file.set_metadata("format", kCheckpointFormat);
@@ -479,37 +455,18 @@ void Optimiser::restore(const SafetensorsFile& file) {
                                config_mismatch(get("model_config"), resource_->config_json()));
   }
   const int64_t count = model_.param_count();
-  Kernels& k = *kernels_;
+  State& s = *state_;
   {
-    auto* host = static_cast<float*>(model_.params().map_data());
-    try {
-      for (const auto& slot : model_.param_slots()) read_into(file, slot.name, slot.shape, host + slot.offset);
-    } catch (...) {
-      model_.params().unmap_data(host);
-      throw;
-    }
-    model_.params().unmap_data(host);
+    HostMap<float> host(model_.params());
+    for (const auto& slot : model_.param_slots()) read_into(file, slot.name, slot.shape, &host[slot.offset]);
   }
   if (params_.ema_decay > 0) {
-    auto* host = static_cast<float*>(k.ema.map_data());
-    try {
-      for (const auto& slot : model_.param_slots()) read_into(file, "ema." + slot.name, slot.shape, host + slot.offset);
-    } catch (...) {
-      k.ema.unmap_data(host);
-      throw;
-    }
-    k.ema.unmap_data(host);
+    HostMap<float> host(s.ema);
+    for (const auto& slot : model_.param_slots()) read_into(file, "ema." + slot.name, slot.shape, &host[slot.offset]);
   }
-  for (auto [name, memory] : {std::pair<const char*, dnnl::memory*>{"optimiser.exp_avg", &k.exp_avg},
-                              {"optimiser.exp_avg_sq", &k.exp_avg_sq}}) {
-    auto* host = static_cast<float*>(memory->map_data());
-    try {
-      read_into(file, name, {count}, host);
-    } catch (...) {
-      memory->unmap_data(host);
-      throw;
-    }
-    memory->unmap_data(host);
+  for (auto [name, memory] : {std::pair<const char*, dnnl::memory*>{"optimiser.exp_avg", &s.exp_avg},
+                              {"optimiser.exp_avg_sq", &s.exp_avg_sq}}) {
+    read_into(file, name, {count}, HostMap<float>(*memory).data());
   }
   int64_t saved_step = 0, saved_optimiser_step = 0;
   try {

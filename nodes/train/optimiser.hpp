@@ -24,8 +24,9 @@
 //   p -= lr / (1 - beta1^k) * m / (sqrt(v / (1 - beta2^k)) + eps)
 //   ema = d ema + (1 - d) p,  d = 0 at update 1, else min(ema_decay, (1 + s) / (10 + s)), s = k - 1
 // Every operation over [P] is a oneDNN primitive created once; values that
-// change per step (scale, lr, bias corrections, EMA decay) are 1-element
-// memories broadcast as src1. Only scalars (the gradient norm) reach the host.
+// change per step (scale, lr, bias corrections, EMA decay) are elements of one
+// small buffer broadcast as src1. Only scalars reach the host: one mapping of
+// that buffer per step reads the gradient norm and writes the step's values.
 //
 // Learning rate at optimiser step k (1-based): lr * k / warmup_steps while
 // k < warmup_steps; then constant, or cosine from lr down to min_lr reached at
@@ -123,7 +124,7 @@ class Optimiser : public Node {
   void write_checkpoint(const std::filesystem::path& path) const;
 
  private:
-  struct Kernels;
+  struct State;
 
   bool take_step(int64_t seq, double loss);
   void save_checkpoint();
@@ -133,7 +134,7 @@ class Optimiser : public Node {
   Params params_;
   std::shared_ptr<ModelResource> resource_;
   DenoiserModel& model_;
-  std::unique_ptr<Kernels> kernels_;
+  std::unique_ptr<State> state_;
   int64_t step_ = 0;
   int64_t packets_ = 0;
   int64_t window_ = 0;  // packets accumulated since the last step

@@ -3,6 +3,7 @@
 
 #include <doctest/doctest.h>
 
+#include <algorithm>
 #include <stdexcept>
 
 using namespace diffuflow;
@@ -24,4 +25,42 @@ TEST_CASE("to_int64_vector reads s32 and s64 tensors and refuses floats") {
   }
   CHECK(s64.to_int64_vector() == std::vector<int64_t>{int64_t{1} << 40, -3});
   CHECK_THROWS_AS(Tensor::from_vector({2}, {1.0f, 2.0f}).to_int64_vector(), std::invalid_argument);
+}
+
+TEST_CASE("HostMap on a dnnl::memory covers the whole memory and writes through to it") {
+  const dnnl::engine& engine = Device::host()->engine();
+  dnnl::memory floats({{3, 4}, dnnl::memory::data_type::f32, dnnl::memory::format_tag::ab}, engine);
+  {
+    HostMap<float> host(floats);
+    CHECK(host.size() == 12);
+    host.fill(0.5f);
+    host[11] = -2.0f;
+  }
+  {
+    const HostMap<float> again(floats);
+    CHECK(std::count(again.begin(), again.end(), 0.5f) == 11);
+    CHECK(again[11] == -2.0f);
+  }
+  const auto* raw = static_cast<const float*>(floats.get_data_handle());
+  CHECK(raw[0] == 0.5f);
+  CHECK(raw[11] == -2.0f);
+
+  // The count follows the element type: the same 48 bytes as bytes.
+  CHECK(HostMap<unsigned char>(floats).size() == 48);
+  dnnl::memory ints({{5}, dnnl::memory::data_type::s32, dnnl::memory::format_tag::a}, engine);
+  CHECK(HostMap<int32_t>(ints).size() == 5);
+
+  // A view with an offset in its descriptor is not a whole buffer.
+  dnnl::memory::desc shifted({2}, dnnl::memory::data_type::f32, dnnl::memory::format_tag::a);
+  shifted.data.offset0 = 4;
+  CHECK_THROWS_AS(HostMap<float>(dnnl::memory(shifted, engine, floats.get_data_handle())), std::invalid_argument);
+}
+
+TEST_CASE("HostMap moves: only the last owner unmaps") {
+  Tensor t = Tensor::from_vector({3}, {1.0f, 2.0f, 3.0f});
+  auto first = t.map<float>();
+  HostMap<float> second(std::move(first));
+  CHECK(first.data() == nullptr);
+  CHECK(second.size() == 3);
+  CHECK(second[2] == 3.0f);
 }

@@ -48,18 +48,13 @@ inline std::shared_ptr<FlatModelResource> add_flat_model(RunContext& ctx, const 
 }
 
 inline std::vector<float> read_flat(const dnnl::memory& memory) {
-  const size_t count = memory.get_desc().get_size() / sizeof(float);
-  std::vector<float> values(count);
-  auto* host = static_cast<float*>(memory.map_data());
-  std::memcpy(values.data(), host, count * sizeof(float));
-  memory.unmap_data(host);
-  return values;
+  const HostMap<float> host(memory);
+  return std::vector<float>(host.begin(), host.end());
 }
 
 inline void write_flat(const dnnl::memory& memory, const std::vector<float>& values) {
-  auto* host = static_cast<float*>(memory.map_data());
-  std::memcpy(host, values.data(), values.size() * sizeof(float));
-  memory.unmap_data(host);
+  HostMap<float> host(memory);
+  std::memcpy(host.data(), values.data(), values.size() * sizeof(float));
 }
 
 inline std::vector<float> random_values(size_t count, uint64_t seed, float scale = 1.0f) {
