@@ -15,17 +15,18 @@
 // u = x0 - black, with three eltwise post-ops: clip u to [0, white - black],
 // 2 * (u / (white - black))^gamma (a power with its scale folded into alpha),
 // minus 1. It is created on the first batch of each shape and reused after
-// that. (Given a fourth eltwise post-op, oneDNN 2.6.3's jit binary kernel
+// that (a KernelSet keyed by shape, compute/kernels.hpp, which also gives it
+// the user-mode scratchpad every primitive on the compute thread uses). (Given a fourth eltwise post-op, oneDNN 2.6.3's jit binary kernel
 // skipped the last one without an error, so the scale is folded into the power.)
 #include "tone_curve.hpp"
 
+#include "compute/kernels.hpp"
 #include "graph/registry.hpp"
 #include "nodes/common/fields.hpp"
 
 #include <dnnl.hpp>
 
 #include <cmath>
-#include <map>
 
 namespace example {
 
@@ -54,7 +55,8 @@ class Tone : public Node {
   Tone(const NodeConfig& config, RunContext& ctx)
       : Node(config, ctx),
         curve_(ctx.resource_as<ToneCurve>(config.params_as<Params>().curve)->params),
-        black_({1, 1, 1, 1}, DType::f32, ctx.device().engine()) {
+        black_({1, 1, 1, 1}, DType::f32, ctx.device().engine()),
+        kernels_(ctx.device().engine()) {
     black_.map<float>()[0] = static_cast<float>(curve_.black);  // [1,1,1,1], broadcast over x0
   }
 
@@ -64,34 +66,34 @@ class Tone : public Node {
     Device& device = ctx().device();
     const Tensor src = device.is_cpu() ? x0 : x0.copy_to(device.engine());
     Tensor toned(x0.shape(), DType::f32, device.engine());  // [N,C,H,W] on the device
-    primitive_for(src).execute(device.stream(), {{DNNL_ARG_SRC_0, src.memory()},
-                                                 {DNNL_ARG_SRC_1, black_.memory()},
-                                                 {DNNL_ARG_DST, toned.memory()}});
+    kernel_for(src).run(device.stream(), {{DNNL_ARG_SRC_0, src.memory()},
+                                          {DNNL_ARG_SRC_1, black_.memory()},
+                                          {DNNL_ARG_DST, toned.memory()}});
     device.stream().wait();
     out.emit(packet.with(kToned, toned));
   }
 
  private:
-  dnnl::binary& primitive_for(const Tensor& x) {
-    auto found = primitives_.find(x.shape());
-    if (found != primitives_.end()) return found->second;
-    using dnnl::algorithm;
-    const double range = curve_.white - curve_.black;
-    dnnl::post_ops ops;
-    ops.append_eltwise(1.f, algorithm::eltwise_clip, 0.f, static_cast<float>(range));
-    ops.append_eltwise(1.f, algorithm::eltwise_pow, static_cast<float>(2.0 * std::pow(1.0 / range, curve_.gamma)),
-                       static_cast<float>(curve_.gamma));
-    ops.append_eltwise(1.f, algorithm::eltwise_linear, 1.f, -1.f);
-    dnnl::primitive_attr attr;
-    attr.set_post_ops(ops);
-    const dnnl::binary::desc desc(algorithm::binary_sub, x.desc(), black_.desc(), x.desc());
-    const dnnl::binary::primitive_desc pd(desc, attr, ctx().device().engine());
-    return primitives_.emplace(x.shape(), dnnl::binary(pd)).first->second;
+  // The primitive for x's shape, built on the first batch of that shape.
+  const Kernel& kernel_for(const Tensor& x) {
+    return kernels_.get(x.shape(), [&] {
+      using dnnl::algorithm;
+      const double range = curve_.white - curve_.black;
+      dnnl::post_ops ops;
+      ops.append_eltwise(1.f, algorithm::eltwise_clip, 0.f, static_cast<float>(range));
+      ops.append_eltwise(1.f, algorithm::eltwise_pow, static_cast<float>(2.0 * std::pow(1.0 / range, curve_.gamma)),
+                         static_cast<float>(curve_.gamma));
+      ops.append_eltwise(1.f, algorithm::eltwise_linear, 1.f, -1.f);
+      dnnl::primitive_attr attr = user_scratchpad_attr();
+      attr.set_post_ops(ops);
+      const dnnl::binary::desc desc(algorithm::binary_sub, x.desc(), black_.desc(), x.desc());
+      return dnnl::binary::primitive_desc(desc, attr, kernels_.engine());
+    });
   }
 
   const ToneCurve::Params curve_;
   Tensor black_;
-  std::map<Shape, dnnl::binary> primitives_;
+  KernelSet<Shape> kernels_;
 };
 
 }  // namespace example
