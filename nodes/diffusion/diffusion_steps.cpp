@@ -337,41 +337,19 @@ Tensor DiffusionSteps::ddpm_step(const Tensor& x_t, const Tensor& eps_pred, cons
   const std::vector<int> steps = read_timesteps(t);
   const size_t n = steps.size();
   // x0_hat = (x_t - c1 eps) / c2 as in predict_x0; then the posterior mean and noise.
-  std::vector<float> c1(n), c2(n), coef_x0(n), coef_xt(n), sigma(n);
-  bool any_noise = false;
+  ReverseCoefficients c{std::vector<float>(n), std::vector<float>(n), std::vector<float>(n), std::vector<float>(n),
+                        std::vector<float>(n)};
   for (size_t i = 0; i < n; ++i) {
-    c1[i] = schedule_.sqrt_one_minus_alpha_bar(steps[i]);
-    c2[i] = schedule_.sqrt_alpha_bar(steps[i]);
+    c.c1[i] = schedule_.sqrt_one_minus_alpha_bar(steps[i]);
+    c.c2[i] = schedule_.sqrt_alpha_bar(steps[i]);
     const NoiseSchedule::Posterior p = schedule_.posterior(steps[i]);
-    coef_x0[i] = p.coef_x0;
-    coef_xt[i] = p.coef_xt;
-    sigma[i] = steps[i] > 0 ? std::sqrt(p.variance) : 0.0f;
-    any_noise = any_noise || steps[i] > 0;
+    c.a[i] = p.coef_x0;
+    c.b[i] = p.coef_xt;
+    c.sigma[i] = steps[i] > 0 ? std::sqrt(p.variance) : 0.0f;
+    c.any_noise = c.any_noise || steps[i] > 0;
   }
-  Pending pending(device_.stream());
-  const Tensor xs = queue_on_device(pending, x_t);
-  const Tensor es = queue_on_device(pending, eps_pred);
-  check_same_shape(xs, es);
-  check_batch(xs, n, "x_t");
-  Tensor zs;
-  if (any_noise) {
-    if (z.empty()) throw std::invalid_argument("ddpm_step: noise z is needed where t > 0");
-    zs = queue_on_device(pending, z);
-    check_batch(zs, n, "a tensor");
-  }
-  const Coefficients c = coefficients(pending, xs.shape(), {c1, c2, coef_x0, coef_xt, sigma});
-  const Tensor x0 = queue_sub_scaled_div(pending, xs, c.row(0), es, c.row(1), clip);
   // mean = coef_x0 x0 + coef_xt x_t  (diffusers' order: both products, then the sum)
-  Tensor out = queue_combine(pending, c.row(2), x0, c.row(3), xs);
-  if (any_noise) {
-    if (zs.shape() != out.shape()) {
-      throw std::invalid_argument("DiffusionSteps: cannot add " + shape_str(out.shape()) + " and " +
-                                  shape_str(zs.shape()));
-    }
-    out = queue_add(pending, out, queue_mul_rows(pending, zs, c.row(4)));
-  }
-  pending.wait();
-  return out;
+  return reverse_step("ddpm_step: noise z is needed where t > 0", x_t, eps_pred, z, c, /*b_times_eps=*/false, clip);
 }
 
 Tensor DiffusionSteps::ddim_step(const Tensor& x_t, const Tensor& eps_pred, const Tensor& t, const Tensor& t_prev,
@@ -385,41 +363,47 @@ Tensor DiffusionSteps::ddim_step(const Tensor& x_t, const Tensor& eps_pred, cons
   }
   const size_t n = steps.size();
   // x0_hat = (x_t - c1 eps) / c2 as in predict_x0; then the DDIM update.
-  std::vector<float> c1(n), c2(n), coef_x0(n), coef_eps(n), sigma(n);
-  bool any_noise = false;
+  ReverseCoefficients c{std::vector<float>(n), std::vector<float>(n), std::vector<float>(n), std::vector<float>(n),
+                        std::vector<float>(n)};
   for (size_t i = 0; i < n; ++i) {
     if (prev[i] >= steps[i]) {
       throw std::invalid_argument("ddim_step: t_prev (" + std::to_string(prev[i]) + ") must be below t (" +
                                   std::to_string(steps[i]) + ")");
     }
-    c1[i] = schedule_.sqrt_one_minus_alpha_bar(steps[i]);
-    c2[i] = schedule_.sqrt_alpha_bar(steps[i]);
+    c.c1[i] = schedule_.sqrt_one_minus_alpha_bar(steps[i]);
+    c.c2[i] = schedule_.sqrt_alpha_bar(steps[i]);
     const float ab_t = schedule_.alpha_bar(steps[i]);
     const float ab_prev = schedule_.alpha_bar_or_one(prev[i]);
     const float beta_prod_t = 1.0f - ab_t;
     const float beta_prod_prev = 1.0f - ab_prev;
     const float variance = (beta_prod_prev / beta_prod_t) * (1.0f - ab_t / ab_prev);
     const float std_dev = eta * std::sqrt(variance);
-    coef_x0[i] = std::sqrt(ab_prev);
-    coef_eps[i] = std::sqrt(1.0f - ab_prev - std_dev * std_dev);
-    sigma[i] = std_dev;
-    any_noise = any_noise || std_dev > 0.0f;
+    c.a[i] = std::sqrt(ab_prev);
+    c.b[i] = std::sqrt(1.0f - ab_prev - std_dev * std_dev);
+    c.sigma[i] = std_dev;
+    c.any_noise = c.any_noise || std_dev > 0.0f;
   }
+  return reverse_step("ddim_step: noise z is needed when eta > 0", x_t, eps_pred, z, c, /*b_times_eps=*/true, clip);
+}
+
+Tensor DiffusionSteps::reverse_step(const char* missing_noise, const Tensor& x_t, const Tensor& eps_pred,
+                                    const Tensor& z, const ReverseCoefficients& rc, bool b_times_eps, bool clip) {
+  const size_t n = rc.c1.size();
   Pending pending(device_.stream());
   const Tensor xs = queue_on_device(pending, x_t);
   const Tensor es = queue_on_device(pending, eps_pred);
   check_same_shape(xs, es);
   check_batch(xs, n, "x_t");
   Tensor zs;
-  if (any_noise) {
-    if (z.empty()) throw std::invalid_argument("ddim_step: noise z is needed when eta > 0");
+  if (rc.any_noise) {
+    if (z.empty()) throw std::invalid_argument(missing_noise);
     zs = queue_on_device(pending, z);
     check_batch(zs, n, "a tensor");
   }
-  const Coefficients c = coefficients(pending, xs.shape(), {c1, c2, coef_x0, coef_eps, sigma});
+  const Coefficients c = coefficients(pending, xs.shape(), {rc.c1, rc.c2, rc.a, rc.b, rc.sigma});
   const Tensor x0 = queue_sub_scaled_div(pending, xs, c.row(0), es, c.row(1), clip);
-  Tensor out = queue_combine(pending, c.row(2), x0, c.row(3), es);
-  if (any_noise) {
+  Tensor out = queue_combine(pending, c.row(2), x0, c.row(3), b_times_eps ? es : xs);
+  if (rc.any_noise) {
     if (zs.shape() != out.shape()) {
       throw std::invalid_argument("DiffusionSteps: cannot add " + shape_str(out.shape()) + " and " +
                                   shape_str(zs.shape()));

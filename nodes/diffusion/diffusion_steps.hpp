@@ -170,6 +170,15 @@ class DiffusionSteps {
   // (x - c1 y) / c2, optionally clipped to [-1, 1].
   Tensor queue_sub_scaled_div(Pending& pending, const Tensor& x, const dnnl::memory& c1, const Tensor& y,
                               const dnnl::memory& c2, bool clip);
+  // One reverse step from per-sample coefficient vectors, the tail DDPM and DDIM share:
+  //   x0_hat = (x_t - c1 eps) / c2 (clipped when `clip`);
+  //   x_prev = a x0_hat + b (x_t for DDPM, eps for DDIM) + sigma z.
+  struct ReverseCoefficients {
+    std::vector<float> c1, c2, a, b, sigma;
+    bool any_noise = false;  // some sigma > 0: z is needed
+  };
+  Tensor reverse_step(const char* missing_noise, const Tensor& x_t, const Tensor& eps_pred, const Tensor& z,
+                      const ReverseCoefficients& c, bool b_times_eps, bool clip);
   // (x - c1 y) / c2 per sample on tensors from anywhere, optionally clipped to [-1, 1].
   Tensor sub_scaled_div(const Tensor& x, const std::vector<float>& c1, const Tensor& y, const std::vector<float>& c2,
                         bool clip);
