@@ -1,12 +1,16 @@
 #include "nodes/common/images.hpp"
 
 #include "graph/atomic_file.hpp"
+#include "graph/errors.hpp"
 #include "nodes/common/output_files.hpp"
 
 #include <opencv2/imgcodecs.hpp>
+#include <zlib.h>
 
 #include <algorithm>
 #include <cmath>
+#include <fstream>
+#include <iterator>
 #include <stdexcept>
 #include <string>
 #include <vector>
@@ -92,11 +96,87 @@ void write_png_grid(const Tensor& images, int nrow, int scale, const fs::path& o
   write_png_atomic(tensor_to_image_grid(images, nrow, scale), out);
 }
 
-void write_png_atomic(const cv::Mat& image, const fs::path& out) {
-  std::vector<uint8_t> bytes;
-  if (!cv::imencode(".png", image, bytes)) throw std::runtime_error("cannot encode a PNG for " + out.string());
+namespace {
+
+// A PNG file: the 8-byte signature, then chunks of length (4 bytes, big
+// endian), type (4), data, and a CRC-32 of type and data (4).
+constexpr char kPngSignature[] = "\x89PNG\r\n\x1a\n";
+constexpr size_t kSignatureBytes = 8;
+
+void put_u32(std::string& out, uint32_t v) {
+  for (int shift = 24; shift >= 0; shift -= 8) out.push_back(static_cast<char>((v >> shift) & 0xff));
+}
+
+uint32_t get_u32(const std::string& in, size_t at) {
+  uint32_t v = 0;
+  for (size_t i = 0; i < 4; ++i) v = (v << 8) | static_cast<uint8_t>(in[at + i]);
+  return v;
+}
+
+uint32_t chunk_crc(const std::string& type_and_data) {
+  return static_cast<uint32_t>(
+      crc32(0L, reinterpret_cast<const Bytef*>(type_and_data.data()), static_cast<uInt>(type_and_data.size())));
+}
+
+std::string text_chunk(const std::string& keyword, const std::string& value) {
+  const bool keyword_ok = !keyword.empty() && keyword.size() <= 79 &&
+                          std::all_of(keyword.begin(), keyword.end(), [](char c) {
+                            const auto u = static_cast<unsigned char>(c);
+                            return (u >= 32 && u <= 126) || u >= 161;
+                          });
+  if (!keyword_ok) throw std::invalid_argument("a PNG text keyword has 1-79 printable characters, got '" + keyword + "'");
+  if (value.find('\0') != std::string::npos) throw std::invalid_argument("a PNG text value holds no NUL character");
+  std::string body = "tEXt" + keyword;
+  body.push_back('\0');
+  body += value;
+  std::string chunk;
+  put_u32(chunk, static_cast<uint32_t>(body.size() - 4));
+  chunk += body;
+  put_u32(chunk, chunk_crc(body));
+  return chunk;
+}
+
+}  // namespace
+
+void write_png_atomic(const cv::Mat& image, const fs::path& out, const PngText& text) {
+  std::vector<uint8_t> encoded;
+  if (!cv::imencode(".png", image, encoded)) throw std::runtime_error("cannot encode a PNG for " + out.string());
+  std::string bytes(encoded.begin(), encoded.end());
+  if (!text.empty()) {
+    // After the signature and the IHDR chunk, which a PNG must start with.
+    const size_t after_header = kSignatureBytes + 12 + get_u32(bytes, kSignatureBytes);
+    std::string chunks;
+    for (const auto& [keyword, value] : text) chunks += text_chunk(keyword, value);
+    bytes.insert(after_header, chunks);
+  }
   create_parent_folders(out);
-  write_file_atomically(out, std::string(bytes.begin(), bytes.end()));
+  write_file_atomically(out, bytes);
+}
+
+PngText read_png_text(const fs::path& file) {
+  std::ifstream in(file, std::ios::binary);
+  if (!in) throw DataError(file.string(), "cannot open the file");
+  const std::string bytes((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+  if (bytes.compare(0, kSignatureBytes, std::string(kPngSignature, kSignatureBytes)) != 0)
+    throw DataError(file.string(), "not a PNG file (no PNG signature)");
+  PngText text;
+  for (size_t at = kSignatureBytes; at < bytes.size();) {
+    if (bytes.size() - at < 12) throw DataError(file.string(), "a PNG chunk is cut short at byte " + std::to_string(at));
+    const uint32_t length = get_u32(bytes, at);
+    if (bytes.size() - at - 12 < length)
+      throw DataError(file.string(), "a PNG chunk is cut short at byte " + std::to_string(at));
+    const std::string body = bytes.substr(at + 4, 4 + static_cast<size_t>(length));
+    if (chunk_crc(body) != get_u32(bytes, at + 8 + length))
+      throw DataError(file.string(), "the PNG chunk at byte " + std::to_string(at) + " fails its CRC");
+    if (body.compare(0, 4, "tEXt") == 0) {
+      const size_t nul = body.find('\0', 4);
+      if (nul == std::string::npos) throw DataError(file.string(), "a PNG text chunk has no keyword separator");
+      text.emplace_back(body.substr(4, nul - 4), body.substr(nul + 1));
+    }
+    if (body.compare(0, 4, "IEND") == 0) break;
+    at += 12 + length;
+  }
+  return text;
 }
 
 }  // namespace diffuflow

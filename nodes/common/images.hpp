@@ -8,6 +8,9 @@
 
 #include <cstdint>
 #include <filesystem>
+#include <string>
+#include <utility>
+#include <vector>
 
 namespace diffuflow {
 
@@ -32,9 +35,20 @@ cv::Mat tensor_to_image_grid(const Tensor& images, int nrow, int scale = 1, int 
 // tensor_to_image_grid written as a PNG at `out` (atomically; parent folders created).
 void write_png_grid(const Tensor& images, int nrow, int scale, const std::filesystem::path& out);
 
-// Encodes `image` as PNG into a temporary file next to `out`, then renames it.
-// Throws std::runtime_error naming the path when it cannot.
-void write_png_atomic(const cv::Mat& image, const std::filesystem::path& out);
+// Text stored in a PNG file as tEXt chunks, keyword -> value, the way image
+// generators record how an image was made ("parameters" -> "sampler: ddim,
+// steps: 50, seed: 0, ..."). Keywords are 1-79 printable Latin-1 characters;
+// values are Latin-1 without NUL (std::invalid_argument otherwise).
+using PngText = std::vector<std::pair<std::string, std::string>>;
+
+// Encodes `image` as PNG (with `text` as tEXt chunks right after the header)
+// into a temporary file next to `out`, then renames it. Throws
+// std::runtime_error naming the path when it cannot.
+void write_png_atomic(const cv::Mat& image, const std::filesystem::path& out, const PngText& text = {});
+
+// The tEXt chunks of a PNG file, in file order. DataError naming the file when
+// it is not a PNG or a chunk is cut short or fails its CRC.
+PngText read_png_text(const std::filesystem::path& file);
 
 // Tiles `count` planar images (C,H,W floats each, consecutive in `data`):
 // nrow images per row, each enlarged `scale` times, `gap` pixels apart on a
