@@ -1,6 +1,9 @@
 #include "nodes/model/layers.hpp"
 
+#include "nodes/model/layer_util.hpp"
+
 #include <algorithm>
+#include <cctype>
 #include <cmath>
 #include <optional>
 #include <string>
@@ -8,13 +11,9 @@
 
 namespace diffuflow {
 
-namespace {
+namespace layer_util {
 
-using dnnl::algorithm;
-using dnnl::prop_kind;
-using dt = dnnl::memory::data_type;
-
-int64_t product(const dims& d, size_t from = 0) {
+int64_t product(const dims& d, size_t from) {
   int64_t n = 1;
   for (size_t i = from; i < d.size(); ++i) n *= d[i];
   return n;
@@ -26,18 +25,86 @@ void require(bool ok, const std::string& what) {
 
 bool is_reference(const char* impl) { return std::string(impl).rfind("ref", 0) == 0; }
 
+dnnl::memory::desc per_sample_channels(const dnnl::memory::desc& x_md) {
+  const dims xs = x_md.dims();
+  if (xs.size() == 4 && is_channel_blocked(x_md))
+    return dnnl::memory::desc({1, xs[0] * xs[1], xs[2], xs[3]}, dnnl::memory::data_type::f32, tag::nChw16c);
+  return plain_f32({1, xs[0] * xs[1], product(xs, 2), 1});
+}
+
+dnnl::memory::desc per_channel_operand(const dnnl::memory::desc& view_md) {
+  const int64_t nc = view_md.dims()[1];
+  if (is_channel_blocked(view_md)) return dnnl::memory::desc({1, nc, 1, 1}, dnnl::memory::data_type::f32, tag::nChw16c);
+  return plain_f32({1, nc, 1, 1});
+}
+
+void append_channel_sums(Program& p, const dnnl::memory& src, const dnnl::memory::desc& x_md, const dnnl::memory& dst) {
+  // sum[n,c] = sum over H, W of src: a matmul with a vector of ones.
+  //   plain:   [N*C, S] x [S, 1]            -> [N*C, 1]
+  //   blocked: [1, 1, S] x [N*C/16, S, 16]  -> [N*C/16, 1, 16] (= plain [N, C])
+  const dims xs = x_md.dims();
+  const int64_t nc = xs[0] * xs[1], spatial = product(xs, 2);
+  const auto attr = user_scratchpad_attr();
+  const bool blocked = is_channel_blocked(x_md);
+  const dnnl::memory ones = p.alloc_constant(plain_f32(blocked ? dims{1, 1, spatial} : dims{spatial, 1}));
+  HostMap<float>(ones).fill(1.0f);
+  if (blocked) {
+    const auto src_md = plain_f32({nc / 16, spatial, 16});
+    const auto out_md = plain_f32({nc / 16, 1, 16});
+    dnnl::matmul::primitive_desc mm(dnnl::matmul::desc(ones.get_desc(), src_md, out_md), attr, p.engine());
+    p.backward(p.make<dnnl::matmul>(mm),
+               {{DNNL_ARG_SRC, ones}, {DNNL_ARG_WEIGHTS, view(src, src_md)}, {DNNL_ARG_DST, view(dst, out_md)}});
+  } else {
+    const auto src_md = plain_f32({nc, spatial});
+    const auto out_md = plain_f32({nc, 1});
+    dnnl::matmul::primitive_desc mm(dnnl::matmul::desc(src_md, ones.get_desc(), out_md), attr, p.engine());
+    p.backward(p.make<dnnl::matmul>(mm),
+               {{DNNL_ARG_SRC, view(src, src_md)}, {DNNL_ARG_WEIGHTS, ones}, {DNNL_ARG_DST, view(dst, out_md)}});
+  }
+}
+
+}  // namespace layer_util
+
+using namespace layer_util;
+
+eltwise_op activation_op(Activation a) {
+  switch (a) {
+    case Activation::silu: return {dnnl::algorithm::eltwise_swish, 1.0f, 0.0f};
+    case Activation::mish: return {dnnl::algorithm::eltwise_mish, 0.0f, 0.0f};
+    case Activation::gelu: return {dnnl::algorithm::eltwise_gelu_erf, 0.0f, 0.0f};
+    case Activation::relu: return {dnnl::algorithm::eltwise_relu, 0.0f, 0.0f};
+  }
+  throw std::logic_error("model layer: unknown activation");
+}
+
+Activation activation_named(const std::string& act_fn) {
+  std::string name = act_fn;
+  for (auto& ch : name) ch = static_cast<char>(std::tolower(static_cast<unsigned char>(ch)));
+  if (name == "silu" || name == "swish") return Activation::silu;
+  if (name == "mish") return Activation::mish;
+  if (name == "gelu") return Activation::gelu;
+  if (name == "relu") return Activation::relu;
+  throw std::invalid_argument("model layer: unknown activation '" + act_fn + "' (silu, swish, mish, gelu, relu)");
+}
+
+namespace {
+
+using dnnl::algorithm;
+using dnnl::prop_kind;
+using dt = dnnl::memory::data_type;
+
 // Appends the weight and bias gradients of a convolution to the backward
 // list: d weight into the plain parameter-gradient slot (through a blocked
 // temporary when the kernel prefers one), d bias straight into its slot.
 void append_conv_weight_grads(Program& p, const dnnl::convolution_forward::primitive_desc& fwd_pd,
                               const dnnl::memory& x, const dnnl::memory& dy, const ParamRef& weight,
-                              const ParamRef& bias, const dims& strides, const dims& pads) {
+                              const ParamRef& bias, const dims& strides, const dims& pads, const dims& pads_end) {
   const auto w_plain = plain_f32(weight.shape);
   const auto b_md = plain_f32({weight.shape[0]});
   const dnnl::memory::desc w_any(weight.shape, dt::f32, tag::any);
   dnnl::convolution_backward_weights::primitive_desc pd(
       dnnl::convolution_backward_weights::desc(algorithm::convolution_direct, x.get_desc(), w_any, b_md,
-                                               dy.get_desc(), strides, pads, pads),
+                                               dy.get_desc(), strides, pads, pads_end),
       user_scratchpad_attr(), p.engine(), fwd_pd);
   const dnnl::memory dw_plain = p.param_grad(weight.offset, w_plain);
   const bool same = pd.diff_weights_desc() == w_plain;
@@ -58,7 +125,7 @@ void append_conv_weight_grads(Program& p, const dnnl::convolution_forward::primi
 // no value (the caller runs f32) when bf16 is not native on the engine or
 // oneDNN has no bf16 kernel, or only a reference one, for the shape.
 std::optional<ValueId> conv2d_bf16(Program& p, ValueId x, const ParamRef& weight, const ParamRef& bias,
-                                   const dims& ys, const dims& strides, const dims& pads) {
+                                   const dims& ys, const dims& strides, const dims& pads, const dims& pads_end) {
   if (!native_bf16(p.engine())) return std::nullopt;
   const dims xs = p.shape(x);
   const dnnl::memory::desc xb_md(xs, dt::bf16, tag::nhwc);
@@ -71,7 +138,7 @@ std::optional<ValueId> conv2d_bf16(Program& p, ValueId x, const ParamRef& weight
   const auto attr = user_scratchpad_attr();
   dnnl::convolution_forward::primitive_desc fwd_pd(
       dnnl::convolution_forward::desc(prop_kind::forward_training, algorithm::convolution_direct, xb_md, wb_any, b_md,
-                                      y_out_md, strides, pads, pads),
+                                      y_out_md, strides, pads, pads_end),
       attr, p.engine(), /*allow_empty=*/true);
   if (!fwd_pd || is_reference(fwd_pd.impl_info_str())) return std::nullopt;
 
@@ -91,7 +158,7 @@ std::optional<ValueId> conv2d_bf16(Program& p, ValueId x, const ParamRef& weight
     if (p.needs_grad(x)) {
       dnnl::convolution_backward_data::primitive_desc pd(
           dnnl::convolution_backward_data::desc(algorithm::convolution_direct, x_grad_md, wb_any, yb_md, strides,
-                                                pads, pads),
+                                                pads, pads_end),
           attr, p.engine(), fwd_pd);
       const dnnl::memory w_bwd =
           pd.weights_desc() == wb.get_desc() ? wb : p.reorder_if_needed(w_mem, pd.weights_desc(), true);
@@ -100,33 +167,37 @@ std::optional<ValueId> conv2d_bf16(Program& p, ValueId x, const ParamRef& weight
                  {{DNNL_ARG_DIFF_DST, dyb}, {DNNL_ARG_WEIGHTS, w_bwd}, {DNNL_ARG_DIFF_SRC, dx}});
       p.contribute(x, dx);
     }
-    append_conv_weight_grads(p, fwd_pd, xb, dyb, weight, bias, strides, pads);
+    append_conv_weight_grads(p, fwd_pd, xb, dyb, weight, bias, strides, pads, pads_end);
   });
   return y;
 }
 
 }  // namespace
 
-ValueId conv2d(Program& p, ValueId x, const ParamRef& weight, const ParamRef& bias, int64_t stride, int64_t padding) {
+ValueId conv2d(Program& p, ValueId x, const ParamRef& weight, const ParamRef& bias, int64_t stride, int64_t padding,
+               int64_t padding_end) {
   // x [N,Ci,H,W] -> y [N,Co,Ho,Wo]; weight [Co,Ci,k,k], bias [Co]
   const dims xs = p.shape(x);
   require(xs.size() == 4 && weight.shape.size() == 4 && weight.shape[1] == xs[1], "conv2d input/weight mismatch");
+  if (padding_end < 0) padding_end = padding;
   const int64_t co = weight.shape[0], k = weight.shape[2];
-  const int64_t ho = (xs[2] + 2 * padding - k) / stride + 1;
-  const int64_t wo = (xs[3] + 2 * padding - k) / stride + 1;
+  const int64_t ho = (xs[2] + padding + padding_end - k) / stride + 1;
+  const int64_t wo = (xs[3] + padding + padding_end - k) / stride + 1;
   if (p.precision() == Precision::bf16 && xs[1] % 16 == 0 && co % 16 == 0) {
-    if (auto y = conv2d_bf16(p, x, weight, bias, {xs[0], co, ho, wo}, {stride, stride}, {padding, padding})) return *y;
+    if (auto y = conv2d_bf16(p, x, weight, bias, {xs[0], co, ho, wo}, {stride, stride}, {padding, padding},
+                             {padding_end, padding_end}))
+      return *y;
   }
   auto y_md = activation_desc({xs[0], co, ho, wo});
   const auto w_plain = plain_f32(weight.shape);
   const dnnl::memory::desc w_any(weight.shape, dt::f32, tag::any);
   const auto b_md = plain_f32({co});
-  const dims strides{stride, stride}, pads{padding, padding};
+  const dims strides{stride, stride}, pads{padding, padding}, pads_end{padding_end, padding_end};
   const auto attr = user_scratchpad_attr();
   auto make_fwd = [&](const dnnl::memory::desc& src, const dnnl::memory::desc& dst) {
     return dnnl::convolution_forward::primitive_desc(
         dnnl::convolution_forward::desc(prop_kind::forward_training, algorithm::convolution_direct, src, w_any, b_md,
-                                        dst, strides, pads, pads),
+                                        dst, strides, pads, pads_end),
         attr, p.engine());
   };
   // The convolution runs on the activations' layout unless that mix of
@@ -165,7 +236,7 @@ ValueId conv2d(Program& p, ValueId x, const ParamRef& weight, const ParamRef& bi
       auto make_bwd = [&](const dnnl::memory::desc& diff_src, const dnnl::memory::desc& diff_dst) {
         return dnnl::convolution_backward_data::primitive_desc(
             dnnl::convolution_backward_data::desc(algorithm::convolution_direct, diff_src, w_any, diff_dst, strides,
-                                                  pads, pads),
+                                                  pads, pads_end),
             attr, p.engine(), fwd_pd);
       };
       dnnl::memory::desc dx_md = x_md;
@@ -202,7 +273,7 @@ ValueId conv2d(Program& p, ValueId x, const ParamRef& weight, const ParamRef& bi
         p.contribute(x, dx);
       }
     }
-    append_conv_weight_grads(p, fwd_pd, x_mem, dy, weight, bias, strides, pads);
+    append_conv_weight_grads(p, fwd_pd, x_mem, dy, weight, bias, strides, pads, pads_end);
   });
   return y;
 }
@@ -265,30 +336,6 @@ ValueId linear(Program& p, ValueId x, const ParamRef& weight, const ParamRef& bi
 
 namespace {
 
-// x [N,C,...] seen as [1, N*C, H, W]: every (sample, channel) pair becomes a
-// channel of its own, which is the same memory for plain NCHW and for
-// nChw16c (C a multiple of 16). Per-(n,c) statistics and affine transforms are
-// then batch-normalisation primitives over this view.
-dnnl::memory::desc per_sample_channels(const dnnl::memory::desc& x_md) {
-  const dims xs = x_md.dims();
-  if (xs.size() == 4 && is_channel_blocked(x_md))
-    return dnnl::memory::desc({1, xs[0] * xs[1], xs[2], xs[3]}, dt::f32, tag::nChw16c);
-  return plain_f32({1, xs[0] * xs[1], product(xs, 2), 1});
-}
-
-// A per-channel [1, N*C, 1, 1] operand of a binary primitive over such a
-// view, described in the view's layout (the same memory as plain [N*C] when
-// N*C is a multiple of 16) so that the jit kernels take it.
-dnnl::memory::desc per_channel_operand(const dnnl::memory::desc& view_md) {
-  const int64_t nc = view_md.dims()[1];
-  if (is_channel_blocked(view_md)) return dnnl::memory::desc({1, nc, 1, 1}, dt::f32, tag::nChw16c);
-  return plain_f32({1, nc, 1, 1});
-}
-
-}  // namespace
-
-namespace {
-
 // Where the small numbers of one group norm live: slices of ONE program-owned
 // f32 buffer, so that each of its host steps maps that buffer once. gamma and
 // beta [C] (adjacent, as d gamma and d beta are) come in, and d gamma, d beta
@@ -319,7 +366,7 @@ struct GroupNormLayout {
 };
 
 ValueId group_norm_impl(Program& p, ValueId x, const ParamRef& weight, const ParamRef& bias, int64_t groups, float eps,
-                        bool fuse_silu) {
+                        std::optional<Activation> fused) {
   // x [N,C,...] -> y [N,C,...], any layout. Forward:
   //   1. batch-norm statistics over the [1, N*C, H, W] view: mean and
   //      (biased) variance of every (n, c) over the spatial positions;
@@ -399,22 +446,25 @@ ValueId group_norm_impl(Program& p, ValueId x, const ParamRef& weight, const Par
         }
       },
       {{0, numbers}});
-  // y = x * a + b in one binary pass over the view (then SiLU as a post-op
-  // when fused: the same arithmetic as the separate SiLU step, so inference
-  // and training programs give identical outputs).
+  // y = x * a + b in one binary pass over the view (then the activation as a
+  // post-op when fused: the same arithmetic as the separate activation step,
+  // so inference and training programs give identical outputs).
   dnnl::post_ops ops;
   ops.append_binary(algorithm::binary_add, nc_b);
-  if (fuse_silu) ops.append_eltwise(1.0f, algorithm::eltwise_swish, 1.0f, 0.0f);
+  if (fused) {
+    const eltwise_op op = activation_op(*fused);
+    ops.append_eltwise(1.0f, op.algorithm, op.alpha, op.beta);
+  }
   dnnl::primitive_attr apply_attr = user_scratchpad_attr();
   apply_attr.set_post_ops(ops);
   dnnl::binary::primitive_desc apply_pd(dnnl::binary::desc(algorithm::binary_mul, bn_md, nc_b, bn_md), apply_attr,
                                         p.engine());
-  const ValueId y = p.new_value(x_md, !fuse_silu);
+  const ValueId y = p.new_value(x_md, !fused);
   p.forward(p.make<dnnl::binary>(apply_pd), {{DNNL_ARG_SRC_0, view(p.data(x), bn_md)},
                                              {DNNL_ARG_SRC_1, slice(at.a, nc_b)},
                                              {DNNL_ARG_ATTR_MULTIPLE_POST_OP(0) | DNNL_ARG_SRC_1, slice(at.b, nc_b)},
                                              {DNNL_ARG_DST, view(p.data(y), bn_md)}});
-  if (fuse_silu) return y;
+  if (fused) return y;
 
   p.on_backward([=](Program& p) {
     // 1. batch-norm backward over the [1, N*C, H, W] view with the group mean
@@ -516,28 +566,37 @@ ValueId group_norm_impl(Program& p, ValueId x, const ParamRef& weight, const Par
 }  // namespace
 
 ValueId group_norm(Program& p, ValueId x, const ParamRef& weight, const ParamRef& bias, int64_t groups, float eps) {
-  return group_norm_impl(p, x, weight, bias, groups, eps, false);
+  return group_norm_impl(p, x, weight, bias, groups, eps, std::nullopt);
+}
+
+ValueId group_norm_act(Program& p, ValueId x, const ParamRef& weight, const ParamRef& bias, int64_t groups, float eps,
+                       Activation act) {
+  if (p.training()) return activation(p, group_norm_impl(p, x, weight, bias, groups, eps, std::nullopt), act);
+  return group_norm_impl(p, x, weight, bias, groups, eps, act);
 }
 
 ValueId group_norm_silu(Program& p, ValueId x, const ParamRef& weight, const ParamRef& bias, int64_t groups,
                         float eps) {
-  if (p.training()) return silu(p, group_norm_impl(p, x, weight, bias, groups, eps, false));
-  return group_norm_impl(p, x, weight, bias, groups, eps, true);
+  return group_norm_act(p, x, weight, bias, groups, eps, Activation::silu);
 }
 
-ValueId silu(Program& p, ValueId x) {
-  // SiLU(x) = x * sigmoid(x): eltwise_swish with alpha = 1. Shape unchanged.
+ValueId silu(Program& p, ValueId x) { return activation(p, x, Activation::silu); }
+
+ValueId activation(Program& p, ValueId x, Activation act) {
+  // SiLU(x) = x * sigmoid(x) (eltwise_swish with alpha = 1), Mish, GELU (erf),
+  // ReLU. Shape unchanged; backward from the input.
+  const eltwise_op op = activation_op(act);
   const auto x_md = p.desc(x);
   const auto attr = user_scratchpad_attr();
   dnnl::eltwise_forward::primitive_desc fwd_pd(
-      dnnl::eltwise_forward::desc(prop_kind::forward_training, algorithm::eltwise_swish, x_md, 1.f, 0.f), attr,
+      dnnl::eltwise_forward::desc(prop_kind::forward_training, op.algorithm, x_md, op.alpha, op.beta), attr,
       p.engine());
   const ValueId y = p.new_value(x_md, true);
   p.forward(p.make<dnnl::eltwise_forward>(fwd_pd), {{DNNL_ARG_SRC, p.data(x)}, {DNNL_ARG_DST, p.data(y)}});
   p.on_backward([=](Program& p) {
     if (!p.needs_grad(x)) return;
     dnnl::eltwise_backward::primitive_desc pd(
-        dnnl::eltwise_backward::desc(algorithm::eltwise_swish, x_md, x_md, 1.f, 0.f), attr, p.engine(), fwd_pd);
+        dnnl::eltwise_backward::desc(op.algorithm, x_md, x_md, op.alpha, op.beta), attr, p.engine(), fwd_pd);
     const GradSink s = p.sink(x);
     p.backward(p.make<dnnl::eltwise_backward>(pd),
                {{DNNL_ARG_SRC, p.data(x)}, {DNNL_ARG_DIFF_DST, p.grad(y)}, {DNNL_ARG_DIFF_SRC, s.memory}});
@@ -572,7 +631,7 @@ ValueId add_channel_bias(Program& p, ValueId x, ValueId bias) {
   require(xs.size() == 4 && p.shape(bias) == dims({xs[0], xs[1]}), "add_channel_bias shape mismatch");
   const auto x_md = p.desc(x);
   const auto bn_md = per_sample_channels(x_md);
-  const int64_t nc = xs[0] * xs[1], spatial = xs[2] * xs[3];
+  const int64_t spatial = xs[2] * xs[3];
   const auto b4 = per_channel_operand(bn_md);
   const auto attr = user_scratchpad_attr();
   dnnl::binary::primitive_desc pd(dnnl::binary::desc(algorithm::binary_add, bn_md, b4, bn_md), attr, p.engine());
@@ -588,26 +647,9 @@ ValueId add_channel_bias(Program& p, ValueId x, ValueId bias) {
       p.contribute(bias, view(dy, p.desc(bias)));
       return;
     }
-    // d bias[n,c] = sum over H, W of dy: a matmul with a vector of ones.
-    //   plain:   [N*C, S] x [S, 1]            -> [N*C, 1]
-    //   blocked: [1, 1, S] x [N*C/16, S, 16]  -> [N*C/16, 1, 16] (= plain [N, C])
+    // d bias[n,c] = sum over H, W of dy.
     const GradSink s = p.sink(bias);
-    const bool blocked = is_channel_blocked(x_md);
-    const dnnl::memory ones = p.alloc_constant(plain_f32(blocked ? dims{1, 1, spatial} : dims{spatial, 1}));
-    HostMap<float>(ones).fill(1.0f);
-    if (blocked) {
-      const auto dy_md = plain_f32({nc / 16, spatial, 16});
-      const auto out_md = plain_f32({nc / 16, 1, 16});
-      dnnl::matmul::primitive_desc mm(dnnl::matmul::desc(ones.get_desc(), dy_md, out_md), attr, p.engine());
-      p.backward(p.make<dnnl::matmul>(mm),
-                 {{DNNL_ARG_SRC, ones}, {DNNL_ARG_WEIGHTS, view(dy, dy_md)}, {DNNL_ARG_DST, view(s.memory, out_md)}});
-    } else {
-      const auto dy_md = plain_f32({nc, spatial});
-      const auto out_md = plain_f32({nc, 1});
-      dnnl::matmul::primitive_desc mm(dnnl::matmul::desc(dy_md, ones.get_desc(), out_md), attr, p.engine());
-      p.backward(p.make<dnnl::matmul>(mm),
-                 {{DNNL_ARG_SRC, view(dy, dy_md)}, {DNNL_ARG_WEIGHTS, ones}, {DNNL_ARG_DST, view(s.memory, out_md)}});
-    }
+    append_channel_sums(p, dy, x_md, s.memory);
     p.commit(s);
   });
   return y;
@@ -762,26 +804,30 @@ ValueId attention_core(Program& p, ValueId q, ValueId k, ValueId v, int64_t batc
   return out;
 }
 
-void timestep_embedding_table(const std::vector<int64_t>& timesteps, int64_t dim, float* out) {
+void timestep_embedding_table(const std::vector<int64_t>& timesteps, int64_t dim, float* out, bool flip_sin_to_cos,
+                              double freq_shift) {
   // Host computation (see the header): float32 throughout, as the reference.
   const int64_t half = dim / 2;
   const float log_max = std::log(10000.0f);
+  const float denominator = static_cast<float>(static_cast<double>(half) - freq_shift);
+  const int64_t cos_at = flip_sin_to_cos ? 0 : half, sin_at = flip_sin_to_cos ? half : 0;
   for (size_t n = 0; n < timesteps.size(); ++n) {
     const float t = static_cast<float>(timesteps[n]);
     float* row = out + static_cast<int64_t>(n) * dim;
     for (int64_t j = 0; j < half; ++j) {
-      const float exponent = (-log_max * static_cast<float>(j)) / static_cast<float>(half);
+      const float exponent = (-log_max * static_cast<float>(j)) / denominator;
       const float arg = t * std::exp(exponent);
-      row[j] = std::cos(arg);
-      row[half + j] = std::sin(arg);
+      row[cos_at + j] = std::cos(arg);
+      row[sin_at + j] = std::sin(arg);
     }
     for (int64_t j = 2 * half; j < dim; ++j) row[j] = 0.0f;
   }
 }
 
-void write_timestep_embedding(const std::vector<int64_t>& timesteps, int64_t dim, const dnnl::memory& temb0) {
+void write_timestep_embedding(const std::vector<int64_t>& timesteps, int64_t dim, const dnnl::memory& temb0,
+                              bool flip_sin_to_cos, double freq_shift) {
   std::vector<float> table(timesteps.size() * static_cast<size_t>(dim));
-  timestep_embedding_table(timesteps, dim, table.data());
+  timestep_embedding_table(timesteps, dim, table.data(), flip_sin_to_cos, freq_shift);
   HostMap<float> host(temb0);
   if (host.size() != table.size()) throw std::invalid_argument("model layer: time embedding input of the wrong size");
   std::copy(table.begin(), table.end(), host.begin());

@@ -12,12 +12,17 @@
 //   linear          x [M,I] -> [M,O]                    weight [O,I], bias [O]
 //   group_norm      x [N,C,H,W] -> [N,C,H,W]            weight [C], bias [C] (batch-norm
 //                   primitives over a [1,N*C,H,W] view plus O(N*C) host arithmetic)
-//   silu            any -> same
-//   group_norm_silu silu(group_norm(x)); one fused pass in programs built
+//   silu, activation any -> same (SiLU, Mish, GELU, ReLU)
+//   group_norm_act  act(group_norm(x)); one fused pass in programs built
 //                   for inference (training keeps the normalised values for
-//                   SiLU's backward)
+//                   the activation's backward); group_norm_silu with SiLU
+//   affine          any -> alpha * x + beta
 //   add             a, b (same shape) -> a + b
 //   add_channel_bias x [N,C,H,W], b [N,C] -> x + b[:,:,None,None]
+//   scale_channels  x [N,C,H,W], s [N,C] -> x * s[:,:,None,None]
+//   avg_pool2x      x [N,C,H,W] -> [N,C,H/2,W/2], the mean of each 2x2 block
+//   dropout         any -> x * mask / (1 - rate), the mask drawn per pass
+//   embedding       one_hot [N,K], table [K,D] -> [N,D] (the rows of the table)
 //   concat_channels a [N,Ca,H,W], b [N,Cb,H,W] -> [N,Ca+Cb,H,W]
 //   upsample_nearest2x x [N,C,H,W] -> [N,C,2H,2W]
 //   to_tokens       x [N,C,H,W] -> [N*S,C];  from_tokens  [N*S,C] -> [N,C,H,W]
@@ -25,6 +30,9 @@
 #pragma once
 
 #include "compute/program.hpp"
+
+#include <memory>
+#include <string>
 
 namespace diffuflow {
 
@@ -34,14 +42,38 @@ struct ParamRef {
   Shape shape;
 };
 
-ValueId conv2d(Program& p, ValueId x, const ParamRef& weight, const ParamRef& bias, int64_t stride, int64_t padding);
+// The activations of diffusers' act_fn: silu (= swish), mish, gelu (exact, erf), relu.
+enum class Activation { silu, mish, gelu, relu };
+// An act_fn name, any case; std::invalid_argument for another.
+Activation activation_named(const std::string& act_fn);
+struct eltwise_op {
+  dnnl::algorithm algorithm;
+  float alpha, beta;
+};
+eltwise_op activation_op(Activation act);
+
+// `padding` zeros before each spatial dimension and `padding_end` after it
+// (-1: `padding`); diffusers' downsample_padding 0 is padding 0, padding_end 1.
+ValueId conv2d(Program& p, ValueId x, const ParamRef& weight, const ParamRef& bias, int64_t stride, int64_t padding,
+               int64_t padding_end = -1);
 ValueId linear(Program& p, ValueId x, const ParamRef& weight, const ParamRef& bias);
 ValueId group_norm(Program& p, ValueId x, const ParamRef& weight, const ParamRef& bias, int64_t groups, float eps);
 ValueId silu(Program& p, ValueId x);
+ValueId activation(Program& p, ValueId x, Activation act);
 ValueId group_norm_silu(Program& p, ValueId x, const ParamRef& weight, const ParamRef& bias, int64_t groups,
                         float eps);
+ValueId group_norm_act(Program& p, ValueId x, const ParamRef& weight, const ParamRef& bias, int64_t groups, float eps,
+                       Activation act);
+ValueId affine(Program& p, ValueId x, float alpha, float beta);
 ValueId add(Program& p, ValueId a, ValueId b);
 ValueId add_channel_bias(Program& p, ValueId x, ValueId bias);
+ValueId scale_channels(Program& p, ValueId x, ValueId scale);
+ValueId avg_pool2x(Program& p, ValueId x);
+// The mask of element i (in [N,C,H,W] order) is a hash of (*seed, key, i):
+// the same seed gives the same masks whatever the layout or thread count.
+// `seed` is read when the pass runs (set it before each training pass).
+ValueId dropout(Program& p, ValueId x, float rate, std::shared_ptr<const uint64_t> seed, uint64_t key);
+ValueId embedding(Program& p, ValueId one_hot, const ParamRef& table);
 ValueId concat_channels(Program& p, ValueId a, ValueId b);
 ValueId upsample_nearest2x(Program& p, ValueId x);
 ValueId to_tokens(Program& p, ValueId x);
@@ -49,14 +81,18 @@ ValueId from_tokens(Program& p, ValueId tokens, const dims& nchw);
 ValueId attention_core(Program& p, ValueId q, ValueId k, ValueId v, int64_t batch, int64_t head_dim);
 
 // The sinusoidal timestep embedding table temb0 [N, dim] for integer
-// timesteps: concat(cos(t*f_j), sin(t*f_j)), f_j = exp(-ln(10000) j / (dim/2)).
-// It is a function of the integer timesteps only (no parameters, no
-// gradient), so it is computed on the host in float32 and copied into the
-// model's input value before the forward pass.
-void timestep_embedding_table(const std::vector<int64_t>& timesteps, int64_t dim, float* out);
+// timesteps, as diffusers' get_timestep_embedding computes it:
+// f_j = exp(-ln(10000) j / (dim/2 - freq_shift)), j < dim/2, and the row is
+// concat(cos(t*f), sin(t*f)) with `flip_sin_to_cos`, else concat(sin, cos),
+// then a zero when dim is odd. It is a function of the integer timesteps
+// only (no parameters, no gradient), so it is computed on the host in
+// float32 and copied into the model's input value before the forward pass.
+void timestep_embedding_table(const std::vector<int64_t>& timesteps, int64_t dim, float* out,
+                              bool flip_sin_to_cos = true, double freq_shift = 0);
 // The table written into a model's input temb0 [N, dim] with one host mapping.
 // It is computed before the mapping, so a model that queues its input uploads
 // first has the host work overlap them.
-void write_timestep_embedding(const std::vector<int64_t>& timesteps, int64_t dim, const dnnl::memory& temb0);
+void write_timestep_embedding(const std::vector<int64_t>& timesteps, int64_t dim, const dnnl::memory& temb0,
+                              bool flip_sin_to_cos = true, double freq_shift = 0);
 
 }  // namespace diffuflow
