@@ -32,6 +32,13 @@ DenoiserModel::DenoiserModel(std::vector<ParamSlot> slots, const dnnl::engine& e
   }
 }
 
+ForwardResult DenoiserModel::forward(const Tensor& x, const Tensor& t, bool for_training, const ForwardInputs& inputs) {
+  if (!inputs.class_labels.empty()) {
+    throw std::invalid_argument(kind() + " forward: the model has no class embedding, so it takes no class labels");
+  }
+  return forward(x, t, for_training);
+}
+
 const Kernel& DenoiserModel::flat_kernel(FlatOp op) {
   return flat_kernels_.get(op, [&]() -> dnnl::primitive_desc_base {
     const auto flat = params_.get_desc();
@@ -133,6 +140,11 @@ void DenoiserModel::init_random(uint64_t seed) {
     const bool is_norm = s.name.find("norm") != std::string::npos;
     if (is_norm) {
       std::fill(out, out + s.count(), is_bias ? 0.0f : 1.0f);
+      continue;
+    }
+    if (s.name == "class_embedding.weight") {  // an embedding table: N(0, 1), as nn.Embedding
+      std::normal_distribution<float> normal(0.0f, 1.0f);
+      for (int64_t i = 0; i < s.count(); ++i) out[i] = normal(rng);
       continue;
     }
     if (!is_bias) last_fan_in = s.shape.size() > 1 ? s.count() / s.shape[0] : 1;

@@ -44,6 +44,17 @@ class ForwardState : public Payload {
   virtual int64_t batch() const = 0;
 };
 
+// What a forward pass may take besides x and t.
+struct ForwardInputs {
+  // [N] s32 or s64 host: the class of each image, for models with a class
+  // embedding (num_classes() > 0); empty: none.
+  Tensor class_labels;
+  // Training passes of models with dropout draw their masks from this seed
+  // (and the layer), so a step is reproducible: nodes pass a value of their
+  // (seed, node, step) random stream.
+  uint64_t dropout_seed = 0;
+};
+
 struct ForwardResult {
   Tensor prediction;                          // [N, C_out, H, W] f32 on the model's engine
   std::shared_ptr<const ForwardState> state;  // null unless for_training
@@ -58,6 +69,11 @@ class DenoiserModel {
   virtual std::string kind() const = 0;
   // x: [N,C,H,W] f32 (any engine: reordered inside); t: [N] s32 or s64 host tensor.
   virtual ForwardResult forward(const Tensor& x, const Tensor& t, bool for_training) = 0;
+  // The same with class labels and a dropout seed. The default refuses class
+  // labels (std::invalid_argument) and runs the pass above.
+  virtual ForwardResult forward(const Tensor& x, const Tensor& t, bool for_training, const ForwardInputs& inputs);
+  // How many classes the model's class embedding has; 0: it takes no labels.
+  virtual int64_t num_classes() const { return 0; }
   // grad_out = dL/d(prediction) [N,C_out,H,W]. Adds dL/dparams into grads();
   // returns dL/dx [N,C,H,W]. The state must come from this model's forward().
   virtual Tensor backward(const ForwardState& state, const Tensor& grad_out) = 0;
@@ -82,7 +98,8 @@ class DenoiserModel {
   void save_grads_to(SafetensorsFile& file, const std::string& prefix = "grad.") const;
   // PyTorch-default-like random init, on the host: weights of conv/linear
   // layers U(-1/sqrt(fan_in), 1/sqrt(fan_in)) (kaiming_uniform with a=sqrt(5)),
-  // their biases U(-1/sqrt(fan_in), 1/sqrt(fan_in)); norm weights 1, biases 0.
+  // their biases U(-1/sqrt(fan_in), 1/sqrt(fan_in)); norm weights 1, biases 0;
+  // a class embedding table N(0, 1).
   void init_random(uint64_t seed);
 
  protected:

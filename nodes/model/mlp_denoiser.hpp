@@ -56,6 +56,7 @@ class MlpDenoiser : public DenoiserModel {
   ~MlpDenoiser() override;
 
   std::string kind() const override { return "mlp"; }
+  using DenoiserModel::forward;
   ForwardResult forward(const Tensor& x, const Tensor& t, bool for_training) override;
   Tensor backward(const ForwardState& state, const Tensor& grad_out) override;
 

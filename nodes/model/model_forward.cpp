@@ -3,13 +3,18 @@
 #include "graph/registry.hpp"
 #include "nodes/common/fields.hpp"
 
+#include <stdexcept>
+#include <string>
+
 namespace diffuflow {
 
 NodeContract ModelForward::contract() {
   NodeContract c;
   c.doc = "Runs the denoiser on x_t at timesteps t; in training mode keeps the activations for model_backward.";
   c.example = "{name: forward, type: model_forward, params: {model: model, training: true}}";
-  c.inputs = {{"in", {fields::kXt, fields::kT}, "x_t [N,C,H,W] f32; t [N] s32 host"}};
+  c.inputs = {{"in", {fields::kXt, fields::kT},
+                "x_t [N,C,H,W] f32; t [N] s32 host; labels [N] s32 host, read (and required) only when the model "
+                "has a class embedding"}};
   c.outputs = {{"out", {fields::kPrediction, fields::kActivations}, "prediction [N,C,H,W] f32; activations (training only)"}};
   c.host_only = false;
   return c;
@@ -22,8 +27,18 @@ ModelForward::ModelForward(const NodeConfig& config, RunContext& ctx)
 
 void ModelForward::process(const NodeInput& in, Emitter& out) {
   const Packet& packet = in.packet();
-  ForwardResult result =
-      model_->model().forward(packet.get(fields::kXt), packet.get(fields::kT), params_.training);
+  DenoiserModel& model = model_->model();
+  ForwardInputs inputs;
+  if (model.num_classes() > 0) {
+    if (!packet.has(fields::kLabels)) {
+      throw std::invalid_argument("the model has a class embedding (" + std::to_string(model.num_classes()) +
+                                  " classes), so packets need the field '" + fields::kLabels.name + "'");
+    }
+    inputs.class_labels = packet.get(fields::kLabels);
+  }
+  // Dropout masks (training only) follow the (seed, node, step) stream.
+  if (params_.training) inputs.dropout_seed = ctx().rng(name(), packet.seq())();
+  ForwardResult result = model.forward(packet.get(fields::kXt), packet.get(fields::kT), params_.training, inputs);
   Packet next = packet.with(fields::kPrediction, result.prediction);
   if (params_.training) next.set(fields::kActivations, result.state);
   out.emit(std::move(next));

@@ -5,7 +5,9 @@
 //     type: model_forward
 //     params: {model: model, training: true}
 //
-// in:  x_t [N,C,H,W] f32, t [N] s32 host
+// in:  x_t [N,C,H,W] f32, t [N] s32 host; labels [N] s32 host (the class of
+//      each image), read only when the model has a class embedding
+//      (unet_model with num_class_embeds), and then required
 // out: prediction [N,C,H,W] f32 on the model's engine;
 //      activations (training only): the saved state the model_backward node needs
 #pragma once

@@ -5,6 +5,7 @@
 #include "nodes/model/pooled_state.hpp"
 #include "compute/program.hpp"
 
+#include <algorithm>
 #include <map>
 #include <stdexcept>
 #include <tuple>
@@ -13,8 +14,6 @@
 namespace diffuflow {
 
 namespace {
-
-bool is_attention(const std::string& type) { return type.rfind("Attn", 0) == 0; }
 
 // Appends a block's parameters in diffusers' module order.
 struct SlotList {
@@ -32,16 +31,19 @@ struct SlotList {
     add(prefix + ".weight", {channels});
     add(prefix + ".bias", {channels});
   }
-  void resnet(const std::string& prefix, int64_t in, int64_t out, int64_t temb) {
+  // ResnetBlock2D; time_emb_proj is twice as wide with scale_shift.
+  void resnet(const std::string& prefix, int64_t in, int64_t out, int64_t temb, bool scale_shift) {
     norm(prefix + ".norm1", in);
     conv(prefix + ".conv1", out, in, 3);
-    linear(prefix + ".time_emb_proj", out, temb);
+    linear(prefix + ".time_emb_proj", scale_shift ? 2 * out : out, temb);
     norm(prefix + ".norm2", out);
     conv(prefix + ".conv2", out, out, 3);
     if (in != out) conv(prefix + ".conv_shortcut", out, in, 1);
   }
-  void attention(const std::string& prefix, int64_t channels) {
-    norm(prefix + ".group_norm", channels);
+  // Attention; no group_norm when `with_norm` is false (diffusers' mid block
+  // with scale_shift and no attn_norm_num_groups).
+  void attention(const std::string& prefix, int64_t channels, bool with_norm = true) {
+    if (with_norm) norm(prefix + ".group_norm", channels);
     linear(prefix + ".to_q", channels, channels);
     linear(prefix + ".to_k", channels, channels);
     linear(prefix + ".to_v", channels, channels);
@@ -57,32 +59,51 @@ std::vector<ParamSlot> unet_param_slots(const UNetConfig& c) {
   const auto& boc = c.block_out_channels;
   const size_t nb = boc.size();
   const int64_t temb = c.time_embed_dim(), L = c.layers_per_block;
+  const bool ss = c.scale_shift();
   s.conv("conv_in", boc[0], c.in_channels, 3);
   s.linear("time_embedding.linear_1", temb, boc[0]);
   s.linear("time_embedding.linear_2", temb, temb);
+  if (c.num_classes() > 0) s.add("class_embedding.weight", {c.num_classes(), temb});
   for (size_t i = 0; i < nb; ++i) {
     const std::string prefix = "down_blocks." + std::to_string(i);
     const int64_t in = i == 0 ? boc[0] : boc[i - 1], out = boc[i];
-    if (is_attention(c.down_block_types[i]))
+    const auto block = c.down_block(i);
+    if (block.attention)
       for (int64_t j = 0; j < L; ++j) s.attention(prefix + ".attentions." + std::to_string(j), out);
-    for (int64_t j = 0; j < L; ++j) s.resnet(prefix + ".resnets." + std::to_string(j), j == 0 ? in : out, out, temb);
-    if (i + 1 < nb) s.conv(prefix + ".downsamplers.0.conv", out, out, 3);
+    for (int64_t j = 0; j < L; ++j) s.resnet(prefix + ".resnets." + std::to_string(j), j == 0 ? in : out, out, temb, ss);
+    if (i + 1 < nb) {
+      if (block.sampler == UNetConfig::Sampler::conv) {
+        s.conv(prefix + ".downsamplers.0.conv", out, out, 3);
+      } else {
+        s.resnet(prefix + ".downsamplers.0", out, out, temb, ss);
+      }
+    }
   }
   std::vector<int64_t> rev(boc.rbegin(), boc.rend());
   for (size_t i = 0; i < nb; ++i) {
     const std::string prefix = "up_blocks." + std::to_string(i);
     const int64_t prev_out = i == 0 ? rev[0] : rev[i - 1], out = rev[i], in = rev[std::min(i + 1, nb - 1)];
-    if (is_attention(c.up_block_types[i]))
+    const auto block = c.up_block(i);
+    if (block.attention)
       for (int64_t j = 0; j <= L; ++j) s.attention(prefix + ".attentions." + std::to_string(j), out);
     for (int64_t j = 0; j <= L; ++j) {
       const int64_t res_in = (j == 0 ? prev_out : out) + (j == L ? in : out);
-      s.resnet(prefix + ".resnets." + std::to_string(j), res_in, out, temb);
+      s.resnet(prefix + ".resnets." + std::to_string(j), res_in, out, temb, ss);
     }
-    if (i + 1 < nb) s.conv(prefix + ".upsamplers.0.conv", out, out, 3);
+    if (i + 1 < nb) {
+      if (block.sampler == UNetConfig::Sampler::conv) {
+        s.conv(prefix + ".upsamplers.0.conv", out, out, 3);
+      } else {
+        s.resnet(prefix + ".upsamplers.0", out, out, temb, ss);
+      }
+    }
   }
-  s.attention("mid_block.attentions.0", boc.back());
-  s.resnet("mid_block.resnets.0", boc.back(), boc.back(), temb);
-  s.resnet("mid_block.resnets.1", boc.back(), boc.back(), temb);
+  // The mid block is registered after the up blocks (diffusers assigns it last).
+  if (c.has_mid_block()) {
+    if (c.add_attention) s.attention("mid_block.attentions.0", boc.back(), c.mid_attention_groups() > 0);
+    s.resnet("mid_block.resnets.0", boc.back(), boc.back(), temb, ss);
+    s.resnet("mid_block.resnets.1", boc.back(), boc.back(), temb, ss);
+  }
   s.norm("conv_norm_out", boc[0]);
   s.conv("conv_out", c.out_channels, boc[0], 3);
   return s.slots;
@@ -90,100 +111,160 @@ std::vector<ParamSlot> unet_param_slots(const UNetConfig& c) {
 
 namespace {
 
-// Appends the whole network to a program (SPEC.md "Blocks").
+// Appends the whole network to a program (SPEC.md "Blocks"; diffusers'
+// UNet2DModel.forward).
 class UNetBuilder {
  public:
-  UNetBuilder(Program& p, const UNetConfig& c, const std::vector<ParamSlot>& slots) : p_(p), c_(c) {
+  // `dropout_seed`: read by the dropout layers when the program runs
+  // (training programs of configs with dropout only).
+  UNetBuilder(Program& p, const UNetConfig& c, const std::vector<ParamSlot>& slots,
+              std::shared_ptr<const uint64_t> dropout_seed)
+      : p_(p), c_(c), act_(activation_named(c.act_fn)), dropout_seed_(std::move(dropout_seed)) {
     for (const auto& s : slots) index_[s.name] = ParamRef{s.offset, s.shape};
   }
 
-  // x [N,Cin,H,W], temb0 [N,D] -> eps [N,Cout,H,W]
-  ValueId build(ValueId x, ValueId temb0) {
+  // x [N,Cin,H,W], temb0 [N,D], classes [N,K] one-hot (-1: none) -> [N,Cout,H,W]
+  ValueId build(ValueId x, ValueId temb0, ValueId classes) {
     const auto& boc = c_.block_out_channels;
     const size_t nb = boc.size();
     const int64_t L = c_.layers_per_block;
-    // Time embedding MLP: [N,D] -> [N,4D]; every resnet projects SiLU(emb).
+    // Time embedding MLP (always SiLU inside): [N,D] -> [N,T]; plus the class
+    // embedding; every resnet projects act(emb).
     ValueId emb = linear(p_, temb0, param("time_embedding.linear_1.weight"), param("time_embedding.linear_1.bias"));
     emb = silu(p_, emb);
     emb = linear(p_, emb, param("time_embedding.linear_2.weight"), param("time_embedding.linear_2.bias"));
-    emb_act_ = silu(p_, emb);
+    if (classes >= 0) emb = add(p_, emb, embedding(p_, classes, param("class_embedding.weight")));
+    emb_act_ = activation(p_, emb, act_);
 
+    if (c_.center_input_sample) x = affine(p_, x, 2.0f, -1.0f);
     ValueId h = conv("conv_in", x, 1, 1);
     std::vector<ValueId> skips{h};
     for (size_t i = 0; i < nb; ++i) {
       const std::string prefix = "down_blocks." + std::to_string(i);
+      const auto block = c_.down_block(i);
       for (int64_t j = 0; j < L; ++j) {
         h = resnet(prefix + ".resnets." + std::to_string(j), h);
-        if (is_attention(c_.down_block_types[i])) h = attention(prefix + ".attentions." + std::to_string(j), h);
+        if (block.attention) h = attention(prefix + ".attentions." + std::to_string(j), h, c_.norm_num_groups);
         skips.push_back(h);
       }
       if (i + 1 < nb) {
-        h = conv(prefix + ".downsamplers.0.conv", h, 2, 1);
+        if (block.sampler == UNetConfig::Sampler::resnet) {
+          h = resnet(prefix + ".downsamplers.0", h, Resample::down);
+        } else if (c_.downsample_padding == 0) {
+          h = conv(prefix + ".downsamplers.0.conv", h, 2, 0, 1);  // pad right and bottom only
+        } else {
+          h = conv(prefix + ".downsamplers.0.conv", h, 2, 1);
+        }
         skips.push_back(h);
       }
     }
-    h = resnet("mid_block.resnets.0", h);
-    h = attention("mid_block.attentions.0", h);
-    h = resnet("mid_block.resnets.1", h);
+    if (c_.has_mid_block()) {
+      const double f = c_.mid_block_scale_factor;
+      h = resnet("mid_block.resnets.0", h, Resample::none, f);
+      if (c_.add_attention) h = attention("mid_block.attentions.0", h, c_.mid_attention_groups(), f);
+      h = resnet("mid_block.resnets.1", h, Resample::none, f);
+    }
     for (size_t i = 0; i < nb; ++i) {
       const std::string prefix = "up_blocks." + std::to_string(i);
+      const auto block = c_.up_block(i);
       for (int64_t j = 0; j <= L; ++j) {
         const ValueId skip = skips.back();
         skips.pop_back();
         h = concat_channels(p_, h, skip);
         h = resnet(prefix + ".resnets." + std::to_string(j), h);
-        if (is_attention(c_.up_block_types[i])) h = attention(prefix + ".attentions." + std::to_string(j), h);
+        if (block.attention) h = attention(prefix + ".attentions." + std::to_string(j), h, c_.norm_num_groups);
       }
-      if (i + 1 < nb) h = conv(prefix + ".upsamplers.0.conv", upsample_nearest2x(p_, h), 1, 1);
+      if (i + 1 < nb) {
+        if (block.sampler == UNetConfig::Sampler::resnet) {
+          h = resnet(prefix + ".upsamplers.0", h, Resample::up);
+        } else {
+          h = conv(prefix + ".upsamplers.0.conv", upsample_nearest2x(p_, h), 1, 1);
+        }
+      }
     }
-    h = norm_silu("conv_norm_out", h);
+    h = norm_act("conv_norm_out", h, Activation::silu);  // conv_act is SiLU whatever act_fn says
     return conv("conv_out", h, 1, 1);
   }
 
  private:
+  enum class Resample { none, down, up };
+
   const ParamRef& param(const std::string& name) const {
     auto it = index_.find(name);
     if (it == index_.end()) throw std::logic_error("U-Net build: no parameter " + name);
     return it->second;
   }
-  ValueId conv(const std::string& prefix, ValueId x, int64_t stride, int64_t padding) {
-    return conv2d(p_, x, param(prefix + ".weight"), param(prefix + ".bias"), stride, padding);
+  ValueId conv(const std::string& prefix, ValueId x, int64_t stride, int64_t padding, int64_t padding_end = -1) {
+    return conv2d(p_, x, param(prefix + ".weight"), param(prefix + ".bias"), stride, padding, padding_end);
   }
-  ValueId norm(const std::string& prefix, ValueId x) {
-    return group_norm(p_, x, param(prefix + ".weight"), param(prefix + ".bias"), c_.norm_num_groups,
+  ValueId norm(const std::string& prefix, ValueId x, int64_t groups) {
+    return group_norm(p_, x, param(prefix + ".weight"), param(prefix + ".bias"), groups,
                       static_cast<float>(c_.norm_eps));
   }
-  ValueId norm_silu(const std::string& prefix, ValueId x) {
-    return group_norm_silu(p_, x, param(prefix + ".weight"), param(prefix + ".bias"), c_.norm_num_groups,
-                           static_cast<float>(c_.norm_eps));
+  ValueId norm_act(const std::string& prefix, ValueId x, Activation act) {
+    return group_norm_act(p_, x, param(prefix + ".weight"), param(prefix + ".bias"), c_.norm_num_groups,
+                          static_cast<float>(c_.norm_eps), act);
   }
   ValueId dense(const std::string& prefix, ValueId x) {
     return linear(p_, x, param(prefix + ".weight"), param(prefix + ".bias"));
   }
-
-  // ResnetBlock2D: x [N,Ci,H,W] -> [N,Co,H,W]
-  ValueId resnet(const std::string& prefix, ValueId x) {
-    ValueId h = conv(prefix + ".conv1", norm_silu(prefix + ".norm1", x), 1, 1);
-    h = add_channel_bias(p_, h, dense(prefix + ".time_emb_proj", emb_act_));  // + [N,Co] over H, W
-    h = conv(prefix + ".conv2", norm_silu(prefix + ".norm2", h), 1, 1);
-    const ValueId shortcut = index_.count(prefix + ".conv_shortcut.weight") ? conv(prefix + ".conv_shortcut", x, 1, 0) : x;
-    return add(p_, shortcut, h);
+  // Divides by diffusers' output_scale_factor (a multiplication by 1/f).
+  ValueId rescale(ValueId x, double factor) {
+    return factor == 1.0 ? x : affine(p_, x, static_cast<float>(1.0 / factor), 0.0f);
   }
 
-  // Attention with group norm and residual: x [N,C,H,W] -> [N,C,H,W]
-  ValueId attention(const std::string& prefix, ValueId x) {
+  // ResnetBlock2D: x [N,Ci,H,W] -> [N,Co,H',W'] (H' = H/2 or 2H when it
+  // resamples), the output divided by `out_scale`.
+  ValueId resnet(const std::string& prefix, ValueId x, Resample resample = Resample::none, double out_scale = 1.0) {
+    ValueId h = norm_act(prefix + ".norm1", x, act_);
+    if (resample == Resample::down) {
+      x = avg_pool2x(p_, x);
+      h = avg_pool2x(p_, h);
+    } else if (resample == Resample::up) {
+      x = upsample_nearest2x(p_, x);
+      h = upsample_nearest2x(p_, h);
+    }
+    h = conv(prefix + ".conv1", h, 1, 1);
+    if (!c_.scale_shift()) {
+      h = add_channel_bias(p_, h, dense(prefix + ".time_emb_proj", emb_act_));  // + [N,Co] over H, W
+      h = norm_act(prefix + ".norm2", h, act_);
+    } else {
+      // time_emb_proj [2Co, T] gives scale (its first Co rows) and shift:
+      // h = norm2(h) * (1 + scale) + shift, then the activation.
+      const ParamRef& w = param(prefix + ".time_emb_proj.weight");
+      const ParamRef& b = param(prefix + ".time_emb_proj.bias");
+      const int64_t co = w.shape[0] / 2, t = w.shape[1];
+      const ValueId scale = linear(p_, emb_act_, ParamRef{w.offset, {co, t}}, ParamRef{b.offset, {co}});
+      const ValueId shift = linear(p_, emb_act_, ParamRef{w.offset + co * t, {co, t}}, ParamRef{b.offset + co, {co}});
+      h = norm(prefix + ".norm2", h, c_.norm_num_groups);
+      h = add_channel_bias(p_, scale_channels(p_, h, affine(p_, scale, 1.0f, 1.0f)), shift);
+      h = activation(p_, h, act_);
+    }
+    if (p_.training() && c_.dropout > 0.0) h = dropout(p_, h, static_cast<float>(c_.dropout), dropout_seed_, dropouts_++);
+    h = conv(prefix + ".conv2", h, 1, 1);
+    const ValueId shortcut = index_.count(prefix + ".conv_shortcut.weight") ? conv(prefix + ".conv_shortcut", x, 1, 0) : x;
+    return rescale(add(p_, shortcut, h), out_scale);
+  }
+
+  // Attention with (when groups > 0) group norm, and residual: x [N,C,H,W] ->
+  // [N,C,H,W], the output divided by `out_scale`.
+  ValueId attention(const std::string& prefix, ValueId x, int64_t groups, double out_scale = 1.0) {
     const dims shape = p_.shape(x);
-    const ValueId tokens = to_tokens(p_, norm(prefix + ".group_norm", x));  // [N,S,C]
+    const ValueId normed = groups > 0 ? norm(prefix + ".group_norm", x, groups) : x;
+    const ValueId tokens = to_tokens(p_, normed);  // [N,S,C]
     const ValueId q = dense(prefix + ".to_q", tokens);
     const ValueId k = dense(prefix + ".to_k", tokens);
     const ValueId v = dense(prefix + ".to_v", tokens);
-    const ValueId o = attention_core(p_, q, k, v, shape[0], c_.attention_head_dim);
+    const ValueId o = attention_core(p_, q, k, v, shape[0], c_.head_dim(shape[1]));
     const ValueId y = from_tokens(p_, dense(prefix + ".to_out.0", o), shape);
-    return add(p_, y, x);
+    return rescale(add(p_, y, x), out_scale);
   }
 
   Program& p_;
   const UNetConfig& c_;
+  Activation act_;
+  std::shared_ptr<const uint64_t> dropout_seed_;
+  uint64_t dropouts_ = 0;
   std::unordered_map<std::string, ParamRef> index_;
   ValueId emb_act_ = -1;
 };
@@ -198,7 +279,8 @@ struct UNetModel::Workspace {
   int64_t batch = 0, height = 0, width = 0;
   bool training = false;
   std::unique_ptr<Program> program;
-  ValueId x = -1, temb0 = -1, out = -1;
+  ValueId x = -1, temb0 = -1, classes = -1, out = -1;
+  std::shared_ptr<uint64_t> dropout_seed = std::make_shared<uint64_t>(0);
   int copy_x_in = -1, copy_out = -1, copy_grad_in = -1, copy_grad_x = -1;
   dnnl::stream stream;
 };
@@ -236,6 +318,10 @@ std::unique_ptr<UNetModel> make_unet(const UNetConfig& config, Device& device) {
 }
 
 ForwardResult UNetModel::forward(const Tensor& x, const Tensor& t, bool for_training) {
+  return forward(x, t, for_training, ForwardInputs{});
+}
+
+ForwardResult UNetModel::forward(const Tensor& x, const Tensor& t, bool for_training, const ForwardInputs& inputs) {
   const int64_t factor = int64_t{1} << config_.resolution_steps();
   if (x.rank() != 4 || x.dtype() != DType::f32 || x.dim(1) != config_.in_channels || x.dim(2) % factor != 0 ||
       x.dim(3) % factor != 0 || x.dim(0) < 1) {
@@ -250,6 +336,30 @@ ForwardResult UNetModel::forward(const Tensor& x, const Tensor& t, bool for_trai
   }
   // The timesteps are read on the host (they only feed the host-computed embedding table).
   const std::vector<int64_t> steps = t.to_int64_vector();
+  // The class labels likewise (they select rows of the class embedding).
+  const int64_t classes = config_.num_classes();
+  std::vector<int64_t> labels;
+  const Tensor& y = inputs.class_labels;
+  if (classes > 0) {
+    if (y.empty()) {
+      throw std::invalid_argument("unet forward: the model has a class embedding (num_class_embeds " +
+                                  std::to_string(classes) + "), so it needs class labels");
+    }
+    if (y.rank() != 1 || y.dim(0) != n || (y.dtype() != DType::s32 && y.dtype() != DType::s64)) {
+      throw std::invalid_argument("unet forward: class labels must be s32 or s64 [" + std::to_string(n) + "], got " +
+                                  dtype_name(y.dtype()) + " " + shape_str(y.shape()));
+    }
+    labels = y.to_int64_vector();
+    for (int64_t label : labels) {
+      if (label < 0 || label >= classes) {
+        throw std::invalid_argument("unet forward: class label " + std::to_string(label) + " is outside [0, " +
+                                    std::to_string(classes) + ") (num_class_embeds)");
+      }
+    }
+  } else if (!y.empty()) {
+    throw std::invalid_argument("unet forward: the model has no class embedding (num_class_embeds is null), so it "
+                                "takes no class labels");
+  }
 
   const Precision precision = precision_.load();
   const UNetPoolKey key{n, h, w, for_training, precision};
@@ -267,9 +377,11 @@ ForwardResult UNetModel::forward(const Tensor& x, const Tensor& t, bool for_trai
     const auto y_md = plain_f32({n, config_.out_channels, h, w});
     made->x = p.new_value(x_md, for_training);
     made->temb0 = p.new_value(plain_f32({n, config_.block_out_channels[0]}), false);
-    made->out = UNetBuilder(p, config_, param_slots()).build(made->x, made->temb0);
+    if (classes > 0) made->classes = p.new_value(plain_f32({n, classes}), false);
+    made->out = UNetBuilder(p, config_, param_slots(), made->dropout_seed).build(made->x, made->temb0, made->classes);
     p.pin(made->x);
     p.pin(made->temb0);
+    if (classes > 0) p.pin(made->classes);
     made->copy_x_in = p.add_io_copy(x_md, x_md);
     made->copy_out = p.add_io_copy(p.desc(made->out), y_md);
     if (for_training) {
@@ -285,7 +397,15 @@ ForwardResult UNetModel::forward(const Tensor& x, const Tensor& t, bool for_trai
   Program& p = *space.program;
 
   copy_in(p, space.copy_x_in, x, p.data(space.x), engine(), space.stream);
-  write_timestep_embedding(steps, config_.block_out_channels[0], p.data(space.temb0));  // while x uploads
+  // While x uploads: the timestep embedding, the one-hot class rows, the seed.
+  write_timestep_embedding(steps, config_.block_out_channels[0], p.data(space.temb0), config_.flip_sin_to_cos,
+                           config_.freq_shift);
+  if (classes > 0) {
+    HostMap<float> one_hot(p.data(space.classes));
+    std::fill(one_hot.begin(), one_hot.end(), 0.0f);
+    for (int64_t i = 0; i < n; ++i) one_hot[i * classes + labels[i]] = 1.0f;
+  }
+  *space.dropout_seed = inputs.dropout_seed;
   p.run_forward(space.stream);
   Tensor prediction({n, config_.out_channels, h, w}, DType::f32, engine());
   p.run_io_copy(space.copy_out, p.data(space.out), prediction.memory(), space.stream);

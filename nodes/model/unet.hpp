@@ -5,6 +5,7 @@
 //   auto model = make_unet(UNetConfig::named("unet-tiny"), device);
 //   model->load(SafetensorsFile::read("weights.safetensors"));
 //   auto fwd = model->forward(x, t, true);          // x [N,1,16,16], t [N]
+//   auto fwd2 = model->forward(x, t, true, {labels, seed});  // class labels [N] s32 (num_class_embeds)
 //   Tensor grad_x = model->backward(*fwd.state, g); // g = dL/d eps_pred
 //
 // Per (batch size, image size, training or not) the model builds a program
@@ -37,6 +38,9 @@ class UNetModel : public DenoiserModel {
 
   std::string kind() const override { return "unet"; }
   ForwardResult forward(const Tensor& x, const Tensor& t, bool for_training) override;
+  // With class labels (configs with num_class_embeds) and the dropout seed.
+  ForwardResult forward(const Tensor& x, const Tensor& t, bool for_training, const ForwardInputs& inputs) override;
+  int64_t num_classes() const override { return config_.num_classes(); }
   Tensor backward(const ForwardState& state, const Tensor& grad_out) override;
 
   const UNetConfig& config() const { return config_; }

@@ -2,8 +2,10 @@
 
 #include "graph/registry.hpp"
 #include "graph/safetensors.hpp"
+#include "nodes/model/diffusers_folder.hpp"
 
 #include <filesystem>
+#include <optional>
 
 namespace diffuflow {
 
@@ -14,19 +16,49 @@ ResourceContract UNetModelResource::contract() {
   return c;
 }
 
-void UNetModelResource::check(const Params& params) {
-  UNetConfig::resolve(params.config);
+UNetModelResource::Source UNetModelResource::resolve(const Params& params) {
+  Source source;
+  std::optional<UNetConfig> named;
+  if (!params.config.empty()) named = UNetConfig::resolve(params.config);
+  if (!params.weights.empty() && std::filesystem::is_directory(params.weights)) {
+    const DiffusersUNetFolder folder = find_diffusers_unet(params.weights);
+    if (folder.weights.empty()) {
+      throw ConfigError(SourceLocation{"", 0, 0, "weights"},
+                        "diffusers folder '" + params.weights + "': " + folder.weights_problem);
+    }
+    source.config = UNetConfig::from_file(folder.config);
+    if (named && *named != source.config) {
+      std::string keys;
+      for (const auto& d : named->differences(source.config)) keys += "; " + d;
+      throw ConfigError(SourceLocation{"", 0, 0, "config"},
+                        "config '" + params.config + "' contradicts " + folder.config.string() +
+                            " of the weights folder (config vs folder): " + keys.substr(2) +
+                            " (leave config empty to use the folder's)");
+    }
+    source.weights = folder.weights.string();
+    source.diffusers_folder = true;
+    return source;
+  }
+  source.config = named ? *named : UNetConfig::named("unet-s");
   if (!params.weights.empty() && !std::filesystem::is_regular_file(params.weights)) {
     throw ConfigError(SourceLocation{"", 0, 0, "weights"}, "weights file '" + params.weights + "' does not exist");
   }
+  source.weights = params.weights;
+  return source;
 }
+
+void UNetModelResource::check(const Params& params) { resolve(params); }
 
 UNetModelResource::UNetModelResource(const ResourceConfig& config, RunContext& ctx)
     : params_(config.params_as<Params>()) {
-  model_ = std::shared_ptr<UNetModel>(make_unet(UNetConfig::resolve(params_.config), ctx.device()));
+  const Source source = resolve(params_);
+  model_ = std::shared_ptr<UNetModel>(make_unet(source.config, ctx.device()));
   model_->set_precision(params_.precision);
-  if (!params_.weights.empty()) {
-    model_->load(model_weights_from(SafetensorsFile::read(params_.weights), model_->param_slots(), params_.use_ema));
+  if (!source.weights.empty()) {
+    const SafetensorsFile file = SafetensorsFile::read(source.weights);
+    const auto& slots = model_->param_slots();
+    model_->load(unet_weights_from_diffusers(
+        source.diffusers_folder ? file : model_weights_from(file, slots, params_.use_ema), slots));
   } else {
     model_->init_random(static_cast<uint64_t>(params_.init_seed));
   }

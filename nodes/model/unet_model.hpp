@@ -7,12 +7,18 @@
 //       type: unet_model
 //       params: {config: unet-s, weights: "", init_seed: 0, precision: f32}
 //
-// config: a built-in name (unet-s, unet-tiny) or a path to a diffusers
-// config.json; weights: an optional .safetensors checkpoint with diffusers
-// names; without one the parameters are initialised at random from init_seed
+// config: a built-in name (unet-s, unet-tiny), a path to a diffusers
+// config.json, or a diffusers model or pipeline folder (its config); empty:
+// the weights folder's config, else unet-s. weights: an optional .safetensors
+// checkpoint with diffusers names, or a diffusers model folder
+// (config.json + diffusion_pytorch_model.safetensors) or pipeline folder
+// (model_index.json + unet/): the folder's config is the model's, and a
+// `config` that contradicts it is a ConfigError naming the keys. Without
+// weights the parameters are initialised at random from init_seed
 // (conv/linear weights and biases U(-1/sqrt(fan_in), 1/sqrt(fan_in)) as
-// PyTorch's defaults, GroupNorm weight 1 and bias 0). precision: f32 or bf16
-// convolutions (mixed precision; see Precision in program.hpp).
+// PyTorch's defaults, GroupNorm weight 1 and bias 0, embedding tables
+// N(0, 1)). precision: f32 or bf16 convolutions (mixed precision; see
+// Precision in program.hpp).
 #pragma once
 
 #include "nodes/model/model_resource.hpp"
@@ -28,9 +34,12 @@ class UNetModelResource : public ModelResource {
  public:
   struct Params {
     DIFFUFLOW_PARAMS(Params);
-    DIFFUFLOW_PARAM(std::string, config, "unet-s",
-                    "built-in config (unet-s, unet-tiny) or a path to a diffusers config.json");
-    DIFFUFLOW_PARAM(std::string, weights, "", "optional .safetensors checkpoint to load (diffusers parameter names)",
+    DIFFUFLOW_PARAM(std::string, config, "",
+                    "built-in config (unet-s, unet-tiny), a diffusers config.json or model/pipeline folder; empty: "
+                    "the weights folder's config, else unet-s");
+    DIFFUFLOW_PARAM(std::string, weights, "",
+                    "optional .safetensors checkpoint (diffusers parameter names), or a diffusers model or pipeline "
+                    "folder (config.json + diffusion_pytorch_model.safetensors, or model_index.json + unet/)",
                     .path());
     DIFFUFLOW_PARAM(bool, use_ema, true, "from a training checkpoint, load its EMA weights when it has them");
     DIFFUFLOW_PARAM(int64_t, init_seed, 0, "seed of the random init used when no weights are given",
@@ -43,8 +52,17 @@ class UNetModelResource : public ModelResource {
 
   static ResourceContract contract();
   // Parses and validates the config (ConfigError naming the key), and checks
-  // that a given checkpoint exists, before anything runs.
+  // that a given checkpoint or folder exists and agrees with the config,
+  // before anything runs.
   static void check(const Params& params);
+
+  // The config and the weights file the parameters name.
+  struct Source {
+    UNetConfig config;
+    std::string weights;        // empty: none
+    bool diffusers_folder = false;  // the weights come from a diffusers folder
+  };
+  static Source resolve(const Params& params);
   UNetModelResource(const ResourceConfig& config, RunContext& ctx);
 
   DenoiserModel& model() override { return *model_; }

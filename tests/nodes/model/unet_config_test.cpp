@@ -62,8 +62,10 @@ TEST_CASE("unet configs that change the math or cannot be built are ConfigErrors
   CHECK(config_error(tiny_with("down_block_types", R"(["DownBlock2D", "CrossAttnDownBlock2D"])"))
             .find("unknown block type 'CrossAttnDownBlock2D'") != std::string::npos);
   CHECK(config_error(tiny_with("up_block_types", R"(["UpBlock2D"])")).find("has 1 entries") != std::string::npos);
-  CHECK(config_error(tiny_with("act_fn", "\"gelu\"")).find("act_fn") != std::string::npos);
-  CHECK(config_error(tiny_with("flip_sin_to_cos", "false")).find("flip_sin_to_cos") != std::string::npos);
+  // gelu and flip_sin_to_cos false are implemented now; values nothing computes stay errors.
+  CHECK(config_error(tiny_with("act_fn", "\"tanh\"")).find("act_fn") != std::string::npos);
+  CHECK(config_error(tiny_with("time_embedding_type", "\"fourier\"")).find("time_embedding_type") !=
+        std::string::npos);
   CHECK(config_error(tiny_with("layers_per_blok", "2")).find("did you mean 'layers_per_block'") != std::string::npos);
   CHECK(config_error(tiny_with("block_out_channels", "[]")).find("must not be empty") != std::string::npos);
   CHECK(config_error("{not json").find("not valid JSON") != std::string::npos);
