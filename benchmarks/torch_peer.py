@@ -22,6 +22,10 @@ Commands
       the peer's `diffuflow unet-io`: eps_out, and grad_x / grad.<param> when IO holds g_out.
   diff A.safetensors B.safetensors
       compare two such output files (A against reference B) with the fixtures' tolerances.
+  fixture --config CONFIG.json --out DIR [--seed S] [--batch N] [--t T...] [--f16-weights]
+          [--max-grad-elements M]
+      write a parity fixture folder: the config, random weights, inputs (with class_labels for
+      models with a class embedding) and the peer's eps_out, grad_x and grad.<param>.
 
 Debian's torch runs nn.Linear and the attention matmuls through the libblas.so.3 alternative;
 the reference BLAS is far slower than OpenBLAS, so the bench reports which one is loaded.
@@ -124,9 +128,11 @@ _DEFAULTS = {
     "in_channels": 1, "out_channels": 1, "sample_size": 28,
     "act_fn": "silu", "center_input_sample": False, "downsample_padding": 1,
     "downsample_type": "conv", "upsample_type": "conv", "flip_sin_to_cos": True, "freq_shift": 0,
-    "mid_block_scale_factor": 1, "time_embedding_type": "positional",
+    "mid_block_scale_factor": 1, "time_embedding_type": "positional", "time_embedding_dim": None,
     "resnet_time_scale_shift": "default", "add_attention": True, "dropout": 0.0,
     "attn_norm_num_groups": None, "norm_num_groups": 8, "norm_eps": 1e-5, "attention_head_dim": 8,
+    "mid_block_type": "UNetMidBlock2D", "class_embed_type": None, "num_class_embeds": None,
+    "num_train_timesteps": None,
 }
 
 BUILTIN_CONFIGS = {
@@ -163,24 +169,29 @@ def load_config(spec):
     return full
 
 
+def _block_name(t):
+    return t[7:] if t.startswith("UNetRes") else t
+
+
 def _validate_config(c):
     unsupported = []
-    if c["act_fn"] != "silu":
+    if c["act_fn"].lower() not in ("silu", "swish", "mish", "gelu", "relu"):
         unsupported.append(f"act_fn={c['act_fn']}")
-    if c["center_input_sample"]:
-        unsupported.append("center_input_sample")
     if c["time_embedding_type"] != "positional":
         unsupported.append(f"time_embedding_type={c['time_embedding_type']}")
-    if c["resnet_time_scale_shift"] != "default":
+    if c["resnet_time_scale_shift"] not in ("default", "scale_shift"):
         unsupported.append(f"resnet_time_scale_shift={c['resnet_time_scale_shift']}")
-    if c["downsample_type"] != "conv" or c["upsample_type"] != "conv":
-        unsupported.append("resnet down/upsamplers")
-    if c.get("class_embed_type") or c.get("num_class_embeds"):
-        unsupported.append("class embeddings")
-    if c["mid_block_scale_factor"] != 1:
-        unsupported.append("mid_block_scale_factor != 1")
-    for t in list(c["down_block_types"]) + list(c["up_block_types"]):
-        if t not in ("DownBlock2D", "AttnDownBlock2D", "UpBlock2D", "AttnUpBlock2D"):
+    if c["downsample_type"] not in ("conv", "resnet") or c["upsample_type"] not in ("conv", "resnet"):
+        unsupported.append("down/upsample_type other than conv, resnet")
+    if c.get("class_embed_type") is not None:
+        unsupported.append(f"class_embed_type={c['class_embed_type']}")
+    if c["mid_block_type"] not in (None, "UNetMidBlock2D"):
+        unsupported.append(f"mid_block_type={c['mid_block_type']}")
+    for t in c["down_block_types"]:
+        if _block_name(t) not in ("DownBlock2D", "AttnDownBlock2D", "ResnetDownsampleBlock2D"):
+            unsupported.append(f"block type {t}")
+    for t in c["up_block_types"]:
+        if _block_name(t) not in ("UpBlock2D", "AttnUpBlock2D", "ResnetUpsampleBlock2D"):
             unsupported.append(f"block type {t}")
     if len(c["down_block_types"]) != len(c["block_out_channels"]) or \
             len(c["up_block_types"]) != len(c["block_out_channels"]):
@@ -218,6 +229,11 @@ def build_model_classes():
         def forward(self, x):
             return super().forward(x.float())
 
+    def activation(name):
+        # diffusers' get_activation: silu = swish, mish, gelu (exact), relu
+        return {"silu": nn.SiLU, "swish": nn.SiLU, "mish": nn.Mish, "gelu": nn.GELU,
+                "relu": nn.ReLU}[name.lower()]()
+
     class TimestepEmbedding(nn.Module):
         def __init__(self, cin, dim):
             super().__init__()
@@ -228,34 +244,54 @@ def build_model_classes():
             return self.linear_2(F.silu(self.linear_1(x)))
 
     class ResnetBlock2D(nn.Module):
-        def __init__(self, cin, cout, temb, groups, eps, dropout):
+        """diffusers ResnetBlock2D: norm1, act, [resample], conv1, + time (default) or
+        norm2 * (1 + scale) + shift (scale_shift), act, dropout, conv2, residual / out_scale.
+        resample: None, "down" (2x2 average pooling) or "up" (nearest 2x)."""
+
+        def __init__(self, cin, cout, temb, cfg, resample=None, out_scale=1.0):
             super().__init__()
+            groups, eps = cfg["norm_num_groups"], cfg["norm_eps"]
+            self.scale_shift = cfg["resnet_time_scale_shift"] == "scale_shift"
+            self.resample, self.out_scale = resample, out_scale
+            self.act = activation(cfg["act_fn"])
             self.norm1 = GroupNorm(groups, cin, eps=eps, affine=True)
             self.conv1 = nn.Conv2d(cin, cout, 3, 1, 1)
-            self.time_emb_proj = nn.Linear(temb, cout)
+            self.time_emb_proj = nn.Linear(temb, 2 * cout if self.scale_shift else cout)
             self.norm2 = GroupNorm(groups, cout, eps=eps, affine=True)
-            self.dropout = nn.Dropout(dropout)
+            self.dropout = nn.Dropout(cfg["dropout"])
             self.conv2 = nn.Conv2d(cout, cout, 3, 1, 1)
             self.conv_shortcut = nn.Conv2d(cin, cout, 1, 1, 0) if cin != cout else None
 
         def forward(self, x, emb):
-            h = self.conv1(F.silu(self.norm1(x)))
-            h = h + self.time_emb_proj(F.silu(emb))[:, :, None, None]
-            h = self.conv2(self.dropout(F.silu(self.norm2(h))))
+            h = self.act(self.norm1(x))
+            if self.resample == "down":
+                x, h = F.avg_pool2d(x, 2, 2), F.avg_pool2d(h, 2, 2)
+            elif self.resample == "up":
+                x = F.interpolate(x, scale_factor=2.0, mode="nearest")
+                h = F.interpolate(h, scale_factor=2.0, mode="nearest")
+            h = self.conv1(h)
+            te = self.time_emb_proj(self.act(emb))[:, :, None, None]
+            if self.scale_shift:
+                scale, shift = torch.chunk(te, 2, dim=1)
+                h = self.norm2(h) * (1 + scale) + shift
+            else:
+                h = self.norm2(h + te)
+            h = self.conv2(self.dropout(self.act(h)))
             if self.conv_shortcut is not None:
                 x = self.conv_shortcut(x)
-            return x + h
+            return (x + h) / self.out_scale
 
     class Attention(nn.Module):
-        """diffusers Attention(query_dim=C, heads=C/d, dim_head=d, norm_num_groups=G,
-        residual_connection=True, bias=True), default (non-fused) processor."""
+        """diffusers Attention(query_dim=C, heads=C/d, dim_head=d, norm_num_groups=G (None: no
+        norm), residual_connection=True, bias=True, rescale_output_factor), default processor."""
 
-        def __init__(self, c, head_dim, groups, eps, dropout):
+        def __init__(self, c, head_dim, groups, eps, dropout, out_scale=1.0):
             super().__init__()
             self.heads = c // head_dim if head_dim else 1
             self.head_dim = c // self.heads
             self.scale = self.head_dim ** -0.5
-            self.group_norm = GroupNorm(groups, c, eps=eps, affine=True)
+            self.out_scale = out_scale
+            self.group_norm = GroupNorm(groups, c, eps=eps, affine=True) if groups else None
             self.to_q = nn.Linear(c, c)
             self.to_k = nn.Linear(c, c)
             self.to_v = nn.Linear(c, c)
@@ -264,7 +300,8 @@ def build_model_classes():
         def forward(self, x):
             b, c, hh, ww = x.shape
             s = hh * ww
-            hs = self.group_norm(x).reshape(b, c, s).transpose(1, 2)      # [b, s, c]
+            hs = self.group_norm(x) if self.group_norm is not None else x
+            hs = hs.reshape(b, c, s).transpose(1, 2)                          # [b, s, c]
             q, k, v = self.to_q(hs), self.to_k(hs), self.to_v(hs)
             nh, d = self.heads, self.head_dim
 
@@ -279,7 +316,7 @@ def build_model_classes():
             o = o.reshape(b, nh, s, d).permute(0, 2, 1, 3).reshape(b, s, c)
             o = self.to_out[1](self.to_out[0](o))
             o = o.transpose(1, 2).reshape(b, c, hh, ww)
-            return o + x
+            return (o + x) / self.out_scale
 
     class Downsample2D(nn.Module):
         def __init__(self, c, padding):
@@ -300,20 +337,28 @@ def build_model_classes():
         def forward(self, x):
             return self.conv(F.interpolate(x, scale_factor=2.0, mode="nearest"))
 
+    def head_dim(cfg, c):
+        return cfg["attention_head_dim"] or c
+
     class DownBlock(nn.Module):
-        def __init__(self, cin, cout, temb, n, attn, add_down, cfg):
+        def __init__(self, kind, cin, cout, temb, n, add_down, cfg):
             super().__init__()
-            g, eps, dr = cfg["norm_num_groups"], cfg["norm_eps"], cfg["dropout"]
-            ag = cfg["attn_norm_num_groups"] or g
+            attn = kind == "AttnDownBlock2D"
+            resnet_down = kind == "ResnetDownsampleBlock2D" or (attn and cfg["downsample_type"] == "resnet")
             self.resnets = nn.ModuleList(
-                [ResnetBlock2D(cin if j == 0 else cout, cout, temb, g, eps, dr) for j in range(n)])
-            if attn:
-                self.attentions = nn.ModuleList(
-                    [Attention(cout, cfg["attention_head_dim"] or cout, ag, eps, dr) for _ in range(n)])
+                [ResnetBlock2D(cin if j == 0 else cout, cout, temb, cfg) for j in range(n)])
+            # down/up block attentions normalise with norm_num_groups (attn_norm_num_groups is the
+            # mid block's)
+            self.attentions = nn.ModuleList(
+                [Attention(cout, head_dim(cfg, cout), cfg["norm_num_groups"], cfg["norm_eps"], cfg["dropout"])
+                 for _ in range(n)]) if attn else None
+            if not add_down:
+                self.downsamplers = None
+            elif resnet_down:
+                self.downsamplers = nn.ModuleList([ResnetBlock2D(cout, cout, temb, cfg, resample="down")])
             else:
-                self.attentions = None
-            self.downsamplers = nn.ModuleList([Downsample2D(cout, cfg["downsample_padding"])]) \
-                if add_down else None
+                self.downsamplers = nn.ModuleList([Downsample2D(cout, cfg["downsample_padding"])])
+            self.resnet_down = resnet_down
 
         def forward(self, h, emb, skips):
             for j, r in enumerate(self.resnets):
@@ -322,27 +367,31 @@ def build_model_classes():
                     h = self.attentions[j](h)
                 skips.append(h)
             if self.downsamplers is not None:
-                h = self.downsamplers[0](h)
+                h = self.downsamplers[0](h, emb) if self.resnet_down else self.downsamplers[0](h)
                 skips.append(h)
             return h
 
     class UpBlock(nn.Module):
-        def __init__(self, cin, prev_out, cout, temb, n, attn, add_up, cfg):
+        def __init__(self, kind, cin, prev_out, cout, temb, n, add_up, cfg):
             super().__init__()
-            g, eps, dr = cfg["norm_num_groups"], cfg["norm_eps"], cfg["dropout"]
-            ag = cfg["attn_norm_num_groups"] or g
+            attn = kind == "AttnUpBlock2D"
+            resnet_up = kind == "ResnetUpsampleBlock2D" or (attn and cfg["upsample_type"] == "resnet")
             res = []
             for j in range(n):
                 skip_c = cin if j == n - 1 else cout
                 res_in = prev_out if j == 0 else cout
-                res.append(ResnetBlock2D(res_in + skip_c, cout, temb, g, eps, dr))
+                res.append(ResnetBlock2D(res_in + skip_c, cout, temb, cfg))
             self.resnets = nn.ModuleList(res)
-            if attn:
-                self.attentions = nn.ModuleList(
-                    [Attention(cout, cfg["attention_head_dim"] or cout, ag, eps, dr) for _ in range(n)])
+            self.attentions = nn.ModuleList(
+                [Attention(cout, head_dim(cfg, cout), cfg["norm_num_groups"], cfg["norm_eps"], cfg["dropout"])
+                 for _ in range(n)]) if attn else None
+            if not add_up:
+                self.upsamplers = None
+            elif resnet_up:
+                self.upsamplers = nn.ModuleList([ResnetBlock2D(cout, cout, temb, cfg, resample="up")])
             else:
-                self.attentions = None
-            self.upsamplers = nn.ModuleList([Upsample2D(cout)]) if add_up else None
+                self.upsamplers = nn.ModuleList([Upsample2D(cout)])
+            self.resnet_up = resnet_up
 
         def forward(self, h, emb, skips):
             for j, r in enumerate(self.resnets):
@@ -351,16 +400,21 @@ def build_model_classes():
                 if self.attentions is not None:
                     h = self.attentions[j](h)
             if self.upsamplers is not None:
-                h = self.upsamplers[0](h)
+                h = self.upsamplers[0](h, emb) if self.resnet_up else self.upsamplers[0](h)
             return h
 
     class MidBlock(nn.Module):
         def __init__(self, c, temb, cfg):
             super().__init__()
-            g, eps, dr = cfg["norm_num_groups"], cfg["norm_eps"], cfg["dropout"]
-            ag = cfg["attn_norm_num_groups"] or g
-            self.resnets = nn.ModuleList([ResnetBlock2D(c, c, temb, g, eps, dr) for _ in range(2)])
-            self.attentions = nn.ModuleList([Attention(c, cfg["attention_head_dim"] or c, ag, eps, dr)]) \
+            f = cfg["mid_block_scale_factor"]
+            # the attention's groups: attn_norm_num_groups, else norm_num_groups with the default
+            # time shift, else no GroupNorm
+            ag = cfg["attn_norm_num_groups"]
+            if ag is None and cfg["resnet_time_scale_shift"] == "default":
+                ag = cfg["norm_num_groups"]
+            self.resnets = nn.ModuleList([ResnetBlock2D(c, c, temb, cfg, out_scale=f) for _ in range(2)])
+            self.attentions = nn.ModuleList(
+                [Attention(c, head_dim(cfg, c), ag, cfg["norm_eps"], cfg["dropout"], out_scale=f)]) \
                 if cfg["add_attention"] else None
 
         def forward(self, h, emb):
@@ -376,43 +430,51 @@ def build_model_classes():
             boc = list(cfg["block_out_channels"])
             L = cfg["layers_per_block"]
             nb = len(boc)
-            temb = boc[0] * 4
+            temb = cfg["time_embedding_dim"] or boc[0] * 4
             self.conv_in = nn.Conv2d(cfg["in_channels"], boc[0], 3, 1, 1)
             self.time_embedding = TimestepEmbedding(boc[0], temb)
+            self.class_embedding = nn.Embedding(cfg["num_class_embeds"], temb) \
+                if cfg["num_class_embeds"] is not None else None
             self.down_blocks = nn.ModuleList()
             cout = boc[0]
             for i, t in enumerate(cfg["down_block_types"]):
                 cin, cout = cout, boc[i]
-                self.down_blocks.append(DownBlock(cin, cout, temb, L, t == "AttnDownBlock2D",
-                                                  i != nb - 1, cfg))
-            self.mid_block = MidBlock(boc[-1], temb, cfg)
+                self.down_blocks.append(DownBlock(_block_name(t), cin, cout, temb, L, i != nb - 1, cfg))
+            # created before the up blocks, so init_weights draws the fixtures' weights in this order
+            self.mid_block = MidBlock(boc[-1], temb, cfg) if cfg["mid_block_type"] else None
             rev = list(reversed(boc))
             self.up_blocks = nn.ModuleList()
             cout = rev[0]
             for i, t in enumerate(cfg["up_block_types"]):
                 prev_out, cout = cout, rev[i]
                 cin = rev[min(i + 1, nb - 1)]
-                self.up_blocks.append(UpBlock(cin, prev_out, cout, temb, L + 1, t == "AttnUpBlock2D",
-                                              i != nb - 1, cfg))
+                self.up_blocks.append(UpBlock(_block_name(t), cin, prev_out, cout, temb, L + 1, i != nb - 1, cfg))
             g = cfg["norm_num_groups"]
             self.conv_norm_out = GroupNorm(g, boc[0], eps=cfg["norm_eps"], affine=True)
             self.conv_out = nn.Conv2d(boc[0], cfg["out_channels"], 3, 1, 1)
 
-        def forward(self, x, t):
+        def forward(self, x, t, class_labels=None):
             if not torch.is_tensor(t):
                 t = torch.tensor([t], dtype=torch.long)
             elif t.dim() == 0:
                 t = t[None]
             t = t * torch.ones(x.shape[0], dtype=t.dtype, device=t.device)
             cfg = self.config
+            if cfg["center_input_sample"]:
+                x = 2 * x - 1.0
             t0 = timestep_embedding(t, cfg["block_out_channels"][0], cfg["flip_sin_to_cos"],
                                     cfg["freq_shift"]).to(x.dtype)
             emb = self.time_embedding(t0)
+            if self.class_embedding is not None:
+                if class_labels is None:
+                    raise ValueError("the model has a class embedding: pass class labels")
+                emb = emb + self.class_embedding(class_labels)
             h = self.conv_in(x)
             skips = [h]
             for blk in self.down_blocks:
                 h = blk(h, emb, skips)
-            h = self.mid_block(h, emb)
+            if self.mid_block is not None:
+                h = self.mid_block(h, emb)
             for blk in self.up_blocks:
                 h = blk(h, emb, skips)
             return self.conv_out(F.silu(self.conv_norm_out(h)))
@@ -426,7 +488,7 @@ def make_model(cfg):
 
 def init_weights(model, seed):
     """The fixtures' init: conv/linear weights U(+-sqrt(3/fan_in)), biases U(+-1/sqrt(fan_in)),
-    GroupNorm weight U(0.7, 1.3), bias U(-0.2, 0.2)."""
+    GroupNorm weight U(0.7, 1.3), bias U(-0.2, 0.2), embedding tables N(0, 1)."""
     import math
     import torch
     import torch.nn as nn
@@ -440,6 +502,8 @@ def init_weights(model, seed):
             elif isinstance(m, nn.GroupNorm):
                 m.weight.uniform_(0.7, 1.3, generator=gen)
                 m.bias.uniform_(-0.2, 0.2, generator=gen)
+            elif isinstance(m, nn.Embedding):
+                m.weight.normal_(generator=gen)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -546,7 +610,8 @@ def cmd_check(args):
     x = torch.from_numpy(io["x"]).requires_grad_(True)
     t = torch.from_numpy(io["t"])
     g_out = torch.from_numpy(io["g_out"])
-    eps = model(x, t)
+    labels = torch.from_numpy(io["class_labels"]) if "class_labels" in io else None
+    eps = model(x, t, labels)
     loss = (eps * g_out).sum()
     loss.backward()
 
@@ -567,10 +632,11 @@ def cmd_check(args):
 
     worst_abs, worst_rel, worst_abs_name, worst_rel_name = 0.0, 0.0, "", ""
     rows = []
+    skipped = 0
     for name, p in model.named_parameters():
         key = "grad." + name
         if key not in io:
-            failures.append(f"{key} missing from io.safetensors")
+            skipped += 1  # a fixture made with --max-grad-elements stores a subset
             continue
         ref = io[key]
         got = p.grad.numpy() if p.grad is not None else np.zeros_like(ref)
@@ -601,6 +667,8 @@ def cmd_check(args):
         for key, shape, d, amax, lim, ok, note in rows:
             print(f"  {'ok  ' if ok else 'FAIL'} {key:60s} {str(list(shape)):18s} "
                   f"max|diff| {d:.3e}  max|ref| {amax:.3g}  tol {lim:.2g} {note}")
+    if skipped:
+        print(f"grad.*   {skipped} parameter gradients not stored in the fixture")
     print(f"grad.*   {len(rows)} tensors: max|diff| {worst_abs:.3e} ({worst_abs_name}); "
           f"max |diff|/max|ref| {worst_rel:.3e} ({worst_rel_name})")
     tok = [r for r in rows if r[0].endswith("to_k.bias")]
@@ -832,7 +900,8 @@ def cmd_io(args):
     io, _ = read_safetensors(args.inputs)
     x = torch.from_numpy(io["x"]).requires_grad_("g_out" in io)
     t = torch.from_numpy(io["t"]).long()
-    eps = model(x, t)
+    labels = torch.from_numpy(io["class_labels"]).long() if "class_labels" in io else None
+    eps = model(x, t, labels)
     out = {"eps_out": eps.detach().numpy()}
     if "g_out" in io:
         (eps * torch.from_numpy(io["g_out"])).sum().backward()
@@ -841,6 +910,59 @@ def cmd_io(args):
             out["grad." + name] = (p.grad if p.grad is not None else torch.zeros_like(p)).numpy()
     write_safetensors(args.out, out, {"producer": "torch_peer io"})
     print(f"wrote {args.out}: {len(out)} tensors")
+    return 0
+
+
+def cmd_fixture(args):
+    """A parity fixture folder: config.json (as given), weights.safetensors (random, the fixtures'
+    init; with --f16-weights rounded to float16 and stored as F16, which is exact, to halve the
+    file), io.safetensors (x, t, class_labels when the model has a class embedding, g_out, and the
+    peer's eps_out, grad_x, grad.<param> of L = sum(eps_out * g_out); with --max-grad-elements
+    only the gradients of parameters up to that size, to keep the file small)."""
+    import numpy as np
+    import torch
+    torch.set_num_threads(args.threads or 2)
+    with open(args.config) as f:
+        text = f.read()
+    cfg = load_config(args.config)
+    model = make_model(cfg)
+    init_weights(model, args.seed)
+    if args.f16_weights:
+        with torch.no_grad():
+            for p in model.parameters():
+                p.copy_(p.half().float())
+    os.makedirs(args.out, exist_ok=True)
+    with open(os.path.join(args.out, "config.json"), "w") as f:
+        f.write(text)
+    sd = {k: v.detach().numpy() for k, v in model.state_dict().items()}
+    if args.f16_weights:
+        sd = {k: v.astype(np.float16) for k, v in sd.items()}
+    write_safetensors(os.path.join(args.out, "weights.safetensors"), sd, {"format": "pt"})
+
+    size = cfg["sample_size"]
+    h, w = (size, size) if not isinstance(size, (list, tuple)) else size
+    rng = np.random.default_rng(args.seed + 1)
+    n = args.batch
+    x = rng.standard_normal((n, cfg["in_channels"], h, w)).astype(np.float32)
+    t = np.array(args.t[:n] if args.t else rng.integers(0, 1000, size=n), dtype=np.int64)
+    g_out = rng.standard_normal((n, cfg["out_channels"], h, w)).astype(np.float32)
+    io = {"x": x, "t": t, "g_out": g_out}
+    labels = None
+    if cfg["num_class_embeds"] is not None:
+        io["class_labels"] = (np.arange(n) * 3 % cfg["num_class_embeds"]).astype(np.int64)
+        labels = torch.from_numpy(io["class_labels"])
+    xt = torch.from_numpy(x).requires_grad_(True)
+    eps = model(xt, torch.from_numpy(t), labels)
+    (eps * torch.from_numpy(g_out)).sum().backward()
+    io["eps_out"] = eps.detach().numpy()
+    io["grad_x"] = xt.grad.numpy()
+    for name, p in model.named_parameters():
+        if args.max_grad_elements and p.numel() > args.max_grad_elements:
+            continue
+        io["grad." + name] = (p.grad if p.grad is not None else torch.zeros_like(p)).numpy()
+    write_safetensors(os.path.join(args.out, "io.safetensors"), io, {"producer": "torch_peer fixture"})
+    nparams = sum(p.numel() for p in model.parameters())
+    print(f"wrote {args.out}: {len(sd)} tensors, {nparams:,} parameters; batch {n}, t {t.tolist()}")
     return 0
 
 
@@ -894,6 +1016,18 @@ def main(argv=None):
     o.add_argument("--out", required=True)
     o.add_argument("--threads", type=int, default=0)
 
+    fx = sub.add_parser("fixture", help="write a parity fixture folder (config, weights, inputs and the "
+                                        "peer's outputs and gradients)")
+    fx.add_argument("--config", required=True, help="a config.json (copied into the folder as is)")
+    fx.add_argument("--out", required=True)
+    fx.add_argument("--seed", type=int, default=0)
+    fx.add_argument("--batch", type=int, default=2)
+    fx.add_argument("--t", type=int, nargs="*", help="the timesteps (default: random)")
+    fx.add_argument("--f16-weights", action="store_true", help="store float16-exact weights as F16")
+    fx.add_argument("--max-grad-elements", type=int, default=0,
+                    help="store only the parameter gradients of at most this many elements (0: all)")
+    fx.add_argument("--threads", type=int, default=2)
+
     args = ap.parse_args(argv)
     threads = getattr(args, "threads", 0)
     if threads:
@@ -902,7 +1036,7 @@ def main(argv=None):
         os.environ["OPENBLAS_NUM_THREADS"] = str(threads)
     _import_torch()
     return {"check": cmd_check, "bench": cmd_bench, "init": cmd_init, "io": cmd_io,
-            "diff": cmd_diff}[args.cmd](args)
+            "diff": cmd_diff, "fixture": cmd_fixture}[args.cmd](args)
 
 
 if __name__ == "__main__":
