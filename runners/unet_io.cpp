@@ -4,12 +4,14 @@
 //   diffuflow unet-io --config config.json --weights W.safetensors
 //                     --inputs IO.safetensors --out OUT.safetensors
 //
-// IO holds x F32 [N,C,H,W] and t (I64 or I32) [N]; OUT gets eps_out. When IO
+// IO holds x F32 [N,C,H,W], t (I64 or I32) [N] and, for a model with a class
+// embedding, class_labels (I64 or I32) [N]; OUT gets eps_out. When IO
 // also holds g_out [N,C_out,H,W], the backward pass of L = sum(eps_out * g_out)
 // runs too and OUT gets grad_x and grad.<param> for every parameter.
 #include "graph/device.hpp"
 #include "graph/errors.hpp"
 #include "graph/safetensors.hpp"
+#include "nodes/model/diffusers_folder.hpp"
 #include "nodes/model/unet.hpp"
 #include "runners/cli_common.hpp"
 #include "runners/command.hpp"
@@ -23,7 +25,7 @@ namespace {
 OptionTable unet_io_options() {
   return {shared::unet_config().required(),
           OptionSpec::text("weights", "W.safetensors", "parameters (.safetensors)").required(),
-          OptionSpec::text("inputs", "IO.safetensors", "x, t and optionally g_out (.safetensors)").required(),
+          OptionSpec::text("inputs", "IO.safetensors", "x, t, optionally class_labels and g_out (.safetensors)").required(),
           shared::output().required(),
           shared::device().fallback("cpu")};
 }
@@ -38,7 +40,8 @@ int run_unet_io(const ParsedOptions& options) {
   const UNetConfig config = UNetConfig::resolve(options.text("config"));
   Device device(spec);
   auto model = make_unet(config, device);
-  model->load(SafetensorsFile::read(options.text("weights")));
+  // diffusers files may hold F16 weights or older attention names.
+  model->load(unet_weights_from_diffusers(SafetensorsFile::read(options.text("weights")), model->param_slots()));
 
   const std::string inputs_path = options.text("inputs");
   const auto io = SafetensorsFile::read(inputs_path);
@@ -74,8 +77,21 @@ int run_unet_io(const ParsedOptions& options) {
     g_out = to_device(Tensor::from_vector(want, io.floats("g_out", want)));
   }
 
+  ForwardInputs inputs;
+  if (io.has("class_labels")) {
+    const auto labels = io.ints("class_labels");
+    inputs.class_labels = Tensor({static_cast<int64_t>(labels.size())}, DType::s64, Device::host()->engine());
+    auto m = inputs.class_labels.map<int64_t>();
+    for (size_t i = 0; i < labels.size(); ++i) m[i] = labels[i];
+  }
+
   model->zero_grads();
-  auto result = model->forward(x, t, with_backward);
+  ForwardResult result;
+  try {
+    result = model->forward(x, t, with_backward, inputs);
+  } catch (const std::invalid_argument& e) {
+    throw DataError(inputs_path, e.what());  // labels missing, out of range or of the wrong shape
+  }
   SafetensorsFile out;
   out.add_f32("eps_out", result.prediction);
   if (with_backward) {

@@ -320,3 +320,20 @@ TEST_CASE("a diffusers model folder and a pipeline folder load as weights; a con
   // A config given as the folder itself.
   CHECK(UNetConfig::resolve(pipeline.string()) == UNetConfig::from_file(test::fixture("unet_options_a/config.json")));
 }
+
+TEST_CASE("diffuflow unet-io passes class labels and reads float16 weights") {
+  test::TempDir dir;
+  for (const std::string name : {"unet_options_a", "unet_ddpm_cifar10"}) {
+    const std::string args = "unet-io --config \"" + test::fixture(name + "/config.json").string() +
+                             "\" --weights \"" + test::fixture(name + "/weights.safetensors").string() +
+                             "\" --inputs \"" + test::fixture(name + "/io.safetensors").string() + "\" --out \"" +
+                             (dir / "out.safetensors").string() + "\"";
+    const auto result = test::run_cli(args);
+    INFO(result.output);
+    REQUIRE(result.exit_code == 0);
+    const auto got = SafetensorsFile::read(dir / "out.safetensors");
+    const auto io = SafetensorsFile::read(test::fixture(name + "/io.safetensors"));
+    CHECK(max_diff(got.floats("eps_out"), io.floats("eps_out")) <= 1e-4f);
+    CHECK(max_diff(got.floats("grad_x"), io.floats("grad_x")) <= 1e-4f);
+  }
+}
