@@ -6,6 +6,7 @@
 
 #include <doctest/doctest.h>
 
+#include <algorithm>
 #include <cmath>
 #include <memory>
 #include <random>
@@ -334,5 +335,104 @@ TEST_CASE("timestep embedding table is cos then sin of t times geometric frequen
     const double freq = std::exp(-std::log(10000.0) * j / 4.0);
     CHECK(table[8 + j] == doctest::Approx(std::cos(10.0 * freq)).epsilon(1e-5));
     CHECK(table[12 + j] == doctest::Approx(std::sin(10.0 * freq)).epsilon(1e-5));
+  }
+}
+
+TEST_CASE("conv2d padded only after (downsample_padding 0) gradients match finite differences") {
+  LayerHarness h(4 * 3 * 9 + 4);
+  const ValueId x = h.input({2, 3, 6, 6});
+  const auto w = h.param({4, 3, 3, 3});
+  const auto b = h.param({4});
+  const ValueId y = conv2d(h.p(), x, w, b, 2, 0, 1);
+  CHECK(h.p().shape(y) == dims{2, 4, 3, 3});
+  h.finish(y);
+  h.check_all("conv3x3s2_pad_end");
+}
+
+TEST_CASE("mish and gelu, alone and after group_norm, match finite differences") {
+  for (const Activation act : {Activation::mish, Activation::gelu}) {
+    {
+      LayerHarness h(0);
+      const ValueId x = h.input({2, 3, 4});
+      h.finish(activation(h.p(), x, act));
+      h.check_all("activation");
+    }
+    LayerHarness h(12);
+    const ValueId x = h.input({2, 6, 3, 3});
+    const auto gamma = h.param({6});
+    const auto beta = h.param({6});
+    h.finish(group_norm_act(h.p(), x, gamma, beta, 3, 1e-5f, act));
+    h.check_all("group_norm_act");
+  }
+  CHECK(activation_named("Swish") == Activation::silu);
+  CHECK_THROWS_WITH_AS(activation_named("tanh"), doctest::Contains("unknown activation 'tanh'"), std::invalid_argument);
+}
+
+TEST_CASE("affine, per-channel scale and 2x2 average pooling gradients match finite differences") {
+  SUBCASE("affine") {
+    LayerHarness h(0);
+    const ValueId x = h.input({2, 3, 4});
+    h.finish(affine(h.p(), x, 2.0f, -1.0f));
+    h.check_all("affine");
+  }
+  SUBCASE("scale_channels") {
+    LayerHarness h(0);
+    const ValueId x = h.input({2, 3, 4, 4});
+    const ValueId scale = h.input({2, 3});
+    h.finish(scale_channels(h.p(), x, scale));
+    h.check_all("scale_channels");
+  }
+  SUBCASE("avg_pool2x") {
+    LayerHarness h(0);
+    const ValueId x = h.input({2, 3, 4, 6});
+    const ValueId y = avg_pool2x(h.p(), x);
+    CHECK(h.p().shape(y) == dims{2, 3, 2, 3});
+    h.finish(y);
+    h.check_all("avg_pool2x");
+  }
+}
+
+TEST_CASE("dropout with a fixed seed is a fixed mask: its gradients match finite differences") {
+  LayerHarness h(0);
+  const ValueId x = h.input({2, 4, 8, 8});
+  auto seed = std::make_shared<uint64_t>(42);
+  const ValueId y = dropout(h.p(), x, 0.25f, seed, 0);
+  h.finish(y);
+  h.loss();
+  const float* in = static_cast<const float*>(h.p().data(x).get_data_handle());
+  const float* out = static_cast<const float*>(h.p().data(y).get_data_handle());
+  int dropped = 0;
+  for (int i = 0; i < 512; ++i) {
+    if (out[i] == 0.0f) {
+      ++dropped;
+    } else {
+      CHECK(out[i] == doctest::Approx(in[i] / 0.75f));
+    }
+  }
+  CHECK(dropped > 512 * 0.15);
+  CHECK(dropped < 512 * 0.35);
+  h.check_all("dropout");
+}
+
+TEST_CASE("embedding picks the table rows of one-hot labels; its table gradient matches finite differences") {
+  LayerHarness h(4 * 3);
+  const auto table = h.param({4, 3});
+  const ValueId one_hot = h.p().new_value(plain_f32({2, 4}), false);
+  h.p().pin(one_hot);
+  float* hot = static_cast<float*>(h.p().data(one_hot).get_data_handle());
+  std::fill(hot, hot + 8, 0.0f);
+  hot[0 * 4 + 2] = 1.0f;  // sample 0: class 2
+  hot[1 * 4 + 0] = 1.0f;  // sample 1: class 0
+  h.finish(embedding(h.p(), one_hot, table));
+  h.check_all("embedding");
+}
+
+TEST_CASE("timestep embedding with flip_sin_to_cos false and freq_shift 1 is sin then cos, frequencies over half - 1") {
+  std::vector<float> table(8);
+  timestep_embedding_table({10}, 8, table.data(), false, 1.0);
+  for (int j = 0; j < 4; ++j) {
+    const double freq = std::exp(-std::log(10000.0) * j / 3.0);
+    CHECK(table[j] == doctest::Approx(std::sin(10.0 * freq)).epsilon(1e-5));
+    CHECK(table[4 + j] == doctest::Approx(std::cos(10.0 * freq)).epsilon(1e-5));
   }
 }
