@@ -4,6 +4,7 @@
 // config errors.
 #include "graph/safetensors.hpp"
 #include "node_test_util.hpp"
+#include "nodes/common/fields.hpp"
 #include "nodes/model/diffusers_folder.hpp"
 #include "nodes/model/unet.hpp"
 #include "nodes/model/unet_model.hpp"
@@ -336,4 +337,21 @@ TEST_CASE("diffuflow unet-io passes class labels and reads float16 weights") {
     CHECK(max_diff(got.floats("eps_out"), io.floats("eps_out")) <= 1e-4f);
     CHECK(max_diff(got.floats("grad_x"), io.floats("grad_x")) <= 1e-4f);
   }
+}
+
+TEST_CASE("model_forward passes the packets' labels to a class-conditioned U-Net and refuses packets without") {
+  RunContext ctx;
+  test::make_resource("unet_model", "model",
+                      "{config: \"" + test::fixture("unet_options_b/config.json").string() + "\", weights: \"" +
+                          test::fixture("unet_options_b/weights.safetensors").string() + "\"}",
+                      ctx);
+  auto node = test::make_node("model_forward", "{model: model, training: false}", ctx);
+  const auto io = SafetensorsFile::read(test::fixture("unet_options_b/io.safetensors"));
+  const Packet base = Packet(0).with(fields::kXt, io.tensor("x")).with(fields::kT, int_tensor(io.ints("t")));
+  test::CollectingEmitter out;
+  node->process(test::single_input(base.with(fields::kLabels, int_tensor(io.ints("class_labels"))).share()), out);
+  REQUIRE(out.size() == 1);
+  CHECK(max_diff(out.packet(0).get(fields::kPrediction).to_vector(), io.floats("eps_out")) <= 1e-4f);
+  CHECK_THROWS_WITH_AS(node->process(test::single_input(Packet(base).share()), out), doctest::Contains("'labels'"),
+                       std::invalid_argument);
 }
