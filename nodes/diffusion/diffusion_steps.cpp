@@ -50,6 +50,24 @@ Tensor standard_normal(const Shape& shape, std::mt19937_64& rng, Device& device,
   return out;
 }
 
+PredictionTarget prediction_target(PredictionType type) {
+  switch (type) {
+    case PredictionType::epsilon: return PredictionTarget::epsilon;
+    case PredictionType::v_prediction: return PredictionTarget::v;
+    case PredictionType::sample: return PredictionTarget::x0;
+  }
+  throw std::logic_error("unknown prediction type");
+}
+
+PredictionType prediction_type(PredictionTarget target) {
+  switch (target) {
+    case PredictionTarget::epsilon: return PredictionType::epsilon;
+    case PredictionTarget::v: return PredictionType::v_prediction;
+    case PredictionTarget::x0: return PredictionType::sample;
+  }
+  throw std::logic_error("unknown prediction target");
+}
+
 Tensor timestep_tensor(const std::vector<int>& values) {
   Tensor t({static_cast<int64_t>(values.size())}, DType::s32, Device::host()->engine());
   auto host = t.map<int32_t>();
@@ -83,10 +101,19 @@ DiffusionSteps::Coefficients DiffusionSteps::coefficients(Pending& pending, cons
 
 memory DiffusionSteps::whole(const Tensor& x) { return view(x.memory(), flat_full(x.shape())); }
 
-void DiffusionSteps::run(Op op, const Tensor& dst, const Tensor& src0, const memory& src1, const Tensor* addend) {
+void DiffusionSteps::run(Op op, const Tensor& dst, const Tensor& src0, const memory& src1, const Tensor* addend,
+                         float bound, const memory* upper) {
   const Shape& shape = dst.shape();
-  const Kernel& kernel = kernels_.get({op, shape}, [&] {
+  const Kernel& kernel = kernels_.get({op, shape, bound}, [&]() -> dnnl::primitive_desc_base {
     const memory::desc full = flat_full(shape);
+    dnnl::primitive_attr attr = user_scratchpad_attr();
+    if (op == Op::clip || op == Op::abs) {
+      const auto desc = op == Op::clip ? dnnl::eltwise_forward::desc(dnnl::prop_kind::forward_inference,
+                                                                     algorithm::eltwise_clip, full, -bound, bound)
+                                       : dnnl::eltwise_forward::desc(dnnl::prop_kind::forward_inference,
+                                                                     algorithm::eltwise_abs, full);
+      return dnnl::eltwise_forward::primitive_desc(desc, attr, device_.engine());
+    }
     memory::desc operand = flat_rows(shape);
     algorithm alg = algorithm::binary_mul;
     dnnl::post_ops post_ops;
@@ -99,7 +126,7 @@ void DiffusionSteps::run(Op op, const Tensor& dst, const Tensor& src0, const mem
       case Op::div_rows: alg = algorithm::binary_div; break;
       case Op::div_rows_clip:
         alg = algorithm::binary_div;
-        post_ops.append_eltwise(1.0f, algorithm::eltwise_clip, -1.0f, 1.0f);
+        post_ops.append_eltwise(1.0f, algorithm::eltwise_clip, -bound, bound);
         break;
       case Op::sub:
         alg = algorithm::binary_sub;
@@ -109,15 +136,32 @@ void DiffusionSteps::run(Op op, const Tensor& dst, const Tensor& src0, const mem
         alg = algorithm::binary_add;
         operand = full;
         break;
+      case Op::clamp_rows_div:
+        // max(x, lower row), then min with the upper row and a division by it.
+        alg = algorithm::binary_max;
+        post_ops.append_binary(algorithm::binary_min, flat_rows(shape));
+        post_ops.append_binary(algorithm::binary_div, flat_rows(shape));
+        break;
+      case Op::clip:
+      case Op::abs: break;
     }
-    dnnl::primitive_attr attr = user_scratchpad_attr();
     attr.set_post_ops(post_ops);
     return dnnl::binary::primitive_desc(dnnl::binary::desc(alg, full, operand, full), attr, device_.engine());
   });
-  Args args{{DNNL_ARG_SRC_0, whole(src0)}, {DNNL_ARG_SRC_1, src1}, {DNNL_ARG_DST, whole(dst)}};
+  Args args{{DNNL_ARG_SRC_0, whole(src0)}, {DNNL_ARG_DST, whole(dst)}};
+  if (op == Op::clip || op == Op::abs) {
+    args = {{DNNL_ARG_SRC, whole(src0)}, {DNNL_ARG_DST, whole(dst)}};
+  } else {
+    args[DNNL_ARG_SRC_1] = src1;
+  }
   if (op == Op::mul_rows_add) {
     if (!addend) throw std::logic_error("DiffusionSteps: a fused add needs its addend");
     args[DNNL_ARG_ATTR_MULTIPLE_POST_OP(0) | DNNL_ARG_SRC_1] = whole(*addend);
+  }
+  if (op == Op::clamp_rows_div) {
+    if (!upper) throw std::logic_error("DiffusionSteps: a clamp needs its upper bounds");
+    args[DNNL_ARG_ATTR_MULTIPLE_POST_OP(0) | DNNL_ARG_SRC_1] = *upper;
+    args[DNNL_ARG_ATTR_MULTIPLE_POST_OP(1) | DNNL_ARG_SRC_1] = *upper;
   }
   kernel.run(device_.stream(), std::move(args));
 }
@@ -254,16 +298,22 @@ Tensor DiffusionSteps::queue_combine(Pending& pending, const memory& a, const Te
 }
 
 Tensor DiffusionSteps::queue_sub_scaled_div(Pending& pending, const Tensor& x, const memory& c1,
-                                            const Tensor& y, const memory& c2, bool clip) {
+                                            const Tensor& y, const memory& c2, float bound) {
   // [N,...]: scaled = c1 * y; diff = x - scaled; out = clip(diff / c2).
   const Tensor scaled = queue_mul_rows(pending, y, c1);
   Tensor diff(x.shape(), DType::f32, device_.engine());
   run(Op::sub, diff, x, whole(scaled));
   Tensor out(x.shape(), DType::f32, device_.engine());
-  run(clip ? Op::div_rows_clip : Op::div_rows, out, diff, c2);
+  run(bound > 0.0f ? Op::div_rows_clip : Op::div_rows, out, diff, c2, nullptr, bound);
   pending.keep(diff);
   pending.keep(out);
   return out;
+}
+
+Tensor DiffusionSteps::queue_eltwise(Pending& pending, Op op, const Tensor& x, float bound) {
+  Tensor out(x.shape(), DType::f32, device_.engine());
+  run(op, out, x, memory(), nullptr, bound);
+  return pending.keep(out);
 }
 
 Tensor DiffusionSteps::combine(const std::vector<float>& a, const Tensor& x, const std::vector<float>& b,
@@ -327,29 +377,206 @@ Tensor DiffusionSteps::sub_scaled_div(const Tensor& x, const std::vector<float>&
   check_same_shape(xs, ys);
   check_batch(xs, c1.size(), "x_t");
   const Coefficients c = coefficients(pending, xs.shape(), {c1, c2});
-  Tensor out = queue_sub_scaled_div(pending, xs, c.row(0), ys, c.row(1), clip);
+  Tensor out = queue_sub_scaled_div(pending, xs, c.row(0), ys, c.row(1), clip ? 1.0f : 0.0f);
   pending.wait();
   return out;
+}
+
+// The per-sample coefficients of one reverse step, computed on the host in
+// float32 in diffusers' order. With x the sample and m the model output:
+//   x0 = (x - x0_a m) / x0_b  (epsilon),  x0_a x + x0_b m  (v_prediction),  m  (sample);
+//   then clipped to [-clip, clip] or thresholded;
+//   eps (DDIM only) = m,  eps_a m + eps_b x  (v),  (x - eps_a m) / eps_b  (sample);
+//   prev = mean_a x0 + mean_b (x for DDPM, eps for DDIM) + sigma z.
+struct DiffusionSteps::ReverseCoefficients {
+  std::vector<float> x0_a, x0_b, eps_a, eps_b, mean_a, mean_b, sigma;
+  bool ddim = false;       // mean_b multiplies eps (DDIM) rather than x (DDPM)
+  bool add_noise = false;  // sigma z is added (DDPM: some t > 0; DDIM: eta > 0)
+
+  explicit ReverseCoefficients(size_t n)
+      : x0_a(n), x0_b(n), eps_a(n), eps_b(n), mean_a(n), mean_b(n), sigma(n) {}
+
+  // x0 and eps coefficients of sample i for abar_t.
+  void set_prediction(size_t i, PredictionType type, float ab_t) {
+    const float sqrt_ab = std::sqrt(ab_t), sqrt_bp = std::sqrt(1.0f - ab_t);
+    switch (type) {
+      case PredictionType::epsilon: x0_a[i] = sqrt_bp, x0_b[i] = sqrt_ab; break;
+      case PredictionType::v_prediction:
+        x0_a[i] = sqrt_ab, x0_b[i] = -sqrt_bp;
+        eps_a[i] = sqrt_ab, eps_b[i] = sqrt_bp;
+        break;
+      case PredictionType::sample: eps_a[i] = sqrt_ab, eps_b[i] = sqrt_bp; break;
+    }
+  }
+};
+
+DiffusionSteps::StepResult DiffusionSteps::ddpm_step(const Tensor& sample, const Tensor& model_output,
+                                                     const Tensor& z, const std::vector<int>& t,
+                                                     const std::vector<int>& t_prev, const SchedulerConfig& config) {
+  if (t.size() != t_prev.size()) {
+    throw std::invalid_argument("ddpm_step: " + std::to_string(t.size()) + " timesteps but " +
+                                std::to_string(t_prev.size()) + " previous timesteps");
+  }
+  ReverseCoefficients c(t.size());
+  for (size_t i = 0; i < t.size(); ++i) {
+    schedule_.check_timestep(t[i]);
+    if (t_prev[i] >= t[i] || t_prev[i] < -1) {
+      throw std::invalid_argument("ddpm_step: the previous timestep (" + std::to_string(t_prev[i]) +
+                                  ") must be in [-1, " + std::to_string(t[i]) + ")");
+    }
+    c.set_prediction(i, config.prediction_type, schedule_.alpha_bar(t[i]));
+    const NoiseSchedule::Posterior p = schedule_.posterior(t[i], t_prev[i]);
+    c.mean_a[i] = p.coef_x0;
+    c.mean_b[i] = p.coef_xt;
+    // diffusers adds noise wherever t > 0, also on a last step to t_prev = -1.
+    const float variance = config.variance_type == VarianceType::fixed_large ? p.beta : p.variance;
+    c.sigma[i] = t[i] > 0 ? std::sqrt(variance) : 0.0f;
+    c.add_noise = c.add_noise || t[i] > 0;
+  }
+  return reverse_step("ddpm_step: noise z is needed where t > 0", sample, model_output, z, c, config);
+}
+
+DiffusionSteps::StepResult DiffusionSteps::ddim_step(const Tensor& sample, const Tensor& model_output,
+                                                     const std::vector<int>& t, const std::vector<int>& t_prev,
+                                                     float eta, const Tensor& z, const SchedulerConfig& config) {
+  if (!(eta >= 0.0f && eta <= 1.0f)) throw std::invalid_argument("ddim_step: eta must be in [0, 1]");
+  if (t.size() != t_prev.size()) {
+    throw std::invalid_argument("ddim_step: t has " + std::to_string(t.size()) + " values but t_prev has " +
+                                std::to_string(t_prev.size()));
+  }
+  ReverseCoefficients c(t.size());
+  c.ddim = true;
+  c.add_noise = eta > 0.0f;
+  const float final_alpha_bar = config.set_alpha_to_one ? 1.0f : schedule_.alpha_bar(0);
+  for (size_t i = 0; i < t.size(); ++i) {
+    schedule_.check_timestep(t[i]);
+    if (t_prev[i] >= t[i]) {
+      throw std::invalid_argument("ddim_step: t_prev (" + std::to_string(t_prev[i]) + ") must be below t (" +
+                                  std::to_string(t[i]) + ")");
+    }
+    const float ab_t = schedule_.alpha_bar(t[i]);
+    const float ab_prev = t_prev[i] >= 0 ? schedule_.alpha_bar(t_prev[i]) : final_alpha_bar;
+    c.set_prediction(i, config.prediction_type, ab_t);
+    const float beta_prod_t = 1.0f - ab_t;
+    const float beta_prod_prev = 1.0f - ab_prev;
+    const float variance = (beta_prod_prev / beta_prod_t) * (1.0f - ab_t / ab_prev);
+    const float std_dev = eta * std::sqrt(variance);
+    c.mean_a[i] = std::sqrt(ab_prev);
+    c.mean_b[i] = std::sqrt(1.0f - ab_prev - std_dev * std_dev);
+    c.sigma[i] = std_dev;
+  }
+  return reverse_step("ddim_step: noise z is needed when eta > 0", sample, model_output, z, c, config);
+}
+
+DiffusionSteps::StepResult DiffusionSteps::reverse_step(const char* missing_noise, const Tensor& sample,
+                                                        const Tensor& model_output, const Tensor& z,
+                                                        const ReverseCoefficients& rc, const SchedulerConfig& config) {
+  const size_t n = rc.sigma.size();
+  Pending pending(device_.stream());
+  const Tensor xs = queue_on_device(pending, sample);
+  const Tensor ms = queue_on_device(pending, model_output);
+  check_same_shape(xs, ms);
+  check_batch(xs, n, "the sample");
+  Tensor zs;
+  if (rc.add_noise) {
+    if (z.empty()) throw std::invalid_argument(missing_noise);
+    zs = queue_on_device(pending, z);
+    check_same_shape(xs, zs);
+  }
+  const Coefficients c =
+      coefficients(pending, xs.shape(), {rc.x0_a, rc.x0_b, rc.eps_a, rc.eps_b, rc.mean_a, rc.mean_b, rc.sigma});
+  enum Row { x0_a, x0_b, eps_a, eps_b, mean_a, mean_b, sigma };
+  const PredictionType type = config.prediction_type;
+  // Clipping fuses into the division of an epsilon prediction; otherwise it is its own primitive.
+  const float bound = config.clip_sample && !config.thresholding ? static_cast<float>(config.clip_sample_range) : 0.0f;
+  const bool fused_clip = type == PredictionType::epsilon && bound > 0.0f;
+
+  // The predicted x_0 [N,...].
+  Tensor x0;
+  switch (type) {
+    case PredictionType::epsilon:
+      x0 = queue_sub_scaled_div(pending, xs, c.row(x0_a), ms, c.row(x0_b), bound);
+      break;
+    case PredictionType::v_prediction: x0 = queue_combine(pending, c.row(x0_a), xs, c.row(x0_b), ms); break;
+    case PredictionType::sample: x0 = ms; break;
+  }
+  // The predicted noise [N,...] (DDIM), from the x_0 before clipping.
+  Tensor eps;
+  if (rc.ddim) {
+    switch (type) {
+      case PredictionType::epsilon: eps = ms; break;
+      case PredictionType::v_prediction: eps = queue_combine(pending, c.row(eps_a), ms, c.row(eps_b), xs); break;
+      case PredictionType::sample:
+        eps = queue_sub_scaled_div(pending, xs, c.row(eps_a), ms, c.row(eps_b));
+        break;
+    }
+  }
+  if (config.thresholding) {
+    x0 = queue_threshold(pending, x0, config.dynamic_thresholding_ratio, config.sample_max_value);
+  } else if (bound > 0.0f && !fused_clip) {
+    x0 = queue_eltwise(pending, Op::clip, x0, bound);
+  }
+  // prev = mean_a x0 + mean_b (x or eps)  (diffusers' order: both products, then the sum)
+  Tensor prev = queue_combine(pending, c.row(mean_a), x0, c.row(mean_b), rc.ddim ? eps : xs);
+  if (rc.add_noise) prev = queue_add(pending, prev, queue_mul_rows(pending, zs, c.row(sigma)));
+  pending.wait();
+  return {prev, x0};
+}
+
+Tensor DiffusionSteps::threshold(const Tensor& x0, double ratio, double max_value) {
+  Pending pending(device_.stream());
+  const Tensor xs = queue_on_device(pending, x0);
+  Tensor out = queue_threshold(pending, xs, ratio, max_value);
+  pending.wait();
+  return out;
+}
+
+Tensor DiffusionSteps::queue_threshold(Pending& pending, const Tensor& x0, double ratio, double max_value) {
+  if (!(ratio >= 0.0 && ratio <= 1.0)) throw std::invalid_argument("threshold: the quantile must be in [0, 1]");
+  const Shape& shape = x0.shape();
+  const size_t n = static_cast<size_t>(shape.at(0));
+  const int64_t m = x0.numel() / shape[0];
+  // |x0| [N,...] on the device; the host then needs it: the one wait inside an operation.
+  const Tensor magnitudes = queue_eltwise(pending, Op::abs, x0);
+  device_.stream().wait();
+  // torch.quantile, linear: rank = q (m - 1) in float32; the values at floor and
+  // ceil of the rank, interpolated as torch.lerp does.
+  const float rank = static_cast<float>(ratio) * static_cast<float>(m - 1);
+  const int64_t below = static_cast<int64_t>(rank);
+  const int64_t above = static_cast<int64_t>(std::ceil(rank));
+  const float weight = rank - static_cast<float>(below);
+  std::vector<float> lower(n), upper(n);
+  {
+    const auto host = magnitudes.map<float>();
+    std::vector<float> values(static_cast<size_t>(m));
+    for (size_t i = 0; i < n; ++i) {
+      std::copy(host.begin() + i * m, host.begin() + (i + 1) * m, values.begin());
+      std::nth_element(values.begin(), values.begin() + above, values.end());
+      const float hi = values[static_cast<size_t>(above)];
+      std::nth_element(values.begin(), values.begin() + below, values.begin() + above + 1);
+      const float lo = values[static_cast<size_t>(below)];
+      const float q = weight < 0.5f ? lo + weight * (hi - lo) : hi - (hi - lo) * (1.0f - weight);
+      // torch.clamp(s, min=1, max=sample_max_value)
+      const float s = std::min(std::max(q, 1.0f), static_cast<float>(max_value));
+      lower[i] = -s;
+      upper[i] = s;
+    }
+  }
+  const Coefficients c = coefficients(pending, shape, {lower, upper});
+  const memory upper_row = c.row(1);
+  Tensor out(shape, DType::f32, device_.engine());
+  run(Op::clamp_rows_div, out, x0, c.row(0), nullptr, 0.0f, &upper_row);
+  return pending.keep(out);
 }
 
 Tensor DiffusionSteps::ddpm_step(const Tensor& x_t, const Tensor& eps_pred, const Tensor& z, const Tensor& t,
                                  bool clip) {
   const std::vector<int> steps = read_timesteps(t);
-  const size_t n = steps.size();
-  // x0_hat = (x_t - c1 eps) / c2 as in predict_x0; then the posterior mean and noise.
-  ReverseCoefficients c{std::vector<float>(n), std::vector<float>(n), std::vector<float>(n), std::vector<float>(n),
-                        std::vector<float>(n)};
-  for (size_t i = 0; i < n; ++i) {
-    c.c1[i] = schedule_.sqrt_one_minus_alpha_bar(steps[i]);
-    c.c2[i] = schedule_.sqrt_alpha_bar(steps[i]);
-    const NoiseSchedule::Posterior p = schedule_.posterior(steps[i]);
-    c.a[i] = p.coef_x0;
-    c.b[i] = p.coef_xt;
-    c.sigma[i] = steps[i] > 0 ? std::sqrt(p.variance) : 0.0f;
-    c.any_noise = c.any_noise || steps[i] > 0;
-  }
-  // mean = coef_x0 x0 + coef_xt x_t  (diffusers' order: both products, then the sum)
-  return reverse_step("ddpm_step: noise z is needed where t > 0", x_t, eps_pred, z, c, /*b_times_eps=*/false, clip);
+  std::vector<int> prev(steps.size());
+  for (size_t i = 0; i < steps.size(); ++i) prev[i] = steps[i] - 1;
+  SchedulerConfig config;
+  config.clip_sample = clip;
+  return ddpm_step(x_t, eps_pred, z, steps, prev, config).prev_sample;
 }
 
 Tensor DiffusionSteps::ddim_step(const Tensor& x_t, const Tensor& eps_pred, const Tensor& t, const Tensor& t_prev,
@@ -357,61 +584,9 @@ Tensor DiffusionSteps::ddim_step(const Tensor& x_t, const Tensor& eps_pred, cons
   if (!(eta >= 0.0f && eta <= 1.0f)) throw std::invalid_argument("ddim_step: eta must be in [0, 1]");
   const std::vector<int> steps = read_timesteps(t);
   const std::vector<int> prev = read_timesteps(t_prev, true);
-  if (prev.size() != steps.size()) {
-    throw std::invalid_argument("ddim_step: t has " + std::to_string(steps.size()) + " values but t_prev has " +
-                                std::to_string(prev.size()));
-  }
-  const size_t n = steps.size();
-  // x0_hat = (x_t - c1 eps) / c2 as in predict_x0; then the DDIM update.
-  ReverseCoefficients c{std::vector<float>(n), std::vector<float>(n), std::vector<float>(n), std::vector<float>(n),
-                        std::vector<float>(n)};
-  for (size_t i = 0; i < n; ++i) {
-    if (prev[i] >= steps[i]) {
-      throw std::invalid_argument("ddim_step: t_prev (" + std::to_string(prev[i]) + ") must be below t (" +
-                                  std::to_string(steps[i]) + ")");
-    }
-    c.c1[i] = schedule_.sqrt_one_minus_alpha_bar(steps[i]);
-    c.c2[i] = schedule_.sqrt_alpha_bar(steps[i]);
-    const float ab_t = schedule_.alpha_bar(steps[i]);
-    const float ab_prev = schedule_.alpha_bar_or_one(prev[i]);
-    const float beta_prod_t = 1.0f - ab_t;
-    const float beta_prod_prev = 1.0f - ab_prev;
-    const float variance = (beta_prod_prev / beta_prod_t) * (1.0f - ab_t / ab_prev);
-    const float std_dev = eta * std::sqrt(variance);
-    c.a[i] = std::sqrt(ab_prev);
-    c.b[i] = std::sqrt(1.0f - ab_prev - std_dev * std_dev);
-    c.sigma[i] = std_dev;
-    c.any_noise = c.any_noise || std_dev > 0.0f;
-  }
-  return reverse_step("ddim_step: noise z is needed when eta > 0", x_t, eps_pred, z, c, /*b_times_eps=*/true, clip);
-}
-
-Tensor DiffusionSteps::reverse_step(const char* missing_noise, const Tensor& x_t, const Tensor& eps_pred,
-                                    const Tensor& z, const ReverseCoefficients& rc, bool b_times_eps, bool clip) {
-  const size_t n = rc.c1.size();
-  Pending pending(device_.stream());
-  const Tensor xs = queue_on_device(pending, x_t);
-  const Tensor es = queue_on_device(pending, eps_pred);
-  check_same_shape(xs, es);
-  check_batch(xs, n, "x_t");
-  Tensor zs;
-  if (rc.any_noise) {
-    if (z.empty()) throw std::invalid_argument(missing_noise);
-    zs = queue_on_device(pending, z);
-    check_batch(zs, n, "a tensor");
-  }
-  const Coefficients c = coefficients(pending, xs.shape(), {rc.c1, rc.c2, rc.a, rc.b, rc.sigma});
-  const Tensor x0 = queue_sub_scaled_div(pending, xs, c.row(0), es, c.row(1), clip);
-  Tensor out = queue_combine(pending, c.row(2), x0, c.row(3), b_times_eps ? es : xs);
-  if (rc.any_noise) {
-    if (zs.shape() != out.shape()) {
-      throw std::invalid_argument("DiffusionSteps: cannot add " + shape_str(out.shape()) + " and " +
-                                  shape_str(zs.shape()));
-    }
-    out = queue_add(pending, out, queue_mul_rows(pending, zs, c.row(4)));
-  }
-  pending.wait();
-  return out;
+  SchedulerConfig config;
+  config.clip_sample = clip;
+  return ddim_step(x_t, eps_pred, steps, prev, eta, z, config).prev_sample;
 }
 
 std::vector<int> DiffusionSteps::ddim_timesteps(int timesteps, int steps) {

@@ -17,9 +17,14 @@
 //   DiffusionSteps steps(schedule, ctx().device());
 //   Tensor x_t = steps.q_sample(x0, eps, t);
 //   Tensor x_prev = steps.ddpm_step(x_t, eps_pred, z, t);     // t -> t-1 per sample
+//   auto out = steps.ddim_step(x_t, model_output, t, t_prev, eta, z, schedule.config());
+//   out.prev_sample, out.pred_original_sample              // diffusers' step() outputs
 //
 // Each operation queues its primitives on the device's stream and waits once,
-// at its end, so its result is ready when it returns.
+// at its end, so its result is ready when it returns. Dynamic thresholding
+// waits once more in the middle: its per-sample quantile of |x0| is a selection
+// on the host (oneDNN has no sort or selection primitive), between the
+// primitives that take the absolute values and apply the thresholds.
 //
 // Thread safety: kernel lookups are guarded and runs serialised; calls may come
 // from several threads, their work going to the device's one stream.
@@ -30,9 +35,11 @@
 #include "graph/enum_names.hpp"
 #include "graph/tensor.hpp"
 #include "nodes/diffusion/noise_schedule.hpp"
+#include "nodes/diffusion/scheduler_config.hpp"
 
 #include <random>
 #include <string>
+#include <tuple>
 #include <utility>
 #include <vector>
 
@@ -40,6 +47,10 @@ namespace diffuflow {
 
 // What a model is trained to predict; spelled epsilon | v | x0 in YAML.
 DIFFUFLOW_ENUM(PredictionTarget, epsilon, v, x0);
+
+// The same in diffusers' spelling (epsilon | v_prediction | sample) and back.
+PredictionTarget prediction_target(PredictionType type);
+PredictionType prediction_type(PredictionTarget target);
 
 // A tensor of independent N(0, 1) samples (times `scale`) on the device. Drawn on
 // the host with Box-Muller over 53-bit uniforms from `rng` (the same numbers on
@@ -72,6 +83,34 @@ class DiffusionSteps {
   // x0_hat = (x_t - sqrt(1 - abar_t) eps) / sqrt(abar_t), clipped to [-1, 1] when `clip`.
   Tensor predict_x0(const Tensor& x_t, const Tensor& eps, const Tensor& t, bool clip = true);
 
+  // diffusers' step() outputs.
+  struct StepResult {
+    Tensor prev_sample;           // [N,...] x at the previous timestep
+    Tensor pred_original_sample;  // [N,...] the predicted x_0, clipped or thresholded
+  };
+
+  // One step of diffusers' DDPMScheduler.step per sample, t[i] -> t_prev[i] (t - 1
+  // over every timestep, the next timestep of a shorter schedule, -1 after the
+  // last: abar 1), as `config` says: prediction_type, clip_sample (to
+  // clip_sample_range) or thresholding, variance_type. The model output is
+  // read as config.prediction_type. Noise sigma z is added where t > 0, so z
+  // [N,...] ~ N(0, I) may be empty only when every t is 0.
+  StepResult ddpm_step(const Tensor& sample, const Tensor& model_output, const Tensor& z, const std::vector<int>& t,
+                       const std::vector<int>& t_prev, const SchedulerConfig& config);
+
+  // One step of diffusers' DDIMScheduler.step per sample (use_clipped_model_output
+  // false), t[i] -> t_prev[i] (t - T / steps; where negative, abar is 1 with
+  // config.set_alpha_to_one, else abar_0), with prediction_type, clip_sample or
+  // thresholding as for ddpm_step. eta in [0, 1]; with eta > 0 the noise
+  // sigma z is added, so z may be empty only when eta is 0.
+  StepResult ddim_step(const Tensor& sample, const Tensor& model_output, const std::vector<int>& t,
+                       const std::vector<int>& t_prev, float eta, const Tensor& z, const SchedulerConfig& config);
+
+  // diffusers' dynamic thresholding of x0 [N,...], per sample: s = the `ratio`
+  // quantile of |x0| (torch.quantile, linear interpolation), clamped to
+  // [1, max_value]; then clamp(x0, -s, s) / s.
+  Tensor threshold(const Tensor& x0, double ratio, double max_value);
+
   // One ancestral DDPM step t -> t-1 per sample (diffusers DDPMScheduler.step,
   // variance fixed_small, x0 clipped when `clip`):
   //   x_prev = coef_x0 x0_hat + coef_xt x_t + sqrt(var) z, with no noise where t = 0.
@@ -89,6 +128,7 @@ class DiffusionSteps {
   // DDIM timesteps with 'leading' spacing (steps_offset 0), from the noisiest:
   // k * (T / steps) for k = steps-1 .. 0; 980, 960, ..., 0 for 50 of 1000.
   // The step after t is t - T / steps (negative after the last: abar = 1).
+  // SchedulerConfig::inference_timesteps gives every spacing.
   static std::vector<int> ddim_timesteps(int timesteps, int steps);
 
   // The training target for a prediction type: eps, v = sqrt(abar) eps - sqrt(1-abar) x0, or x0.
@@ -121,7 +161,9 @@ class DiffusionSteps {
   void write_column(const Tensor& chain, int64_t k, const Tensor& x);
 
  private:
-  enum class Op { mul_rows, mul_rows_add, div_rows, div_rows_clip, sub, add };
+  enum class Op { mul_rows, mul_rows_add, div_rows, div_rows_clip, sub, add, clip, abs, clamp_rows_div };
+  // A kernel: the operation, the tensor shape, and the bound of a clip (0 for the others).
+  using KernelKey = std::tuple<Op, Shape, float>;
 
   // The tensors that work queued on the device's stream reads or writes, held
   // until wait(). Each public operation queues its work through one Pending
@@ -153,8 +195,11 @@ class DiffusionSteps {
   Coefficients coefficients(Pending& pending, const Shape& shape, const std::vector<std::vector<float>>& rows);
 
   // dst = op(src0, src1) [+ addend], over [N, ...] tensors seen as [1, N, M];
-  // src1 is a coefficient row or a whole tensor (whole()).
-  void run(Op op, const Tensor& dst, const Tensor& src0, const dnnl::memory& src1, const Tensor* addend = nullptr);
+  // src1 is a coefficient row or a whole tensor (whole()). `bound`: the clip of
+  // div_rows_clip and clip. clamp_rows_div: dst = min(max(src0, src1), src2) / src2
+  // with src2 = `upper` (a row).
+  void run(Op op, const Tensor& dst, const Tensor& src0, const dnnl::memory& src1, const Tensor* addend = nullptr,
+           float bound = 0.0f, const dnnl::memory* upper = nullptr);
   // A whole tensor as the [1, N, M] operand.
   static dnnl::memory whole(const Tensor& x);
 
@@ -167,18 +212,18 @@ class DiffusionSteps {
   // a x + b y, rounded as fl(fl(a x) + fl(b y)).
   Tensor queue_combine(Pending& pending, const dnnl::memory& a, const Tensor& x, const dnnl::memory& b,
                        const Tensor& y);
-  // (x - c1 y) / c2, optionally clipped to [-1, 1].
+  // (x - c1 y) / c2, clipped to [-bound, bound] when bound > 0.
   Tensor queue_sub_scaled_div(Pending& pending, const Tensor& x, const dnnl::memory& c1, const Tensor& y,
-                              const dnnl::memory& c2, bool clip);
-  // One reverse step from per-sample coefficient vectors, the tail DDPM and DDIM share:
-  //   x0_hat = (x_t - c1 eps) / c2 (clipped when `clip`);
-  //   x_prev = a x0_hat + b (x_t for DDPM, eps for DDIM) + sigma z.
-  struct ReverseCoefficients {
-    std::vector<float> c1, c2, a, b, sigma;
-    bool any_noise = false;  // some sigma > 0: z is needed
-  };
-  Tensor reverse_step(const char* missing_noise, const Tensor& x_t, const Tensor& eps_pred, const Tensor& z,
-                      const ReverseCoefficients& c, bool b_times_eps, bool clip);
+                              const dnnl::memory& c2, float bound = 0.0f);
+  // Eltwise over a whole tensor: clip to [-bound, bound], or abs.
+  Tensor queue_eltwise(Pending& pending, Op op, const Tensor& x, float bound = 0.0f);
+  // Thresholds x0 (on the device): abs, one wait, the quantiles on the host, then the clamp.
+  Tensor queue_threshold(Pending& pending, const Tensor& x0, double ratio, double max_value);
+
+  // The step DDPM and DDIM share, from per-sample coefficient vectors (see reverse_step in the .cpp).
+  struct ReverseCoefficients;
+  StepResult reverse_step(const char* missing_noise, const Tensor& sample, const Tensor& model_output, const Tensor& z,
+                          const ReverseCoefficients& c, const SchedulerConfig& config);
   // (x - c1 y) / c2 per sample on tensors from anywhere, optionally clipped to [-1, 1].
   Tensor sub_scaled_div(const Tensor& x, const std::vector<float>& c1, const Tensor& y, const std::vector<float>& c2,
                         bool clip);
@@ -187,7 +232,7 @@ class DiffusionSteps {
 
   const NoiseSchedule& schedule_;
   Device& device_;
-  KernelSet<std::pair<Op, Shape>> kernels_;           // (operation, shape) -> binary
+  KernelSet<KernelKey> kernels_;                      // (operation, shape, bound) -> binary or eltwise
   KernelSet<std::pair<Shape, int64_t>> column_copies_;  // (chain shape, column) -> reorder
 };
 

@@ -4,6 +4,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <stdexcept>
 
 namespace diffuflow {
 
@@ -13,8 +14,36 @@ constexpr int64_t kDefaultDdimSteps = 50;
 
 }  // namespace
 
-ReverseChainPlan plan_reverse_chain(int schedule_timesteps, SamplerMethod method, int64_t steps, int64_t snapshots,
-                                    const std::string& snapshots_param) {
+SchedulerConfig chain_step_config(const SchedulerConfig& schedule, const ReverseChainOptions& options) {
+  SchedulerConfig config = schedule;
+  config.clip_sample = schedule.clip_sample && options.clip;
+  const PredictionType own = prediction_type(options.prediction);
+  if (own != PredictionType::epsilon) {
+    if (schedule.prediction_type != PredictionType::epsilon && schedule.prediction_type != own) {
+      throw ConfigError(SourceLocation{"", 0, 0, "prediction"},
+                        "prediction: " + enum_name(options.prediction) + " contradicts the schedule's prediction_type " +
+                            enum_name(schedule.prediction_type) + "; give one of them");
+    }
+    config.prediction_type = own;
+  }
+  return config;
+}
+
+int ReverseChainPlan::next(int t) const {
+  const auto it = std::find(timesteps.begin(), timesteps.end(), t);
+  if (it == timesteps.end()) {
+    throw std::invalid_argument("timestep " + std::to_string(t) + " is not one of the chain's " +
+                                std::to_string(timesteps.size()) + " timesteps (" + std::to_string(timesteps.front()) +
+                                " ... " + std::to_string(timesteps.back()) + ")");
+  }
+  return it + 1 == timesteps.end() ? -1 : *(it + 1);
+}
+
+int ReverseChainPlan::step_target(int t) const { return method == SamplerMethod::ddim ? t - stride : next(t); }
+
+ReverseChainPlan plan_reverse_chain(const SchedulerConfig& schedule, SamplerMethod method, int64_t steps,
+                                    int64_t snapshots, const std::string& snapshots_param) {
+  const int64_t schedule_timesteps = schedule.num_train_timesteps;
   int64_t count = steps;
   if (count == 0) {
     count = method == SamplerMethod::ddim ? std::min<int64_t>(kDefaultDdimSteps, schedule_timesteps)
@@ -27,20 +56,34 @@ ReverseChainPlan plan_reverse_chain(int schedule_timesteps, SamplerMethod method
                           std::to_string(count));
   }
   ReverseChainPlan plan;
-  plan.timesteps = DiffusionSteps::ddim_timesteps(schedule_timesteps, static_cast<int>(count));
-  plan.stride = schedule_timesteps / static_cast<int>(count);
-  plan.ancestral = method == SamplerMethod::ddpm && plan.stride == 1;
-  const int64_t positions = count + 1;  // x_T, then one state after every step
+  for (int64_t t : schedule.inference_timesteps(count)) plan.timesteps.push_back(static_cast<int>(t));
+  plan.stride = static_cast<int>(schedule_timesteps / count);
+  plan.method = method;
+  plan.ancestral = method == SamplerMethod::ddpm;
+  for (size_t k = 0; k < plan.timesteps.size(); ++k) {
+    const int after = k + 1 < plan.timesteps.size() ? plan.timesteps[k + 1] : -1;
+    plan.ancestral = plan.ancestral && after == plan.timesteps[k] - 1;
+  }
+  // x_T, then one state after every step (diffusers' trailing spacing may give one step more than asked).
+  const int64_t positions = static_cast<int64_t>(plan.timesteps.size()) + 1;
   if (snapshots > positions) {
     throw ConfigError(SourceLocation{"", 0, 0, snapshots_param},
                       snapshots_param + ": reverse chain snapshots must be at most steps + 1 = " +
                           std::to_string(positions) + ", got " + std::to_string(snapshots));
   }
-  if (snapshots == 1) plan.snapshot_positions = {count};
+  const int64_t last = positions - 1;
+  if (snapshots == 1) plan.snapshot_positions = {last};
   for (int64_t k = 0; snapshots > 1 && k < snapshots; ++k) {
-    plan.snapshot_positions.push_back(static_cast<int64_t>(std::llround(double(k) * count / double(snapshots - 1))));
+    plan.snapshot_positions.push_back(static_cast<int64_t>(std::llround(double(k) * last / double(snapshots - 1))));
   }
   return plan;
+}
+
+ReverseChainPlan plan_reverse_chain(int schedule_timesteps, SamplerMethod method, int64_t steps, int64_t snapshots,
+                                    const std::string& snapshots_param) {
+  SchedulerConfig schedule;
+  schedule.num_train_timesteps = schedule_timesteps;
+  return plan_reverse_chain(schedule, method, steps, snapshots, snapshots_param);
 }
 
 }  // namespace diffuflow

@@ -1,13 +1,15 @@
 // reverse_chain: how a reverse diffusion chain is run, shared by the in-graph
 // sampler node and the training-time sample_preview, so that both take the
-// same options (with the same YAML names) and call the model at the same
-// timesteps.
+// same options (with the same YAML names), call the model at the same
+// timesteps and step as diffusers' DDPMScheduler / DDIMScheduler would with
+// the noise schedule's scheduler config.
 //
 //   struct Params {
 //     DIFFUFLOW_PARAMS(Params);
 //     DIFFUFLOW_PARAM_GROUP(ReverseChainOptions, chain, ReverseChainOptions{});  // method, steps, eta, clip, prediction
 //   };
-//   ReverseChainPlan plan = plan_reverse_chain(schedule.timesteps(), p.chain.method, p.chain.steps, snapshots);
+//   ReverseChainPlan plan = plan_reverse_chain(schedule.config(), p.chain.method, p.chain.steps, snapshots);
+//   SchedulerConfig steps = chain_step_config(schedule.config(), p.chain);  // what each step follows
 #pragma once
 
 #include "graph/param_table.hpp"
@@ -19,7 +21,7 @@
 
 namespace diffuflow {
 
-// ddpm: ancestral steps t -> t-1; ddim: deterministic (eta 0) or noisy DDIM steps.
+// ddpm: DDPM (ancestral) steps to the next timestep; ddim: deterministic (eta 0) or noisy DDIM steps.
 DIFFUFLOW_ENUM(SamplerMethod, ddpm, ddim);
 
 // The options of one reverse chain, as parameter rows (a DIFFUFLOW_PARAM_GROUP).
@@ -29,35 +31,54 @@ struct ReverseChainOptions {
   DIFFUFLOW_PARAMS(ReverseChainOptions);
   DIFFUFLOW_PARAM(SamplerMethod, method, SamplerMethod::ddim, "ancestral DDPM steps or DDIM steps");
   DIFFUFLOW_PARAM(int64_t, steps, 0,
-                  "model calls per chain; 0: 50 for ddim, every timestep for ddpm (ddpm with fewer than T steps "
-                  "takes DDIM steps with eta 1 over the same spacing)",
+                  "model calls per chain; 0: 50 for ddim, every timestep for ddpm; spread over the schedule's "
+                  "timesteps as its timestep_spacing says",
                   .range(0, 100000));
   DIFFUFLOW_PARAM(double, eta, 0.0, "DDIM noise scale: 0 deterministic, 1 DDPM-like", .range(0.0, 1.0));
-  DIFFUFLOW_PARAM(bool, clip, true, "clip the predicted x_0 to [-1, 1] at every step");
-  DIFFUFLOW_PARAM(PredictionTarget, prediction, PredictionTarget::epsilon, "what the model predicts");
+  DIFFUFLOW_PARAM(bool, clip, true,
+                  "clip the predicted x_0 to the schedule's clip_sample_range at every step; false (here or the "
+                  "schedule's clip_sample) turns it off");
+  DIFFUFLOW_PARAM(PredictionTarget, prediction, PredictionTarget::epsilon,
+                  "what the model predicts; left at epsilon, the schedule's prediction_type decides");
 
   static ReverseChainOptions with_steps(int64_t model_calls) {
     ReverseChainOptions options;
     options.steps = model_calls;
     return options;
   }
-  // The DDIM eta a step uses: 1 for ddpm (a respaced ancestral step), else eta.
-  float step_eta() const { return method == SamplerMethod::ddpm ? 1.0f : static_cast<float>(eta); }
 };
 
-// The timesteps a reverse chain calls the model at, from the noisiest:
-// leading spacing T/steps apart (steps 0: 50 for DDIM, at most T; all T for
-// DDPM); `stride` is how far each step moves; `ancestral` when every timestep
-// is a DDPM step t -> t-1; `snapshot_positions` the chain positions (0 = x_T,
-// steps = x_0) kept for `snapshots` evenly spaced states.
+// The scheduler config a chain's steps follow: the schedule's, with the chain's
+// `clip` (false turns clipping off) and `prediction` (when not epsilon; a
+// ConfigError naming both when the schedule's prediction_type is another
+// non-default value).
+SchedulerConfig chain_step_config(const SchedulerConfig& schedule, const ReverseChainOptions& options);
+
+// The timesteps a reverse chain calls the model at, from the noisiest, as
+// diffusers' set_timesteps picks them (the schedule's timestep_spacing and
+// steps_offset; steps 0: 50 for DDIM, at most T; all T for DDPM). A DDIM step
+// from t goes to t - stride (stride = T / steps, as diffusers' DDIMScheduler);
+// a DDPM step to the next timestep (diffusers' previous_timestep). `ancestral`
+// when DDPM visits every timestep (each step t -> t-1). `snapshot_positions`:
+// the chain positions (0 = x_T, steps = x_0) kept for `snapshots` evenly spaced
+// states.
 struct ReverseChainPlan {
   std::vector<int> timesteps;
   int stride = 1;
   bool ancestral = false;
+  SamplerMethod method = SamplerMethod::ddim;
   std::vector<int64_t> snapshot_positions;
+
+  // The timestep after t (-1 after the last); std::invalid_argument when t is not one of `timesteps`.
+  int next(int t) const;
+  // Where a step from t goes: t - stride for DDIM, next(t) for DDPM.
+  int step_target(int t) const;
 };
 
 // Bad counts are ConfigErrors naming `steps` or `snapshots_param`.
+ReverseChainPlan plan_reverse_chain(const SchedulerConfig& schedule, SamplerMethod method, int64_t steps,
+                                    int64_t snapshots, const std::string& snapshots_param = "snapshots");
+// The same for a schedule of T timesteps with diffusers' default spacing (leading, no offset).
 ReverseChainPlan plan_reverse_chain(int schedule_timesteps, SamplerMethod method, int64_t steps, int64_t snapshots,
                                     const std::string& snapshots_param = "snapshots");
 

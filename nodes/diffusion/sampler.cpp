@@ -45,8 +45,8 @@ Sampler::Sampler(const NodeConfig& config, RunContext& ctx)
       params_(config.params_as<Params>()),
       schedule_(ctx.resource_as<NoiseSchedule>(params_.schedule)),
       steps_(*schedule_, ctx.device()),
-      plan_(plan_reverse_chain(schedule_->timesteps(), params_.chain.method, params_.chain.steps,
-                               params_.snapshots)) {}
+      plan_(plan_reverse_chain(schedule_->config(), params_.chain.method, params_.chain.steps, params_.snapshots)),
+      step_config_(chain_step_config(schedule_->config(), params_.chain)) {}
 
 void Sampler::process(const NodeInput& in, Emitter& out) {
   if (in.port == kStartPort) {
@@ -73,25 +73,28 @@ void Sampler::step(const Packet& packet, Emitter& out) {
   const ReverseChainOptions& chain = params_.chain;
   const int64_t step = packet.get(fields::kSamplerStep);
   const Tensor& x_t = packet.get(fields::kXt);
-  const Tensor& t = packet.get(fields::kT);
-  const std::vector<int> now = steps_.read_timesteps(t);
-  const Tensor eps = steps_.epsilon_from(chain.prediction, x_t, packet.get(fields::kPrediction), t);
+  const std::vector<int> now = steps_.read_timesteps(packet.get(fields::kT));
+  const Tensor& prediction = packet.get(fields::kPrediction);
   // The step's noise: the packet's optional z, else the node's own draw.
   auto noise = [&] {
     return packet.has(fields::kStepNoise) ? packet.get(fields::kStepNoise) : step_noise(x_t.shape(), packet.seq(), step);
   };
 
+  // Per sample: where this step goes, and the timestep of the next model call.
+  std::vector<int> target(now.size()), after(now.size());
+  for (size_t i = 0; i < now.size(); ++i) {
+    target[i] = plan_.step_target(now[i]);
+    after[i] = plan_.next(now[i]);
+  }
   Tensor x_prev;
-  std::vector<int> after(now.size());
-  for (size_t i = 0; i < now.size(); ++i) after[i] = now[i] - plan_.stride;
-  if (plan_.ancestral) {
+  if (chain.method == SamplerMethod::ddpm) {
     const bool noisy = std::any_of(now.begin(), now.end(), [](int v) { return v > 0; });
     const Tensor z = packet.has(fields::kStepNoise) || noisy ? noise() : Tensor();
-    x_prev = steps_.ddpm_step(x_t, eps, z, t, chain.clip);
+    x_prev = steps_.ddpm_step(x_t, prediction, z, now, target, step_config_).prev_sample;
   } else {
-    const float eta = chain.step_eta();
+    const float eta = static_cast<float>(chain.eta);
     const Tensor z = eta > 0 ? noise() : Tensor();
-    x_prev = steps_.ddim_step(x_t, eps, t, timestep_tensor(after), eta, z, chain.clip);
+    x_prev = steps_.ddim_step(x_t, prediction, now, target, eta, z, step_config_).prev_sample;
   }
 
   const int64_t position = step + 1;

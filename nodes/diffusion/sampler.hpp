@@ -25,13 +25,16 @@
 // out: model  x_t [N,C,H,W] f32, t [N] s32 host, sampler_step: the next model call
 //      done   sample [N,C,H,W] f32 = x_0; chain [N,K,C,H,W] f32 when snapshots = K > 0
 //
-// Timesteps, from the noisiest:
-//   ddim: `steps` (default 50) with leading spacing, T/steps apart (980, 960, ..., 0)
-//   ddpm: every t from T-1 down to 0 (steps 0 or T), each an ancestral step
-//         t -> t-1. With 0 < steps < T, DDPM skips steps: the same leading
-//         spacing as DDIM, each step a DDIM step with eta = 1, which is the
-//         ancestral step of the respaced chain (its noise has the variance of
-//         the DDPM posterior between the two timesteps).
+// Timesteps, from the noisiest, as diffusers' set_timesteps picks them with the
+// schedule's scheduler config (timestep_spacing, steps_offset; leading: 980,
+// 960, ..., 0 for 50 DDIM steps of 1000):
+//   ddim: `steps` (default 50) model calls; each a DDIMScheduler step from t to
+//         t - T/steps (eta, set_alpha_to_one)
+//   ddpm: every t from T-1 down to 0 (steps 0 or T), or `steps` of them; each a
+//         DDPMScheduler step to the next timestep (variance_type)
+// Every step reads the model output as the schedule's prediction_type (or the
+// node's `prediction`) and clips (clip_sample_range) or thresholds x_0 as the
+// schedule's config says.
 // Step noise z of chain `seq` at step k is drawn from (pipeline seed, node name,
 // seq, k), so samples do not depend on scheduling.
 #pragma once
@@ -65,10 +68,12 @@ class Sampler : public Node {
   Sampler(const NodeConfig& config, RunContext& ctx);
   void process(const NodeInput& in, Emitter& out) override;
 
-  // The model is called at these timesteps, in order; after timesteps()[k]
-  // the chain moves to timesteps()[k] - stride() (x_0 after the last).
+  // The model is called at these timesteps, in order (x_0 after the last);
+  // a DDIM step from t goes to t - stride() (see ReverseChainPlan).
   const std::vector<int>& timesteps() const { return plan_.timesteps; }
   int stride() const { return plan_.stride; }
+  // What every step follows: the schedule's scheduler config with the node's clip and prediction.
+  const SchedulerConfig& step_config() const { return step_config_; }
   // Chain positions (0 = x_T, steps = x_0) kept as snapshots.
   const std::vector<int64_t>& snapshot_positions() const { return plan_.snapshot_positions; }
 
@@ -83,7 +88,8 @@ class Sampler : public Node {
   Params params_;
   std::shared_ptr<NoiseSchedule> schedule_;
   DiffusionSteps steps_;
-  ReverseChainPlan plan_;  // ancestral: ddpm over every timestep, ddpm_step t -> t-1
+  ReverseChainPlan plan_;
+  SchedulerConfig step_config_;
 };
 
 }  // namespace diffuflow

@@ -24,8 +24,10 @@ constexpr int64_t kMaxChainRows = 8;  // image chains: rows (samples) shown at m
 Tensor sample_reverse_chain(DenoiserModel& model, DiffusionSteps& steps, const Tensor& x_T,
                             const ReverseChainDraw& draw, std::vector<Tensor>* snapshots) {
   const ReverseChainOptions& options = draw.options;
-  const ReverseChainPlan plan = plan_reverse_chain(steps.schedule().timesteps(), options.method, options.steps,
-                                                   draw.snapshots, "reverse_chain");
+  const SchedulerConfig& schedule = steps.schedule().config();
+  const ReverseChainPlan plan = plan_reverse_chain(schedule, options.method, options.steps, draw.snapshots,
+                                                   "reverse_chain");
+  const SchedulerConfig config = chain_step_config(schedule, options);
   const size_t n = static_cast<size_t>(x_T.dim(0));
   auto keep = [&](int64_t position, const Tensor& x) {
     if (!snapshots) return;
@@ -40,18 +42,17 @@ Tensor sample_reverse_chain(DenoiserModel& model, DiffusionSteps& steps, const T
 
   Tensor x = steps.on_device(x_T);
   keep(0, x);
-  const float eta = options.step_eta();
+  const float eta = static_cast<float>(options.eta);
   for (size_t k = 0; k < plan.timesteps.size(); ++k) {
     const int now = plan.timesteps[k];
-    const Tensor t = timestep_tensor(std::vector<int>(n, now));
-    // The model's output for (x_t, t) [N,C,H,W], as an epsilon prediction.
-    const Tensor prediction = model.forward(x, t, /*for_training=*/false).prediction;
-    const Tensor eps = steps.epsilon_from(options.prediction, x, prediction, t);
-    if (plan.ancestral) {
-      x = steps.ddpm_step(x, eps, now > 0 ? step_noise(int64_t(k)) : Tensor(), t, options.clip);
+    const std::vector<int> t(n, now), target(n, plan.step_target(now));
+    // The model's output for (x_t, t) [N,C,H,W].
+    const Tensor prediction = model.forward(x, timestep_tensor(t), /*for_training=*/false).prediction;
+    if (options.method == SamplerMethod::ddpm) {
+      x = steps.ddpm_step(x, prediction, now > 0 ? step_noise(int64_t(k)) : Tensor(), t, target, config).prev_sample;
     } else {
-      const Tensor t_prev = timestep_tensor(std::vector<int>(n, now - plan.stride));
-      x = steps.ddim_step(x, eps, t, t_prev, eta, eta > 0 ? step_noise(int64_t(k)) : Tensor(), options.clip);
+      x = steps.ddim_step(x, prediction, t, target, eta, eta > 0 ? step_noise(int64_t(k)) : Tensor(), config)
+              .prev_sample;
     }
     keep(int64_t(k) + 1, x);
   }
@@ -109,8 +110,9 @@ SamplePreview::SamplePreview(const NodeConfig& config, RunContext& ctx)
   resource_ = ctx.resource_as<ModelResource>(params_.model);
   schedule_ = ctx.resource_as<NoiseSchedule>(params_.schedule);
   steps_ = std::make_unique<DiffusionSteps>(*schedule_, ctx.device());
-  plan_reverse_chain(schedule_->timesteps(), params_.chain.method, params_.chain.steps, params_.reverse_chain,
-                     "reverse_chain");  // steps and reverse_chain in range
+  plan_reverse_chain(schedule_->config(), params_.chain.method, params_.chain.steps, params_.reverse_chain,
+                     "reverse_chain");                   // steps and reverse_chain in range
+  chain_step_config(schedule_->config(), params_.chain);  // prediction agrees with the schedule
 
   // The same x_T and step noise for every preview: drawn from (seed, node name) only.
   auto rng = ctx.rng(name() + "/x_T");

@@ -1,0 +1,258 @@
+#include "nodes/diffusion/scheduler_config.hpp"
+
+#include "graph/errors.hpp"
+
+#include <nlohmann/json.hpp>
+#include <yaml-cpp/yaml.h>
+
+#include <algorithm>
+#include <cmath>
+#include <fstream>
+#include <sstream>
+
+namespace diffuflow {
+
+namespace fs = std::filesystem;
+
+namespace {
+
+constexpr const char* kConfigFileName = "scheduler_config.json";
+
+const std::vector<ParamRow<SchedulerConfig>>& rows() { return ParamTable<SchedulerConfig>::get().rows(); }
+
+std::vector<std::string> key_names() {
+  std::vector<std::string> names;
+  for (const auto& row : rows()) names.push_back(row.spec().name);
+  return names;
+}
+
+std::string joined(const std::vector<std::string>& items) {
+  std::string out;
+  for (size_t i = 0; i < items.size(); ++i) out += (i ? ", " : "") + items[i];
+  return out;
+}
+
+ConfigError error_at(const std::string& source, const YAML::Node& node, const std::string& key,
+                     const std::string& what) {
+  SourceLocation where{source, 0, 0, key};
+  const YAML::Mark mark = node.Mark();
+  if (mark.line >= 0) {
+    where.line = mark.line + 1;
+    where.column = mark.column + 1;
+  }
+  return ConfigError(where, what);
+}
+
+void throw_all(std::vector<ConfigError> errors) {
+  if (errors.size() == 1) throw errors.front();
+  if (!errors.empty()) throw ConfigErrors(std::move(errors));
+}
+
+// A JSON value of a row, for to_json().
+nlohmann::json json_of(const ParamValue& value) {
+  return std::visit([](const auto& v) { return nlohmann::json(v); }, value);
+}
+
+}  // namespace
+
+SchedulerConfig SchedulerConfig::from_text(const std::string& text, const std::string& source) {
+  YAML::Node root;
+  try {
+    root = YAML::Load(text);
+  } catch (const YAML::Exception& e) {
+    throw ConfigError(SourceLocation{source, e.mark.line + 1, e.mark.column + 1, ""},
+                      "not a valid scheduler config: " + e.msg);
+  }
+  if (!root.IsMap()) {
+    throw ConfigError(SourceLocation{source, 0, 0, ""},
+                      "a scheduler config must be a mapping of diffusers keys (e.g. {\"beta_schedule\": \"linear\"})");
+  }
+  SchedulerConfig config;
+  std::vector<ConfigError> errors;
+  // `_use_default_values`: keys diffusers wrote but took its defaults for; it reads them as absent.
+  std::vector<std::string> use_defaults;
+  if (const YAML::Node listed = root["_use_default_values"]) {
+    if (listed.IsSequence()) {
+      for (const auto& item : listed) use_defaults.push_back(item.Scalar());
+    } else if (!listed.IsNull()) {
+      errors.push_back(error_at(source, listed, "_use_default_values", "'_use_default_values' must be a list of keys"));
+    }
+  }
+  for (const auto& kv : root) {
+    const std::string key = kv.first.Scalar();
+    const YAML::Node& value = kv.second;
+    // Other private keys (_diffusers_version, _name_or_path, ...) are dropped by diffusers too.
+    if (!key.empty() && key[0] == '_' && key != "_class_name") continue;
+    if (std::find(use_defaults.begin(), use_defaults.end(), key) != use_defaults.end()) continue;
+    if (key == "_class_name") {
+      const std::string name = value.IsScalar() ? value.Scalar() : std::string("a non-string value");
+      try {
+        config.class_name = parse_enum<SchedulerClass>(name, "scheduler class (_class_name)");
+      } catch (const ConfigError& e) {
+        errors.push_back(error_at(source, value, key, e.message()));
+      }
+      continue;
+    }
+    if (key == "trained_betas" && value.IsNull()) continue;  // diffusers writes null for "none"
+    const ParamRow<SchedulerConfig>* row = nullptr;
+    for (const auto& r : rows())
+      if (r.spec().name == key) row = &r;
+    if (!row) {
+      std::string msg = "unknown scheduler config key '" + key + "'";
+      const std::string near = closest_match(key, key_names());
+      if (!near.empty()) msg += " (did you mean '" + near + "'?)";
+      msg += "; supported keys: _class_name, " + joined(key_names()) + " (and private keys starting with _)";
+      errors.push_back(error_at(source, kv.first, key, msg));
+      continue;
+    }
+    if (value.IsNull()) {
+      errors.push_back(error_at(source, kv.first, key, "'" + key + "' is null; expected " +
+                                                           row->spec().type_description()));
+      continue;
+    }
+    if (auto parsed = parse_param(row->spec(), value, SourceLocation{source, 0, 0, key}, errors))
+      row->assign(config, *parsed);
+  }
+  throw_all(std::move(errors));
+  config.validate(source);
+  return config;
+}
+
+fs::path SchedulerConfig::config_file(const fs::path& path) {
+  std::error_code ec;
+  if (!fs::is_directory(path, ec)) return path;
+  for (const fs::path& candidate : {path / kConfigFileName, path / "scheduler" / kConfigFileName}) {
+    if (fs::is_regular_file(candidate, ec)) return candidate;
+  }
+  throw ConfigError(SourceLocation{path.string(), 0, 0, ""},
+                    std::string("no scheduler config in this folder: looked for ") + kConfigFileName + " and scheduler/" +
+                        kConfigFileName);
+}
+
+SchedulerConfig SchedulerConfig::from_file(const fs::path& path) {
+  const fs::path file = config_file(path);
+  std::ifstream in(file, std::ios::binary);
+  std::error_code ec;
+  if (!in || fs::is_directory(file, ec)) {
+    throw ConfigError(SourceLocation{file.string(), 0, 0, ""}, "cannot read scheduler config file");
+  }
+  std::ostringstream text;
+  text << in.rdbuf();
+  return from_text(text.str(), file.string());
+}
+
+void SchedulerConfig::validate(const std::string& source) const {
+  if (!trained_betas.empty() && static_cast<int64_t>(trained_betas.size()) != num_train_timesteps) {
+    throw ConfigError(SourceLocation{source, 0, 0, "trained_betas"},
+                      "trained_betas has " + std::to_string(trained_betas.size()) +
+                          " values but num_train_timesteps is " + std::to_string(num_train_timesteps));
+  }
+}
+
+std::string SchedulerConfig::to_json() const {
+  // diffusers writes the keys its class takes, sorted; `trained_betas` none as null.
+  nlohmann::json j;
+  j["_class_name"] = enum_name(class_name);
+  for (const auto& row : rows()) {
+    const std::string& key = row.spec().name;
+    if (key == "set_alpha_to_one" && class_name != SchedulerClass::DDIMScheduler) continue;
+    if (key == "variance_type" && class_name != SchedulerClass::DDPMScheduler) continue;
+    if (key == "trained_betas" && trained_betas.empty()) {
+      j[key] = nullptr;
+      continue;
+    }
+    j[key] = json_of(row.read(*this));
+  }
+  return j.dump(2) + "\n";
+}
+
+std::vector<int64_t> SchedulerConfig::inference_timesteps(int64_t steps) const {
+  const int64_t T = num_train_timesteps;
+  if (steps < 1 || steps > T) {
+    throw ConfigError(SourceLocation{"", 0, 0, "steps"}, "sampling steps must be in [1, " + std::to_string(T) +
+                                                             "] (at most the schedule's " + std::to_string(T) +
+                                                             " timesteps), got " + std::to_string(steps));
+  }
+  std::vector<int64_t> out;
+  switch (timestep_spacing) {
+    case TimestepSpacing::leading: {
+      // k * (T // K) + steps_offset for k = K-1 .. 0.
+      const int64_t ratio = T / steps;
+      for (int64_t k = steps - 1; k >= 0; --k) out.push_back(k * ratio + steps_offset);
+      break;
+    }
+    case TimestepSpacing::trailing: {
+      // round(numpy.arange(T, 0, -T / K)) - 1, with numpy's arithmetic: the count is
+      // ceil(T / (T / K)) in float64 (K + 1 for some T and K), the values
+      // start + i * ((start + step) - start), rounded half to even.
+      const double start = static_cast<double>(T);
+      const double step = -start / static_cast<double>(steps);
+      const int64_t count = static_cast<int64_t>(std::ceil((0.0 - start) / step));
+      const double delta = (start + step) - start;
+      for (int64_t i = 0; i < count; ++i) {
+        const double value = i == 0 ? start : i == 1 ? start + step : start + static_cast<double>(i) * delta;
+        out.push_back(static_cast<int64_t>(std::nearbyint(value)) - 1);
+      }
+      break;
+    }
+    case TimestepSpacing::linspace: {
+      // round(numpy.linspace(0, T - 1, K)) reversed: i * (T - 1) / (K - 1), the last exactly T - 1.
+      const double step = steps > 1 ? static_cast<double>(T - 1) / static_cast<double>(steps - 1) : 0.0;
+      for (int64_t i = steps - 1; i >= 0; --i) {
+        const double value = (steps > 1 && i == steps - 1) ? static_cast<double>(T - 1) : static_cast<double>(i) * step;
+        out.push_back(static_cast<int64_t>(std::nearbyint(value)));
+      }
+      break;
+    }
+  }
+  for (int64_t t : out) {
+    if (t < 0 || t >= T) {
+      const std::string why = timestep_spacing == TimestepSpacing::leading
+                                  ? "steps_offset " + std::to_string(steps_offset) + " is too large"
+                                  : std::string("diffusers' trailing spacing rounds the last one to -1 for these "
+                                                "counts; choose another number of steps");
+      throw ConfigError(SourceLocation{"", 0, 0, "steps"},
+                        enum_name(timestep_spacing) + " spacing of " + std::to_string(steps) + " steps over " +
+                            std::to_string(T) + " timesteps gives timestep " + std::to_string(t) +
+                            ", outside [0, " + std::to_string(T - 1) + "]: " + why);
+    }
+  }
+  return out;
+}
+
+bool SchedulerConfig::operator==(const SchedulerConfig& other) const {
+  if (class_name != other.class_name) return false;
+  for (const auto& row : rows())
+    if (row.read(*this) != row.read(other)) return false;
+  return true;
+}
+
+SchedulerConfig merge_scheduler_configs(const SchedulerConfig& a, const std::string& a_name, const SchedulerConfig& b,
+                                        const std::string& b_name) {
+  const SchedulerConfig defaults;
+  SchedulerConfig out = a;
+  std::vector<ConfigError> errors;
+  auto conflict = [&](const std::string& key, const std::string& va, const std::string& vb) {
+    errors.emplace_back(SourceLocation{"", 0, 0, key}, "'" + key + "' is " + va + " in " + a_name + " but " + vb +
+                                                           " in " + b_name + "; give one value");
+  };
+  for (const auto& row : rows()) {
+    const ParamValue va = row.read(a), vb = row.read(b), vd = row.read(defaults);
+    if (va == vb || vb == vd) continue;
+    if (va == vd) {
+      row.assign(out, vb);
+      continue;
+    }
+    conflict(row.spec().name, param_value_str(va), param_value_str(vb));
+  }
+  if (a.class_name != b.class_name) {
+    if (a.class_name == defaults.class_name)
+      out.class_name = b.class_name;
+    else if (b.class_name != defaults.class_name)
+      conflict("_class_name", enum_name(a.class_name), enum_name(b.class_name));
+  }
+  throw_all(std::move(errors));
+  return out;
+}
+
+}  // namespace diffuflow

@@ -1,0 +1,104 @@
+// SchedulerConfig: a diffusers scheduler configuration (DDPMScheduler,
+// DDIMScheduler), with diffusers' key names, values and defaults. It is the one
+// description of a noise schedule and of how a reverse step treats the model's
+// output: the noise_schedule resource holds one (its parameters are these rows),
+// the samplers read their settings from it, `diffuflow scheduler-io` loads one
+// from scheduler_config.json, and to_json() writes one that diffusers loads.
+//
+//   {"_class_name": "DDIMScheduler", "num_train_timesteps": 1000,
+//    "beta_schedule": "scaled_linear", "beta_start": 0.00085, "beta_end": 0.012,
+//    "prediction_type": "v_prediction", "timestep_spacing": "trailing",
+//    "rescale_betas_zero_snr": true, "clip_sample": false, "set_alpha_to_one": false}
+//
+// Each row below is a key of diffusers' config; a value this project does not
+// implement (beta_schedule sigmoid, variance_type learned, ...) and a key it does
+// not know are ConfigErrors naming the key, the value and what is supported.
+// `_class_name` (DDPMScheduler or DDIMScheduler) and `_diffusers_version` are
+// accepted as well.
+#pragma once
+
+#include "graph/param_table.hpp"
+
+#include <cstdint>
+#include <filesystem>
+#include <string>
+#include <vector>
+
+namespace diffuflow {
+
+DIFFUFLOW_ENUM(BetaSchedule, linear, scaled_linear, squaredcos_cap_v2);
+// diffusers' spelling of what the model predicts (PredictionTarget: epsilon | v | x0).
+DIFFUFLOW_ENUM(PredictionType, epsilon, v_prediction, sample);
+DIFFUFLOW_ENUM(TimestepSpacing, leading, trailing, linspace);
+DIFFUFLOW_ENUM(VarianceType, fixed_small, fixed_large);
+DIFFUFLOW_ENUM(SchedulerClass, DDPMScheduler, DDIMScheduler);
+
+struct SchedulerConfig {
+  DIFFUFLOW_PARAMS(SchedulerConfig);
+  DIFFUFLOW_PARAM(int64_t, num_train_timesteps, 1000, "T, the number of diffusion steps the model is trained with",
+                  .range(2, 100000));
+  DIFFUFLOW_PARAM(double, beta_start, 1e-4, "first beta of the linear and scaled_linear schedules",
+                  .range(1e-9, 0.999));
+  DIFFUFLOW_PARAM(double, beta_end, 0.02, "last beta of the linear and scaled_linear schedules", .range(1e-9, 0.999));
+  DIFFUFLOW_PARAM(BetaSchedule, beta_schedule, BetaSchedule::linear,
+                  "linear (Ho et al.), scaled_linear (linear in sqrt(beta)) or squaredcos_cap_v2 (cosine)");
+  DIFFUFLOW_PARAM(std::vector<double>, trained_betas, {},
+                  "T betas used as given, instead of beta_schedule (empty: none)", .range(0.0, 1.0));
+  DIFFUFLOW_PARAM(PredictionType, prediction_type, PredictionType::epsilon,
+                  "what the model predicts: epsilon (the noise), v_prediction or sample (x_0)");
+  DIFFUFLOW_PARAM(bool, clip_sample, true, "clip the predicted x_0 to [-clip_sample_range, clip_sample_range]");
+  DIFFUFLOW_PARAM(double, clip_sample_range, 1.0, "bound of clip_sample", .range(1e-6, 1e6));
+  DIFFUFLOW_PARAM(TimestepSpacing, timestep_spacing, TimestepSpacing::leading,
+                  "how K sampling steps are spread over T: leading (k T/K + steps_offset), trailing (from T-1 "
+                  "down) or linspace");
+  DIFFUFLOW_PARAM(int64_t, steps_offset, 0, "added to every timestep of leading spacing", .range(0, 100000));
+  DIFFUFLOW_PARAM(bool, set_alpha_to_one, true,
+                  "DDIM: past the last step alphas_cumprod is 1 (else alphas_cumprod[0])");
+  DIFFUFLOW_PARAM(VarianceType, variance_type, VarianceType::fixed_small,
+                  "DDPM step noise: fixed_small (the posterior variance) or fixed_large (beta_t)");
+  DIFFUFLOW_PARAM(bool, rescale_betas_zero_snr, false,
+                  "rescale the betas so the last timestep has zero signal (Lin et al. 2023); pair with "
+                  "v_prediction");
+  DIFFUFLOW_PARAM(bool, thresholding, false,
+                  "dynamic thresholding of the predicted x_0 (Saharia et al. 2022), instead of clip_sample");
+  DIFFUFLOW_PARAM(double, dynamic_thresholding_ratio, 0.995, "thresholding: the quantile of |x_0| per sample",
+                  .range(0.0, 1.0));
+  DIFFUFLOW_PARAM(double, sample_max_value, 1.0, "thresholding: the largest threshold", .range(1e-6, 1e6));
+
+  // `_class_name`: which diffusers scheduler the config describes (not a row).
+  SchedulerClass class_name = SchedulerClass::DDPMScheduler;
+
+  // Parses a scheduler config: JSON (diffusers' scheduler_config.json) or the
+  // same keys as a YAML mapping. `source` names it in errors. Missing keys
+  // take diffusers' defaults. Validates.
+  static SchedulerConfig from_text(const std::string& text, const std::string& source);
+  // A scheduler_config.json, or a folder holding one (directly or in
+  // scheduler/, as a diffusers pipeline folder does).
+  static SchedulerConfig from_file(const std::filesystem::path& path);
+  // The file from_file() reads for `path`; ConfigError naming what was looked for.
+  static std::filesystem::path config_file(const std::filesystem::path& path);
+
+  // Cross-key checks: trained_betas of length T. ConfigError prefixed with `source`.
+  void validate(const std::string& source = "scheduler config") const;
+
+  // diffusers' scheduler_config.json for class_name (the keys its class takes).
+  std::string to_json() const;
+
+  // diffusers' set_timesteps(steps): the timesteps a sampler with `steps` model
+  // calls visits, noisiest first. ConfigError when steps is outside [1, T] or a
+  // timestep falls outside [0, T) (steps_offset too large; trailing spacing's
+  // rounding giving -1 for some T and steps).
+  std::vector<int64_t> inference_timesteps(int64_t steps) const;
+
+  bool operator==(const SchedulerConfig& other) const;
+  bool operator!=(const SchedulerConfig& other) const { return !(*this == other); }
+};
+
+// Combines two descriptions of one scheduler (a config file and pipeline
+// parameters): for each key, a value other than diffusers' default wins over
+// the default; two different non-default values are a ConfigError naming the
+// key and both values, with `a_name` and `b_name` saying where each came from.
+SchedulerConfig merge_scheduler_configs(const SchedulerConfig& a, const std::string& a_name, const SchedulerConfig& b,
+                                        const std::string& b_name);
+
+}  // namespace diffuflow
