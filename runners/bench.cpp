@@ -458,7 +458,7 @@ OptionTable bench_options() {
           shared::unet_config(),
           shared::batch(),
           shared::threads().fallback("0"),
-          OptionSpec::integer("steps", "K", "measured steps (train/data: batches; sample: chains; unet: passes)")
+          shared::steps()
               .range(1, 1 << 20)
               .fallback("10"),
           shared::warmup().fallback("2"),

@@ -119,7 +119,8 @@ OptionSpec prefetch() {
 OptionSpec unet_config() {
   return OptionSpec::text("config", "C",
                           "U-Net config: a built-in name (unet-s, unet-tiny) or a diffusers config.json; overrides "
-                          "the config of a pipeline's unet_model");
+                          "the config of a pipeline's unet_model (scheduler-io: a diffusers scheduler_config.json "
+                          "or a folder holding one)");
 }
 
 OptionSpec batch() {
@@ -138,12 +139,24 @@ OptionSpec json_file() { return OptionSpec::text("json", "FILE", "also write the
 OptionSpec output() {
   return OptionSpec::text("out", "PATH",
                           "where the results go: run, a new folder (default runs/<pipeline>-<timestamp>); "
-                          "unet-io, a .safetensors file; plot, a PNG");
+                          "unet-io and scheduler-io, a .safetensors file; plot, a PNG");
 }
 
 OptionSpec unet_mode() {
   return OptionSpec::text("mode", "MODE",
                           "U-Net passes to time: forward, train (forward+backward) or both (bench-unet only)");
+}
+
+OptionSpec steps() {
+  return OptionSpec::integer("steps", "K",
+                             "bench: measured steps (train/data: batches; sample: chains; unet: passes); "
+                             "scheduler-io: the inference steps given to set_timesteps");
+}
+
+OptionSpec inputs() {
+  return OptionSpec::text("inputs", "IN.safetensors",
+                          "input tensors (.safetensors): unet-io, x, t, optionally class_labels and g_out; scheduler-io, "
+                          "sample, model_output, step_timesteps and optionally noise and eta");
 }
 
 }  // namespace shared

@@ -92,12 +92,14 @@ OptionSpec set_overrides();   // --set NODE.PARAM=VALUE, repeatable
 OptionSpec threads();         // --threads N: cores for OpenMP and oneTBB; 0: all
 OptionSpec device();          // --device DEVICE
 OptionSpec prefetch();        // --prefetch N
-OptionSpec unet_config();     // --config C
+OptionSpec unet_config();     // --config C (scheduler-io: a scheduler config)
 OptionSpec batch();           // --batch N
 OptionSpec warmup();          // --warmup W
 OptionSpec json_file();       // --json FILE
 OptionSpec output();          // --out PATH
 OptionSpec unet_mode();       // --mode forward|train|both
+OptionSpec steps();           // --steps K
+OptionSpec inputs();          // --inputs IN.safetensors
 }  // namespace shared
 
 // The values given on one command line, checked against the table. The

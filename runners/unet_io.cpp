@@ -25,7 +25,7 @@ namespace {
 OptionTable unet_io_options() {
   return {shared::unet_config().required(),
           OptionSpec::text("weights", "W.safetensors", "parameters (.safetensors)").required(),
-          OptionSpec::text("inputs", "IO.safetensors", "x, t, optionally class_labels and g_out (.safetensors)").required(),
+          shared::inputs().required(),
           shared::output().required(),
           shared::device().fallback("cpu")};
 }

@@ -261,3 +261,37 @@ TEST_CASE("snapshots keep x_T, evenly spaced states and x_0 of the reverse chain
     }
   }
 }
+
+TEST_CASE("sampler steps follow the schedule's diffusers config: spacing, prediction type, thresholding, eta") {
+  // Reference steps from tests/fixtures/schedulers (see make_scheduler_fixtures.py).
+  struct Case {
+    std::string name, params;
+    int64_t t, step, next_t;  // the step from t (chain step `step`) and the next model call's timestep
+    int64_t fixture_step;     // which step.<i> of the fixture is the step from t
+  };
+  const std::vector<Case> cases = {
+      {"ddim_trailing_v_zero_snr", "{schedule: schedule, method: ddim, steps: 10, eta: 0.5}", 999, 0, 899, 0},
+      {"ddpm_cosine_linspace_sample_threshold", "{schedule: schedule, method: ddpm, steps: 7}", 500, 3, 333, 1},
+  };
+  for (const Case& c : cases) {
+    CAPTURE(c.name);
+    const auto folder = diffuflow::test::fixture("schedulers") / c.name;
+    const auto in = SafetensorsFile::read(folder / "in.safetensors");
+    const auto want = SafetensorsFile::read(folder / "out.safetensors");
+    RunContext ctx;
+    make_resource("noise_schedule", "schedule", "{config: " + folder.string() + "}", ctx);
+    auto sampler = make_node("sampler", c.params, ctx);
+    const Tensor sample = in.tensor("sample");
+    Packet back = back_packet(sample, timesteps_tensor(std::vector<int64_t>(size_t(sample.dim(0)), c.t)),
+                              in.tensor("model_output"), c.step);
+    back.set("z", in.tensor("noise"));
+    CollectingEmitter out;
+    sampler->process(single_input(std::move(back).share(), Sampler::kBackPort), out);
+    REQUIRE(out.size() == 1);
+    REQUIRE(out.port(0) == Sampler::kModelPort);
+    auto t = out.packet(0).tensor("t").map<int32_t>();
+    CHECK(t[0] == c.next_t);
+    const std::string key = "step." + std::to_string(c.fixture_step) + ".prev_sample";
+    CHECK(max_abs_diff(out.packet(0).tensor("x_t").to_vector(), want.floats(key)) <= 2e-6);
+  }
+}

@@ -165,3 +165,17 @@ TEST_CASE("a DDIM scheduler steps by T // steps; a DDPM one to the next schedule
   CHECK(ddim->previous_timestep(749) == 499);
   CHECK(ddim->previous_timestep(0) == -250);
 }
+
+TEST_CASE("to_json writes a config that reads back to the same values, with the class's own keys") {
+  SchedulerConfig c;
+  c.class_name = SchedulerClass::DDIMScheduler;
+  c.beta_schedule = BetaSchedule::scaled_linear;
+  c.prediction_type = PredictionType::v_prediction;
+  c.set_alpha_to_one = false;
+  c.steps_offset = 1;
+  const std::string json = c.to_json();
+  CHECK(contains(json, "\"_class_name\": \"DDIMScheduler\""));
+  CHECK(contains(json, "\"trained_betas\": null"));
+  CHECK_FALSE(contains(json, "variance_type"));  // a DDPMScheduler key
+  CHECK(SchedulerConfig::from_text(json, "round trip") == c);
+}
