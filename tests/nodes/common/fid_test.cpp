@@ -166,3 +166,31 @@ TEST_CASE("class statistics: mean confidence, histogram and its entropy") {
   CHECK(class_stats(even.data(), 10, 10).entropy == doctest::Approx(std::log(10.0)));
   CHECK(class_stats(p.data(), 1, 3).entropy == 0.0);
 }
+
+TEST_CASE("rank-deficient covariances (fewer images than features): square root and FID stay exact and finite") {
+  // A = B B^T with B [8,3]: rank 3 of 8; its square root squares back to A.
+  std::mt19937_64 rng(9);
+  std::normal_distribution<double> normal;
+  const int64_t n = 8, r = 3;
+  std::vector<double> b(n * r), a(n * n, 0.0);
+  for (auto& v : b) v = normal(rng);
+  for (int64_t i = 0; i < n; ++i)
+    for (int64_t j = 0; j < n; ++j)
+      for (int64_t k = 0; k < r; ++k) a[i * n + j] += b[i * r + k] * b[j * r + k];
+  const std::vector<double> root = sqrt_psd(a, n);
+  std::vector<double> squared(n * n, 0.0);
+  for (int64_t i = 0; i < n; ++i)
+    for (int64_t j = 0; j < n; ++j)
+      for (int64_t k = 0; k < n; ++k) squared[i * n + j] += root[i * n + k] * root[k * n + j];
+  CHECK(max_abs_diff(squared, a) < 1e-9);
+
+  // 20 feature vectors of 64 numbers: both covariances have rank 19.
+  const int64_t d = 64;
+  const std::vector<float> x = random_features(20, d, 11), y = random_features(20, d, 12, 0.2f);
+  const FeatureStats sx = feature_stats(x.data(), 20, d), sy = feature_stats(y.data(), 20, d);
+  const double fid = frechet_distance(sx, sy);
+  CHECK(std::isfinite(fid));
+  CHECK(fid > 0);
+  CHECK(frechet_distance(sy, sx) == doctest::Approx(fid).epsilon(1e-9));
+  CHECK(frechet_distance(sx, sx) == doctest::Approx(0.0).scale(1.0).epsilon(1e-9));
+}
