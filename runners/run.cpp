@@ -118,6 +118,8 @@ class ProgressLine {
       if (ctx_.max_steps > 0) line << "/" << ctx_.max_steps;
       const double loss = ctx_.metrics().latest("loss");
       if (!std::isnan(loss)) line << "  loss " << std::setprecision(4) << loss;
+      const double fid = ctx_.metrics().latest("fid");  // from a sample_quality node, when there is one
+      if (!std::isnan(fid)) line << "  FID " << std::setprecision(4) << fid;
       line << std::fixed << std::setprecision(1) << "  " << image_rate << " img/s  " << rate << " steps/s  elapsed "
            << format_duration(t);
       double eta = -1;
