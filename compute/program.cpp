@@ -299,6 +299,52 @@ void run_steps(std::vector<Step>& steps, dnnl::stream& stream) {
 
 void Program::run_forward(dnnl::stream& stream) { run_steps(forward_, stream); }
 
-void Program::run_backward(dnnl::stream& stream) { run_steps(backward_, stream); }
+void Program::run_backward(dnnl::stream& stream, GradientObserver* observer) {
+  if (!observer) {
+    run_steps(backward_, stream);
+    return;
+  }
+  if (final_from_.size() != backward_.size()) {
+    // The highest staging offset each step writes or reads; a gradient is
+    // final once no later step touches it.
+    const auto* base = static_cast<const char*>(staging_.get_data_handle());
+    const auto* limit = base + staging_.get_desc().get_size();
+    std::vector<int64_t> top(backward_.size(), 0);
+    for (size_t i = 0; i < backward_.size(); ++i) {
+      for (const auto& [key, m] : backward_[i].args) {
+        if (!m) continue;
+        const auto* h = static_cast<const char*>(m.get_data_handle());
+        if (h < base || h >= limit) continue;
+        const int64_t end = static_cast<int64_t>((h - base + m.get_desc().get_size()) / sizeof(float));
+        top[i] = std::max(top[i], end);
+      }
+    }
+    final_from_.assign(backward_.size(), 0);
+    int64_t later = 0;
+    for (size_t i = backward_.size(); i-- > 0;) {
+      final_from_[i] = later;
+      later = std::max(later, top[i]);
+    }
+  }
+  const int64_t count = static_cast<int64_t>(staging_.get_desc().get_size() / sizeof(float));
+  observer->begin(staging_, count);
+  int64_t announced = count;
+  for (size_t i = 0; i < backward_.size(); ++i) {
+    Step& step = backward_[i];
+    if (step.host) {
+      stream.wait();
+      step.host(step.args);
+    } else {
+      step.primitive.execute(stream, step.args);
+    }
+    if (final_from_[i] < announced) {
+      stream.wait();
+      announced = final_from_[i];
+      observer->ready(announced);
+    }
+  }
+  stream.wait();
+  observer->end();
+}
 
 }  // namespace diffuflow

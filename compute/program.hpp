@@ -77,6 +77,21 @@ struct Step {
 
 using ValueId = int;
 
+// Told, during a backward pass, as parameter gradients become final, so their
+// communication can start while earlier layers are still computing (data
+// parallel training). Offsets are elements of the gradient staging buffer.
+class GradientObserver {
+ public:
+  virtual ~GradientObserver() = default;
+  // Before the first backward step: the staging buffer [param_count] f32.
+  virtual void begin(const dnnl::memory& staging, int64_t param_count) = 0;
+  // Every gradient at offsets >= from is final (called with falling `from`).
+  virtual void ready(int64_t from) = 0;
+  // The pass is done and every gradient final; returns when the observer is
+  // finished with the staging buffer.
+  virtual void end() = 0;
+};
+
 // Where a backward primitive writes a gradient contribution. Call
 // Program::commit() after appending the step that writes `memory`.
 struct GradSink {
@@ -174,7 +189,9 @@ class Program {
 
   // --- running ------------------------------------------------------------
   void run_forward(dnnl::stream& stream);
-  void run_backward(dnnl::stream& stream);
+  // With an observer: told after each step from which offset on the
+  // parameter gradients are final (no later step writes them).
+  void run_backward(dnnl::stream& stream, GradientObserver* observer = nullptr);
   size_t forward_steps() const { return forward_.size(); }
   size_t backward_steps() const { return backward_.size(); }
 
@@ -205,6 +222,8 @@ class Program {
   std::vector<Value> values_;
   std::vector<Step> forward_;
   std::vector<Step> backward_;
+  // Per backward step: gradients at offsets >= this are final after it (built on first use).
+  std::vector<int64_t> final_from_;
   std::vector<std::function<void(Program&)>> backward_builders_;
   std::vector<dnnl::primitive> io_copies_;
   size_t scratchpad_bytes_ = 0;

@@ -110,6 +110,10 @@ class Node {
   // Source nodes: emit the next packet(s); return false when exhausted. Called
   // serially. Sources must honour ctx().stop_requested() and ctx().max_steps.
   virtual bool produce(Emitter& out) { return false; }
+  // Sources, on resume: continue as if `packets` packets holding `items` items
+  // (-1: unknown) had been emitted, without producing them. Returns false when
+  // the source cannot; the builder then replays its first `packets` packets.
+  virtual bool seek(int64_t packets, int64_t items) { return false; }
   // Called once after the graph has drained (write a final grid, a summary).
   virtual void finish() {}
 

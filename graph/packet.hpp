@@ -44,6 +44,19 @@ class Packet {
     return *this;
   }
 
+  // The position in the data stream of this packet's first item (sample),
+  // counted over the whole run and every process: item i of the packet is at
+  // first_item() + i. -1 when the source does not say; item_position() then
+  // falls back to seq * count + i. Per-item randomness is keyed by it.
+  int64_t first_item() const { return first_item_; }
+  Packet& at_item(int64_t first) {
+    first_item_ = first;
+    return *this;
+  }
+  int64_t item_position(int64_t i, int64_t count) const {
+    return first_item_ >= 0 ? first_item_ + i : seq_ * count + i;
+  }
+
   bool has(const std::string& name) const { return fields_.count(name) != 0; }
   template <typename Field, typename = std::enable_if_t<std::is_base_of_v<FieldSpec, Field>>>
   bool has(const Field& field) const {
@@ -128,6 +141,7 @@ class Packet {
   const FieldValue& get(const std::string& name) const;
 
   int64_t seq_ = 0;
+  int64_t first_item_ = -1;
   std::map<std::string, FieldValue> fields_;
 };
 

@@ -22,6 +22,7 @@
 #include <mutex>
 #include <sstream>
 #include <thread>
+#include <tuple>
 
 namespace diffuflow {
 
@@ -214,8 +215,13 @@ struct Pipeline::Impl {
     return routed;
   }
 
-  // On resume, sources replay their first start_step packets without emitting them.
+  // On resume, sources seek to the checkpoint's data position, or replay their
+  // first start_step packets without emitting them.
   void fast_forward(Runtime& rt) {
+    if (rt.node->seek(ctx.start_step, ctx.start_items)) {
+      rt.emitted = ctx.start_step;
+      return;
+    }
     while (rt.emitted < ctx.start_step && !rt.exhausted) {
       if (rt.pending.empty()) {
         Routed out;
@@ -231,7 +237,8 @@ struct Pipeline::Impl {
 
   Msg produce(Runtime& rt, oneapi::tbb::flow_control& control) {
     while (rt.pending.empty()) {
-      const bool budget_spent = ctx.max_steps >= 0 && rt.emitted >= ctx.max_steps;
+      const bool budget_spent = (ctx.max_steps >= 0 && rt.emitted >= ctx.max_steps) ||
+                                (ctx.stop_at() >= 0 && rt.emitted >= ctx.stop_at());
       if (rt.exhausted || budget_spent || ctx.stop_requested() || failed.load()) {
         control.stop();
         return {};
@@ -443,14 +450,33 @@ struct Pipeline::Impl {
   }
 
   NodeProfile profile_of(Runtime& rt, double wall_s) {
-    NodeProfile p;
-    p.name = rt.spec->name;
-    p.type = rt.spec->type;
     std::vector<Interval> intervals;
     {
       std::lock_guard<std::mutex> lock(rt.profile_mutex);
       intervals = rt.intervals;
     }
+    return profile_of(rt.spec->name, rt.spec->type, std::move(intervals), wall_s);
+  }
+
+  // The spans recorded off the nodes (RunContext::record_span), per track, in
+  // this run's clock.
+  std::vector<std::tuple<std::string, std::string, std::vector<Interval>>> span_tracks() const {
+    const int64_t origin =
+        std::chrono::duration_cast<std::chrono::nanoseconds>(start.time_since_epoch()).count();
+    std::vector<std::tuple<std::string, std::string, std::vector<Interval>>> tracks;
+    for (const Span& span : ctx.spans()) {
+      auto it = std::find_if(tracks.begin(), tracks.end(), [&](const auto& t) { return std::get<0>(t) == span.track; });
+      if (it == tracks.end()) it = tracks.insert(tracks.end(), {span.track, span.type, {}});
+      std::get<2>(*it).push_back({span.start_ns - origin, span.end_ns - origin, span.seq});
+    }
+    return tracks;
+  }
+
+  NodeProfile profile_of(const std::string& name, const std::string& type, std::vector<Interval> intervals,
+                         double wall_s) {
+    NodeProfile p;
+    p.name = name;
+    p.type = type;
     p.count = static_cast<int64_t>(intervals.size());
     if (intervals.empty()) {
       p.wait_s = wall_s;
@@ -526,13 +552,26 @@ struct Pipeline::Impl {
                           {"dur", (iv.end_ns - iv.start_ns) / 1000.0}, {"args", {{"seq", iv.seq}}}});
       }
     }
+    // Work off the nodes (a communication thread): one track each.
+    for (auto& [track, type, intervals] : span_tracks()) {
+      const int64_t tid = next_tid++;
+      events.push_back({{"name", "thread_name"}, {"ph", "M"}, {"pid", 1}, {"tid", tid},
+                        {"args", {{"name", track + " (" + type + ")"}}}});
+      events.push_back(
+          {{"name", "thread_sort_index"}, {"ph", "M"}, {"pid", 1}, {"tid", tid}, {"args", {{"sort_index", tid}}}});
+      for (const Interval& iv : intervals) {
+        events.push_back({{"name", track}, {"cat", type}, {"ph", "X"}, {"pid", 1}, {"tid", tid},
+                          {"ts", iv.start_ns / 1000.0}, {"dur", (iv.end_ns - iv.start_ns) / 1000.0},
+                          {"args", {{"seq", iv.seq}}}});
+      }
+    }
     nlohmann::json trace = {{"traceEvents", events}, {"displayTimeUnit", "ms"}};
     write_file_atomically(path, trace.dump() + "\n");
   }
 };
 
 Pipeline::Pipeline(const PipelineSpec& spec, RunContext& ctx, RunOptions options)
-    : impl_(std::make_unique<Impl>(spec, ctx, std::move(options))) {
+    : impl_((ctx.source_lead = std::max(1, options.prefetch), std::make_unique<Impl>(spec, ctx, std::move(options)))) {
   impl_->build();
 }
 
@@ -598,10 +637,13 @@ RunReport Pipeline::run() {
 
   RunReport report;
   report.wall_s = std::chrono::duration<double>(Clock::now() - impl.start).count();
-  report.stopped_early = impl.ctx.stop_requested();
+  report.stopped_early = impl.ctx.stop_requested() || impl.ctx.stop_at() >= 0;
   for (auto& rt : impl.nodes) {
     if (rt->spec->type == kLimiterType) continue;
     report.nodes.push_back(impl.profile_of(*rt, report.wall_s));
+  }
+  for (auto& [track, type, intervals] : impl.span_tracks()) {
+    report.nodes.push_back(impl.profile_of(track, type, std::move(intervals), report.wall_s));
   }
   if (!impl.options.trace_file.empty()) {
     try {
@@ -629,7 +671,8 @@ RunReport Pipeline::run() {
   // A source that neither ran dry nor was stopped means packets were kept alive somewhere.
   for (auto& rt : impl.nodes) {
     if (rt->source && !rt->exhausted && !impl.ctx.stop_requested() &&
-        !(impl.ctx.max_steps >= 0 && rt->emitted >= impl.ctx.max_steps)) {
+        !(impl.ctx.max_steps >= 0 && rt->emitted >= impl.ctx.max_steps) &&
+        !(impl.ctx.stop_at() >= 0 && rt->emitted >= impl.ctx.stop_at())) {
       throw std::runtime_error("the pipeline stalled: source '" + rt->spec->name + "' still had data after " +
                                std::to_string(rt->emitted) +
                                " packets, but nothing downstream released them (a node that keeps packets, or a "

@@ -65,21 +65,26 @@ void MetricsLog::flush() {
 RunContext::RunContext() : RunContext(Device::host(), 0) {}
 
 RunContext::RunContext(std::shared_ptr<Device> device, uint64_t seed)
-    : device_(std::move(device)), seed_(seed), metrics_(std::make_shared<MetricsLog>()) {}
+    : device_(std::move(device)), world_(process_world()), seed_(seed), metrics_(std::make_shared<MetricsLog>()) {}
 
-uint64_t RunContext::mix(uint64_t a, uint64_t b) {
-  // splitmix64 finaliser over a combined word
-  uint64_t z = a + 0x9e3779b97f4a7c15ULL * (b + 1);
-  z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ULL;
-  z = (z ^ (z >> 27)) * 0x94d049bb133111ebULL;
-  return z ^ (z >> 31);
-}
+uint64_t RunContext::mix(uint64_t a, uint64_t b) { return mix_words(a, b); }
 
-std::mt19937_64 RunContext::rng(const std::string& name, int64_t seq) const {
-  // FNV-1a of the name: stable across platforms, unlike std::hash.
+namespace {
+// FNV-1a of a name: stable across platforms, unlike std::hash.
+uint64_t name_hash(const std::string& name) {
   uint64_t h = 1469598103934665603ULL;
   for (unsigned char c : name) h = (h ^ c) * 1099511628211ULL;
-  return std::mt19937_64(mix(mix(seed_, h), static_cast<uint64_t>(seq)));
+  return h;
+}
+}  // namespace
+
+std::mt19937_64 RunContext::rng(const std::string& name, int64_t seq) const {
+  return std::mt19937_64(mix(mix(seed_, name_hash(name)), static_cast<uint64_t>(seq)));
+}
+
+CounterRng RunContext::item_rng(const std::string& name, int64_t position) const {
+  // A third word keeps item streams apart from rng(name, seq) streams.
+  return CounterRng(mix(mix(mix(seed_, name_hash(name)), 0x6974656dULL), static_cast<uint64_t>(position)));
 }
 
 void RunContext::add_resource(const std::string& name, std::shared_ptr<Resource> resource) {
@@ -90,6 +95,21 @@ std::shared_ptr<Resource> RunContext::resource(const std::string& name) const {
   auto it = resources_.find(name);
   if (it == resources_.end()) throw std::runtime_error("no resource named '" + name + "'");
   return it->second;
+}
+
+int64_t RunContext::clock_ns() {
+  return std::chrono::duration_cast<std::chrono::nanoseconds>(std::chrono::steady_clock::now().time_since_epoch())
+      .count();
+}
+
+void RunContext::record_span(Span span) {
+  std::lock_guard<std::mutex> lock(spans_mutex_);
+  spans_.push_back(std::move(span));
+}
+
+std::vector<Span> RunContext::spans() const {
+  std::lock_guard<std::mutex> lock(spans_mutex_);
+  return spans_;
 }
 
 void RunContext::info(const std::string& line) const {

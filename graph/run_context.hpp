@@ -4,7 +4,9 @@
 #pragma once
 
 #include "graph/device.hpp"
+#include "graph/counter_rng.hpp"
 #include "graph/params.hpp"
+#include "graph/world.hpp"
 
 #include <atomic>
 #include <chrono>
@@ -16,10 +18,20 @@
 #include <mutex>
 #include <random>
 #include <string>
+#include <vector>
 
 namespace diffuflow {
 
 class Resource;
+
+// A piece of work done off the graph's nodes (a communication thread's
+// collective), on a named track of the profile and trace.
+struct Span {
+  std::string track;  // "backward.allreduce"
+  std::string type;   // "allreduce"
+  int64_t start_ns = 0, end_ns = 0;  // steady clock (RunContext::clock_ns)
+  int64_t seq = -1;
+};
 
 // Metrics as JSON lines: {"step": 12, "node": "loss", "name": "loss", "value": 0.31}.
 class MetricsLog {
@@ -55,9 +67,17 @@ class RunContext {
   bool deterministic = false;
   int threads = 0;  // 0: all cores
 
+  // The processes this run is spread over (data parallel); a world of one by default.
+  World& world() const { return *world_; }
+  std::shared_ptr<World> world_ptr() const { return world_; }
+  void set_world(std::shared_ptr<World> world) { world_ = std::move(world); }
+
   // A random stream that depends only on (pipeline seed, name, seq), never on
   // thread scheduling: the basis of reproducible runs.
   std::mt19937_64 rng(const std::string& name, int64_t seq = 0) const;
+  // The random stream of one item (sample) of the data stream: depends only on
+  // (pipeline seed, name, position), never on which process or batch holds it.
+  CounterRng item_rng(const std::string& name, int64_t position) const;
   static uint64_t mix(uint64_t a, uint64_t b);
 
   // Where artefacts go; empty when the run writes nothing (validation, tests).
@@ -76,9 +96,34 @@ class RunContext {
   // nodes with state (the optimiser) restore it from resume_path.
   std::filesystem::path resume_path;
   int64_t start_step = 0;
+  // The data position the checkpoint was written at: items (samples) consumed
+  // over all processes; -1 when unknown (sources then skip start_step packets).
+  int64_t start_items = -1;
   std::atomic<bool>& stop_flag() { return stop_; }
   bool stop_requested() const { return stop_.load(std::memory_order_relaxed); }
-  void request_stop() { stop_.store(true); }
+  // Asks the sources to stop. When processes must agree on where to stop (data
+  // parallel training: set_stop_needs_agreement), it only marks the wish;
+  // the processes then agree on a step (stop_at_step) and all stop after it.
+  // Async-signal-safe.
+  void request_stop() {
+    if (stop_needs_agreement_.load()) {
+      stop_wanted_.store(true);
+    } else {
+      stop_.store(true);
+    }
+  }
+  void set_stop_needs_agreement(bool needed) { stop_needs_agreement_.store(needed); }
+  bool stop_wanted() const { return stop_wanted_.load() || stop_.load(); }
+  // Sources emit no packet numbered `step` or later (-1: no such limit).
+  void stop_at_step(int64_t step) {
+    int64_t current = stop_at_.load();
+    while ((current < 0 || step < current) && !stop_at_.compare_exchange_weak(current, step)) {
+    }
+  }
+  int64_t stop_at() const { return stop_at_.load(std::memory_order_relaxed); }
+  // How many packets a source may be ahead of the slowest of its descendants
+  // (the pipeline's prefetch); agreed stops allow for it.
+  int64_t source_lead = 4;
 
   // Shared objects declared under `resources:`, looked up by name and type.
   void add_resource(const std::string& name, std::shared_ptr<Resource> resource);
@@ -99,18 +144,30 @@ class RunContext {
   int64_t steps_done() const { return steps_done_.load(std::memory_order_relaxed); }
   int64_t images_done() const { return images_done_.load(std::memory_order_relaxed); }
 
+  // Spans of work off the graph's nodes; the pipeline adds them to its
+  // profile and trace. Thread-safe.
+  static int64_t clock_ns();
+  void record_span(Span span);
+  std::vector<Span> spans() const;
+
   // One line to stderr, serialised across threads.
   void info(const std::string& line) const;
 
  private:
   std::shared_ptr<Device> device_;
+  std::shared_ptr<World> world_;
   uint64_t seed_ = 0;
   std::filesystem::path out_dir_;
   std::shared_ptr<MetricsLog> metrics_;
   std::atomic<bool> stop_{false};
+  std::atomic<bool> stop_needs_agreement_{false};
+  std::atomic<bool> stop_wanted_{false};
+  std::atomic<int64_t> stop_at_{-1};
   std::atomic<int64_t> steps_done_{0};
   std::atomic<int64_t> images_done_{0};
   std::map<std::string, std::shared_ptr<Resource>> resources_;
+  mutable std::mutex spans_mutex_;
+  std::vector<Span> spans_;
 };
 
 }  // namespace diffuflow

@@ -2,6 +2,7 @@
 // (runners/command.hpp); this file only dispatches and maps errors to exit codes.
 #include "graph/errors.hpp"
 #include "graph/openmp_policy.hpp"
+#include "graph/world.hpp"
 #include "runners/command.hpp"
 
 #include <csignal>
@@ -14,6 +15,16 @@ int main(int argc, char** argv) {
   // A file-size limit (ulimit -f) then fails the write with EFBIG, reported
   // like a full disk, instead of killing the process mid-file.
   std::signal(SIGXFSZ, SIG_IGN);
+  // Under mpirun/srun: MPI_Init, and this process learns its rank. A plain
+  // start never asks MPI for anything.
+  std::shared_ptr<World> world;
+  try {
+    world = start_world(&argc, &argv);
+  } catch (const std::exception& e) {
+    std::cerr << "error: " << e.what() << "\n";
+    return kExitFailure;
+  }
+  set_process_world(world);
   auto& table = commands();
   auto usage = [&](std::ostream& out) {
     out << "usage: diffuflow <command> [options]\n       diffuflow --version\n\ncommands:\n";
@@ -43,19 +54,28 @@ int main(int argc, char** argv) {
     return kExitBadInput;
   }
   std::vector<std::string> args(argv + 2, argv + argc);
+  // One rank failing ends the whole job at once (MPI_Abort), so no other rank
+  // waits forever in a collective; its message names the rank and host.
+  auto fail = [&](const std::string& message, int code) {
+    if (!world->distributed()) {
+      std::cerr << message << "\n";
+      return code;
+    }
+    std::cerr << "diffuflow: " << world->describe() << ": " << message << "\n" << std::flush;
+    world->abort(code);
+    return code;  // not reached
+  };
   try {
-    return it->second(args, std::cout);
+    const int code = it->second(args, std::cout);
+    set_process_world(local_world());  // MPI_Finalize with `world`, before static destructors
+    return code;
   } catch (const ConfigErrors& e) {
-    std::cerr << e.what() << "\n";
-    return kExitBadInput;
+    return fail(e.what(), kExitBadInput);
   } catch (const ConfigError& e) {
-    std::cerr << e.what() << "\n";
-    return kExitBadInput;
+    return fail(e.what(), kExitBadInput);
   } catch (const DataError& e) {
-    std::cerr << "error: " << e.what() << "\n";
-    return kExitBadInput;
+    return fail(std::string("error: ") + e.what(), kExitBadInput);
   } catch (const std::exception& e) {
-    std::cerr << "error: " << e.what() << "\n";
-    return kExitFailure;
+    return fail(std::string("error: ") + e.what(), kExitFailure);
   }
 }

@@ -4,6 +4,7 @@
 #include "graph/device.hpp"
 #include "graph/pipeline.hpp"
 #include "graph/safetensors.hpp"
+#include "graph/world.hpp"
 #include "runners/cli_common.hpp"
 #include "runners/command.hpp"
 
@@ -13,6 +14,7 @@
 #include <cmath>
 #include <condition_variable>
 #include <csignal>
+#include <cstring>
 #include <iomanip>
 #include <mutex>
 #include <sstream>
@@ -28,13 +30,44 @@ namespace fs = std::filesystem;
 
 namespace {
 
-std::atomic<bool>* g_stop_flag = nullptr;
+RunContext* g_stopping = nullptr;
 volatile std::sig_atomic_t g_signal = 0;
 
 extern "C" void on_signal(int sig) {
   if (g_signal != 0) std::_Exit(128 + sig);  // a second signal exits at once
   g_signal = sig;
-  if (g_stop_flag) g_stop_flag->store(true);
+  if (g_stopping) g_stopping->request_stop();  // with several processes: a stop they agree on
+}
+
+// FNV-1a of a text: the pipeline every process runs, compared before training.
+uint64_t text_hash(const std::string& text) {
+  uint64_t h = 1469598103934665603ULL;
+  for (unsigned char c : text) h = (h ^ c) * 1099511628211ULL;
+  return h;
+}
+
+// Every process must run the same resolved pipeline with the same run options
+// (an MPMD launch or a --set given to one rank would silently train something
+// else): compared by hash before anything runs. Returns what differs, or "".
+std::string check_same_pipeline(World& world, const std::string& resolved) {
+  const std::vector<std::string> all = world.allgather(std::to_string(text_hash(resolved)));
+  std::string differing;
+  for (size_t r = 1; r < all.size(); ++r)
+    if (all[r] != all[0]) differing += (differing.empty() ? "" : ", ") + std::to_string(r);
+  if (differing.empty()) return "";
+  return "rank(s) " + differing + " of " + std::to_string(world.size()) +
+         " run another pipeline than rank 0 (a different file, --set or run option): every process must run the "
+         "same one";
+}
+
+// The world, as a comment at the top of the resolved pipeline.
+std::string world_comment(World& world, const std::vector<std::string>& hosts) {
+  std::ostringstream out;
+  out << "# world: " << world.size() << (world.size() == 1 ? " process" : " processes");
+  if (!world.launcher().empty()) out << " (" << world.launcher() << ")";
+  out << "; each batch_size is per process, the global batch is batch_size x " << world.size() << "\n";
+  for (size_t r = 0; r < hosts.size(); ++r) out << "#   rank " << r << " on " << hosts[r] << "\n";
+  return out.str();
 }
 
 std::string timestamp() {
@@ -82,6 +115,21 @@ int64_t checkpoint_step(const fs::path& path) {
   } catch (const std::exception&) {
   }
   throw DataError(path.string(), "the checkpoint's 'step' metadata is not a step number: '" + it->second + "'");
+}
+
+// The data position a checkpoint was written at (its "samples" metadata: items
+// consumed over every process); -1 when it does not say.
+int64_t checkpoint_items(const fs::path& path) {
+  const auto& meta = SafetensorsFile::read(path).metadata();
+  auto it = meta.find("samples");
+  if (it == meta.end()) return -1;
+  try {
+    size_t used = 0;
+    const long long items = std::stoll(it->second, &used);
+    if (used == it->second.size() && items >= 0) return items;
+  } catch (const std::exception&) {
+  }
+  throw DataError(path.string(), "the checkpoint's 'samples' metadata is not a count: '" + it->second + "'");
 }
 
 // One line every `period` seconds: steps, loss, images/s, ETA.
@@ -202,10 +250,11 @@ int run_pipeline(const ParsedOptions& opts) {
 
   // A checkpoint to resume from is checked before anything is created.
   fs::path resume_path;
-  int64_t start_step = 0;
+  int64_t start_step = 0, start_items = -1;
   if (opts.has("resume")) {
     resume_path = opts.text("resume");
     start_step = checkpoint_step(resume_path);
+    start_items = checkpoint_items(resume_path);
     if (max_steps >= 0 && max_steps <= start_step) {
       throw ConfigError(SourceLocation{"--max-steps", 0, 0, ""},
                         "the checkpoint is at step " + std::to_string(start_step) +
@@ -213,22 +262,49 @@ int run_pipeline(const ParsedOptions& opts) {
     }
   }
 
+  // Several processes: the same pipeline everywhere; rank 0 alone writes.
+  World& world = *process_world();
+  {
+    std::ostringstream run_key;
+    run_key << spec.resolved_yaml() << "\n# max-steps " << max_steps << " max-time " << run_options.max_time_s
+            << " threads " << threads << " resume " << (resume_path.empty() ? "" : fs::absolute(resume_path).string());
+    // Every process knows the outcome: all exit 2 together, rank 0 says why.
+    const std::string mismatch = check_same_pipeline(world, run_key.str());
+    if (!mismatch.empty()) {
+      if (world.rank() == 0) std::cerr << "error: " << mismatch << "\n";
+      return kExitBadInput;
+    }
+  }
+  const std::vector<std::string> hosts = world.allgather(world.host());
+  const bool writer = world.rank() == 0;
+
   auto device = std::make_shared<Device>(DeviceSpec::parse(spec.device));
-  const fs::path out_dir = make_out_dir(opts.has("out") ? opts.text("out") : "", spec.name);
+  const fs::path out_dir =
+      world.broadcast(writer ? make_out_dir(opts.has("out") ? opts.text("out") : "", spec.name).string() : "", 0);
   RunContext ctx(device, spec.seed);
   ctx.deterministic = spec.deterministic;
   ctx.threads = threads;
   ctx.max_steps = max_steps;
-  ctx.set_out_dir(out_dir);
   ctx.resume_path = resume_path;
   ctx.start_step = start_step;
-  ctx.set_metrics(std::make_shared<MetricsLog>(out_dir / "metrics.jsonl"));
-  write_text(out_dir / "pipeline.yaml", spec.resolved_yaml());
-  if (opts.has("trace")) run_options.trace_file = opts.text("trace");
+  ctx.start_items = start_items;
+  if (writer) {
+    ctx.set_out_dir(out_dir);
+    ctx.set_metrics(std::make_shared<MetricsLog>(out_dir / "metrics.jsonl"));
+    write_text(out_dir / "pipeline.yaml", world_comment(world, hosts) + spec.resolved_yaml());
+    if (opts.has("trace")) run_options.trace_file = opts.text("trace");
+  }
 
-  std::cerr << "diffuflow: running '" << spec.name << "' on " << device->spec().str() << " ("
-            << describe_cpu_model() << ", ISA " << describe_cpu_isa() << ", " << describe_versions() << ", "
-            << threads << " threads) -> " << out_dir.string() << "\n";
+  if (writer) {
+    std::cerr << "diffuflow: running '" << spec.name << "' on " << device->spec().str() << " ("
+              << describe_cpu_model() << ", ISA " << describe_cpu_isa() << ", " << describe_versions() << ", "
+              << threads << " threads";
+    if (world.distributed()) {
+      std::cerr << " x " << world.size() << " processes";
+      for (size_t r = 0; r < hosts.size(); ++r) std::cerr << (r ? ", " : ": ") << "rank " << r << " on " << hosts[r];
+    }
+    std::cerr << ") -> " << out_dir.string() << "\n";
+  }
 
   std::unique_ptr<Pipeline> pipeline;
   try {
@@ -236,27 +312,32 @@ int run_pipeline(const ParsedOptions& opts) {
   } catch (...) {
     // Nothing ran: leave no folder that looks like a result.
     std::error_code ignored;
-    fs::remove_all(out_dir, ignored);
+    if (writer) fs::remove_all(out_dir, ignored);
     throw;
   }
 
-  g_stop_flag = &ctx.stop_flag();
+  g_stopping = &ctx;
   std::signal(SIGINT, on_signal);
   std::signal(SIGTERM, on_signal);
   RunReport report;
   {
-    ProgressLine progress(ctx, opts.number("progress"), run_options.max_time_s, spec.name);
+    ProgressLine progress(ctx, writer ? opts.number("progress") : 0.0, run_options.max_time_s, spec.name);
     report = pipeline->run();
   }
   pipeline.reset();  // nodes and resources finish their work (final checkpoints) here
   std::signal(SIGINT, SIG_DFL);
   std::signal(SIGTERM, SIG_DFL);
-  g_stop_flag = nullptr;
+  g_stopping = nullptr;
 
+  if (!writer) return g_signal != 0 ? 128 + g_signal : kExitOk;
   write_text(out_dir / "profile.json", report.json());
   if (!opts.flag("quiet")) std::cerr << report.table();
   std::cerr << "diffuflow: results in " << out_dir.string() << "\n";
-  if (g_signal != 0) return 128 + g_signal;
+  if (g_signal != 0) {
+    std::cerr << "diffuflow: stopped by signal " << g_signal << " (" << strsignal(g_signal) << "), exit code "
+              << 128 + g_signal << "\n";
+    return 128 + g_signal;
+  }
   return kExitOk;
 }
 

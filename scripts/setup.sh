@@ -9,8 +9,10 @@ cd "$(dirname "$0")/.."
 
 mode="${1:-quickstart}"
 # xz-utils: scripts/sanitize.sh tsan unpacks oneTBB's source (fetched with apt-get source).
+# openmpi-bin, libopenmpi-dev: data-parallel runs under mpirun (docs/distributed.md) and their tests.
 packages=(build-essential cmake ccache libtbb-dev libdnnl-dev libopencv-dev libyaml-cpp-dev
-          libboost-program-options-dev doctest-dev nlohmann-json3-dev zlib1g-dev xz-utils)
+          libboost-program-options-dev doctest-dev nlohmann-json3-dev zlib1g-dev xz-utils
+          openmpi-bin libopenmpi-dev)
 
 missing=()
 for p in "${packages[@]}"; do

@@ -17,7 +17,7 @@ constexpr float kFill = -1.0f;  // black in [-1, 1]
 NodeContract Augment::contract() {
   NodeContract c;
   c.doc = "Random horizontal flip (probability p) and random crop with `pad` pixels of black padding; "
-          "seeded per step.";
+          "seeded per image position in the data stream.";
   c.example = "{name: augment, type: augment, params: {p: 0.5, pad: 2}}";
   c.inputs = {{"in", {fields::kX0}, "x0 [N,C,H,W] f32 in [-1,1] (host)"}};
   c.outputs = {{"out", {fields::kX0}, "x0 [N,C,H,W] f32, flipped and shifted per image"}};
@@ -39,7 +39,6 @@ void Augment::process(const NodeInput& in, Emitter& out) {
   const int64_t width = x0.dim(3);
   const int64_t pad = params_.pad;
 
-  auto rng = ctx().rng(name(), packet.seq());
   std::uniform_real_distribution<double> unit(0.0, 1.0);
   std::uniform_int_distribution<int64_t> shift(-pad, pad);
 
@@ -48,7 +47,9 @@ void Augment::process(const NodeInput& in, Emitter& out) {
     auto src = x0.map<float>();
     auto dst = result.map<float>();
     for (int64_t i = 0; i < n; ++i) {
-      // One flip draw, then (with padding) two shift draws, per image in batch order.
+      // Keyed by the image's place in the data stream: one flip draw, then
+      // (with padding) two shift draws.
+      CounterRng rng = ctx().item_rng(name(), packet.item_position(i, n));
       const bool flip = unit(rng) < params_.p;
       const int64_t dy = pad > 0 ? shift(rng) : 0;
       const int64_t dx = pad > 0 ? shift(rng) : 0;

@@ -159,7 +159,8 @@ ImageFolderLoader::ImageFolderLoader(const NodeConfig& config, RunContext& ctx)
   }
 
   batcher_ = std::make_unique<EpochBatcher>(size(), params_.batch,
-                                            [this](int64_t epoch) { return this->ctx().rng(name(), epoch); });
+                                            [this](int64_t epoch) { return this->ctx().rng(name(), epoch); },
+                                            shard_of(ctx));
   if (batcher_->batches_per_epoch() == 0) {
     throw ConfigError(SourceLocation{}, "node '" + name() + "': " + std::to_string(size()) +
                                             " images make no full batch of batch_size " +
@@ -190,7 +191,7 @@ bool ImageFolderLoader::produce(Emitter& out) {
       label_values[i] = labels_[item];
     }
   }
-  out.emit(Packet(emitted_).with(fields::kX0, x0).with(fields::kLabels, labels));
+  out.emit(Packet(emitted_).at_item(batcher_->first_item()).with(fields::kX0, x0).with(fields::kLabels, labels));
   ++emitted_;
   return true;
 }

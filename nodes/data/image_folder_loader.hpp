@@ -52,6 +52,11 @@ class ImageFolderLoader : public Node {
   static NodeContract contract();
   ImageFolderLoader(const NodeConfig& config, RunContext& ctx);
   bool produce(Emitter& out) override;
+  bool seek(int64_t packets, int64_t items) override {
+    emitted_ = packets;
+    batcher_->seek(packets, items);
+    return true;
+  }
 
   int64_t size() const { return static_cast<int64_t>(labels_.size()); }
   const std::vector<std::string>& class_names() const { return class_names_; }

@@ -180,7 +180,8 @@ MnistLoader::MnistLoader(const NodeConfig& config, RunContext& ctx)
   }
   if (data_.count == 0) throw DataError(params_.path, "the " + enum_name(params_.split) + " split holds no images");
   batcher_ = std::make_unique<EpochBatcher>(data_.count, params_.batch,
-                                            [this](int64_t epoch) { return this->ctx().rng(name(), epoch); });
+                                            [this](int64_t epoch) { return this->ctx().rng(name(), epoch); },
+                                            shard_of(ctx));
   if (batcher_->batches_per_epoch() == 0) {
     throw ConfigError(SourceLocation{}, "node '" + name() + "': " + std::to_string(data_.count) +
                                             " images make no full batch of batch_size " +
@@ -209,7 +210,7 @@ bool MnistLoader::produce(Emitter& out) {
       label_values[i] = data_.labels[static_cast<size_t>(indices[i])];
     }
   }
-  out.emit(Packet(emitted_).with(fields::kX0, x0).with(fields::kLabels, labels));
+  out.emit(Packet(emitted_).at_item(batcher_->first_item()).with(fields::kX0, x0).with(fields::kLabels, labels));
   ++emitted_;
   return true;
 }

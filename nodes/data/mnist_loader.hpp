@@ -59,6 +59,11 @@ class MnistLoader : public Node {
   static NodeContract contract();
   MnistLoader(const NodeConfig& config, RunContext& ctx);
   bool produce(Emitter& out) override;
+  bool seek(int64_t packets, int64_t items) override {
+    emitted_ = packets;
+    batcher_->seek(packets, items);
+    return true;
+  }
 
   int64_t size() const { return data_.count; }
 

@@ -168,7 +168,8 @@ SyntheticSource::SyntheticSource(const NodeConfig& config, RunContext& ctx)
     throw ConfigError(SourceLocation{}, "node '" + name() + "': channels must be 1 (grey) or 3 (colour), not 2");
   }
   batcher_ = std::make_unique<EpochBatcher>(params_.count, params_.batch,
-                                            [this](int64_t epoch) { return this->ctx().rng(name(), epoch); });
+                                            [this](int64_t epoch) { return this->ctx().rng(name(), epoch); },
+                                            shard_of(ctx));
   if (batcher_->batches_per_epoch() == 0) {
     throw ConfigError(SourceLocation{}, "node '" + name() + "': count " + std::to_string(params_.count) +
                                             " makes no full batch of batch_size " +
@@ -210,7 +211,7 @@ bool SyntheticSource::produce(Emitter& out) {
       label_values[i] = label;
     }
   }
-  out.emit(Packet(emitted_).with(fields::kX0, x0).with(fields::kLabels, labels));
+  out.emit(Packet(emitted_).at_item(batcher_->first_item()).with(fields::kX0, x0).with(fields::kLabels, labels));
   ++emitted_;
   return true;
 }

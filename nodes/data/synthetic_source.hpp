@@ -51,6 +51,11 @@ class SyntheticSource : public Node {
   static NodeContract contract();
   SyntheticSource(const NodeConfig& config, RunContext& ctx);
   bool produce(Emitter& out) override;
+  bool seek(int64_t packets, int64_t items) override {
+    emitted_ = packets;
+    batcher_->seek(packets, items);
+    return true;
+  }
 
   // Image `index` of the set and its label, exactly as produce() emits it.
   cv::Mat image(int64_t index, int32_t& label);

@@ -77,7 +77,8 @@ Toy2dSource::Toy2dSource(const NodeConfig& config, RunContext& ctx)
   auto rng = ctx.rng("toy2d_source/" + kind, 0);
   points_ = sample_toy2d(kind, static_cast<int>(params_.count), rng, static_cast<float>(params_.noise), &labels_);
   batcher_ = std::make_unique<EpochBatcher>(params_.count, params_.batch,
-                                            [this](int64_t epoch) { return this->ctx().rng(name(), epoch); });
+                                            [this](int64_t epoch) { return this->ctx().rng(name(), epoch); },
+                                            shard_of(ctx));
   if (batcher_->batches_per_epoch() == 0) {
     throw ConfigError(SourceLocation{}, "node '" + name() + "': count " + std::to_string(params_.count) +
                                             " makes no full batch of batch_size " +
@@ -105,7 +106,7 @@ bool Toy2dSource::produce(Emitter& out) {
       label_values[i] = labels_[item];
     }
   }
-  out.emit(Packet(emitted_).with(fields::kX0, x0).with(fields::kLabels, labels));
+  out.emit(Packet(emitted_).at_item(batcher_->first_item()).with(fields::kX0, x0).with(fields::kLabels, labels));
   ++emitted_;
   return true;
 }

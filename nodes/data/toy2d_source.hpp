@@ -49,6 +49,11 @@ class Toy2dSource : public Node {
   static NodeContract contract();
   Toy2dSource(const NodeConfig& config, RunContext& ctx);
   bool produce(Emitter& out) override;
+  bool seek(int64_t packets, int64_t items) override {
+    emitted_ = packets;
+    batcher_->seek(packets, items);
+    return true;
+  }
 
   const std::vector<float>& points() const { return points_; }
 

@@ -8,7 +8,7 @@ namespace diffuflow {
 NodeContract Noiser::contract() {
   NodeContract c;
   c.doc = "Noises each image to its timestep in closed form: x_t = sqrt(abar_t) x0 + sqrt(1-abar_t) eps, "
-          "eps ~ N(0, I) seeded per step.";
+          "eps ~ N(0, I) seeded per image position in the data stream.";
   c.example = "{name: noiser, type: noiser, params: {schedule: schedule}}";
   c.inputs = {{"in", {fields::kX0, fields::kT}, "x0 [N,C,H,W] f32 in [-1,1]; t [N] s32 host, in [0, T)"}};
   c.outputs = {{"out", {fields::kNoise, fields::kXt}, "noise [N,C,H,W] f32 ~ N(0,I); x_t [N,C,H,W] f32, both on the device"}};
@@ -26,8 +26,17 @@ void Noiser::process(const NodeInput& in, Emitter& out) {
   const Packet& packet = in.packet();
   const Tensor& x0 = packet.get(fields::kX0);
   const Tensor& t = packet.get(fields::kT);
-  auto rng = ctx().rng(name(), packet.seq());
-  Tensor noise = standard_normal(x0.shape(), rng, ctx().device());
+  // Each image's noise is keyed by its place in the data stream, so it does not
+  // depend on which process or batch holds the image.
+  const int64_t n = x0.dim(0);
+  const int64_t per_image = n > 0 ? x0.numel() / n : 0;
+  Tensor noise(x0.shape(), DType::f32, ctx().device().engine());
+  {
+    auto values = noise.map<float>();  // free on a CPU engine, a transfer on a GPU
+    for (int64_t i = 0; i < n; ++i) {
+      ctx().item_rng(name(), packet.item_position(i, n)).fill_normal(values.data() + i * per_image, per_image);
+    }
+  }
   Tensor x_t = steps_.q_sample(x0, noise, t);
   out.emit(packet.with(fields::kNoise, noise).with(fields::kXt, x_t));
 }

@@ -17,6 +17,7 @@
 #pragma once
 
 #include "compute/kernels.hpp"
+#include "compute/program.hpp"
 #include "graph/packet.hpp"
 #include "graph/safetensors.hpp"
 #include "graph/tensor.hpp"
@@ -102,6 +103,12 @@ class DenoiserModel {
   // a class embedding table N(0, 1).
   void init_random(uint64_t seed);
 
+  // Told during each backward pass as parameter gradients become final (data
+  // parallel training sums them across processes then); null: none. The
+  // observer sees the gradients of one pass before they are added into grads().
+  void set_gradient_observer(GradientObserver* observer) { observer_ = observer; }
+  GradientObserver* gradient_observer() const { return observer_; }
+
  protected:
   DenoiserModel(std::vector<ParamSlot> slots, const dnnl::engine& engine);
   // Adds a program's parameter-gradient staging buffer into grads() (or
@@ -122,6 +129,7 @@ class DenoiserModel {
   dnnl::stream flat_stream_;
   KernelSet<FlatOp> flat_kernels_;
   bool overwrite_next_ = true;  // set by zero_grads()
+  GradientObserver* observer_ = nullptr;
 };
 
 // The model's own tensors from a weights file: a plain export as is; from a

@@ -160,7 +160,7 @@ Tensor MlpDenoiser::backward(const ForwardState& state, const Tensor& grad_out) 
   }
   Program& p = *space.program;
   p.run_io_copy(space.copy_grad_in, rows_on(grad_out, n, d, engine()), p.grad(space.out), space.stream);
-  p.run_backward(space.stream);
+  p.run_backward(space.stream, gradient_observer());
   Tensor grad_x({n, d, 1, 1}, DType::f32, engine());
   p.run_io_copy(space.copy_grad_x, p.grad(space.x), view(grad_x.memory(), plain_f32({n, d})), space.stream);
   space.stream.wait();

@@ -429,7 +429,7 @@ Tensor UNetModel::backward(const ForwardState& state, const Tensor& grad_out) {
   }
   Program& p = *space.program;
   copy_in(p, space.copy_grad_in, grad_out, p.grad(space.out), engine(), space.stream);
-  p.run_backward(space.stream);
+  p.run_backward(space.stream, gradient_observer());
   Tensor grad_x({space.batch, config_.in_channels, space.height, space.width}, DType::f32, engine());
   p.run_io_copy(space.copy_grad_x, p.grad(space.x), grad_x.memory(), space.stream);
   space.stream.wait();

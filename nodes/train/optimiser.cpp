@@ -1,5 +1,7 @@
 #include "nodes/train/optimiser.hpp"
 
+#include <chrono>
+
 #include "graph/atomic_file.hpp"
 #include "graph/errors.hpp"
 #include "graph/registry.hpp"
@@ -255,6 +257,16 @@ void Optimiser::process(const NodeInput& in, Emitter& out) {
   const int64_t seq = packet.seq();
   const double loss = packet.has(fields::kLoss) ? packet.get(fields::kLoss) : 0.0;
   ++packets_;
+  // Images over every process (data parallel: each holds an equal part).
+  const int64_t images = (packet.has(fields::kX0) ? packet.get(fields::kX0).dim(0) : 0) * ctx().world().size();
+  if (items_ >= 0) items_ += images;
+  ctx().count_progress(1, images);
+  const auto now = std::chrono::steady_clock::now();
+  if (packets_ > 1 && images > 0) {
+    const double seconds = std::chrono::duration<double>(now - last_packet_time_).count();
+    if (seconds > 0) ctx().metrics().log(seq, name(), "images_per_s", static_cast<double>(images) / seconds);
+  }
+  last_packet_time_ = now;
   if (!std::isfinite(loss)) {
     // The loss node skipped this batch (its gradient is zero): drop the whole window.
     ctx().metrics().log(seq, name(), "skipped_step", 1.0);
@@ -265,7 +277,6 @@ void Optimiser::process(const NodeInput& in, Emitter& out) {
     take_step(seq, loss);
     if (params_.checkpoint_every > 0 && packets_ % params_.checkpoint_every == 0) save_checkpoint();
   }
-  ctx().count_progress(1, packet.has(fields::kX0) ? packet.get(fields::kX0).dim(0) : 0);
   Packet done(seq);
   done.set(fields::kStep, step_);
   if (packet.has(fields::kLoss)) done.set(fields::kLoss, loss);
@@ -375,6 +386,10 @@ void Optimiser::write_checkpoint(const std::filesystem::path& path) const {
   file.set_metadata("format_version", std::to_string(kCheckpointVersion));
   file.set_metadata("step", std::to_string(packets_));
   file.set_metadata("optimiser_step", std::to_string(step_));
+  // The data position: items consumed over every process, so a run resumed
+  // with another number of processes continues from the same place.
+  if (items_ >= 0) file.set_metadata("samples", std::to_string(items_));
+  file.set_metadata("world_size", std::to_string(c.world().size()));
   file.set_metadata("seed", std::to_string(c.seed()));
   file.set_metadata("model_kind", model_.kind());
   file.set_metadata("model_config", resource_->config_json());
@@ -476,6 +491,14 @@ void Optimiser::restore(const SafetensorsFile& file) {
     throw DataError(where, "checkpoint metadata step/optimiser_step is not a number");
   }
   packets_ = ctx().start_step > 0 ? ctx().start_step : saved_step;
+  items_ = -1;  // unknown unless the checkpoint says
+  if (meta.count("samples")) {
+    try {
+      items_ = std::stoll(meta.at("samples"));
+    } catch (const std::exception&) {
+      throw DataError(where, "checkpoint metadata samples is not a number");
+    }
+  }
   step_ = saved_optimiser_step;
   last_checkpoint_packets_ = packets_;
   model_.zero_grads();

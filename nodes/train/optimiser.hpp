@@ -39,7 +39,8 @@
 //   optimiser.exp_avg         Adam's first moment      (F32 [P])
 //   optimiser.exp_avg_sq      Adam's second moment     (F32 [P])
 //   __metadata__: format "diffuflow-checkpoint", format_version "1", step (training
-//   steps = packets consumed), optimiser_step, seed, model_kind, model_config (JSON).
+//   steps = packets consumed), optimiser_step, samples (images consumed over all
+//   processes: the data position), world_size, seed, model_kind, model_config (JSON).
 // Only the newest keep_last step files are kept. finish() writes the final one.
 // With RunContext::resume_path set, the constructor restores weights, EMA,
 // moments and counters, so the resumed run continues bit for bit.
@@ -50,6 +51,7 @@
 
 #include <dnnl.hpp>
 
+#include <chrono>
 #include <cstdint>
 #include <filesystem>
 #include <memory>
@@ -139,6 +141,8 @@ class Optimiser : public Node {
   int64_t packets_ = 0;
   int64_t window_ = 0;  // packets accumulated since the last step
   int64_t last_checkpoint_packets_ = -1;
+  int64_t items_ = 0;  // images consumed over all processes (-1: unknown, resumed from an old checkpoint)
+  std::chrono::steady_clock::time_point last_packet_time_{};
   double last_grad_norm_ = 0;
 };
 

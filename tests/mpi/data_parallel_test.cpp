@@ -1,0 +1,204 @@
+// Data-parallel runs under `mpirun -np 2`: the same weights as one process
+// with the whole global batch, output from rank 0 only, resume across world
+// sizes, a failing rank ending the job, and ranks with different pipelines
+// refused. Each case launches the built diffuflow with mpirun (MPIRUN below).
+#include "graph/safetensors.hpp"
+#include "test_util.hpp"
+
+#include <doctest/doctest.h>
+
+#include <algorithm>
+#include <chrono>
+#include <cmath>
+#include <cstdio>
+#include <sys/wait.h>
+
+using namespace diffuflow;
+using namespace diffuflow::test;
+namespace fs = std::filesystem;
+
+namespace {
+
+// A tiny MLP on two moons: each run takes well under a second.
+std::string pipeline_yaml(const std::string& data = "{kind: moons, batch_size: 16, count: 512, epochs: 0}") {
+  return R"(name: data_parallel
+seed: 3
+threads: 1
+deterministic: true
+resources:
+  - {name: schedule, type: noise_schedule, params: {kind: linear, timesteps: 100}}
+  - {name: model, type: mlp_model, params: {hidden: 64, layers: 2}}
+nodes:
+  - {name: data, type: toy2d_source, params: )" +
+         data + R"(}
+  - {name: gate, type: limiter, params: {max_in_flight: 1}}
+  - {name: timesteps, type: timestep_sampler, params: {timesteps: 100}}
+  - {name: noiser, type: noiser, params: {schedule: schedule}}
+  - {name: forward, type: model_forward, params: {model: model, training: true}}
+  - {name: loss, type: diffusion_loss, params: {schedule: schedule}}
+  - {name: backward, type: model_backward, params: {model: model, bucket_mb: 0.01, check_every: 5}}
+  - {name: optimiser, type: optimiser, params: {model: model, lr: 1e-3, checkpoint_every: 10, keep_last: 0}}
+edges: [data -> gate, gate -> timesteps, timesteps -> noiser, noiser -> forward, forward -> loss,
+        loss -> backward, backward -> optimiser, optimiser -> gate.decrement]
+)";
+}
+
+std::string mpirun(int ranks) {
+  return std::string(MPIRUN) + " -np " + std::to_string(ranks) + " --oversubscribe --allow-run-as-root ";
+}
+
+std::string binary() { return DIFFUFLOW_BINARY; }
+
+// Runs a shell command line; stdout and stderr together.
+CommandResult shell(const std::string& command) {
+  CommandResult result;
+  FILE* pipe = ::popen((command + " 2>&1").c_str(), "r");
+  REQUIRE(pipe != nullptr);
+  char buffer[4096];
+  size_t n = 0;
+  while ((n = std::fread(buffer, 1, sizeof buffer, pipe)) > 0) result.output.append(buffer, n);
+  const int status = ::pclose(pipe);
+  result.exit_code = WIFEXITED(status) ? WEXITSTATUS(status) : 128 + WTERMSIG(status);
+  return result;
+}
+
+// The largest absolute difference between the raw weights of two checkpoints.
+double max_weight_difference(const fs::path& a, const fs::path& b) {
+  const SafetensorsFile fa = SafetensorsFile::read(a), fb = SafetensorsFile::read(b);
+  double worst = 0;
+  for (const auto& name : fa.names()) {
+    if (name.rfind("optimiser.", 0) == 0 || name.rfind("ema.", 0) == 0) continue;
+    const Tensor ta = fa.tensor(name), tb = fb.tensor(name);
+    auto va = ta.map<float>();
+    auto vb = tb.map<float>();
+    REQUIRE(va.size() == vb.size());
+    for (size_t i = 0; i < va.size(); ++i) worst = std::max(worst, double(std::abs(va[i] - vb[i])));
+  }
+  return worst;
+}
+
+}  // namespace
+
+TEST_CASE("2 ranks x batch 16 train the weights 1 process x batch 32 does, up to summation order") {
+  TempDir dir;
+  write_file(dir / "p.yaml", pipeline_yaml());
+  const std::string common = " run " + (dir / "p.yaml").string() + " -q --progress 0 --max-steps 30";
+  CommandResult two = shell(mpirun(2) + binary() + common + " --out " + (dir / "two").string());
+  REQUIRE_MESSAGE(two.exit_code == 0, two.output);
+  CHECK(two.output.find("x 2 processes") != std::string::npos);
+  CommandResult one = run_cli(common + " --set data.batch_size=32 --out " + (dir / "one").string());
+  REQUIRE_MESSAGE(one.exit_code == 0, one.output);
+  CommandResult other_seed =
+      run_cli(common + " --set data.batch_size=32 --set seed=4 --out " + (dir / "seed").string());
+  REQUIRE_MESSAGE(other_seed.exit_code == 0, other_seed.output);
+
+  const double split = max_weight_difference(dir / "two/checkpoints/latest.safetensors",
+                                             dir / "one/checkpoints/latest.safetensors");
+  const double seed = max_weight_difference(dir / "seed/checkpoints/latest.safetensors",
+                                            dir / "one/checkpoints/latest.safetensors");
+  MESSAGE("max weight difference: 2x16 vs 1x32 " << split << ", another seed " << seed);
+  CHECK(split < 1e-5);
+  CHECK(seed > 1e-3);
+  CHECK(split * 1000 < seed);
+  const auto meta = SafetensorsFile::read(dir / "two/checkpoints/latest.safetensors").metadata();
+  CHECK(meta.at("samples") == "960");
+  CHECK(meta.at("world_size") == "2");
+  CHECK(read_file(dir / "two/pipeline.yaml").find("# world: 2 processes") == 0);
+}
+
+TEST_CASE("only rank 0 writes: a rank started in another folder leaves it empty") {
+  TempDir dir;
+  fs::create_directories(dir / "a");
+  fs::create_directories(dir / "b");
+  write_file(dir / "a/p.yaml", pipeline_yaml());
+  write_file(dir / "b/p.yaml", pipeline_yaml());
+  const std::string args = " run p.yaml -q --progress 0 --max-steps 12 --trace trace.json";
+  CommandResult r = shell(std::string(MPIRUN) + " --oversubscribe --allow-run-as-root -np 1 --wdir " +
+                          (dir / "a").string() + " " + binary() + args + " : -np 1 --wdir " + (dir / "b").string() +
+                          " " + binary() + args);
+  REQUIRE_MESSAGE(r.exit_code == 0, r.output);
+  std::vector<std::string> in_b;
+  for (const auto& e : fs::directory_iterator(dir / "b")) in_b.push_back(e.path().filename().string());
+  CHECK(in_b == std::vector<std::string>{"p.yaml"});
+  CHECK(fs::exists(dir / "a/trace.json"));
+  CHECK(fs::is_directory(dir / "a/runs"));
+  // The communication is in rank 0's profile, as its own rows.
+  bool found = false;
+  for (const auto& e : fs::directory_iterator(dir / "a/runs")) {
+    const std::string profile = read_file(e.path() / "profile.json");
+    found = profile.find("backward.allreduce") != std::string::npos &&
+            profile.find("allreduce_wait") != std::string::npos;
+  }
+  CHECK(found);
+  CHECK(read_file(dir / "a/trace.json").find("backward.allreduce (allreduce)") != std::string::npos);
+}
+
+TEST_CASE("a checkpoint written by 2 ranks resumes on 1 process, and one of 1 process on 2 ranks") {
+  TempDir dir;
+  write_file(dir / "p.yaml", pipeline_yaml());
+  const std::string run = " run " + (dir / "p.yaml").string() + " -q --progress 0";
+  REQUIRE(shell(mpirun(2) + binary() + run + " --max-steps 20 --out " + (dir / "two").string()).exit_code == 0);
+  REQUIRE(run_cli(run + " --set data.batch_size=32 --max-steps 20 --out " + (dir / "one").string()).exit_code == 0);
+  // Halfway checkpoints, continued with the other world size to step 20.
+  CommandResult a = run_cli(run + " --set data.batch_size=32 --max-steps 20 --resume " +
+                            (dir / "two/checkpoints/step_000010.safetensors").string() + " --out " +
+                            (dir / "two_then_one").string());
+  REQUIRE_MESSAGE(a.exit_code == 0, a.output);
+  CommandResult b = shell(mpirun(2) + binary() + run + " --max-steps 20 --resume " +
+                          (dir / "one/checkpoints/step_000010.safetensors").string() + " --out " +
+                          (dir / "one_then_two").string());
+  REQUIRE_MESSAGE(b.exit_code == 0, b.output);
+  const fs::path end = "checkpoints/step_000020.safetensors";
+  CHECK(max_weight_difference(dir / "two_then_one" / end, dir / "two" / end) < 1e-5);
+  CHECK(max_weight_difference(dir / "one_then_two" / end, dir / "one" / end) < 1e-5);
+  CHECK(SafetensorsFile::read(dir / "one_then_two" / end).metadata().at("samples") == "640");
+}
+
+TEST_CASE("a rank that fails ends the whole job promptly with one message naming it") {
+  TempDir dir;
+  fs::create_directories(dir / "good");
+  fs::create_directories(dir / "bad/mnist");
+  fs::create_directories(dir / "good/mnist");
+  // Same pipeline text on both ranks; rank 1's folder holds a broken MNIST file.
+  for (const char* f : {"train-images-idx3-ubyte", "train-labels-idx1-ubyte"}) {
+    fs::copy_file(test_dir() / "data/mnist" / (std::string(f) + ".gz"), dir / "good/mnist" / (std::string(f) + ".gz"));
+  }
+  fs::copy_file(test_dir() / "data/mnist/train-labels-idx1-ubyte.gz", dir / "bad/mnist/train-labels-idx1-ubyte.gz");
+  write_file(dir / "bad/mnist/train-images-idx3-ubyte", "not an idx file at all");
+  const std::string yaml = R"(name: failing
+threads: 1
+resources:
+  - {name: schedule, type: noise_schedule, params: {kind: linear, timesteps: 100}}
+nodes:
+  - {name: data, type: mnist_loader, params: {path: mnist, batch_size: 8, epochs: 0}}
+  - {name: timesteps, type: timestep_sampler, params: {timesteps: 100}}
+  - {name: noiser, type: noiser, params: {schedule: schedule}}
+edges: [data -> timesteps, timesteps -> noiser]
+)";
+  write_file(dir / "good/p.yaml", yaml);
+  write_file(dir / "bad/p.yaml", yaml);
+  const std::string args = " run p.yaml -q --progress 0 --max-steps 5";
+  const auto t0 = std::chrono::steady_clock::now();
+  CommandResult r = shell(std::string(MPIRUN) + " --oversubscribe --allow-run-as-root -np 1 --wdir " +
+                          (dir / "good").string() + " " + binary() + args + " : -np 1 --wdir " +
+                          (dir / "bad").string() + " " + binary() + args);
+  const double seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+  MESSAGE(r.output);
+  CHECK(r.exit_code != 0);
+  CHECK(seconds < 30);
+  CHECK(r.output.find("diffuflow: rank 1 of 2 on ") != std::string::npos);
+  CHECK(r.output.find("train-images-idx3-ubyte") != std::string::npos);
+  CHECK(r.output.find("rank 0 of 2") == std::string::npos);
+}
+
+TEST_CASE("ranks started with different pipelines are refused before training, exit 2 naming the rank") {
+  TempDir dir;
+  write_file(dir / "p.yaml", pipeline_yaml());
+  const std::string args = " run " + (dir / "p.yaml").string() + " -q --progress 0 --max-steps 5 --out " +
+                           (dir / "out").string();
+  CommandResult r = shell(std::string(MPIRUN) + " --oversubscribe --allow-run-as-root -np 1 " + binary() + args +
+                          " : -np 1 " + binary() + args + " --set optimiser.lr=0.01");
+  CHECK(r.exit_code == 2);
+  CHECK(r.output.find("rank(s) 1 of 2 run another pipeline than rank 0") != std::string::npos);
+  CHECK_FALSE(fs::exists(dir / "out"));
+}
