@@ -14,6 +14,7 @@
 #include <map>
 #include <memory>
 #include <mutex>
+#include <optional>
 #include <random>
 #include <string>
 
@@ -99,6 +100,23 @@ class RunContext {
   int64_t steps_done() const { return steps_done_.load(std::memory_order_relaxed); }
   int64_t images_done() const { return images_done_.load(std::memory_order_relaxed); }
 
+  // Run metadata: named text entries describing what the run computes (the
+  // settings a model is trained with), contributed by nodes and resources as
+  // they are constructed and recorded by whatever writes the run's artefacts
+  // (a checkpoint's metadata). A key given twice with different values is
+  // ambiguous and left out of run_metadata().
+  void add_run_metadata(const std::string& key, const std::string& value);
+  std::map<std::string, std::string> run_metadata() const;
+
+  // Metadata read from the run's inputs (the checkpoint a model's weights come
+  // from), for the nodes that must agree with it. The first entry for a key stays.
+  struct InputMetadata {
+    std::string value;
+    std::string source;  // where it was read, for messages
+  };
+  void add_input_metadata(const std::string& key, const std::string& value, const std::string& source);
+  std::optional<InputMetadata> input_metadata(const std::string& key) const;
+
   // One line to stderr, serialised across threads.
   void info(const std::string& line) const;
 
@@ -111,6 +129,9 @@ class RunContext {
   std::atomic<int64_t> steps_done_{0};
   std::atomic<int64_t> images_done_{0};
   std::map<std::string, std::shared_ptr<Resource>> resources_;
+  mutable std::mutex metadata_mutex_;
+  std::map<std::string, std::optional<std::string>> run_metadata_;  // nullopt: ambiguous
+  std::map<std::string, InputMetadata> input_metadata_;
 };
 
 }  // namespace diffuflow

@@ -39,7 +39,9 @@
 //   optimiser.exp_avg         Adam's first moment      (F32 [P])
 //   optimiser.exp_avg_sq      Adam's second moment     (F32 [P])
 //   __metadata__: format "diffuflow-checkpoint", format_version "1", step (training
-//   steps = packets consumed), optimiser_step, seed, model_kind, model_config (JSON).
+//   steps = packets consumed), optimiser_step, seed, model_kind, model_config (JSON),
+//   and the run's metadata (RunContext::run_metadata(): the training loss adds
+//   scheduler_config, diffusers' JSON, and prediction_type).
 // Only the newest keep_last step files are kept. finish() writes the final one.
 // With RunContext::resume_path set, the constructor restores weights, EMA,
 // moments and counters, so the resumed run continues bit for bit.
