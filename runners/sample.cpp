@@ -25,8 +25,10 @@
 #include "runners/options.hpp"
 #include "runners/run.hpp"
 
+#include <nlohmann/json.hpp>
 #include <unistd.h>
 
+#include <algorithm>
 #include <cmath>
 #include <cstring>
 #include <filesystem>
@@ -96,7 +98,7 @@ SampleModel resolve_model(const std::string& model) {
                         "' model; diffuflow sample draws images from U-Nets (use a sampling pipeline for others)");
     }
     if (auto trained = trained_settings_from(file.metadata(), out.weights)) {
-      out.schedule_config = trained->to_json();
+      out.schedule_config = nlohmann::json::parse(trained->to_json()).dump();  // one line in the pipeline
     } else {
       std::cerr << "diffuflow sample: '" << out.weights
                 << "' records no noise schedule (written by an earlier version); sampling with the default "
@@ -130,7 +132,7 @@ PipelineSpecBuilder sampling_pipeline(const SampleRequest& request, const Sample
 
   NoiseSource::Params noise;
   noise.shape = model.image_shape;
-  noise.batch_size = request.batch;
+  noise.batch_size = std::min(request.batch, request.count);
   noise.count = request.count;
   noise.seed_by = NoiseSource::SeedBy::image;
   builder.node<NoiseSource>("noise", noise);
@@ -165,17 +167,13 @@ OptionTable sample_options() {
   return {OptionSpec::positional("model", "MODEL",
                                  "a training checkpoint, a run folder (its latest checkpoint) or a diffusers folder"),
           OptionSpec::integer("count", "N", "images to draw").short_name('n').range(1, 1000000).fallback("64"),
-          OptionSpec::integer("steps", "K", "model calls per image").range(1, 100000).fallback("50"),
+          shared::steps().range(1, 100000).fallback("50"),
           OptionSpec::text("sampler", samplers, "the reverse process").fallback("ddim"),
           OptionSpec::number("eta", "ETA", "DDIM noise scale: 0 deterministic, 1 DDPM-like").range(0, 1).fallback("0"),
-          OptionSpec::integer("seed", "S", "the images' seed; image i depends only on (seed, i)")
-              .range(0, 9.0e15)
-              .fallback("0"),
+          shared::seed().range(0, 9.0e15).fallback("0"),
           shared::batch(),
-          OptionSpec::text("out", "FILE.png|DIR", "one grid PNG, or a folder for one PNG per image")
-              .short_name('o')
-              .fallback("samples.png"),
-          OptionSpec::text("precision", "f32|bf16", "convolution arithmetic (bf16: mixed precision)").fallback("f32"),
+          shared::output().short_name('o').fallback("samples.png"),
+          shared::precision(),
           shared::threads(),
           OptionSpec::flag("print-pipeline", "print the sampling pipeline as YAML (for diffuflow run) and stop"),
           OptionSpec::flag("quiet", "no profile table at the end").short_name('q')};
@@ -229,7 +227,8 @@ int run_sample(const ParsedOptions& options) {
   if (code != kExitOk) return code;
 
   // [count, C, H, W] in image order: packet k holds images k * batch ...
-  const int64_t packets = (request.count + request.batch - 1) / request.batch;
+  const int64_t batch = std::min(request.batch, request.count);
+  const int64_t packets = (request.count + batch - 1) / batch;
   const int64_t per_image = model.image_shape[0] * model.image_shape[1] * model.image_shape[2];
   std::vector<float> values;
   values.reserve(static_cast<size_t>(request.count * per_image));
