@@ -112,6 +112,32 @@ std::vector<Span> RunContext::spans() const {
   return spans_;
 }
 
+void RunContext::add_run_metadata(const std::string& key, const std::string& value) {
+  std::lock_guard<std::mutex> lock(metadata_mutex_);
+  auto [it, inserted] = run_metadata_.emplace(key, value);
+  if (!inserted && it->second != value) it->second.reset();
+}
+
+std::map<std::string, std::string> RunContext::run_metadata() const {
+  std::lock_guard<std::mutex> lock(metadata_mutex_);
+  std::map<std::string, std::string> out;
+  for (const auto& [key, value] : run_metadata_)
+    if (value) out.emplace(key, *value);
+  return out;
+}
+
+void RunContext::add_input_metadata(const std::string& key, const std::string& value, const std::string& source) {
+  std::lock_guard<std::mutex> lock(metadata_mutex_);
+  input_metadata_.emplace(key, InputMetadata{value, source});
+}
+
+std::optional<RunContext::InputMetadata> RunContext::input_metadata(const std::string& key) const {
+  std::lock_guard<std::mutex> lock(metadata_mutex_);
+  auto it = input_metadata_.find(key);
+  if (it == input_metadata_.end()) return std::nullopt;
+  return it->second;
+}
+
 void RunContext::info(const std::string& line) const {
   static std::mutex mutex;
   std::lock_guard<std::mutex> lock(mutex);

@@ -16,6 +16,7 @@
 #include <map>
 #include <memory>
 #include <mutex>
+#include <optional>
 #include <random>
 #include <string>
 #include <vector>
@@ -150,6 +151,23 @@ class RunContext {
   void record_span(Span span);
   std::vector<Span> spans() const;
 
+  // Run metadata: named text entries describing what the run computes (the
+  // settings a model is trained with), contributed by nodes and resources as
+  // they are constructed and recorded by whatever writes the run's artefacts
+  // (a checkpoint's metadata). A key given twice with different values is
+  // ambiguous and left out of run_metadata().
+  void add_run_metadata(const std::string& key, const std::string& value);
+  std::map<std::string, std::string> run_metadata() const;
+
+  // Metadata read from the run's inputs (the checkpoint a model's weights come
+  // from), for the nodes that must agree with it. The first entry for a key stays.
+  struct InputMetadata {
+    std::string value;
+    std::string source;  // where it was read, for messages
+  };
+  void add_input_metadata(const std::string& key, const std::string& value, const std::string& source);
+  std::optional<InputMetadata> input_metadata(const std::string& key) const;
+
   // One line to stderr, serialised across threads.
   void info(const std::string& line) const;
 
@@ -168,6 +186,9 @@ class RunContext {
   std::map<std::string, std::shared_ptr<Resource>> resources_;
   mutable std::mutex spans_mutex_;
   std::vector<Span> spans_;
+  mutable std::mutex metadata_mutex_;
+  std::map<std::string, std::optional<std::string>> run_metadata_;  // nullopt: ambiguous
+  std::map<std::string, InputMetadata> input_metadata_;
 };
 
 }  // namespace diffuflow

@@ -261,8 +261,8 @@ OptionTable bench_unet_options() {
           OptionSpec::integer("iters", "K", "timed passes of each kind").range(1, 1 << 20).fallback("5"),
           shared::warmup().fallback("1"),
           shared::unet_mode().fallback("both"),
-          OptionSpec::text("precision", "P", "convolution arithmetic: f32 or bf16 (mixed precision)").fallback("f32"),
-          OptionSpec::integer("seed", "S", "random seed for weights and inputs").at_least(0).fallback("1"),
+          shared::precision(),
+          shared::seed().fallback("1"),
           shared::json_file()};
 }
 

@@ -139,7 +139,8 @@ OptionSpec json_file() { return OptionSpec::text("json", "FILE", "also write the
 OptionSpec output() {
   return OptionSpec::text("out", "PATH",
                           "where the results go: run, a new folder (default runs/<pipeline>-<timestamp>); "
-                          "unet-io and scheduler-io, a .safetensors file; plot, a PNG");
+                          "export, a new diffusers pipeline folder; unet-io and scheduler-io, a .safetensors file; "
+                          "plot, a PNG; sample, a grid PNG or a folder for one PNG per image");
 }
 
 OptionSpec unet_mode() {
@@ -150,7 +151,20 @@ OptionSpec unet_mode() {
 OptionSpec steps() {
   return OptionSpec::integer("steps", "K",
                              "bench: measured steps (train/data: batches; sample: chains; unet: passes); "
-                             "scheduler-io: the inference steps given to set_timesteps");
+                             "scheduler-io: the inference steps given to set_timesteps; sample: model calls per "
+                             "image");
+}
+
+OptionSpec seed() {
+  return OptionSpec::integer("seed", "S",
+                             "random seed: bench-unet, of the weights and inputs; sample, of the images (image i "
+                             "depends only on the seed and i)")
+      .at_least(0);
+}
+
+OptionSpec precision() {
+  return OptionSpec::text("precision", "f32|bf16", "convolution arithmetic: f32 or bf16 (mixed precision)")
+      .fallback("f32");
 }
 
 OptionSpec inputs() {

@@ -100,6 +100,8 @@ OptionSpec output();          // --out PATH
 OptionSpec unet_mode();       // --mode forward|train|both
 OptionSpec steps();           // --steps K
 OptionSpec inputs();          // --inputs IN.safetensors
+OptionSpec seed();            // --seed S
+OptionSpec precision();       // --precision f32|bf16
 }  // namespace shared
 
 // The values given on one command line, checked against the table. The

@@ -7,6 +7,7 @@
 #include "graph/world.hpp"
 #include "runners/cli_common.hpp"
 #include "runners/command.hpp"
+#include "runners/run.hpp"
 
 #include <oneapi/tbb/global_control.h>
 
@@ -217,10 +218,11 @@ OptionTable run_options() {
           OptionSpec::flag("quiet", "no profile table at the end").short_name('q')};
 }
 
-int run_pipeline(const ParsedOptions& opts) {
-  PipelineSpec spec = load_from_command_line(opts);
-  if (opts.has("device")) {
-    const std::string device = opts.text("device");
+}  // namespace
+
+int run_spec(PipelineSpec spec, const RunSettings& settings) {
+  if (!settings.device.empty()) {
+    const std::string device = settings.device;
     try {
       DeviceSpec::parse(device);
     } catch (const std::invalid_argument& e) {
@@ -228,19 +230,16 @@ int run_pipeline(const ParsedOptions& opts) {
     }
     spec.device = device;
   }
-  if (opts.has("threads")) spec.threads = static_cast<int>(opts.integer("threads"));
+  if (settings.threads) spec.threads = *settings.threads;
   if (spec.deterministic && spec.threads == 0) {
     throw ConfigError(SourceLocation{spec.file, 0, 0, "deterministic"},
                       "deterministic: true needs a fixed thread count (set `threads:` or --threads N): oneDNN's "
                       "results are bitwise reproducible only at an equal number of threads");
   }
   RunOptions run_options;
-  run_options.prefetch = static_cast<int>(opts.integer("prefetch"));
-  if (opts.has("max-time")) {
-    run_options.max_time_s = opts.number("max-time");
-    if (!(run_options.max_time_s > 0)) throw ConfigError(SourceLocation{"--max-time", 0, 0, ""}, "must be > 0");
-  }
-  const long long max_steps = opts.has("max-steps") ? opts.integer("max-steps") : -1;
+  run_options.prefetch = settings.prefetch;
+  run_options.max_time_s = settings.max_time_s;
+  const long long max_steps = settings.max_steps;
 
   const int cores = static_cast<int>(std::thread::hardware_concurrency());
   const int threads = spec.threads > 0 ? spec.threads : cores;
@@ -251,8 +250,8 @@ int run_pipeline(const ParsedOptions& opts) {
   // A checkpoint to resume from is checked before anything is created.
   fs::path resume_path;
   int64_t start_step = 0, start_items = -1;
-  if (opts.has("resume")) {
-    resume_path = opts.text("resume");
+  if (!settings.resume.empty()) {
+    resume_path = settings.resume;
     start_step = checkpoint_step(resume_path);
     start_items = checkpoint_items(resume_path);
     if (max_steps >= 0 && max_steps <= start_step) {
@@ -280,7 +279,7 @@ int run_pipeline(const ParsedOptions& opts) {
 
   auto device = std::make_shared<Device>(DeviceSpec::parse(spec.device));
   const fs::path out_dir =
-      world.broadcast(writer ? make_out_dir(opts.has("out") ? opts.text("out") : "", spec.name).string() : "", 0);
+      world.broadcast(writer ? make_out_dir(settings.out, spec.name).string() : "", 0);
   RunContext ctx(device, spec.seed);
   ctx.deterministic = spec.deterministic;
   ctx.threads = threads;
@@ -292,7 +291,7 @@ int run_pipeline(const ParsedOptions& opts) {
     ctx.set_out_dir(out_dir);
     ctx.set_metrics(std::make_shared<MetricsLog>(out_dir / "metrics.jsonl"));
     write_text(out_dir / "pipeline.yaml", world_comment(world, hosts) + spec.resolved_yaml());
-    if (opts.has("trace")) run_options.trace_file = opts.text("trace");
+    if (!settings.trace_file.empty()) run_options.trace_file = settings.trace_file;
   }
 
   if (writer) {
@@ -321,7 +320,7 @@ int run_pipeline(const ParsedOptions& opts) {
   std::signal(SIGTERM, on_signal);
   RunReport report;
   {
-    ProgressLine progress(ctx, writer ? opts.number("progress") : 0.0, run_options.max_time_s, spec.name);
+    ProgressLine progress(ctx, writer ? settings.progress_s : 0.0, run_options.max_time_s, spec.name);
     report = pipeline->run();
   }
   pipeline.reset();  // nodes and resources finish their work (final checkpoints) here
@@ -331,7 +330,7 @@ int run_pipeline(const ParsedOptions& opts) {
 
   if (!writer) return g_signal != 0 ? 128 + g_signal : kExitOk;
   write_text(out_dir / "profile.json", report.json());
-  if (!opts.flag("quiet")) std::cerr << report.table();
+  if (!settings.quiet) std::cerr << report.table();
   std::cerr << "diffuflow: results in " << out_dir.string() << "\n";
   if (g_signal != 0) {
     std::cerr << "diffuflow: stopped by signal " << g_signal << " (" << strsignal(g_signal) << "), exit code "
@@ -339,6 +338,27 @@ int run_pipeline(const ParsedOptions& opts) {
     return 128 + g_signal;
   }
   return kExitOk;
+}
+
+namespace {
+
+int run_pipeline(const ParsedOptions& opts) {
+  PipelineSpec spec = load_from_command_line(opts);
+  RunSettings settings;
+  if (opts.has("out")) settings.out = opts.text("out");
+  if (opts.has("device")) settings.device = opts.text("device");
+  if (opts.has("threads")) settings.threads = static_cast<int>(opts.integer("threads"));
+  settings.prefetch = static_cast<int>(opts.integer("prefetch"));
+  if (opts.has("max-time")) {
+    settings.max_time_s = opts.number("max-time");
+    if (!(settings.max_time_s > 0)) throw ConfigError(SourceLocation{"--max-time", 0, 0, ""}, "must be > 0");
+  }
+  if (opts.has("max-steps")) settings.max_steps = opts.integer("max-steps");
+  if (opts.has("trace")) settings.trace_file = opts.text("trace");
+  if (opts.has("resume")) settings.resume = opts.text("resume");
+  settings.progress_s = opts.number("progress");
+  settings.quiet = opts.flag("quiet");
+  return run_spec(std::move(spec), settings);
 }
 
 }  // namespace

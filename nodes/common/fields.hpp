@@ -41,6 +41,9 @@ inline const ScalarField<int64_t> kStep{"step", "optimiser steps taken so far"};
 inline const TensorField kSample{"sample", DType::f32, 4, Place::device, "[N,C,H,W] x_0 at the end of a chain"};
 inline const TensorField kStepNoise{"z", DType::f32, 4, Place::any, "[N,C,H,W] the noise of one reverse step"};
 inline const ScalarField<int64_t> kSamplerStep{"sampler_step", "reverse steps a chain has taken"};
+// Set when every random draw for a packet's images is keyed by image, not by packet.
+inline const ScalarField<int64_t> kFirstImage{"first_image",
+                                              "index of the packet's first image; its random draws are keyed by image"};
 
 }  // namespace fields
 }  // namespace diffuflow

@@ -3,6 +3,7 @@
 #include "graph/errors.hpp"
 #include "graph/registry.hpp"
 #include "nodes/common/fields.hpp"
+#include "nodes/diffusion/trained_settings.hpp"
 
 #include <algorithm>
 #include <cmath>
@@ -38,6 +39,8 @@ DiffusionLoss::DiffusionLoss(const NodeConfig& config, RunContext& ctx)
       buckets_(static_cast<int>(std::min<int64_t>(params_.buckets, schedule_->timesteps()))),
       steps_(*schedule_, ctx.device()),
       kernels_(ctx.device().engine()) {
+  // What the model learns to predict, on which schedule: recorded in checkpoints.
+  record_trained_settings(ctx, schedule_->config(), prediction_type(params_.prediction));
   bucket_sum_.assign(static_cast<size_t>(buckets_), 0.0);
   bucket_count_.assign(static_cast<size_t>(buckets_), 0);
 }

@@ -50,6 +50,27 @@ Tensor standard_normal(const Shape& shape, std::mt19937_64& rng, Device& device,
   return out;
 }
 
+Tensor standard_normal_per_image(const Shape& shape, const std::function<std::mt19937_64(int64_t)>& rng_of,
+                                 Device& device) {
+  Tensor out(shape, DType::f32, device.engine());
+  {
+    auto values = out.map<float>();
+    const int64_t images = shape.at(0);
+    const size_t per_image = images > 0 ? values.size() / static_cast<size_t>(images) : 0;
+    for (int64_t k = 0; k < images; ++k) {
+      std::mt19937_64 rng = rng_of(k);
+      float* image = &values[static_cast<size_t>(k) * per_image];
+      for (size_t i = 0; i < per_image; i += 2) {
+        const double radius = std::sqrt(-2.0 * std::log(uniform_open_zero(rng)));
+        const double angle = kTwoPi * uniform_open_zero(rng);
+        image[i] = static_cast<float>(radius * std::cos(angle));
+        if (i + 1 < per_image) image[i + 1] = static_cast<float>(radius * std::sin(angle));
+      }
+    }
+  }
+  return out;
+}
+
 PredictionTarget prediction_target(PredictionType type) {
   switch (type) {
     case PredictionType::epsilon: return PredictionTarget::epsilon;

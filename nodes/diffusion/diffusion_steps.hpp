@@ -37,6 +37,7 @@
 #include "nodes/diffusion/noise_schedule.hpp"
 #include "nodes/diffusion/scheduler_config.hpp"
 
+#include <functional>
 #include <random>
 #include <string>
 #include <tuple>
@@ -56,6 +57,11 @@ PredictionType prediction_type(PredictionTarget target);
 // the host with Box-Muller over 53-bit uniforms from `rng` (the same numbers on
 // every platform for the same seed) and written through one explicit host mapping.
 Tensor standard_normal(const Shape& shape, std::mt19937_64& rng, Device& device, float scale = 1.0f);
+
+// The same per image: image i of the N draws from rng_of(i) alone, so an
+// image's values do not depend on which others share its batch.
+Tensor standard_normal_per_image(const Shape& shape, const std::function<std::mt19937_64(int64_t)>& rng_of,
+                                 Device& device);
 
 // A [N] s32 host tensor holding one timestep per sample.
 Tensor timestep_tensor(const std::vector<int>& values);

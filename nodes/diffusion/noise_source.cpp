@@ -14,7 +14,8 @@ NodeContract NoiseSource::contract() {
   NodeContract c;
   c.doc = "Starts reverse diffusion chains: packets of x_T ~ N(0, I), seeded per chain (seq).";
   c.example = "{name: noise, type: noise_source, params: {shape: [1, 28, 28], batch_size: 16, count: 64}}";
-  c.outputs = {{"out", {fields::kXt}, "x_t [N,C,H,W] f32 ~ N(0, I) on the device"}};
+  c.outputs = {{"out", {fields::kXt, fields::kFirstImage},
+                "x_t [N,C,H,W] f32 ~ N(0, I) on the device; first_image (int64, seed_by: image only)"}};
   c.host_only = false;
   return c;
 }
@@ -31,8 +32,16 @@ bool NoiseSource::produce(Emitter& out) {
   if (emitted_ >= packets() || !source_may_emit(ctx(), emitted_)) return false;
   const int64_t n = std::min(params_.batch_size, params_.count - emitted_ * params_.batch_size);
   const Shape shape{n, params_.shape[0], params_.shape[1], params_.shape[2]};
-  auto rng = ctx().rng(name(), emitted_);
-  out.emit(Packet(emitted_).with(fields::kXt, standard_normal(shape, rng, ctx().device())));
+  if (params_.seed_by == SeedBy::image) {
+    const int64_t first = emitted_ * params_.batch_size;
+    const std::string stream = name() + "/image";
+    const Tensor x = standard_normal_per_image(shape, [&](int64_t i) { return ctx().rng(stream, first + i); },
+                                               ctx().device());
+    out.emit(Packet(emitted_).with(fields::kXt, x).with(fields::kFirstImage, first));
+  } else {
+    auto rng = ctx().rng(name(), emitted_);
+    out.emit(Packet(emitted_).with(fields::kXt, standard_normal(shape, rng, ctx().device())));
+  }
   ++emitted_;
   return true;
 }

@@ -10,7 +10,9 @@
 //
 // Emits ceil(count / batch_size) packets, seq = chain index 0, 1, ...; the
 // noise of chain `seq` depends only on (pipeline seed, node name, seq), so a
-// chain's samples do not depend on how many chains run at once.
+// chain's samples do not depend on how many chains run at once. With
+// seed_by: image the noise of image i depends only on (seed, node name, i), and
+// packets carry first_image (int64), so a sample does not depend on batch_size.
 #pragma once
 
 #include "graph/node.hpp"
@@ -22,12 +24,18 @@ namespace diffuflow {
 
 class NoiseSource : public Node {
  public:
+  DIFFUFLOW_NESTED_ENUM(SeedBy, packet, image);
+
   struct Params {
     DIFFUFLOW_PARAMS(Params);
     DIFFUFLOW_PARAM(std::vector<int64_t>, shape, (std::vector<int64_t>{1, 28, 28}),
                     "[C, H, W] of one sample ([2, 1, 1] for 2-D points)", .range(1, 65536));
     DIFFUFLOW_PARAM(int64_t, batch_size, 16, "samples per chain packet", .range(1, 65536));
     DIFFUFLOW_PARAM(int64_t, count, 64, "samples in all; packets = ceil(count / batch_size)", .range(1, 1e9));
+    DIFFUFLOW_PARAM(SeedBy, seed_by, SeedBy::packet,
+                    "packet: one random stream per packet; image: one per image index (the packets then carry "
+                    "first_image, and the sampler draws its step noise per image too), so samples do not "
+                    "depend on batch_size");
   };
 
   static NodeContract contract();

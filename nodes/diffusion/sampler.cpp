@@ -3,6 +3,7 @@
 #include "graph/errors.hpp"
 #include "graph/registry.hpp"
 #include "nodes/common/fields.hpp"
+#include "nodes/diffusion/trained_settings.hpp"
 
 #include <algorithm>
 #include <cmath>
@@ -52,7 +53,9 @@ Sampler::Sampler(const NodeConfig& config, RunContext& ctx)
       steps_(*schedule_, ctx.device()),
       plan_(plan_reverse_chain(schedule_->config(), params_.chain.method, params_.chain.steps, params_.snapshots,
                                "snapshots", params_.chain.eta)),
-      step_config_(chain_step_config(schedule_->config(), params_.chain)) {}
+      step_config_(chain_step_config(schedule_->config(), params_.chain)) {
+  check_trained_settings(ctx, step_config_, "sampler '" + name() + "'");
+}
 
 void Sampler::process(const NodeInput& in, Emitter& out) {
   if (in.port == kStartPort) {
@@ -89,7 +92,9 @@ void Sampler::step(const Packet& packet, Emitter& out) {
   const Tensor& prediction = packet.get(fields::kPrediction);
   // The step's noise: the packet's optional z, else the node's own draw.
   auto noise = [&] {
-    return packet.has(fields::kStepNoise) ? packet.get(fields::kStepNoise) : step_noise(x_t.shape(), packet.seq(), step);
+    if (packet.has(fields::kStepNoise)) return packet.get(fields::kStepNoise);
+    if (packet.has(fields::kFirstImage)) return image_step_noise(x_t.shape(), packet.get(fields::kFirstImage), step);
+    return step_noise(x_t.shape(), packet.seq(), step);
   };
 
   // Per sample: where this step goes, and the timestep of the next model call.
@@ -155,6 +160,17 @@ Tensor Sampler::step_noise(const Shape& shape, int64_t seq, int64_t step) {
   auto rng = ctx().rng(name() + "/z", static_cast<int64_t>(RunContext::mix(static_cast<uint64_t>(seq),
                                                                              static_cast<uint64_t>(step))));
   return standard_normal(shape, rng, ctx().device());
+}
+
+Tensor Sampler::image_step_noise(const Shape& shape, int64_t first_image, int64_t step) {
+  const std::string stream = name() + "/z/image";
+  return standard_normal_per_image(
+      shape,
+      [&](int64_t i) {
+        return ctx().rng(stream, static_cast<int64_t>(RunContext::mix(static_cast<uint64_t>(first_image + i),
+                                                                      static_cast<uint64_t>(step))));
+      },
+      ctx().device());
 }
 
 void Sampler::keep_snapshot(Packet& packet, int64_t position, const Tensor& x) {

@@ -44,7 +44,9 @@
 // node's `prediction`) and clips (clip_sample_range) or thresholds x_0 as the
 // schedule's config says.
 // Step noise z of chain `seq` at step k is drawn from (pipeline seed, node name,
-// seq, k), so samples do not depend on scheduling.
+// seq, k), so samples do not depend on scheduling; for packets carrying
+// first_image (noise_source seed_by: image), the noise of image i at step k is
+// drawn from (seed, node name, i, k), so samples do not depend on the batch size either.
 #pragma once
 
 #include "graph/node.hpp"
@@ -89,6 +91,8 @@ class Sampler : public Node {
   void start(const Packet& packet, Emitter& out);
   void step(const Packet& packet, Emitter& out);
   Tensor step_noise(const Shape& shape, int64_t seq, int64_t step);
+  // Packets carrying first_image: each image's noise keyed by (image index, step), not by packet.
+  Tensor image_step_noise(const Shape& shape, int64_t first_image, int64_t step);
   // Appends x to the packet's snapshots when `position` is one to keep.
   void keep_snapshot(Packet& packet, int64_t position, const Tensor& x);
   Tensor assemble_chain(const Packet& packet);

@@ -189,6 +189,7 @@ MlpModelResource::MlpModelResource(const ResourceConfig& config, RunContext& ctx
   const std::string& weights = params.weights;
   if (!weights.empty()) {
     const SafetensorsFile file = SafetensorsFile::read(weights);
+    for (const auto& [key, value] : file.metadata()) ctx.add_input_metadata(key, value, "weights " + weights);
     try {
       model_->load(model_weights_from(file, model_->param_slots(), params.use_ema));
     } catch (const DataError& e) {

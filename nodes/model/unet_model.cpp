@@ -39,11 +39,30 @@ UNetModelResource::Source UNetModelResource::resolve(const Params& params) {
     source.diffusers_folder = true;
     return source;
   }
-  source.config = named ? *named : UNetConfig::named("unet-s");
   if (!params.weights.empty() && !std::filesystem::is_regular_file(params.weights)) {
     throw ConfigError(SourceLocation{"", 0, 0, "weights"}, "weights file '" + params.weights + "' does not exist");
   }
   source.weights = params.weights;
+  // A training checkpoint names its model config: used when `config` is empty, and a `config` that
+  // contradicts it is refused (the weights would load into the wrong network, or not at all).
+  std::optional<UNetConfig> saved;
+  if (!params.weights.empty()) {
+    const auto meta = SafetensorsFile::read(params.weights).metadata();
+    auto kind = meta.find("model_kind");
+    auto text = meta.find("model_config");
+    if (kind != meta.end() && kind->second == "unet" && text != meta.end()) {
+      saved = UNetConfig::from_json(text->second, params.weights + " metadata model_config");
+    }
+  }
+  if (named && saved && *named != *saved) {
+    std::string keys;
+    for (const auto& d : named->differences(*saved)) keys += "; " + d;
+    throw ConfigError(SourceLocation{"", 0, 0, "config"},
+                      "config '" + params.config + "' contradicts the model config of the checkpoint " +
+                          params.weights + " (config vs checkpoint): " + keys.substr(2) +
+                          " (leave config empty to use the checkpoint's)");
+  }
+  source.config = named ? *named : saved ? *saved : UNetConfig::named("unet-s");
   return source;
 }
 
@@ -56,6 +75,8 @@ UNetModelResource::UNetModelResource(const ResourceConfig& config, RunContext& c
   model_->set_precision(params_.precision);
   if (!source.weights.empty()) {
     const SafetensorsFile file = SafetensorsFile::read(source.weights);
+    // A checkpoint's metadata (the settings it was trained with) for the nodes that must agree with it.
+    for (const auto& [key, value] : file.metadata()) ctx.add_input_metadata(key, value, "weights " + source.weights);
     const auto& slots = model_->param_slots();
     model_->load(unet_weights_from_diffusers(
         source.diffusers_folder ? file : model_weights_from(file, slots, params_.use_ema), slots));

@@ -9,7 +9,8 @@
 //
 // config: a built-in name (unet-s, unet-tiny), a path to a diffusers
 // config.json, or a diffusers model or pipeline folder (its config); empty:
-// the weights folder's config, else unet-s. weights: an optional .safetensors
+// the weights folder's or training checkpoint's config, else unet-s (a config
+// that contradicts the checkpoint's is a ConfigError naming the keys). weights: an optional .safetensors
 // checkpoint with diffusers names, or a diffusers model folder
 // (config.json + diffusion_pytorch_model.safetensors) or pipeline folder
 // (model_index.json + unet/): the folder's config is the model's, and a
@@ -36,7 +37,7 @@ class UNetModelResource : public ModelResource {
     DIFFUFLOW_PARAMS(Params);
     DIFFUFLOW_PARAM(std::string, config, "",
                     "built-in config (unet-s, unet-tiny), a diffusers config.json or model/pipeline folder; empty: "
-                    "the weights folder's config, else unet-s");
+                    "the weights folder's or checkpoint's config, else unet-s");
     DIFFUFLOW_PARAM(std::string, weights, "",
                     "optional .safetensors checkpoint (diffusers parameter names), or a diffusers model or pipeline "
                     "folder (config.json + diffusion_pytorch_model.safetensors, or model_index.json + unet/)",

@@ -395,6 +395,9 @@ void Optimiser::write_checkpoint(const std::filesystem::path& path) const {
   file.set_metadata("model_config", resource_->config_json());
   file.set_metadata("algorithm", enum_name(params_.algorithm));
   file.set_metadata("ema_decay", format_value(params_.ema_decay));
+  // What the run's nodes say about the model (its noise schedule and prediction type).
+  for (const auto& [key, value] : c.run_metadata())
+    if (!file.metadata().count(key)) file.set_metadata(key, value);
   file.write(path);
 }
 

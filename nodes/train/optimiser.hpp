@@ -40,7 +40,9 @@
 //   optimiser.exp_avg_sq      Adam's second moment     (F32 [P])
 //   __metadata__: format "diffuflow-checkpoint", format_version "1", step (training
 //   steps = packets consumed), optimiser_step, samples (images consumed over all
-//   processes: the data position), world_size, seed, model_kind, model_config (JSON).
+//   processes: the data position), world_size, seed, model_kind, model_config (JSON),
+//   and the run's metadata (RunContext::run_metadata(): the training loss adds
+//   scheduler_config, diffusers' JSON, and prediction_type).
 // Only the newest keep_last step files are kept. finish() writes the final one.
 // With RunContext::resume_path set, the constructor restores weights, EMA,
 // moments and counters, so the resumed run continues bit for bit.
