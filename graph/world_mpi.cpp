@@ -100,6 +100,20 @@ class MpiWorld : public World {
     return out;
   }
   void barrier() override { MPI_Barrier(comm_); }
+  void send(const std::string& bytes, int to, int tag) override {
+    if (bytes.size() > kMaxCount) throw std::length_error("a message of more than 1 GiB to rank " + std::to_string(to));
+    MPI_Send(bytes.data(), static_cast<int>(bytes.size()), MPI_BYTE, to, tag, comm_);
+  }
+  std::string receive(int tag, int* from) override {
+    MPI_Status status;
+    MPI_Probe(MPI_ANY_SOURCE, tag, comm_, &status);
+    int count = 0;
+    MPI_Get_count(&status, MPI_BYTE, &count);
+    std::string bytes(static_cast<size_t>(count), '\0');
+    MPI_Recv(bytes.data(), count, MPI_BYTE, status.MPI_SOURCE, tag, comm_, MPI_STATUS_IGNORE);
+    if (from != nullptr) *from = status.MPI_SOURCE;
+    return bytes;
+  }
   [[noreturn]] void abort(int exit_code) override {
     MPI_Abort(MPI_COMM_WORLD, exit_code);
     std::_Exit(exit_code);  // MPI_Abort does not return; this says so to the compiler

@@ -10,7 +10,9 @@
 //
 // Emits ceil(count / batch_size) packets, seq = chain index 0, 1, ...; the
 // noise of chain `seq` depends only on (pipeline seed, node name, seq), so a
-// chain's samples do not depend on how many chains run at once.
+// chain's samples do not depend on how many chains run at once. Under mpirun,
+// with a rank_gather before the writers, process r starts chains r, r + size,
+// ... and rank 0 writes them all: the files of a single process.
 #pragma once
 
 #include "graph/node.hpp"
