@@ -267,7 +267,7 @@ int run_pipeline(const ParsedOptions& opts) {
   {
     std::ostringstream run_key;
     run_key << spec.resolved_yaml() << "\n# max-steps " << max_steps << " max-time " << run_options.max_time_s
-            << " threads " << threads << " resume " << (resume_path.empty() ? "" : fs::absolute(resume_path).string());
+            << " threads " << threads << " trace " << opts.has("trace") << " resume " << (resume_path.empty() ? "" : fs::absolute(resume_path).string());
     // Every process knows the outcome: all exit 2 together, rank 0 says why.
     const std::string mismatch = check_same_pipeline(world, run_key.str());
     if (!mismatch.empty()) {
@@ -292,8 +292,9 @@ int run_pipeline(const ParsedOptions& opts) {
     ctx.set_out_dir(out_dir);
     ctx.set_metrics(std::make_shared<MetricsLog>(out_dir / "metrics.jsonl"));
     write_text(out_dir / "pipeline.yaml", world_comment(world, hosts) + spec.resolved_yaml());
-    if (opts.has("trace")) run_options.trace_file = opts.text("trace");
   }
+  // Every process records its trace; rank 0 gathers them and writes the file.
+  if (opts.has("trace")) run_options.trace_file = writer ? opts.text("trace") : "-";
 
   if (writer) {
     std::cerr << "diffuflow: running '" << spec.name << "' on " << device->spec().str() << " ("
@@ -328,6 +329,13 @@ int run_pipeline(const ParsedOptions& opts) {
   std::signal(SIGINT, SIG_DFL);
   std::signal(SIGTERM, SIG_DFL);
   g_stopping = nullptr;
+  // A signal that reached any process stopped them all at the same step: every
+  // process exits with its code (128 + N), whichever got it.
+  if (world.distributed()) {
+    int64_t signal_number = g_signal;
+    world.allreduce_max(&signal_number, 1);
+    g_signal = static_cast<std::sig_atomic_t>(signal_number);
+  }
 
   if (!writer) return g_signal != 0 ? 128 + g_signal : kExitOk;
   write_text(out_dir / "profile.json", report.json());
