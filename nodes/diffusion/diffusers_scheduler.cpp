@@ -54,10 +54,57 @@ DiffusionSteps::StepResult DdimScheduler::step(const Tensor& model_output, int64
   return steps_.ddim_step(sample, model_output, now, prev, eta, eta > 0.0f ? noise : Tensor(), config());
 }
 
+void SigmaScheduler::set_timesteps(int64_t steps) {
+  plan_ = plan_sigma_schedule(config(), config().class_name, steps, schedule_.alphas_cumprod());
+  timesteps_.clear();
+  for (size_t k = 0; k < plan_.size(); ++k) timesteps_.push_back(plan_.model_timestep(k));
+  inference_steps_ = steps;
+  index_ = 0;
+  previous_x0_ = Tensor();
+}
+
+int64_t SigmaScheduler::previous_timestep(int64_t t) const {
+  check_ready();
+  const auto it = std::find(timesteps_.begin(), timesteps_.end(), t);
+  if (it == timesteps_.end()) {
+    throw std::invalid_argument(enum_name(config().class_name) + ": timestep " + std::to_string(t) +
+                                " is not one of the " + std::to_string(timesteps_.size()) + " timesteps");
+  }
+  return it + 1 == timesteps_.end() ? -1 : *(it + 1);
+}
+
+DiffusionSteps::StepResult SigmaScheduler::step(const Tensor& model_output, int64_t t, const Tensor& sample, float eta,
+                                                const Tensor& noise) {
+  check_ready();
+  const std::string name = enum_name(config().class_name);
+  if (eta != 0.0f) throw std::invalid_argument(name + " has no eta (it is DDIMScheduler's)");
+  if (index_ >= plan_.size()) {
+    throw std::invalid_argument(name + ": all " + std::to_string(plan_.size()) + " steps are taken");
+  }
+  if (t != timesteps_[index_]) {
+    throw std::invalid_argument(name + ": step " + std::to_string(index_) + " is at timestep " +
+                                std::to_string(timesteps_[index_]) + ", not " + std::to_string(t) +
+                                " (a solver steps along its whole schedule, in order)");
+  }
+  DiffusionSteps::StepResult result =
+      sigma_step(steps_, plan_, config(), index_, sample, model_output, previous_x0_, noise);
+  previous_x0_ = result.pred_original_sample;
+  ++index_;
+  return result;
+}
+
+Tensor SigmaScheduler::scale_model_input(const Tensor& sample) {
+  check_ready();
+  return diffuflow::scale_model_input(steps_, plan_, std::min(index_, plan_.size() - 1), sample);
+}
+
 std::unique_ptr<DiffusersScheduler> make_diffusers_scheduler(const SchedulerConfig& config, Device& device) {
   switch (config.class_name) {
     case SchedulerClass::DDPMScheduler: return std::make_unique<DdpmScheduler>(config, device);
     case SchedulerClass::DDIMScheduler: return std::make_unique<DdimScheduler>(config, device);
+    case SchedulerClass::DPMSolverMultistepScheduler:
+    case SchedulerClass::EulerDiscreteScheduler:
+    case SchedulerClass::EulerAncestralDiscreteScheduler: return std::make_unique<SigmaScheduler>(config, device);
   }
   throw std::logic_error("make_diffusers_scheduler: unknown scheduler class");
 }

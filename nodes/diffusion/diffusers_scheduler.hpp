@@ -20,6 +20,7 @@
 #include "nodes/diffusion/diffusion_steps.hpp"
 #include "nodes/diffusion/noise_schedule.hpp"
 #include "nodes/diffusion/scheduler_config.hpp"
+#include "nodes/diffusion/sigma_steps.hpp"
 
 #include <cstdint>
 #include <memory>
@@ -37,7 +38,7 @@ class DiffusersScheduler {
 
   // diffusers' set_timesteps(steps): ConfigError when steps is outside [1, T]
   // or the spacing gives a timestep outside [0, T).
-  void set_timesteps(int64_t steps);
+  virtual void set_timesteps(int64_t steps);
   // The timesteps after set_timesteps, noisiest first; empty before it.
   const std::vector<int64_t>& timesteps() const { return timesteps_; }
 
@@ -78,6 +79,33 @@ class DdimScheduler : public DiffusersScheduler {
   int64_t previous_timestep(int64_t t) const override;
   DiffusionSteps::StepResult step(const Tensor& model_output, int64_t t, const Tensor& sample, float eta,
                                   const Tensor& noise) override;
+};
+
+// DPMSolverMultistepScheduler, EulerDiscreteScheduler and
+// EulerAncestralDiscreteScheduler (the class config.class_name names): steps in
+// sigma space along the whole schedule, in order, from its first timestep. The
+// step counter and DPM-Solver++'s previous x_0 prediction are members, as in
+// diffusers; a chain in the graph carries them in its packet instead.
+class SigmaScheduler : public DiffusersScheduler {
+ public:
+  using DiffusersScheduler::DiffusersScheduler;
+  // Plans sigmas and timesteps (timesteps() holds them rounded; plan() exactly)
+  // and resets the step counter and history.
+  void set_timesteps(int64_t steps) override;
+  const SigmaSchedule& plan() const { return plan_; }
+  // The position of the next step (diffusers' step_index).
+  size_t step_index() const { return index_; }
+  int64_t previous_timestep(int64_t t) const override;
+  // The step at step_index(); t must be its (rounded) timestep; eta must be 0.
+  DiffusionSteps::StepResult step(const Tensor& model_output, int64_t t, const Tensor& sample, float eta,
+                                  const Tensor& noise) override;
+  // diffusers' scale_model_input at step_index().
+  Tensor scale_model_input(const Tensor& sample);
+
+ private:
+  SigmaSchedule plan_;
+  size_t index_ = 0;
+  Tensor previous_x0_;
 };
 
 // The class config.class_name names.

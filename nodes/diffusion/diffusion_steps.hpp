@@ -70,6 +70,10 @@ class DiffusionSteps {
   const NoiseSchedule& schedule() const { return schedule_; }
   Device& device() { return device_; }
 
+  // (x - c1 y) / c2 per sample on tensors from anywhere, optionally clipped to [-1, 1].
+  Tensor sub_scaled_div(const Tensor& x, const std::vector<float>& c1, const Tensor& y, const std::vector<float>& c2,
+                        bool clip);
+
   // Forward process, closed form: x_t = sqrt(abar_t) x0 + sqrt(1 - abar_t) eps.
   Tensor q_sample(const Tensor& x0, const Tensor& eps, const Tensor& t);
 
@@ -224,9 +228,6 @@ class DiffusionSteps {
   struct ReverseCoefficients;
   StepResult reverse_step(const char* missing_noise, const Tensor& sample, const Tensor& model_output, const Tensor& z,
                           const ReverseCoefficients& c, const SchedulerConfig& config);
-  // (x - c1 y) / c2 per sample on tensors from anywhere, optionally clipped to [-1, 1].
-  Tensor sub_scaled_div(const Tensor& x, const std::vector<float>& c1, const Tensor& y, const std::vector<float>& c2,
-                        bool clip);
   void check_same_shape(const Tensor& x, const Tensor& y) const;
   void check_batch(const Tensor& x, size_t batch, const char* what) const;
 

@@ -11,8 +11,22 @@ namespace diffuflow {
 namespace {
 
 constexpr int64_t kDefaultDdimSteps = 50;
+constexpr int64_t kDefaultSolverSteps = 20;
 
 }  // namespace
+
+SchedulerClass scheduler_class(SamplerMethod method) {
+  switch (method) {
+    case SamplerMethod::ddpm: return SchedulerClass::DDPMScheduler;
+    case SamplerMethod::ddim: return SchedulerClass::DDIMScheduler;
+    case SamplerMethod::dpmpp: return SchedulerClass::DPMSolverMultistepScheduler;
+    case SamplerMethod::euler: return SchedulerClass::EulerDiscreteScheduler;
+    case SamplerMethod::euler_ancestral: return SchedulerClass::EulerAncestralDiscreteScheduler;
+  }
+  throw std::logic_error("unknown sampler method");
+}
+
+bool is_sigma_method(SamplerMethod method) { return is_sigma_class(scheduler_class(method)); }
 
 SchedulerConfig chain_step_config(const SchedulerConfig& schedule, const ReverseChainOptions& options) {
   SchedulerConfig config = schedule;
@@ -42,11 +56,18 @@ int ReverseChainPlan::next(int t) const {
 int ReverseChainPlan::step_target(int t) const { return method == SamplerMethod::ddim ? t - stride : next(t); }
 
 ReverseChainPlan plan_reverse_chain(const SchedulerConfig& schedule, SamplerMethod method, int64_t steps,
-                                    int64_t snapshots, const std::string& snapshots_param) {
+                                    int64_t snapshots, const std::string& snapshots_param, double eta) {
   const int64_t schedule_timesteps = schedule.num_train_timesteps;
+  const bool sigma_method = is_sigma_method(method);
+  if (eta != 0.0 && method != SamplerMethod::ddim) {
+    throw ConfigError(SourceLocation{"", 0, 0, "eta"},
+                      "eta is DDIM's noise scale; method " + enum_name(method) + " takes none (got " +
+                          std::to_string(eta) + ")");
+  }
   int64_t count = steps;
   if (count == 0) {
     count = method == SamplerMethod::ddim ? std::min<int64_t>(kDefaultDdimSteps, schedule_timesteps)
+            : sigma_method                ? std::min<int64_t>(kDefaultSolverSteps, schedule_timesteps)
                                           : schedule_timesteps;
   }
   if (count < 1 || count > schedule_timesteps) {
@@ -56,7 +77,12 @@ ReverseChainPlan plan_reverse_chain(const SchedulerConfig& schedule, SamplerMeth
                           std::to_string(count));
   }
   ReverseChainPlan plan;
-  for (int64_t t : schedule.inference_timesteps(count)) plan.timesteps.push_back(static_cast<int>(t));
+  if (sigma_method) {
+    plan.sigmas = plan_sigma_schedule(schedule, scheduler_class(method), count, NoiseSchedule(schedule).alphas_cumprod());
+    for (size_t k = 0; k < plan.sigmas.size(); ++k) plan.timesteps.push_back(plan.sigmas.model_timestep(k));
+  } else {
+    for (int64_t t : schedule.inference_timesteps(count)) plan.timesteps.push_back(static_cast<int>(t));
+  }
   plan.stride = static_cast<int>(schedule_timesteps / count);
   plan.method = method;
   plan.ancestral = method == SamplerMethod::ddpm;

@@ -14,6 +14,7 @@
 
 #include "graph/param_table.hpp"
 #include "nodes/diffusion/diffusion_steps.hpp"
+#include "nodes/diffusion/sigma_steps.hpp"
 
 #include <cstdint>
 #include <string>
@@ -21,20 +22,28 @@
 
 namespace diffuflow {
 
-// ddpm: DDPM (ancestral) steps to the next timestep; ddim: deterministic (eta 0) or noisy DDIM steps.
-DIFFUFLOW_ENUM(SamplerMethod, ddpm, ddim);
+// ddpm: DDPM (ancestral) steps to the next timestep; ddim: deterministic (eta 0) or noisy DDIM steps;
+// dpmpp: DPM-Solver++ (diffusers' DPMSolverMultistepScheduler, 2M by default); euler: EulerDiscreteScheduler;
+// euler_ancestral: EulerAncestralDiscreteScheduler. The last three follow the schedule's solver keys
+// (solver_order, solver_type, lower_order_final, use_karras_sigmas, final_sigmas_type, ...).
+DIFFUFLOW_ENUM(SamplerMethod, ddpm, ddim, dpmpp, euler, euler_ancestral);
+
+// The diffusers class a sigma-space method steps as (DDPMScheduler for ddpm, DDIMScheduler for ddim).
+SchedulerClass scheduler_class(SamplerMethod method);
+bool is_sigma_method(SamplerMethod method);
 
 // The options of one reverse chain, as parameter rows (a DIFFUFLOW_PARAM_GROUP).
 // A node whose default `steps` differs sets it in its group's fallback:
 // ReverseChainOptions::with_steps(50).
 struct ReverseChainOptions {
   DIFFUFLOW_PARAMS(ReverseChainOptions);
-  DIFFUFLOW_PARAM(SamplerMethod, method, SamplerMethod::ddim, "ancestral DDPM steps or DDIM steps");
+  DIFFUFLOW_PARAM(SamplerMethod, method, SamplerMethod::ddim,
+                  "ddpm (ancestral), ddim, dpmpp (DPM-Solver++ multistep), euler or euler_ancestral steps");
   DIFFUFLOW_PARAM(int64_t, steps, 0,
-                  "model calls per chain; 0: 50 for ddim, every timestep for ddpm; spread over the schedule's "
-                  "timesteps as its timestep_spacing says",
+                  "model calls per chain; 0: 50 for ddim, 20 for dpmpp, euler and euler_ancestral, every timestep "
+                  "for ddpm; spread over the schedule's timesteps as its timestep_spacing says",
                   .range(0, 100000));
-  DIFFUFLOW_PARAM(double, eta, 0.0, "DDIM noise scale: 0 deterministic, 1 DDPM-like", .range(0.0, 1.0));
+  DIFFUFLOW_PARAM(double, eta, 0.0, "DDIM noise scale: 0 deterministic, 1 DDPM-like (ddim only)", .range(0.0, 1.0));
   DIFFUFLOW_PARAM(bool, clip, true,
                   "clip the predicted x_0 to the schedule's clip_sample_range at every step; false (here or the "
                   "schedule's clip_sample) turns it off");
@@ -61,9 +70,12 @@ SchedulerConfig chain_step_config(const SchedulerConfig& schedule, const Reverse
 // a DDPM step to the next timestep (diffusers' previous_timestep). `ancestral`
 // when DDPM visits every timestep (each step t -> t-1). `snapshot_positions`:
 // the chain positions (0 = x_T, steps = x_0) kept for `snapshots` evenly spaced
-// states.
+// states. The sigma methods (dpmpp, euler, euler_ancestral) step by position
+// along `sigmas` (diffusers' set_timesteps for their class); `timesteps` then
+// holds the model-call timesteps rounded to integers.
 struct ReverseChainPlan {
   std::vector<int> timesteps;
+  SigmaSchedule sigmas;  // the sigma methods only
   int stride = 1;
   bool ancestral = false;
   SamplerMethod method = SamplerMethod::ddim;
@@ -75,9 +87,11 @@ struct ReverseChainPlan {
   int step_target(int t) const;
 };
 
-// Bad counts are ConfigErrors naming `steps` or `snapshots_param`.
+// Bad counts are ConfigErrors naming `steps` or `snapshots_param`; so are
+// settings a method does not take (eta > 0 for a sigma method).
 ReverseChainPlan plan_reverse_chain(const SchedulerConfig& schedule, SamplerMethod method, int64_t steps,
-                                    int64_t snapshots, const std::string& snapshots_param = "snapshots");
+                                    int64_t snapshots, const std::string& snapshots_param = "snapshots",
+                                    double eta = 0.0);
 // The same for a schedule of T timesteps with diffusers' default spacing (leading, no offset).
 ReverseChainPlan plan_reverse_chain(int schedule_timesteps, SamplerMethod method, int64_t steps, int64_t snapshots,
                                     const std::string& snapshots_param = "snapshots");

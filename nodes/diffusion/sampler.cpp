@@ -20,12 +20,17 @@ class ChainSnapshots : public Payload {
 
 // Private to the sampler: travels round the loop with the chain's packet.
 const PayloadField<ChainSnapshots> kChainSnapshots{"sampler_chain", "the snapshots a chain has kept so far"};
+// The sigma methods: the chain's sample in the solver's own scaling (Euler: x_0
+// + sigma eps; the model sees it scaled to x_t), and DPM-Solver++'s previous x_0
+// prediction (the multistep history), both [N,C,H,W] f32.
+const TensorField kSolverSample{"sampler_sample", DType::f32, -1, Place::any, "the solver's sample"};
+const TensorField kSolverHistory{"sampler_history", DType::f32, -1, Place::any, "the previous x_0 prediction"};
 
 }  // namespace
 
 NodeContract Sampler::contract() {
   NodeContract c;
-  c.doc = "Reverse diffusion (DDPM ancestral or DDIM) as a loop in the graph: sends x_t and t to the model on "
+  c.doc = "Reverse diffusion (DDPM, DDIM, DPM-Solver++, Euler, Euler ancestral) as a loop in the graph: sends x_t and t to the model on "
           "`model`, takes its prediction back on `back`, and emits x_0 on `done` after the last step.";
   c.example = "{name: sampler, type: sampler, params: {schedule: schedule, method: ddim, steps: 50}, concurrency: 2}";
   c.inputs = {{"start", {fields::kXt}, "x_t [N,C,H,W] f32: x_T of each chain"},
@@ -45,7 +50,8 @@ Sampler::Sampler(const NodeConfig& config, RunContext& ctx)
       params_(config.params_as<Params>()),
       schedule_(ctx.resource_as<NoiseSchedule>(params_.schedule)),
       steps_(*schedule_, ctx.device()),
-      plan_(plan_reverse_chain(schedule_->config(), params_.chain.method, params_.chain.steps, params_.snapshots)),
+      plan_(plan_reverse_chain(schedule_->config(), params_.chain.method, params_.chain.steps, params_.snapshots,
+                               "snapshots", params_.chain.eta)),
       step_config_(chain_step_config(schedule_->config(), params_.chain)) {}
 
 void Sampler::process(const NodeInput& in, Emitter& out) {
@@ -57,11 +63,17 @@ void Sampler::process(const NodeInput& in, Emitter& out) {
 }
 
 void Sampler::start(const Packet& packet, Emitter& out) {
-  const Tensor& x_t = packet.get(fields::kXt);
+  Tensor x_t = packet.get(fields::kXt);
   const int first = plan_.timesteps[0];
   Packet next = packet.with(fields::kT, timestep_tensor(std::vector<int>(static_cast<size_t>(x_t.dim(0)), first)))
                     .with(fields::kSamplerStep, int64_t{0});
   next.erase(fields::kPrediction);
+  if (is_sigma_method(params_.chain.method)) {
+    // As diffusers' pipelines: start from noise * init_noise_sigma, call the model on scale_model_input.
+    const Tensor sample = scale_initial_noise(steps_, plan_.sigmas, x_t);
+    x_t = scale_model_input(steps_, plan_.sigmas, 0, sample);
+    next.set(kSolverSample, sample).set(fields::kXt, x_t);
+  }
   if (!plan_.snapshot_positions.empty()) {
     next.set(kChainSnapshots, std::make_shared<const ChainSnapshots>());
     keep_snapshot(next, 0, x_t);
@@ -82,12 +94,30 @@ void Sampler::step(const Packet& packet, Emitter& out) {
 
   // Per sample: where this step goes, and the timestep of the next model call.
   std::vector<int> target(now.size()), after(now.size());
-  for (size_t i = 0; i < now.size(); ++i) {
-    target[i] = plan_.step_target(now[i]);
-    after[i] = plan_.next(now[i]);
+  if (is_sigma_method(chain.method)) {
+    // Steps go by position (Karras sigmas may repeat a rounded timestep).
+    const size_t k = static_cast<size_t>(step);
+    if (k >= plan_.timesteps.size()) {
+      throw std::invalid_argument("sampler: step " + std::to_string(step) + " is past the chain's " +
+                                  std::to_string(plan_.timesteps.size()) + " steps");
+    }
+    std::fill(after.begin(), after.end(), k + 1 < plan_.timesteps.size() ? plan_.timesteps[k + 1] : -1);
+  } else {
+    for (size_t i = 0; i < now.size(); ++i) {
+      target[i] = plan_.step_target(now[i]);
+      after[i] = plan_.next(now[i]);
+    }
   }
   Tensor x_prev;
-  if (chain.method == SamplerMethod::ddpm) {
+  Tensor history;  // the sigma methods: the x_0 prediction the next step may need
+  if (is_sigma_method(chain.method)) {
+    const size_t k = static_cast<size_t>(step);
+    const Tensor previous = packet.has(kSolverHistory) ? packet.get(kSolverHistory) : Tensor();
+    const Tensor z = chain.method == SamplerMethod::euler_ancestral ? noise() : Tensor();
+    auto result = sigma_step(steps_, plan_.sigmas, step_config_, k, packet.get(kSolverSample), prediction, previous, z);
+    x_prev = result.prev_sample;
+    history = result.pred_original_sample;
+  } else if (chain.method == SamplerMethod::ddpm) {
     const bool noisy = std::any_of(now.begin(), now.end(), [](int v) { return v > 0; });
     const Tensor z = packet.has(fields::kStepNoise) || noisy ? noise() : Tensor();
     x_prev = steps_.ddpm_step(x_t, prediction, z, now, target, step_config_).prev_sample;
@@ -98,14 +128,22 @@ void Sampler::step(const Packet& packet, Emitter& out) {
   }
 
   const int64_t position = step + 1;
+  const bool last = position >= static_cast<int64_t>(plan_.timesteps.size());
   Packet next = packet.with(fields::kSamplerStep, position);
   next.erase(fields::kPrediction).erase(fields::kStepNoise);
-  if (!plan_.snapshot_positions.empty()) keep_snapshot(next, position, x_prev);
-  if (position < static_cast<int64_t>(plan_.timesteps.size())) {
-    next.set(fields::kXt, x_prev).set(fields::kT, timestep_tensor(after));
+  // What the model sees next (and the snapshots show): Euler's sample scaled to x_t.
+  Tensor model_input = x_prev;
+  if (is_sigma_method(chain.method)) {
+    if (!last) model_input = scale_model_input(steps_, plan_.sigmas, static_cast<size_t>(position), x_prev);
+    next.set(kSolverSample, x_prev).set(kSolverHistory, history);
+  }
+  if (!plan_.snapshot_positions.empty()) keep_snapshot(next, position, model_input);
+  if (!last) {
+    next.set(fields::kXt, model_input).set(fields::kT, timestep_tensor(after));
     out.emit(kModelPort, std::move(next));
     return;
   }
+  next.erase(kSolverSample).erase(kSolverHistory);
   next.set(fields::kSample, x_prev);
   if (!plan_.snapshot_positions.empty()) next.set(fields::kChain, assemble_chain(next));
   next.erase(kChainSnapshots).erase(fields::kSamplerStep);

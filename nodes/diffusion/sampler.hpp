@@ -32,6 +32,14 @@
 //         t - T/steps (eta, set_alpha_to_one)
 //   ddpm: every t from T-1 down to 0 (steps 0 or T), or `steps` of them; each a
 //         DDPMScheduler step to the next timestep (variance_type)
+//   dpmpp, euler, euler_ancestral: `steps` (default 20) model calls along the
+//         sigmas diffusers' DPMSolverMultistepScheduler / EulerDiscreteScheduler /
+//         EulerAncestralDiscreteScheduler set (the schedule's solver keys:
+//         solver_order, solver_type, lower_order_final, use_karras_sigmas,
+//         final_sigmas_type). As diffusers' pipelines do, the chain starts from
+//         x_T * init_noise_sigma and the model sees scale_model_input(sample);
+//         the solver's sample and DPM-Solver++'s previous x_0 prediction travel
+//         in the packet. The model is called at the timesteps rounded to integers.
 // Every step reads the model output as the schedule's prediction_type (or the
 // node's `prediction`) and clips (clip_sample_range) or thresholds x_0 as the
 // schedule's config says.

@@ -53,7 +53,74 @@ nlohmann::json json_of(const ParamValue& value) {
   return std::visit([](const auto& v) { return nlohmann::json(v); }, value);
 }
 
+// Keys of diffusers' solver classes for settings this project does not
+// implement: accepted holding diffusers' default (which is what is computed),
+// a ConfigError otherwise.
+struct DefaultOnlyKey {
+  const char* key;
+  const char* value;  // diffusers' default, as written in its config
+  bool (*holds_default)(const YAML::Node&);
+};
+
+bool is_false(const YAML::Node& v) { return v.IsScalar() && (v.Scalar() == "false" || v.Scalar() == "False"); }
+bool is_null(const YAML::Node& v) { return v.IsNull() || (v.IsScalar() && v.Scalar() == "null"); }
+bool is_one(const YAML::Node& v) { return v.IsScalar() && (v.Scalar() == "1" || v.Scalar() == "1.0"); }
+bool is_minus_infinity(const YAML::Node& v) {
+  return v.IsScalar() && (v.Scalar() == "-Infinity" || v.Scalar() == "-inf" || v.Scalar() == "-.inf");
+}
+
+const std::vector<DefaultOnlyKey>& default_only_keys() {
+  static const std::vector<DefaultOnlyKey> keys = {
+      {"use_exponential_sigmas", "false", is_false},
+      {"use_beta_sigmas", "false", is_false},
+      {"use_lu_lambdas", "false", is_false},
+      {"use_flow_sigmas", "false", is_false},
+      {"use_dynamic_shifting", "false", is_false},
+      {"flow_shift", "1.0", is_one},
+      {"time_shift_type", "exponential", [](const YAML::Node& v) { return v.IsScalar() && v.Scalar() == "exponential"; }},
+      {"lambda_min_clipped", "-Infinity", is_minus_infinity},
+      {"sigma_min", "null", is_null},
+      {"sigma_max", "null", is_null},
+      {"timestep_type", "discrete", [](const YAML::Node& v) { return v.IsScalar() && v.Scalar() == "discrete"; }},
+      {"interpolation_type", "linear", [](const YAML::Node& v) { return v.IsScalar() && v.Scalar() == "linear"; }},
+  };
+  return keys;
+}
+
+const DefaultOnlyKey* default_only_key(const std::string& key) {
+  for (const auto& k : default_only_keys())
+    if (key == k.key) return &k;
+  return nullptr;
+}
+
 }  // namespace
+
+bool is_sigma_class(SchedulerClass cls) {
+  return cls == SchedulerClass::DPMSolverMultistepScheduler || cls == SchedulerClass::EulerDiscreteScheduler ||
+         cls == SchedulerClass::EulerAncestralDiscreteScheduler;
+}
+
+bool SchedulerConfig::class_takes(SchedulerClass cls, const std::string& key) {
+  static const std::vector<std::string> common = {"num_train_timesteps", "beta_start",    "beta_end",
+                                                  "beta_schedule",       "trained_betas", "prediction_type",
+                                                  "timestep_spacing",    "steps_offset",  "rescale_betas_zero_snr"};
+  if (std::find(common.begin(), common.end(), key) != common.end()) return true;
+  static const std::vector<std::string> x0_limits = {"thresholding", "dynamic_thresholding_ratio", "sample_max_value"};
+  const bool limits = std::find(x0_limits.begin(), x0_limits.end(), key) != x0_limits.end();
+  switch (cls) {
+    case SchedulerClass::DDPMScheduler:
+      return limits || key == "clip_sample" || key == "clip_sample_range" || key == "variance_type";
+    case SchedulerClass::DDIMScheduler:
+      return limits || key == "clip_sample" || key == "clip_sample_range" || key == "set_alpha_to_one";
+    case SchedulerClass::DPMSolverMultistepScheduler:
+      return limits || key == "solver_order" || key == "algorithm_type" || key == "solver_type" ||
+             key == "lower_order_final" || key == "euler_at_final" || key == "use_karras_sigmas" ||
+             key == "final_sigmas_type";
+    case SchedulerClass::EulerDiscreteScheduler: return key == "use_karras_sigmas" || key == "final_sigmas_type";
+    case SchedulerClass::EulerAncestralDiscreteScheduler: return false;
+  }
+  return false;
+}
 
 SchedulerConfig SchedulerConfig::from_text(const std::string& text, const std::string& source) {
   YAML::Node root;
@@ -94,6 +161,16 @@ SchedulerConfig SchedulerConfig::from_text(const std::string& text, const std::s
       continue;
     }
     if (key == "trained_betas" && value.IsNull()) continue;  // diffusers writes null for "none"
+    if (key == "variance_type" && value.IsNull()) continue;  // DPMSolverMultistepScheduler's default
+    if (const DefaultOnlyKey* fixed = default_only_key(key)) {
+      if (!fixed->holds_default(value)) {
+        const std::string given = value.IsScalar() ? value.Scalar() : std::string("a non-scalar value");
+        errors.push_back(error_at(source, value, key,
+                                  "'" + key + "' is " + given + "; only diffusers' default " + fixed->value +
+                                      " is supported"));
+      }
+      continue;
+    }
     const ParamRow<SchedulerConfig>* row = nullptr;
     for (const auto& r : rows())
       if (r.spec().name == key) row = &r;
@@ -114,6 +191,10 @@ SchedulerConfig SchedulerConfig::from_text(const std::string& text, const std::s
       row->assign(config, *parsed);
   }
   throw_all(std::move(errors));
+  // diffusers' solver classes default to linspace spacing (DDPM and DDIM: leading).
+  if (is_sigma_class(config.class_name) && !root["timestep_spacing"]) {
+    config.timestep_spacing = TimestepSpacing::linspace;
+  }
   config.validate(source);
   return config;
 }
@@ -147,6 +228,16 @@ void SchedulerConfig::validate(const std::string& source) const {
                       "trained_betas has " + std::to_string(trained_betas.size()) +
                           " values but num_train_timesteps is " + std::to_string(num_train_timesteps));
   }
+  if (algorithm_type != "dpmsolver++") {
+    throw ConfigError(SourceLocation{source, 0, 0, "algorithm_type"},
+                      "algorithm_type '" + algorithm_type +
+                          "' is not implemented; supported: dpmsolver++ (dpmsolver, sde-dpmsolver and "
+                          "sde-dpmsolver++ are not)");
+  }
+  if (solver_order > 2) {
+    throw ConfigError(SourceLocation{source, 0, 0, "solver_order"},
+                      "solver_order " + std::to_string(solver_order) + " is not implemented; supported: 1, 2");
+  }
 }
 
 std::string SchedulerConfig::to_json() const {
@@ -155,8 +246,7 @@ std::string SchedulerConfig::to_json() const {
   j["_class_name"] = enum_name(class_name);
   for (const auto& row : rows()) {
     const std::string& key = row.spec().name;
-    if (key == "set_alpha_to_one" && class_name != SchedulerClass::DDIMScheduler) continue;
-    if (key == "variance_type" && class_name != SchedulerClass::DDPMScheduler) continue;
+    if (!class_takes(class_name, key)) continue;
     if (key == "trained_betas" && trained_betas.empty()) {
       j[key] = nullptr;
       continue;

@@ -1,5 +1,6 @@
 // SchedulerConfig: a diffusers scheduler configuration (DDPMScheduler,
-// DDIMScheduler), with diffusers' key names, values and defaults. It is the one
+// DDIMScheduler, DPMSolverMultistepScheduler, EulerDiscreteScheduler,
+// EulerAncestralDiscreteScheduler), with diffusers' key names, values and defaults. It is the one
 // description of a noise schedule and of how a reverse step treats the model's
 // output: the noise_schedule resource holds one (its parameters are these rows),
 // the samplers read their settings from it, `diffuflow scheduler-io` loads one
@@ -13,8 +14,10 @@
 // Each row below is a key of diffusers' config; a value this project does not
 // implement (beta_schedule sigmoid, variance_type learned, ...) and a key it does
 // not know are ConfigErrors naming the key, the value and what is supported.
-// `_class_name` (DDPMScheduler or DDIMScheduler) and `_diffusers_version` are
-// accepted as well.
+// `_class_name` and `_diffusers_version` are accepted as well, and so are the
+// keys of diffusers' solver classes whose other settings are not implemented
+// (use_exponential_sigmas, sigma_min, interpolation_type, ...) when they hold
+// their defaults.
 #pragma once
 
 #include "graph/param_table.hpp"
@@ -31,7 +34,16 @@ DIFFUFLOW_ENUM(BetaSchedule, linear, scaled_linear, squaredcos_cap_v2);
 DIFFUFLOW_ENUM(PredictionType, epsilon, v_prediction, sample);
 DIFFUFLOW_ENUM(TimestepSpacing, leading, trailing, linspace);
 DIFFUFLOW_ENUM(VarianceType, fixed_small, fixed_large);
-DIFFUFLOW_ENUM(SchedulerClass, DDPMScheduler, DDIMScheduler);
+DIFFUFLOW_ENUM(SchedulerClass, DDPMScheduler, DDIMScheduler, DPMSolverMultistepScheduler, EulerDiscreteScheduler,
+               EulerAncestralDiscreteScheduler);
+// DPM-Solver++'s second-order update (Lu et al. 2022): midpoint or heun.
+DIFFUFLOW_ENUM(SolverType, midpoint, heun);
+// The sigma after the last solver step: 0, or sigma at timestep 0.
+DIFFUFLOW_ENUM(FinalSigmasType, zero, sigma_min);
+
+// The classes that step in sigma space (DPM-Solver++, Euler, Euler ancestral),
+// as opposed to DDPM and DDIM.
+bool is_sigma_class(SchedulerClass cls);
 
 struct SchedulerConfig {
   DIFFUFLOW_PARAMS(SchedulerConfig);
@@ -64,6 +76,17 @@ struct SchedulerConfig {
   DIFFUFLOW_PARAM(double, dynamic_thresholding_ratio, 0.995, "thresholding: the quantile of |x_0| per sample",
                   .range(0.0, 1.0));
   DIFFUFLOW_PARAM(double, sample_max_value, 1.0, "thresholding: the largest threshold", .range(1e-6, 1e6));
+  // DPMSolverMultistepScheduler, EulerDiscreteScheduler (use_karras_sigmas, final_sigmas_type).
+  DIFFUFLOW_PARAM(int64_t, solver_order, 2, "DPM-Solver++: 1 (DDIM-like) or 2 (2M, multistep)", .range(1, 3));
+  DIFFUFLOW_PARAM(std::string, algorithm_type, "dpmsolver++",
+                  "DPM-Solver: the algorithm; dpmsolver++ (the data-prediction solver) is implemented");
+  DIFFUFLOW_PARAM(SolverType, solver_type, SolverType::midpoint, "DPM-Solver++ second-order update: midpoint or heun");
+  DIFFUFLOW_PARAM(bool, lower_order_final, true, "DPM-Solver++: first-order final steps when there are fewer than 15");
+  DIFFUFLOW_PARAM(bool, euler_at_final, false, "DPM-Solver++: a first-order last step whatever the step count");
+  DIFFUFLOW_PARAM(bool, use_karras_sigmas, false,
+                  "DPM-Solver++ and Euler: sigmas spaced as Karras et al. 2022 (rho 7) between the schedule's ends");
+  DIFFUFLOW_PARAM(FinalSigmasType, final_sigmas_type, FinalSigmasType::zero,
+                  "DPM-Solver++ and Euler: the sigma after the last step, zero or sigma_min (sigma at timestep 0)");
 
   // `_class_name`: which diffusers scheduler the config describes (not a row).
   SchedulerClass class_name = SchedulerClass::DDPMScheduler;
@@ -78,8 +101,12 @@ struct SchedulerConfig {
   // The file from_file() reads for `path`; ConfigError naming what was looked for.
   static std::filesystem::path config_file(const std::filesystem::path& path);
 
-  // Cross-key checks: trained_betas of length T. ConfigError prefixed with `source`.
+  // Cross-key checks: trained_betas of length T, the solver settings this
+  // project implements. ConfigError prefixed with `source`.
   void validate(const std::string& source = "scheduler config") const;
+
+  // Whether diffusers' class `cls` takes the key (a row's name).
+  static bool class_takes(SchedulerClass cls, const std::string& key);
 
   // diffusers' scheduler_config.json for class_name (the keys its class takes).
   std::string to_json() const;

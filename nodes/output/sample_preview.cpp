@@ -26,7 +26,7 @@ Tensor sample_reverse_chain(DenoiserModel& model, DiffusionSteps& steps, const T
   const ReverseChainOptions& options = draw.options;
   const SchedulerConfig& schedule = steps.schedule().config();
   const ReverseChainPlan plan = plan_reverse_chain(schedule, options.method, options.steps, draw.snapshots,
-                                                   "reverse_chain");
+                                                   "reverse_chain", options.eta);
   const SchedulerConfig config = chain_step_config(schedule, options);
   const size_t n = static_cast<size_t>(x_T.dim(0));
   auto keep = [&](int64_t position, const Tensor& x) {
@@ -41,6 +41,23 @@ Tensor sample_reverse_chain(DenoiserModel& model, DiffusionSteps& steps, const T
   if (snapshots) snapshots->clear();
 
   Tensor x = steps.on_device(x_T);
+  if (is_sigma_method(options.method)) {
+    // DPM-Solver++ / Euler: the sampler node's loop, in one call (snapshots show the model's inputs).
+    Tensor sample = scale_initial_noise(steps, plan.sigmas, x), previous;
+    keep(0, scale_model_input(steps, plan.sigmas, 0, sample));
+    for (size_t k = 0; k < plan.sigmas.size(); ++k) {
+      const Tensor input = scale_model_input(steps, plan.sigmas, k, sample);
+      const Tensor prediction =
+          model.forward(input, timestep_tensor(std::vector<int>(n, plan.timesteps[k])), false).prediction;
+      const Tensor z = options.method == SamplerMethod::euler_ancestral ? step_noise(int64_t(k)) : Tensor();
+      auto result = sigma_step(steps, plan.sigmas, config, k, sample, prediction, previous, z);
+      sample = result.prev_sample;
+      previous = result.pred_original_sample;
+      const bool last = k + 1 == plan.sigmas.size();
+      keep(int64_t(k) + 1, last ? sample : scale_model_input(steps, plan.sigmas, k + 1, sample));
+    }
+    return sample;
+  }
   keep(0, x);
   const float eta = static_cast<float>(options.eta);
   for (size_t k = 0; k < plan.timesteps.size(); ++k) {
@@ -111,7 +128,7 @@ SamplePreview::SamplePreview(const NodeConfig& config, RunContext& ctx)
   schedule_ = ctx.resource_as<NoiseSchedule>(params_.schedule);
   steps_ = std::make_unique<DiffusionSteps>(*schedule_, ctx.device());
   plan_reverse_chain(schedule_->config(), params_.chain.method, params_.chain.steps, params_.reverse_chain,
-                     "reverse_chain");                   // steps and reverse_chain in range
+                     "reverse_chain", params_.chain.eta);  // steps, reverse_chain and eta in range
   chain_step_config(schedule_->config(), params_.chain);  // prediction agrees with the schedule
 
   // The same x_T and step noise for every preview: drawn from (seed, node name) only.

@@ -109,3 +109,93 @@ TEST_CASE("scheduler-io refuses bad configs and inputs with one clear message") 
   CHECK(off_schedule.exit_code == 2);
   CHECK(contains(off_schedule.output, "not one of the 10 timesteps"));
 }
+
+TEST_CASE("scheduler-io runs DPM-Solver++, Euler and Euler ancestral along the whole schedule as the fixtures do") {
+  const fs::path root = fixture("solvers");
+  const auto cases = nlohmann::json::parse(read_file(root / "cases.json"));
+  REQUIRE(cases.size() >= 13);
+  TempDir dir;
+  for (const auto& c : cases) {
+    const std::string name = c.at("name");
+    CAPTURE(name);
+    const fs::path folder = root / name;
+    const fs::path out = dir / (name + ".safetensors");
+    const auto result = run_cli(scheduler_io(folder, c.at("steps").get<int64_t>(), folder / "in.safetensors", out));
+    CAPTURE(result.output);
+    REQUIRE(result.exit_code == 0);
+    const auto got = SafetensorsFile::read(out);
+    const auto want = SafetensorsFile::read(folder / "out.safetensors");
+    REQUIRE(got.entry("timesteps").dtype == want.entry("timesteps").dtype);
+    if (want.entry("timesteps").dtype == "I64") {
+      CHECK(got.ints("timesteps") == want.ints("timesteps"));
+    } else {
+      CHECK(max_scaled_diff(got.floats("timesteps"), want.floats("timesteps")) <= 1e-6);
+    }
+    CHECK(max_scaled_diff(got.floats("sigmas"), want.floats("sigmas")) <= 1e-6);
+    CHECK(max_scaled_diff(got.floats("init_noise_sigma"), want.floats("init_noise_sigma")) <= 1e-6);
+    CHECK(max_scaled_diff(got.floats("alphas_cumprod"), want.floats("alphas_cumprod")) <= 1e-7);
+    const int64_t steps = SafetensorsFile::read(folder / "in.safetensors").entry("model_outputs").shape[0];
+    for (int64_t i = 0; i < steps; ++i) {
+      for (const char* output : {"model_input", "prev_sample", "pred_original_sample"}) {
+        const std::string key = "step." + std::to_string(i) + "." + output;
+        CAPTURE(key);
+        REQUIRE(got.has(key));
+        CHECK(got.entry(key).shape == want.entry(key).shape);
+        CHECK(max_scaled_diff(got.floats(key), want.floats(key)) <= 1e-5);
+      }
+    }
+  }
+}
+
+TEST_CASE("scheduler-io refuses solver settings and inputs it cannot honour, before stepping") {
+  const fs::path folder = fixture("solvers") / "dpmpp_2m_linspace_20";
+  TempDir dir;
+  const fs::path out = dir / "out.safetensors";
+  auto run_with = [&](const std::string& config_text, int64_t steps = 20, const fs::path& inputs = {}) {
+    write_file(dir / "scheduler_config.json", config_text);
+    return run_cli(scheduler_io(dir.path(), steps, inputs.empty() ? folder / "in.safetensors" : inputs, out));
+  };
+  const auto algorithm = run_with(R"({"_class_name": "DPMSolverMultistepScheduler", "algorithm_type": "sde-dpmsolver++"})");
+  CHECK(algorithm.exit_code == 2);
+  CHECK(contains(algorithm.output, "algorithm_type 'sde-dpmsolver++' is not implemented"));
+
+  const auto order = run_with(R"({"_class_name": "DPMSolverMultistepScheduler", "solver_order": 3})");
+  CHECK(order.exit_code == 2);
+  CHECK(contains(order.output, "solver_order 3"));
+
+  const auto solver = run_with(R"({"_class_name": "DPMSolverMultistepScheduler", "solver_type": "bh2"})");
+  CHECK(solver.exit_code == 2);
+  CHECK(contains(solver.output, "midpoint"));
+
+  const auto exponential = run_with(R"({"_class_name": "EulerDiscreteScheduler", "use_exponential_sigmas": true})");
+  CHECK(exponential.exit_code == 2);
+  CHECK(contains(exponential.output, "use_exponential_sigmas"));
+  CHECK(contains(exponential.output, "only diffusers' default false"));
+
+  const auto clipped = run_with(R"({"_class_name": "DPMSolverMultistepScheduler", "lambda_min_clipped": -5.1})");
+  CHECK(clipped.exit_code == 2);
+  CHECK(contains(clipped.output, "lambda_min_clipped"));
+
+  const auto too_many = run_with(R"({"_class_name": "DPMSolverMultistepScheduler"})", 1001);
+  CHECK(too_many.exit_code == 2);
+  CHECK(contains(too_many.output, "at most the schedule's 1000 timesteps"));
+
+  const auto ancestral_sample =
+      run_with(R"({"_class_name": "EulerAncestralDiscreteScheduler", "prediction_type": "sample"})");
+  CHECK(ancestral_sample.exit_code == 2);
+  CHECK(contains(ancestral_sample.output, "prediction_type sample"));
+
+  // 20 model outputs for a 10-step schedule.
+  const auto long_sequence = run_with(R"({"_class_name": "DPMSolverMultistepScheduler"})", 10);
+  CHECK(long_sequence.exit_code == 2);
+  CHECK(contains(long_sequence.output, "holds 20 steps but the schedule has 10"));
+
+  // Euler ancestral without its noise; the DDPM/DDIM format given to a solver.
+  const auto no_noise = run_with(R"({"_class_name": "EulerAncestralDiscreteScheduler"})");
+  CHECK(no_noise.exit_code == 2);
+  CHECK(contains(no_noise.output, "noises"));
+  const fs::path single = fixture("schedulers") / "ddim_linear_leading" / "in.safetensors";
+  const auto wrong_format = run_with(R"({"_class_name": "EulerDiscreteScheduler"})", 20, single);
+  CHECK(wrong_format.exit_code == 2);
+  CHECK(contains(wrong_format.output, "model_outputs"));
+}

@@ -295,3 +295,26 @@ TEST_CASE("sampler steps follow the schedule's diffusers config: spacing, predic
     CHECK(max_abs_diff(out.packet(0).tensor("x_t").to_vector(), want.floats(key)) <= 2e-6);
   }
 }
+
+TEST_CASE("DPM-Solver++ and Euler chains in flight together each keep their own history") {
+  for (const std::string params : {"{schedule: schedule, method: dpmpp, steps: 8}",
+                                   "{schedule: schedule, method: euler, steps: 6}",
+                                   "{schedule: schedule, method: euler_ancestral, steps: 6}"}) {
+    CAPTURE(params);
+    const LoopRun one = run_loop(params, 1, 1);
+    const LoopRun three = run_loop(params, 3, 2);
+    REQUIRE(one.samples.size() == 3);
+    REQUIRE(three.samples.size() == 3);
+    for (const auto& [seq, packet] : one.samples) {
+      CAPTURE(seq);
+      const auto a = packet->tensor("sample").to_vector();
+      CHECK(max_abs_diff(a, three.samples.at(seq)->tensor("sample").to_vector()) == 0.0);
+      CHECK_FALSE(packet->has("sampler_history"));
+      CHECK_FALSE(packet->has("sampler_sample"));
+    }
+    CHECK(max_abs_diff(one.samples.at(0)->tensor("sample").to_vector(),
+                       one.samples.at(1)->tensor("sample").to_vector()) > 1e-3);
+  }
+  const LoopRun run = run_loop("{schedule: schedule, method: dpmpp, steps: 7}", 2, 2, 2);
+  CHECK(invocations(run.report, "forward") == 2 * 7);
+}

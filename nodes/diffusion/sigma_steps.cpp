@@ -1,0 +1,294 @@
+#include "nodes/diffusion/sigma_steps.hpp"
+
+#include "graph/errors.hpp"
+
+#include <algorithm>
+#include <cmath>
+#include <stdexcept>
+#include <string>
+
+namespace diffuflow {
+
+namespace {
+
+ConfigError steps_error(const std::string& what) { return ConfigError(SourceLocation{"", 0, 0, "steps"}, what); }
+
+// np.interp(x, arange(T), values) for one x in [0, T - 1], in float64.
+double interpolate(double x, const std::vector<float>& values) {
+  const size_t last = values.size() - 1;
+  if (x >= static_cast<double>(last)) return values[last];
+  if (x <= 0.0) return values[0];
+  const size_t j = static_cast<size_t>(std::floor(x));
+  if (x == static_cast<double>(j)) return values[j];
+  const double slope = static_cast<double>(values[j + 1]) - static_cast<double>(values[j]);
+  return slope * (x - static_cast<double>(j)) + static_cast<double>(values[j]);
+}
+
+// The fractional timestep whose log sigma interpolates to log(sigma) (diffusers'
+// _sigma_to_t): log_sigmas [T] ascending, float32 as numpy holds them.
+double sigma_to_t(double sigma, const std::vector<float>& log_sigmas) {
+  const double log_sigma = std::log(std::max(sigma, 1e-10));
+  // The last index whose log sigma is at most log(sigma) (0 when none), at most T - 2.
+  size_t low = 0;
+  for (size_t i = 0; i < log_sigmas.size(); ++i)
+    if (log_sigma - static_cast<double>(log_sigmas[i]) >= 0.0) low = i;
+  low = std::min(low, log_sigmas.size() - 2);
+  const double lo = log_sigmas[low], hi = log_sigmas[low + 1];
+  const double w = std::min(std::max((lo - log_sigma) / (lo - hi), 0.0), 1.0);
+  return (1.0 - w) * static_cast<double>(low) + w * static_cast<double>(low + 1);
+}
+
+// Karras et al. 2022 (eq. 5, rho = 7): `count` sigmas from sigma_max down to sigma_min.
+std::vector<double> karras_sigmas(double sigma_min, double sigma_max, int64_t count) {
+  constexpr double kRho = 7.0;
+  const double min_inv_rho = std::pow(sigma_min, 1.0 / kRho), max_inv_rho = std::pow(sigma_max, 1.0 / kRho);
+  std::vector<double> out(static_cast<size_t>(count));
+  for (int64_t i = 0; i < count; ++i) {
+    const double ramp = count > 1 ? (i == count - 1 ? 1.0 : static_cast<double>(i) * (1.0 / double(count - 1))) : 0.0;
+    out[static_cast<size_t>(i)] = std::pow(max_inv_rho + ramp * (min_inv_rho - max_inv_rho), kRho);
+  }
+  return out;
+}
+
+// np.linspace(start, stop, count)[i] in float64: start + i * step, the last exactly stop.
+double linspace_at(double start, double stop, int64_t count, int64_t i) {
+  if (count > 1 && i == count - 1) return stop;
+  const double step = count > 1 ? (stop - start) / static_cast<double>(count - 1) : 0.0;
+  return static_cast<double>(i) * step + start;
+}
+
+// DPMSolverMultistepScheduler's timesteps: its linspace and leading spacings
+// divide T into steps + 1 parts and drop the 0; trailing is the usual one.
+std::vector<int64_t> dpm_timesteps(const SchedulerConfig& config, int64_t steps) {
+  const int64_t T = config.num_train_timesteps;
+  std::vector<int64_t> out;
+  switch (config.timestep_spacing) {
+    case TimestepSpacing::linspace:
+      for (int64_t i = steps; i >= 1; --i)
+        out.push_back(static_cast<int64_t>(std::nearbyint(linspace_at(0.0, double(T - 1), steps + 1, i))));
+      break;
+    case TimestepSpacing::leading: {
+      const int64_t ratio = T / (steps + 1);
+      for (int64_t i = steps; i >= 1; --i) out.push_back(i * ratio + config.steps_offset);
+      break;
+    }
+    case TimestepSpacing::trailing: return config.inference_timesteps(steps);
+  }
+  for (int64_t t : out) {
+    if (t < 0 || t >= T) {
+      throw steps_error(enum_name(config.timestep_spacing) + " spacing of " + std::to_string(steps) +
+                        " DPM-Solver steps over " + std::to_string(T) + " timesteps gives timestep " +
+                        std::to_string(t) + ", outside [0, " + std::to_string(T - 1) + "] (steps_offset " +
+                        std::to_string(config.steps_offset) + ")");
+    }
+  }
+  return out;
+}
+
+// Euler's timesteps as float32 values: linspace is not rounded.
+std::vector<double> euler_timesteps(const SchedulerConfig& config, int64_t steps) {
+  std::vector<double> out;
+  if (config.timestep_spacing == TimestepSpacing::linspace) {
+    const double stop = static_cast<double>(config.num_train_timesteps - 1);
+    for (int64_t i = steps - 1; i >= 0; --i)
+      out.push_back(static_cast<float>(linspace_at(0.0, stop, steps, i)));
+    return out;
+  }
+  for (int64_t t : config.inference_timesteps(steps)) out.push_back(static_cast<double>(t));
+  return out;
+}
+
+// alpha_t = 1 / sqrt(sigma^2 + 1) and sigma_t = sigma alpha_t (diffusers' _sigma_to_alpha_sigma_t), float32.
+struct AlphaSigma {
+  float alpha, sigma, lambda;
+  explicit AlphaSigma(float s) {
+    alpha = 1.0f / std::sqrt(s * s + 1.0f);
+    sigma = s * alpha;
+    lambda = std::log(alpha) - std::log(sigma);  // +inf at sigma 0
+  }
+};
+
+std::vector<float> same(size_t n, float value) { return std::vector<float>(n, value); }
+
+}  // namespace
+
+int SigmaSchedule::model_timestep(size_t k) const {
+  return static_cast<int>(std::nearbyint(timesteps.at(k)));
+}
+
+bool SigmaSchedule::integer_timesteps() const {
+  return std::all_of(timesteps.begin(), timesteps.end(), [](double t) { return t == std::floor(t); });
+}
+
+SigmaSchedule plan_sigma_schedule(const SchedulerConfig& config, SchedulerClass cls, int64_t steps,
+                                  const std::vector<float>& alphas_cumprod) {
+  if (!is_sigma_class(cls)) throw std::logic_error("plan_sigma_schedule: " + enum_name(cls) + " is not a sigma class");
+  const int64_t T = config.num_train_timesteps;
+  if (steps < 1 || steps > T) {
+    throw steps_error(enum_name(cls) + ": sampling steps must be in [1, " + std::to_string(T) +
+                      "] (at most the schedule's " + std::to_string(T) + " timesteps), got " + std::to_string(steps));
+  }
+  if (static_cast<int64_t>(alphas_cumprod.size()) != T) {
+    throw std::invalid_argument("plan_sigma_schedule: " + std::to_string(alphas_cumprod.size()) +
+                                " alphas_cumprod for " + std::to_string(T) + " timesteps");
+  }
+  if (cls == SchedulerClass::EulerAncestralDiscreteScheduler && config.prediction_type == PredictionType::sample) {
+    throw ConfigError(SourceLocation{"", 0, 0, "prediction_type"},
+                      "EulerAncestralDiscreteScheduler does not implement prediction_type sample (as in diffusers); "
+                      "use epsilon or v_prediction, or another sampler");
+  }
+  SigmaSchedule plan;
+  plan.scheduler_class = cls;
+  plan.alphas_cumprod = alphas_cumprod;
+  // Close to 0 without being 0, so that the first sigma is finite.
+  if (config.rescale_betas_zero_snr) plan.alphas_cumprod.back() = std::ldexp(1.0f, -24);
+  const std::vector<float>& abar = plan.alphas_cumprod;
+  std::vector<float> train_sigmas(abar.size()), log_sigmas(abar.size());
+  for (size_t t = 0; t < abar.size(); ++t) {
+    train_sigmas[t] = std::sqrt((1.0f - abar[t]) / abar[t]);
+    log_sigmas[t] = std::log(train_sigmas[t]);
+  }
+  const bool karras = config.use_karras_sigmas && cls != SchedulerClass::EulerAncestralDiscreteScheduler;
+  std::vector<double> sigmas;
+  if (cls == SchedulerClass::DPMSolverMultistepScheduler) {
+    const std::vector<int64_t> ts = dpm_timesteps(config, steps);
+    if (karras) {
+      sigmas = karras_sigmas(train_sigmas.front(), train_sigmas.back(), steps);
+      // Rounded to integers, except for the cosine schedule, where diffusers casts (truncates).
+      const bool round = config.beta_schedule != BetaSchedule::squaredcos_cap_v2;
+      for (double s : sigmas) {
+        const double t = sigma_to_t(s, log_sigmas);
+        plan.timesteps.push_back(round ? std::nearbyint(t) : std::trunc(t));
+      }
+    } else {
+      for (int64_t t : ts) {
+        plan.timesteps.push_back(static_cast<double>(t));
+        sigmas.push_back(train_sigmas[static_cast<size_t>(t)]);
+      }
+    }
+  } else {
+    plan.timesteps = euler_timesteps(config, steps);
+    for (double t : plan.timesteps) sigmas.push_back(interpolate(t, train_sigmas));
+    if (karras) {
+      sigmas = karras_sigmas(sigmas.back(), sigmas.front(), steps);
+      plan.timesteps.clear();
+      for (double s : sigmas) plan.timesteps.push_back(static_cast<float>(sigma_to_t(s, log_sigmas)));
+    }
+  }
+  for (double s : sigmas) plan.sigmas.push_back(static_cast<float>(s));
+  const bool final_sigma_min =
+      cls != SchedulerClass::EulerAncestralDiscreteScheduler && config.final_sigmas_type == FinalSigmasType::sigma_min;
+  plan.sigmas.push_back(final_sigma_min ? std::sqrt((1.0f - abar[0]) / abar[0]) : 0.0f);
+  if (cls != SchedulerClass::DPMSolverMultistepScheduler) {
+    const float max_sigma = *std::max_element(plan.sigmas.begin(), plan.sigmas.end());
+    const bool leading = config.timestep_spacing == TimestepSpacing::leading;
+    plan.init_noise_sigma = leading ? std::sqrt(max_sigma * max_sigma + 1.0f) : max_sigma;
+  }
+  return plan;
+}
+
+Tensor scale_initial_noise(DiffusionSteps& steps, const SigmaSchedule& plan, const Tensor& noise) {
+  const size_t n = static_cast<size_t>(noise.dim(0));
+  if (plan.init_noise_sigma == 1.0f) return steps.on_device(noise);
+  return steps.combine(same(n, plan.init_noise_sigma), noise, same(n, 0.0f), noise);
+}
+
+Tensor scale_model_input(DiffusionSteps& steps, const SigmaSchedule& plan, size_t k, const Tensor& sample) {
+  if (k >= plan.size()) throw std::invalid_argument("scale_model_input: position " + std::to_string(k) + " of " +
+                                                    std::to_string(plan.size()));
+  if (plan.scheduler_class == SchedulerClass::DPMSolverMultistepScheduler) return steps.on_device(sample);
+  const size_t n = static_cast<size_t>(sample.dim(0));
+  const float sigma = plan.sigmas[k];
+  // x / sqrt(sigma^2 + 1), as one division: (x - 0 x) / d.
+  return steps.sub_scaled_div(sample, same(n, 0.0f), sample, same(n, std::sqrt(sigma * sigma + 1.0f)), false);
+}
+
+bool sigma_step_uses_history(const SigmaSchedule& plan, const SchedulerConfig& config, size_t k) {
+  if (plan.scheduler_class != SchedulerClass::DPMSolverMultistepScheduler) return false;
+  const size_t count = plan.size();
+  // diffusers: a first-order last step for few steps, with euler_at_final, or towards sigma 0.
+  const bool lower_order_final =
+      k + 1 == count && (config.euler_at_final || (config.lower_order_final && count < 15) ||
+                         config.final_sigmas_type == FinalSigmasType::zero);
+  return config.solver_order >= 2 && k >= 1 && !lower_order_final;
+}
+
+DiffusionSteps::StepResult sigma_step(DiffusionSteps& steps, const SigmaSchedule& plan, const SchedulerConfig& config,
+                                      size_t k, const Tensor& sample, const Tensor& model_output,
+                                      const Tensor& previous_x0, const Tensor& noise) {
+  if (k >= plan.size()) {
+    throw std::invalid_argument(enum_name(plan.scheduler_class) + ": step position " + std::to_string(k) +
+                                " is past the " + std::to_string(plan.size()) + " steps of the schedule");
+  }
+  const size_t n = static_cast<size_t>(sample.dim(0));
+  const float sigma = plan.sigmas[k], sigma_next = plan.sigmas[k + 1];
+  const PredictionType type = config.prediction_type;
+
+  if (plan.scheduler_class == SchedulerClass::DPMSolverMultistepScheduler) {
+    // convert_model_output: the data prediction x_0 at sigma.
+    const AlphaSigma s0(sigma);
+    Tensor x0;
+    switch (type) {
+      case PredictionType::epsilon:
+        x0 = steps.sub_scaled_div(sample, same(n, s0.sigma), model_output, same(n, s0.alpha), false);
+        break;
+      case PredictionType::v_prediction:
+        x0 = steps.combine(same(n, s0.alpha), sample, same(n, -s0.sigma), model_output);
+        break;
+      case PredictionType::sample: x0 = steps.on_device(model_output); break;
+    }
+    if (config.thresholding) x0 = steps.threshold(x0, config.dynamic_thresholding_ratio, config.sample_max_value);
+
+    const AlphaSigma t(sigma_next);
+    const float h = t.lambda - s0.lambda;
+    const float exp_m1 = std::exp(-h) - 1.0f;  // exp(-h) - 1
+    const float x_coef = t.sigma / s0.sigma;
+    const float d0_coef = -(t.alpha * exp_m1);
+    if (!sigma_step_uses_history(plan, config, k)) {
+      // First order (DDIM in sigma space): (sigma_t / sigma_s) x - alpha_t (exp(-h) - 1) x0.
+      return {steps.combine(same(n, x_coef), sample, same(n, d0_coef), x0), x0};
+    }
+    if (previous_x0.empty()) {
+      throw std::invalid_argument("DPMSolverMultistepScheduler: step " + std::to_string(k) +
+                                  " needs the previous step's x_0 prediction");
+    }
+    // Second order: D1 = (m0 - m1) / r0 with r0 = h_0 / h, h_0 = lambda_s0 - lambda_s1.
+    const AlphaSigma s1(plan.sigmas[k - 1]);
+    const float r0 = (s0.lambda - s1.lambda) / h;
+    const float inv_r0 = 1.0f / r0;
+    const Tensor d1 = steps.combine(same(n, inv_r0), x0, same(n, -inv_r0), previous_x0);
+    const float d1_coef = config.solver_type == SolverType::midpoint ? -(0.5f * (t.alpha * exp_m1))
+                                                                     : t.alpha * (exp_m1 / h + 1.0f);
+    const Tensor first = steps.combine(same(n, x_coef), sample, same(n, d0_coef), x0);
+    return {steps.combine(same(n, 1.0f), first, same(n, d1_coef), d1), x0};
+  }
+
+  // Euler and Euler ancestral: x_0 from the model output at sigma (no churn: sigma_hat = sigma).
+  Tensor x0;
+  switch (type) {
+    case PredictionType::epsilon:
+      x0 = steps.combine(same(n, 1.0f), sample, same(n, -sigma), model_output);
+      break;
+    case PredictionType::v_prediction: {
+      const float c_out = -sigma / std::sqrt(sigma * sigma + 1.0f);
+      const float c_skip = 1.0f / (sigma * sigma + 1.0f);
+      x0 = steps.combine(same(n, c_out), model_output, same(n, c_skip), sample);
+      break;
+    }
+    case PredictionType::sample: x0 = steps.on_device(model_output); break;
+  }
+  // The ODE derivative (x - x_0) / sigma, then one Euler step to the next sigma.
+  const Tensor derivative = steps.sub_scaled_div(sample, same(n, 1.0f), x0, same(n, sigma), false);
+  if (plan.scheduler_class == SchedulerClass::EulerDiscreteScheduler) {
+    return {steps.combine(same(n, 1.0f), sample, same(n, sigma_next - sigma), derivative), x0};
+  }
+  // Ancestral: step down to sigma_down, then add noise of sigma_up.
+  const float sigma_up =
+      std::sqrt(sigma_next * sigma_next * (sigma * sigma - sigma_next * sigma_next) / (sigma * sigma));
+  const float sigma_down = std::sqrt(sigma_next * sigma_next - sigma_up * sigma_up);
+  const Tensor moved = steps.combine(same(n, 1.0f), sample, same(n, sigma_down - sigma), derivative);
+  if (noise.empty()) throw std::invalid_argument("EulerAncestralDiscreteScheduler: the step needs noise");
+  return {steps.scale_add(same(n, sigma_up), noise, moved), x0};
+}
+
+}  // namespace diffuflow

@@ -1,0 +1,86 @@
+// sigma_steps: the samplers that walk a sequence of noise levels sigma =
+// sqrt((1 - abar) / abar) rather than timesteps: diffusers'
+// DPMSolverMultistepScheduler (DPM-Solver++, Lu et al. 2022, orders 1 and 2,
+// midpoint or heun), EulerDiscreteScheduler (Karras et al. 2022, algorithm 2
+// without churn) and EulerAncestralDiscreteScheduler. Shared by the in-graph
+// sampler, sample_preview and `diffuflow scheduler-io`.
+//
+//   SigmaSchedule plan = plan_sigma_schedule(config, SchedulerClass::DPMSolverMultistepScheduler, 20,
+//                                            schedule.alphas_cumprod());
+//   Tensor x = scale_initial_noise(steps, plan, noise);        // x_T * init_noise_sigma
+//   Tensor previous;                                            // a multistep solver's history
+//   for (size_t k = 0; k < plan.size(); ++k) {
+//     Tensor input = scale_model_input(steps, plan, k, x);      // Euler: x / sqrt(sigma^2 + 1)
+//     Tensor m = model(input, plan.model_timestep(k));
+//     auto r = sigma_step(steps, plan, config, k, x, m, previous, noise_k);
+//     x = r.prev_sample, previous = r.pred_original_sample;
+//   }
+//
+// A step depends only on its inputs (the position k, the sample, the model
+// output, the previous step's x_0 prediction for DPM-Solver++ of order 2, the
+// noise for Euler ancestral), so each chain carries its own history and any
+// number of chains may be in flight. Scalar coefficients are computed on the
+// host in float32 in diffusers' order; tensor work runs as DiffusionSteps'
+// oneDNN primitives. Shapes: [N, ...] f32; every sample of a call is at the
+// same position k.
+#pragma once
+
+#include "graph/tensor.hpp"
+#include "nodes/diffusion/diffusion_steps.hpp"
+#include "nodes/diffusion/scheduler_config.hpp"
+
+#include <cstdint>
+#include <vector>
+
+namespace diffuflow {
+
+// What diffusers' set_timesteps(steps) gives a sigma-space class.
+struct SigmaSchedule {
+  SchedulerClass scheduler_class = SchedulerClass::DPMSolverMultistepScheduler;
+  // The model-call timesteps, noisiest first, as diffusers holds them: integers
+  // for DPM-Solver++, float32 values for Euler (fractional with linspace
+  // spacing or Karras sigmas).
+  std::vector<double> timesteps;
+  std::vector<float> sigmas;          // timesteps.size() + 1; the last is the final sigma
+  float init_noise_sigma = 1.0f;      // the pipeline starts from noise * init_noise_sigma
+  std::vector<float> alphas_cumprod;  // as the class holds it (zero-SNR rescale: the last is 2^-24)
+
+  size_t size() const { return timesteps.size(); }
+  // The timestep the model is called with at position k: timesteps[k] rounded
+  // to the nearest integer (this project's models take integer timesteps).
+  int model_timestep(size_t k) const;
+  // Whether every timestep is an integer (then the model sees diffusers' exact timesteps).
+  bool integer_timesteps() const;
+};
+
+// diffusers' set_timesteps(steps) for `cls` (a sigma-space class) with the
+// config's spacing, Karras sigmas and final sigma, over the schedule's
+// alphas_cumprod. ConfigError (key `steps`) when steps is outside [1, T] or a
+// timestep falls outside [0, T); ConfigError for a setting the class does not
+// support (Euler ancestral with prediction_type sample).
+SigmaSchedule plan_sigma_schedule(const SchedulerConfig& config, SchedulerClass cls, int64_t steps,
+                                  const std::vector<float>& alphas_cumprod);
+
+// x_T as the pipeline starts it: noise * init_noise_sigma [N,...].
+Tensor scale_initial_noise(DiffusionSteps& steps, const SigmaSchedule& plan, const Tensor& noise);
+
+// diffusers' scale_model_input at position k: Euler divides by sqrt(sigma^2 + 1);
+// DPM-Solver++ returns the sample as it is.
+Tensor scale_model_input(DiffusionSteps& steps, const SigmaSchedule& plan, size_t k, const Tensor& sample);
+
+// One step of plan.scheduler_class at position k, as diffusers' step() computes
+// it after the k steps before it. `previous_x0`: the pred_original_sample of
+// step k - 1 (DPM-Solver++ of order 2 needs it from k = 1 on; may be empty
+// otherwise). `noise` [N,...]: Euler ancestral's step noise (may be empty for
+// the others). pred_original_sample: the x_0 prediction the step used (for
+// DPM-Solver++ its converted, possibly thresholded, model output: the next
+// step's history). std::invalid_argument on a position outside the plan or a
+// missing history or noise.
+DiffusionSteps::StepResult sigma_step(DiffusionSteps& steps, const SigmaSchedule& plan, const SchedulerConfig& config,
+                                      size_t k, const Tensor& sample, const Tensor& model_output,
+                                      const Tensor& previous_x0, const Tensor& noise);
+
+// Whether the DPM-Solver++ step at position k uses the previous step's x_0 prediction.
+bool sigma_step_uses_history(const SigmaSchedule& plan, const SchedulerConfig& config, size_t k);
+
+}  // namespace diffuflow
