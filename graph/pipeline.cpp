@@ -542,8 +542,9 @@ struct Pipeline::Impl {
     nlohmann::json events = nlohmann::json::array();
     const std::string process =
         world.distributed() ? "rank " + std::to_string(world.rank()) + " on " + world.host() : "diffuflow";
-    events.push_back({{"name", "process_name"}, {"ph", "M"}, {"pid", pid}, {"args", {{"name", process}}}});
-    events.push_back({{"name", "process_sort_index"}, {"ph", "M"}, {"pid", pid}, {"args", {{"sort_index", pid}}}});
+    events.push_back({{"name", "process_name"}, {"ph", "M"}, {"pid", pid}, {"tid", 0}, {"args", {{"name", process}}}});
+    events.push_back(
+        {{"name", "process_sort_index"}, {"ph", "M"}, {"pid", pid}, {"tid", 0}, {"args", {{"sort_index", pid}}}});
     int64_t next_tid = 0;
     for (size_t i = 0; i < nodes.size(); ++i) {
       Runtime& rt = *nodes[i];
