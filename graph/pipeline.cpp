@@ -6,6 +6,7 @@
 #include "graph/limiter.hpp"
 #include "graph/node.hpp"
 #include "graph/registry.hpp"
+#include "graph/world.hpp"
 
 #include <nlohmann/json.hpp>
 #include <oneapi/tbb/flow_graph.h>
@@ -14,6 +15,7 @@
 
 #include <algorithm>
 #include <chrono>
+#include <cstdlib>
 #include <condition_variable>
 #include <deque>
 #include <fstream>
@@ -173,7 +175,21 @@ struct Pipeline::Impl {
   int64_t failure_step = -1;
   std::atomic<bool> failed{false};
 
-  Impl(const PipelineSpec& s, RunContext& c, RunOptions o) : spec(s), ctx(c), options(std::move(o)) {}
+  // For tests of failure handling: DIFFUFLOW_FAULT=node:step makes `node` fail
+  // at `step` (seq) with an error, as a real fault in that step would.
+  std::string fault_node;
+  int64_t fault_step = -2;
+
+  Impl(const PipelineSpec& s, RunContext& c, RunOptions o) : spec(s), ctx(c), options(std::move(o)) {
+    if (const char* fault = std::getenv("DIFFUFLOW_FAULT")) {
+      const std::string text = fault;
+      const size_t colon = text.rfind(':');
+      if (colon != std::string::npos) {
+        fault_node = text.substr(0, colon);
+        fault_step = std::strtoll(text.c_str() + colon + 1, nullptr, 10);
+      }
+    }
+  }
   ~Impl() { alive->store(false); }
 
   int64_t now_ns() const {
@@ -205,6 +221,9 @@ struct Pipeline::Impl {
     const int64_t seq = work.packets.empty() ? -1 : work.packets.front()->seq();
     const int64_t t0 = now_ns();
     try {
+      if (seq == fault_step && rt.spec->name == fault_node) {
+        throw std::runtime_error("a fault injected by DIFFUFLOW_FAULT=" + fault_node + ":" + std::to_string(seq));
+      }
       CollectingEmitter emitter(*routed, rt.contract->outputs.size(), rt.spec->name);
       rt.node->process(NodeInput{work.port, work.packets}, emitter);
     } catch (...) {
@@ -513,8 +532,19 @@ struct Pipeline::Impl {
   // nested): each invocation goes to the lowest slot free when it started, so
   // no two slices on a track overlap. Slot k of a node with several is named
   // "name #k (type)".
+  //
+  // Several processes: each is a trace process (pid rank + 1, named "rank r on
+  // host"); every rank's events are gathered to rank 0, which writes the file.
+  // Times run from each process's own start of the run.
   void write_trace(const std::string& path) {
+    World& world = ctx.world();
+    const int pid = world.rank() + 1;
     nlohmann::json events = nlohmann::json::array();
+    const std::string process =
+        world.distributed() ? "rank " + std::to_string(world.rank()) + " on " + world.host() : "diffuflow";
+    events.push_back({{"name", "process_name"}, {"ph", "M"}, {"pid", pid}, {"tid", 0}, {"args", {{"name", process}}}});
+    events.push_back(
+        {{"name", "process_sort_index"}, {"ph", "M"}, {"pid", pid}, {"tid", 0}, {"args", {{"sort_index", pid}}}});
     int64_t next_tid = 0;
     for (size_t i = 0; i < nodes.size(); ++i) {
       Runtime& rt = *nodes[i];
@@ -540,14 +570,14 @@ struct Pipeline::Impl {
       for (size_t slot = 0; slot < tracks; ++slot) {
         const int64_t tid = first_tid + static_cast<int64_t>(slot);
         const std::string track = tracks == 1 ? rt.spec->name : rt.spec->name + " #" + std::to_string(slot);
-        events.push_back({{"name", "thread_name"}, {"ph", "M"}, {"pid", 1}, {"tid", tid},
+        events.push_back({{"name", "thread_name"}, {"ph", "M"}, {"pid", pid}, {"tid", tid},
                           {"args", {{"name", track + " (" + rt.spec->type + ")"}}}});
         events.push_back(
-            {{"name", "thread_sort_index"}, {"ph", "M"}, {"pid", 1}, {"tid", tid}, {"args", {{"sort_index", tid}}}});
+            {{"name", "thread_sort_index"}, {"ph", "M"}, {"pid", pid}, {"tid", tid}, {"args", {{"sort_index", tid}}}});
       }
       for (size_t j = 0; j < intervals.size(); ++j) {
         const Interval& iv = intervals[j];
-        events.push_back({{"name", rt.spec->name}, {"cat", rt.spec->type}, {"ph", "X"}, {"pid", 1},
+        events.push_back({{"name", rt.spec->name}, {"cat", rt.spec->type}, {"ph", "X"}, {"pid", pid},
                           {"tid", first_tid + static_cast<int64_t>(slot_of[j])}, {"ts", iv.start_ns / 1000.0},
                           {"dur", (iv.end_ns - iv.start_ns) / 1000.0}, {"args", {{"seq", iv.seq}}}});
       }
@@ -555,14 +585,22 @@ struct Pipeline::Impl {
     // Work off the nodes (a communication thread): one track each.
     for (auto& [track, type, intervals] : span_tracks()) {
       const int64_t tid = next_tid++;
-      events.push_back({{"name", "thread_name"}, {"ph", "M"}, {"pid", 1}, {"tid", tid},
+      events.push_back({{"name", "thread_name"}, {"ph", "M"}, {"pid", pid}, {"tid", tid},
                         {"args", {{"name", track + " (" + type + ")"}}}});
       events.push_back(
-          {{"name", "thread_sort_index"}, {"ph", "M"}, {"pid", 1}, {"tid", tid}, {"args", {{"sort_index", tid}}}});
+          {{"name", "thread_sort_index"}, {"ph", "M"}, {"pid", pid}, {"tid", tid}, {"args", {{"sort_index", tid}}}});
       for (const Interval& iv : intervals) {
-        events.push_back({{"name", track}, {"cat", type}, {"ph", "X"}, {"pid", 1}, {"tid", tid},
+        events.push_back({{"name", track}, {"cat", type}, {"ph", "X"}, {"pid", pid}, {"tid", tid},
                           {"ts", iv.start_ns / 1000.0}, {"dur", (iv.end_ns - iv.start_ns) / 1000.0},
                           {"args", {{"seq", iv.seq}}}});
+      }
+    }
+    if (world.distributed()) {
+      const std::vector<std::string> parts = world.gather(events.dump(), 0);
+      if (world.rank() != 0) return;
+      events = nlohmann::json::array();
+      for (const auto& part : parts) {
+        for (auto& event : nlohmann::json::parse(part)) events.push_back(std::move(event));
       }
     }
     nlohmann::json trace = {{"traceEvents", events}, {"displayTimeUnit", "ms"}};
@@ -645,7 +683,8 @@ RunReport Pipeline::run() {
   for (auto& [track, type, intervals] : impl.span_tracks()) {
     report.nodes.push_back(impl.profile_of(track, type, std::move(intervals), report.wall_s));
   }
-  if (!impl.options.trace_file.empty()) {
+  // A failed process ends the job (MPI_Abort) instead of waiting for the others' trace.
+  if (!impl.options.trace_file.empty() && !(impl.failure && impl.ctx.world().distributed())) {
     try {
       impl.write_trace(impl.options.trace_file);
     } catch (...) {

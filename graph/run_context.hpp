@@ -114,6 +114,11 @@ class RunContext {
     }
   }
   void set_stop_needs_agreement(bool needed) { stop_needs_agreement_.store(needed); }
+  // A node gathers every process's results on rank 0 (rank_gather), so
+  // sources of independent work (sampling chains) may split it between the
+  // processes; without one every process does all of it and rank 0 writes.
+  void set_results_gathered(bool gathered) { results_gathered_.store(gathered); }
+  bool results_gathered() const { return results_gathered_.load(); }
   bool stop_wanted() const { return stop_wanted_.load() || stop_.load(); }
   // Sources emit no packet numbered `step` or later (-1: no such limit).
   void stop_at_step(int64_t step) {
@@ -179,6 +184,7 @@ class RunContext {
   std::shared_ptr<MetricsLog> metrics_;
   std::atomic<bool> stop_{false};
   std::atomic<bool> stop_needs_agreement_{false};
+  std::atomic<bool> results_gathered_{false};
   std::atomic<bool> stop_wanted_{false};
   std::atomic<int64_t> stop_at_{-1};
   std::atomic<int64_t> steps_done_{0};

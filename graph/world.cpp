@@ -17,6 +17,11 @@ class LocalWorld : public World {
   std::vector<std::string> gather(const std::string& text, int) override { return {text}; }
   std::string broadcast(const std::string& text, int) override { return text; }
   void barrier() override {}
+  // A world of one has no other rank to talk to.
+  void send(const std::string&, int to, int) override {
+    throw std::logic_error("send to rank " + std::to_string(to) + " in a world of one process");
+  }
+  std::string receive(int, int*) override { throw std::logic_error("receive in a world of one process"); }
   [[noreturn]] void abort(int exit_code) override { std::_Exit(exit_code); }
   std::shared_ptr<World> duplicate() override { return std::make_shared<LocalWorld>(); }
 };

@@ -40,6 +40,11 @@ class World {
   // `root`'s text on every rank.
   virtual std::string broadcast(const std::string& text, int root) = 0;
   virtual void barrier() = 0;
+  // Point to point: `bytes` to rank `to`; receive() waits for the next message
+  // with `tag` from any rank and says which sent it. Message order between two
+  // ranks is kept.
+  virtual void send(const std::string& bytes, int to, int tag) = 0;
+  virtual std::string receive(int tag, int* from) = 0;
   // Ends every process of the world at once (a failed rank must not leave the
   // others waiting in a collective). Never returns.
   [[noreturn]] virtual void abort(int exit_code) = 0;

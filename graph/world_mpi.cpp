@@ -3,9 +3,11 @@
 #include "graph/world.hpp"
 
 #include <algorithm>
+#include <chrono>
 #include <cstdint>
 #include <cstdlib>
 #include <stdexcept>
+#include <thread>
 
 #ifdef DIFFUFLOW_HAVE_MPI
 #include <mpi.h>
@@ -49,10 +51,16 @@ class MpiWorld : public World {
     if (comm_ != MPI_COMM_WORLD && !finalized) MPI_Comm_free(&comm_);
   }
 
+  // Nonblocking, then tested with short sleeps between tests: a blocking
+  // MPI_Allreduce spins on a core while it waits for the other ranks, which
+  // takes that core from this process's own backward pass (the sums run on a
+  // communication thread beside it) when ranks share a machine's cores.
   void allreduce_sum(float* data, size_t count) override {
     for (size_t done = 0; done < count;) {
       const int n = static_cast<int>(std::min<size_t>(count - done, kMaxCount));
-      MPI_Allreduce(MPI_IN_PLACE, data + done, n, MPI_FLOAT, MPI_SUM, comm_);
+      MPI_Request request;
+      MPI_Iallreduce(MPI_IN_PLACE, data + done, n, MPI_FLOAT, MPI_SUM, comm_, &request);
+      wait_politely(request);
       done += static_cast<size_t>(n);
     }
   }
@@ -100,6 +108,20 @@ class MpiWorld : public World {
     return out;
   }
   void barrier() override { MPI_Barrier(comm_); }
+  void send(const std::string& bytes, int to, int tag) override {
+    if (bytes.size() > kMaxCount) throw std::length_error("a message of more than 1 GiB to rank " + std::to_string(to));
+    MPI_Send(bytes.data(), static_cast<int>(bytes.size()), MPI_BYTE, to, tag, comm_);
+  }
+  std::string receive(int tag, int* from) override {
+    MPI_Status status;
+    MPI_Probe(MPI_ANY_SOURCE, tag, comm_, &status);
+    int count = 0;
+    MPI_Get_count(&status, MPI_BYTE, &count);
+    std::string bytes(static_cast<size_t>(count), '\0');
+    MPI_Recv(bytes.data(), count, MPI_BYTE, status.MPI_SOURCE, tag, comm_, MPI_STATUS_IGNORE);
+    if (from != nullptr) *from = status.MPI_SOURCE;
+    return bytes;
+  }
   [[noreturn]] void abort(int exit_code) override {
     MPI_Abort(MPI_COMM_WORLD, exit_code);
     std::_Exit(exit_code);  // MPI_Abort does not return; this says so to the compiler
@@ -111,6 +133,16 @@ class MpiWorld : public World {
   }
 
  private:
+  // Tests `request` until it completes, sleeping between tests from 20 us up to 200 us.
+  static void wait_politely(MPI_Request& request) {
+    int complete = 0;
+    for (int wait_us = 20;; wait_us = std::min(200, wait_us * 2)) {
+      MPI_Test(&request, &complete, MPI_STATUS_IGNORE);
+      if (complete) return;
+      std::this_thread::sleep_for(std::chrono::microseconds(wait_us));
+    }
+  }
+
   static constexpr size_t kMaxCount = size_t{1} << 30;  // MPI counts are int
   std::shared_ptr<MpiSession> session_;
   MPI_Comm comm_;

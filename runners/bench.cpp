@@ -33,6 +33,7 @@
 #include "graph/node.hpp"
 #include "graph/pipeline.hpp"
 #include "graph/registry.hpp"
+#include "graph/world.hpp"
 #include "nodes/common/images.hpp"
 #include "nodes/common/plots.hpp"
 #include "compute/program.hpp"
@@ -114,6 +115,12 @@ struct Measurement {
   double wall_s = 0;                 // the run, as the pipeline's report has it
   double peak_rss_mib = 0;
   std::vector<NodeWindow> nodes;
+  // Under mpirun (bench train): images/s above are global (every process's
+  // images); per rank, the median step and the communication per step.
+  int processes = 1;
+  double exposed_comm_ms = 0;    // per step, the most of any rank: backward waiting for gradient sums
+  double allreduce_ms = 0;       // per step, rank 0: time the sums took on the communication thread
+  json ranks = json::array();    // [{rank, step_ms_median, exposed_comm_ms_per_step, allreduce_ms_per_step}]
   json extra;  // kind-specific numbers (unet)
 };
 
@@ -249,6 +256,10 @@ Measurement measure_pipeline(const Settings& s) {
     m.setup_s = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
     report = pipeline.run();
   }
+  // Several processes: rank 0 has every rank's events (the trace is gathered there) and measures.
+  World& world = *process_world();
+  if (world.rank() != 0) return m;
+  m.processes = world.size();
   m.peak_rss_mib = peak_rss_mib();
   if (!rss_reset) m.extra["peak_rss_scope"] = "process";
   m.wall_s = report.wall_s;
@@ -260,8 +271,24 @@ Measurement measure_pipeline(const Settings& s) {
   std::map<std::string, std::string> type_of;
   std::map<int64_t, double> done;  // step -> the end of its last invocation
   double first = INFINITY;
+  // Per rank (trace process rank + 1): step completions and the communication spans.
+  std::map<int, std::map<int64_t, double>> rank_done;
+  std::map<int, std::vector<std::pair<double, double>>> rank_wait, rank_sum;  // (end, duration) in s
   for (const auto& e : events) {
     if (e.value("ph", "") != "X") continue;
+    const int pid = e.value("pid", 1);
+    if (pid != 1) {
+      const double end = (e.at("ts").get<double>() + e.at("dur").get<double>()) * 1e-6;
+      const int64_t seq = e.at("args").value("seq", int64_t{-1});
+      if (seq >= 0) rank_done[pid][seq] = std::max(rank_done[pid][seq], end);
+    }
+    {
+      const double end = (e.at("ts").get<double>() + e.at("dur").get<double>()) * 1e-6;
+      const std::string cat = e.value("cat", "");
+      if (cat == "allreduce_wait") rank_wait[pid].push_back({end, e.at("dur").get<double>() * 1e-6});
+      if (cat == "allreduce") rank_sum[pid].push_back({end, e.at("dur").get<double>() * 1e-6});
+    }
+    if (pid != 1) continue;
     const double start = e.at("ts").get<double>() * 1e-6, end = start + e.at("dur").get<double>() * 1e-6;
     const std::string name = e.at("name").get<std::string>();
     by_node[name].push_back({start, end});
@@ -282,11 +309,34 @@ Measurement measure_pipeline(const Settings& s) {
   m.window_s = hi - lo;
   m.warmup_s = lo - first;
   m.steps = static_cast<int64_t>(k);
-  m.images = static_cast<int64_t>(k) * s.batch;
+  m.images = static_cast<int64_t>(k) * s.batch * m.processes;
   m.images_per_s = m.window_s > 0 ? m.images / m.window_s : 0;
   std::vector<double> step_s;
   for (size_t i = w; i < w + k; ++i) step_s.push_back(completions[i] - (i > 0 ? completions[i - 1] : first));
   m.step_ms_median = median_of(step_s) * 1e3;
+  // Each rank's window is its own steps W+1 .. W+K (its clock starts with its own run).
+  rank_done[1] = done;
+  for (int pid = 1; pid <= m.processes; ++pid) {
+    std::vector<double> c;
+    for (const auto& [seq, t] : rank_done[pid]) c.push_back(t);
+    std::sort(c.begin(), c.end());
+    if (c.size() < w + k) continue;
+    const double rlo = w > 0 ? c[w - 1] : 0, rhi = c[w + k - 1];
+    std::vector<double> steps_here;
+    for (size_t i = std::max<size_t>(w, 1); i < w + k; ++i) steps_here.push_back(c[i] - c[i - 1]);
+    auto per_step_ms = [&](const std::vector<std::pair<double, double>>& spans) {
+      double sum = 0;
+      for (const auto& [end, duration] : spans) sum += end > rlo && end <= rhi ? duration : 0;
+      return sum / static_cast<double>(k) * 1e3;
+    };
+    const double exposed = per_step_ms(rank_wait[pid]), sums = per_step_ms(rank_sum[pid]);
+    m.ranks.push_back({{"rank", pid - 1},
+                       {"step_ms_median", median_of(steps_here) * 1e3},
+                       {"exposed_comm_ms_per_step", exposed},
+                       {"allreduce_ms_per_step", sums}});
+    m.exposed_comm_ms = std::max(m.exposed_comm_ms, exposed);
+    if (pid == 1) m.allreduce_ms = sums;
+  }
 
   std::vector<Interval> model, compute;
   for (const auto& profile : report.nodes) {  // the pipeline's order, limiters left out
@@ -392,7 +442,9 @@ json measurement_json(const Measurement& m) {
             {"compute_busy_fraction", m.compute_busy_fraction},
             {"unet_forwards_per_s", m.unet_forwards_per_s},
             {"setup_s", m.setup_s},           {"warmup_s", m.warmup_s},     {"wall_s", m.wall_s},
-            {"peak_rss_mib", m.peak_rss_mib}};
+            {"peak_rss_mib", m.peak_rss_mib},  {"processes", m.processes},
+            {"exposed_comm_ms_per_step", m.exposed_comm_ms}, {"allreduce_ms_per_step", m.allreduce_ms},
+            {"ranks", m.ranks}};
   json nodes = json::array();
   for (const auto& n : m.nodes) nodes.push_back(node_json(n));
   j["nodes"] = nodes;
@@ -408,10 +460,17 @@ std::string fixed(double v, int digits = 1) {
 
 void print_breakdown(const Measurement& m, std::ostream& out) {
   if (m.nodes.empty()) return;
-  out << "  " << std::left << std::setw(14) << "node" << std::setw(18) << "type" << std::setw(8) << "where"
+  // Columns as wide as the longest name (communication rows: "backward.allreduce_wait").
+  size_t name_width = 14, type_width = 18;
+  for (const auto& n : m.nodes) {
+    name_width = std::max(name_width, n.name.size() + 2);
+    type_width = std::max(type_width, n.type.size() + 2);
+  }
+  const int nw = static_cast<int>(name_width), tw = static_cast<int>(type_width);
+  out << "  " << std::left << std::setw(nw) << "node" << std::setw(tw) << "type" << std::setw(8) << "where"
       << std::right << std::setw(7) << "count" << std::setw(9) << "busy%" << std::setw(11) << "mean ms" << "\n";
   for (const auto& n : m.nodes) {
-    out << "  " << std::left << std::setw(14) << n.name << std::setw(18) << n.type << std::setw(8)
+    out << "  " << std::left << std::setw(nw) << n.name << std::setw(tw) << n.type << std::setw(8)
         << (n.device ? "compute" : "tbb") << std::right << std::setw(7) << n.count << std::setw(8)
         << fixed(n.busy_fraction * 100) << "%" << std::setw(11) << fixed(n.mean_ms, 2) << "\n";
   }
@@ -494,6 +553,14 @@ int run_bench(const ParsedOptions& opts) {
   const std::string mode = opts.text("mode");
   if (mode != "forward" && mode != "train") throw bad_option("--mode", "bench unet times one kind: forward or train");
   const UNetBenchMode unet_mode = parse_enum<UNetBenchMode>(mode);
+  // Under mpirun every process runs the same measurements; rank 0 reports them.
+  World& world = *process_world();
+  if (world.distributed() && base.kind != "train") {
+    throw bad_option("KIND", "under mpirun only `bench train` runs (data parallel); bench " + base.kind +
+                                 " measures one process");
+  }
+  std::ostringstream discarded;
+  std::ostream& out = world.rank() == 0 ? std::cout : discarded;
   if (base.kind == "unet" && !base.sets.empty()) throw bad_option("--set", "bench unet runs no pipeline");
 
   // The sweep: a name and its values; one Settings per value.
@@ -575,10 +642,13 @@ int run_bench(const ParsedOptions& opts) {
 
   // The machine first.
   const int cores = static_cast<int>(std::thread::hardware_concurrency());
-  std::cout << "bench " << base.kind << (base.kind == "unet" ? "" : " (" + base.pipeline + ")") << "\n"
+  out << "bench " << base.kind << (base.kind == "unet" ? "" : " (" + base.pipeline + ")") << "\n"
             << "machine: " << describe_cpu_model() << ", " << cores << " cores (nproc)\n"
             << "oneDNN ISA: " << describe_cpu_isa() << "\n"
             << "versions: " << describe_versions() << "\n"
+            << (world.distributed() ? "processes: " + std::to_string(world.size()) +
+                                          " (mpirun; batch and threads per process, images/s over all)\n"
+                                    : "")
             << "threads: " << resolved_threads(base.threads) << " (OpenMP threads of the compute thread and TBB "
             << "max_allowed_parallelism)" << (sweep_name == "threads" ? ", swept" : "") << "\n"
             << "settings: config " << (base.config.empty() ? "(pipeline's)" : base.config) << ", batch "
@@ -597,51 +667,57 @@ int run_bench(const ParsedOptions& opts) {
                                 ? "; sampling images/s = U-Net forwards/s in the window * batch / forwards per chain "
                                   "(chains in flight together finish together, forwards are evenly spaced)"
                                 : "");
-  std::cout << "method: " << method << "\n" << std::flush;
+  out << "method: " << method << "\n" << std::flush;
 
   for (size_t i = 0; i < rows.size(); ++i) {
     Row& row = rows[i];
     for (int r = 0; r < base.repeats; ++r) {
       Measurement m = base.kind == "unet" ? measure_unet(points[i], unet_mode) : measure_pipeline(points[i]);
-      std::cout << (row.sweep_value.empty() ? "" : sweep_name + "=" + row.sweep_value + " ") << "repeat " << r + 1
+      out << (row.sweep_value.empty() ? "" : sweep_name + "=" + row.sweep_value + " ") << "repeat " << r + 1
                 << "/" << base.repeats << ": " << fixed(m.images_per_s) << " images/s";
       if (base.kind != "unet") {
-        std::cout << " (" << m.images << " images in " << fixed(m.window_s, 3) << " s; step " << fixed(m.step_ms_median)
+        out << " (" << m.images << " images in " << fixed(m.window_s, 3) << " s; step " << fixed(m.step_ms_median)
                   << " ms median; model busy " << fixed(m.model_busy_fraction * 100) << "%, compute thread busy "
                   << fixed(m.compute_busy_fraction * 100) << "%";
-        if (base.kind == "sample") std::cout << "; " << fixed(m.unet_forwards_per_s, 2) << " U-Net forwards/s";
-        std::cout << "; setup " << fixed(m.setup_s, 2) << " s, warm-up " << fixed(m.warmup_s, 2) << " s)";
+        if (base.kind == "sample") out << "; " << fixed(m.unet_forwards_per_s, 2) << " U-Net forwards/s";
+        if (m.processes > 1) {
+          out << "; " << m.processes << " processes: exposed communication " << fixed(m.exposed_comm_ms, 2)
+              << " ms/step, allreduce " << fixed(m.allreduce_ms, 2) << " ms/step, step ms median per rank";
+          for (const auto& r : m.ranks) out << " " << fixed(r.at("step_ms_median").get<double>());
+        }
+        out << "; setup " << fixed(m.setup_s, 2) << " s, warm-up " << fixed(m.warmup_s, 2) << " s)";
       }
-      std::cout << ", peak RSS " << fixed(m.peak_rss_mib) << " MiB\n" << std::flush;
+      out << ", peak RSS " << fixed(m.peak_rss_mib) << " MiB\n" << std::flush;
       row.repeats.push_back(std::move(m));
     }
     summarise(row);
   }
 
   // Summary: one line per row; the node breakdown of the median repeat.
-  std::cout << "\n" << std::left << std::setw(16) << (sweep_name.empty() ? "" : sweep_name) << std::right
+  out << "\n" << std::left << std::setw(16) << (sweep_name.empty() ? "" : sweep_name) << std::right
             << std::setw(10) << "threads" << std::setw(8) << "batch" << std::setw(14) << "images/s" << std::setw(10)
             << "min" << std::setw(10) << "max";
-  if (base.kind != "unet") std::cout << std::setw(12) << "model busy";
-  if (base.kind == "sample") std::cout << std::setw(12) << "forwards/s";
-  std::cout << std::setw(14) << "peak RSS MiB" << "\n";
+  if (base.kind != "unet") out << std::setw(12) << "model busy";
+  if (base.kind == "sample") out << std::setw(12) << "forwards/s";
+  out << std::setw(14) << "peak RSS MiB" << "\n";
   for (const auto& row : rows) {
     const Measurement& m = row.repeats[row.median_index];
-    std::cout << std::left << std::setw(16) << row.sweep_value << std::right << std::setw(10) << row.threads
+    out << std::left << std::setw(16) << row.sweep_value << std::right << std::setw(10) << row.threads
               << std::setw(8) << row.batch << std::setw(14) << fixed(row.median) << std::setw(10) << fixed(row.min)
               << std::setw(10) << fixed(row.max);
-    if (base.kind != "unet") std::cout << std::setw(11) << fixed(m.model_busy_fraction * 100) << "%";
-    if (base.kind == "sample") std::cout << std::setw(12) << fixed(m.unet_forwards_per_s, 2);
-    std::cout << std::setw(14) << fixed(m.peak_rss_mib) << "\n";
+    if (base.kind != "unet") out << std::setw(11) << fixed(m.model_busy_fraction * 100) << "%";
+    if (base.kind == "sample") out << std::setw(12) << fixed(m.unet_forwards_per_s, 2);
+    out << std::setw(14) << fixed(m.peak_rss_mib) << "\n";
   }
   if (base.kind != "unet") {
     for (const auto& row : rows) {
-      std::cout << "\nper node, median repeat" << (row.sweep_value.empty() ? "" : " of " + sweep_name + "=" + row.sweep_value)
+      out << "\nper node, median repeat" << (row.sweep_value.empty() ? "" : " of " + sweep_name + "=" + row.sweep_value)
                 << " (busy% and mean ms within the measured window):\n";
-      print_breakdown(row.repeats[row.median_index], std::cout);
+      print_breakdown(row.repeats[row.median_index], out);
     }
   }
 
+  if (world.rank() != 0) return kExitOk;
   if (opts.has("json")) {
     json j;
     j["bench"] = base.kind;
@@ -650,7 +726,7 @@ int run_bench(const ParsedOptions& opts) {
                     {"versions", describe_versions()}};
     j["settings"] = {{"config", base.config}, {"batch", base.batch},       {"threads", resolved_threads(base.threads)},
                      {"steps", base.steps},   {"warmup", base.warmup},     {"repeats", base.repeats},
-                     {"prefetch", base.prefetch}, {"mode", mode},          {"set", base.sets}};
+                     {"prefetch", base.prefetch}, {"mode", mode}, {"processes", world.size()},          {"set", base.sets}};
     j["method"] = method;
     j["sweep"] = sweep_name.empty() ? json(nullptr) : json{{"name", sweep_name}, {"values", sweep_values}};
     j["results"] = json::array();
@@ -664,7 +740,12 @@ int run_bench(const ParsedOptions& opts) {
                 {"compute_busy_fraction", m.compute_busy_fraction},
                 {"unet_forwards_per_s", m.unet_forwards_per_s},
                 {"step_ms_median", m.step_ms_median},
-                {"peak_rss_mib", m.peak_rss_mib}};
+                {"peak_rss_mib", m.peak_rss_mib},
+                {"processes", m.processes},
+                {"global_batch", row.batch * m.processes},
+                {"exposed_comm_ms_per_step", m.exposed_comm_ms},
+                {"allreduce_ms_per_step", m.allreduce_ms},
+                {"ranks", m.ranks}};
       json nodes = json::array();
       for (const auto& n : m.nodes) nodes.push_back(node_json(n));
       r["nodes"] = nodes;
@@ -673,23 +754,24 @@ int run_bench(const ParsedOptions& opts) {
       j["results"].push_back(r);
     }
     write_text(opts.text("json"), j.dump(2) + "\n");
-    std::cout << "wrote " << opts.text("json") << "\n";
+    out << "wrote " << opts.text("json") << "\n";
   }
   if (opts.has("csv")) {
     std::ostringstream csv;
     csv << "bench,sweep,value,config,threads,batch,steps,warmup,repeats,images_per_s_median,images_per_s_min,"
            "images_per_s_max,model_busy_fraction,compute_busy_fraction,unet_forwards_per_s,step_ms_median,"
-           "peak_rss_mib\n";
+           "peak_rss_mib,processes,exposed_comm_ms_per_step,allreduce_ms_per_step\n";
     for (const auto& row : rows) {
       const Measurement& m = row.repeats[row.median_index];
       csv << base.kind << "," << csv_field(sweep_name) << "," << csv_field(row.sweep_value) << ","
           << csv_field(base.config) << "," << row.threads << "," << row.batch << "," << base.steps << ","
           << base.warmup << "," << base.repeats << "," << row.median << "," << row.min << "," << row.max << ","
           << m.model_busy_fraction << "," << m.compute_busy_fraction << "," << m.unet_forwards_per_s << ","
-          << m.step_ms_median << "," << m.peak_rss_mib << "\n";
+          << m.step_ms_median << "," << m.peak_rss_mib << "," << m.processes << "," << m.exposed_comm_ms << ","
+          << m.allreduce_ms << "\n";
     }
     write_text(opts.text("csv"), csv.str());
-    std::cout << "wrote " << opts.text("csv") << "\n";
+    out << "wrote " << opts.text("csv") << "\n";
   }
   if (opts.has("plot")) {
     LineSeries series;
@@ -711,7 +793,7 @@ int run_bench(const ParsedOptions& opts) {
     for (const auto& row : rows) numeric = numeric && !row.sweep_value.empty() && std::isfinite(row.x);
     style.categorical_x = sweep_name == "batch" || !numeric;
     write_png_atomic(draw_line_plot({series}, style), opts.text("plot"));
-    std::cout << "wrote " << opts.text("plot") << "\n";
+    out << "wrote " << opts.text("plot") << "\n";
   }
   return kExitOk;
 }

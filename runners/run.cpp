@@ -266,7 +266,7 @@ int run_spec(PipelineSpec spec, const RunSettings& settings) {
   {
     std::ostringstream run_key;
     run_key << spec.resolved_yaml() << "\n# max-steps " << max_steps << " max-time " << run_options.max_time_s
-            << " threads " << threads << " resume " << (resume_path.empty() ? "" : fs::absolute(resume_path).string());
+            << " threads " << threads << " trace " << !settings.trace_file.empty() << " resume " << (resume_path.empty() ? "" : fs::absolute(resume_path).string());
     // Every process knows the outcome: all exit 2 together, rank 0 says why.
     const std::string mismatch = check_same_pipeline(world, run_key.str());
     if (!mismatch.empty()) {
@@ -291,8 +291,9 @@ int run_spec(PipelineSpec spec, const RunSettings& settings) {
     ctx.set_out_dir(out_dir);
     ctx.set_metrics(std::make_shared<MetricsLog>(out_dir / "metrics.jsonl"));
     write_text(out_dir / "pipeline.yaml", world_comment(world, hosts) + spec.resolved_yaml());
-    if (!settings.trace_file.empty()) run_options.trace_file = settings.trace_file;
   }
+  // Every process records its trace; rank 0 gathers them and writes the file.
+  if (!settings.trace_file.empty()) run_options.trace_file = writer ? settings.trace_file : "-";
 
   if (writer) {
     std::cerr << "diffuflow: running '" << spec.name << "' on " << device->spec().str() << " ("
@@ -327,6 +328,13 @@ int run_spec(PipelineSpec spec, const RunSettings& settings) {
   std::signal(SIGINT, SIG_DFL);
   std::signal(SIGTERM, SIG_DFL);
   g_stopping = nullptr;
+  // A signal that reached any process stopped them all at the same step: every
+  // process exits with its code (128 + N), whichever got it.
+  if (world.distributed()) {
+    int64_t signal_number = g_signal;
+    world.allreduce_max(&signal_number, 1);
+    g_signal = static_cast<std::sig_atomic_t>(signal_number);
+  }
 
   if (!writer) return g_signal != 0 ? 128 + g_signal : kExitOk;
   write_text(out_dir / "profile.json", report.json());

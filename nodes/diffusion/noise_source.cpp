@@ -2,6 +2,7 @@
 
 #include "graph/errors.hpp"
 #include "graph/registry.hpp"
+#include "graph/world.hpp"
 #include "nodes/common/batching.hpp"
 #include "nodes/common/fields.hpp"
 #include "nodes/diffusion/diffusion_steps.hpp"
@@ -29,6 +30,13 @@ NoiseSource::NoiseSource(const NodeConfig& config, RunContext& ctx)
 }
 
 bool NoiseSource::produce(Emitter& out) {
+  // Several processes whose results rank 0 gathers: each takes every size-th
+  // chain packet (rank r: r, r + size, ...). A packet keeps its global index as
+  // seq, so its noise and its samples are the single process's.
+  const World& world = ctx().world();
+  if (world.distributed() && ctx().results_gathered()) {
+    while (emitted_ < packets() && emitted_ % world.size() != world.rank()) ++emitted_;
+  }
   if (emitted_ >= packets() || !source_may_emit(ctx(), emitted_)) return false;
   const int64_t n = std::min(params_.batch_size, params_.count - emitted_ * params_.batch_size);
   const Shape shape{n, params_.shape[0], params_.shape[1], params_.shape[2]};

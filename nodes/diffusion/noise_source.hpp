@@ -13,6 +13,8 @@
 // chain's samples do not depend on how many chains run at once. With
 // seed_by: image the noise of image i depends only on (seed, node name, i), and
 // packets carry first_image (int64), so a sample does not depend on batch_size.
+// Under mpirun, with a rank_gather before the writers, process r starts chains
+// r, r + size, ... and rank 0 writes them all: the files of a single process.
 #pragma once
 
 #include "graph/node.hpp"

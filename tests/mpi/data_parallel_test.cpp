@@ -6,11 +6,15 @@
 #include "test_util.hpp"
 
 #include <doctest/doctest.h>
+#include <nlohmann/json.hpp>
 
 #include <algorithm>
 #include <chrono>
 #include <cmath>
 #include <cstdio>
+#include <map>
+#include <csignal>
+#include <thread>
 #include <sys/wait.h>
 
 using namespace diffuflow;
@@ -201,4 +205,162 @@ TEST_CASE("ranks started with different pipelines are refused before training, e
   CHECK(r.exit_code == 2);
   CHECK(r.output.find("rank(s) 1 of 2 run another pipeline than rank 0") != std::string::npos);
   CHECK_FALSE(fs::exists(dir / "out"));
+}
+
+TEST_CASE("2 ranks split the sampling chains and rank 0 writes the files 1 process does, bitwise") {
+  TempDir dir;
+  // 5 chain packets (the last short): rank 0 runs 0, 2, 4 and rank 1 runs 1, 3.
+  // DDPM steps draw noise at every step, so the step noise is checked too.
+  write_file(dir / "s.yaml", R"(name: sampling
+seed: 5
+threads: 1
+deterministic: true
+resources:
+  - {name: schedule, type: noise_schedule, params: {kind: linear, timesteps: 100}}
+  - {name: model, type: mlp_model, params: {hidden: 32, layers: 2}}
+nodes:
+  - {name: noise, type: noise_source, params: {shape: [2, 1, 1], batch_size: 8, count: 36}}
+  - {name: gate, type: limiter, params: {max_in_flight: 2}}
+  - {name: sampler, type: sampler, params: {schedule: schedule, method: ddpm, steps: 10, snapshots: 3}, concurrency: 2}
+  - {name: forward, type: model_forward, params: {model: model}}
+  - {name: gather, type: rank_gather}
+  - {name: save, type: tensor_writer, params: {fields: [sample, chain], prefix: samples}}
+edges: [noise -> gate, gate -> sampler.start, sampler.model -> forward, forward -> sampler.back,
+        sampler.done -> gather, gather -> save, sampler.done -> gate.decrement]
+)");
+  const std::string common = " run " + (dir / "s.yaml").string() + " -q --progress 0";
+  CommandResult two = shell(mpirun(2) + binary() + common + " --out " + (dir / "two").string());
+  REQUIRE_MESSAGE(two.exit_code == 0, two.output);
+  CommandResult one = run_cli(common + " --out " + (dir / "one").string());
+  REQUIRE_MESSAGE(one.exit_code == 0, one.output);
+  std::vector<std::string> files;
+  for (const auto& e : fs::directory_iterator(dir / "one/samples")) {
+    if (e.path().extension() == ".safetensors") files.push_back(e.path().filename().string());
+  }
+  std::sort(files.begin(), files.end());
+  REQUIRE(files.size() == 5);
+  for (const auto& f : files) {
+    INFO(f);
+    REQUIRE(fs::exists(dir / "two/samples" / f));
+    const SafetensorsFile a = SafetensorsFile::read(dir / "one/samples" / f);
+    const SafetensorsFile b = SafetensorsFile::read(dir / "two/samples" / f);
+    CHECK(a.names() == b.names());
+    for (const auto& name : a.names()) CHECK(a.entry(name).data == b.entry(name).data);
+  }
+  size_t written = 0;
+  for (const auto& e : fs::directory_iterator(dir / "two/samples")) written += e.path().extension() == ".safetensors";
+  CHECK(written == files.size());
+}
+
+TEST_CASE("one trace from 2 ranks: rank 0 writes a process per rank, each with its communication track") {
+  TempDir dir;
+  write_file(dir / "p.yaml", pipeline_yaml());
+  CommandResult r = shell(mpirun(2) + binary() + " run " + (dir / "p.yaml").string() +
+                          " -q --progress 0 --max-steps 6 --trace " + (dir / "trace.json").string() + " --out " +
+                          (dir / "out").string());
+  REQUIRE_MESSAGE(r.exit_code == 0, r.output);
+  const nlohmann::json trace = nlohmann::json::parse(read_file(dir / "trace.json"));
+  std::map<int, std::string> process_names;
+  std::map<int, int> slices, allreduce_slices;
+  for (const auto& e : trace.at("traceEvents")) {
+    const int pid = e.at("pid").get<int>();
+    if (e.at("name") == "process_name") process_names[pid] = e.at("args").at("name").get<std::string>();
+    if (e.at("ph") == "X") {
+      ++slices[pid];
+      if (e.at("cat") == "allreduce") ++allreduce_slices[pid];
+    }
+  }
+  REQUIRE(process_names.size() == 2);
+  CHECK(process_names[1].rfind("rank 0 on ", 0) == 0);
+  CHECK(process_names[2].rfind("rank 1 on ", 0) == 0);
+  CHECK(slices[1] > 10);
+  CHECK(slices[2] > 10);
+  CHECK(allreduce_slices[1] > 0);
+  CHECK(allreduce_slices[2] > 0);
+}
+
+TEST_CASE("a rank failing in the middle of a training step ends the job promptly naming rank, node and step") {
+  TempDir dir;
+  write_file(dir / "p.yaml", pipeline_yaml());
+  for (const char* node : {"loss", "backward"}) {
+    INFO(node);
+    const std::string args = " run " + (dir / "p.yaml").string() + " -q --progress 0 --max-steps 1000 --out " +
+                             (dir / node).string();
+    const auto t0 = std::chrono::steady_clock::now();
+    // Rank 1 alone fails at step 7 (the environment is not part of the pipeline both ranks compare).
+    CommandResult r = shell(std::string(MPIRUN) + " --oversubscribe --allow-run-as-root -np 1 " + binary() + args +
+                            " : -np 1 -x DIFFUFLOW_FAULT=" + node + ":7 " + binary() + args);
+    const double seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+    MESSAGE(r.output);
+    CHECK(r.exit_code != 0);
+    CHECK(seconds < 30);
+    CHECK(r.output.find("diffuflow: rank 1 of 2 on ") != std::string::npos);
+    CHECK(r.output.find("node '" + std::string(node) + "' failed at step 7") != std::string::npos);
+    CHECK(r.output.find("a fault injected by DIFFUFLOW_FAULT") != std::string::npos);
+    CHECK(r.output.find("rank 0 of 2") == std::string::npos);
+  }
+}
+
+TEST_CASE("a signal that reaches one rank stops both at the same step; every rank exits 128 + N") {
+  TempDir dir;
+  write_file(dir / "p.yaml", pipeline_yaml());
+  // Each rank runs under a shell that records its pid and, after it ends, its exit code.
+  const std::string rank_cmd = "sh -c '" + binary() + " run " + (dir / "p.yaml").string() +
+                               " -q --progress 0 --max-steps 100000000 --out " + (dir / "out").string() +
+                               " & echo $! > " + (dir / "pid.").string() +
+                               "$OMPI_COMM_WORLD_RANK; wait $!; code=$?; " +
+                               "echo \"rank $OMPI_COMM_WORLD_RANK exit code $code\"; exit $code'";
+  FILE* pipe = ::popen((mpirun(2) + rank_cmd + " 2>&1").c_str(), "r");
+  REQUIRE(pipe != nullptr);
+  // Wait for rank 1 to start training, then stop it alone (as a batch system may signal one task).
+  const auto t0 = std::chrono::steady_clock::now();
+  while (!fs::exists(dir / "out/checkpoints/step_000010.safetensors") &&
+         std::chrono::steady_clock::now() - t0 < std::chrono::seconds(60)) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(100));
+  }
+  const std::string pid_text = fs::exists(dir / "pid.1") ? read_file(dir / "pid.1") : "";
+  const long pid = std::strtol(pid_text.c_str(), nullptr, 10);
+  if (pid > 0) ::kill(static_cast<pid_t>(pid), SIGTERM);
+  std::string output;
+  char buffer[4096];
+  size_t n = 0;
+  while ((n = std::fread(buffer, 1, sizeof buffer, pipe)) > 0) output.append(buffer, n);
+  const int status = ::pclose(pipe);
+  MESSAGE(output);
+  REQUIRE(pid > 0);
+  CHECK(WIFEXITED(status));
+  CHECK(WEXITSTATUS(status) == 128 + SIGTERM);
+  CHECK(output.find("rank 0 exit code 143") != std::string::npos);
+  CHECK(output.find("rank 1 exit code 143") != std::string::npos);
+  CHECK(output.find("stopped by signal 15") != std::string::npos);
+  CHECK(fs::exists(dir / "out/checkpoints/latest.safetensors"));
+}
+
+TEST_CASE("a killed rank (SIGKILL) ends the job within seconds") {
+  TempDir dir;
+  write_file(dir / "p.yaml", pipeline_yaml());
+  const std::string rank_cmd = "sh -c 'echo $$ > " + (dir / "pid.").string() + "$OMPI_COMM_WORLD_RANK; exec " +
+                               binary() + " run " + (dir / "p.yaml").string() +
+                               " -q --progress 0 --max-steps 100000000 --out " + (dir / "out").string() + "'";
+  FILE* pipe = ::popen((mpirun(2) + rank_cmd + " 2>&1").c_str(), "r");
+  REQUIRE(pipe != nullptr);
+  auto t0 = std::chrono::steady_clock::now();
+  while (!fs::exists(dir / "out/checkpoints/step_000010.safetensors") &&
+         std::chrono::steady_clock::now() - t0 < std::chrono::seconds(60)) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(100));
+  }
+  const std::string pid_text = fs::exists(dir / "pid.1") ? read_file(dir / "pid.1") : "";
+  const long pid = std::strtol(pid_text.c_str(), nullptr, 10);
+  if (pid > 0) ::kill(static_cast<pid_t>(pid), SIGKILL);
+  t0 = std::chrono::steady_clock::now();
+  std::string output;
+  char buffer[4096];
+  size_t n = 0;
+  while ((n = std::fread(buffer, 1, sizeof buffer, pipe)) > 0) output.append(buffer, n);
+  const int status = ::pclose(pipe);
+  const double seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+  MESSAGE(output);
+  REQUIRE(pid > 0);
+  CHECK(seconds < 10);
+  CHECK(!(WIFEXITED(status) && WEXITSTATUS(status) == 0));
 }
