@@ -2,6 +2,7 @@
 
 #include "graph/errors.hpp"
 #include "graph/registry.hpp"
+#include "nodes/common/class_labels.hpp"
 #include "nodes/common/fields.hpp"
 #include "nodes/diffusion/trained_settings.hpp"
 
@@ -27,6 +28,19 @@ const PayloadField<ChainSnapshots> kChainSnapshots{"sampler_chain", "the snapsho
 const TensorField kSolverSample{"sampler_sample", DType::f32, -1, Place::any, "the solver's sample"};
 const TensorField kSolverHistory{"sampler_history", DType::f32, -1, Place::any, "the previous x_0 prediction"};
 
+// The chains' classes and guidance, checked against the named model's class embedding.
+ClassGuidance sampler_guidance(const Sampler::Params& params, const RunContext& ctx) {
+  const GuidanceOptions& options = params.guidance;
+  if (params.model.empty()) {
+    if (!options.classes.empty() || options.guidance_scale != 1.0) {
+      throw ConfigError(SourceLocation{"", 0, 0, "model"},
+                        "classes and guidance_scale need `model`: the model resource the chains are sampled from");
+    }
+    return ClassGuidance();
+  }
+  return ClassGuidance(options, class_embeds_of(ctx, params.model, "model"), "model '" + params.model + "'");
+}
+
 }  // namespace
 
 NodeContract Sampler::contract() {
@@ -37,10 +51,11 @@ NodeContract Sampler::contract() {
   c.inputs = {{"start", {fields::kXt}, "x_t [N,C,H,W] f32: x_T of each chain"},
               {"back", {fields::kXt, fields::kT, fields::kSamplerStep, fields::kPrediction},
                "prediction [N,C,H,W] f32 for (x_t, t); optional z [N,C,H,W] replaces the step's noise"}};
-  c.outputs = {{"model", {fields::kXt, fields::kT, fields::kSamplerStep},
-                "x_t [N,C,H,W] f32; t [N] s32 host; sampler_step"},
-               {"done", {fields::kSample, fields::kChain},
-                "sample [N,C,H,W] f32 = x_0; chain [N,K,C,H,W] f32 (snapshots > 0)"}};
+  c.outputs = {{"model", {fields::kXt, fields::kT, fields::kSamplerStep, fields::kLabels},
+                "x_t [N,C,H,W] f32; t [N] s32 host; sampler_step; labels [N] s32 host with classes (x_t, t and "
+                "labels of 2N images when guided: the null class in the second half)"},
+               {"done", {fields::kSample, fields::kChain, fields::kLabels},
+                "sample [N,C,H,W] f32 = x_0; chain [N,K,C,H,W] f32 (snapshots > 0); labels [N] with classes"}};
   c.input_policy = InputPolicy::any;
   c.host_only = false;
   return c;
@@ -53,7 +68,8 @@ Sampler::Sampler(const NodeConfig& config, RunContext& ctx)
       steps_(*schedule_, ctx.device()),
       plan_(plan_reverse_chain(schedule_->config(), params_.chain.method, params_.chain.steps, params_.snapshots,
                                "snapshots", params_.chain.eta)),
-      step_config_(chain_step_config(schedule_->config(), params_.chain)) {
+      step_config_(chain_step_config(schedule_->config(), params_.chain)),
+      guidance_(sampler_guidance(params_, ctx)) {
   check_trained_settings(ctx, step_config_, "sampler '" + name() + "'");
 }
 
@@ -71,6 +87,7 @@ void Sampler::start(const Packet& packet, Emitter& out) {
   Packet next = packet.with(fields::kT, timestep_tensor(std::vector<int>(static_cast<size_t>(x_t.dim(0)), first)))
                     .with(fields::kSamplerStep, int64_t{0});
   next.erase(fields::kPrediction);
+  if (guidance_.conditional()) next.set(fields::kLabels, guidance_.labels(x_t.dim(0)));
   if (is_sigma_method(params_.chain.method)) {
     // As diffusers' pipelines: start from noise * init_noise_sigma, call the model on scale_model_input.
     const Tensor sample = scale_initial_noise(steps_, plan_.sigmas, x_t);
@@ -81,10 +98,30 @@ void Sampler::start(const Packet& packet, Emitter& out) {
     next.set(kChainSnapshots, std::make_shared<const ChainSnapshots>());
     keep_snapshot(next, 0, x_t);
   }
-  out.emit(kModelPort, std::move(next));
+  out.emit(kModelPort, to_model(std::move(next)));
 }
 
-void Sampler::step(const Packet& packet, Emitter& out) {
+Packet Sampler::to_model(Packet packet) const {
+  if (!guidance_.doubled()) return packet;
+  const GuidedBatch batch =
+      guidance_.model_inputs(packet.get(fields::kXt), packet.get(fields::kT), packet.get(fields::kLabels));
+  packet.set(fields::kXt, batch.x).set(fields::kT, batch.t).set(fields::kLabels, batch.labels);
+  return packet;
+}
+
+Packet Sampler::from_model(const Packet& packet) const {
+  if (!guidance_.doubled()) return packet;
+  const int64_t n = packet.get(fields::kXt).dim(0) / 2;
+  Packet chain = packet;
+  chain.set(fields::kXt, leading_rows(packet.get(fields::kXt), n))
+      .set(fields::kT, leading_rows(packet.get(fields::kT), n))
+      .set(fields::kLabels, leading_rows(packet.get(fields::kLabels), n))
+      .set(fields::kPrediction, guidance_.combine(packet.get(fields::kPrediction)));
+  return chain;
+}
+
+void Sampler::step(const Packet& returned, Emitter& out) {
+  const Packet packet = from_model(returned);
   const ReverseChainOptions& chain = params_.chain;
   const int64_t step = packet.get(fields::kSamplerStep);
   const Tensor& x_t = packet.get(fields::kXt);
@@ -145,7 +182,7 @@ void Sampler::step(const Packet& packet, Emitter& out) {
   if (!plan_.snapshot_positions.empty()) keep_snapshot(next, position, model_input);
   if (!last) {
     next.set(fields::kXt, model_input).set(fields::kT, timestep_tensor(after));
-    out.emit(kModelPort, std::move(next));
+    out.emit(kModelPort, to_model(std::move(next)));
     return;
   }
   next.erase(kSolverSample).erase(kSolverHistory);

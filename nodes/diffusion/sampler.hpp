@@ -23,7 +23,9 @@
 //             (the model's output for (x_t, t)); optionally z [N,C,H,W]: the
 //             noise of this step, used instead of the node's own draw
 // out: model  x_t [N,C,H,W] f32, t [N] s32 host, sampler_step: the next model call
-//      done   sample [N,C,H,W] f32 = x_0; chain [N,K,C,H,W] f32 when snapshots = K > 0
+//             labels [N] s32 host with classes (x_t, t, labels of 2N when guided)
+//      done   sample [N,C,H,W] f32 = x_0; chain [N,K,C,H,W] f32 when snapshots = K > 0;
+//             labels [N] with classes
 //
 // Timesteps, from the noisiest, as diffusers' set_timesteps picks them with the
 // schedule's scheduler config (timestep_spacing, steps_offset; leading: 980,
@@ -43,6 +45,13 @@
 // Every step reads the model output as the schedule's prediction_type (or the
 // node's `prediction`) and clips (clip_sample_range) or thresholds x_0 as the
 // schedule's config says.
+// Class conditioning (nodes/diffusion/guidance.hpp): with `classes` each chain
+// packet carries labels [N] (blocks of its images per class) to the model, and
+// with guidance_scale w != 0, 1 the model port carries 2N images (x_t twice,
+// the null class in the second half); the sampler combines the two halves
+// into eps_uncond + w (eps_cond - eps_uncond) before its step. `model` names
+// the model resource, so that classes and guidance are checked against its
+// class embedding before sampling starts.
 // Step noise z of chain `seq` at step k is drawn from (pipeline seed, node name,
 // seq, k), so samples do not depend on scheduling; for packets carrying
 // first_image (noise_source seed_by: image), the noise of image i at step k is
@@ -51,6 +60,7 @@
 
 #include "graph/node.hpp"
 #include "nodes/diffusion/diffusion_steps.hpp"
+#include "nodes/diffusion/guidance.hpp"
 #include "nodes/diffusion/noise_schedule.hpp"
 #include "nodes/diffusion/reverse_chain.hpp"
 
@@ -72,6 +82,10 @@ class Sampler : public Node {
     DIFFUFLOW_PARAM_GROUP(ReverseChainOptions, chain, ReverseChainOptions{});  // method, steps (0), eta, clip, prediction
     DIFFUFLOW_PARAM(int64_t, snapshots, 0,
                     "keep K evenly spaced x_t of the reverse chain (x_T ... x_0) in `chain`", .range(0, 1000));
+    DIFFUFLOW_PARAM(std::string, model, "",
+                    "the model resource the chains are sampled from; needed with classes or guidance_scale, which "
+                    "are checked against its class embedding before sampling starts");
+    DIFFUFLOW_PARAM_GROUP(GuidanceOptions, guidance, GuidanceOptions{});  // classes, guidance_scale
   };
 
   static NodeContract contract();
@@ -86,10 +100,15 @@ class Sampler : public Node {
   const SchedulerConfig& step_config() const { return step_config_; }
   // Chain positions (0 = x_T, steps = x_0) kept as snapshots.
   const std::vector<int64_t>& snapshot_positions() const { return plan_.snapshot_positions; }
+  // The chains' classes and guidance.
+  const ClassGuidance& guidance() const { return guidance_; }
 
  private:
   void start(const Packet& packet, Emitter& out);
   void step(const Packet& packet, Emitter& out);
+  // A chain packet as the model takes it (2N images when guided), and back (N, the guided prediction).
+  Packet to_model(Packet packet) const;
+  Packet from_model(const Packet& packet) const;
   Tensor step_noise(const Shape& shape, int64_t seq, int64_t step);
   // Packets carrying first_image: each image's noise keyed by (image index, step), not by packet.
   Tensor image_step_noise(const Shape& shape, int64_t first_image, int64_t step);
@@ -102,6 +121,7 @@ class Sampler : public Node {
   DiffusionSteps steps_;
   ReverseChainPlan plan_;
   SchedulerConfig step_config_;
+  ClassGuidance guidance_;
 };
 
 }  // namespace diffuflow

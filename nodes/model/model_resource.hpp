@@ -7,6 +7,7 @@
 #pragma once
 
 #include "graph/resource.hpp"
+#include "nodes/common/class_labels.hpp"
 #include "nodes/model/denoiser_model.hpp"
 
 #include <memory>
@@ -16,9 +17,10 @@ namespace diffuflow {
 
 constexpr const char* kModelResourceKind = "model";
 
-class ModelResource : public Resource {
+class ModelResource : public Resource, public ClassEmbedding {
  public:
   virtual DenoiserModel& model() = 0;
+  int64_t num_class_embeds() override { return model().num_classes(); }
   // The model's configuration as JSON text, stored in checkpoints so a
   // checkpoint names the network it belongs to.
   virtual std::string config_json() const = 0;

@@ -59,12 +59,18 @@ Tensor sample_reverse_chain(DenoiserModel& model, DiffusionSteps& steps, const T
     return sample;
   }
   keep(0, x);
+  const ClassGuidance& guidance = draw.guidance;
+  const Tensor labels = guidance.labels(static_cast<int64_t>(n));
   const float eta = static_cast<float>(options.eta);
   for (size_t k = 0; k < plan.timesteps.size(); ++k) {
     const int now = plan.timesteps[k];
     const std::vector<int> t(n, now), target(n, plan.step_target(now));
-    // The model's output for (x_t, t) [N,C,H,W].
-    const Tensor prediction = model.forward(x, timestep_tensor(t), /*for_training=*/false).prediction;
+    // The model's output for (x_t, t) [N,C,H,W]; guided: from one call on 2N images.
+    const GuidedBatch batch = guidance.model_inputs(x, timestep_tensor(t), labels);
+    ForwardInputs inputs;
+    inputs.class_labels = batch.labels;
+    const Tensor prediction =
+        guidance.combine(model.forward(batch.x, batch.t, /*for_training=*/false, inputs).prediction);
     if (options.method == SamplerMethod::ddpm) {
       x = steps.ddpm_step(x, prediction, now > 0 ? step_noise(int64_t(k)) : Tensor(), t, target, config).prev_sample;
     } else {
@@ -125,6 +131,7 @@ SamplePreview::SamplePreview(const NodeConfig& config, RunContext& ctx)
   }
 
   resource_ = ctx.resource_as<ModelResource>(params_.model);
+  guidance_ = ClassGuidance(params_.guidance, resource_->model().num_classes(), "model '" + params_.model + "'");
   schedule_ = ctx.resource_as<NoiseSchedule>(params_.schedule);
   steps_ = std::make_unique<DiffusionSteps>(*schedule_, ctx.device());
   plan_reverse_chain(schedule_->config(), params_.chain.method, params_.chain.steps, params_.reverse_chain,
@@ -140,7 +147,7 @@ SamplePreview::SamplePreview(const NodeConfig& config, RunContext& ctx)
 SamplePreview::~SamplePreview() = default;
 
 Tensor SamplePreview::draw(std::vector<Tensor>* snapshots) {
-  const ReverseChainDraw chain{params_.chain, snapshots ? params_.reverse_chain : 0, noise_seed_};
+  const ReverseChainDraw chain{params_.chain, snapshots ? params_.reverse_chain : 0, noise_seed_, guidance_};
   DenoiserModel& model = resource_->model();
   EmaWeightSwap swap(model, params_.use_ema ? resource_->ema() : nullptr);
   return sample_reverse_chain(model, *steps_, x_T_, chain, snapshots);

@@ -28,6 +28,10 @@
 //   layout points: samples [N,2,1,1] as a scatter plot on [-limit, limit]^2;
 //                  the chain as a row of K scatter panels (axes at least [-3, 3])
 //
+// Classes: a class-conditional model needs `classes` (e.g. all, with nrow =
+// count / 10 for one row per digit) and may take a guidance_scale, as the
+// sampler (nodes/diffusion/guidance.hpp).
+//
 // Weights: with use_ema (default) and an optimiser that keeps an EMA (the
 // model resource publishes it), a preview samples from the EMA weights: the
 // raw weights are saved to a scratch buffer, the EMA copied over them, the
@@ -38,6 +42,7 @@
 
 #include "graph/node.hpp"
 #include "nodes/diffusion/diffusion_steps.hpp"
+#include "nodes/diffusion/guidance.hpp"
 #include "nodes/diffusion/reverse_chain.hpp"
 #include "nodes/model/model_resource.hpp"
 
@@ -53,17 +58,20 @@ namespace diffuflow {
 
 // One reverse chain as a preview draws it: the sampler's options, the number
 // of evenly spaced states x_T ... x_0 to keep (0: none), and the seed of the
-// step noise (the noise of step k is drawn from (noise_seed, k)).
+// step noise (the noise of step k is drawn from (noise_seed, k)), and the
+// chains' classes and guidance (none by default).
 struct ReverseChainDraw {
   ReverseChainOptions options;
   int64_t snapshots = 0;
   uint64_t noise_seed = 0;
+  ClassGuidance guidance;
 };
 
 // Runs the reverse chain from x_T [N,C,H,W] f32 to x_0 with `model`, the step
 // arithmetic done by `steps` (oneDNN primitives on its device), at the
 // timesteps plan_reverse_chain() picks, so previews match the sampler node's
-// samples. With draw.snapshots = K > 0, `snapshots` receives K states
+// samples (with classes and guidance as the sampler applies them: one model
+// call on 2N images per step when guided). With draw.snapshots = K > 0, `snapshots` receives K states
 // [N,C,H,W] (x_T first, x_0 last). The same x_T, weights and noise_seed give
 // the same x_0.
 Tensor sample_reverse_chain(DenoiserModel& model, DiffusionSteps& steps, const Tensor& x_T,
@@ -110,6 +118,7 @@ class SamplePreview : public Node {
     DIFFUFLOW_PARAM(int64_t, nrow, 8, "grid: images per row", .range(1, 4096));
     DIFFUFLOW_PARAM(int64_t, scale, 2, "grid: pixel enlargement", .range(1, 64));
     DIFFUFLOW_PARAM(double, limit, 1.5, "points: axes span [-limit, limit]", .range(1e-6, 1e6));
+    DIFFUFLOW_PARAM_GROUP(GuidanceOptions, guidance, GuidanceOptions{});  // classes, guidance_scale
   };
 
   static NodeContract contract();
@@ -141,6 +150,7 @@ class SamplePreview : public Node {
   std::unique_ptr<DiffusionSteps> steps_;
   Tensor x_T_;                  // [count, C, H, W] f32 on the device, fixed for the run
   uint64_t noise_seed_ = 0;     // the step noise, fixed for the run
+  ClassGuidance guidance_;      // the chains' classes (a class-conditional model needs them)
   int64_t last_step_ = -1;      // the last optimiser step seen
   std::vector<int64_t> previewed_;
 };

@@ -46,6 +46,7 @@ SampleQuality::SampleQuality(const NodeConfig& config, RunContext& ctx)
     }
   }
   resource_ = ctx.resource_as<ModelResource>(params_.model);
+  guidance_ = ClassGuidance(params_.guidance, resource_->model().num_classes(), "model '" + params_.model + "'");
   classifier_ = classifier_resource(ctx, params_.classifier, name(), "classifier");
   schedule_ = ctx.resource_as<NoiseSchedule>(params_.schedule);
   steps_ = std::make_unique<DiffusionSteps>(*schedule_, ctx.device());
@@ -87,7 +88,8 @@ Tensor SampleQuality::draw() {
       auto dst = x_T.map<float>();
       std::copy_n(noise.data() + start * per_image, count * per_image, dst.data());
     }
-    const ReverseChainDraw chain{params_.chain, 0, RunContext::mix(noise_seed_, static_cast<uint64_t>(chunk))};
+    const ReverseChainDraw chain{params_.chain, 0, RunContext::mix(noise_seed_, static_cast<uint64_t>(chunk)),
+                                 guidance_};
     const std::vector<float> x0 = sample_reverse_chain(model, *steps_, x_T, chain).to_vector();
     auto dst = samples.map<float>();
     std::copy(x0.begin(), x0.end(), dst.data() + start * per_image);

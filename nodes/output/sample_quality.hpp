@@ -35,6 +35,7 @@
 #include "graph/node.hpp"
 #include "nodes/common/image_set.hpp"
 #include "nodes/diffusion/diffusion_steps.hpp"
+#include "nodes/diffusion/guidance.hpp"
 #include "nodes/diffusion/reverse_chain.hpp"
 #include "nodes/model/model_resource.hpp"
 #include "nodes/model/quality_meter.hpp"
@@ -66,6 +67,8 @@ class SampleQuality : public Node {
     // method, steps (50 here), eta, clip, prediction
     DIFFUFLOW_PARAM_GROUP(ReverseChainOptions, chain, ReverseChainOptions::with_steps(50));
     DIFFUFLOW_PARAM(bool, use_ema, true, "sample from the optimiser's EMA weights when it keeps them");
+    // A class-conditional model needs classes (all: balanced samples); see nodes/diffusion/guidance.hpp.
+    DIFFUFLOW_PARAM_GROUP(GuidanceOptions, guidance, GuidanceOptions{});  // classes, guidance_scale
     DIFFUFLOW_PARAM(int64_t, kid_subsets, 20, "KID: random subset pairs averaged", .range(1, 100000));
     DIFFUFLOW_PARAM(int64_t, kid_subset_size, 1000, "KID: images per subset (capped at the smaller set)",
                     .range(2, 1e7));
@@ -101,6 +104,7 @@ class SampleQuality : public Node {
   std::unique_ptr<QualityMeter> meter_;
   Tensor x_T_;               // [count,C,H,W] f32 on the host, fixed for the run
   uint64_t noise_seed_ = 0;  // the step noise, fixed for the run
+  ClassGuidance guidance_;   // the samples' classes
   int64_t last_step_ = -1;
   int64_t last_measured_ = -1;
   std::vector<std::pair<int64_t, QualityReport>> history_;

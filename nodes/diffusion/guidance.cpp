@@ -1,0 +1,123 @@
+#include "nodes/diffusion/guidance.hpp"
+
+#include "graph/device.hpp"
+#include "graph/errors.hpp"
+#include "nodes/common/class_labels.hpp"
+
+#include <algorithm>
+#include <cstring>
+#include <sstream>
+#include <stdexcept>
+
+namespace diffuflow {
+
+namespace {
+
+Shape with_rows(Shape shape, int64_t rows) {
+  shape.at(0) = rows;
+  return shape;
+}
+
+// x as a plain (row-major) tensor on its engine: a model's output may come in another layout.
+Tensor plain_copy(const Tensor& x) { return x.copy_to(x.engine()); }
+
+std::string scale_text(double w) {
+  std::ostringstream text;
+  text << w;
+  return text.str();
+}
+
+}  // namespace
+
+ClassGuidance::ClassGuidance(const GuidanceOptions& options, int64_t num_class_embeds, const std::string& model_name)
+    : scale_(options.guidance_scale) {
+  const bool guided = options.guidance_scale != 1.0;
+  if (num_class_embeds <= 0 && (guided || !options.classes.empty())) {
+    throw ConfigError(SourceLocation{"", 0, 0, guided ? "guidance_scale" : "classes"},
+                      std::string(guided ? "guidance_scale " + scale_text(options.guidance_scale) : "classes '" +
+                                                                                                       options.classes +
+                                                                                                       "'") +
+                          " needs a class-conditional model, but " + model_name +
+                          " has no class embedding (num_class_embeds)");
+  }
+  if (num_class_embeds == 1) {
+    throw ConfigError(SourceLocation{"", 0, 0, "classes"},
+                      model_name + " has num_class_embeds 1: only the null class (num_class_embeds = classes + 1)");
+  }
+  classes_ = parse_class_choice(options.classes, real_class_count(num_class_embeds), "classes");
+  if (num_class_embeds > 0 && classes_.empty()) {
+    throw ConfigError(SourceLocation{"", 0, 0, "classes"},
+                      model_name + " is class-conditional (num_class_embeds " + std::to_string(num_class_embeds) +
+                          "): give classes ('all', '7' or '1,4,7')");
+  }
+  null_class_ = num_class_embeds > 0 ? diffuflow::null_class(num_class_embeds) : -1;
+}
+
+Tensor ClassGuidance::labels(int64_t n) const {
+  if (!conditional()) return Tensor();
+  // w = 0: the unconditional prediction alone, from the null class.
+  const std::vector<int32_t> values =
+      scale_ == 0.0 ? std::vector<int32_t>(static_cast<size_t>(n), null_class_) : block_labels(classes_, n);
+  Tensor labels({n}, DType::s32, Device::host()->engine());
+  auto host = labels.map<int32_t>();
+  std::copy(values.begin(), values.end(), host.begin());
+  return labels;
+}
+
+GuidedBatch ClassGuidance::model_inputs(const Tensor& x, const Tensor& t, const Tensor& labels) const {
+  if (!doubled()) return {x, t, labels};
+  const int64_t n = x.dim(0);
+  Tensor both({2 * n}, DType::s32, Device::host()->engine());
+  {
+    auto out = both.map<int32_t>();
+    const std::vector<int64_t> own = labels.to_int64_vector();
+    for (int64_t i = 0; i < n; ++i) {
+      out[static_cast<size_t>(i)] = static_cast<int32_t>(own.at(static_cast<size_t>(i)));
+      out[static_cast<size_t>(n + i)] = null_class_;
+    }
+  }
+  return {repeat_batch(x), repeat_batch(t), both};
+}
+
+Tensor ClassGuidance::combine(const Tensor& prediction) const { return doubled() ? guide(prediction, scale_) : prediction; }
+
+Tensor repeat_batch(const Tensor& given) {
+  const Tensor x = plain_copy(given);
+  Tensor out(with_rows(x.shape(), 2 * x.dim(0)), x.dtype(), x.engine());
+  const HostMap<unsigned char> from(x.memory(), x.bytes());
+  const HostMap<unsigned char> to(out.memory(), out.bytes());
+  std::memcpy(to.data(), from.data(), x.bytes());
+  std::memcpy(to.data() + x.bytes(), from.data(), x.bytes());
+  return out;
+}
+
+Tensor leading_rows(const Tensor& given, int64_t n) {
+  const Tensor x = plain_copy(given);
+  if (n > x.dim(0)) throw std::invalid_argument("leading_rows: " + std::to_string(n) + " rows of " + shape_str(x.shape()));
+  Tensor out(with_rows(x.shape(), n), x.dtype(), x.engine());
+  const HostMap<unsigned char> from(x.memory(), x.bytes());
+  const HostMap<unsigned char> to(out.memory(), out.bytes());
+  std::memcpy(to.data(), from.data(), out.bytes());
+  return out;
+}
+
+Tensor guide(const Tensor& given, double w) {
+  const Tensor both = plain_copy(given);
+  if (both.dtype() != DType::f32 || both.rank() < 1 || both.dim(0) % 2 != 0) {
+    throw std::invalid_argument("guidance: the model output must be f32 [2N,...] (conditional rows first), got " +
+                                shape_str(both.shape()));
+  }
+  const int64_t n = both.dim(0) / 2;
+  Tensor out(with_rows(both.shape(), n), DType::f32, both.engine());
+  const auto in = both.map<float>();
+  const auto guided = out.map<float>();
+  const size_t half = guided.size();
+  const float scale = static_cast<float>(w);
+  for (size_t i = 0; i < half; ++i) {
+    const float cond = in[i], uncond = in[half + i];
+    guided[i] = uncond + scale * (cond - uncond);
+  }
+  return out;
+}
+
+}  // namespace diffuflow
