@@ -61,7 +61,8 @@ int main(int argc, char** argv) {
       std::cerr << message << "\n";
       return code;
     }
-    std::cerr << "diffuflow: " << world->describe() << ": " << message << "\n" << std::flush;
+    // One write, so that no other process's output lands inside the message.
+    std::cerr << ("diffuflow: " + world->describe() + ": " + message + "\n") << std::flush;
     world->abort(code);
     return code;  // not reached
   };

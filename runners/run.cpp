@@ -296,14 +296,17 @@ int run_spec(PipelineSpec spec, const RunSettings& settings) {
   if (!settings.trace_file.empty()) run_options.trace_file = writer ? settings.trace_file : "-";
 
   if (writer) {
-    std::cerr << "diffuflow: running '" << spec.name << "' on " << device->spec().str() << " ("
+    // One write, so that no other process's message lands inside the line.
+    std::ostringstream header;
+    header << "diffuflow: running '" << spec.name << "' on " << device->spec().str() << " ("
               << describe_cpu_model() << ", ISA " << describe_cpu_isa() << ", " << describe_versions() << ", "
               << threads << " threads";
     if (world.distributed()) {
-      std::cerr << " x " << world.size() << " processes";
-      for (size_t r = 0; r < hosts.size(); ++r) std::cerr << (r ? ", " : ": ") << "rank " << r << " on " << hosts[r];
+      header << " x " << world.size() << " processes";
+      for (size_t r = 0; r < hosts.size(); ++r) header << (r ? ", " : ": ") << "rank " << r << " on " << hosts[r];
     }
-    std::cerr << ") -> " << out_dir.string() << "\n";
+    header << ") -> " << out_dir.string() << "\n";
+    std::cerr << header.str() << std::flush;
   }
 
   std::unique_ptr<Pipeline> pipeline;
