@@ -26,7 +26,7 @@ class ImageSet : public Resource {
   const Tensor& labels() const { return labels_; }
   bool labelled() const { return !labels_.empty(); }
   int64_t size() const { return images_.empty() ? 0 : images_.dim(0); }
-  // Where the images came from, in words ("MNIST test split of data/mnist").
+  // Where the images came from, in words ("MNIST test split").
   const std::string& description() const { return description_; }
 
  protected:

@@ -36,7 +36,7 @@ MnistImages::MnistImages(const ResourceConfig& config, RunContext& ctx) {
   if (data.count == 0) throw DataError(params.path, "the " + enum_name(params.split) + " split holds no images");
   Tensor images, labels;
   mnist_tensors(data, images, labels);
-  set(images, labels, "MNIST " + enum_name(params.split) + " split of " + params.path);
+  set(images, labels, "MNIST " + enum_name(params.split) + " split");  // no local folder in files that ship
 }
 
 }  // namespace diffuflow
