@@ -109,14 +109,23 @@ Tensor guide(const Tensor& given, double w) {
   }
   const int64_t n = both.dim(0) / 2;
   Tensor out(with_rows(both.shape(), n), DType::f32, both.engine());
-  const auto in = both.map<float>();
-  const auto guided = out.map<float>();
-  const size_t half = guided.size();
+  // uncond + w (cond - uncond) = w cond + (1 - w) uncond: one oneDNN sum over
+  // the two halves of the batch, on the tensors' engine.
+  const dnnl::memory::desc whole = both.desc();
+  dnnl::memory::dims half_dims = whole.dims();
+  half_dims[0] = n;
+  dnnl::memory::dims offset(half_dims.size(), 0);
+  const dnnl::memory::desc cond_md = whole.submemory_desc(half_dims, offset);
+  offset[0] = n;
+  const dnnl::memory::desc uncond_md = whole.submemory_desc(half_dims, offset);
   const float scale = static_cast<float>(w);
-  for (size_t i = 0; i < half; ++i) {
-    const float cond = in[i], uncond = in[half + i];
-    guided[i] = uncond + scale * (cond - uncond);
-  }
+  const dnnl::sum::primitive_desc pd(out.desc(), {scale, 1.0f - scale}, {cond_md, uncond_md}, both.engine());
+  void* handle = both.memory().get_data_handle();
+  dnnl::stream stream(both.engine());
+  dnnl::sum(pd).execute(stream, {{DNNL_ARG_MULTIPLE_SRC, dnnl::memory(cond_md, both.engine(), handle)},
+                                 {DNNL_ARG_MULTIPLE_SRC + 1, dnnl::memory(uncond_md, both.engine(), handle)},
+                                 {DNNL_ARG_DST, out.memory()}});
+  stream.wait();
   return out;
 }
 
