@@ -1,6 +1,7 @@
 // `diffuflow sample`: images from a trained model in one line.
 //
-//   diffuflow sample MODEL [-n 64] [--steps 50] [--sampler ddim|ddpm] [--eta 0] [--seed 0] [--batch 64]
+//   diffuflow sample MODEL [-n 64] [--steps 50] [--sampler ddim|ddpm|dpmpp|euler|euler_ancestral] [--eta 0]
+//                    [--class all|C|C1,C2] [--guidance W] [--seed 0] [--batch 64]
 //                    [-o samples.png | -o DIR] [--precision f32|bf16] [--threads N] [--print-pipeline]
 //
 // MODEL is a training checkpoint, a run folder (its checkpoints/latest.safetensors)
@@ -12,11 +13,18 @@
 // by (seed, image index), so a seed gives the same images whatever --batch and
 // --threads. Output: one grid PNG (-o FILE.png) or one PNG per image (-o DIR),
 // each with a tEXt chunk `parameters`, and the exact values as .safetensors.
+//
+// A class-conditional model draws the classes --class names (all of them by
+// default), image i taking the (i mod count)-th class; the grid shows one row
+// per class. --guidance W applies classifier-free guidance (one U-Net call on
+// 2N images per step; 1: the conditional prediction alone).
 #include "graph/errors.hpp"
 #include "graph/safetensors.hpp"
 #include "graph/spec_builder.hpp"
 #include "nodes/common/images.hpp"
 #include "nodes/common/output_files.hpp"
+#include "nodes/common/class_labels.hpp"
+#include "nodes/diffusion/guidance.hpp"
 #include "nodes/diffusion/noise_source.hpp"
 #include "nodes/diffusion/reverse_chain.hpp"
 #include "nodes/diffusion/trained_settings.hpp"
@@ -41,11 +49,13 @@ namespace fs = std::filesystem;
 
 namespace {
 
-// What the user asked for. New sampling options (class labels, guidance) go here
-// and into sampling_pipeline().
+// What the user asked for. New sampling options go here and into sampling_pipeline().
 struct SampleRequest {
   std::string model;
   int64_t count = 64;
+  std::string classes;        // GuidanceOptions::classes; empty for an unconditional model
+  std::vector<int32_t> class_list;  // the classes it names, in order
+  double guidance = 1.0;
   int64_t steps = 50;
   SamplerMethod sampler = SamplerMethod::ddim;
   double eta = 0;
@@ -137,11 +147,19 @@ PipelineSpecBuilder sampling_pipeline(const SampleRequest& request, const Sample
   noise.seed_by = NoiseSource::SeedBy::image;
   builder.node<NoiseSource>("noise", noise);
   builder.node("gate", "limiter", {{"max_in_flight", 2}});
-  builder.node("sampler", "sampler",
-               {{"schedule", "schedule"}, {"method", request.sampler}, {"steps", request.steps}, {"eta", request.eta}},
-               2);
+  PipelineSpecBuilder::Values sampler{
+      {"schedule", "schedule"}, {"method", request.sampler}, {"steps", request.steps}, {"eta", request.eta}};
+  if (!request.classes.empty()) {
+    sampler.emplace_back("model", "model");
+    sampler.emplace_back("classes", request.classes);
+    sampler.emplace_back("class_order", ClassOrder::cycle);
+    sampler.emplace_back("guidance_scale", request.guidance);
+  }
+  builder.node("sampler", "sampler", sampler, 2);
   builder.node("forward", "model_forward", {{"model", "model"}});
-  builder.node("save", "tensor_writer", {{"fields", std::vector<std::string>{"sample"}}, {"prefix", "samples"}});
+  const std::vector<std::string> fields =
+      request.classes.empty() ? std::vector<std::string>{"sample"} : std::vector<std::string>{"sample", "labels"};
+  builder.node("save", "tensor_writer", {{"fields", fields}, {"prefix", "samples"}});
   for (const char* edge : {"noise -> gate", "gate -> sampler.start", "sampler.model -> forward",
                            "forward -> sampler.back", "sampler.done -> save", "sampler.done -> gate.decrement"}) {
     builder.edge(edge);
@@ -153,6 +171,7 @@ std::string parameters_text(const SampleRequest& request) {
   std::ostringstream out;
   out << "model: " << request.model << ", sampler: " << enum_name(request.sampler) << ", steps: " << request.steps
       << ", eta: " << request.eta << ", seed: " << request.seed;
+  if (!request.classes.empty()) out << ", classes: " << request.classes << ", guidance: " << request.guidance;
   return out.str();
 }
 
@@ -161,15 +180,93 @@ bool is_png_path(const std::string& out) {
   return ext == ".png" || ext == ".PNG";
 }
 
+ConfigError option_error(const std::string& option, const std::string& what) {
+  return ConfigError(SourceLocation{option, 0, 0, ""}, what);
+}
+
+// --class, --guidance and -n against the model's class embedding: every
+// mistake is one error before anything runs.
+void choose_classes(const ParsedOptions& options, const SampleModel& model, SampleRequest& request) {
+  const int64_t embeds = model.config.num_classes();
+  const bool given_class = options.has("class");
+  if (embeds <= 0 && (given_class || request.guidance != 1.0)) {
+    throw option_error(given_class ? "--class" : "--guidance",
+                       "'" + request.model + "' is not class-conditional (no class embedding): --class and "
+                       "--guidance need a model trained with labels (docs/conditioning.md)");
+  }
+  if (embeds > 0) {
+    request.classes = given_class ? options.text("class") : "all";
+    try {
+      request.class_list = parse_class_choice(request.classes, real_class_count(embeds), "--class");
+      GuidanceOptions guidance;
+      guidance.classes = request.classes;
+      guidance.guidance_scale = request.guidance;
+      (void)ClassGuidance(guidance, embeds, "'" + request.model + "'");
+    } catch (const ConfigError& e) {  // the message names --class already
+      throw ConfigError(SourceLocation{}, e.message());
+    }
+  }
+  const int64_t rows = static_cast<int64_t>(std::max<size_t>(request.class_list.size(), 1));
+  request.count = options.has("images") ? options.integer("images") : (rows > 1 ? 8 * rows : 64);
+  if (rows > 1 && is_png_path(request.out) && request.count % rows != 0) {
+    throw option_error("--images", "-n " + std::to_string(request.count) + " does not split into " +
+                                       std::to_string(rows) + " classes of equal rows: give a multiple of " +
+                                       std::to_string(rows));
+  }
+}
+
+// The labels the run wrote beside the samples, in image order.
+std::vector<int64_t> read_labels(const fs::path& scratch, int64_t packets) {
+  std::vector<int64_t> labels;
+  for (int64_t k = 0; k < packets; ++k) {
+    const fs::path part = scratch / "samples" / ("samples_" + step_str(k) + ".safetensors");
+    const std::vector<int64_t> part_labels = SafetensorsFile::read(part).ints("labels");
+    labels.insert(labels.end(), part_labels.begin(), part_labels.end());
+  }
+  return labels;
+}
+
+// The images reordered class by class, in --class order, each class's images
+// in image order (one grid row per class); `labels` reordered alike.
+std::vector<float> rows_by_class(const std::vector<float>& values, std::vector<int64_t>& labels,
+                                 const SampleRequest& request, int64_t per_image) {
+  std::vector<float> out;
+  std::vector<int64_t> out_labels;
+  out.reserve(values.size());
+  std::vector<bool> placed(labels.size(), false);
+  for (int32_t cls : request.class_list) {
+    for (size_t i = 0; i < labels.size(); ++i) {
+      if (placed[i] || labels[i] != cls) continue;
+      placed[i] = true;
+      out_labels.push_back(labels[i]);
+      out.insert(out.end(), values.begin() + static_cast<std::ptrdiff_t>(i * per_image),
+                 values.begin() + static_cast<std::ptrdiff_t>((i + 1) * per_image));
+    }
+  }
+  if (out.size() != values.size()) throw std::runtime_error("diffuflow sample: the run wrote labels outside --class");
+  labels = std::move(out_labels);
+  return out;
+}
+
 OptionTable sample_options() {
   std::string samplers;
   for (const auto& name : enum_choices<SamplerMethod>()) samplers += (samplers.empty() ? "" : "|") + name;
   return {OptionSpec::positional("model", "MODEL",
                                  "a training checkpoint, a run folder (its latest checkpoint) or a diffusers folder"),
-          OptionSpec::integer("images", "N", "images to draw").short_name('n').range(1, 1000000).fallback("64"),
+          OptionSpec::integer("images", "N",
+                              "images to draw (default 64; with several classes 8 per class, a grid row each)")
+              .short_name('n')
+              .range(1, 1000000),
           shared::steps().range(1, 100000).fallback("50"),
           OptionSpec::text("sampler", samplers, "the reverse process").fallback("ddim"),
           OptionSpec::number("eta", "ETA", "DDIM noise scale: 0 deterministic, 1 DDPM-like").range(0, 1).fallback("0"),
+          OptionSpec::text("class", "all|C|C1,C2,...",
+                           "the classes a class-conditional model draws: all (the default), one, or a list; image "
+                           "i takes the (i mod count)-th"),
+          OptionSpec::number("guidance", "W",
+                             "classifier-free guidance scale w: eps_uncond + w (eps_cond - eps_uncond); 1: none")
+              .range(0, 100)
+              .fallback("1"),
           shared::seed().range(0, 9.0e15).fallback("0"),
           shared::batch(),
           shared::output().short_name('o').fallback("samples.png"),
@@ -182,7 +279,7 @@ OptionTable sample_options() {
 int run_sample(const ParsedOptions& options) {
   SampleRequest request;
   request.model = options.text("model");
-  request.count = options.integer("images");
+  request.guidance = options.number("guidance");
   request.steps = options.integer("steps");
   request.sampler = parse_enum<SamplerMethod>(options.text("sampler"), "--sampler");
   request.eta = options.number("eta");
@@ -198,6 +295,7 @@ int run_sample(const ParsedOptions& options) {
   }
 
   const SampleModel model = resolve_model(request.model);
+  choose_classes(options, model, request);
   const PipelineSpecBuilder builder = sampling_pipeline(request, model, threads);
   if (options.flag("print-pipeline")) {
     std::cout << builder.yaml();
@@ -247,14 +345,23 @@ int run_sample(const ParsedOptions& options) {
   const std::string text = parameters_text(request) + ", size: " + size.str() +
                            ", precision: " + enum_name(request.precision);
 
+  std::vector<int64_t> labels;
+  if (!request.classes.empty()) {
+    labels = read_labels(scratch, packets);
+    values = rows_by_class(values, labels, request, per_image);
+  }
+
   SafetensorsFile tensors;
   tensors.add_f32("sample", Shape{request.count, c, h, w}, values.data());
+  if (!labels.empty()) tensors.add_i64("labels", Shape{request.count}, labels);
   tensors.set_metadata("parameters", text);
   const fs::path tensors_path = grid ? fs::path(out).replace_extension(".safetensors") : out / "samples.safetensors";
   tensors.write(tensors_path);
   const int scale = std::max<int64_t>(h, w) < 64 ? 2 : 1;
   if (grid) {
-    const int nrow = static_cast<int>(std::ceil(std::sqrt(static_cast<double>(request.count))));
+    const int nrow = request.class_list.size() > 1
+                         ? static_cast<int>(request.count / static_cast<int64_t>(request.class_list.size()))
+                         : static_cast<int>(std::ceil(std::sqrt(static_cast<double>(request.count))));
     write_png_atomic(tile_images(values.data(), request.count, c, h, w, nrow, scale, kImageGap), out,
                      {{"parameters", text}});
     std::cout << "wrote " << out.string() << " (" << request.count << " images) and " << tensors_path.string()

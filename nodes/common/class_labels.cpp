@@ -63,4 +63,11 @@ std::vector<int32_t> block_labels(const std::vector<int32_t>& classes, int64_t n
   return labels;
 }
 
+std::vector<int32_t> cycle_labels(const std::vector<int32_t>& classes, int64_t n, int64_t first) {
+  std::vector<int32_t> labels(static_cast<size_t>(n));
+  const int64_t k = static_cast<int64_t>(classes.size());
+  for (int64_t i = 0; i < n && k > 0; ++i) labels[static_cast<size_t>(i)] = classes[static_cast<size_t>((first + i) % k)];
+  return labels;
+}
+
 }  // namespace diffuflow

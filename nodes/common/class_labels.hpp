@@ -48,4 +48,8 @@ std::vector<int32_t> parse_class_choice(const std::string& text, int64_t classes
 // class per row. Image i gets classes[i * classes.size() / n].
 std::vector<int32_t> block_labels(const std::vector<int32_t>& classes, int64_t n);
 
+// The labels of images first .. first + n - 1 of a run given `classes`
+// (non-empty): image i gets classes[i % classes.size()].
+std::vector<int32_t> cycle_labels(const std::vector<int32_t>& classes, int64_t n, int64_t first);
+
 }  // namespace diffuflow

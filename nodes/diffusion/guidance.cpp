@@ -30,7 +30,7 @@ std::string scale_text(double w) {
 }  // namespace
 
 ClassGuidance::ClassGuidance(const GuidanceOptions& options, int64_t num_class_embeds, const std::string& model_name)
-    : scale_(options.guidance_scale) {
+    : scale_(options.guidance_scale), order_(options.class_order) {
   const bool guided = options.guidance_scale != 1.0;
   if (num_class_embeds <= 0 && (guided || !options.classes.empty())) {
     throw ConfigError(SourceLocation{"", 0, 0, guided ? "guidance_scale" : "classes"},
@@ -53,11 +53,12 @@ ClassGuidance::ClassGuidance(const GuidanceOptions& options, int64_t num_class_e
   null_class_ = num_class_embeds > 0 ? diffuflow::null_class(num_class_embeds) : -1;
 }
 
-Tensor ClassGuidance::labels(int64_t n) const {
+Tensor ClassGuidance::labels(int64_t n, int64_t first_image) const {
   if (!conditional()) return Tensor();
   // w = 0: the unconditional prediction alone, from the null class.
-  const std::vector<int32_t> values =
-      scale_ == 0.0 ? std::vector<int32_t>(static_cast<size_t>(n), null_class_) : block_labels(classes_, n);
+  const std::vector<int32_t> values = scale_ == 0.0                 ? std::vector<int32_t>(static_cast<size_t>(n), null_class_)
+                                      : order_ == ClassOrder::cycle ? cycle_labels(classes_, n, first_image)
+                                                                    : block_labels(classes_, n);
   Tensor labels({n}, DType::s32, Device::host()->engine());
   auto host = labels.map<int32_t>();
   std::copy(values.begin(), values.end(), host.begin());

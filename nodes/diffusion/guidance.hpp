@@ -28,6 +28,13 @@
 
 namespace diffuflow {
 
+// How the chosen classes are given to the images: `blocks` splits each packet
+// into one block per class (a grid row per class when nrow = packet size /
+// classes); `cycle` gives image i of the run classes[i % classes.size()], with
+// i counted from noise_source's first_image, so an image's class does not
+// depend on the batch size (diffuflow sample sorts such images into rows).
+DIFFUFLOW_ENUM(ClassOrder, blocks, cycle);
+
 struct GuidanceOptions {
   DIFFUFLOW_PARAMS(GuidanceOptions);
   DIFFUFLOW_PARAM(std::string, classes, "",
@@ -37,6 +44,9 @@ struct GuidanceOptions {
                   "classifier-free guidance w: eps_uncond + w (eps_cond - eps_uncond), both from one model "
                   "call on 2N images; 1: the conditional prediction alone (no doubled batch)",
                   .range(0.0, 100.0));
+  DIFFUFLOW_PARAM(ClassOrder, class_order, ClassOrder::blocks,
+                  "blocks: each packet split into one block per class; cycle: image i of the run (counted from "
+                  "noise_source's first_image) takes the (i mod count)-th class, whatever the batch size");
 };
 
 // What one guided model call takes.
@@ -62,8 +72,10 @@ class ClassGuidance {
   const std::vector<int32_t>& classes() const { return classes_; }
   int32_t null_class() const { return null_class_; }
 
-  // The classes of a chain of n images [n] s32 host (block_labels); empty when unconditional.
-  Tensor labels(int64_t n) const;
+  // The classes of a chain of n images [n] s32 host, the first being image
+  // `first_image` of the run (block_labels or cycle_labels as class_order says);
+  // empty when unconditional.
+  Tensor labels(int64_t n, int64_t first_image = 0) const;
   // The model's inputs for chains x [N,...] at t [N] with labels [N] (empty when unconditional).
   GuidedBatch model_inputs(const Tensor& x, const Tensor& t, const Tensor& labels) const;
   // The guided model output [N,...] from the output for model_inputs() [N or 2N,...].
@@ -73,6 +85,7 @@ class ClassGuidance {
   std::vector<int32_t> classes_;
   double scale_ = 1.0;
   int32_t null_class_ = -1;
+  ClassOrder order_ = ClassOrder::blocks;
 };
 
 // [N,...] -> [2N,...]: x twice, on x's engine.

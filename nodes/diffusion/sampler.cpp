@@ -87,7 +87,10 @@ void Sampler::start(const Packet& packet, Emitter& out) {
   Packet next = packet.with(fields::kT, timestep_tensor(std::vector<int>(static_cast<size_t>(x_t.dim(0)), first)))
                     .with(fields::kSamplerStep, int64_t{0});
   next.erase(fields::kPrediction);
-  if (guidance_.conditional()) next.set(fields::kLabels, guidance_.labels(x_t.dim(0)));
+  if (guidance_.conditional()) {
+    const int64_t first_image = packet.has(fields::kFirstImage) ? packet.get(fields::kFirstImage) : 0;
+    next.set(fields::kLabels, guidance_.labels(x_t.dim(0), first_image));
+  }
   if (is_sigma_method(params_.chain.method)) {
     // As diffusers' pipelines: start from noise * init_noise_sigma, call the model on scale_model_input.
     const Tensor sample = scale_initial_noise(steps_, plan_.sigmas, x_t);
