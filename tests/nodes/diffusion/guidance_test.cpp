@@ -121,6 +121,10 @@ TEST_CASE("class choices: all, one, a list; blocks of a packet per class; bad te
   CHECK(block_labels({0, 1, 2}, 6) == std::vector<int32_t>{0, 0, 1, 1, 2, 2});
   CHECK(block_labels({7}, 3) == std::vector<int32_t>{7, 7, 7});
   CHECK(block_labels({3, 5}, 3) == std::vector<int32_t>{3, 3, 5});
+  // cycle: image i of the run takes classes[i % count], wherever its packet starts.
+  CHECK(cycle_labels({0, 1, 2}, 4, 0) == std::vector<int32_t>{0, 1, 2, 0});
+  CHECK(cycle_labels({0, 1, 2}, 4, 5) == std::vector<int32_t>{2, 0, 1, 2});
+  CHECK(cycle_labels({3, 7}, 3, 1) == std::vector<int32_t>{7, 3, 7});
 }
 
 TEST_CASE("one batched cond/uncond model call on 2N images equals the two separate calls") {
