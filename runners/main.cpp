@@ -5,9 +5,11 @@
 #include "graph/world.hpp"
 #include "runners/command.hpp"
 
+#include <chrono>
 #include <csignal>
 #include <exception>
 #include <iostream>
+#include <thread>
 
 int main(int argc, char** argv) {
   using namespace diffuflow;
@@ -61,6 +63,11 @@ int main(int argc, char** argv) {
       std::cerr << message << "\n";
       return code;
     }
+    // Bad input is usually the same on every rank (one pipeline file): the
+    // other ranks give rank 0 a moment to abort the job with its message, so
+    // the user reads it once. A rank whose input alone is bad (its own data
+    // file, another command line) still reports after that moment.
+    if (code == kExitBadInput && world->rank() != 0) std::this_thread::sleep_for(std::chrono::seconds(2));
     // One write, so that no other process's output lands inside the message.
     std::cerr << ("diffuflow: " + world->describe() + ": " + message + "\n") << std::flush;
     world->abort(code);

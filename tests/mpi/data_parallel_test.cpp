@@ -207,6 +207,19 @@ TEST_CASE("ranks started with different pipelines are refused before training, e
   CHECK_FALSE(fs::exists(dir / "out"));
 }
 
+TEST_CASE("a bad pipeline file under mpirun gives one message, not one per rank, exit 2") {
+  TempDir dir;
+  write_file(dir / "bad.yaml", "name: bad\nnodes:\n  - {name: a, type: no_such_node}\n");
+  CommandResult r = shell(mpirun(2) + " " + binary() + " run " + (dir / "bad.yaml").string());
+  MESSAGE(r.output);
+  CHECK(r.exit_code == 2);
+  const std::string message = "unknown node type 'no_such_node'";
+  const size_t first = r.output.find(message);
+  REQUIRE(first != std::string::npos);
+  CHECK(r.output.find(message, first + 1) == std::string::npos);
+  CHECK(r.output.find("rank 0 of 2") != std::string::npos);
+}
+
 TEST_CASE("2 ranks split the sampling chains and rank 0 writes the files 1 process does, bitwise") {
   TempDir dir;
   // 5 chain packets (the last short): rank 0 runs 0, 2, 4 and rank 1 runs 1, 3.
