@@ -41,14 +41,22 @@ Tensor sample_reverse_chain(DenoiserModel& model, DiffusionSteps& steps, const T
   if (snapshots) snapshots->clear();
 
   Tensor x = steps.on_device(x_T);
+  const ClassGuidance& guidance = draw.guidance;
+  const Tensor labels = guidance.labels(static_cast<int64_t>(n), draw.first_image);
+  // The model's output for (x, t) [N,C,H,W]; guided: from one call on 2N images.
+  auto predict = [&](const Tensor& input, const std::vector<int>& t) {
+    const GuidedBatch batch = guidance.model_inputs(input, timestep_tensor(t), labels);
+    ForwardInputs inputs;
+    inputs.class_labels = batch.labels;
+    return guidance.combine(model.forward(batch.x, batch.t, /*for_training=*/false, inputs).prediction);
+  };
   if (is_sigma_method(options.method)) {
     // DPM-Solver++ / Euler: the sampler node's loop, in one call (snapshots show the model's inputs).
     Tensor sample = scale_initial_noise(steps, plan.sigmas, x), previous;
     keep(0, scale_model_input(steps, plan.sigmas, 0, sample));
     for (size_t k = 0; k < plan.sigmas.size(); ++k) {
       const Tensor input = scale_model_input(steps, plan.sigmas, k, sample);
-      const Tensor prediction =
-          model.forward(input, timestep_tensor(std::vector<int>(n, plan.timesteps[k])), false).prediction;
+      const Tensor prediction = predict(input, std::vector<int>(n, plan.timesteps[k]));
       const Tensor z = options.method == SamplerMethod::euler_ancestral ? step_noise(int64_t(k)) : Tensor();
       auto result = sigma_step(steps, plan.sigmas, config, k, sample, prediction, previous, z);
       sample = result.prev_sample;
@@ -59,18 +67,11 @@ Tensor sample_reverse_chain(DenoiserModel& model, DiffusionSteps& steps, const T
     return sample;
   }
   keep(0, x);
-  const ClassGuidance& guidance = draw.guidance;
-  const Tensor labels = guidance.labels(static_cast<int64_t>(n));
   const float eta = static_cast<float>(options.eta);
   for (size_t k = 0; k < plan.timesteps.size(); ++k) {
     const int now = plan.timesteps[k];
     const std::vector<int> t(n, now), target(n, plan.step_target(now));
-    // The model's output for (x_t, t) [N,C,H,W]; guided: from one call on 2N images.
-    const GuidedBatch batch = guidance.model_inputs(x, timestep_tensor(t), labels);
-    ForwardInputs inputs;
-    inputs.class_labels = batch.labels;
-    const Tensor prediction =
-        guidance.combine(model.forward(batch.x, batch.t, /*for_training=*/false, inputs).prediction);
+    const Tensor prediction = predict(x, t);
     if (options.method == SamplerMethod::ddpm) {
       x = steps.ddpm_step(x, prediction, now > 0 ? step_noise(int64_t(k)) : Tensor(), t, target, config).prev_sample;
     } else {

@@ -65,6 +65,7 @@ struct ReverseChainDraw {
   int64_t snapshots = 0;
   uint64_t noise_seed = 0;
   ClassGuidance guidance;
+  int64_t first_image = 0;  // the index of x_T's first image in the run (class_order: cycle)
 };
 
 // Runs the reverse chain from x_T [N,C,H,W] f32 to x_0 with `model`, the step
