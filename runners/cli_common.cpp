@@ -1,6 +1,33 @@
 #include "runners/cli_common.hpp"
 
+#include "graph/errors.hpp"
+#include "nodes/common/class_labels.hpp"
+
 namespace diffuflow {
+
+ClassChoice class_choice_from(const ParsedOptions& options, int64_t num_class_embeds, const std::string& model) {
+  ClassChoice choice;
+  const bool given_class = options.has("class");
+  const double scale = options.number("guidance");
+  if (num_class_embeds <= 0) {
+    if (given_class || scale != 1.0) {
+      throw ConfigError(SourceLocation{given_class ? "--class" : "--guidance", 0, 0, ""},
+                        "'" + model + "' is not class-conditional (no class embedding): --class and --guidance need "
+                        "a model trained with labels (docs/conditioning.md)");
+    }
+    return choice;
+  }
+  choice.options.classes = given_class ? options.text("class") : "all";
+  choice.options.guidance_scale = scale;
+  choice.options.class_order = ClassOrder::cycle;
+  try {
+    choice.classes = parse_class_choice(choice.options.classes, real_class_count(num_class_embeds), "--class");
+    choice.guidance = ClassGuidance(choice.options, num_class_embeds, "'" + model + "'");
+  } catch (const ConfigError& e) {  // the message names --class already
+    throw ConfigError(SourceLocation{}, e.message());
+  }
+  return choice;
+}
 
 std::vector<Override> parse_overrides(const std::vector<std::string>& texts) {
   std::vector<Override> overrides;

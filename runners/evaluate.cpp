@@ -13,7 +13,9 @@
 // calibration); a .safetensors of samples (the tensor --tensor, default
 // `sample` as tensor_writer writes it, else the only F32 [N,C,H,W] tensor);
 // or an optimiser checkpoint (metadata format diffuflow-checkpoint) of a
-// U-Net, sampled with fixed noise (--noise-seed) from its EMA weights.
+// U-Net, sampled with fixed noise (--noise-seed) from its EMA weights with the
+// noise schedule the checkpoint records; a class-conditional one draws the
+// --class classes in turn (all by default), guided by --guidance.
 // --distort changes the images before they are scored, to calibrate what a
 // score means: blur:SIGMA (Gaussian, in pixels), noise:STD (added in [-1, 1]
 // units, then clipped), collapse:K (only the first K images, repeated).
@@ -24,10 +26,12 @@
 #include "nodes/data/image_folder_loader.hpp"
 #include "nodes/data/mnist_images.hpp"
 #include "nodes/diffusion/noise_schedule.hpp"
+#include "nodes/diffusion/trained_settings.hpp"
 #include "nodes/model/classifier.hpp"
 #include "nodes/model/quality_meter.hpp"
 #include "nodes/model/unet.hpp"
 #include "nodes/output/sample_preview.hpp"
+#include "runners/cli_common.hpp"
 #include "runners/command.hpp"
 
 #include <opencv2/imgcodecs.hpp>
@@ -72,13 +76,20 @@ OptionTable evaluate_options() {
           OptionSpec::text("split-of-input", "SPLIT", "MNIST input folder: the split scored (train or test)")
               .fallback("train"),
           OptionSpec::text("distort", "KIND:X", "blur:SIGMA, noise:STD or collapse:K before scoring (calibration)"),
-          OptionSpec::text("schedule", "KIND", "checkpoint: noise schedule (linear or cosine)").fallback("linear"),
-          OptionSpec::integer("timesteps", "T", "checkpoint: diffusion steps T of the schedule").range(2, 100000).fallback("1000"),
+          OptionSpec::text("schedule", "KIND",
+                           "checkpoint recording no schedule (earlier versions): noise schedule (linear or cosine)")
+              .fallback("linear"),
+          OptionSpec::integer("timesteps", "T",
+                              "checkpoint recording no schedule (earlier versions): diffusion steps T")
+              .range(2, 100000)
+              .fallback("1000"),
           OptionSpec::text("method", "METHOD", "checkpoint: ddim or ddpm").fallback("ddim"),
           OptionSpec::integer("sample-steps", "K", "checkpoint: model calls per sample").range(1, 100000).fallback("50"),
           OptionSpec::text("prediction", "TARGET", "checkpoint: what the model predicts (epsilon, v or x0)")
               .fallback("epsilon"),
           OptionSpec::flag("raw-weights", "checkpoint: sample from the raw weights, not the EMA"),
+          shared::class_choice(),
+          shared::guidance(),
           OptionSpec::integer("noise-seed", "S", "seed of the fixed noise (checkpoint sampling, --distort noise)").range(0, 9.0e15).fallback("0"),
           OptionSpec::integer("pass-size", "N", "images per classifier pass and per batch of sampling chains")
               .range(1, 65536)
@@ -179,10 +190,13 @@ Tensor sample_checkpoint(const SafetensorsFile& file, const ParsedOptions& optio
   auto model = make_unet(config, *device);
   model->load(model_weights_from(file, model->param_slots(), !options.flag("raw-weights")));
 
+  // The schedule the checkpoint records (training adopted it); the options for one that records none.
   NoiseSchedule::Params schedule_params;
   schedule_params.kind = enum_option<ScheduleKind>(options, "schedule");
   schedule_params.timesteps = static_cast<int>(options.integer("timesteps"));
-  const NoiseSchedule schedule(schedule_params);
+  const std::optional<SchedulerConfig> trained = trained_settings_from(meta, path);
+  const NoiseSchedule schedule = trained ? NoiseSchedule(*trained) : NoiseSchedule(schedule_params);
+  const ClassChoice classes = class_choice_from(options, config.num_classes(), path);
   DiffusionSteps steps(schedule, *device);
   ReverseChainOptions chain;
   chain.method = enum_option<SamplerMethod>(options, "method");
@@ -198,8 +212,10 @@ Tensor sample_checkpoint(const SafetensorsFile& file, const ParsedOptions& optio
   for (int64_t first = 0, chunk = 0; first < count; first += batch, ++chunk) {
     const int64_t n = std::min(batch, count - first);
     const Tensor x_T = standard_normal({n, image_shape[0], image_shape[1], image_shape[2]}, rng, *device);
-    const ReverseChainDraw draw{chain, 0, RunContext::mix(static_cast<uint64_t>(options.integer("noise-seed")),
-                                                          static_cast<uint64_t>(chunk) + 1)};
+    const ReverseChainDraw draw{chain, 0,
+                                RunContext::mix(static_cast<uint64_t>(options.integer("noise-seed")),
+                                                static_cast<uint64_t>(chunk) + 1),
+                                classes.guidance, first};
     const std::vector<float> x0 = sample_reverse_chain(*model, steps, x_T, draw).to_vector();
     auto dst = samples.map<float>();
     std::copy(x0.begin(), x0.end(), dst.data() + first * per_image);

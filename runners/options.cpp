@@ -167,6 +167,19 @@ OptionSpec precision() {
       .fallback("f32");
 }
 
+OptionSpec class_choice() {
+  return OptionSpec::text("class", "all|C|C1,C2,...",
+                          "the classes a class-conditional model draws: all (the default), one, or a list; image i "
+                          "takes the (i mod count)-th");
+}
+
+OptionSpec guidance() {
+  return OptionSpec::number("guidance", "W",
+                            "classifier-free guidance scale w: eps_uncond + w (eps_cond - eps_uncond); 1: none")
+      .range(0, 100)
+      .fallback("1");
+}
+
 OptionSpec inputs() {
   return OptionSpec::text("inputs", "IN.safetensors",
                           "input tensors (.safetensors): unet-io, x, t, optionally class_labels and g_out; scheduler-io, "

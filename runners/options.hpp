@@ -102,6 +102,8 @@ OptionSpec steps();           // --steps K
 OptionSpec inputs();          // --inputs IN.safetensors
 OptionSpec seed();            // --seed S
 OptionSpec precision();       // --precision f32|bf16
+OptionSpec class_choice();    // --class all|C|C1,C2
+OptionSpec guidance();        // --guidance W
 }  // namespace shared
 
 // The values given on one command line, checked against the table. The

@@ -23,12 +23,11 @@
 #include "graph/spec_builder.hpp"
 #include "nodes/common/images.hpp"
 #include "nodes/common/output_files.hpp"
-#include "nodes/common/class_labels.hpp"
-#include "nodes/diffusion/guidance.hpp"
 #include "nodes/diffusion/noise_source.hpp"
 #include "nodes/diffusion/reverse_chain.hpp"
 #include "nodes/diffusion/trained_settings.hpp"
 #include "nodes/model/unet_model.hpp"
+#include "runners/cli_common.hpp"
 #include "runners/command.hpp"
 #include "runners/options.hpp"
 #include "runners/run.hpp"
@@ -187,25 +186,9 @@ ConfigError option_error(const std::string& option, const std::string& what) {
 // --class, --guidance and -n against the model's class embedding: every
 // mistake is one error before anything runs.
 void choose_classes(const ParsedOptions& options, const SampleModel& model, SampleRequest& request) {
-  const int64_t embeds = model.config.num_classes();
-  const bool given_class = options.has("class");
-  if (embeds <= 0 && (given_class || request.guidance != 1.0)) {
-    throw option_error(given_class ? "--class" : "--guidance",
-                       "'" + request.model + "' is not class-conditional (no class embedding): --class and "
-                       "--guidance need a model trained with labels (docs/conditioning.md)");
-  }
-  if (embeds > 0) {
-    request.classes = given_class ? options.text("class") : "all";
-    try {
-      request.class_list = parse_class_choice(request.classes, real_class_count(embeds), "--class");
-      GuidanceOptions guidance;
-      guidance.classes = request.classes;
-      guidance.guidance_scale = request.guidance;
-      (void)ClassGuidance(guidance, embeds, "'" + request.model + "'");
-    } catch (const ConfigError& e) {  // the message names --class already
-      throw ConfigError(SourceLocation{}, e.message());
-    }
-  }
+  const ClassChoice choice = class_choice_from(options, model.config.num_classes(), request.model);
+  request.classes = choice.options.classes;
+  request.class_list = choice.classes;
   const int64_t rows = static_cast<int64_t>(std::max<size_t>(request.class_list.size(), 1));
   request.count = options.has("images") ? options.integer("images") : (rows > 1 ? 8 * rows : 64);
   if (rows > 1 && is_png_path(request.out) && request.count % rows != 0) {
@@ -260,13 +243,8 @@ OptionTable sample_options() {
           shared::steps().range(1, 100000).fallback("50"),
           OptionSpec::text("sampler", samplers, "the reverse process").fallback("ddim"),
           OptionSpec::number("eta", "ETA", "DDIM noise scale: 0 deterministic, 1 DDPM-like").range(0, 1).fallback("0"),
-          OptionSpec::text("class", "all|C|C1,C2,...",
-                           "the classes a class-conditional model draws: all (the default), one, or a list; image "
-                           "i takes the (i mod count)-th"),
-          OptionSpec::number("guidance", "W",
-                             "classifier-free guidance scale w: eps_uncond + w (eps_cond - eps_uncond); 1: none")
-              .range(0, 100)
-              .fallback("1"),
+          shared::class_choice(),
+          shared::guidance(),
           shared::seed().range(0, 9.0e15).fallback("0"),
           shared::batch(),
           shared::output().short_name('o').fallback("samples.png"),
