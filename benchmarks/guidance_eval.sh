@@ -7,6 +7,8 @@
 #
 # USE_EMA (default true): sample from the checkpoint's EMA weights; false for
 # a short run, whose EMA (decay 0.999) still remembers the random init.
+# Environment: SETS, more `--set` options for the sampling pipeline
+# (e.g. "--set model.precision=bf16 --set sampler.method=dpmpp").
 # Per scale w, OUT_DIR/w<w>/ holds the grid (one row per digit), the samples,
 # and per class the share the classifier recognises as that class, and the
 # mean pairwise pixel distance between samples of the class (diversity).
@@ -23,7 +25,7 @@ for w in 1 2 4; do
   start=$(date +%s)
   ./build/diffuflow run pipelines/sample_mnist_cond.yaml --set model.weights="$ckpt" --set model.use_ema="$use_ema" --set sampler.guidance_scale=$w \
     --set sampler.steps="$steps" --set noise.batch_size="$count" --set noise.count="$count" \
-    --set writer.nrow=$((count / 10)) --set writer.max_images="$count" --set writer.scale=1 --out "$dir" > "$dir.log" 2>&1
+    --set writer.nrow=$((count / 10)) --set writer.max_images="$count" --set writer.scale=1 ${SETS:-} --out "$dir" > "$dir.log" 2>&1
   seconds=$(( $(date +%s) - start ))
   /usr/bin/python3 benchmarks/guidance_split.py "$dir/split" "$dir"/samples/*.safetensors > "$dir/diversity.txt"
   shares=""; total=0

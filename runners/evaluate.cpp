@@ -202,6 +202,7 @@ Tensor sample_checkpoint(const SafetensorsFile& file, const ParsedOptions& optio
   chain.method = enum_option<SamplerMethod>(options, "method");
   chain.steps = options.integer("sample-steps");
   chain.prediction = enum_option<PredictionTarget>(options, "prediction");
+  chain.clip = !classes.guidance.doubled();  // as diffuflow sample: guided estimates are not clipped
   plan_reverse_chain(schedule.timesteps(), chain.method, chain.steps, 0, "--sample-steps");
 
   const int64_t batch = options.integer("pass-size");

@@ -1,7 +1,7 @@
 // `diffuflow sample`: images from a trained model in one line.
 //
 //   diffuflow sample MODEL [-n 64] [--steps 50] [--sampler ddim|ddpm|dpmpp|euler|euler_ancestral] [--eta 0]
-//                    [--class all|C|C1,C2] [--guidance W] [--seed 0] [--batch 64]
+//                    [--class all|C|C1,C2] [--guidance W] [--clip auto|on|off] [--seed 0] [--batch 64]
 //                    [-o samples.png | -o DIR] [--precision f32|bf16] [--threads N] [--print-pipeline]
 //
 // MODEL is a training checkpoint, a run folder (its checkpoints/latest.safetensors)
@@ -17,7 +17,9 @@
 // A class-conditional model draws the classes --class names (all of them by
 // default), image i taking the (i mod count)-th class; the grid shows one row
 // per class. --guidance W applies classifier-free guidance (one U-Net call on
-// 2N images per step; 1: the conditional prediction alone).
+// 2N images per step; 1: the conditional prediction alone). Guided DDIM and
+// DDPM run without clipping the x_0 estimates unless --clip on: clipping the
+// amplified estimates at every step ruins the digits (docs/conditioning.md).
 #include "graph/errors.hpp"
 #include "graph/safetensors.hpp"
 #include "graph/spec_builder.hpp"
@@ -55,6 +57,7 @@ struct SampleRequest {
   std::string classes;        // GuidanceOptions::classes; empty for an unconditional model
   std::vector<int32_t> class_list;  // the classes it names, in order
   double guidance = 1.0;
+  bool clip = true;           // the sampler's `clip` (DDIM/DDPM: x_0 estimates clipped at every step)
   int64_t steps = 50;
   SamplerMethod sampler = SamplerMethod::ddim;
   double eta = 0;
@@ -147,7 +150,8 @@ PipelineSpecBuilder sampling_pipeline(const SampleRequest& request, const Sample
   builder.node<NoiseSource>("noise", noise);
   builder.node("gate", "limiter", {{"max_in_flight", 2}});
   PipelineSpecBuilder::Values sampler{
-      {"schedule", "schedule"}, {"method", request.sampler}, {"steps", request.steps}, {"eta", request.eta}};
+      {"schedule", "schedule"}, {"method", request.sampler}, {"steps", request.steps}, {"eta", request.eta},
+      {"clip", request.clip}};
   if (!request.classes.empty()) {
     sampler.emplace_back("model", "model");
     sampler.emplace_back("classes", request.classes);
@@ -171,6 +175,7 @@ std::string parameters_text(const SampleRequest& request) {
   out << "model: " << request.model << ", sampler: " << enum_name(request.sampler) << ", steps: " << request.steps
       << ", eta: " << request.eta << ", seed: " << request.seed;
   if (!request.classes.empty()) out << ", classes: " << request.classes << ", guidance: " << request.guidance;
+  if (!request.clip) out << ", clip: off";
   return out.str();
 }
 
@@ -189,6 +194,11 @@ void choose_classes(const ParsedOptions& options, const SampleModel& model, Samp
   const ClassChoice choice = class_choice_from(options, model.config.num_classes(), request.model);
   request.classes = choice.options.classes;
   request.class_list = choice.classes;
+  const std::string clip = options.text("clip");
+  if (clip != "auto" && clip != "on" && clip != "off") {
+    throw option_error("--clip", "--clip takes auto, on or off, got '" + clip + "'");
+  }
+  request.clip = clip == "on" || (clip == "auto" && !choice.guidance.doubled());
   const int64_t rows = static_cast<int64_t>(std::max<size_t>(request.class_list.size(), 1));
   request.count = options.has("images") ? options.integer("images") : (rows > 1 ? 8 * rows : 64);
   if (rows > 1 && is_png_path(request.out) && request.count % rows != 0) {
@@ -245,6 +255,10 @@ OptionTable sample_options() {
           OptionSpec::number("eta", "ETA", "DDIM noise scale: 0 deterministic, 1 DDPM-like").range(0, 1).fallback("0"),
           shared::class_choice(),
           shared::guidance(),
+          OptionSpec::text("clip", "auto|on|off",
+                           "DDIM/DDPM: clip each step's x_0 estimate to the schedule's range; auto: on, but off "
+                           "with guidance, whose amplified estimates clipping ruins")
+              .fallback("auto"),
           shared::seed().range(0, 9.0e15).fallback("0"),
           shared::batch(),
           shared::output().short_name('o').fallback("samples.png"),

@@ -93,7 +93,14 @@ TEST_CASE("sample --class gives image i the (i mod count)-th class; --guidance c
 
   const Drawn guided = sample(dir, "guided", "--class 3 -n 4 --guidance 4");
   CHECK(max_abs_diff(guided.sample, 0, threes.sample, 0) > 1e-4);
-  CHECK(contains(read_png_text(dir / "guided.png").at(0).second, "classes: 3, guidance: 4"));
+  CHECK(contains(read_png_text(dir / "guided.png").at(0).second, "classes: 3, guidance: 4, clip: off"));
+  // Guided DDIM does not clip its x_0 estimates unless asked to.
+  const Drawn clipped = sample(dir, "clipped", "--class 3 -n 4 --guidance 4 --clip on");
+  CHECK(max_abs_diff(guided.sample, 0, clipped.sample, 0) > 1e-4);
+  CHECK_FALSE(contains(read_png_text(dir / "clipped.png").at(0).second, "clip: off"));
+  const auto bad = run_cli("sample " + conditional_checkpoint().string() + " --clip maybe -o " + (dir / "x.png").string());
+  CHECK(bad.exit_code == 2);
+  CHECK(contains(bad.output, "--clip takes auto, on or off"));
 }
 
 TEST_CASE("sample refuses classes it cannot draw before sampling, exit 2") {
