@@ -8,7 +8,8 @@
 # USE_EMA (default true): sample from the checkpoint's EMA weights; false for
 # a short run, whose EMA (decay 0.999) still remembers the random init.
 # Environment: SETS, more `--set` options for the sampling pipeline
-# (e.g. "--set model.precision=bf16 --set sampler.method=dpmpp").
+# (e.g. "--set model.precision=bf16 --set sampler.method=dpmpp"); SCALES, the
+# guidance scales (default "1 2 4").
 # Per scale w, OUT_DIR/w<w>/ holds the grid (one row per digit), the samples,
 # and per class the share the classifier recognises as that class, and the
 # mean pairwise pixel distance between samples of the class (diversity).
@@ -20,7 +21,7 @@ ckpt=$1; mnist=$2; out=$3; count=${4:-150}; steps=${5:-25}; use_ema=${6:-true}
 mkdir -p "$out"
 echo "| w | recognised as its class: 0 1 2 3 4 5 6 7 8 9 | mean | pairwise distance | FID (all) | seconds |"
 echo "|---|---|---|---|---|---|"
-for w in 1 2 4; do
+for w in ${SCALES:-1 2 4}; do
   dir=$out/w$w
   start=$(date +%s)
   ./build/diffuflow run pipelines/sample_mnist_cond.yaml --set model.weights="$ckpt" --set model.use_ema="$use_ema" --set sampler.guidance_scale=$w \
