@@ -5,9 +5,10 @@
 #include "nodes/common/class_labels.hpp"
 
 #include <algorithm>
-#include <cstring>
 #include <sstream>
 #include <stdexcept>
+#include <utility>
+#include <vector>
 
 namespace diffuflow {
 
@@ -82,13 +83,32 @@ GuidedBatch ClassGuidance::model_inputs(const Tensor& x, const Tensor& t, const 
 
 Tensor ClassGuidance::combine(const Tensor& prediction) const { return doubled() ? guide(prediction, scale_) : prediction; }
 
+namespace {
+
+// The rows [first, first + rows) of a plain tensor's memory, as a memory object over the same buffer.
+dnnl::memory row_block(const Tensor& x, int64_t first, int64_t rows) {
+  const dnnl::memory::desc whole = x.desc();
+  dnnl::memory::dims dims = whole.dims();
+  dims[0] = rows;
+  dnnl::memory::dims offset(dims.size(), 0);
+  offset[0] = first;
+  return dnnl::memory(whole.submemory_desc(dims, offset), x.engine(), x.memory().get_data_handle());
+}
+
+// dst = src with oneDNN reorders on the tensors' engine, waited for.
+void copy_blocks(const std::vector<std::pair<dnnl::memory, dnnl::memory>>& copies, const dnnl::engine& engine) {
+  dnnl::stream stream(engine);
+  for (auto [src, dst] : copies) dnnl::reorder(src, dst).execute(stream, src, dst);  // handles: cheap copies
+  stream.wait();
+}
+
+}  // namespace
+
 Tensor repeat_batch(const Tensor& given) {
   const Tensor x = plain_copy(given);
-  Tensor out(with_rows(x.shape(), 2 * x.dim(0)), x.dtype(), x.engine());
-  const HostMap<unsigned char> from(x.memory(), x.bytes());
-  const HostMap<unsigned char> to(out.memory(), out.bytes());
-  std::memcpy(to.data(), from.data(), x.bytes());
-  std::memcpy(to.data() + x.bytes(), from.data(), x.bytes());
+  const int64_t n = x.dim(0);
+  Tensor out(with_rows(x.shape(), 2 * n), x.dtype(), x.engine());
+  copy_blocks({{x.memory(), row_block(out, 0, n)}, {x.memory(), row_block(out, n, n)}}, x.engine());
   return out;
 }
 
@@ -96,9 +116,7 @@ Tensor leading_rows(const Tensor& given, int64_t n) {
   const Tensor x = plain_copy(given);
   if (n > x.dim(0)) throw std::invalid_argument("leading_rows: " + std::to_string(n) + " rows of " + shape_str(x.shape()));
   Tensor out(with_rows(x.shape(), n), x.dtype(), x.engine());
-  const HostMap<unsigned char> from(x.memory(), x.bytes());
-  const HostMap<unsigned char> to(out.memory(), out.bytes());
-  std::memcpy(to.data(), from.data(), out.bytes());
+  copy_blocks({{row_block(x, 0, n), out.memory()}}, x.engine());
   return out;
 }
 

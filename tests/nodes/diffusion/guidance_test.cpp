@@ -109,6 +109,16 @@ TEST_CASE("guidance combines eps_uncond + w (eps_cond - eps_uncond) from the con
   CHECK(leading_rows(Tensor::from_vector({3, 1, 1, 1}, {5, 6, 7}), 2).to_vector() == std::vector<float>{5, 6});
 }
 
+TEST_CASE("repeat_batch doubles a batch and leading_rows takes its first rows, for f32 and s32 tensors") {
+  CHECK(s32_values(repeat_batch(s32_tensor({4, 5, 6}))) == std::vector<int32_t>{4, 5, 6, 4, 5, 6});
+  CHECK(s32_values(leading_rows(s32_tensor({4, 5, 6, 7}), 3)) == std::vector<int32_t>{4, 5, 6});
+  const Tensor x = Tensor::from_vector({3, 2}, {1, 2, 3, 4, 5, 6});
+  CHECK(repeat_batch(x).shape() == Shape{6, 2});
+  CHECK(repeat_batch(x).to_vector() == std::vector<float>{1, 2, 3, 4, 5, 6, 1, 2, 3, 4, 5, 6});
+  CHECK(leading_rows(x, 2).to_vector() == std::vector<float>{1, 2, 3, 4});
+  CHECK_THROWS_AS(leading_rows(x, 4), std::invalid_argument);
+}
+
 TEST_CASE("class choices: all, one, a list; blocks of a packet per class; bad text and out of range") {
   CHECK(parse_class_choice("all", 4, "classes") == std::vector<int32_t>{0, 1, 2, 3});
   CHECK(parse_class_choice("7", 10, "classes") == std::vector<int32_t>{7});
