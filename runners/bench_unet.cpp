@@ -1,12 +1,13 @@
 // `diffuflow bench-unet`: throughput of the U-Net's forward and
 // forward+backward passes on the CPU, with random weights and inputs.
 //
-//   diffuflow bench-unet --config unet-s --batch 64 --threads 2 --iters 5 --warmup 2 [--json out.json]
+//   diffuflow bench-unet --config unet-s --batch 64 --threads 2 --iters 5 --warmup 2 [--peak] [--json out.json]
 //
 // Prints images/s (median, min, max over the timed iterations), achieved
 // GFLOP/s (convolutions, linears and attention matmuls counted analytically
-// as 2*MACs; a backward pass counts twice its forward), the peak resident
-// memory of the process and the ISA oneDNN dispatches to.
+// as 2*MACs; a backward pass counts twice its forward), with --peak each as a
+// fraction of a oneDNN matmul timed first in the same process, the peak
+// resident memory of the process and the ISA oneDNN dispatches to.
 #include "runners/bench_unet.hpp"
 
 #include "graph/atomic_file.hpp"
@@ -25,6 +26,7 @@
 #include <iomanip>
 #include <iostream>
 #include <random>
+#include <sstream>
 #include <thread>
 
 namespace diffuflow {
@@ -130,11 +132,19 @@ double UNetBenchResult::forward_images_per_s() const { return images_per_s(setti
 
 double UNetBenchResult::forward_backward_images_per_s() const { return images_per_s(settings.batch, train.median); }
 
+double UNetBenchResult::forward_gflops_per_s() const {
+  return forward.median > 0 ? forward_flops_per_image * settings.batch / forward.median * 1e-9 : 0.0;
+}
+
+double UNetBenchResult::forward_backward_gflops_per_s() const {
+  return train.median > 0 ? 3 * forward_flops_per_image * settings.batch / train.median * 1e-9 : 0.0;
+}
+
 nlohmann::json UNetBenchResult::json() const {
   const double gflop = forward_flops_per_image * 1e-9;
   const auto rate = [&](double s) { return images_per_s(settings.batch, s); };
-  const auto gflops = [&](double s, double factor) { return s > 0 ? factor * gflop * settings.batch / s : 0.0; };
-  return {{"config", settings.config},
+  const double peak = matmul_peak.gflops_per_s();
+  nlohmann::json j = {{"config", settings.config},
           {"batch", settings.batch},
           {"image_size", settings.size},
           {"threads", settings.threads},
@@ -146,12 +156,21 @@ nlohmann::json UNetBenchResult::json() const {
           {"forward_images_per_s", rate(forward.median)},
           {"forward_images_per_s_min", rate(forward.max)},
           {"forward_images_per_s_max", rate(forward.min)},
-          {"forward_gflops_per_s", gflops(forward.median, 1)},
+          {"forward_gflops_per_s", forward_gflops_per_s()},
           {"forward_backward_images_per_s", rate(train.median)},
           {"forward_backward_images_per_s_min", rate(train.max)},
           {"forward_backward_images_per_s_max", rate(train.min)},
-          {"forward_backward_gflops_per_s", gflops(train.median, 3)},
+          {"forward_backward_gflops_per_s", forward_backward_gflops_per_s()},
           {"peak_rss_mib", peak_rss_mib}};
+  if (settings.matmul_peak) {
+    // null when the probe could not run (bf16 on a CPU without native bf16).
+    const auto or_null = [&](double v) { return matmul_peak.available ? nlohmann::json(v) : nlohmann::json(nullptr); };
+    j["matmul_peak_gflops_per_s"] = or_null(peak);
+    j["matmul_peak_size"] = matmul_peak.settings.size;
+    j["forward_fraction_of_peak"] = or_null(fraction_of_peak(forward_gflops_per_s(), peak));
+    j["forward_backward_fraction_of_peak"] = or_null(fraction_of_peak(forward_backward_gflops_per_s(), peak));
+  }
+  return j;
 }
 
 UNetBenchResult bench_unet(const UNetBenchSettings& settings, std::ostream* log) {
@@ -206,6 +225,23 @@ UNetBenchResult bench_unet(const UNetBenchSettings& settings, std::ostream* log)
          << std::fixed << std::setprecision(3) << "forward GFLOP per image: " << fwd_flops * 1e-9 << "\n";
   }
 
+  if (s.matmul_peak) {
+    MatmulPeakSettings probe;
+    probe.threads = s.threads;
+    probe.precision = s.precision;
+    result.matmul_peak = measure_matmul_peak(probe);
+    if (log) {
+      const MatmulPeak& peak = result.matmul_peak;
+      if (peak.available) {
+        *log << "matmul peak: " << std::setprecision(1) << peak.gflops_per_s() << " GFLOP/s ("
+             << enum_name(s.precision) << " " << probe.size << "^3, " << peak.implementation << ")\n"
+             << std::setprecision(3);
+      } else {
+        *log << "matmul peak: " << peak.why << "\n";
+      }
+    }
+  }
+
   std::vector<double> fwd_times, train_times;
   double first_forward_s = 0, first_train_s = 0;
   if (s.mode != UNetBenchMode::train) {
@@ -235,16 +271,25 @@ UNetBenchResult bench_unet(const UNetBenchSettings& settings, std::ostream* log)
   if (log) {
     const PassTimes &f = result.forward, &tr = result.train;
     auto ips = [&](double seconds) { return images_per_s(batch, seconds); };
+    // " (71% of the matmul peak)" when the probe ran.
+    auto of_peak = [&](double gflops) {
+      if (!result.matmul_peak.available) return std::string();
+      std::ostringstream text;
+      text << std::fixed << std::setprecision(0) << " ("
+           << 100 * fraction_of_peak(gflops, result.matmul_peak.gflops_per_s()) << "% of the matmul peak)";
+      return text.str();
+    };
     *log << std::setprecision(1);
     if (!fwd_times.empty()) {
       *log << "forward:          " << ips(f.median) << " images/s (min " << ips(f.max) << ", max " << ips(f.min)
-           << "), " << f.median * 1e3 << " ms/pass, " << fwd_flops * batch / f.median * 1e-9
-           << " GFLOP/s; first pass " << f.first * 1e3 << " ms\n";
+           << "), " << f.median * 1e3 << " ms/pass, " << result.forward_gflops_per_s() << " GFLOP/s"
+           << of_peak(result.forward_gflops_per_s()) << "; first pass " << f.first * 1e3 << " ms\n";
     }
     if (!train_times.empty()) {
       *log << "forward+backward: " << ips(tr.median) << " images/s (min " << ips(tr.max) << ", max "
-           << ips(tr.min) << "), " << tr.median * 1e3 << " ms/step, " << 3 * fwd_flops * batch / tr.median * 1e-9
-           << " GFLOP/s; first step " << tr.first * 1e3 << " ms\n";
+           << ips(tr.min) << "), " << tr.median * 1e3 << " ms/step, " << result.forward_backward_gflops_per_s()
+           << " GFLOP/s" << of_peak(result.forward_backward_gflops_per_s()) << "; first step " << tr.first * 1e3
+           << " ms\n";
     }
     *log << "peak RSS: " << result.peak_rss_mib << " MiB\n";
   }
@@ -263,6 +308,8 @@ OptionTable bench_unet_options() {
           shared::unet_mode().fallback("both"),
           shared::precision(),
           shared::seed().fallback("1"),
+          OptionSpec::flag("peak", "first time a 2048^3 oneDNN matmul in the same precision and threads, and give "
+                                   "each GFLOP/s figure as a fraction of it"),
           shared::json_file()};
 }
 
@@ -275,6 +322,7 @@ int run_bench_unet(const ParsedOptions& options) {
   s.iters = static_cast<int>(options.integer("iters"));
   s.warmup = static_cast<int>(options.integer("warmup"));
   s.seed = static_cast<uint64_t>(options.integer("seed"));
+  s.matmul_peak = options.flag("peak");
   try {
     s.mode = parse_enum<UNetBenchMode>(options.text("mode"), "mode");
   } catch (const ConfigError& e) {

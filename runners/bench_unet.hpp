@@ -10,6 +10,7 @@
 
 #include "compute/program.hpp"
 #include "graph/enum_names.hpp"
+#include "runners/bench_matmul.hpp"
 
 #include <nlohmann/json.hpp>
 
@@ -31,6 +32,9 @@ struct UNetBenchSettings {
   UNetBenchMode mode = UNetBenchMode::both;
   Precision precision = Precision::f32;
   uint64_t seed = 1;              // weights and inputs
+  // Also time the matmul peak probe (bench_matmul.hpp) in the same precision
+  // and threads, first, and give each GFLOP/s figure as a fraction of it.
+  bool matmul_peak = false;
 };
 
 // Seconds per pass over the timed iterations (all 0 when that kind did not run).
@@ -46,9 +50,12 @@ struct UNetBenchResult {
   double forward_flops_per_image = 0;  // 2 * multiply-accumulates; a backward pass counts twice this
   PassTimes forward, train;            // train: forward + backward
   double peak_rss_mib = 0;             // of the whole process
+  MatmulPeak matmul_peak;              // when settings.matmul_peak (else not available)
 
   double forward_images_per_s() const;        // at the median pass time
   double forward_backward_images_per_s() const;
+  double forward_gflops_per_s() const;  // at the median pass
+  double forward_backward_gflops_per_s() const;
   // The results as `bench-unet --json` writes them.
   nlohmann::json json() const;
 };
