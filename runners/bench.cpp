@@ -94,6 +94,7 @@ struct Settings {
   std::optional<int> max_in_flight;
   std::optional<Override> param;  // NODE.PARAM sweep
   std::string precision;          // bench unet, matmul: f32 or bf16 (empty: f32)
+  bool breakdown = false;         // bench unet: time per layer kind too
 };
 
 struct NodeWindow {
@@ -394,6 +395,7 @@ Measurement measure_unet(const Settings& s, UNetBenchMode mode) {
   u.mode = mode;
   if (!s.precision.empty()) u.precision = parse_enum<Precision>(s.precision, "precision");
   u.matmul_peak = true;
+  u.breakdown = s.breakdown;
   const bool rss_reset = reset_peak_rss();
   const UNetBenchResult r = bench_unet(u);
   Measurement m;
@@ -410,6 +412,7 @@ Measurement measure_unet(const Settings& s, UNetBenchMode mode) {
     m.extra[key] = j.at(key);
   }
   if (!r.matmul_peak.available) m.extra["matmul_peak_note"] = r.matmul_peak.why;
+  if (s.breakdown) m.extra["breakdown"] = r.breakdown;
   return m;
 }
 
@@ -593,6 +596,8 @@ OptionTable bench_options() {
                            "one dimension: threads=1,2 | batch=16,32,64 | max_in_flight=1,2 | concurrency=NODE:1,2 | "
                            "NODE.PARAM=a,b | precision=f32,bf16 (bench unet, matmul)"),
           shared::precision().fallback(""),
+          OptionSpec::flag("breakdown", "bench unet: after each repeat's timed passes, as many again with each step "
+                                        "waited for and timed: the time per layer kind and primitive kind"),
           shared::json_file(),
           OptionSpec::text("csv", "FILE", "write one CSV row per sweep value"),
           OptionSpec::text("plot", "FILE.png",
@@ -622,6 +627,8 @@ int run_bench(const ParsedOptions& opts) {
     throw bad_option("--mode", "bench unet times forward, train or both; the other kinds take no --mode both");
   }
   const UNetBenchMode unet_mode = parse_enum<UNetBenchMode>(mode);
+  base.breakdown = opts.flag("breakdown");
+  if (base.breakdown && base.kind != "unet") throw bad_option("--breakdown", "only bench unet has a breakdown");
   if (opts.has("precision")) {
     if (!standalone) {
       throw bad_option("--precision", "pipelines set the model's precision as a parameter: --set model.precision=bf16");
@@ -824,6 +831,12 @@ int run_bench(const ParsedOptions& opts) {
     if (!standalone) out << std::setw(11) << fixed(m.model_busy_fraction * 100) << "%";
     if (base.kind == "sample") out << std::setw(12) << fixed(m.unet_forwards_per_s, 2);
     out << std::setw(14) << fixed(m.peak_rss_mib) << "\n";
+  }
+  if (base.breakdown) {
+    for (const auto& row : rows) {
+      out << "\nmedian repeat" << (row.sweep_value.empty() ? "" : " of " + sweep_name + "=" + row.sweep_value) << ", ";
+      print_unet_breakdown(row.repeats[row.median_index].extra.at("breakdown"), out);
+    }
   }
   if (!standalone) {
     for (const auto& row : rows) {

@@ -176,6 +176,7 @@ std::optional<ValueId> conv2d_bf16(Program& p, ValueId x, const ParamRef& weight
 
 ValueId conv2d(Program& p, ValueId x, const ParamRef& weight, const ParamRef& bias, int64_t stride, int64_t padding,
                int64_t padding_end) {
+  const Program::LayerScope layer(p, "convolution");
   // x [N,Ci,H,W] -> y [N,Co,Ho,Wo]; weight [Co,Ci,k,k], bias [Co]
   const dims xs = p.shape(x);
   require(xs.size() == 4 && weight.shape.size() == 4 && weight.shape[1] == xs[1], "conv2d input/weight mismatch");
@@ -279,6 +280,7 @@ ValueId conv2d(Program& p, ValueId x, const ParamRef& weight, const ParamRef& bi
 }
 
 ValueId linear(Program& p, ValueId x, const ParamRef& weight, const ParamRef& bias) {
+  const Program::LayerScope layer(p, "linear");
   // x [..., I] seen as [M, I] -> y [..., O]; weight [O, I], bias [O]
   const dims xs = p.shape(x);
   require(weight.shape.size() == 2 && weight.shape[1] == xs.back(), "linear input/weight mismatch");
@@ -367,6 +369,7 @@ struct GroupNormLayout {
 
 ValueId group_norm_impl(Program& p, ValueId x, const ParamRef& weight, const ParamRef& bias, int64_t groups, float eps,
                         std::optional<Activation> fused) {
+  const Program::LayerScope layer(p, "group_norm");
   // x [N,C,...] -> y [N,C,...], any layout. Forward:
   //   1. batch-norm statistics over the [1, N*C, H, W] view: mean and
   //      (biased) variance of every (n, c) over the spatial positions;
@@ -583,6 +586,7 @@ ValueId group_norm_silu(Program& p, ValueId x, const ParamRef& weight, const Par
 ValueId silu(Program& p, ValueId x) { return activation(p, x, Activation::silu); }
 
 ValueId activation(Program& p, ValueId x, Activation act) {
+  const Program::LayerScope layer(p, "elementwise");
   // SiLU(x) = x * sigmoid(x) (eltwise_swish with alpha = 1), Mish, GELU (erf),
   // ReLU. Shape unchanged; backward from the input.
   const eltwise_op op = activation_op(act);
@@ -606,6 +610,7 @@ ValueId activation(Program& p, ValueId x, Activation act) {
 }
 
 ValueId add(Program& p, ValueId a, ValueId b) {
+  const Program::LayerScope layer(p, "elementwise");
   // a, b [same shape] -> a + b
   require(p.shape(a) == p.shape(b), "add of different shapes");
   const auto md = p.desc(a);
@@ -625,6 +630,7 @@ ValueId add(Program& p, ValueId a, ValueId b) {
 }
 
 ValueId add_channel_bias(Program& p, ValueId x, ValueId bias) {
+  const Program::LayerScope layer(p, "elementwise");
   // x [N,C,H,W] (any layout) + bias [N,C] broadcast over H, W (the time
   // embedding projection): a per-channel add over the [1, N*C, H, W] view.
   const dims xs = p.shape(x);
@@ -734,6 +740,7 @@ ValueId from_tokens(Program& p, ValueId tokens, const dims& nchw) {
 }
 
 ValueId attention_core(Program& p, ValueId q, ValueId k, ValueId v, int64_t batch, int64_t head_dim) {
+  const Program::LayerScope layer(p, "attention");
   // q, k, v [N,S,C] -> out [N,S,C]; heads h = C/d, B = N*h.
   // Per head: P = softmax(scale * Q_h K_h^T) [B,S,S], O_h = P V_h [B,S,d].
   const dims qs = p.shape(q);

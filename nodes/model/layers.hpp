@@ -5,7 +5,10 @@
 // allows, so convolutions run on jit kernels without reorders; layers accept
 // any layout for their inputs); tokens, embeddings and parameters are plain
 // row-major. Parameters are slices of the model's flat buffer, their
-// gradients slices of the program's staging buffer.
+// gradients slices of the program's staging buffer. Each layer labels its
+// steps with its kind for profiles (Program::LayerScope): convolution,
+// linear, group_norm, elementwise (activations, adds, scales, dropout),
+// attention; the rest (concatenation, resampling, embedding) is "other".
 //
 // Shapes (N batch, C channels, H x W image, M rows, S = H*W tokens):
 //   conv2d          x [N,Ci,H,W] -> [N,Co,H',W']        weight [Co,Ci,k,k], bias [Co]

@@ -251,12 +251,17 @@ class UNetBuilder {
   ValueId attention(const std::string& prefix, ValueId x, int64_t groups, double out_scale = 1.0) {
     const dims shape = p_.shape(x);
     const ValueId normed = groups > 0 ? norm(prefix + ".group_norm", x, groups) : x;
-    const ValueId tokens = to_tokens(p_, normed);  // [N,S,C]
-    const ValueId q = dense(prefix + ".to_q", tokens);
-    const ValueId k = dense(prefix + ".to_k", tokens);
-    const ValueId v = dense(prefix + ".to_v", tokens);
-    const ValueId o = attention_core(p_, q, k, v, shape[0], c_.head_dim(shape[1]));
-    const ValueId y = from_tokens(p_, dense(prefix + ".to_out.0", o), shape);
+    ValueId y = -1;
+    {
+      // Profiles count the projections and the token layout changes as attention.
+      const Program::LayerScope layer(p_, "attention");
+      const ValueId tokens = to_tokens(p_, normed);  // [N,S,C]
+      const ValueId q = dense(prefix + ".to_q", tokens);
+      const ValueId k = dense(prefix + ".to_k", tokens);
+      const ValueId v = dense(prefix + ".to_v", tokens);
+      const ValueId o = attention_core(p_, q, k, v, shape[0], c_.head_dim(shape[1]));
+      y = from_tokens(p_, dense(prefix + ".to_out.0", o), shape);
+    }
     return rescale(add(p_, y, x), out_scale);
   }
 
@@ -396,6 +401,8 @@ ForwardResult UNetModel::forward(const Tensor& x, const Tensor& t, bool for_trai
   Workspace& space = state->workspace();
   Program& p = *space.program;
 
+  StepProfiles* profiles = profiles_.load();
+  PassProfile* profile = profiles ? &profiles->forward.emplace_back() : nullptr;
   copy_in(p, space.copy_x_in, x, p.data(space.x), engine(), space.stream);
   // While x uploads: the timestep embedding, the one-hot class rows, the seed.
   write_timestep_embedding(steps, config_.block_out_channels[0], p.data(space.temb0), config_.flip_sin_to_cos,
@@ -406,7 +413,7 @@ ForwardResult UNetModel::forward(const Tensor& x, const Tensor& t, bool for_trai
     for (int64_t i = 0; i < n; ++i) one_hot[i * classes + labels[i]] = 1.0f;
   }
   *space.dropout_seed = inputs.dropout_seed;
-  p.run_forward(space.stream);
+  p.run_forward(space.stream, profile);
   Tensor prediction({n, config_.out_channels, h, w}, DType::f32, engine());
   p.run_io_copy(space.copy_out, p.data(space.out), prediction.memory(), space.stream);
   space.stream.wait();
@@ -429,7 +436,8 @@ Tensor UNetModel::backward(const ForwardState& state, const Tensor& grad_out) {
   }
   Program& p = *space.program;
   copy_in(p, space.copy_grad_in, grad_out, p.grad(space.out), engine(), space.stream);
-  p.run_backward(space.stream, gradient_observer());
+  StepProfiles* profiles = profiles_.load();
+  p.run_backward(space.stream, gradient_observer(), profiles ? &profiles->backward.emplace_back() : nullptr);
   Tensor grad_x({space.batch, config_.in_channels, space.height, space.width}, DType::f32, engine());
   p.run_io_copy(space.copy_grad_x, p.grad(space.x), grad_x.memory(), space.stream);
   space.stream.wait();

@@ -8,6 +8,8 @@
 #include <doctest/doctest.h>
 #include <nlohmann/json.hpp>
 
+#include <set>
+
 using namespace diffuflow;
 using namespace diffuflow::test;
 using json = nlohmann::json;
@@ -124,4 +126,30 @@ TEST_CASE("bench unet gives each GFLOP/s figure as a fraction of the matmul peak
   // --mode both: the row's images/s is the forward+backward rate.
   CHECK(r["images_per_s"]["median"].get<double>() == doctest::Approx(r["forward_backward_images_per_s"].get<double>()));
   CHECK(contains(read_file(dir / "u.csv"), "forward_fraction_of_peak"));
+}
+
+TEST_CASE("bench unet --breakdown splits each pass by layer kind; other kinds refuse it") {
+  TempDir dir;
+  const auto result = run_cli("bench unet --config unet-tiny --batch 2 --warmup 0 --steps 1 --repeats 1 --threads 1 "
+                              "--mode both --breakdown --json " + (dir / "u.json").string());
+  CAPTURE(result.output);
+  REQUIRE(result.exit_code == 0);
+  CHECK(contains(result.output, "time per layer kind"));
+  const json b = json::parse(read_file(dir / "u.json"))["results"][0]["repeats"][0]["breakdown"];
+  REQUIRE(b["rows"].size() > 0);
+  std::set<std::string> layers;
+  double forward = 0, backward = 0;
+  for (const auto& r : b["rows"]) {
+    layers.insert(r["layer"].get<std::string>());
+    forward += r["forward_ms"].get<double>();
+    backward += r["backward_ms"].get<double>();
+  }
+  for (const char* kind : {"convolution", "group_norm", "elementwise", "attention"}) CHECK(layers.count(kind));
+  CHECK(forward > 0);
+  CHECK(backward > 0);
+  CHECK(b["passes"] == 1);
+
+  const auto refused = run_cli("bench train --breakdown");
+  CAPTURE(refused.output);
+  CHECK(refused.exit_code == 2);
 }
