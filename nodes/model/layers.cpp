@@ -174,9 +174,16 @@ std::optional<ValueId> conv2d_bf16(Program& p, ValueId x, const ParamRef& weight
 
 }  // namespace
 
-ValueId conv2d(Program& p, ValueId x, const ParamRef& weight, const ParamRef& bias, int64_t stride, int64_t padding,
-               int64_t padding_end) {
+namespace {
+
+// conv2d; with a residual (>= 0), conv2d + residual in one primitive (a
+// binary post-op reading the residual, `fused` set) when oneDNN has a jit
+// kernel for that: f32, the residual in the output's layout. Else `fused`
+// stays false and the caller adds the residual.
+ValueId conv2d_impl(Program& p, ValueId x, const ParamRef& weight, const ParamRef& bias, int64_t stride,
+                    int64_t padding, int64_t padding_end, ValueId residual, bool& fused) {
   const Program::LayerScope layer(p, "convolution");
+  fused = false;
   // x [N,Ci,H,W] -> y [N,Co,Ho,Wo]; weight [Co,Ci,k,k], bias [Co]
   const dims xs = p.shape(x);
   require(xs.size() == 4 && weight.shape.size() == 4 && weight.shape[1] == xs[1], "conv2d input/weight mismatch");
@@ -195,11 +202,12 @@ ValueId conv2d(Program& p, ValueId x, const ParamRef& weight, const ParamRef& bi
   const auto b_md = plain_f32({co});
   const dims strides{stride, stride}, pads{padding, padding}, pads_end{padding_end, padding_end};
   const auto attr = user_scratchpad_attr();
-  auto make_fwd = [&](const dnnl::memory::desc& src, const dnnl::memory::desc& dst) {
+  auto make_fwd = [&](const dnnl::memory::desc& src, const dnnl::memory::desc& dst,
+                      const dnnl::primitive_attr& with = user_scratchpad_attr(), bool allow_empty = false) {
     return dnnl::convolution_forward::primitive_desc(
         dnnl::convolution_forward::desc(prop_kind::forward_training, algorithm::convolution_direct, src, w_any, b_md,
                                         dst, strides, pads, pads_end),
-        attr, p.engine());
+        with, p.engine(), allow_empty);
   };
   // The convolution runs on the activations' layout unless that mix of
   // layouts (e.g. a blocked input and a few-channel plain output) only has a
@@ -224,15 +232,34 @@ ValueId conv2d(Program& p, ValueId x, const ParamRef& weight, const ParamRef& bi
     fwd_pd = make_fwd(x_md, y_md);
     x_mem = p.reorder_if_needed(p.data(x), x_md, false);
   }
+  // The residual add as a post-op: dst = conv(x) + bias + residual. The
+  // backward needs no hint of it (fwd_pd stays the plain convolution).
+  dnnl::convolution_forward::primitive_desc run_pd = fwd_pd;
+  if (residual >= 0 && residual != x && p.desc(residual) == y_md) {
+    dnnl::post_ops ops;
+    ops.append_binary(algorithm::binary_add, y_md);
+    dnnl::primitive_attr add_attr = user_scratchpad_attr();
+    add_attr.set_post_ops(ops);
+    auto pd = make_fwd(x_md, y_md, add_attr, /*allow_empty=*/true);
+    if (pd && !is_reference(pd.impl_info_str()) && pd.weights_desc() == fwd_pd.weights_desc()) {
+      run_pd = pd;
+      fused = true;
+    }
+  }
+  const bool with_residual = fused;
   const ValueId y = p.new_value(y_md, true);
   const dnnl::memory w_mem = p.param(weight.offset, w_plain);
   const dnnl::memory b_mem = p.param(bias.offset, b_md);
   const dnnl::memory w_fwd = p.reorder_if_needed(w_mem, fwd_pd.weights_desc(), false);
-  p.forward(p.make<dnnl::convolution_forward>(fwd_pd),
-            {{DNNL_ARG_SRC, x_mem}, {DNNL_ARG_WEIGHTS, w_fwd}, {DNNL_ARG_BIAS, b_mem}, {DNNL_ARG_DST, p.data(y)}});
+  Args args{{DNNL_ARG_SRC, x_mem}, {DNNL_ARG_WEIGHTS, w_fwd}, {DNNL_ARG_BIAS, b_mem}, {DNNL_ARG_DST, p.data(y)}};
+  if (with_residual) args[DNNL_ARG_ATTR_MULTIPLE_POST_OP(0) | DNNL_ARG_SRC_1] = p.data(residual);
+  p.forward(p.make<dnnl::convolution_forward>(run_pd), std::move(args));
 
   p.on_backward([=](Program& p) {
     const dnnl::memory dy = p.grad(y);
+    // The residual's gradient is dy itself: shared when it can be (every
+    // read of dy below is appended by this code, right after).
+    if (with_residual && p.needs_grad(residual) && !p.share_grad(residual, y)) p.contribute(residual, dy);
     if (p.needs_grad(x)) {
       auto make_bwd = [&](const dnnl::memory::desc& diff_src, const dnnl::memory::desc& diff_dst) {
         return dnnl::convolution_backward_data::primitive_desc(
@@ -277,6 +304,22 @@ ValueId conv2d(Program& p, ValueId x, const ParamRef& weight, const ParamRef& bi
     append_conv_weight_grads(p, fwd_pd, x_mem, dy, weight, bias, strides, pads, pads_end);
   });
   return y;
+}
+
+}  // namespace
+
+ValueId conv2d(Program& p, ValueId x, const ParamRef& weight, const ParamRef& bias, int64_t stride, int64_t padding,
+               int64_t padding_end) {
+  bool fused = false;
+  return conv2d_impl(p, x, weight, bias, stride, padding, padding_end, -1, fused);
+}
+
+ValueId conv2d_add(Program& p, ValueId x, const ParamRef& weight, const ParamRef& bias, ValueId residual,
+                   int64_t stride, int64_t padding) {
+  require(residual >= 0, "conv2d_add without a residual");
+  bool fused = false;
+  const ValueId y = conv2d_impl(p, x, weight, bias, stride, padding, -1, residual, fused);
+  return fused ? y : add(p, residual, y);
 }
 
 ValueId linear(Program& p, ValueId x, const ParamRef& weight, const ParamRef& bias) {

@@ -12,6 +12,7 @@
 //
 // Shapes (N batch, C channels, H x W image, M rows, S = H*W tokens):
 //   conv2d          x [N,Ci,H,W] -> [N,Co,H',W']        weight [Co,Ci,k,k], bias [Co]
+//   conv2d_add      x, residual [N,Co,H',W'] -> residual + conv2d(x)
 //   linear          x [M,I] -> [M,O]                    weight [O,I], bias [O]
 //   group_norm      x [N,C,H,W] -> [N,C,H,W]            weight [C], bias [C] (batch-norm
 //                   primitives over a [1,N*C,H,W] view plus O(N*C) host arithmetic)
@@ -59,6 +60,12 @@ eltwise_op activation_op(Activation act);
 // (-1: `padding`); diffusers' downsample_padding 0 is padding 0, padding_end 1.
 ValueId conv2d(Program& p, ValueId x, const ParamRef& weight, const ParamRef& bias, int64_t stride, int64_t padding,
                int64_t padding_end = -1);
+// residual + conv2d(x), residual [N,Co,Ho,Wo]: the add done by the
+// convolution as it writes its output where oneDNN has a fast kernel for it
+// (f32), else a separate add (bf16: the convolution writes channels-last).
+// The same result either way; backward gives the residual dy unchanged.
+ValueId conv2d_add(Program& p, ValueId x, const ParamRef& weight, const ParamRef& bias, ValueId residual,
+                   int64_t stride, int64_t padding);
 ValueId linear(Program& p, ValueId x, const ParamRef& weight, const ParamRef& bias);
 ValueId group_norm(Program& p, ValueId x, const ParamRef& weight, const ParamRef& bias, int64_t groups, float eps);
 ValueId silu(Program& p, ValueId x);

@@ -241,9 +241,10 @@ class UNetBuilder {
       h = activation(p_, h, act_);
     }
     if (p_.training() && c_.dropout > 0.0) h = dropout(p_, h, static_cast<float>(c_.dropout), dropout_seed_, dropouts_++);
-    h = conv(prefix + ".conv2", h, 1, 1);
     const ValueId shortcut = index_.count(prefix + ".conv_shortcut.weight") ? conv(prefix + ".conv_shortcut", x, 1, 0) : x;
-    return rescale(add(p_, shortcut, h), out_scale);
+    // shortcut + conv2(h), the add inside the convolution where it can be.
+    h = conv2d_add(p_, h, param(prefix + ".conv2.weight"), param(prefix + ".conv2.bias"), shortcut, 1, 1);
+    return rescale(h, out_scale);
   }
 
   // Attention with (when groups > 0) group norm, and residual: x [N,C,H,W] ->

@@ -298,6 +298,51 @@ TEST_CASE("residual add and a value used twice accumulate their gradients") {
   h.check_all("add");
 }
 
+TEST_CASE("conv2d_add: a residual that is also used elsewhere gets both gradients (finite differences)") {
+  // r = conv(x) [2,16,4,4] (the channel-blocked activation layout) feeds both
+  // the residual and, through silu, the convolution: as a ResNet block's input.
+  LayerHarness h(16 * 3 * 9 + 16 + 16 * 16 * 9 + 16);
+  const ValueId x = h.input({2, 3, 4, 4});
+  const ValueId r = conv2d(h.p(), x, h.param({16, 3, 3, 3}), h.param({16}), 1, 1);
+  const ValueId y = conv2d_add(h.p(), silu(h.p(), r), h.param({16, 16, 3, 3}), h.param({16}), r, 1, 1);
+  CHECK(h.p().shape(y) == dims{2, 16, 4, 4});
+  h.finish(y);
+  h.check_all("conv2d_add");
+}
+
+TEST_CASE("conv2d_add in f32 is one primitive with the result of conv2d then add") {
+  auto build = [](bool fused) {
+    auto harness = std::make_unique<LayerHarness>(2 * (16 * 16 * 9 + 16));
+    LayerHarness& h = *harness;
+    const ValueId x = h.input({2, 16, 4, 4});
+    // A convolution's output: the activation layout (channel-blocked), as in the U-Net.
+    const ValueId r = conv2d(h.p(), x, h.param({16, 16, 3, 3}), h.param({16}), 1, 1);
+    const ValueId a = silu(h.p(), r);
+    const ParamRef w = h.param({16, 16, 3, 3}), b = h.param({16});
+    const ValueId y = fused ? conv2d_add(h.p(), a, w, b, r, 1, 1) : add(h.p(), r, conv2d(h.p(), a, w, b, 1, 1));
+    h.finish(y);
+    return std::make_pair(std::move(harness), y);
+  };
+  auto [fused, y_fused] = build(true);
+  auto [plain, y_plain] = build(false);
+  // Every AVX-512 jit convolution of oneDNN 2.6 takes the residual as a post-op.
+  if (dnnl::get_effective_cpu_isa() >= dnnl::cpu_isa::avx512_core)
+    CHECK(fused->p().forward_steps() + 1 == plain->p().forward_steps());
+  fused->backward();
+  plain->backward();
+  for (auto [h, y] : {std::make_pair(fused.get(), y_fused), std::make_pair(plain.get(), y_plain)}) {
+    CAPTURE(y);
+    CHECK(h->p().shape(y) == dims{2, 16, 4, 4});
+  }
+  const auto values = [](const dnnl::memory& m) {
+    const float* f = static_cast<const float*>(m.get_data_handle());
+    return std::vector<float>(f, f + m.get_desc().get_size() / sizeof(float));
+  };
+  CHECK(values(fused->p().data(y_fused)) == values(plain->p().data(y_plain)));
+  CHECK(values(fused->p().grad_staging()) == values(plain->p().grad_staging()));
+  CHECK(values(fused->p().grad(0)) == values(plain->p().grad(0)));
+}
+
 TEST_CASE("time-embedding channel bias add gradients match finite differences") {
   LayerHarness h(0);
   const ValueId x = h.input({2, 3, 4, 4});
