@@ -410,8 +410,11 @@ struct GroupNormLayout {
   }
 };
 
+// With a shift (>= 0, [N,C]): the group norm of x + shift[:,:,None,None],
+// the sum never stored: the shift moves each (n,c)'s mean and nothing else,
+// so the host step takes it in and every pass over x reads x itself.
 ValueId group_norm_impl(Program& p, ValueId x, const ParamRef& weight, const ParamRef& bias, int64_t groups, float eps,
-                        std::optional<Activation> fused) {
+                        std::optional<Activation> fused, ValueId shift = -1) {
   const Program::LayerScope layer(p, "group_norm");
   // x [N,C,...] -> y [N,C,...], any layout. Forward:
   //   1. batch-norm statistics over the [1, N*C, H, W] view: mean and
@@ -419,8 +422,12 @@ ValueId group_norm_impl(Program& p, ValueId x, const ParamRef& weight, const Par
   //   2. host, O(N*C): group mean and variance from the channel ones, and the
   //      per-(n,c) mean, variance, scale (gamma) and shift (beta);
   //   3. one batch-norm with those global statistics and scale/shift = y.
+  // A shift t enters step 2 only: the channel means of x + t are those of x
+  // plus t, and (x + t - m) is x minus m - t, the per-(n,c) mean "in x's
+  // frame" that steps 3 and the backward use.
   const dims xs = p.shape(x);
   require(xs.size() >= 2 && xs[1] % groups == 0, "group_norm channels not divisible by groups");
+  require(shift < 0 || p.shape(shift) == dims({xs[0], xs[1]}), "group_norm shift must be [N,C]");
   const int64_t n = xs[0], c = xs[1], cg = c / groups, spatial = product(xs, 2), nc = n * c;
   const auto x_md = p.desc(x);
   const auto bn_md = per_sample_channels(x_md);
@@ -452,11 +459,17 @@ ValueId group_norm_impl(Program& p, ValueId x, const ParamRef& weight, const Par
                                                                    {DNNL_ARG_DST, scratch},
                                                                    {DNNL_ARG_MEAN, slice(at.mean_c, nc_md)},
                                                                    {DNNL_ARG_VARIANCE, slice(at.var_c, nc_md)}});
-  // Kept for backward: the group statistics per (n, c) and gamma per (n, c);
-  // for the output, per (n, c): a = gamma rstd and b = beta - mean gamma rstd.
+  // Kept for backward: the group statistics per (n, c) (the mean in x's
+  // frame) and gamma per (n, c); for the output, per (n, c): a = gamma rstd
+  // and b = beta - mean gamma rstd.
+  Args host_args{{0, numbers}};
+  if (shift >= 0) host_args[1] = p.data(shift);
   p.host_forward(
       [=](const Args& args) {
         HostMap<float> buffer(args.at(0));
+        std::optional<HostMap<float>> shifts;
+        if (shift >= 0) shifts.emplace(args.at(1));
+        auto t = [&](int64_t i) { return shifts ? (*shifts)[static_cast<size_t>(i)] : 0.0f; };
         const float* mc = buffer.data() + at.mean_c;
         const float* vc = buffer.data() + at.var_c;
         const float* gamma = buffer.data() + at.gamma;
@@ -469,12 +482,14 @@ ValueId group_norm_impl(Program& p, ValueId x, const ParamRef& weight, const Par
         for (int64_t i = 0; i < n; ++i) {
           for (int64_t g = 0; g < groups; ++g) {
             const int64_t c0 = i * c + g * cg;
+            // The channel means of x + t: in float, as a statistics pass over the sum would give them.
+            auto mean_of = [&](int64_t i) { return shifts ? mc[i] + t(i) : mc[i]; };
             double mu = 0;
-            for (int64_t j = 0; j < cg; ++j) mu += mc[c0 + j];
+            for (int64_t j = 0; j < cg; ++j) mu += mean_of(c0 + j);
             mu /= static_cast<double>(cg);
             double variance = 0;
             for (int64_t j = 0; j < cg; ++j) {
-              const double d = mc[c0 + j] - mu;
+              const double d = mean_of(c0 + j) - mu;
               variance += vc[c0 + j] + d * d;
             }
             variance /= static_cast<double>(cg);
@@ -482,16 +497,17 @@ ValueId group_norm_impl(Program& p, ValueId x, const ParamRef& weight, const Par
             const double rstd = 1.0 / std::sqrt(static_cast<double>(var_f) + static_cast<double>(eps));
             for (int64_t j = 0; j < cg; ++j) {
               const double gj = gamma[g * cg + j];
-              m[c0 + j] = mean_f;
+              const float mean_x = shifts ? mean_f - t(c0 + j) : mean_f;
+              m[c0 + j] = mean_x;
               v[c0 + j] = var_f;
               sc[c0 + j] = gamma[g * cg + j];
               a[c0 + j] = static_cast<float>(gj * rstd);
-              b[c0 + j] = static_cast<float>(beta[g * cg + j] - static_cast<double>(mean_f) * gj * rstd);
+              b[c0 + j] = static_cast<float>(beta[g * cg + j] - static_cast<double>(mean_x) * gj * rstd);
             }
           }
         }
       },
-      {{0, numbers}});
+      std::move(host_args));
   // y = x * a + b in one binary pass over the view (then the activation as a
   // post-op when fused: the same arithmetic as the separate activation step,
   // so inference and training programs give identical outputs).
@@ -573,7 +589,7 @@ ValueId group_norm_impl(Program& p, ValueId x, const ParamRef& weight, const Par
               for (int64_t j = 0; j < cg; ++j) {
                 const double gamma = sc[c0 + j];
                 const double b = rstd * rstd * (gamma * S2[c0 + j] / hw - k2 / count);
-                const double cst = rstd * (gamma * S1[c0 + j] / hw - k1 / count) - static_cast<double>(m[c0]) * b;
+                const double cst = rstd * (gamma * S1[c0 + j] / hw - k1 / count) - static_cast<double>(m[c0 + j]) * b;
                 bc[c0 + j] = static_cast<float>(b);
                 cc[c0 + j] = static_cast<float>(cst);
               }
@@ -588,9 +604,13 @@ ValueId group_norm_impl(Program& p, ValueId x, const ParamRef& weight, const Par
       p.copy(slice(at.dgamma, c_md), p.param_grad(weight.offset, c_md), true);
       p.copy(slice(at.dbeta, c_md), p.param_grad(bias.offset, c_md), true);
     }
-    if (!p.needs_grad(x)) return;
-    // A later contribution adds into the gradient directly (sum post-op).
-    const GradSink s = p.sink(x, true);
+    const bool want_x = p.needs_grad(x), want_shift = shift >= 0 && p.needs_grad(shift);
+    if (!want_x && !want_shift) return;
+    // A later contribution adds into the gradient directly (sum post-op),
+    // unless the shift's gradient is read from this contribution alone.
+    GradSink s;
+    if (want_x) s = p.sink(x, shift < 0);
+    const dnnl::memory dx = want_x ? s.memory : p.alloc(x_md);
     dnnl::post_ops ops;
     ops.append_binary(algorithm::binary_add, nc_b);
     ops.append_binary(algorithm::binary_add, bn_md);
@@ -603,8 +623,17 @@ ValueId group_norm_impl(Program& p, ValueId x, const ParamRef& weight, const Par
                                              {DNNL_ARG_SRC_1, slice(at.b_coef, nc_b)},
                                              {DNNL_ARG_ATTR_MULTIPLE_POST_OP(0) | DNNL_ARG_SRC_1, slice(at.c_coef, nc_b)},
                                              {DNNL_ARG_ATTR_MULTIPLE_POST_OP(1) | DNNL_ARG_SRC_1, a_term},
-                                             {DNNL_ARG_DST, view(s.memory, bn_md)}});
-    p.commit(s);
+                                             {DNNL_ARG_DST, view(dx, bn_md)}});
+    if (want_x) p.commit(s);
+    if (!want_shift) return;
+    // d shift [N,C] = the sums over H, W of dx (the gradient of x + shift).
+    if (spatial == 1) {
+      p.contribute(shift, view(dx, p.desc(shift)));
+      return;
+    }
+    const GradSink t = p.sink(shift);
+    append_channel_sums(p, dx, x_md, t.memory);
+    p.commit(t);
   });
   return y;
 }
@@ -619,6 +648,14 @@ ValueId group_norm_act(Program& p, ValueId x, const ParamRef& weight, const Para
                        Activation act) {
   if (p.training()) return activation(p, group_norm_impl(p, x, weight, bias, groups, eps, std::nullopt), act);
   return group_norm_impl(p, x, weight, bias, groups, eps, act);
+}
+
+ValueId shifted_group_norm_act(Program& p, ValueId x, ValueId shift, const ParamRef& weight, const ParamRef& bias,
+                               int64_t groups, float eps, Activation act) {
+  const dims xs = p.shape(x);
+  require(xs.size() == 4 && p.shape(shift) == dims({xs[0], xs[1]}), "shifted_group_norm_act shape mismatch");
+  if (p.training()) return activation(p, group_norm_impl(p, x, weight, bias, groups, eps, std::nullopt, shift), act);
+  return group_norm_impl(p, x, weight, bias, groups, eps, act, shift);
 }
 
 ValueId group_norm_silu(Program& p, ValueId x, const ParamRef& weight, const ParamRef& bias, int64_t groups,

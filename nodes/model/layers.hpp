@@ -20,6 +20,7 @@
 //   group_norm_act  act(group_norm(x)); one fused pass in programs built
 //                   for inference (training keeps the normalised values for
 //                   the activation's backward); group_norm_silu with SiLU
+//   shifted_group_norm_act x [N,C,H,W], shift [N,C] -> group_norm_act(x + shift[:,:,None,None])
 //   affine          any -> alpha * x + beta
 //   add             a, b (same shape) -> a + b
 //   add_channel_bias x [N,C,H,W], b [N,C] -> x + b[:,:,None,None]
@@ -74,6 +75,12 @@ ValueId group_norm_silu(Program& p, ValueId x, const ParamRef& weight, const Par
                         float eps);
 ValueId group_norm_act(Program& p, ValueId x, const ParamRef& weight, const ParamRef& bias, int64_t groups, float eps,
                        Activation act);
+// group_norm_act(add_channel_bias(x, shift)), shift [N,C], without the sum
+// ever written: a per-(n,c) constant only moves that channel's mean, which the
+// group norm's statistics step takes in. The same result to float rounding;
+// backward: d x as through the sum, d shift the sums of d x over H, W.
+ValueId shifted_group_norm_act(Program& p, ValueId x, ValueId shift, const ParamRef& weight, const ParamRef& bias,
+                               int64_t groups, float eps, Activation act);
 ValueId affine(Program& p, ValueId x, float alpha, float beta);
 ValueId add(Program& p, ValueId a, ValueId b);
 ValueId add_channel_bias(Program& p, ValueId x, ValueId bias);

@@ -226,8 +226,10 @@ class UNetBuilder {
     }
     h = conv(prefix + ".conv1", h, 1, 1);
     if (!c_.scale_shift()) {
-      h = add_channel_bias(p_, h, dense(prefix + ".time_emb_proj", emb_act_));  // + [N,Co] over H, W
-      h = norm_act(prefix + ".norm2", h, act_);
+      // norm2(h + time_emb_proj [N,Co] over H, W), the sum never written.
+      h = shifted_group_norm_act(p_, h, dense(prefix + ".time_emb_proj", emb_act_), param(prefix + ".norm2.weight"),
+                                 param(prefix + ".norm2.bias"), c_.norm_num_groups, static_cast<float>(c_.norm_eps),
+                                 act_);
     } else {
       // time_emb_proj [2Co, T] gives scale (its first Co rows) and shift:
       // h = norm2(h) * (1 + scale) + shift, then the activation.

@@ -351,6 +351,65 @@ TEST_CASE("time-embedding channel bias add gradients match finite differences") 
   h.check_all("channel_bias");
 }
 
+TEST_CASE("shifted_group_norm_act: gradients of x and of the [N,C] shift match finite differences") {
+  for (const dims& shape : {dims{2, 4, 3, 3}, dims{2, 32, 2, 2}}) {  // plain, and channel-blocked via a conv
+    CAPTURE(shape[1]);
+    const int64_t c = shape[1];
+    LayerHarness h(c * c * 9 + c + 2 * c);
+    const ValueId input = h.input(shape);
+    const ValueId x = conv2d(h.p(), input, h.param({c, c, 3, 3}), h.param({c}), 1, 1);
+    const ValueId shift = h.input({shape[0], c});
+    const ParamRef gamma = h.param({c}), beta = h.param({c});
+    h.finish(shifted_group_norm_act(h.p(), x, shift, gamma, beta, 2, 1e-5f, Activation::silu));
+    h.check_all("shifted_group_norm_act");
+  }
+}
+
+TEST_CASE("shifted_group_norm_act gives group_norm_act of the sum, in training and inference programs") {
+  dnnl::engine engine(dnnl::engine::kind::cpu, 0);
+  dnnl::stream stream(engine);
+  const int64_t n = 2, c = 32, hw = 3;
+  dnnl::memory params(plain_f32({2 * c}), engine);
+  {
+    float* w = static_cast<float*>(params.get_data_handle());
+    for (int64_t i = 0; i < 2 * c; ++i) w[i] = 0.5f + 0.03f * static_cast<float>(i % 7) - (i >= c ? 0.6f : 0.0f);
+  }
+  std::mt19937 rng(7);
+  std::normal_distribution<float> normal(0.3f, 2.0f);
+  std::vector<float> x_values(static_cast<size_t>(n * c * hw * hw)), shift_values(static_cast<size_t>(n * c));
+  for (auto& v : x_values) v = normal(rng);
+  for (auto& v : shift_values) v = 3.0f * normal(rng);
+  for (const bool training : {true, false}) {
+    CAPTURE(training);
+    std::vector<std::vector<float>> outs;
+    for (const bool fused : {true, false}) {
+      PrimitiveCache cache;
+      Program p(engine, cache, params, 2 * c, training);
+      const ValueId x = p.new_value(activation_desc({n, c, hw, hw}), false);
+      const ValueId shift = p.new_value(plain_f32({n, c}), false);
+      const ParamRef gamma{0, {c}}, beta{c, {c}};
+      const ValueId y = fused ? shifted_group_norm_act(p, x, shift, gamma, beta, 4, 1e-6f, Activation::silu)
+                              : group_norm_act(p, add_channel_bias(p, x, shift), gamma, beta, 4, 1e-6f,
+                                               Activation::silu);
+      p.finalize(y, false);
+      const dnnl::memory x_plain(plain_f32({n, c, hw, hw}), engine, x_values.data());
+      dnnl::memory x_mem = p.data(x), from = x_plain;
+      dnnl::reorder(from, x_mem).execute(stream, from, x_mem);
+      stream.wait();
+      std::copy(shift_values.begin(), shift_values.end(), static_cast<float*>(p.data(shift).get_data_handle()));
+      p.run_forward(stream);
+      std::vector<float> out(x_values.size());
+      dnnl::memory y_mem = p.data(y), to(plain_f32({n, c, hw, hw}), engine, out.data());
+      dnnl::reorder(y_mem, to).execute(stream, y_mem, to);
+      stream.wait();
+      outs.push_back(out);
+    }
+    float worst = 0;
+    for (size_t i = 0; i < outs[0].size(); ++i) worst = std::max(worst, std::fabs(outs[0][i] - outs[1][i]));
+    CHECK(worst <= 1e-5f);
+  }
+}
+
 TEST_CASE("token transposes around a linear layer match finite differences") {
   LayerHarness h(3 * 3 + 3);
   const ValueId x = h.input({2, 3, 2, 3});
