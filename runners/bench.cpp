@@ -596,8 +596,7 @@ OptionTable bench_options() {
                            "one dimension: threads=1,2 | batch=16,32,64 | max_in_flight=1,2 | concurrency=NODE:1,2 | "
                            "NODE.PARAM=a,b | precision=f32,bf16 (bench unet, matmul)"),
           shared::precision().fallback(""),
-          OptionSpec::flag("breakdown", "bench unet: after each repeat's timed passes, as many again with each step "
-                                        "waited for and timed: the time per layer kind and primitive kind"),
+          shared::breakdown(),
           shared::json_file(),
           OptionSpec::text("csv", "FILE", "write one CSV row per sweep value"),
           OptionSpec::text("plot", "FILE.png",

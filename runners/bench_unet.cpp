@@ -431,8 +431,7 @@ OptionTable bench_unet_options() {
           shared::unet_mode().fallback("both"),
           shared::precision(),
           shared::seed().fallback("1"),
-          OptionSpec::flag("breakdown", "after the timed passes, as many again with each step waited for and timed: "
-                                        "the time per layer kind (convolution, group_norm, ...) and primitive kind"),
+          shared::breakdown(),
           OptionSpec::flag("peak", "first time a 2048^3 oneDNN matmul in the same precision and threads, and give "
                                    "each GFLOP/s figure as a fraction of it"),
           shared::json_file()};

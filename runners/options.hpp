@@ -102,6 +102,7 @@ OptionSpec steps();           // --steps K
 OptionSpec inputs();          // --inputs IN.safetensors
 OptionSpec seed();            // --seed S
 OptionSpec precision();       // --precision f32|bf16
+OptionSpec breakdown();       // --breakdown (the U-Net's time per layer kind)
 }  // namespace shared
 
 // The values given on one command line, checked against the table. The
