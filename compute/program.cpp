@@ -33,6 +33,16 @@ ValueId Program::new_value(const dnnl::memory::desc& desc, bool needs_grad) {
   return static_cast<ValueId>(values_.size() - 1);
 }
 
+ValueId Program::overwrite(ValueId v, bool needs_grad) {
+  Value value;
+  value.desc = values_.at(v).desc;
+  value.data = values_.at(v).data;
+  value.needs_grad = needs_grad;
+  value.pinned = values_.at(v).pinned;
+  values_.push_back(std::move(value));
+  return static_cast<ValueId>(values_.size() - 1);
+}
+
 dnnl::memory Program::owned(const dnnl::memory::desc& desc, bool pinned) {
   dnnl::memory m(desc, engine_);
   allocations_.push_back({m, pinned});

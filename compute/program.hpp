@@ -129,6 +129,9 @@ class Program {
 
   // --- values -------------------------------------------------------------
   ValueId new_value(const dnnl::memory::desc& desc, bool needs_grad);
+  // A new value over v's data memory, for a step that updates v in place:
+  // v must not be read by any step after that one, forward or backward.
+  ValueId overwrite(ValueId v, bool needs_grad);
   const dnnl::memory& data(ValueId v) const { return values_.at(v).data; }
   const dnnl::memory::desc& desc(ValueId v) const { return values_.at(v).desc; }
   dims shape(ValueId v) const { return values_.at(v).desc.dims(); }

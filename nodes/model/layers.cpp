@@ -124,8 +124,12 @@ void append_conv_weight_grads(Program& p, const dnnl::convolution_forward::primi
 // The bf16 copy of x is kept from forward for the weight gradient. Returns
 // no value (the caller runs f32) when bf16 is not native on the engine or
 // oneDNN has no bf16 kernel, or only a reference one, for the shape.
+// With a residual that no later step reads (`residual_spent`) in the
+// activation layout, the output overwrites it: the reorder out of
+// channels-last adds into it (`fused` set).
 std::optional<ValueId> conv2d_bf16(Program& p, ValueId x, const ParamRef& weight, const ParamRef& bias,
-                                   const dims& ys, const dims& strides, const dims& pads, const dims& pads_end) {
+                                   const dims& ys, const dims& strides, const dims& pads, const dims& pads_end,
+                                   ValueId residual, bool residual_spent, bool& fused) {
   if (!native_bf16(p.engine())) return std::nullopt;
   const dims xs = p.shape(x);
   const dnnl::memory::desc xb_md(xs, dt::bf16, tag::nhwc);
@@ -150,10 +154,14 @@ std::optional<ValueId> conv2d_bf16(Program& p, ValueId x, const ParamRef& weight
                                                         {DNNL_ARG_WEIGHTS, wb},
                                                         {DNNL_ARG_BIAS, p.param(bias.offset, b_md)},
                                                         {DNNL_ARG_DST, y_out}});
-  const ValueId y = p.new_value(activation_desc(ys), true);
-  p.copy(y_out, p.data(y), false);
+  const bool add_into = residual >= 0 && residual_spent && residual != x && p.desc(residual) == activation_desc(ys);
+  fused = add_into;
+  const ValueId y = add_into ? p.overwrite(residual, true) : p.new_value(activation_desc(ys), true);
+  p.copy(y_out, p.data(y), false, /*accumulate=*/add_into);
 
   p.on_backward([=](Program& p) {
+    // The residual's gradient is dy itself (see conv2d_impl).
+    if (add_into && p.needs_grad(residual) && !p.share_grad(residual, y)) p.contribute(residual, p.grad(y));
     const dnnl::memory dyb = p.reorder_if_needed(p.grad(y), yb_md, true);
     if (p.needs_grad(x)) {
       dnnl::convolution_backward_data::primitive_desc pd(
@@ -178,10 +186,11 @@ namespace {
 
 // conv2d; with a residual (>= 0), conv2d + residual in one primitive (a
 // binary post-op reading the residual, `fused` set) when oneDNN has a jit
-// kernel for that: f32, the residual in the output's layout. Else `fused`
-// stays false and the caller adds the residual.
+// kernel for that: f32, the residual in the output's layout; bf16: the
+// output written over a spent residual. Else `fused` stays false and the
+// caller adds the residual.
 ValueId conv2d_impl(Program& p, ValueId x, const ParamRef& weight, const ParamRef& bias, int64_t stride,
-                    int64_t padding, int64_t padding_end, ValueId residual, bool& fused) {
+                    int64_t padding, int64_t padding_end, ValueId residual, bool residual_spent, bool& fused) {
   const Program::LayerScope layer(p, "convolution");
   fused = false;
   // x [N,Ci,H,W] -> y [N,Co,Ho,Wo]; weight [Co,Ci,k,k], bias [Co]
@@ -193,7 +202,7 @@ ValueId conv2d_impl(Program& p, ValueId x, const ParamRef& weight, const ParamRe
   const int64_t wo = (xs[3] + padding + padding_end - k) / stride + 1;
   if (p.precision() == Precision::bf16 && xs[1] % 16 == 0 && co % 16 == 0) {
     if (auto y = conv2d_bf16(p, x, weight, bias, {xs[0], co, ho, wo}, {stride, stride}, {padding, padding},
-                             {padding_end, padding_end}))
+                             {padding_end, padding_end}, residual, residual_spent, fused))
       return *y;
   }
   auto y_md = activation_desc({xs[0], co, ho, wo});
@@ -311,14 +320,14 @@ ValueId conv2d_impl(Program& p, ValueId x, const ParamRef& weight, const ParamRe
 ValueId conv2d(Program& p, ValueId x, const ParamRef& weight, const ParamRef& bias, int64_t stride, int64_t padding,
                int64_t padding_end) {
   bool fused = false;
-  return conv2d_impl(p, x, weight, bias, stride, padding, padding_end, -1, fused);
+  return conv2d_impl(p, x, weight, bias, stride, padding, padding_end, -1, false, fused);
 }
 
 ValueId conv2d_add(Program& p, ValueId x, const ParamRef& weight, const ParamRef& bias, ValueId residual,
-                   int64_t stride, int64_t padding) {
+                   int64_t stride, int64_t padding, bool residual_spent) {
   require(residual >= 0, "conv2d_add without a residual");
   bool fused = false;
-  const ValueId y = conv2d_impl(p, x, weight, bias, stride, padding, -1, residual, fused);
+  const ValueId y = conv2d_impl(p, x, weight, bias, stride, padding, -1, residual, residual_spent, fused);
   return fused ? y : add(p, residual, y);
 }
 

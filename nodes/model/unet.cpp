@@ -243,9 +243,12 @@ class UNetBuilder {
       h = activation(p_, h, act_);
     }
     if (p_.training() && c_.dropout > 0.0) h = dropout(p_, h, static_cast<float>(c_.dropout), dropout_seed_, dropouts_++);
-    const ValueId shortcut = index_.count(prefix + ".conv_shortcut.weight") ? conv(prefix + ".conv_shortcut", x, 1, 0) : x;
-    // shortcut + conv2(h), the add inside the convolution where it can be.
-    h = conv2d_add(p_, h, param(prefix + ".conv2.weight"), param(prefix + ".conv2.bias"), shortcut, 1, 1);
+    const bool projected = index_.count(prefix + ".conv_shortcut.weight") > 0;
+    const ValueId shortcut = projected ? conv(prefix + ".conv_shortcut", x, 1, 0) : x;
+    // shortcut + conv2(h), the add inside the convolution where it can be. A
+    // projected shortcut is read by this add alone (its convolution's backward
+    // needs only its input), so the sum may overwrite it.
+    h = conv2d_add(p_, h, param(prefix + ".conv2.weight"), param(prefix + ".conv2.bias"), shortcut, 1, 1, projected);
     return rescale(h, out_scale);
   }
 

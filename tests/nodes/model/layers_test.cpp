@@ -17,10 +17,11 @@ namespace {
 
 class LayerHarness {
  public:
-  explicit LayerHarness(int64_t param_count) : param_count_(std::max<int64_t>(param_count, 1)) {
+  explicit LayerHarness(int64_t param_count, Precision precision = Precision::f32)
+      : param_count_(std::max<int64_t>(param_count, 1)) {
     params_ = dnnl::memory(plain_f32({param_count_}), engine_);
     fill(params_, param_count_, 0.8f);
-    program_ = std::make_unique<Program>(engine_, cache_, params_, param_count_);
+    program_ = std::make_unique<Program>(engine_, cache_, params_, param_count_, true, precision);
   }
   Program& p() { return *program_; }
 
@@ -310,37 +311,46 @@ TEST_CASE("conv2d_add: a residual that is also used elsewhere gets both gradient
   h.check_all("conv2d_add");
 }
 
-TEST_CASE("conv2d_add in f32 is one primitive with the result of conv2d then add") {
-  auto build = [](bool fused) {
-    auto harness = std::make_unique<LayerHarness>(2 * (16 * 16 * 9 + 16));
-    LayerHarness& h = *harness;
-    const ValueId x = h.input({2, 16, 4, 4});
-    // A convolution's output: the activation layout (channel-blocked), as in the U-Net.
-    const ValueId r = conv2d(h.p(), x, h.param({16, 16, 3, 3}), h.param({16}), 1, 1);
-    const ValueId a = silu(h.p(), r);
-    const ParamRef w = h.param({16, 16, 3, 3}), b = h.param({16});
-    const ValueId y = fused ? conv2d_add(h.p(), a, w, b, r, 1, 1) : add(h.p(), r, conv2d(h.p(), a, w, b, 1, 1));
-    h.finish(y);
-    return std::make_pair(std::move(harness), y);
-  };
-  auto [fused, y_fused] = build(true);
-  auto [plain, y_plain] = build(false);
-  // Every AVX-512 jit convolution of oneDNN 2.6 takes the residual as a post-op.
-  if (dnnl::get_effective_cpu_isa() >= dnnl::cpu_isa::avx512_core)
-    CHECK(fused->p().forward_steps() + 1 == plain->p().forward_steps());
-  fused->backward();
-  plain->backward();
-  for (auto [h, y] : {std::make_pair(fused.get(), y_fused), std::make_pair(plain.get(), y_plain)}) {
-    CAPTURE(y);
-    CHECK(h->p().shape(y) == dims{2, 16, 4, 4});
+TEST_CASE("conv2d_add is one primitive fewer with the result of conv2d then add (f32; bf16 over a spent residual)") {
+  for (const Precision precision : {Precision::f32, Precision::bf16}) {
+    CAPTURE(enum_name(precision));
+    auto build = [precision](bool fused) {
+      auto harness = std::make_unique<LayerHarness>(2 * (16 * 16 * 9 + 16), precision);
+      LayerHarness& h = *harness;
+      const ValueId x = h.input({2, 16, 4, 4});
+      // A convolution's output: the activation layout (channel-blocked), as in the U-Net.
+      const ValueId r = conv2d(h.p(), x, h.param({16, 16, 3, 3}), h.param({16}), 1, 1);
+      const ValueId a = silu(h.p(), r);
+      const ParamRef w = h.param({16, 16, 3, 3}), b = h.param({16});
+      // bf16 adds over the residual when told that nothing reads it later: r's
+      // data is read by silu's backward here, so the residual is a copy of it.
+      const ValueId residual = precision == Precision::bf16 ? affine(h.p(), r, 1.0f, 0.0f) : r;
+      const ValueId y = fused ? conv2d_add(h.p(), a, w, b, residual, 1, 1, precision == Precision::bf16)
+                              : add(h.p(), residual, conv2d(h.p(), a, w, b, 1, 1));
+      h.finish(y);
+      return std::make_pair(std::move(harness), y);
+    };
+    auto [fused, y_fused] = build(true);
+    auto [plain, y_plain] = build(false);
+    // Every AVX-512 jit convolution of oneDNN 2.6 takes the residual as a
+    // post-op; bf16 runs where the CPU has it natively (else f32).
+    const bool bf16_native = native_bf16(dnnl::engine(dnnl::engine::kind::cpu, 0));
+    if (dnnl::get_effective_cpu_isa() >= dnnl::cpu_isa::avx512_core && (precision == Precision::f32 || bf16_native))
+      CHECK(fused->p().forward_steps() + 1 == plain->p().forward_steps());
+    fused->backward();
+    plain->backward();
+    for (auto [h, y] : {std::make_pair(fused.get(), y_fused), std::make_pair(plain.get(), y_plain)}) {
+      CAPTURE(y);
+      CHECK(h->p().shape(y) == dims{2, 16, 4, 4});
+    }
+    const auto values = [](const dnnl::memory& m) {
+      const float* f = static_cast<const float*>(m.get_data_handle());
+      return std::vector<float>(f, f + m.get_desc().get_size() / sizeof(float));
+    };
+    CHECK(values(fused->p().data(y_fused)) == values(plain->p().data(y_plain)));
+    CHECK(values(fused->p().grad_staging()) == values(plain->p().grad_staging()));
+    CHECK(values(fused->p().grad(0)) == values(plain->p().grad(0)));
   }
-  const auto values = [](const dnnl::memory& m) {
-    const float* f = static_cast<const float*>(m.get_data_handle());
-    return std::vector<float>(f, f + m.get_desc().get_size() / sizeof(float));
-  };
-  CHECK(values(fused->p().data(y_fused)) == values(plain->p().data(y_plain)));
-  CHECK(values(fused->p().grad_staging()) == values(plain->p().grad_staging()));
-  CHECK(values(fused->p().grad(0)) == values(plain->p().grad(0)));
 }
 
 TEST_CASE("time-embedding channel bias add gradients match finite differences") {
