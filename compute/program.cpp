@@ -1,6 +1,9 @@
 #include "compute/program.hpp"
 
+#include <oneapi/dnnl/dnnl_debug.h>
+
 #include <algorithm>
+#include <chrono>
 #include <climits>
 #include <set>
 #include <stdexcept>
@@ -30,6 +33,16 @@ ValueId Program::new_value(const dnnl::memory::desc& desc, bool needs_grad) {
   return static_cast<ValueId>(values_.size() - 1);
 }
 
+ValueId Program::overwrite(ValueId v, bool needs_grad) {
+  Value value;
+  value.desc = values_.at(v).desc;
+  value.data = values_.at(v).data;
+  value.needs_grad = needs_grad;
+  value.pinned = values_.at(v).pinned;
+  values_.push_back(std::move(value));
+  return static_cast<ValueId>(values_.size() - 1);
+}
+
 dnnl::memory Program::owned(const dnnl::memory::desc& desc, bool pinned) {
   dnnl::memory m(desc, engine_);
   allocations_.push_back({m, pinned});
@@ -49,17 +62,19 @@ dnnl::memory Program::param_grad(int64_t offset, const dnnl::memory::desc& desc)
 }
 
 void Program::forward(dnnl::primitive primitive, Args args) {
-  forward_.push_back({std::move(primitive), std::move(args), {}});
+  forward_.push_back({std::move(primitive), std::move(args), {}, layer_ ? layer_ : "other"});
 }
 
 void Program::backward(dnnl::primitive primitive, Args args) {
-  backward_.push_back({std::move(primitive), std::move(args), {}});
+  backward_.push_back({std::move(primitive), std::move(args), {}, layer_ ? layer_ : "other"});
 }
 
-void Program::host_forward(HostFn fn, Args args) { forward_.push_back({dnnl::primitive(), std::move(args), std::move(fn)}); }
+void Program::host_forward(HostFn fn, Args args) {
+  forward_.push_back({dnnl::primitive(), std::move(args), std::move(fn), layer_ ? layer_ : "other"});
+}
 
 void Program::host_backward(HostFn fn, Args args) {
-  backward_.push_back({dnnl::primitive(), std::move(args), std::move(fn)});
+  backward_.push_back({dnnl::primitive(), std::move(args), std::move(fn), layer_ ? layer_ : "other"});
 }
 
 void Program::copy(const dnnl::memory& src, const dnnl::memory& dst, bool in_backward, bool accumulate) {
@@ -144,7 +159,11 @@ void Program::finalize(ValueId output, bool with_backward) {
     Value& out = values_.at(output);
     if (!out.grad) out.grad = owned(out.desc, false);
     out.contributions = 1;
-    for (auto it = backward_builders_.rbegin(); it != backward_builders_.rend(); ++it) (*it)(*this);
+    for (auto it = backward_builders_.rbegin(); it != backward_builders_.rend(); ++it) {
+      layer_ = it->first;
+      it->second(*this);
+    }
+    layer_ = nullptr;
   }
   backward_builders_.clear();
   values_.at(output).pinned = true;
@@ -284,24 +303,43 @@ void Program::note_scratchpad(const dnnl::memory::desc& desc) {
 
 namespace {
 
-void run_steps(std::vector<Step>& steps, dnnl::stream& stream) {
-  for (auto& step : steps) {
-    if (step.host) {
-      stream.wait();
-      step.host(step.args);
-    } else {
-      step.primitive.execute(stream, step.args);
-    }
+void run_step(Step& step, dnnl::stream& stream) {
+  if (step.host) {
+    stream.wait();
+    step.host(step.args);
+  } else {
+    step.primitive.execute(stream, step.args);
   }
+}
+
+// The step run and waited for, its time appended to `profile`.
+void run_timed(Step& step, dnnl::stream& stream, PassProfile& profile) {
+  using clock = std::chrono::steady_clock;
+  const auto t0 = clock::now();
+  run_step(step, stream);
+  stream.wait();
+  const double seconds = std::chrono::duration<double>(clock::now() - t0).count();
+  const char* primitive =
+      step.host ? "host" : dnnl_prim_kind2str(static_cast<dnnl_primitive_kind_t>(step.primitive.get_kind()));
+  profile.push_back({step.layer, primitive, seconds});
+}
+
+void run_steps(std::vector<Step>& steps, dnnl::stream& stream, PassProfile* profile) {
+  if (profile) {
+    stream.wait();  // earlier work is not charged to the first step
+    for (auto& step : steps) run_timed(step, stream, *profile);
+    return;
+  }
+  for (auto& step : steps) run_step(step, stream);
 }
 
 }  // namespace
 
-void Program::run_forward(dnnl::stream& stream) { run_steps(forward_, stream); }
+void Program::run_forward(dnnl::stream& stream, PassProfile* profile) { run_steps(forward_, stream, profile); }
 
-void Program::run_backward(dnnl::stream& stream, GradientObserver* observer) {
+void Program::run_backward(dnnl::stream& stream, GradientObserver* observer, PassProfile* profile) {
   if (!observer) {
-    run_steps(backward_, stream);
+    run_steps(backward_, stream, profile);
     return;
   }
   if (final_from_.size() != backward_.size()) {
@@ -331,11 +369,10 @@ void Program::run_backward(dnnl::stream& stream, GradientObserver* observer) {
   int64_t announced = count;
   for (size_t i = 0; i < backward_.size(); ++i) {
     Step& step = backward_[i];
-    if (step.host) {
-      stream.wait();
-      step.host(step.args);
+    if (profile) {
+      run_timed(step, stream, *profile);
     } else {
-      step.primitive.execute(stream, step.args);
+      run_step(step, stream);
     }
     if (final_from_[i] < announced) {
       stream.wait();

@@ -24,6 +24,10 @@
 // values created before the first layer (inputs) and the output are pinned
 // automatically.
 //
+// Profiles: steps carry the kind of layer that appended them (LayerScope),
+// and a pass run with a profile waits for each step and records its wall
+// time, so the time can be split by layer kind and primitive kind.
+//
 // Descriptors and views (plain_f32, view, flat_slice, ...) are in
 // compute/memory.hpp; one-off primitives outside a recorded pass in
 // compute/kernels.hpp.
@@ -72,8 +76,18 @@ using HostFn = std::function<void(const Args& args)>;
 struct Step {
   dnnl::primitive primitive;
   Args args;
-  HostFn host;  // set for host steps (then `primitive` is empty)
+  HostFn host;                   // set for host steps (then `primitive` is empty)
+  const char* layer = "other";  // the kind of layer that appended it (LayerScope)
 };
+
+// One step of a profiled pass: its layer kind, its primitive kind ("convolution",
+// "reorder", ...; "host" for host steps) and its wall time, the step waited for.
+struct StepTime {
+  const char* layer;
+  const char* primitive;
+  double seconds;
+};
+using PassProfile = std::vector<StepTime>;
 
 using ValueId = int;
 
@@ -115,6 +129,9 @@ class Program {
 
   // --- values -------------------------------------------------------------
   ValueId new_value(const dnnl::memory::desc& desc, bool needs_grad);
+  // A new value over v's data memory, for a step that updates v in place:
+  // v must not be read by any step after that one, forward or backward.
+  ValueId overwrite(ValueId v, bool needs_grad);
   const dnnl::memory& data(ValueId v) const { return values_.at(v).data; }
   const dnnl::memory::desc& desc(ValueId v) const { return values_.at(v).desc; }
   dims shape(ValueId v) const { return values_.at(v).desc.dims(); }
@@ -160,8 +177,29 @@ class Program {
   void copy(const dnnl::memory& src, const dnnl::memory& dst, bool in_backward, bool accumulate = false);
 
   // Registers the code that appends a layer's backward steps; these run in
-  // reverse registration order when finalize() builds the backward list.
-  void on_backward(std::function<void(Program&)> build) { backward_builders_.push_back(std::move(build)); }
+  // reverse registration order when finalize() builds the backward list,
+  // under the layer kind in force at registration.
+  void on_backward(std::function<void(Program&)> build) { backward_builders_.push_back({layer_, std::move(build)}); }
+
+  // While alive, the steps appended (and those the backward code registered
+  // meanwhile appends) carry `layer`, a string literal such as
+  // "convolution". The outermost scope wins: a block claims its layers.
+  class LayerScope {
+   public:
+    LayerScope(Program& p, const char* layer) : p_(p), outer_(p.layer_), owns_(!p.layer_) {
+      if (owns_) p.layer_ = layer;
+    }
+    ~LayerScope() {
+      if (owns_) p_.layer_ = outer_;
+    }
+    LayerScope(const LayerScope&) = delete;
+    LayerScope& operator=(const LayerScope&) = delete;
+
+   private:
+    Program& p_;
+    const char* outer_;
+    bool owns_;
+  };
 
   // --- backward helpers (only inside on_backward code) ---------------------
   // The gradient of a value all of whose consumers have contributed.
@@ -188,10 +226,11 @@ class Program {
   void finalize(ValueId output, bool with_backward);
 
   // --- running ------------------------------------------------------------
-  void run_forward(dnnl::stream& stream);
+  // With a profile: each step is waited for and its time appended to it.
+  void run_forward(dnnl::stream& stream, PassProfile* profile = nullptr);
   // With an observer: told after each step from which offset on the
   // parameter gradients are final (no later step writes them).
-  void run_backward(dnnl::stream& stream, GradientObserver* observer = nullptr);
+  void run_backward(dnnl::stream& stream, GradientObserver* observer = nullptr, PassProfile* profile = nullptr);
   size_t forward_steps() const { return forward_.size(); }
   size_t backward_steps() const { return backward_.size(); }
 
@@ -224,7 +263,8 @@ class Program {
   std::vector<Step> backward_;
   // Per backward step: gradients at offsets >= this are final after it (built on first use).
   std::vector<int64_t> final_from_;
-  std::vector<std::function<void(Program&)>> backward_builders_;
+  std::vector<std::pair<const char*, std::function<void(Program&)>>> backward_builders_;
+  const char* layer_ = nullptr;  // the LayerScope in force; none: "other"
   std::vector<dnnl::primitive> io_copies_;
   size_t scratchpad_bytes_ = 0;
   dnnl::memory scratchpad_;

@@ -3,10 +3,12 @@
 //   diffuflow bench train  [--config unet-s] [--batch 64] [--threads N] [--warmup W] [--steps K] [--repeats R]
 //   diffuflow bench sample [...]      DDIM chains, sampler <-> model_forward
 //   diffuflow bench data   [...]      the data path alone (loader, augment, timesteps, noiser)
-//   diffuflow bench unet   [...]      the U-Net alone, as `diffuflow bench-unet` times it
+//   diffuflow bench unet   [...]      the U-Net alone, as `diffuflow bench-unet` times it, each GFLOP/s
+//                                     figure also as a fraction of the matmul peak measured just before
+//   diffuflow bench matmul [--threads N] [--precision f32|bf16]   GFLOP/s of a 2048^3 oneDNN matmul
 //
 //   --sweep threads=1,2 | batch=16,32,64 | max_in_flight=1,2 | concurrency=NODE:1,2 | NODE.PARAM=a,b
-//           | precision=f32,bf16 (bench unet; pipelines: model.precision=f32,bf16)
+//           | precision=f32,bf16 (bench unet, matmul; pipelines: model.precision=f32,bf16)
 //   --json FILE --csv FILE --plot FILE.png
 //
 // Method. Each repeat builds a fresh Pipeline from pipelines/bench_KIND.yaml
@@ -37,6 +39,7 @@
 #include "nodes/common/images.hpp"
 #include "nodes/common/plots.hpp"
 #include "compute/program.hpp"
+#include "runners/bench_matmul.hpp"
 #include "runners/bench_unet.hpp"
 #include "runners/cli_common.hpp"
 #include "runners/command.hpp"
@@ -66,7 +69,7 @@ using json = nlohmann::json;
 
 namespace {
 
-const std::set<std::string> kKinds = {"train", "sample", "data", "unet"};
+const std::set<std::string> kKinds = {"train", "sample", "data", "unet", "matmul"};
 const std::set<std::string> kModelTypes = {"model_forward", "diffusion_loss", "model_backward", "optimiser"};
 const std::set<std::string> kSourceTypes = {"mnist_loader", "image_folder_loader", "synthetic_source", "noise_source",
                                             "toy2d_source"};
@@ -90,7 +93,8 @@ struct Settings {
   std::optional<int> concurrency;
   std::optional<int> max_in_flight;
   std::optional<Override> param;  // NODE.PARAM sweep
-  std::string precision;          // bench unet: f32 or bf16 (empty: bench-unet's default)
+  std::string precision;          // bench unet, matmul: f32 or bf16 (empty: f32)
+  bool breakdown = false;         // bench unet: time per layer kind too
 };
 
 struct NodeWindow {
@@ -102,7 +106,7 @@ struct NodeWindow {
 };
 
 struct Measurement {
-  double images_per_s = 0;
+  double rate = 0;  // images/s (bench matmul: GFLOP/s)
   double window_s = 0;
   int64_t images = 0;
   int64_t steps = 0;
@@ -310,7 +314,7 @@ Measurement measure_pipeline(const Settings& s) {
   m.warmup_s = lo - first;
   m.steps = static_cast<int64_t>(k);
   m.images = static_cast<int64_t>(k) * s.batch * m.processes;
-  m.images_per_s = m.window_s > 0 ? m.images / m.window_s : 0;
+  m.rate = m.window_s > 0 ? m.images / m.window_s : 0;
   std::vector<double> step_s;
   for (size_t i = w; i < w + k; ++i) step_s.push_back(completions[i] - (i > 0 ? completions[i - 1] : first));
   m.step_ms_median = median_of(step_s) * 1e3;
@@ -369,8 +373,8 @@ Measurement measure_pipeline(const Settings& s) {
       if (n.type == "model_forward") forwards += static_cast<int64_t>(by_node[n.name].size());
     const double per_chain = static_cast<double>(forwards) / static_cast<double>(w + k);
     m.extra["forwards_per_chain"] = per_chain;
-    m.extra["images_per_s_from_completions"] = m.images_per_s;
-    m.images_per_s = m.unet_forwards_per_s * static_cast<double>(s.batch) / per_chain;
+    m.extra["images_per_s_from_completions"] = m.rate;
+    m.rate = m.unet_forwards_per_s * static_cast<double>(s.batch) / per_chain;
   }
   if (m.window_s > 0) {
     m.model_busy_fraction = union_clipped(model, lo, hi) / m.window_s;
@@ -390,19 +394,46 @@ Measurement measure_unet(const Settings& s, UNetBenchMode mode) {
   u.warmup = s.warmup;
   u.mode = mode;
   if (!s.precision.empty()) u.precision = parse_enum<Precision>(s.precision, "precision");
+  u.matmul_peak = true;
+  u.breakdown = s.breakdown;
   const bool rss_reset = reset_peak_rss();
   const UNetBenchResult r = bench_unet(u);
   Measurement m;
   m.peak_rss_mib = peak_rss_mib();
   if (!rss_reset) m.extra["peak_rss_scope"] = "process";
-  m.images_per_s = mode == UNetBenchMode::forward ? r.forward_images_per_s() : r.forward_backward_images_per_s();
+  // Both kinds: the rate of a row is the forward+backward one.
+  m.rate = mode == UNetBenchMode::forward ? r.forward_images_per_s() : r.forward_backward_images_per_s();
   m.steps = s.steps;
   m.images = static_cast<int64_t>(s.steps) * s.batch;
   const json j = r.json();
   for (const char* key : {"forward_images_per_s", "forward_gflops_per_s", "forward_backward_images_per_s",
-                          "forward_backward_gflops_per_s", "gflops_per_image_forward", "isa", "precision"}) {
+                          "forward_backward_gflops_per_s", "gflops_per_image_forward", "isa", "precision",
+                          "matmul_peak_gflops_per_s", "forward_fraction_of_peak", "forward_backward_fraction_of_peak"}) {
     m.extra[key] = j.at(key);
   }
+  if (!r.matmul_peak.available) m.extra["matmul_peak_note"] = r.matmul_peak.why;
+  if (s.breakdown) m.extra["breakdown"] = r.breakdown;
+  return m;
+}
+
+// `bench matmul`: the peak probe alone (runners/bench_matmul.hpp); the rate is GFLOP/s.
+Measurement measure_matmul(const Settings& s) {
+  MatmulPeakSettings p;
+  p.threads = resolved_threads(s.threads);
+  p.iters = s.steps;
+  p.warmup = s.warmup;
+  if (!s.precision.empty()) p.precision = parse_enum<Precision>(s.precision, "precision");
+  const MatmulPeak peak = measure_matmul_peak(p);
+  if (!peak.available) throw std::runtime_error(peak.why);
+  Measurement m;
+  m.rate = peak.gflops_per_s();
+  m.steps = s.steps;
+  m.peak_rss_mib = peak_rss_mib();
+  m.extra = {{"precision", enum_name(p.precision)},
+             {"size", p.size},
+             {"implementation", peak.implementation},
+             {"gflops_per_s_best", peak.best_gflops_per_s()},
+             {"seconds_per_pass", {{"median", peak.median_s}, {"min", peak.min_s}, {"max", peak.max_s}}}};
   return m;
 }
 
@@ -420,7 +451,7 @@ struct Row {
 
 void summarise(Row& row) {
   std::vector<std::pair<double, size_t>> v;
-  for (size_t i = 0; i < row.repeats.size(); ++i) v.emplace_back(row.repeats[i].images_per_s, i);
+  for (size_t i = 0; i < row.repeats.size(); ++i) v.emplace_back(row.repeats[i].rate, i);
   std::sort(v.begin(), v.end());
   std::vector<double> values;
   for (const auto& p : v) values.push_back(p.first);
@@ -435,8 +466,40 @@ json node_json(const NodeWindow& n) {
           {"busy_fraction", n.busy_fraction}, {"mean_ms", n.mean_ms}};
 }
 
-json measurement_json(const Measurement& m) {
-  json j = {{"images_per_s", m.images_per_s}, {"window_s", m.window_s},     {"images", m.images},
+// bench unet's figures, in the JSON results and CSV rows.
+const char* const kUNetFigures[] = {"forward_images_per_s",          "forward_gflops_per_s",
+                                    "forward_fraction_of_peak",      "forward_backward_images_per_s",
+                                    "forward_backward_gflops_per_s", "forward_backward_fraction_of_peak",
+                                    "matmul_peak_gflops_per_s"};
+
+// "; forward 320.1 images/s, 180.2 GFLOP/s = 51% of the matmul peak (352.0 GFLOP/s); forward+backward ..."
+std::string unet_figures(const Measurement& m, UNetBenchMode mode) {
+  std::ostringstream text;
+  text << std::fixed << std::setprecision(1);
+  const json& e = m.extra;
+  auto pass = [&](const char* name, const std::string& prefix) {
+    text << "; " << name << " " << e.at(prefix + "_images_per_s").get<double>() << " images/s, "
+         << e.at(prefix + "_gflops_per_s").get<double>() << " GFLOP/s";
+    const json& fraction = e.at(prefix + "_fraction_of_peak");
+    if (fraction.is_number()) text << " = " << std::setprecision(0) << 100 * fraction.get<double>() << "%" << std::setprecision(1);
+  };
+  if (mode != UNetBenchMode::train) pass("forward", "forward");
+  if (mode != UNetBenchMode::forward) pass("forward+backward", "forward_backward");
+  const json& peak = e.at("matmul_peak_gflops_per_s");
+  if (peak.is_number()) {
+    text << " of the matmul peak (" << peak.get<double>() << " GFLOP/s)";
+  } else if (e.contains("matmul_peak_note")) {
+    text << " (" << e.at("matmul_peak_note").get<std::string>() << ")";
+  }
+  return text.str();
+}
+
+// The JSON and CSV name of a kind's rate.
+std::string rate_key(const std::string& kind) { return kind == "matmul" ? "gflops_per_s" : "images_per_s"; }
+std::string rate_unit(const std::string& kind) { return kind == "matmul" ? "GFLOP/s" : "images/s"; }
+
+json measurement_json(const Measurement& m, const std::string& kind) {
+  json j = {{rate_key(kind), m.rate},         {"window_s", m.window_s},     {"images", m.images},
             {"steps", m.steps},               {"step_ms_median", m.step_ms_median},
             {"model_busy_fraction", m.model_busy_fraction},
             {"compute_busy_fraction", m.compute_busy_fraction},
@@ -512,8 +575,9 @@ int parse_positive(const std::string& text, const std::string& option) {
 }
 
 OptionTable bench_options() {
-  return {OptionSpec::positional("kind", "train|sample|data|unet", "what to measure: the training, sampling or data "
-                                                                   "graph, or the U-Net alone"),
+  return {OptionSpec::positional("kind", "train|sample|data|unet|matmul",
+                                 "what to measure: the training, sampling or data graph, the U-Net alone, or the "
+                                 "machine's matmul peak"),
           shared::unet_config(),
           shared::batch(),
           shared::threads().fallback("0"),
@@ -530,17 +594,24 @@ OptionTable bench_options() {
           shared::set_overrides(),
           OptionSpec::text("sweep", "NAME=v1,v2,...",
                            "one dimension: threads=1,2 | batch=16,32,64 | max_in_flight=1,2 | concurrency=NODE:1,2 | "
-                           "NODE.PARAM=a,b | precision=f32,bf16 (bench unet)"),
+                           "NODE.PARAM=a,b | precision=f32,bf16 (bench unet, matmul)"),
+          shared::precision().fallback(""),
+          shared::breakdown(),
           shared::json_file(),
           OptionSpec::text("csv", "FILE", "write one CSV row per sweep value"),
           OptionSpec::text("plot", "FILE.png",
-                           "write a PNG line plot of images/s (min-max bars) against the swept value")};
+                           "write a PNG line plot of images/s (matmul: GFLOP/s; min-max bars) against the swept "
+                           "value")};
 }
 
 int run_bench(const ParsedOptions& opts) {
   Settings base;
   base.kind = opts.text("kind");
-  if (!kKinds.count(base.kind)) throw bad_option("KIND", "unknown bench '" + base.kind + "': train, sample, data or unet");
+  if (!kKinds.count(base.kind)) {
+    throw bad_option("KIND", "unknown bench '" + base.kind + "': train, sample, data, unet or matmul");
+  }
+  // unet and matmul run no pipeline.
+  const bool standalone = base.kind == "unet" || base.kind == "matmul";
   base.pipeline = opts.has("pipeline") ? opts.text("pipeline") : "pipelines/bench_" + base.kind + ".yaml";
   if (opts.has("config")) base.config = opts.text("config");
   base.batch = opts.integer("batch");
@@ -551,8 +622,22 @@ int run_bench(const ParsedOptions& opts) {
   base.prefetch = static_cast<int>(opts.integer("prefetch"));
   base.sets = opts.texts("set");
   const std::string mode = opts.text("mode");
-  if (mode != "forward" && mode != "train") throw bad_option("--mode", "bench unet times one kind: forward or train");
+  if (mode != "forward" && mode != "train" && !(mode == "both" && base.kind == "unet")) {
+    throw bad_option("--mode", "bench unet times forward, train or both; the other kinds take no --mode both");
+  }
   const UNetBenchMode unet_mode = parse_enum<UNetBenchMode>(mode);
+  base.breakdown = opts.flag("breakdown");
+  if (base.breakdown && base.kind != "unet") throw bad_option("--breakdown", "only bench unet has a breakdown");
+  if (opts.has("precision")) {
+    if (!standalone) {
+      throw bad_option("--precision", "pipelines set the model's precision as a parameter: --set model.precision=bf16");
+    }
+    try {
+      base.precision = enum_name(parse_enum<Precision>(opts.text("precision"), "precision"));
+    } catch (const ConfigError& e) {
+      throw bad_option("--precision", e.message());
+    }
+  }
   // Under mpirun every process runs the same measurements; rank 0 reports them.
   World& world = *process_world();
   if (world.distributed() && base.kind != "train") {
@@ -561,7 +646,7 @@ int run_bench(const ParsedOptions& opts) {
   }
   std::ostringstream discarded;
   std::ostream& out = world.rank() == 0 ? std::cout : discarded;
-  if (base.kind == "unet" && !base.sets.empty()) throw bad_option("--set", "bench unet runs no pipeline");
+  if (standalone && !base.sets.empty()) throw bad_option("--set", "bench " + base.kind + " runs no pipeline");
 
   // The sweep: a name and its values; one Settings per value.
   std::string sweep_name;
@@ -594,7 +679,10 @@ int run_bench(const ParsedOptions& opts) {
     if (base.kind == "unet" && sweep_name != "threads" && sweep_name != "batch" && sweep_name != "precision") {
       throw bad_option("--sweep", "bench unet sweeps threads, batch or precision");
     }
-    if (base.kind != "unet" && sweep_name == "precision") {
+    if (base.kind == "matmul" && sweep_name != "threads" && sweep_name != "precision") {
+      throw bad_option("--sweep", "bench matmul sweeps threads or precision");
+    }
+    if (!standalone && sweep_name == "precision") {
       throw bad_option("--sweep", "pipelines sweep the model's precision as a parameter: --sweep model.precision=f32,bf16");
     }
     if (sweep_name == "precision") {
@@ -636,13 +724,13 @@ int run_bench(const ParsedOptions& opts) {
     points.push_back(s);
   }
   // Every point's pipeline is checked before anything runs.
-  if (base.kind != "unet") {
+  if (!standalone) {
     for (const auto& s : points) build_spec(s);
   }
 
   // The machine first.
   const int cores = static_cast<int>(std::thread::hardware_concurrency());
-  out << "bench " << base.kind << (base.kind == "unet" ? "" : " (" + base.pipeline + ")") << "\n"
+  out << "bench " << base.kind << (standalone ? "" : " (" + base.pipeline + ")") << "\n"
             << "machine: " << describe_cpu_model() << ", " << cores << " cores (nproc)\n"
             << "oneDNN ISA: " << describe_cpu_isa() << "\n"
             << "versions: " << describe_versions() << "\n"
@@ -651,14 +739,25 @@ int run_bench(const ParsedOptions& opts) {
                                     : "")
             << "threads: " << resolved_threads(base.threads) << " (OpenMP threads of the compute thread and TBB "
             << "max_allowed_parallelism)" << (sweep_name == "threads" ? ", swept" : "") << "\n"
-            << "settings: config " << (base.config.empty() ? "(pipeline's)" : base.config) << ", batch "
-            << base.batch << ", warm-up " << base.warmup << ", measured " << base.steps << ", repeats "
-            << base.repeats << (base.kind == "unet" ? ", mode " + mode : ", prefetch " + std::to_string(base.prefetch))
-            << "\n";
+            << "settings: ";
+  const std::string precision = base.precision.empty() ? "f32" : base.precision;
+  if (base.kind == "matmul") {
+    out << "precision " << (sweep_name == "precision" ? "swept" : precision);
+  } else {
+    out << "config " << (base.config.empty() ? "(pipeline's)" : base.config) << ", batch " << base.batch;
+  }
+  out << ", warm-up " << base.warmup << ", measured " << base.steps << ", repeats " << base.repeats;
+  if (base.kind == "unet") out << ", mode " << mode << ", precision " << (sweep_name == "precision" ? "swept" : precision);
+  if (!standalone) out << ", prefetch " << base.prefetch;
+  out << "\n";
   const std::string method =
-      base.kind == "unet"
+      base.kind == "matmul"
+          ? "one [2048,2048] x [2048,2048] oneDNN matmul (bf16: bf16 inputs, f32 output), operands converted "
+            "before timing; GFLOP/s = 2*2048^3 / median pass time per repeat"
+      : base.kind == "unet"
           ? "bench-unet times each U-Net pass alone (no graph) on 28x28 inputs; images/s = batch / median pass time "
-            "per repeat"
+            "per repeat; before each repeat, the matmul peak probe (bench matmul) in the same precision and threads, "
+            "and each GFLOP/s figure as a fraction of it"
           : "one run with --max-steps W+K+prefetch (sample: W+K) per repeat, a fresh pipeline each; a step completes when its last node "
             "invocation ends; images/s = K*batch / (completion of step W+K - completion of step W), so building "
             "the pipeline and the W warm-up steps (primitive creation) are excluded; node figures are from the same "
@@ -672,10 +771,14 @@ int run_bench(const ParsedOptions& opts) {
   for (size_t i = 0; i < rows.size(); ++i) {
     Row& row = rows[i];
     for (int r = 0; r < base.repeats; ++r) {
-      Measurement m = base.kind == "unet" ? measure_unet(points[i], unet_mode) : measure_pipeline(points[i]);
+      Measurement m = base.kind == "unet"     ? measure_unet(points[i], unet_mode)
+                      : base.kind == "matmul" ? measure_matmul(points[i])
+                                              : measure_pipeline(points[i]);
       out << (row.sweep_value.empty() ? "" : sweep_name + "=" + row.sweep_value + " ") << "repeat " << r + 1
-                << "/" << base.repeats << ": " << fixed(m.images_per_s) << " images/s";
-      if (base.kind != "unet") {
+                << "/" << base.repeats << ": " << fixed(m.rate) << " " << rate_unit(base.kind);
+      if (base.kind == "unet") out << unet_figures(m, unet_mode);
+      if (base.kind == "matmul") out << " (" << m.extra["implementation"].get<std::string>() << ")";
+      if (!standalone) {
         out << " (" << m.images << " images in " << fixed(m.window_s, 3) << " s; step " << fixed(m.step_ms_median)
                   << " ms median; model busy " << fixed(m.model_busy_fraction * 100) << "%, compute thread busy "
                   << fixed(m.compute_busy_fraction * 100) << "%";
@@ -694,22 +797,47 @@ int run_bench(const ParsedOptions& opts) {
   }
 
   // Summary: one line per row; the node breakdown of the median repeat.
+  const bool with_forward = base.kind == "unet" && unet_mode != UNetBenchMode::train;
+  const bool with_train = base.kind == "unet" && unet_mode != UNetBenchMode::forward;
   out << "\n" << std::left << std::setw(16) << (sweep_name.empty() ? "" : sweep_name) << std::right
-            << std::setw(10) << "threads" << std::setw(8) << "batch" << std::setw(14) << "images/s" << std::setw(10)
-            << "min" << std::setw(10) << "max";
-  if (base.kind != "unet") out << std::setw(12) << "model busy";
+            << std::setw(10) << "threads";
+  if (base.kind != "matmul") out << std::setw(8) << "batch";
+  out << std::setw(14) << rate_unit(base.kind) << std::setw(10) << "min" << std::setw(10) << "max";
+  if (with_forward) out << std::setw(14) << "fwd GFLOP/s" << std::setw(9) << "of peak";
+  if (with_train) out << std::setw(14) << "f+b GFLOP/s" << std::setw(9) << "of peak";
+  if (base.kind == "unet") out << std::setw(14) << "peak GFLOP/s";
+  if (!standalone) out << std::setw(12) << "model busy";
   if (base.kind == "sample") out << std::setw(12) << "forwards/s";
   out << std::setw(14) << "peak RSS MiB" << "\n";
   for (const auto& row : rows) {
     const Measurement& m = row.repeats[row.median_index];
-    out << std::left << std::setw(16) << row.sweep_value << std::right << std::setw(10) << row.threads
-              << std::setw(8) << row.batch << std::setw(14) << fixed(row.median) << std::setw(10) << fixed(row.min)
-              << std::setw(10) << fixed(row.max);
-    if (base.kind != "unet") out << std::setw(11) << fixed(m.model_busy_fraction * 100) << "%";
+    out << std::left << std::setw(16) << row.sweep_value << std::right << std::setw(10) << row.threads;
+    if (base.kind != "matmul") out << std::setw(8) << row.batch;
+    out << std::setw(14) << fixed(row.median) << std::setw(10) << fixed(row.min) << std::setw(10) << fixed(row.max);
+    auto number = [&](const char* key, double scale, int width, const char* suffix) {
+      const json& v = m.extra.contains(key) ? m.extra.at(key) : json(nullptr);
+      out << std::setw(width) << (v.is_number() ? fixed(v.get<double>() * scale) + suffix : std::string("-"));
+    };
+    if (with_forward) {
+      number("forward_gflops_per_s", 1, 14, "");
+      number("forward_fraction_of_peak", 100, 9, "%");
+    }
+    if (with_train) {
+      number("forward_backward_gflops_per_s", 1, 14, "");
+      number("forward_backward_fraction_of_peak", 100, 9, "%");
+    }
+    if (base.kind == "unet") number("matmul_peak_gflops_per_s", 1, 14, "");
+    if (!standalone) out << std::setw(11) << fixed(m.model_busy_fraction * 100) << "%";
     if (base.kind == "sample") out << std::setw(12) << fixed(m.unet_forwards_per_s, 2);
     out << std::setw(14) << fixed(m.peak_rss_mib) << "\n";
   }
-  if (base.kind != "unet") {
+  if (base.breakdown) {
+    for (const auto& row : rows) {
+      out << "\nmedian repeat" << (row.sweep_value.empty() ? "" : " of " + sweep_name + "=" + row.sweep_value) << ", ";
+      print_unet_breakdown(row.repeats[row.median_index].extra.at("breakdown"), out);
+    }
+  }
+  if (!standalone) {
     for (const auto& row : rows) {
       out << "\nper node, median repeat" << (row.sweep_value.empty() ? "" : " of " + sweep_name + "=" + row.sweep_value)
                 << " (busy% and mean ms within the measured window):\n";
@@ -721,12 +849,13 @@ int run_bench(const ParsedOptions& opts) {
   if (opts.has("json")) {
     json j;
     j["bench"] = base.kind;
-    j["pipeline"] = base.kind == "unet" ? "" : base.pipeline;
+    j["pipeline"] = standalone ? "" : base.pipeline;
     j["machine"] = {{"cpu_model", describe_cpu_model()}, {"cores", cores}, {"isa", describe_cpu_isa()},
                     {"versions", describe_versions()}};
     j["settings"] = {{"config", base.config}, {"batch", base.batch},       {"threads", resolved_threads(base.threads)},
                      {"steps", base.steps},   {"warmup", base.warmup},     {"repeats", base.repeats},
-                     {"prefetch", base.prefetch}, {"mode", mode}, {"processes", world.size()},          {"set", base.sets}};
+                     {"prefetch", base.prefetch}, {"mode", mode}, {"processes", world.size()},          {"set", base.sets},
+                     {"precision", precision}};
     j["method"] = method;
     j["sweep"] = sweep_name.empty() ? json(nullptr) : json{{"name", sweep_name}, {"values", sweep_values}};
     j["results"] = json::array();
@@ -735,7 +864,7 @@ int run_bench(const ParsedOptions& opts) {
       json r = {{"sweep_value", row.sweep_value},
                 {"threads", row.threads},
                 {"batch", row.batch},
-                {"images_per_s", {{"median", row.median}, {"min", row.min}, {"max", row.max}}},
+                {rate_key(base.kind), {{"median", row.median}, {"min", row.min}, {"max", row.max}}},
                 {"model_busy_fraction", m.model_busy_fraction},
                 {"compute_busy_fraction", m.compute_busy_fraction},
                 {"unet_forwards_per_s", m.unet_forwards_per_s},
@@ -749,8 +878,11 @@ int run_bench(const ParsedOptions& opts) {
       json nodes = json::array();
       for (const auto& n : m.nodes) nodes.push_back(node_json(n));
       r["nodes"] = nodes;
+      // bench unet: the GFLOP/s figures and their fractions of the matmul peak, of the median repeat.
+      for (const char* key : kUNetFigures)
+        if (m.extra.contains(key)) r[key] = m.extra.at(key);
       r["repeats"] = json::array();
-      for (const auto& rep : row.repeats) r["repeats"].push_back(measurement_json(rep));
+      for (const auto& rep : row.repeats) r["repeats"].push_back(measurement_json(rep, base.kind));
       j["results"].push_back(r);
     }
     write_text(opts.text("json"), j.dump(2) + "\n");
@@ -758,9 +890,12 @@ int run_bench(const ParsedOptions& opts) {
   }
   if (opts.has("csv")) {
     std::ostringstream csv;
-    csv << "bench,sweep,value,config,threads,batch,steps,warmup,repeats,images_per_s_median,images_per_s_min,"
-           "images_per_s_max,model_busy_fraction,compute_busy_fraction,unet_forwards_per_s,step_ms_median,"
-           "peak_rss_mib,processes,exposed_comm_ms_per_step,allreduce_ms_per_step\n";
+    const std::string rate = rate_key(base.kind);
+    csv << "bench,sweep,value,config,threads,batch,steps,warmup,repeats," << rate << "_median," << rate << "_min,"
+        << rate << "_max,model_busy_fraction,compute_busy_fraction,unet_forwards_per_s,step_ms_median,"
+           "peak_rss_mib,processes,exposed_comm_ms_per_step,allreduce_ms_per_step";
+    for (const char* key : kUNetFigures) csv << "," << key;
+    csv << "\n";
     for (const auto& row : rows) {
       const Measurement& m = row.repeats[row.median_index];
       csv << base.kind << "," << csv_field(sweep_name) << "," << csv_field(row.sweep_value) << ","
@@ -768,7 +903,12 @@ int run_bench(const ParsedOptions& opts) {
           << base.warmup << "," << base.repeats << "," << row.median << "," << row.min << "," << row.max << ","
           << m.model_busy_fraction << "," << m.compute_busy_fraction << "," << m.unet_forwards_per_s << ","
           << m.step_ms_median << "," << m.peak_rss_mib << "," << m.processes << "," << m.exposed_comm_ms << ","
-          << m.allreduce_ms << "\n";
+          << m.allreduce_ms;
+      for (const char* key : kUNetFigures) {  // empty but for bench unet
+        csv << ",";
+        if (m.extra.contains(key) && m.extra.at(key).is_number()) csv << m.extra.at(key).get<double>();
+      }
+      csv << "\n";
     }
     write_text(opts.text("csv"), csv.str());
     out << "wrote " << opts.text("csv") << "\n";
@@ -783,12 +923,14 @@ int run_bench(const ParsedOptions& opts) {
       series.y_hi.push_back(row.max);
     }
     LinePlotStyle style;
-    style.title = "bench " + base.kind + ": " + (base.config.empty() ? std::string("pipeline's model") : base.config) +
-                  (sweep_name == "batch" ? "" : ", batch " + std::to_string(base.batch)) +
+    style.title = "bench " + base.kind + ": " +
+                  (base.kind == "matmul" ? "2048^3 " + precision
+                                         : (base.config.empty() ? std::string("pipeline's model") : base.config) +
+                                               (sweep_name == "batch" ? "" : ", batch " + std::to_string(base.batch))) +
                   (sweep_name == "threads" ? "" : ", " + std::to_string(resolved_threads(base.threads)) + " threads") +
                   " (median of " + std::to_string(base.repeats) + ", min-max bars)";
     style.x_label = sweep_name.empty() ? "threads" : sweep_name;
-    style.y_label = "images/s";
+    style.y_label = rate_unit(base.kind);
     bool numeric = true;
     for (const auto& row : rows) numeric = numeric && !row.sweep_value.empty() && std::isfinite(row.x);
     style.categorical_x = sweep_name == "batch" || !numeric;
@@ -800,7 +942,9 @@ int run_bench(const ParsedOptions& opts) {
 
 }  // namespace
 
-DIFFUFLOW_REGISTER_COMMAND(bench, "measure images/s of the training, sampling or data graph (or the U-Net alone)",
+DIFFUFLOW_REGISTER_COMMAND(bench,
+                           "measure images/s of the training, sampling or data graph or the U-Net alone, or the "
+                           "GFLOP/s of a oneDNN matmul",
                            bench_options(), run_bench);
 
 }  // namespace diffuflow

@@ -1,12 +1,13 @@
 // `diffuflow bench-unet`: throughput of the U-Net's forward and
 // forward+backward passes on the CPU, with random weights and inputs.
 //
-//   diffuflow bench-unet --config unet-s --batch 64 --threads 2 --iters 5 --warmup 2 [--json out.json]
+//   diffuflow bench-unet --config unet-s --batch 64 --threads 2 --iters 5 --warmup 2 [--peak] [--json out.json]
 //
 // Prints images/s (median, min, max over the timed iterations), achieved
 // GFLOP/s (convolutions, linears and attention matmuls counted analytically
-// as 2*MACs; a backward pass counts twice its forward), the peak resident
-// memory of the process and the ISA oneDNN dispatches to.
+// as 2*MACs; a backward pass counts twice its forward), with --peak each as a
+// fraction of a oneDNN matmul timed first in the same process, the peak
+// resident memory of the process and the ISA oneDNN dispatches to.
 #include "runners/bench_unet.hpp"
 
 #include "graph/atomic_file.hpp"
@@ -20,11 +21,14 @@
 #include <sys/resource.h>
 
 #include <algorithm>
+#include <array>
 #include <chrono>
+#include <map>
 #include <fstream>
 #include <iomanip>
 #include <iostream>
 #include <random>
+#include <sstream>
 #include <thread>
 
 namespace diffuflow {
@@ -124,17 +128,103 @@ ConfigError bad_setting(const std::string& option, const std::string& what) {
 
 double images_per_s(int64_t batch, double seconds) { return seconds > 0 ? static_cast<double>(batch) / seconds : 0.0; }
 
+double median(std::vector<double> v) { return stats_of(std::move(v), 0).median; }
+
+using LayerKey = std::pair<std::string, std::string>;  // (layer kind, primitive kind)
+
+// Per (layer, primitive): the sum over its steps of each step's median time
+// over the passes, in ms. Every pass of one kind runs the same program.
+std::map<LayerKey, double> step_medians_ms(const std::vector<PassProfile>& passes) {
+  std::map<LayerKey, double> out;
+  if (passes.empty()) return out;
+  const PassProfile& first = passes.front();
+  for (size_t i = 0; i < first.size(); ++i) {
+    std::vector<double> times;
+    for (const auto& pass : passes)
+      if (pass.size() == first.size()) times.push_back(pass[i].seconds);
+    out[{first[i].layer, first[i].primitive}] += median(times) * 1e3;
+  }
+  return out;
+}
+
+std::string fixed_text(double v, int digits) {
+  std::ostringstream text;
+  text << std::fixed << std::setprecision(digits) << v;
+  return text.str();
+}
+
 }  // namespace
+
+void print_unet_breakdown(const nlohmann::json& breakdown, std::ostream& out) {
+  if (!breakdown.contains("rows")) return;
+  struct Sums {
+    double forward = 0, train_forward = 0, backward = 0;
+  };
+  std::map<std::string, Sums> by_layer;
+  Sums total;
+  for (const auto& r : breakdown.at("rows")) {
+    Sums& s = by_layer[r.at("layer").get<std::string>()];
+    for (Sums* t : {&s, &total}) {
+      t->forward += r.at("forward_ms").get<double>();
+      t->train_forward += r.at("train_forward_ms").get<double>();
+      t->backward += r.at("backward_ms").get<double>();
+    }
+  }
+  const auto share = [](double part, double whole) { return whole > 0 ? fixed_text(100 * part / whole, 1) + "%" : "-"; };
+  const double train_total = total.train_forward + total.backward;
+  out << "time per layer kind, ms per pass (per step the median of " << breakdown.at("passes").get<int>()
+      << " passes, each step waited for):\n"
+      << "  " << std::left << std::setw(14) << "layer kind" << std::right << std::setw(10) << "forward" << std::setw(8)
+      << "share" << std::setw(12) << "train fwd" << std::setw(10) << "backward" << std::setw(10) << "fwd+bwd"
+      << std::setw(8) << "share" << "\n";
+  auto line = [&](const std::string& name, const Sums& s) {
+    out << "  " << std::left << std::setw(14) << name << std::right << std::setw(10) << fixed_text(s.forward, 1)
+        << std::setw(8) << share(s.forward, total.forward) << std::setw(12) << fixed_text(s.train_forward, 1)
+        << std::setw(10) << fixed_text(s.backward, 1) << std::setw(10)
+        << fixed_text(s.train_forward + s.backward, 1) << std::setw(8)
+        << share(s.train_forward + s.backward, train_total) << "\n";
+  };
+  std::vector<std::pair<std::string, Sums>> layers(by_layer.begin(), by_layer.end());
+  std::stable_sort(layers.begin(), layers.end(), [](const auto& a, const auto& b) {
+    return a.second.train_forward + a.second.backward + a.second.forward >
+           b.second.train_forward + b.second.backward + b.second.forward;
+  });
+  for (const auto& [name, s] : layers) line(name, s);
+  line("all steps", total);
+  out << "  " << std::left << std::setw(14) << "whole pass" << std::right << std::setw(10)
+      << fixed_text(breakdown.at("forward_pass_ms").get<double>(), 1) << std::setw(20) << ""
+      << std::setw(20) << fixed_text(breakdown.at("train_pass_ms").get<double>(), 1) << "\n";
+  out << "per layer and primitive kind, ms per pass:\n"
+      << "  " << std::left << std::setw(14) << "layer kind" << std::setw(22) << "primitive" << std::right
+      << std::setw(10) << "forward" << std::setw(12) << "train fwd" << std::setw(10) << "backward" << "\n";
+  for (const auto& [name, sums] : layers) {
+    for (const auto& r : breakdown.at("rows")) {
+      if (r.at("layer") != name) continue;
+      out << "  " << std::left << std::setw(14) << name << std::setw(22) << r.at("primitive").get<std::string>()
+          << std::right << std::setw(10) << fixed_text(r.at("forward_ms").get<double>(), 2) << std::setw(12)
+          << fixed_text(r.at("train_forward_ms").get<double>(), 2) << std::setw(10)
+          << fixed_text(r.at("backward_ms").get<double>(), 2) << "\n";
+    }
+  }
+}
 
 double UNetBenchResult::forward_images_per_s() const { return images_per_s(settings.batch, forward.median); }
 
 double UNetBenchResult::forward_backward_images_per_s() const { return images_per_s(settings.batch, train.median); }
 
+double UNetBenchResult::forward_gflops_per_s() const {
+  return forward.median > 0 ? forward_flops_per_image * settings.batch / forward.median * 1e-9 : 0.0;
+}
+
+double UNetBenchResult::forward_backward_gflops_per_s() const {
+  return train.median > 0 ? 3 * forward_flops_per_image * settings.batch / train.median * 1e-9 : 0.0;
+}
+
 nlohmann::json UNetBenchResult::json() const {
   const double gflop = forward_flops_per_image * 1e-9;
   const auto rate = [&](double s) { return images_per_s(settings.batch, s); };
-  const auto gflops = [&](double s, double factor) { return s > 0 ? factor * gflop * settings.batch / s : 0.0; };
-  return {{"config", settings.config},
+  const double peak = matmul_peak.gflops_per_s();
+  nlohmann::json j = {{"config", settings.config},
           {"batch", settings.batch},
           {"image_size", settings.size},
           {"threads", settings.threads},
@@ -146,12 +236,22 @@ nlohmann::json UNetBenchResult::json() const {
           {"forward_images_per_s", rate(forward.median)},
           {"forward_images_per_s_min", rate(forward.max)},
           {"forward_images_per_s_max", rate(forward.min)},
-          {"forward_gflops_per_s", gflops(forward.median, 1)},
+          {"forward_gflops_per_s", forward_gflops_per_s()},
           {"forward_backward_images_per_s", rate(train.median)},
           {"forward_backward_images_per_s_min", rate(train.max)},
           {"forward_backward_images_per_s_max", rate(train.min)},
-          {"forward_backward_gflops_per_s", gflops(train.median, 3)},
+          {"forward_backward_gflops_per_s", forward_backward_gflops_per_s()},
           {"peak_rss_mib", peak_rss_mib}};
+  if (settings.breakdown) j["breakdown"] = breakdown;
+  if (settings.matmul_peak) {
+    // null when the probe could not run (bf16 on a CPU without native bf16).
+    const auto or_null = [&](double v) { return matmul_peak.available ? nlohmann::json(v) : nlohmann::json(nullptr); };
+    j["matmul_peak_gflops_per_s"] = or_null(peak);
+    j["matmul_peak_size"] = matmul_peak.settings.size;
+    j["forward_fraction_of_peak"] = or_null(fraction_of_peak(forward_gflops_per_s(), peak));
+    j["forward_backward_fraction_of_peak"] = or_null(fraction_of_peak(forward_backward_gflops_per_s(), peak));
+  }
+  return j;
 }
 
 UNetBenchResult bench_unet(const UNetBenchSettings& settings, std::ostream* log) {
@@ -206,6 +306,23 @@ UNetBenchResult bench_unet(const UNetBenchSettings& settings, std::ostream* log)
          << std::fixed << std::setprecision(3) << "forward GFLOP per image: " << fwd_flops * 1e-9 << "\n";
   }
 
+  if (s.matmul_peak) {
+    MatmulPeakSettings probe;
+    probe.threads = s.threads;
+    probe.precision = s.precision;
+    result.matmul_peak = measure_matmul_peak(probe);
+    if (log) {
+      const MatmulPeak& peak = result.matmul_peak;
+      if (peak.available) {
+        *log << "matmul peak: " << std::setprecision(1) << peak.gflops_per_s() << " GFLOP/s ("
+             << enum_name(s.precision) << " " << probe.size << "^3, " << peak.implementation << ")\n"
+             << std::setprecision(3);
+      } else {
+        *log << "matmul peak: " << peak.why << "\n";
+      }
+    }
+  }
+
   std::vector<double> fwd_times, train_times;
   double first_forward_s = 0, first_train_s = 0;
   if (s.mode != UNetBenchMode::train) {
@@ -230,23 +347,74 @@ UNetBenchResult bench_unet(const UNetBenchSettings& settings, std::ostream* log)
   }
   result.forward = stats_of(fwd_times, first_forward_s);
   result.train = stats_of(train_times, first_train_s);
+
+  if (s.breakdown) {
+    // As many passes again, profiled (each step waited for), after the timed ones.
+    UNetModel::StepProfiles inference, training;
+    std::vector<double> forward_pass_s, train_pass_s;
+    if (s.mode != UNetBenchMode::train) {
+      model->profile_steps(&inference);
+      for (int i = 0; i < s.iters; ++i) {
+        const auto t0 = clock::now();
+        auto r = model->forward(x, t, false);
+        forward_pass_s.push_back(seconds_since(t0));
+      }
+    }
+    if (s.mode != UNetBenchMode::forward) {
+      model->profile_steps(&training);
+      for (int i = 0; i < s.iters; ++i) {
+        model->zero_grads();
+        const auto t0 = clock::now();
+        auto r = model->forward(x, t, true);
+        model->backward(*r.state, g);
+        train_pass_s.push_back(seconds_since(t0));
+      }
+    }
+    model->profile_steps(nullptr);
+    std::map<LayerKey, std::array<double, 3>> rows;  // forward, train forward, backward
+    for (const auto& [key, ms] : step_medians_ms(inference.forward)) rows[key][0] = ms;
+    for (const auto& [key, ms] : step_medians_ms(training.forward)) rows[key][1] = ms;
+    for (const auto& [key, ms] : step_medians_ms(training.backward)) rows[key][2] = ms;
+    nlohmann::json table = nlohmann::json::array();
+    for (const auto& [key, ms] : rows) {
+      table.push_back({{"layer", key.first},
+                       {"primitive", key.second},
+                       {"forward_ms", ms[0]},
+                       {"train_forward_ms", ms[1]},
+                       {"backward_ms", ms[2]}});
+    }
+    result.breakdown = {{"passes", s.iters},
+                        {"forward_pass_ms", median(forward_pass_s) * 1e3},
+                        {"train_pass_ms", median(train_pass_s) * 1e3},
+                        {"rows", table}};
+  }
   result.peak_rss_mib = peak_rss_mib();
 
   if (log) {
     const PassTimes &f = result.forward, &tr = result.train;
     auto ips = [&](double seconds) { return images_per_s(batch, seconds); };
+    // " (71% of the matmul peak)" when the probe ran.
+    auto of_peak = [&](double gflops) {
+      if (!result.matmul_peak.available) return std::string();
+      std::ostringstream text;
+      text << std::fixed << std::setprecision(0) << " ("
+           << 100 * fraction_of_peak(gflops, result.matmul_peak.gflops_per_s()) << "% of the matmul peak)";
+      return text.str();
+    };
     *log << std::setprecision(1);
     if (!fwd_times.empty()) {
       *log << "forward:          " << ips(f.median) << " images/s (min " << ips(f.max) << ", max " << ips(f.min)
-           << "), " << f.median * 1e3 << " ms/pass, " << fwd_flops * batch / f.median * 1e-9
-           << " GFLOP/s; first pass " << f.first * 1e3 << " ms\n";
+           << "), " << f.median * 1e3 << " ms/pass, " << result.forward_gflops_per_s() << " GFLOP/s"
+           << of_peak(result.forward_gflops_per_s()) << "; first pass " << f.first * 1e3 << " ms\n";
     }
     if (!train_times.empty()) {
       *log << "forward+backward: " << ips(tr.median) << " images/s (min " << ips(tr.max) << ", max "
-           << ips(tr.min) << "), " << tr.median * 1e3 << " ms/step, " << 3 * fwd_flops * batch / tr.median * 1e-9
-           << " GFLOP/s; first step " << tr.first * 1e3 << " ms\n";
+           << ips(tr.min) << "), " << tr.median * 1e3 << " ms/step, " << result.forward_backward_gflops_per_s()
+           << " GFLOP/s" << of_peak(result.forward_backward_gflops_per_s()) << "; first step " << tr.first * 1e3
+           << " ms\n";
     }
     *log << "peak RSS: " << result.peak_rss_mib << " MiB\n";
+    print_unet_breakdown(result.breakdown, *log);
   }
   return result;
 }
@@ -263,6 +431,9 @@ OptionTable bench_unet_options() {
           shared::unet_mode().fallback("both"),
           shared::precision(),
           shared::seed().fallback("1"),
+          shared::breakdown(),
+          OptionSpec::flag("peak", "first time a 2048^3 oneDNN matmul in the same precision and threads, and give "
+                                   "each GFLOP/s figure as a fraction of it"),
           shared::json_file()};
 }
 
@@ -275,6 +446,8 @@ int run_bench_unet(const ParsedOptions& options) {
   s.iters = static_cast<int>(options.integer("iters"));
   s.warmup = static_cast<int>(options.integer("warmup"));
   s.seed = static_cast<uint64_t>(options.integer("seed"));
+  s.matmul_peak = options.flag("peak");
+  s.breakdown = options.flag("breakdown");
   try {
     s.mode = parse_enum<UNetBenchMode>(options.text("mode"), "mode");
   } catch (const ConfigError& e) {

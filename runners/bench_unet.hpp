@@ -10,6 +10,7 @@
 
 #include "compute/program.hpp"
 #include "graph/enum_names.hpp"
+#include "runners/bench_matmul.hpp"
 
 #include <nlohmann/json.hpp>
 
@@ -31,6 +32,12 @@ struct UNetBenchSettings {
   UNetBenchMode mode = UNetBenchMode::both;
   Precision precision = Precision::f32;
   uint64_t seed = 1;              // weights and inputs
+  // Also time the matmul peak probe (bench_matmul.hpp) in the same precision
+  // and threads, first, and give each GFLOP/s figure as a fraction of it.
+  bool matmul_peak = false;
+  // After the timed passes, as many again with every program step waited for
+  // and timed, to split the time by layer kind (UNetBenchResult::breakdown).
+  bool breakdown = false;
 };
 
 // Seconds per pass over the timed iterations (all 0 when that kind did not run).
@@ -46,12 +53,23 @@ struct UNetBenchResult {
   double forward_flops_per_image = 0;  // 2 * multiply-accumulates; a backward pass counts twice this
   PassTimes forward, train;            // train: forward + backward
   double peak_rss_mib = 0;             // of the whole process
+  MatmulPeak matmul_peak;              // when settings.matmul_peak (else not available)
+  // When settings.breakdown: {"passes", "forward_pass_ms", "train_pass_ms",
+  // "rows": [{"layer", "primitive", "forward_ms", "train_forward_ms",
+  // "backward_ms"}]}, each figure the sum over the layer's steps of their
+  // median time over the profiled passes (print_unet_breakdown prints it).
+  nlohmann::json breakdown;
 
   double forward_images_per_s() const;        // at the median pass time
   double forward_backward_images_per_s() const;
+  double forward_gflops_per_s() const;  // at the median pass
+  double forward_backward_gflops_per_s() const;
   // The results as `bench-unet --json` writes them.
   nlohmann::json json() const;
 };
+
+// The breakdown as tables: per layer kind, then per layer and primitive kind.
+void print_unet_breakdown(const nlohmann::json& breakdown, std::ostream& out);
 
 // Throws ConfigError for settings out of range or a config that cannot be built.
 UNetBenchResult bench_unet(const UNetBenchSettings& settings, std::ostream* log = nullptr);

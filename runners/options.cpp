@@ -180,6 +180,12 @@ OptionSpec guidance() {
       .fallback("1");
 }
 
+OptionSpec breakdown() {
+  return OptionSpec::flag("breakdown",
+                          "U-Net: after the timed passes, as many again with each step waited for and timed, for "
+                          "the time per layer kind (convolution, group_norm, ...) and primitive kind");
+}
+
 OptionSpec inputs() {
   return OptionSpec::text("inputs", "IN.safetensors",
                           "input tensors (.safetensors): unet-io, x, t, optionally class_labels and g_out; scheduler-io, "

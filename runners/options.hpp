@@ -104,6 +104,7 @@ OptionSpec seed();            // --seed S
 OptionSpec precision();       // --precision f32|bf16
 OptionSpec class_choice();    // --class all|C|C1,C2
 OptionSpec guidance();        // --guidance W
+OptionSpec breakdown();       // --breakdown (the U-Net's time per layer kind)
 }  // namespace shared
 
 // The values given on one command line, checked against the table. The

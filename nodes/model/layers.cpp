@@ -124,8 +124,12 @@ void append_conv_weight_grads(Program& p, const dnnl::convolution_forward::primi
 // The bf16 copy of x is kept from forward for the weight gradient. Returns
 // no value (the caller runs f32) when bf16 is not native on the engine or
 // oneDNN has no bf16 kernel, or only a reference one, for the shape.
+// With a residual that no later step reads (`residual_spent`) in the
+// activation layout, the output overwrites it: the reorder out of
+// channels-last adds into it (`fused` set).
 std::optional<ValueId> conv2d_bf16(Program& p, ValueId x, const ParamRef& weight, const ParamRef& bias,
-                                   const dims& ys, const dims& strides, const dims& pads, const dims& pads_end) {
+                                   const dims& ys, const dims& strides, const dims& pads, const dims& pads_end,
+                                   ValueId residual, bool residual_spent, bool& fused) {
   if (!native_bf16(p.engine())) return std::nullopt;
   const dims xs = p.shape(x);
   const dnnl::memory::desc xb_md(xs, dt::bf16, tag::nhwc);
@@ -150,10 +154,14 @@ std::optional<ValueId> conv2d_bf16(Program& p, ValueId x, const ParamRef& weight
                                                         {DNNL_ARG_WEIGHTS, wb},
                                                         {DNNL_ARG_BIAS, p.param(bias.offset, b_md)},
                                                         {DNNL_ARG_DST, y_out}});
-  const ValueId y = p.new_value(activation_desc(ys), true);
-  p.copy(y_out, p.data(y), false);
+  const bool add_into = residual >= 0 && residual_spent && residual != x && p.desc(residual) == activation_desc(ys);
+  fused = add_into;
+  const ValueId y = add_into ? p.overwrite(residual, true) : p.new_value(activation_desc(ys), true);
+  p.copy(y_out, p.data(y), false, /*accumulate=*/add_into);
 
   p.on_backward([=](Program& p) {
+    // The residual's gradient is dy itself (see conv2d_impl).
+    if (add_into && p.needs_grad(residual) && !p.share_grad(residual, y)) p.contribute(residual, p.grad(y));
     const dnnl::memory dyb = p.reorder_if_needed(p.grad(y), yb_md, true);
     if (p.needs_grad(x)) {
       dnnl::convolution_backward_data::primitive_desc pd(
@@ -174,8 +182,17 @@ std::optional<ValueId> conv2d_bf16(Program& p, ValueId x, const ParamRef& weight
 
 }  // namespace
 
-ValueId conv2d(Program& p, ValueId x, const ParamRef& weight, const ParamRef& bias, int64_t stride, int64_t padding,
-               int64_t padding_end) {
+namespace {
+
+// conv2d; with a residual (>= 0), conv2d + residual in one primitive (a
+// binary post-op reading the residual, `fused` set) when oneDNN has a jit
+// kernel for that: f32, the residual in the output's layout; bf16: the
+// output written over a spent residual. Else `fused` stays false and the
+// caller adds the residual.
+ValueId conv2d_impl(Program& p, ValueId x, const ParamRef& weight, const ParamRef& bias, int64_t stride,
+                    int64_t padding, int64_t padding_end, ValueId residual, bool residual_spent, bool& fused) {
+  const Program::LayerScope layer(p, "convolution");
+  fused = false;
   // x [N,Ci,H,W] -> y [N,Co,Ho,Wo]; weight [Co,Ci,k,k], bias [Co]
   const dims xs = p.shape(x);
   require(xs.size() == 4 && weight.shape.size() == 4 && weight.shape[1] == xs[1], "conv2d input/weight mismatch");
@@ -185,7 +202,7 @@ ValueId conv2d(Program& p, ValueId x, const ParamRef& weight, const ParamRef& bi
   const int64_t wo = (xs[3] + padding + padding_end - k) / stride + 1;
   if (p.precision() == Precision::bf16 && xs[1] % 16 == 0 && co % 16 == 0) {
     if (auto y = conv2d_bf16(p, x, weight, bias, {xs[0], co, ho, wo}, {stride, stride}, {padding, padding},
-                             {padding_end, padding_end}))
+                             {padding_end, padding_end}, residual, residual_spent, fused))
       return *y;
   }
   auto y_md = activation_desc({xs[0], co, ho, wo});
@@ -194,11 +211,12 @@ ValueId conv2d(Program& p, ValueId x, const ParamRef& weight, const ParamRef& bi
   const auto b_md = plain_f32({co});
   const dims strides{stride, stride}, pads{padding, padding}, pads_end{padding_end, padding_end};
   const auto attr = user_scratchpad_attr();
-  auto make_fwd = [&](const dnnl::memory::desc& src, const dnnl::memory::desc& dst) {
+  auto make_fwd = [&](const dnnl::memory::desc& src, const dnnl::memory::desc& dst,
+                      const dnnl::primitive_attr& with = user_scratchpad_attr(), bool allow_empty = false) {
     return dnnl::convolution_forward::primitive_desc(
         dnnl::convolution_forward::desc(prop_kind::forward_training, algorithm::convolution_direct, src, w_any, b_md,
                                         dst, strides, pads, pads_end),
-        attr, p.engine());
+        with, p.engine(), allow_empty);
   };
   // The convolution runs on the activations' layout unless that mix of
   // layouts (e.g. a blocked input and a few-channel plain output) only has a
@@ -223,15 +241,34 @@ ValueId conv2d(Program& p, ValueId x, const ParamRef& weight, const ParamRef& bi
     fwd_pd = make_fwd(x_md, y_md);
     x_mem = p.reorder_if_needed(p.data(x), x_md, false);
   }
+  // The residual add as a post-op: dst = conv(x) + bias + residual. The
+  // backward needs no hint of it (fwd_pd stays the plain convolution).
+  dnnl::convolution_forward::primitive_desc run_pd = fwd_pd;
+  if (residual >= 0 && residual != x && p.desc(residual) == y_md) {
+    dnnl::post_ops ops;
+    ops.append_binary(algorithm::binary_add, y_md);
+    dnnl::primitive_attr add_attr = user_scratchpad_attr();
+    add_attr.set_post_ops(ops);
+    auto pd = make_fwd(x_md, y_md, add_attr, /*allow_empty=*/true);
+    if (pd && !is_reference(pd.impl_info_str()) && pd.weights_desc() == fwd_pd.weights_desc()) {
+      run_pd = pd;
+      fused = true;
+    }
+  }
+  const bool with_residual = fused;
   const ValueId y = p.new_value(y_md, true);
   const dnnl::memory w_mem = p.param(weight.offset, w_plain);
   const dnnl::memory b_mem = p.param(bias.offset, b_md);
   const dnnl::memory w_fwd = p.reorder_if_needed(w_mem, fwd_pd.weights_desc(), false);
-  p.forward(p.make<dnnl::convolution_forward>(fwd_pd),
-            {{DNNL_ARG_SRC, x_mem}, {DNNL_ARG_WEIGHTS, w_fwd}, {DNNL_ARG_BIAS, b_mem}, {DNNL_ARG_DST, p.data(y)}});
+  Args args{{DNNL_ARG_SRC, x_mem}, {DNNL_ARG_WEIGHTS, w_fwd}, {DNNL_ARG_BIAS, b_mem}, {DNNL_ARG_DST, p.data(y)}};
+  if (with_residual) args[DNNL_ARG_ATTR_MULTIPLE_POST_OP(0) | DNNL_ARG_SRC_1] = p.data(residual);
+  p.forward(p.make<dnnl::convolution_forward>(run_pd), std::move(args));
 
   p.on_backward([=](Program& p) {
     const dnnl::memory dy = p.grad(y);
+    // The residual's gradient is dy itself: shared when it can be (every
+    // read of dy below is appended by this code, right after).
+    if (with_residual && p.needs_grad(residual) && !p.share_grad(residual, y)) p.contribute(residual, dy);
     if (p.needs_grad(x)) {
       auto make_bwd = [&](const dnnl::memory::desc& diff_src, const dnnl::memory::desc& diff_dst) {
         return dnnl::convolution_backward_data::primitive_desc(
@@ -278,7 +315,24 @@ ValueId conv2d(Program& p, ValueId x, const ParamRef& weight, const ParamRef& bi
   return y;
 }
 
+}  // namespace
+
+ValueId conv2d(Program& p, ValueId x, const ParamRef& weight, const ParamRef& bias, int64_t stride, int64_t padding,
+               int64_t padding_end) {
+  bool fused = false;
+  return conv2d_impl(p, x, weight, bias, stride, padding, padding_end, -1, false, fused);
+}
+
+ValueId conv2d_add(Program& p, ValueId x, const ParamRef& weight, const ParamRef& bias, ValueId residual,
+                   int64_t stride, int64_t padding, bool residual_spent) {
+  require(residual >= 0, "conv2d_add without a residual");
+  bool fused = false;
+  const ValueId y = conv2d_impl(p, x, weight, bias, stride, padding, -1, residual, residual_spent, fused);
+  return fused ? y : add(p, residual, y);
+}
+
 ValueId linear(Program& p, ValueId x, const ParamRef& weight, const ParamRef& bias) {
+  const Program::LayerScope layer(p, "linear");
   // x [..., I] seen as [M, I] -> y [..., O]; weight [O, I], bias [O]
   const dims xs = p.shape(x);
   require(weight.shape.size() == 2 && weight.shape[1] == xs.back(), "linear input/weight mismatch");
@@ -365,16 +419,24 @@ struct GroupNormLayout {
   }
 };
 
+// With a shift (>= 0, [N,C]): the group norm of x + shift[:,:,None,None],
+// the sum never stored: the shift moves each (n,c)'s mean and nothing else,
+// so the host step takes it in and every pass over x reads x itself.
 ValueId group_norm_impl(Program& p, ValueId x, const ParamRef& weight, const ParamRef& bias, int64_t groups, float eps,
-                        std::optional<Activation> fused) {
+                        std::optional<Activation> fused, ValueId shift = -1) {
+  const Program::LayerScope layer(p, "group_norm");
   // x [N,C,...] -> y [N,C,...], any layout. Forward:
   //   1. batch-norm statistics over the [1, N*C, H, W] view: mean and
   //      (biased) variance of every (n, c) over the spatial positions;
   //   2. host, O(N*C): group mean and variance from the channel ones, and the
   //      per-(n,c) mean, variance, scale (gamma) and shift (beta);
   //   3. one batch-norm with those global statistics and scale/shift = y.
+  // A shift t enters step 2 only: the channel means of x + t are those of x
+  // plus t, and (x + t - m) is x minus m - t, the per-(n,c) mean "in x's
+  // frame" that steps 3 and the backward use.
   const dims xs = p.shape(x);
   require(xs.size() >= 2 && xs[1] % groups == 0, "group_norm channels not divisible by groups");
+  require(shift < 0 || p.shape(shift) == dims({xs[0], xs[1]}), "group_norm shift must be [N,C]");
   const int64_t n = xs[0], c = xs[1], cg = c / groups, spatial = product(xs, 2), nc = n * c;
   const auto x_md = p.desc(x);
   const auto bn_md = per_sample_channels(x_md);
@@ -406,11 +468,17 @@ ValueId group_norm_impl(Program& p, ValueId x, const ParamRef& weight, const Par
                                                                    {DNNL_ARG_DST, scratch},
                                                                    {DNNL_ARG_MEAN, slice(at.mean_c, nc_md)},
                                                                    {DNNL_ARG_VARIANCE, slice(at.var_c, nc_md)}});
-  // Kept for backward: the group statistics per (n, c) and gamma per (n, c);
-  // for the output, per (n, c): a = gamma rstd and b = beta - mean gamma rstd.
+  // Kept for backward: the group statistics per (n, c) (the mean in x's
+  // frame) and gamma per (n, c); for the output, per (n, c): a = gamma rstd
+  // and b = beta - mean gamma rstd.
+  Args host_args{{0, numbers}};
+  if (shift >= 0) host_args[1] = p.data(shift);
   p.host_forward(
       [=](const Args& args) {
         HostMap<float> buffer(args.at(0));
+        std::optional<HostMap<float>> shifts;
+        if (shift >= 0) shifts.emplace(args.at(1));
+        auto t = [&](int64_t i) { return shifts ? (*shifts)[static_cast<size_t>(i)] : 0.0f; };
         const float* mc = buffer.data() + at.mean_c;
         const float* vc = buffer.data() + at.var_c;
         const float* gamma = buffer.data() + at.gamma;
@@ -423,12 +491,14 @@ ValueId group_norm_impl(Program& p, ValueId x, const ParamRef& weight, const Par
         for (int64_t i = 0; i < n; ++i) {
           for (int64_t g = 0; g < groups; ++g) {
             const int64_t c0 = i * c + g * cg;
+            // The channel means of x + t: in float, as a statistics pass over the sum would give them.
+            auto mean_of = [&](int64_t i) { return shifts ? mc[i] + t(i) : mc[i]; };
             double mu = 0;
-            for (int64_t j = 0; j < cg; ++j) mu += mc[c0 + j];
+            for (int64_t j = 0; j < cg; ++j) mu += mean_of(c0 + j);
             mu /= static_cast<double>(cg);
             double variance = 0;
             for (int64_t j = 0; j < cg; ++j) {
-              const double d = mc[c0 + j] - mu;
+              const double d = mean_of(c0 + j) - mu;
               variance += vc[c0 + j] + d * d;
             }
             variance /= static_cast<double>(cg);
@@ -436,16 +506,17 @@ ValueId group_norm_impl(Program& p, ValueId x, const ParamRef& weight, const Par
             const double rstd = 1.0 / std::sqrt(static_cast<double>(var_f) + static_cast<double>(eps));
             for (int64_t j = 0; j < cg; ++j) {
               const double gj = gamma[g * cg + j];
-              m[c0 + j] = mean_f;
+              const float mean_x = shifts ? mean_f - t(c0 + j) : mean_f;
+              m[c0 + j] = mean_x;
               v[c0 + j] = var_f;
               sc[c0 + j] = gamma[g * cg + j];
               a[c0 + j] = static_cast<float>(gj * rstd);
-              b[c0 + j] = static_cast<float>(beta[g * cg + j] - static_cast<double>(mean_f) * gj * rstd);
+              b[c0 + j] = static_cast<float>(beta[g * cg + j] - static_cast<double>(mean_x) * gj * rstd);
             }
           }
         }
       },
-      {{0, numbers}});
+      std::move(host_args));
   // y = x * a + b in one binary pass over the view (then the activation as a
   // post-op when fused: the same arithmetic as the separate activation step,
   // so inference and training programs give identical outputs).
@@ -527,7 +598,7 @@ ValueId group_norm_impl(Program& p, ValueId x, const ParamRef& weight, const Par
               for (int64_t j = 0; j < cg; ++j) {
                 const double gamma = sc[c0 + j];
                 const double b = rstd * rstd * (gamma * S2[c0 + j] / hw - k2 / count);
-                const double cst = rstd * (gamma * S1[c0 + j] / hw - k1 / count) - static_cast<double>(m[c0]) * b;
+                const double cst = rstd * (gamma * S1[c0 + j] / hw - k1 / count) - static_cast<double>(m[c0 + j]) * b;
                 bc[c0 + j] = static_cast<float>(b);
                 cc[c0 + j] = static_cast<float>(cst);
               }
@@ -542,9 +613,13 @@ ValueId group_norm_impl(Program& p, ValueId x, const ParamRef& weight, const Par
       p.copy(slice(at.dgamma, c_md), p.param_grad(weight.offset, c_md), true);
       p.copy(slice(at.dbeta, c_md), p.param_grad(bias.offset, c_md), true);
     }
-    if (!p.needs_grad(x)) return;
-    // A later contribution adds into the gradient directly (sum post-op).
-    const GradSink s = p.sink(x, true);
+    const bool want_x = p.needs_grad(x), want_shift = shift >= 0 && p.needs_grad(shift);
+    if (!want_x && !want_shift) return;
+    // A later contribution adds into the gradient directly (sum post-op),
+    // unless the shift's gradient is read from this contribution alone.
+    GradSink s;
+    if (want_x) s = p.sink(x, shift < 0);
+    const dnnl::memory dx = want_x ? s.memory : p.alloc(x_md);
     dnnl::post_ops ops;
     ops.append_binary(algorithm::binary_add, nc_b);
     ops.append_binary(algorithm::binary_add, bn_md);
@@ -557,8 +632,17 @@ ValueId group_norm_impl(Program& p, ValueId x, const ParamRef& weight, const Par
                                              {DNNL_ARG_SRC_1, slice(at.b_coef, nc_b)},
                                              {DNNL_ARG_ATTR_MULTIPLE_POST_OP(0) | DNNL_ARG_SRC_1, slice(at.c_coef, nc_b)},
                                              {DNNL_ARG_ATTR_MULTIPLE_POST_OP(1) | DNNL_ARG_SRC_1, a_term},
-                                             {DNNL_ARG_DST, view(s.memory, bn_md)}});
-    p.commit(s);
+                                             {DNNL_ARG_DST, view(dx, bn_md)}});
+    if (want_x) p.commit(s);
+    if (!want_shift) return;
+    // d shift [N,C] = the sums over H, W of dx (the gradient of x + shift).
+    if (spatial == 1) {
+      p.contribute(shift, view(dx, p.desc(shift)));
+      return;
+    }
+    const GradSink t = p.sink(shift);
+    append_channel_sums(p, dx, x_md, t.memory);
+    p.commit(t);
   });
   return y;
 }
@@ -575,6 +659,14 @@ ValueId group_norm_act(Program& p, ValueId x, const ParamRef& weight, const Para
   return group_norm_impl(p, x, weight, bias, groups, eps, act);
 }
 
+ValueId shifted_group_norm_act(Program& p, ValueId x, ValueId shift, const ParamRef& weight, const ParamRef& bias,
+                               int64_t groups, float eps, Activation act) {
+  const dims xs = p.shape(x);
+  require(xs.size() == 4 && p.shape(shift) == dims({xs[0], xs[1]}), "shifted_group_norm_act shape mismatch");
+  if (p.training()) return activation(p, group_norm_impl(p, x, weight, bias, groups, eps, std::nullopt, shift), act);
+  return group_norm_impl(p, x, weight, bias, groups, eps, act, shift);
+}
+
 ValueId group_norm_silu(Program& p, ValueId x, const ParamRef& weight, const ParamRef& bias, int64_t groups,
                         float eps) {
   return group_norm_act(p, x, weight, bias, groups, eps, Activation::silu);
@@ -583,6 +675,7 @@ ValueId group_norm_silu(Program& p, ValueId x, const ParamRef& weight, const Par
 ValueId silu(Program& p, ValueId x) { return activation(p, x, Activation::silu); }
 
 ValueId activation(Program& p, ValueId x, Activation act) {
+  const Program::LayerScope layer(p, "elementwise");
   // SiLU(x) = x * sigmoid(x) (eltwise_swish with alpha = 1), Mish, GELU (erf),
   // ReLU. Shape unchanged; backward from the input.
   const eltwise_op op = activation_op(act);
@@ -606,6 +699,7 @@ ValueId activation(Program& p, ValueId x, Activation act) {
 }
 
 ValueId add(Program& p, ValueId a, ValueId b) {
+  const Program::LayerScope layer(p, "elementwise");
   // a, b [same shape] -> a + b
   require(p.shape(a) == p.shape(b), "add of different shapes");
   const auto md = p.desc(a);
@@ -625,6 +719,7 @@ ValueId add(Program& p, ValueId a, ValueId b) {
 }
 
 ValueId add_channel_bias(Program& p, ValueId x, ValueId bias) {
+  const Program::LayerScope layer(p, "elementwise");
   // x [N,C,H,W] (any layout) + bias [N,C] broadcast over H, W (the time
   // embedding projection): a per-channel add over the [1, N*C, H, W] view.
   const dims xs = p.shape(x);
@@ -734,6 +829,7 @@ ValueId from_tokens(Program& p, ValueId tokens, const dims& nchw) {
 }
 
 ValueId attention_core(Program& p, ValueId q, ValueId k, ValueId v, int64_t batch, int64_t head_dim) {
+  const Program::LayerScope layer(p, "attention");
   // q, k, v [N,S,C] -> out [N,S,C]; heads h = C/d, B = N*h.
   // Per head: P = softmax(scale * Q_h K_h^T) [B,S,S], O_h = P V_h [B,S,d].
   const dims qs = p.shape(q);

@@ -5,10 +5,14 @@
 // allows, so convolutions run on jit kernels without reorders; layers accept
 // any layout for their inputs); tokens, embeddings and parameters are plain
 // row-major. Parameters are slices of the model's flat buffer, their
-// gradients slices of the program's staging buffer.
+// gradients slices of the program's staging buffer. Each layer labels its
+// steps with its kind for profiles (Program::LayerScope): convolution,
+// linear, group_norm, elementwise (activations, adds, scales, dropout),
+// attention; the rest (concatenation, resampling, embedding) is "other".
 //
 // Shapes (N batch, C channels, H x W image, M rows, S = H*W tokens):
 //   conv2d          x [N,Ci,H,W] -> [N,Co,H',W']        weight [Co,Ci,k,k], bias [Co]
+//   conv2d_add      x, residual [N,Co,H',W'] -> residual + conv2d(x)
 //   linear          x [M,I] -> [M,O]                    weight [O,I], bias [O]
 //   group_norm      x [N,C,H,W] -> [N,C,H,W]            weight [C], bias [C] (batch-norm
 //                   primitives over a [1,N*C,H,W] view plus O(N*C) host arithmetic)
@@ -16,6 +20,7 @@
 //   group_norm_act  act(group_norm(x)); one fused pass in programs built
 //                   for inference (training keeps the normalised values for
 //                   the activation's backward); group_norm_silu with SiLU
+//   shifted_group_norm_act x [N,C,H,W], shift [N,C] -> group_norm_act(x + shift[:,:,None,None])
 //   affine          any -> alpha * x + beta
 //   add             a, b (same shape) -> a + b
 //   add_channel_bias x [N,C,H,W], b [N,C] -> x + b[:,:,None,None]
@@ -56,6 +61,14 @@ eltwise_op activation_op(Activation act);
 // (-1: `padding`); diffusers' downsample_padding 0 is padding 0, padding_end 1.
 ValueId conv2d(Program& p, ValueId x, const ParamRef& weight, const ParamRef& bias, int64_t stride, int64_t padding,
                int64_t padding_end = -1);
+// residual + conv2d(x), residual [N,Co,Ho,Wo]: the add done by the
+// convolution as it writes its output where oneDNN has a fast kernel for it
+// (f32), else a separate add. bf16 convolutions write channels-last; with
+// `residual_spent` (no later step, forward or backward, reads the residual's
+// data) the reorder into the activation layout adds into the residual's
+// memory instead. The same result either way; backward gives the residual dy.
+ValueId conv2d_add(Program& p, ValueId x, const ParamRef& weight, const ParamRef& bias, ValueId residual,
+                   int64_t stride, int64_t padding, bool residual_spent = false);
 ValueId linear(Program& p, ValueId x, const ParamRef& weight, const ParamRef& bias);
 ValueId group_norm(Program& p, ValueId x, const ParamRef& weight, const ParamRef& bias, int64_t groups, float eps);
 ValueId silu(Program& p, ValueId x);
@@ -64,6 +77,12 @@ ValueId group_norm_silu(Program& p, ValueId x, const ParamRef& weight, const Par
                         float eps);
 ValueId group_norm_act(Program& p, ValueId x, const ParamRef& weight, const ParamRef& bias, int64_t groups, float eps,
                        Activation act);
+// group_norm_act(add_channel_bias(x, shift)), shift [N,C], without the sum
+// ever written: a per-(n,c) constant only moves that channel's mean, which the
+// group norm's statistics step takes in. The same result to float rounding;
+// backward: d x as through the sum, d shift the sums of d x over H, W.
+ValueId shifted_group_norm_act(Program& p, ValueId x, ValueId shift, const ParamRef& weight, const ParamRef& bias,
+                               int64_t groups, float eps, Activation act);
 ValueId affine(Program& p, ValueId x, float alpha, float beta);
 ValueId add(Program& p, ValueId a, ValueId b);
 ValueId add_channel_bias(Program& p, ValueId x, ValueId bias);

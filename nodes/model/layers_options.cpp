@@ -22,6 +22,7 @@ using dt = dnnl::memory::data_type;
 }  // namespace
 
 ValueId affine(Program& p, ValueId x, float alpha, float beta) {
+  const Program::LayerScope layer(p, "elementwise");
   // x (any shape, any layout) -> alpha * x + beta; dx = alpha * dy.
   const auto x_md = p.desc(x);
   const auto attr = user_scratchpad_attr();
@@ -43,6 +44,7 @@ ValueId affine(Program& p, ValueId x, float alpha, float beta) {
 }
 
 ValueId scale_channels(Program& p, ValueId x, ValueId scale) {
+  const Program::LayerScope layer(p, "elementwise");
   // x [N,C,H,W] (any layout) * scale [N,C] broadcast over H, W: a per-channel
   // multiplication over the [1, N*C, H, W] view.
   //   dx = dy * scale;  d scale[n,c] = sum over H, W of dy * x
@@ -121,6 +123,7 @@ uint64_t mix64(uint64_t z) {
 }  // namespace
 
 ValueId dropout(Program& p, ValueId x, float rate, std::shared_ptr<const uint64_t> seed, uint64_t key) {
+  const Program::LayerScope layer(p, "elementwise");
   // x [N,C,H,W] -> x * mask, mask = 0 with probability `rate`, else
   // 1 / (1 - rate) (PyTorch's scaling); dx = dy * mask. The mask is drawn on
   // the host in [N,C,H,W] order into a plain buffer (image-sized, so only

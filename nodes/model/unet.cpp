@@ -226,8 +226,10 @@ class UNetBuilder {
     }
     h = conv(prefix + ".conv1", h, 1, 1);
     if (!c_.scale_shift()) {
-      h = add_channel_bias(p_, h, dense(prefix + ".time_emb_proj", emb_act_));  // + [N,Co] over H, W
-      h = norm_act(prefix + ".norm2", h, act_);
+      // norm2(h + time_emb_proj [N,Co] over H, W), the sum never written.
+      h = shifted_group_norm_act(p_, h, dense(prefix + ".time_emb_proj", emb_act_), param(prefix + ".norm2.weight"),
+                                 param(prefix + ".norm2.bias"), c_.norm_num_groups, static_cast<float>(c_.norm_eps),
+                                 act_);
     } else {
       // time_emb_proj [2Co, T] gives scale (its first Co rows) and shift:
       // h = norm2(h) * (1 + scale) + shift, then the activation.
@@ -241,9 +243,13 @@ class UNetBuilder {
       h = activation(p_, h, act_);
     }
     if (p_.training() && c_.dropout > 0.0) h = dropout(p_, h, static_cast<float>(c_.dropout), dropout_seed_, dropouts_++);
-    h = conv(prefix + ".conv2", h, 1, 1);
-    const ValueId shortcut = index_.count(prefix + ".conv_shortcut.weight") ? conv(prefix + ".conv_shortcut", x, 1, 0) : x;
-    return rescale(add(p_, shortcut, h), out_scale);
+    const bool projected = index_.count(prefix + ".conv_shortcut.weight") > 0;
+    const ValueId shortcut = projected ? conv(prefix + ".conv_shortcut", x, 1, 0) : x;
+    // shortcut + conv2(h), the add inside the convolution where it can be. A
+    // projected shortcut is read by this add alone (its convolution's backward
+    // needs only its input), so the sum may overwrite it.
+    h = conv2d_add(p_, h, param(prefix + ".conv2.weight"), param(prefix + ".conv2.bias"), shortcut, 1, 1, projected);
+    return rescale(h, out_scale);
   }
 
   // Attention with (when groups > 0) group norm, and residual: x [N,C,H,W] ->
@@ -251,12 +257,17 @@ class UNetBuilder {
   ValueId attention(const std::string& prefix, ValueId x, int64_t groups, double out_scale = 1.0) {
     const dims shape = p_.shape(x);
     const ValueId normed = groups > 0 ? norm(prefix + ".group_norm", x, groups) : x;
-    const ValueId tokens = to_tokens(p_, normed);  // [N,S,C]
-    const ValueId q = dense(prefix + ".to_q", tokens);
-    const ValueId k = dense(prefix + ".to_k", tokens);
-    const ValueId v = dense(prefix + ".to_v", tokens);
-    const ValueId o = attention_core(p_, q, k, v, shape[0], c_.head_dim(shape[1]));
-    const ValueId y = from_tokens(p_, dense(prefix + ".to_out.0", o), shape);
+    ValueId y = -1;
+    {
+      // Profiles count the projections and the token layout changes as attention.
+      const Program::LayerScope layer(p_, "attention");
+      const ValueId tokens = to_tokens(p_, normed);  // [N,S,C]
+      const ValueId q = dense(prefix + ".to_q", tokens);
+      const ValueId k = dense(prefix + ".to_k", tokens);
+      const ValueId v = dense(prefix + ".to_v", tokens);
+      const ValueId o = attention_core(p_, q, k, v, shape[0], c_.head_dim(shape[1]));
+      y = from_tokens(p_, dense(prefix + ".to_out.0", o), shape);
+    }
     return rescale(add(p_, y, x), out_scale);
   }
 
@@ -396,6 +407,8 @@ ForwardResult UNetModel::forward(const Tensor& x, const Tensor& t, bool for_trai
   Workspace& space = state->workspace();
   Program& p = *space.program;
 
+  StepProfiles* profiles = profiles_.load();
+  PassProfile* profile = profiles ? &profiles->forward.emplace_back() : nullptr;
   copy_in(p, space.copy_x_in, x, p.data(space.x), engine(), space.stream);
   // While x uploads: the timestep embedding, the one-hot class rows, the seed.
   write_timestep_embedding(steps, config_.block_out_channels[0], p.data(space.temb0), config_.flip_sin_to_cos,
@@ -406,7 +419,7 @@ ForwardResult UNetModel::forward(const Tensor& x, const Tensor& t, bool for_trai
     for (int64_t i = 0; i < n; ++i) one_hot[i * classes + labels[i]] = 1.0f;
   }
   *space.dropout_seed = inputs.dropout_seed;
-  p.run_forward(space.stream);
+  p.run_forward(space.stream, profile);
   Tensor prediction({n, config_.out_channels, h, w}, DType::f32, engine());
   p.run_io_copy(space.copy_out, p.data(space.out), prediction.memory(), space.stream);
   space.stream.wait();
@@ -429,7 +442,8 @@ Tensor UNetModel::backward(const ForwardState& state, const Tensor& grad_out) {
   }
   Program& p = *space.program;
   copy_in(p, space.copy_grad_in, grad_out, p.grad(space.out), engine(), space.stream);
-  p.run_backward(space.stream, gradient_observer());
+  StepProfiles* profiles = profiles_.load();
+  p.run_backward(space.stream, gradient_observer(), profiles ? &profiles->backward.emplace_back() : nullptr);
   Tensor grad_x({space.batch, config_.in_channels, space.height, space.width}, DType::f32, engine());
   p.run_io_copy(space.copy_grad_x, p.grad(space.x), grad_x.memory(), space.stream);
   space.stream.wait();

@@ -51,6 +51,13 @@ class UNetModel : public DenoiserModel {
   Precision precision() const { return precision_; }
   // Programs built so far (one per distinct shape and mode), for tests.
   size_t programs_built() const;
+  // While set (nullptr: not), every pass appends the time of each of its
+  // program's steps to `profiles`, each step waited for: for benchmarks, one
+  // pass at a time.
+  struct StepProfiles {
+    std::vector<PassProfile> forward, backward;
+  };
+  void profile_steps(StepProfiles* profiles) { profiles_ = profiles; }
 
   struct Workspace;
   class Pool;
@@ -59,6 +66,7 @@ class UNetModel : public DenoiserModel {
   UNetConfig config_;
   std::atomic<Precision> precision_{Precision::f32};
   std::shared_ptr<Pool> pool_;
+  std::atomic<StepProfiles*> profiles_{nullptr};
 };
 
 }  // namespace diffuflow

@@ -17,10 +17,11 @@ namespace {
 
 class LayerHarness {
  public:
-  explicit LayerHarness(int64_t param_count) : param_count_(std::max<int64_t>(param_count, 1)) {
+  explicit LayerHarness(int64_t param_count, Precision precision = Precision::f32)
+      : param_count_(std::max<int64_t>(param_count, 1)) {
     params_ = dnnl::memory(plain_f32({param_count_}), engine_);
     fill(params_, param_count_, 0.8f);
-    program_ = std::make_unique<Program>(engine_, cache_, params_, param_count_);
+    program_ = std::make_unique<Program>(engine_, cache_, params_, param_count_, true, precision);
   }
   Program& p() { return *program_; }
 
@@ -298,12 +299,125 @@ TEST_CASE("residual add and a value used twice accumulate their gradients") {
   h.check_all("add");
 }
 
+TEST_CASE("conv2d_add: a residual that is also used elsewhere gets both gradients (finite differences)") {
+  // r = conv(x) [2,16,4,4] (the channel-blocked activation layout) feeds both
+  // the residual and, through silu, the convolution: as a ResNet block's input.
+  LayerHarness h(16 * 3 * 9 + 16 + 16 * 16 * 9 + 16);
+  const ValueId x = h.input({2, 3, 4, 4});
+  const ValueId r = conv2d(h.p(), x, h.param({16, 3, 3, 3}), h.param({16}), 1, 1);
+  const ValueId y = conv2d_add(h.p(), silu(h.p(), r), h.param({16, 16, 3, 3}), h.param({16}), r, 1, 1);
+  CHECK(h.p().shape(y) == dims{2, 16, 4, 4});
+  h.finish(y);
+  h.check_all("conv2d_add");
+}
+
+TEST_CASE("conv2d_add is one primitive fewer with the result of conv2d then add (f32; bf16 over a spent residual)") {
+  for (const Precision precision : {Precision::f32, Precision::bf16}) {
+    CAPTURE(enum_name(precision));
+    auto build = [precision](bool fused) {
+      auto harness = std::make_unique<LayerHarness>(2 * (16 * 16 * 9 + 16), precision);
+      LayerHarness& h = *harness;
+      const ValueId x = h.input({2, 16, 4, 4});
+      // A convolution's output: the activation layout (channel-blocked), as in the U-Net.
+      const ValueId r = conv2d(h.p(), x, h.param({16, 16, 3, 3}), h.param({16}), 1, 1);
+      const ValueId a = silu(h.p(), r);
+      const ParamRef w = h.param({16, 16, 3, 3}), b = h.param({16});
+      // bf16 adds over the residual when told that nothing reads it later: r's
+      // data is read by silu's backward here, so the residual is a copy of it.
+      const ValueId residual = precision == Precision::bf16 ? affine(h.p(), r, 1.0f, 0.0f) : r;
+      const ValueId y = fused ? conv2d_add(h.p(), a, w, b, residual, 1, 1, precision == Precision::bf16)
+                              : add(h.p(), residual, conv2d(h.p(), a, w, b, 1, 1));
+      h.finish(y);
+      return std::make_pair(std::move(harness), y);
+    };
+    auto [fused, y_fused] = build(true);
+    auto [plain, y_plain] = build(false);
+    // Every AVX-512 jit convolution of oneDNN 2.6 takes the residual as a
+    // post-op; bf16 runs where the CPU has it natively (else f32).
+    const bool bf16_native = native_bf16(dnnl::engine(dnnl::engine::kind::cpu, 0));
+    if (dnnl::get_effective_cpu_isa() >= dnnl::cpu_isa::avx512_core && (precision == Precision::f32 || bf16_native))
+      CHECK(fused->p().forward_steps() + 1 == plain->p().forward_steps());
+    fused->backward();
+    plain->backward();
+    for (auto [h, y] : {std::make_pair(fused.get(), y_fused), std::make_pair(plain.get(), y_plain)}) {
+      CAPTURE(y);
+      CHECK(h->p().shape(y) == dims{2, 16, 4, 4});
+    }
+    const auto values = [](const dnnl::memory& m) {
+      const float* f = static_cast<const float*>(m.get_data_handle());
+      return std::vector<float>(f, f + m.get_desc().get_size() / sizeof(float));
+    };
+    CHECK(values(fused->p().data(y_fused)) == values(plain->p().data(y_plain)));
+    CHECK(values(fused->p().grad_staging()) == values(plain->p().grad_staging()));
+    CHECK(values(fused->p().grad(0)) == values(plain->p().grad(0)));
+  }
+}
+
 TEST_CASE("time-embedding channel bias add gradients match finite differences") {
   LayerHarness h(0);
   const ValueId x = h.input({2, 3, 4, 4});
   const ValueId bias = h.input({2, 3});
   h.finish(add_channel_bias(h.p(), x, bias));
   h.check_all("channel_bias");
+}
+
+TEST_CASE("shifted_group_norm_act: gradients of x and of the [N,C] shift match finite differences") {
+  for (const dims& shape : {dims{2, 4, 3, 3}, dims{2, 32, 2, 2}}) {  // plain, and channel-blocked via a conv
+    CAPTURE(shape[1]);
+    const int64_t c = shape[1];
+    LayerHarness h(c * c * 9 + c + 2 * c);
+    const ValueId input = h.input(shape);
+    const ValueId x = conv2d(h.p(), input, h.param({c, c, 3, 3}), h.param({c}), 1, 1);
+    const ValueId shift = h.input({shape[0], c});
+    const ParamRef gamma = h.param({c}), beta = h.param({c});
+    h.finish(shifted_group_norm_act(h.p(), x, shift, gamma, beta, 2, 1e-5f, Activation::silu));
+    h.check_all("shifted_group_norm_act");
+  }
+}
+
+TEST_CASE("shifted_group_norm_act gives group_norm_act of the sum, in training and inference programs") {
+  dnnl::engine engine(dnnl::engine::kind::cpu, 0);
+  dnnl::stream stream(engine);
+  const int64_t n = 2, c = 32, hw = 3;
+  dnnl::memory params(plain_f32({2 * c}), engine);
+  {
+    float* w = static_cast<float*>(params.get_data_handle());
+    for (int64_t i = 0; i < 2 * c; ++i) w[i] = 0.5f + 0.03f * static_cast<float>(i % 7) - (i >= c ? 0.6f : 0.0f);
+  }
+  std::mt19937 rng(7);
+  std::normal_distribution<float> normal(0.3f, 2.0f);
+  std::vector<float> x_values(static_cast<size_t>(n * c * hw * hw)), shift_values(static_cast<size_t>(n * c));
+  for (auto& v : x_values) v = normal(rng);
+  for (auto& v : shift_values) v = 3.0f * normal(rng);
+  for (const bool training : {true, false}) {
+    CAPTURE(training);
+    std::vector<std::vector<float>> outs;
+    for (const bool fused : {true, false}) {
+      PrimitiveCache cache;
+      Program p(engine, cache, params, 2 * c, training);
+      const ValueId x = p.new_value(activation_desc({n, c, hw, hw}), false);
+      const ValueId shift = p.new_value(plain_f32({n, c}), false);
+      const ParamRef gamma{0, {c}}, beta{c, {c}};
+      const ValueId y = fused ? shifted_group_norm_act(p, x, shift, gamma, beta, 4, 1e-6f, Activation::silu)
+                              : group_norm_act(p, add_channel_bias(p, x, shift), gamma, beta, 4, 1e-6f,
+                                               Activation::silu);
+      p.finalize(y, false);
+      const dnnl::memory x_plain(plain_f32({n, c, hw, hw}), engine, x_values.data());
+      dnnl::memory x_mem = p.data(x), from = x_plain;
+      dnnl::reorder(from, x_mem).execute(stream, from, x_mem);
+      stream.wait();
+      std::copy(shift_values.begin(), shift_values.end(), static_cast<float*>(p.data(shift).get_data_handle()));
+      p.run_forward(stream);
+      std::vector<float> out(x_values.size());
+      dnnl::memory y_mem = p.data(y), to(plain_f32({n, c, hw, hw}), engine, out.data());
+      dnnl::reorder(y_mem, to).execute(stream, y_mem, to);
+      stream.wait();
+      outs.push_back(out);
+    }
+    float worst = 0;
+    for (size_t i = 0; i < outs[0].size(); ++i) worst = std::max(worst, std::fabs(outs[0][i] - outs[1][i]));
+    CHECK(worst <= 1e-5f);
+  }
 }
 
 TEST_CASE("token transposes around a linear layer match finite differences") {

@@ -9,6 +9,7 @@
 
 #include <cmath>
 #include <random>
+#include <set>
 
 using namespace diffuflow;
 
@@ -219,4 +220,56 @@ TEST_CASE("unet_model resource loads the fixture weights and rejects a bad confi
   const auto* b = static_cast<const float*>(m2.params().get_data_handle());
   CHECK(std::equal(a, a + m1.param_count(), b));
   CHECK(a[0] != 0.0f);
+}
+
+TEST_CASE("a profiled pass times every step under its layer kind and gives the same results") {
+  Device device(DeviceSpec{});
+  auto model = make_unet(UNetConfig::named("unet-tiny"), device);
+  model->init_random(1);
+  std::mt19937 rng(5);
+  const Tensor x = random_tensor({2, 1, 16, 16}, rng), g = random_tensor({2, 1, 16, 16}, rng);
+  const Tensor t = timesteps({3, 700});
+  auto run = [&](bool for_training) {
+    model->zero_grads();
+    auto fwd = model->forward(x, t, for_training);
+    std::vector<float> out = fwd.prediction.to_vector();
+    if (for_training) {
+      const auto gx = model->backward(*fwd.state, g).to_vector();
+      out.insert(out.end(), gx.begin(), gx.end());
+    }
+    return out;
+  };
+  const auto plain_inference = run(false), plain_training = run(true);
+
+  UNetModel::StepProfiles profiles;
+  model->profile_steps(&profiles);
+  CHECK(run(false) == plain_inference);
+  CHECK(run(true) == plain_training);
+  model->profile_steps(nullptr);
+  run(true);  // no longer profiled
+  REQUIRE(profiles.forward.size() == 2);  // one inference, one training forward
+  REQUIRE(profiles.backward.size() == 1);
+
+  std::set<std::string> layers, backward_layers;
+  for (const auto& pass : {profiles.forward[0], profiles.forward[1], profiles.backward[0]}) {
+    CHECK(!pass.empty());
+    for (const StepTime& step : pass) {
+      CHECK(step.seconds >= 0);
+      CHECK(std::string(step.primitive) != "");
+      layers.insert(step.layer);
+    }
+  }
+  for (const StepTime& step : profiles.backward[0]) backward_layers.insert(step.layer);
+  // unet-tiny has every kind; backward steps carry the kind of the layer that registered them.
+  for (const char* kind : {"convolution", "group_norm", "elementwise", "attention", "linear", "other"}) {
+    CAPTURE(kind);
+    CHECK(layers.count(kind));
+  }
+  for (const char* kind : {"convolution", "group_norm", "attention", "linear"}) {
+    CAPTURE(kind);
+    CHECK(backward_layers.count(kind));
+  }
+  bool host_step = false;
+  for (const StepTime& step : profiles.forward[1]) host_step = host_step || std::string(step.primitive) == "host";
+  CHECK(host_step);  // the group norms' statistics
 }
