@@ -803,6 +803,60 @@ def cmd_bench(args):
     return 0
 
 
+def cmd_sample(args):
+    """DDIM sampling as a plain PyTorch loop: `count` images in batches of
+    `batch`, `steps` U-Net calls each (leading spacing over T = 1000, linear
+    betas 1e-4..0.02, eta 0, x_0 clipped to [-1, 1]), under torch.no_grad.
+    Random weights: the speed does not depend on them."""
+    import torch
+    torch.set_num_threads(args.threads)
+    env = environment(args.threads)
+    cfg = load_config(args.config)
+    torch.manual_seed(args.seed)
+    model = make_model(cfg)
+    init_weights(model, args.seed)
+    model.eval()
+    S = cfg["sample_size"]
+    S = S[0] if isinstance(S, (list, tuple)) else S
+    T = 1000
+    betas = torch.linspace(1e-4, 0.02, T, dtype=torch.float64)
+    alphas_cumprod = torch.cumprod(1.0 - betas, 0).float()
+    stride = T // args.steps
+    timesteps = list(range(0, T, stride))[::-1]
+    gen = torch.Generator().manual_seed(args.seed + 1)
+
+    def chain(n):
+        x = torch.randn(n, cfg["in_channels"], S, S, generator=gen)
+        for t in timesteps:
+            eps = model(x, torch.full((n,), t, dtype=torch.long))
+            a_t = alphas_cumprod[t]
+            a_prev = alphas_cumprod[t - stride] if t - stride >= 0 else torch.tensor(1.0)
+            x0 = ((x - (1 - a_t).sqrt() * eps) / a_t.sqrt()).clamp(-1, 1)
+            x = a_prev.sqrt() * x0 + (1 - a_prev).sqrt() * eps
+        return x
+
+    with torch.no_grad():
+        chain(min(args.batch, args.count))  # warm-up: one chain, not timed
+        t0 = time.perf_counter()
+        done = 0
+        while done < args.count:
+            n = min(args.batch, args.count - done)
+            float(chain(n)[0, 0, 0, 0])
+            done += n
+        seconds = time.perf_counter() - t0
+    result = {"tool": "torch_peer", "config_name": args.config, "batch": args.batch, "count": args.count,
+              "steps": args.steps, "threads": args.threads, "seconds": seconds,
+              "images_per_s": args.count / seconds, "environment": env}
+    print(f"torch {env['torch_version']}  BLAS: {env['blas_kind']}  threads {args.threads}  ({env['cpu_model']})")
+    print(f"DDIM-{args.steps}: {args.count} images in {seconds:.1f} s = {args.count / seconds:.2f} images/s "
+          f"({args.count * args.steps / seconds:.0f} U-Net image-forwards/s)")
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump(result, f, indent=2)
+            f.write("\n")
+    return 0
+
+
 def cmd_init(args):
     import torch
     cfg = load_config(args.config)
@@ -993,6 +1047,15 @@ def main(argv=None):
     b.add_argument("--seed", type=int, default=0)
     b.add_argument("--json", help="write the results here")
 
+    sm = sub.add_parser("sample", help="time DDIM sampling as a plain PyTorch loop")
+    sm.add_argument("--config", default="unet-s", help="unet-s, unet-tiny, a config.json or its folder")
+    sm.add_argument("--batch", type=int, default=64)
+    sm.add_argument("--count", type=int, default=256, help="images drawn (after one warm-up chain)")
+    sm.add_argument("--steps", type=int, default=50)
+    sm.add_argument("--threads", type=int, default=os.cpu_count() or 1)
+    sm.add_argument("--seed", type=int, default=0)
+    sm.add_argument("--json", help="write the results here")
+
     i = sub.add_parser("init", help="write random weights as safetensors")
     i.add_argument("--config", default="unet-s")
     i.add_argument("--out", required=True)
@@ -1035,7 +1098,7 @@ def main(argv=None):
         os.environ["OMP_NUM_THREADS"] = str(threads)
         os.environ["OPENBLAS_NUM_THREADS"] = str(threads)
     _import_torch()
-    return {"check": cmd_check, "bench": cmd_bench, "init": cmd_init, "io": cmd_io,
+    return {"check": cmd_check, "bench": cmd_bench, "sample": cmd_sample, "init": cmd_init, "io": cmd_io,
             "diff": cmd_diff, "fixture": cmd_fixture}[args.cmd](args)
 
 
