@@ -17,11 +17,14 @@
 // whole sequence. IN: sample F32 [N,C,H,W] (the first step's sample: the
 // pipeline's noise times init_noise_sigma), model_outputs F32 [S,N,C,H,W] (one
 // per step, S <= the schedule's length), optional noises F32 [S,N,C,H,W]
-// (Euler ancestral's step noise). OUT: timesteps (I64 for DPM-Solver++, F32 for
+// (the step noise of Euler ancestral and of DPM-Solver's sde-dpmsolver and
+// sde-dpmsolver++; required there). OUT: timesteps (I64 for DPM-Solver, F32 for
 // Euler, as diffusers holds them), sigmas F32 [K+1], init_noise_sigma F32 [1],
 // alphas_cumprod F32 [T], and per i < S step.<i>.model_input
 // (scale_model_input of the step's sample), step.<i>.prev_sample and
-// step.<i>.pred_original_sample, each step continuing from the one before.
+// step.<i>.pred_original_sample (the x_0 prediction the step implies: for
+// DPM-Solver's dpmsolver and sde-dpmsolver, which step on epsilon, (x -
+// sigma_t eps) / alpha_t), each step continuing from the one before.
 #include "graph/device.hpp"
 #include "graph/errors.hpp"
 #include "graph/safetensors.hpp"
@@ -92,8 +95,11 @@ int run_sequence(SigmaScheduler& scheduler, const SchedulerConfig& config, const
     if (io.entry("noises").shape[0] != count) {
       throw DataError(inputs_path, "'noises' must hold one noise per model output (" + std::to_string(count) + ")");
     }
-  } else if (config.class_name == SchedulerClass::EulerAncestralDiscreteScheduler) {
-    throw DataError(inputs_path, name + " adds noise at every step: give 'noises' [S,N,C,H,W]");
+  } else if (sigma_step_needs_noise(plan, config)) {
+    throw DataError(inputs_path, name + (config.class_name == SchedulerClass::DPMSolverMultistepScheduler
+                                             ? " with algorithm_type " + config.algorithm_type
+                                             : std::string()) +
+                                     " adds noise at every step: give 'noises' [S,N,C,H,W]");
   }
 
   SafetensorsFile out;

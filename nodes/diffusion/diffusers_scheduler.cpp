@@ -60,7 +60,7 @@ void SigmaScheduler::set_timesteps(int64_t steps) {
   for (size_t k = 0; k < plan_.size(); ++k) timesteps_.push_back(plan_.model_timestep(k));
   inference_steps_ = steps;
   index_ = 0;
-  previous_x0_ = Tensor();
+  history_.clear();
 }
 
 int64_t SigmaScheduler::previous_timestep(int64_t t) const {
@@ -86,11 +86,10 @@ DiffusionSteps::StepResult SigmaScheduler::step(const Tensor& model_output, int6
                                 std::to_string(timesteps_[index_]) + ", not " + std::to_string(t) +
                                 " (a solver steps along its whole schedule, in order)");
   }
-  DiffusionSteps::StepResult result =
-      sigma_step(steps_, plan_, config(), index_, sample, model_output, previous_x0_, noise);
-  previous_x0_ = result.pred_original_sample;
+  SigmaStepResult result = sigma_step(steps_, plan_, config(), index_, sample, model_output, history_, noise);
+  history_ = std::move(result.history);
   ++index_;
-  return result;
+  return {result.prev_sample, result.pred_original_sample};
 }
 
 Tensor SigmaScheduler::scale_model_input(const Tensor& sample) {

@@ -84,7 +84,7 @@ class DdimScheduler : public DiffusersScheduler {
 // DPMSolverMultistepScheduler, EulerDiscreteScheduler and
 // EulerAncestralDiscreteScheduler (the class config.class_name names): steps in
 // sigma space along the whole schedule, in order, from its first timestep. The
-// step counter and DPM-Solver++'s previous x_0 prediction are members, as in
+// step counter and DPM-Solver's history of converted model outputs are members, as in
 // diffusers; a chain in the graph carries them in its packet instead.
 class SigmaScheduler : public DiffusersScheduler {
  public:
@@ -105,7 +105,7 @@ class SigmaScheduler : public DiffusersScheduler {
  private:
   SigmaSchedule plan_;
   size_t index_ = 0;
-  Tensor previous_x0_;
+  SolverHistory history_;
 };
 
 // The class config.class_name names.

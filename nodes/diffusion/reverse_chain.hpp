@@ -23,7 +23,7 @@
 namespace diffuflow {
 
 // ddpm: DDPM (ancestral) steps to the next timestep; ddim: deterministic (eta 0) or noisy DDIM steps;
-// dpmpp: DPM-Solver++ (diffusers' DPMSolverMultistepScheduler, 2M by default); euler: EulerDiscreteScheduler;
+// dpmpp: multistep DPM-Solver (diffusers' DPMSolverMultistepScheduler, DPM-Solver++ 2M by default); euler: EulerDiscreteScheduler;
 // euler_ancestral: EulerAncestralDiscreteScheduler. The last three follow the schedule's solver keys
 // (solver_order, solver_type, lower_order_final, use_karras_sigmas, final_sigmas_type, ...).
 DIFFUFLOW_ENUM(SamplerMethod, ddpm, ddim, dpmpp, euler, euler_ancestral);
@@ -38,7 +38,7 @@ bool is_sigma_method(SamplerMethod method);
 struct ReverseChainOptions {
   DIFFUFLOW_PARAMS(ReverseChainOptions);
   DIFFUFLOW_PARAM(SamplerMethod, method, SamplerMethod::ddim,
-                  "ddpm (ancestral), ddim, dpmpp (DPM-Solver++ multistep), euler or euler_ancestral steps");
+                  "ddpm (ancestral), ddim, dpmpp (multistep DPM-Solver; 2M DPM-Solver++ unless the schedule's algorithm_type and solver_order say otherwise), euler or euler_ancestral steps");
   DIFFUFLOW_PARAM(int64_t, steps, 0,
                   "model calls per chain; 0: 50 for ddim, 20 for dpmpp, euler and euler_ancestral, every timestep "
                   "for ddpm; spread over the schedule's timesteps as its timestep_spacing says",

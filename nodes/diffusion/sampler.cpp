@@ -20,13 +20,20 @@ class ChainSnapshots : public Payload {
   std::vector<Tensor> states;  // each [N,C,H,W] f32 on the device
 };
 
+// A multistep DPM-Solver's history, as a packet payload.
+class ChainHistory : public Payload {
+ public:
+  explicit ChainHistory(SolverHistory outputs) : outputs(std::move(outputs)) {}
+  SolverHistory outputs;  // the latest first
+};
+
 // Private to the sampler: travels round the loop with the chain's packet.
 const PayloadField<ChainSnapshots> kChainSnapshots{"sampler_chain", "the snapshots a chain has kept so far"};
 // The sigma methods: the chain's sample in the solver's own scaling (Euler: x_0
-// + sigma eps; the model sees it scaled to x_t), and DPM-Solver++'s previous x_0
-// prediction (the multistep history), both [N,C,H,W] f32.
+// + sigma eps; the model sees it scaled to x_t) [N,C,H,W] f32, and a multistep
+// DPM-Solver's converted model outputs of the steps before (its history).
 const TensorField kSolverSample{"sampler_sample", DType::f32, -1, Place::any, "the solver's sample"};
-const TensorField kSolverHistory{"sampler_history", DType::f32, -1, Place::any, "the previous x_0 prediction"};
+const PayloadField<ChainHistory> kSolverHistory{"sampler_history", "the solver's previous converted model outputs"};
 
 // The chains' classes and guidance, checked against the named model's class embedding.
 ClassGuidance sampler_guidance(const Sampler::Params& params, const RunContext& ctx) {
@@ -45,7 +52,7 @@ ClassGuidance sampler_guidance(const Sampler::Params& params, const RunContext& 
 
 NodeContract Sampler::contract() {
   NodeContract c;
-  c.doc = "Reverse diffusion (DDPM, DDIM, DPM-Solver++, Euler, Euler ancestral) as a loop in the graph: sends x_t and t to the model on "
+  c.doc = "Reverse diffusion (DDPM, DDIM, DPM-Solver, Euler, Euler ancestral) as a loop in the graph: sends x_t and t to the model on "
           "`model`, takes its prediction back on `back`, and emits x_0 on `done` after the last step.";
   c.example = "{name: sampler, type: sampler, params: {schedule: schedule, method: ddim, steps: 50}, concurrency: 2}";
   c.inputs = {{"start", {fields::kXt}, "x_t [N,C,H,W] f32: x_T of each chain"},
@@ -154,14 +161,14 @@ void Sampler::step(const Packet& returned, Emitter& out) {
     }
   }
   Tensor x_prev;
-  Tensor history;  // the sigma methods: the x_0 prediction the next step may need
+  std::shared_ptr<const ChainHistory> history;  // the sigma methods: what the next step may need
   if (is_sigma_method(chain.method)) {
     const size_t k = static_cast<size_t>(step);
-    const Tensor previous = packet.has(kSolverHistory) ? packet.get(kSolverHistory) : Tensor();
-    const Tensor z = chain.method == SamplerMethod::euler_ancestral ? noise() : Tensor();
+    const SolverHistory previous = packet.has(kSolverHistory) ? packet.get(kSolverHistory)->outputs : SolverHistory();
+    const Tensor z = sigma_step_needs_noise(plan_.sigmas, step_config_) ? noise() : Tensor();
     auto result = sigma_step(steps_, plan_.sigmas, step_config_, k, packet.get(kSolverSample), prediction, previous, z);
     x_prev = result.prev_sample;
-    history = result.pred_original_sample;
+    history = std::make_shared<const ChainHistory>(std::move(result.history));
   } else if (chain.method == SamplerMethod::ddpm) {
     const bool noisy = std::any_of(now.begin(), now.end(), [](int v) { return v > 0; });
     const Tensor z = packet.has(fields::kStepNoise) || noisy ? noise() : Tensor();

@@ -40,7 +40,7 @@
 //         solver_order, solver_type, lower_order_final, use_karras_sigmas,
 //         final_sigmas_type). As diffusers' pipelines do, the chain starts from
 //         x_T * init_noise_sigma and the model sees scale_model_input(sample);
-//         the solver's sample and DPM-Solver++'s previous x_0 prediction travel
+//         the solver's sample and DPM-Solver's history (its past converted outputs) travel
 //         in the packet. The model is called at the timesteps rounded to integers.
 // Every step reads the model output as the schedule's prediction_type (or the
 // node's `prediction`) and clips (clip_sample_range) or thresholds x_0 as the

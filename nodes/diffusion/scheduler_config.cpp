@@ -20,6 +20,9 @@ constexpr const char* kConfigFileName = "scheduler_config.json";
 
 const std::vector<ParamRow<SchedulerConfig>>& rows() { return ParamTable<SchedulerConfig>::get().rows(); }
 
+// algorithm_type's spellings, in DpmAlgorithm's order.
+std::vector<std::string> dpm_algorithm_names() { return {"dpmsolver", "dpmsolver++", "sde-dpmsolver", "sde-dpmsolver++"}; }
+
 std::vector<std::string> key_names() {
   std::vector<std::string> names;
   for (const auto& row : rows()) names.push_back(row.spec().name);
@@ -228,16 +231,38 @@ void SchedulerConfig::validate(const std::string& source) const {
                       "trained_betas has " + std::to_string(trained_betas.size()) +
                           " values but num_train_timesteps is " + std::to_string(num_train_timesteps));
   }
-  if (algorithm_type != "dpmsolver++") {
-    throw ConfigError(SourceLocation{source, 0, 0, "algorithm_type"},
-                      "algorithm_type '" + algorithm_type +
-                          "' is not implemented; supported: dpmsolver++ (dpmsolver, sde-dpmsolver and "
-                          "sde-dpmsolver++ are not)");
+  const auto choices = dpm_algorithm_names();
+  if (std::find(choices.begin(), choices.end(), algorithm_type) == choices.end()) {
+    std::string msg = "algorithm_type '" + algorithm_type + "' is not one of " + joined(choices);
+    const std::string near = closest_match(algorithm_type, choices);
+    if (!near.empty()) msg += " (did you mean '" + near + "'?)";
+    throw ConfigError(SourceLocation{source, 0, 0, "algorithm_type"}, msg);
   }
-  if (solver_order > 2) {
+  const DpmAlgorithm algorithm = dpm_algorithm(*this);
+  const bool noise_prediction = algorithm == DpmAlgorithm::dpmsolver || algorithm == DpmAlgorithm::sde_dpmsolver;
+  if (noise_prediction && final_sigmas_type == FinalSigmasType::zero) {
+    throw ConfigError(SourceLocation{source, 0, 0, "final_sigmas_type"},
+                      "final_sigmas_type zero does not go with algorithm_type " + algorithm_type +
+                          " (its last step would divide by sigma 0, which diffusers refuses too); set "
+                          "final_sigmas_type: sigma_min, or use dpmsolver++ / sde-dpmsolver++");
+  }
+  if (algorithm == DpmAlgorithm::sde_dpmsolver && solver_order == 3) {
     throw ConfigError(SourceLocation{source, 0, 0, "solver_order"},
-                      "solver_order " + std::to_string(solver_order) + " is not implemented; supported: 1, 2");
+                      "sde-dpmsolver has no third-order update (diffusers has none either); use solver_order 1 or "
+                      "2, or sde-dpmsolver++ for order 3");
   }
+}
+
+DpmAlgorithm dpm_algorithm(const SchedulerConfig& config) {
+  const auto names = dpm_algorithm_names();
+  const auto it = std::find(names.begin(), names.end(), config.algorithm_type);
+  if (it == names.end()) throw std::logic_error("dpm_algorithm: unknown algorithm_type " + config.algorithm_type);
+  return static_cast<DpmAlgorithm>(it - names.begin());
+}
+
+bool is_sde_algorithm(const SchedulerConfig& config) {
+  const DpmAlgorithm algorithm = dpm_algorithm(config);
+  return algorithm == DpmAlgorithm::sde_dpmsolver || algorithm == DpmAlgorithm::sde_dpmsolver_pp;
 }
 
 std::string SchedulerConfig::to_json() const {

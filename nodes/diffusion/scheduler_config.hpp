@@ -36,12 +36,16 @@ DIFFUFLOW_ENUM(TimestepSpacing, leading, trailing, linspace);
 DIFFUFLOW_ENUM(VarianceType, fixed_small, fixed_large);
 DIFFUFLOW_ENUM(SchedulerClass, DDPMScheduler, DDIMScheduler, DPMSolverMultistepScheduler, EulerDiscreteScheduler,
                EulerAncestralDiscreteScheduler);
-// DPM-Solver++'s second-order update (Lu et al. 2022): midpoint or heun.
+// DPM-Solver's second-order update (Lu et al. 2022): midpoint or heun.
 DIFFUFLOW_ENUM(SolverType, midpoint, heun);
 // The sigma after the last solver step: 0, or sigma at timestep 0.
 DIFFUFLOW_ENUM(FinalSigmasType, zero, sigma_min);
 
-// The classes that step in sigma space (DPM-Solver++, Euler, Euler ancestral),
+// DPMSolverMultistepScheduler's algorithm_type: dpmsolver, dpmsolver++,
+// sde-dpmsolver, sde-dpmsolver++ (diffusers' spelling, which is not a C++ name).
+enum class DpmAlgorithm { dpmsolver, dpmsolver_pp, sde_dpmsolver, sde_dpmsolver_pp };
+
+// The classes that step in sigma space (DPM-Solver, Euler, Euler ancestral),
 // as opposed to DDPM and DDIM.
 bool is_sigma_class(SchedulerClass cls);
 
@@ -77,16 +81,18 @@ struct SchedulerConfig {
                   .range(0.0, 1.0));
   DIFFUFLOW_PARAM(double, sample_max_value, 1.0, "thresholding: the largest threshold", .range(1e-6, 1e6));
   // DPMSolverMultistepScheduler, EulerDiscreteScheduler (use_karras_sigmas, final_sigmas_type).
-  DIFFUFLOW_PARAM(int64_t, solver_order, 2, "DPM-Solver++: 1 (DDIM-like) or 2 (2M, multistep)", .range(1, 3));
+  DIFFUFLOW_PARAM(int64_t, solver_order, 2,
+                  "DPM-Solver: 1 (DDIM-like), 2 (2M, multistep) or 3 (3M; not with sde-dpmsolver)", .range(1, 3));
   DIFFUFLOW_PARAM(std::string, algorithm_type, "dpmsolver++",
-                  "DPM-Solver: the algorithm; dpmsolver++ (the data-prediction solver) is implemented");
-  DIFFUFLOW_PARAM(SolverType, solver_type, SolverType::midpoint, "DPM-Solver++ second-order update: midpoint or heun");
-  DIFFUFLOW_PARAM(bool, lower_order_final, true, "DPM-Solver++: first-order final steps when there are fewer than 15");
-  DIFFUFLOW_PARAM(bool, euler_at_final, false, "DPM-Solver++: a first-order last step whatever the step count");
+                  "DPM-Solver: dpmsolver++ (on the x_0 prediction), dpmsolver (on epsilon), or their stochastic "
+                  "sde-dpmsolver++ and sde-dpmsolver; dpmsolver and sde-dpmsolver need final_sigmas_type sigma_min");
+  DIFFUFLOW_PARAM(SolverType, solver_type, SolverType::midpoint, "DPM-Solver second-order update: midpoint or heun");
+  DIFFUFLOW_PARAM(bool, lower_order_final, true, "DPM-Solver: lower-order final steps when there are fewer than 15");
+  DIFFUFLOW_PARAM(bool, euler_at_final, false, "DPM-Solver: a first-order last step whatever the step count");
   DIFFUFLOW_PARAM(bool, use_karras_sigmas, false,
-                  "DPM-Solver++ and Euler: sigmas spaced as Karras et al. 2022 (rho 7) between the schedule's ends");
+                  "DPM-Solver and Euler: sigmas spaced as Karras et al. 2022 (rho 7) between the schedule's ends");
   DIFFUFLOW_PARAM(FinalSigmasType, final_sigmas_type, FinalSigmasType::zero,
-                  "DPM-Solver++ and Euler: the sigma after the last step, zero or sigma_min (sigma at timestep 0)");
+                  "DPM-Solver and Euler: the sigma after the last step, zero or sigma_min (sigma at timestep 0)");
 
   // `_class_name`: which diffusers scheduler the config describes (not a row).
   SchedulerClass class_name = SchedulerClass::DDPMScheduler;
@@ -101,8 +107,9 @@ struct SchedulerConfig {
   // The file from_file() reads for `path`; ConfigError naming what was looked for.
   static std::filesystem::path config_file(const std::filesystem::path& path);
 
-  // Cross-key checks: trained_betas of length T, the solver settings this
-  // project implements. ConfigError prefixed with `source`.
+  // Cross-key checks: trained_betas of length T, a known algorithm_type and
+  // the combinations diffusers refuses (dpmsolver and sde-dpmsolver towards
+  // sigma 0, sde-dpmsolver of order 3). ConfigError prefixed with `source`.
   void validate(const std::string& source = "scheduler config") const;
 
   // Whether diffusers' class `cls` takes the key (a row's name).
@@ -120,6 +127,11 @@ struct SchedulerConfig {
   bool operator==(const SchedulerConfig& other) const;
   bool operator!=(const SchedulerConfig& other) const { return !(*this == other); }
 };
+
+// The config's algorithm_type (validate() refuses other spellings).
+DpmAlgorithm dpm_algorithm(const SchedulerConfig& config);
+// sde-dpmsolver or sde-dpmsolver++: a DPM-Solver step that adds noise.
+bool is_sde_algorithm(const SchedulerConfig& config);
 
 // Combines two descriptions of one scheduler (a config file and pipeline
 // parameters): for each key, a value other than diffusers' default wins over

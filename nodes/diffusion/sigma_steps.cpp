@@ -155,10 +155,13 @@ SigmaSchedule plan_sigma_schedule(const SchedulerConfig& config, SchedulerClass 
     if (karras) {
       sigmas = karras_sigmas(train_sigmas.front(), train_sigmas.back(), steps);
       // Rounded to integers, except for the cosine schedule, where diffusers casts (truncates).
+      // There a value within 1e-6 of an integer is that integer: the first Karras sigma is
+      // sigma_max up to round-off, at T - 1, which truncation would turn into T - 2 or not
+      // depending on the last bit of a logarithm.
       const bool round = config.beta_schedule != BetaSchedule::squaredcos_cap_v2;
       for (double s : sigmas) {
-        const double t = sigma_to_t(s, log_sigmas);
-        plan.timesteps.push_back(round ? std::nearbyint(t) : std::trunc(t));
+        const double t = sigma_to_t(s, log_sigmas), nearest = std::nearbyint(t);
+        plan.timesteps.push_back(round || std::fabs(t - nearest) < 1e-6 ? nearest : std::trunc(t));
       }
     } else {
       for (int64_t t : ts) {
@@ -203,32 +206,42 @@ Tensor scale_model_input(DiffusionSteps& steps, const SigmaSchedule& plan, size_
   return steps.sub_scaled_div(sample, same(n, 0.0f), sample, same(n, std::sqrt(sigma * sigma + 1.0f)), false);
 }
 
-bool sigma_step_uses_history(const SigmaSchedule& plan, const SchedulerConfig& config, size_t k) {
-  if (plan.scheduler_class != SchedulerClass::DPMSolverMultistepScheduler) return false;
+bool sigma_step_needs_noise(const SigmaSchedule& plan, const SchedulerConfig& config) {
+  if (plan.scheduler_class == SchedulerClass::EulerAncestralDiscreteScheduler) return true;
+  return plan.scheduler_class == SchedulerClass::DPMSolverMultistepScheduler && is_sde_algorithm(config);
+}
+
+int sigma_step_order(const SigmaSchedule& plan, const SchedulerConfig& config, size_t k) {
+  if (plan.scheduler_class != SchedulerClass::DPMSolverMultistepScheduler) return 1;
   const size_t count = plan.size();
-  // diffusers: a first-order last step for few steps, with euler_at_final, or towards sigma 0.
+  // diffusers: a first-order last step for few steps, with euler_at_final, or towards sigma 0;
+  // a second-order step before it for few steps; the order grows by one per step from the first.
   const bool lower_order_final =
       k + 1 == count && (config.euler_at_final || (config.lower_order_final && count < 15) ||
                          config.final_sigmas_type == FinalSigmasType::zero);
-  return config.solver_order >= 2 && k >= 1 && !lower_order_final;
+  const bool lower_order_second = k + 2 == count && config.lower_order_final && count < 15;
+  if (config.solver_order == 1 || k < 1 || lower_order_final) return 1;
+  if (config.solver_order == 2 || k < 2 || lower_order_second) return 2;
+  return 3;
 }
 
-DiffusionSteps::StepResult sigma_step(DiffusionSteps& steps, const SigmaSchedule& plan, const SchedulerConfig& config,
-                                      size_t k, const Tensor& sample, const Tensor& model_output,
-                                      const Tensor& previous_x0, const Tensor& noise) {
-  if (k >= plan.size()) {
-    throw std::invalid_argument(enum_name(plan.scheduler_class) + ": step position " + std::to_string(k) +
-                                " is past the " + std::to_string(plan.size()) + " steps of the schedule");
-  }
-  const size_t n = static_cast<size_t>(sample.dim(0));
-  const float sigma = plan.sigmas[k], sigma_next = plan.sigmas[k + 1];
-  const PredictionType type = config.prediction_type;
+namespace {
 
-  if (plan.scheduler_class == SchedulerClass::DPMSolverMultistepScheduler) {
-    // convert_model_output: the data prediction x_0 at sigma.
-    const AlphaSigma s0(sigma);
-    Tensor x0;
-    switch (type) {
+// DPMSolverMultistepScheduler's step: diffusers' convert_model_output, then
+// its first-, second- or third-order update for the algorithm type.
+SigmaStepResult dpm_solver_step(DiffusionSteps& steps, const SigmaSchedule& plan, const SchedulerConfig& config,
+                                size_t k, const Tensor& sample, const Tensor& model_output,
+                                const SolverHistory& history, const Tensor& noise) {
+  const size_t n = static_cast<size_t>(sample.dim(0));
+  const DpmAlgorithm algorithm = dpm_algorithm(config);
+  const bool data_prediction = algorithm == DpmAlgorithm::dpmsolver_pp || algorithm == DpmAlgorithm::sde_dpmsolver_pp;
+  const AlphaSigma s0(plan.sigmas[k]), t(plan.sigmas[k + 1]);
+
+  // convert_model_output: DPM-Solver++ integrates the data prediction x_0,
+  // DPM-Solver the noise prediction epsilon; the step keeps the x_0 it implies.
+  Tensor x0, converted;
+  if (data_prediction) {
+    switch (config.prediction_type) {
       case PredictionType::epsilon:
         x0 = steps.sub_scaled_div(sample, same(n, s0.sigma), model_output, same(n, s0.alpha), false);
         break;
@@ -238,30 +251,123 @@ DiffusionSteps::StepResult sigma_step(DiffusionSteps& steps, const SigmaSchedule
       case PredictionType::sample: x0 = steps.on_device(model_output); break;
     }
     if (config.thresholding) x0 = steps.threshold(x0, config.dynamic_thresholding_ratio, config.sample_max_value);
-
-    const AlphaSigma t(sigma_next);
-    const float h = t.lambda - s0.lambda;
-    const float exp_m1 = std::exp(-h) - 1.0f;  // exp(-h) - 1
-    const float x_coef = t.sigma / s0.sigma;
-    const float d0_coef = -(t.alpha * exp_m1);
-    if (!sigma_step_uses_history(plan, config, k)) {
-      // First order (DDIM in sigma space): (sigma_t / sigma_s) x - alpha_t (exp(-h) - 1) x0.
-      return {steps.combine(same(n, x_coef), sample, same(n, d0_coef), x0), x0};
+    converted = x0;
+  } else {
+    switch (config.prediction_type) {
+      case PredictionType::epsilon: converted = steps.on_device(model_output); break;
+      case PredictionType::v_prediction:
+        converted = steps.combine(same(n, s0.alpha), model_output, same(n, s0.sigma), sample);
+        break;
+      case PredictionType::sample:
+        converted = steps.sub_scaled_div(sample, same(n, s0.alpha), model_output, same(n, s0.sigma), false);
+        break;
     }
-    if (previous_x0.empty()) {
-      throw std::invalid_argument("DPMSolverMultistepScheduler: step " + std::to_string(k) +
-                                  " needs the previous step's x_0 prediction");
+    x0 = steps.sub_scaled_div(sample, same(n, s0.sigma), converted, same(n, s0.alpha), false);
+    if (config.thresholding) {
+      x0 = steps.threshold(x0, config.dynamic_thresholding_ratio, config.sample_max_value);
+      converted = steps.sub_scaled_div(sample, same(n, s0.alpha), x0, same(n, s0.sigma), false);
     }
-    // Second order: D1 = (m0 - m1) / r0 with r0 = h_0 / h, h_0 = lambda_s0 - lambda_s1.
-    const AlphaSigma s1(plan.sigmas[k - 1]);
-    const float r0 = (s0.lambda - s1.lambda) / h;
-    const float inv_r0 = 1.0f / r0;
-    const Tensor d1 = steps.combine(same(n, inv_r0), x0, same(n, -inv_r0), previous_x0);
-    const float d1_coef = config.solver_type == SolverType::midpoint ? -(0.5f * (t.alpha * exp_m1))
-                                                                     : t.alpha * (exp_m1 / h + 1.0f);
-    const Tensor first = steps.combine(same(n, x_coef), sample, same(n, d0_coef), x0);
-    return {steps.combine(same(n, 1.0f), first, same(n, d1_coef), d1), x0};
   }
+
+  const int order = sigma_step_order(plan, config, k);
+  if (static_cast<int>(history.size()) < order - 1) {
+    throw std::invalid_argument("DPMSolverMultistepScheduler: step " + std::to_string(k) + " is of order " +
+                                std::to_string(order) + " and needs the converted model outputs of the " +
+                                std::to_string(order - 1) + " steps before it; got " +
+                                std::to_string(history.size()));
+  }
+  if (is_sde_algorithm(config) && noise.empty()) {
+    throw std::invalid_argument("DPMSolverMultistepScheduler: algorithm_type " + config.algorithm_type +
+                                " adds noise at every step; the step needs noise");
+  }
+  const float h = t.lambda - s0.lambda;
+  const float em1 = std::exp(-h) - 1.0f;         // exp(-h) - 1
+  const float ep1 = std::exp(h) - 1.0f;          // exp(h) - 1
+  const float e2 = 1.0f - std::exp(-2.0f * h);   // 1 - exp(-2h)
+
+  // x_t = c_x sample + c0 D0 (+ c1 D1 + c2 D2) (+ c_z noise), diffusers' coefficients in float32.
+  float c_x = 0, c0 = 0, c_z = 0;
+  switch (algorithm) {
+    case DpmAlgorithm::dpmsolver_pp: c_x = t.sigma / s0.sigma, c0 = -(t.alpha * em1); break;
+    case DpmAlgorithm::dpmsolver: c_x = t.alpha / s0.alpha, c0 = -(t.sigma * ep1); break;
+    case DpmAlgorithm::sde_dpmsolver_pp:
+      c_x = t.sigma / s0.sigma * std::exp(-h), c0 = t.alpha * e2, c_z = t.sigma * std::sqrt(e2);
+      break;
+    case DpmAlgorithm::sde_dpmsolver:
+      c_x = t.alpha / s0.alpha, c0 = -(2.0f * (t.sigma * ep1)), c_z = t.sigma * std::sqrt(std::exp(2.0f * h) - 1.0f);
+      break;
+  }
+  Tensor out = steps.combine(same(n, c_x), sample, same(n, c0), converted);
+  const bool midpoint = config.solver_type == SolverType::midpoint;
+  if (order == 2) {
+    // D1 = (m0 - m1) / r0, r0 = h_0 / h with h_0 = lambda_s0 - lambda_s1.
+    const AlphaSigma s1(plan.sigmas[k - 1]);
+    const float inv_r0 = 1.0f / ((s0.lambda - s1.lambda) / h);
+    const Tensor d1 = steps.combine(same(n, inv_r0), converted, same(n, -inv_r0), history[0]);
+    float c1 = 0;
+    switch (algorithm) {
+      case DpmAlgorithm::dpmsolver_pp: c1 = midpoint ? -(0.5f * (t.alpha * em1)) : t.alpha * (em1 / h + 1.0f); break;
+      case DpmAlgorithm::dpmsolver: c1 = midpoint ? -(0.5f * (t.sigma * ep1)) : -(t.sigma * (ep1 / h - 1.0f)); break;
+      case DpmAlgorithm::sde_dpmsolver_pp:
+        c1 = midpoint ? 0.5f * (t.alpha * e2) : t.alpha * (e2 / (-2.0f * h) + 1.0f);
+        break;
+      case DpmAlgorithm::sde_dpmsolver: c1 = midpoint ? -(t.sigma * ep1) : -(2.0f * (t.sigma * (ep1 / h - 1.0f))); break;
+    }
+    out = steps.combine(same(n, 1.0f), out, same(n, c1), d1);
+  } else if (order == 3) {
+    // D1_0 = (m0 - m1) / r0, D1_1 = (m1 - m2) / r1; D1 = D1_0 + r0 / (r0 + r1) (D1_0 - D1_1),
+    // D2 = (D1_0 - D1_1) / (r0 + r1).
+    const AlphaSigma s1(plan.sigmas[k - 1]), s2(plan.sigmas[k - 2]);
+    const float r0 = (s0.lambda - s1.lambda) / h, r1 = (s1.lambda - s2.lambda) / h;
+    const Tensor d1_0 = steps.combine(same(n, 1.0f / r0), converted, same(n, -(1.0f / r0)), history[0]);
+    const Tensor d1_1 = steps.combine(same(n, 1.0f / r1), history[0], same(n, -(1.0f / r1)), history[1]);
+    const Tensor spread = steps.combine(same(n, 1.0f), d1_0, same(n, -1.0f), d1_1);
+    const Tensor d1 = steps.combine(same(n, 1.0f), d1_0, same(n, r0 / (r0 + r1)), spread);
+    const Tensor d2 = steps.combine(same(n, 1.0f / (r0 + r1)), spread, same(n, 0.0f), spread);
+    float c1 = 0, c2 = 0;
+    switch (algorithm) {
+      case DpmAlgorithm::dpmsolver_pp:
+        c1 = t.alpha * (em1 / h + 1.0f), c2 = -(t.alpha * ((em1 + h) / (h * h) - 0.5f));
+        break;
+      case DpmAlgorithm::dpmsolver:
+        c1 = -(t.sigma * (ep1 / h - 1.0f)), c2 = -(t.sigma * ((ep1 - h) / (h * h) - 0.5f));
+        break;
+      case DpmAlgorithm::sde_dpmsolver_pp: {
+        const float two_h = 2.0f * h;
+        c1 = t.alpha * (e2 / (-two_h) + 1.0f), c2 = t.alpha * ((e2 - two_h) / (two_h * two_h) - 0.5f);
+        break;
+      }
+      case DpmAlgorithm::sde_dpmsolver:
+        throw std::logic_error("sde-dpmsolver has no third-order update (refused by validate())");
+    }
+    out = steps.combine(same(n, 1.0f), out, same(n, c1), d1);
+    out = steps.combine(same(n, 1.0f), out, same(n, c2), d2);
+  }
+  if (is_sde_algorithm(config)) out = steps.scale_add(same(n, c_z), noise, out);
+
+  // What the next steps need: this step's converted output, then the older ones, solver_order - 1 in all.
+  SigmaStepResult result{out, x0, {}};
+  const size_t keep = static_cast<size_t>(std::max<int64_t>(config.solver_order - 1, 0));
+  if (keep > 0) result.history.push_back(converted);
+  for (size_t j = 0; result.history.size() < keep && j < history.size(); ++j) result.history.push_back(history[j]);
+  return result;
+}
+
+}  // namespace
+
+SigmaStepResult sigma_step(DiffusionSteps& steps, const SigmaSchedule& plan, const SchedulerConfig& config, size_t k,
+                           const Tensor& sample, const Tensor& model_output, const SolverHistory& history,
+                           const Tensor& noise) {
+  if (k >= plan.size()) {
+    throw std::invalid_argument(enum_name(plan.scheduler_class) + ": step position " + std::to_string(k) +
+                                " is past the " + std::to_string(plan.size()) + " steps of the schedule");
+  }
+  if (plan.scheduler_class == SchedulerClass::DPMSolverMultistepScheduler) {
+    return dpm_solver_step(steps, plan, config, k, sample, model_output, history, noise);
+  }
+  const size_t n = static_cast<size_t>(sample.dim(0));
+  const float sigma = plan.sigmas[k], sigma_next = plan.sigmas[k + 1];
+  const PredictionType type = config.prediction_type;
 
   // Euler and Euler ancestral: x_0 from the model output at sigma (no churn: sigma_hat = sigma).
   Tensor x0;
@@ -280,7 +386,7 @@ DiffusionSteps::StepResult sigma_step(DiffusionSteps& steps, const SigmaSchedule
   // The ODE derivative (x - x_0) / sigma, then one Euler step to the next sigma.
   const Tensor derivative = steps.sub_scaled_div(sample, same(n, 1.0f), x0, same(n, sigma), false);
   if (plan.scheduler_class == SchedulerClass::EulerDiscreteScheduler) {
-    return {steps.combine(same(n, 1.0f), sample, same(n, sigma_next - sigma), derivative), x0};
+    return {steps.combine(same(n, 1.0f), sample, same(n, sigma_next - sigma), derivative), x0, {}};
   }
   // Ancestral: step down to sigma_down, then add noise of sigma_up.
   const float sigma_up =
@@ -288,7 +394,7 @@ DiffusionSteps::StepResult sigma_step(DiffusionSteps& steps, const SigmaSchedule
   const float sigma_down = std::sqrt(sigma_next * sigma_next - sigma_up * sigma_up);
   const Tensor moved = steps.combine(same(n, 1.0f), sample, same(n, sigma_down - sigma), derivative);
   if (noise.empty()) throw std::invalid_argument("EulerAncestralDiscreteScheduler: the step needs noise");
-  return {steps.scale_add(same(n, sigma_up), noise, moved), x0};
+  return {steps.scale_add(same(n, sigma_up), noise, moved), x0, {}};
 }
 
 }  // namespace diffuflow

@@ -1,24 +1,25 @@
 // sigma_steps: the samplers that walk a sequence of noise levels sigma =
 // sqrt((1 - abar) / abar) rather than timesteps: diffusers'
-// DPMSolverMultistepScheduler (DPM-Solver++, Lu et al. 2022, orders 1 and 2,
-// midpoint or heun), EulerDiscreteScheduler (Karras et al. 2022, algorithm 2
-// without churn) and EulerAncestralDiscreteScheduler. Shared by the in-graph
+// DPMSolverMultistepScheduler (DPM-Solver and DPM-Solver++, Lu et al. 2022,
+// orders 1 to 3, midpoint or heun, deterministic or SDE), EulerDiscreteScheduler
+// (Karras et al. 2022, algorithm 2 without churn) and EulerAncestralDiscreteScheduler. Shared by the in-graph
 // sampler, sample_preview and `diffuflow scheduler-io`.
 //
 //   SigmaSchedule plan = plan_sigma_schedule(config, SchedulerClass::DPMSolverMultistepScheduler, 20,
 //                                            schedule.alphas_cumprod());
 //   Tensor x = scale_initial_noise(steps, plan, noise);        // x_T * init_noise_sigma
-//   Tensor previous;                                            // a multistep solver's history
+//   SolverHistory history;                                      // a multistep solver's past outputs
 //   for (size_t k = 0; k < plan.size(); ++k) {
 //     Tensor input = scale_model_input(steps, plan, k, x);      // Euler: x / sqrt(sigma^2 + 1)
 //     Tensor m = model(input, plan.model_timestep(k));
-//     auto r = sigma_step(steps, plan, config, k, x, m, previous, noise_k);
-//     x = r.prev_sample, previous = r.pred_original_sample;
+//     auto r = sigma_step(steps, plan, config, k, x, m, history, noise_k);
+//     x = r.prev_sample, history = r.history;
 //   }
 //
 // A step depends only on its inputs (the position k, the sample, the model
-// output, the previous step's x_0 prediction for DPM-Solver++ of order 2, the
-// noise for Euler ancestral), so each chain carries its own history and any
+// output, the converted outputs of the solver_order - 1 steps before it for
+// multistep DPM-Solver, the noise for Euler ancestral and the SDE variants of
+// DPM-Solver), so each chain carries its own history and any
 // number of chains may be in flight. Scalar coefficients are computed on the
 // host in float32 in diffusers' order; tensor work runs as DiffusionSteps'
 // oneDNN primitives. Shapes: [N, ...] f32; every sample of a call is at the
@@ -68,19 +69,31 @@ Tensor scale_initial_noise(DiffusionSteps& steps, const SigmaSchedule& plan, con
 // DPM-Solver++ returns the sample as it is.
 Tensor scale_model_input(DiffusionSteps& steps, const SigmaSchedule& plan, size_t k, const Tensor& sample);
 
-// One step of plan.scheduler_class at position k, as diffusers' step() computes
-// it after the k steps before it. `previous_x0`: the pred_original_sample of
-// step k - 1 (DPM-Solver++ of order 2 needs it from k = 1 on; may be empty
-// otherwise). `noise` [N,...]: Euler ancestral's step noise (may be empty for
-// the others). pred_original_sample: the x_0 prediction the step used (for
-// DPM-Solver++ its converted, possibly thresholded, model output: the next
-// step's history). std::invalid_argument on a position outside the plan or a
-// missing history or noise.
-DiffusionSteps::StepResult sigma_step(DiffusionSteps& steps, const SigmaSchedule& plan, const SchedulerConfig& config,
-                                      size_t k, const Tensor& sample, const Tensor& model_output,
-                                      const Tensor& previous_x0, const Tensor& noise);
+// A multistep DPM-Solver's memory: the converted model outputs (x_0 for
+// dpmsolver++ and sde-dpmsolver++, epsilon for dpmsolver and sde-dpmsolver) of
+// the steps before, the latest first; at most solver_order - 1 of them.
+using SolverHistory = std::vector<Tensor>;
 
-// Whether the DPM-Solver++ step at position k uses the previous step's x_0 prediction.
-bool sigma_step_uses_history(const SigmaSchedule& plan, const SchedulerConfig& config, size_t k);
+struct SigmaStepResult {
+  Tensor prev_sample;           // [N,...] the sample at the next sigma
+  Tensor pred_original_sample;  // [N,...] the x_0 prediction the step implies (thresholded where configured)
+  SolverHistory history;        // what the next step takes as `history` (empty for Euler)
+};
+
+// One step of plan.scheduler_class at position k, as diffusers' step() computes
+// it after the k steps before it. `history`: the previous step's result.history
+// (empty at k = 0 and for Euler). `noise` [N,...]: the step noise of Euler
+// ancestral and the SDE variants (may be empty for the others).
+// std::invalid_argument on a position outside the plan or a missing history or noise.
+SigmaStepResult sigma_step(DiffusionSteps& steps, const SigmaSchedule& plan, const SchedulerConfig& config, size_t k,
+                           const Tensor& sample, const Tensor& model_output, const SolverHistory& history,
+                           const Tensor& noise);
+
+// The order of the DPM-Solver update at position k (1 for Euler): diffusers'
+// warm-up (order k + 1 at most) and its lower-order final steps.
+int sigma_step_order(const SigmaSchedule& plan, const SchedulerConfig& config, size_t k);
+
+// Whether each step of the class and algorithm draws noise (Euler ancestral, sde-dpmsolver, sde-dpmsolver++).
+bool sigma_step_needs_noise(const SigmaSchedule& plan, const SchedulerConfig& config);
 
 }  // namespace diffuflow

@@ -52,15 +52,16 @@ Tensor sample_reverse_chain(DenoiserModel& model, DiffusionSteps& steps, const T
   };
   if (is_sigma_method(options.method)) {
     // DPM-Solver++ / Euler: the sampler node's loop, in one call (snapshots show the model's inputs).
-    Tensor sample = scale_initial_noise(steps, plan.sigmas, x), previous;
+    Tensor sample = scale_initial_noise(steps, plan.sigmas, x);
+    SolverHistory history;
     keep(0, scale_model_input(steps, plan.sigmas, 0, sample));
     for (size_t k = 0; k < plan.sigmas.size(); ++k) {
       const Tensor input = scale_model_input(steps, plan.sigmas, k, sample);
       const Tensor prediction = predict(input, std::vector<int>(n, plan.timesteps[k]));
-      const Tensor z = options.method == SamplerMethod::euler_ancestral ? step_noise(int64_t(k)) : Tensor();
-      auto result = sigma_step(steps, plan.sigmas, config, k, sample, prediction, previous, z);
+      const Tensor z = sigma_step_needs_noise(plan.sigmas, config) ? step_noise(int64_t(k)) : Tensor();
+      auto result = sigma_step(steps, plan.sigmas, config, k, sample, prediction, history, z);
       sample = result.prev_sample;
-      previous = result.pred_original_sample;
+      history = std::move(result.history);
       const bool last = k + 1 == plan.sigmas.size();
       keep(int64_t(k) + 1, last ? sample : scale_model_input(steps, plan.sigmas, k + 1, sample));
     }

@@ -110,7 +110,7 @@ TEST_CASE("scheduler-io refuses bad configs and inputs with one clear message") 
   CHECK(contains(off_schedule.output, "not one of the 10 timesteps"));
 }
 
-TEST_CASE("scheduler-io runs DPM-Solver++, Euler and Euler ancestral along the whole schedule as the fixtures do") {
+TEST_CASE("scheduler-io runs DPM-Solver (orders 1-3, ODE and SDE), Euler and Euler ancestral along the whole schedule as the fixtures do") {
   const fs::path root = fixture("solvers");
   const auto cases = nlohmann::json::parse(read_file(root / "cases.json"));
   REQUIRE(cases.size() >= 13);
@@ -155,13 +155,25 @@ TEST_CASE("scheduler-io refuses solver settings and inputs it cannot honour, bef
     write_file(dir / "scheduler_config.json", config_text);
     return run_cli(scheduler_io(dir.path(), steps, inputs.empty() ? folder / "in.safetensors" : inputs, out));
   };
-  const auto algorithm = run_with(R"({"_class_name": "DPMSolverMultistepScheduler", "algorithm_type": "sde-dpmsolver++"})");
+  const auto algorithm = run_with(R"({"_class_name": "DPMSolverMultistepScheduler", "algorithm_type": "sde-dpmslover++"})");
   CHECK(algorithm.exit_code == 2);
-  CHECK(contains(algorithm.output, "algorithm_type 'sde-dpmsolver++' is not implemented"));
+  CHECK(contains(algorithm.output, "algorithm_type 'sde-dpmslover++' is not one of dpmsolver, dpmsolver++, sde-dpmsolver"));
+  CHECK(contains(algorithm.output, "did you mean 'sde-dpmsolver++'"));
 
-  const auto order = run_with(R"({"_class_name": "DPMSolverMultistepScheduler", "solver_order": 3})");
+  // diffusers refuses these two as well: DPM-Solver on epsilon towards sigma 0, sde-dpmsolver of order 3.
+  const auto towards_zero = run_with(R"({"_class_name": "DPMSolverMultistepScheduler", "algorithm_type": "dpmsolver"})");
+  CHECK(towards_zero.exit_code == 2);
+  CHECK(contains(towards_zero.output, "final_sigmas_type: sigma_min"));
+  const auto order = run_with(R"({"_class_name": "DPMSolverMultistepScheduler", "solver_order": 3,
+                                  "algorithm_type": "sde-dpmsolver", "final_sigmas_type": "sigma_min"})");
   CHECK(order.exit_code == 2);
-  CHECK(contains(order.output, "solver_order 3"));
+  CHECK(contains(order.output, "sde-dpmsolver has no third-order update"));
+
+  // The SDE variants without their noise.
+  const auto sde_no_noise =
+      run_with(R"({"_class_name": "DPMSolverMultistepScheduler", "algorithm_type": "sde-dpmsolver++"})");
+  CHECK(sde_no_noise.exit_code == 2);
+  CHECK(contains(sde_no_noise.output, "algorithm_type sde-dpmsolver++ adds noise at every step: give 'noises'"));
 
   const auto solver = run_with(R"({"_class_name": "DPMSolverMultistepScheduler", "solver_type": "bh2"})");
   CHECK(solver.exit_code == 2);

@@ -60,13 +60,14 @@ struct LoopRun {
   RunReport report;
 };
 
-LoopRun run_loop(const std::string& sampler_params, int max_in_flight, int concurrency, int chains = 3) {
+LoopRun run_loop(const std::string& sampler_params, int max_in_flight, int concurrency, int chains = 3,
+                 const std::string& schedule_params = "kind: linear, timesteps: 100") {
   SamplerTestSink::store().clear();
   const std::string yaml = R"(
 name: sample_loop
 seed: 7
 resources:
-  - {name: schedule, type: noise_schedule, params: {kind: linear, timesteps: 100}}
+  - {name: schedule, type: noise_schedule, params: {)" + schedule_params + R"(}}
   - {name: model, type: mlp_model, params: {hidden: 16, layers: 2, time_embed_dim: 8, init_seed: 3}}
 nodes:
   - {name: noise, type: noise_source, params: {shape: [2, 1, 1], batch_size: 8, count: )" +
@@ -317,4 +318,31 @@ TEST_CASE("DPM-Solver++ and Euler chains in flight together each keep their own 
   }
   const LoopRun run = run_loop("{schedule: schedule, method: dpmpp, steps: 7}", 2, 2, 2);
   CHECK(invocations(run.report, "forward") == 2 * 7);
+}
+
+TEST_CASE("third-order and stochastic DPM-Solver chains give the same samples however many are in flight") {
+  // 3M keeps two past outputs per chain; the SDE variants draw noise keyed by the image, not the batch.
+  const std::string base = "kind: linear, timesteps: 100, final_sigmas_type: sigma_min, ";
+  for (const std::string schedule : {base + "solver_order: 3", base + "solver_order: 3, algorithm_type: dpmsolver",
+                                     base + "solver_order: 3, algorithm_type: sde-dpmsolver++",
+                                     base + "algorithm_type: sde-dpmsolver, solver_type: heun"}) {
+    CAPTURE(schedule);
+    const std::string params = "{schedule: schedule, method: dpmpp, steps: 9}";
+    const LoopRun one = run_loop(params, 1, 1, 3, schedule);
+    const LoopRun three = run_loop(params, 3, 2, 3, schedule);
+    REQUIRE(one.samples.size() == 3);
+    REQUIRE(three.samples.size() == 3);
+    for (const auto& [seq, packet] : one.samples) {
+      CAPTURE(seq);
+      CHECK(max_abs_diff(packet->tensor("sample").to_vector(), three.samples.at(seq)->tensor("sample").to_vector()) ==
+            0.0);
+      CHECK_FALSE(packet->has("sampler_history"));
+    }
+  }
+  // The same start and model: the stochastic solver's samples differ from the deterministic one's.
+  const LoopRun ode = run_loop("{schedule: schedule, method: dpmpp, steps: 9}", 1, 1, 1, base + "solver_order: 3");
+  const LoopRun sde = run_loop("{schedule: schedule, method: dpmpp, steps: 9}", 1, 1, 1,
+                               base + "solver_order: 3, algorithm_type: sde-dpmsolver++");
+  CHECK(max_abs_diff(ode.samples.at(0)->tensor("sample").to_vector(), sde.samples.at(0)->tensor("sample").to_vector()) >
+        1e-3);
 }

@@ -107,7 +107,7 @@ TEST_CASE("the sampler node's DPM-Solver++, Euler and Euler ancestral chains equ
                       want.floats("step." + std::to_string(count - 1) + ".prev_sample")) <= 1e-5);
     ++checked;
   }
-  CHECK(checked >= 5);  // DPM-Solver++ (several), Euler trailing, Euler ancestral trailing
+  CHECK(checked >= 15);  // DPM-Solver(++) of orders 1-3 and SDE, Euler trailing, Euler ancestral trailing
 }
 
 TEST_CASE("a first-order DPM-Solver++ step and an Euler step each equal a DDIM step with eta 0") {
@@ -129,7 +129,7 @@ TEST_CASE("a first-order DPM-Solver++ step and an Euler step each equal a DDIM s
   const int t = dpm.model_timestep(3), t_prev = dpm.model_timestep(4);
   const auto ddim = steps.ddim_step(x, eps, std::vector<int>{t, t}, std::vector<int>{t_prev, t_prev}, 0.0f, Tensor(),
                                     config);
-  const auto solver = sigma_step(steps, dpm, config, 3, x, eps, Tensor(), Tensor());
+  const auto solver = sigma_step(steps, dpm, config, 3, x, eps, {}, Tensor());
   CHECK(scaled_diff(solver.prev_sample.to_vector(), ddim.prev_sample.to_vector()) <= 2e-5);
   CHECK(scaled_diff(solver.pred_original_sample.to_vector(), ddim.pred_original_sample.to_vector()) <= 2e-5);
 
@@ -140,11 +140,67 @@ TEST_CASE("a first-order DPM-Solver++ step and an Euler step each equal a DDIM s
   const float s = euler.sigmas[3], s_prev = euler.sigmas[4];
   const size_t n = 2;
   const Tensor euler_x = steps.combine(std::vector<float>(n, std::sqrt(s * s + 1.0f)), x, std::vector<float>(n, 0.0f), x);
-  const auto step = sigma_step(steps, euler, config, 3, euler_x, eps, Tensor(), Tensor());
+  const auto step = sigma_step(steps, euler, config, 3, euler_x, eps, {}, Tensor());
   const Tensor back = steps.combine(std::vector<float>(n, 1.0f / std::sqrt(s_prev * s_prev + 1.0f)), step.prev_sample,
                                     std::vector<float>(n, 0.0f), step.prev_sample);
   CHECK(scaled_diff(back.to_vector(), ddim.prev_sample.to_vector()) <= 2e-5);
   CHECK(scaled_diff(scale_model_input(steps, euler, 3, euler_x).to_vector(), x.to_vector()) <= 1e-6);
+}
+
+TEST_CASE("a multistep DPM-Solver warms up one order per step and lowers the order at the end as diffusers does") {
+  SchedulerConfig config;
+  NoiseSchedule schedule(config);
+  auto orders = [&](int64_t steps) {
+    const SigmaSchedule plan =
+        plan_sigma_schedule(config, SchedulerClass::DPMSolverMultistepScheduler, steps, schedule.alphas_cumprod());
+    std::vector<int> out;
+    for (size_t k = 0; k < plan.size(); ++k) out.push_back(sigma_step_order(plan, config, k));
+    return out;
+  };
+  config.solver_order = 3;
+  // Fewer than 15 steps: second, then first order at the end (lower_order_final).
+  CHECK(orders(8) == std::vector<int>{1, 2, 3, 3, 3, 3, 2, 1});
+  // 15 and more: third order up to the last step, which goes to sigma 0 in first order.
+  std::vector<int> fifteen(15, 3);
+  fifteen[0] = 1, fifteen[1] = 2, fifteen[14] = 1;
+  CHECK(orders(15) == fifteen);
+  // ... unless it ends at sigma_min: third order to the end.
+  config.final_sigmas_type = FinalSigmasType::sigma_min;
+  fifteen[14] = 3;
+  CHECK(orders(15) == fifteen);
+  config.euler_at_final = true;
+  fifteen[14] = 1;
+  CHECK(orders(15) == fifteen);
+  config.euler_at_final = false;
+  config.lower_order_final = false;
+  CHECK(orders(8) == std::vector<int>{1, 2, 3, 3, 3, 3, 3, 3});
+  config.solver_order = 2;
+  CHECK(orders(4) == std::vector<int>{1, 2, 2, 2});
+  config.solver_order = 1;
+  CHECK(orders(3) == std::vector<int>{1, 1, 1});
+  // Euler steps have no order above one.
+  const SigmaSchedule euler =
+      plan_sigma_schedule(config, SchedulerClass::EulerDiscreteScheduler, 5, schedule.alphas_cumprod());
+  CHECK(sigma_step_order(euler, config, 3) == 1);
+}
+
+TEST_CASE("a DPM-Solver step without the history or noise its order and algorithm need is refused") {
+  RunContext ctx;
+  SchedulerConfig config;
+  config.solver_order = 3;
+  config.algorithm_type = "sde-dpmsolver++";
+  NoiseSchedule schedule(config);
+  DiffusionSteps steps(schedule, ctx.device());
+  std::mt19937_64 rng(5);
+  const Tensor x = standard_normal({1, 1, 2, 2}, rng, ctx.device());
+  const SigmaSchedule plan =
+      plan_sigma_schedule(config, SchedulerClass::DPMSolverMultistepScheduler, 20, schedule.alphas_cumprod());
+  CHECK_THROWS_WITH(sigma_step(steps, plan, config, 2, x, x, {x}, x), doctest::Contains("needs the converted model "
+                                                                                        "outputs of the 2 steps"));
+  CHECK_THROWS_WITH(sigma_step(steps, plan, config, 0, x, x, {}, Tensor()), doctest::Contains("needs noise"));
+  // A step keeps solver_order - 1 outputs for the next, the latest first.
+  const auto result = sigma_step(steps, plan, config, 2, x, x, {x, x}, x);
+  CHECK(result.history.size() == 2);
 }
 
 TEST_CASE("the sigma samplers refuse settings they cannot honour before sampling starts") {
@@ -159,6 +215,11 @@ TEST_CASE("the sigma samplers refuse settings they cannot honour before sampling
   make_resource("noise_schedule", "x0", "{kind: linear, timesteps: 100, prediction_type: sample}", ctx);
   CHECK_THROWS_WITH(make_node("sampler", "{schedule: x0, method: euler_ancestral}", ctx),
                     doctest::Contains("prediction_type sample"));
-  CHECK_THROWS_WITH(make_resource("noise_schedule", "order3", "{kind: linear, solver_order: 3}", ctx),
-                    doctest::Contains("solver_order 3 is not implemented"));
+  CHECK_THROWS_WITH(make_resource("noise_schedule", "sde3",
+                                  "{kind: linear, solver_order: 3, algorithm_type: sde-dpmsolver, "
+                                  "final_sigmas_type: sigma_min}",
+                                  ctx),
+                    doctest::Contains("sde-dpmsolver has no third-order update"));
+  CHECK_THROWS_WITH(make_resource("noise_schedule", "eps", "{kind: linear, algorithm_type: dpmsolver}", ctx),
+                    doctest::Contains("final_sigmas_type zero does not go with algorithm_type dpmsolver"));
 }
