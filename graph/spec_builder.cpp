@@ -273,7 +273,7 @@ PipelineSpec PipelineSpecBuilder::build() const {
   Assembly a = assemble(true);
   std::vector<ConfigError> errors = a.errors;
   try {
-    PipelineSpec spec = parse_pipeline_tree(a.root, a.file);
+    PipelineSpec spec = parse_pipeline_tree(a.root, a.file, overrides_);
     if (errors.empty()) return spec;
   } catch (const ConfigErrors& found) {
     // Name the call each problem comes from; the tree has no lines to point at.
@@ -318,9 +318,27 @@ PipelineSpec PipelineSpecBuilder::build() const {
   throw ConfigErrors(std::move(errors));
 }
 
+PipelineSpecBuilder& PipelineSpecBuilder::set(const Override& override_value) {
+  overrides_.push_back(override_value);
+  return *this;
+}
+
 std::string PipelineSpecBuilder::yaml() const {
+  YAML::Node root = assemble(false).root;
+  for (const Override& o : overrides_) {
+    if (o.target == "pipeline") {
+      root[o.param] = YAML::Load(o.value);
+      continue;
+    }
+    for (const char* section : {"resources", "nodes"}) {
+      if (!root[section]) continue;
+      for (YAML::Node item : root[section]) {
+        if (item["name"].as<std::string>() == o.target) item["params"][o.param] = YAML::Load(o.value);
+      }
+    }
+  }
   YAML::Emitter out;
-  out << assemble(false).root;
+  out << root;
   return std::string(out.c_str()) + "\n";
 }
 

@@ -109,6 +109,11 @@ class PipelineSpecBuilder {
   // "from_node.port -> to_node.port" (ports optional).
   PipelineSpecBuilder& edge(const std::string& text);
 
+  // A `--set target.param=value` override (target "pipeline" for a setting),
+  // applied by build() as `diffuflow run --set` applies it (errors name --set)
+  // and written into yaml()'s parameters.
+  PipelineSpecBuilder& set(const Override& override_value);
+
   // Resolves and validates; throws ConfigErrors listing every problem, each naming its builder call.
   PipelineSpec build() const;
   // The pipeline as YAML text, as a file would hold it (for saving or showing).
@@ -147,6 +152,7 @@ class PipelineSpecBuilder {
   Values settings_;
   std::vector<Item> resources_, nodes_;
   std::vector<std::string> edges_;
+  std::vector<Override> overrides_;
 };
 
 }  // namespace diffuflow

@@ -2,14 +2,17 @@
 //
 //   diffuflow sample MODEL [-n 64] [--steps 50] [--sampler ddim|ddpm|dpmpp|euler|euler_ancestral] [--eta 0]
 //                    [--class all|C|C1,C2] [--guidance W] [--clip auto|on|off] [--seed 0] [--batch 64]
-//                    [-o samples.png | -o DIR] [--precision f32|bf16] [--threads N] [--print-pipeline]
+//                    [-o samples.png | -o DIR] [--precision f32|bf16] [--threads N] [--set NODE.PARAM=VALUE]
+//                    [--print-pipeline]
 //
 // MODEL is a training checkpoint, a run folder (its checkpoints/latest.safetensors)
 // or a diffusers folder. The command builds the sampling graph a pipeline file
 // would hold (noise_source -> limiter -> sampler <-> model_forward -> tensor_writer;
 // --print-pipeline prints it as YAML for `diffuflow run`) and runs it like
 // `diffuflow run`. The model's config and noise schedule come from the
-// checkpoint's metadata or the folder's config files. Every random draw is keyed
+// checkpoint's metadata or the folder's config files; --set changes any
+// parameter of that graph as `diffuflow run --set` does (the solver's keys:
+// --set schedule.solver_order=3 --set schedule.algorithm_type=sde-dpmsolver++). Every random draw is keyed
 // by (seed, image index), so a seed gives the same images whatever --batch and
 // --threads. Output: one grid PNG (-o FILE.png) or one PNG per image (-o DIR),
 // each with a tEXt chunk `parameters`, and the exact values as .safetensors.
@@ -65,6 +68,7 @@ struct SampleRequest {
   int64_t batch = 64;
   std::string out = "samples.png";
   Precision precision = Precision::f32;
+  std::vector<std::string> sets;  // --set overrides, as given
 };
 
 // The model MODEL names: what unet_model loads and the schedule it was trained with.
@@ -176,6 +180,7 @@ std::string parameters_text(const SampleRequest& request) {
       << ", eta: " << request.eta << ", seed: " << request.seed;
   if (!request.classes.empty()) out << ", classes: " << request.classes << ", guidance: " << request.guidance;
   if (!request.clip) out << ", clip: off";
+  for (const std::string& set : request.sets) out << ", set: " << set;
   return out.str();
 }
 
@@ -264,6 +269,7 @@ OptionTable sample_options() {
           shared::output().short_name('o').fallback("samples.png"),
           shared::precision(),
           shared::threads(),
+          shared::set_overrides(),
           OptionSpec::flag("print-pipeline", "print the sampling pipeline as YAML (for diffuflow run) and stop"),
           OptionSpec::flag("quiet", "no profile table at the end").short_name('q')};
 }
@@ -288,12 +294,14 @@ int run_sample(const ParsedOptions& options) {
 
   const SampleModel model = resolve_model(request.model);
   choose_classes(options, model, request);
-  const PipelineSpecBuilder builder = sampling_pipeline(request, model, threads);
+  PipelineSpecBuilder builder = sampling_pipeline(request, model, threads);
+  request.sets = options.texts("set");
+  for (const Override& o : parse_overrides(request.sets)) builder.set(o);
+  PipelineSpec spec = builder.build();
   if (options.flag("print-pipeline")) {
     std::cout << builder.yaml();
     return kExitOk;
   }
-  PipelineSpec spec = builder.build();
 
   // The graph runs in a scratch folder beside the output; the images are assembled from its tensors.
   const bool grid = is_png_path(request.out);

@@ -243,7 +243,7 @@ void SchedulerConfig::validate(const std::string& source) const {
   if (noise_prediction && final_sigmas_type == FinalSigmasType::zero) {
     throw ConfigError(SourceLocation{source, 0, 0, "final_sigmas_type"},
                       "final_sigmas_type zero does not go with algorithm_type " + algorithm_type +
-                          " (its last step would divide by sigma 0, which diffusers refuses too); set "
+                          " (its last step, to sigma 0, would multiply 0 by infinity; diffusers refuses it too); set "
                           "final_sigmas_type: sigma_min, or use dpmsolver++ / sde-dpmsolver++");
   }
   if (algorithm == DpmAlgorithm::sde_dpmsolver && solver_order == 3) {

@@ -77,7 +77,7 @@ TEST_CASE("one option name has one meaning: the same doc string in every command
     }
   }
   // The shared ones are where the tables say they are, with the shared definition.
-  CHECK(uses["set"] == 4);      // validate, graph, run, bench
+  CHECK(uses["set"] == 5);      // validate, graph, run, bench, sample
   CHECK(uses["threads"] == 4);  // run, bench, bench-unet, sample
   for (const char* command : {"run", "bench", "bench-unet"}) {
     CAPTURE(command);
