@@ -7,7 +7,10 @@
 #
 #   benchmarks/solver_eval.sh CHECKPOINT MNIST_DIR OUT_DIR [COUNT] [DDPM_COUNT]
 #   environment: ROUNDS (2), SAMPLE_ARGS (extra `diffuflow sample` options,
-#                e.g. "--precision bf16 --guidance 2"), DIFFUFLOW (build/diffuflow)
+#                e.g. "--precision bf16 --guidance 2"), DIFFUFLOW (build/diffuflow),
+#                RUNS (the samplers: METHOD:STEPS[:NAME:KEY=VALUE,KEY=VALUE...]
+#                each, the optional part naming a variant and its schedule keys,
+#                e.g. "dpmpp:20 dpmpp:20:3m:solver_order=3")
 #
 # COUNT (500) images per solver; DDPM-1000 draws the first DDPM_COUNT (40) of
 # them only (a thousand model calls per image), for the picture and its time:
@@ -28,17 +31,27 @@ seconds_of() {  # runs a command, prints its wall time in seconds
   echo "$start $end" | awk '{ printf "%.2f", $2 - $1 }'
 }
 
-runs="dpmpp:10 dpmpp:20 euler:20 ddim:50 ddpm:1000"
+runs=${RUNS:-"dpmpp:10 dpmpp:20 euler:20 ddim:50 ddpm:1000"}
+
+# A run's parts: method, steps, output name, and its --set options.
+parse_run() {
+  method=$(echo "$1" | cut -d: -f1); steps=$(echo "$1" | cut -d: -f2)
+  variant=$(echo "$1" | cut -d: -f3); keys=$(echo "$1" | cut -d: -f4)
+  name=${method}_${steps}; [ -n "$variant" ] && name=${name}_${variant}
+  sets=""
+  for kv in $(echo "$keys" | tr ',' ' '); do sets="$sets --set schedule.$kv"; done
+}
+
 round=1
 while [ "$round" -le "$ROUNDS" ]; do
   for run in $runs; do
-    method=${run%%:*}; steps=${run##*:}
+    parse_run "$run"
     n=$count; [ "$method" = ddpm ] && n=$ddpm_count
     # shellcheck disable=SC2086
     t=$(seconds_of "$DIFFUFLOW" sample "$ckpt" -q -n "$n" --sampler "$method" --steps "$steps" --seed 0 \
-        $SAMPLE_ARGS -o "$out/${method}_${steps}.png")
-    echo "$t" >> "$out/${method}_${steps}.seconds"
-    echo "round $round: $method $steps steps, $n images: $t s ($(uptime | sed 's/.*load/load/'))" >&2
+        $SAMPLE_ARGS $sets -o "$out/$name.png")
+    echo "$t" >> "$out/$name.seconds"
+    echo "round $round: $name, $n images: $t s ($(uptime | sed 's/.*load/load/'))" >&2
   done
   round=$((round + 1))
 done
@@ -47,16 +60,16 @@ uptime >> "$out/machine.txt"
 echo "| sampler | model calls | images | seconds (median of $ROUNDS) | seconds per image | FID | KID |"
 echo "|---|---|---|---|---|---|---|"
 for run in $runs; do
-  method=${run%%:*}; steps=${run##*:}
+  parse_run "$run"
   n=$count; [ "$method" = ddpm ] && n=$ddpm_count
-  t=$(sort -n "$out/${method}_${steps}.seconds" | awk '{ v[NR] = $1 } END { m = (NR % 2) ? v[(NR + 1) / 2] : (v[NR / 2] + v[NR / 2 + 1]) / 2; printf "%.2f", m }')
+  t=$(sort -n "$out/$name.seconds" | awk '{ v[NR] = $1 } END { m = (NR % 2) ? v[(NR + 1) / 2] : (v[NR / 2] + v[NR / 2 + 1]) / 2; printf "%.2f", m }')
   per=$(echo "$t $n" | awk '{ printf "%.3f", $1 / $2 }')
   fid=-; kid=-
   if [ "$method" != ddpm ]; then
-    "$DIFFUFLOW" evaluate "$out/${method}_${steps}.safetensors" --reference "$mnist" \
-      --json "$out/${method}_${steps}.json" > "$out/${method}_${steps}.eval.txt" 2>&1
-    fid=$(awk '/^FID:/ { print $2 }' "$out/${method}_${steps}.eval.txt")
-    kid=$(awk '/^KID/ { print $2 }' "$out/${method}_${steps}.eval.txt")
+    "$DIFFUFLOW" evaluate "$out/$name.safetensors" --reference "$mnist" \
+      --json "$out/$name.json" > "$out/$name.eval.txt" 2>&1
+    fid=$(awk '/^FID:/ { print $2 }' "$out/$name.eval.txt")
+    kid=$(awk '/^KID/ { print $2 }' "$out/$name.eval.txt")
   fi
-  echo "| $method | $steps | $n | $t | $per | $fid | $kid |"
+  echo "| $method${variant:+ $variant} ${keys:+($keys)} | $steps | $n | $t | $per | $fid | $kid |"
 done

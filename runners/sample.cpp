@@ -1,6 +1,6 @@
 // `diffuflow sample`: images from a trained model in one line.
 //
-//   diffuflow sample MODEL [-n 64] [--steps 50] [--sampler ddim|ddpm|dpmpp|euler|euler_ancestral] [--eta 0]
+//   diffuflow sample MODEL [-n 64] [--steps 50] [--sampler ddim|ddpm|dpmpp|euler|euler_ancestral|unipc] [--eta 0]
 //                    [--class all|C|C1,C2] [--guidance W] [--clip auto|on|off] [--seed 0] [--batch 64]
 //                    [-o samples.png | -o DIR] [--precision f32|bf16] [--threads N] [--set NODE.PARAM=VALUE]
 //                    [--print-pipeline]

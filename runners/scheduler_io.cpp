@@ -13,12 +13,12 @@
 // step.<i>.pred_original_sample, each one step at step_timesteps[i] from the
 // same sample and model_output.
 // DPMSolverMultistepScheduler, EulerDiscreteScheduler,
-// EulerAncestralDiscreteScheduler (a step depends on the steps before it): the
+// EulerAncestralDiscreteScheduler, UniPCMultistepScheduler (a step depends on the steps before it): the
 // whole sequence. IN: sample F32 [N,C,H,W] (the first step's sample: the
 // pipeline's noise times init_noise_sigma), model_outputs F32 [S,N,C,H,W] (one
 // per step, S <= the schedule's length), optional noises F32 [S,N,C,H,W]
 // (the step noise of Euler ancestral and of DPM-Solver's sde-dpmsolver and
-// sde-dpmsolver++; required there). OUT: timesteps (I64 for DPM-Solver, F32 for
+// sde-dpmsolver++; required there). OUT: timesteps (I64 for DPM-Solver and UniPC, F32 for
 // Euler, as diffusers holds them), sigmas F32 [K+1], init_noise_sigma F32 [1],
 // alphas_cumprod F32 [T], and per i < S step.<i>.model_input
 // (scale_model_input of the step's sample), step.<i>.prev_sample and
@@ -103,7 +103,8 @@ int run_sequence(SigmaScheduler& scheduler, const SchedulerConfig& config, const
   }
 
   SafetensorsFile out;
-  if (config.class_name == SchedulerClass::DPMSolverMultistepScheduler) {
+  if (config.class_name == SchedulerClass::DPMSolverMultistepScheduler ||
+      config.class_name == SchedulerClass::UniPCMultistepScheduler) {
     out.add_i64("timesteps", Shape{static_cast<int64_t>(plan.size())}, scheduler.timesteps());
   } else {
     const std::vector<float> exact(plan.timesteps.begin(), plan.timesteps.end());

@@ -60,7 +60,7 @@ void SigmaScheduler::set_timesteps(int64_t steps) {
   for (size_t k = 0; k < plan_.size(); ++k) timesteps_.push_back(plan_.model_timestep(k));
   inference_steps_ = steps;
   index_ = 0;
-  history_.clear();
+  history_ = SolverHistory();
 }
 
 int64_t SigmaScheduler::previous_timestep(int64_t t) const {
@@ -103,7 +103,8 @@ std::unique_ptr<DiffusersScheduler> make_diffusers_scheduler(const SchedulerConf
     case SchedulerClass::DDIMScheduler: return std::make_unique<DdimScheduler>(config, device);
     case SchedulerClass::DPMSolverMultistepScheduler:
     case SchedulerClass::EulerDiscreteScheduler:
-    case SchedulerClass::EulerAncestralDiscreteScheduler: return std::make_unique<SigmaScheduler>(config, device);
+    case SchedulerClass::EulerAncestralDiscreteScheduler:
+    case SchedulerClass::UniPCMultistepScheduler: return std::make_unique<SigmaScheduler>(config, device);
   }
   throw std::logic_error("make_diffusers_scheduler: unknown scheduler class");
 }

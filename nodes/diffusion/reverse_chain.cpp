@@ -22,6 +22,7 @@ SchedulerClass scheduler_class(SamplerMethod method) {
     case SamplerMethod::dpmpp: return SchedulerClass::DPMSolverMultistepScheduler;
     case SamplerMethod::euler: return SchedulerClass::EulerDiscreteScheduler;
     case SamplerMethod::euler_ancestral: return SchedulerClass::EulerAncestralDiscreteScheduler;
+    case SamplerMethod::unipc: return SchedulerClass::UniPCMultistepScheduler;
   }
   throw std::logic_error("unknown sampler method");
 }

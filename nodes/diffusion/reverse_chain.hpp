@@ -24,9 +24,10 @@ namespace diffuflow {
 
 // ddpm: DDPM (ancestral) steps to the next timestep; ddim: deterministic (eta 0) or noisy DDIM steps;
 // dpmpp: multistep DPM-Solver (diffusers' DPMSolverMultistepScheduler, DPM-Solver++ 2M by default); euler: EulerDiscreteScheduler;
-// euler_ancestral: EulerAncestralDiscreteScheduler. The last three follow the schedule's solver keys
+// euler_ancestral: EulerAncestralDiscreteScheduler; unipc: UniPCMultistepScheduler (UniPC, bh2, order 2
+// by default). The last four follow the schedule's solver keys
 // (solver_order, solver_type, lower_order_final, use_karras_sigmas, final_sigmas_type, ...).
-DIFFUFLOW_ENUM(SamplerMethod, ddpm, ddim, dpmpp, euler, euler_ancestral);
+DIFFUFLOW_ENUM(SamplerMethod, ddpm, ddim, dpmpp, euler, euler_ancestral, unipc);
 
 // The diffusers class a sigma-space method steps as (DDPMScheduler for ddpm, DDIMScheduler for ddim).
 SchedulerClass scheduler_class(SamplerMethod method);
@@ -38,9 +39,9 @@ bool is_sigma_method(SamplerMethod method);
 struct ReverseChainOptions {
   DIFFUFLOW_PARAMS(ReverseChainOptions);
   DIFFUFLOW_PARAM(SamplerMethod, method, SamplerMethod::ddim,
-                  "ddpm (ancestral), ddim, dpmpp (multistep DPM-Solver; 2M DPM-Solver++ unless the schedule's algorithm_type and solver_order say otherwise), euler or euler_ancestral steps");
+                  "ddpm (ancestral), ddim, dpmpp (multistep DPM-Solver; 2M DPM-Solver++ unless the schedule's algorithm_type and solver_order say otherwise), euler, euler_ancestral or unipc (UniPC multistep predictor-corrector) steps");
   DIFFUFLOW_PARAM(int64_t, steps, 0,
-                  "model calls per chain; 0: 50 for ddim, 20 for dpmpp, euler and euler_ancestral, every timestep "
+                  "model calls per chain; 0: 50 for ddim, 20 for dpmpp, euler, euler_ancestral and unipc, every timestep "
                   "for ddpm; spread over the schedule's timesteps as its timestep_spacing says",
                   .range(0, 100000));
   DIFFUFLOW_PARAM(double, eta, 0.0, "DDIM noise scale: 0 deterministic, 1 DDPM-like (ddim only)", .range(0.0, 1.0));

@@ -20,20 +20,20 @@ class ChainSnapshots : public Payload {
   std::vector<Tensor> states;  // each [N,C,H,W] f32 on the device
 };
 
-// A multistep DPM-Solver's history, as a packet payload.
+// A multistep solver's history (DPM-Solver, UniPC), as a packet payload.
 class ChainHistory : public Payload {
  public:
-  explicit ChainHistory(SolverHistory outputs) : outputs(std::move(outputs)) {}
-  SolverHistory outputs;  // the latest first
+  explicit ChainHistory(SolverHistory memory) : memory(std::move(memory)) {}
+  SolverHistory memory;
 };
 
 // Private to the sampler: travels round the loop with the chain's packet.
 const PayloadField<ChainSnapshots> kChainSnapshots{"sampler_chain", "the snapshots a chain has kept so far"};
 // The sigma methods: the chain's sample in the solver's own scaling (Euler: x_0
 // + sigma eps; the model sees it scaled to x_t) [N,C,H,W] f32, and a multistep
-// DPM-Solver's converted model outputs of the steps before (its history).
+// solver's memory of the steps before (its history).
 const TensorField kSolverSample{"sampler_sample", DType::f32, -1, Place::any, "the solver's sample"};
-const PayloadField<ChainHistory> kSolverHistory{"sampler_history", "the solver's previous converted model outputs"};
+const PayloadField<ChainHistory> kSolverHistory{"sampler_history", "the solver's memory of the steps before"};
 
 // The chains' classes and guidance, checked against the named model's class embedding.
 ClassGuidance sampler_guidance(const Sampler::Params& params, const RunContext& ctx) {
@@ -164,7 +164,7 @@ void Sampler::step(const Packet& returned, Emitter& out) {
   std::shared_ptr<const ChainHistory> history;  // the sigma methods: what the next step may need
   if (is_sigma_method(chain.method)) {
     const size_t k = static_cast<size_t>(step);
-    const SolverHistory previous = packet.has(kSolverHistory) ? packet.get(kSolverHistory)->outputs : SolverHistory();
+    const SolverHistory previous = packet.has(kSolverHistory) ? packet.get(kSolverHistory)->memory : SolverHistory();
     const Tensor z = sigma_step_needs_noise(plan_.sigmas, step_config_) ? noise() : Tensor();
     auto result = sigma_step(steps_, plan_.sigmas, step_config_, k, packet.get(kSolverSample), prediction, previous, z);
     x_prev = result.prev_sample;

@@ -86,6 +86,8 @@ const std::vector<DefaultOnlyKey>& default_only_keys() {
       {"sigma_max", "null", is_null},
       {"timestep_type", "discrete", [](const YAML::Node& v) { return v.IsScalar() && v.Scalar() == "discrete"; }},
       {"interpolation_type", "linear", [](const YAML::Node& v) { return v.IsScalar() && v.Scalar() == "linear"; }},
+      {"solver_p", "null", is_null},
+      {"shift_terminal", "null", is_null},
   };
   return keys;
 }
@@ -100,7 +102,7 @@ const DefaultOnlyKey* default_only_key(const std::string& key) {
 
 bool is_sigma_class(SchedulerClass cls) {
   return cls == SchedulerClass::DPMSolverMultistepScheduler || cls == SchedulerClass::EulerDiscreteScheduler ||
-         cls == SchedulerClass::EulerAncestralDiscreteScheduler;
+         cls == SchedulerClass::EulerAncestralDiscreteScheduler || cls == SchedulerClass::UniPCMultistepScheduler;
 }
 
 bool SchedulerConfig::class_takes(SchedulerClass cls, const std::string& key) {
@@ -121,6 +123,10 @@ bool SchedulerConfig::class_takes(SchedulerClass cls, const std::string& key) {
              key == "final_sigmas_type";
     case SchedulerClass::EulerDiscreteScheduler: return key == "use_karras_sigmas" || key == "final_sigmas_type";
     case SchedulerClass::EulerAncestralDiscreteScheduler: return false;
+    case SchedulerClass::UniPCMultistepScheduler:
+      return limits || key == "solver_order" || key == "solver_type" || key == "lower_order_final" ||
+             key == "disable_corrector" || key == "predict_x0" || key == "use_karras_sigmas" ||
+             key == "final_sigmas_type";
   }
   return false;
 }

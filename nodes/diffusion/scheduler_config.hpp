@@ -1,6 +1,6 @@
 // SchedulerConfig: a diffusers scheduler configuration (DDPMScheduler,
 // DDIMScheduler, DPMSolverMultistepScheduler, EulerDiscreteScheduler,
-// EulerAncestralDiscreteScheduler), with diffusers' key names, values and defaults. It is the one
+// EulerAncestralDiscreteScheduler, UniPCMultistepScheduler), with diffusers' key names, values and defaults. It is the one
 // description of a noise schedule and of how a reverse step treats the model's
 // output: the noise_schedule resource holds one (its parameters are these rows),
 // the samplers read their settings from it, `diffuflow scheduler-io` loads one
@@ -35,9 +35,11 @@ DIFFUFLOW_ENUM(PredictionType, epsilon, v_prediction, sample);
 DIFFUFLOW_ENUM(TimestepSpacing, leading, trailing, linspace);
 DIFFUFLOW_ENUM(VarianceType, fixed_small, fixed_large);
 DIFFUFLOW_ENUM(SchedulerClass, DDPMScheduler, DDIMScheduler, DPMSolverMultistepScheduler, EulerDiscreteScheduler,
-               EulerAncestralDiscreteScheduler);
-// DPM-Solver's second-order update (Lu et al. 2022): midpoint or heun.
-DIFFUFLOW_ENUM(SolverType, midpoint, heun);
+               EulerAncestralDiscreteScheduler, UniPCMultistepScheduler);
+// DPM-Solver's second-order update (Lu et al. 2022): midpoint or heun; UniPC's
+// B(h) (Zhao et al. 2023): bh1 (h) or bh2 (e^h - 1). Each class reads the other's
+// names as diffusers does: DPM-Solver bh1/bh2 as midpoint, UniPC midpoint/heun as bh2.
+DIFFUFLOW_ENUM(SolverType, midpoint, heun, bh1, bh2);
 // The sigma after the last solver step: 0, or sigma at timestep 0.
 DIFFUFLOW_ENUM(FinalSigmasType, zero, sigma_min);
 
@@ -45,7 +47,7 @@ DIFFUFLOW_ENUM(FinalSigmasType, zero, sigma_min);
 // sde-dpmsolver, sde-dpmsolver++ (diffusers' spelling, which is not a C++ name).
 enum class DpmAlgorithm { dpmsolver, dpmsolver_pp, sde_dpmsolver, sde_dpmsolver_pp };
 
-// The classes that step in sigma space (DPM-Solver, Euler, Euler ancestral),
+// The classes that step in sigma space (DPM-Solver, Euler, Euler ancestral, UniPC),
 // as opposed to DDPM and DDIM.
 bool is_sigma_class(SchedulerClass cls);
 
@@ -86,11 +88,15 @@ struct SchedulerConfig {
   DIFFUFLOW_PARAM(std::string, algorithm_type, "dpmsolver++",
                   "DPM-Solver: dpmsolver++ (on the x_0 prediction), dpmsolver (on epsilon), or their stochastic "
                   "sde-dpmsolver++ and sde-dpmsolver; dpmsolver and sde-dpmsolver need final_sigmas_type sigma_min");
-  DIFFUFLOW_PARAM(SolverType, solver_type, SolverType::midpoint, "DPM-Solver second-order update: midpoint or heun");
+  DIFFUFLOW_PARAM(SolverType, solver_type, SolverType::midpoint,
+                  "DPM-Solver's second-order update (midpoint or heun); UniPC's B(h) (bh1, or bh2 for any other)");
   DIFFUFLOW_PARAM(bool, lower_order_final, true, "DPM-Solver: lower-order final steps when there are fewer than 15");
   DIFFUFLOW_PARAM(bool, euler_at_final, false, "DPM-Solver: a first-order last step whatever the step count");
   DIFFUFLOW_PARAM(bool, use_karras_sigmas, false,
                   "DPM-Solver and Euler: sigmas spaced as Karras et al. 2022 (rho 7) between the schedule's ends");
+  DIFFUFLOW_PARAM(bool, predict_x0, true, "UniPC: solve on the x_0 prediction (UniPC-p on the data), else on epsilon");
+  DIFFUFLOW_PARAM(std::vector<int64_t>, disable_corrector, {},
+                  "UniPC: the step indices whose result is not corrected (empty: every step's is)", .range(0, 100000));
   DIFFUFLOW_PARAM(FinalSigmasType, final_sigmas_type, FinalSigmasType::zero,
                   "DPM-Solver and Euler: the sigma after the last step, zero or sigma_min (sigma at timestep 0)");
 

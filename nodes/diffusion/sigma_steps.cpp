@@ -77,7 +77,7 @@ std::vector<int64_t> dpm_timesteps(const SchedulerConfig& config, int64_t steps)
   for (int64_t t : out) {
     if (t < 0 || t >= T) {
       throw steps_error(enum_name(config.timestep_spacing) + " spacing of " + std::to_string(steps) +
-                        " DPM-Solver steps over " + std::to_string(T) + " timesteps gives timestep " +
+                        " multistep solver steps over " + std::to_string(T) + " timesteps gives timestep " +
                         std::to_string(t) + ", outside [0, " + std::to_string(T - 1) + "] (steps_offset " +
                         std::to_string(config.steps_offset) + ")");
     }
@@ -137,6 +137,14 @@ SigmaSchedule plan_sigma_schedule(const SchedulerConfig& config, SchedulerClass 
                       "EulerAncestralDiscreteScheduler does not implement prediction_type sample (as in diffusers); "
                       "use epsilon or v_prediction, or another sampler");
   }
+  if (cls == SchedulerClass::UniPCMultistepScheduler && !config.lower_order_final && config.solver_order > 1 &&
+      config.final_sigmas_type == FinalSigmasType::zero) {
+    // Its last step would be of order 2 or more towards sigma 0, where every r_k is 0: NaN (diffusers' too).
+    throw ConfigError(SourceLocation{"", 0, 0, "lower_order_final"},
+                      "UniPCMultistepScheduler with lower_order_final false and final_sigmas_type zero takes a "
+                      "higher-order last step to sigma 0, which is undefined (0 / 0); set lower_order_final: true "
+                      "or final_sigmas_type: sigma_min");
+  }
   SigmaSchedule plan;
   plan.scheduler_class = cls;
   plan.alphas_cumprod = alphas_cumprod;
@@ -150,15 +158,18 @@ SigmaSchedule plan_sigma_schedule(const SchedulerConfig& config, SchedulerClass 
   }
   const bool karras = config.use_karras_sigmas && cls != SchedulerClass::EulerAncestralDiscreteScheduler;
   std::vector<double> sigmas;
-  if (cls == SchedulerClass::DPMSolverMultistepScheduler) {
+  const bool multistep =
+      cls == SchedulerClass::DPMSolverMultistepScheduler || cls == SchedulerClass::UniPCMultistepScheduler;
+  if (multistep) {
     const std::vector<int64_t> ts = dpm_timesteps(config, steps);
     if (karras) {
       sigmas = karras_sigmas(train_sigmas.front(), train_sigmas.back(), steps);
-      // Rounded to integers, except for the cosine schedule, where diffusers casts (truncates).
+      // Rounded to integers, except for DPM-Solver with the cosine schedule, where diffusers casts (truncates).
       // There a value within 1e-6 of an integer is that integer: the first Karras sigma is
       // sigma_max up to round-off, at T - 1, which truncation would turn into T - 2 or not
       // depending on the last bit of a logarithm.
-      const bool round = config.beta_schedule != BetaSchedule::squaredcos_cap_v2;
+      const bool round =
+          config.beta_schedule != BetaSchedule::squaredcos_cap_v2 || cls == SchedulerClass::UniPCMultistepScheduler;
       for (double s : sigmas) {
         const double t = sigma_to_t(s, log_sigmas), nearest = std::nearbyint(t);
         plan.timesteps.push_back(round || std::fabs(t - nearest) < 1e-6 ? nearest : std::trunc(t));
@@ -181,8 +192,12 @@ SigmaSchedule plan_sigma_schedule(const SchedulerConfig& config, SchedulerClass 
   for (double s : sigmas) plan.sigmas.push_back(static_cast<float>(s));
   const bool final_sigma_min =
       cls != SchedulerClass::EulerAncestralDiscreteScheduler && config.final_sigmas_type == FinalSigmasType::sigma_min;
-  plan.sigmas.push_back(final_sigma_min ? std::sqrt((1.0f - abar[0]) / abar[0]) : 0.0f);
-  if (cls != SchedulerClass::DPMSolverMultistepScheduler) {
+  // UniPC with Karras sigmas ends at the last Karras sigma (the same value up to round-off).
+  const float sigma_min = cls == SchedulerClass::UniPCMultistepScheduler && karras
+                              ? static_cast<float>(sigmas.back())
+                              : std::sqrt((1.0f - abar[0]) / abar[0]);
+  plan.sigmas.push_back(final_sigma_min ? sigma_min : 0.0f);
+  if (!multistep) {
     const float max_sigma = *std::max_element(plan.sigmas.begin(), plan.sigmas.end());
     const bool leading = config.timestep_spacing == TimestepSpacing::leading;
     plan.init_noise_sigma = leading ? std::sqrt(max_sigma * max_sigma + 1.0f) : max_sigma;
@@ -199,7 +214,9 @@ Tensor scale_initial_noise(DiffusionSteps& steps, const SigmaSchedule& plan, con
 Tensor scale_model_input(DiffusionSteps& steps, const SigmaSchedule& plan, size_t k, const Tensor& sample) {
   if (k >= plan.size()) throw std::invalid_argument("scale_model_input: position " + std::to_string(k) + " of " +
                                                     std::to_string(plan.size()));
-  if (plan.scheduler_class == SchedulerClass::DPMSolverMultistepScheduler) return steps.on_device(sample);
+  if (plan.scheduler_class == SchedulerClass::DPMSolverMultistepScheduler ||
+      plan.scheduler_class == SchedulerClass::UniPCMultistepScheduler)
+    return steps.on_device(sample);
   const size_t n = static_cast<size_t>(sample.dim(0));
   const float sigma = plan.sigmas[k];
   // x / sqrt(sigma^2 + 1), as one division: (x - 0 x) / d.
@@ -212,8 +229,14 @@ bool sigma_step_needs_noise(const SigmaSchedule& plan, const SchedulerConfig& co
 }
 
 int sigma_step_order(const SigmaSchedule& plan, const SchedulerConfig& config, size_t k) {
-  if (plan.scheduler_class != SchedulerClass::DPMSolverMultistepScheduler) return 1;
   const size_t count = plan.size();
+  if (plan.scheduler_class == SchedulerClass::UniPCMultistepScheduler) {
+    // diffusers: at most the steps left with lower_order_final, at most k + 1 (warm-up).
+    const int64_t order = config.lower_order_final ? std::min<int64_t>(config.solver_order, int64_t(count - k))
+                                                   : config.solver_order;
+    return static_cast<int>(std::min<int64_t>(order, std::min<int64_t>(int64_t(k), config.solver_order) + 1));
+  }
+  if (plan.scheduler_class != SchedulerClass::DPMSolverMultistepScheduler) return 1;
   // diffusers: a first-order last step for few steps, with euler_at_final, or towards sigma 0;
   // a second-order step before it for few steps; the order grows by one per step from the first.
   const bool lower_order_final =
@@ -270,11 +293,11 @@ SigmaStepResult dpm_solver_step(DiffusionSteps& steps, const SigmaSchedule& plan
   }
 
   const int order = sigma_step_order(plan, config, k);
-  if (static_cast<int>(history.size()) < order - 1) {
+  if (static_cast<int>(history.outputs.size()) < order - 1) {
     throw std::invalid_argument("DPMSolverMultistepScheduler: step " + std::to_string(k) + " is of order " +
                                 std::to_string(order) + " and needs the converted model outputs of the " +
                                 std::to_string(order - 1) + " steps before it; got " +
-                                std::to_string(history.size()));
+                                std::to_string(history.outputs.size()));
   }
   if (is_sde_algorithm(config) && noise.empty()) {
     throw std::invalid_argument("DPMSolverMultistepScheduler: algorithm_type " + config.algorithm_type +
@@ -298,12 +321,12 @@ SigmaStepResult dpm_solver_step(DiffusionSteps& steps, const SigmaSchedule& plan
       break;
   }
   Tensor out = steps.combine(same(n, c_x), sample, same(n, c0), converted);
-  const bool midpoint = config.solver_type == SolverType::midpoint;
+  const bool midpoint = config.solver_type != SolverType::heun;  // bh1, bh2: midpoint, as diffusers reads them
   if (order == 2) {
     // D1 = (m0 - m1) / r0, r0 = h_0 / h with h_0 = lambda_s0 - lambda_s1.
     const AlphaSigma s1(plan.sigmas[k - 1]);
     const float inv_r0 = 1.0f / ((s0.lambda - s1.lambda) / h);
-    const Tensor d1 = steps.combine(same(n, inv_r0), converted, same(n, -inv_r0), history[0]);
+    const Tensor d1 = steps.combine(same(n, inv_r0), converted, same(n, -inv_r0), history.outputs[0]);
     float c1 = 0;
     switch (algorithm) {
       case DpmAlgorithm::dpmsolver_pp: c1 = midpoint ? -(0.5f * (t.alpha * em1)) : t.alpha * (em1 / h + 1.0f); break;
@@ -319,8 +342,9 @@ SigmaStepResult dpm_solver_step(DiffusionSteps& steps, const SigmaSchedule& plan
     // D2 = (D1_0 - D1_1) / (r0 + r1).
     const AlphaSigma s1(plan.sigmas[k - 1]), s2(plan.sigmas[k - 2]);
     const float r0 = (s0.lambda - s1.lambda) / h, r1 = (s1.lambda - s2.lambda) / h;
-    const Tensor d1_0 = steps.combine(same(n, 1.0f / r0), converted, same(n, -(1.0f / r0)), history[0]);
-    const Tensor d1_1 = steps.combine(same(n, 1.0f / r1), history[0], same(n, -(1.0f / r1)), history[1]);
+    const Tensor d1_0 = steps.combine(same(n, 1.0f / r0), converted, same(n, -(1.0f / r0)), history.outputs[0]);
+    const Tensor d1_1 =
+        steps.combine(same(n, 1.0f / r1), history.outputs[0], same(n, -(1.0f / r1)), history.outputs[1]);
     const Tensor spread = steps.combine(same(n, 1.0f), d1_0, same(n, -1.0f), d1_1);
     const Tensor d1 = steps.combine(same(n, 1.0f), d1_0, same(n, r0 / (r0 + r1)), spread);
     const Tensor d2 = steps.combine(same(n, 1.0f / (r0 + r1)), spread, same(n, 0.0f), spread);
@@ -348,8 +372,185 @@ SigmaStepResult dpm_solver_step(DiffusionSteps& steps, const SigmaSchedule& plan
   // What the next steps need: this step's converted output, then the older ones, solver_order - 1 in all.
   SigmaStepResult result{out, x0, {}};
   const size_t keep = static_cast<size_t>(std::max<int64_t>(config.solver_order - 1, 0));
-  if (keep > 0) result.history.push_back(converted);
-  for (size_t j = 0; result.history.size() < keep && j < history.size(); ++j) result.history.push_back(history[j]);
+  if (keep > 0) result.history.outputs.push_back(converted);
+  for (size_t j = 0; result.history.outputs.size() < keep && j < history.outputs.size(); ++j)
+    result.history.outputs.push_back(history.outputs[j]);
+  return result;
+}
+
+// Solves a x = b for a small dense system (UniPC's order <= 3) in float32:
+// LU with partial pivoting, as LAPACK's sgesv.
+std::vector<float> solve_small(std::vector<std::vector<float>> a, std::vector<float> b) {
+  const size_t n = b.size();
+  for (size_t j = 0; j < n; ++j) {
+    size_t pivot = j;
+    for (size_t i = j + 1; i < n; ++i)
+      if (std::fabs(a[i][j]) > std::fabs(a[pivot][j])) pivot = i;
+    std::swap(a[j], a[pivot]);
+    std::swap(b[j], b[pivot]);
+    if (a[j][j] == 0.0f) throw std::runtime_error("UniPC: singular coefficient system (repeated sigmas?)");
+    const float inverse = 1.0f / a[j][j];
+    for (size_t i = j + 1; i < n; ++i) {
+      const float l = a[i][j] * inverse;
+      for (size_t c = j + 1; c < n; ++c) a[i][c] -= l * a[j][c];
+      b[i] -= l * b[j];
+    }
+  }
+  std::vector<float> x(n);
+  for (size_t i = n; i-- > 0;) {
+    float sum = b[i];
+    for (size_t c = i + 1; c < n; ++c) sum -= a[i][c] * x[c];
+    x[i] = sum / a[i][i];
+  }
+  return x;
+}
+
+// What UniPC's predictor and corrector share for an update of `order` from
+// sigma_s0 to sigma_t (Zhao et al. 2023, with diffusers' bh1/bh2 B(h)): the
+// ratios r_k = (lambda_k - lambda_s0) / h of the earlier points (latest first)
+// and 1, the right-hand side b_i = h phi_{i+1}(hh) i! / B(h), hh = -h on x_0.
+struct UniPcTerms {
+  AlphaSigma s0, t;
+  float h_phi_1 = 0, b_h = 0;
+  std::vector<float> rks, b;
+
+  UniPcTerms(float sigma_s0, float sigma_t, const std::vector<float>& earlier_sigmas, int order, bool predict_x0,
+             bool bh1)
+      : s0(sigma_s0), t(sigma_t) {
+    const float h = t.lambda - s0.lambda;
+    for (float s : earlier_sigmas) rks.push_back((AlphaSigma(s).lambda - s0.lambda) / h);
+    rks.push_back(1.0f);
+    const float hh = predict_x0 ? -h : h;
+    h_phi_1 = std::expm1(hh);
+    b_h = bh1 ? hh : std::expm1(hh);
+    float h_phi_k = h_phi_1 / hh - 1.0f;
+    int64_t factorial = 1;
+    for (int i = 1; i <= order; ++i) {
+      b.push_back(h_phi_k * static_cast<float>(factorial) / b_h);
+      factorial *= i + 1;
+      h_phi_k = h_phi_k / hh - static_cast<float>(1.0 / static_cast<double>(factorial));
+    }
+  }
+
+  // R[i][j] = rks[j]^i over the first `size` rows and columns.
+  std::vector<std::vector<float>> powers(size_t size) const {
+    std::vector<std::vector<float>> r(size, std::vector<float>(size, 1.0f));
+    for (size_t i = 1; i < size; ++i)
+      for (size_t j = 0; j < size; ++j) r[i][j] = i == 1 ? rks[j] : i == 2 ? rks[j] * rks[j] : r[i - 1][j] * rks[j];
+    return r;
+  }
+};
+
+// x_t = c_x x - c_m m0 - c_res res, the shared shape of UniPC's predictor and
+// corrector on x_0 (predict_x0) or epsilon; res may be empty.
+Tensor unipc_update(DiffusionSteps& steps, const UniPcTerms& u, bool predict_x0, const Tensor& x, const Tensor& m0,
+                    const Tensor& res) {
+  const size_t n = static_cast<size_t>(x.dim(0));
+  const float c_x = predict_x0 ? u.t.sigma / u.s0.sigma : u.t.alpha / u.s0.alpha;
+  const float scale = predict_x0 ? u.t.alpha : u.t.sigma;
+  const Tensor first = steps.combine(same(n, c_x), x, same(n, -(scale * u.h_phi_1)), m0);
+  if (res.empty()) return first;
+  return steps.combine(same(n, 1.0f), first, same(n, -(scale * u.b_h)), res);
+}
+
+// sum_k rho_k D1_k with D1_k = (m_k - m0) / r_k over the earlier outputs (latest first); empty for none.
+Tensor unipc_residual(DiffusionSteps& steps, const UniPcTerms& u, const std::vector<float>& rhos,
+                      const std::vector<Tensor>& earlier, const Tensor& m0) {
+  const size_t n = static_cast<size_t>(m0.dim(0));
+  Tensor sum;
+  for (size_t k = 0; k < earlier.size(); ++k) {
+    const Tensor d1 = steps.sub_scaled_div(earlier[k], same(n, 1.0f), m0, same(n, u.rks[k]), false);
+    sum = sum.empty() ? steps.combine(same(n, rhos[k]), d1, same(n, 0.0f), d1)
+                      : steps.combine(same(n, 1.0f), sum, same(n, rhos[k]), d1);
+  }
+  return sum;
+}
+
+// UniPCMultistepScheduler's step: convert the model output, correct the sample
+// with it (UniC, from the previous step's start), then predict (UniP).
+SigmaStepResult unipc_step(DiffusionSteps& steps, const SigmaSchedule& plan, const SchedulerConfig& config, size_t k,
+                           const Tensor& sample, const Tensor& model_output, const SolverHistory& history) {
+  const size_t n = static_cast<size_t>(sample.dim(0));
+  const bool x0_space = config.predict_x0;
+  const bool bh1 = config.solver_type == SolverType::bh1;
+  const AlphaSigma s(plan.sigmas[k]);
+  Tensor converted, x0;
+  switch (config.prediction_type) {
+    case PredictionType::epsilon:
+      converted = x0_space ? steps.sub_scaled_div(sample, same(n, s.sigma), model_output, same(n, s.alpha), false)
+                           : steps.on_device(model_output);
+      break;
+    case PredictionType::v_prediction:
+      converted = x0_space ? steps.combine(same(n, s.alpha), sample, same(n, -s.sigma), model_output)
+                           : steps.combine(same(n, s.alpha), model_output, same(n, s.sigma), sample);
+      break;
+    case PredictionType::sample:
+      converted = x0_space ? steps.on_device(model_output)
+                           : steps.sub_scaled_div(sample, same(n, s.alpha), model_output, same(n, s.sigma), false);
+      break;
+  }
+  if (x0_space) {
+    if (config.thresholding)
+      converted = steps.threshold(converted, config.dynamic_thresholding_ratio, config.sample_max_value);
+    x0 = converted;
+  } else {
+    x0 = steps.sub_scaled_div(sample, same(n, s.sigma), converted, same(n, s.alpha), false);
+  }
+
+  // The corrector: the previous step again, from its start, with this model output.
+  Tensor x = sample;
+  const auto& disabled = config.disable_corrector;
+  const bool correct = k > 0 && !history.last_sample.empty() &&
+                       std::find(disabled.begin(), disabled.end(), static_cast<int64_t>(k - 1)) == disabled.end();
+  if (correct) {
+    const int order = history.last_order;
+    if (order < 1 || static_cast<int>(history.outputs.size()) < order) {
+      throw std::invalid_argument("UniPCMultistepScheduler: step " + std::to_string(k) +
+                                  " corrects an order-" + std::to_string(order) + " step and needs " +
+                                  std::to_string(order) + " past outputs; got " +
+                                  std::to_string(history.outputs.size()));
+    }
+    std::vector<float> earlier_sigmas;
+    for (int i = 1; i < order; ++i) earlier_sigmas.push_back(plan.sigmas[k - 1 - static_cast<size_t>(i)]);
+    const UniPcTerms u(plan.sigmas[k - 1], plan.sigmas[k], earlier_sigmas, order, x0_space, bh1);
+    const std::vector<float> rhos = order == 1 ? std::vector<float>{0.5f} : solve_small(u.powers(order), u.b);
+    const Tensor& m0 = history.outputs[0];
+    const std::vector<Tensor> earlier(history.outputs.begin() + 1, history.outputs.begin() + order);
+    const Tensor residual = unipc_residual(steps, u, rhos, earlier, m0);
+    const Tensor d1_t = steps.combine(same(n, 1.0f), converted, same(n, -1.0f), m0);
+    const Tensor total = residual.empty() ? steps.combine(same(n, rhos.back()), d1_t, same(n, 0.0f), d1_t)
+                                          : steps.combine(same(n, 1.0f), residual, same(n, rhos.back()), d1_t);
+    x = unipc_update(steps, u, x0_space, history.last_sample, m0, total);
+  } else if (k > 0 && history.outputs.empty()) {
+    throw std::invalid_argument("UniPCMultistepScheduler: step " + std::to_string(k) +
+                                " needs the history of the steps before it");
+  }
+
+  // The predictor of this step's order, from the (corrected) sample.
+  const int order = sigma_step_order(plan, config, k);
+  if (static_cast<int>(history.outputs.size()) < order - 1) {
+    throw std::invalid_argument("UniPCMultistepScheduler: step " + std::to_string(k) + " is of order " +
+                                std::to_string(order) + " and needs " + std::to_string(order - 1) +
+                                " past outputs; got " + std::to_string(history.outputs.size()));
+  }
+  std::vector<float> earlier_sigmas;
+  for (int i = 1; i < order; ++i) earlier_sigmas.push_back(plan.sigmas[k - static_cast<size_t>(i)]);
+  const UniPcTerms u(plan.sigmas[k], plan.sigmas[k + 1], earlier_sigmas, order, x0_space, bh1);
+  Tensor residual;
+  if (order >= 2) {
+    const std::vector<float> rhos = order == 2 ? std::vector<float>{0.5f} : solve_small(u.powers(order - 1),
+                                                                                          {u.b.begin(), u.b.end() - 1});
+    const std::vector<Tensor> earlier(history.outputs.begin(), history.outputs.begin() + (order - 1));
+    residual = unipc_residual(steps, u, rhos, earlier, converted);
+  }
+  SigmaStepResult result{unipc_update(steps, u, x0_space, x, converted, residual), x0, {}};
+  result.history.outputs.push_back(converted);
+  for (size_t j = 0; result.history.outputs.size() < static_cast<size_t>(config.solver_order) &&
+                     j < history.outputs.size();
+       ++j)
+    result.history.outputs.push_back(history.outputs[j]);
+  result.history.last_sample = x;
+  result.history.last_order = order;
   return result;
 }
 
@@ -364,6 +565,9 @@ SigmaStepResult sigma_step(DiffusionSteps& steps, const SigmaSchedule& plan, con
   }
   if (plan.scheduler_class == SchedulerClass::DPMSolverMultistepScheduler) {
     return dpm_solver_step(steps, plan, config, k, sample, model_output, history, noise);
+  }
+  if (plan.scheduler_class == SchedulerClass::UniPCMultistepScheduler) {
+    return unipc_step(steps, plan, config, k, sample, model_output, history);
   }
   const size_t n = static_cast<size_t>(sample.dim(0));
   const float sigma = plan.sigmas[k], sigma_next = plan.sigmas[k + 1];

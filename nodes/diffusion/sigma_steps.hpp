@@ -2,7 +2,9 @@
 // sqrt((1 - abar) / abar) rather than timesteps: diffusers'
 // DPMSolverMultistepScheduler (DPM-Solver and DPM-Solver++, Lu et al. 2022,
 // orders 1 to 3, midpoint or heun, deterministic or SDE), EulerDiscreteScheduler
-// (Karras et al. 2022, algorithm 2 without churn) and EulerAncestralDiscreteScheduler. Shared by the in-graph
+// (Karras et al. 2022, algorithm 2 without churn), EulerAncestralDiscreteScheduler
+// and UniPCMultistepScheduler (UniPC, Zhao et al. 2023: a multistep predictor
+// whose result the next step corrects with the model output it computes anyway). Shared by the in-graph
 // sampler, sample_preview and `diffuflow scheduler-io`.
 //
 //   SigmaSchedule plan = plan_sigma_schedule(config, SchedulerClass::DPMSolverMultistepScheduler, 20,
@@ -17,9 +19,9 @@
 //   }
 //
 // A step depends only on its inputs (the position k, the sample, the model
-// output, the converted outputs of the solver_order - 1 steps before it for
-// multistep DPM-Solver, the noise for Euler ancestral and the SDE variants of
-// DPM-Solver), so each chain carries its own history and any
+// output, the history of the steps before it for the multistep solvers, the
+// noise for Euler ancestral and the SDE variants of DPM-Solver), so each chain
+// carries its own history and any
 // number of chains may be in flight. Scalar coefficients are computed on the
 // host in float32 in diffusers' order; tensor work runs as DiffusionSteps'
 // oneDNN primitives. Shapes: [N, ...] f32; every sample of a call is at the
@@ -39,7 +41,7 @@ namespace diffuflow {
 struct SigmaSchedule {
   SchedulerClass scheduler_class = SchedulerClass::DPMSolverMultistepScheduler;
   // The model-call timesteps, noisiest first, as diffusers holds them: integers
-  // for DPM-Solver++, float32 values for Euler (fractional with linspace
+  // for DPM-Solver and UniPC, float32 values for Euler (fractional with linspace
   // spacing or Karras sigmas).
   std::vector<double> timesteps;
   std::vector<float> sigmas;          // timesteps.size() + 1; the last is the final sigma
@@ -66,13 +68,20 @@ SigmaSchedule plan_sigma_schedule(const SchedulerConfig& config, SchedulerClass 
 Tensor scale_initial_noise(DiffusionSteps& steps, const SigmaSchedule& plan, const Tensor& noise);
 
 // diffusers' scale_model_input at position k: Euler divides by sqrt(sigma^2 + 1);
-// DPM-Solver++ returns the sample as it is.
+// DPM-Solver and UniPC return the sample as it is.
 Tensor scale_model_input(DiffusionSteps& steps, const SigmaSchedule& plan, size_t k, const Tensor& sample);
 
-// A multistep DPM-Solver's memory: the converted model outputs (x_0 for
-// dpmsolver++ and sde-dpmsolver++, epsilon for dpmsolver and sde-dpmsolver) of
-// the steps before, the latest first; at most solver_order - 1 of them.
-using SolverHistory = std::vector<Tensor>;
+// A multistep solver's memory of the steps before. DPM-Solver and UniPC keep
+// their converted model outputs (x_0 for dpmsolver++, sde-dpmsolver++ and UniPC
+// with predict_x0; epsilon otherwise), the latest first: solver_order - 1 of
+// them for DPM-Solver, solver_order for UniPC, whose corrector revisits the
+// previous step with the new model output, the sample that step started from
+// and its order.
+struct SolverHistory {
+  std::vector<Tensor> outputs;
+  Tensor last_sample;  // UniPC: the (corrected) sample the previous step started from
+  int last_order = 0;  // UniPC: the order of the previous step's predictor
+};
 
 struct SigmaStepResult {
   Tensor prev_sample;           // [N,...] the sample at the next sigma
@@ -82,15 +91,18 @@ struct SigmaStepResult {
 
 // One step of plan.scheduler_class at position k, as diffusers' step() computes
 // it after the k steps before it. `history`: the previous step's result.history
-// (empty at k = 0 and for Euler). `noise` [N,...]: the step noise of Euler
+// (empty at k = 0 and for Euler). For UniPC, prev_sample is the predictor's
+// result, which the next step corrects before going on, as diffusers' step()
+// returns it. `noise` [N,...]: the step noise of Euler
 // ancestral and the SDE variants (may be empty for the others).
 // std::invalid_argument on a position outside the plan or a missing history or noise.
 SigmaStepResult sigma_step(DiffusionSteps& steps, const SigmaSchedule& plan, const SchedulerConfig& config, size_t k,
                            const Tensor& sample, const Tensor& model_output, const SolverHistory& history,
                            const Tensor& noise);
 
-// The order of the DPM-Solver update at position k (1 for Euler): diffusers'
-// warm-up (order k + 1 at most) and its lower-order final steps.
+// The order of the DPM-Solver update (UniPC: of the predictor) at position k
+// (1 for Euler): diffusers' warm-up (order k + 1 at most) and its lower-order
+// final steps.
 int sigma_step_order(const SigmaSchedule& plan, const SchedulerConfig& config, size_t k);
 
 // Whether each step of the class and algorithm draws noise (Euler ancestral, sde-dpmsolver, sde-dpmsolver++).

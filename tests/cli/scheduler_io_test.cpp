@@ -11,6 +11,7 @@
 #include <algorithm>
 #include <cmath>
 #include <filesystem>
+#include <tuple>
 
 using namespace diffuflow;
 using namespace diffuflow::test;
@@ -110,10 +111,11 @@ TEST_CASE("scheduler-io refuses bad configs and inputs with one clear message") 
   CHECK(contains(off_schedule.output, "not one of the 10 timesteps"));
 }
 
-TEST_CASE("scheduler-io runs DPM-Solver (orders 1-3, ODE and SDE), Euler and Euler ancestral along the whole schedule as the fixtures do") {
+TEST_CASE("scheduler-io runs DPM-Solver (orders 1-3, ODE and SDE), Euler, Euler ancestral and UniPC along the whole "
+          "schedule as the fixtures do") {
   const fs::path root = fixture("solvers");
   const auto cases = nlohmann::json::parse(read_file(root / "cases.json"));
-  REQUIRE(cases.size() >= 13);
+  REQUIRE(cases.size() >= 28);
   TempDir dir;
   for (const auto& c : cases) {
     const std::string name = c.at("name");
@@ -147,6 +149,32 @@ TEST_CASE("scheduler-io runs DPM-Solver (orders 1-3, ODE and SDE), Euler and Eul
   }
 }
 
+TEST_CASE("each solver class reads the other's solver_type names as diffusers does") {
+  // DPM-Solver takes UniPC's bh1/bh2 as midpoint; UniPC takes midpoint/heun as bh2.
+  TempDir dir;
+  for (const auto& [name, from, to] : {std::tuple<std::string, std::string, std::string>{
+                                           "dpmpp_2m_linspace_20", "\"solver_type\": \"midpoint\"", "\"solver_type\": \"bh2\""},
+                                       {"unipc_bh2_2_linspace_10", "\"solver_type\": \"bh2\"", "\"solver_type\": \"heun\""}}) {
+    CAPTURE(name);
+    const fs::path folder = fixture("solvers") / name;
+    std::string config = read_file(folder / "scheduler_config.json");
+    REQUIRE(config.find(from) != std::string::npos);
+    config.replace(config.find(from), from.size(), to);
+    write_file(dir / "scheduler_config.json", config);
+    const auto steps = nlohmann::json::parse(read_file(fixture("solvers") / "cases.json"));
+    int64_t count = 0;
+    for (const auto& c : steps)
+      if (c.at("name") == name) count = c.at("steps");
+    const auto result = run_cli(scheduler_io(dir.path(), count, folder / "in.safetensors", dir / "out.safetensors"));
+    CAPTURE(result.output);
+    REQUIRE(result.exit_code == 0);
+    const auto got = SafetensorsFile::read(dir / "out.safetensors");
+    const auto want = SafetensorsFile::read(folder / "out.safetensors");
+    const std::string last = "step." + std::to_string(count - 1) + ".prev_sample";
+    CHECK(max_scaled_diff(got.floats(last), want.floats(last)) <= 1e-5);
+  }
+}
+
 TEST_CASE("scheduler-io refuses solver settings and inputs it cannot honour, before stepping") {
   const fs::path folder = fixture("solvers") / "dpmpp_2m_linspace_20";
   TempDir dir;
@@ -175,9 +203,14 @@ TEST_CASE("scheduler-io refuses solver settings and inputs it cannot honour, bef
   CHECK(sde_no_noise.exit_code == 2);
   CHECK(contains(sde_no_noise.output, "algorithm_type sde-dpmsolver++ adds noise at every step: give 'noises'"));
 
-  const auto solver = run_with(R"({"_class_name": "DPMSolverMultistepScheduler", "solver_type": "bh2"})");
+  const auto solver = run_with(R"({"_class_name": "DPMSolverMultistepScheduler", "solver_type": "bh3"})");
   CHECK(solver.exit_code == 2);
-  CHECK(contains(solver.output, "midpoint"));
+  CHECK(contains(solver.output, "midpoint|heun|bh1|bh2"));
+
+  // UniPC towards sigma 0 with a higher-order last step is 0 / 0 (NaN in diffusers): refused.
+  const auto unipc_last = run_with(R"({"_class_name": "UniPCMultistepScheduler", "lower_order_final": false})");
+  CHECK(unipc_last.exit_code == 2);
+  CHECK(contains(unipc_last.output, "set lower_order_final: true or final_sigmas_type: sigma_min"));
 
   const auto exponential = run_with(R"({"_class_name": "EulerDiscreteScheduler", "use_exponential_sigmas": true})");
   CHECK(exponential.exit_code == 2);

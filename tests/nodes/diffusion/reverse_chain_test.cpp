@@ -13,7 +13,7 @@ TEST_CASE("the sampler method parses from its YAML spelling and prints back") {
   CHECK(parse_enum<SamplerMethod>("ddim") == SamplerMethod::ddim);
   CHECK(enum_name(SamplerMethod::ddpm) == "ddpm");
   CHECK(enum_name(SamplerMethod::ddim) == "ddim");
-  CHECK(enum_choices<SamplerMethod>() == std::vector<std::string>{"ddpm", "ddim", "dpmpp", "euler", "euler_ancestral"});
+  CHECK(enum_choices<SamplerMethod>() == std::vector<std::string>{"ddpm", "ddim", "dpmpp", "euler", "euler_ancestral", "unipc"});
 }
 
 TEST_CASE("an unknown sampler method is a config error naming the choices and the closest one") {

@@ -320,7 +320,7 @@ TEST_CASE("DPM-Solver++ and Euler chains in flight together each keep their own 
   CHECK(invocations(run.report, "forward") == 2 * 7);
 }
 
-TEST_CASE("third-order and stochastic DPM-Solver chains give the same samples however many are in flight") {
+TEST_CASE("third-order, stochastic DPM-Solver and UniPC chains give the same samples however many are in flight") {
   // 3M keeps two past outputs per chain; the SDE variants draw noise keyed by the image, not the batch.
   const std::string base = "kind: linear, timesteps: 100, final_sigmas_type: sigma_min, ";
   for (const std::string schedule : {base + "solver_order: 3", base + "solver_order: 3, algorithm_type: dpmsolver",
@@ -338,6 +338,17 @@ TEST_CASE("third-order and stochastic DPM-Solver chains give the same samples ho
             0.0);
       CHECK_FALSE(packet->has("sampler_history"));
     }
+  }
+  // UniPC keeps solver_order outputs, the sample its last step started from and that step's order.
+  for (const std::string schedule : {base + "solver_order: 3", base + "predict_x0: false, solver_type: bh1"}) {
+    CAPTURE(schedule);
+    const std::string params = "{schedule: schedule, method: unipc, steps: 9}";
+    const LoopRun one = run_loop(params, 1, 1, 3, schedule);
+    const LoopRun three = run_loop(params, 3, 2, 3, schedule);
+    REQUIRE(three.samples.size() == 3);
+    for (const auto& [seq, packet] : one.samples)
+      CHECK(max_abs_diff(packet->tensor("sample").to_vector(), three.samples.at(seq)->tensor("sample").to_vector()) ==
+            0.0);
   }
   // The same start and model: the stochastic solver's samples differ from the deterministic one's.
   const LoopRun ode = run_loop("{schedule: schedule, method: dpmpp, steps: 9}", 1, 1, 1, base + "solver_order: 3");

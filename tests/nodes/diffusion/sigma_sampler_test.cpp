@@ -50,6 +50,7 @@ Tensor item(const SafetensorsFile& file, const std::string& name, int64_t i) {
 const char* method_of(const std::string& config) {
   if (config.find("\"DPMSolverMultistepScheduler\"") != std::string::npos) return "dpmpp";
   if (config.find("\"EulerDiscreteScheduler\"") != std::string::npos) return "euler";
+  if (config.find("\"UniPCMultistepScheduler\"") != std::string::npos) return "unipc";
   return "euler_ancestral";
 }
 
@@ -178,6 +179,15 @@ TEST_CASE("a multistep DPM-Solver warms up one order per step and lowers the ord
   CHECK(orders(4) == std::vector<int>{1, 2, 2, 2});
   config.solver_order = 1;
   CHECK(orders(3) == std::vector<int>{1, 1, 1});
+  // UniPC: up to the steps left with lower_order_final, one more per step at the start.
+  config.solver_order = 3;
+  config.lower_order_final = true;
+  const SigmaSchedule unipc =
+      plan_sigma_schedule(config, SchedulerClass::UniPCMultistepScheduler, 6, schedule.alphas_cumprod());
+  std::vector<int> unipc_orders;
+  for (size_t k = 0; k < unipc.size(); ++k) unipc_orders.push_back(sigma_step_order(unipc, config, k));
+  CHECK(unipc_orders == std::vector<int>{1, 2, 3, 3, 2, 1});
+  config.solver_order = 1;
   // Euler steps have no order above one.
   const SigmaSchedule euler =
       plan_sigma_schedule(config, SchedulerClass::EulerDiscreteScheduler, 5, schedule.alphas_cumprod());
@@ -195,12 +205,12 @@ TEST_CASE("a DPM-Solver step without the history or noise its order and algorith
   const Tensor x = standard_normal({1, 1, 2, 2}, rng, ctx.device());
   const SigmaSchedule plan =
       plan_sigma_schedule(config, SchedulerClass::DPMSolverMultistepScheduler, 20, schedule.alphas_cumprod());
-  CHECK_THROWS_WITH(sigma_step(steps, plan, config, 2, x, x, {x}, x), doctest::Contains("needs the converted model "
+  CHECK_THROWS_WITH(sigma_step(steps, plan, config, 2, x, x, SolverHistory{{x}}, x), doctest::Contains("needs the converted model "
                                                                                         "outputs of the 2 steps"));
   CHECK_THROWS_WITH(sigma_step(steps, plan, config, 0, x, x, {}, Tensor()), doctest::Contains("needs noise"));
   // A step keeps solver_order - 1 outputs for the next, the latest first.
-  const auto result = sigma_step(steps, plan, config, 2, x, x, {x, x}, x);
-  CHECK(result.history.size() == 2);
+  const auto result = sigma_step(steps, plan, config, 2, x, x, SolverHistory{{x, x}}, x);
+  CHECK(result.history.outputs.size() == 2);
 }
 
 TEST_CASE("the sigma samplers refuse settings they cannot honour before sampling starts") {

@@ -260,14 +260,14 @@ TEST_CASE("sample_preview and the sampler take the same chain options, choices a
     if (std::string(name) != "steps") CHECK(a.default_value == b.default_value);
   }
   CHECK(row(*sampler, "method").choices ==
-        std::vector<std::string>{"ddpm", "ddim", "dpmpp", "euler", "euler_ancestral"});
+        std::vector<std::string>{"ddpm", "ddim", "dpmpp", "euler", "euler_ancestral", "unipc"});
   CHECK(row(*sampler, "steps").default_value == ParamValue(int64_t{0}));
   CHECK(row(*preview, "steps").default_value == ParamValue(int64_t{50}));
 
   // A misspelt method is refused by both with the same choices.
   auto ctx = mlp_context();
   CHECK_THROWS_WITH_AS(make_node("sampler", "{schedule: schedule, method: ddin}", *ctx),
-                       doctest::Contains("'method': expected one of ddpm|ddim|dpmpp|euler|euler_ancestral (did you mean 'ddim'?)"), ConfigErrors);
+                       doctest::Contains("'method': expected one of ddpm|ddim|dpmpp|euler|euler_ancestral|unipc (did you mean 'ddim'?)"), ConfigErrors);
   CHECK_THROWS_WITH_AS(make_node("sample_preview", "{model: model, schedule: schedule, method: ddin}", *ctx),
-                       doctest::Contains("'method': expected one of ddpm|ddim|dpmpp|euler|euler_ancestral (did you mean 'ddim'?)"), ConfigErrors);
+                       doctest::Contains("'method': expected one of ddpm|ddim|dpmpp|euler|euler_ancestral|unipc (did you mean 'ddim'?)"), ConfigErrors);
 }
