@@ -250,6 +250,36 @@ int sigma_step_order(const SigmaSchedule& plan, const SchedulerConfig& config, s
 
 namespace {
 
+// The model output at sigma as a data prediction x_0 (thresholded when the
+// config says so) or as a noise prediction epsilon, as diffusers' multistep
+// solvers' convert_model_output computes them.
+Tensor data_prediction_of(DiffusionSteps& steps, const SchedulerConfig& config, const AlphaSigma& s,
+                          const Tensor& sample, const Tensor& model_output) {
+  const size_t n = static_cast<size_t>(sample.dim(0));
+  Tensor x0;
+  switch (config.prediction_type) {
+    case PredictionType::epsilon:
+      x0 = steps.sub_scaled_div(sample, same(n, s.sigma), model_output, same(n, s.alpha), false);
+      break;
+    case PredictionType::v_prediction: x0 = steps.combine(same(n, s.alpha), sample, same(n, -s.sigma), model_output); break;
+    case PredictionType::sample: x0 = steps.on_device(model_output); break;
+  }
+  if (config.thresholding) x0 = steps.threshold(x0, config.dynamic_thresholding_ratio, config.sample_max_value);
+  return x0;
+}
+
+Tensor noise_prediction_of(DiffusionSteps& steps, const SchedulerConfig& config, const AlphaSigma& s,
+                           const Tensor& sample, const Tensor& model_output) {
+  const size_t n = static_cast<size_t>(sample.dim(0));
+  switch (config.prediction_type) {
+    case PredictionType::epsilon: return steps.on_device(model_output);
+    case PredictionType::v_prediction: return steps.combine(same(n, s.alpha), model_output, same(n, s.sigma), sample);
+    case PredictionType::sample:
+      return steps.sub_scaled_div(sample, same(n, s.alpha), model_output, same(n, s.sigma), false);
+  }
+  throw std::logic_error("noise_prediction_of: unknown prediction type");
+}
+
 // DPMSolverMultistepScheduler's step: diffusers' convert_model_output, then
 // its first-, second- or third-order update for the algorithm type.
 SigmaStepResult dpm_solver_step(DiffusionSteps& steps, const SigmaSchedule& plan, const SchedulerConfig& config,
@@ -264,27 +294,10 @@ SigmaStepResult dpm_solver_step(DiffusionSteps& steps, const SigmaSchedule& plan
   // DPM-Solver the noise prediction epsilon; the step keeps the x_0 it implies.
   Tensor x0, converted;
   if (data_prediction) {
-    switch (config.prediction_type) {
-      case PredictionType::epsilon:
-        x0 = steps.sub_scaled_div(sample, same(n, s0.sigma), model_output, same(n, s0.alpha), false);
-        break;
-      case PredictionType::v_prediction:
-        x0 = steps.combine(same(n, s0.alpha), sample, same(n, -s0.sigma), model_output);
-        break;
-      case PredictionType::sample: x0 = steps.on_device(model_output); break;
-    }
-    if (config.thresholding) x0 = steps.threshold(x0, config.dynamic_thresholding_ratio, config.sample_max_value);
+    x0 = data_prediction_of(steps, config, s0, sample, model_output);
     converted = x0;
   } else {
-    switch (config.prediction_type) {
-      case PredictionType::epsilon: converted = steps.on_device(model_output); break;
-      case PredictionType::v_prediction:
-        converted = steps.combine(same(n, s0.alpha), model_output, same(n, s0.sigma), sample);
-        break;
-      case PredictionType::sample:
-        converted = steps.sub_scaled_div(sample, same(n, s0.alpha), model_output, same(n, s0.sigma), false);
-        break;
-    }
+    converted = noise_prediction_of(steps, config, s0, sample, model_output);
     x0 = steps.sub_scaled_div(sample, same(n, s0.sigma), converted, same(n, s0.alpha), false);
     if (config.thresholding) {
       x0 = steps.threshold(x0, config.dynamic_thresholding_ratio, config.sample_max_value);
@@ -474,28 +487,10 @@ SigmaStepResult unipc_step(DiffusionSteps& steps, const SigmaSchedule& plan, con
   const bool x0_space = config.predict_x0;
   const bool bh1 = config.solver_type == SolverType::bh1;
   const AlphaSigma s(plan.sigmas[k]);
-  Tensor converted, x0;
-  switch (config.prediction_type) {
-    case PredictionType::epsilon:
-      converted = x0_space ? steps.sub_scaled_div(sample, same(n, s.sigma), model_output, same(n, s.alpha), false)
-                           : steps.on_device(model_output);
-      break;
-    case PredictionType::v_prediction:
-      converted = x0_space ? steps.combine(same(n, s.alpha), sample, same(n, -s.sigma), model_output)
-                           : steps.combine(same(n, s.alpha), model_output, same(n, s.sigma), sample);
-      break;
-    case PredictionType::sample:
-      converted = x0_space ? steps.on_device(model_output)
-                           : steps.sub_scaled_div(sample, same(n, s.alpha), model_output, same(n, s.sigma), false);
-      break;
-  }
-  if (x0_space) {
-    if (config.thresholding)
-      converted = steps.threshold(converted, config.dynamic_thresholding_ratio, config.sample_max_value);
-    x0 = converted;
-  } else {
-    x0 = steps.sub_scaled_div(sample, same(n, s.sigma), converted, same(n, s.alpha), false);
-  }
+  const Tensor converted = x0_space ? data_prediction_of(steps, config, s, sample, model_output)
+                                    : noise_prediction_of(steps, config, s, sample, model_output);
+  const Tensor x0 =
+      x0_space ? converted : steps.sub_scaled_div(sample, same(n, s.sigma), converted, same(n, s.alpha), false);
 
   // The corrector: the previous step again, from its start, with this model output.
   Tensor x = sample;
