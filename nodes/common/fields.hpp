@@ -21,6 +21,10 @@ inline const TensorField kLabels{"labels", DType::s32, 1, Place::host, "[N] clas
 
 // --- the forward process ----------------------------------------------------
 inline const TensorField kT{"t", DType::s32, 1, Place::host, "[N] timestep of each image, in [0, T)"};
+// A sampler whose timesteps are fractional (Euler's linspace spacing, Karras
+// sigmas) sends them here too; the model embeds these instead of t.
+inline const TensorField kTExact{"t_exact", DType::f32, 1, Place::host,
+                                 "[N] the exact (fractional) timestep, where a sampler's is not an integer"};
 inline const TensorField kNoise{"noise", DType::f32, 4, Place::device, "[N,C,H,W] the noise eps ~ N(0, I)"};
 inline const TensorField kXt{"x_t", DType::f32, 4, Place::device, "[N,C,H,W] noised images at timestep t"};
 inline const TensorField kChain{"chain", DType::f32, 5, Place::device, "[N,K,C,H,W] K states of a chain per image"};

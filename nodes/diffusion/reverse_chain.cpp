@@ -1,5 +1,6 @@
 #include "nodes/diffusion/reverse_chain.hpp"
 
+#include "graph/device.hpp"
 #include "graph/errors.hpp"
 
 #include <algorithm>
@@ -111,6 +112,14 @@ ReverseChainPlan plan_reverse_chain(int schedule_timesteps, SamplerMethod method
   SchedulerConfig schedule;
   schedule.num_train_timesteps = schedule_timesteps;
   return plan_reverse_chain(schedule, method, steps, snapshots, snapshots_param);
+}
+
+Tensor exact_timesteps(const ReverseChainPlan& plan, size_t k, int64_t n) {
+  if (!is_sigma_method(plan.method) || plan.sigmas.integer_timesteps()) return Tensor();
+  Tensor out({n}, DType::f32, Device::host()->engine());
+  auto host = out.map<float>();
+  std::fill(host.begin(), host.end(), static_cast<float>(plan.sigmas.timesteps.at(k)));
+  return out;
 }
 
 }  // namespace diffuflow

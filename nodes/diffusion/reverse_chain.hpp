@@ -97,4 +97,10 @@ ReverseChainPlan plan_reverse_chain(const SchedulerConfig& schedule, SamplerMeth
 ReverseChainPlan plan_reverse_chain(int schedule_timesteps, SamplerMethod method, int64_t steps, int64_t snapshots,
                                     const std::string& snapshots_param = "snapshots");
 
+// [n] f32 host: the exact timestep of a sigma method's model call at position
+// k where the method's timesteps are fractional (Euler's linspace spacing,
+// Karras sigmas), for the model to embed instead of the rounded `timesteps[k]`;
+// empty where they are integers (and for DDPM and DDIM).
+Tensor exact_timesteps(const ReverseChainPlan& plan, size_t k, int64_t n);
+
 }  // namespace diffuflow

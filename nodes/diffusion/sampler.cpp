@@ -58,9 +58,10 @@ NodeContract Sampler::contract() {
   c.inputs = {{"start", {fields::kXt}, "x_t [N,C,H,W] f32: x_T of each chain"},
               {"back", {fields::kXt, fields::kT, fields::kSamplerStep, fields::kPrediction},
                "prediction [N,C,H,W] f32 for (x_t, t); optional z [N,C,H,W] replaces the step's noise"}};
-  c.outputs = {{"model", {fields::kXt, fields::kT, fields::kSamplerStep, fields::kLabels},
+  c.outputs = {{"model", {fields::kXt, fields::kT, fields::kSamplerStep, fields::kLabels, fields::kTExact},
                 "x_t [N,C,H,W] f32; t [N] s32 host; sampler_step; labels [N] s32 host with classes (x_t, t and "
-                "labels of 2N images when guided: the null class in the second half)"},
+                "labels of 2N images when guided: the null class in the second half); t_exact [N] f32 host where "
+                "the method's timestep is fractional (Euler's linspace spacing, Karras sigmas; t is it rounded)"},
                {"done", {fields::kSample, fields::kChain, fields::kLabels},
                 "sample [N,C,H,W] f32 = x_0; chain [N,K,C,H,W] f32 (snapshots > 0); labels [N] with classes"}};
   c.input_policy = InputPolicy::any;
@@ -103,6 +104,7 @@ void Sampler::start(const Packet& packet, Emitter& out) {
     const Tensor sample = scale_initial_noise(steps_, plan_.sigmas, x_t);
     x_t = scale_model_input(steps_, plan_.sigmas, 0, sample);
     next.set(kSolverSample, sample).set(fields::kXt, x_t);
+    if (const Tensor exact = exact_timesteps(plan_, 0, x_t.dim(0)); !exact.empty()) next.set(fields::kTExact, exact);
   }
   if (!plan_.snapshot_positions.empty()) {
     next.set(kChainSnapshots, std::make_shared<const ChainSnapshots>());
@@ -116,6 +118,7 @@ Packet Sampler::to_model(Packet packet) const {
   const GuidedBatch batch =
       guidance_.model_inputs(packet.get(fields::kXt), packet.get(fields::kT), packet.get(fields::kLabels));
   packet.set(fields::kXt, batch.x).set(fields::kT, batch.t).set(fields::kLabels, batch.labels);
+  if (packet.has(fields::kTExact)) packet.set(fields::kTExact, repeat_batch(packet.get(fields::kTExact)));
   return packet;
 }
 
@@ -127,6 +130,7 @@ Packet Sampler::from_model(const Packet& packet) const {
       .set(fields::kT, leading_rows(packet.get(fields::kT), n))
       .set(fields::kLabels, leading_rows(packet.get(fields::kLabels), n))
       .set(fields::kPrediction, guidance_.combine(packet.get(fields::kPrediction)));
+  if (packet.has(fields::kTExact)) chain.set(fields::kTExact, leading_rows(packet.get(fields::kTExact), n));
   return chain;
 }
 
@@ -192,10 +196,14 @@ void Sampler::step(const Packet& returned, Emitter& out) {
   if (!plan_.snapshot_positions.empty()) keep_snapshot(next, position, model_input);
   if (!last) {
     next.set(fields::kXt, model_input).set(fields::kT, timestep_tensor(after));
+    if (is_sigma_method(chain.method)) {
+      if (const Tensor exact = exact_timesteps(plan_, static_cast<size_t>(position), x_prev.dim(0)); !exact.empty())
+        next.set(fields::kTExact, exact);
+    }
     out.emit(kModelPort, to_model(std::move(next)));
     return;
   }
-  next.erase(kSolverSample).erase(kSolverHistory);
+  next.erase(kSolverSample).erase(kSolverHistory).erase(fields::kTExact);
   next.set(fields::kSample, x_prev);
   if (!plan_.snapshot_positions.empty()) next.set(fields::kChain, assemble_chain(next));
   next.erase(kChainSnapshots).erase(fields::kSamplerStep);

@@ -68,7 +68,7 @@ class DenoiserModel {
   DenoiserModel& operator=(const DenoiserModel&) = delete;
 
   virtual std::string kind() const = 0;
-  // x: [N,C,H,W] f32 (any engine: reordered inside); t: [N] s32 or s64 host tensor.
+  // x: [N,C,H,W] f32 (any engine: reordered inside); t: [N] s32 or s64 host tensor, or f32 for fractional timesteps.
   virtual ForwardResult forward(const Tensor& x, const Tensor& t, bool for_training) = 0;
   // The same with class labels and a dropout seed. The default refuses class
   // labels (std::invalid_argument) and runs the pass above.

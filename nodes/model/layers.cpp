@@ -900,7 +900,7 @@ ValueId attention_core(Program& p, ValueId q, ValueId k, ValueId v, int64_t batc
   return out;
 }
 
-void timestep_embedding_table(const std::vector<int64_t>& timesteps, int64_t dim, float* out, bool flip_sin_to_cos,
+void timestep_embedding_table(const std::vector<float>& timesteps, int64_t dim, float* out, bool flip_sin_to_cos,
                               double freq_shift) {
   // Host computation (see the header): float32 throughout, as the reference.
   const int64_t half = dim / 2;
@@ -908,7 +908,7 @@ void timestep_embedding_table(const std::vector<int64_t>& timesteps, int64_t dim
   const float denominator = static_cast<float>(static_cast<double>(half) - freq_shift);
   const int64_t cos_at = flip_sin_to_cos ? 0 : half, sin_at = flip_sin_to_cos ? half : 0;
   for (size_t n = 0; n < timesteps.size(); ++n) {
-    const float t = static_cast<float>(timesteps[n]);
+    const float t = timesteps[n];
     float* row = out + static_cast<int64_t>(n) * dim;
     for (int64_t j = 0; j < half; ++j) {
       const float exponent = (-log_max * static_cast<float>(j)) / denominator;
@@ -920,13 +920,24 @@ void timestep_embedding_table(const std::vector<int64_t>& timesteps, int64_t dim
   }
 }
 
-void write_timestep_embedding(const std::vector<int64_t>& timesteps, int64_t dim, const dnnl::memory& temb0,
+void write_timestep_embedding(const std::vector<float>& timesteps, int64_t dim, const dnnl::memory& temb0,
                               bool flip_sin_to_cos, double freq_shift) {
   std::vector<float> table(timesteps.size() * static_cast<size_t>(dim));
   timestep_embedding_table(timesteps, dim, table.data(), flip_sin_to_cos, freq_shift);
   HostMap<float> host(temb0);
   if (host.size() != table.size()) throw std::invalid_argument("model layer: time embedding input of the wrong size");
   std::copy(table.begin(), table.end(), host.begin());
+}
+
+std::vector<float> embedding_timesteps(const Tensor& t, const std::string& what) {
+  if (t.rank() == 1 && t.dtype() == DType::f32) return t.to_vector();
+  if (t.rank() == 1 && (t.dtype() == DType::s32 || t.dtype() == DType::s64)) {
+    std::vector<float> out;
+    for (int64_t v : t.to_int64_vector()) out.push_back(static_cast<float>(v));
+    return out;
+  }
+  throw std::invalid_argument(what + ": t must be s32, s64 or f32 [N], got " + dtype_name(t.dtype()) + " " +
+                              shape_str(t.shape()));
 }
 
 }  // namespace diffuflow

@@ -35,6 +35,7 @@
 #pragma once
 
 #include "compute/program.hpp"
+#include "graph/tensor.hpp"
 
 #include <memory>
 #include <string>
@@ -99,19 +100,23 @@ ValueId to_tokens(Program& p, ValueId x);
 ValueId from_tokens(Program& p, ValueId tokens, const dims& nchw);
 ValueId attention_core(Program& p, ValueId q, ValueId k, ValueId v, int64_t batch, int64_t head_dim);
 
-// The sinusoidal timestep embedding table temb0 [N, dim] for integer
-// timesteps, as diffusers' get_timestep_embedding computes it:
+// The sinusoidal timestep embedding table temb0 [N, dim] for the timesteps
+// (integers, or fractional ones from a sampler such as Euler's), as diffusers'
+// get_timestep_embedding computes it:
 // f_j = exp(-ln(10000) j / (dim/2 - freq_shift)), j < dim/2, and the row is
 // concat(cos(t*f), sin(t*f)) with `flip_sin_to_cos`, else concat(sin, cos),
-// then a zero when dim is odd. It is a function of the integer timesteps
-// only (no parameters, no gradient), so it is computed on the host in
-// float32 and copied into the model's input value before the forward pass.
-void timestep_embedding_table(const std::vector<int64_t>& timesteps, int64_t dim, float* out,
+// then a zero when dim is odd. It is a function of the timesteps only (no
+// parameters, no gradient), so it is computed on the host in float32 and
+// copied into the model's input value before the forward pass.
+void timestep_embedding_table(const std::vector<float>& timesteps, int64_t dim, float* out,
                               bool flip_sin_to_cos = true, double freq_shift = 0);
+// A model's t [N] (s32, s64, or f32 for fractional timesteps) as the values
+// the table takes; std::invalid_argument naming `what` for anything else.
+std::vector<float> embedding_timesteps(const Tensor& t, const std::string& what);
 // The table written into a model's input temb0 [N, dim] with one host mapping.
 // It is computed before the mapping, so a model that queues its input uploads
 // first has the host work overlap them.
-void write_timestep_embedding(const std::vector<int64_t>& timesteps, int64_t dim, const dnnl::memory& temb0,
+void write_timestep_embedding(const std::vector<float>& timesteps, int64_t dim, const dnnl::memory& temb0,
                               bool flip_sin_to_cos = true, double freq_shift = 0);
 
 }  // namespace diffuflow

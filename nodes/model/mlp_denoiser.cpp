@@ -94,11 +94,11 @@ ForwardResult MlpDenoiser::forward(const Tensor& x, const Tensor& t, bool for_tr
                                 std::to_string(d) + "], got " + dtype_name(x.dtype()) + " " + shape_str(x.shape()));
   }
   const int64_t n = x.dim(0);
-  if (t.rank() != 1 || t.dim(0) != n || (t.dtype() != DType::s32 && t.dtype() != DType::s64)) {
-    throw std::invalid_argument("mlp forward: t must be s32 or s64 [" + std::to_string(n) + "], got " +
-                                dtype_name(t.dtype()) + " " + shape_str(t.shape()));
+  if (t.rank() != 1 || t.dim(0) != n) {
+    throw std::invalid_argument("mlp forward: t must be [" + std::to_string(n) + "], got " + dtype_name(t.dtype()) +
+                                " " + shape_str(t.shape()));
   }
-  const std::vector<int64_t> steps = t.to_int64_vector();
+  const std::vector<float> steps = embedding_timesteps(t, "mlp forward");
 
   const MlpPoolKey key{n, for_training};
   auto ws = pool_->acquire(key, [&](PrimitiveCache& cache) {

@@ -14,7 +14,8 @@ NodeContract ModelForward::contract() {
   c.example = "{name: forward, type: model_forward, params: {model: model, training: true}}";
   c.inputs = {{"in", {fields::kXt, fields::kT},
                 "x_t [N,C,H,W] f32; t [N] s32 host; labels [N] s32 host, read (and required) only when the model "
-                "has a class embedding"}};
+                "has a class embedding; t_exact [N] f32 host, when present the timesteps the model embeds "
+                "(a sampler's fractional ones)"}};
   c.outputs = {{"out", {fields::kPrediction, fields::kActivations}, "prediction [N,C,H,W] f32; activations (training only)"}};
   c.host_only = false;
   return c;
@@ -38,7 +39,8 @@ void ModelForward::process(const NodeInput& in, Emitter& out) {
   }
   // Dropout masks (training only) follow the (seed, node, step) stream.
   if (params_.training) inputs.dropout_seed = ctx().rng(name(), packet.seq())();
-  ForwardResult result = model.forward(packet.get(fields::kXt), packet.get(fields::kT), params_.training, inputs);
+  const Tensor& t = packet.has(fields::kTExact) ? packet.get(fields::kTExact) : packet.get(fields::kT);
+  ForwardResult result = model.forward(packet.get(fields::kXt), t, params_.training, inputs);
   Packet next = packet.with(fields::kPrediction, result.prediction);
   if (params_.training) next.set(fields::kActivations, result.state);
   out.emit(std::move(next));

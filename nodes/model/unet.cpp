@@ -341,12 +341,13 @@ ForwardResult UNetModel::forward(const Tensor& x, const Tensor& t, bool for_trai
                                 dtype_name(x.dtype()) + " " + shape_str(x.shape()));
   }
   const int64_t n = x.dim(0), h = x.dim(2), w = x.dim(3);
-  if (t.rank() != 1 || t.dim(0) != n || (t.dtype() != DType::s32 && t.dtype() != DType::s64)) {
-    throw std::invalid_argument("unet forward: t must be s32 or s64 [" + std::to_string(n) + "], got " +
-                                dtype_name(t.dtype()) + " " + shape_str(t.shape()));
+  if (t.rank() != 1 || t.dim(0) != n) {
+    throw std::invalid_argument("unet forward: t must be [" + std::to_string(n) + "], got " + dtype_name(t.dtype()) +
+                                " " + shape_str(t.shape()));
   }
-  // The timesteps are read on the host (they only feed the host-computed embedding table).
-  const std::vector<int64_t> steps = t.to_int64_vector();
+  // The timesteps are read on the host (they only feed the host-computed embedding table);
+  // f32 carries a sampler's fractional ones.
+  const std::vector<float> steps = embedding_timesteps(t, "unet forward");
   // The class labels likewise (they select rows of the class embedding).
   const int64_t classes = config_.num_classes();
   std::vector<int64_t> labels;

@@ -44,20 +44,23 @@ Tensor sample_reverse_chain(DenoiserModel& model, DiffusionSteps& steps, const T
   const ClassGuidance& guidance = draw.guidance;
   const Tensor labels = guidance.labels(static_cast<int64_t>(n), draw.first_image);
   // The model's output for (x, t) [N,C,H,W]; guided: from one call on 2N images.
-  auto predict = [&](const Tensor& input, const std::vector<int>& t) {
-    const GuidedBatch batch = guidance.model_inputs(input, timestep_tensor(t), labels);
+  auto predict = [&](const Tensor& input, const Tensor& t) {
+    const GuidedBatch batch = guidance.model_inputs(input, t, labels);
     ForwardInputs inputs;
     inputs.class_labels = batch.labels;
     return guidance.combine(model.forward(batch.x, batch.t, /*for_training=*/false, inputs).prediction);
   };
   if (is_sigma_method(options.method)) {
-    // DPM-Solver++ / Euler: the sampler node's loop, in one call (snapshots show the model's inputs).
+    // DPM-Solver / Euler / UniPC: the sampler node's loop, in one call (snapshots show the model's inputs).
     Tensor sample = scale_initial_noise(steps, plan.sigmas, x);
     SolverHistory history;
     keep(0, scale_model_input(steps, plan.sigmas, 0, sample));
     for (size_t k = 0; k < plan.sigmas.size(); ++k) {
       const Tensor input = scale_model_input(steps, plan.sigmas, k, sample);
-      const Tensor prediction = predict(input, std::vector<int>(n, plan.timesteps[k]));
+      // The exact timestep where it is fractional (Euler), as diffusers calls its model.
+      const Tensor exact = exact_timesteps(plan, k, static_cast<int64_t>(n));
+      const Tensor prediction =
+          predict(input, exact.empty() ? timestep_tensor(std::vector<int>(n, plan.timesteps[k])) : exact);
       const Tensor z = sigma_step_needs_noise(plan.sigmas, config) ? step_noise(int64_t(k)) : Tensor();
       auto result = sigma_step(steps, plan.sigmas, config, k, sample, prediction, history, z);
       sample = result.prev_sample;
@@ -72,7 +75,7 @@ Tensor sample_reverse_chain(DenoiserModel& model, DiffusionSteps& steps, const T
   for (size_t k = 0; k < plan.timesteps.size(); ++k) {
     const int now = plan.timesteps[k];
     const std::vector<int> t(n, now), target(n, plan.step_target(now));
-    const Tensor prediction = predict(x, t);
+    const Tensor prediction = predict(x, timestep_tensor(t));
     if (options.method == SamplerMethod::ddpm) {
       x = steps.ddpm_step(x, prediction, now > 0 ? step_noise(int64_t(k)) : Tensor(), t, target, config).prev_sample;
     } else {

@@ -236,48 +236,55 @@ TEST_CASE("the sampler sends 2N images with the null class when guided and steps
   }
 }
 
-TEST_CASE("guided DPM-Solver++ in sample_reverse_chain equals the guided sampler node, classes cycling by image") {
-  RunContext ctx;
-  make_resource("noise_schedule", "schedule", "{kind: linear, timesteps: 100}", ctx);
-  make_resource("unet_model", "model", conditional_unet(), ctx);
-  auto sampler = make_node("sampler",
-                           "{schedule: schedule, method: dpmpp, steps: 5, model: model, classes: '0,1', "
-                           "guidance_scale: 3, class_order: cycle}",
-                           ctx);
-  auto forward = make_node("model_forward", "{model: model}", ctx);
-  const Tensor x_T = random_tensor({3, 2, 8, 12}, 7);
-  CollectingEmitter out;
-  // The packet's first image is image 1 of the run: classes 1, 0, 1.
-  sampler->process(single_input(Packet(0).with(fields::kXt, x_T).with(fields::kFirstImage, int64_t{1}).share(),
-                                Sampler::kStartPort),
-                   out);
-  for (int guard = 0; guard < 20 && out.port(out.size() - 1) == Sampler::kModelPort; ++guard) {
-    CollectingEmitter predicted;
-    forward->process(single_input(out.emitted.back().second), predicted);
-    sampler->process(single_input(predicted.emitted.back().second, Sampler::kBackPort), out);
+TEST_CASE("guided DPM-Solver++ and Euler in sample_reverse_chain equal the guided sampler node, classes cycling by "
+          "image") {
+  // Euler with linspace spacing calls the model at fractional timesteps (t_exact, doubled with the batch).
+  for (const auto& [spacing, method] : {std::pair<std::string, SamplerMethod>{"leading", SamplerMethod::dpmpp},
+                                        {"linspace", SamplerMethod::euler}}) {
+    CAPTURE(spacing);
+    RunContext ctx;
+    make_resource("noise_schedule", "schedule", "{kind: linear, timesteps: 100, timestep_spacing: " + spacing + "}",
+                  ctx);
+    make_resource("unet_model", "model", conditional_unet(), ctx);
+    auto sampler = make_node("sampler",
+                             "{schedule: schedule, method: " + enum_name(method) +
+                                 ", steps: 5, model: model, classes: '0,1', guidance_scale: 3, class_order: cycle}",
+                             ctx);
+    auto forward = make_node("model_forward", "{model: model}", ctx);
+    const Tensor x_T = random_tensor({3, 2, 8, 12}, 7);
+    CollectingEmitter out;
+    // The packet's first image is image 1 of the run: classes 1, 0, 1.
+    sampler->process(single_input(Packet(0).with(fields::kXt, x_T).with(fields::kFirstImage, int64_t{1}).share(),
+                                  Sampler::kStartPort),
+                     out);
+    for (int guard = 0; guard < 20 && out.port(out.size() - 1) == Sampler::kModelPort; ++guard) {
+      CollectingEmitter predicted;
+      forward->process(single_input(out.emitted.back().second), predicted);
+      sampler->process(single_input(predicted.emitted.back().second, Sampler::kBackPort), out);
+    }
+    REQUIRE(out.port(out.size() - 1) == Sampler::kDonePort);
+    const Packet& done = out.packet(out.size() - 1);
+    CHECK(s32_values(done.get(fields::kLabels)) == std::vector<int32_t>{1, 0, 1});
+
+    GuidanceOptions options;
+    options.classes = "0,1";
+    options.guidance_scale = 3;
+    options.class_order = ClassOrder::cycle;
+    ReverseChainDraw draw;
+    draw.options.method = method;
+    draw.options.steps = 5;
+    draw.guidance = ClassGuidance(options, 3, "model");
+    draw.first_image = 1;
+    DiffusionSteps steps(*ctx.resource_as<NoiseSchedule>("schedule"), ctx.device());
+    const Tensor sample = sample_reverse_chain(ctx.resource_as<ModelResource>("model")->model(), steps, x_T, draw);
+    CHECK(max_abs_diff(sample.to_vector(), done.get(fields::kSample).to_vector()) < 1e-6);
+
+    // Without guidance the samples differ: the guidance reached the solver.
+    options.guidance_scale = 1.0;
+    draw.guidance = ClassGuidance(options, 3, "model");
+    const Tensor plain = sample_reverse_chain(ctx.resource_as<ModelResource>("model")->model(), steps, x_T, draw);
+    CHECK(max_abs_diff(plain.to_vector(), done.get(fields::kSample).to_vector()) > 1e-4);
   }
-  REQUIRE(out.port(out.size() - 1) == Sampler::kDonePort);
-  const Packet& done = out.packet(out.size() - 1);
-  CHECK(s32_values(done.get(fields::kLabels)) == std::vector<int32_t>{1, 0, 1});
-
-  GuidanceOptions options;
-  options.classes = "0,1";
-  options.guidance_scale = 3;
-  options.class_order = ClassOrder::cycle;
-  ReverseChainDraw draw;
-  draw.options.method = SamplerMethod::dpmpp;
-  draw.options.steps = 5;
-  draw.guidance = ClassGuidance(options, 3, "model");
-  draw.first_image = 1;
-  DiffusionSteps steps(*ctx.resource_as<NoiseSchedule>("schedule"), ctx.device());
-  const Tensor sample = sample_reverse_chain(ctx.resource_as<ModelResource>("model")->model(), steps, x_T, draw);
-  CHECK(max_abs_diff(sample.to_vector(), done.get(fields::kSample).to_vector()) < 1e-6);
-
-  // Without guidance the samples differ: the guidance reached the solver.
-  options.guidance_scale = 1.0;
-  draw.guidance = ClassGuidance(options, 3, "model");
-  const Tensor plain = sample_reverse_chain(ctx.resource_as<ModelResource>("model")->model(), steps, x_T, draw);
-  CHECK(max_abs_diff(plain.to_vector(), done.get(fields::kSample).to_vector()) > 1e-4);
 }
 
 TEST_CASE("class and guidance errors come when the sampler is built, before sampling starts") {

@@ -452,6 +452,16 @@ TEST_CASE("timestep embedding table is cos then sin of t times geometric frequen
   }
 }
 
+TEST_CASE("timestep embedding of a fractional timestep follows the same formula") {
+  std::vector<float> table(8);
+  timestep_embedding_table({947.37f}, 8, table.data());
+  for (int j = 0; j < 4; ++j) {
+    const double freq = std::exp(-std::log(10000.0) * j / 4.0);
+    CHECK(table[j] == doctest::Approx(std::cos(947.37 * freq)).epsilon(1e-4));
+    CHECK(table[4 + j] == doctest::Approx(std::sin(947.37 * freq)).epsilon(1e-4));
+  }
+}
+
 TEST_CASE("conv2d padded only after (downsample_padding 0) gradients match finite differences") {
   LayerHarness h(4 * 3 * 9 + 4);
   const ValueId x = h.input({2, 3, 6, 6});

@@ -6,6 +6,7 @@
 #include "node_test_util.hpp"
 #include "nodes/common/fields.hpp"
 #include "nodes/model/diffusers_folder.hpp"
+#include "nodes/model/model_resource.hpp"
 #include "nodes/model/unet.hpp"
 #include "nodes/model/unet_model.hpp"
 #include "test_util.hpp"
@@ -354,4 +355,23 @@ TEST_CASE("model_forward passes the packets' labels to a class-conditioned U-Net
   CHECK(max_diff(out.packet(0).get(fields::kPrediction).to_vector(), io.floats("eps_out")) <= 1e-4f);
   CHECK_THROWS_WITH_AS(node->process(test::single_input(Packet(base).share()), out), doctest::Contains("'labels'"),
                        std::invalid_argument);
+}
+
+TEST_CASE("model_forward embeds a packet's t_exact (a sampler's fractional timesteps) instead of t") {
+  RunContext ctx;
+  test::make_resource("unet_model", "model", "{config: unet-tiny, init_seed: 3}", ctx);
+  auto node = test::make_node("model_forward", "{model: model, training: false}", ctx);
+  std::vector<float> pixels(256);
+  for (size_t i = 0; i < pixels.size(); ++i) pixels[i] = std::sin(0.37f * float(i));
+  const Tensor x = Tensor::from_vector({1, 1, 16, 16}, pixels);
+  const Packet base = Packet(0).with(fields::kXt, x).with(fields::kT, int_tensor({947}));
+  const Tensor exact = Tensor::from_vector({1}, {947.37f});
+  test::CollectingEmitter out;
+  node->process(test::single_input(Packet(base).share()), out);
+  node->process(test::single_input(base.with(fields::kTExact, exact).share()), out);
+  REQUIRE(out.size() == 2);
+  DenoiserModel& model = ctx.resource_as<ModelResource>("model")->model();
+  const auto direct = model.forward(x, exact, false).prediction.to_vector();
+  CHECK(out.packet(1).get(fields::kPrediction).to_vector() == direct);
+  CHECK(out.packet(0).get(fields::kPrediction).to_vector() != direct);
 }

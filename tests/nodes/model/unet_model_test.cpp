@@ -135,6 +135,27 @@ TEST_CASE("unet-s runs forward and backward at batch 2 on 28x28 images") {
   CHECK(all_finite(fwd.prediction.to_vector()));
 }
 
+TEST_CASE("a fractional f32 timestep is embedded as it is; integral f32 values equal the s32 ones bitwise") {
+  Device device(DeviceSpec{});
+  auto model = make_unet(UNetConfig::named("unet-tiny"), device);
+  model->init_random(2);
+  std::mt19937 rng(4);
+  const Tensor x = random_tensor({2, 1, 16, 16}, rng);
+  auto floats = [](const std::vector<float>& values) { return Tensor::from_vector({int64_t(values.size())}, values); };
+  const auto ints = model->forward(x, timesteps({947, 3}), false).prediction.to_vector();
+  CHECK(model->forward(x, floats({947.0f, 3.0f}), false).prediction.to_vector() == ints);
+  const auto between = model->forward(x, floats({947.37f, 3.0f}), false).prediction.to_vector();
+  const auto above = model->forward(x, timesteps({948, 3}), false).prediction.to_vector();
+  // The first image moves (and lies between its neighbours' predictions nowhere exactly); the second does not.
+  const size_t half = ints.size() / 2;
+  CHECK(std::vector<float>(between.begin(), between.begin() + half) != std::vector<float>(ints.begin(), ints.begin() + half));
+  CHECK(std::vector<float>(between.begin(), between.begin() + half) != std::vector<float>(above.begin(), above.begin() + half));
+  CHECK(std::vector<float>(between.begin() + half, between.end()) == std::vector<float>(ints.begin() + half, ints.end()));
+  // Other dtypes and shapes are refused.
+  CHECK_THROWS_WITH_AS(model->forward(x, Tensor::from_vector({2, 1}, {1.0f, 2.0f}), false),
+                       doctest::Contains("t must be"), std::invalid_argument);
+}
+
 TEST_CASE("forward rejects inputs of the wrong shape and backward a state from another model") {
   Device device(DeviceSpec{});
   auto model = make_unet(UNetConfig::named("unet-tiny"), device);
