@@ -449,7 +449,7 @@ struct UniPcTerms {
   std::vector<std::vector<float>> powers(size_t size) const {
     std::vector<std::vector<float>> r(size, std::vector<float>(size, 1.0f));
     for (size_t i = 1; i < size; ++i)
-      for (size_t j = 0; j < size; ++j) r[i][j] = i == 1 ? rks[j] : i == 2 ? rks[j] * rks[j] : r[i - 1][j] * rks[j];
+      for (size_t j = 0; j < size; ++j) r[i][j] = r[i - 1][j] * rks[j];
     return r;
   }
 };
