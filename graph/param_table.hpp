@@ -29,6 +29,7 @@
 #include "graph/params.hpp"
 
 #include <functional>
+#include <memory>
 #include <stdexcept>
 #include <string>
 #include <type_traits>
@@ -194,9 +195,11 @@ class ParamTable {
  private:
   ParamTable() {
     collect<1>();
-    const S defaults{};
+    // On the heap: GCC 12 warns of a maybe-uninitialized string in some large
+    // aggregates held on the stack here (a false positive of its inlining).
+    const auto defaults = std::make_unique<const S>();
     for (auto& row : rows_) {
-      row.spec().default_value = row.read(defaults);
+      row.spec().default_value = row.read(*defaults);
       for (const auto& spec : specs_)
         if (spec.name == row.spec().name)
           throw std::logic_error("parameter '" + spec.name + "' is declared twice in one parameter struct");
