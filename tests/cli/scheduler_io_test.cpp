@@ -35,6 +35,14 @@ std::string scheduler_io(const fs::path& folder, int64_t steps, const fs::path& 
          std::to_string(steps) + " --inputs " + inputs.string() + " --out " + out.string();
 }
 
+// scheduler-io on the config in `folder` and its in.safetensors (or `inputs`), which must succeed; its output.
+SafetensorsFile run_case(const fs::path& folder, int64_t steps, const fs::path& out, const fs::path& inputs = {}) {
+  const auto result = run_cli(scheduler_io(folder, steps, inputs.empty() ? folder / "in.safetensors" : inputs, out));
+  CAPTURE(result.output);
+  REQUIRE(result.exit_code == 0);
+  return SafetensorsFile::read(out);
+}
+
 }  // namespace
 
 TEST_CASE("scheduler-io reproduces diffusers' DDPM and DDIM steps for every fixture case") {
@@ -46,11 +54,7 @@ TEST_CASE("scheduler-io reproduces diffusers' DDPM and DDIM steps for every fixt
     const std::string name = c.at("name");
     CAPTURE(name);
     const fs::path folder = root / name;
-    const fs::path out = dir / (name + ".safetensors");
-    const auto result = run_cli(scheduler_io(folder, c.at("steps").get<int64_t>(), folder / "in.safetensors", out));
-    CAPTURE(result.output);
-    REQUIRE(result.exit_code == 0);
-    const auto got = SafetensorsFile::read(out);
+    const auto got = run_case(folder, c.at("steps").get<int64_t>(), dir / (name + ".safetensors"));
     const auto want = SafetensorsFile::read(folder / "out.safetensors");
     CHECK(got.ints("timesteps") == want.ints("timesteps"));
     CHECK(max_scaled_diff(got.floats("alphas_cumprod"), want.floats("alphas_cumprod")) <= 1e-7);
@@ -121,11 +125,7 @@ TEST_CASE("scheduler-io runs DPM-Solver (orders 1-3, ODE and SDE), Euler, Euler 
     const std::string name = c.at("name");
     CAPTURE(name);
     const fs::path folder = root / name;
-    const fs::path out = dir / (name + ".safetensors");
-    const auto result = run_cli(scheduler_io(folder, c.at("steps").get<int64_t>(), folder / "in.safetensors", out));
-    CAPTURE(result.output);
-    REQUIRE(result.exit_code == 0);
-    const auto got = SafetensorsFile::read(out);
+    const auto got = run_case(folder, c.at("steps").get<int64_t>(), dir / (name + ".safetensors"));
     const auto want = SafetensorsFile::read(folder / "out.safetensors");
     REQUIRE(got.entry("timesteps").dtype == want.entry("timesteps").dtype);
     if (want.entry("timesteps").dtype == "I64") {
@@ -165,10 +165,7 @@ TEST_CASE("each solver class reads the other's solver_type names as diffusers do
     int64_t count = 0;
     for (const auto& c : steps)
       if (c.at("name") == name) count = c.at("steps");
-    const auto result = run_cli(scheduler_io(dir.path(), count, folder / "in.safetensors", dir / "out.safetensors"));
-    CAPTURE(result.output);
-    REQUIRE(result.exit_code == 0);
-    const auto got = SafetensorsFile::read(dir / "out.safetensors");
+    const auto got = run_case(dir.path(), count, dir / "out.safetensors", folder / "in.safetensors");
     const auto want = SafetensorsFile::read(folder / "out.safetensors");
     const std::string last = "step." + std::to_string(count - 1) + ".prev_sample";
     CHECK(max_scaled_diff(got.floats(last), want.floats(last)) <= 1e-5);

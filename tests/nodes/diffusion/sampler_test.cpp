@@ -94,6 +94,26 @@ edges:
   return run;
 }
 
+// Runs the loop with one chain in flight and with three (concurrency 2): each
+// chain's sample must be bitwise the same, and no sampler-private field may
+// leave the loop. Returns the first run.
+LoopRun check_in_flight_invariance(const std::string& params,
+                                   const std::string& schedule = "kind: linear, timesteps: 100") {
+  LoopRun one = run_loop(params, 1, 1, 3, schedule);
+  const LoopRun three = run_loop(params, 3, 2, 3, schedule);
+  REQUIRE(one.samples.size() == 3);
+  REQUIRE(three.samples.size() == 3);
+  for (const auto& [seq, packet] : one.samples) {
+    CAPTURE(seq);
+    CHECK(max_abs_diff(packet->tensor("sample").to_vector(), three.samples.at(seq)->tensor("sample").to_vector()) ==
+          0.0);
+    CHECK_FALSE(packet->has("sampler_history"));
+    CHECK_FALSE(packet->has("sampler_sample"));
+    CHECK_FALSE(packet->has("t_exact"));
+  }
+  return one;
+}
+
 int64_t invocations(const RunReport& report, const std::string& node) {
   for (const auto& n : report.nodes)
     if (n.name == node) return n.count;
@@ -302,17 +322,7 @@ TEST_CASE("DPM-Solver++ and Euler chains in flight together each keep their own 
                                    "{schedule: schedule, method: euler, steps: 6}",
                                    "{schedule: schedule, method: euler_ancestral, steps: 6}"}) {
     CAPTURE(params);
-    const LoopRun one = run_loop(params, 1, 1);
-    const LoopRun three = run_loop(params, 3, 2);
-    REQUIRE(one.samples.size() == 3);
-    REQUIRE(three.samples.size() == 3);
-    for (const auto& [seq, packet] : one.samples) {
-      CAPTURE(seq);
-      const auto a = packet->tensor("sample").to_vector();
-      CHECK(max_abs_diff(a, three.samples.at(seq)->tensor("sample").to_vector()) == 0.0);
-      CHECK_FALSE(packet->has("sampler_history"));
-      CHECK_FALSE(packet->has("sampler_sample"));
-    }
+    const LoopRun one = check_in_flight_invariance(params);
     CHECK(max_abs_diff(one.samples.at(0)->tensor("sample").to_vector(),
                        one.samples.at(1)->tensor("sample").to_vector()) > 1e-3);
   }
@@ -321,34 +331,21 @@ TEST_CASE("DPM-Solver++ and Euler chains in flight together each keep their own 
 }
 
 TEST_CASE("third-order, stochastic DPM-Solver and UniPC chains give the same samples however many are in flight") {
-  // 3M keeps two past outputs per chain; the SDE variants draw noise keyed by the image, not the batch.
-  const std::string base = "kind: linear, timesteps: 100, final_sigmas_type: sigma_min, ";
-  for (const std::string schedule : {base + "solver_order: 3", base + "solver_order: 3, algorithm_type: dpmsolver",
-                                     base + "solver_order: 3, algorithm_type: sde-dpmsolver++",
-                                     base + "algorithm_type: sde-dpmsolver, solver_type: heun"}) {
-    CAPTURE(schedule);
-    const std::string params = "{schedule: schedule, method: dpmpp, steps: 9}";
-    const LoopRun one = run_loop(params, 1, 1, 3, schedule);
-    const LoopRun three = run_loop(params, 3, 2, 3, schedule);
-    REQUIRE(one.samples.size() == 3);
-    REQUIRE(three.samples.size() == 3);
-    for (const auto& [seq, packet] : one.samples) {
-      CAPTURE(seq);
-      CHECK(max_abs_diff(packet->tensor("sample").to_vector(), three.samples.at(seq)->tensor("sample").to_vector()) ==
-            0.0);
-      CHECK_FALSE(packet->has("sampler_history"));
-    }
-  }
+  // 3M keeps two past outputs per chain; the SDE variants draw noise keyed by the image, not the batch;
   // UniPC keeps solver_order outputs, the sample its last step started from and that step's order.
-  for (const std::string schedule : {base + "solver_order: 3", base + "predict_x0: false, solver_type: bh1"}) {
+  const std::string base = "kind: linear, timesteps: 100, final_sigmas_type: sigma_min, ";
+  const std::string dpm = "{schedule: schedule, method: dpmpp, steps: 9}";
+  const std::string unipc = "{schedule: schedule, method: unipc, steps: 9}";
+  for (const auto& [params, schedule] : std::vector<std::pair<std::string, std::string>>{
+           {dpm, base + "solver_order: 3"},
+           {dpm, base + "solver_order: 3, algorithm_type: dpmsolver"},
+           {dpm, base + "solver_order: 3, algorithm_type: sde-dpmsolver++"},
+           {dpm, base + "algorithm_type: sde-dpmsolver, solver_type: heun"},
+           {unipc, base + "solver_order: 3"},
+           {unipc, base + "predict_x0: false, solver_type: bh1"}}) {
+    CAPTURE(params);
     CAPTURE(schedule);
-    const std::string params = "{schedule: schedule, method: unipc, steps: 9}";
-    const LoopRun one = run_loop(params, 1, 1, 3, schedule);
-    const LoopRun three = run_loop(params, 3, 2, 3, schedule);
-    REQUIRE(three.samples.size() == 3);
-    for (const auto& [seq, packet] : one.samples)
-      CHECK(max_abs_diff(packet->tensor("sample").to_vector(), three.samples.at(seq)->tensor("sample").to_vector()) ==
-            0.0);
+    check_in_flight_invariance(params, schedule);
   }
   // The same start and model: the stochastic solver's samples differ from the deterministic one's.
   const LoopRun ode = run_loop("{schedule: schedule, method: dpmpp, steps: 9}", 1, 1, 1, base + "solver_order: 3");
