@@ -6,6 +6,7 @@
 //   diffuflow bench unet   [...]      the U-Net alone, as `diffuflow bench-unet` times it, each GFLOP/s
 //                                     figure also as a fraction of the matmul peak measured just before
 //   diffuflow bench matmul [--threads N] [--precision f32|bf16]   GFLOP/s of a 2048^3 oneDNN matmul
+//   diffuflow bench bandwidth [--threads N] [--mib 256]           GB/s of a oneDNN reorder copying M MiB
 //
 //   --sweep threads=1,2 | batch=16,32,64 | max_in_flight=1,2 | concurrency=NODE:1,2 | NODE.PARAM=a,b
 //           | precision=f32,bf16 (bench unet, matmul; pipelines: model.precision=f32,bf16)
@@ -39,6 +40,7 @@
 #include "nodes/common/images.hpp"
 #include "nodes/common/plots.hpp"
 #include "compute/program.hpp"
+#include "runners/bench_bandwidth.hpp"
 #include "runners/bench_matmul.hpp"
 #include "runners/bench_unet.hpp"
 #include "runners/cli_common.hpp"
@@ -69,7 +71,7 @@ using json = nlohmann::json;
 
 namespace {
 
-const std::set<std::string> kKinds = {"train", "sample", "data", "unet", "matmul"};
+const std::set<std::string> kKinds = {"train", "sample", "data", "unet", "matmul", "bandwidth"};
 const std::set<std::string> kModelTypes = {"model_forward", "diffusion_loss", "model_backward", "optimiser"};
 const std::set<std::string> kSourceTypes = {"mnist_loader", "image_folder_loader", "synthetic_source", "noise_source",
                                             "toy2d_source"};
@@ -95,6 +97,7 @@ struct Settings {
   std::optional<Override> param;  // NODE.PARAM sweep
   std::string precision;          // bench unet, matmul: f32 or bf16 (empty: f32)
   bool breakdown = false;         // bench unet: time per layer kind too
+  int64_t mib = 256;              // bench bandwidth: the buffer copied
 };
 
 struct NodeWindow {
@@ -106,7 +109,7 @@ struct NodeWindow {
 };
 
 struct Measurement {
-  double rate = 0;  // images/s (bench matmul: GFLOP/s)
+  double rate = 0;  // images/s (bench matmul: GFLOP/s; bandwidth: GB/s)
   double window_s = 0;
   int64_t images = 0;
   int64_t steps = 0;
@@ -437,6 +440,25 @@ Measurement measure_matmul(const Settings& s) {
   return m;
 }
 
+// `bench bandwidth`: the bandwidth probe alone (runners/bench_bandwidth.hpp); the rate is GB/s.
+Measurement measure_bandwidth_row(const Settings& s) {
+  BandwidthSettings b;
+  b.mib = s.mib;
+  b.threads = resolved_threads(s.threads);
+  b.iters = s.steps;
+  b.warmup = s.warmup;
+  const MemoryBandwidth bw = measure_bandwidth(b);
+  Measurement m;
+  m.rate = bw.gb_per_s();
+  m.steps = s.steps;
+  m.peak_rss_mib = peak_rss_mib();
+  m.extra = {{"mib", b.mib},
+             {"implementation", bw.implementation},
+             {"gb_per_s_best", bw.best_gb_per_s()},
+             {"seconds_per_pass", {{"median", bw.median_s}, {"min", bw.min_s}, {"max", bw.max_s}}}};
+  return m;
+}
+
 // ---- results ------------------------------------------------------------------------------------
 
 struct Row {
@@ -495,8 +517,12 @@ std::string unet_figures(const Measurement& m, UNetBenchMode mode) {
 }
 
 // The JSON and CSV name of a kind's rate.
-std::string rate_key(const std::string& kind) { return kind == "matmul" ? "gflops_per_s" : "images_per_s"; }
-std::string rate_unit(const std::string& kind) { return kind == "matmul" ? "GFLOP/s" : "images/s"; }
+std::string rate_key(const std::string& kind) {
+  return kind == "matmul" ? "gflops_per_s" : kind == "bandwidth" ? "gb_per_s" : "images_per_s";
+}
+std::string rate_unit(const std::string& kind) {
+  return kind == "matmul" ? "GFLOP/s" : kind == "bandwidth" ? "GB/s" : "images/s";
+}
 
 json measurement_json(const Measurement& m, const std::string& kind) {
   json j = {{rate_key(kind), m.rate},         {"window_s", m.window_s},     {"images", m.images},
@@ -575,9 +601,9 @@ int parse_positive(const std::string& text, const std::string& option) {
 }
 
 OptionTable bench_options() {
-  return {OptionSpec::positional("kind", "train|sample|data|unet|matmul",
-                                 "what to measure: the training, sampling or data graph, the U-Net alone, or the "
-                                 "machine's matmul peak"),
+  return {OptionSpec::positional("kind", "train|sample|data|unet|matmul|bandwidth",
+                                 "what to measure: the training, sampling or data graph, the U-Net alone, the "
+                                 "machine's matmul peak or its memory bandwidth"),
           shared::unet_config(),
           shared::batch(),
           shared::threads().fallback("0"),
@@ -600,18 +626,21 @@ OptionTable bench_options() {
           shared::json_file(),
           OptionSpec::text("csv", "FILE", "write one CSV row per sweep value"),
           OptionSpec::text("plot", "FILE.png",
-                           "write a PNG line plot of images/s (matmul: GFLOP/s; min-max bars) against the swept "
-                           "value")};
+                           "write a PNG line plot of images/s (matmul: GFLOP/s; bandwidth: GB/s; min-max bars) against "
+                           "the swept value"),
+          OptionSpec::integer("mib", "M", "bench bandwidth: MiB copied per pass (default 256, beyond the caches)")
+              .range(1, 65536)};
 }
 
 int run_bench(const ParsedOptions& opts) {
   Settings base;
   base.kind = opts.text("kind");
   if (!kKinds.count(base.kind)) {
-    throw bad_option("KIND", "unknown bench '" + base.kind + "': train, sample, data, unet or matmul");
+    throw bad_option("KIND", "unknown bench '" + base.kind + "': train, sample, data, unet, matmul or bandwidth");
   }
-  // unet and matmul run no pipeline.
-  const bool standalone = base.kind == "unet" || base.kind == "matmul";
+  // unet, matmul and bandwidth run no pipeline; the last two are probes of the machine (no batch).
+  const bool probe = base.kind == "matmul" || base.kind == "bandwidth";
+  const bool standalone = base.kind == "unet" || probe;
   base.pipeline = opts.has("pipeline") ? opts.text("pipeline") : "pipelines/bench_" + base.kind + ".yaml";
   if (opts.has("config")) base.config = opts.text("config");
   base.batch = opts.integer("batch");
@@ -637,6 +666,11 @@ int run_bench(const ParsedOptions& opts) {
     } catch (const ConfigError& e) {
       throw bad_option("--precision", e.message());
     }
+    if (base.kind == "bandwidth") throw bad_option("--precision", "bench bandwidth copies f32; it takes no precision");
+  }
+  if (opts.has("mib")) {
+    if (base.kind != "bandwidth") throw bad_option("--mib", "only bench bandwidth copies a buffer of M MiB");
+    base.mib = opts.integer("mib");
   }
   // Under mpirun every process runs the same measurements; rank 0 reports them.
   World& world = *process_world();
@@ -682,6 +716,7 @@ int run_bench(const ParsedOptions& opts) {
     if (base.kind == "matmul" && sweep_name != "threads" && sweep_name != "precision") {
       throw bad_option("--sweep", "bench matmul sweeps threads or precision");
     }
+    if (base.kind == "bandwidth" && sweep_name != "threads") throw bad_option("--sweep", "bench bandwidth sweeps threads");
     if (!standalone && sweep_name == "precision") {
       throw bad_option("--sweep", "pipelines sweep the model's precision as a parameter: --sweep model.precision=f32,bf16");
     }
@@ -743,6 +778,8 @@ int run_bench(const ParsedOptions& opts) {
   const std::string precision = base.precision.empty() ? "f32" : base.precision;
   if (base.kind == "matmul") {
     out << "precision " << (sweep_name == "precision" ? "swept" : precision);
+  } else if (base.kind == "bandwidth") {
+    out << base.mib << " MiB copied per pass";
   } else {
     out << "config " << (base.config.empty() ? "(pipeline's)" : base.config) << ", batch " << base.batch;
   }
@@ -754,6 +791,10 @@ int run_bench(const ParsedOptions& opts) {
       base.kind == "matmul"
           ? "one [2048,2048] x [2048,2048] oneDNN matmul (bf16: bf16 inputs, f32 output), operands converted "
             "before timing; GFLOP/s = 2*2048^3 / median pass time per repeat"
+      : base.kind == "bandwidth"
+          ? "one oneDNN reorder copying a plain f32 buffer of " + std::to_string(base.mib) +
+                " MiB into another, both touched before timing; GB/s = 2 * buffer bytes (read + written) / median "
+                "pass time per repeat"
       : base.kind == "unet"
           ? "bench-unet times each U-Net pass alone (no graph) on 28x28 inputs; images/s = batch / median pass time "
             "per repeat; before each repeat, the matmul peak probe (bench matmul) in the same precision and threads, "
@@ -772,12 +813,13 @@ int run_bench(const ParsedOptions& opts) {
     Row& row = rows[i];
     for (int r = 0; r < base.repeats; ++r) {
       Measurement m = base.kind == "unet"     ? measure_unet(points[i], unet_mode)
-                      : base.kind == "matmul" ? measure_matmul(points[i])
+                      : base.kind == "matmul"    ? measure_matmul(points[i])
+                      : base.kind == "bandwidth" ? measure_bandwidth_row(points[i])
                                               : measure_pipeline(points[i]);
       out << (row.sweep_value.empty() ? "" : sweep_name + "=" + row.sweep_value + " ") << "repeat " << r + 1
                 << "/" << base.repeats << ": " << fixed(m.rate) << " " << rate_unit(base.kind);
       if (base.kind == "unet") out << unet_figures(m, unet_mode);
-      if (base.kind == "matmul") out << " (" << m.extra["implementation"].get<std::string>() << ")";
+      if (probe) out << " (" << m.extra["implementation"].get<std::string>() << ")";
       if (!standalone) {
         out << " (" << m.images << " images in " << fixed(m.window_s, 3) << " s; step " << fixed(m.step_ms_median)
                   << " ms median; model busy " << fixed(m.model_busy_fraction * 100) << "%, compute thread busy "
@@ -801,7 +843,7 @@ int run_bench(const ParsedOptions& opts) {
   const bool with_train = base.kind == "unet" && unet_mode != UNetBenchMode::forward;
   out << "\n" << std::left << std::setw(16) << (sweep_name.empty() ? "" : sweep_name) << std::right
             << std::setw(10) << "threads";
-  if (base.kind != "matmul") out << std::setw(8) << "batch";
+  if (!probe) out << std::setw(8) << "batch";
   out << std::setw(14) << rate_unit(base.kind) << std::setw(10) << "min" << std::setw(10) << "max";
   if (with_forward) out << std::setw(14) << "fwd GFLOP/s" << std::setw(9) << "of peak";
   if (with_train) out << std::setw(14) << "f+b GFLOP/s" << std::setw(9) << "of peak";
@@ -812,7 +854,7 @@ int run_bench(const ParsedOptions& opts) {
   for (const auto& row : rows) {
     const Measurement& m = row.repeats[row.median_index];
     out << std::left << std::setw(16) << row.sweep_value << std::right << std::setw(10) << row.threads;
-    if (base.kind != "matmul") out << std::setw(8) << row.batch;
+    if (!probe) out << std::setw(8) << row.batch;
     out << std::setw(14) << fixed(row.median) << std::setw(10) << fixed(row.min) << std::setw(10) << fixed(row.max);
     auto number = [&](const char* key, double scale, int width, const char* suffix) {
       const json& v = m.extra.contains(key) ? m.extra.at(key) : json(nullptr);
@@ -924,7 +966,8 @@ int run_bench(const ParsedOptions& opts) {
     }
     LinePlotStyle style;
     style.title = "bench " + base.kind + ": " +
-                  (base.kind == "matmul" ? "2048^3 " + precision
+                  (base.kind == "matmul"      ? "2048^3 " + precision
+                   : base.kind == "bandwidth" ? std::to_string(base.mib) + " MiB copy"
                                          : (base.config.empty() ? std::string("pipeline's model") : base.config) +
                                                (sweep_name == "batch" ? "" : ", batch " + std::to_string(base.batch))) +
                   (sweep_name == "threads" ? "" : ", " + std::to_string(resolved_threads(base.threads)) + " threads") +
@@ -944,7 +987,7 @@ int run_bench(const ParsedOptions& opts) {
 
 DIFFUFLOW_REGISTER_COMMAND(bench,
                            "measure images/s of the training, sampling or data graph or the U-Net alone, or the "
-                           "GFLOP/s of a oneDNN matmul",
+                           "GFLOP/s of a oneDNN matmul, or the memory bandwidth of a oneDNN copy",
                            bench_options(), run_bench);
 
 }  // namespace diffuflow
