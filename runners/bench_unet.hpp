@@ -56,8 +56,13 @@ struct UNetBenchResult {
   MatmulPeak matmul_peak;              // when settings.matmul_peak (else not available)
   // When settings.breakdown: {"passes", "forward_pass_ms", "train_pass_ms",
   // "rows": [{"layer", "primitive", "forward_ms", "train_forward_ms",
-  // "backward_ms"}]}, each figure the sum over the layer's steps of their
-  // median time over the profiled passes (print_unet_breakdown prints it).
+  // "backward_ms", and _gflop and _mb of each}], "layers": [{"layer",
+  // "forward", "forward_backward"}], "unet": {"forward", "forward_backward"}},
+  // each time the sum over the layer's steps of their median time over the
+  // profiled passes, each GFLOP and MB (1e6 bytes) the sum of step_cost()
+  // over them (compute/step_cost.hpp); "layers" and "unet" entries are
+  // {"ms", "gflop", "mb", "flop_per_byte", "gflops_per_s"}, "unet" timed by
+  // the unprofiled passes (print_unet_breakdown prints it).
   nlohmann::json breakdown;
 
   double forward_images_per_s() const;        // at the median pass time
