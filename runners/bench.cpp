@@ -11,6 +11,8 @@
 //   --sweep threads=1,2 | batch=16,32,64 | max_in_flight=1,2 | concurrency=NODE:1,2 | NODE.PARAM=a,b
 //           | precision=f32,bf16 (bench unet, matmul; pipelines: model.precision=f32,bf16)
 //   --json FILE --csv FILE --plot FILE.png
+//   --breakdown (bench unet: time, FLOPs and bytes per layer kind)
+//   --roofline FILE.png (bench unet: also the memory bandwidth, and the layer kinds on a roofline; implies --breakdown)
 //
 // Method. Each repeat builds a fresh Pipeline from pipelines/bench_KIND.yaml
 // (with --set, --config and --batch applied), with no output folder (nothing
@@ -42,6 +44,7 @@
 #include "compute/program.hpp"
 #include "runners/bench_bandwidth.hpp"
 #include "runners/bench_matmul.hpp"
+#include "runners/bench_roofline.hpp"
 #include "runners/bench_unet.hpp"
 #include "runners/cli_common.hpp"
 #include "runners/command.hpp"
@@ -98,6 +101,7 @@ struct Settings {
   std::string precision;          // bench unet, matmul: f32 or bf16 (empty: f32)
   bool breakdown = false;         // bench unet: time per layer kind too
   int64_t mib = 256;              // bench bandwidth: the buffer copied
+  std::string roofline;           // bench unet: the roofline figure to write (empty: none)
 };
 
 struct NodeWindow {
@@ -399,6 +403,7 @@ Measurement measure_unet(const Settings& s, UNetBenchMode mode) {
   if (!s.precision.empty()) u.precision = parse_enum<Precision>(s.precision, "precision");
   u.matmul_peak = true;
   u.breakdown = s.breakdown;
+  u.bandwidth = !s.roofline.empty();
   const bool rss_reset = reset_peak_rss();
   const UNetBenchResult r = bench_unet(u);
   Measurement m;
@@ -416,6 +421,10 @@ Measurement measure_unet(const Settings& s, UNetBenchMode mode) {
   }
   if (!r.matmul_peak.available) m.extra["matmul_peak_note"] = r.matmul_peak.why;
   if (s.breakdown) m.extra["breakdown"] = r.breakdown;
+  if (u.bandwidth) {
+    m.extra["memory_bandwidth_gb_per_s"] = r.bandwidth.gb_per_s();
+    m.extra["roofline"] = unet_roofline(r.breakdown, r.bandwidth.gb_per_s(), r.matmul_peak.gflops_per_s());
+  }
   return m;
 }
 
@@ -492,7 +501,7 @@ json node_json(const NodeWindow& n) {
 const char* const kUNetFigures[] = {"forward_images_per_s",          "forward_gflops_per_s",
                                     "forward_fraction_of_peak",      "forward_backward_images_per_s",
                                     "forward_backward_gflops_per_s", "forward_backward_fraction_of_peak",
-                                    "matmul_peak_gflops_per_s"};
+                                    "matmul_peak_gflops_per_s",      "memory_bandwidth_gb_per_s"};
 
 // "; forward 320.1 images/s, 180.2 GFLOP/s = 51% of the matmul peak (352.0 GFLOP/s); forward+backward ..."
 std::string unet_figures(const Measurement& m, UNetBenchMode mode) {
@@ -512,6 +521,9 @@ std::string unet_figures(const Measurement& m, UNetBenchMode mode) {
     text << " of the matmul peak (" << peak.get<double>() << " GFLOP/s)";
   } else if (e.contains("matmul_peak_note")) {
     text << " (" << e.at("matmul_peak_note").get<std::string>() << ")";
+  }
+  if (e.contains("memory_bandwidth_gb_per_s")) {
+    text << "; memory bandwidth " << e.at("memory_bandwidth_gb_per_s").get<double>() << " GB/s";
   }
   return text.str();
 }
@@ -628,6 +640,9 @@ OptionTable bench_options() {
           OptionSpec::text("plot", "FILE.png",
                            "write a PNG line plot of images/s (matmul: GFLOP/s; bandwidth: GB/s; min-max bars) against "
                            "the swept value"),
+          OptionSpec::text("roofline", "FILE.png",
+                           "bench unet: also measure the memory bandwidth, and draw each layer kind's FLOP/byte and "
+                           "GFLOP/s under the bandwidth and matmul-peak roofs (implies --breakdown)"),
           OptionSpec::integer("mib", "M", "bench bandwidth: MiB copied per pass (default 256, beyond the caches)")
               .range(1, 65536)};
 }
@@ -657,6 +672,13 @@ int run_bench(const ParsedOptions& opts) {
   const UNetBenchMode unet_mode = parse_enum<UNetBenchMode>(mode);
   base.breakdown = opts.flag("breakdown");
   if (base.breakdown && base.kind != "unet") throw bad_option("--breakdown", "only bench unet has a breakdown");
+  if (opts.has("roofline")) {
+    if (base.kind != "unet") throw bad_option("--roofline", "only bench unet draws a roofline");
+    if (opts.has("sweep")) throw bad_option("--roofline", "a roofline shows one run: no --sweep");
+    base.roofline = opts.text("roofline");
+    check_png_path(base.roofline, "--roofline");
+    base.breakdown = true;
+  }
   if (opts.has("precision")) {
     if (!standalone) {
       throw bad_option("--precision", "pipelines set the model's precision as a parameter: --set model.precision=bf16");
@@ -798,7 +820,10 @@ int run_bench(const ParsedOptions& opts) {
       : base.kind == "unet"
           ? "bench-unet times each U-Net pass alone (no graph) on 28x28 inputs; images/s = batch / median pass time "
             "per repeat; before each repeat, the matmul peak probe (bench matmul) in the same precision and threads, "
-            "and each GFLOP/s figure as a fraction of it"
+            "and each GFLOP/s figure as a fraction of it" +
+                std::string(base.roofline.empty() ? ""
+                                                  : "; then the bandwidth probe (bench bandwidth, 256 MiB) for the "
+                                                    "roofline's memory roof")
           : "one run with --max-steps W+K+prefetch (sample: W+K) per repeat, a fresh pipeline each; a step completes when its last node "
             "invocation ends; images/s = K*batch / (completion of step W+K - completion of step W), so building "
             "the pipeline and the W warm-up steps (primitive creation) are excluded; node figures are from the same "
@@ -878,6 +903,17 @@ int run_bench(const ParsedOptions& opts) {
       out << "\nmedian repeat" << (row.sweep_value.empty() ? "" : " of " + sweep_name + "=" + row.sweep_value) << ", ";
       print_unet_breakdown(row.repeats[row.median_index].extra.at("breakdown"), out);
     }
+  }
+  if (!base.roofline.empty()) {
+    const Measurement& m = rows.front().repeats[rows.front().median_index];
+    out << "\nmedian repeat, ";
+    print_unet_roofline(m.extra.at("roofline"), out);
+    const std::string title = "roofline: " + (base.config.empty() ? std::string("unet-s") : fs::path(base.config).filename().string()) +
+                              ", batch " +
+                              std::to_string(base.batch) + ", " + precision + ", " +
+                              std::to_string(resolved_threads(base.threads)) + " threads, " + describe_cpu_model();
+    write_png_atomic(draw_unet_roofline(m.extra.at("roofline"), title), base.roofline);
+    out << "wrote " << base.roofline << "\n";
   }
   if (!standalone) {
     for (const auto& row : rows) {

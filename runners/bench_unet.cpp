@@ -317,6 +317,7 @@ nlohmann::json UNetBenchResult::json() const {
           {"forward_backward_gflops_per_s", forward_backward_gflops_per_s()},
           {"peak_rss_mib", peak_rss_mib}};
   if (settings.breakdown) j["breakdown"] = breakdown;
+  if (settings.bandwidth) j["memory_bandwidth_gb_per_s"] = bandwidth.gb_per_s();
   if (settings.matmul_peak) {
     // null when the probe could not run (bf16 on a CPU without native bf16).
     const auto or_null = [&](double v) { return matmul_peak.available ? nlohmann::json(v) : nlohmann::json(nullptr); };
@@ -394,6 +395,17 @@ UNetBenchResult bench_unet(const UNetBenchSettings& settings, std::ostream* log)
       } else {
         *log << "matmul peak: " << peak.why << "\n";
       }
+    }
+  }
+
+  if (s.bandwidth) {
+    BandwidthSettings probe;
+    probe.threads = s.threads;
+    result.bandwidth = measure_bandwidth(probe);
+    if (log) {
+      *log << "memory bandwidth: " << std::setprecision(1) << result.bandwidth.gb_per_s() << " GB/s ("
+           << probe.mib << " MiB copied, " << result.bandwidth.implementation << ")\n"
+           << std::setprecision(3);
     }
   }
 

@@ -10,6 +10,7 @@
 
 #include "compute/program.hpp"
 #include "graph/enum_names.hpp"
+#include "runners/bench_bandwidth.hpp"
 #include "runners/bench_matmul.hpp"
 
 #include <nlohmann/json.hpp>
@@ -35,6 +36,9 @@ struct UNetBenchSettings {
   // Also time the matmul peak probe (bench_matmul.hpp) in the same precision
   // and threads, first, and give each GFLOP/s figure as a fraction of it.
   bool matmul_peak = false;
+  // Also time the memory bandwidth probe (bench_bandwidth.hpp) in the same
+  // threads, after the matmul peak (a roofline's memory roof).
+  bool bandwidth = false;
   // After the timed passes, as many again with every program step waited for
   // and timed, to split the time by layer kind (UNetBenchResult::breakdown).
   bool breakdown = false;
@@ -54,6 +58,7 @@ struct UNetBenchResult {
   PassTimes forward, train;            // train: forward + backward
   double peak_rss_mib = 0;             // of the whole process
   MatmulPeak matmul_peak;              // when settings.matmul_peak (else not available)
+  MemoryBandwidth bandwidth;           // when settings.bandwidth (else nothing timed: 0 GB/s)
   // When settings.breakdown: {"passes", "forward_pass_ms", "train_pass_ms",
   // "rows": [{"layer", "primitive", "forward_ms", "train_forward_ms",
   // "backward_ms", and _gflop and _mb of each}], "layers": [{"layer",
