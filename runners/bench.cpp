@@ -42,8 +42,7 @@
 #include "nodes/common/images.hpp"
 #include "nodes/common/plots.hpp"
 #include "compute/program.hpp"
-#include "runners/bench_bandwidth.hpp"
-#include "runners/bench_matmul.hpp"
+#include "runners/bench_measurement.hpp"
 #include "runners/bench_roofline.hpp"
 #include "runners/bench_unet.hpp"
 #include "runners/cli_common.hpp"
@@ -51,7 +50,6 @@
 
 #include <nlohmann/json.hpp>
 #include <oneapi/tbb/global_control.h>
-#include <sys/resource.h>
 #include <unistd.h>
 
 #include <algorithm>
@@ -72,6 +70,8 @@ namespace diffuflow {
 namespace fs = std::filesystem;
 using json = nlohmann::json;
 
+using namespace bench_cli;
+
 namespace {
 
 const std::set<std::string> kKinds = {"train", "sample", "data", "unet", "matmul", "bandwidth"};
@@ -81,79 +81,6 @@ const std::set<std::string> kSourceTypes = {"mnist_loader", "image_folder_loader
 
 ConfigError bad_option(const std::string& option, const std::string& what) {
   return ConfigError(SourceLocation{"command line", 0, 0, option}, what);
-}
-
-struct Settings {
-  std::string kind;
-  std::string pipeline;  // bench_KIND.yaml unless --pipeline
-  std::string config;    // empty: the pipeline's
-  int64_t batch = 64;
-  int threads = 0;
-  int steps = 10;
-  int warmup = 2;
-  int repeats = 1;
-  int prefetch = 4;
-  std::vector<std::string> sets;
-  std::optional<std::string> concurrency_node;  // concurrency sweep: the node
-  std::optional<int> concurrency;
-  std::optional<int> max_in_flight;
-  std::optional<Override> param;  // NODE.PARAM sweep
-  std::string precision;          // bench unet, matmul: f32 or bf16 (empty: f32)
-  bool breakdown = false;         // bench unet: time per layer kind too
-  int64_t mib = 256;              // bench bandwidth: the buffer copied
-  std::string roofline;           // bench unet: the roofline figure to write (empty: none)
-};
-
-struct NodeWindow {
-  std::string name, type;
-  bool device = false;
-  int64_t count = 0;        // invocations that ended in the window
-  double busy_fraction = 0; // union of invocations, clipped to the window, over the window
-  double mean_ms = 0;       // mean duration of the invocations counted
-};
-
-struct Measurement {
-  double rate = 0;  // images/s (bench matmul: GFLOP/s; bandwidth: GB/s)
-  double window_s = 0;
-  int64_t images = 0;
-  int64_t steps = 0;
-  double step_ms_median = 0;
-  double model_busy_fraction = 0;    // forward, loss, backward, optimiser: active time / window
-  double compute_busy_fraction = 0;  // every device node (the compute thread): active time / window
-  double unet_forwards_per_s = 0;    // model_forward invocations ended in the window / window
-  double setup_s = 0;                // building the Pipeline (resources, nodes)
-  double warmup_s = 0;               // run start to the end of the warm-up steps
-  double wall_s = 0;                 // the run, as the pipeline's report has it
-  double peak_rss_mib = 0;
-  std::vector<NodeWindow> nodes;
-  // Under mpirun (bench train): images/s above are global (every process's
-  // images); per rank, the median step and the communication per step.
-  int processes = 1;
-  double exposed_comm_ms = 0;    // per step, the most of any rank: backward waiting for gradient sums
-  double allreduce_ms = 0;       // per step, rank 0: time the sums took on the communication thread
-  json ranks = json::array();    // [{rank, step_ms_median, exposed_comm_ms_per_step, allreduce_ms_per_step}]
-  json extra;  // kind-specific numbers (unet)
-};
-
-// ---- resident memory ----------------------------------------------------------------------------
-
-bool reset_peak_rss() {
-  std::ofstream f("/proc/self/clear_refs");
-  if (!f) return false;
-  f << "5";
-  f.flush();
-  return static_cast<bool>(f);
-}
-
-double peak_rss_mib() {
-  std::ifstream status("/proc/self/status");
-  std::string line;
-  while (std::getline(status, line)) {
-    if (line.rfind("VmHWM:", 0) == 0) return std::stod(line.substr(6)) / 1024.0;  // kB
-  }
-  rusage usage{};
-  getrusage(RUSAGE_SELF, &usage);
-  return static_cast<double>(usage.ru_maxrss) / 1024.0;
 }
 
 // ---- intervals ----------------------------------------------------------------------------------
@@ -190,10 +117,6 @@ double median_of(std::vector<double> v) {
 }
 
 // ---- one pipeline measurement -------------------------------------------------------------------
-
-int resolved_threads(int threads) {
-  return threads > 0 ? threads : std::max(1, static_cast<int>(std::thread::hardware_concurrency()));
-}
 
 PipelineSpec build_spec(const Settings& s) {
   // A first load finds the nodes and resources that --config and --batch apply to.
@@ -390,84 +313,6 @@ Measurement measure_pipeline(const Settings& s) {
   return m;
 }
 
-// `bench unet`: the U-Net alone, timed by bench_unet() (runners/bench_unet.hpp).
-Measurement measure_unet(const Settings& s, UNetBenchMode mode) {
-  UNetBenchSettings u;
-  if (!s.config.empty()) u.config = s.config;
-  u.batch = s.batch;
-  u.size = 28;  // the size the graphs run (MNIST)
-  u.threads = resolved_threads(s.threads);
-  u.iters = s.steps;
-  u.warmup = s.warmup;
-  u.mode = mode;
-  if (!s.precision.empty()) u.precision = parse_enum<Precision>(s.precision, "precision");
-  u.matmul_peak = true;
-  u.breakdown = s.breakdown;
-  u.bandwidth = !s.roofline.empty();
-  const bool rss_reset = reset_peak_rss();
-  const UNetBenchResult r = bench_unet(u);
-  Measurement m;
-  m.peak_rss_mib = peak_rss_mib();
-  if (!rss_reset) m.extra["peak_rss_scope"] = "process";
-  // Both kinds: the rate of a row is the forward+backward one.
-  m.rate = mode == UNetBenchMode::forward ? r.forward_images_per_s() : r.forward_backward_images_per_s();
-  m.steps = s.steps;
-  m.images = static_cast<int64_t>(s.steps) * s.batch;
-  const json j = r.json();
-  for (const char* key : {"forward_images_per_s", "forward_gflops_per_s", "forward_backward_images_per_s",
-                          "forward_backward_gflops_per_s", "gflops_per_image_forward", "isa", "precision",
-                          "matmul_peak_gflops_per_s", "forward_fraction_of_peak", "forward_backward_fraction_of_peak"}) {
-    m.extra[key] = j.at(key);
-  }
-  if (!r.matmul_peak.available) m.extra["matmul_peak_note"] = r.matmul_peak.why;
-  if (s.breakdown) m.extra["breakdown"] = r.breakdown;
-  if (u.bandwidth) {
-    m.extra["memory_bandwidth_gb_per_s"] = r.bandwidth.gb_per_s();
-    m.extra["roofline"] = unet_roofline(r.breakdown, r.bandwidth.gb_per_s(), r.matmul_peak.gflops_per_s());
-  }
-  return m;
-}
-
-// `bench matmul`: the peak probe alone (runners/bench_matmul.hpp); the rate is GFLOP/s.
-Measurement measure_matmul(const Settings& s) {
-  MatmulPeakSettings p;
-  p.threads = resolved_threads(s.threads);
-  p.iters = s.steps;
-  p.warmup = s.warmup;
-  if (!s.precision.empty()) p.precision = parse_enum<Precision>(s.precision, "precision");
-  const MatmulPeak peak = measure_matmul_peak(p);
-  if (!peak.available) throw std::runtime_error(peak.why);
-  Measurement m;
-  m.rate = peak.gflops_per_s();
-  m.steps = s.steps;
-  m.peak_rss_mib = peak_rss_mib();
-  m.extra = {{"precision", enum_name(p.precision)},
-             {"size", p.size},
-             {"implementation", peak.implementation},
-             {"gflops_per_s_best", peak.best_gflops_per_s()},
-             {"seconds_per_pass", {{"median", peak.median_s}, {"min", peak.min_s}, {"max", peak.max_s}}}};
-  return m;
-}
-
-// `bench bandwidth`: the bandwidth probe alone (runners/bench_bandwidth.hpp); the rate is GB/s.
-Measurement measure_bandwidth_row(const Settings& s) {
-  BandwidthSettings b;
-  b.mib = s.mib;
-  b.threads = resolved_threads(s.threads);
-  b.iters = s.steps;
-  b.warmup = s.warmup;
-  const MemoryBandwidth bw = measure_bandwidth(b);
-  Measurement m;
-  m.rate = bw.gb_per_s();
-  m.steps = s.steps;
-  m.peak_rss_mib = peak_rss_mib();
-  m.extra = {{"mib", b.mib},
-             {"implementation", bw.implementation},
-             {"gb_per_s_best", bw.best_gb_per_s()},
-             {"seconds_per_pass", {{"median", bw.median_s}, {"min", bw.min_s}, {"max", bw.max_s}}}};
-  return m;
-}
-
 // ---- results ------------------------------------------------------------------------------------
 
 struct Row {
@@ -495,37 +340,6 @@ void summarise(Row& row) {
 json node_json(const NodeWindow& n) {
   return {{"name", n.name}, {"type", n.type}, {"device", n.device}, {"count", n.count},
           {"busy_fraction", n.busy_fraction}, {"mean_ms", n.mean_ms}};
-}
-
-// bench unet's figures, in the JSON results and CSV rows.
-const char* const kUNetFigures[] = {"forward_images_per_s",          "forward_gflops_per_s",
-                                    "forward_fraction_of_peak",      "forward_backward_images_per_s",
-                                    "forward_backward_gflops_per_s", "forward_backward_fraction_of_peak",
-                                    "matmul_peak_gflops_per_s",      "memory_bandwidth_gb_per_s"};
-
-// "; forward 320.1 images/s, 180.2 GFLOP/s = 51% of the matmul peak (352.0 GFLOP/s); forward+backward ..."
-std::string unet_figures(const Measurement& m, UNetBenchMode mode) {
-  std::ostringstream text;
-  text << std::fixed << std::setprecision(1);
-  const json& e = m.extra;
-  auto pass = [&](const char* name, const std::string& prefix) {
-    text << "; " << name << " " << e.at(prefix + "_images_per_s").get<double>() << " images/s, "
-         << e.at(prefix + "_gflops_per_s").get<double>() << " GFLOP/s";
-    const json& fraction = e.at(prefix + "_fraction_of_peak");
-    if (fraction.is_number()) text << " = " << std::setprecision(0) << 100 * fraction.get<double>() << "%" << std::setprecision(1);
-  };
-  if (mode != UNetBenchMode::train) pass("forward", "forward");
-  if (mode != UNetBenchMode::forward) pass("forward+backward", "forward_backward");
-  const json& peak = e.at("matmul_peak_gflops_per_s");
-  if (peak.is_number()) {
-    text << " of the matmul peak (" << peak.get<double>() << " GFLOP/s)";
-  } else if (e.contains("matmul_peak_note")) {
-    text << " (" << e.at("matmul_peak_note").get<std::string>() << ")";
-  }
-  if (e.contains("memory_bandwidth_gb_per_s")) {
-    text << "; memory bandwidth " << e.at("memory_bandwidth_gb_per_s").get<double>() << " GB/s";
-  }
-  return text.str();
 }
 
 // The JSON and CSV name of a kind's rate.
