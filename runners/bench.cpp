@@ -636,7 +636,7 @@ int run_bench(const ParsedOptions& opts) {
             "per repeat; before each repeat, the matmul peak probe (bench matmul) in the same precision and threads, "
             "and each GFLOP/s figure as a fraction of it" +
                 std::string(base.roofline.empty() ? ""
-                                                  : "; then the bandwidth probe (bench bandwidth, 256 MiB) for the "
+                                                  : "; then the bandwidth probe (bench bandwidth, 256 MiB, median of 10 passes) for the "
                                                     "roofline's memory roof")
           : "one run with --max-steps W+K+prefetch (sample: W+K) per repeat, a fresh pipeline each; a step completes when its last node "
             "invocation ends; images/s = K*batch / (completion of step W+K - completion of step W), so building "

@@ -401,6 +401,8 @@ UNetBenchResult bench_unet(const UNetBenchSettings& settings, std::ostream* log)
   if (s.bandwidth) {
     BandwidthSettings probe;
     probe.threads = s.threads;
+    probe.iters = 10;  // more passes than the default: a VM's bandwidth varies more than its matmul peak
+    probe.warmup = 2;
     result.bandwidth = measure_bandwidth(probe);
     if (log) {
       *log << "memory bandwidth: " << std::setprecision(1) << result.bandwidth.gb_per_s() << " GB/s ("

@@ -537,8 +537,16 @@ cv::Mat draw_roofline(const std::vector<RooflineSeries>& series, const RooflineS
   for (const auto& [x, y] : roof) roof_pixels.push_back(chart.to_pixel(x, y));
   if (roof_pixels.size() > 1) cv::polylines(image, roof_pixels, false, roof_color, 2, cv::LINE_AA);
   // Markers first, then each name beside its marker: above right, below right, above left, below left,
-  // above or below, the first place that overlaps no marker and no name placed before (else the least).
+  // above or below, the first place that overlaps no roof, marker or name placed before (else the least).
   std::vector<cv::Rect> taken;
+  for (size_t i = 1; i < roof_pixels.size(); ++i) {  // the roofs, as small boxes every few pixels
+    const cv::Point a = roof_pixels[i - 1], b = roof_pixels[i];
+    const int n = 1 + static_cast<int>(cv::norm(b - a) / 4);
+    for (int j = 0; j <= n; ++j) {
+      const cv::Point q = a + (b - a) * (static_cast<double>(j) / n);
+      taken.emplace_back(q.x - 2, q.y - 2, 5, 5);
+    }
+  }
   for (size_t k = 0; k < series.size(); ++k)
     for (const auto& p : series[k].points) {
       if (!drawable(p)) continue;
