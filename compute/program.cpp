@@ -1,5 +1,7 @@
 #include "compute/program.hpp"
 
+#include "compute/step_cost.hpp"
+
 #include <oneapi/dnnl/dnnl_debug.h>
 
 #include <algorithm>
@@ -321,7 +323,8 @@ void run_timed(Step& step, dnnl::stream& stream, PassProfile& profile) {
   const double seconds = std::chrono::duration<double>(clock::now() - t0).count();
   const char* primitive =
       step.host ? "host" : dnnl_prim_kind2str(static_cast<dnnl_primitive_kind_t>(step.primitive.get_kind()));
-  profile.push_back({step.layer, primitive, seconds});
+  const StepCost cost = step_cost(step.host ? dnnl::primitive() : step.primitive, step.args);
+  profile.push_back({step.layer, primitive, seconds, cost.flops, cost.bytes});
 }
 
 void run_steps(std::vector<Step>& steps, dnnl::stream& stream, PassProfile* profile) {

@@ -81,11 +81,14 @@ struct Step {
 };
 
 // One step of a profiled pass: its layer kind, its primitive kind ("convolution",
-// "reorder", ...; "host" for host steps) and its wall time, the step waited for.
+// "reorder", ...; "host" for host steps), its wall time, the step waited for,
+// and its work as step_cost() counts it (compute/step_cost.hpp).
 struct StepTime {
   const char* layer;
   const char* primitive;
   double seconds;
+  double flops = 0;
+  double bytes = 0;
 };
 using PassProfile = std::vector<StepTime>;
 

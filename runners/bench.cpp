@@ -6,10 +6,13 @@
 //   diffuflow bench unet   [...]      the U-Net alone, as `diffuflow bench-unet` times it, each GFLOP/s
 //                                     figure also as a fraction of the matmul peak measured just before
 //   diffuflow bench matmul [--threads N] [--precision f32|bf16]   GFLOP/s of a 2048^3 oneDNN matmul
+//   diffuflow bench bandwidth [--threads N] [--mib 256]           GB/s of a oneDNN reorder copying M MiB
 //
 //   --sweep threads=1,2 | batch=16,32,64 | max_in_flight=1,2 | concurrency=NODE:1,2 | NODE.PARAM=a,b
 //           | precision=f32,bf16 (bench unet, matmul; pipelines: model.precision=f32,bf16)
 //   --json FILE --csv FILE --plot FILE.png
+//   --breakdown (bench unet: time, FLOPs and bytes per layer kind)
+//   --roofline FILE.png (bench unet: also the memory bandwidth, and the layer kinds on a roofline; implies --breakdown)
 //
 // Method. Each repeat builds a fresh Pipeline from pipelines/bench_KIND.yaml
 // (with --set, --config and --batch applied), with no output folder (nothing
@@ -39,14 +42,14 @@
 #include "nodes/common/images.hpp"
 #include "nodes/common/plots.hpp"
 #include "compute/program.hpp"
-#include "runners/bench_matmul.hpp"
+#include "runners/bench_measurement.hpp"
+#include "runners/bench_roofline.hpp"
 #include "runners/bench_unet.hpp"
 #include "runners/cli_common.hpp"
 #include "runners/command.hpp"
 
 #include <nlohmann/json.hpp>
 #include <oneapi/tbb/global_control.h>
-#include <sys/resource.h>
 #include <unistd.h>
 
 #include <algorithm>
@@ -67,86 +70,17 @@ namespace diffuflow {
 namespace fs = std::filesystem;
 using json = nlohmann::json;
 
+using namespace bench_cli;
+
 namespace {
 
-const std::set<std::string> kKinds = {"train", "sample", "data", "unet", "matmul"};
+const std::set<std::string> kKinds = {"train", "sample", "data", "unet", "matmul", "bandwidth"};
 const std::set<std::string> kModelTypes = {"model_forward", "diffusion_loss", "model_backward", "optimiser"};
 const std::set<std::string> kSourceTypes = {"mnist_loader", "image_folder_loader", "synthetic_source", "noise_source",
                                             "toy2d_source"};
 
 ConfigError bad_option(const std::string& option, const std::string& what) {
   return ConfigError(SourceLocation{"command line", 0, 0, option}, what);
-}
-
-struct Settings {
-  std::string kind;
-  std::string pipeline;  // bench_KIND.yaml unless --pipeline
-  std::string config;    // empty: the pipeline's
-  int64_t batch = 64;
-  int threads = 0;
-  int steps = 10;
-  int warmup = 2;
-  int repeats = 1;
-  int prefetch = 4;
-  std::vector<std::string> sets;
-  std::optional<std::string> concurrency_node;  // concurrency sweep: the node
-  std::optional<int> concurrency;
-  std::optional<int> max_in_flight;
-  std::optional<Override> param;  // NODE.PARAM sweep
-  std::string precision;          // bench unet, matmul: f32 or bf16 (empty: f32)
-  bool breakdown = false;         // bench unet: time per layer kind too
-};
-
-struct NodeWindow {
-  std::string name, type;
-  bool device = false;
-  int64_t count = 0;        // invocations that ended in the window
-  double busy_fraction = 0; // union of invocations, clipped to the window, over the window
-  double mean_ms = 0;       // mean duration of the invocations counted
-};
-
-struct Measurement {
-  double rate = 0;  // images/s (bench matmul: GFLOP/s)
-  double window_s = 0;
-  int64_t images = 0;
-  int64_t steps = 0;
-  double step_ms_median = 0;
-  double model_busy_fraction = 0;    // forward, loss, backward, optimiser: active time / window
-  double compute_busy_fraction = 0;  // every device node (the compute thread): active time / window
-  double unet_forwards_per_s = 0;    // model_forward invocations ended in the window / window
-  double setup_s = 0;                // building the Pipeline (resources, nodes)
-  double warmup_s = 0;               // run start to the end of the warm-up steps
-  double wall_s = 0;                 // the run, as the pipeline's report has it
-  double peak_rss_mib = 0;
-  std::vector<NodeWindow> nodes;
-  // Under mpirun (bench train): images/s above are global (every process's
-  // images); per rank, the median step and the communication per step.
-  int processes = 1;
-  double exposed_comm_ms = 0;    // per step, the most of any rank: backward waiting for gradient sums
-  double allreduce_ms = 0;       // per step, rank 0: time the sums took on the communication thread
-  json ranks = json::array();    // [{rank, step_ms_median, exposed_comm_ms_per_step, allreduce_ms_per_step}]
-  json extra;  // kind-specific numbers (unet)
-};
-
-// ---- resident memory ----------------------------------------------------------------------------
-
-bool reset_peak_rss() {
-  std::ofstream f("/proc/self/clear_refs");
-  if (!f) return false;
-  f << "5";
-  f.flush();
-  return static_cast<bool>(f);
-}
-
-double peak_rss_mib() {
-  std::ifstream status("/proc/self/status");
-  std::string line;
-  while (std::getline(status, line)) {
-    if (line.rfind("VmHWM:", 0) == 0) return std::stod(line.substr(6)) / 1024.0;  // kB
-  }
-  rusage usage{};
-  getrusage(RUSAGE_SELF, &usage);
-  return static_cast<double>(usage.ru_maxrss) / 1024.0;
 }
 
 // ---- intervals ----------------------------------------------------------------------------------
@@ -183,10 +117,6 @@ double median_of(std::vector<double> v) {
 }
 
 // ---- one pipeline measurement -------------------------------------------------------------------
-
-int resolved_threads(int threads) {
-  return threads > 0 ? threads : std::max(1, static_cast<int>(std::thread::hardware_concurrency()));
-}
 
 PipelineSpec build_spec(const Settings& s) {
   // A first load finds the nodes and resources that --config and --batch apply to.
@@ -383,60 +313,6 @@ Measurement measure_pipeline(const Settings& s) {
   return m;
 }
 
-// `bench unet`: the U-Net alone, timed by bench_unet() (runners/bench_unet.hpp).
-Measurement measure_unet(const Settings& s, UNetBenchMode mode) {
-  UNetBenchSettings u;
-  if (!s.config.empty()) u.config = s.config;
-  u.batch = s.batch;
-  u.size = 28;  // the size the graphs run (MNIST)
-  u.threads = resolved_threads(s.threads);
-  u.iters = s.steps;
-  u.warmup = s.warmup;
-  u.mode = mode;
-  if (!s.precision.empty()) u.precision = parse_enum<Precision>(s.precision, "precision");
-  u.matmul_peak = true;
-  u.breakdown = s.breakdown;
-  const bool rss_reset = reset_peak_rss();
-  const UNetBenchResult r = bench_unet(u);
-  Measurement m;
-  m.peak_rss_mib = peak_rss_mib();
-  if (!rss_reset) m.extra["peak_rss_scope"] = "process";
-  // Both kinds: the rate of a row is the forward+backward one.
-  m.rate = mode == UNetBenchMode::forward ? r.forward_images_per_s() : r.forward_backward_images_per_s();
-  m.steps = s.steps;
-  m.images = static_cast<int64_t>(s.steps) * s.batch;
-  const json j = r.json();
-  for (const char* key : {"forward_images_per_s", "forward_gflops_per_s", "forward_backward_images_per_s",
-                          "forward_backward_gflops_per_s", "gflops_per_image_forward", "isa", "precision",
-                          "matmul_peak_gflops_per_s", "forward_fraction_of_peak", "forward_backward_fraction_of_peak"}) {
-    m.extra[key] = j.at(key);
-  }
-  if (!r.matmul_peak.available) m.extra["matmul_peak_note"] = r.matmul_peak.why;
-  if (s.breakdown) m.extra["breakdown"] = r.breakdown;
-  return m;
-}
-
-// `bench matmul`: the peak probe alone (runners/bench_matmul.hpp); the rate is GFLOP/s.
-Measurement measure_matmul(const Settings& s) {
-  MatmulPeakSettings p;
-  p.threads = resolved_threads(s.threads);
-  p.iters = s.steps;
-  p.warmup = s.warmup;
-  if (!s.precision.empty()) p.precision = parse_enum<Precision>(s.precision, "precision");
-  const MatmulPeak peak = measure_matmul_peak(p);
-  if (!peak.available) throw std::runtime_error(peak.why);
-  Measurement m;
-  m.rate = peak.gflops_per_s();
-  m.steps = s.steps;
-  m.peak_rss_mib = peak_rss_mib();
-  m.extra = {{"precision", enum_name(p.precision)},
-             {"size", p.size},
-             {"implementation", peak.implementation},
-             {"gflops_per_s_best", peak.best_gflops_per_s()},
-             {"seconds_per_pass", {{"median", peak.median_s}, {"min", peak.min_s}, {"max", peak.max_s}}}};
-  return m;
-}
-
 // ---- results ------------------------------------------------------------------------------------
 
 struct Row {
@@ -466,37 +342,13 @@ json node_json(const NodeWindow& n) {
           {"busy_fraction", n.busy_fraction}, {"mean_ms", n.mean_ms}};
 }
 
-// bench unet's figures, in the JSON results and CSV rows.
-const char* const kUNetFigures[] = {"forward_images_per_s",          "forward_gflops_per_s",
-                                    "forward_fraction_of_peak",      "forward_backward_images_per_s",
-                                    "forward_backward_gflops_per_s", "forward_backward_fraction_of_peak",
-                                    "matmul_peak_gflops_per_s"};
-
-// "; forward 320.1 images/s, 180.2 GFLOP/s = 51% of the matmul peak (352.0 GFLOP/s); forward+backward ..."
-std::string unet_figures(const Measurement& m, UNetBenchMode mode) {
-  std::ostringstream text;
-  text << std::fixed << std::setprecision(1);
-  const json& e = m.extra;
-  auto pass = [&](const char* name, const std::string& prefix) {
-    text << "; " << name << " " << e.at(prefix + "_images_per_s").get<double>() << " images/s, "
-         << e.at(prefix + "_gflops_per_s").get<double>() << " GFLOP/s";
-    const json& fraction = e.at(prefix + "_fraction_of_peak");
-    if (fraction.is_number()) text << " = " << std::setprecision(0) << 100 * fraction.get<double>() << "%" << std::setprecision(1);
-  };
-  if (mode != UNetBenchMode::train) pass("forward", "forward");
-  if (mode != UNetBenchMode::forward) pass("forward+backward", "forward_backward");
-  const json& peak = e.at("matmul_peak_gflops_per_s");
-  if (peak.is_number()) {
-    text << " of the matmul peak (" << peak.get<double>() << " GFLOP/s)";
-  } else if (e.contains("matmul_peak_note")) {
-    text << " (" << e.at("matmul_peak_note").get<std::string>() << ")";
-  }
-  return text.str();
-}
-
 // The JSON and CSV name of a kind's rate.
-std::string rate_key(const std::string& kind) { return kind == "matmul" ? "gflops_per_s" : "images_per_s"; }
-std::string rate_unit(const std::string& kind) { return kind == "matmul" ? "GFLOP/s" : "images/s"; }
+std::string rate_key(const std::string& kind) {
+  return kind == "matmul" ? "gflops_per_s" : kind == "bandwidth" ? "gb_per_s" : "images_per_s";
+}
+std::string rate_unit(const std::string& kind) {
+  return kind == "matmul" ? "GFLOP/s" : kind == "bandwidth" ? "GB/s" : "images/s";
+}
 
 json measurement_json(const Measurement& m, const std::string& kind) {
   json j = {{rate_key(kind), m.rate},         {"window_s", m.window_s},     {"images", m.images},
@@ -575,9 +427,9 @@ int parse_positive(const std::string& text, const std::string& option) {
 }
 
 OptionTable bench_options() {
-  return {OptionSpec::positional("kind", "train|sample|data|unet|matmul",
-                                 "what to measure: the training, sampling or data graph, the U-Net alone, or the "
-                                 "machine's matmul peak"),
+  return {OptionSpec::positional("kind", "train|sample|data|unet|matmul|bandwidth",
+                                 "what to measure: the training, sampling or data graph, the U-Net alone, the "
+                                 "machine's matmul peak or its memory bandwidth"),
           shared::unet_config(),
           shared::batch(),
           shared::threads().fallback("0"),
@@ -600,18 +452,24 @@ OptionTable bench_options() {
           shared::json_file(),
           OptionSpec::text("csv", "FILE", "write one CSV row per sweep value"),
           OptionSpec::text("plot", "FILE.png",
-                           "write a PNG line plot of images/s (matmul: GFLOP/s; min-max bars) against the swept "
-                           "value")};
+                           "write a PNG line plot of images/s (matmul: GFLOP/s; bandwidth: GB/s; min-max bars) against "
+                           "the swept value"),
+          OptionSpec::text("roofline", "FILE.png",
+                           "bench unet: also measure the memory bandwidth, and draw each layer kind's FLOP/byte and "
+                           "GFLOP/s under the bandwidth and matmul-peak roofs (implies --breakdown)"),
+          OptionSpec::integer("mib", "M", "bench bandwidth: MiB copied per pass (default 256, beyond the caches)")
+              .range(1, 65536)};
 }
 
 int run_bench(const ParsedOptions& opts) {
   Settings base;
   base.kind = opts.text("kind");
   if (!kKinds.count(base.kind)) {
-    throw bad_option("KIND", "unknown bench '" + base.kind + "': train, sample, data, unet or matmul");
+    throw bad_option("KIND", "unknown bench '" + base.kind + "': train, sample, data, unet, matmul or bandwidth");
   }
-  // unet and matmul run no pipeline.
-  const bool standalone = base.kind == "unet" || base.kind == "matmul";
+  // unet, matmul and bandwidth run no pipeline; the last two are probes of the machine (no batch).
+  const bool probe = base.kind == "matmul" || base.kind == "bandwidth";
+  const bool standalone = base.kind == "unet" || probe;
   base.pipeline = opts.has("pipeline") ? opts.text("pipeline") : "pipelines/bench_" + base.kind + ".yaml";
   if (opts.has("config")) base.config = opts.text("config");
   base.batch = opts.integer("batch");
@@ -628,6 +486,13 @@ int run_bench(const ParsedOptions& opts) {
   const UNetBenchMode unet_mode = parse_enum<UNetBenchMode>(mode);
   base.breakdown = opts.flag("breakdown");
   if (base.breakdown && base.kind != "unet") throw bad_option("--breakdown", "only bench unet has a breakdown");
+  if (opts.has("roofline")) {
+    if (base.kind != "unet") throw bad_option("--roofline", "only bench unet draws a roofline");
+    if (opts.has("sweep")) throw bad_option("--roofline", "a roofline shows one run: no --sweep");
+    base.roofline = opts.text("roofline");
+    check_png_path(base.roofline, "--roofline");
+    base.breakdown = true;
+  }
   if (opts.has("precision")) {
     if (!standalone) {
       throw bad_option("--precision", "pipelines set the model's precision as a parameter: --set model.precision=bf16");
@@ -637,6 +502,11 @@ int run_bench(const ParsedOptions& opts) {
     } catch (const ConfigError& e) {
       throw bad_option("--precision", e.message());
     }
+    if (base.kind == "bandwidth") throw bad_option("--precision", "bench bandwidth copies f32; it takes no precision");
+  }
+  if (opts.has("mib")) {
+    if (base.kind != "bandwidth") throw bad_option("--mib", "only bench bandwidth copies a buffer of M MiB");
+    base.mib = opts.integer("mib");
   }
   // Under mpirun every process runs the same measurements; rank 0 reports them.
   World& world = *process_world();
@@ -682,6 +552,7 @@ int run_bench(const ParsedOptions& opts) {
     if (base.kind == "matmul" && sweep_name != "threads" && sweep_name != "precision") {
       throw bad_option("--sweep", "bench matmul sweeps threads or precision");
     }
+    if (base.kind == "bandwidth" && sweep_name != "threads") throw bad_option("--sweep", "bench bandwidth sweeps threads");
     if (!standalone && sweep_name == "precision") {
       throw bad_option("--sweep", "pipelines sweep the model's precision as a parameter: --sweep model.precision=f32,bf16");
     }
@@ -743,6 +614,8 @@ int run_bench(const ParsedOptions& opts) {
   const std::string precision = base.precision.empty() ? "f32" : base.precision;
   if (base.kind == "matmul") {
     out << "precision " << (sweep_name == "precision" ? "swept" : precision);
+  } else if (base.kind == "bandwidth") {
+    out << base.mib << " MiB copied per pass";
   } else {
     out << "config " << (base.config.empty() ? "(pipeline's)" : base.config) << ", batch " << base.batch;
   }
@@ -754,10 +627,17 @@ int run_bench(const ParsedOptions& opts) {
       base.kind == "matmul"
           ? "one [2048,2048] x [2048,2048] oneDNN matmul (bf16: bf16 inputs, f32 output), operands converted "
             "before timing; GFLOP/s = 2*2048^3 / median pass time per repeat"
+      : base.kind == "bandwidth"
+          ? "one oneDNN reorder copying a plain f32 buffer of " + std::to_string(base.mib) +
+                " MiB into another, both touched before timing; GB/s = 2 * buffer bytes (read + written) / median "
+                "pass time per repeat"
       : base.kind == "unet"
           ? "bench-unet times each U-Net pass alone (no graph) on 28x28 inputs; images/s = batch / median pass time "
             "per repeat; before each repeat, the matmul peak probe (bench matmul) in the same precision and threads, "
-            "and each GFLOP/s figure as a fraction of it"
+            "and each GFLOP/s figure as a fraction of it" +
+                std::string(base.roofline.empty() ? ""
+                                                  : "; then the bandwidth probe (bench bandwidth, 256 MiB, median of 10 passes) for the "
+                                                    "roofline's memory roof")
           : "one run with --max-steps W+K+prefetch (sample: W+K) per repeat, a fresh pipeline each; a step completes when its last node "
             "invocation ends; images/s = K*batch / (completion of step W+K - completion of step W), so building "
             "the pipeline and the W warm-up steps (primitive creation) are excluded; node figures are from the same "
@@ -772,12 +652,13 @@ int run_bench(const ParsedOptions& opts) {
     Row& row = rows[i];
     for (int r = 0; r < base.repeats; ++r) {
       Measurement m = base.kind == "unet"     ? measure_unet(points[i], unet_mode)
-                      : base.kind == "matmul" ? measure_matmul(points[i])
+                      : base.kind == "matmul"    ? measure_matmul(points[i])
+                      : base.kind == "bandwidth" ? measure_bandwidth_row(points[i])
                                               : measure_pipeline(points[i]);
       out << (row.sweep_value.empty() ? "" : sweep_name + "=" + row.sweep_value + " ") << "repeat " << r + 1
                 << "/" << base.repeats << ": " << fixed(m.rate) << " " << rate_unit(base.kind);
       if (base.kind == "unet") out << unet_figures(m, unet_mode);
-      if (base.kind == "matmul") out << " (" << m.extra["implementation"].get<std::string>() << ")";
+      if (probe) out << " (" << m.extra["implementation"].get<std::string>() << ")";
       if (!standalone) {
         out << " (" << m.images << " images in " << fixed(m.window_s, 3) << " s; step " << fixed(m.step_ms_median)
                   << " ms median; model busy " << fixed(m.model_busy_fraction * 100) << "%, compute thread busy "
@@ -801,7 +682,7 @@ int run_bench(const ParsedOptions& opts) {
   const bool with_train = base.kind == "unet" && unet_mode != UNetBenchMode::forward;
   out << "\n" << std::left << std::setw(16) << (sweep_name.empty() ? "" : sweep_name) << std::right
             << std::setw(10) << "threads";
-  if (base.kind != "matmul") out << std::setw(8) << "batch";
+  if (!probe) out << std::setw(8) << "batch";
   out << std::setw(14) << rate_unit(base.kind) << std::setw(10) << "min" << std::setw(10) << "max";
   if (with_forward) out << std::setw(14) << "fwd GFLOP/s" << std::setw(9) << "of peak";
   if (with_train) out << std::setw(14) << "f+b GFLOP/s" << std::setw(9) << "of peak";
@@ -812,7 +693,7 @@ int run_bench(const ParsedOptions& opts) {
   for (const auto& row : rows) {
     const Measurement& m = row.repeats[row.median_index];
     out << std::left << std::setw(16) << row.sweep_value << std::right << std::setw(10) << row.threads;
-    if (base.kind != "matmul") out << std::setw(8) << row.batch;
+    if (!probe) out << std::setw(8) << row.batch;
     out << std::setw(14) << fixed(row.median) << std::setw(10) << fixed(row.min) << std::setw(10) << fixed(row.max);
     auto number = [&](const char* key, double scale, int width, const char* suffix) {
       const json& v = m.extra.contains(key) ? m.extra.at(key) : json(nullptr);
@@ -836,6 +717,17 @@ int run_bench(const ParsedOptions& opts) {
       out << "\nmedian repeat" << (row.sweep_value.empty() ? "" : " of " + sweep_name + "=" + row.sweep_value) << ", ";
       print_unet_breakdown(row.repeats[row.median_index].extra.at("breakdown"), out);
     }
+  }
+  if (!base.roofline.empty()) {
+    const Measurement& m = rows.front().repeats[rows.front().median_index];
+    out << "\nmedian repeat, ";
+    print_unet_roofline(m.extra.at("roofline"), out);
+    const std::string title = "roofline: " + (base.config.empty() ? std::string("unet-s") : fs::path(base.config).filename().string()) +
+                              ", batch " +
+                              std::to_string(base.batch) + ", " + precision + ", " +
+                              std::to_string(resolved_threads(base.threads)) + " threads, " + describe_cpu_model();
+    write_png_atomic(draw_unet_roofline(m.extra.at("roofline"), title), base.roofline);
+    out << "wrote " << base.roofline << "\n";
   }
   if (!standalone) {
     for (const auto& row : rows) {
@@ -924,7 +816,8 @@ int run_bench(const ParsedOptions& opts) {
     }
     LinePlotStyle style;
     style.title = "bench " + base.kind + ": " +
-                  (base.kind == "matmul" ? "2048^3 " + precision
+                  (base.kind == "matmul"      ? "2048^3 " + precision
+                   : base.kind == "bandwidth" ? std::to_string(base.mib) + " MiB copy"
                                          : (base.config.empty() ? std::string("pipeline's model") : base.config) +
                                                (sweep_name == "batch" ? "" : ", batch " + std::to_string(base.batch))) +
                   (sweep_name == "threads" ? "" : ", " + std::to_string(resolved_threads(base.threads)) + " threads") +
@@ -944,7 +837,7 @@ int run_bench(const ParsedOptions& opts) {
 
 DIFFUFLOW_REGISTER_COMMAND(bench,
                            "measure images/s of the training, sampling or data graph or the U-Net alone, or the "
-                           "GFLOP/s of a oneDNN matmul",
+                           "GFLOP/s of a oneDNN matmul, or the memory bandwidth of a oneDNN copy",
                            bench_options(), run_bench);
 
 }  // namespace diffuflow

@@ -132,25 +132,98 @@ double median(std::vector<double> v) { return stats_of(std::move(v), 0).median; 
 
 using LayerKey = std::pair<std::string, std::string>;  // (layer kind, primitive kind)
 
+// The work and time of some steps of one pass.
+struct StepSums {
+  double ms = 0, gflop = 0, mb = 0;  // MB: 1e6 bytes
+};
+
 // Per (layer, primitive): the sum over its steps of each step's median time
-// over the passes, in ms. Every pass of one kind runs the same program.
-std::map<LayerKey, double> step_medians_ms(const std::vector<PassProfile>& passes) {
-  std::map<LayerKey, double> out;
+// over the passes, in ms, and of their FLOPs and bytes (the same every pass).
+// Every pass of one kind runs the same program.
+std::map<LayerKey, StepSums> step_sums(const std::vector<PassProfile>& passes) {
+  std::map<LayerKey, StepSums> out;
   if (passes.empty()) return out;
   const PassProfile& first = passes.front();
   for (size_t i = 0; i < first.size(); ++i) {
     std::vector<double> times;
     for (const auto& pass : passes)
       if (pass.size() == first.size()) times.push_back(pass[i].seconds);
-    out[{first[i].layer, first[i].primitive}] += median(times) * 1e3;
+    StepSums& sums = out[{first[i].layer, first[i].primitive}];
+    sums.ms += median(times) * 1e3;
+    sums.gflop += first[i].flops * 1e-9;
+    sums.mb += first[i].bytes * 1e-6;
   }
   return out;
+}
+
+// {"ms", "gflop", "mb", "flop_per_byte", "gflops_per_s"} of some steps.
+nlohmann::json work_json(double ms, double gflop, double mb) {
+  return {{"ms", ms},
+          {"gflop", gflop},
+          {"mb", mb},
+          {"flop_per_byte", mb > 0 ? gflop * 1e3 / mb : 0.0},
+          {"gflops_per_s", ms > 0 ? gflop / (ms * 1e-3) : 0.0}};
+}
+
+// Per layer kind and for the whole pass, forward and forward+backward (the
+// training forward plus the backward): the "layers" and "unet" entries of the
+// breakdown. The whole pass takes its time from the unprofiled passes.
+void add_work_summary(nlohmann::json& breakdown, double forward_pass_ms, double train_pass_ms) {
+  std::map<std::string, std::array<double, 6>> by_layer;  // forward ms, gflop, mb; f+b ms, gflop, mb
+  std::array<double, 6> total{};
+  for (const auto& r : breakdown.at("rows")) {
+    const std::array<double, 6> v = {r.at("forward_ms").get<double>(),
+                                     r.at("forward_gflop").get<double>(),
+                                     r.at("forward_mb").get<double>(),
+                                     r.at("train_forward_ms").get<double>() + r.at("backward_ms").get<double>(),
+                                     r.at("train_forward_gflop").get<double>() + r.at("backward_gflop").get<double>(),
+                                     r.at("train_forward_mb").get<double>() + r.at("backward_mb").get<double>()};
+    auto& layer = by_layer[r.at("layer").get<std::string>()];
+    for (size_t i = 0; i < v.size(); ++i) layer[i] += v[i], total[i] += v[i];
+  }
+  nlohmann::json layers = nlohmann::json::array();
+  for (const auto& [name, v] : by_layer) {
+    layers.push_back({{"layer", name}, {"forward", work_json(v[0], v[1], v[2])},
+                      {"forward_backward", work_json(v[3], v[4], v[5])}});
+  }
+  breakdown["layers"] = layers;
+  breakdown["unet"] = {{"forward", work_json(forward_pass_ms, total[1], total[2])},
+                       {"forward_backward", work_json(train_pass_ms, total[4], total[5])}};
 }
 
 std::string fixed_text(double v, int digits) {
   std::ostringstream text;
   text << std::fixed << std::setprecision(digits) << v;
   return text.str();
+}
+
+// Per layer kind (in the order of `layers`) and for the whole pass: GFLOP, MB
+// moved, FLOP/byte and GFLOP/s, forward and forward+backward.
+template <typename Layers>
+void print_work(const nlohmann::json& breakdown, const Layers& layers, std::ostream& out) {
+  if (!breakdown.contains("layers")) return;
+  out << "work per layer kind (FLOP: 2*MACs of convolutions, inner products and matmuls, one per element written by "
+         "other primitives, none for copies; bytes: each memory a step reads or writes, once per step):\n"
+      << "  " << std::left << std::setw(14) << "layer kind" << std::right << std::setw(10) << "fwd GFLOP"
+      << std::setw(9) << "fwd MB" << std::setw(9) << "FLOP/B" << std::setw(10) << "GFLOP/s" << std::setw(11)
+      << "f+b GFLOP" << std::setw(9) << "f+b MB" << std::setw(9) << "FLOP/B" << std::setw(10) << "GFLOP/s" << "\n";
+  auto line = [&](const std::string& name, const nlohmann::json& entry) {
+    out << "  " << std::left << std::setw(14) << name << std::right;
+    for (const char* pass : {"forward", "forward_backward"}) {
+      const nlohmann::json& w = entry.at(pass);
+      out << std::setw(std::string(pass) == "forward" ? 10 : 11) << fixed_text(w.at("gflop").get<double>(), 2)
+          << std::setw(9) << fixed_text(w.at("mb").get<double>(), 0) << std::setw(9)
+          << fixed_text(w.at("flop_per_byte").get<double>(), 2) << std::setw(10)
+          << fixed_text(w.at("gflops_per_s").get<double>(), 1);
+    }
+    out << "\n";
+  };
+  for (const auto& [name, sums] : layers) {
+    for (const auto& entry : breakdown.at("layers"))
+      if (entry.at("layer") == name) line(name, entry);
+  }
+  line("U-Net pass", breakdown.at("unet"));
+  out << "  (U-Net pass: every step's work over the median unprofiled pass time)\n";
 }
 
 }  // namespace
@@ -194,6 +267,7 @@ void print_unet_breakdown(const nlohmann::json& breakdown, std::ostream& out) {
   out << "  " << std::left << std::setw(14) << "whole pass" << std::right << std::setw(10)
       << fixed_text(breakdown.at("forward_pass_ms").get<double>(), 1) << std::setw(20) << ""
       << std::setw(20) << fixed_text(breakdown.at("train_pass_ms").get<double>(), 1) << "\n";
+  print_work(breakdown, layers, out);
   out << "per layer and primitive kind, ms per pass:\n"
       << "  " << std::left << std::setw(14) << "layer kind" << std::setw(22) << "primitive" << std::right
       << std::setw(10) << "forward" << std::setw(12) << "train fwd" << std::setw(10) << "backward" << "\n";
@@ -243,6 +317,7 @@ nlohmann::json UNetBenchResult::json() const {
           {"forward_backward_gflops_per_s", forward_backward_gflops_per_s()},
           {"peak_rss_mib", peak_rss_mib}};
   if (settings.breakdown) j["breakdown"] = breakdown;
+  if (settings.bandwidth) j["memory_bandwidth_gb_per_s"] = bandwidth.gb_per_s();
   if (settings.matmul_peak) {
     // null when the probe could not run (bf16 on a CPU without native bf16).
     const auto or_null = [&](double v) { return matmul_peak.available ? nlohmann::json(v) : nlohmann::json(nullptr); };
@@ -323,6 +398,19 @@ UNetBenchResult bench_unet(const UNetBenchSettings& settings, std::ostream* log)
     }
   }
 
+  if (s.bandwidth) {
+    BandwidthSettings probe;
+    probe.threads = s.threads;
+    probe.iters = 10;  // more passes than the default: a VM's bandwidth varies more than its matmul peak
+    probe.warmup = 2;
+    result.bandwidth = measure_bandwidth(probe);
+    if (log) {
+      *log << "memory bandwidth: " << std::setprecision(1) << result.bandwidth.gb_per_s() << " GB/s ("
+           << probe.mib << " MiB copied, " << result.bandwidth.implementation << ")\n"
+           << std::setprecision(3);
+    }
+  }
+
   std::vector<double> fwd_times, train_times;
   double first_forward_s = 0, first_train_s = 0;
   if (s.mode != UNetBenchMode::train) {
@@ -371,22 +459,26 @@ UNetBenchResult bench_unet(const UNetBenchSettings& settings, std::ostream* log)
       }
     }
     model->profile_steps(nullptr);
-    std::map<LayerKey, std::array<double, 3>> rows;  // forward, train forward, backward
-    for (const auto& [key, ms] : step_medians_ms(inference.forward)) rows[key][0] = ms;
-    for (const auto& [key, ms] : step_medians_ms(training.forward)) rows[key][1] = ms;
-    for (const auto& [key, ms] : step_medians_ms(training.backward)) rows[key][2] = ms;
+    std::map<LayerKey, std::array<StepSums, 3>> rows;  // forward, train forward, backward
+    for (const auto& [key, sums] : step_sums(inference.forward)) rows[key][0] = sums;
+    for (const auto& [key, sums] : step_sums(training.forward)) rows[key][1] = sums;
+    for (const auto& [key, sums] : step_sums(training.backward)) rows[key][2] = sums;
     nlohmann::json table = nlohmann::json::array();
-    for (const auto& [key, ms] : rows) {
-      table.push_back({{"layer", key.first},
-                       {"primitive", key.second},
-                       {"forward_ms", ms[0]},
-                       {"train_forward_ms", ms[1]},
-                       {"backward_ms", ms[2]}});
+    for (const auto& [key, v] : rows) {
+      nlohmann::json row = {{"layer", key.first}, {"primitive", key.second}};
+      const char* const passes[] = {"forward", "train_forward", "backward"};
+      for (size_t i = 0; i < 3; ++i) {
+        row[std::string(passes[i]) + "_ms"] = v[i].ms;
+        row[std::string(passes[i]) + "_gflop"] = v[i].gflop;
+        row[std::string(passes[i]) + "_mb"] = v[i].mb;
+      }
+      table.push_back(row);
     }
     result.breakdown = {{"passes", s.iters},
                         {"forward_pass_ms", median(forward_pass_s) * 1e3},
                         {"train_pass_ms", median(train_pass_s) * 1e3},
                         {"rows", table}};
+    add_work_summary(result.breakdown, result.forward.median * 1e3, result.train.median * 1e3);
   }
   result.peak_rss_mib = peak_rss_mib();
 

@@ -10,6 +10,7 @@
 
 #include "compute/program.hpp"
 #include "graph/enum_names.hpp"
+#include "runners/bench_bandwidth.hpp"
 #include "runners/bench_matmul.hpp"
 
 #include <nlohmann/json.hpp>
@@ -35,6 +36,9 @@ struct UNetBenchSettings {
   // Also time the matmul peak probe (bench_matmul.hpp) in the same precision
   // and threads, first, and give each GFLOP/s figure as a fraction of it.
   bool matmul_peak = false;
+  // Also time the memory bandwidth probe (bench_bandwidth.hpp) in the same
+  // threads, after the matmul peak (a roofline's memory roof).
+  bool bandwidth = false;
   // After the timed passes, as many again with every program step waited for
   // and timed, to split the time by layer kind (UNetBenchResult::breakdown).
   bool breakdown = false;
@@ -54,10 +58,16 @@ struct UNetBenchResult {
   PassTimes forward, train;            // train: forward + backward
   double peak_rss_mib = 0;             // of the whole process
   MatmulPeak matmul_peak;              // when settings.matmul_peak (else not available)
+  MemoryBandwidth bandwidth;           // when settings.bandwidth (else nothing timed: 0 GB/s)
   // When settings.breakdown: {"passes", "forward_pass_ms", "train_pass_ms",
   // "rows": [{"layer", "primitive", "forward_ms", "train_forward_ms",
-  // "backward_ms"}]}, each figure the sum over the layer's steps of their
-  // median time over the profiled passes (print_unet_breakdown prints it).
+  // "backward_ms", and _gflop and _mb of each}], "layers": [{"layer",
+  // "forward", "forward_backward"}], "unet": {"forward", "forward_backward"}},
+  // each time the sum over the layer's steps of their median time over the
+  // profiled passes, each GFLOP and MB (1e6 bytes) the sum of step_cost()
+  // over them (compute/step_cost.hpp); "layers" and "unet" entries are
+  // {"ms", "gflop", "mb", "flop_per_byte", "gflops_per_s"}, "unet" timed by
+  // the unprofiled passes (print_unet_breakdown prints it).
   nlohmann::json breakdown;
 
   double forward_images_per_s() const;        // at the median pass time

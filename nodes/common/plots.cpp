@@ -441,6 +441,143 @@ cv::Mat draw_line_plot(const std::vector<LineSeries>& series, const LinePlotStyl
   return image;
 }
 
+double roofline_bound(double intensity, double bandwidth, double peak) {
+  const double memory = bandwidth > 0 ? bandwidth * intensity : std::numeric_limits<double>::infinity();
+  const double compute = peak > 0 ? peak : std::numeric_limits<double>::infinity();
+  const double bound = std::min(memory, compute);
+  return std::isfinite(bound) ? bound : 0.0;
+}
+
+namespace {
+
+// A filled marker of series k: circle, square, triangle, diamond, in turn.
+void draw_marker(cv::Mat& image, cv::Point p, size_t k, const cv::Scalar& color) {
+  const int r = 5;
+  switch (k % 4) {
+    case 0:
+      cv::circle(image, p, r, color, cv::FILLED, cv::LINE_AA);
+      return;
+    case 1:
+      cv::rectangle(image, cv::Rect(p.x - r, p.y - r, 2 * r, 2 * r), color, cv::FILLED, cv::LINE_AA);
+      return;
+    default: {
+      const std::vector<cv::Point> shape =
+          k % 4 == 2 ? std::vector<cv::Point>{{p.x, p.y - r - 1}, {p.x - r - 1, p.y + r}, {p.x + r + 1, p.y + r}}
+                     : std::vector<cv::Point>{{p.x, p.y - r - 1}, {p.x - r - 1, p.y}, {p.x, p.y + r + 1}, {p.x + r + 1, p.y}};
+      cv::fillConvexPoly(image, shape, color, cv::LINE_AA);
+    }
+  }
+}
+
+std::string roof_number(double v) { return fixed(v, v >= 100 ? 0 : 1); }
+
+}  // namespace
+
+cv::Mat draw_roofline(const std::vector<RooflineSeries>& series, const RooflineStyle& style) {
+  auto drawable = [](const RooflinePoint& p) {
+    return std::isfinite(p.intensity) && std::isfinite(p.rate) && p.intensity > 0 && p.rate > 0;
+  };
+  // The axes hold every point, the ridge (where the roofs meet) with a decade either side, and the peak.
+  double x_lo = std::numeric_limits<double>::infinity(), x_hi = 0, y_lo = x_lo, y_hi = 0;
+  for (const auto& s : series)
+    for (const auto& p : s.points)
+      if (drawable(p)) {
+        x_lo = std::min(x_lo, p.intensity), x_hi = std::max(x_hi, p.intensity);
+        y_lo = std::min(y_lo, p.rate), y_hi = std::max(y_hi, p.rate);
+      }
+  const bool memory_roof = style.bandwidth > 0 && std::isfinite(style.bandwidth);
+  const bool compute_roof = style.peak > 0 && std::isfinite(style.peak);
+  if (memory_roof && compute_roof) {
+    const double ridge = style.peak / style.bandwidth;
+    x_lo = std::min(x_lo, ridge / 10), x_hi = std::max(x_hi, ridge * 10);
+  }
+  if (compute_roof) y_lo = std::min(y_lo, style.peak), y_hi = std::max(y_hi, style.peak);
+  if (!std::isfinite(x_lo)) x_lo = 0.1, x_hi = 10;
+  if (!std::isfinite(y_lo)) y_lo = 1, y_hi = 10;
+  // Room for the labels right of the points and for the markers at the ends.
+  Axis x_axis = log_axis(x_lo / 1.5, x_hi * 4), y_axis = log_axis(y_lo / 1.5, y_hi * 1.5);
+  const double x_min = x_axis.lo, x_max = x_axis.hi, y_min = y_axis.lo;
+  Chart chart(cv::Size(style.width, style.height), std::move(x_axis), std::move(y_axis), style.title, style.x_label,
+              style.y_label);
+
+  // The roofs as one polyline: the memory slope from where it enters the plot to the ridge, then the flat peak.
+  std::vector<std::pair<double, double>> roof;
+  if (memory_roof) {
+    const double start = std::max(x_min, y_min / style.bandwidth);
+    const double end = compute_roof ? std::min(x_max, style.peak / style.bandwidth) : x_max;
+    if (start < end) roof = {{start, style.bandwidth * start}, {end, style.bandwidth * end}};
+  }
+  if (compute_roof) {
+    const double start = memory_roof ? std::max(x_min, std::min(x_max, style.peak / style.bandwidth)) : x_min;
+    if (roof.empty()) roof.push_back({start, style.peak});
+    roof.push_back({x_max, style.peak});
+  }
+  for (size_t i = 1; i < roof.size(); ++i) chart.ink(roof[i - 1].first, roof[i - 1].second, roof[i].first, roof[i].second);
+  for (const auto& s : series)
+    for (const auto& p : s.points)
+      if (drawable(p)) chart.ink(p.intensity, p.rate, p.intensity * 3, p.rate);  // the point and its label
+
+  const cv::Scalar roof_color(60, 60, 60);
+  std::vector<LegendEntry> legend;
+  for (size_t k = 0; k < series.size(); ++k)
+    if (!series[k].label.empty()) legend.push_back({series[k].label, series_color(k)});
+  if (memory_roof) {
+    legend.push_back({style.bandwidth_label.empty() ? "memory roof " + roof_number(style.bandwidth) + " GB/s"
+                                                    : style.bandwidth_label,
+                      roof_color});
+  }
+  if (compute_roof) {
+    legend.push_back({style.peak_label.empty() ? "compute roof " + roof_number(style.peak) + " GFLOP/s" : style.peak_label,
+                      roof_color});
+  }
+  chart.set_legend(std::move(legend));
+
+  cv::Mat image = chart.draw_frame();
+  std::vector<cv::Point> roof_pixels;
+  for (const auto& [x, y] : roof) roof_pixels.push_back(chart.to_pixel(x, y));
+  if (roof_pixels.size() > 1) cv::polylines(image, roof_pixels, false, roof_color, 2, cv::LINE_AA);
+  // Markers first, then each name beside its marker: above right, below right, above left, below left,
+  // above or below, the first place that overlaps no roof, marker or name placed before (else the least).
+  std::vector<cv::Rect> taken;
+  for (size_t i = 1; i < roof_pixels.size(); ++i) {  // the roofs, as small boxes every few pixels
+    const cv::Point a = roof_pixels[i - 1], b = roof_pixels[i];
+    const int n = 1 + static_cast<int>(cv::norm(b - a) / 4);
+    for (int j = 0; j <= n; ++j) {
+      const cv::Point q = a + (b - a) * (static_cast<double>(j) / n);
+      taken.emplace_back(q.x - 2, q.y - 2, 5, 5);
+    }
+  }
+  for (size_t k = 0; k < series.size(); ++k)
+    for (const auto& p : series[k].points) {
+      if (!drawable(p)) continue;
+      const cv::Point at = chart.to_pixel(p.intensity, p.rate);
+      draw_marker(image, at, k, series_color(k));
+      taken.emplace_back(at.x - 6, at.y - 6, 13, 13);
+    }
+  for (size_t k = 0; k < series.size(); ++k) {
+    for (const auto& p : series[k].points) {
+      if (!drawable(p)) continue;
+      const cv::Point at = chart.to_pixel(p.intensity, p.rate);
+      const int w = text_width(p.label, kTickFont), h = 10;
+      const cv::Point corners[] = {{at.x + 8, at.y - 6},      {at.x + 8, at.y + 14},      {at.x - 8 - w, at.y - 6},
+                                   {at.x - 8 - w, at.y + 14}, {at.x - w / 2, at.y - 10}, {at.x - w / 2, at.y + 20}};
+      cv::Point text_at = corners[0];
+      int least = std::numeric_limits<int>::max();
+      for (const cv::Point& c : corners) {
+        const cv::Rect box(c.x - 1, c.y - h - 1, w + 2, h + 4);
+        int overlap = 0;
+        for (const cv::Rect& r : taken) overlap += (r & box).area();
+        if (overlap < least) least = overlap, text_at = c;
+        if (overlap == 0) break;
+      }
+      taken.emplace_back(text_at.x - 1, text_at.y - h - 1, w + 2, h + 4);
+      cv::putText(image, p.label, text_at, kFont, kTickFont, series_color(k), 1, cv::LINE_AA);
+    }
+  }
+  chart.draw_legend(image);
+  return image;
+}
+
 cv::Mat draw_loss_curve(std::vector<std::pair<int64_t, double>> points, const LossCurveStyle& style) {
   std::sort(points.begin(), points.end());
   points.erase(std::remove_if(points.begin(), points.end(),

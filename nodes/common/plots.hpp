@@ -53,6 +53,48 @@ struct LinePlotStyle {
 // A BGR image of style.width x style.height.
 cv::Mat draw_line_plot(const std::vector<LineSeries>& series, const LinePlotStyle& style);
 
+// Roofline charts: achieved rate (GFLOP/s) against arithmetic intensity
+// (FLOP per byte moved) on log-log axes, under the two roofs that bound it:
+// memory (bandwidth x intensity) and compute (the peak rate). Each series is
+// a set of named points (say, one per layer kind) with its own colour and
+// marker; every point is labelled with its name. Points with a non-positive
+// or non-finite coordinate cannot sit on log axes and are skipped.
+//
+//   RooflineSeries fwd{"forward", {{"convolution", 34.0, 170.0}, {"group_norm", 0.12, 1.1}}};
+//   RooflineStyle style;
+//   style.bandwidth = 28.8;   // GB/s: the memory roof
+//   style.peak = 352.0;       // GFLOP/s: the compute roof
+//   write_png_atomic(draw_roofline({fwd}, style), "roofline.png");
+struct RooflinePoint {
+  std::string label;
+  double intensity = 0;  // FLOP/byte
+  double rate = 0;       // GFLOP/s
+};
+
+struct RooflineSeries {
+  std::string label;
+  std::vector<RooflinePoint> points;
+};
+
+struct RooflineStyle {
+  int width = 900;
+  int height = 600;
+  std::string title;
+  std::string x_label = "arithmetic intensity (FLOP/byte)";
+  std::string y_label = "GFLOP/s";
+  double bandwidth = 0;         // the memory roof's slope (GB/s); <= 0: none drawn
+  double peak = 0;              // the compute roof (GFLOP/s); <= 0: none drawn
+  std::string bandwidth_label;  // their legend entries; empty: "memory roof 28.8 GB/s", "compute roof 352 GFLOP/s"
+  std::string peak_label;
+};
+
+// The roof over `intensity`: min(peak, bandwidth x intensity), either bound
+// left out when it is <= 0 (0 when both are).
+double roofline_bound(double intensity, double bandwidth, double peak);
+
+// A BGR image of style.width x style.height.
+cv::Mat draw_roofline(const std::vector<RooflineSeries>& series, const RooflineStyle& style);
+
 // Loss curves: the raw values in light grey, an exponential moving average on
 // top. Also the loss_curve node's parameters (a parameter group).
 struct LossCurveStyle {

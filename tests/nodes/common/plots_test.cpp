@@ -92,3 +92,41 @@ TEST_CASE("a line plot's legend covers none of the plotted points where the top-
   CHECK(legend_pixels > 200);  // a legend was drawn
   CHECK(covered == 0);         // and it hides none of the data
 }
+
+TEST_CASE("the roofline bound is the lower of the memory and compute roofs, either left out when not given") {
+  CHECK(roofline_bound(1.0, 30.0, 350.0) == doctest::Approx(30.0));
+  CHECK(roofline_bound(100.0, 30.0, 350.0) == doctest::Approx(350.0));
+  CHECK(roofline_bound(350.0 / 30.0, 30.0, 350.0) == doctest::Approx(350.0));  // the ridge
+  CHECK(roofline_bound(100.0, 30.0, 0.0) == doctest::Approx(3000.0));
+  CHECK(roofline_bound(100.0, 0.0, 350.0) == doctest::Approx(350.0));
+  CHECK(roofline_bound(100.0, 0.0, 0.0) == 0.0);
+}
+
+TEST_CASE("a roofline draws both roofs and every drawable point in its series' colour, and skips the rest") {
+  RooflineSeries forward{"forward", {{"convolution", 34.0, 170.0}, {"group_norm", 0.12, 1.1}, {"copy", 0.0, 0.0}}};
+  RooflineSeries both{"forward+backward", {{"convolution", 35.0, 160.0}, {"nan", NAN, 3.0}}};
+  RooflineStyle style;
+  style.title = "roofline";
+  style.bandwidth = 30.0;
+  style.peak = 350.0;
+  const cv::Mat image = draw_roofline({forward, both}, style);
+  REQUIRE(image.cols == style.width);
+  REQUIRE(image.rows == style.height);
+  const cv::Vec3b first(180, 119, 31), second(14, 127, 255), roof(60, 60, 60);
+  int first_pixels = 0, second_pixels = 0, roof_pixels = 0;
+  for (int y = 0; y < image.rows; ++y) {
+    for (int x = 0; x < image.cols; ++x) {
+      const cv::Vec3b v = image.at<cv::Vec3b>(y, x);
+      first_pixels += v == first;
+      second_pixels += v == second;
+      roof_pixels += v == roof;
+    }
+  }
+  CHECK(first_pixels > 60);   // two markers, two names, a legend swatch
+  CHECK(second_pixels > 30);  // one marker, its name, a legend swatch
+  CHECK(roof_pixels > 400);   // the two roofs across the plot
+
+  // Without roofs or drawable points it still draws a frame.
+  const cv::Mat empty = draw_roofline({{"none", {{"zero", 0.0, 5.0}}}}, RooflineStyle{});
+  CHECK(empty.cols == RooflineStyle{}.width);
+}

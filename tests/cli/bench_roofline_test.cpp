@@ -1,0 +1,112 @@
+// The work per layer kind of `bench unet --breakdown` (FLOPs and bytes of the
+// profiled steps) and the roofline figure of `bench unet --roofline`. No
+// timing is asserted.
+#include "nodes/common/images.hpp"
+#include "test_util.hpp"
+
+#include <doctest/doctest.h>
+#include <nlohmann/json.hpp>
+
+#include <opencv2/imgcodecs.hpp>
+
+using namespace diffuflow;
+using namespace diffuflow::test;
+using json = nlohmann::json;
+
+namespace {
+
+bool contains(const std::string& text, const std::string& part) { return text.find(part) != std::string::npos; }
+
+}  // namespace
+
+TEST_CASE("bench unet --breakdown counts each layer kind's FLOPs and bytes, and the convolutions' FLOPs dominate") {
+  TempDir dir;
+  const auto result = run_cli("bench unet --config unet-tiny --batch 2 --warmup 0 --steps 1 --repeats 1 --threads 1 "
+                              "--mode both --breakdown --json " + (dir / "u.json").string());
+  CAPTURE(result.output);
+  REQUIRE(result.exit_code == 0);
+  CHECK(contains(result.output, "work per layer kind"));
+  const json r = json::parse(read_file(dir / "u.json"))["results"][0]["repeats"][0];
+  const json& b = r["breakdown"];
+  REQUIRE(b["layers"].size() > 0);
+  double forward_gflop = 0;
+  for (const auto& layer : b["layers"]) {
+    CAPTURE(layer.dump());
+    for (const char* pass : {"forward", "forward_backward"}) {
+      const json& w = layer[pass];
+      CHECK(w["mb"].get<double>() > 0);
+      CHECK(w["gflop"].get<double>() >= 0);
+      if (w["mb"].get<double>() > 0) {
+        CHECK(w["flop_per_byte"].get<double>() == doctest::Approx(w["gflop"].get<double>() * 1e3 / w["mb"].get<double>()));
+      }
+    }
+    // Backward adds work: forward+backward moves more than the forward alone.
+    CHECK(layer["forward_backward"]["mb"].get<double>() > layer["forward"]["mb"].get<double>());
+    forward_gflop += layer["forward"]["gflop"].get<double>();
+    if (layer["layer"] == "convolution") CHECK(layer["forward"]["flop_per_byte"].get<double>() > 1);
+    if (layer["layer"] == "group_norm") CHECK(layer["forward"]["flop_per_byte"].get<double>() < 1);
+  }
+  // The counted forward work is the analytic count (2*MACs) plus at most a few per-element operations.
+  const double analytic = r["gflops_per_image_forward"].get<double>() * 2;
+  CHECK(forward_gflop >= analytic * 0.999);
+  CHECK(forward_gflop <= analytic * 1.1);
+  CHECK(b["unet"]["forward"]["gflop"].get<double>() == doctest::Approx(forward_gflop));
+  // Plausible traffic: at least the input and output images once (2 x 1x28x28 f32 each), at most 10 GB.
+  const double mb = b["unet"]["forward"]["mb"].get<double>();
+  CHECK(mb > 2 * 2 * 28 * 28 * 4 * 1e-6);
+  CHECK(mb < 1e4);
+}
+
+TEST_CASE("bench unet --roofline measures the bandwidth, places each layer kind under the roofs and writes the PNG") {
+  TempDir dir;
+  const auto png = dir / "figures" / "roofline.png";  // the missing folder is created
+  const auto result = run_cli("bench unet --config unet-tiny --batch 2 --warmup 0 --steps 1 --repeats 1 --threads 1 "
+                              "--mode both --roofline " + png.string() + " --json " + (dir / "u.json").string());
+  CAPTURE(result.output);
+  REQUIRE(result.exit_code == 0);
+  CHECK(contains(result.output, "memory bandwidth "));
+  CHECK(contains(result.output, "roofline: memory roof"));
+  CHECK(contains(result.output, "work per layer kind"));  // --roofline implies --breakdown
+  const cv::Mat image = cv::imread(png.string());
+  REQUIRE(!image.empty());
+  CHECK(image.cols == 900);
+  CHECK(read_png_text(png).empty());  // no metadata (and so no machine paths) in the file
+
+  const json j = json::parse(read_file(dir / "u.json"));
+  const json& roofline = j["results"][0]["repeats"][0]["roofline"];
+  const double bandwidth = roofline["bandwidth_gb_per_s"].get<double>(), peak = roofline["peak_gflops_per_s"].get<double>();
+  CHECK(bandwidth > 0);
+  CHECK(peak > 0);
+  CHECK(j["results"][0]["memory_bandwidth_gb_per_s"].get<double>() == doctest::Approx(bandwidth));
+  for (const char* pass : {"forward", "forward_backward"}) {
+    CAPTURE(pass);
+    REQUIRE(roofline[pass].size() >= 5);
+    CHECK(roofline[pass].back()["name"] == "U-Net");
+    for (const auto& p : roofline[pass]) {
+      const double intensity = p["flop_per_byte"].get<double>();
+      CHECK(p["roof_gflops_per_s"].get<double>() == doctest::Approx(std::min(peak, bandwidth * intensity)));
+      if (p["roof_gflops_per_s"].get<double>() > 0) {
+        CHECK(p["fraction_of_roof"].get<double>() ==
+              doctest::Approx(p["gflops_per_s"].get<double>() / p["roof_gflops_per_s"].get<double>()));
+      }
+    }
+  }
+}
+
+TEST_CASE("bench unet --roofline refuses paths it cannot write, other kinds and sweeps, before measuring (exit 2)") {
+  TempDir dir;
+  write_file(dir / "file.txt", "not a folder");
+  for (const std::string args :
+       {"bench unet --roofline " + (dir / "r.jpg").string(), "bench unet --roofline " + dir.path().string() + "/",
+        "bench unet --roofline " + (dir / "file.txt" / "r.png").string(),
+        "bench unet --roofline " + (dir / "file.txt" / "sub" / "r.png").string(),
+        "bench matmul --roofline " + (dir / "r.png").string(),
+        "bench unet --sweep threads=1,2 --roofline " + (dir / "r.png").string()}) {
+    const auto result = run_cli(args);
+    CAPTURE(args);
+    CAPTURE(result.output);
+    CHECK(result.exit_code == 2);
+    CHECK(contains(result.output, "--roofline"));
+    CHECK(!contains(result.output, "images/s"));  // refused before anything ran
+  }
+}
