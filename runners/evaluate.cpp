@@ -83,7 +83,13 @@ OptionTable evaluate_options() {
                               "checkpoint recording no schedule (earlier versions): diffusion steps T")
               .range(2, 100000)
               .fallback("1000"),
-          OptionSpec::text("method", "METHOD", "checkpoint: ddim or ddpm").fallback("ddim"),
+          OptionSpec::text("method", "METHOD", "checkpoint: ddim, ddpm, dpmpp, euler, euler_ancestral or unipc")
+              .fallback("ddim"),
+          OptionSpec::text("scheduler", "KEY=VALUE",
+                           "checkpoint: a scheduler config key for the sampler, diffusers' name and value "
+                           "(algorithm_type=sde-dpmsolver++, solver_order=3, use_karras_sigmas=true, ...); not "
+                           "one the model was trained with")
+              .repeatable(),
           OptionSpec::integer("sample-steps", "K", "checkpoint: model calls per sample").range(1, 100000).fallback("50"),
           OptionSpec::text("prediction", "TARGET", "checkpoint: what the model predicts (epsilon, v or x0)")
               .fallback("epsilon"),
@@ -195,7 +201,14 @@ Tensor sample_checkpoint(const SafetensorsFile& file, const ParsedOptions& optio
   schedule_params.kind = enum_option<ScheduleKind>(options, "schedule");
   schedule_params.timesteps = static_cast<int>(options.integer("timesteps"));
   const std::optional<SchedulerConfig> trained = trained_settings_from(meta, path);
-  const NoiseSchedule schedule = trained ? NoiseSchedule(*trained) : NoiseSchedule(schedule_params);
+  // --scheduler sets the sampler's keys on top; what training fixed stays.
+  const SchedulerConfig base = trained ? *trained : NoiseSchedule(schedule_params).config();
+  const SchedulerConfig used = with_scheduler_keys(base, options.texts("scheduler"), "--scheduler");
+  if (const std::string changed = trained_settings_difference(base, used); !changed.empty()) {
+    throw bad_option("scheduler", "--scheduler may set the sampler's keys only, not what the model was trained "
+                                  "with: " + changed);
+  }
+  const NoiseSchedule schedule(used);
   const ClassChoice classes = class_choice_from(options, config.num_classes(), path);
   DiffusionSteps steps(schedule, *device);
   ReverseChainOptions chain;

@@ -348,6 +348,42 @@ bool SchedulerConfig::operator==(const SchedulerConfig& other) const {
   return true;
 }
 
+SchedulerConfig with_scheduler_keys(const SchedulerConfig& base, const std::vector<std::string>& assignments,
+                                    const std::string& source) {
+  SchedulerConfig config = base;
+  std::vector<ConfigError> errors;
+  for (const std::string& text : assignments) {
+    const size_t eq = text.find('=');
+    const std::string key = text.substr(0, eq);
+    const SourceLocation where{source, 0, 0, key};
+    if (eq == std::string::npos || key.empty()) {
+      errors.emplace_back(where, "expected KEY=VALUE (a scheduler config key), got '" + text + "'");
+      continue;
+    }
+    const ParamRow<SchedulerConfig>* row = nullptr;
+    for (const auto& r : rows())
+      if (r.spec().name == key) row = &r;
+    if (!row) {
+      std::string msg = "unknown scheduler config key '" + key + "'";
+      const std::string near = closest_match(key, key_names());
+      if (!near.empty()) msg += " (did you mean '" + near + "'?)";
+      errors.emplace_back(where, msg + "; keys: " + joined(key_names()));
+      continue;
+    }
+    YAML::Node value;
+    try {
+      value = YAML::Load(text.substr(eq + 1));
+    } catch (const YAML::Exception& e) {
+      errors.emplace_back(where, "'" + text.substr(eq + 1) + "' is not a YAML value: " + e.msg);
+      continue;
+    }
+    if (auto parsed = parse_param(row->spec(), value, where, errors)) row->assign(config, *parsed);
+  }
+  throw_all(std::move(errors));
+  config.validate(source);
+  return config;
+}
+
 SchedulerConfig merge_scheduler_configs(const SchedulerConfig& a, const std::string& a_name, const SchedulerConfig& b,
                                         const std::string& b_name) {
   const SchedulerConfig defaults;

@@ -139,6 +139,13 @@ DpmAlgorithm dpm_algorithm(const SchedulerConfig& config);
 // sde-dpmsolver or sde-dpmsolver++: a DPM-Solver step that adds noise.
 bool is_sde_algorithm(const SchedulerConfig& config);
 
+// `base` with keys set from "KEY=VALUE" texts (diffusers' key names and values,
+// e.g. "algorithm_type=sde-dpmsolver++", "disable_corrector=[0, 3]"), each
+// parsed and range-checked as in a config file, then validated. ConfigErrors
+// name `source` and the key.
+SchedulerConfig with_scheduler_keys(const SchedulerConfig& base, const std::vector<std::string>& assignments,
+                                    const std::string& source);
+
 // Combines two descriptions of one scheduler (a config file and pipeline
 // parameters): for each key, a value other than diffusers' default wins over
 // the default; two different non-default values are a ConfigError naming the

@@ -97,6 +97,24 @@ TEST_CASE("evaluate samples a U-Net checkpoint from fixed noise") {
   CHECK(a["fid"] == b["fid"]);
   const json c = evaluate(dir, checkpoint, sampling + " --noise-seed 1");
   CHECK(c["fid"] != a["fid"]);
+
+  // The sampler's scheduler keys: the stochastic DPM-Solver++ draws other samples than the deterministic one.
+  const json ode = evaluate(dir, checkpoint, sampling + " --method dpmpp");
+  const json sde = evaluate(dir, checkpoint, sampling + " --method dpmpp --scheduler algorithm_type=sde-dpmsolver++");
+  CHECK(sde["fid"] != ode["fid"]);
+  CHECK(evaluate(dir, checkpoint, sampling + " --method unipc --scheduler solver_order=3")["count"] == 6);
+  // Keys the model was trained with, unknown keys and bad values are refused before sampling.
+  for (const auto& [args, message] : std::vector<std::pair<std::string, std::string>>{
+           {" --scheduler beta_schedule=squaredcos_cap_v2", "not what the model was trained with: beta_schedule"},
+           {" --scheduler algoritm_type=dpmsolver", "did you mean 'algorithm_type'"},
+           {" --scheduler solver_order=7", "solver_order"},
+           {" --scheduler solver_order", "expected KEY=VALUE"}}) {
+    const auto result = run_cli("evaluate " + checkpoint + sampling + args + common(dir));
+    CAPTURE(args);
+    CAPTURE(result.output);
+    CHECK(result.exit_code == 2);
+    CHECK(contains(result.output, message));
+  }
 }
 
 TEST_CASE("evaluate refuses bad input with exit code 2 and says why") {
