@@ -29,6 +29,21 @@ std::vector<std::string> key_names() {
   return names;
 }
 
+// The row of a key; null for a key the config does not have.
+const ParamRow<SchedulerConfig>* row_named(const std::string& key) {
+  for (const auto& r : rows())
+    if (r.spec().name == key) return &r;
+  return nullptr;
+}
+
+// "unknown scheduler config key 'x' (did you mean 'y'?)".
+std::string unknown_key(const std::string& key) {
+  std::string msg = "unknown scheduler config key '" + key + "'";
+  const std::string near = closest_match(key, key_names());
+  if (!near.empty()) msg += " (did you mean '" + near + "'?)";
+  return msg;
+}
+
 std::string joined(const std::vector<std::string>& items) {
   std::string out;
   for (size_t i = 0; i < items.size(); ++i) out += (i ? ", " : "") + items[i];
@@ -180,15 +195,11 @@ SchedulerConfig SchedulerConfig::from_text(const std::string& text, const std::s
       }
       continue;
     }
-    const ParamRow<SchedulerConfig>* row = nullptr;
-    for (const auto& r : rows())
-      if (r.spec().name == key) row = &r;
+    const ParamRow<SchedulerConfig>* row = row_named(key);
     if (!row) {
-      std::string msg = "unknown scheduler config key '" + key + "'";
-      const std::string near = closest_match(key, key_names());
-      if (!near.empty()) msg += " (did you mean '" + near + "'?)";
-      msg += "; supported keys: _class_name, " + joined(key_names()) + " (and private keys starting with _)";
-      errors.push_back(error_at(source, kv.first, key, msg));
+      errors.push_back(error_at(source, kv.first, key,
+                                unknown_key(key) + "; supported keys: _class_name, " + joined(key_names()) +
+                                    " (and private keys starting with _)"));
       continue;
     }
     if (value.IsNull()) {
@@ -360,14 +371,9 @@ SchedulerConfig with_scheduler_keys(const SchedulerConfig& base, const std::vect
       errors.emplace_back(where, "expected KEY=VALUE (a scheduler config key), got '" + text + "'");
       continue;
     }
-    const ParamRow<SchedulerConfig>* row = nullptr;
-    for (const auto& r : rows())
-      if (r.spec().name == key) row = &r;
+    const ParamRow<SchedulerConfig>* row = row_named(key);
     if (!row) {
-      std::string msg = "unknown scheduler config key '" + key + "'";
-      const std::string near = closest_match(key, key_names());
-      if (!near.empty()) msg += " (did you mean '" + near + "'?)";
-      errors.emplace_back(where, msg + "; keys: " + joined(key_names()));
+      errors.emplace_back(where, unknown_key(key) + "; keys: " + joined(key_names()));
       continue;
     }
     YAML::Node value;
