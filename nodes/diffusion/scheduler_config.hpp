@@ -14,10 +14,12 @@
 // Each row below is a key of diffusers' config; a value this project does not
 // implement (beta_schedule sigmoid, variance_type learned, ...) and a key it does
 // not know are ConfigErrors naming the key, the value and what is supported.
-// `_class_name` and `_diffusers_version` are accepted as well, and so are the
-// keys of diffusers' solver classes whose other settings are not implemented
-// (use_exponential_sigmas, sigma_min, interpolation_type, ...) when they hold
-// their defaults.
+// `_class_name` and `_diffusers_version` are accepted as well. Keys for the
+// sigma spacings and schedule shifts diffusers offers beside Karras sigmas
+// (use_exponential_sigmas, use_beta_sigmas, use_lu_lambdas, use_flow_sigmas,
+// use_dynamic_shifting, sigma_min, interpolation_type, ...) are outside this
+// project's samplers: a config holding their defaults loads, any other value
+// is one ConfigError naming the key (docs/sampling.md lists them).
 #pragma once
 
 #include "graph/param_table.hpp"
