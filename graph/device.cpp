@@ -1,6 +1,11 @@
 #include "graph/device.hpp"
 
+#include "graph/openmp_policy.hpp"
+
 #include <oneapi/tbb/version.h>
+
+#include <sched.h>
+#include <unistd.h>
 
 #include <fstream>
 #include <stdexcept>
@@ -87,6 +92,17 @@ std::string describe_cpu_model() {
     }
   }
   return "unknown CPU";
+}
+
+std::string describe_cpu_count() {
+  const long online = ::sysconf(_SC_NPROCESSORS_ONLN);
+  cpu_set_t set;
+  CPU_ZERO(&set);
+  int usable = ::sched_getaffinity(0, sizeof set, &set) == 0 ? CPU_COUNT(&set) : static_cast<int>(online);
+  // With OpenMP binding this thread is pinned to the first place; the teams use them all.
+  const auto places = openmp_place_cpus();
+  if (!places.empty()) usable = static_cast<int>(places.size());
+  return std::to_string(usable) + " usable of " + std::to_string(online) + " online";
 }
 
 }  // namespace diffuflow

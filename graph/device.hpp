@@ -53,5 +53,9 @@ class Device {
 std::string describe_cpu_isa();
 std::string describe_versions();
 std::string describe_cpu_model();
+// "N usable of M online": the CPUs this process may run on (its affinity
+// mask: taskset, a cpuset; with OpenMP binding the CPUs of all places)
+// against those the system has.
+std::string describe_cpu_count();
 
 }  // namespace diffuflow

@@ -600,9 +600,8 @@ int run_bench(const ParsedOptions& opts) {
   }
 
   // The machine first.
-  const int cores = static_cast<int>(std::thread::hardware_concurrency());
   out << "bench " << base.kind << (standalone ? "" : " (" + base.pipeline + ")") << "\n"
-            << "machine: " << describe_cpu_model() << ", " << cores << " cores (nproc)\n"
+            << "machine: " << describe_cpu_model() << ", CPUs " << describe_cpu_count() << "\n"
             << "oneDNN ISA: " << describe_cpu_isa() << "\n"
             << "versions: " << describe_versions() << "\n"
             << (world.distributed() ? "processes: " + std::to_string(world.size()) +
@@ -742,7 +741,10 @@ int run_bench(const ParsedOptions& opts) {
     json j;
     j["bench"] = base.kind;
     j["pipeline"] = standalone ? "" : base.pipeline;
-    j["machine"] = {{"cpu_model", describe_cpu_model()}, {"cores", cores}, {"isa", describe_cpu_isa()},
+    j["machine"] = {{"cpu_model", describe_cpu_model()},
+                    {"cores", static_cast<int>(std::thread::hardware_concurrency())},
+                    {"cpus", describe_cpu_count()},
+                    {"isa", describe_cpu_isa()},
                     {"versions", describe_versions()}};
     j["settings"] = {{"config", base.config}, {"batch", base.batch},       {"threads", resolved_threads(base.threads)},
                      {"steps", base.steps},   {"warmup", base.warmup},     {"repeats", base.repeats},

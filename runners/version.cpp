@@ -6,6 +6,7 @@
 //   oneTBB 2021.8.0 (runtime; built against 2021.8)
 //   CPU: Intel(R) Xeon(R) ...
 //   ISA: avx2 (what oneDNN dispatches to)
+//   CPUs: 16 usable of 16 online
 #include "graph/device.hpp"
 #include "runners/command.hpp"
 
@@ -39,7 +40,8 @@ int run_version(const ParsedOptions&) {
             << "oneDNN " << onednn_version() << "\n"
             << "oneTBB " << TBB_runtime_version() << " (runtime; built against " << TBB_VERSION_STRING << ")\n"
             << "CPU: " << describe_cpu_model() << "\n"
-            << "ISA: " << describe_cpu_isa() << " (what oneDNN dispatches to)\n";
+            << "ISA: " << describe_cpu_isa() << " (what oneDNN dispatches to)\n"
+            << "CPUs: " << describe_cpu_count() << "\n";
   return kExitOk;
 }
 

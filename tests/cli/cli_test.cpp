@@ -131,3 +131,24 @@ TEST_CASE("device gpu without an Intel GPU is a clear error, never a silent CPU 
   CHECK(contains(result.output, "no Intel GPU"));
   CHECK(!fs::exists(dir / "gpu" / "noising_chain_000000.png"));
 }
+
+TEST_CASE("OpenMP binding in the environment keeps every CPU through the wait-policy re-execution") {
+  // libgomp pins the initial thread to the first place when binding is asked
+  // for; the re-execution that sets the passive wait policy must not inherit
+  // that one-place mask (measured before the fix: a 16-core run collapsed
+  // onto one core).
+  // (The test process runs with the passive policy set, which a child would
+  // inherit and then never re-execute: unset it.)
+  const auto plain = run_cli("version", "unset OMP_WAIT_POLICY; ");
+  const auto bound = run_cli("version", "unset OMP_WAIT_POLICY; export OMP_PROC_BIND=close OMP_PLACES=threads; ");
+  const auto line = [](const std::string& text) {
+    const auto at = text.find("CPUs: ");
+    return at == std::string::npos ? std::string() : text.substr(at, text.find('\n', at) - at);
+  };
+  CAPTURE(plain.output);
+  CAPTURE(bound.output);
+  REQUIRE(plain.exit_code == 0);
+  REQUIRE(bound.exit_code == 0);
+  CHECK(!line(plain.output).empty());
+  CHECK(line(bound.output) == line(plain.output));
+}
