@@ -42,13 +42,24 @@ void undo_initial_binding() {
 
 }  // namespace
 
-void ensure_passive_openmp(int argc, char** argv) {
+void ensure_openmp_wait_policy(int argc, char** argv) {
   (void)argc;
-  if (std::getenv("OMP_WAIT_POLICY") != nullptr) return;
+  if (std::getenv("OMP_WAIT_POLICY") != nullptr || std::getenv("GOMP_SPINCOUNT") != nullptr) return;
   if (::setenv("OMP_WAIT_POLICY", "passive", 1) != 0) return;
   undo_initial_binding();
   ::execv("/proc/self/exe", argv);
   // execv only returns on failure: carry on with the default policy.
+}
+
+std::string describe_openmp_wait_policy() {
+  std::string text;
+  for (const char* name : {"OMP_WAIT_POLICY", "GOMP_SPINCOUNT"}) {
+    const char* value = std::getenv(name);
+    if (value == nullptr) continue;
+    if (!text.empty()) text += ", ";
+    text += std::string(name) + "=" + value;
+  }
+  return text.empty() ? "libgomp's default" : text;
 }
 
 }  // namespace diffuflow

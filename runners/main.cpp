@@ -13,7 +13,7 @@
 
 int main(int argc, char** argv) {
   using namespace diffuflow;
-  ensure_passive_openmp(argc, argv);
+  ensure_openmp_wait_policy(argc, argv);
   // A file-size limit (ulimit -f) then fails the write with EFBIG, reported
   // like a full disk, instead of killing the process mid-file.
   std::signal(SIGXFSZ, SIG_IGN);

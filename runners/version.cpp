@@ -7,7 +7,9 @@
 //   CPU: Intel(R) Xeon(R) ...
 //   ISA: avx2 (what oneDNN dispatches to)
 //   CPUs: 16 usable of 16 online
+//   OpenMP wait: OMP_WAIT_POLICY=passive
 #include "graph/device.hpp"
+#include "graph/openmp_policy.hpp"
 #include "runners/command.hpp"
 
 #include <dnnl.hpp>
@@ -41,7 +43,8 @@ int run_version(const ParsedOptions&) {
             << "oneTBB " << TBB_runtime_version() << " (runtime; built against " << TBB_VERSION_STRING << ")\n"
             << "CPU: " << describe_cpu_model() << "\n"
             << "ISA: " << describe_cpu_isa() << " (what oneDNN dispatches to)\n"
-            << "CPUs: " << describe_cpu_count() << "\n";
+            << "CPUs: " << describe_cpu_count() << "\n"
+            << "OpenMP wait: " << describe_openmp_wait_policy() << "\n";
   return kExitOk;
 }
 

@@ -4,7 +4,7 @@
 #include "graph/openmp_policy.hpp"
 
 int main(int argc, char** argv) {
-  diffuflow::ensure_passive_openmp(argc, argv);
+  diffuflow::ensure_openmp_wait_policy(argc, argv);
   doctest::Context context(argc, argv);
   return context.run();
 }

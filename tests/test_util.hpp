@@ -32,6 +32,8 @@ struct CommandResult {
 // after `shell_prefix` (e.g. "ulimit -f 64; ") in the same shell.
 CommandResult run_cli(const std::string& args, const std::string& shell_prefix = "");
 
+inline bool contains(const std::string& text, const std::string& part) { return text.find(part) != std::string::npos; }
+
 void write_file(const std::filesystem::path& path, const std::string& text);
 std::string read_file(const std::filesystem::path& path);
 

@@ -16,7 +16,7 @@
 
 int main(int argc, char** argv) {
   using namespace diffuflow;
-  ensure_passive_openmp(argc, argv);
+  ensure_openmp_wait_policy(argc, argv);
   const std::filesystem::path out_dir = argc > 1 ? argv[1] : "runs/cpp_pipeline";
   try {
     SyntheticSource::Params data;  // the node's own parameter struct: defaults, then what differs

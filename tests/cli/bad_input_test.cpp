@@ -36,7 +36,6 @@ Expectation read_expectation(const fs::path& file) {
   return e;
 }
 
-bool contains(const std::string& text, const std::string& part) { return text.find(part) != std::string::npos; }
 
 }  // namespace
 

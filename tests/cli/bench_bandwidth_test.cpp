@@ -11,12 +11,6 @@ using namespace diffuflow;
 using namespace diffuflow::test;
 using json = nlohmann::json;
 
-namespace {
-
-bool contains(const std::string& text, const std::string& part) { return text.find(part) != std::string::npos; }
-
-}  // namespace
-
 TEST_CASE("a bandwidth is the bytes read and written per pass over the median and fastest pass times") {
   MemoryBandwidth bw;
   bw.settings.mib = 1000;

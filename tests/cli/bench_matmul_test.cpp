@@ -16,7 +16,6 @@ using json = nlohmann::json;
 
 namespace {
 
-bool contains(const std::string& text, const std::string& part) { return text.find(part) != std::string::npos; }
 
 bool cpu_has_native_bf16() { return native_bf16(dnnl::engine(dnnl::engine::kind::cpu, 0)); }
 

@@ -13,12 +13,6 @@ using namespace diffuflow;
 using namespace diffuflow::test;
 using json = nlohmann::json;
 
-namespace {
-
-bool contains(const std::string& text, const std::string& part) { return text.find(part) != std::string::npos; }
-
-}  // namespace
-
 TEST_CASE("bench unet --breakdown counts each layer kind's FLOPs and bytes, and the convolutions' FLOPs dominate") {
   TempDir dir;
   const auto result = run_cli("bench unet --config unet-tiny --batch 2 --warmup 0 --steps 1 --repeats 1 --threads 1 "

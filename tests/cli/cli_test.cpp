@@ -9,10 +9,6 @@
 using namespace diffuflow::test;
 namespace fs = std::filesystem;
 
-namespace {
-bool contains(const std::string& text, const std::string& part) { return text.find(part) != std::string::npos; }
-}  // namespace
-
 TEST_CASE("every pipeline in pipelines/ validates") {
   int count = 0;
   for (const auto& entry : fs::directory_iterator(source_dir() / "pipelines")) {
@@ -137,10 +133,11 @@ TEST_CASE("OpenMP binding in the environment keeps every CPU through the wait-po
   // for; the re-execution that sets the passive wait policy must not inherit
   // that one-place mask (measured before the fix: a 16-core run collapsed
   // onto one core).
-  // (The test process runs with the passive policy set, which a child would
+  // (The test process runs with the wait policy set, which a child would
   // inherit and then never re-execute: unset it.)
-  const auto plain = run_cli("version", "unset OMP_WAIT_POLICY; ");
-  const auto bound = run_cli("version", "unset OMP_WAIT_POLICY; export OMP_PROC_BIND=close OMP_PLACES=threads; ");
+  const auto plain = run_cli("version", "unset OMP_WAIT_POLICY GOMP_SPINCOUNT; ");
+  const auto bound =
+      run_cli("version", "unset OMP_WAIT_POLICY GOMP_SPINCOUNT; export OMP_PROC_BIND=close OMP_PLACES=threads; ");
   const auto line = [](const std::string& text) {
     const auto at = text.find("CPUs: ");
     return at == std::string::npos ? std::string() : text.substr(at, text.find('\n', at) - at);
@@ -151,4 +148,18 @@ TEST_CASE("OpenMP binding in the environment keeps every CPU through the wait-po
   REQUIRE(bound.exit_code == 0);
   CHECK(!line(plain.output).empty());
   CHECK(line(bound.output) == line(plain.output));
+}
+
+TEST_CASE("the CLI runs with the passive OpenMP wait unless the user chose a wait setting") {
+  const auto chosen = [](const std::string& output) {
+    const auto at = output.find("OpenMP wait: ");
+    return at == std::string::npos ? std::string() : output.substr(at + 13, output.find('\n', at) - at - 13);
+  };
+  const auto unset = run_cli("version", "unset OMP_WAIT_POLICY GOMP_SPINCOUNT; ");
+  CAPTURE(unset.output);
+  CHECK(chosen(unset.output) == "OMP_WAIT_POLICY=passive");
+  const auto active = run_cli("version", "unset GOMP_SPINCOUNT; export OMP_WAIT_POLICY=active; ");
+  CHECK(chosen(active.output) == "OMP_WAIT_POLICY=active");
+  const auto spin = run_cli("version", "unset OMP_WAIT_POLICY; export GOMP_SPINCOUNT=100000; ");
+  CHECK(chosen(spin.output) == "GOMP_SPINCOUNT=100000");
 }

@@ -23,7 +23,6 @@ using json = nlohmann::json;
 
 namespace {
 
-bool contains(const std::string& text, const std::string& part) { return text.find(part) != std::string::npos; }
 
 // One short quickstart run for every test here: its latest checkpoint.
 const fs::path& trained_checkpoint() {

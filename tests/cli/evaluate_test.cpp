@@ -21,7 +21,6 @@ using json = nlohmann::json;
 
 namespace {
 
-bool contains(const std::string& text, const std::string& part) { return text.find(part) != std::string::npos; }
 
 std::string mnist() { return (test_dir() / "data/mnist").string(); }
 

@@ -16,7 +16,6 @@ using namespace diffuflow::test;
 
 namespace {
 
-bool contains(const std::string& text, const std::string& part) { return text.find(part) != std::string::npos; }
 
 // What `parse_options` throws, as text ("" when it parses).
 std::string parse_error(const OptionTable& table, const std::vector<std::string>& args) {

@@ -18,7 +18,6 @@ namespace fs = std::filesystem;
 
 namespace {
 
-bool contains(const std::string& text, const std::string& part) { return text.find(part) != std::string::npos; }
 
 // A few training steps of train_mnist_cond.yaml with a small conditional U-Net (10 digits + the null class).
 const fs::path& conditional_checkpoint() {

@@ -19,7 +19,6 @@ namespace fs = std::filesystem;
 
 namespace {
 
-bool contains(const std::string& text, const std::string& part) { return text.find(part) != std::string::npos; }
 
 // max |a - b| / max(1, |b|) over two equally long vectors.
 double max_scaled_diff(const std::vector<float>& a, const std::vector<float>& b) {

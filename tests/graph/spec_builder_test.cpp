@@ -4,6 +4,7 @@
 #include "graph/pipeline.hpp"
 #include "test_nodes.hpp"
 
+#include "test_util.hpp"
 #include <doctest/doctest.h>
 
 #include <algorithm>
@@ -24,7 +25,6 @@ std::string build_error(const PipelineSpecBuilder& builder) {
   return "";
 }
 
-bool contains(const std::string& text, const std::string& part) { return text.find(part) != std::string::npos; }
 
 std::vector<int64_t> sorted_values(const std::string& sink) {
   std::vector<int64_t> values;
@@ -90,9 +90,9 @@ TEST_CASE("a value out of range names the builder call and the parameter") {
   CAPTURE(error);
   // Reported in the order of the calls, though the builder finds the second and validation the first.
   CHECK(error.find("node(\"src\"") < error.find("node(\"add\""));
-  CHECK(contains(error, "PipelineSpecBuilder.node(\"src\", test_source): parameter 'count': value -1 is out of range"));
-  CHECK(!contains(error, ":1:"));  // no position in YAML the caller never wrote
-  CHECK(!contains(error, "nodes[0]"));
+  CHECK(test::contains(error, "PipelineSpecBuilder.node(\"src\", test_source): parameter 'count': value -1 is out of range"));
+  CHECK(!test::contains(error, ":1:"));  // no position in YAML the caller never wrote
+  CHECK(!test::contains(error, "nodes[0]"));
 }
 
 TEST_CASE("a value of another C++ type is refused, not parsed as YAML") {
@@ -103,9 +103,9 @@ TEST_CASE("a value of another C++ type is refused, not parsed as YAML") {
                                             .edge("src -> add")
                                             .edge("add -> sink"));
   CAPTURE(error);
-  CHECK(contains(error, "PipelineSpecBuilder.node(\"src\", test_source): parameter 'count': expected int >= 0, got the "
+  CHECK(test::contains(error, "PipelineSpecBuilder.node(\"src\", test_source): parameter 'count': expected int >= 0, got the "
                         "text \"5\""));
-  CHECK(contains(error, "PipelineSpecBuilder.node(\"add\", test_add): parameter 'amount': expected int, got the number "
+  CHECK(test::contains(error, "PipelineSpecBuilder.node(\"add\", test_add): parameter 'amount': expected int, got the number "
                         "2.5"));
   // An integer is a valid number: only these two problems are reported.
   CHECK(std::count(error.begin(), error.end(), '\n') == 1);
@@ -120,11 +120,11 @@ TEST_CASE("unknown types, parameters, settings and edge ends name their call") {
                                             .node("sink", "test_sink")
                                             .edge("add -> sink"));
   CAPTURE(error);
-  CHECK(contains(error, "PipelineSpecBuilder.setting(\"sed\"): unknown pipeline setting 'sed' (did you mean 'seed'?)"));
-  CHECK(contains(error, "PipelineSpecBuilder.setting(\"threads\"): expected an integer, got the text \"2\""));
-  CHECK(contains(error, "PipelineSpecBuilder.node(\"src\", test_sourse): type: unknown node type 'test_sourse' (did "
+  CHECK(test::contains(error, "PipelineSpecBuilder.setting(\"sed\"): unknown pipeline setting 'sed' (did you mean 'seed'?)"));
+  CHECK(test::contains(error, "PipelineSpecBuilder.setting(\"threads\"): expected an integer, got the text \"2\""));
+  CHECK(test::contains(error, "PipelineSpecBuilder.node(\"src\", test_sourse): type: unknown node type 'test_sourse' (did "
                         "you mean 'test_source'?)"));
-  CHECK(contains(error, "PipelineSpecBuilder.node(\"add\", test_add): parameter 'amuont': unknown parameter 'amuont' "
+  CHECK(test::contains(error, "PipelineSpecBuilder.node(\"add\", test_add): parameter 'amuont': unknown parameter 'amuont' "
                         "(did you mean 'amount'?)"));
 
   const std::string edge = build_error(PipelineSpecBuilder("edges")
@@ -133,8 +133,8 @@ TEST_CASE("unknown types, parameters, settings and edge ends name their call") {
                                            .edge("src -> sink")
                                            .edge("src -> nowhere"));
   CAPTURE(edge);
-  CHECK(contains(edge, "PipelineSpecBuilder.edge(\"src -> nowhere\"): "));
-  CHECK(contains(edge, "nowhere"));
+  CHECK(test::contains(edge, "PipelineSpecBuilder.edge(\"src -> nowhere\"): "));
+  CHECK(test::contains(edge, "nowhere"));
 }
 
 TEST_CASE("a node's parameter struct finds its registered type and runs") {
@@ -160,17 +160,17 @@ TEST_CASE("a node's parameter struct finds its registered type and runs") {
 TEST_CASE("a parameter struct that fits no type, several types or another type is an error naming the call") {
   const std::string none = build_error(PipelineSpecBuilder("none").node<Unregistered>("x", Unregistered::Params{}));
   CAPTURE(none);
-  CHECK(contains(none, "PipelineSpecBuilder.node<...>(\"x\"): no registered node type takes this parameter struct "
+  CHECK(test::contains(none, "PipelineSpecBuilder.node<...>(\"x\"): no registered node type takes this parameter struct "
                        "(nothing_takes_this)"));
   CHECK(std::count(none.begin(), none.end(), '\n') == 0);  // nothing else about the unknown node
 
   const std::string several = build_error(PipelineSpecBuilder("several").node<Adding>("add", Adding::Params{}));
   CAPTURE(several);
-  CHECK(contains(several, "several types take this parameter struct (test_add, test_device_add)"));
+  CHECK(test::contains(several, "several types take this parameter struct (test_add, test_device_add)"));
 
   const std::string other = build_error(PipelineSpecBuilder("other").node("sink", "test_sink", Adding::Params{}));
   CAPTURE(other);
-  CHECK(contains(other, "PipelineSpecBuilder.node(\"sink\", test_sink): the parameter struct given is not "
+  CHECK(test::contains(other, "PipelineSpecBuilder.node(\"sink\", test_sink): the parameter struct given is not "
                         "test_sink's"));
 }
 
@@ -178,7 +178,7 @@ TEST_CASE("a required parameter left at its struct default is reported missing a
   const std::string error =
       build_error(PipelineSpecBuilder("required").node<UsingResource>("user", UsingResource::Params{}));
   CAPTURE(error);
-  CHECK(contains(error, "PipelineSpecBuilder.node(\"user\", test_uses_resource): parameter 'res': missing required "
+  CHECK(test::contains(error, "PipelineSpecBuilder.node(\"user\", test_uses_resource): parameter 'res': missing required "
                         "parameter 'res'"));
 }
 

@@ -1,6 +1,7 @@
 #include "graph/errors.hpp"
 #include "graph/spec.hpp"
 
+#include "test_util.hpp"
 #include <doctest/doctest.h>
 
 using namespace diffuflow;
@@ -22,7 +23,6 @@ ConfigError only_error(const std::vector<ConfigError>& errors) {
   return errors[0];
 }
 
-bool contains(const std::string& text, const std::string& part) { return text.find(part) != std::string::npos; }
 
 }  // namespace
 
@@ -48,8 +48,8 @@ TEST_CASE("a YAML syntax error reports file, line and column") {
   CHECK(e.where().file == "p.yaml");
   CHECK(e.where().line == 4);
   CHECK(e.where().column >= 1);
-  CHECK(contains(e.what(), "p.yaml:4:"));
-  CHECK(contains(e.message(), "YAML syntax error"));
+  CHECK(test::contains(e.what(), "p.yaml:4:"));
+  CHECK(test::contains(e.message(), "YAML syntax error"));
 }
 
 TEST_CASE("an unknown node type suggests the closest registered name, at the type's position") {
@@ -62,8 +62,8 @@ edges: []
   CHECK(e.where().line == 4);
   CHECK(e.where().column == 11);
   CHECK(e.where().key_path == "nodes[0].type");
-  CHECK(contains(e.message(), "unknown node type 'test_sorce'"));
-  CHECK(contains(e.message(), "did you mean 'test_source'"));
+  CHECK(test::contains(e.message(), "unknown node type 'test_sorce'"));
+  CHECK(test::contains(e.message(), "did you mean 'test_source'"));
 }
 
 TEST_CASE("an unknown parameter is reported at its key with the closest name") {
@@ -79,7 +79,7 @@ edges: [src -> sink]
   CHECK(e.where().line == 6);
   CHECK(e.where().column == 7);
   CHECK(e.where().key_path == "nodes[0].params.cuont");
-  CHECK(contains(e.message(), "did you mean 'count'"));
+  CHECK(test::contains(e.message(), "did you mean 'count'"));
 }
 
 TEST_CASE("a mistyped parameter names the expected type and the value given") {
@@ -93,8 +93,8 @@ edges: [src -> sink]
 )"));
   CHECK(e.where().line == 5);
   CHECK(e.where().column == 21);
-  CHECK(contains(e.message(), "expected int"));
-  CHECK(contains(e.message(), "'many'"));
+  CHECK(test::contains(e.message(), "expected int"));
+  CHECK(test::contains(e.message(), "'many'"));
 }
 
 TEST_CASE("a value out of range names the allowed range") {
@@ -105,8 +105,8 @@ nodes:
 edges: [src -> sink]
 )"));
   CHECK(e.where().line == 3);
-  CHECK(contains(e.message(), "out of range"));
-  CHECK(contains(e.message(), ">= 0"));
+  CHECK(test::contains(e.message(), "out of range"));
+  CHECK(test::contains(e.message(), ">= 0"));
 }
 
 TEST_CASE("a missing required parameter is reported with its type and doc") {
@@ -119,7 +119,7 @@ nodes:
 edges: [src -> sink]
 )");
   REQUIRE(errors.size() == 1);
-  CHECK(contains(errors[0].message(), "missing required parameter 'size'"));
+  CHECK(test::contains(errors[0].message(), "missing required parameter 'size'"));
   CHECK(errors[0].where().line == 3);
 }
 
@@ -134,11 +134,11 @@ edges:
 )");
   REQUIRE(errors.size() == 2);
   CHECK(errors[0].where().line == 6);
-  CHECK(contains(errors[0].message(), "node 'sinc'"));
-  CHECK(contains(errors[0].message(), "did you mean 'sink'"));
+  CHECK(test::contains(errors[0].message(), "node 'sinc'"));
+  CHECK(test::contains(errors[0].message(), "did you mean 'sink'"));
   CHECK(errors[1].where().line == 7);
-  CHECK(contains(errors[1].message(), "no output port 'outt'"));
-  CHECK(contains(errors[1].message(), "its outputs: out"));
+  CHECK(test::contains(errors[1].message(), "no output port 'outt'"));
+  CHECK(test::contains(errors[1].message(), "its outputs: out"));
 }
 
 TEST_CASE("fields written upstream satisfy readers across joins and loops") {
@@ -166,7 +166,7 @@ nodes:
   - {name: lonely, type: test_resourceless}
 )"));
   CHECK(e.where().line == 3);
-  CHECK(contains(e.message(), "input port 'in' of node 'lonely' has no incoming edge"));
+  CHECK(test::contains(e.message(), "input port 'in' of node 'lonely' has no incoming edge"));
 }
 
 TEST_CASE("a field read but never written upstream is reported at the reading node") {
@@ -179,8 +179,8 @@ edges: [src -> a, a -> sink]
 )");
   REQUIRE(errors.size() == 1);
   CHECK(errors[0].where().line == 3);
-  CHECK(contains(errors[0].message(), "reads field 'iter'"));
-  CHECK(contains(errors[0].message(), "upstream writes: value"));
+  CHECK(test::contains(errors[0].message(), "reads field 'iter'"));
+  CHECK(test::contains(errors[0].message(), "upstream writes: value"));
 }
 
 TEST_CASE("a cycle without a limiter is an error; the same cycle behind a limiter is fine") {
@@ -193,9 +193,9 @@ nodes:
 edges: [src -> step.start, step.again -> body, body -> step.back, step.done -> sink]
 )");
   REQUIRE(errors.size() == 1);
-  CHECK(contains(errors[0].message(), "cycle without a limiter"));
-  CHECK(contains(errors[0].message(), "step"));
-  CHECK(contains(errors[0].message(), "body"));
+  CHECK(test::contains(errors[0].message(), "cycle without a limiter"));
+  CHECK(test::contains(errors[0].message(), "step"));
+  CHECK(test::contains(errors[0].message(), "body"));
   CHECK(errors[0].where().line == 4);
   CHECK(errors_of(R"(name: x
 nodes:
@@ -218,7 +218,7 @@ nodes:
 edges: [src -> add]
 )");
   REQUIRE(errors.size() == 4);
-  CHECK(contains(errors[0].message(), "unknown top-level key 'colour'"));
+  CHECK(test::contains(errors[0].message(), "unknown top-level key 'colour'"));
   CHECK(errors[1].where().line == 4);
   CHECK(errors[2].where().line == 5);
   CHECK(errors[3].where().line == 6);
@@ -237,9 +237,9 @@ edges: [src -> sink]
   const auto e = only_error(errors_of(yaml, {parse_override("src.count=nine")}));
   CHECK(e.where().file == "--set");
   CHECK(e.where().key_path == "src.count");
-  CHECK(contains(e.message(), "expected int"));
-  CHECK(contains(only_error(errors_of(yaml, {parse_override("src.cont=1")})).message(), "did you mean 'count'"));
-  CHECK(contains(only_error(errors_of(yaml, {parse_override("scr.count=1")})).message(), "did you mean 'src'"));
+  CHECK(test::contains(e.message(), "expected int"));
+  CHECK(test::contains(only_error(errors_of(yaml, {parse_override("src.cont=1")})).message(), "did you mean 'count'"));
+  CHECK(test::contains(only_error(errors_of(yaml, {parse_override("scr.count=1")})).message(), "did you mean 'src'"));
   CHECK_THROWS_AS(parse_override("nonsense"), ConfigError);
 }
 
@@ -252,9 +252,9 @@ nodes:
 edges: []
 )");
   REQUIRE(errors.size() == 2);
-  CHECK(contains(errors[0].message(), "device must be"));
+  CHECK(test::contains(errors[0].message(), "device must be"));
   CHECK(errors[0].where().line == 2);
-  CHECK(contains(errors[1].message(), "used twice"));
+  CHECK(test::contains(errors[1].message(), "used twice"));
   CHECK(errors[1].where().line == 5);
 }
 
@@ -270,8 +270,8 @@ edges: [src -> user, user -> sink]
 )");
   REQUIRE(errors.size() == 1);
   CHECK(errors[0].where().line == 6);
-  CHECK(contains(errors[0].message(), "'thng' is not a declared resource"));
-  CHECK(contains(errors[0].message(), "did you mean 'thing'"));
+  CHECK(test::contains(errors[0].message(), "'thng' is not a declared resource"));
+  CHECK(test::contains(errors[0].message(), "did you mean 'thing'"));
 }
 
 TEST_CASE("a field named by a parameter is checked like a declared one") {
@@ -284,7 +284,7 @@ edges: [src -> show, src -> show2]
 )");
   REQUIRE(errors.size() == 1);
   CHECK(errors[0].where().line == 5);
-  CHECK(contains(errors[0].message(), "reads field 'valeu'"));
+  CHECK(test::contains(errors[0].message(), "reads field 'valeu'"));
 }
 
 TEST_CASE("a field read with another dtype and rank than it is written is refused at the reader's position") {
@@ -297,17 +297,17 @@ edges: [src -> reader]
   CHECK(e.where().file == "p.yaml");
   CHECK(e.where().line == 4);
   CHECK(e.where().column == 5);
-  CHECK(contains(e.message(), "node 'reader' (test_read_index) reads field 'image' on input 'in' as s32 tensor of "
+  CHECK(test::contains(e.message(), "node 'reader' (test_read_index) reads field 'image' on input 'in' as s32 tensor of "
                               "rank 1 on the host, but node 'src' (test_tensor_source) writes it as f32 tensor of "
                               "rank 4 on the host"));
 }
 
 TEST_CASE("typed fields: a rank mismatch and a tensor read as a number are refused; matching fields pass") {
-  CHECK(contains(only_error(errors_of("name: t\nnodes:\n  - {name: src, type: test_tensor_source}\n"
+  CHECK(test::contains(only_error(errors_of("name: t\nnodes:\n  - {name: src, type: test_tensor_source}\n"
                                       "  - {name: r, type: test_read_rank2}\nedges: [src -> r]\n"))
                      .message(),
                  "as f32 tensor of rank 2, but node 'src' (test_tensor_source) writes it as f32 tensor of rank 4"));
-  CHECK(contains(only_error(errors_of("name: t\nnodes:\n  - {name: src, type: test_tensor_source}\n"
+  CHECK(test::contains(only_error(errors_of("name: t\nnodes:\n  - {name: src, type: test_tensor_source}\n"
                                       "  - {name: r, type: test_read_number}\nedges: [src -> r]\n"))
                      .message(),
                  "reads field 'image' on input 'in' as number, but node 'src' (test_tensor_source) writes it as "
@@ -330,7 +330,7 @@ nodes:
   - {name: reader, type: test_read_index}
 edges: [src -> gate, gate -> pass, pass -> reader, pass -> gate.decrement]
 )"));
-  CHECK(contains(e.message(), "node 'src' (test_tensor_source) writes it as f32 tensor of rank 4"));
+  CHECK(test::contains(e.message(), "node 'src' (test_tensor_source) writes it as f32 tensor of rank 4"));
   CHECK(e.where().line == 6);
 }
 
@@ -339,7 +339,7 @@ TEST_CASE("a field read on the host but written on the device is refused only wh
                                "  - {name: r, type: test_read_on_host}\nedges: [src -> r]\n";
   CHECK(errors_of(pipeline).empty());
   const auto e = only_error(errors_of("device: gpu\n" + pipeline));
-  CHECK(contains(e.message(), "as f32 tensor of rank 4 on the host, but node 'src' (test_tensor_source) writes it as "
+  CHECK(test::contains(e.message(), "as f32 tensor of rank 4 on the host, but node 'src' (test_tensor_source) writes it as "
                               "f32 tensor of rank 4 on the device"));
 }
 
@@ -350,7 +350,7 @@ nodes:
   - {name: show, type: test_show_image, params: {field: value}}
 edges: [src -> show]
 )"));
-  CHECK(contains(e.message(), "node 'show' (test_show_image) reads field 'value' on input 'in' as f32 tensor of "
+  CHECK(test::contains(e.message(), "node 'show' (test_show_image) reads field 'value' on input 'in' as f32 tensor of "
                               "rank 4, but node 'src' (test_tensor_source) writes it as integer"));
   CHECK(errors_of("name: named\nnodes:\n  - {name: src, type: test_tensor_source}\n"
                   "  - {name: show, type: test_show_image, params: {field: image}}\nedges: [src -> show]\n")

@@ -5,6 +5,7 @@
 #include "diffusion_fixture.hpp"
 #include "node_test_util.hpp"
 
+#include "test_util.hpp"
 #include <doctest/doctest.h>
 
 #include <string>
@@ -14,7 +15,6 @@ using diffuflow::test::max_abs_diff;
 
 namespace {
 
-bool contains(const std::string& text, const std::string& part) { return text.find(part) != std::string::npos; }
 
 // The message of the ConfigError(s) parsing `text` throws; empty when it parses.
 std::string parse_error(const std::string& text) {
@@ -62,36 +62,36 @@ TEST_CASE("missing keys take diffusers' defaults; private keys and _use_default_
 
 TEST_CASE("malformed scheduler configs are one clear ConfigError naming key, value and choices") {
   const std::string unknown = parse_error(R"({"beta_shedule": "linear"})");
-  CHECK(contains(unknown, "unknown scheduler config key 'beta_shedule'"));
-  CHECK(contains(unknown, "did you mean 'beta_schedule'"));
+  CHECK(test::contains(unknown, "unknown scheduler config key 'beta_shedule'"));
+  CHECK(test::contains(unknown, "did you mean 'beta_schedule'"));
 
   const std::string schedule = parse_error(R"({"beta_schedule": "sigmoid"})");
-  CHECK(contains(schedule, "beta_schedule"));
-  CHECK(contains(schedule, "sigmoid"));
-  CHECK(contains(schedule, "scaled_linear"));
+  CHECK(test::contains(schedule, "beta_schedule"));
+  CHECK(test::contains(schedule, "sigmoid"));
+  CHECK(test::contains(schedule, "scaled_linear"));
 
   const std::string prediction = parse_error(R"({"prediction_type": "flow"})");
-  CHECK(contains(prediction, "prediction_type"));
-  CHECK(contains(prediction, "v_prediction"));
+  CHECK(test::contains(prediction, "prediction_type"));
+  CHECK(test::contains(prediction, "v_prediction"));
 
   const std::string spacing = parse_error(R"({"timestep_spacing": "middle"})");
-  CHECK(contains(spacing, "timestep_spacing"));
-  CHECK(contains(spacing, "trailing"));
+  CHECK(test::contains(spacing, "timestep_spacing"));
+  CHECK(test::contains(spacing, "trailing"));
 
   const std::string variance = parse_error(R"({"variance_type": "learned"})");
-  CHECK(contains(variance, "variance_type"));
-  CHECK(contains(variance, "fixed_small"));
+  CHECK(test::contains(variance, "variance_type"));
+  CHECK(test::contains(variance, "fixed_small"));
 
   const std::string cls = parse_error(R"({"_class_name": "PNDMScheduler"})");
-  CHECK(contains(cls, "PNDMScheduler"));
-  CHECK(contains(cls, "DDPMScheduler"));
+  CHECK(test::contains(cls, "PNDMScheduler"));
+  CHECK(test::contains(cls, "DDPMScheduler"));
 
-  CHECK(contains(parse_error(R"({"num_train_timesteps": "many"})"), "num_train_timesteps"));
-  CHECK(contains(parse_error(R"({"clip_sample": [1, 2]})"), "clip_sample"));
-  CHECK(contains(parse_error(R"({"steps_offset": null})"), "steps_offset"));
-  CHECK(contains(parse_error(R"({"num_train_timesteps": 4, "trained_betas": [0.1, 0.2]})"),
+  CHECK(test::contains(parse_error(R"({"num_train_timesteps": "many"})"), "num_train_timesteps"));
+  CHECK(test::contains(parse_error(R"({"clip_sample": [1, 2]})"), "clip_sample"));
+  CHECK(test::contains(parse_error(R"({"steps_offset": null})"), "steps_offset"));
+  CHECK(test::contains(parse_error(R"({"num_train_timesteps": 4, "trained_betas": [0.1, 0.2]})"),
                  "trained_betas has 2 values but num_train_timesteps is 4"));
-  CHECK(contains(parse_error("[1, 2]"), "mapping"));
+  CHECK(test::contains(parse_error("[1, 2]"), "mapping"));
 }
 
 TEST_CASE("set_timesteps spacings follow numpy: leading with offset, trailing, linspace rounding half to even") {
@@ -174,8 +174,8 @@ TEST_CASE("to_json writes a config that reads back to the same values, with the 
   c.set_alpha_to_one = false;
   c.steps_offset = 1;
   const std::string json = c.to_json();
-  CHECK(contains(json, "\"_class_name\": \"DDIMScheduler\""));
-  CHECK(contains(json, "\"trained_betas\": null"));
-  CHECK_FALSE(contains(json, "variance_type"));  // a DDPMScheduler key
+  CHECK(test::contains(json, "\"_class_name\": \"DDIMScheduler\""));
+  CHECK(test::contains(json, "\"trained_betas\": null"));
+  CHECK_FALSE(test::contains(json, "variance_type"));  // a DDPMScheduler key
   CHECK(SchedulerConfig::from_text(json, "round trip") == c);
 }
