@@ -7,7 +7,10 @@
 #include <sched.h>
 #include <unistd.h>
 
+#include <algorithm>
+#include <cmath>
 #include <fstream>
+#include <sstream>
 #include <stdexcept>
 
 namespace diffuflow {
@@ -94,15 +97,83 @@ std::string describe_cpu_model() {
   return "unknown CPU";
 }
 
-std::string describe_cpu_count() {
-  const long online = ::sysconf(_SC_NPROCESSORS_ONLN);
-  cpu_set_t set;
-  CPU_ZERO(&set);
-  int usable = ::sched_getaffinity(0, sizeof set, &set) == 0 ? CPU_COUNT(&set) : static_cast<int>(online);
+namespace {
+
+int affinity_cpus() {
   // With OpenMP binding this thread is pinned to the first place; the teams use them all.
   const auto places = openmp_place_cpus();
-  if (!places.empty()) usable = static_cast<int>(places.size());
-  return std::to_string(usable) + " usable of " + std::to_string(online) + " online";
+  if (!places.empty()) return static_cast<int>(places.size());
+  cpu_set_t set;
+  CPU_ZERO(&set);
+  if (::sched_getaffinity(0, sizeof set, &set) == 0) return CPU_COUNT(&set);
+  return static_cast<int>(::sysconf(_SC_NPROCESSORS_ONLN));
+}
+
+// The CPU quota of this process's cgroup in CPUs (quota / period), or 0 for
+// none: cgroup v2's cpu.max ("200000 100000"; "max ..." is none), else v1's
+// cpu.cfs_quota_us / cpu.cfs_period_us (-1 is none).
+double cgroup_cpu_quota() {
+  std::ifstream groups("/proc/self/cgroup");
+  std::string line, v2_path, v1_path;
+  while (std::getline(groups, line)) {
+    const auto first = line.find(':'), second = line.find(':', first + 1);
+    if (first == std::string::npos || second == std::string::npos) continue;
+    const std::string controllers = line.substr(first + 1, second - first - 1), path = line.substr(second + 1);
+    if (line.compare(0, first, "0") == 0 && controllers.empty()) v2_path = path;
+    std::stringstream list(controllers);
+    std::string name;
+    while (std::getline(list, name, ',')) {
+      if (name == "cpu") v1_path = path;
+    }
+  }
+  auto read_numbers = [](const std::string& file, double& a, double& b, bool two) {
+    std::ifstream in(file);
+    std::string first;
+    if (!(in >> first)) return false;
+    if (first == "max") return false;
+    try {
+      a = std::stod(first);
+      if (two && !(in >> b)) return false;
+    } catch (const std::exception&) {
+      return false;
+    }
+    return true;
+  };
+  double quota = 0, period = 0;
+  if (!v1_path.empty()) {
+    for (const std::string& root : {std::string("/sys/fs/cgroup/cpu,cpuacct"), std::string("/sys/fs/cgroup/cpu")}) {
+      double unused = 0;
+      if (read_numbers(root + v1_path + "/cpu.cfs_quota_us", quota, unused, false) &&
+          read_numbers(root + v1_path + "/cpu.cfs_period_us", period, unused, false) && quota > 0 && period > 0) {
+        return quota / period;
+      }
+    }
+  }
+  if (read_numbers("/sys/fs/cgroup" + v2_path + "/cpu.max", quota, period, true) && quota > 0 && period > 0) {
+    return quota / period;
+  }
+  return 0;
+}
+
+}  // namespace
+
+int usable_cpus() {
+  int cpus = affinity_cpus();
+  const double quota = cgroup_cpu_quota();
+  if (quota > 0) cpus = std::min(cpus, static_cast<int>(std::ceil(quota - 1e-9)));
+  return std::max(1, cpus);
+}
+
+std::string describe_cpu_count() {
+  const long online = ::sysconf(_SC_NPROCESSORS_ONLN);
+  std::string text = std::to_string(usable_cpus()) + " usable of " + std::to_string(online) + " online";
+  const double quota = cgroup_cpu_quota();
+  if (quota > 0 && quota < affinity_cpus()) {
+    std::ostringstream q;
+    q << quota;
+    text += " (cgroup CPU quota " + q.str() + ")";
+  }
+  return text;
 }
 
 }  // namespace diffuflow

@@ -53,9 +53,11 @@ class Device {
 std::string describe_cpu_isa();
 std::string describe_versions();
 std::string describe_cpu_model();
-// "N usable of M online": the CPUs this process may run on (its affinity
-// mask: taskset, a cpuset; with OpenMP binding the CPUs of all places)
-// against those the system has.
+// The CPUs this process may use, at least 1: its affinity mask (taskset, a
+// cpuset; with OpenMP binding the CPUs of all places), capped by a cgroup CPU
+// quota (a container's --cpus), rounded up. What `threads: 0` means.
+int usable_cpus();
+// "N usable of M online", and the quota when one caps the count.
 std::string describe_cpu_count();
 
 }  // namespace diffuflow

@@ -52,7 +52,7 @@ struct RunReport {
 
 struct RunOptions {
   int prefetch = 4;          // packets each source may have alive at once
-  int compute_threads = 0;   // OpenMP threads of the compute thread; 0: all cores
+  int compute_threads = 0;   // OpenMP threads of the compute thread; 0: every usable CPU
   double max_time_s = 0;     // 0: no limit
   std::string trace_file;    // Chrome trace JSON; empty: none
 };

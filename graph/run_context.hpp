@@ -66,7 +66,7 @@ class RunContext {
   uint64_t seed() const { return seed_; }
   void set_seed(uint64_t seed) { seed_ = seed; }
   bool deterministic = false;
-  int threads = 0;  // 0: all cores
+  int threads = 0;  // 0: every usable CPU (usable_cpus())
 
   // The processes this run is spread over (data parallel); a world of one by default.
   World& world() const { return *world_; }

@@ -3,7 +3,7 @@
 //   name: noising_chain
 //   device: cpu            # cpu | gpu | gpu:N
 //   seed: 0
-//   threads: 0             # 0: all cores
+//   threads: 0             # 0: every CPU the process may use
 //   deterministic: false
 //   resources:
 //     - {name: schedule, type: noise_schedule, params: {kind: linear}}

@@ -2,6 +2,7 @@
 // buffer reordered into another of the same layout, which oneDNN runs as a
 // parallel streaming copy.
 #include "runners/bench_bandwidth.hpp"
+#include "graph/device.hpp"
 
 #include "compute/memory.hpp"
 #include "graph/errors.hpp"
@@ -39,7 +40,7 @@ MemoryBandwidth measure_bandwidth(const BandwidthSettings& settings) {
   MemoryBandwidth bw;
   bw.settings = settings;
   BandwidthSettings& s = bw.settings;
-  if (s.threads == 0) s.threads = std::max(1, static_cast<int>(std::thread::hardware_concurrency()));
+  if (s.threads == 0) s.threads = usable_cpus();
   omp_set_num_threads(s.threads);
 
   const dnnl::engine engine(dnnl::engine::kind::cpu, 0);

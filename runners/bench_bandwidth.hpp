@@ -17,7 +17,7 @@ namespace diffuflow {
 
 struct BandwidthSettings {
   int64_t mib = 256;  // size of the buffer copied, MiB (the same again is written)
-  int threads = 0;    // OpenMP threads; 0: all cores
+  int threads = 0;    // OpenMP threads; 0: every usable CPU
   int iters = 5;      // timed passes
   int warmup = 1;     // untimed passes first (the destination's first touch)
 };

@@ -2,6 +2,7 @@
 // operands converted once to what the kernel wants (bf16, a packed weight
 // layout) before timing, so only the multiplication is timed.
 #include "runners/bench_matmul.hpp"
+#include "graph/device.hpp"
 
 #include "graph/errors.hpp"
 
@@ -62,7 +63,7 @@ MatmulPeak measure_matmul_peak(const MatmulPeakSettings& settings) {
   MatmulPeak peak;
   peak.settings = settings;
   MatmulPeakSettings& s = peak.settings;
-  if (s.threads == 0) s.threads = std::max(1, static_cast<int>(std::thread::hardware_concurrency()));
+  if (s.threads == 0) s.threads = usable_cpus();
   omp_set_num_threads(s.threads);
 
   const dnnl::engine engine(dnnl::engine::kind::cpu, 0);

@@ -19,7 +19,7 @@ namespace diffuflow {
 
 struct MatmulPeakSettings {
   int64_t size = 2048;  // M = N = K
-  int threads = 0;      // OpenMP threads; 0: all cores
+  int threads = 0;      // OpenMP threads; 0: every usable CPU
   Precision precision = Precision::f32;
   int iters = 5;        // timed passes
   int warmup = 1;       // untimed passes first

@@ -72,7 +72,7 @@ struct Measurement {
 // Resident memory: the high-water mark reset (false where the kernel does not allow it) and read, MiB.
 bool reset_peak_rss();
 double peak_rss_mib();
-// OpenMP threads and TBB parallelism of a measurement; 0: all cores.
+// OpenMP threads and TBB parallelism of a measurement; 0: every usable CPU.
 int resolved_threads(int threads);
 
 // `bench unet`, `bench matmul`, `bench bandwidth`: one repeat each.

@@ -2,6 +2,7 @@
 // alone (bench_unet.hpp), the matmul peak (bench_matmul.hpp), the memory
 // bandwidth (bench_bandwidth.hpp), and the resident-memory readings all kinds share.
 #include "runners/bench_measurement.hpp"
+#include "graph/device.hpp"
 
 #include "runners/bench_bandwidth.hpp"
 #include "runners/bench_matmul.hpp"
@@ -37,7 +38,7 @@ double peak_rss_mib() {
 }
 
 int resolved_threads(int threads) {
-  return threads > 0 ? threads : std::max(1, static_cast<int>(std::thread::hardware_concurrency()));
+  return threads > 0 ? threads : usable_cpus();
 }
 
 // `bench unet`: the U-Net alone, timed by bench_unet() (runners/bench_unet.hpp).

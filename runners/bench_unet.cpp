@@ -340,7 +340,7 @@ UNetBenchResult bench_unet(const UNetBenchSettings& settings, std::ostream* log)
   result.settings = settings;
   UNetBenchSettings& s = result.settings;
   if (s.size == 0) s.size = config.sample_size;
-  if (s.threads == 0) s.threads = std::max(1, static_cast<int>(std::thread::hardware_concurrency()));
+  if (s.threads == 0) s.threads = usable_cpus();
   omp_set_num_threads(s.threads);
   oneapi::tbb::global_control parallelism(oneapi::tbb::global_control::max_allowed_parallelism,
                                           static_cast<size_t>(s.threads));

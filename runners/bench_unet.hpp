@@ -27,7 +27,7 @@ struct UNetBenchSettings {
   std::string config = "unet-s";  // a built-in name or a diffusers config.json
   int64_t batch = 64;
   int64_t size = 0;               // image side; 0: the config's sample_size
-  int threads = 0;                // OpenMP threads (and oneTBB's parallelism limit); 0: all cores
+  int threads = 0;                // OpenMP threads (and oneTBB's parallelism limit); 0: every usable CPU
   int iters = 5;                  // timed passes of each kind
   int warmup = 1;                 // untimed passes before each kind
   UNetBenchMode mode = UNetBenchMode::both;

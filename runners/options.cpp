@@ -101,7 +101,7 @@ OptionSpec set_overrides() {
 OptionSpec threads() {
   return OptionSpec::integer("threads", "N",
                              "cores to use: the OpenMP threads of the compute work and oneTBB's parallelism "
-                             "limit, 0 for all cores; overrides a pipeline's `threads:`")
+                             "limit, 0 for every CPU this process may use; overrides a pipeline's `threads:`")
       .range(0, 1024);
 }
 

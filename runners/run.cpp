@@ -241,8 +241,7 @@ int run_spec(PipelineSpec spec, const RunSettings& settings) {
   run_options.max_time_s = settings.max_time_s;
   const long long max_steps = settings.max_steps;
 
-  const int cores = static_cast<int>(std::thread::hardware_concurrency());
-  const int threads = spec.threads > 0 ? spec.threads : cores;
+  const int threads = spec.threads > 0 ? spec.threads : usable_cpus();
   run_options.compute_threads = threads;
   oneapi::tbb::global_control parallelism(oneapi::tbb::global_control::max_allowed_parallelism,
                                           static_cast<size_t>(std::max(1, threads)));

@@ -89,7 +89,7 @@ TEST_CASE("one option name has one meaning: the same doc string in every command
     }
     CHECK(found);
   }
-  CHECK(contains(shared::threads().doc, "0 for all cores"));
+  CHECK(contains(shared::threads().doc, "0 for every CPU this process may use"));
 }
 
 TEST_CASE("every registered command answers --help with exit code 0 and its options") {
@@ -154,7 +154,7 @@ TEST_CASE("parse_options applies the table: defaults, repeats, bounds, required 
   const std::string flat = std::regex_replace(shown.str(), std::regex(R"(\s+)"), " ");  // docs are wrapped
   CHECK(contains(flat, "usage: diffuflow demo IN.txt --name NAME [--set NODE.PARAM=VALUE ...]"));
   CHECK(contains(shown.str(), "\n  -q, --quiet "));
-  CHECK(contains(flat, "0 for all cores; overrides a pipeline's `threads:` (0 to 1024; default 0)"));
+  CHECK(contains(flat, "0 for every CPU this process may use; overrides a pipeline's `threads:` (0 to 1024; default 0)"));
   CHECK(contains(flat, "(repeatable)"));
   CHECK(contains(flat, "a name (required)"));
 }
