@@ -2,8 +2,9 @@
 // unet-s's activation shapes (batch 64, f32, nChw16c, the [1, N*C, H, W]
 // view the group norm uses), against a plain copy of the same tensor:
 //
-//   g++ -O2 -std=c++17 benchmarks/groupnorm_primitives.cpp -ldnnl -o groupnorm_primitives
-//   OMP_NUM_THREADS=2 OMP_WAIT_POLICY=passive ./groupnorm_primitives
+//   OMP_NUM_THREADS=2 OMP_WAIT_POLICY=passive ./build/groupnorm_primitives
+//
+// (built with the tests; alone: g++ -O2 -std=c++17 benchmarks/groupnorm_primitives.cpp -ldnnl)
 //
 // Prints, per shape, the median of 15 runs in ms and each primitive's
 // implementation (a "ref" implementation is oneDNN's slow reference code).

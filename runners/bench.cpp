@@ -34,6 +34,7 @@
 // where the kernel allows it, else the process's).
 #include "graph/atomic_file.hpp"
 #include "graph/device.hpp"
+#include "graph/openmp_policy.hpp"
 #include "graph/errors.hpp"
 #include "graph/node.hpp"
 #include "graph/pipeline.hpp"
@@ -601,7 +602,8 @@ int run_bench(const ParsedOptions& opts) {
 
   // The machine first.
   out << "bench " << base.kind << (standalone ? "" : " (" + base.pipeline + ")") << "\n"
-            << "machine: " << describe_cpu_model() << ", CPUs " << describe_cpu_count() << "\n"
+            << "machine: " << describe_cpu_model() << ", CPUs " << describe_cpu_count()
+            << ", OpenMP wait " << describe_openmp_wait_policy() << "\n"
             << "oneDNN ISA: " << describe_cpu_isa() << "\n"
             << "versions: " << describe_versions() << "\n"
             << (world.distributed() ? "processes: " + std::to_string(world.size()) +
@@ -744,6 +746,7 @@ int run_bench(const ParsedOptions& opts) {
     j["machine"] = {{"cpu_model", describe_cpu_model()},
                     {"cores", static_cast<int>(std::thread::hardware_concurrency())},
                     {"cpus", describe_cpu_count()},
+                    {"openmp_wait", describe_openmp_wait_policy()},
                     {"isa", describe_cpu_isa()},
                     {"versions", describe_versions()}};
     j["settings"] = {{"config", base.config}, {"batch", base.batch},       {"threads", resolved_threads(base.threads)},

@@ -43,7 +43,7 @@ json run_bench(const TempDir& dir, const std::string& args, size_t rows) {
     CAPTURE(key);
     CHECK(j.contains(key));
   }
-  for (const char* key : {"cpu_model", "cores", "isa", "versions"}) CHECK(j["machine"].contains(key));
+  for (const char* key : {"cpu_model", "cores", "cpus", "openmp_wait", "isa", "versions"}) CHECK(j["machine"].contains(key));
   for (const char* key : {"config", "batch", "threads", "steps", "warmup", "repeats"}) CHECK(j["settings"].contains(key));
   REQUIRE(j["results"].size() == rows);
   for (const auto& r : j["results"]) {
