@@ -34,9 +34,9 @@
 // where the kernel allows it, else the process's).
 #include "graph/atomic_file.hpp"
 #include "graph/device.hpp"
-#include "graph/openmp_policy.hpp"
 #include "graph/errors.hpp"
 #include "graph/node.hpp"
+#include "graph/openmp_policy.hpp"
 #include "graph/pipeline.hpp"
 #include "graph/registry.hpp"
 #include "graph/world.hpp"
