@@ -165,12 +165,14 @@ TEST_CASE("the CLI runs with the passive OpenMP wait unless the user chose a wai
 }
 
 TEST_CASE("threads 0 means the CPUs the process may use, not the CPUs the machine has") {
-  // One CPU by affinity: version counts one, and a bench with --threads 0 runs one thread.
-  const auto version = run_cli("version", "unset OMP_WAIT_POLICY GOMP_SPINCOUNT; taskset -cp 0 $$ > /dev/null; ");
+  // One CPU by affinity (the first this shell may use): version counts one,
+  // and a bench with --threads 0 runs one thread.
+  const std::string one_cpu = "taskset -cp \"$(taskset -cp $$ | sed 's/.*: //; s/[-,].*//')\" $$ > /dev/null; ";
+  const auto version = run_cli("version", "unset OMP_WAIT_POLICY GOMP_SPINCOUNT; " + one_cpu);
   CAPTURE(version.output);
   REQUIRE(version.exit_code == 0);
   CHECK(contains(version.output, "CPUs: 1 usable of"));
-  const auto bench = run_cli("bench matmul --threads 0 --steps 1 --warmup 0 --repeats 1", "taskset -cp 0 $$ > /dev/null; ");
+  const auto bench = run_cli("bench matmul --threads 0 --steps 1 --warmup 0 --repeats 1", one_cpu);
   CAPTURE(bench.output);
   REQUIRE(bench.exit_code == 0);
   CHECK(contains(bench.output, "threads: 1 ("));
