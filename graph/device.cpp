@@ -126,49 +126,34 @@ double cgroup_cpu_quota() {
       if (name == "cpu") v1_path = path;
     }
   }
-  auto read_numbers = [](const std::string& file, double& a, double& b, bool two) {
-    std::ifstream in(file);
-    std::string first;
-    if (!(in >> first)) return false;
-    if (first == "max") return false;
-    try {
-      a = std::stod(first);
-      if (two && !(in >> b)) return false;
-    } catch (const std::exception&) {
-      return false;
-    }
-    return true;
-  };
   double quota = 0, period = 0;
   if (!v1_path.empty()) {
     for (const std::string& root : {std::string("/sys/fs/cgroup/cpu,cpuacct"), std::string("/sys/fs/cgroup/cpu")}) {
-      double unused = 0;
-      if (read_numbers(root + v1_path + "/cpu.cfs_quota_us", quota, unused, false) &&
-          read_numbers(root + v1_path + "/cpu.cfs_period_us", period, unused, false) && quota > 0 && period > 0) {
-        return quota / period;
-      }
+      std::ifstream quota_file(root + v1_path + "/cpu.cfs_quota_us"), period_file(root + v1_path + "/cpu.cfs_period_us");
+      if ((quota_file >> quota) && (period_file >> period) && quota > 0 && period > 0) return quota / period;
     }
   }
-  if (read_numbers("/sys/fs/cgroup" + v2_path + "/cpu.max", quota, period, true) && quota > 0 && period > 0) {
-    return quota / period;
-  }
+  std::ifstream max_file("/sys/fs/cgroup" + v2_path + "/cpu.max");  // "max 100000" fails to read: no quota
+  if ((max_file >> quota >> period) && quota > 0 && period > 0) return quota / period;
   return 0;
+}
+
+// The affinity count capped by the quota, rounded up; at least 1.
+int cpus_within(int affinity, double quota) {
+  const int cpus = quota > 0 ? std::min(affinity, static_cast<int>(std::ceil(quota - 1e-9))) : affinity;
+  return std::max(1, cpus);
 }
 
 }  // namespace
 
-int usable_cpus() {
-  int cpus = affinity_cpus();
-  const double quota = cgroup_cpu_quota();
-  if (quota > 0) cpus = std::min(cpus, static_cast<int>(std::ceil(quota - 1e-9)));
-  return std::max(1, cpus);
-}
+int usable_cpus() { return cpus_within(affinity_cpus(), cgroup_cpu_quota()); }
 
 std::string describe_cpu_count() {
-  const long online = ::sysconf(_SC_NPROCESSORS_ONLN);
-  std::string text = std::to_string(usable_cpus()) + " usable of " + std::to_string(online) + " online";
+  const int affinity = affinity_cpus();
   const double quota = cgroup_cpu_quota();
-  if (quota > 0 && quota < affinity_cpus()) {
+  std::string text = std::to_string(cpus_within(affinity, quota)) + " usable of " +
+                     std::to_string(::sysconf(_SC_NPROCESSORS_ONLN)) + " online";
+  if (quota > 0 && quota < affinity) {
     std::ostringstream q;
     q << quota;
     text += " (cgroup CPU quota " + q.str() + ")";
