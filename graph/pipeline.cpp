@@ -610,6 +610,7 @@ struct Pipeline::Impl {
 
 Pipeline::Pipeline(const PipelineSpec& spec, RunContext& ctx, RunOptions options)
     : impl_((ctx.source_lead = std::max(1, options.prefetch), std::make_unique<Impl>(spec, ctx, std::move(options)))) {
+  impl_->ctx.max_time_s = impl_->options.max_time_s;
   impl_->build();
 }
 
@@ -624,6 +625,7 @@ Node& Pipeline::node(const std::string& name) {
 RunReport Pipeline::run() {
   Impl& impl = *impl_;
   impl.start = Clock::now();
+  impl.ctx.start_clock();
 
   // --max-time: a watchdog asks the sources to stop; packets in flight drain.
   std::mutex watchdog_mutex;

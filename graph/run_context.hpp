@@ -89,6 +89,22 @@ class RunContext {
 
   // Step budget for sources: -1 means unbounded. Counts the steps skipped on resume.
   int64_t max_steps = -1;
+  // Time budget in seconds from the start of Pipeline::run (--max-time; 0: none).
+  // The pipeline sets it from its RunOptions before building the nodes.
+  double max_time_s = 0;
+
+  // The run's clock, for schedules that span the time budget: seconds since
+  // Pipeline::run started. Processes of a data-parallel run must take equal
+  // steps, so there run_seconds() is the clock they agreed on at the latest
+  // step (the gradient exchange sets the maximum of their local clocks);
+  // elsewhere it is local_run_seconds().
+  void start_clock() { start_ns_.store(clock_ns()); }
+  double local_run_seconds() const { return static_cast<double>(clock_ns() - start_ns_.load()) * 1e-9; }
+  void set_agreed_run_seconds(double seconds) { agreed_ns_.store(static_cast<int64_t>(seconds * 1e9)); }
+  double run_seconds() const {
+    const int64_t agreed = agreed_ns_.load();
+    return agreed >= 0 ? static_cast<double>(agreed) * 1e-9 : local_run_seconds();
+  }
 
   // Resuming a run: the checkpoint to restore from (empty: a fresh run) and the
   // step it was written at. The builder fast-forwards every source by
@@ -189,6 +205,8 @@ class RunContext {
   std::atomic<int64_t> stop_at_{-1};
   std::atomic<int64_t> steps_done_{0};
   std::atomic<int64_t> images_done_{0};
+  std::atomic<int64_t> start_ns_{clock_ns()};
+  std::atomic<int64_t> agreed_ns_{-1};
   std::map<std::string, std::shared_ptr<Resource>> resources_;
   mutable std::mutex spans_mutex_;
   std::vector<Span> spans_;

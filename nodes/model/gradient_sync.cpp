@@ -67,11 +67,14 @@ void GradientSync::check_weights() {
 }
 
 void GradientSync::agree_on_stop() {
-  int64_t wanted = ctx_.stop_wanted() ? 1 : 0;
-  world_->allreduce_max(&wanted, 1);
+  // One exchange: whether any process was asked to stop, and the latest run
+  // clock, which schedules over the time budget read so that all step alike.
+  int64_t values[2] = {ctx_.stop_wanted() ? 1 : 0, static_cast<int64_t>(ctx_.local_run_seconds() * 1e6)};
+  world_->allreduce_max(values, 2);
+  ctx_.set_agreed_run_seconds(static_cast<double>(values[1]) * 1e-6);
   // Every process's sources are at most source_lead packets ahead of the
   // step in backward, so all can stop after the same packet count.
-  if (wanted) ctx_.stop_at_step(seq_ + 1 + ctx_.source_lead);
+  if (values[0]) ctx_.stop_at_step(seq_ + 1 + ctx_.source_lead);
 }
 
 void GradientSync::begin(const dnnl::memory& staging, int64_t param_count) {

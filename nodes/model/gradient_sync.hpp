@@ -12,7 +12,9 @@
 //
 // Stops are agreed: each step the processes exchange whether one of them was
 // asked to stop (a signal, --max-time); when one was, all stop after the same
-// step, so no process waits in a sum the others never join.
+// step, so no process waits in a sum the others never join. The same exchange
+// carries the run clock (its maximum over the processes), so that a learning
+// rate following the --max-time budget is equal on every process.
 //
 // The time of each bucket's sum goes to the profile and trace as the span
 // track "<node>.allreduce"; the time the backward pass waits for the last

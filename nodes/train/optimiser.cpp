@@ -14,6 +14,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <cstdlib>
 #include <cstring>
 #include <fstream>
 #include <iterator>
@@ -193,12 +194,22 @@ Optimiser::Optimiser(const NodeConfig& config, RunContext& ctx)
       resource_(ctx.resource_as<ModelResource>(params_.model)),
       model_(resource_->model()) {
   if (params_.schedule == LrSchedule::cosine) {
-    if (params_.total_steps == 0 && ctx.max_steps > 0) params_.total_steps = ctx.max_steps / params_.accumulate;
-    if (params_.total_steps <= params_.warmup_steps) {
-      throw ConfigError(SourceLocation{}, "optimiser '" + name() + "': schedule cosine needs total_steps (" +
-                                              std::to_string(params_.total_steps) + ") above warmup_steps (" +
-                                              std::to_string(params_.warmup_steps) +
-                                              "); set total_steps or run with --max-steps");
+    if (params_.total_steps > 0) {
+      if (params_.total_steps <= params_.warmup_steps) {
+        throw ConfigError(SourceLocation{}, "optimiser '" + name() + "': schedule cosine needs total_steps (" +
+                                                std::to_string(params_.total_steps) + ") above warmup_steps (" +
+                                                std::to_string(params_.warmup_steps) + ")");
+      }
+    } else if (ctx.max_steps > 0) {
+      // A run shorter than the warm-up ends before the decay begins.
+      params_.total_steps = std::max<int64_t>(ctx.max_steps / params_.accumulate, 1);
+    } else if (ctx.max_time_s > 0) {
+      decay_over_time_ = true;
+    } else {
+      params_.schedule = LrSchedule::constant;
+      ctx.info("optimiser '" + name() +
+               "': schedule cosine with no total_steps, --max-steps or --max-time has no end to decay to; "
+               "the learning rate stays at lr after the warm-up");
     }
   }
 
@@ -215,8 +226,32 @@ double Optimiser::learning_rate(const Params& p, int64_t step) {
     return p.lr * static_cast<double>(step) / static_cast<double>(p.warmup_steps);
   if (p.schedule == LrSchedule::constant) return p.lr;
   const double span = static_cast<double>(std::max<int64_t>(p.total_steps - p.warmup_steps, 1));
-  const double progress = std::clamp(static_cast<double>(step - p.warmup_steps) / span, 0.0, 1.0);
+  return cosine_rate(p, static_cast<double>(step - p.warmup_steps) / span);
+}
+
+double Optimiser::cosine_rate(const Params& p, double progress) {
+  progress = std::clamp(progress, 0.0, 1.0);
   return p.min_lr + (p.lr - p.min_lr) * 0.5 * (1.0 + std::cos(M_PI * progress));
+}
+
+double Optimiser::time_progress(double start, double anchor_s, double now_s, double end_s) {
+  const double left = end_s - anchor_s;
+  const double elapsed = left > 0 ? std::clamp((now_s - anchor_s) / left, 0.0, 1.0) : 1.0;
+  return start + (1.0 - start) * elapsed;
+}
+
+double Optimiser::next_learning_rate() {
+  const bool warming = params_.warmup_steps > 0 && step_ < params_.warmup_steps;
+  if (params_.schedule == LrSchedule::constant || warming) return learning_rate(params_, step_);
+  if (!decay_over_time_) {
+    const double span = static_cast<double>(std::max<int64_t>(params_.total_steps - params_.warmup_steps, 1));
+    lr_progress_ = std::clamp(static_cast<double>(step_ - params_.warmup_steps) / span, 0.0, 1.0);
+    return cosine_rate(params_, lr_progress_);
+  }
+  const double now = ctx().run_seconds();
+  if (anchor_s_ < 0) anchor_s_ = now;
+  lr_progress_ = time_progress(start_progress_, anchor_s_, now, ctx().max_time_s);
+  return cosine_rate(params_, lr_progress_);
 }
 
 double Optimiser::ema_decay_at(double ema_decay, int64_t update) {
@@ -308,7 +343,7 @@ bool Optimiser::take_step(int64_t seq, double loss) {
         if (clip < 1.0) scale *= clip;
       }
       ++step_;
-      lr = learning_rate(params_, step_);
+      lr = next_learning_rate();
       const double bc1 = 1.0 - std::pow(params_.beta1, static_cast<double>(step_));
       const double bc2 = 1.0 - std::pow(params_.beta2, static_cast<double>(step_));
       scaled = scale != 1.0;
@@ -395,6 +430,12 @@ void Optimiser::write_checkpoint(const std::filesystem::path& path) const {
   file.set_metadata("model_config", resource_->config_json());
   file.set_metadata("algorithm", enum_name(params_.algorithm));
   file.set_metadata("ema_decay", format_value(params_.ema_decay));
+  if (params_.schedule == LrSchedule::cosine) {
+    std::ostringstream progress;
+    progress.precision(17);
+    progress << lr_progress_;
+    file.set_metadata("lr_progress", progress.str());
+  }
   // What the run's nodes say about the model (its noise schedule and prediction type).
   for (const auto& [key, value] : c.run_metadata())
     if (!file.metadata().count(key)) file.set_metadata(key, value);
@@ -503,6 +544,15 @@ void Optimiser::restore(const SafetensorsFile& file) {
     }
   }
   step_ = saved_optimiser_step;
+  // How far the cosine had come, for a decay over the time budget to go on from.
+  if (meta.count("lr_progress")) {
+    const std::string& text = meta.at("lr_progress");
+    char* end = nullptr;
+    const double progress = std::strtod(text.c_str(), &end);
+    if (text.empty() || *end != '\0' || !(progress >= 0.0 && progress <= 1.0))
+      throw DataError(where, "checkpoint metadata lr_progress is '" + text + "', not a number in [0, 1]");
+    start_progress_ = lr_progress_ = progress;
+  }
   last_checkpoint_packets_ = packets_;
   model_.zero_grads();
 }

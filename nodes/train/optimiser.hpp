@@ -29,8 +29,17 @@
 // that buffer per step reads the gradient norm and writes the step's values.
 //
 // Learning rate at optimiser step k (1-based): lr * k / warmup_steps while
-// k < warmup_steps; then constant, or cosine from lr down to min_lr reached at
-// total_steps (0: the run's --max-steps).
+// k < warmup_steps; then constant, or a cosine from lr down to min_lr:
+//   lr(p) = min_lr + (lr - min_lr) (1 + cos(pi p)) / 2,   p in [0, 1]
+// The cosine's progress p runs over steps, (k - warmup_steps) / (total_steps -
+// warmup_steps), with total_steps 0 meaning the run's --max-steps; or, when
+// neither is given and the run has a --max-time budget, over time: from the
+// step the warm-up ends at to the end of the budget, p is the fraction of that
+// time elapsed (the run clock; equal on every process of a data-parallel run),
+// so the decay ends when the run does on any machine. A resumed run continues
+// from the checkpoint's progress (metadata lr_progress) over its own budget.
+// With none of the three (a run stopped by hand) there is no end to decay to:
+// the rate stays at lr after the warm-up, and the node says so.
 //
 // Checkpoints (host I/O): <out_dir>/<checkpoint_dir>/step_000123.safetensors,
 // written atomically, plus latest.safetensors with the same contents:
@@ -81,7 +90,8 @@ class Optimiser : public Node {
     DIFFUFLOW_PARAM(int64_t, warmup_steps, 0, "linear warm-up of the learning rate from 0 over this many steps",
                     .at_least(0));
     DIFFUFLOW_PARAM(LrSchedule, schedule, LrSchedule::constant, "learning rate after the warm-up");
-    DIFFUFLOW_PARAM(int64_t, total_steps, 0, "cosine: the step where min_lr is reached (0: the run's --max-steps)",
+    DIFFUFLOW_PARAM(int64_t, total_steps, 0,
+                    "cosine: the step where min_lr is reached (0: the run's --max-steps, else the end of --max-time)",
                     .at_least(0));
     DIFFUFLOW_PARAM(double, min_lr, 0.0, "cosine: the final learning rate", .range(0.0, 10.0));
     DIFFUFLOW_PARAM(double, clip_grad_norm, 0.0, "clip the gradient's global L2 norm to this (0: off)",
@@ -105,8 +115,13 @@ class Optimiser : public Node {
   void process(const NodeInput& in, Emitter& out) override;
   void finish() override;
 
-  // The learning rate of optimiser step `step` (1-based).
+  // The learning rate of optimiser step `step` (1-based), the cosine's progress over steps.
   static double learning_rate(const Params& params, int64_t step);
+  // The cosine's learning rate at progress p in [0, 1].
+  static double cosine_rate(const Params& params, double progress);
+  // Progress over time: `start` (resumed from) plus the rest in proportion to
+  // the time elapsed since `anchor_s` of the time left from it to `end_s`.
+  static double time_progress(double start, double anchor_s, double now_s, double end_s);
   // The EMA decay of update `update` (1-based), diffusers' EMAModel warm-up.
   static double ema_decay_at(double ema_decay, int64_t update);
   // The training step a checkpoint was written at (its metadata "step"). DataError on a bad file.
@@ -131,6 +146,7 @@ class Optimiser : public Node {
   struct State;
 
   bool take_step(int64_t seq, double loss);
+  double next_learning_rate();
   void save_checkpoint();
   void restore(const SafetensorsFile& file);
   void prune_checkpoints(const std::filesystem::path& folder) const;
@@ -146,6 +162,13 @@ class Optimiser : public Node {
   int64_t items_ = 0;  // images consumed over all processes (-1: unknown, resumed from an old checkpoint)
   std::chrono::steady_clock::time_point last_packet_time_{};
   double last_grad_norm_ = 0;
+  // The cosine over the --max-time budget: its progress at the latest step,
+  // where it started (a resumed run: the checkpoint's) and the run clock at
+  // the first step of the decay (-1: not reached).
+  bool decay_over_time_ = false;
+  double lr_progress_ = 0;
+  double start_progress_ = 0;
+  double anchor_s_ = -1;
 };
 
 }  // namespace diffuflow

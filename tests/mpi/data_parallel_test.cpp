@@ -12,6 +12,7 @@
 #include <chrono>
 #include <cmath>
 #include <cstdio>
+#include <fstream>
 #include <map>
 #include <csignal>
 #include <thread>
@@ -108,6 +109,29 @@ TEST_CASE("2 ranks x batch 16 train the weights 1 process x batch 32 does, up to
   CHECK(meta.at("samples") == "960");
   CHECK(meta.at("world_size") == "2");
   CHECK(read_file(dir / "two/pipeline.yaml").find("# world: 2 processes") == 0);
+}
+
+TEST_CASE("a cosine over --max-time takes the same rate on both ranks and ends near min_lr") {
+  TempDir dir;
+  write_file(dir / "p.yaml", pipeline_yaml());
+  // Each rank's own clock would give each its own rate, and the weight check
+  // every 5 steps would stop the job; the agreed clock keeps them equal.
+  CommandResult two = shell(mpirun(2) + binary() + " run " + (dir / "p.yaml").string() +
+                            " -q --progress 0 --max-time 3 --set optimiser.schedule=cosine --out " +
+                            (dir / "two").string());
+  REQUIRE_MESSAGE(two.exit_code == 0, two.output);
+  std::vector<double> rates;
+  std::ifstream metrics(dir / "two/metrics.jsonl");
+  for (std::string line; std::getline(metrics, line);) {
+    const auto row = nlohmann::json::parse(line);
+    if (row["name"] == "lr") rates.push_back(row["value"].get<double>());
+  }
+  REQUIRE(rates.size() > 20);
+  CHECK(rates.front() == doctest::Approx(1e-3));
+  CHECK(std::is_sorted(rates.rbegin(), rates.rend()));  // never rises
+  CHECK(rates.back() < 0.25e-3);                        // the decay ran to the end of the budget
+  const auto meta = SafetensorsFile::read(dir / "two/checkpoints/latest.safetensors").metadata();
+  CHECK(std::stod(meta.at("lr_progress")) > 0.75);
 }
 
 TEST_CASE("only rank 0 writes: a rank started in another folder leaves it empty") {

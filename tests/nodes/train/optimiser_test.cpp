@@ -151,10 +151,103 @@ TEST_CASE("learning rate warms up linearly from 0 and then follows the cosine do
   CHECK(ctx.metrics().latest("loss") == doctest::Approx(0.5));
 }
 
-TEST_CASE("optimiser with cosine and neither total_steps nor --max-steps is a config error") {
+TEST_CASE("a cosine ends at total_steps, else at --max-steps, else at --max-time, else stays at lr") {
   RunContext ctx;
   add_flat_model(ctx);
-  CHECK_THROWS_AS(make_node("optimiser", "{model: model, schedule: cosine}", ctx), ConfigError);
+  CHECK_THROWS_AS(make_node("optimiser", "{model: model, schedule: cosine, warmup_steps: 10, total_steps: 10}", ctx),
+                  ConfigError);
+  const std::string yaml = "{model: model, schedule: cosine, warmup_steps: 10}";
+  auto params = [&](RunContext& c) {
+    auto node = make_node("optimiser", yaml, c);
+    return dynamic_cast<Optimiser&>(*node).params();
+  };
+  CHECK(params(ctx).schedule == Optimiser::LrSchedule::constant);  // no end: no decay
+  ctx.max_time_s = 60;
+  CHECK(params(ctx).schedule == Optimiser::LrSchedule::cosine);
+  CHECK(params(ctx).total_steps == 0);  // over the time budget
+  ctx.max_steps = 5;                    // a run that ends inside its warm-up
+  CHECK(params(ctx).total_steps == 5);
+  ctx.max_steps = 500;
+  CHECK(params(ctx).total_steps == 500);
+}
+
+TEST_CASE("time progress runs from the anchor to the end of the budget, on from a resumed start") {
+  CHECK(Optimiser::time_progress(0.0, 10, 10, 100) == 0.0);
+  CHECK(Optimiser::time_progress(0.0, 10, 55, 100) == doctest::Approx(0.5));
+  CHECK(Optimiser::time_progress(0.0, 10, 100, 100) == 1.0);
+  CHECK(Optimiser::time_progress(0.0, 10, 400, 100) == 1.0);   // steps draining after the deadline
+  CHECK(Optimiser::time_progress(0.5, 0, 10, 20) == doctest::Approx(0.75));
+  CHECK(Optimiser::time_progress(0.25, 30, 31, 20) == 1.0);    // no time left: the decay is over
+}
+
+TEST_CASE("with --max-time and no total_steps the cosine follows the run clock and resumes from its progress") {
+  TempDir dir("lr_over_time");
+  const std::string yaml = "{model: model, lr: 0.001, warmup_steps: 2, schedule: cosine, min_lr: 0.0}";
+  const auto rate = [](double progress) { return 1e-3 * 0.5 * (1.0 + std::cos(M_PI * progress)); };
+  RunContext ctx;
+  ctx.set_out_dir(dir.path());
+  ctx.max_time_s = 100;
+  auto& model = add_flat_model(ctx)->model();
+  auto node = make_node("optimiser", yaml, ctx);
+  CollectingEmitter out;
+  // The run clock is set as a data-parallel exchange sets it.
+  ctx.set_agreed_run_seconds(5);
+  run_steps(*node, model, 1, 80, out);
+  CHECK(ctx.metrics().latest("lr") == doctest::Approx(5e-4));  // warm-up counts steps
+  ctx.set_agreed_run_seconds(10);
+  run_steps(*node, model, 1, 81, out, 1);
+  CHECK(ctx.metrics().latest("lr") == doctest::Approx(1e-3));  // the decay starts here, at 10 s
+  ctx.set_agreed_run_seconds(55);
+  run_steps(*node, model, 1, 82, out, 2);
+  CHECK(ctx.metrics().latest("lr") == doctest::Approx(rate(0.5)));  // half of the 90 s left
+  node->finish();
+  const auto latest = dir.path() / "checkpoints" / "latest.safetensors";
+  CHECK(SafetensorsFile::read(latest).metadata().at("lr_progress") == "0.5");
+
+  // A resumed run with a budget of its own decays the rest of the way within it.
+  RunContext resumed;
+  resumed.resume_path = latest;
+  resumed.start_step = Optimiser::checkpoint_step(latest);
+  resumed.max_time_s = 20;
+  auto& fresh = add_flat_model(resumed)->model();
+  auto restored = make_node("optimiser", yaml, resumed);
+  resumed.set_agreed_run_seconds(0);
+  run_steps(*restored, fresh, 1, 83, out, 3);
+  CHECK(resumed.metrics().latest("lr") == doctest::Approx(rate(0.5)));
+  resumed.set_agreed_run_seconds(10);
+  run_steps(*restored, fresh, 1, 84, out, 4);
+  CHECK(resumed.metrics().latest("lr") == doctest::Approx(rate(0.75)));
+  resumed.set_agreed_run_seconds(25);
+  run_steps(*restored, fresh, 1, 85, out, 5);
+  CHECK(resumed.metrics().latest("lr") == doctest::Approx(0.0));
+}
+
+TEST_CASE("a checkpoint with a malformed lr_progress is rejected with the file's name") {
+  TempDir dir("bad_progress");
+  RunContext ctx;
+  auto& model = add_flat_model(ctx)->model();
+  auto node = make_node("optimiser", "{model: model, schedule: cosine, total_steps: 10}", ctx);
+  CollectingEmitter out;
+  run_steps(*node, model, 1, 86, out);
+  auto& optimiser = dynamic_cast<Optimiser&>(*node);
+  const auto good = dir.path() / "good.safetensors";
+  optimiser.write_checkpoint(good);
+  for (const std::string bad : {"", "0.5x", "1.5", "-0.1", "nan"}) {
+    SafetensorsFile file = SafetensorsFile::read(good);
+    file.set_metadata("lr_progress", bad);
+    const auto path = dir.path() / "bad.safetensors";
+    file.write(path);
+    RunContext resumed;
+    resumed.resume_path = path;
+    add_flat_model(resumed);
+    try {
+      make_node("optimiser", "{model: model, schedule: cosine, total_steps: 10}", resumed);
+      FAIL("accepted lr_progress '" << bad << "'");
+    } catch (const DataError& e) {
+      CHECK(std::string(e.what()).find("bad.safetensors") != std::string::npos);
+      CHECK(std::string(e.what()).find("lr_progress") != std::string::npos);
+    }
+  }
 }
 
 TEST_CASE("clip_grad_norm scales the gradient to the max norm and logs the norm before clipping") {
