@@ -206,10 +206,10 @@ Optimiser::Optimiser(const NodeConfig& config, RunContext& ctx)
     } else if (ctx.max_time_s > 0) {
       decay_over_time_ = true;
     } else {
-      params_.schedule = LrSchedule::constant;
+      hold_progress_ = true;
       ctx.info("optimiser '" + name() +
                "': schedule cosine with no total_steps, --max-steps or --max-time has no end to decay to; "
-               "the learning rate stays at lr after the warm-up");
+               "the learning rate stays where it is (lr after the warm-up, or where a resumed run had come to)");
     }
   }
 
@@ -243,6 +243,7 @@ double Optimiser::time_progress(double start, double anchor_s, double now_s, dou
 double Optimiser::next_learning_rate() {
   const bool warming = params_.warmup_steps > 0 && step_ < params_.warmup_steps;
   if (params_.schedule == LrSchedule::constant || warming) return learning_rate(params_, step_);
+  if (hold_progress_) return cosine_rate(params_, lr_progress_);
   if (!decay_over_time_) {
     const double span = static_cast<double>(std::max<int64_t>(params_.total_steps - params_.warmup_steps, 1));
     lr_progress_ = std::clamp(static_cast<double>(step_ - params_.warmup_steps) / span, 0.0, 1.0);

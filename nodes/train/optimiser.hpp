@@ -39,7 +39,8 @@
 // so the decay ends when the run does on any machine. A resumed run continues
 // from the checkpoint's progress (metadata lr_progress) over its own budget.
 // With none of the three (a run stopped by hand) there is no end to decay to:
-// the rate stays at lr after the warm-up, and the node says so.
+// the rate stays where it is, lr after the warm-up of a fresh run, or the
+// rate a resumed run had come to, and the node says so.
 //
 // Checkpoints (host I/O): <out_dir>/<checkpoint_dir>/step_000123.safetensors,
 // written atomically, plus latest.safetensors with the same contents:
@@ -166,6 +167,7 @@ class Optimiser : public Node {
   // where it started (a resumed run: the checkpoint's) and the run clock at
   // the first step of the decay (-1: not reached).
   bool decay_over_time_ = false;
+  bool hold_progress_ = false;  // no end to decay to: the rate stays at the progress resumed from
   double lr_progress_ = 0;
   double start_progress_ = 0;
   double anchor_s_ = -1;

@@ -151,7 +151,7 @@ TEST_CASE("learning rate warms up linearly from 0 and then follows the cosine do
   CHECK(ctx.metrics().latest("loss") == doctest::Approx(0.5));
 }
 
-TEST_CASE("a cosine ends at total_steps, else at --max-steps, else at --max-time, else stays at lr") {
+TEST_CASE("a cosine ends at total_steps, else at --max-steps, else at --max-time, else holds its rate") {
   RunContext ctx;
   add_flat_model(ctx);
   CHECK_THROWS_AS(make_node("optimiser", "{model: model, schedule: cosine, warmup_steps: 10, total_steps: 10}", ctx),
@@ -161,9 +161,15 @@ TEST_CASE("a cosine ends at total_steps, else at --max-steps, else at --max-time
     auto node = make_node("optimiser", yaml, c);
     return dynamic_cast<Optimiser&>(*node).params();
   };
-  CHECK(params(ctx).schedule == Optimiser::LrSchedule::constant);  // no end: no decay
+  {
+    auto node = make_node("optimiser", yaml, ctx);  // no end: no decay
+    auto& optimiser = dynamic_cast<Optimiser&>(*node);
+    CollectingEmitter out;
+    run_steps(*node, ctx.resource_as<ModelResource>("model")->model(), 12, 87, out);
+    CHECK(optimiser.step() == 12);
+    CHECK(ctx.metrics().latest("lr") == doctest::Approx(2e-4));  // the default lr, held
+  }
   ctx.max_time_s = 60;
-  CHECK(params(ctx).schedule == Optimiser::LrSchedule::cosine);
   CHECK(params(ctx).total_steps == 0);  // over the time budget
   ctx.max_steps = 5;                    // a run that ends inside its warm-up
   CHECK(params(ctx).total_steps == 5);
@@ -220,6 +226,15 @@ TEST_CASE("with --max-time and no total_steps the cosine follows the run clock a
   resumed.set_agreed_run_seconds(25);
   run_steps(*restored, fresh, 1, 85, out, 5);
   CHECK(resumed.metrics().latest("lr") == doctest::Approx(0.0));
+
+  // Resumed with no budget at all, the rate stays where the checkpoint left it.
+  RunContext held;
+  held.resume_path = latest;
+  held.start_step = Optimiser::checkpoint_step(latest);
+  auto& again = add_flat_model(held)->model();
+  auto holding = make_node("optimiser", yaml, held);
+  run_steps(*holding, again, 2, 88, out, 3);
+  CHECK(held.metrics().latest("lr") == doctest::Approx(rate(0.5)));
 }
 
 TEST_CASE("a checkpoint with a malformed lr_progress is rejected with the file's name") {
