@@ -20,6 +20,12 @@ Commands
       write randomly initialised weights (diffusers names, the fixtures' init) to a safetensors file.
   io --config C --weights W.safetensors --inputs IO.safetensors --out OUT.safetensors
       the peer's `diffuflow unet-io`: eps_out, and grad_x / grad.<param> when IO holds g_out.
+  train --data MNIST_DIR --out DIR [--max-time S] [--save-every S] [--batch B] [--lr LR]
+        [--ema-decay D] [--threads N] [--channels-last] [--seed S]
+      the PyTorch reference recipe for MNIST: DDPM epsilon objective (linear betas, T = 1000),
+      PyTorch's default init, Adam, an EMA with diffusers' warm-up; every --save-every seconds of
+      training a checkpoint DIR/step_<n>.safetensors that `diffuflow evaluate` samples (raw and
+      ema. weights, diffuflow's checkpoint metadata), and DIR/train.jsonl (step, seconds, loss).
   diff A.safetensors B.safetensors
       compare two such output files (A against reference B) with the fixtures' tolerances.
   fixture --config CONFIG.json --out DIR [--seed S] [--batch N] [--t T...] [--f16-weights]
@@ -857,6 +863,98 @@ def cmd_sample(args):
     return 0
 
 
+def read_idx_images(folder, stem):
+    """MNIST images [N, 28, 28] uint8 from FOLDER/STEM-idx3-ubyte or its .gz."""
+    import gzip
+    import numpy as np
+    for name in (stem + "-idx3-ubyte", stem + "-idx3-ubyte.gz", stem + ".idx3-ubyte"):
+        path = os.path.join(folder, name)
+        if os.path.exists(path):
+            opener = gzip.open if path.endswith(".gz") else open
+            with opener(path, "rb") as f:
+                data = f.read()
+            magic, n, rows, cols = struct.unpack(">IIII", data[:16])
+            if magic != 2051 or len(data) != 16 + n * rows * cols:
+                raise SystemExit(f"torch_peer: {path}: not an IDX image file")
+            return np.frombuffer(data, dtype=np.uint8, offset=16).reshape(n, rows, cols)
+    raise SystemExit(f"torch_peer: no {stem}-idx3-ubyte[.gz] in {folder}")
+
+
+def cmd_train(args):
+    """The PyTorch reference recipe; the clock counts training only (not the checkpoint writes)."""
+    import numpy as np
+    import torch
+    import torch.nn.functional as F
+    torch.set_num_threads(args.threads)
+    env = environment(args.threads)
+    cfg = load_config(args.config)
+    torch.manual_seed(args.seed)
+    model = make_model(cfg)  # PyTorch's default initialisation
+    mf = torch.channels_last if args.channels_last else torch.contiguous_format
+    model = model.to(memory_format=mf).train()
+    ema = {k: v.detach().clone() for k, v in model.state_dict().items()}
+    opt = torch.optim.Adam(model.parameters(), lr=args.lr)
+    images = torch.from_numpy(read_idx_images(args.data, "train-images").astype(np.float32) / 127.5 - 1.0)
+    images = images.unsqueeze(1)
+    T = 1000
+    betas = torch.linspace(1e-4, 0.02, T, dtype=torch.float64)
+    abar = torch.cumprod(1.0 - betas, 0).float()
+    gen = torch.Generator().manual_seed(args.seed + 1)
+    os.makedirs(args.out, exist_ok=True)
+    scheduler_config = {"_class_name": "DDPMScheduler", "num_train_timesteps": T, "beta_start": 0.0001,
+                        "beta_end": 0.02, "beta_schedule": "linear", "prediction_type": "epsilon",
+                        "clip_sample": True, "clip_sample_range": 1.0}
+    model_config = {"_class_name": "UNet2DModel", **cfg}
+
+    def save(step, seconds):
+        tensors = {}
+        for k, v in model.state_dict().items():
+            tensors[k] = v.detach().contiguous().numpy().astype(np.float32)
+            tensors["ema." + k] = ema[k].contiguous().numpy().astype(np.float32)
+        meta = {"format": "diffuflow-checkpoint", "format_version": "1", "model_kind": "unet",
+                "model_config": json.dumps(model_config), "scheduler_config": json.dumps(scheduler_config),
+                "prediction_type": "epsilon", "step": str(step), "optimiser_step": str(step),
+                "seed": str(args.seed), "training_seconds": f"{seconds:.1f}", "trainer": "torch_peer train"}
+        write_safetensors(os.path.join(args.out, f"step_{step:06d}.safetensors"), tensors, meta)
+
+    print(f"torch {env['torch_version']}  BLAS: {env['blas_kind']}  CPU capability: {env['cpu_capability']}  "
+          f"threads {args.threads}  ({env['cpu_model']}); {'channels_last' if args.channels_last else 'NCHW'}, "
+          f"batch {args.batch}, Adam {args.lr:g}, EMA {args.ema_decay:g}, {args.max_time:g} s")
+    log = open(os.path.join(args.out, "train.jsonl"), "w")
+    step, trained, next_save = 0, 0.0, args.save_every
+    while trained < args.max_time:
+        order = torch.randperm(images.shape[0], generator=gen)
+        for first in range(0, images.shape[0] - args.batch + 1, args.batch):
+            t0 = time.perf_counter()
+            x0 = images[order[first:first + args.batch]].contiguous(memory_format=mf)
+            t = torch.randint(0, T, (args.batch,), generator=gen)
+            noise = torch.randn(x0.shape, generator=gen)
+            a = abar[t].view(-1, 1, 1, 1)
+            xt = (a.sqrt() * x0 + (1 - a).sqrt() * noise).contiguous(memory_format=mf)
+            loss = F.mse_loss(model(xt, t), noise)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            step += 1
+            d = 0.0 if step == 1 else min(args.ema_decay, step / (9.0 + step))  # diffuflow's EMA warm-up
+            with torch.no_grad():
+                for k, v in model.state_dict().items():
+                    ema[k].mul_(d).add_(v.detach(), alpha=1.0 - d)
+            trained += time.perf_counter() - t0
+            if step % 100 == 0:
+                log.write(json.dumps({"step": step, "seconds": round(trained, 2), "loss": float(loss)}) + "\n")
+                log.flush()
+            if trained >= next_save or trained >= args.max_time:
+                save(step, trained)
+                print(f"step {step}: {trained:.0f} s of training, {step * args.batch / trained:.1f} images/s, "
+                      f"loss {float(loss):.4f}", flush=True)
+                next_save += args.save_every
+            if trained >= args.max_time:
+                break
+    log.close()
+    return 0
+
+
 def cmd_init(args):
     import torch
     cfg = load_config(args.config)
@@ -1056,6 +1154,20 @@ def main(argv=None):
     sm.add_argument("--seed", type=int, default=0)
     sm.add_argument("--json", help="write the results here")
 
+    tr = sub.add_parser("train", help="the PyTorch reference recipe on MNIST, writing checkpoints "
+                                      "diffuflow evaluate samples")
+    tr.add_argument("--data", required=True, help="folder with train-images-idx3-ubyte[.gz]")
+    tr.add_argument("--out", required=True)
+    tr.add_argument("--config", default="unet-s")
+    tr.add_argument("--batch", type=int, default=64)
+    tr.add_argument("--lr", type=float, default=2e-4)
+    tr.add_argument("--ema-decay", type=float, default=0.999)
+    tr.add_argument("--max-time", type=float, default=1800, help="seconds of training")
+    tr.add_argument("--save-every", type=float, default=300, help="seconds of training between checkpoints")
+    tr.add_argument("--threads", type=int, default=os.cpu_count() or 1)
+    tr.add_argument("--channels-last", action="store_true", help="NHWC activations and weights")
+    tr.add_argument("--seed", type=int, default=0)
+
     i = sub.add_parser("init", help="write random weights as safetensors")
     i.add_argument("--config", default="unet-s")
     i.add_argument("--out", required=True)
@@ -1099,7 +1211,7 @@ def main(argv=None):
         os.environ["OPENBLAS_NUM_THREADS"] = str(threads)
     _import_torch()
     return {"check": cmd_check, "bench": cmd_bench, "sample": cmd_sample, "init": cmd_init, "io": cmd_io,
-            "diff": cmd_diff, "fixture": cmd_fixture}[args.cmd](args)
+            "diff": cmd_diff, "fixture": cmd_fixture, "train": cmd_train}[args.cmd](args)
 
 
 if __name__ == "__main__":
