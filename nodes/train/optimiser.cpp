@@ -225,8 +225,12 @@ double Optimiser::learning_rate(const Params& p, int64_t step) {
   if (p.warmup_steps > 0 && step < p.warmup_steps)
     return p.lr * static_cast<double>(step) / static_cast<double>(p.warmup_steps);
   if (p.schedule == LrSchedule::constant) return p.lr;
+  return cosine_rate(p, step_progress(p, step));
+}
+
+double Optimiser::step_progress(const Params& p, int64_t step) {
   const double span = static_cast<double>(std::max<int64_t>(p.total_steps - p.warmup_steps, 1));
-  return cosine_rate(p, static_cast<double>(step - p.warmup_steps) / span);
+  return std::clamp(static_cast<double>(step - p.warmup_steps) / span, 0.0, 1.0);
 }
 
 double Optimiser::cosine_rate(const Params& p, double progress) {
@@ -244,14 +248,13 @@ double Optimiser::next_learning_rate() {
   const bool warming = params_.warmup_steps > 0 && step_ < params_.warmup_steps;
   if (params_.schedule == LrSchedule::constant || warming) return learning_rate(params_, step_);
   if (hold_progress_) return cosine_rate(params_, lr_progress_);
-  if (!decay_over_time_) {
-    const double span = static_cast<double>(std::max<int64_t>(params_.total_steps - params_.warmup_steps, 1));
-    lr_progress_ = std::clamp(static_cast<double>(step_ - params_.warmup_steps) / span, 0.0, 1.0);
-    return cosine_rate(params_, lr_progress_);
+  if (decay_over_time_) {
+    const double now = ctx().run_seconds();
+    if (anchor_s_ < 0) anchor_s_ = now;
+    lr_progress_ = time_progress(start_progress_, anchor_s_, now, ctx().max_time_s);
+  } else {
+    lr_progress_ = step_progress(params_, step_);
   }
-  const double now = ctx().run_seconds();
-  if (anchor_s_ < 0) anchor_s_ = now;
-  lr_progress_ = time_progress(start_progress_, anchor_s_, now, ctx().max_time_s);
   return cosine_rate(params_, lr_progress_);
 }
 

@@ -118,6 +118,8 @@ class Optimiser : public Node {
 
   // The learning rate of optimiser step `step` (1-based), the cosine's progress over steps.
   static double learning_rate(const Params& params, int64_t step);
+  // The cosine's progress over steps at optimiser step `step`, in [0, 1].
+  static double step_progress(const Params& params, int64_t step);
   // The cosine's learning rate at progress p in [0, 1].
   static double cosine_rate(const Params& params, double progress);
   // Progress over time: `start` (resumed from) plus the rest in proportion to
