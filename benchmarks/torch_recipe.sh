@@ -16,7 +16,7 @@
 #                DDIM_EVERY (1: score DDIM-50 on every checkpoint, 2: every other one, ...)
 #
 # Results: OUT_DIR/train.log and train.jsonl, OUT_DIR/step_<n>.safetensors,
-# OUT_DIR/<checkpoint>.<sampler>.json (evaluate's figures), machine.txt, and the
+# OUT_DIR/<checkpoint>.<sampler>.json (evaluate's figures) and .log, machine.txt, and the
 # table on stdout: minutes of training, step, FID per sampler.
 set -eu
 mnist=$1; out=$2
@@ -46,8 +46,10 @@ for ckpt in "$out"/step_*.safetensors; do
   for sampler in $SAMPLERS; do
     if [ "$sampler" = ddim50 ] && [ $((index % DDIM_EVERY)) -ne 0 ]; then continue; fi
     # shellcheck disable=SC2046
+    log="${ckpt%.safetensors}.$sampler.log"
     "$DIFFUFLOW" evaluate "$ckpt" --reference "$mnist" --count "$COUNT" \
-        $(sampler_options "$sampler") --json "${ckpt%.safetensors}.$sampler.json" > /dev/null 2>&1
+        $(sampler_options "$sampler") --json "${ckpt%.safetensors}.$sampler.json" > "$log" 2>&1 ||
+      { cat "$log" >&2; echo "torch_recipe: evaluate failed on $ckpt ($sampler)" >&2; exit 2; }
   done
 done
 
