@@ -64,19 +64,19 @@ dnnl::memory Program::param_grad(int64_t offset, const dnnl::memory::desc& desc)
 }
 
 void Program::forward(dnnl::primitive primitive, Args args) {
-  forward_.push_back({std::move(primitive), std::move(args), {}, layer_ ? layer_ : "other"});
+  forward_.push_back({std::move(primitive), std::move(args), {}, 0, layer_ ? layer_ : "other"});
 }
 
 void Program::backward(dnnl::primitive primitive, Args args) {
-  backward_.push_back({std::move(primitive), std::move(args), {}, layer_ ? layer_ : "other"});
+  backward_.push_back({std::move(primitive), std::move(args), {}, 0, layer_ ? layer_ : "other"});
 }
 
-void Program::host_forward(HostFn fn, Args args) {
-  forward_.push_back({dnnl::primitive(), std::move(args), std::move(fn), layer_ ? layer_ : "other"});
+void Program::host_forward(HostFn fn, Args args, double flops) {
+  forward_.push_back({dnnl::primitive(), std::move(args), std::move(fn), flops, layer_ ? layer_ : "other"});
 }
 
-void Program::host_backward(HostFn fn, Args args) {
-  backward_.push_back({dnnl::primitive(), std::move(args), std::move(fn), layer_ ? layer_ : "other"});
+void Program::host_backward(HostFn fn, Args args, double flops) {
+  backward_.push_back({dnnl::primitive(), std::move(args), std::move(fn), flops, layer_ ? layer_ : "other"});
 }
 
 void Program::copy(const dnnl::memory& src, const dnnl::memory& dst, bool in_backward, bool accumulate) {
@@ -323,7 +323,8 @@ void run_timed(Step& step, dnnl::stream& stream, PassProfile& profile) {
   const double seconds = std::chrono::duration<double>(clock::now() - t0).count();
   const char* primitive =
       step.host ? "host" : dnnl_prim_kind2str(static_cast<dnnl_primitive_kind_t>(step.primitive.get_kind()));
-  const StepCost cost = step_cost(step.host ? dnnl::primitive() : step.primitive, step.args);
+  StepCost cost = step_cost(step.host ? dnnl::primitive() : step.primitive, step.args);
+  if (step.host) cost.flops = step.host_flops;
   profile.push_back({step.layer, primitive, seconds, cost.flops, cost.bytes});
 }
 

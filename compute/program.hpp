@@ -69,14 +69,16 @@ class PrimitiveCache {
   std::vector<dnnl::primitive> primitives_;
 };
 
-// A host computation on small tensors (O(N*C) numbers, never image-sized),
-// given its memories through the args map (so memory planning can move them).
+// A host computation: O(N*C) arithmetic between primitives, or, on CPU
+// engines, a kernel over whole activations (the group norm's). It gets its
+// memories through the args map (so memory planning can move them).
 using HostFn = std::function<void(const Args& args)>;
 
 struct Step {
   dnnl::primitive primitive;
   Args args;
   HostFn host;                   // set for host steps (then `primitive` is empty)
+  double host_flops = 0;         // a host step's work, as it declared it (for profiles)
   const char* layer = "other";  // the kind of layer that appended it (LayerScope)
 };
 
@@ -170,8 +172,10 @@ class Program {
   }
   void forward(dnnl::primitive primitive, Args args);
   void backward(dnnl::primitive primitive, Args args);
-  void host_forward(HostFn fn, Args args);
-  void host_backward(HostFn fn, Args args);
+  // `flops`: the step's work for profiles, counted as step_cost() counts a
+  // primitive's (compute/step_cost.hpp); 0 for O(N*C) arithmetic.
+  void host_forward(HostFn fn, Args args, double flops = 0);
+  void host_backward(HostFn fn, Args args, double flops = 0);
   // `src` in the layout `want`: returns src itself when the layouts agree,
   // otherwise a program-owned memory filled by a reorder appended to the
   // forward (or backward) list. The one place where layouts are reconciled.

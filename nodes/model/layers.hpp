@@ -14,12 +14,15 @@
 //   conv2d          x [N,Ci,H,W] -> [N,Co,H',W']        weight [Co,Ci,k,k], bias [Co]
 //   conv2d_add      x, residual [N,Co,H',W'] -> residual + conv2d(x)
 //   linear          x [M,I] -> [M,O]                    weight [O,I], bias [O]
-//   group_norm      x [N,C,H,W] -> [N,C,H,W]            weight [C], bias [C] (batch-norm
-//                   primitives over a [1,N*C,H,W] view plus O(N*C) host arithmetic)
+//   group_norm      x [N,C,H,W] -> [N,C,H,W]            weight [C], bias [C] (on a CPU
+//                   engine one host kernel step each way, compute/group_norm_kernel.hpp;
+//                   elsewhere batch-norm primitives over a [1,N*C,H,W] view plus
+//                   O(N*C) host arithmetic)
 //   silu, activation any -> same (SiLU, Mish, GELU, ReLU)
-//   group_norm_act  act(group_norm(x)); one fused pass in programs built
-//                   for inference (training keeps the normalised values for
-//                   the activation's backward); group_norm_silu with SiLU
+//   group_norm_act  act(group_norm(x)); one fused pass (the host kernels
+//                   with SiLU or ReLU in training too, recomputing the norm's
+//                   output in backward; the primitives in inference only, their
+//                   training keeps the normalised values); group_norm_silu with SiLU
 //   shifted_group_norm_act x [N,C,H,W], shift [N,C] -> group_norm_act(x + shift[:,:,None,None])
 //   affine          any -> alpha * x + beta
 //   add             a, b (same shape) -> a + b
@@ -72,6 +75,11 @@ ValueId conv2d_add(Program& p, ValueId x, const ParamRef& weight, const ParamRef
                    int64_t stride, int64_t padding, bool residual_spent = false);
 ValueId linear(Program& p, ValueId x, const ParamRef& weight, const ParamRef& bias);
 ValueId group_norm(Program& p, ValueId x, const ParamRef& weight, const ParamRef& bias, int64_t groups, float eps);
+// Whether group norms appended from now on run as host kernels on CPU
+// engines (true, the default) or as the primitives other engines use (to
+// compare the two in tests). Set it before a model's programs are built, not
+// between builds that share a PrimitiveCache.
+void set_cpu_group_norm_kernels(bool host);
 ValueId silu(Program& p, ValueId x);
 ValueId activation(Program& p, ValueId x, Activation act);
 ValueId group_norm_silu(Program& p, ValueId x, const ParamRef& weight, const ParamRef& bias, int64_t groups,

@@ -24,6 +24,7 @@ class LayerHarness {
     program_ = std::make_unique<Program>(engine_, cache_, params_, param_count_, true, precision);
   }
   Program& p() { return *program_; }
+  ValueId out() const { return out_; }
 
   ParamRef param(Shape shape) {
     ParamRef ref{next_offset_, shape};
@@ -31,8 +32,11 @@ class LayerHarness {
     REQUIRE(next_offset_ <= param_count_);
     return ref;
   }
-  ValueId input(const dims& shape) {
-    const ValueId v = p().new_value(plain_f32(shape), true);
+  ValueId input(const dims& shape) { return input(plain_f32(shape)); }
+  // An input in the layout `desc` describes, filled in memory order.
+  ValueId input(const dnnl::memory::desc& desc) {
+    const dims shape = desc.dims();
+    const ValueId v = p().new_value(desc, true);
     p().pin(v);  // written and read from outside the program's steps
     fill(p().data(v), shape_numel(shape), 1.0f);
     inputs_.push_back(v);
@@ -417,6 +421,67 @@ TEST_CASE("shifted_group_norm_act gives group_norm_act of the sum, in training a
     float worst = 0;
     for (size_t i = 0; i < outs[0].size(); ++i) worst = std::max(worst, std::fabs(outs[0][i] - outs[1][i]));
     CHECK(worst <= 1e-5f);
+  }
+}
+
+TEST_CASE("group norms: the CPU's host kernels and the primitives other engines use agree, forward and backward") {
+  // The layouts both take, activations the host kernels fuse and one they
+  // leave to a separate step, with and without the [N,C] shift. Both programs
+  // draw the same inputs, parameters and output gradient.
+  struct Setup {
+    dnnl::memory::format_tag layout;
+    int64_t channels, groups;
+    Activation act;
+    bool shift;
+  };
+  const std::vector<Setup> setups = {{tag::nChw16c, 32, 4, Activation::silu, true},
+                                     {tag::nChw16c, 32, 1, Activation::silu, false},
+                                     {tag::nChw16c, 48, 24, Activation::relu, true},
+                                     {tag::nchw, 6, 3, Activation::gelu, true},
+                                     {tag::nchw, 6, 2, Activation::silu, false}};
+  for (const Setup& s : setups) {
+    CAPTURE(s.channels);
+    CAPTURE(s.groups);
+    CAPTURE(static_cast<int>(s.act));
+    CAPTURE(s.shift);
+    const dims shape{2, s.channels, 5, 3};
+    std::vector<std::vector<float>> results;
+    for (const bool host : {true, false}) {
+      set_cpu_group_norm_kernels(host);
+      LayerHarness h(2 * s.channels);
+      const ValueId x = h.input(dnnl::memory::desc(shape, dnnl::memory::data_type::f32, s.layout));
+      const ValueId shift = s.shift ? h.input({2, s.channels}) : -1;
+      const ParamRef gamma = h.param({s.channels}), beta = h.param({s.channels});
+      h.finish(s.shift ? shifted_group_norm_act(h.p(), x, shift, gamma, beta, s.groups, 1e-5f, s.act)
+                       : group_norm_act(h.p(), x, gamma, beta, s.groups, 1e-5f, s.act));
+      h.backward();
+      std::vector<float> all;
+      auto take = [&](const dnnl::memory& m, int64_t count) {
+        const float* data = static_cast<const float*>(m.get_data_handle());
+        all.insert(all.end(), data, data + count);
+      };
+      take(h.p().data(h.out()), 2 * s.channels * 15);
+      take(h.p().grad(x), 2 * s.channels * 15);
+      if (s.shift) take(h.p().grad(shift), 2 * s.channels);
+      take(h.p().grad_staging(), 2 * s.channels);
+      results.push_back(all);
+    }
+    set_cpu_group_norm_kernels(true);
+    double worst = 0;
+    for (size_t i = 0; i < results[0].size(); ++i)
+      worst = std::max(worst, std::fabs(double(results[0][i]) - results[1][i]) / (1 + std::fabs(results[1][i])));
+    CHECK(worst < 2e-5);
+  }
+}
+
+TEST_CASE("group norms of an NHWC input (host kernels only) match finite differences") {
+  for (const Activation act : {Activation::silu, Activation::mish}) {
+    LayerHarness h(2 * 24);
+    const ValueId x = h.input(dnnl::memory::desc({2, 24, 3, 2}, dnnl::memory::data_type::f32, tag::nhwc));
+    const ValueId shift = h.input({2, 24});
+    const ParamRef gamma = h.param({24}), beta = h.param({24});
+    h.finish(shifted_group_norm_act(h.p(), x, shift, gamma, beta, 6, 1e-5f, act));
+    h.check_all("shifted_group_norm_act, NHWC");
   }
 }
 
