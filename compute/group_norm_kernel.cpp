@@ -146,6 +146,37 @@ DIFFUFLOW_INLINE void run_apply(const float* x, float* y, int64_t S, int64_t lan
   }
 }
 
+// f32 -> bf16, rounded to nearest even (NaN stays NaN), as oneDNN's reorder does.
+DIFFUFLOW_INLINE uint16_t to_bf16(float v) {
+  uint32_t u;
+  std::memcpy(&u, &v, sizeof u);
+  const uint32_t rounded = (u + 0x7FFFu + ((u >> 16) & 1u)) >> 16;
+  return static_cast<uint16_t>(v != v ? (u >> 16) | 0x40u : rounded);
+}
+
+// A piece's `blocks` blocks of 16 channels (block k at x + k * 16 * S) into
+// y channels-last, position by position: y[i * stride + k * 16 + l] =
+// bf16(act(x * a + b)), so each position's channels are written in one run.
+// The values are computed in a full-width f32 loop, then rounded.
+template <NormActivation A>
+DIFFUFLOW_INLINE void run_apply_bf16(const float* x, uint16_t* y, int64_t stride, int64_t blocks, int64_t S,
+                                     const float* a, const float* b) {
+  constexpr int L = 16;
+  for (int64_t i = 0; i < S; ++i) {
+    for (int64_t k = 0; k < blocks; ++k) {
+      const float* xk = x + k * L * S + i * L;
+      const float* ak = a + k * L;
+      const float* bk = b + k * L;
+      float v[L];
+#pragma omp simd
+      for (int l = 0; l < L; ++l) v[l] = activate<A>(std::fma(xk[l], ak[l], bk[l]));
+      uint16_t* yk = y + i * stride + k * L;
+#pragma omp simd
+      for (int l = 0; l < L; ++l) yk[l] = to_bf16(v[l]);
+    }
+  }
+}
+
 // The gradient at the norm's output, g = dz act'(x a + b) (stored in `g`
 // when there is an activation), and its sums: s1[l] = sum g, sx[l] = sum g x.
 template <int B, NormActivation A>
@@ -234,7 +265,9 @@ struct Plan {
   int64_t width = 0, per_sample = 0, per_group = 0, lanes = 0;
   explicit Plan(const GroupNormGeometry& g)
       : per_group(g.channels / g.groups), lanes(std::min(g.block, g.channels)) {
-    width = std::lcm(per_group, lanes);
+    // A channels-last bf16 output is written a whole sample at a time, each
+    // position's channels in one run.
+    width = g.out == NormOutput::bf16_nhwc ? g.channels : std::lcm(per_group, lanes);
     per_sample = g.channels / width;
   }
   int64_t pieces(const GroupNormGeometry& g) const { return g.batch * per_sample; }
@@ -268,7 +301,8 @@ struct PieceScratch {
 
 struct ForwardArgs {
   const float *x, *shift, *gamma, *beta;
-  float *y, *mean, *rstd;
+  void* y;
+  float *mean, *rstd;
 };
 
 template <int B, NormActivation A>
@@ -302,9 +336,18 @@ DIFFUFLOW_INLINE void forward_piece_t(const GroupNormGeometry& g, const Plan& pl
       affine_of(f.gamma[c0 + c], f.beta[c0 + c], m, r, a[c], b[c]);
     }
   }
+  if (g.out == NormOutput::bf16_nhwc) {
+    uint16_t* y = static_cast<uint16_t*>(f.y) + n * S * g.channels + c0;
+    run_apply_bf16<A>(f.x + block_offset(g, plan, n, c0, 0), y, g.channels, blocks, S, a, b);
+    return;
+  }
   for (int64_t k = 0; k < blocks; ++k) {
     const int64_t at = block_offset(g, plan, n, c0, k);
-    run_apply<B, A>(f.x + at, f.y + at, S, L, a + k * L, b + k * L);
+    if (g.out == NormOutput::bf16) {
+      run_apply_bf16<A>(f.x + at, static_cast<uint16_t*>(f.y) + at, 16, 1, S, a + k * L, b + k * L);
+    } else {
+      run_apply<B, A>(f.x + at, static_cast<float*>(f.y) + at, S, L, a + k * L, b + k * L);
+    }
   }
 }
 
@@ -440,6 +483,7 @@ void group_norm_backward_piece(const GroupNormGeometry& g, const Plan& plan, int
 
 bool group_norm_geometry_ok(const GroupNormGeometry& g) {
   if (g.batch < 1 || g.channels < 1 || g.spatial < 1 || g.groups < 1 || g.channels % g.groups != 0) return false;
+  if (g.out != NormOutput::f32 && (g.block != 16 || g.channels % 16 != 0)) return false;
   return g.block == 1 || g.block == g.channels || (g.block > 1 && g.channels % g.block == 0);
 }
 
@@ -455,7 +499,7 @@ void require_geometry(const GroupNormGeometry& g) {
 }  // namespace
 
 void group_norm_forward(const GroupNormGeometry& g, const float* x, const float* shift, const float* gamma,
-                        const float* beta, float* y, float* mean, float* rstd) {
+                        const float* beta, void* y, float* mean, float* rstd) {
   require_geometry(g);
   const Plan plan(g);
   const ForwardArgs f{x, shift, gamma, beta, y, mean, rstd};

@@ -29,6 +29,7 @@
 namespace diffuflow {
 
 enum class NormActivation { none, silu, relu };
+enum class NormOutput { f32, bf16, bf16_nhwc };
 
 struct GroupNormGeometry {
   int64_t batch = 0, channels = 0, spatial = 0;
@@ -36,6 +37,10 @@ struct GroupNormGeometry {
   int64_t groups = 1;
   float eps = 1e-5f;
   NormActivation act = NormActivation::none;
+  // The forward's y: f32 in x's layout, or, for the bf16 convolution it
+  // feeds and from nChw16c inputs only (block 16), bf16 rounded to nearest
+  // even in x's layout or channels-last ([N, S, C]).
+  NormOutput out = NormOutput::f32;
 };
 
 // Whether the kernels take the geometry (block 1, C, or one dividing C; the
@@ -43,9 +48,10 @@ struct GroupNormGeometry {
 bool group_norm_geometry_ok(const GroupNormGeometry& g);
 
 // Forward. shift [N*C] or null; mean, rstd [N*C] written when not null (for
-// the backward). x and y may not overlap.
+// the backward). y: float, or uint16_t (bf16 bits) for the bf16 outputs; x
+// and y may not overlap.
 void group_norm_forward(const GroupNormGeometry& g, const float* x, const float* shift, const float* gamma,
-                        const float* beta, float* y, float* mean, float* rstd);
+                        const float* beta, void* y, float* mean, float* rstd);
 
 // Backward from the forward's mean and rstd. dx [like x] written, or added
 // to with `dx_add`; null when x needs no gradient. dshift [N*C] likewise with

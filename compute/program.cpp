@@ -25,8 +25,14 @@ Program::Program(const dnnl::engine& engine, PrimitiveCache& cache, dnnl::memory
 }
 
 ValueId Program::new_value(const dnnl::memory::desc& desc, bool needs_grad) {
+  return new_value(desc, needs_grad, desc);
+}
+
+ValueId Program::new_value(const dnnl::memory::desc& desc, bool needs_grad, const dnnl::memory::desc& grad_desc) {
+  if (grad_desc.dims() != desc.dims()) throw std::logic_error("model program: a gradient of another shape than its value");
   Value v;
   v.desc = desc;
+  v.grad_desc = grad_desc;
   v.data = owned(desc, false);
   v.needs_grad = needs_grad;
   // A value created before any layer is an input, filled from outside.
@@ -38,6 +44,7 @@ ValueId Program::new_value(const dnnl::memory::desc& desc, bool needs_grad) {
 ValueId Program::overwrite(ValueId v, bool needs_grad) {
   Value value;
   value.desc = values_.at(v).desc;
+  value.grad_desc = values_.at(v).grad_desc;
   value.data = values_.at(v).data;
   value.needs_grad = needs_grad;
   value.pinned = values_.at(v).pinned;
@@ -114,14 +121,14 @@ GradSink Program::sink(ValueId v, bool writer_adds) {
   Value& value = values_.at(v);
   GradSink s;
   s.value = v;
-  if (!value.grad) value.grad = owned(value.desc, false);
+  if (!value.grad) value.grad = owned(value.grad_desc, false);
   if (value.contributions == 0) {
     s.memory = value.grad;
   } else if (writer_adds) {
     s.memory = value.grad;
     s.add_into = true;
   } else {
-    s.memory = alloc(value.desc);
+    s.memory = alloc(value.grad_desc);
     s.accumulate = true;
   }
   return s;
@@ -135,11 +142,11 @@ void Program::commit(const GradSink& s) {
 
 void Program::contribute(ValueId v, const dnnl::memory& src) {
   Value& value = values_.at(v);
-  if (!value.grad) value.grad = owned(value.desc, false);
+  if (!value.grad) value.grad = owned(value.grad_desc, false);
   // A source with another (equal-sized) shape writes the gradient seen as a
   // plain tensor of that shape, e.g. [N,S,h,d] for a [N,S,C] value.
   const dims src_dims = src.get_desc().dims();
-  const dnnl::memory dst = src_dims == value.desc.dims() ? value.grad : view(value.grad, plain_f32(src_dims));
+  const dnnl::memory dst = src_dims == value.grad_desc.dims() ? value.grad : view(value.grad, plain_f32(src_dims));
   copy(src, dst, true, value.contributions > 0);
   ++value.contributions;
 }
@@ -147,7 +154,8 @@ void Program::contribute(ValueId v, const dnnl::memory& src) {
 bool Program::share_grad(ValueId v, ValueId from) {
   Value& value = values_.at(v);
   const Value& source = values_.at(from);
-  if (v == from || value.contributions > 0 || value.grad || source.contributions == 0 || !(value.desc == source.desc))
+  if (v == from || value.contributions > 0 || value.grad || source.contributions == 0 ||
+      !(value.grad_desc == source.grad_desc))
     return false;
   value.grad = source.grad;
   ++value.contributions;

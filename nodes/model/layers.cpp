@@ -119,52 +119,130 @@ void append_conv_weight_grads(Program& p, const dnnl::convolution_forward::primi
   if (!same) p.copy(dw, dw_plain, true);
 }
 
+// A bf16 convolution's forward descriptor and the layout of its input and
+// output: channels-last where oneDNN runs it on AMX (which only that layout
+// has), else channel-blocked nChw16c where the jit kernels take it forward
+// and backward (that layout is the f32 activations', so the convolution
+// writes its output in place and adds a residual as a post-op), else
+// channels-last.
+struct Bf16Conv {
+  dnnl::convolution_forward::primitive_desc pd;
+  dnnl::memory::format_tag layout;
+};
+
+// The bf16 convolution for x [N,Ci,H,W] -> [N,Co,Ho,Wo], or nothing where
+// the program runs convolutions in f32 or oneDNN has no fast bf16 kernel for
+// the shape.
+std::optional<Bf16Conv> bf16_conv(const Program& p, const dims& xs, const dims& weight_shape, const dims& ys,
+                                  const dims& strides, const dims& pads, const dims& pads_end) {
+  if (p.precision() != Precision::bf16 || xs[1] % 16 != 0 || ys[1] % 16 != 0 || !native_bf16(p.engine()))
+    return std::nullopt;
+  const dnnl::memory::desc w_any(weight_shape, dt::bf16, tag::any);
+  const auto b_md = plain_f32({ys[1]});
+  auto forward = [&](tag layout) {
+    return dnnl::convolution_forward::primitive_desc(
+        dnnl::convolution_forward::desc(prop_kind::forward_training, algorithm::convolution_direct,
+                                        dnnl::memory::desc(xs, dt::bf16, layout), w_any, b_md,
+                                        dnnl::memory::desc(ys, dt::f32, layout), strides, pads, pads_end),
+        user_scratchpad_attr(), p.engine(), /*allow_empty=*/true);
+  };
+  auto fast = [](const auto& pd) { return pd && !is_reference(pd.impl_info_str()); };
+  const auto last = forward(tag::nhwc);
+  if (fast(last) && std::string(last.impl_info_str()).find("amx") != std::string::npos) return Bf16Conv{last, tag::nhwc};
+  const auto blocked = forward(tag::nChw16c);
+  if (fast(blocked)) {
+    const dnnl::memory::desc xb(xs, dt::bf16, tag::nChw16c), yb(ys, dt::bf16, tag::nChw16c);
+    const dnnl::convolution_backward_data::primitive_desc data(
+        dnnl::convolution_backward_data::desc(algorithm::convolution_direct,
+                                              dnnl::memory::desc(xs, dt::f32, tag::nChw16c), w_any, yb, strides, pads,
+                                              pads_end),
+        user_scratchpad_attr(), p.engine(), blocked, /*allow_empty=*/true);
+    const dnnl::convolution_backward_weights::primitive_desc weights(
+        dnnl::convolution_backward_weights::desc(algorithm::convolution_direct, xb,
+                                                 dnnl::memory::desc(weight_shape, dt::f32, tag::any), b_md, yb,
+                                                 strides, pads, pads_end),
+        user_scratchpad_attr(), p.engine(), blocked, /*allow_empty=*/true);
+    if (fast(data) && fast(weights)) return Bf16Conv{blocked, tag::nChw16c};
+  }
+  if (fast(last)) return Bf16Conv{last, tag::nhwc};
+  return std::nullopt;
+}
+
 // The bf16 convolution (Precision::bf16): x and the weights are rounded to
-// bf16 channels-last copies (the layout the AMX kernels take), the
-// convolution accumulates and writes f32 channels-last, which is reordered
-// into the f32 activation layout. Backward: dy is rounded the same way; the
-// input gradient comes back f32 and the weight and bias gradients are f32.
-// The bf16 copy of x is kept from forward for the weight gradient. Returns
-// no value (the caller runs f32) when bf16 is not native on the engine or
-// oneDNN has no bf16 kernel, or only a reference one, for the shape.
-// With a residual that no later step reads (`residual_spent`) in the
-// activation layout, the output overwrites it: the reorder out of
-// channels-last adds into it (`fused` set).
+// bf16 copies in bf16_conv's layout (x may already be one, see
+// conv2d_input_desc); the convolution accumulates and writes f32 in the same
+// layout: channel-blocked straight into the f32 activation, channels-last
+// through a reorder into it. Backward: dy is rounded the same way; the input
+// gradient comes back f32 and the weight and bias gradients are f32. The bf16
+// copy of x is kept from forward for the weight gradient. Returns no value
+// (the caller runs f32) when bf16_conv finds none for the shape.
+// A residual in the activation layout is added as the output is written
+// (`fused` set): by a binary post-op (channel-blocked), or, when no later
+// step reads the residual (`residual_spent`), by the reorder out of
+// channels-last adding into the residual's memory.
 std::optional<ValueId> conv2d_bf16(Program& p, ValueId x, const ParamRef& weight, const ParamRef& bias,
                                    const dims& ys, const dims& strides, const dims& pads, const dims& pads_end,
                                    ValueId residual, bool residual_spent, bool& fused) {
-  if (!native_bf16(p.engine())) return std::nullopt;
   const dims xs = p.shape(x);
-  const dnnl::memory::desc xb_md(xs, dt::bf16, tag::nhwc);
-  const dnnl::memory::desc yb_md(ys, dt::bf16, tag::nhwc);
-  const dnnl::memory::desc y_out_md(ys, dt::f32, tag::nhwc);
-  const dnnl::memory::desc x_grad_md(xs, dt::f32, tag::nhwc);
+  const auto found = bf16_conv(p, xs, weight.shape, ys, strides, pads, pads_end);
+  if (!found) return std::nullopt;
+  const tag layout = found->layout;
+  const bool blocked = layout == tag::nChw16c;
+  dnnl::convolution_forward::primitive_desc fwd_pd = found->pd;
+  const dnnl::memory::desc xb_md(xs, dt::bf16, layout);
+  const dnnl::memory::desc yb_md(ys, dt::bf16, layout);
+  const dnnl::memory::desc y_out_md(ys, dt::f32, layout);
+  const dnnl::memory::desc x_grad_md(xs, dt::f32, layout);
   const dnnl::memory::desc wb_any(weight.shape, dt::bf16, tag::any);
   const auto w_plain = plain_f32(weight.shape);
   const auto b_md = plain_f32({ys[1]});
   const auto attr = user_scratchpad_attr();
-  dnnl::convolution_forward::primitive_desc fwd_pd(
-      dnnl::convolution_forward::desc(prop_kind::forward_training, algorithm::convolution_direct, xb_md, wb_any, b_md,
-                                      y_out_md, strides, pads, pads_end),
-      attr, p.engine(), /*allow_empty=*/true);
-  if (!fwd_pd || is_reference(fwd_pd.impl_info_str())) return std::nullopt;
 
   const dnnl::memory xb = p.reorder_if_needed(p.data(x), xb_md, false);
   const dnnl::memory w_mem = p.param(weight.offset, w_plain);
   const dnnl::memory wb = p.reorder_if_needed(w_mem, fwd_pd.weights_desc(), false);
-  const dnnl::memory y_out = p.alloc(y_out_md);
-  p.forward(p.make<dnnl::convolution_forward>(fwd_pd), {{DNNL_ARG_SRC, xb},
-                                                        {DNNL_ARG_WEIGHTS, wb},
-                                                        {DNNL_ARG_BIAS, p.param(bias.offset, b_md)},
-                                                        {DNNL_ARG_DST, y_out}});
-  const bool add_into = residual >= 0 && residual_spent && residual != x && p.desc(residual) == activation_desc(ys);
-  fused = add_into;
-  const ValueId y = add_into ? p.overwrite(residual, true) : p.new_value(activation_desc(ys), true);
-  p.copy(y_out, p.data(y), false, /*accumulate=*/add_into);
+  const bool has_residual = residual >= 0 && residual != x && p.desc(residual) == activation_desc(ys);
+  bool add_into = false;  // channels-last: the reorder adds into the spent residual
+  dnnl::convolution_forward::primitive_desc run_pd = fwd_pd;
+  if (blocked && has_residual) {
+    dnnl::post_ops ops;
+    ops.append_binary(algorithm::binary_add, y_out_md);
+    dnnl::primitive_attr add_attr = user_scratchpad_attr();
+    add_attr.set_post_ops(ops);
+    dnnl::convolution_forward::primitive_desc pd(
+        dnnl::convolution_forward::desc(prop_kind::forward_training, algorithm::convolution_direct, xb_md, wb_any,
+                                        b_md, y_out_md, strides, pads, pads_end),
+        add_attr, p.engine(), /*allow_empty=*/true);
+    if (pd && !is_reference(pd.impl_info_str()) && pd.weights_desc() == fwd_pd.weights_desc()) {
+      run_pd = pd;
+      fused = true;
+    }
+  }
+  if (!blocked) add_into = has_residual && residual_spent;
+  fused = fused || add_into;
+  const bool post_op = blocked && fused;
+  ValueId y;
+  if (blocked) {
+    y = p.new_value(y_out_md, true);
+    Args args{{DNNL_ARG_SRC, xb},
+              {DNNL_ARG_WEIGHTS, wb},
+              {DNNL_ARG_BIAS, p.param(bias.offset, b_md)},
+              {DNNL_ARG_DST, p.data(y)}};
+    if (post_op) args[DNNL_ARG_ATTR_MULTIPLE_POST_OP(0) | DNNL_ARG_SRC_1] = p.data(residual);
+    p.forward(p.make<dnnl::convolution_forward>(run_pd), std::move(args));
+  } else {
+    const dnnl::memory y_out = p.alloc(y_out_md);
+    p.forward(p.make<dnnl::convolution_forward>(fwd_pd), {{DNNL_ARG_SRC, xb},
+                                                          {DNNL_ARG_WEIGHTS, wb},
+                                                          {DNNL_ARG_BIAS, p.param(bias.offset, b_md)},
+                                                          {DNNL_ARG_DST, y_out}});
+    y = add_into ? p.overwrite(residual, true) : p.new_value(activation_desc(ys), true);
+    p.copy(y_out, p.data(y), false, /*accumulate=*/add_into);
+  }
 
   p.on_backward([=](Program& p) {
     // The residual's gradient is dy itself (see conv2d_impl).
-    if (add_into && p.needs_grad(residual) && !p.share_grad(residual, y)) p.contribute(residual, p.grad(y));
+    if (fused && p.needs_grad(residual) && !p.share_grad(residual, y)) p.contribute(residual, p.grad(y));
     const dnnl::memory dyb = p.reorder_if_needed(p.grad(y), yb_md, true);
     if (p.needs_grad(x)) {
       dnnl::convolution_backward_data::primitive_desc pd(
@@ -173,10 +251,17 @@ std::optional<ValueId> conv2d_bf16(Program& p, ValueId x, const ParamRef& weight
           attr, p.engine(), fwd_pd);
       const dnnl::memory w_bwd =
           pd.weights_desc() == wb.get_desc() ? wb : p.reorder_if_needed(w_mem, pd.weights_desc(), true);
-      const dnnl::memory dx = p.alloc(x_grad_md);
-      p.backward(p.make<dnnl::convolution_backward_data>(pd),
-                 {{DNNL_ARG_DIFF_DST, dyb}, {DNNL_ARG_WEIGHTS, w_bwd}, {DNNL_ARG_DIFF_SRC, dx}});
-      p.contribute(x, dx);
+      if (x_grad_md == p.grad_desc(x)) {
+        const GradSink s = p.sink(x);
+        p.backward(p.make<dnnl::convolution_backward_data>(pd),
+                   {{DNNL_ARG_DIFF_DST, dyb}, {DNNL_ARG_WEIGHTS, w_bwd}, {DNNL_ARG_DIFF_SRC, s.memory}});
+        p.commit(s);
+      } else {
+        const dnnl::memory dx = p.alloc(x_grad_md);
+        p.backward(p.make<dnnl::convolution_backward_data>(pd),
+                   {{DNNL_ARG_DIFF_DST, dyb}, {DNNL_ARG_WEIGHTS, w_bwd}, {DNNL_ARG_DIFF_SRC, dx}});
+        p.contribute(x, dx);
+      }
     }
     append_conv_weight_grads(p, fwd_pd, xb, dyb, weight, bias, strides, pads, pads_end);
   });
@@ -184,6 +269,18 @@ std::optional<ValueId> conv2d_bf16(Program& p, ValueId x, const ParamRef& weight
 }
 
 }  // namespace
+
+dnnl::memory::desc conv2d_input_desc(const Program& p, const dims& xs, const ParamRef& weight, int64_t stride,
+                                     int64_t padding, int64_t padding_end) {
+  if (xs.size() != 4 || weight.shape.size() != 4 || weight.shape[1] != xs[1]) return {};
+  if (padding_end < 0) padding_end = padding;
+  const int64_t k = weight.shape[2];
+  const dims ys{xs[0], weight.shape[0], (xs[2] + padding + padding_end - k) / stride + 1,
+                (xs[3] + padding + padding_end - k) / stride + 1};
+  const auto found = bf16_conv(p, xs, weight.shape, ys, {stride, stride}, {padding, padding}, {padding_end, padding_end});
+  if (!found) return {};
+  return dnnl::memory::desc(xs, dnnl::memory::data_type::bf16, found->layout);
+}
 
 namespace {
 
@@ -203,11 +300,9 @@ ValueId conv2d_impl(Program& p, ValueId x, const ParamRef& weight, const ParamRe
   const int64_t co = weight.shape[0], k = weight.shape[2];
   const int64_t ho = (xs[2] + padding + padding_end - k) / stride + 1;
   const int64_t wo = (xs[3] + padding + padding_end - k) / stride + 1;
-  if (p.precision() == Precision::bf16 && xs[1] % 16 == 0 && co % 16 == 0) {
-    if (auto y = conv2d_bf16(p, x, weight, bias, {xs[0], co, ho, wo}, {stride, stride}, {padding, padding},
-                             {padding_end, padding_end}, residual, residual_spent, fused))
-      return *y;
-  }
+  if (auto y = conv2d_bf16(p, x, weight, bias, {xs[0], co, ho, wo}, {stride, stride}, {padding, padding},
+                           {padding_end, padding_end}, residual, residual_spent, fused))
+    return *y;
   auto y_md = activation_desc({xs[0], co, ho, wo});
   const auto w_plain = plain_f32(weight.shape);
   const dnnl::memory::desc w_any(weight.shape, dt::f32, tag::any);
@@ -224,8 +319,10 @@ ValueId conv2d_impl(Program& p, ValueId x, const ParamRef& weight, const ParamRe
   // The convolution runs on the activations' layout unless that mix of
   // layouts (e.g. a blocked input and a few-channel plain output) only has a
   // reference kernel: then on plain tensors.
-  auto x_md = p.desc(x);
-  dnnl::memory x_mem = p.data(x);
+  // An input in another type (bf16 written for a bf16 convolution) is read
+  // in the activation layout, as its gradient is.
+  auto x_md = p.desc(x).data_type() == dt::f32 ? p.desc(x) : activation_desc(xs);
+  dnnl::memory x_mem = p.reorder_if_needed(p.data(x), x_md, false);
   auto fwd_pd = make_fwd(x_md, y_md);
   // A few-channel output of a blocked input (the last convolution) first
   // tries the blocked layout with its channels zero-padded to a block: the
@@ -301,7 +398,7 @@ ValueId conv2d_impl(Program& p, ValueId x, const ParamRef& weight, const ParamRe
       }
       const dnnl::memory w_bwd =
           pd.weights_desc() == w_fwd.get_desc() ? w_fwd : p.reorder_if_needed(w_mem, pd.weights_desc(), true);
-      if (dx_md == p.desc(x)) {
+      if (dx_md == p.grad_desc(x)) {
         const GradSink s = p.sink(x);
         p.backward(p.make<dnnl::convolution_backward_data>(pd),
                    {{DNNL_ARG_DIFF_DST, dy_data}, {DNNL_ARG_WEIGHTS, w_bwd}, {DNNL_ARG_DIFF_SRC, s.memory}});
@@ -694,7 +791,7 @@ std::optional<NormActivation> host_activation(std::optional<Activation> act) {
 // one step forward, one backward, nothing kept but the per-(n,c) mean and
 // rstd; the activation's input is recomputed in backward, never stored.
 ValueId group_norm_host(Program& p, ValueId x, const ParamRef& weight, const ParamRef& bias, GroupNormGeometry g,
-                        ValueId shift) {
+                        ValueId shift, const dnnl::memory::desc& out) {
   const Program::LayerScope layer(p, "group_norm");
   const auto x_md = p.desc(x);
   const int64_t nc = g.batch * g.channels;
@@ -702,7 +799,11 @@ ValueId group_norm_host(Program& p, ValueId x, const ParamRef& weight, const Par
   // [mean | rstd | the backward's per-(n,c) sums (2 N*C)], training only.
   const dnnl::memory numbers = p.training() ? p.alloc(plain_f32({4 * nc})) : dnnl::memory();
   // As the primitives' path marks it: an inference program's fused output needs no gradient.
-  const ValueId y = p.new_value(x_md, p.training() || g.act == NormActivation::none);
+  const bool grads = p.training() || g.act == NormActivation::none;
+  const dims xs = p.shape(x);
+  if (g.block == 16 && !out.is_zero() && out == dnnl::memory::desc(xs, dt::bf16, tag::nChw16c)) g.out = NormOutput::bf16;
+  if (g.block == 16 && !out.is_zero() && out == dnnl::memory::desc(xs, dt::bf16, tag::nhwc)) g.out = NormOutput::bf16_nhwc;
+  const ValueId y = g.out == NormOutput::f32 ? p.new_value(x_md, grads) : p.new_value(out, grads, x_md);
   Args args{{0, p.data(x)}, {1, p.data(y)}, {2, p.param(weight.offset, c_md)}, {3, p.param(bias.offset, c_md)}};
   if (numbers) args[4] = numbers;
   if (shift >= 0) args[5] = p.data(shift);
@@ -762,15 +863,15 @@ ValueId group_norm_host(Program& p, ValueId x, const ParamRef& weight, const Par
 // activations they lack as a separate step), else the primitives, whose
 // training programs keep the norm's output for the activation's backward.
 ValueId group_norm_any(Program& p, ValueId x, const ParamRef& weight, const ParamRef& bias, int64_t groups, float eps,
-                       std::optional<Activation> act, ValueId shift) {
+                       std::optional<Activation> act, ValueId shift, const dnnl::memory::desc& out = {}) {
   const dims xs = p.shape(x);
   require(xs.size() >= 2 && groups > 0 && xs[1] % groups == 0, "group_norm channels not divisible by groups");
   require(shift < 0 || p.shape(shift) == dims({xs[0], xs[1]}), "group_norm shift must be [N,C]");
   if (auto g = host_norm_geometry(p, p.desc(x), groups, eps)) {
     const std::optional<NormActivation> fused = host_activation(act);
     g->act = fused.value_or(NormActivation::none);
-    const ValueId y = group_norm_host(p, x, weight, bias, *g, shift);
-    return act && !fused ? activation(p, y, *act) : y;
+    if (act && !fused) return activation(p, group_norm_host(p, x, weight, bias, *g, shift, {}), *act);
+    return group_norm_host(p, x, weight, bias, *g, shift, out);
   }
   if (act && p.training()) return activation(p, group_norm_impl(p, x, weight, bias, groups, eps, std::nullopt, shift), *act);
   return group_norm_impl(p, x, weight, bias, groups, eps, act, shift);
@@ -785,14 +886,14 @@ ValueId group_norm(Program& p, ValueId x, const ParamRef& weight, const ParamRef
 }
 
 ValueId group_norm_act(Program& p, ValueId x, const ParamRef& weight, const ParamRef& bias, int64_t groups, float eps,
-                       Activation act) {
-  return group_norm_any(p, x, weight, bias, groups, eps, act, -1);
+                       Activation act, const dnnl::memory::desc& out) {
+  return group_norm_any(p, x, weight, bias, groups, eps, act, -1, out);
 }
 
 ValueId shifted_group_norm_act(Program& p, ValueId x, ValueId shift, const ParamRef& weight, const ParamRef& bias,
-                               int64_t groups, float eps, Activation act) {
+                               int64_t groups, float eps, Activation act, const dnnl::memory::desc& out) {
   require(p.shape(x).size() == 4, "shifted_group_norm_act shape mismatch");
-  return group_norm_any(p, x, weight, bias, groups, eps, act, shift);
+  return group_norm_any(p, x, weight, bias, groups, eps, act, shift, out);
 }
 
 ValueId group_norm_silu(Program& p, ValueId x, const ParamRef& weight, const ParamRef& bias, int64_t groups,

@@ -73,6 +73,12 @@ ValueId conv2d(Program& p, ValueId x, const ParamRef& weight, const ParamRef& bi
 // memory instead. The same result either way; backward gives the residual dy.
 ValueId conv2d_add(Program& p, ValueId x, const ParamRef& weight, const ParamRef& bias, ValueId residual,
                    int64_t stride, int64_t padding, bool residual_spent = false);
+// What conv2d reads x [N,Ci,H,W] in without converting it, for a convolution
+// with `weight` (the other arguments as conv2d's): bf16 channels-last where
+// the program runs that convolution in bf16; else an empty descriptor (the
+// f32 activation layout). A layer before it may write its output so.
+dnnl::memory::desc conv2d_input_desc(const Program& p, const dims& xs, const ParamRef& weight, int64_t stride,
+                                     int64_t padding, int64_t padding_end = -1);
 ValueId linear(Program& p, ValueId x, const ParamRef& weight, const ParamRef& bias);
 ValueId group_norm(Program& p, ValueId x, const ParamRef& weight, const ParamRef& bias, int64_t groups, float eps);
 // Whether group norms appended from now on run as host kernels on CPU
@@ -84,14 +90,17 @@ ValueId silu(Program& p, ValueId x);
 ValueId activation(Program& p, ValueId x, Activation act);
 ValueId group_norm_silu(Program& p, ValueId x, const ParamRef& weight, const ParamRef& bias, int64_t groups,
                         float eps);
+// `out`: the layout and type the output should have (conv2d_input_desc of the
+// convolution it feeds); the host kernels write a bf16 channels-last one
+// directly (its gradient stays f32 in x's layout), elsewhere it is ignored.
 ValueId group_norm_act(Program& p, ValueId x, const ParamRef& weight, const ParamRef& bias, int64_t groups, float eps,
-                       Activation act);
+                       Activation act, const dnnl::memory::desc& out = {});
 // group_norm_act(add_channel_bias(x, shift)), shift [N,C], without the sum
 // ever written: a per-(n,c) constant only moves that channel's mean, which the
 // group norm's statistics step takes in. The same result to float rounding;
 // backward: d x as through the sum, d shift the sums of d x over H, W.
 ValueId shifted_group_norm_act(Program& p, ValueId x, ValueId shift, const ParamRef& weight, const ParamRef& bias,
-                               int64_t groups, float eps, Activation act);
+                               int64_t groups, float eps, Activation act, const dnnl::memory::desc& out = {});
 ValueId affine(Program& p, ValueId x, float alpha, float beta);
 ValueId add(Program& p, ValueId a, ValueId b);
 ValueId add_channel_bias(Program& p, ValueId x, ValueId bias);

@@ -8,6 +8,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <cstdint>
 #include <cstring>
 #include <random>
 #include <stdexcept>
@@ -223,6 +224,43 @@ TEST_CASE("host group norm: bitwise the same for any thread count, buffer alignm
       CHECK(std::memcmp(first.data(), other.data(), first.size() * sizeof(float)) == 0);
     }
   }
+}
+
+TEST_CASE("host group norm: the bf16 outputs are the f32 output rounded to nearest even") {
+  for (const NormOutput out : {NormOutput::bf16, NormOutput::bf16_nhwc}) {
+    for (const NormActivation a : {NormActivation::none, NormActivation::silu}) {
+      CAPTURE(static_cast<int>(out));
+      CAPTURE(static_cast<int>(a));
+      GroupNormGeometry g = geometry(3, 48, 11, 16, 6, a);
+      const Case k(g, true, 17);
+      const size_t count = k.x.size(), nc = static_cast<size_t>(g.batch * g.channels);
+      std::vector<float> y(count), mean(nc), rstd(nc), mean_b(nc), rstd_b(nc);
+      std::vector<uint16_t> yb(count);
+      group_norm_forward(g, k.x.data(), k.shift.data(), k.gamma.data(), k.beta.data(), y.data(), mean.data(),
+                         rstd.data());
+      g.out = out;
+      group_norm_forward(g, k.x.data(), k.shift.data(), k.gamma.data(), k.beta.data(), yb.data(), mean_b.data(),
+                         rstd_b.data());
+      CHECK(mean == mean_b);
+      CHECK(rstd == rstd_b);
+      size_t wrong = 0;
+      for (int64_t n = 0; n < g.batch; ++n) {
+        for (int64_t c = 0; c < g.channels; ++c) {
+          for (int64_t s = 0; s < g.spatial; ++s) {
+            uint32_t bits;
+            std::memcpy(&bits, &y[offset(g, n, c, s)], sizeof bits);
+            const uint32_t nearest_even = (bits + 0x7FFFu + ((bits >> 16) & 1u)) >> 16;
+            const int64_t at = out == NormOutput::bf16 ? offset(g, n, c, s) : (n * g.spatial + s) * g.channels + c;
+            if (yb[static_cast<size_t>(at)] != nearest_even) ++wrong;
+          }
+        }
+      }
+      CHECK(wrong == 0);
+    }
+  }
+  GroupNormGeometry plain = geometry(1, 48, 4, 1, 6, NormActivation::none);
+  plain.out = NormOutput::bf16;
+  CHECK_FALSE(group_norm_geometry_ok(plain));  // bf16 outputs from nChw16c inputs only
 }
 
 TEST_CASE("host group norm: a geometry it cannot take is refused, not computed wrongly") {

@@ -357,6 +357,41 @@ TEST_CASE("conv2d_add is one primitive fewer with the result of conv2d then add 
   }
 }
 
+TEST_CASE("a group norm writing a bf16 convolution's input directly: the same values, one conversion fewer") {
+  const bool bf16_native = native_bf16(dnnl::engine(dnnl::engine::kind::cpu, 0));
+  if (!bf16_native) MESSAGE("bf16 is not native on this CPU: both programs run f32");
+  auto build = [](bool direct) {
+    auto harness = std::make_unique<LayerHarness>(2 * 32 + 32 * 32 * 9 + 32, Precision::bf16);
+    LayerHarness& h = *harness;
+    const ValueId x = h.input(activation_desc({2, 32, 5, 5}));
+    const ValueId shift = h.input({2, 32});
+    const ParamRef gamma = h.param({32}), beta = h.param({32});
+    const ParamRef w = h.param({32, 32, 3, 3}), b = h.param({32});
+    const dnnl::memory::desc out = direct ? conv2d_input_desc(h.p(), {2, 32, 5, 5}, w, 1, 1) : dnnl::memory::desc();
+    const ValueId normed = shifted_group_norm_act(h.p(), x, shift, gamma, beta, 8, 1e-5f, Activation::silu, out);
+    const ValueId y = conv2d(h.p(), normed, w, b, 1, 1);
+    h.finish(y);
+    return std::make_pair(std::move(harness), std::make_pair(normed, y));
+  };
+  auto [direct, direct_ids] = build(true);
+  auto [plain, plain_ids] = build(false);
+  CHECK(direct->p().desc(direct_ids.first).data_type() ==
+        (bf16_native ? dnnl::memory::data_type::bf16 : dnnl::memory::data_type::f32));
+  CHECK(direct->p().forward_steps() + (bf16_native ? 1 : 0) == plain->p().forward_steps());
+  direct->backward();
+  plain->backward();
+  const auto values = [](const dnnl::memory& m) {
+    const float* f = static_cast<const float*>(m.get_data_handle());
+    return std::vector<float>(f, f + m.get_desc().get_size() / sizeof(float));
+  };
+  // The convolution reads the same bf16 numbers either way (the kernel rounds
+  // as the conversion does), so everything downstream is bitwise the same.
+  CHECK(values(direct->p().data(direct_ids.second)) == values(plain->p().data(plain_ids.second)));
+  CHECK(values(direct->p().grad_staging()) == values(plain->p().grad_staging()));
+  CHECK(values(direct->p().grad(0)) == values(plain->p().grad(0)));
+  CHECK(values(direct->p().grad(1)) == values(plain->p().grad(1)));
+}
+
 TEST_CASE("time-embedding channel bias add gradients match finite differences") {
   LayerHarness h(0);
   const ValueId x = h.input({2, 3, 4, 4});
