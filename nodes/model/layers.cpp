@@ -119,6 +119,23 @@ void append_conv_weight_grads(Program& p, const dnnl::convolution_forward::primi
   if (!same) p.copy(dw, dw_plain, true);
 }
 
+// Appends the backward-data convolution `pd` (reading dy and the weights w)
+// and hands its result to x's gradient: written there directly when the
+// layouts agree, else through a temporary.
+void append_conv_input_grad(Program& p, const dnnl::convolution_backward_data::primitive_desc& pd, ValueId x,
+                            const dnnl::memory& dy, const dnnl::memory& w) {
+  const dnnl::memory::desc dx_md = pd.diff_src_desc();
+  const GradSink s = dx_md == p.grad_desc(x) ? p.sink(x) : GradSink{};
+  const dnnl::memory dx = s.memory ? s.memory : p.alloc(dx_md);
+  p.backward(p.make<dnnl::convolution_backward_data>(pd),
+             {{DNNL_ARG_DIFF_DST, dy}, {DNNL_ARG_WEIGHTS, w}, {DNNL_ARG_DIFF_SRC, dx}});
+  if (s.memory) {
+    p.commit(s);
+  } else {
+    p.contribute(x, dx);
+  }
+}
+
 // A bf16 convolution's forward descriptor and the layout of its input and
 // output: channels-last where oneDNN runs it on AMX (which only that layout
 // has), else channel-blocked nChw16c where the jit kernels take it forward
@@ -251,17 +268,7 @@ std::optional<ValueId> conv2d_bf16(Program& p, ValueId x, const ParamRef& weight
           attr, p.engine(), fwd_pd);
       const dnnl::memory w_bwd =
           pd.weights_desc() == wb.get_desc() ? wb : p.reorder_if_needed(w_mem, pd.weights_desc(), true);
-      if (x_grad_md == p.grad_desc(x)) {
-        const GradSink s = p.sink(x);
-        p.backward(p.make<dnnl::convolution_backward_data>(pd),
-                   {{DNNL_ARG_DIFF_DST, dyb}, {DNNL_ARG_WEIGHTS, w_bwd}, {DNNL_ARG_DIFF_SRC, s.memory}});
-        p.commit(s);
-      } else {
-        const dnnl::memory dx = p.alloc(x_grad_md);
-        p.backward(p.make<dnnl::convolution_backward_data>(pd),
-                   {{DNNL_ARG_DIFF_DST, dyb}, {DNNL_ARG_WEIGHTS, w_bwd}, {DNNL_ARG_DIFF_SRC, dx}});
-        p.contribute(x, dx);
-      }
+      append_conv_input_grad(p, pd, x, dyb, w_bwd);
     }
     append_conv_weight_grads(p, fwd_pd, xb, dyb, weight, bias, strides, pads, pads_end);
   });
@@ -398,17 +405,7 @@ ValueId conv2d_impl(Program& p, ValueId x, const ParamRef& weight, const ParamRe
       }
       const dnnl::memory w_bwd =
           pd.weights_desc() == w_fwd.get_desc() ? w_fwd : p.reorder_if_needed(w_mem, pd.weights_desc(), true);
-      if (dx_md == p.grad_desc(x)) {
-        const GradSink s = p.sink(x);
-        p.backward(p.make<dnnl::convolution_backward_data>(pd),
-                   {{DNNL_ARG_DIFF_DST, dy_data}, {DNNL_ARG_WEIGHTS, w_bwd}, {DNNL_ARG_DIFF_SRC, s.memory}});
-        p.commit(s);
-      } else {
-        const dnnl::memory dx = p.alloc(dx_md);
-        p.backward(p.make<dnnl::convolution_backward_data>(pd),
-                   {{DNNL_ARG_DIFF_DST, dy_data}, {DNNL_ARG_WEIGHTS, w_bwd}, {DNNL_ARG_DIFF_SRC, dx}});
-        p.contribute(x, dx);
-      }
+      append_conv_input_grad(p, pd, x, dy_data, w_bwd);
     }
     append_conv_weight_grads(p, fwd_pd, x_mem, dy, weight, bias, strides, pads, pads_end);
   });
