@@ -2,6 +2,10 @@
 
 #include <omp.h>
 
+#if defined(__GNUC__) && defined(__x86_64__)
+#include <immintrin.h>
+#endif
+
 #include <algorithm>
 #include <cmath>
 #include <cstring>
@@ -153,6 +157,38 @@ DIFFUFLOW_INLINE uint16_t to_bf16(float v) {
   return static_cast<uint16_t>(v != v ? (u >> 16) | 0x40u : rounded);
 }
 
+// n floats to bf16: with the CPU's own instruction where it has one
+// (AVX512-BF16, the CPUs a bf16 convolution runs on; it rounds to nearest
+// even and reads denormals as zero, as oneDNN's conversion does there), else
+// with to_bf16.
+#if defined(__GNUC__) && defined(__x86_64__)
+__attribute__((target("avx512f,avx512bf16"))) void to_bf16_native(const float* v, uint16_t* y, int64_t n) {
+  int64_t i = 0;
+  for (; i + 16 <= n; i += 16) {
+    _mm256_storeu_si256(reinterpret_cast<__m256i*>(y + i), (__m256i)_mm512_cvtneps_pbh(_mm512_loadu_ps(v + i)));
+  }
+  if (i < n) {
+    const __mmask16 tail = static_cast<__mmask16>((1u << (n - i)) - 1u);
+    alignas(32) uint16_t rest[16];
+    _mm256_store_si256(reinterpret_cast<__m256i*>(rest), (__m256i)_mm512_cvtneps_pbh(_mm512_maskz_loadu_ps(tail, v + i)));
+    std::copy(rest, rest + (n - i), y + i);
+  }
+}
+#endif
+
+void to_bf16_portable(const float* v, uint16_t* y, int64_t n) {
+  for (int64_t i = 0; i < n; ++i) y[i] = to_bf16(v[i]);
+}
+
+using Bf16Convert = void (*)(const float*, uint16_t*, int64_t);
+
+Bf16Convert bf16_converter() {
+#if defined(__GNUC__) && defined(__x86_64__)
+  if (__builtin_cpu_supports("avx512bf16")) return to_bf16_native;
+#endif
+  return to_bf16_portable;
+}
+
 // A piece's `blocks` blocks of 16 channels (block k at x + k * 16 * S) into
 // y channels-last, position by position: y[i * stride + k * 16 + l] =
 // bf16(act(x * a + b)), so each position's channels are written in one run.
@@ -166,7 +202,7 @@ DIFFUFLOW_INLINE void run_apply_bf16(const float* x, uint16_t* y, int64_t stride
       const float* xk = x + k * L * S + i * L;
       const float* ak = a + k * L;
       const float* bk = b + k * L;
-      float v[L];
+      alignas(64) float v[L];
 #pragma omp simd
       for (int l = 0; l < L; ++l) v[l] = activate<A>(std::fma(xk[l], ak[l], bk[l]));
       uint16_t* yk = y + i * stride + k * L;
@@ -292,6 +328,7 @@ struct PieceScratch {
   std::vector<float> coef;  // 5 x width
   std::vector<float> grad;  // width x S: the norm's output gradient (with an activation)
   std::vector<float> dx;    // width x S: dx when only d shift is wanted
+  std::vector<float> out;   // lanes x S: one block's f32 output before its bf16 conversion
   PieceScratch(const Plan& plan, int64_t spatial, bool backward)
       : acc(4 * static_cast<size_t>(plan.width)), coef(5 * static_cast<size_t>(plan.width)) {
     if (backward) grad.resize(static_cast<size_t>(plan.width * spatial));
@@ -302,6 +339,7 @@ struct ForwardArgs {
   const float *x, *shift, *gamma, *beta;
   void* y;
   float *mean, *rstd;
+  Bf16Convert convert;
 };
 
 template <int B, NormActivation A>
@@ -343,7 +381,10 @@ DIFFUFLOW_INLINE void forward_piece_t(const GroupNormGeometry& g, const Plan& pl
   for (int64_t k = 0; k < blocks; ++k) {
     const int64_t at = block_offset(g, plan, n, c0, k);
     if (g.out == NormOutput::bf16) {
-      run_apply_bf16<A>(f.x + at, static_cast<uint16_t*>(f.y) + at, 16, 1, S, a + k * L, b + k * L);
+      // f32 into the thread's scratch (still in cache), then one conversion
+      // of the block, which is contiguous in both layouts.
+      run_apply<B, A>(f.x + at, scratch.out.data(), S, L, a + k * L, b + k * L);
+      f.convert(scratch.out.data(), static_cast<uint16_t*>(f.y) + at, L * S);
     } else {
       run_apply<B, A>(f.x + at, static_cast<float*>(f.y) + at, S, L, a + k * L, b + k * L);
     }
@@ -501,11 +542,13 @@ void group_norm_forward(const GroupNormGeometry& g, const float* x, const float*
                         const float* beta, void* y, float* mean, float* rstd) {
   require_geometry(g);
   const Plan plan(g);
-  const ForwardArgs f{x, shift, gamma, beta, y, mean, rstd};
+  static const Bf16Convert convert = bf16_converter();
+  const ForwardArgs f{x, shift, gamma, beta, y, mean, rstd, convert};
   const int64_t pieces = plan.pieces(g);
 #pragma omp parallel
   {
     PieceScratch scratch(plan, g.spatial, false);
+    if (g.out == NormOutput::bf16) scratch.out.resize(static_cast<size_t>(plan.lanes * g.spatial));
 #pragma omp for schedule(static)
     for (int64_t i = 0; i < pieces; ++i) group_norm_forward_piece(g, plan, i, f, scratch);
   }

@@ -39,7 +39,9 @@ struct GroupNormGeometry {
   NormActivation act = NormActivation::none;
   // The forward's y: f32 in x's layout, or, for the bf16 convolution it
   // feeds and from nChw16c inputs only (block 16), bf16 rounded to nearest
-  // even in x's layout or channels-last ([N, S, C]).
+  // even in x's layout or channels-last ([N, S, C]). In x's layout the
+  // rounding is the CPU's AVX512-BF16 instruction where it has one, which
+  // reads denormals as zero, as oneDNN's own conversion does there.
   NormOutput out = NormOutput::f32;
 };
 
