@@ -777,6 +777,12 @@ std::optional<GroupNormGeometry> host_norm_geometry(const Program& p, const dnnl
   return g;
 }
 
+// The f32 data of a host step's argument `key`, or null when it has none.
+float* host_arg(const Args& args, int key) {
+  const auto it = args.find(key);
+  return it == args.end() ? nullptr : static_cast<float*>(it->second.get_data_handle());
+}
+
 std::optional<NormActivation> host_activation(std::optional<Activation> act) {
   if (!act) return NormActivation::none;
   if (*act == Activation::silu) return NormActivation::silu;
@@ -806,13 +812,10 @@ ValueId group_norm_host(Program& p, ValueId x, const ParamRef& weight, const Par
   if (shift >= 0) args[5] = p.data(shift);
   p.host_forward(
       [g](const Args& args) {
-        auto ptr = [&](int key) -> float* {
-          const auto it = args.find(key);
-          return it == args.end() ? nullptr : static_cast<float*>(it->second.get_data_handle());
-        };
-        float* numbers = ptr(4);
+        float* numbers = host_arg(args, 4);
         const int64_t nc = g.batch * g.channels;
-        group_norm_forward(g, ptr(0), ptr(5), ptr(2), ptr(3), ptr(1), numbers, numbers ? numbers + nc : nullptr);
+        group_norm_forward(g, host_arg(args, 0), host_arg(args, 5), host_arg(args, 2), host_arg(args, 3),
+                           host_arg(args, 1), numbers, numbers ? numbers + nc : nullptr);
       },
       std::move(args), static_cast<double>(nc * g.spatial));
   if (!p.training()) return y;
@@ -839,14 +842,11 @@ ValueId group_norm_host(Program& p, ValueId x, const ParamRef& weight, const Par
     const bool dx_add = dx.add_into, dshift_add = dshift.add_into;
     p.host_backward(
         [g, dx_add, dshift_add](const Args& args) {
-          auto ptr = [&](int key) -> float* {
-            const auto it = args.find(key);
-            return it == args.end() ? nullptr : static_cast<float*>(it->second.get_data_handle());
-          };
-          float* numbers = ptr(4);
+          float* numbers = host_arg(args, 4);
           const int64_t nc = g.batch * g.channels;
-          group_norm_backward(g, ptr(0), ptr(1), ptr(2), ptr(3), numbers, numbers + nc, ptr(5), dx_add, ptr(6),
-                              dshift_add, ptr(7), ptr(8), numbers + 2 * nc);
+          group_norm_backward(g, host_arg(args, 0), host_arg(args, 1), host_arg(args, 2), host_arg(args, 3), numbers,
+                              numbers + nc, host_arg(args, 5), dx_add, host_arg(args, 6), dshift_add,
+                              host_arg(args, 7), host_arg(args, 8), numbers + 2 * nc);
         },
         std::move(args), static_cast<double>(nc * g.spatial));
     if (want_x) p.commit(dx);
