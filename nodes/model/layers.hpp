@@ -67,16 +67,18 @@ ValueId conv2d(Program& p, ValueId x, const ParamRef& weight, const ParamRef& bi
                int64_t padding_end = -1);
 // residual + conv2d(x), residual [N,Co,Ho,Wo]: the add done by the
 // convolution as it writes its output where oneDNN has a fast kernel for it
-// (f32), else a separate add. bf16 convolutions write channels-last; with
-// `residual_spent` (no later step, forward or backward, reads the residual's
-// data) the reorder into the activation layout adds into the residual's
-// memory instead. The same result either way; backward gives the residual dy.
+// (f32, and bf16 in the channel-blocked layout), else a separate add. bf16
+// convolutions on AMX write channels-last; with `residual_spent` (no later
+// step, forward or backward, reads the residual's data) the reorder into the
+// activation layout adds into the residual's memory instead. The same result
+// either way; backward gives the residual dy.
 ValueId conv2d_add(Program& p, ValueId x, const ParamRef& weight, const ParamRef& bias, ValueId residual,
                    int64_t stride, int64_t padding, bool residual_spent = false);
 // What conv2d reads x [N,Ci,H,W] in without converting it, for a convolution
-// with `weight` (the other arguments as conv2d's): bf16 channels-last where
-// the program runs that convolution in bf16; else an empty descriptor (the
-// f32 activation layout). A layer before it may write its output so.
+// with `weight` (the other arguments as conv2d's): bf16 in the layout that
+// convolution runs in (channels-last on AMX, else nChw16c) where the program
+// runs it in bf16; else an empty descriptor (the f32 activation layout). A
+// layer before it may write its output so.
 dnnl::memory::desc conv2d_input_desc(const Program& p, const dims& xs, const ParamRef& weight, int64_t stride,
                                      int64_t padding, int64_t padding_end = -1);
 ValueId linear(Program& p, ValueId x, const ParamRef& weight, const ParamRef& bias);
@@ -91,8 +93,9 @@ ValueId activation(Program& p, ValueId x, Activation act);
 ValueId group_norm_silu(Program& p, ValueId x, const ParamRef& weight, const ParamRef& bias, int64_t groups,
                         float eps);
 // `out`: the layout and type the output should have (conv2d_input_desc of the
-// convolution it feeds); the host kernels write a bf16 channels-last one
-// directly (its gradient stays f32 in x's layout), elsewhere it is ignored.
+// convolution it feeds); the host kernels write such a bf16 output directly
+// from an nChw16c input (its gradient stays f32 in x's layout); otherwise it
+// is ignored and the output is f32 in x's layout.
 ValueId group_norm_act(Program& p, ValueId x, const ParamRef& weight, const ParamRef& bias, int64_t groups, float eps,
                        Activation act, const dnnl::memory::desc& out = {});
 // group_norm_act(add_channel_bias(x, shift)), shift [N,C], without the sum
