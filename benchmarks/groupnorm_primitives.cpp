@@ -1,17 +1,13 @@
 // The oneDNN primitives a GroupNorm can be made of, timed one at a time on
 // unet-s's activation shapes (batch 64, f32, nChw16c, the [1, N*C, H, W]
-// view the group norm uses), against a plain copy of the same tensor, and
-// diffuflow's host kernels (compute/group_norm_kernel.hpp, 32 groups):
+// view the group norm uses), against a plain copy of the same tensor:
 //
 //   OMP_NUM_THREADS=2 OMP_WAIT_POLICY=passive ./build/groupnorm_primitives
 //
-// (built with the tests; alone: g++ -O3 -std=c++17 -fopenmp -fno-trapping-math -ffp-contract=off -I.
-//  benchmarks/groupnorm_primitives.cpp compute/group_norm_kernel.cpp -ldnnl)
+// (built with the tests; alone: g++ -O2 -std=c++17 benchmarks/groupnorm_primitives.cpp -ldnnl)
 //
 // Prints, per shape, the median of 15 runs in ms and each primitive's
 // implementation (a "ref" implementation is oneDNN's slow reference code).
-#include "compute/group_norm_kernel.hpp"
-
 #include <dnnl.hpp>
 
 #include <algorithm>
@@ -110,29 +106,6 @@ int main() {
                                {DNNL_ARG_SCALE, scale}, {DNNL_ARG_SHIFT, shift}});
            }, s),
            apply_pd.impl_info_str());
-
-    diffuflow::GroupNormGeometry g;
-    g.batch = shape[0];
-    g.channels = shape[1];
-    g.spatial = shape[2] * shape[3];
-    g.block = 16;
-    g.groups = 32;
-    memory dx(x_md, e), work(memory::desc({2 * nc}, dt::f32, tag::x), e);
-    memory dgamma(memory::desc({shape[1]}, dt::f32, tag::x), e), dbeta(dgamma.get_desc(), e);
-    auto f = [](memory& m) { return static_cast<float*>(m.get_data_handle()); };
-    for (const auto act : {diffuflow::NormActivation::none, diffuflow::NormActivation::silu}) {
-      g.act = act;
-      const bool silu = act == diffuflow::NormActivation::silu;
-      report(silu ? "host kernel forward, SiLU" : "host kernel forward",
-             median_ms([&] { diffuflow::group_norm_forward(g, f(x), nullptr, f(scale), f(shift), f(y), f(mean), f(var)); }, s),
-             "diffuflow");
-      report(silu ? "host kernel backward, SiLU" : "host kernel backward",
-             median_ms([&] {
-               diffuflow::group_norm_backward(g, f(x), f(y), f(scale), f(shift), f(mean), f(var), f(dx), false, nullptr,
-                                              false, f(dgamma), f(dbeta), f(work));
-             }, s),
-             "diffuflow");
-    }
   }
   return 0;
 }

@@ -25,14 +25,8 @@ Program::Program(const dnnl::engine& engine, PrimitiveCache& cache, dnnl::memory
 }
 
 ValueId Program::new_value(const dnnl::memory::desc& desc, bool needs_grad) {
-  return new_value(desc, needs_grad, desc);
-}
-
-ValueId Program::new_value(const dnnl::memory::desc& desc, bool needs_grad, const dnnl::memory::desc& grad_desc) {
-  if (grad_desc.dims() != desc.dims()) throw std::logic_error("model program: a gradient of another shape than its value");
   Value v;
   v.desc = desc;
-  v.grad_desc = grad_desc;
   v.data = owned(desc, false);
   v.needs_grad = needs_grad;
   // A value created before any layer is an input, filled from outside.
@@ -44,7 +38,6 @@ ValueId Program::new_value(const dnnl::memory::desc& desc, bool needs_grad, cons
 ValueId Program::overwrite(ValueId v, bool needs_grad) {
   Value value;
   value.desc = values_.at(v).desc;
-  value.grad_desc = values_.at(v).grad_desc;
   value.data = values_.at(v).data;
   value.needs_grad = needs_grad;
   value.pinned = values_.at(v).pinned;
@@ -71,19 +64,19 @@ dnnl::memory Program::param_grad(int64_t offset, const dnnl::memory::desc& desc)
 }
 
 void Program::forward(dnnl::primitive primitive, Args args) {
-  forward_.push_back({std::move(primitive), std::move(args), {}, 0, layer_ ? layer_ : "other"});
+  forward_.push_back({std::move(primitive), std::move(args), {}, layer_ ? layer_ : "other"});
 }
 
 void Program::backward(dnnl::primitive primitive, Args args) {
-  backward_.push_back({std::move(primitive), std::move(args), {}, 0, layer_ ? layer_ : "other"});
+  backward_.push_back({std::move(primitive), std::move(args), {}, layer_ ? layer_ : "other"});
 }
 
-void Program::host_forward(HostFn fn, Args args, double flops) {
-  forward_.push_back({dnnl::primitive(), std::move(args), std::move(fn), flops, layer_ ? layer_ : "other"});
+void Program::host_forward(HostFn fn, Args args) {
+  forward_.push_back({dnnl::primitive(), std::move(args), std::move(fn), layer_ ? layer_ : "other"});
 }
 
-void Program::host_backward(HostFn fn, Args args, double flops) {
-  backward_.push_back({dnnl::primitive(), std::move(args), std::move(fn), flops, layer_ ? layer_ : "other"});
+void Program::host_backward(HostFn fn, Args args) {
+  backward_.push_back({dnnl::primitive(), std::move(args), std::move(fn), layer_ ? layer_ : "other"});
 }
 
 void Program::copy(const dnnl::memory& src, const dnnl::memory& dst, bool in_backward, bool accumulate) {
@@ -121,14 +114,14 @@ GradSink Program::sink(ValueId v, bool writer_adds) {
   Value& value = values_.at(v);
   GradSink s;
   s.value = v;
-  if (!value.grad) value.grad = owned(value.grad_desc, false);
+  if (!value.grad) value.grad = owned(value.desc, false);
   if (value.contributions == 0) {
     s.memory = value.grad;
   } else if (writer_adds) {
     s.memory = value.grad;
     s.add_into = true;
   } else {
-    s.memory = alloc(value.grad_desc);
+    s.memory = alloc(value.desc);
     s.accumulate = true;
   }
   return s;
@@ -142,11 +135,11 @@ void Program::commit(const GradSink& s) {
 
 void Program::contribute(ValueId v, const dnnl::memory& src) {
   Value& value = values_.at(v);
-  if (!value.grad) value.grad = owned(value.grad_desc, false);
+  if (!value.grad) value.grad = owned(value.desc, false);
   // A source with another (equal-sized) shape writes the gradient seen as a
   // plain tensor of that shape, e.g. [N,S,h,d] for a [N,S,C] value.
   const dims src_dims = src.get_desc().dims();
-  const dnnl::memory dst = src_dims == value.grad_desc.dims() ? value.grad : view(value.grad, plain_f32(src_dims));
+  const dnnl::memory dst = src_dims == value.desc.dims() ? value.grad : view(value.grad, plain_f32(src_dims));
   copy(src, dst, true, value.contributions > 0);
   ++value.contributions;
 }
@@ -154,8 +147,7 @@ void Program::contribute(ValueId v, const dnnl::memory& src) {
 bool Program::share_grad(ValueId v, ValueId from) {
   Value& value = values_.at(v);
   const Value& source = values_.at(from);
-  if (v == from || value.contributions > 0 || value.grad || source.contributions == 0 ||
-      !(value.grad_desc == source.grad_desc))
+  if (v == from || value.contributions > 0 || value.grad || source.contributions == 0 || !(value.desc == source.desc))
     return false;
   value.grad = source.grad;
   ++value.contributions;
@@ -331,8 +323,7 @@ void run_timed(Step& step, dnnl::stream& stream, PassProfile& profile) {
   const double seconds = std::chrono::duration<double>(clock::now() - t0).count();
   const char* primitive =
       step.host ? "host" : dnnl_prim_kind2str(static_cast<dnnl_primitive_kind_t>(step.primitive.get_kind()));
-  StepCost cost = step_cost(step.host ? dnnl::primitive() : step.primitive, step.args);
-  if (step.host) cost.flops = step.host_flops;
+  const StepCost cost = step_cost(step.host ? dnnl::primitive() : step.primitive, step.args);
   profile.push_back({step.layer, primitive, seconds, cost.flops, cost.bytes});
 }
 

@@ -49,9 +49,8 @@ namespace diffuflow {
 // weights rounded to bfloat16, products accumulated and written in f32 (mixed
 // precision, as PyTorch's autocast does), on the AMX / AVX512-BF16 kernels
 // where the CPU has them. Parameters, gradients and the activations between
-// layers stay f32 either way (but for a GroupNorm's output that only a bf16
-// convolution reads: bf16, its gradient f32); a convolution with no fast
-// bf16 kernel (or whose channels in or out are not a multiple of 16) stays f32. Spelled
+// layers stay f32 either way; a convolution with no fast bf16 kernel (or
+// whose channels in or out are not a multiple of 16) stays f32. Spelled
 // "f32" / "bf16" (parse_enum<Precision>, enum_name).
 DIFFUFLOW_ENUM(Precision, f32, bf16);
 // Whether bf16 arithmetic is native on the engine: Intel GPUs, and CPUs with
@@ -70,16 +69,14 @@ class PrimitiveCache {
   std::vector<dnnl::primitive> primitives_;
 };
 
-// A host computation: O(N*C) arithmetic between primitives, or, on CPU
-// engines, a kernel over whole activations (the group norm's). It gets its
-// memories through the args map (so memory planning can move them).
+// A host computation on small tensors (O(N*C) numbers, never image-sized),
+// given its memories through the args map (so memory planning can move them).
 using HostFn = std::function<void(const Args& args)>;
 
 struct Step {
   dnnl::primitive primitive;
   Args args;
   HostFn host;                   // set for host steps (then `primitive` is empty)
-  double host_flops = 0;         // a host step's work, as it declared it (for profiles)
   const char* layer = "other";  // the kind of layer that appended it (LayerScope)
 };
 
@@ -135,15 +132,11 @@ class Program {
 
   // --- values -------------------------------------------------------------
   ValueId new_value(const dnnl::memory::desc& desc, bool needs_grad);
-  // A value whose gradient has another layout or type than its data (bf16
-  // data for a bf16 convolution, its gradient f32 in the activation layout).
-  ValueId new_value(const dnnl::memory::desc& desc, bool needs_grad, const dnnl::memory::desc& grad_desc);
   // A new value over v's data memory, for a step that updates v in place:
   // v must not be read by any step after that one, forward or backward.
   ValueId overwrite(ValueId v, bool needs_grad);
   const dnnl::memory& data(ValueId v) const { return values_.at(v).data; }
   const dnnl::memory::desc& desc(ValueId v) const { return values_.at(v).desc; }
-  const dnnl::memory::desc& grad_desc(ValueId v) const { return values_.at(v).grad_desc; }
   dims shape(ValueId v) const { return values_.at(v).desc.dims(); }
   bool needs_grad(ValueId v) const { return values_.at(v).needs_grad; }
   // Program-owned temporary memory.
@@ -177,10 +170,8 @@ class Program {
   }
   void forward(dnnl::primitive primitive, Args args);
   void backward(dnnl::primitive primitive, Args args);
-  // `flops`: the step's work for profiles, counted as step_cost() counts a
-  // primitive's (compute/step_cost.hpp); 0 for O(N*C) arithmetic.
-  void host_forward(HostFn fn, Args args, double flops = 0);
-  void host_backward(HostFn fn, Args args, double flops = 0);
+  void host_forward(HostFn fn, Args args);
+  void host_backward(HostFn fn, Args args);
   // `src` in the layout `want`: returns src itself when the layouts agree,
   // otherwise a program-owned memory filled by a reorder appended to the
   // forward (or backward) list. The one place where layouts are reconciled.
@@ -249,7 +240,6 @@ class Program {
  private:
   struct Value {
     dnnl::memory::desc desc;
-    dnnl::memory::desc grad_desc;
     dnnl::memory data;
     dnnl::memory grad;
     bool needs_grad = false;

@@ -2,10 +2,7 @@
 
 #include "nodes/model/layer_util.hpp"
 
-#include "compute/group_norm_kernel.hpp"
-
 #include <algorithm>
-#include <atomic>
 #include <cctype>
 #include <cmath>
 #include <optional>
@@ -125,7 +122,7 @@ void append_conv_weight_grads(Program& p, const dnnl::convolution_forward::primi
 void append_conv_input_grad(Program& p, const dnnl::convolution_backward_data::primitive_desc& pd, ValueId x,
                             const dnnl::memory& dy, const dnnl::memory& w) {
   const dnnl::memory::desc dx_md = pd.diff_src_desc();
-  const GradSink s = dx_md == p.grad_desc(x) ? p.sink(x) : GradSink{};
+  const GradSink s = dx_md == p.desc(x) ? p.sink(x) : GradSink{};
   const dnnl::memory dx = s.memory ? s.memory : p.alloc(dx_md);
   p.backward(p.make<dnnl::convolution_backward_data>(pd),
              {{DNNL_ARG_DIFF_DST, dy}, {DNNL_ARG_WEIGHTS, w}, {DNNL_ARG_DIFF_SRC, dx}});
@@ -186,8 +183,7 @@ std::optional<Bf16Conv> bf16_conv(const Program& p, const dims& xs, const dims& 
 }
 
 // The bf16 convolution (Precision::bf16): x and the weights are rounded to
-// bf16 copies in bf16_conv's layout (x may already be one, see
-// conv2d_input_desc); the convolution accumulates and writes f32 in the same
+// bf16 copies in bf16_conv's layout; the convolution accumulates and writes f32 in the same
 // layout: channel-blocked straight into the f32 activation, channels-last
 // through a reorder into it. Backward: dy is rounded the same way; the input
 // gradient comes back f32 and the weight and bias gradients are f32. The bf16
@@ -277,18 +273,6 @@ std::optional<ValueId> conv2d_bf16(Program& p, ValueId x, const ParamRef& weight
 
 }  // namespace
 
-dnnl::memory::desc conv2d_input_desc(const Program& p, const dims& xs, const ParamRef& weight, int64_t stride,
-                                     int64_t padding, int64_t padding_end) {
-  if (xs.size() != 4 || weight.shape.size() != 4 || weight.shape[1] != xs[1]) return {};
-  if (padding_end < 0) padding_end = padding;
-  const int64_t k = weight.shape[2];
-  const dims ys{xs[0], weight.shape[0], (xs[2] + padding + padding_end - k) / stride + 1,
-                (xs[3] + padding + padding_end - k) / stride + 1};
-  const auto found = bf16_conv(p, xs, weight.shape, ys, {stride, stride}, {padding, padding}, {padding_end, padding_end});
-  if (!found) return {};
-  return dnnl::memory::desc(xs, dnnl::memory::data_type::bf16, found->layout);
-}
-
 namespace {
 
 // conv2d; with a residual (>= 0), conv2d + residual in one primitive (a
@@ -326,10 +310,8 @@ ValueId conv2d_impl(Program& p, ValueId x, const ParamRef& weight, const ParamRe
   // The convolution runs on the activations' layout unless that mix of
   // layouts (e.g. a blocked input and a few-channel plain output) only has a
   // reference kernel: then on plain tensors.
-  // An input in another type (bf16 written for a bf16 convolution) is read
-  // in the activation layout, as its gradient is.
-  auto x_md = p.desc(x).data_type() == dt::f32 ? p.desc(x) : activation_desc(xs);
-  dnnl::memory x_mem = p.reorder_if_needed(p.data(x), x_md, false);
+  auto x_md = p.desc(x);
+  dnnl::memory x_mem = p.data(x);
   auto fwd_pd = make_fwd(x_md, y_md);
   // A few-channel output of a blocked input (the last convolution) first
   // tries the blocked layout with its channels zero-padded to a block: the
@@ -532,11 +514,13 @@ ValueId group_norm_impl(Program& p, ValueId x, const ParamRef& weight, const Par
   // plus t, and (x + t - m) is x minus m - t, the per-(n,c) mean "in x's
   // frame" that steps 3 and the backward use.
   const dims xs = p.shape(x);
+  require(xs.size() >= 2 && xs[1] % groups == 0, "group_norm channels not divisible by groups");
+  require(shift < 0 || p.shape(shift) == dims({xs[0], xs[1]}), "group_norm shift must be [N,C]");
   const int64_t n = xs[0], c = xs[1], cg = c / groups, spatial = product(xs, 2), nc = n * c;
   const auto x_md = p.desc(x);
   // The [1, N*C, H, W] view is the same memory for these two layouts only.
   require(x_md == plain_f32(xs) || (xs.size() == 4 && x_md == dnnl::memory::desc(xs, dt::f32, tag::nChw16c)),
-          "group_norm on this engine takes plain or nChw16c inputs");
+          "group_norm takes plain or nChw16c inputs");
   const auto bn_md = per_sample_channels(x_md);
   const auto nc_md = plain_f32({nc});
   const auto nc_b = per_channel_operand(bn_md);
@@ -747,150 +731,22 @@ ValueId group_norm_impl(Program& p, ValueId x, const ParamRef& weight, const Par
 
 }  // namespace
 
-namespace {
-
-std::atomic<bool> cpu_group_norm_kernels{true};
-
-// The host kernels' view of x [N,C,...]: f32 on a CPU engine, plain NCHW,
-// nChw16c or NHWC; nothing otherwise.
-std::optional<GroupNormGeometry> host_norm_geometry(const Program& p, const dnnl::memory::desc& x_md, int64_t groups,
-                                                    float eps) {
-  if (!cpu_group_norm_kernels.load() || p.engine().get_kind() != dnnl::engine::kind::cpu) return std::nullopt;
-  if (x_md.data_type() != dt::f32 || x_md.data.extra.flags != 0) return std::nullopt;
-  const dims xs = x_md.dims();
-  GroupNormGeometry g;
-  g.batch = xs[0];
-  g.channels = xs[1];
-  g.spatial = product(xs, 2);
-  g.groups = groups;
-  g.eps = eps;
-  if (x_md == plain_f32(xs)) {
-    g.block = 1;
-  } else if (xs.size() == 4 && x_md == dnnl::memory::desc(xs, dt::f32, tag::nChw16c) && xs[1] % 16 == 0) {
-    g.block = 16;
-  } else if (xs.size() == 4 && x_md == dnnl::memory::desc(xs, dt::f32, tag::nhwc)) {
-    g.block = xs[1];
-  } else {
-    return std::nullopt;
-  }
-  if (!group_norm_geometry_ok(g)) return std::nullopt;
-  return g;
-}
-
-// The f32 data of a host step's argument `key`, or null when it has none.
-float* host_arg(const Args& args, int key) {
-  const auto it = args.find(key);
-  return it == args.end() ? nullptr : static_cast<float*>(it->second.get_data_handle());
-}
-
-std::optional<NormActivation> host_activation(std::optional<Activation> act) {
-  if (!act) return NormActivation::none;
-  if (*act == Activation::silu) return NormActivation::silu;
-  if (*act == Activation::relu) return NormActivation::relu;
-  return std::nullopt;
-}
-
-// act(group_norm(x + shift)) by the host kernels (compute/group_norm_kernel.hpp):
-// one step forward, one backward, nothing kept but the per-(n,c) mean and
-// rstd; the activation's input is recomputed in backward, never stored.
-ValueId group_norm_host(Program& p, ValueId x, const ParamRef& weight, const ParamRef& bias, GroupNormGeometry g,
-                        ValueId shift, const dnnl::memory::desc& out) {
-  const Program::LayerScope layer(p, "group_norm");
-  const auto x_md = p.desc(x);
-  const int64_t nc = g.batch * g.channels;
-  const auto c_md = plain_f32({g.channels});
-  // [mean | rstd | the backward's per-(n,c) sums (2 N*C)], training only.
-  const dnnl::memory numbers = p.training() ? p.alloc(plain_f32({4 * nc})) : dnnl::memory();
-  // As the primitives' path marks it: an inference program's fused output needs no gradient.
-  const bool grads = p.training() || g.act == NormActivation::none;
-  const dims xs = p.shape(x);
-  if (g.block == 16 && !out.is_zero() && out == dnnl::memory::desc(xs, dt::bf16, tag::nChw16c)) g.out = NormOutput::bf16;
-  if (g.block == 16 && !out.is_zero() && out == dnnl::memory::desc(xs, dt::bf16, tag::nhwc)) g.out = NormOutput::bf16_nhwc;
-  const ValueId y = g.out == NormOutput::f32 ? p.new_value(x_md, grads) : p.new_value(out, grads, x_md);
-  Args args{{0, p.data(x)}, {1, p.data(y)}, {2, p.param(weight.offset, c_md)}, {3, p.param(bias.offset, c_md)}};
-  if (numbers) args[4] = numbers;
-  if (shift >= 0) args[5] = p.data(shift);
-  p.host_forward(
-      [g](const Args& args) {
-        float* numbers = host_arg(args, 4);
-        const int64_t nc = g.batch * g.channels;
-        group_norm_forward(g, host_arg(args, 0), host_arg(args, 5), host_arg(args, 2), host_arg(args, 3),
-                           host_arg(args, 1), numbers, numbers ? numbers + nc : nullptr);
-      },
-      std::move(args), static_cast<double>(nc * g.spatial));
-  if (!p.training()) return y;
-
-  p.on_backward([=](Program& p) {
-    const bool want_x = p.needs_grad(x), want_shift = shift >= 0 && p.needs_grad(shift);
-    Args args{{0, p.data(x)},
-              {1, p.grad(y)},
-              {2, p.param(weight.offset, c_md)},
-              {3, p.param(bias.offset, c_md)},
-              {4, numbers},
-              {7, p.param_grad(weight.offset, c_md)},
-              {8, p.param_grad(bias.offset, c_md)}};
-    GradSink dx, dshift;
-    if (want_x) {
-      dx = p.sink(x, true);
-      require(dx.memory.get_desc() == x_md, "group_norm gradient in another layout than its input");
-      args[5] = dx.memory;
-    }
-    if (want_shift) {
-      dshift = p.sink(shift, true);
-      args[6] = dshift.memory;
-    }
-    const bool dx_add = dx.add_into, dshift_add = dshift.add_into;
-    p.host_backward(
-        [g, dx_add, dshift_add](const Args& args) {
-          float* numbers = host_arg(args, 4);
-          const int64_t nc = g.batch * g.channels;
-          group_norm_backward(g, host_arg(args, 0), host_arg(args, 1), host_arg(args, 2), host_arg(args, 3), numbers,
-                              numbers + nc, host_arg(args, 5), dx_add, host_arg(args, 6), dshift_add,
-                              host_arg(args, 7), host_arg(args, 8), numbers + 2 * nc);
-        },
-        std::move(args), static_cast<double>(nc * g.spatial));
-    if (want_x) p.commit(dx);
-    if (want_shift) p.commit(dshift);
-  });
-  return y;
-}
-
-// act(group_norm(x + shift)), act and shift optional, in training and
-// inference programs alike: the host kernels where they apply (the
-// activations they lack as a separate step), else the primitives, whose
-// training programs keep the norm's output for the activation's backward.
-ValueId group_norm_any(Program& p, ValueId x, const ParamRef& weight, const ParamRef& bias, int64_t groups, float eps,
-                       std::optional<Activation> act, ValueId shift, const dnnl::memory::desc& out = {}) {
-  const dims xs = p.shape(x);
-  require(xs.size() >= 2 && groups > 0 && xs[1] % groups == 0, "group_norm channels not divisible by groups");
-  require(shift < 0 || p.shape(shift) == dims({xs[0], xs[1]}), "group_norm shift must be [N,C]");
-  if (auto g = host_norm_geometry(p, p.desc(x), groups, eps)) {
-    const std::optional<NormActivation> fused = host_activation(act);
-    g->act = fused.value_or(NormActivation::none);
-    if (act && !fused) return activation(p, group_norm_host(p, x, weight, bias, *g, shift, {}), *act);
-    return group_norm_host(p, x, weight, bias, *g, shift, out);
-  }
-  if (act && p.training()) return activation(p, group_norm_impl(p, x, weight, bias, groups, eps, std::nullopt, shift), *act);
-  return group_norm_impl(p, x, weight, bias, groups, eps, act, shift);
-}
-
-}  // namespace
-
-void set_cpu_group_norm_kernels(bool host) { cpu_group_norm_kernels.store(host); }
-
 ValueId group_norm(Program& p, ValueId x, const ParamRef& weight, const ParamRef& bias, int64_t groups, float eps) {
-  return group_norm_any(p, x, weight, bias, groups, eps, std::nullopt, -1);
+  return group_norm_impl(p, x, weight, bias, groups, eps, std::nullopt);
 }
 
 ValueId group_norm_act(Program& p, ValueId x, const ParamRef& weight, const ParamRef& bias, int64_t groups, float eps,
-                       Activation act, const dnnl::memory::desc& out) {
-  return group_norm_any(p, x, weight, bias, groups, eps, act, -1, out);
+                       Activation act) {
+  if (p.training()) return activation(p, group_norm_impl(p, x, weight, bias, groups, eps, std::nullopt), act);
+  return group_norm_impl(p, x, weight, bias, groups, eps, act);
 }
 
 ValueId shifted_group_norm_act(Program& p, ValueId x, ValueId shift, const ParamRef& weight, const ParamRef& bias,
-                               int64_t groups, float eps, Activation act, const dnnl::memory::desc& out) {
-  require(p.shape(x).size() == 4, "shifted_group_norm_act shape mismatch");
-  return group_norm_any(p, x, weight, bias, groups, eps, act, shift, out);
+                               int64_t groups, float eps, Activation act) {
+  const dims xs = p.shape(x);
+  require(xs.size() == 4 && p.shape(shift) == dims({xs[0], xs[1]}), "shifted_group_norm_act shape mismatch");
+  if (p.training()) return activation(p, group_norm_impl(p, x, weight, bias, groups, eps, std::nullopt, shift), act);
+  return group_norm_impl(p, x, weight, bias, groups, eps, act, shift);
 }
 
 ValueId group_norm_silu(Program& p, ValueId x, const ParamRef& weight, const ParamRef& bias, int64_t groups,

@@ -14,15 +14,12 @@
 //   conv2d          x [N,Ci,H,W] -> [N,Co,H',W']        weight [Co,Ci,k,k], bias [Co]
 //   conv2d_add      x, residual [N,Co,H',W'] -> residual + conv2d(x)
 //   linear          x [M,I] -> [M,O]                    weight [O,I], bias [O]
-//   group_norm      x [N,C,H,W] -> [N,C,H,W]            weight [C], bias [C] (on a CPU
-//                   engine one host kernel step each way, compute/group_norm_kernel.hpp;
-//                   elsewhere batch-norm primitives over a [1,N*C,H,W] view plus
-//                   O(N*C) host arithmetic)
+//   group_norm      x [N,C,H,W] -> [N,C,H,W]            weight [C], bias [C] (batch-norm
+//                   primitives over a [1,N*C,H,W] view plus O(N*C) host arithmetic)
 //   silu, activation any -> same (SiLU, Mish, GELU, ReLU)
-//   group_norm_act  act(group_norm(x)); one fused pass (the host kernels
-//                   with SiLU or ReLU in training too, recomputing the norm's
-//                   output in backward; the primitives in inference only, their
-//                   training keeps the normalised values); group_norm_silu with SiLU
+//   group_norm_act  act(group_norm(x)); one fused pass in programs built
+//                   for inference (training keeps the normalised values for
+//                   the activation's backward); group_norm_silu with SiLU
 //   shifted_group_norm_act x [N,C,H,W], shift [N,C] -> group_norm_act(x + shift[:,:,None,None])
 //   affine          any -> alpha * x + beta
 //   add             a, b (same shape) -> a + b
@@ -67,43 +64,26 @@ ValueId conv2d(Program& p, ValueId x, const ParamRef& weight, const ParamRef& bi
                int64_t padding_end = -1);
 // residual + conv2d(x), residual [N,Co,Ho,Wo]: the add done by the
 // convolution as it writes its output where oneDNN has a fast kernel for it
-// (f32, and bf16 in the channel-blocked layout), else a separate add. bf16
-// convolutions on AMX write channels-last; with `residual_spent` (no later
-// step, forward or backward, reads the residual's data) the reorder into the
-// activation layout adds into the residual's memory instead. The same result
-// either way; backward gives the residual dy.
+// (f32), else a separate add. bf16 convolutions write channels-last; with
+// `residual_spent` (no later step, forward or backward, reads the residual's
+// data) the reorder into the activation layout adds into the residual's
+// memory instead. The same result either way; backward gives the residual dy.
 ValueId conv2d_add(Program& p, ValueId x, const ParamRef& weight, const ParamRef& bias, ValueId residual,
                    int64_t stride, int64_t padding, bool residual_spent = false);
-// What conv2d reads x [N,Ci,H,W] in without converting it, for a convolution
-// with `weight` (the other arguments as conv2d's): bf16 in the layout that
-// convolution runs in (channels-last on AMX, else nChw16c) where the program
-// runs it in bf16; else an empty descriptor (the f32 activation layout). A
-// layer before it may write its output so.
-dnnl::memory::desc conv2d_input_desc(const Program& p, const dims& xs, const ParamRef& weight, int64_t stride,
-                                     int64_t padding, int64_t padding_end = -1);
 ValueId linear(Program& p, ValueId x, const ParamRef& weight, const ParamRef& bias);
 ValueId group_norm(Program& p, ValueId x, const ParamRef& weight, const ParamRef& bias, int64_t groups, float eps);
-// Whether group norms appended from now on run as host kernels on CPU
-// engines (true, the default) or as the primitives other engines use (to
-// compare the two in tests). Set it before a model's programs are built, not
-// between builds that share a PrimitiveCache.
-void set_cpu_group_norm_kernels(bool host);
 ValueId silu(Program& p, ValueId x);
 ValueId activation(Program& p, ValueId x, Activation act);
 ValueId group_norm_silu(Program& p, ValueId x, const ParamRef& weight, const ParamRef& bias, int64_t groups,
                         float eps);
-// `out`: the layout and type the output should have (conv2d_input_desc of the
-// convolution it feeds); the host kernels write such a bf16 output directly
-// from an nChw16c input (its gradient stays f32 in x's layout); otherwise it
-// is ignored and the output is f32 in x's layout.
 ValueId group_norm_act(Program& p, ValueId x, const ParamRef& weight, const ParamRef& bias, int64_t groups, float eps,
-                       Activation act, const dnnl::memory::desc& out = {});
+                       Activation act);
 // group_norm_act(add_channel_bias(x, shift)), shift [N,C], without the sum
 // ever written: a per-(n,c) constant only moves that channel's mean, which the
 // group norm's statistics step takes in. The same result to float rounding;
 // backward: d x as through the sum, d shift the sums of d x over H, W.
 ValueId shifted_group_norm_act(Program& p, ValueId x, ValueId shift, const ParamRef& weight, const ParamRef& bias,
-                               int64_t groups, float eps, Activation act, const dnnl::memory::desc& out = {});
+                               int64_t groups, float eps, Activation act);
 ValueId affine(Program& p, ValueId x, float alpha, float beta);
 ValueId add(Program& p, ValueId a, ValueId b);
 ValueId add_channel_bias(Program& p, ValueId x, ValueId bias);

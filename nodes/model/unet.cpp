@@ -201,10 +201,9 @@ class UNetBuilder {
     return group_norm(p_, x, param(prefix + ".weight"), param(prefix + ".bias"), groups,
                       static_cast<float>(c_.norm_eps));
   }
-  // `out`: the layout the convolution it feeds reads (conv2d_input_desc).
-  ValueId norm_act(const std::string& prefix, ValueId x, Activation act, const dnnl::memory::desc& out = {}) {
+  ValueId norm_act(const std::string& prefix, ValueId x, Activation act) {
     return group_norm_act(p_, x, param(prefix + ".weight"), param(prefix + ".bias"), c_.norm_num_groups,
-                          static_cast<float>(c_.norm_eps), act, out);
+                          static_cast<float>(c_.norm_eps), act);
   }
   ValueId dense(const std::string& prefix, ValueId x) {
     return linear(p_, x, param(prefix + ".weight"), param(prefix + ".bias"));
@@ -217,12 +216,7 @@ class UNetBuilder {
   // ResnetBlock2D: x [N,Ci,H,W] -> [N,Co,H',W'] (H' = H/2 or 2H when it
   // resamples), the output divided by `out_scale`.
   ValueId resnet(const std::string& prefix, ValueId x, Resample resample = Resample::none, double out_scale = 1.0) {
-    // A norm feeding a convolution directly writes what the convolution
-    // reads (bf16 channels-last for a bf16 one), sparing a conversion pass.
-    const dnnl::memory::desc conv1_input =
-        resample == Resample::none ? conv2d_input_desc(p_, p_.shape(x), param(prefix + ".conv1.weight"), 1, 1)
-                                   : dnnl::memory::desc();
-    ValueId h = norm_act(prefix + ".norm1", x, act_, conv1_input);
+    ValueId h = norm_act(prefix + ".norm1", x, act_);
     if (resample == Resample::down) {
       x = avg_pool2x(p_, x);
       h = avg_pool2x(p_, h);
@@ -233,12 +227,9 @@ class UNetBuilder {
     h = conv(prefix + ".conv1", h, 1, 1);
     if (!c_.scale_shift()) {
       // norm2(h + time_emb_proj [N,Co] over H, W), the sum never written.
-      const bool dropped = p_.training() && c_.dropout > 0.0;
-      const dnnl::memory::desc conv2_input =
-          dropped ? dnnl::memory::desc() : conv2d_input_desc(p_, p_.shape(h), param(prefix + ".conv2.weight"), 1, 1);
       h = shifted_group_norm_act(p_, h, dense(prefix + ".time_emb_proj", emb_act_), param(prefix + ".norm2.weight"),
                                  param(prefix + ".norm2.bias"), c_.norm_num_groups, static_cast<float>(c_.norm_eps),
-                                 act_, conv2_input);
+                                 act_);
     } else {
       // time_emb_proj [2Co, T] gives scale (its first Co rows) and shift:
       // h = norm2(h) * (1 + scale) + shift, then the activation.
