@@ -183,9 +183,9 @@ std::optional<Bf16Conv> bf16_conv(const Program& p, const dims& xs, const dims& 
 }
 
 // The bf16 convolution (Precision::bf16): x and the weights are rounded to
-// bf16 copies in bf16_conv's layout; the convolution accumulates and writes f32 in the same
-// layout: channel-blocked straight into the f32 activation, channels-last
-// through a reorder into it. Backward: dy is rounded the same way; the input
+// bf16 copies in bf16_conv's layout; the convolution accumulates and writes
+// f32 in the same layout: channel-blocked straight into the f32 activation,
+// channels-last through a reorder into it. Backward: dy is rounded the same way; the input
 // gradient comes back f32 and the weight and bias gradients are f32. The bf16
 // copy of x is kept from forward for the weight gradient. Returns no value
 // (the caller runs f32) when bf16_conv finds none for the shape.
@@ -215,7 +215,6 @@ std::optional<ValueId> conv2d_bf16(Program& p, ValueId x, const ParamRef& weight
   const dnnl::memory w_mem = p.param(weight.offset, w_plain);
   const dnnl::memory wb = p.reorder_if_needed(w_mem, fwd_pd.weights_desc(), false);
   const bool has_residual = residual >= 0 && residual != x && p.desc(residual) == activation_desc(ys);
-  bool add_into = false;  // channels-last: the reorder adds into the spent residual
   dnnl::convolution_forward::primitive_desc run_pd = fwd_pd;
   if (blocked && has_residual) {
     dnnl::post_ops ops;
@@ -231,9 +230,9 @@ std::optional<ValueId> conv2d_bf16(Program& p, ValueId x, const ParamRef& weight
       fused = true;
     }
   }
-  if (!blocked) add_into = has_residual && residual_spent;
+  // Channels-last: the reorder out of the convolution's output adds into the spent residual.
+  const bool add_into = !blocked && has_residual && residual_spent;
   fused = fused || add_into;
-  const bool post_op = blocked && fused;
   ValueId y;
   if (blocked) {
     y = p.new_value(y_out_md, true);
@@ -241,7 +240,7 @@ std::optional<ValueId> conv2d_bf16(Program& p, ValueId x, const ParamRef& weight
               {DNNL_ARG_WEIGHTS, wb},
               {DNNL_ARG_BIAS, p.param(bias.offset, b_md)},
               {DNNL_ARG_DST, p.data(y)}};
-    if (post_op) args[DNNL_ARG_ATTR_MULTIPLE_POST_OP(0) | DNNL_ARG_SRC_1] = p.data(residual);
+    if (fused) args[DNNL_ARG_ATTR_MULTIPLE_POST_OP(0) | DNNL_ARG_SRC_1] = p.data(residual);
     p.forward(p.make<dnnl::convolution_forward>(run_pd), std::move(args));
   } else {
     const dnnl::memory y_out = p.alloc(y_out_md);
