@@ -24,8 +24,10 @@ using Args = std::unordered_map<int, dnnl::memory>;
 // Plain row-major f32 descriptor.
 dnnl::memory::desc plain_f32(const dims& shape);
 // The layout of image activations [N,C,H,W]: channel-blocked nChw16c when C
-// is a multiple of 16 (what oneDNN's jit convolutions prefer), else plain.
-dnnl::memory::desc activation_desc(const dims& nchw);
+// is a multiple of 16 (what oneDNN's jit convolutions prefer), else plain;
+// f32 unless told (bf16 for an activation stored in bf16).
+dnnl::memory::desc activation_desc(const dims& nchw,
+                                   dnnl::memory::data_type type = dnnl::memory::data_type::f32);
 bool is_channel_blocked(const dnnl::memory::desc& desc);
 // The same memory seen through another descriptor (a view: no copy).
 dnnl::memory view(const dnnl::memory& memory, const dnnl::memory::desc& desc);

@@ -28,8 +28,8 @@ bool is_reference(const char* impl) { return std::string(impl).rfind("ref", 0) =
 dnnl::memory::desc per_sample_channels(const dnnl::memory::desc& x_md) {
   const dims xs = x_md.dims();
   if (xs.size() == 4 && is_channel_blocked(x_md))
-    return dnnl::memory::desc({1, xs[0] * xs[1], xs[2], xs[3]}, dnnl::memory::data_type::f32, tag::nChw16c);
-  return plain_f32({1, xs[0] * xs[1], product(xs, 2), 1});
+    return dnnl::memory::desc({1, xs[0] * xs[1], xs[2], xs[3]}, x_md.data_type(), tag::nChw16c);
+  return dnnl::memory::desc({1, xs[0] * xs[1], product(xs, 2), 1}, x_md.data_type(), tag::nchw);
 }
 
 dnnl::memory::desc per_channel_operand(const dnnl::memory::desc& view_md) {
@@ -192,10 +192,13 @@ std::optional<Bf16Conv> bf16_conv(const Program& p, const dims& xs, const dims& 
 // A residual in the activation layout is added as the output is written
 // (`fused` set): by a binary post-op (channel-blocked), or, when no later
 // step reads the residual (`residual_spent`), by the reorder out of
-// channels-last adding into the residual's memory.
+// channels-last adding into the residual's memory. With `bf16_output` in an
+// inference program (no residual), the output is stored in bf16, in the
+// activation layout: written so by the convolution, or by the reorder out of
+// channels-last.
 std::optional<ValueId> conv2d_bf16(Program& p, ValueId x, const ParamRef& weight, const ParamRef& bias,
                                    const dims& ys, const dims& strides, const dims& pads, const dims& pads_end,
-                                   ValueId residual, bool residual_spent, bool& fused) {
+                                   ValueId residual, bool residual_spent, bool bf16_output, bool& fused) {
   const dims xs = p.shape(x);
   const auto found = bf16_conv(p, xs, weight.shape, ys, strides, pads, pads_end);
   if (!found) return std::nullopt;
@@ -204,7 +207,7 @@ std::optional<ValueId> conv2d_bf16(Program& p, ValueId x, const ParamRef& weight
   dnnl::convolution_forward::primitive_desc fwd_pd = found->pd;
   const dnnl::memory::desc xb_md(xs, dt::bf16, layout);
   const dnnl::memory::desc yb_md(ys, dt::bf16, layout);
-  const dnnl::memory::desc y_out_md(ys, dt::f32, layout);
+  dnnl::memory::desc y_out_md(ys, dt::f32, layout);
   const dnnl::memory::desc x_grad_md(xs, dt::f32, layout);
   const dnnl::memory::desc wb_any(weight.shape, dt::bf16, tag::any);
   const auto w_plain = plain_f32(weight.shape);
@@ -233,6 +236,16 @@ std::optional<ValueId> conv2d_bf16(Program& p, ValueId x, const ParamRef& weight
   // Channels-last: the reorder out of the convolution's output adds into the spent residual.
   const bool add_into = !blocked && has_residual && residual_spent;
   fused = fused || add_into;
+  if (bf16_output && !p.training() && residual < 0) {
+    const dnnl::convolution_forward::primitive_desc pd(
+        dnnl::convolution_forward::desc(prop_kind::forward_inference, algorithm::convolution_direct, xb_md, wb_any,
+                                        b_md, yb_md, strides, pads, pads_end),
+        user_scratchpad_attr(), p.engine(), /*allow_empty=*/true);
+    if (pd && !is_reference(pd.impl_info_str()) && pd.weights_desc() == fwd_pd.weights_desc()) {
+      run_pd = pd;
+      y_out_md = yb_md;
+    }
+  }
   ValueId y;
   if (blocked) {
     y = p.new_value(y_out_md, true);
@@ -244,11 +257,11 @@ std::optional<ValueId> conv2d_bf16(Program& p, ValueId x, const ParamRef& weight
     p.forward(p.make<dnnl::convolution_forward>(run_pd), std::move(args));
   } else {
     const dnnl::memory y_out = p.alloc(y_out_md);
-    p.forward(p.make<dnnl::convolution_forward>(fwd_pd), {{DNNL_ARG_SRC, xb},
+    p.forward(p.make<dnnl::convolution_forward>(run_pd), {{DNNL_ARG_SRC, xb},
                                                           {DNNL_ARG_WEIGHTS, wb},
                                                           {DNNL_ARG_BIAS, p.param(bias.offset, b_md)},
                                                           {DNNL_ARG_DST, y_out}});
-    y = add_into ? p.overwrite(residual, true) : p.new_value(activation_desc(ys), true);
+    y = add_into ? p.overwrite(residual, true) : p.new_value(activation_desc(ys, y_out_md.data_type()), true);
     p.copy(y_out, p.data(y), false, /*accumulate=*/add_into);
   }
 
@@ -280,7 +293,8 @@ namespace {
 // output written over a spent residual. Else `fused` stays false and the
 // caller adds the residual.
 ValueId conv2d_impl(Program& p, ValueId x, const ParamRef& weight, const ParamRef& bias, int64_t stride,
-                    int64_t padding, int64_t padding_end, ValueId residual, bool residual_spent, bool& fused) {
+                    int64_t padding, int64_t padding_end, ValueId residual, bool residual_spent, bool bf16_output,
+                    bool& fused) {
   const Program::LayerScope layer(p, "convolution");
   fused = false;
   // x [N,Ci,H,W] -> y [N,Co,Ho,Wo]; weight [Co,Ci,k,k], bias [Co]
@@ -291,7 +305,7 @@ ValueId conv2d_impl(Program& p, ValueId x, const ParamRef& weight, const ParamRe
   const int64_t ho = (xs[2] + padding + padding_end - k) / stride + 1;
   const int64_t wo = (xs[3] + padding + padding_end - k) / stride + 1;
   if (auto y = conv2d_bf16(p, x, weight, bias, {xs[0], co, ho, wo}, {stride, stride}, {padding, padding},
-                           {padding_end, padding_end}, residual, residual_spent, fused))
+                           {padding_end, padding_end}, residual, residual_spent, bf16_output, fused))
     return *y;
   auto y_md = activation_desc({xs[0], co, ho, wo});
   const auto w_plain = plain_f32(weight.shape);
@@ -309,8 +323,9 @@ ValueId conv2d_impl(Program& p, ValueId x, const ParamRef& weight, const ParamRe
   // The convolution runs on the activations' layout unless that mix of
   // layouts (e.g. a blocked input and a few-channel plain output) only has a
   // reference kernel: then on plain tensors.
-  auto x_md = p.desc(x);
-  dnnl::memory x_mem = p.data(x);
+  // A bf16 input (stored so for a bf16 convolution, in an inference
+  // program) is read through an f32 copy.
+  auto x_md = p.desc(x).data_type() == dt::f32 ? p.desc(x) : activation_desc(xs);
   auto fwd_pd = make_fwd(x_md, y_md);
   // A few-channel output of a blocked input (the last convolution) first
   // tries the blocked layout with its channels zero-padded to a block: the
@@ -327,8 +342,8 @@ ValueId conv2d_impl(Program& p, ValueId x, const ParamRef& weight, const ParamRe
     x_md = plain_f32(xs);
     y_md = plain_f32(y_md.dims());
     fwd_pd = make_fwd(x_md, y_md);
-    x_mem = p.reorder_if_needed(p.data(x), x_md, false);
   }
+  const dnnl::memory x_mem = p.reorder_if_needed(p.data(x), x_md, false);
   // The residual add as a post-op: dst = conv(x) + bias + residual. The
   // backward needs no hint of it (fwd_pd stays the plain convolution).
   dnnl::convolution_forward::primitive_desc run_pd = fwd_pd;
@@ -396,16 +411,16 @@ ValueId conv2d_impl(Program& p, ValueId x, const ParamRef& weight, const ParamRe
 }  // namespace
 
 ValueId conv2d(Program& p, ValueId x, const ParamRef& weight, const ParamRef& bias, int64_t stride, int64_t padding,
-               int64_t padding_end) {
+               int64_t padding_end, bool bf16_output) {
   bool fused = false;
-  return conv2d_impl(p, x, weight, bias, stride, padding, padding_end, -1, false, fused);
+  return conv2d_impl(p, x, weight, bias, stride, padding, padding_end, -1, false, bf16_output, fused);
 }
 
 ValueId conv2d_add(Program& p, ValueId x, const ParamRef& weight, const ParamRef& bias, ValueId residual,
                    int64_t stride, int64_t padding, bool residual_spent) {
   require(residual >= 0, "conv2d_add without a residual");
   bool fused = false;
-  const ValueId y = conv2d_impl(p, x, weight, bias, stride, padding, -1, residual, residual_spent, fused);
+  const ValueId y = conv2d_impl(p, x, weight, bias, stride, padding, -1, residual, residual_spent, false, fused);
   return fused ? y : add(p, residual, y);
 }
 
@@ -518,7 +533,14 @@ ValueId group_norm_impl(Program& p, ValueId x, const ParamRef& weight, const Par
   const int64_t n = xs[0], c = xs[1], cg = c / groups, spatial = product(xs, 2), nc = n * c;
   const auto x_md = p.desc(x);
   // The [1, N*C, H, W] view is the same memory for these two layouts only.
-  require(x_md == plain_f32(xs) || (xs.size() == 4 && x_md == dnnl::memory::desc(xs, dt::f32, tag::nChw16c)),
+  // bf16 data (a convolution's output stored for this norm in an inference
+  // program) is normalised into bf16 by the same primitives: statistics,
+  // scale and shift stay f32.
+  const dt type = x_md.data_type();
+  require(type == dt::f32 || (type == dt::bf16 && !p.training()),
+          "group_norm takes f32 inputs (bf16 in inference programs only)");
+  require(x_md == dnnl::memory::desc(xs, type, plain_format(xs.size())) ||
+              (xs.size() == 4 && x_md == dnnl::memory::desc(xs, type, tag::nChw16c)),
           "group_norm takes plain or nChw16c inputs");
   const auto bn_md = per_sample_channels(x_md);
   const auto nc_md = plain_f32({nc});

@@ -3,7 +3,9 @@
 // (gradients for the input and for every parameter). Image activations are
 // f32 in activation_desc()'s layout (channel-blocked where the channel count
 // allows, so convolutions run on jit kernels without reorders; layers accept
-// any layout for their inputs); tokens, embeddings and parameters are plain
+// any layout for their inputs), but for a bf16 convolution's output that
+// only a group norm reads, which an inference program may store in bf16
+// (conv2d's bf16_output); tokens, embeddings and parameters are plain
 // row-major. Parameters are slices of the model's flat buffer, their
 // gradients slices of the program's staging buffer. Each layer labels its
 // steps with its kind for profiles (Program::LayerScope): convolution,
@@ -15,7 +17,8 @@
 //   conv2d_add      x, residual [N,Co,H',W'] -> residual + conv2d(x)
 //   linear          x [M,I] -> [M,O]                    weight [O,I], bias [O]
 //   group_norm      x [N,C,H,W] -> [N,C,H,W]            weight [C], bias [C] (batch-norm
-//                   primitives over a [1,N*C,H,W] view plus O(N*C) host arithmetic)
+//                   primitives over a [1,N*C,H,W] view plus O(N*C) host arithmetic);
+//                   a bf16 x (inference only) gives a bf16 y, statistics in f32
 //   silu, activation any -> same (SiLU, Mish, GELU, ReLU)
 //   group_norm_act  act(group_norm(x)); one fused pass in programs built
 //                   for inference (training keeps the normalised values for
@@ -60,8 +63,12 @@ eltwise_op activation_op(Activation act);
 
 // `padding` zeros before each spatial dimension and `padding_end` after it
 // (-1: `padding`); diffusers' downsample_padding 0 is padding 0, padding_end 1.
+// `bf16_output`: in an inference program that runs this convolution in bf16,
+// store its output in bf16 (activation layout), for a consumer that reads
+// bf16 as fast as f32 (group_norm_act; a bf16 convolution reads it without a
+// conversion pass); elsewhere ignored. x may be such a bf16 value.
 ValueId conv2d(Program& p, ValueId x, const ParamRef& weight, const ParamRef& bias, int64_t stride, int64_t padding,
-               int64_t padding_end = -1);
+               int64_t padding_end = -1, bool bf16_output = false);
 // residual + conv2d(x), residual [N,Co,Ho,Wo]: the add done by the
 // convolution as it writes its output where oneDNN has a fast kernel for it
 // (f32), else a separate add. bf16 convolutions write channels-last; with

@@ -194,8 +194,10 @@ class UNetBuilder {
     if (it == index_.end()) throw std::logic_error("U-Net build: no parameter " + name);
     return it->second;
   }
-  ValueId conv(const std::string& prefix, ValueId x, int64_t stride, int64_t padding, int64_t padding_end = -1) {
-    return conv2d(p_, x, param(prefix + ".weight"), param(prefix + ".bias"), stride, padding, padding_end);
+  ValueId conv(const std::string& prefix, ValueId x, int64_t stride, int64_t padding, int64_t padding_end = -1,
+               bool bf16_output = false) {
+    return conv2d(p_, x, param(prefix + ".weight"), param(prefix + ".bias"), stride, padding, padding_end,
+                  bf16_output);
   }
   ValueId norm(const std::string& prefix, ValueId x, int64_t groups) {
     return group_norm(p_, x, param(prefix + ".weight"), param(prefix + ".bias"), groups,
@@ -224,7 +226,9 @@ class UNetBuilder {
       x = upsample_nearest2x(p_, x);
       h = upsample_nearest2x(p_, h);
     }
-    h = conv(prefix + ".conv1", h, 1, 1);
+    // Read by norm2 alone, which normalises bf16 as fast as f32 and feeds
+    // conv2: stored in bf16 where inference runs these convolutions in bf16.
+    h = conv(prefix + ".conv1", h, 1, 1, -1, /*bf16_output=*/!c_.scale_shift());
     if (!c_.scale_shift()) {
       // norm2(h + time_emb_proj [N,Co] over H, W), the sum never written.
       h = shifted_group_norm_act(p_, h, dense(prefix + ".time_emb_proj", emb_act_), param(prefix + ".norm2.weight"),

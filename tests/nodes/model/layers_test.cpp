@@ -570,3 +570,99 @@ TEST_CASE("timestep embedding with flip_sin_to_cos false and freq_shift 1 is sin
     CHECK(table[4 + j] == doctest::Approx(std::cos(10.0 * freq)).epsilon(1e-5));
   }
 }
+
+namespace {
+
+// conv (16 -> 16) -> shifted group norm + SiLU -> conv (16 -> `co`) in a bf16
+// program, the first convolution asked to store its output in bf16; returns
+// the output [N,co,H,W] (plain) and sets the first convolution's output type
+// and the forward step count.
+std::vector<float> bf16_norm_chain(bool training, bool bf16_output, int64_t co, dnnl::memory::data_type& stored,
+                                   size_t& steps) {
+  dnnl::engine engine(dnnl::engine::kind::cpu, 0);
+  dnnl::stream stream(engine);
+  const int64_t n = 2, c = 16, hw = 6;
+  const int64_t count = c * c * 9 + c + co * c * 9 + co + 2 * c;
+  dnnl::memory params(plain_f32({count}), engine);
+  std::mt19937 rng(11);
+  std::normal_distribution<float> normal(0.0f, 0.3f);
+  float* w = static_cast<float*>(params.get_data_handle());
+  for (int64_t i = 0; i < count; ++i) w[i] = normal(rng);
+  PrimitiveCache cache;
+  Program p(engine, cache, params, count, training, Precision::bf16);
+  const ValueId x = p.new_value(plain_f32({n, c, hw, hw}), false);
+  const ValueId shift = p.new_value(plain_f32({n, c}), false);
+  int64_t at = 0;
+  auto param = [&](Shape shape) {
+    const ParamRef ref{at, shape};
+    at += shape_numel(shape);
+    return ref;
+  };
+  const ParamRef w1 = param({c, c, 3, 3}), b1 = param({c}), w2 = param({co, c, 3, 3}), b2 = param({co});
+  const ParamRef gamma = param({c}), beta = param({c});
+  const ValueId h = conv2d(p, x, w1, b1, 1, 1, -1, bf16_output);
+  stored = p.desc(h).data_type();
+  const ValueId y = conv2d(p, shifted_group_norm_act(p, h, shift, gamma, beta, 4, 1e-5f, Activation::silu), w2, b2, 1, 1);
+  p.finalize(y, false);
+  steps = p.forward_steps();
+  for (const ValueId v : {x, shift}) {
+    float* d = static_cast<float*>(p.data(v).get_data_handle());
+    for (int64_t i = 0; i < shape_numel(p.shape(v)); ++i) d[i] = normal(rng) * 3.0f;
+  }
+  p.run_forward(stream);
+  std::vector<float> out(static_cast<size_t>(n * co * hw * hw));
+  dnnl::memory y_mem = p.data(y), to(plain_f32({n, co, hw, hw}), engine, out.data());
+  dnnl::reorder(y_mem, to).execute(stream, y_mem, to);
+  stream.wait();
+  return out;
+}
+
+double relative_l2(const std::vector<float>& a, const std::vector<float>& b) {
+  double num = 0, den = 0;
+  for (size_t i = 0; i < a.size(); ++i) {
+    num += (double(a[i]) - b[i]) * (double(a[i]) - b[i]);
+    den += double(b[i]) * b[i];
+  }
+  return std::sqrt(num / den);
+}
+
+}  // namespace
+
+TEST_CASE("a bf16 convolution's output stored in bf16 for a group norm: no conversion pass, bf16 rounding apart") {
+  const bool native = native_bf16(dnnl::engine(dnnl::engine::kind::cpu, 0));
+  // co 16: the second convolution reads the bf16 norm output as it is; co 8
+  // (no bf16 kernel for 8 output channels): it reads an f32 copy.
+  for (const int64_t co : {16, 8}) {
+    CAPTURE(co);
+    dnnl::memory::data_type stored{}, kept{};
+    size_t steps_bf16 = 0, steps_f32 = 0;
+    const auto with = bf16_norm_chain(false, true, co, stored, steps_bf16);
+    const auto without = bf16_norm_chain(false, false, co, kept, steps_f32);
+    CHECK(kept == dnnl::memory::data_type::f32);
+    CHECK(stored == (native ? dnnl::memory::data_type::bf16 : dnnl::memory::data_type::f32));
+    // Stored in bf16, the norm's output needs no conversion for a bf16 second
+    // convolution; an f32 one converts it back (a step the f32-stored chain
+    // does not have, which is why only a bf16 convolution's input is stored so).
+    if (native) CHECK(steps_bf16 == (co == 16 ? steps_f32 - 1 : steps_f32 + 1));
+    const double error = relative_l2(with, without);
+    MESSAGE("bf16-stored chain against the f32-stored one, relative L2: " << error);
+    CHECK(error < 2e-2);
+    if (!native) CHECK(error == 0.0);
+  }
+  SUBCASE("training programs keep the convolution's output in f32 (the norm's backward needs it)") {
+    dnnl::memory::data_type stored{};
+    size_t steps = 0;
+    bf16_norm_chain(true, true, 16, stored, steps);
+    CHECK(stored == dnnl::memory::data_type::f32);
+  }
+}
+
+TEST_CASE("group_norm refuses bf16 data in a training program, whose backward takes f32 only") {
+  dnnl::engine engine(dnnl::engine::kind::cpu, 0);
+  PrimitiveCache cache;
+  dnnl::memory params(plain_f32({2 * 16}), engine);
+  Program p(engine, cache, params, 2 * 16, /*training=*/true);
+  const ValueId x = p.new_value(activation_desc({2, 16, 3, 3}, dnnl::memory::data_type::bf16), true);
+  CHECK_THROWS_WITH_AS(group_norm(p, x, ParamRef{0, {16}}, ParamRef{16, {16}}, 4, 1e-5f),
+                       doctest::Contains("bf16 in inference programs only"), std::invalid_argument);
+}

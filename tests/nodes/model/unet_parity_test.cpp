@@ -224,6 +224,14 @@ TEST_CASE("bf16 convolutions: prediction and gradients stay within bf16 rounding
   // The bf16 kernels did run: the rounding shows (an f32 pass is within 1e-6).
   if (native_bf16(device.engine())) CHECK(eps_err > 1e-5);
 
+  SUBCASE("an inference program (its norm2 inputs stored in bf16) is as close to the fixture") {
+    auto inference = model->forward(io.tensor("x"), t, false);
+    const double err = relative_l2(inference.prediction.to_vector(), io.floats("eps_out"));
+    MESSAGE("bf16 unet_tiny inference relative L2 error: " << err);
+    CHECK(err < 1e-2);
+    if (native_bf16(device.engine())) CHECK(err > 1e-5);
+  }
+
   SUBCASE("switching back to f32 builds f32 programs again: the fixture matches to f32 accuracy") {
     model->set_precision(Precision::f32);
     auto f32 = model->forward(io.tensor("x"), t, false);
