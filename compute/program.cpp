@@ -59,6 +59,21 @@ dnnl::memory Program::param(int64_t offset, const dnnl::memory::desc& desc) cons
   return flat_slice(params_, offset, desc);
 }
 
+dnnl::memory Program::param_as(int64_t offset, const dnnl::memory::desc& plain, const dnnl::memory::desc& want) {
+  if (plain == want) return param(offset, plain);
+  for (const auto& c : converted_)
+    if (c.offset == offset && c.memory.get_desc() == want) return c.memory;
+  // Read across passes: kept out of memory planning.
+  const dnnl::memory out = owned(want, true);
+  dnnl::reorder::primitive_desc pd(engine_, plain, engine_, want, user_scratchpad_attr());
+  prepare_.push_back({make<dnnl::reorder>(pd),
+                      {{DNNL_ARG_FROM, param(offset, plain)}, {DNNL_ARG_TO, out}},
+                      {},
+                      layer_ ? layer_ : "other"});
+  converted_.push_back({offset, out});
+  return out;
+}
+
 dnnl::memory Program::param_grad(int64_t offset, const dnnl::memory::desc& desc) const {
   return flat_slice(staging_, offset, desc);
 }
@@ -171,10 +186,9 @@ void Program::finalize(ValueId output, bool with_backward) {
   values_.at(output).pinned = true;
   plan_memory();
   scratchpad_ = scratchpad_memory(engine_, scratchpad_bytes_);
-  for (auto& step : forward_)
-    if (!step.host) step.args[DNNL_ARG_SCRATCHPAD] = scratchpad_;
-  for (auto& step : backward_)
-    if (!step.host) step.args[DNNL_ARG_SCRATCHPAD] = scratchpad_;
+  for (auto* list : {&prepare_, &forward_, &backward_})
+    for (auto& step : *list)
+      if (!step.host) step.args[DNNL_ARG_SCRATCHPAD] = scratchpad_;
 }
 
 void Program::plan_memory() {
@@ -338,7 +352,18 @@ void run_steps(std::vector<Step>& steps, dnnl::stream& stream, PassProfile* prof
 
 }  // namespace
 
-void Program::run_forward(dnnl::stream& stream, PassProfile* profile) { run_steps(forward_, stream, profile); }
+void Program::prepare(dnnl::stream& stream, uint64_t params_version, PassProfile* profile) {
+  if (prepared_ && prepared_for_ == params_version) return;
+  run_steps(prepare_, stream, profile);
+  prepared_ = true;
+  prepared_for_ = params_version;
+}
+
+void Program::run_forward(dnnl::stream& stream, PassProfile* profile) {
+  if (!prepared_ && !prepare_.empty())
+    throw std::logic_error("model program: run_forward before prepare() made its converted weights");
+  run_steps(forward_, stream, profile);
+}
 
 void Program::run_backward(dnnl::stream& stream, GradientObserver* observer, PassProfile* profile) {
   if (!observer) {

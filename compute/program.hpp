@@ -153,6 +153,12 @@ class Program {
   // --- parameters ---------------------------------------------------------
   // The parameter at `offset` seen through `desc` (plain shape of the slot).
   dnnl::memory param(int64_t offset, const dnnl::memory::desc& desc) const;
+  // The parameter at `offset` (plain descriptor `plain`) in the layout and
+  // type `want` (a primitive's blocked or bf16 weights): the parameter itself
+  // when the two agree, else a program-owned copy that a reorder in the
+  // prepare list fills. That list runs when the parameters have changed
+  // (prepare()), not on every pass; the same (offset, want) is one copy.
+  dnnl::memory param_as(int64_t offset, const dnnl::memory::desc& plain, const dnnl::memory::desc& want);
   // The same slice of this program's gradient staging buffer (overwritten by
   // each backward pass, then added into the model's gradients).
   dnnl::memory param_grad(int64_t offset, const dnnl::memory::desc& desc) const;
@@ -229,11 +235,18 @@ class Program {
   void finalize(ValueId output, bool with_backward);
 
   // --- running ------------------------------------------------------------
+  // Runs the prepare list (param_as) unless it last ran for the same
+  // `params_version`: the model's count of writes to its parameters, so
+  // converted weights are made once per change, however many passes read
+  // them. Call it before run_forward; a backward pass reads the weights its
+  // forward pass read. With a profile, its steps are timed into it.
+  void prepare(dnnl::stream& stream, uint64_t params_version, PassProfile* profile = nullptr);
   // With a profile: each step is waited for and its time appended to it.
   void run_forward(dnnl::stream& stream, PassProfile* profile = nullptr);
   // With an observer: told after each step from which offset on the
   // parameter gradients are final (no later step writes them).
   void run_backward(dnnl::stream& stream, GradientObserver* observer = nullptr, PassProfile* profile = nullptr);
+  size_t prepare_steps() const { return prepare_.size(); }
   size_t forward_steps() const { return forward_.size(); }
   size_t backward_steps() const { return backward_.size(); }
 
@@ -262,8 +275,16 @@ class Program {
   dnnl::memory params_;
   dnnl::memory staging_;
   std::vector<Value> values_;
+  std::vector<Step> prepare_;  // parameter conversions (param_as)
   std::vector<Step> forward_;
   std::vector<Step> backward_;
+  struct Converted {
+    int64_t offset;
+    dnnl::memory memory;
+  };
+  std::vector<Converted> converted_;  // param_as's copies
+  bool prepared_ = false;
+  uint64_t prepared_for_ = 0;
   // Per backward step: gradients at offsets >= this are final after it (built on first use).
   std::vector<int64_t> final_from_;
   std::vector<std::pair<const char*, std::function<void(Program&)>>> backward_builders_;

@@ -634,7 +634,8 @@ int run_bench(const ParsedOptions& opts) {
                 "pass time per repeat"
       : base.kind == "unet"
           ? "bench-unet times each U-Net pass alone (no graph) on 28x28 inputs; images/s = batch / median pass time "
-            "per repeat; before each repeat, the matmul peak probe (bench matmul) in the same precision and threads, "
+            "per repeat; forward passes reuse the converted weights (as sampling does), forward+backward passes "
+            "convert them again (as after an optimiser step); before each repeat, the matmul peak probe (bench matmul) in the same precision and threads, "
             "and each GFLOP/s figure as a fraction of it" +
                 std::string(base.roofline.empty() ? ""
                                                   : "; then the bandwidth probe (bench bandwidth, 256 MiB, median of 10 passes) for the "

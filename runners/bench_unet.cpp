@@ -425,6 +425,8 @@ UNetBenchResult bench_unet(const UNetBenchSettings& settings, std::ostream* log)
   if (s.mode != UNetBenchMode::forward) {
     for (int i = 0; i < s.warmup + s.iters; ++i) {
       model->zero_grads();
+      // As after an optimiser step: the pass converts the weights again.
+      model->params_written();
       const auto t0 = clock::now();
       auto r = model->forward(x, t, true);
       model->backward(*r.state, g);
@@ -452,6 +454,7 @@ UNetBenchResult bench_unet(const UNetBenchSettings& settings, std::ostream* log)
       model->profile_steps(&training);
       for (int i = 0; i < s.iters; ++i) {
         model->zero_grads();
+        model->params_written();
         const auto t0 = clock::now();
         auto r = model->forward(x, t, true);
         model->backward(*r.state, g);

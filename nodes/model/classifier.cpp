@@ -300,6 +300,7 @@ Classifier::Output Classifier::classify(const Tensor& x, bool for_training) {
   Program& p = *space.program;
 
   p.run_io_copy(space.copy_x_in, plain_on(x, xs, engine()), p.data(space.x), space.stream);
+  p.prepare(space.stream, params_version());
   p.run_forward(space.stream);
   Output out;
   out.logits = Tensor({n, k}, DType::f32, engine());

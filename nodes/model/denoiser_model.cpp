@@ -75,6 +75,7 @@ void DenoiserModel::copy_flat(const dnnl::memory& from, const dnnl::memory& to) 
   std::lock_guard<std::mutex> lock(flat_mutex_);
   flat_kernel(FlatOp::copy).run(flat_stream_, {{DNNL_ARG_FROM, from}, {DNNL_ARG_TO, to}});
   flat_stream_.wait();
+  if (to.get_data_handle() == params_.get_data_handle()) params_written();
 }
 
 void DenoiserModel::accumulate_grads(const dnnl::memory& staging) {
@@ -115,8 +116,11 @@ void DenoiserModel::load(const SafetensorsFile& file) {
                                  shape_str(s.shape));
     }
   }
-  HostMap<float> host(params_);
-  for (const auto& s : slots_) std::memcpy(&host[s.offset], file.entry(s.name).data.data(), s.count() * sizeof(float));
+  {
+    HostMap<float> host(params_);
+    for (const auto& s : slots_) std::memcpy(&host[s.offset], file.entry(s.name).data.data(), s.count() * sizeof(float));
+  }
+  params_written();
 }
 
 void DenoiserModel::save_to(SafetensorsFile& file) const {
@@ -130,6 +134,11 @@ void DenoiserModel::save_grads_to(SafetensorsFile& file, const std::string& pref
 }
 
 void DenoiserModel::init_random(uint64_t seed) {
+  fill_random(seed);
+  params_written();
+}
+
+void DenoiserModel::fill_random(uint64_t seed) {
   std::mt19937_64 rng(seed);
   HostMap<float> host(params_);
   // fan_in of the weight whose bias follows it (a bias shares its layer's bound).

@@ -24,6 +24,7 @@
 
 #include <dnnl.hpp>
 
+#include <atomic>
 #include <memory>
 #include <mutex>
 #include <string>
@@ -83,7 +84,19 @@ class DenoiserModel {
   const ParamSlot& slot(const std::string& name) const;  // std::out_of_range naming it
   int64_t param_count() const { return param_count_; }
   dnnl::engine& engine() { return engine_; }
-  dnnl::memory& params() { return params_; }  // flat f32 [P]
+  // The flat f32 [P] parameters. Programs read them through converted
+  // copies (bf16, blocked layouts) made once per params_version(): the
+  // non-const form hands the buffer out for writing and so counts as a
+  // write, and a writer that keeps the buffer across writes (an optimiser)
+  // calls params_written() after each one. load(), init_random() and
+  // copy_flat() into params() count themselves.
+  dnnl::memory& params() {
+    params_written();
+    return params_;
+  }
+  const dnnl::memory& params() const { return params_; }
+  uint64_t params_version() const { return params_version_.load(std::memory_order_acquire); }
+  void params_written() { params_version_.fetch_add(1, std::memory_order_acq_rel); }
   dnnl::memory& grads() { return grads_; }    // flat f32 [P]
   // Zeroes grads(); the next backward() writes instead of adding.
   void zero_grads();
@@ -118,12 +131,14 @@ class DenoiserModel {
  private:
   // The kernels over flat [P] buffers: x = 0 (eltwise linear 0*x+0), a + b, and a copy.
   enum class FlatOp { zero, add, copy };
+  void fill_random(uint64_t seed);  // init_random's host work
   const Kernel& flat_kernel(FlatOp op);
 
   std::vector<ParamSlot> slots_;
   int64_t param_count_ = 0;
   dnnl::engine engine_;
   dnnl::memory params_;
+  std::atomic<uint64_t> params_version_{0};
   dnnl::memory grads_;
   std::mutex flat_mutex_;       // one flat-buffer operation at a time, each waited for
   dnnl::stream flat_stream_;

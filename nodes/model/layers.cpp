@@ -215,8 +215,7 @@ std::optional<ValueId> conv2d_bf16(Program& p, ValueId x, const ParamRef& weight
   const auto attr = user_scratchpad_attr();
 
   const dnnl::memory xb = p.reorder_if_needed(p.data(x), xb_md, false);
-  const dnnl::memory w_mem = p.param(weight.offset, w_plain);
-  const dnnl::memory wb = p.reorder_if_needed(w_mem, fwd_pd.weights_desc(), false);
+  const dnnl::memory wb = p.param_as(weight.offset, w_plain, fwd_pd.weights_desc());
   const bool has_residual = residual >= 0 && residual != x && p.desc(residual) == activation_desc(ys);
   dnnl::convolution_forward::primitive_desc run_pd = fwd_pd;
   if (blocked && has_residual) {
@@ -274,9 +273,7 @@ std::optional<ValueId> conv2d_bf16(Program& p, ValueId x, const ParamRef& weight
           dnnl::convolution_backward_data::desc(algorithm::convolution_direct, x_grad_md, wb_any, yb_md, strides,
                                                 pads, pads_end),
           attr, p.engine(), fwd_pd);
-      const dnnl::memory w_bwd =
-          pd.weights_desc() == wb.get_desc() ? wb : p.reorder_if_needed(w_mem, pd.weights_desc(), true);
-      append_conv_input_grad(p, pd, x, dyb, w_bwd);
+      append_conv_input_grad(p, pd, x, dyb, p.param_as(weight.offset, w_plain, pd.weights_desc()));
     }
     append_conv_weight_grads(p, fwd_pd, xb, dyb, weight, bias, strides, pads, pads_end);
   });
@@ -360,9 +357,8 @@ ValueId conv2d_impl(Program& p, ValueId x, const ParamRef& weight, const ParamRe
   }
   const bool with_residual = fused;
   const ValueId y = p.new_value(y_md, true);
-  const dnnl::memory w_mem = p.param(weight.offset, w_plain);
   const dnnl::memory b_mem = p.param(bias.offset, b_md);
-  const dnnl::memory w_fwd = p.reorder_if_needed(w_mem, fwd_pd.weights_desc(), false);
+  const dnnl::memory w_fwd = p.param_as(weight.offset, w_plain, fwd_pd.weights_desc());
   Args args{{DNNL_ARG_SRC, x_mem}, {DNNL_ARG_WEIGHTS, w_fwd}, {DNNL_ARG_BIAS, b_mem}, {DNNL_ARG_DST, p.data(y)}};
   if (with_residual) args[DNNL_ARG_ATTR_MULTIPLE_POST_OP(0) | DNNL_ARG_SRC_1] = p.data(residual);
   p.forward(p.make<dnnl::convolution_forward>(run_pd), std::move(args));
@@ -399,9 +395,7 @@ ValueId conv2d_impl(Program& p, ValueId x, const ParamRef& weight, const ParamRe
         pd = make_bwd(dx_md, plain_f32(y_md.dims()));
         dy_data = p.reorder_if_needed(dy, pd.diff_dst_desc(), true);
       }
-      const dnnl::memory w_bwd =
-          pd.weights_desc() == w_fwd.get_desc() ? w_fwd : p.reorder_if_needed(w_mem, pd.weights_desc(), true);
-      append_conv_input_grad(p, pd, x, dy_data, w_bwd);
+      append_conv_input_grad(p, pd, x, dy_data, p.param_as(weight.offset, w_plain, pd.weights_desc()));
     }
     append_conv_weight_grads(p, fwd_pd, x_mem, dy, weight, bias, strides, pads, pads_end);
   });
@@ -442,8 +436,7 @@ ValueId linear(Program& p, ValueId x, const ParamRef& weight, const ParamRef& bi
   dnnl::inner_product_forward::primitive_desc fwd_pd(
       dnnl::inner_product_forward::desc(prop_kind::forward_training, x2, w_any, b_md, y2), attr, p.engine());
   const ValueId y = p.new_value(plain_f32(ys), true);
-  const dnnl::memory w_mem = p.param(weight.offset, w_plain);
-  const dnnl::memory w_fwd = p.reorder_if_needed(w_mem, fwd_pd.weights_desc(), false);
+  const dnnl::memory w_fwd = p.param_as(weight.offset, w_plain, fwd_pd.weights_desc());
   p.forward(p.make<dnnl::inner_product_forward>(fwd_pd), {{DNNL_ARG_SRC, view(p.data(x), x2)},
                                                           {DNNL_ARG_WEIGHTS, w_fwd},
                                                           {DNNL_ARG_BIAS, p.param(bias.offset, b_md)},
@@ -454,8 +447,7 @@ ValueId linear(Program& p, ValueId x, const ParamRef& weight, const ParamRef& bi
     if (p.needs_grad(x)) {
       dnnl::inner_product_backward_data::primitive_desc pd(dnnl::inner_product_backward_data::desc(x2, w_any, y2),
                                                            attr, p.engine(), fwd_pd);
-      const dnnl::memory w_bwd =
-          pd.weights_desc() == w_fwd.get_desc() ? w_fwd : p.reorder_if_needed(w_mem, pd.weights_desc(), true);
+      const dnnl::memory w_bwd = p.param_as(weight.offset, w_plain, pd.weights_desc());
       const GradSink s = p.sink(x);
       p.backward(p.make<dnnl::inner_product_backward_data>(pd),
                  {{DNNL_ARG_DIFF_DST, dy}, {DNNL_ARG_WEIGHTS, w_bwd}, {DNNL_ARG_DIFF_SRC, view(s.memory, x2)}});

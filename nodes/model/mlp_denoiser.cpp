@@ -136,6 +136,7 @@ ForwardResult MlpDenoiser::forward(const Tensor& x, const Tensor& t, bool for_tr
 
   p.run_io_copy(space.copy_x_in, rows_on(x, n, d, engine()), p.data(space.x), space.stream);
   write_timestep_embedding(steps, config_.time_embed_dim, p.data(space.temb0));  // while x uploads
+  p.prepare(space.stream, params_version());
   p.run_forward(space.stream);
   Tensor prediction({n, d, 1, 1}, DType::f32, engine());
   p.run_io_copy(space.copy_out, p.data(space.out), view(prediction.memory(), plain_f32({n, d})), space.stream);

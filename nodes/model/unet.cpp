@@ -424,6 +424,7 @@ ForwardResult UNetModel::forward(const Tensor& x, const Tensor& t, bool for_trai
     for (int64_t i = 0; i < n; ++i) one_hot[i * classes + labels[i]] = 1.0f;
   }
   *space.dropout_seed = inputs.dropout_seed;
+  p.prepare(space.stream, params_version(), profile);
   p.run_forward(space.stream, profile);
   Tensor prediction({n, config_.out_channels, h, w}, DType::f32, engine());
   p.run_io_copy(space.copy_out, p.data(space.out), prediction.memory(), space.stream);

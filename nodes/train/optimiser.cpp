@@ -397,6 +397,7 @@ bool Optimiser::take_step(int64_t seq, double loss) {
     s.binary(*s.mul_scalar_add, params, s.scalar(State::ema_one_minus_d), s.ema);
   }
   s.stream.wait();
+  model_.params_written();
   model_.zero_grads();
 
   MetricsLog& metrics = ctx().metrics();
@@ -523,6 +524,7 @@ void Optimiser::restore(const SafetensorsFile& file) {
     HostMap<float> host(model_.params());
     for (const auto& slot : model_.param_slots()) read_into(file, slot.name, slot.shape, &host[slot.offset]);
   }
+  model_.params_written();
   if (params_.ema_decay > 0) {
     HostMap<float> host(s.ema);
     for (const auto& slot : model_.param_slots()) read_into(file, "ema." + slot.name, slot.shape, &host[slot.offset]);

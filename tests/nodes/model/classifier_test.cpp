@@ -69,10 +69,13 @@ void check_gradients(const ClassifierConfig& config, const Shape& x_shape) {
   auto numeric_at = [&](float* data, int64_t i) {
     const float saved = data[i];
     data[i] = saved + eps;
+    model.params_written();  // written through a held pointer
     const double up = weighted_sum(model, x, g);
     data[i] = saved - eps;
+    model.params_written();  // written through a held pointer
     const double down = weighted_sum(model, x, g);
     data[i] = saved;
+    model.params_written();  // written through a held pointer
     return (up - down) / (2.0 * eps);
   };
   auto* params = static_cast<float*>(model.params().get_data_handle());

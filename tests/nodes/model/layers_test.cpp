@@ -48,6 +48,8 @@ class LayerHarness {
   }
 
   double loss() {
+    // The parameters may have changed since the last pass (finite differences).
+    p().prepare(stream_, ++passes_);
     p().run_forward(stream_);
     stream_.wait();
     const float* y = static_cast<const float*>(p().data(out_).get_data_handle());
@@ -117,6 +119,7 @@ class LayerHarness {
   std::unique_ptr<Program> program_;
   std::vector<ValueId> inputs_;
   ValueId out_ = -1;
+  uint64_t passes_ = 0;
   std::vector<float> g_;
   std::mt19937 rng_{1234};
 };
@@ -242,6 +245,7 @@ TEST_CASE("group_norm_silu: fused inference pass matches silu(group_norm) of a t
       dnnl::memory plain_in(plain_f32(shape), engine, input.data());
       dnnl::memory x_mem = p.data(x);
       dnnl::reorder(plain_in, x_mem).execute(stream, plain_in, x_mem);
+      p.prepare(stream, 0);
       p.run_forward(stream);
       std::vector<float> out(input.size());
       dnnl::memory plain_out(plain_f32(shape), engine, out.data());
@@ -407,6 +411,7 @@ TEST_CASE("shifted_group_norm_act gives group_norm_act of the sum, in training a
       dnnl::reorder(from, x_mem).execute(stream, from, x_mem);
       stream.wait();
       std::copy(shift_values.begin(), shift_values.end(), static_cast<float*>(p.data(shift).get_data_handle()));
+      p.prepare(stream, 0);
       p.run_forward(stream);
       std::vector<float> out(x_values.size());
       dnnl::memory y_mem = p.data(y), to(plain_f32({n, c, hw, hw}), engine, out.data());
@@ -609,6 +614,7 @@ std::vector<float> bf16_norm_chain(bool training, bool bf16_output, int64_t co, 
     float* d = static_cast<float*>(p.data(v).get_data_handle());
     for (int64_t i = 0; i < shape_numel(p.shape(v)); ++i) d[i] = normal(rng) * 3.0f;
   }
+  p.prepare(stream, 0);
   p.run_forward(stream);
   std::vector<float> out(static_cast<size_t>(n * co * hw * hw));
   dnnl::memory y_mem = p.data(y), to(plain_f32({n, co, hw, hw}), engine, out.data());

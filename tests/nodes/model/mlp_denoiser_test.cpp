@@ -95,10 +95,13 @@ TEST_CASE("MLP denoiser gradients for parameters and input match finite differen
       const int64_t i = slot.offset + pick(rng) % slot.count();
       const float saved = params[i];
       params[i] = saved + eps;
+      model.params_written();  // written through a held pointer
       const double up = weighted_sum(model, x, t, g);
       params[i] = saved - eps;
+      model.params_written();  // written through a held pointer
       const double down = weighted_sum(model, x, t, g);
       params[i] = saved;
+      model.params_written();  // written through a held pointer
       const double numeric = (up - down) / (2.0 * eps);
       INFO(slot.name << "[" << i - slot.offset << "]: analytic " << grads[i] << ", numeric " << numeric);
       CHECK(std::fabs(numeric - grads[i]) <= 1e-2 * std::max(1.0, std::fabs(numeric)) + 2e-3);

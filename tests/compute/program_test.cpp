@@ -1,0 +1,86 @@
+// Program's parameter conversions: made by the prepare list once per
+// parameter version, shared by every step that wants the same copy.
+#include "compute/program.hpp"
+
+#include <doctest/doctest.h>
+
+#include <stdexcept>
+#include <vector>
+
+using namespace diffuflow;
+
+namespace {
+
+using dt = dnnl::memory::data_type;
+
+// y = x * W^T through an inner product whose weights [4, 16] are the
+// parameters at offset 0, seen in `want` (blocked, or bf16 plain).
+struct WeightProgram {
+  dnnl::engine engine{dnnl::engine::kind::cpu, 0};
+  dnnl::stream stream{engine};
+  PrimitiveCache cache;
+  dnnl::memory params{plain_f32({64}), engine};
+  Program p{engine, cache, params, 64, false};
+  ValueId x = -1, y = -1;
+
+  explicit WeightProgram(const dnnl::memory::desc& want) {
+    set_weights(1.0f);
+    x = p.new_value(plain_f32({1, 16}), false);
+    y = p.new_value(plain_f32({1, 4}), false);
+    const dnnl::memory w = p.param_as(0, plain_f32({4, 16}), want);
+    // The same copy for the same offset and descriptor: no second conversion.
+    CHECK(p.param_as(0, plain_f32({4, 16}), want).get_data_handle() == w.get_data_handle());
+    // A copy of f32 weights converts back exactly: the copy goes through a
+    // reorder to f32 plain, which the inner product then reads.
+    const dnnl::memory w32 = p.alloc(plain_f32({4, 16}));
+    p.copy(w, w32, false);
+    dnnl::matmul::primitive_desc pd(
+        dnnl::matmul::desc(plain_f32({1, 16}), dnnl::memory::desc({16, 4}, dt::f32, dims{1, 16}), plain_f32({1, 4})),
+        user_scratchpad_attr(), engine);
+    p.forward(p.make<dnnl::matmul>(pd), {{DNNL_ARG_SRC, p.data(x)},
+                                         {DNNL_ARG_WEIGHTS, view(w32, dnnl::memory::desc({16, 4}, dt::f32, dims{1, 16}))},
+                                         {DNNL_ARG_DST, p.data(y)}});
+    p.finalize(y, false);
+    float* xs = static_cast<float*>(p.data(x).get_data_handle());
+    for (int i = 0; i < 16; ++i) xs[i] = 1.0f;
+  }
+  void set_weights(float value) {
+    float* w = static_cast<float*>(params.get_data_handle());
+    for (int i = 0; i < 64; ++i) w[i] = value;
+  }
+  float run(uint64_t version) {
+    p.prepare(stream, version);
+    p.run_forward(stream);
+    stream.wait();
+    return static_cast<const float*>(p.data(y).get_data_handle())[0];
+  }
+};
+
+}  // namespace
+
+TEST_CASE("converted weights are made once per parameter version, not on every pass") {
+  for (const dnnl::memory::desc& want :
+       {dnnl::memory::desc({4, 16}, dt::f32, tag::ba), dnnl::memory::desc({4, 16}, dt::bf16, tag::ab)}) {
+    WeightProgram w(want);
+    CHECK(w.p.prepare_steps() == 1);
+    CHECK(w.run(1) == 16.0f);
+    // Written without a new version: passes keep reading the copy made for version 1.
+    w.set_weights(2.0f);
+    CHECK(w.run(1) == 16.0f);
+    // A new version converts again.
+    CHECK(w.run(2) == 32.0f);
+  }
+}
+
+TEST_CASE("parameters wanted in their own layout are read in place, with nothing to prepare") {
+  WeightProgram w(plain_f32({4, 16}));
+  CHECK(w.p.prepare_steps() == 0);
+  CHECK(w.run(1) == 16.0f);
+  w.set_weights(3.0f);
+  CHECK(w.run(1) == 48.0f);
+}
+
+TEST_CASE("a pass before its converted weights were ever made is refused") {
+  WeightProgram w(dnnl::memory::desc({4, 16}, dt::f32, tag::ba));
+  CHECK_THROWS_WITH_AS(w.p.run_forward(w.stream), doctest::Contains("before prepare()"), std::logic_error);
+}
