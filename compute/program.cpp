@@ -55,6 +55,8 @@ dnnl::memory Program::alloc(const dnnl::memory::desc& desc) { return owned(desc,
 
 dnnl::memory Program::alloc_constant(const dnnl::memory::desc& desc) { return owned(desc, true); }
 
+dnnl::memory Program::alloc_persistent(const dnnl::memory::desc& desc) { return owned(desc, true); }
+
 dnnl::memory Program::param(int64_t offset, const dnnl::memory::desc& desc) const {
   return flat_slice(params_, offset, desc);
 }
@@ -63,15 +65,15 @@ dnnl::memory Program::param_as(int64_t offset, const dnnl::memory::desc& plain, 
   if (plain == want) return param(offset, plain);
   for (const auto& c : converted_)
     if (c.offset == offset && c.memory.get_desc() == want) return c.memory;
-  // Read across passes: kept out of memory planning.
-  const dnnl::memory out = owned(want, true);
-  dnnl::reorder::primitive_desc pd(engine_, plain, engine_, want, user_scratchpad_attr());
-  prepare_.push_back({make<dnnl::reorder>(pd),
-                      {{DNNL_ARG_FROM, param(offset, plain)}, {DNNL_ARG_TO, out}},
-                      {},
-                      layer_ ? layer_ : "other"});
+  const dnnl::memory out = alloc_persistent(want);
+  prepare_copy(param(offset, plain), out);
   converted_.push_back({offset, out});
   return out;
+}
+
+void Program::prepare_copy(const dnnl::memory& src, const dnnl::memory& dst) {
+  dnnl::reorder::primitive_desc pd(engine_, src.get_desc(), engine_, dst.get_desc(), user_scratchpad_attr());
+  prepare_.push_back({make<dnnl::reorder>(pd), {{DNNL_ARG_FROM, src}, {DNNL_ARG_TO, dst}}, {}, layer_ ? layer_ : "other"});
 }
 
 dnnl::memory Program::param_grad(int64_t offset, const dnnl::memory::desc& desc) const {

@@ -143,6 +143,9 @@ class Program {
   dnnl::memory alloc(const dnnl::memory::desc& desc);
   // Program-owned memory filled at build time and never written by a step.
   dnnl::memory alloc_constant(const dnnl::memory::desc& desc);
+  // Program-owned memory whose contents last from one pass to the next (kept
+  // out of memory planning): what the prepare list writes.
+  dnnl::memory alloc_persistent(const dnnl::memory::desc& desc);
   // Keeps a value's data and gradient out of memory planning (read or written
   // from outside the steps: model inputs, outputs, their gradients).
   void pin(ValueId v) { values_.at(v).pinned = true; }
@@ -159,6 +162,9 @@ class Program {
   // prepare list fills. That list runs when the parameters have changed
   // (prepare()), not on every pass; the same (offset, want) is one copy.
   dnnl::memory param_as(int64_t offset, const dnnl::memory::desc& plain, const dnnl::memory::desc& want);
+  // Appends a copy of parameters (`src`, a param() view) into persistent
+  // memory (`dst`, alloc_persistent) to the prepare list.
+  void prepare_copy(const dnnl::memory& src, const dnnl::memory& dst);
   // The same slice of this program's gradient staging buffer (overwritten by
   // each backward pass, then added into the model's gradients).
   dnnl::memory param_grad(int64_t offset, const dnnl::memory::desc& desc) const;

@@ -477,9 +477,10 @@ namespace {
 
 // Where the small numbers of one group norm live: slices of ONE program-owned
 // f32 buffer, so that each of its host steps maps that buffer once. gamma and
-// beta [C] (adjacent, as d gamma and d beta are) come in, and d gamma, d beta
-// go out, by reorders recorded in the program; the host steps touch nothing
-// else. Each slice starts on a 16-float (64-byte) boundary.
+// beta [C] (adjacent, as d gamma and d beta are) come in by the program's
+// prepare list (when the parameters change) and d gamma, d beta go out by a
+// backward reorder; the host steps touch nothing else. Each slice starts on a
+// 16-float (64-byte) boundary.
 struct GroupNormLayout {
   int64_t gamma = 0, beta = 0;                                    // [C]
   int64_t mean_c = 0, var_c = 0;                                  // [N*C] channel statistics (device)
@@ -544,15 +545,17 @@ ValueId group_norm_impl(Program& p, ValueId x, const ParamRef& weight, const Par
   // The group norm's buffer: [gamma | beta], then per (n, c) the channel
   // statistics, what the host step computes, and the backward's numbers.
   const GroupNormLayout at(c, nc, p.training());
-  const dnnl::memory numbers = p.alloc(plain_f32({at.size}));
+  // Persistent: gamma and beta stay in it between passes.
+  const dnnl::memory numbers = p.alloc_persistent(plain_f32({at.size}));
   auto slice = [numbers](int64_t offset, const dnnl::memory::desc& desc) { return flat_slice(numbers, offset, desc); };
-  // gamma, beta [C] -> the buffer: one copy when adjacent in the parameters
-  // (weight, then bias: the models' module order).
+  // gamma, beta [C] -> the buffer, by the prepare list (once per change of
+  // the parameters): one copy when adjacent in the parameters (weight, then
+  // bias: the models' module order).
   if (bias.offset == weight.offset + c) {
-    p.copy(p.param(weight.offset, plain_f32({2 * c})), slice(at.gamma, plain_f32({2 * c})), false);
+    p.prepare_copy(p.param(weight.offset, plain_f32({2 * c})), slice(at.gamma, plain_f32({2 * c})));
   } else {
-    p.copy(p.param(weight.offset, c_md), slice(at.gamma, c_md), false);
-    p.copy(p.param(bias.offset, c_md), slice(at.beta, c_md), false);
+    p.prepare_copy(p.param(weight.offset, c_md), slice(at.gamma, c_md));
+    p.prepare_copy(p.param(bias.offset, c_md), slice(at.beta, c_md));
   }
 
   dnnl::batch_normalization_forward::primitive_desc stats_pd(
