@@ -139,19 +139,21 @@ struct StepSums {
 
 // Per (layer, primitive): the sum over its steps of each step's median time
 // over the passes, in ms, and of their FLOPs and bytes (the same every pass).
-// Every pass of one kind runs the same program.
+// Every pass of one kind runs the same program; the last one is the steady
+// state, and a pass of another length (one that also converted weights) is
+// left out.
 std::map<LayerKey, StepSums> step_sums(const std::vector<PassProfile>& passes) {
   std::map<LayerKey, StepSums> out;
   if (passes.empty()) return out;
-  const PassProfile& first = passes.front();
-  for (size_t i = 0; i < first.size(); ++i) {
+  const PassProfile& steady = passes.back();
+  for (size_t i = 0; i < steady.size(); ++i) {
     std::vector<double> times;
     for (const auto& pass : passes)
-      if (pass.size() == first.size()) times.push_back(pass[i].seconds);
-    StepSums& sums = out[{first[i].layer, first[i].primitive}];
+      if (pass.size() == steady.size()) times.push_back(pass[i].seconds);
+    StepSums& sums = out[{steady[i].layer, steady[i].primitive}];
     sums.ms += median(times) * 1e3;
-    sums.gflop += first[i].flops * 1e-9;
-    sums.mb += first[i].bytes * 1e-6;
+    sums.gflop += steady[i].flops * 1e-9;
+    sums.mb += steady[i].bytes * 1e-6;
   }
   return out;
 }
@@ -443,6 +445,8 @@ UNetBenchResult bench_unet(const UNetBenchSettings& settings, std::ostream* log)
     UNetModel::StepProfiles inference, training;
     std::vector<double> forward_pass_s, train_pass_s;
     if (s.mode != UNetBenchMode::train) {
+      // Unprofiled: the weights converted for the parameters the training passes left.
+      model->forward(x, t, false);
       model->profile_steps(&inference);
       for (int i = 0; i < s.iters; ++i) {
         const auto t0 = clock::now();
