@@ -404,6 +404,17 @@ ValueId conv2d_impl(Program& p, ValueId x, const ParamRef& weight, const ParamRe
 
 }  // namespace
 
+bool conv2d_runs_bf16(const Program& p, const dims& xs, const ParamRef& weight, int64_t stride, int64_t padding,
+                      int64_t padding_end) {
+  if (padding_end < 0) padding_end = padding;
+  if (xs.size() != 4 || weight.shape.size() != 4 || weight.shape[1] != xs[1]) return false;
+  const int64_t k = weight.shape[2];
+  const dims ys{xs[0], weight.shape[0], (xs[2] + padding + padding_end - k) / stride + 1,
+                (xs[3] + padding + padding_end - k) / stride + 1};
+  return bf16_conv(p, xs, weight.shape, ys, {stride, stride}, {padding, padding}, {padding_end, padding_end})
+      .has_value();
+}
+
 ValueId conv2d(Program& p, ValueId x, const ParamRef& weight, const ParamRef& bias, int64_t stride, int64_t padding,
                int64_t padding_end, bool bf16_output) {
   bool fused = false;

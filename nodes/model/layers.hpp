@@ -65,8 +65,9 @@ eltwise_op activation_op(Activation act);
 // (-1: `padding`); diffusers' downsample_padding 0 is padding 0, padding_end 1.
 // `bf16_output`: in an inference program that runs this convolution in bf16,
 // store its output in bf16 (activation layout), for a consumer that reads
-// bf16 as fast as f32 (group_norm_act; a bf16 convolution reads it without a
-// conversion pass); elsewhere ignored. x may be such a bf16 value.
+// bf16 as fast as f32 (group_norm_act, whose output then feeds a convolution
+// that conv2d_runs_bf16, without a conversion pass); elsewhere ignored. x may
+// be such a bf16 value (an f32 convolution reads it through an f32 copy).
 ValueId conv2d(Program& p, ValueId x, const ParamRef& weight, const ParamRef& bias, int64_t stride, int64_t padding,
                int64_t padding_end = -1, bool bf16_output = false);
 // residual + conv2d(x), residual [N,Co,Ho,Wo]: the add done by the
@@ -77,6 +78,10 @@ ValueId conv2d(Program& p, ValueId x, const ParamRef& weight, const ParamRef& bi
 // memory instead. The same result either way; backward gives the residual dy.
 ValueId conv2d_add(Program& p, ValueId x, const ParamRef& weight, const ParamRef& bias, ValueId residual,
                    int64_t stride, int64_t padding, bool residual_spent = false);
+// Whether conv2d runs the convolution of an input shaped `xs` with `weight`
+// in bf16, and so reads a bf16 input without a conversion to f32.
+bool conv2d_runs_bf16(const Program& p, const dims& xs, const ParamRef& weight, int64_t stride, int64_t padding,
+                      int64_t padding_end = -1);
 ValueId linear(Program& p, ValueId x, const ParamRef& weight, const ParamRef& bias);
 ValueId group_norm(Program& p, ValueId x, const ParamRef& weight, const ParamRef& bias, int64_t groups, float eps);
 ValueId silu(Program& p, ValueId x);

@@ -672,3 +672,21 @@ TEST_CASE("group_norm refuses bf16 data in a training program, whose backward ta
   CHECK_THROWS_WITH_AS(group_norm(p, x, ParamRef{0, {16}}, ParamRef{16, {16}}, 4, 1e-5f),
                        doctest::Contains("bf16 in inference programs only"), std::invalid_argument);
 }
+
+TEST_CASE("conv2d_runs_bf16 says which convolutions a bf16 program runs in bf16") {
+  dnnl::engine engine(dnnl::engine::kind::cpu, 0);
+  dnnl::memory params(plain_f32({1}), engine);
+  const bool native = native_bf16(engine);
+  for (const Precision precision : {Precision::f32, Precision::bf16}) {
+    PrimitiveCache cache;
+    Program p(engine, cache, params, 1, false, precision);
+    const bool bf16 = precision == Precision::bf16 && native;
+    CHECK(conv2d_runs_bf16(p, {2, 16, 6, 6}, ParamRef{0, {16, 16, 3, 3}}, 1, 1) == bf16);
+    CHECK(conv2d_runs_bf16(p, {2, 32, 6, 6}, ParamRef{0, {16, 32, 3, 3}}, 2, 1) == bf16);
+    // 8 output or input channels: no bf16 convolution.
+    CHECK_FALSE(conv2d_runs_bf16(p, {2, 16, 6, 6}, ParamRef{0, {8, 16, 3, 3}}, 1, 1));
+    CHECK_FALSE(conv2d_runs_bf16(p, {2, 8, 6, 6}, ParamRef{0, {16, 8, 3, 3}}, 1, 1));
+    // A weight that does not fit the input.
+    CHECK_FALSE(conv2d_runs_bf16(p, {2, 16, 6, 6}, ParamRef{0, {16, 32, 3, 3}}, 1, 1));
+  }
+}
