@@ -49,8 +49,10 @@ namespace diffuflow {
 // weights rounded to bfloat16, products accumulated and written in f32 (mixed
 // precision, as PyTorch's autocast does), on the AMX / AVX512-BF16 kernels
 // where the CPU has them. Parameters, gradients and the activations between
-// layers stay f32 either way; a convolution with no fast bf16 kernel (or
-// whose channels in or out are not a multiple of 16) stays f32. Spelled
+// layers stay f32 either way (but for a convolution output that a layer
+// stores in bf16 for a reader that takes bf16, in inference programs); a
+// convolution with no fast bf16 kernel (or whose channels in or out are not a
+// multiple of 16) stays f32. Spelled
 // "f32" / "bf16" (parse_enum<Precision>, enum_name).
 DIFFUFLOW_ENUM(Precision, f32, bf16);
 // Whether bf16 arithmetic is native on the engine: Intel GPUs, and CPUs with

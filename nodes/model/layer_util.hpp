@@ -15,8 +15,9 @@ bool is_reference(const char* impl);
 
 // x [N,C,...] seen as [1, N*C, H, W]: every (sample, channel) pair becomes a
 // channel of its own, which is the same memory for plain NCHW and for
-// nChw16c (C a multiple of 16); the data type is x's. Per-(n,c) statistics and affine transforms are
-// then batch-normalisation or binary primitives over this view.
+// nChw16c (C a multiple of 16); the data type is x's. Per-(n,c) statistics
+// and affine transforms are then batch-normalisation or binary primitives
+// over this view.
 dnnl::memory::desc per_sample_channels(const dnnl::memory::desc& x_md);
 // A per-channel [1, N*C, 1, 1] operand of a binary primitive over such a
 // view, f32 whatever the view's data type, described in the view's layout

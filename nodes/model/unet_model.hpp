@@ -46,9 +46,9 @@ class UNetModelResource : public ModelResource {
     DIFFUFLOW_PARAM(int64_t, init_seed, 0, "seed of the random init used when no weights are given",
                     .range(0, 9.0e15));
     DIFFUFLOW_PARAM(Precision, precision, Precision::f32,
-                    "convolution arithmetic: f32, or bf16 inputs and weights with f32 accumulation and f32 "
-                    "parameters, gradients and activations (mixed precision; fast on CPUs with AMX or "
-                    "AVX512-BF16)");
+                    "convolution arithmetic: f32, or bf16 inputs and weights with f32 accumulation, f32 "
+                    "parameters and gradients, and f32 activations but for a few read only in bf16 "
+                    "(mixed precision; fast on CPUs with AMX or AVX512-BF16)");
   };
 
   static ResourceContract contract();
