@@ -17,6 +17,13 @@ bool is_channel_blocked(const dnnl::memory::desc& desc) {
   return desc.data.format_kind == dnnl_blocked && desc.data.format_desc.blocking.inner_nblks > 0;
 }
 
+dnnl::memory::desc with_type(const dnnl::memory::desc& desc, dnnl::memory::data_type type) {
+  // Strides and blocks count elements, so they hold for any element size.
+  dnnl_memory_desc_t data = desc.data;
+  data.data_type = static_cast<dnnl_data_type_t>(type);
+  return dnnl::memory::desc(data);
+}
+
 dnnl::memory view(const dnnl::memory& memory, const dnnl::memory::desc& desc) {
   return dnnl::memory(desc, memory.get_engine(), memory.get_data_handle());
 }

@@ -29,6 +29,8 @@ dnnl::memory::desc plain_f32(const dims& shape);
 dnnl::memory::desc activation_desc(const dims& nchw,
                                    dnnl::memory::data_type type = dnnl::memory::data_type::f32);
 bool is_channel_blocked(const dnnl::memory::desc& desc);
+// The same layout (strides, blocking) with elements of another type.
+dnnl::memory::desc with_type(const dnnl::memory::desc& desc, dnnl::memory::data_type type);
 // The same memory seen through another descriptor (a view: no copy).
 dnnl::memory view(const dnnl::memory& memory, const dnnl::memory::desc& desc);
 // A slice of a flat f32 buffer: the elements from `offset` on, seen through `desc`.

@@ -24,6 +24,11 @@ Program::Program(const dnnl::engine& engine, PrimitiveCache& cache, dnnl::memory
   staging_ = dnnl::memory(plain_f32({std::max<int64_t>(param_count, 1)}), engine_);
 }
 
+dnnl::memory::data_type Program::activation_type() const {
+  const bool bf16 = !training_ && precision_ == Precision::bf16 && native_bf16(engine_);
+  return bf16 ? dnnl::memory::data_type::bf16 : dnnl::memory::data_type::f32;
+}
+
 ValueId Program::new_value(const dnnl::memory::desc& desc, bool needs_grad) {
   Value v;
   v.desc = desc;

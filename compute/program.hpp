@@ -48,11 +48,10 @@ namespace diffuflow {
 // The arithmetic precision of a program's convolutions. bf16: inputs and
 // weights rounded to bfloat16, products accumulated and written in f32 (mixed
 // precision, as PyTorch's autocast does), on the AMX / AVX512-BF16 kernels
-// where the CPU has them. Parameters, gradients and the activations between
-// layers stay f32 either way (but for a convolution output that a layer
-// stores in bf16 for a reader that takes bf16, in inference programs); a
-// convolution with no fast bf16 kernel (or whose channels in or out are not a
-// multiple of 16) stays f32. Spelled
+// where the CPU has them. Parameters and gradients stay f32 either way, and
+// so do the activations between layers in training; inference stores them in
+// bf16 (Program::activation_type). A convolution with no fast bf16 kernel (or
+// whose channels in or out are not a multiple of 16) stays f32. Spelled
 // "f32" / "bf16" (parse_enum<Precision>, enum_name).
 DIFFUFLOW_ENUM(Precision, f32, bf16);
 // Whether bf16 arithmetic is native on the engine: Intel GPUs, and CPUs with
@@ -131,6 +130,12 @@ class Program {
   const dnnl::engine& engine() const { return engine_; }
   bool training() const { return training_; }
   Precision precision() const { return precision_; }
+  // The data type of the image activations layers produce: bf16 in inference
+  // programs of bf16 precision where the engine computes bf16 natively (as
+  // PyTorch's autocast keeps convolution outputs), else f32. Training keeps
+  // f32 activations: oneDNN 2.6's normalisation backward takes no bf16 data
+  // with f32 gradients.
+  dnnl::memory::data_type activation_type() const;
 
   // --- values -------------------------------------------------------------
   ValueId new_value(const dnnl::memory::desc& desc, bool needs_grad);

@@ -183,22 +183,20 @@ std::optional<Bf16Conv> bf16_conv(const Program& p, const dims& xs, const dims& 
 }
 
 // The bf16 convolution (Precision::bf16): x and the weights are rounded to
-// bf16 copies in bf16_conv's layout; the convolution accumulates and writes
-// f32 in the same layout: channel-blocked straight into the f32 activation,
-// channels-last through a reorder into it. Backward: dy is rounded the same way; the input
-// gradient comes back f32 and the weight and bias gradients are f32. The bf16
-// copy of x is kept from forward for the weight gradient. Returns no value
-// (the caller runs f32) when bf16_conv finds none for the shape.
-// A residual in the activation layout is added as the output is written
-// (`fused` set): by a binary post-op (channel-blocked), or, when no later
-// step reads the residual (`residual_spent`), by the reorder out of
-// channels-last adding into the residual's memory. With `bf16_output` in an
-// inference program (no residual), the output is stored in bf16, in the
-// activation layout: written so by the convolution, or by the reorder out of
-// channels-last.
+// bf16 copies in bf16_conv's layout; the convolution accumulates in f32 and
+// writes the program's activation type (f32 in training, bf16 in inference)
+// in the same layout: channel-blocked straight into the activation,
+// channels-last through a reorder into it. Backward: dy is rounded the same
+// way; the input gradient comes back f32 and the weight and bias gradients
+// are f32. The bf16 copy of x is kept from forward for the weight gradient.
+// Returns no value (the caller runs f32) when bf16_conv finds none for the
+// shape. A residual in the activation layout (either type) is added as the
+// output is written (`fused` set): by a binary post-op (channel-blocked), or,
+// when no later step reads the residual (`residual_spent`), by the reorder
+// out of channels-last adding into the residual's memory.
 std::optional<ValueId> conv2d_bf16(Program& p, ValueId x, const ParamRef& weight, const ParamRef& bias,
                                    const dims& ys, const dims& strides, const dims& pads, const dims& pads_end,
-                                   ValueId residual, bool residual_spent, bool bf16_output, bool& fused) {
+                                   ValueId residual, bool residual_spent, bool& fused) {
   const dims xs = p.shape(x);
   const auto found = bf16_conv(p, xs, weight.shape, ys, strides, pads, pads_end);
   if (!found) return std::nullopt;
@@ -207,7 +205,6 @@ std::optional<ValueId> conv2d_bf16(Program& p, ValueId x, const ParamRef& weight
   dnnl::convolution_forward::primitive_desc fwd_pd = found->pd;
   const dnnl::memory::desc xb_md(xs, dt::bf16, layout);
   const dnnl::memory::desc yb_md(ys, dt::bf16, layout);
-  dnnl::memory::desc y_out_md(ys, dt::f32, layout);
   const dnnl::memory::desc x_grad_md(xs, dt::f32, layout);
   const dnnl::memory::desc wb_any(weight.shape, dt::bf16, tag::any);
   const auto w_plain = plain_f32(weight.shape);
@@ -216,35 +213,41 @@ std::optional<ValueId> conv2d_bf16(Program& p, ValueId x, const ParamRef& weight
 
   const dnnl::memory xb = p.reorder_if_needed(p.data(x), xb_md, false);
   const dnnl::memory wb = p.param_as(weight.offset, w_plain, fwd_pd.weights_desc());
-  const bool has_residual = residual >= 0 && residual != x && p.desc(residual) == activation_desc(ys);
-  dnnl::convolution_forward::primitive_desc run_pd = fwd_pd;
-  if (blocked && has_residual) {
-    dnnl::post_ops ops;
-    ops.append_binary(algorithm::binary_add, y_out_md);
-    dnnl::primitive_attr add_attr = user_scratchpad_attr();
-    add_attr.set_post_ops(ops);
-    dnnl::convolution_forward::primitive_desc pd(
-        dnnl::convolution_forward::desc(prop_kind::forward_training, algorithm::convolution_direct, xb_md, wb_any,
-                                        b_md, y_out_md, strides, pads, pads_end),
-        add_attr, p.engine(), /*allow_empty=*/true);
-    if (pd && !is_reference(pd.impl_info_str()) && pd.weights_desc() == fwd_pd.weights_desc()) {
-      run_pd = pd;
-      fused = true;
+  const bool has_residual = residual >= 0 && residual != x &&
+                            p.desc(residual) == activation_desc(ys, p.desc(residual).data_type());
+  // The convolution writing `out` (+ the residual as a binary post-op), or
+  // nothing where oneDNN has no fast kernel for that or picks other weights.
+  auto make_run = [&](const dnnl::memory::desc& out, bool add_residual) {
+    dnnl::primitive_attr run_attr = user_scratchpad_attr();
+    if (add_residual) {
+      dnnl::post_ops ops;
+      ops.append_binary(algorithm::binary_add, p.desc(residual));
+      run_attr.set_post_ops(ops);
     }
+    const auto kind = p.training() ? prop_kind::forward_training : prop_kind::forward_inference;
+    dnnl::convolution_forward::primitive_desc pd(
+        dnnl::convolution_forward::desc(kind, algorithm::convolution_direct, xb_md, wb_any, b_md, out, strides, pads,
+                                        pads_end),
+        run_attr, p.engine(), /*allow_empty=*/true);
+    const bool fast = pd && !is_reference(pd.impl_info_str()) && pd.weights_desc() == fwd_pd.weights_desc();
+    return fast ? std::optional<dnnl::convolution_forward::primitive_desc>(pd) : std::nullopt;
+  };
+  dnnl::memory::desc y_out_md(ys, p.activation_type(), layout);
+  const bool with_post_op = blocked && has_residual;
+  auto run = make_run(y_out_md, with_post_op);
+  if (!run && y_out_md.data_type() != dt::f32) {
+    y_out_md = dnnl::memory::desc(ys, dt::f32, layout);
+    run = make_run(y_out_md, with_post_op);
   }
+  fused = run.has_value() && with_post_op;
+  if (!run) {
+    y_out_md = dnnl::memory::desc(ys, dt::f32, layout);
+    run = fwd_pd;
+  }
+  const dnnl::convolution_forward::primitive_desc run_pd = *run;
   // Channels-last: the reorder out of the convolution's output adds into the spent residual.
   const bool add_into = !blocked && has_residual && residual_spent;
   fused = fused || add_into;
-  if (bf16_output && !p.training() && residual < 0) {
-    const dnnl::convolution_forward::primitive_desc pd(
-        dnnl::convolution_forward::desc(prop_kind::forward_inference, algorithm::convolution_direct, xb_md, wb_any,
-                                        b_md, yb_md, strides, pads, pads_end),
-        user_scratchpad_attr(), p.engine(), /*allow_empty=*/true);
-    if (pd && !is_reference(pd.impl_info_str()) && pd.weights_desc() == fwd_pd.weights_desc()) {
-      run_pd = pd;
-      y_out_md = yb_md;
-    }
-  }
   ValueId y;
   if (blocked) {
     y = p.new_value(y_out_md, true);
@@ -290,8 +293,7 @@ namespace {
 // output written over a spent residual. Else `fused` stays false and the
 // caller adds the residual.
 ValueId conv2d_impl(Program& p, ValueId x, const ParamRef& weight, const ParamRef& bias, int64_t stride,
-                    int64_t padding, int64_t padding_end, ValueId residual, bool residual_spent, bool bf16_output,
-                    bool& fused) {
+                    int64_t padding, int64_t padding_end, ValueId residual, bool residual_spent, bool& fused) {
   const Program::LayerScope layer(p, "convolution");
   fused = false;
   // x [N,Ci,H,W] -> y [N,Co,Ho,Wo]; weight [Co,Ci,k,k], bias [Co]
@@ -302,7 +304,7 @@ ValueId conv2d_impl(Program& p, ValueId x, const ParamRef& weight, const ParamRe
   const int64_t ho = (xs[2] + padding + padding_end - k) / stride + 1;
   const int64_t wo = (xs[3] + padding + padding_end - k) / stride + 1;
   if (auto y = conv2d_bf16(p, x, weight, bias, {xs[0], co, ho, wo}, {stride, stride}, {padding, padding},
-                           {padding_end, padding_end}, residual, residual_spent, bf16_output, fused))
+                           {padding_end, padding_end}, residual, residual_spent, fused))
     return *y;
   auto y_md = activation_desc({xs[0], co, ho, wo});
   const auto w_plain = plain_f32(weight.shape);
@@ -320,8 +322,8 @@ ValueId conv2d_impl(Program& p, ValueId x, const ParamRef& weight, const ParamRe
   // The convolution runs on the activations' layout unless that mix of
   // layouts (e.g. a blocked input and a few-channel plain output) only has a
   // reference kernel: then on plain tensors.
-  // A bf16 input (stored so for a bf16 convolution, in an inference
-  // program) is read through an f32 copy.
+  // A bf16 input (an inference program's activation) is read through an f32
+  // copy, and the output is f32.
   auto x_md = p.desc(x).data_type() == dt::f32 ? p.desc(x) : activation_desc(xs);
   auto fwd_pd = make_fwd(x_md, y_md);
   // A few-channel output of a blocked input (the last convolution) first
@@ -404,28 +406,17 @@ ValueId conv2d_impl(Program& p, ValueId x, const ParamRef& weight, const ParamRe
 
 }  // namespace
 
-bool conv2d_runs_bf16(const Program& p, const dims& xs, const ParamRef& weight, int64_t stride, int64_t padding,
-                      int64_t padding_end) {
-  if (padding_end < 0) padding_end = padding;
-  if (xs.size() != 4 || weight.shape.size() != 4 || weight.shape[1] != xs[1]) return false;
-  const int64_t k = weight.shape[2];
-  const dims ys{xs[0], weight.shape[0], (xs[2] + padding + padding_end - k) / stride + 1,
-                (xs[3] + padding + padding_end - k) / stride + 1};
-  return bf16_conv(p, xs, weight.shape, ys, {stride, stride}, {padding, padding}, {padding_end, padding_end})
-      .has_value();
-}
-
 ValueId conv2d(Program& p, ValueId x, const ParamRef& weight, const ParamRef& bias, int64_t stride, int64_t padding,
-               int64_t padding_end, bool bf16_output) {
+               int64_t padding_end) {
   bool fused = false;
-  return conv2d_impl(p, x, weight, bias, stride, padding, padding_end, -1, false, bf16_output, fused);
+  return conv2d_impl(p, x, weight, bias, stride, padding, padding_end, -1, false, fused);
 }
 
 ValueId conv2d_add(Program& p, ValueId x, const ParamRef& weight, const ParamRef& bias, ValueId residual,
                    int64_t stride, int64_t padding, bool residual_spent) {
   require(residual >= 0, "conv2d_add without a residual");
   bool fused = false;
-  const ValueId y = conv2d_impl(p, x, weight, bias, stride, padding, -1, residual, residual_spent, false, fused);
+  const ValueId y = conv2d_impl(p, x, weight, bias, stride, padding, -1, residual, residual_spent, fused);
   return fused ? y : add(p, residual, y);
 }
 
@@ -537,9 +528,8 @@ ValueId group_norm_impl(Program& p, ValueId x, const ParamRef& weight, const Par
   const int64_t n = xs[0], c = xs[1], cg = c / groups, spatial = product(xs, 2), nc = n * c;
   const auto x_md = p.desc(x);
   // The [1, N*C, H, W] view is the same memory for these two layouts only.
-  // bf16 data (a convolution's output stored for this norm in an inference
-  // program) is normalised into bf16 by the same primitives: statistics,
-  // scale and shift stay f32.
+  // bf16 data (an inference program's activations) is normalised into bf16
+  // by the same primitives: statistics, scale and shift stay f32.
   const dt type = x_md.data_type();
   require(type == dt::f32 || (type == dt::bf16 && !p.training()),
           "group_norm takes f32 inputs (bf16 in inference programs only)");
@@ -868,11 +858,17 @@ ValueId concat_channels(Program& p, ValueId a, ValueId b) {
   // Channel-blocked output when the split falls on a block boundary (so the
   // backward's channel slices are block-aligned sub-memories).
   const dims ys{as[0], as[1] + bs[1], as[2], as[3]};
-  const auto y_md = as[1] % 16 == 0 ? activation_desc(ys) : plain_f32(ys);
-  dnnl::concat::primitive_desc pd(y_md, 1, {p.desc(a), p.desc(b)}, p.engine(), user_scratchpad_attr());
+  // One data type for all three: bf16 if either input is (an inference
+  // program's activations, next to an f32 one such as the first
+  // convolution's output), the other converted.
+  const dt type = p.desc(a).data_type() == p.desc(b).data_type() ? p.desc(a).data_type() : dt::bf16;
+  const auto y_md = as[1] % 16 == 0 ? activation_desc(ys, type) : with_type(plain_f32(ys), type);
+  const dnnl::memory a_mem = p.reorder_if_needed(p.data(a), with_type(p.desc(a), type), false);
+  const dnnl::memory b_mem = p.reorder_if_needed(p.data(b), with_type(p.desc(b), type), false);
+  dnnl::concat::primitive_desc pd(y_md, 1, {a_mem.get_desc(), b_mem.get_desc()}, p.engine(), user_scratchpad_attr());
   const ValueId y = p.new_value(y_md, true);
-  p.forward(p.make<dnnl::concat>(pd), {{DNNL_ARG_MULTIPLE_SRC + 0, p.data(a)},
-                                       {DNNL_ARG_MULTIPLE_SRC + 1, p.data(b)},
+  p.forward(p.make<dnnl::concat>(pd), {{DNNL_ARG_MULTIPLE_SRC + 0, a_mem},
+                                       {DNNL_ARG_MULTIPLE_SRC + 1, b_mem},
                                        {DNNL_ARG_DST, p.data(y)}});
   p.on_backward([=](Program& p) {
     const dnnl::memory dy = p.grad(y);
@@ -886,8 +882,9 @@ ValueId upsample_nearest2x(Program& p, ValueId x) {
   // x [N,C,H,W] -> [N,C,2H,2W], up[y,x] = in[y/2, x/2]
   const dims xs = p.shape(x);
   const auto x_md = p.desc(x);
-  const auto y_md = is_channel_blocked(x_md) ? activation_desc({xs[0], xs[1], 2 * xs[2], 2 * xs[3]})
-                                             : plain_f32({xs[0], xs[1], 2 * xs[2], 2 * xs[3]});
+  const dims ys{xs[0], xs[1], 2 * xs[2], 2 * xs[3]};
+  const auto y_md =
+      is_channel_blocked(x_md) ? activation_desc(ys, x_md.data_type()) : with_type(plain_f32(ys), x_md.data_type());
   const auto attr = user_scratchpad_attr();
   dnnl::resampling_forward::primitive_desc fwd_pd(
       dnnl::resampling_forward::desc(prop_kind::forward_training, algorithm::resampling_nearest, x_md, y_md), attr,
@@ -926,7 +923,7 @@ ValueId to_tokens(Program& p, ValueId x) {
 ValueId from_tokens(Program& p, ValueId tokens, const dims& nchw) {
   // [N,S,C] -> [N,C,H,W] in the activation layout
   require(p.shape(tokens) == dims({nchw[0], nchw[2] * nchw[3], nchw[1]}), "from_tokens shape mismatch");
-  const ValueId y = p.new_value(activation_desc(nchw), true);
+  const ValueId y = p.new_value(activation_desc(nchw, p.activation_type()), true);
   p.copy(view(p.data(tokens), tokens_as_nchw(nchw)), p.data(y), false);
   p.on_backward([=](Program& p) {
     if (!p.needs_grad(tokens)) return;

@@ -1,12 +1,12 @@
 // The U-Net's layers, each a function that appends its forward primitives to
 // a Program and registers the code that appends its backward primitives
 // (gradients for the input and for every parameter). Image activations are
-// f32 in activation_desc()'s layout (channel-blocked where the channel count
+// in activation_desc()'s layout (channel-blocked where the channel count
 // allows, so convolutions run on jit kernels without reorders; layers accept
-// any layout for their inputs), but for a bf16 convolution's output that
-// only a group norm reads, which an inference program may store in bf16
-// (conv2d's bf16_output); tokens, embeddings and parameters are plain
-// row-major. Parameters are slices of the model's flat buffer, their
+// any layout for their inputs) and of the program's activation_type(): f32,
+// or bf16 in bf16 inference programs (layers take either, and convolutions
+// and from_tokens write that type); tokens, embeddings and parameters are
+// plain row-major f32. Parameters are slices of the model's flat buffer, their
 // gradients slices of the program's staging buffer. Each layer labels its
 // steps with its kind for profiles (Program::LayerScope): convolution,
 // linear, group_norm, elementwise (activations, adds, scales, dropout),
@@ -18,7 +18,7 @@
 //   linear          x [M,I] -> [M,O]                    weight [O,I], bias [O]
 //   group_norm      x [N,C,H,W] -> [N,C,H,W]            weight [C], bias [C] (batch-norm
 //                   primitives over a [1,N*C,H,W] view plus O(N*C) host arithmetic);
-//                   a bf16 x (inference only) gives a bf16 y, statistics in f32
+//                   y has x's type (bf16 in inference only), statistics in f32
 //   silu, activation any -> same (SiLU, Mish, GELU, ReLU)
 //   group_norm_act  act(group_norm(x)); one fused pass in programs built
 //                   for inference (training keeps the normalised values for
@@ -35,6 +35,8 @@
 //   upsample_nearest2x x [N,C,H,W] -> [N,C,2H,2W]
 //   to_tokens       x [N,C,H,W] -> [N*S,C];  from_tokens  [N*S,C] -> [N,C,H,W]
 //   attention_core  q, k, v [N*S,C] -> [N*S,C]  (heads of d channels, softmax(scale q k^T) v)
+// Data types: a layer's output has its (first) input's type; add takes
+// mixed types, concat_channels converts an f32 input next to a bf16 one.
 #pragma once
 
 #include "compute/program.hpp"
@@ -63,13 +65,8 @@ eltwise_op activation_op(Activation act);
 
 // `padding` zeros before each spatial dimension and `padding_end` after it
 // (-1: `padding`); diffusers' downsample_padding 0 is padding 0, padding_end 1.
-// `bf16_output`: in an inference program that runs this convolution in bf16,
-// store its output in bf16 (activation layout), for a consumer that reads
-// bf16 as fast as f32 (group_norm_act, whose output then feeds a convolution
-// that conv2d_runs_bf16, without a conversion pass); elsewhere ignored. x may
-// be such a bf16 value (an f32 convolution reads it through an f32 copy).
 ValueId conv2d(Program& p, ValueId x, const ParamRef& weight, const ParamRef& bias, int64_t stride, int64_t padding,
-               int64_t padding_end = -1, bool bf16_output = false);
+               int64_t padding_end = -1);
 // residual + conv2d(x), residual [N,Co,Ho,Wo]: the add done by the
 // convolution as it writes its output where oneDNN has a fast kernel for it
 // (f32), else a separate add. bf16 convolutions write channels-last; with
@@ -78,10 +75,6 @@ ValueId conv2d(Program& p, ValueId x, const ParamRef& weight, const ParamRef& bi
 // memory instead. The same result either way; backward gives the residual dy.
 ValueId conv2d_add(Program& p, ValueId x, const ParamRef& weight, const ParamRef& bias, ValueId residual,
                    int64_t stride, int64_t padding, bool residual_spent = false);
-// Whether conv2d runs the convolution of an input shaped `xs` with `weight`
-// in bf16, and so reads a bf16 input without a conversion to f32.
-bool conv2d_runs_bf16(const Program& p, const dims& xs, const ParamRef& weight, int64_t stride, int64_t padding,
-                      int64_t padding_end = -1);
 ValueId linear(Program& p, ValueId x, const ParamRef& weight, const ParamRef& bias);
 ValueId group_norm(Program& p, ValueId x, const ParamRef& weight, const ParamRef& bias, int64_t groups, float eps);
 ValueId silu(Program& p, ValueId x);

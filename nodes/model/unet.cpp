@@ -194,10 +194,8 @@ class UNetBuilder {
     if (it == index_.end()) throw std::logic_error("U-Net build: no parameter " + name);
     return it->second;
   }
-  ValueId conv(const std::string& prefix, ValueId x, int64_t stride, int64_t padding, int64_t padding_end = -1,
-               bool bf16_output = false) {
-    return conv2d(p_, x, param(prefix + ".weight"), param(prefix + ".bias"), stride, padding, padding_end,
-                  bf16_output);
+  ValueId conv(const std::string& prefix, ValueId x, int64_t stride, int64_t padding, int64_t padding_end = -1) {
+    return conv2d(p_, x, param(prefix + ".weight"), param(prefix + ".bias"), stride, padding, padding_end);
   }
   ValueId norm(const std::string& prefix, ValueId x, int64_t groups) {
     return group_norm(p_, x, param(prefix + ".weight"), param(prefix + ".bias"), groups,
@@ -226,12 +224,7 @@ class UNetBuilder {
       x = upsample_nearest2x(p_, x);
       h = upsample_nearest2x(p_, h);
     }
-    // Read by norm2 alone, which normalises bf16 as fast as f32 and feeds
-    // conv2: stored in bf16 where inference runs both convolutions in bf16.
-    const dims hs = p_.shape(h);
-    const bool conv2_bf16 = conv2d_runs_bf16(p_, {hs[0], param(prefix + ".conv1.weight").shape[0], hs[2], hs[3]},
-                                             param(prefix + ".conv2.weight"), 1, 1);
-    h = conv(prefix + ".conv1", h, 1, 1, -1, /*bf16_output=*/!c_.scale_shift() && conv2_bf16);
+    h = conv(prefix + ".conv1", h, 1, 1);
     if (!c_.scale_shift()) {
       // norm2(h + time_emb_proj [N,Co] over H, W), the sum never written.
       h = shifted_group_norm_act(p_, h, dense(prefix + ".time_emb_proj", emb_act_), param(prefix + ".norm2.weight"),

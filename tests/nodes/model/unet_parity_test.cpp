@@ -224,7 +224,7 @@ TEST_CASE("bf16 convolutions: prediction and gradients stay within bf16 rounding
   // The bf16 kernels did run: the rounding shows (an f32 pass is within 1e-6).
   if (native_bf16(device.engine())) CHECK(eps_err > 1e-5);
 
-  SUBCASE("an inference program (its norm2 inputs stored in bf16) is as close to the fixture") {
+  SUBCASE("an inference program (bf16 activations between layers) is about as close to the fixture") {
     auto inference = model->forward(io.tensor("x"), t, false);
     const double err = relative_l2(inference.prediction.to_vector(), io.floats("eps_out"));
     MESSAGE("bf16 unet_tiny inference relative L2 error: " << err);
