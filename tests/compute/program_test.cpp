@@ -13,8 +13,10 @@ namespace {
 
 using dt = dnnl::memory::data_type;
 
-// y = x * W^T through an inner product whose weights [4, 16] are the
-// parameters at offset 0, seen in `want` (blocked, or bf16 plain).
+// y = x * W^T [1, 4] for x = ones [1, 16], W [4, 16] the parameters at
+// offset 0 seen in `want` (another layout, or bf16): the converted copy goes
+// back to f32 plain through a reorder, which a matmul reads (the test values
+// are exact in bf16).
 struct WeightProgram {
   dnnl::engine engine{dnnl::engine::kind::cpu, 0};
   dnnl::stream stream{engine};
@@ -30,8 +32,6 @@ struct WeightProgram {
     const dnnl::memory w = p.param_as(0, plain_f32({4, 16}), want);
     // The same copy for the same offset and descriptor: no second conversion.
     CHECK(p.param_as(0, plain_f32({4, 16}), want).get_data_handle() == w.get_data_handle());
-    // A copy of f32 weights converts back exactly: the copy goes through a
-    // reorder to f32 plain, which the inner product then reads.
     const dnnl::memory w32 = p.alloc(plain_f32({4, 16}));
     p.copy(w, w32, false);
     dnnl::matmul::primitive_desc pd(
