@@ -58,8 +58,6 @@ dnnl::memory Program::owned(const dnnl::memory::desc& desc, bool pinned) {
 
 dnnl::memory Program::alloc(const dnnl::memory::desc& desc) { return owned(desc, false); }
 
-dnnl::memory Program::alloc_constant(const dnnl::memory::desc& desc) { return owned(desc, true); }
-
 dnnl::memory Program::alloc_persistent(const dnnl::memory::desc& desc) { return owned(desc, true); }
 
 dnnl::memory Program::param(int64_t offset, const dnnl::memory::desc& desc) const {

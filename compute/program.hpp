@@ -148,10 +148,9 @@ class Program {
   bool needs_grad(ValueId v) const { return values_.at(v).needs_grad; }
   // Program-owned temporary memory.
   dnnl::memory alloc(const dnnl::memory::desc& desc);
-  // Program-owned memory filled at build time and never written by a step.
-  dnnl::memory alloc_constant(const dnnl::memory::desc& desc);
   // Program-owned memory whose contents last from one pass to the next (kept
-  // out of memory planning): what the prepare list writes.
+  // out of memory planning): constants filled at build time, and what the
+  // prepare list writes.
   dnnl::memory alloc_persistent(const dnnl::memory::desc& desc);
   // Keeps a value's data and gradient out of memory planning (read or written
   // from outside the steps: model inputs, outputs, their gradients).

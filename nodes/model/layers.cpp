@@ -46,7 +46,7 @@ void append_channel_sums(Program& p, const dnnl::memory& src, const dnnl::memory
   const int64_t nc = xs[0] * xs[1], spatial = product(xs, 2);
   const auto attr = user_scratchpad_attr();
   const bool blocked = is_channel_blocked(x_md);
-  const dnnl::memory ones = p.alloc_constant(plain_f32(blocked ? dims{1, 1, spatial} : dims{spatial, 1}));
+  const dnnl::memory ones = p.alloc_persistent(plain_f32(blocked ? dims{1, 1, spatial} : dims{spatial, 1}));
   HostMap<float>(ones).fill(1.0f);
   if (blocked) {
     const auto src_md = plain_f32({nc / 16, spatial, 16});
@@ -464,7 +464,7 @@ ValueId linear(Program& p, ValueId x, const ParamRef& weight, const ParamRef& bi
     p.backward(p.make<dnnl::matmul>(dw_pd), {{DNNL_ARG_SRC, view(dy, dy_t)},
                                              {DNNL_ARG_WEIGHTS, view(p.data(x), x2)},
                                              {DNNL_ARG_DST, p.param_grad(weight.offset, w_plain)}});
-    const dnnl::memory ones = p.alloc_constant(plain_f32({1, rows}));
+    const dnnl::memory ones = p.alloc_persistent(plain_f32({1, rows}));
     HostMap<float>(ones).fill(1.0f);
     const auto db_md = plain_f32({1, out});
     dnnl::matmul::primitive_desc db_pd(dnnl::matmul::desc(ones.get_desc(), y2, db_md), attr, p.engine());
