@@ -60,6 +60,20 @@ dnnl::memory Program::alloc(const dnnl::memory::desc& desc) { return owned(desc,
 
 dnnl::memory Program::alloc_persistent(const dnnl::memory::desc& desc) { return owned(desc, true); }
 
+dnnl::memory Program::constant(const std::string& key, const dnnl::memory::desc& desc,
+                               const std::function<void(float* data, size_t count)>& fill) {
+  for (const auto& [name, memory] : constants_) {
+    if (name != key) continue;
+    if (memory.get_desc() != desc) throw std::logic_error("model program: constant '" + key + "' asked for with two shapes");
+    return memory;
+  }
+  const dnnl::memory m = alloc_persistent(desc);
+  HostMap<float> host(m);
+  fill(host.data(), host.size());
+  constants_.emplace_back(key, m);
+  return m;
+}
+
 dnnl::memory Program::param(int64_t offset, const dnnl::memory::desc& desc) const {
   return flat_slice(params_, offset, desc);
 }

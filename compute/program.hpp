@@ -70,8 +70,9 @@ class PrimitiveCache {
   std::vector<dnnl::primitive> primitives_;
 };
 
-// A host computation on small tensors (O(N*C) numbers, never image-sized),
-// given its memories through the args map (so memory planning can move them).
+// A host computation (dropout's mask: oneDNN has no random numbers), given
+// its memories through the args map (so memory planning can move them). A
+// pass waits for the engine before each one; models avoid them.
 using HostFn = std::function<void(const Args& args)>;
 
 struct Step {
@@ -152,6 +153,11 @@ class Program {
   // out of memory planning): constants filled at build time, and what the
   // prepare list writes.
   dnnl::memory alloc_persistent(const dnnl::memory::desc& desc);
+  // A program-owned f32 constant filled once, at build time, by `fill` (given
+  // the host view of its elements), and shared by every caller passing the
+  // same `key`: a key must name one content and one descriptor.
+  dnnl::memory constant(const std::string& key, const dnnl::memory::desc& desc,
+                        const std::function<void(float* data, size_t count)>& fill);
   // Keeps a value's data and gradient out of memory planning (read or written
   // from outside the steps: model inputs, outputs, their gradients).
   void pin(ValueId v) { values_.at(v).pinned = true; }
@@ -295,6 +301,7 @@ class Program {
     dnnl::memory memory;
   };
   std::vector<Converted> converted_;  // param_as's copies
+  std::vector<std::pair<std::string, dnnl::memory>> constants_;  // constant()'s, by key
   bool prepared_ = false;
   uint64_t prepared_for_ = 0;
   // Per backward step: gradients at offsets >= this are final after it (built on first use).

@@ -15,7 +15,7 @@
 // - every other primitive (eltwise, binary, normalisations, softmax, pooling,
 //   resampling, sum, ...): one per element it writes (dst, else diff_src), a
 //   lower bound (an activation's polynomial counts as one);
-// - host steps: 0 (they work on O(N*C) statistics, never image-sized data).
+// - host steps: 0 (work on the host is not counted: only dropout has one).
 // Bytes: each distinct memory of the arguments once (the scratchpad left out),
 // at the size its descriptor spans without the unused part of a view: the
 // least traffic the step can cause with caches that hold nothing between

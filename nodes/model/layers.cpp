@@ -5,6 +5,7 @@
 #include <algorithm>
 #include <cctype>
 #include <cmath>
+#include <cstdio>
 #include <optional>
 #include <string>
 #include <stdexcept>
@@ -477,48 +478,114 @@ ValueId linear(Program& p, ValueId x, const ParamRef& weight, const ParamRef& bi
 
 namespace {
 
-// Where the small numbers of one group norm live: slices of ONE program-owned
-// f32 buffer, so that each of its host steps maps that buffer once. gamma and
-// beta [C] (adjacent, as d gamma and d beta are) come in by the program's
-// prepare list (when the parameters change) and d gamma, d beta go out by a
-// backward reorder; the host steps touch nothing else. Each slice starts on a
-// 16-float (64-byte) boundary.
-struct GroupNormLayout {
-  int64_t gamma = 0, beta = 0;                                    // [C]
-  int64_t mean_c = 0, var_c = 0;                                  // [N*C] channel statistics (device)
-  int64_t mean = 0, var = 0, scale = 0, a = 0, b = 0;             // [N*C] forward host step's outputs
-  int64_t s1 = 0, s2 = 0, b_coef = 0, c_coef = 0;                 // [N*C] backward
-  int64_t dgamma = 0, dbeta = 0;                                  // [C] backward host step's outputs
-  int64_t size = 0;
+// The group norm's small arithmetic: per (sample, channel) numbers, [N, C]
+// plain f32, combined by tiny binary and matmul primitives with post-ops, so
+// that a pass runs on the engine from start to end (no host step, no stream
+// wait: on a GPU engine every wait drains the queue).
+struct PostOp {
+  algorithm kind;
+  float alpha = 0, beta = 0;  // an eltwise post-op's
+  dnnl::memory operand;       // a binary post-op's second input
+};
+PostOp eltwise_post(algorithm kind, float alpha = 0, float beta = 0) { return {kind, alpha, beta, {}}; }
+PostOp binary_post(algorithm kind, const dnnl::memory& operand) { return {kind, 0, 0, operand}; }
 
-  GroupNormLayout(int64_t c, int64_t nc, bool with_backward) {
-    auto take = [&](int64_t count) {
-      const int64_t at = size;
-      size += (count + 15) / 16 * 16;
-      return at;
-    };
-    gamma = take(2 * c);
-    beta = gamma + c;
-    for (int64_t* slot : {&mean_c, &var_c, &mean, &var, &scale, &a, &b}) *slot = take(nc);
-    if (!with_backward) return;
-    for (int64_t* slot : {&s1, &s2, &b_coef, &c_coef}) *slot = take(nc);
-    dgamma = take(2 * c);
-    dbeta = dgamma + c;
+dnnl::primitive_attr small_attr(const std::vector<PostOp>& ops, Args& args) {
+  dnnl::post_ops chain;
+  for (size_t i = 0; i < ops.size(); ++i) {
+    if (ops[i].operand) {
+      chain.append_binary(ops[i].kind, ops[i].operand.get_desc());
+      args[DNNL_ARG_ATTR_MULTIPLE_POST_OP(static_cast<int>(i)) | DNNL_ARG_SRC_1] = ops[i].operand;
+    } else {
+      chain.append_eltwise(1.0f, ops[i].kind, ops[i].alpha, ops[i].beta);
+    }
+  }
+  dnnl::primitive_attr attr = user_scratchpad_attr();
+  attr.set_post_ops(chain);
+  return attr;
+}
+
+void append_step(Program& p, bool in_backward, dnnl::primitive primitive, Args args) {
+  if (in_backward)
+    p.backward(std::move(primitive), std::move(args));
+  else
+    p.forward(std::move(primitive), std::move(args));
+}
+
+// dst = ops(a `kind` b); b may broadcast.
+void small_binary(Program& p, bool in_backward, algorithm kind, const dnnl::memory& a, const dnnl::memory& b,
+                  const dnnl::memory& dst, const std::vector<PostOp>& ops = {}) {
+  Args args{{DNNL_ARG_SRC_0, a}, {DNNL_ARG_SRC_1, b}, {DNNL_ARG_DST, dst}};
+  const dnnl::primitive_attr attr = small_attr(ops, args);
+  dnnl::binary::primitive_desc pd(dnnl::binary::desc(kind, a.get_desc(), b.get_desc(), dst.get_desc()), attr,
+                                  p.engine());
+  append_step(p, in_backward, p.make<dnnl::binary>(pd), std::move(args));
+}
+
+// dst = ops(a x w).
+void small_matmul(Program& p, bool in_backward, const dnnl::memory& a, const dnnl::memory& w, const dnnl::memory& dst,
+                  const std::vector<PostOp>& ops = {}) {
+  Args args{{DNNL_ARG_SRC, a}, {DNNL_ARG_WEIGHTS, w}, {DNNL_ARG_DST, dst}};
+  const dnnl::primitive_attr attr = small_attr(ops, args);
+  dnnl::matmul::primitive_desc pd(dnnl::matmul::desc(a.get_desc(), w.get_desc(), dst.get_desc()), attr, p.engine());
+  append_step(p, in_backward, p.make<dnnl::matmul>(pd), std::move(args));
+}
+
+// Group means, broadcast back to the channels, as one matmul: per-channel
+// numbers [rows, C] (a sample's channels in a row, groups of cg adjacent
+// channels) seen as [rows * C / k, k] times a block-diagonal [k, k] whose
+// cg x cg blocks hold 1/cg (`centred`: the identity minus that, so the
+// product is each number minus its group's mean), all times `factor`. k is
+// the smallest multiple of cg that is at least 16 and divides C (C itself
+// when none does), so every row of the view holds whole groups and the matmul
+// does little more than the sums it needs. (The factor is in the matrix, not
+// in post-ops: oneDNN 2.6.3's brgemm matmul applies the first linear post-op's
+// coefficients to a second one.)
+struct GroupMatrix {
+  int64_t k = 0;
+  dnnl::memory matrix;
+
+  GroupMatrix(Program& p, int64_t c, int64_t cg, bool centred, float factor) : k(c) {
+    for (int64_t m = cg; m < c; m += cg) {
+      if (m >= 16 && c % m == 0) {
+        k = m;
+        break;
+      }
+    }
+    char key[96];
+    std::snprintf(key, sizeof key, "group_matrix/%lld/%lld/%d/%a", static_cast<long long>(k),
+                  static_cast<long long>(cg), centred ? 1 : 0, static_cast<double>(factor));
+    const int64_t size = k, group = cg;
+    matrix = p.constant(key, plain_f32({k, k}), [=](float* data, size_t) {
+      for (int64_t i = 0; i < size; ++i) {
+        for (int64_t j = 0; j < size; ++j) {
+          const double mean = i / group == j / group ? 1.0 / static_cast<double>(group) : 0.0;
+          const double entry = centred ? (i == j ? 1.0 : 0.0) - mean : mean;
+          data[i * size + j] = static_cast<float>(entry * static_cast<double>(factor));
+        }
+      }
+    });
+  }
+  // `rows` x C numbers (plain) as the matmul's [rows * C / k, k] source or destination.
+  dnnl::memory rows(const dnnl::memory& numbers) const {
+    const int64_t count = static_cast<int64_t>(numbers.get_desc().get_size() / sizeof(float));
+    return view(numbers, plain_f32({count / k, k}));
   }
 };
 
 // With a shift (>= 0, [N,C]): the group norm of x + shift[:,:,None,None],
 // the sum never stored: the shift moves each (n,c)'s mean and nothing else,
-// so the host step takes it in and every pass over x reads x itself.
+// so the statistics take it in and every pass over x reads x itself.
 ValueId group_norm_impl(Program& p, ValueId x, const ParamRef& weight, const ParamRef& bias, int64_t groups, float eps,
                         std::optional<Activation> fused, ValueId shift = -1) {
   const Program::LayerScope layer(p, "group_norm");
   // x [N,C,...] -> y [N,C,...], any layout. Forward:
   //   1. batch-norm statistics over the [1, N*C, H, W] view: mean and
   //      (biased) variance of every (n, c) over the spatial positions;
-  //   2. host, O(N*C): group mean and variance from the channel ones, and the
-  //      per-(n,c) mean, variance, scale (gamma) and shift (beta);
-  //   3. one batch-norm with those global statistics and scale/shift = y.
+  //   2. per (n, c), by small primitives: the group's mean m and variance v
+  //      (the mean over its channels of their variance plus their squared
+  //      distance to m), r = 1/sqrt(v + eps), a = gamma r, b = beta - m a;
+  //   3. y = x a + b, one binary primitive over the view.
   // A shift t enters step 2 only: the channel means of x + t are those of x
   // plus t, and (x + t - m) is x minus m - t, the per-(n,c) mean "in x's
   // frame" that steps 3 and the backward use.
@@ -537,86 +604,66 @@ ValueId group_norm_impl(Program& p, ValueId x, const ParamRef& weight, const Par
               (xs.size() == 4 && x_md == dnnl::memory::desc(xs, type, tag::nChw16c)),
           "group_norm takes plain or nChw16c inputs");
   const auto bn_md = per_sample_channels(x_md);
-  const auto nc_md = plain_f32({nc});
   const auto nc_b = per_channel_operand(bn_md);
-  const auto c_md = plain_f32({c});
+  const auto numbers_md = plain_f32({n, c});
+  const auto row_md = plain_f32({1, c});
   const auto attr = user_scratchpad_attr();
   using flags = dnnl::normalization_flags;
 
-  // The group norm's buffer: [gamma | beta], then per (n, c) the channel
-  // statistics, what the host step computes, and the backward's numbers.
-  const GroupNormLayout at(c, nc, p.training());
-  // Persistent: gamma and beta stay in it between passes.
-  const dnnl::memory numbers = p.alloc_persistent(plain_f32({at.size}));
-  auto slice = [numbers](int64_t offset, const dnnl::memory::desc& desc) { return flat_slice(numbers, offset, desc); };
-  // gamma, beta [C] -> the buffer, by the prepare list (once per change of
-  // the parameters): one copy when adjacent in the parameters (weight, then
-  // bias: the models' module order).
+  // gamma | beta [2C], by the prepare list (once per change of the
+  // parameters): one copy when adjacent in the parameters (weight, then bias:
+  // the models' module order).
+  const dnnl::memory gamma_beta = p.alloc_persistent(plain_f32({2 * c}));
   if (bias.offset == weight.offset + c) {
-    p.prepare_copy(p.param(weight.offset, plain_f32({2 * c})), slice(at.gamma, plain_f32({2 * c})));
+    p.prepare_copy(p.param(weight.offset, plain_f32({2 * c})), gamma_beta);
   } else {
-    p.prepare_copy(p.param(weight.offset, c_md), slice(at.gamma, c_md));
-    p.prepare_copy(p.param(bias.offset, c_md), slice(at.beta, c_md));
+    p.prepare_copy(p.param(weight.offset, plain_f32({c})), flat_slice(gamma_beta, 0, plain_f32({c})));
+    p.prepare_copy(p.param(bias.offset, plain_f32({c})), flat_slice(gamma_beta, c, plain_f32({c})));
   }
+  const dnnl::memory gamma = flat_slice(gamma_beta, 0, row_md), beta = flat_slice(gamma_beta, c, row_md);
+  const dnnl::memory ones = p.constant("ones/" + std::to_string(nc), numbers_md,
+                                       [](float* data, size_t count) { std::fill(data, data + count, 1.0f); });
+  const GroupMatrix group_mean(p, c, cg, false, 1.0f);
+  auto numbers = [&] { return p.alloc(numbers_md); };
 
+  // 1. channel statistics (the normalised copy the primitive also writes is not used).
+  const dnnl::memory mean_c = numbers(), var_c = numbers();
   dnnl::batch_normalization_forward::primitive_desc stats_pd(
       dnnl::batch_normalization_forward::desc(prop_kind::forward_training, bn_md, eps, flags::none), attr,
       p.engine());
   const dnnl::memory scratch = p.alloc(bn_md);
-  p.forward(p.make<dnnl::batch_normalization_forward>(stats_pd), {{DNNL_ARG_SRC, view(p.data(x), bn_md)},
-                                                                   {DNNL_ARG_DST, scratch},
-                                                                   {DNNL_ARG_MEAN, slice(at.mean_c, nc_md)},
-                                                                   {DNNL_ARG_VARIANCE, slice(at.var_c, nc_md)}});
-  // Kept for backward: the group statistics per (n, c) (the mean in x's
-  // frame) and gamma per (n, c); for the output, per (n, c): a = gamma rstd
-  // and b = beta - mean gamma rstd.
-  Args host_args{{0, numbers}};
-  if (shift >= 0) host_args[1] = p.data(shift);
-  p.host_forward(
-      [=](const Args& args) {
-        HostMap<float> buffer(args.at(0));
-        std::optional<HostMap<float>> shifts;
-        if (shift >= 0) shifts.emplace(args.at(1));
-        auto t = [&](int64_t i) { return shifts ? (*shifts)[static_cast<size_t>(i)] : 0.0f; };
-        const float* mc = buffer.data() + at.mean_c;
-        const float* vc = buffer.data() + at.var_c;
-        const float* gamma = buffer.data() + at.gamma;
-        const float* beta = buffer.data() + at.beta;
-        float* m = buffer.data() + at.mean;
-        float* v = buffer.data() + at.var;
-        float* sc = buffer.data() + at.scale;
-        float* a = buffer.data() + at.a;
-        float* b = buffer.data() + at.b;
-        for (int64_t i = 0; i < n; ++i) {
-          for (int64_t g = 0; g < groups; ++g) {
-            const int64_t c0 = i * c + g * cg;
-            // The channel means of x + t: in float, as a statistics pass over the sum would give them.
-            auto mean_of = [&](int64_t i) { return shifts ? mc[i] + t(i) : mc[i]; };
-            double mu = 0;
-            for (int64_t j = 0; j < cg; ++j) mu += mean_of(c0 + j);
-            mu /= static_cast<double>(cg);
-            double variance = 0;
-            for (int64_t j = 0; j < cg; ++j) {
-              const double d = mean_of(c0 + j) - mu;
-              variance += vc[c0 + j] + d * d;
-            }
-            variance /= static_cast<double>(cg);
-            const float mean_f = static_cast<float>(mu), var_f = static_cast<float>(variance);
-            const double rstd = 1.0 / std::sqrt(static_cast<double>(var_f) + static_cast<double>(eps));
-            for (int64_t j = 0; j < cg; ++j) {
-              const double gj = gamma[g * cg + j];
-              const float mean_x = shifts ? mean_f - t(c0 + j) : mean_f;
-              m[c0 + j] = mean_x;
-              v[c0 + j] = var_f;
-              sc[c0 + j] = gamma[g * cg + j];
-              a[c0 + j] = static_cast<float>(gj * rstd);
-              b[c0 + j] = static_cast<float>(beta[g * cg + j] - static_cast<double>(mean_x) * gj * rstd);
-            }
-          }
-        }
-      },
-      std::move(host_args));
-  // y = x * a + b in one binary pass over the view (then the activation as a
+  p.forward(p.make<dnnl::batch_normalization_forward>(stats_pd),
+            {{DNNL_ARG_SRC, view(p.data(x), bn_md)},
+             {DNNL_ARG_DST, scratch},
+             {DNNL_ARG_MEAN, view(mean_c, plain_f32({nc}))},
+             {DNNL_ARG_VARIANCE, view(var_c, plain_f32({nc}))}});
+  // 2. the group statistics, in the frame of x + t.
+  dnnl::memory shifted_mean = mean_c;
+  const dnnl::memory t = shift >= 0 ? p.reorder_if_needed(p.data(shift), numbers_md, false) : dnnl::memory();
+  if (shift >= 0) {
+    shifted_mean = numbers();
+    small_binary(p, false, algorithm::binary_add, mean_c, t, shifted_mean);
+  }
+  const dnnl::memory group_m = numbers(), spread = numbers(), var_eps = numbers(), rstd = numbers();
+  small_matmul(p, false, group_mean.rows(shifted_mean), group_mean.matrix, group_mean.rows(group_m));
+  // var_c + (mean_c - m)^2, then its group mean plus eps.
+  small_binary(p, false, algorithm::binary_sub, shifted_mean, group_m, spread,
+               {eltwise_post(algorithm::eltwise_square), binary_post(algorithm::binary_add, var_c)});
+  small_matmul(p, false, group_mean.rows(spread), group_mean.matrix, group_mean.rows(var_eps),
+               {eltwise_post(algorithm::eltwise_linear, 1.0f, eps)});
+  small_binary(p, false, algorithm::binary_div, ones, var_eps, rstd, {eltwise_post(algorithm::eltwise_sqrt)});
+  // The mean in x's frame, and y = x a + b's coefficients.
+  dnnl::memory mean = group_m;
+  if (shift >= 0) {
+    mean = numbers();
+    small_binary(p, false, algorithm::binary_sub, group_m, t, mean);
+  }
+  const dnnl::memory a = numbers(), b = numbers();
+  small_binary(p, false, algorithm::binary_mul, rstd, gamma, a);
+  small_binary(p, false, algorithm::binary_mul, mean, a, b,
+               {eltwise_post(algorithm::eltwise_linear, -1.0f, 0.0f), binary_post(algorithm::binary_add, beta)});
+
+  // 3. y = x * a + b in one binary pass over the view (then the activation as a
   // post-op when fused: the same arithmetic as the separate activation step,
   // so inference and training programs give identical outputs).
   dnnl::post_ops ops;
@@ -631,89 +678,71 @@ ValueId group_norm_impl(Program& p, ValueId x, const ParamRef& weight, const Par
                                         p.engine());
   const ValueId y = p.new_value(x_md, !fused);
   p.forward(p.make<dnnl::binary>(apply_pd), {{DNNL_ARG_SRC_0, view(p.data(x), bn_md)},
-                                             {DNNL_ARG_SRC_1, slice(at.a, nc_b)},
-                                             {DNNL_ARG_ATTR_MULTIPLE_POST_OP(0) | DNNL_ARG_SRC_1, slice(at.b, nc_b)},
+                                             {DNNL_ARG_SRC_1, view(a, nc_b)},
+                                             {DNNL_ARG_ATTR_MULTIPLE_POST_OP(0) | DNNL_ARG_SRC_1, view(b, nc_b)},
                                              {DNNL_ARG_DST, view(p.data(y), bn_md)}});
   if (fused) return y;
 
   p.on_backward([=](Program& p) {
     // 1. batch-norm backward over the [1, N*C, H, W] view with the group mean
-    //    and variance as the channel statistics gives, per (n,c): S1 = sum dy,
-    //    S2 = sum dy xhat, and a = gamma rstd (dy - S1/HW - xhat S2/HW), the
-    //    gradient as if every (n,c) were its own group;
-    // 2. host, O(N*C): d gamma, d beta, and the per-(n,c) B, C that turn the
-    //    channel means into group means: dx = a + B x + C;
+    //    and variance as the channel statistics (eps already in the variance)
+    //    gives, per (n,c): S1 = sum dy, S2 = sum dy xhat, and
+    //    a = gamma r (dy - S1/HW - xhat S2/HW), the gradient as if every
+    //    (n,c) were its own group;
+    // 2. small primitives: d gamma, d beta (S2, S1 summed over the samples),
+    //    and the per-(n,c) B, C that turn the channel means into group
+    //    means: dx = a + B x + C, with, over the group's channels j,
+    //      B = r^2 (gamma S2 - mean_j(gamma_j S2_j)) / HW,
+    //      C = r (gamma S1 - mean_j(gamma_j S1_j)) / HW - m B;
     // 3. one binary primitive: dx = x * B + C + a.
     const auto bwd_flags = flags::use_scale | flags::use_shift;
     dnnl::batch_normalization_forward::primitive_desc hint_pd(
-        dnnl::batch_normalization_forward::desc(prop_kind::forward_training, bn_md, eps, bwd_flags), attr,
+        dnnl::batch_normalization_forward::desc(prop_kind::forward_training, bn_md, 0.0f, bwd_flags), attr,
         p.engine());
     dnnl::batch_normalization_backward::primitive_desc bwd_pd(
-        dnnl::batch_normalization_backward::desc(prop_kind::backward, bn_md, bn_md, eps, bwd_flags), attr,
+        dnnl::batch_normalization_backward::desc(prop_kind::backward, bn_md, bn_md, 0.0f, bwd_flags), attr,
         p.engine(), hint_pd);
+    const auto pair_md = plain_f32({2, n, c});
+    const dnnl::memory scale = p.alloc(numbers_md);  // gamma per (n, c)
+    p.backward(p.make<dnnl::binary>(dnnl::binary::primitive_desc(
+                   dnnl::binary::desc(algorithm::binary_mul, numbers_md, row_md, numbers_md), attr, p.engine())),
+               {{DNNL_ARG_SRC_0, ones}, {DNNL_ARG_SRC_1, gamma}, {DNNL_ARG_DST, scale}});
+    const dnnl::memory sums = p.alloc(pair_md);  // [S2; S1]
     const dnnl::memory a_term = p.alloc(bn_md);
+    const auto flat_nc = plain_f32({nc});
     p.backward(p.make<dnnl::batch_normalization_backward>(bwd_pd),
                {{DNNL_ARG_SRC, view(p.data(x), bn_md)},
-                {DNNL_ARG_MEAN, slice(at.mean, nc_md)},
-                {DNNL_ARG_VARIANCE, slice(at.var, nc_md)},
-                {DNNL_ARG_SCALE, slice(at.scale, nc_md)},
-                {DNNL_ARG_SHIFT, slice(at.b, nc_md)},  // required, unused
+                {DNNL_ARG_MEAN, view(mean, flat_nc)},
+                {DNNL_ARG_VARIANCE, view(var_eps, flat_nc)},
+                {DNNL_ARG_SCALE, view(scale, flat_nc)},
+                {DNNL_ARG_SHIFT, view(b, flat_nc)},  // required, unused
                 {DNNL_ARG_DIFF_DST, view(p.grad(y), bn_md)},
                 {DNNL_ARG_DIFF_SRC, a_term},
-                {DNNL_ARG_DIFF_SCALE, slice(at.s2, nc_md)},
-                {DNNL_ARG_DIFF_SHIFT, slice(at.s1, nc_md)}});
-    const double count = static_cast<double>(cg * spatial), hw = static_cast<double>(spatial);
-    const double epsilon = eps;
-    p.host_backward(
-        [=](const Args& args) {
-          HostMap<float> buffer(args.at(0));
-          const float* m = buffer.data() + at.mean;
-          const float* v = buffer.data() + at.var;
-          const float* sc = buffer.data() + at.scale;
-          const float* S1 = buffer.data() + at.s1;
-          const float* S2 = buffer.data() + at.s2;
-          float* dgamma = buffer.data() + at.dgamma;
-          float* dbeta = buffer.data() + at.dbeta;
-          float* bc = buffer.data() + at.b_coef;
-          float* cc = buffer.data() + at.c_coef;
-          for (int64_t j = 0; j < c; ++j) {
-            double dg = 0, db = 0;
-            for (int64_t i = 0; i < n; ++i) {
-              dg += S2[i * c + j];
-              db += S1[i * c + j];
-            }
-            dgamma[j] = static_cast<float>(dg);
-            dbeta[j] = static_cast<float>(db);
-          }
-          for (int64_t i = 0; i < n; ++i) {
-            for (int64_t g = 0; g < groups; ++g) {
-              const int64_t c0 = i * c + g * cg;
-              double k1 = 0, k2 = 0;
-              for (int64_t j = 0; j < cg; ++j) {
-                k1 += static_cast<double>(sc[c0 + j]) * S1[c0 + j];
-                k2 += static_cast<double>(sc[c0 + j]) * S2[c0 + j];
-              }
-              const double rstd = 1.0 / std::sqrt(static_cast<double>(v[c0]) + epsilon);
-              for (int64_t j = 0; j < cg; ++j) {
-                const double gamma = sc[c0 + j];
-                const double b = rstd * rstd * (gamma * S2[c0 + j] / hw - k2 / count);
-                const double cst = rstd * (gamma * S1[c0 + j] / hw - k1 / count) - static_cast<double>(m[c0 + j]) * b;
-                bc[c0 + j] = static_cast<float>(b);
-                cc[c0 + j] = static_cast<float>(cst);
-              }
-            }
-          }
-        },
-        {{0, numbers}});
-    // d gamma, d beta [C] -> the parameter gradients (as gamma and beta came in).
+                {DNNL_ARG_DIFF_SCALE, flat_slice(sums, 0, flat_nc)},
+                {DNNL_ARG_DIFF_SHIFT, flat_slice(sums, nc, flat_nc)}});
+    // [d gamma; d beta] = ones [1, N] x [S2; S1] (as gamma and beta came in).
+    const dnnl::memory ones_n = view(ones, plain_f32({1, 1, n}));
     if (bias.offset == weight.offset + c) {
-      p.copy(slice(at.dgamma, plain_f32({2 * c})), p.param_grad(weight.offset, plain_f32({2 * c})), true);
+      small_matmul(p, true, ones_n, sums, p.param_grad(weight.offset, plain_f32({2, 1, c})));
     } else {
-      p.copy(slice(at.dgamma, c_md), p.param_grad(weight.offset, c_md), true);
-      p.copy(slice(at.dbeta, c_md), p.param_grad(bias.offset, c_md), true);
+      const dnnl::memory d = p.alloc(plain_f32({2, 1, c}));
+      small_matmul(p, true, ones_n, sums, d);
+      p.copy(flat_slice(d, 0, plain_f32({c})), p.param_grad(weight.offset, plain_f32({c})), true);
+      p.copy(flat_slice(d, c, plain_f32({c})), p.param_grad(bias.offset, plain_f32({c})), true);
     }
     const bool want_x = p.needs_grad(x), want_shift = shift >= 0 && p.needs_grad(shift);
     if (!want_x && !want_shift) return;
+    // u = gamma [S2; S1], then (u - groupmean(u)) / HW.
+    const dnnl::memory u = p.alloc(pair_md), w = p.alloc(pair_md);
+    small_binary(p, true, algorithm::binary_mul, sums, view(scale, plain_f32({1, n, c})), u);
+    const GroupMatrix centre(p, c, cg, true, 1.0f / static_cast<float>(spatial));
+    small_matmul(p, true, centre.rows(u), centre.matrix, centre.rows(w));
+    const dnnl::memory b_coef = p.alloc(numbers_md), c_part = p.alloc(numbers_md), c_coef = p.alloc(numbers_md);
+    small_binary(p, true, algorithm::binary_mul, flat_slice(w, 0, numbers_md), rstd, b_coef,
+                 {binary_post(algorithm::binary_mul, rstd)});
+    small_binary(p, true, algorithm::binary_mul, flat_slice(w, nc, numbers_md), rstd, c_part);
+    small_binary(p, true, algorithm::binary_mul, mean, b_coef, c_coef,
+                 {eltwise_post(algorithm::eltwise_linear, -1.0f, 0.0f), binary_post(algorithm::binary_add, c_part)});
     // A later contribution adds into the gradient directly (sum post-op),
     // unless the shift's gradient is read from this contribution alone.
     GradSink s;
@@ -728,8 +757,8 @@ ValueId group_norm_impl(Program& p, ValueId x, const ParamRef& weight, const Par
     dnnl::binary::primitive_desc dx_pd(dnnl::binary::desc(algorithm::binary_mul, bn_md, nc_b, bn_md), dx_attr,
                                        p.engine());
     p.backward(p.make<dnnl::binary>(dx_pd), {{DNNL_ARG_SRC_0, view(p.data(x), bn_md)},
-                                             {DNNL_ARG_SRC_1, slice(at.b_coef, nc_b)},
-                                             {DNNL_ARG_ATTR_MULTIPLE_POST_OP(0) | DNNL_ARG_SRC_1, slice(at.c_coef, nc_b)},
+                                             {DNNL_ARG_SRC_1, view(b_coef, nc_b)},
+                                             {DNNL_ARG_ATTR_MULTIPLE_POST_OP(0) | DNNL_ARG_SRC_1, view(c_coef, nc_b)},
                                              {DNNL_ARG_ATTR_MULTIPLE_POST_OP(1) | DNNL_ARG_SRC_1, a_term},
                                              {DNNL_ARG_DST, view(dx, bn_md)}});
     if (want_x) p.commit(s);
@@ -739,9 +768,9 @@ ValueId group_norm_impl(Program& p, ValueId x, const ParamRef& weight, const Par
       p.contribute(shift, view(dx, p.desc(shift)));
       return;
     }
-    const GradSink t = p.sink(shift);
-    append_channel_sums(p, dx, x_md, t.memory);
-    p.commit(t);
+    const GradSink ts = p.sink(shift);
+    append_channel_sums(p, dx, x_md, ts.memory);
+    p.commit(ts);
   });
   return y;
 }

@@ -17,7 +17,7 @@
 //   conv2d_add      x, residual [N,Co,H',W'] -> residual + conv2d(x)
 //   linear          x [M,I] -> [M,O]                    weight [O,I], bias [O]
 //   group_norm      x [N,C,H,W] -> [N,C,H,W]            weight [C], bias [C] (batch-norm
-//                   primitives over a [1,N*C,H,W] view plus O(N*C) host arithmetic);
+//                   primitives over a [1,N*C,H,W] view, tiny primitives on the N*C statistics);
 //                   y has x's type (bf16 in inference only), statistics in f32
 //   silu, activation any -> same (SiLU, Mish, GELU, ReLU)
 //   group_norm_act  act(group_norm(x)); one fused pass in programs built
