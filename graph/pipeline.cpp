@@ -19,6 +19,7 @@
 #include <condition_variable>
 #include <deque>
 #include <fstream>
+#include <future>
 #include <functional>
 #include <iomanip>
 #include <mutex>
@@ -84,6 +85,10 @@ class CollectingEmitter : public Emitter {
 
 // One thread that runs every device node's oneDNN work, with an OpenMP team
 // of its own: TBB workers run the data path, this thread owns the compute cores.
+// Resources and nodes are made on it too (a model zeroes its gradients with a
+// primitive as it is made): an OpenMP region on any other thread would give
+// that thread a team of its own, idle threads that count against libgomp's
+// CPU budget and cut every team's spin before sleeping (docs/design.md).
 class ComputeExecutor {
  public:
   explicit ComputeExecutor(int omp_threads) : thread_([this, omp_threads] { loop(omp_threads); }) {}
@@ -101,6 +106,14 @@ class ComputeExecutor {
       jobs_.push_back(std::move(job));
     }
     ready_.notify_one();
+  }
+  // Runs `job` on the compute thread and returns when it is done; an
+  // exception it throws is rethrown here.
+  void call(const std::function<void()>& job) {
+    std::packaged_task<void()> task(job);
+    std::future<void> done = task.get_future();
+    submit([&task] { task(); });
+    done.get();
   }
 
  private:
@@ -292,24 +305,31 @@ struct Pipeline::Impl {
 
   void build() {
     const auto& registry = Registry::instance();
-    for (const auto& r : spec.resources) {
-      ResourceConfig config{r.name, r.type, r.params};
-      ctx.add_resource(r.name, registry.create_resource(config, ctx));
-    }
-    for (const auto& n : spec.nodes) {
-      auto rt = std::make_unique<Runtime>();
-      rt->spec = &n;
-      rt->contract = registry.node_contract(n.type);
-      if (rt->contract->outputs.size() > kMaxPorts || rt->contract->inputs.size() > kMaxPorts) {
-        throw std::logic_error("node type '" + n.type + "' has more than " + std::to_string(kMaxPorts) + " ports");
-      }
-      NodeConfig config{n.name, n.type, n.params, n.concurrency};
-      rt->node = registry.create_node(config, ctx);
-      nodes.push_back(std::move(rt));
-    }
     bool any_device_node = false;
-    for (auto& rt : nodes) make_flow_nodes(*rt, any_device_node);
+    for (const auto& n : spec.nodes) any_device_node = any_device_node || !registry.node_contract(n.type)->host_only;
     if (any_device_node) executor = std::make_unique<ComputeExecutor>(options.compute_threads);
+    auto make = [&] {
+      for (const auto& r : spec.resources) {
+        ResourceConfig config{r.name, r.type, r.params};
+        ctx.add_resource(r.name, registry.create_resource(config, ctx));
+      }
+      for (const auto& n : spec.nodes) {
+        auto rt = std::make_unique<Runtime>();
+        rt->spec = &n;
+        rt->contract = registry.node_contract(n.type);
+        if (rt->contract->outputs.size() > kMaxPorts || rt->contract->inputs.size() > kMaxPorts) {
+          throw std::logic_error("node type '" + n.type + "' has more than " + std::to_string(kMaxPorts) + " ports");
+        }
+        NodeConfig config{n.name, n.type, n.params, n.concurrency};
+        rt->node = registry.create_node(config, ctx);
+        nodes.push_back(std::move(rt));
+      }
+    };
+    if (executor)
+      executor->call(make);
+    else
+      make();
+    for (auto& rt : nodes) make_flow_nodes(*rt);
     for (const auto& e : spec.edges) connect(e);
   }
 
@@ -317,7 +337,7 @@ struct Pipeline::Impl {
     return n.concurrency == 0 ? static_cast<size_t>(flow::unlimited) : static_cast<size_t>(n.concurrency);
   }
 
-  void make_flow_nodes(Runtime& rt, bool& any_device_node) {
+  void make_flow_nodes(Runtime& rt) {
     Runtime* r = &rt;
     const NodeContract& c = *rt.contract;
     if (c.type == kLimiterType) {
@@ -343,7 +363,6 @@ struct Pipeline::Impl {
       rt.body = std::make_unique<flow::function_node<Work, RoutedPtr>>(
           graph, concurrency_of(*rt.spec), [this, r](const Work& work) { return invoke(*r, work); });
     } else {
-      any_device_node = true;
       using Gateway = flow::async_node<Work, RoutedPtr>::gateway_type;
       rt.async_body = std::make_unique<flow::async_node<Work, RoutedPtr>>(
           graph, concurrency_of(*rt.spec), [this, r](const Work& work, Gateway& gateway) {
