@@ -45,7 +45,8 @@ void undo_initial_binding() {
 void ensure_openmp_wait_policy(int argc, char** argv) {
   (void)argc;
   if (std::getenv("OMP_WAIT_POLICY") != nullptr || std::getenv("GOMP_SPINCOUNT") != nullptr) return;
-  if (::setenv("OMP_WAIT_POLICY", "passive", 1) != 0) return;
+  // The spin count first: alone it still bounds the spin.
+  if (::setenv("GOMP_SPINCOUNT", "3000", 1) != 0 || ::setenv("OMP_WAIT_POLICY", "active", 1) != 0) return;
   undo_initial_binding();
   ::execv("/proc/self/exe", argv);
   // execv only returns on failure: carry on with the default policy.

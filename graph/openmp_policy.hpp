@@ -1,24 +1,27 @@
 // OpenMP wait policy. oneDNN's CPU primitives run on OpenMP threads; after each
-// parallel region libgomp's idle team threads spin before they sleep: by
-// default about 300,000 iterations (a few ms), with OMP_WAIT_POLICY=active
-// for good, with passive not at all. Measured (docs/performance.md):
-// - spinning wins on a machine of its own: each of the hundreds of short
-//   primitives in a U-Net pass otherwise wakes a sleeping team; on 16 cores
-//   GOMP_SPINCOUNT=100000 ran the training pass 1.7-2.0x faster than passive;
-// - spinning collapses on a shared machine: a spinning team looks like a
-//   core-hog to the scheduler; on 2 cores beside one busy process the same
-//   pass kept 0.13 of its speed with GOMP_SPINCOUNT=100000 and 0.51 passive,
-//   and in a flow graph a spinning team takes the time slices of TBB workers
-//   and data nodes (the 2-core training graph at half speed when active).
-// The default is the robust one, passive; users with a dedicated machine set
-// GOMP_SPINCOUNT (or OMP_WAIT_POLICY) themselves.
+// parallel region libgomp's idle team threads spin before they sleep
+// (GOMP_SPINCOUNT iterations; by default about 300,000, a few ms; with
+// OMP_WAIT_POLICY=passive not at all). Measured (docs/performance.md):
+// - a sleeping team costs every short primitive a wake-up, and a U-Net pass
+//   has hundreds of them: on a 2-core VM passive ran batch-4 forward passes
+//   at 0.2-0.3x and training at 0.6-0.7x the speed of a 3,000-iteration spin,
+//   and on 16 cores a 100,000-iteration spin trained 1.7-2.0x faster than
+//   passive;
+// - long spins collapse on a shared machine: a spinning team looks like a
+//   core-hog to the scheduler (beside one busy process on 2 cores a
+//   100,000-iteration spin kept 0.13 of its speed, passive 0.51).
+// The default is a short spin: OMP_WAIT_POLICY=active with GOMP_SPINCOUNT=3000
+// (a fraction of a millisecond; libgomp cuts it to 1,000 when its threads
+// outnumber the CPUs, where GOMP_SPINCOUNT alone would cut it to 100). It
+// bridges the gaps between a pass's primitives and sleeps between passes.
+// On a machine shared with busy processes, OMP_WAIT_POLICY=passive degrades
+// least; a value the user set is always kept.
 //
 // libgomp reads OMP_WAIT_POLICY and GOMP_SPINCOUNT once, when it is loaded,
 // before main(). So ensure_openmp_wait_policy() re-executes the program with
-// OMP_WAIT_POLICY=passive when neither is set; a value the user set is always
-// kept. Binding (OMP_PROC_BIND, OMP_PLACES) survives the re-execution: the
-// CPUs of every place are given back to the process first (libgomp had
-// pinned it to the first place).
+// the default when neither is set. Binding (OMP_PROC_BIND, OMP_PLACES)
+// survives the re-execution: the CPUs of every place are given back to the
+// process first (libgomp had pinned it to the first place).
 #pragma once
 
 #include <string>
@@ -35,7 +38,7 @@ std::vector<int> openmp_place_cpus();
 // it failed, in which case the program goes on with the policy it has).
 void ensure_openmp_wait_policy(int argc, char** argv);
 
-// "OMP_WAIT_POLICY=passive", "GOMP_SPINCOUNT=100000", ...: the wait settings
+// "OMP_WAIT_POLICY=active, GOMP_SPINCOUNT=3000", ...: the wait settings
 // this process runs with, for version and benchmark records.
 std::string describe_openmp_wait_policy();
 

@@ -7,7 +7,7 @@
 //   CPU: Intel(R) Xeon(R) ...
 //   ISA: avx2 (what oneDNN dispatches to)
 //   CPUs: 16 usable of 16 online
-//   OpenMP wait: OMP_WAIT_POLICY=passive
+//   OpenMP wait: OMP_WAIT_POLICY=active, GOMP_SPINCOUNT=3000
 #include "graph/device.hpp"
 #include "graph/openmp_policy.hpp"
 #include "runners/command.hpp"

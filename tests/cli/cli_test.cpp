@@ -130,7 +130,7 @@ TEST_CASE("device gpu without an Intel GPU is a clear error, never a silent CPU 
 
 TEST_CASE("OpenMP binding in the environment keeps every CPU through the wait-policy re-execution") {
   // libgomp pins the initial thread to the first place when binding is asked
-  // for; the re-execution that sets the passive wait policy must not inherit
+  // for; the re-execution that sets the wait policy must not inherit
   // that one-place mask (measured before the fix: a 16-core run collapsed
   // onto one core).
   // (The test process runs with the wait policy set, which a child would
@@ -150,14 +150,16 @@ TEST_CASE("OpenMP binding in the environment keeps every CPU through the wait-po
   CHECK(line(bound.output) == line(plain.output));
 }
 
-TEST_CASE("the CLI runs with the passive OpenMP wait unless the user chose a wait setting") {
+TEST_CASE("the CLI runs with a short OpenMP spin unless the user chose a wait setting") {
   const auto chosen = [](const std::string& output) {
     const auto at = output.find("OpenMP wait: ");
     return at == std::string::npos ? std::string() : output.substr(at + 13, output.find('\n', at) - at - 13);
   };
   const auto unset = run_cli("version", "unset OMP_WAIT_POLICY GOMP_SPINCOUNT; ");
   CAPTURE(unset.output);
-  CHECK(chosen(unset.output) == "OMP_WAIT_POLICY=passive");
+  CHECK(chosen(unset.output) == "OMP_WAIT_POLICY=active, GOMP_SPINCOUNT=3000");
+  const auto passive = run_cli("version", "unset GOMP_SPINCOUNT; export OMP_WAIT_POLICY=passive; ");
+  CHECK(chosen(passive.output) == "OMP_WAIT_POLICY=passive");
   const auto active = run_cli("version", "unset GOMP_SPINCOUNT; export OMP_WAIT_POLICY=active; ");
   CHECK(chosen(active.output) == "OMP_WAIT_POLICY=active");
   const auto spin = run_cli("version", "unset OMP_WAIT_POLICY; export GOMP_SPINCOUNT=100000; ");
