@@ -84,3 +84,26 @@ TEST_CASE("a pass before its converted weights were ever made is refused") {
   WeightProgram w(dnnl::memory::desc({4, 16}, dt::f32, tag::ba));
   CHECK_THROWS_WITH_AS(w.p.run_forward(w.stream), doctest::Contains("before prepare()"), std::logic_error);
 }
+
+TEST_CASE("a constant is filled once and shared by key; one key cannot name two shapes") {
+  dnnl::engine engine{dnnl::engine::kind::cpu, 0};
+  PrimitiveCache cache;
+  dnnl::memory params{plain_f32({4}), engine};
+  Program p{engine, cache, params, 4, false};
+  int fills = 0;
+  auto ramp = [&fills](float* data, size_t count) {
+    ++fills;
+    for (size_t i = 0; i < count; ++i) data[i] = static_cast<float>(i);
+  };
+  const dnnl::memory a = p.constant("ramp/8", plain_f32({8}), ramp);
+  const dnnl::memory b = p.constant("ramp/8", plain_f32({8}), ramp);
+  CHECK(fills == 1);
+  CHECK(a.get_data_handle() == b.get_data_handle());
+  const auto* values = static_cast<const float*>(a.get_data_handle());
+  CHECK(values[0] == 0.0f);
+  CHECK(values[7] == 7.0f);
+  const dnnl::memory c = p.constant("ramp/4", plain_f32({4}), ramp);
+  CHECK(fills == 2);
+  CHECK(c.get_data_handle() != a.get_data_handle());
+  CHECK_THROWS_AS(p.constant("ramp/8", plain_f32({2, 4}), ramp), std::logic_error);
+}

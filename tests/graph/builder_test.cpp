@@ -9,7 +9,10 @@
 
 using namespace diffuflow;
 using diffuflow::test::reset_sinks;
+using diffuflow::test::reset_thread_probes;
 using diffuflow::test::sink_records;
+using diffuflow::test::thread_probes;
+using diffuflow::test::ThreadProbes;
 
 namespace {
 
@@ -69,6 +72,45 @@ edges: [src -> add, add -> more, more -> sink]
     REQUIRE(values.size() == 25);
     for (int64_t i = 0; i < 25; ++i) CHECK(values[i] == i + 8);
   }
+}
+
+TEST_CASE("resources and nodes of a pipeline with device nodes are made on its compute thread") {
+  // A model makes primitives as it is made; on any thread but the compute
+  // thread they would start a second OpenMP team (docs/design.md).
+  reset_sinks();
+  reset_thread_probes();
+  run_yaml(R"(
+name: probes
+resources:
+  - {name: probe, type: test_thread_probe}
+nodes:
+  - {name: src, type: test_source, params: {count: 5}}
+  - {name: dev, type: test_device_probe, params: {probe: probe}}
+  - {name: sink, type: test_sink}
+edges: [src -> dev, dev -> sink]
+)");
+  CHECK(sorted_values("sink").size() == 5);
+  const ThreadProbes seen = thread_probes();
+  REQUIRE(seen.resource_made.size() == 1);
+  REQUIRE(seen.node_made.size() == 1);
+  REQUIRE(seen.node_ran.size() == 5);
+  CHECK(seen.resource_made[0] != std::this_thread::get_id());
+  CHECK(seen.node_made[0] == seen.resource_made[0]);
+  for (const auto& id : seen.node_ran) CHECK(id == seen.resource_made[0]);
+
+  // A resource that fails as it is made fails the build with its own error.
+  reset_thread_probes();
+  CHECK_THROWS_WITH_AS(run_yaml(R"(
+name: probes
+resources:
+  - {name: probe, type: test_thread_probe, params: {fail: true}}
+nodes:
+  - {name: src, type: test_source, params: {count: 5}}
+  - {name: dev, type: test_device_probe, params: {probe: probe}}
+  - {name: sink, type: test_sink}
+edges: [src -> dev, dev -> sink]
+)"),
+                       "test_thread_probe: asked to fail", ConfigError);
 }
 
 TEST_CASE("fan-out then a tag-matching join pairs packets by seq") {

@@ -1,5 +1,6 @@
 #include "test_nodes.hpp"
 
+#include "graph/errors.hpp"
 #include "graph/registry.hpp"
 
 #include <atomic>
@@ -291,7 +292,74 @@ class Resourceless : public Node {
 }  // namespace
 }  // namespace diffuflow::test
 
+namespace diffuflow::test {
+namespace {
+
+std::mutex probe_mutex;
+ThreadProbes probes;
+
+void record(std::vector<std::thread::id>& where) {
+  std::lock_guard<std::mutex> lock(probe_mutex);
+  where.push_back(std::this_thread::get_id());
+}
+
+// Notes the thread it is made on; with `fail`, refuses to be made.
+class ThreadProbe : public Resource {
+ public:
+  struct Params {
+    DIFFUFLOW_PARAMS(Params);
+    DIFFUFLOW_PARAM(bool, fail, false, "throw a ConfigError when made");
+  };
+  static ResourceContract contract() {
+    ResourceContract c;
+    c.doc = "test: notes the thread it is made on";
+    return c;
+  }
+  ThreadProbe(const ResourceConfig& config, RunContext&) {
+    record(probes.resource_made);
+    if (config.params_as<Params>().fail) throw ConfigError({}, "test_thread_probe: asked to fail");
+  }
+};
+
+// A device node that notes the threads it is made and runs on.
+class DeviceProbe : public Node {
+ public:
+  struct Params {
+    DIFFUFLOW_PARAMS(Params);
+    DIFFUFLOW_PARAM(std::string, probe, "", "the probe resource", .resource("test_thread_probe"));
+  };
+  static NodeContract contract() {
+    NodeContract c;
+    c.doc = "test: notes the threads it is made and runs on";
+    c.inputs = {{"in", {}, ""}};
+    c.outputs = {{"out", {}, ""}};
+    c.host_only = false;
+    return c;
+  }
+  DeviceProbe(const NodeConfig& config, RunContext& ctx) : Node(config, ctx) { record(probes.node_made); }
+  void process(const NodeInput& in, Emitter& out) override {
+    record(probes.node_ran);
+    out.emit(in.packet());
+  }
+};
+
+}  // namespace
+
+ThreadProbes thread_probes() {
+  std::lock_guard<std::mutex> lock(probe_mutex);
+  return probes;
+}
+
+void reset_thread_probes() {
+  std::lock_guard<std::mutex> lock(probe_mutex);
+  probes = ThreadProbes();
+}
+
+}  // namespace diffuflow::test
+
 DIFFUFLOW_REGISTER_RESOURCE(test_resource, diffuflow::test::TestResource);
+DIFFUFLOW_REGISTER_RESOURCE(test_thread_probe, diffuflow::test::ThreadProbe);
+DIFFUFLOW_REGISTER_NODE(test_device_probe, diffuflow::test::DeviceProbe);
 DIFFUFLOW_REGISTER_NODE(test_uses_resource, diffuflow::test::UsesResource);
 DIFFUFLOW_REGISTER_NODE(test_needs_iter, diffuflow::test::NeedsIter);
 DIFFUFLOW_REGISTER_NODE(test_resourceless, diffuflow::test::Resourceless);

@@ -7,6 +7,7 @@
 #include <map>
 #include <mutex>
 #include <string>
+#include <thread>
 #include <vector>
 
 namespace diffuflow::test {
@@ -22,5 +23,14 @@ void reset_sinks();
 
 // Highest number of packets seen between test_enter and test_leave at once.
 int64_t max_in_flight_seen();
+
+// The threads a test_thread_probe resource and test_device_probe nodes were
+// made on, and those the nodes processed packets on (cleared by
+// reset_thread_probes()).
+struct ThreadProbes {
+  std::vector<std::thread::id> resource_made, node_made, node_ran;
+};
+ThreadProbes thread_probes();
+void reset_thread_probes();
 
 }  // namespace diffuflow::test
