@@ -196,6 +196,25 @@ TEST_CASE("group_norm adding its input gradient into an earlier contribution mat
   h.check_all("group_norm + residual");
 }
 
+TEST_CASE("group_norm with group sizes that make the group-mean matrix smaller than C, or C itself") {
+  // The group statistics go through a [k, k] block-diagonal matmul: 48
+  // channels in 4 groups of 12 take k = 24, 32 in 2 groups of 16 take k = 16,
+  // one group takes k = C.
+  struct Case {
+    int64_t channels, groups;
+  };
+  for (const Case c : {Case{48, 4}, Case{32, 2}, Case{20, 1}}) {
+    CAPTURE(c.channels);
+    CAPTURE(c.groups);
+    LayerHarness h(2 * c.channels);
+    const ValueId x = h.input({2, c.channels, 3, 3});
+    const auto gamma = h.param({c.channels});
+    const auto beta = h.param({c.channels});
+    h.finish(group_norm(h.p(), x, gamma, beta, c.groups, 1e-5f));
+    h.check_all("group_norm " + std::to_string(c.channels) + "/" + std::to_string(c.groups));
+  }
+}
+
 TEST_CASE("group_norm normalises each group to zero mean and unit variance before the affine") {
   LayerHarness h(8);
   const ValueId x = h.input({1, 4, 2, 2});
