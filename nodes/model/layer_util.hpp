@@ -24,6 +24,8 @@ dnnl::memory::desc per_sample_channels(const dnnl::memory::desc& x_md);
 // (the same memory as plain [N*C] when N*C is a multiple of 16) so that the
 // jit kernels take it.
 dnnl::memory::desc per_channel_operand(const dnnl::memory::desc& view_md);
+// A plain f32 tensor of ones of this shape: a program constant, one per shape.
+dnnl::memory ones(Program& p, const dims& shape);
 // Appends to the backward list: dst [N,C] (plain) = the sums over H, W of
 // src, a memory in the layout x_md describes ([N,C,H,W]).
 void append_channel_sums(Program& p, const dnnl::memory& src, const dnnl::memory::desc& x_md, const dnnl::memory& dst);

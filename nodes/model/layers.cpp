@@ -39,6 +39,11 @@ dnnl::memory::desc per_channel_operand(const dnnl::memory::desc& view_md) {
   return plain_f32({1, nc, 1, 1});
 }
 
+dnnl::memory ones(Program& p, const dims& shape) {
+  return p.constant("ones" + shape_str(shape), plain_f32(shape),
+                    [](float* data, size_t count) { std::fill(data, data + count, 1.0f); });
+}
+
 void append_channel_sums(Program& p, const dnnl::memory& src, const dnnl::memory::desc& x_md, const dnnl::memory& dst) {
   // sum[n,c] = sum over H, W of src: a matmul with a vector of ones.
   //   plain:   [N*C, S] x [S, 1]            -> [N*C, 1]
@@ -47,8 +52,7 @@ void append_channel_sums(Program& p, const dnnl::memory& src, const dnnl::memory
   const int64_t nc = xs[0] * xs[1], spatial = product(xs, 2);
   const auto attr = user_scratchpad_attr();
   const bool blocked = is_channel_blocked(x_md);
-  const dnnl::memory ones = p.alloc_persistent(plain_f32(blocked ? dims{1, 1, spatial} : dims{spatial, 1}));
-  HostMap<float>(ones).fill(1.0f);
+  const dnnl::memory ones = layer_util::ones(p, blocked ? dims{1, 1, spatial} : dims{spatial, 1});
   if (blocked) {
     const auto src_md = plain_f32({nc / 16, spatial, 16});
     const auto out_md = plain_f32({nc / 16, 1, 16});
@@ -465,8 +469,7 @@ ValueId linear(Program& p, ValueId x, const ParamRef& weight, const ParamRef& bi
     p.backward(p.make<dnnl::matmul>(dw_pd), {{DNNL_ARG_SRC, view(dy, dy_t)},
                                              {DNNL_ARG_WEIGHTS, view(p.data(x), x2)},
                                              {DNNL_ARG_DST, p.param_grad(weight.offset, w_plain)}});
-    const dnnl::memory ones = p.alloc_persistent(plain_f32({1, rows}));
-    HostMap<float>(ones).fill(1.0f);
+    const dnnl::memory ones = layer_util::ones(p, {1, rows});
     const auto db_md = plain_f32({1, out});
     dnnl::matmul::primitive_desc db_pd(dnnl::matmul::desc(ones.get_desc(), y2, db_md), attr, p.engine());
     p.backward(p.make<dnnl::matmul>(db_pd), {{DNNL_ARG_SRC, ones},
@@ -621,8 +624,7 @@ ValueId group_norm_impl(Program& p, ValueId x, const ParamRef& weight, const Par
     p.prepare_copy(p.param(bias.offset, plain_f32({c})), flat_slice(gamma_beta, c, plain_f32({c})));
   }
   const dnnl::memory gamma = flat_slice(gamma_beta, 0, row_md), beta = flat_slice(gamma_beta, c, row_md);
-  const dnnl::memory ones = p.constant("ones/" + std::to_string(nc), numbers_md,
-                                       [](float* data, size_t count) { std::fill(data, data + count, 1.0f); });
+  const dnnl::memory ones = layer_util::ones(p, {n, c});
   const GroupMatrix group_mean(p, c, cg, false, 1.0f);
   auto numbers = [&] { return p.alloc(numbers_md); };
 
@@ -721,7 +723,7 @@ ValueId group_norm_impl(Program& p, ValueId x, const ParamRef& weight, const Par
                 {DNNL_ARG_DIFF_SCALE, flat_slice(sums, 0, flat_nc)},
                 {DNNL_ARG_DIFF_SHIFT, flat_slice(sums, nc, flat_nc)}});
     // [d gamma; d beta] = ones [1, N] x [S2; S1] (as gamma and beta came in).
-    const dnnl::memory ones_n = view(ones, plain_f32({1, 1, n}));
+    const dnnl::memory ones_n = layer_util::ones(p, {1, 1, n});
     if (bias.offset == weight.offset + c) {
       small_matmul(p, true, ones_n, sums, p.param_grad(weight.offset, plain_f32({2, 1, c})));
     } else {
