@@ -481,24 +481,28 @@ ValueId linear(Program& p, ValueId x, const ParamRef& weight, const ParamRef& bi
 
 namespace {
 
-// The group norm's small arithmetic: per (sample, channel) numbers, [N, C]
-// plain f32, combined by tiny binary and matmul primitives with post-ops, so
-// that a pass runs on the engine from start to end (no host step, no stream
-// wait: on a GPU engine every wait drains the queue).
+// The group norm's steps as binary and matmul primitives with post-ops, the
+// image-sized passes and the small arithmetic on per-(sample, channel)
+// numbers ([N, C] plain f32) alike, so that a pass runs on the engine from
+// start to end (no host step, no stream wait: on a GPU engine every wait
+// drains the queue).
 struct PostOp {
-  algorithm kind;
-  float alpha = 0, beta = 0;  // an eltwise post-op's
-  dnnl::memory operand;       // a binary post-op's second input
+  algorithm kind = algorithm::undef;  // undef: a sum (dst += the result)
+  float alpha = 0, beta = 0;          // an eltwise post-op's
+  dnnl::memory operand;               // a binary post-op's second input
 };
 PostOp eltwise_post(algorithm kind, float alpha = 0, float beta = 0) { return {kind, alpha, beta, {}}; }
 PostOp binary_post(algorithm kind, const dnnl::memory& operand) { return {kind, 0, 0, operand}; }
+PostOp sum_post() { return {}; }
 
-dnnl::primitive_attr small_attr(const std::vector<PostOp>& ops, Args& args) {
+dnnl::primitive_attr post_op_attr(const std::vector<PostOp>& ops, Args& args) {
   dnnl::post_ops chain;
   for (size_t i = 0; i < ops.size(); ++i) {
     if (ops[i].operand) {
       chain.append_binary(ops[i].kind, ops[i].operand.get_desc());
       args[DNNL_ARG_ATTR_MULTIPLE_POST_OP(static_cast<int>(i)) | DNNL_ARG_SRC_1] = ops[i].operand;
+    } else if (ops[i].kind == algorithm::undef) {
+      chain.append_sum(1.0f);
     } else {
       chain.append_eltwise(1.0f, ops[i].kind, ops[i].alpha, ops[i].beta);
     }
@@ -516,20 +520,20 @@ void append_step(Program& p, bool in_backward, dnnl::primitive primitive, Args a
 }
 
 // dst = ops(a `kind` b); b may broadcast.
-void small_binary(Program& p, bool in_backward, algorithm kind, const dnnl::memory& a, const dnnl::memory& b,
-                  const dnnl::memory& dst, const std::vector<PostOp>& ops = {}) {
+void binary_step(Program& p, bool in_backward, algorithm kind, const dnnl::memory& a, const dnnl::memory& b,
+                 const dnnl::memory& dst, const std::vector<PostOp>& ops = {}) {
   Args args{{DNNL_ARG_SRC_0, a}, {DNNL_ARG_SRC_1, b}, {DNNL_ARG_DST, dst}};
-  const dnnl::primitive_attr attr = small_attr(ops, args);
+  const dnnl::primitive_attr attr = post_op_attr(ops, args);
   dnnl::binary::primitive_desc pd(dnnl::binary::desc(kind, a.get_desc(), b.get_desc(), dst.get_desc()), attr,
                                   p.engine());
   append_step(p, in_backward, p.make<dnnl::binary>(pd), std::move(args));
 }
 
 // dst = ops(a x w).
-void small_matmul(Program& p, bool in_backward, const dnnl::memory& a, const dnnl::memory& w, const dnnl::memory& dst,
-                  const std::vector<PostOp>& ops = {}) {
+void matmul_step(Program& p, bool in_backward, const dnnl::memory& a, const dnnl::memory& w, const dnnl::memory& dst,
+                 const std::vector<PostOp>& ops = {}) {
   Args args{{DNNL_ARG_SRC, a}, {DNNL_ARG_WEIGHTS, w}, {DNNL_ARG_DST, dst}};
-  const dnnl::primitive_attr attr = small_attr(ops, args);
+  const dnnl::primitive_attr attr = post_op_attr(ops, args);
   dnnl::matmul::primitive_desc pd(dnnl::matmul::desc(a.get_desc(), w.get_desc(), dst.get_desc()), attr, p.engine());
   append_step(p, in_backward, p.make<dnnl::matmul>(pd), std::move(args));
 }
@@ -644,45 +648,38 @@ ValueId group_norm_impl(Program& p, ValueId x, const ParamRef& weight, const Par
   const dnnl::memory t = shift >= 0 ? p.reorder_if_needed(p.data(shift), numbers_md, false) : dnnl::memory();
   if (shift >= 0) {
     shifted_mean = numbers();
-    small_binary(p, false, algorithm::binary_add, mean_c, t, shifted_mean);
+    binary_step(p, false, algorithm::binary_add, mean_c, t, shifted_mean);
   }
   const dnnl::memory group_m = numbers(), spread = numbers(), var_eps = numbers(), rstd = numbers();
-  small_matmul(p, false, group_mean.rows(shifted_mean), group_mean.matrix, group_mean.rows(group_m));
+  matmul_step(p, false, group_mean.rows(shifted_mean), group_mean.matrix, group_mean.rows(group_m));
   // var_c + (mean_c - m)^2, then its group mean plus eps.
-  small_binary(p, false, algorithm::binary_sub, shifted_mean, group_m, spread,
+  binary_step(p, false, algorithm::binary_sub, shifted_mean, group_m, spread,
                {eltwise_post(algorithm::eltwise_square), binary_post(algorithm::binary_add, var_c)});
-  small_matmul(p, false, group_mean.rows(spread), group_mean.matrix, group_mean.rows(var_eps),
+  matmul_step(p, false, group_mean.rows(spread), group_mean.matrix, group_mean.rows(var_eps),
                {eltwise_post(algorithm::eltwise_linear, 1.0f, eps)});
-  small_binary(p, false, algorithm::binary_div, ones, var_eps, rstd, {eltwise_post(algorithm::eltwise_sqrt)});
+  binary_step(p, false, algorithm::binary_div, ones, var_eps, rstd, {eltwise_post(algorithm::eltwise_sqrt)});
   // The mean in x's frame, and y = x a + b's coefficients.
   dnnl::memory mean = group_m;
   if (shift >= 0) {
     mean = numbers();
-    small_binary(p, false, algorithm::binary_sub, group_m, t, mean);
+    binary_step(p, false, algorithm::binary_sub, group_m, t, mean);
   }
   const dnnl::memory a = numbers(), b = numbers();
-  small_binary(p, false, algorithm::binary_mul, rstd, gamma, a);
-  small_binary(p, false, algorithm::binary_mul, mean, a, b,
+  binary_step(p, false, algorithm::binary_mul, rstd, gamma, a);
+  binary_step(p, false, algorithm::binary_mul, mean, a, b,
                {eltwise_post(algorithm::eltwise_linear, -1.0f, 0.0f), binary_post(algorithm::binary_add, beta)});
 
   // 3. y = x * a + b in one binary pass over the view (then the activation as a
   // post-op when fused: the same arithmetic as the separate activation step,
   // so inference and training programs give identical outputs).
-  dnnl::post_ops ops;
-  ops.append_binary(algorithm::binary_add, nc_b);
+  std::vector<PostOp> apply_ops{binary_post(algorithm::binary_add, view(b, nc_b))};
   if (fused) {
     const eltwise_op op = activation_op(*fused);
-    ops.append_eltwise(1.0f, op.algorithm, op.alpha, op.beta);
+    apply_ops.push_back(eltwise_post(op.algorithm, op.alpha, op.beta));
   }
-  dnnl::primitive_attr apply_attr = user_scratchpad_attr();
-  apply_attr.set_post_ops(ops);
-  dnnl::binary::primitive_desc apply_pd(dnnl::binary::desc(algorithm::binary_mul, bn_md, nc_b, bn_md), apply_attr,
-                                        p.engine());
   const ValueId y = p.new_value(x_md, !fused);
-  p.forward(p.make<dnnl::binary>(apply_pd), {{DNNL_ARG_SRC_0, view(p.data(x), bn_md)},
-                                             {DNNL_ARG_SRC_1, view(a, nc_b)},
-                                             {DNNL_ARG_ATTR_MULTIPLE_POST_OP(0) | DNNL_ARG_SRC_1, view(b, nc_b)},
-                                             {DNNL_ARG_DST, view(p.data(y), bn_md)}});
+  binary_step(p, false, algorithm::binary_mul, view(p.data(x), bn_md), view(a, nc_b), view(p.data(y), bn_md),
+              apply_ops);
   if (fused) return y;
 
   p.on_backward([=](Program& p) {
@@ -706,9 +703,7 @@ ValueId group_norm_impl(Program& p, ValueId x, const ParamRef& weight, const Par
         p.engine(), hint_pd);
     const auto pair_md = plain_f32({2, n, c});
     const dnnl::memory scale = p.alloc(numbers_md);  // gamma per (n, c)
-    p.backward(p.make<dnnl::binary>(dnnl::binary::primitive_desc(
-                   dnnl::binary::desc(algorithm::binary_mul, numbers_md, row_md, numbers_md), attr, p.engine())),
-               {{DNNL_ARG_SRC_0, ones}, {DNNL_ARG_SRC_1, gamma}, {DNNL_ARG_DST, scale}});
+    binary_step(p, true, algorithm::binary_mul, ones, gamma, scale);
     const dnnl::memory sums = p.alloc(pair_md);  // [S2; S1]
     const dnnl::memory a_term = p.alloc(bn_md);
     const auto flat_nc = plain_f32({nc});
@@ -725,10 +720,10 @@ ValueId group_norm_impl(Program& p, ValueId x, const ParamRef& weight, const Par
     // [d gamma; d beta] = ones [1, N] x [S2; S1] (as gamma and beta came in).
     const dnnl::memory ones_n = layer_util::ones(p, {1, 1, n});
     if (bias.offset == weight.offset + c) {
-      small_matmul(p, true, ones_n, sums, p.param_grad(weight.offset, plain_f32({2, 1, c})));
+      matmul_step(p, true, ones_n, sums, p.param_grad(weight.offset, plain_f32({2, 1, c})));
     } else {
       const dnnl::memory d = p.alloc(plain_f32({2, 1, c}));
-      small_matmul(p, true, ones_n, sums, d);
+      matmul_step(p, true, ones_n, sums, d);
       p.copy(flat_slice(d, 0, plain_f32({c})), p.param_grad(weight.offset, plain_f32({c})), true);
       p.copy(flat_slice(d, c, plain_f32({c})), p.param_grad(bias.offset, plain_f32({c})), true);
     }
@@ -736,33 +731,24 @@ ValueId group_norm_impl(Program& p, ValueId x, const ParamRef& weight, const Par
     if (!want_x && !want_shift) return;
     // u = gamma [S2; S1], then (u - groupmean(u)) / HW.
     const dnnl::memory u = p.alloc(pair_md), w = p.alloc(pair_md);
-    small_binary(p, true, algorithm::binary_mul, sums, view(scale, plain_f32({1, n, c})), u);
+    binary_step(p, true, algorithm::binary_mul, sums, view(scale, plain_f32({1, n, c})), u);
     const GroupMatrix centre(p, c, cg, true, 1.0f / static_cast<float>(spatial));
-    small_matmul(p, true, centre.rows(u), centre.matrix, centre.rows(w));
+    matmul_step(p, true, centre.rows(u), centre.matrix, centre.rows(w));
     const dnnl::memory b_coef = p.alloc(numbers_md), c_part = p.alloc(numbers_md), c_coef = p.alloc(numbers_md);
-    small_binary(p, true, algorithm::binary_mul, flat_slice(w, 0, numbers_md), rstd, b_coef,
+    binary_step(p, true, algorithm::binary_mul, flat_slice(w, 0, numbers_md), rstd, b_coef,
                  {binary_post(algorithm::binary_mul, rstd)});
-    small_binary(p, true, algorithm::binary_mul, flat_slice(w, nc, numbers_md), rstd, c_part);
-    small_binary(p, true, algorithm::binary_mul, mean, b_coef, c_coef,
+    binary_step(p, true, algorithm::binary_mul, flat_slice(w, nc, numbers_md), rstd, c_part);
+    binary_step(p, true, algorithm::binary_mul, mean, b_coef, c_coef,
                  {eltwise_post(algorithm::eltwise_linear, -1.0f, 0.0f), binary_post(algorithm::binary_add, c_part)});
     // A later contribution adds into the gradient directly (sum post-op),
     // unless the shift's gradient is read from this contribution alone.
     GradSink s;
     if (want_x) s = p.sink(x, shift < 0);
     const dnnl::memory dx = want_x ? s.memory : p.alloc(x_md);
-    dnnl::post_ops ops;
-    ops.append_binary(algorithm::binary_add, nc_b);
-    ops.append_binary(algorithm::binary_add, bn_md);
-    if (s.add_into) ops.append_sum(1.0f);
-    dnnl::primitive_attr dx_attr = user_scratchpad_attr();
-    dx_attr.set_post_ops(ops);
-    dnnl::binary::primitive_desc dx_pd(dnnl::binary::desc(algorithm::binary_mul, bn_md, nc_b, bn_md), dx_attr,
-                                       p.engine());
-    p.backward(p.make<dnnl::binary>(dx_pd), {{DNNL_ARG_SRC_0, view(p.data(x), bn_md)},
-                                             {DNNL_ARG_SRC_1, view(b_coef, nc_b)},
-                                             {DNNL_ARG_ATTR_MULTIPLE_POST_OP(0) | DNNL_ARG_SRC_1, view(c_coef, nc_b)},
-                                             {DNNL_ARG_ATTR_MULTIPLE_POST_OP(1) | DNNL_ARG_SRC_1, a_term},
-                                             {DNNL_ARG_DST, view(dx, bn_md)}});
+    std::vector<PostOp> dx_ops{binary_post(algorithm::binary_add, view(c_coef, nc_b)),
+                               binary_post(algorithm::binary_add, a_term)};
+    if (s.add_into) dx_ops.push_back(sum_post());
+    binary_step(p, true, algorithm::binary_mul, view(p.data(x), bn_md), view(b_coef, nc_b), view(dx, bn_md), dx_ops);
     if (want_x) p.commit(s);
     if (!want_shift) return;
     // d shift [N,C] = the sums over H, W of dx (the gradient of x + shift).
