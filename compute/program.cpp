@@ -20,7 +20,12 @@ bool native_bf16(const dnnl::engine& engine) {
 
 Program::Program(const dnnl::engine& engine, PrimitiveCache& cache, dnnl::memory params, int64_t param_count,
                  bool training, Precision precision)
-    : engine_(engine), training_(training), precision_(precision), cache_(cache), params_(std::move(params)) {
+    : engine_(engine),
+      training_(training),
+      precision_(precision),
+      native_kernels_(engine.get_kind() == dnnl::engine::kind::cpu),
+      cache_(cache),
+      params_(std::move(params)) {
   staging_ = dnnl::memory(plain_f32({std::max<int64_t>(param_count, 1)}), engine_);
 }
 
@@ -111,6 +116,14 @@ void Program::host_forward(HostFn fn, Args args) {
 
 void Program::host_backward(HostFn fn, Args args) {
   backward_.push_back({dnnl::primitive(), std::move(args), std::move(fn), layer_ ? layer_ : "other"});
+}
+
+void Program::native_forward(HostFn fn, Args args) {
+  forward_.push_back({dnnl::primitive(), std::move(args), std::move(fn), layer_ ? layer_ : "other", "native", false});
+}
+
+void Program::native_backward(HostFn fn, Args args) {
+  backward_.push_back({dnnl::primitive(), std::move(args), std::move(fn), layer_ ? layer_ : "other", "native", false});
 }
 
 void Program::copy(const dnnl::memory& src, const dnnl::memory& dst, bool in_backward, bool accumulate) {
@@ -340,7 +353,7 @@ namespace {
 
 void run_step(Step& step, dnnl::stream& stream) {
   if (step.host) {
-    stream.wait();
+    if (step.waits) stream.wait();
     step.host(step.args);
   } else {
     step.primitive.execute(stream, step.args);
@@ -355,7 +368,7 @@ void run_timed(Step& step, dnnl::stream& stream, PassProfile& profile) {
   stream.wait();
   const double seconds = std::chrono::duration<double>(clock::now() - t0).count();
   const char* primitive =
-      step.host ? "host" : dnnl_prim_kind2str(static_cast<dnnl_primitive_kind_t>(step.primitive.get_kind()));
+      step.host ? step.kind : dnnl_prim_kind2str(static_cast<dnnl_primitive_kind_t>(step.primitive.get_kind()));
   const StepCost cost = step_cost(step.host ? dnnl::primitive() : step.primitive, step.args);
   profile.push_back({step.layer, primitive, seconds, cost.flops, cost.bytes});
 }

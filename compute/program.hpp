@@ -70,9 +70,10 @@ class PrimitiveCache {
   std::vector<dnnl::primitive> primitives_;
 };
 
-// A host computation (dropout's mask: oneDNN has no random numbers), given
-// its memories through the args map (so memory planning can move them). A
-// pass waits for the engine before each one; models avoid them.
+// A host computation (dropout's mask: oneDNN has no random numbers; the CPU's
+// native kernels), given its memories through the args map (so memory
+// planning can move them). A pass waits for the engine before each host step
+// but native ones; models avoid them on other engines.
 using HostFn = std::function<void(const Args& args)>;
 
 struct Step {
@@ -80,6 +81,8 @@ struct Step {
   Args args;
   HostFn host;                   // set for host steps (then `primitive` is empty)
   const char* layer = "other";  // the kind of layer that appended it (LayerScope)
+  const char* kind = "host";    // a host step's name in profiles
+  bool waits = true;            // a host step waits for the engine first (native steps need not)
 };
 
 // One step of a profiled pass: its layer kind, its primitive kind ("convolution",
@@ -196,6 +199,17 @@ class Program {
   void backward(dnnl::primitive primitive, Args args);
   void host_forward(HostFn fn, Args args);
   void host_backward(HostFn fn, Args args);
+  // A native step: a fused CPU kernel for what oneDNN lacks (group
+  // normalisation), appended instead of primitives where native_kernels()
+  // says so. CPU primitives have finished when execute() returns, so it runs
+  // without a wait; `kind` names it in profiles ("native" steps of the layer).
+  // Args use DNNL_ARG_* keys as a primitive's would (step costs read them).
+  void native_forward(HostFn fn, Args args);
+  void native_backward(HostFn fn, Args args);
+  // Whether layers append native steps: on CPU engines, unless turned off
+  // (tests compare both paths; set it before any layer is added).
+  bool native_kernels() const { return native_kernels_; }
+  void set_native_kernels(bool on) { native_kernels_ = on && engine_.get_kind() == dnnl::engine::kind::cpu; }
   // `src` in the layout `want`: returns src itself when the layouts agree,
   // otherwise a program-owned memory filled by a reorder appended to the
   // forward (or backward) list. The one place where layouts are reconciled.
@@ -288,6 +302,7 @@ class Program {
   dnnl::engine engine_;
   bool training_ = true;
   Precision precision_ = Precision::f32;
+  bool native_kernels_ = false;
   PrimitiveCache& cache_;
   size_t cache_index_ = 0;
   dnnl::memory params_;

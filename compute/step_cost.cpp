@@ -30,6 +30,12 @@ const dnnl::memory* either(const Args& args, int a, int b) {
   return m ? m : find(args, b);
 }
 
+// One per element of the output (dst, else diff_src).
+double written_elements(const Args& args) {
+  const dnnl::memory* out = either(args, DNNL_ARG_DST, DNNL_ARG_DIFF_SRC);
+  return out ? elements(out->get_desc(), false) : 0;
+}
+
 double flops_of(kind k, const Args& args) {
   switch (k) {
     case kind::convolution:
@@ -56,10 +62,8 @@ double flops_of(kind k, const Args& args) {
     case kind::concat:
     case kind::shuffle:
       return 0;
-    default: {
-      const dnnl::memory* out = either(args, DNNL_ARG_DST, DNNL_ARG_DIFF_SRC);
-      return out ? elements(out->get_desc(), false) : 0;
-    }
+    default:
+      return written_elements(args);
   }
 }
 
@@ -67,7 +71,7 @@ double flops_of(kind k, const Args& args) {
 
 StepCost step_cost(const dnnl::primitive& primitive, const Args& args) {
   StepCost cost;
-  if (primitive) cost.flops = flops_of(primitive.get_kind(), args);
+  cost.flops = primitive ? flops_of(primitive.get_kind(), args) : written_elements(args);
   // Distinct memories: in place and accumulated-into memories appear under two arguments.
   std::map<std::pair<void*, int64_t>, double> bytes;
   for (const auto& [arg, memory] : args) {

@@ -13,9 +13,9 @@
 // - matmul: 2 * M * N * K = 2 * elements of dst * K (K: src's last dimension);
 // - reorder, concat, shuffle: 0, they only move data;
 // - every other primitive (eltwise, binary, normalisations, softmax, pooling,
-//   resampling, sum, ...): one per element it writes (dst, else diff_src), a
-//   lower bound (an activation's polynomial counts as one);
-// - host steps: 0 (work on the host is not counted: only dropout has one).
+//   resampling, sum, ...) and every host step: one per element it writes
+//   (dst, else diff_src), a lower bound (an activation's polynomial counts as
+//   one); a host step with neither argument (dropout's mask) counts 0.
 // Bytes: each distinct memory of the arguments once (the scratchpad left out),
 // at the size its descriptor spans without the unused part of a view: the
 // least traffic the step can cause with caches that hold nothing between

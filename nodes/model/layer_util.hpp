@@ -2,6 +2,7 @@
 #pragma once
 
 #include "compute/program.hpp"
+#include "nodes/model/layers.hpp"
 
 #include <string>
 
@@ -29,5 +30,11 @@ dnnl::memory ones(Program& p, const dims& shape);
 // Appends to the backward list: dst [N,C] (plain) = the sums over H, W of
 // src, a memory in the layout x_md describes ([N,C,H,W]).
 void append_channel_sums(Program& p, const dnnl::memory& src, const dnnl::memory::desc& x_md, const dnnl::memory& dst);
+
+// GroupNorm of x (plus a [N,C] shift when shift >= 0), then SiLU when
+// `silu`, as native steps (layers_group_norm.cpp): for programs whose
+// native_kernels() is on. x plain or nChw16c.
+ValueId group_norm_native(Program& p, ValueId x, const ParamRef& weight, const ParamRef& bias, int64_t groups,
+                          float eps, bool silu, ValueId shift);
 
 }  // namespace diffuflow::layer_util

@@ -610,6 +610,11 @@ ValueId group_norm_impl(Program& p, ValueId x, const ParamRef& weight, const Par
   require(x_md == dnnl::memory::desc(xs, type, plain_format(xs.size())) ||
               (xs.size() == 4 && x_md == dnnl::memory::desc(xs, type, tag::nChw16c)),
           "group_norm takes plain or nChw16c inputs");
+  if (p.native_kernels()) {
+    const bool silu = fused && *fused == Activation::silu;
+    const ValueId y = group_norm_native(p, x, weight, bias, groups, eps, silu, shift);
+    return fused && !silu ? activation(p, y, *fused) : y;
+  }
   const auto bn_md = per_sample_channels(x_md);
   const auto nc_b = per_channel_operand(bn_md);
   const auto numbers_md = plain_f32({n, c});
@@ -769,9 +774,19 @@ ValueId group_norm(Program& p, ValueId x, const ParamRef& weight, const ParamRef
   return group_norm_impl(p, x, weight, bias, groups, eps, std::nullopt);
 }
 
+namespace {
+
+// Training programs keep the norm's output for the activation's backward,
+// unless the native kernel fuses the two (SiLU), recomputing it in backward.
+bool separate_activation(const Program& p, Activation act) {
+  return p.training() && !(p.native_kernels() && act == Activation::silu);
+}
+
+}  // namespace
+
 ValueId group_norm_act(Program& p, ValueId x, const ParamRef& weight, const ParamRef& bias, int64_t groups, float eps,
                        Activation act) {
-  if (p.training()) return activation(p, group_norm_impl(p, x, weight, bias, groups, eps, std::nullopt), act);
+  if (separate_activation(p, act)) return activation(p, group_norm_impl(p, x, weight, bias, groups, eps, std::nullopt), act);
   return group_norm_impl(p, x, weight, bias, groups, eps, act);
 }
 
@@ -779,7 +794,8 @@ ValueId shifted_group_norm_act(Program& p, ValueId x, ValueId shift, const Param
                                int64_t groups, float eps, Activation act) {
   const dims xs = p.shape(x);
   require(xs.size() == 4 && p.shape(shift) == dims({xs[0], xs[1]}), "shifted_group_norm_act shape mismatch");
-  if (p.training()) return activation(p, group_norm_impl(p, x, weight, bias, groups, eps, std::nullopt, shift), act);
+  if (separate_activation(p, act))
+    return activation(p, group_norm_impl(p, x, weight, bias, groups, eps, std::nullopt, shift), act);
   return group_norm_impl(p, x, weight, bias, groups, eps, act, shift);
 }
 

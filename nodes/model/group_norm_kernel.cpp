@@ -1,0 +1,474 @@
+#include "nodes/model/group_norm_kernel.hpp"
+
+#include <algorithm>
+#include <cmath>
+#include <cstring>
+#include <vector>
+
+namespace diffuflow::group_norm_kernel {
+
+namespace {
+
+// The spans below work on 16 lanes at once, in GCC's portable vector types:
+// a channel block of nChw16c, or 16 neighbouring positions of one channel in
+// the plain layout, with per-lane coefficients and accumulators. Each entry
+// point is compiled for AVX-512 (one register per vector), for AVX2 and for
+// the baseline, and the CPU picks one when the program loads.
+#if defined(__GNUC__) && defined(__x86_64__) && !defined(__clang__)
+#define DIFFUFLOW_SPAN_CLONES __attribute__((target_clones("arch=x86-64-v4", "arch=x86-64-v3", "default")))
+#else
+#define DIFFUFLOW_SPAN_CLONES
+#endif
+#define DIFFUFLOW_INLINE inline __attribute__((always_inline))
+
+constexpr int kLanes = 16;
+typedef float vf __attribute__((vector_size(64)));     // 16 lanes
+typedef float half_vf __attribute__((vector_size(32)));
+typedef double vd __attribute__((vector_size(64)));    // 8 lanes
+typedef int32_t vi __attribute__((vector_size(64)));
+typedef uint32_t vu __attribute__((vector_size(64)));
+typedef uint16_t vh __attribute__((vector_size(32)));  // 16 bf16
+
+DIFFUFLOW_INLINE vf splat(float v) { return vf{} + v; }
+DIFFUFLOW_INLINE vf load16(const float* p) {
+  vf v;
+  std::memcpy(&v, p, sizeof v);
+  return v;
+}
+DIFFUFLOW_INLINE vf load16(const uint16_t* p) {
+  vh h;
+  std::memcpy(&h, p, sizeof h);
+  const vu bits = __builtin_convertvector(h, vu) << 16;
+  vf v;
+  std::memcpy(&v, &bits, sizeof v);
+  return v;
+}
+DIFFUFLOW_INLINE void store16(float* p, vf v) { std::memcpy(p, &v, sizeof v); }
+// Rounded to nearest even, as oneDNN converts; a NaN stays a (quiet) NaN.
+DIFFUFLOW_INLINE void store16(uint16_t* p, vf v) {
+  vu bits;
+  std::memcpy(&bits, &v, sizeof bits);
+  const vu rounded = (bits + 0x7fffu + ((bits >> 16) & 1u)) >> 16;
+  const vu quiet = (bits >> 16) | 0x40u;
+  const vu nan = reinterpret_cast<vu>((bits & 0x7fffffffu) > 0x7f800000u);  // all ones where NaN
+  const vu out = (quiet & nan) | (rounded & ~nan);
+  const vh h = __builtin_convertvector(out, vh);
+  std::memcpy(p, &h, sizeof h);
+}
+// The two halves of 16 lanes in double.
+DIFFUFLOW_INLINE void widen(vf v, vd* lo, vd* hi) {
+  half_vf a, b;
+  std::memcpy(&a, &v, sizeof a);
+  std::memcpy(&b, reinterpret_cast<const char*>(&v) + sizeof a, sizeof b);
+  *lo = __builtin_convertvector(a, vd);
+  *hi = __builtin_convertvector(b, vd);
+}
+
+// 16 per-lane sums in double.
+struct Sums {
+  vd lo{}, hi{};
+  DIFFUFLOW_INLINE void add(vd a, vd b) {
+    lo += a;
+    hi += b;
+  }
+  DIFFUFLOW_INLINE void add_to(double* out) const {
+    double lanes[kLanes];
+    std::memcpy(lanes, &lo, sizeof lo);
+    std::memcpy(lanes + kLanes / 2, &hi, sizeof hi);
+    for (int l = 0; l < kLanes; ++l) out[l] += lanes[l];
+  }
+};
+
+// e^x for x in [-87, 88] (clamped there), within about 2 ulp: 2^k times a
+// degree-7 Taylor polynomial in r = x - k ln2, |r| <= ln2 / 2.
+DIFFUFLOW_INLINE vf exp_approx(vf x) {
+  const vf lo = splat(-87.0f), hi = splat(88.0f);
+  x = x < lo ? lo : x;
+  x = x > hi ? hi : x;
+  const vf k = (x * 1.44269504088896341f + 12582912.0f) - 12582912.0f;  // round(x / ln2)
+  const vf r = (x - k * 0.693145751953125f) - k * 1.428606765330187e-06f;
+  vf p = splat(1.0f / 5040.0f);
+  p = p * r + 1.0f / 720.0f;
+  p = p * r + 1.0f / 120.0f;
+  p = p * r + 1.0f / 24.0f;
+  p = p * r + 1.0f / 6.0f;
+  p = p * r + 0.5f;
+  p = p * r + 1.0f;
+  p = p * r + 1.0f;
+  const vi exponent = (__builtin_convertvector(k, vi) + 127) << 23;
+  vf scale;
+  std::memcpy(&scale, &exponent, sizeof scale);
+  return p * scale;
+}
+
+DIFFUFLOW_INLINE vf sigmoid(vf v) { return 1.0f / (1.0f + exp_approx(-v)); }
+
+// dy from dz: through SiLU's derivative at y = a x + b.
+template <bool Silu>
+DIFFUFLOW_INLINE vf input_grad(vf x, vf dz, vf a, vf b) {
+  if (!Silu) return dz;
+  const vf y = a * x + b;
+  const vf s = sigmoid(y);
+  return dz * (s + y * s * (1.0f - s));
+}
+
+// A span's last count % 16 elements through the 16-lane code: copied into
+// zeroed lanes (zeros add nothing to any sum), results copied back.
+template <typename T>
+struct Tail {
+  T lanes[kLanes] = {};
+  int64_t count;
+  Tail(const T* from, int64_t n) : count(n) { std::copy(from, from + n, lanes); }
+  void copy_to(T* to) const { std::copy(lanes, lanes + count, to); }
+};
+
+// --- spans: `count` contiguous elements, lane = index % 16 ------------------
+
+template <typename T>
+DIFFUFLOW_INLINE void stats_step(const T* x, Sums* s, Sums* q) {
+  vd a, b;
+  widen(load16(x), &a, &b);
+  s->add(a, b);
+  q->add(a * a, b * b);
+}
+
+template <typename T>
+DIFFUFLOW_INLINE void stats_span(const T* x, int64_t count, double* s, double* q) {
+  Sums ls, lq;
+  int64_t i = 0;
+  for (; i + kLanes <= count; i += kLanes) stats_step(x + i, &ls, &lq);
+  if (i < count) stats_step(Tail<T>(x + i, count - i).lanes, &ls, &lq);
+  ls.add_to(s);
+  lq.add_to(q);
+}
+
+template <typename T, bool Silu>
+DIFFUFLOW_INLINE void apply_step(const T* x, T* y, vf a, vf b) {
+  vf v = a * load16(x) + b;
+  if (Silu) v = v * sigmoid(v);
+  store16(y, v);
+}
+
+template <typename T, bool Silu>
+DIFFUFLOW_INLINE void apply_span(const T* __restrict x, T* __restrict y, int64_t count, const float* a,
+                                 const float* b) {
+  const vf va = load16(a), vb = load16(b);
+  int64_t i = 0;
+  for (; i + kLanes <= count; i += kLanes) apply_step<T, Silu>(x + i, y + i, va, vb);
+  if (i < count) {
+    const Tail<T> in(x + i, count - i);
+    Tail<T> out(y + i, count - i);
+    apply_step<T, Silu>(in.lanes, out.lanes, va, vb);
+    out.copy_to(y + i);
+  }
+}
+
+template <bool Silu>
+DIFFUFLOW_INLINE void grad_sums_step(const float* x, const float* dz, vf a, vf b, Sums* s1, Sums* sx, Sums* sdx) {
+  const vf xv = load16(x);
+  vd dlo, dhi, xlo, xhi;
+  widen(input_grad<Silu>(xv, load16(dz), a, b), &dlo, &dhi);
+  widen(xv, &xlo, &xhi);
+  s1->add(dlo, dhi);
+  sx->add(xlo, xhi);
+  sdx->add(dlo * xlo, dhi * xhi);
+}
+
+template <bool Silu>
+DIFFUFLOW_INLINE void grad_sums_span(const float* x, const float* dz, int64_t count, const float* a, const float* b,
+                                     double* s1, double* sx, double* sdx) {
+  const vf va = load16(a), vb = load16(b);
+  Sums l1, lx, ldx;
+  int64_t i = 0;
+  for (; i + kLanes <= count; i += kLanes) grad_sums_step<Silu>(x + i, dz + i, va, vb, &l1, &lx, &ldx);
+  if (i < count)
+    grad_sums_step<Silu>(Tail<float>(x + i, count - i).lanes, Tail<float>(dz + i, count - i).lanes, va, vb, &l1, &lx,
+                         &ldx);
+  l1.add_to(s1);
+  lx.add_to(sx);
+  ldx.add_to(sdx);
+}
+
+struct GradCoefficients {
+  vf a, b, alpha, beta, delta;  // y = a x + b; dx = alpha dy + beta x + delta
+};
+
+template <bool Silu, bool Add>
+DIFFUFLOW_INLINE void grad_apply_step(const float* x, const float* dz, float* dx, const GradCoefficients& k) {
+  const vf xv = load16(x);
+  vf g = k.alpha * input_grad<Silu>(xv, load16(dz), k.a, k.b) + k.beta * xv + k.delta;
+  if (Add) g += load16(dx);
+  store16(dx, g);
+}
+
+template <bool Silu, bool Add>
+DIFFUFLOW_INLINE void grad_apply_span(const float* __restrict x, const float* __restrict dz, float* __restrict dx,
+                                      int64_t count, const float* a, const float* b, const float* alpha,
+                                      const float* beta, const float* delta) {
+  const GradCoefficients k{load16(a), load16(b), load16(alpha), load16(beta), load16(delta)};
+  int64_t i = 0;
+  for (; i + kLanes <= count; i += kLanes) grad_apply_step<Silu, Add>(x + i, dz + i, dx + i, k);
+  if (i < count) {
+    Tail<float> out(dx + i, count - i);
+    grad_apply_step<Silu, Add>(Tail<float>(x + i, count - i).lanes, Tail<float>(dz + i, count - i).lanes, out.lanes,
+                               k);
+    out.copy_to(dx + i);
+  }
+}
+
+// The compiled entry points, one per combination the models use.
+DIFFUFLOW_SPAN_CLONES void stats_f32(const float* x, int64_t count, double* s, double* q) {
+  stats_span(x, count, s, q);
+}
+DIFFUFLOW_SPAN_CLONES void stats_bf16(const uint16_t* x, int64_t count, double* s, double* q) {
+  stats_span(x, count, s, q);
+}
+DIFFUFLOW_SPAN_CLONES void apply_f32(const float* x, float* y, int64_t count, const float* a, const float* b,
+                                     bool silu) {
+  silu ? apply_span<float, true>(x, y, count, a, b) : apply_span<float, false>(x, y, count, a, b);
+}
+DIFFUFLOW_SPAN_CLONES void apply_bf16(const uint16_t* x, uint16_t* y, int64_t count, const float* a, const float* b,
+                                      bool silu) {
+  silu ? apply_span<uint16_t, true>(x, y, count, a, b)
+       : apply_span<uint16_t, false>(x, y, count, a, b);
+}
+DIFFUFLOW_SPAN_CLONES void grad_sums(const float* x, const float* dz, int64_t count, const float* a, const float* b,
+                                     bool silu, double* s1, double* sx, double* sdx) {
+  silu ? grad_sums_span<true>(x, dz, count, a, b, s1, sx, sdx)
+       : grad_sums_span<false>(x, dz, count, a, b, s1, sx, sdx);
+}
+DIFFUFLOW_SPAN_CLONES void grad_apply(const float* x, const float* dz, float* dx, int64_t count, const float* a,
+                                      const float* b, const float* alpha, const float* beta, const float* delta,
+                                      bool silu, bool add) {
+  if (silu) {
+    add ? grad_apply_span<true, true>(x, dz, dx, count, a, b, alpha, beta, delta)
+        : grad_apply_span<true, false>(x, dz, dx, count, a, b, alpha, beta, delta);
+  } else {
+    add ? grad_apply_span<false, true>(x, dz, dx, count, a, b, alpha, beta, delta)
+        : grad_apply_span<false, false>(x, dz, dx, count, a, b, alpha, beta, delta);
+  }
+}
+
+// --- the work split -----------------------------------------------------------
+//
+// A unit is the contiguous run that one coefficient vector covers: a
+// (sample, 16-channel block) of nChw16c, or a (sample, channel) row of the
+// plain layout. Units are cut into chunks of whole 16-element vectors so that
+// there are at least kMinItems items whatever the batch: a sampler's batch of
+// one still spreads over the cores. The split does not depend on the thread
+// count, so neither do the sums.
+constexpr int64_t kMinItems = 64;
+
+struct Split {
+  int64_t units = 0, elements = 0, vectors = 0, chunks = 1, blocks = 0;
+  Layout layout = Layout::plain;
+  int64_t c = 0;
+
+  explicit Split(const Shape& s) : layout(s.layout), c(s.c) {
+    blocks = (s.c + kLanes - 1) / kLanes;
+    units = s.layout == Layout::blocked16 ? s.n * blocks : s.n * s.c;
+    elements = s.layout == Layout::blocked16 ? s.spatial * kLanes : s.spatial;
+    vectors = (elements + kLanes - 1) / kLanes;
+    chunks = std::max<int64_t>(1, std::min(vectors, (kMinItems + units - 1) / units));
+  }
+  int64_t items() const { return units * chunks; }
+  // Element range [begin, end) of an item within its unit.
+  void range(int64_t item, int64_t* begin, int64_t* end) const {
+    const int64_t k = item % chunks;
+    *begin = std::min(elements, k * vectors / chunks * kLanes);
+    *end = std::min(elements, (k + 1) * vectors / chunks * kLanes);
+  }
+  int64_t unit_offset(int64_t unit) const { return unit * elements; }
+  // The 16 lanes' values of per-(n, c) numbers `per_nc` for a unit (0 past C).
+  void lanes(int64_t unit, const float* per_nc, float* out) const {
+    if (layout == Layout::blocked16) {
+      const int64_t n = unit / blocks, first = unit % blocks * kLanes;
+      for (int l = 0; l < kLanes; ++l) out[l] = first + l < c ? per_nc[n * c + first + l] : 0.0f;
+    } else {
+      std::fill(out, out + kLanes, per_nc[unit]);
+    }
+  }
+  // Adds an item's 16 lane sums into per-(n, c) sums.
+  void gather(int64_t unit, const double* lane_sums, double* per_nc) const {
+    if (layout == Layout::blocked16) {
+      const int64_t n = unit / blocks, first = unit % blocks * kLanes;
+      for (int l = 0; l < kLanes && first + l < c; ++l) per_nc[n * c + first + l] += lane_sums[l];
+    } else {
+      double total = 0;
+      for (int l = 0; l < kLanes; ++l) total += lane_sums[l];
+      per_nc[unit] += total;
+    }
+  }
+};
+
+// Per-item lane sums ([items][sums][16]) gathered into per-(n, c) sums
+// ([sums][N*C]) in item order.
+std::vector<double> gather_sums(const Split& split, const std::vector<double>& partial, int sums, int64_t nc) {
+  std::vector<double> per_nc(static_cast<size_t>(sums * nc), 0.0);
+  for (int64_t item = 0; item < split.items(); ++item) {
+    for (int k = 0; k < sums; ++k)
+      split.gather(item / split.chunks, &partial[static_cast<size_t>((item * sums + k) * kLanes)],
+                   &per_nc[static_cast<size_t>(k * nc)]);
+  }
+  return per_nc;
+}
+
+float shift_at(const float* shift, int64_t i) { return shift ? shift[i] : 0.0f; }
+
+}  // namespace
+
+void forward(const Forward& f) {
+  const Shape& s = f.shape;
+  const Split split(s);
+  const int64_t nc = s.n * s.c, cg = s.c / s.groups;
+  const bool bf16 = f.type == DataType::bf16;
+
+  // 1. Per-(n, c) sums of x and x^2, one read.
+  std::vector<double> partial(static_cast<size_t>(split.items() * 2 * kLanes), 0.0);
+#pragma omp parallel for schedule(static)
+  for (int64_t item = 0; item < split.items(); ++item) {
+    int64_t begin, end;
+    split.range(item, &begin, &end);
+    const int64_t at = split.unit_offset(item / split.chunks) + begin;
+    double* sums = &partial[static_cast<size_t>(item * 2 * kLanes)];
+    if (bf16)
+      stats_bf16(static_cast<const uint16_t*>(f.x) + at, end - begin, sums, sums + kLanes);
+    else
+      stats_f32(static_cast<const float*>(f.x) + at, end - begin, sums, sums + kLanes);
+  }
+  const std::vector<double> sums = gather_sums(split, partial, 2, nc);
+
+  // 2. Group statistics of u = x + t, and y = a x + b's coefficients.
+  std::vector<float> a(static_cast<size_t>(nc)), b(static_cast<size_t>(nc));
+  const double count = static_cast<double>(cg * s.spatial), hw = static_cast<double>(s.spatial);
+  for (int64_t n = 0; n < s.n; ++n) {
+    for (int64_t g = 0; g < s.groups; ++g) {
+      double su = 0, squ = 0;
+      for (int64_t c = g * cg; c < (g + 1) * cg; ++c) {
+        const int64_t i = n * s.c + c;
+        const double t = shift_at(f.shift, i), sx = sums[static_cast<size_t>(i)],
+                     sxx = sums[static_cast<size_t>(nc + i)];
+        su += sx + hw * t;
+        squ += sxx + 2.0 * t * sx + hw * t * t;
+      }
+      const double m = su / count, var = std::max(0.0, squ / count - m * m);
+      const double r = 1.0 / std::sqrt(var + static_cast<double>(f.eps));
+      f.mean[n * s.groups + g] = static_cast<float>(m);
+      f.rstd[n * s.groups + g] = static_cast<float>(r);
+      for (int64_t c = g * cg; c < (g + 1) * cg; ++c) {
+        const int64_t i = n * s.c + c;
+        const double ai = static_cast<double>(f.gamma[c]) * r;
+        a[static_cast<size_t>(i)] = static_cast<float>(ai);
+        b[static_cast<size_t>(i)] =
+            static_cast<float>(static_cast<double>(f.beta[c]) + (shift_at(f.shift, i) - m) * ai);
+      }
+    }
+  }
+
+  // 3. y = act(a x + b), one read and one write.
+#pragma omp parallel for schedule(static)
+  for (int64_t item = 0; item < split.items(); ++item) {
+    int64_t begin, end;
+    split.range(item, &begin, &end);
+    const int64_t unit = item / split.chunks, at = split.unit_offset(unit) + begin;
+    float la[kLanes], lb[kLanes];
+    split.lanes(unit, a.data(), la);
+    split.lanes(unit, b.data(), lb);
+    const int64_t len = end - begin;
+    if (bf16)
+      apply_bf16(static_cast<const uint16_t*>(f.x) + at, static_cast<uint16_t*>(f.y) + at, len, la, lb, f.silu);
+    else
+      apply_f32(static_cast<const float*>(f.x) + at, static_cast<float*>(f.y) + at, len, la, lb, f.silu);
+  }
+}
+
+void backward(const Backward& bw) {
+  const Shape& s = bw.shape;
+  const Split split(s);
+  const int64_t nc = s.n * s.c, cg = s.c / s.groups;
+
+  // The forward's coefficients again: y = a x + b.
+  std::vector<float> a(static_cast<size_t>(nc)), b(static_cast<size_t>(nc));
+  for (int64_t n = 0; n < s.n; ++n) {
+    for (int64_t c = 0; c < s.c; ++c) {
+      const int64_t i = n * s.c + c, g = n * s.groups + c / cg;
+      const double ai = static_cast<double>(bw.gamma[c]) * bw.rstd[g];
+      a[static_cast<size_t>(i)] = static_cast<float>(ai);
+      b[static_cast<size_t>(i)] =
+          static_cast<float>(static_cast<double>(bw.beta[c]) + (shift_at(bw.shift, i) - bw.mean[g]) * ai);
+    }
+  }
+
+  // 1. Per-(n, c) sums of dy, x and dy x, one read of x and dz.
+  std::vector<double> partial(static_cast<size_t>(split.items() * 3 * kLanes), 0.0);
+#pragma omp parallel for schedule(static)
+  for (int64_t item = 0; item < split.items(); ++item) {
+    int64_t begin, end;
+    split.range(item, &begin, &end);
+    const int64_t unit = item / split.chunks, at = split.unit_offset(unit) + begin;
+    float la[kLanes], lb[kLanes];
+    split.lanes(unit, a.data(), la);
+    split.lanes(unit, b.data(), lb);
+    double* sums = &partial[static_cast<size_t>(item * 3 * kLanes)];
+    grad_sums(bw.x + at, bw.dz + at, end - begin, la, lb, bw.silu, sums, sums + kLanes, sums + 2 * kLanes);
+  }
+  const std::vector<double> sums = gather_sums(split, partial, 3, nc);
+  const double* s1 = sums.data();
+  const double* sx = s1 + nc;
+  const double* sdx = sx + nc;
+
+  // 2. Per group A and B; per (n, c) dx = alpha dy + beta x + delta; the
+  // parameter and shift gradients.
+  std::vector<float> alpha(static_cast<size_t>(nc)), beta(static_cast<size_t>(nc)), delta(static_cast<size_t>(nc));
+  std::vector<double> dgamma(static_cast<size_t>(s.c), 0.0), dbeta(static_cast<size_t>(s.c), 0.0);
+  const double count = static_cast<double>(cg * s.spatial), hw = static_cast<double>(s.spatial);
+  for (int64_t n = 0; n < s.n; ++n) {
+    for (int64_t g = 0; g < s.groups; ++g) {
+      const double m = bw.mean[n * s.groups + g], r = bw.rstd[n * s.groups + g];
+      double sum_a = 0, sum_b = 0;
+      for (int64_t c = g * cg; c < (g + 1) * cg; ++c) {
+        const int64_t i = n * s.c + c;
+        const double gamma = bw.gamma[c], xhat_dy = r * (sdx[i] + (shift_at(bw.shift, i) - m) * s1[i]);
+        sum_a += gamma * s1[i];
+        sum_b += gamma * xhat_dy;
+        dgamma[static_cast<size_t>(c)] += xhat_dy;
+        dbeta[static_cast<size_t>(c)] += s1[i];
+      }
+      const double big_a = sum_a / count, big_b = sum_b / count;
+      for (int64_t c = g * cg; c < (g + 1) * cg; ++c) {
+        const int64_t i = n * s.c + c;
+        const double al = r * bw.gamma[c], be = -r * r * big_b,
+                     de = -r * big_a - r * r * big_b * (shift_at(bw.shift, i) - m);
+        alpha[static_cast<size_t>(i)] = static_cast<float>(al);
+        beta[static_cast<size_t>(i)] = static_cast<float>(be);
+        delta[static_cast<size_t>(i)] = static_cast<float>(de);
+        if (bw.dshift) {
+          const float d = static_cast<float>(al * s1[i] + be * sx[i] + hw * de);
+          bw.dshift[i] = bw.dshift_add ? bw.dshift[i] + d : d;
+        }
+      }
+    }
+  }
+  for (int64_t c = 0; c < s.c; ++c) {
+    bw.dgamma[c] = static_cast<float>(dgamma[static_cast<size_t>(c)]);
+    bw.dbeta[c] = static_cast<float>(dbeta[static_cast<size_t>(c)]);
+  }
+  if (!bw.dx) return;
+
+  // 3. dx, one read of x and dz and one write (or add) of dx.
+#pragma omp parallel for schedule(static)
+  for (int64_t item = 0; item < split.items(); ++item) {
+    int64_t begin, end;
+    split.range(item, &begin, &end);
+    const int64_t unit = item / split.chunks, at = split.unit_offset(unit) + begin;
+    float la[kLanes], lb[kLanes], lal[kLanes], lbe[kLanes], lde[kLanes];
+    split.lanes(unit, a.data(), la);
+    split.lanes(unit, b.data(), lb);
+    split.lanes(unit, alpha.data(), lal);
+    split.lanes(unit, beta.data(), lbe);
+    split.lanes(unit, delta.data(), lde);
+    grad_apply(bw.x + at, bw.dz + at, bw.dx + at, end - begin, la, lb, lal, lbe, lde, bw.silu, bw.dx_add);
+  }
+}
+
+}  // namespace diffuflow::group_norm_kernel

@@ -1,0 +1,79 @@
+// GroupNorm, and GroupNorm followed by SiLU, as fused CPU kernels: the
+// statistics in one read of x, the normalisation (and activation) in one
+// read of x and one write of y; backward in two reads of x and of the
+// output's gradient and one write (or add) of x's. oneDNN 2.6 has no group
+// normalisation, and building one from its primitives costs four reads and
+// two writes of the image forward and eight reads and three writes backward
+// (docs/performance.md, "GroupNorm as one fused kernel").
+//
+//   Shape s{n, c, h * w, groups, Layout::blocked16};
+//   group_norm_kernel::Forward f{s, eps, /*silu=*/true, DataType::f32, x, y, gamma, beta,
+//                                /*shift=*/nullptr, mean, rstd};
+//   group_norm_kernel::forward(f);   // y = silu(gamma (x - m) r + beta), per group
+//
+// Equations, per sample n and group g of cg channels, M = cg * spatial
+// elements, u = x + t[n, c] (t: an optional per-(sample, channel) shift,
+// 0 without one):
+//   m = mean(u), v = mean(u^2) - m^2, r = 1 / sqrt(v + eps),
+//   y = gamma_c (u - m) r + beta_c, z = y sigmoid(y) (with SiLU);
+//   dy = dz (s + y s (1 - s)), s = sigmoid(y) (with SiLU; else dy = dz),
+//   dx = r gamma_c dy - r A - r^2 B (u - m),
+//     A = mean over the group of gamma_c dy, B = mean over it of gamma_c dy (u - m) r,
+//   d gamma_c = sum over n, positions of dy (u - m) r, d beta_c = sum of dy,
+//   d t[n, c] = sum over positions of dx.
+// Sums accumulate in double, so the one-pass variance loses nothing to
+// cancellation at the sizes of images.
+//
+// Threads: OpenMP, the team oneDNN's primitives use on the calling thread.
+#pragma once
+
+#include <cstdint>
+
+namespace diffuflow::group_norm_kernel {
+
+// plain: [N, C, spatial] contiguous. blocked16: [N, ceil(C/16), spatial, 16]
+// (oneDNN's nChw16c), channels past C being padding that is written as 0.
+enum class Layout { plain, blocked16 };
+enum class DataType { f32, bf16 };
+
+struct Shape {
+  int64_t n = 0, c = 0, spatial = 0, groups = 0;
+  Layout layout = Layout::plain;
+};
+
+struct Forward {
+  Shape shape;
+  float eps = 1e-5f;
+  bool silu = false;
+  DataType type = DataType::f32;  // of x and y
+  const void* x = nullptr;
+  void* y = nullptr;
+  const float* gamma = nullptr;  // [C]
+  const float* beta = nullptr;   // [C]
+  const float* shift = nullptr;  // [N, C] plain, or null
+  float* mean = nullptr;         // [N * groups] written: m, in the frame of x + t
+  float* rstd = nullptr;         // [N * groups] written: r
+};
+void forward(const Forward& f);
+
+// f32 only (training programs keep f32 activations).
+struct Backward {
+  Shape shape;
+  bool silu = false;
+  const float* x = nullptr;      // the forward's input
+  const float* dz = nullptr;     // the gradient of the forward's output
+  const float* gamma = nullptr;  // [C]
+  const float* beta = nullptr;   // [C]
+  const float* shift = nullptr;  // [N, C] or null
+  const float* mean = nullptr;   // [N * groups], as forward wrote them
+  const float* rstd = nullptr;
+  float* dx = nullptr;           // null: not wanted
+  bool dx_add = false;           // dx += the gradient, else dx = it
+  float* dgamma = nullptr;       // [C], overwritten
+  float* dbeta = nullptr;        // [C], overwritten
+  float* dshift = nullptr;       // [N, C] plain, or null
+  bool dshift_add = false;
+};
+void backward(const Backward& b);
+
+}  // namespace diffuflow::group_norm_kernel

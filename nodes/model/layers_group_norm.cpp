@@ -1,0 +1,122 @@
+// GroupNorm (optionally followed by SiLU, optionally of x plus a per-(sample,
+// channel) shift) as native steps: the fused CPU kernels of
+// group_norm_kernel.hpp, which programs on CPU engines use instead of the
+// primitive-built group norm in layers.cpp.
+#include "nodes/model/group_norm_kernel.hpp"
+#include "nodes/model/layer_util.hpp"
+
+namespace diffuflow::layer_util {
+
+namespace {
+
+namespace kernel = group_norm_kernel;
+
+float* floats(const Args& args, int key) { return static_cast<float*>(args.at(key).get_data_handle()); }
+const float* floats_or_null(const Args& args, int key) {
+  const auto it = args.find(key);
+  return it == args.end() ? nullptr : static_cast<const float*>(it->second.get_data_handle());
+}
+
+}  // namespace
+
+ValueId group_norm_native(Program& p, ValueId x, const ParamRef& weight, const ParamRef& bias, int64_t groups,
+                          float eps, bool silu, ValueId shift) {
+  // x [N,C,...] plain or nChw16c, f32 (or bf16 in inference) -> y, x's
+  // descriptor. Forward arguments: SRC x, DST y, SCALE gamma, SHIFT beta,
+  // SRC_1 the shift [N,C] (plain), MEAN and VARIANCE the group mean and
+  // 1/sqrt(var + eps) [N * groups], which backward reads.
+  const Program::LayerScope layer(p, "group_norm");
+  const dims xs = p.shape(x);
+  const auto x_md = p.desc(x);
+  const int64_t n = xs[0], c = xs[1];
+  const kernel::Shape shape{n, c, product(xs, 2), groups,
+                            is_channel_blocked(x_md) ? kernel::Layout::blocked16 : kernel::Layout::plain};
+  const kernel::DataType type =
+      x_md.data_type() == dnnl::memory::data_type::bf16 ? kernel::DataType::bf16 : kernel::DataType::f32;
+  const auto numbers_md = plain_f32({n, c});
+  const dnnl::memory mean = p.alloc(plain_f32({n * groups})), rstd = p.alloc(plain_f32({n * groups}));
+  const dnnl::memory gamma = p.param(weight.offset, plain_f32({c})), beta = p.param(bias.offset, plain_f32({c}));
+  const dnnl::memory t = shift >= 0 ? p.reorder_if_needed(p.data(shift), numbers_md, false) : dnnl::memory();
+  const ValueId y = p.new_value(x_md, true);
+
+  Args args{{DNNL_ARG_SRC, p.data(x)}, {DNNL_ARG_DST, p.data(y)}, {DNNL_ARG_SCALE, gamma},
+            {DNNL_ARG_SHIFT, beta},    {DNNL_ARG_MEAN, mean},    {DNNL_ARG_VARIANCE, rstd}};
+  if (t) args[DNNL_ARG_SRC_1] = t;
+  p.native_forward(
+      [shape, type, eps, silu](const Args& a) {
+        kernel::Forward f;
+        f.shape = shape;
+        f.eps = eps;
+        f.silu = silu;
+        f.type = type;
+        f.x = a.at(DNNL_ARG_SRC).get_data_handle();
+        f.y = a.at(DNNL_ARG_DST).get_data_handle();
+        f.gamma = floats(a, DNNL_ARG_SCALE);
+        f.beta = floats(a, DNNL_ARG_SHIFT);
+        f.shift = floats_or_null(a, DNNL_ARG_SRC_1);
+        f.mean = floats(a, DNNL_ARG_MEAN);
+        f.rstd = floats(a, DNNL_ARG_VARIANCE);
+        kernel::forward(f);
+      },
+      std::move(args));
+
+  p.on_backward([=](Program& p) {
+    // Reads x and the gradient of y twice; writes dx (adding into an earlier
+    // contribution in place), d gamma, d beta and d shift.
+    Args args{{DNNL_ARG_SRC, p.data(x)},
+              {DNNL_ARG_DIFF_DST, p.grad(y)},
+              {DNNL_ARG_SCALE, gamma},
+              {DNNL_ARG_SHIFT, beta},
+              {DNNL_ARG_MEAN, mean},
+              {DNNL_ARG_VARIANCE, rstd},
+              {DNNL_ARG_DIFF_SCALE, p.param_grad(weight.offset, plain_f32({c}))},
+              {DNNL_ARG_DIFF_SHIFT, p.param_grad(bias.offset, plain_f32({c}))}};
+    if (t) args[DNNL_ARG_SRC_1] = t;
+    GradSink xs_sink, shift_sink;
+    if (p.needs_grad(x)) {
+      xs_sink = p.sink(x, true);
+      require(xs_sink.memory.get_desc() == x_md, "group_norm gradient in another layout than its input");
+      args[DNNL_ARG_DIFF_SRC] = xs_sink.memory;
+    }
+    // The shift's gradient in plain [N,C]: the sink's memory when it is
+    // that, else a temporary copied (added) into it after the step.
+    dnnl::memory dshift;
+    const bool want_shift = shift >= 0 && p.needs_grad(shift);
+    if (want_shift) {
+      shift_sink = p.sink(shift, true);
+      dshift = shift_sink.memory.get_desc() == numbers_md ? shift_sink.memory : p.alloc(numbers_md);
+      args[DNNL_ARG_DIFF_SRC_1] = dshift;
+    }
+    const bool dx_add = xs_sink.add_into;
+    const bool dshift_add = want_shift && dshift == shift_sink.memory && shift_sink.add_into;
+    p.native_backward(
+        [shape, silu, dx_add, dshift_add](const Args& a) {
+          kernel::Backward b;
+          b.shape = shape;
+          b.silu = silu;
+          b.x = floats(a, DNNL_ARG_SRC);
+          b.dz = floats(a, DNNL_ARG_DIFF_DST);
+          b.gamma = floats(a, DNNL_ARG_SCALE);
+          b.beta = floats(a, DNNL_ARG_SHIFT);
+          b.shift = floats_or_null(a, DNNL_ARG_SRC_1);
+          b.mean = floats(a, DNNL_ARG_MEAN);
+          b.rstd = floats(a, DNNL_ARG_VARIANCE);
+          b.dx = const_cast<float*>(floats_or_null(a, DNNL_ARG_DIFF_SRC));
+          b.dx_add = dx_add;
+          b.dgamma = floats(a, DNNL_ARG_DIFF_SCALE);
+          b.dbeta = floats(a, DNNL_ARG_DIFF_SHIFT);
+          b.dshift = const_cast<float*>(floats_or_null(a, DNNL_ARG_DIFF_SRC_1));
+          b.dshift_add = dshift_add;
+          kernel::backward(b);
+        },
+        std::move(args));
+    if (xs_sink.memory) p.commit(xs_sink);
+    if (want_shift) {
+      if (dshift != shift_sink.memory) p.copy(dshift, shift_sink.memory, true, shift_sink.add_into);
+      p.commit(shift_sink);
+    }
+  });
+  return y;
+}
+
+}  // namespace diffuflow::layer_util

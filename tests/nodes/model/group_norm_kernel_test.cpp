@@ -1,0 +1,217 @@
+// The native group norm (fused CPU kernels) against the group norm built from
+// oneDNN primitives (what other engines run), forward and backward, and
+// against a double-precision reference where f32 sums would cancel.
+#include "nodes/model/group_norm_kernel.hpp"
+#include "nodes/model/layers.hpp"
+#include "compute/program.hpp"
+
+#include <doctest/doctest.h>
+
+#include <algorithm>
+#include <cmath>
+#include <optional>
+#include <random>
+#include <vector>
+
+using namespace diffuflow;
+
+namespace {
+
+struct Case {
+  dims shape;
+  int64_t groups;
+  std::optional<Activation> act;  // none: plain group_norm
+  bool shift;                     // shifted_group_norm_act (with act)
+};
+
+// Everything a pass computes, in plain layouts.
+struct Results {
+  std::vector<float> y, dx, dshift, dparams;
+};
+
+std::vector<float> to_plain(const dnnl::memory& m, const dims& shape, dnnl::stream& stream) {
+  std::vector<float> out(static_cast<size_t>(shape_numel(Shape(shape.begin(), shape.end()))));
+  dnnl::memory from = m, to(plain_f32(shape), m.get_engine(), out.data());
+  dnnl::reorder(from, to).execute(stream, from, to);
+  stream.wait();
+  return out;
+}
+
+void from_plain(const std::vector<float>& values, const dnnl::memory& m, const dims& shape, dnnl::stream& stream) {
+  dnnl::memory from(plain_f32(shape), m.get_engine(), const_cast<float*>(values.data())), to = m;
+  dnnl::reorder(from, to).execute(stream, from, to);
+  stream.wait();
+}
+
+Results run(const Case& c, bool native) {
+  dnnl::engine engine(dnnl::engine::kind::cpu, 0);
+  dnnl::stream stream(engine);
+  const int64_t n = c.shape[0], channels = c.shape[1], count = 2 * channels;
+  std::mt19937 rng(11);
+  std::normal_distribution<float> normal(0.4f, 1.5f);
+  auto draw = [&](size_t size) {
+    std::vector<float> v(size);
+    for (auto& e : v) e = normal(rng);
+    return v;
+  };
+  const size_t elements = static_cast<size_t>(shape_numel(Shape(c.shape.begin(), c.shape.end())));
+  const std::vector<float> x_values = draw(elements), shift_values = draw(static_cast<size_t>(n * channels)),
+                           dy_values = draw(elements), param_values = draw(static_cast<size_t>(count));
+
+  dnnl::memory params(plain_f32({count}), engine);
+  std::copy(param_values.begin(), param_values.end(), static_cast<float*>(params.get_data_handle()));
+  PrimitiveCache cache;
+  Program p(engine, cache, params, count, /*training=*/true);
+  p.set_native_kernels(native);
+  REQUIRE(p.native_kernels() == native);
+  // Channel counts that are multiples of 16 take nChw16c, others plain.
+  const ValueId x = p.new_value(activation_desc(c.shape), true);
+  const ValueId shift = p.new_value(plain_f32({n, channels}), true);
+  p.pin(x);
+  p.pin(shift);
+  const ParamRef gamma{0, {channels}}, beta{channels, {channels}};
+  const ValueId y = c.shift ? shifted_group_norm_act(p, x, shift, gamma, beta, c.groups, 1e-5f, *c.act)
+                    : c.act ? group_norm_act(p, x, gamma, beta, c.groups, 1e-5f, *c.act)
+                            : group_norm(p, x, gamma, beta, c.groups, 1e-5f);
+  p.pin(y);
+  p.finalize(y, true);
+  from_plain(x_values, p.data(x), c.shape, stream);
+  std::copy(shift_values.begin(), shift_values.end(), static_cast<float*>(p.data(shift).get_data_handle()));
+  p.prepare(stream, 0);
+  p.run_forward(stream);
+  from_plain(dy_values, p.grad(y), c.shape, stream);
+  p.run_backward(stream);
+  stream.wait();
+
+  Results r;
+  r.y = to_plain(p.data(y), c.shape, stream);
+  r.dx = to_plain(p.grad(x), c.shape, stream);
+  if (c.shift) r.dshift = to_plain(p.grad(shift), {n, channels}, stream);
+  const float* staging = static_cast<const float*>(p.grad_staging().get_data_handle());
+  r.dparams.assign(staging, staging + count);
+  return r;
+}
+
+// max |a - b| / max(1, |b|)
+double worst(const std::vector<float>& a, const std::vector<float>& b) {
+  REQUIRE(a.size() == b.size());
+  double w = 0;
+  for (size_t i = 0; i < a.size(); ++i)
+    w = std::max(w, std::fabs(double(a[i]) - b[i]) / std::max(1.0, std::fabs(double(b[i]))));
+  return w;
+}
+
+}  // namespace
+
+TEST_CASE("native group norm matches the primitive-built one: outputs and every gradient") {
+  const std::vector<Case> cases = {
+      {{2, 6, 3, 3}, 3, std::nullopt, false},           // plain, 9 positions: a 16-lane tail
+      {{2, 6, 3, 3}, 3, Activation::silu, false},
+      {{3, 32, 5, 4}, 8, Activation::silu, false},      // nChw16c, groups of 4 within a block
+      {{2, 48, 4, 4}, 4, std::nullopt, false},          // nChw16c, groups of 12 across blocks
+      {{1, 32, 12, 12}, 4, Activation::silu, false},    // a batch of one: each block split in chunks
+      {{2, 20, 7, 7}, 5, Activation::mish, false},      // plain; mish as its own step after the norm
+      {{2, 6, 3, 3}, 3, Activation::silu, true},        // with a [N,C] shift
+      {{2, 32, 6, 6}, 4, Activation::silu, true},
+  };
+  for (const Case& c : cases) {
+    CAPTURE(c.shape[0]);
+    CAPTURE(c.shape[1]);
+    CAPTURE(c.shape[2]);
+    CAPTURE(c.groups);
+    CAPTURE(c.act.has_value());
+    CAPTURE(c.shift);
+    const Results native = run(c, true), primitives = run(c, false);
+    CHECK(worst(native.y, primitives.y) < 2e-5);
+    CHECK(worst(native.dx, primitives.dx) < 2e-5);
+    CHECK(worst(native.dshift, primitives.dshift) < 5e-5);
+    CHECK(worst(native.dparams, primitives.dparams) < 5e-5);
+  }
+}
+
+TEST_CASE("native group norm: inputs far from zero keep their precision (the one-pass variance sums in double)") {
+  // 300 + N(0, 1): in f32, mean(x^2) - mean(x)^2 would lose about 17 bits.
+  using namespace group_norm_kernel;
+  const int64_t n = 2, c = 4, spatial = 50, groups = 2, cg = c / groups;
+  std::mt19937 rng(3);
+  std::normal_distribution<float> normal(0.0f, 1.0f);
+  std::vector<float> x(static_cast<size_t>(n * c * spatial)), y(x.size());
+  for (auto& v : x) v = 300.0f + normal(rng);
+  const std::vector<float> gamma(c, 1.0f), beta(c, 0.0f);
+  std::vector<float> mean(n * groups), rstd(n * groups);
+  Forward f;
+  f.shape = {n, c, spatial, groups, Layout::plain};
+  f.x = x.data();
+  f.y = y.data();
+  f.gamma = gamma.data();
+  f.beta = beta.data();
+  f.mean = mean.data();
+  f.rstd = rstd.data();
+  forward(f);
+  double worst = 0;
+  for (int64_t s = 0; s < n; ++s) {
+    for (int64_t g = 0; g < groups; ++g) {
+      const float* group = x.data() + (s * c + g * cg) * spatial;
+      const int64_t m = cg * spatial;
+      double mu = 0, var = 0;
+      for (int64_t i = 0; i < m; ++i) mu += group[i];
+      mu /= static_cast<double>(m);
+      for (int64_t i = 0; i < m; ++i) var += (group[i] - mu) * (group[i] - mu);
+      var /= static_cast<double>(m);
+      for (int64_t i = 0; i < m; ++i) {
+        const double expected = (group[i] - mu) / std::sqrt(var + 1e-5);
+        worst = std::max(worst, std::fabs(y[static_cast<size_t>(group - x.data() + i)] - expected));
+      }
+    }
+  }
+  MESSAGE("worst |y - reference| " << worst);
+  CHECK(worst < 1e-4);
+}
+
+TEST_CASE("native group norm writes bf16 rounded to nearest even, NaN kept, and zeros in nChw16c padding") {
+  using namespace group_norm_kernel;
+  // 20 channels in nChw16c: two blocks, the second with 12 padding lanes.
+  const int64_t n = 1, c = 20, spatial = 3, blocks = 2;
+  std::vector<float> x(static_cast<size_t>(n * blocks * spatial * 16), 0.0f);
+  for (int64_t b = 0; b < blocks; ++b)
+    for (int64_t s = 0; s < spatial; ++s)
+      for (int64_t l = 0; l < 16; ++l)
+        if (b * 16 + l < c) x[static_cast<size_t>((b * spatial + s) * 16 + l)] = static_cast<float>(s + l % 3);
+  std::vector<float> y(x.size(), 7.0f), mean(1), rstd(1);
+  const std::vector<float> gamma(c, 2.0f), beta(c, 0.5f);
+  Forward f;
+  f.shape = {n, c, spatial, 1, Layout::blocked16};
+  f.x = x.data();
+  f.y = y.data();
+  f.gamma = gamma.data();
+  f.beta = beta.data();
+  f.mean = mean.data();
+  f.rstd = rstd.data();
+  forward(f);
+  for (int64_t s = 0; s < spatial; ++s)
+    for (int64_t l = c - 16; l < 16; ++l) CHECK(y[static_cast<size_t>((spatial + s) * 16 + l)] == 0.0f);
+
+  // bf16: every value is a * x + b with a = 1, b = 0 after normalising a
+  // group of two values {-1, 1}; check the rounding of the store on values
+  // whose f32 forms sit between two bf16 numbers.
+  const uint16_t one = 0x3f80, minus_one = 0xbf80;
+  std::vector<uint16_t> xb = {minus_one, one, minus_one, one}, yb(4);
+  const float g1 = 1.0f + 1.0f / 256.0f;  // 1 + 2^-8: halfway between bf16 1 and 1 + 2^-7
+  const std::vector<float> gamma_b = {g1, 1.0f}, beta_b = {0.0f, std::nanf("")};
+  Forward fb;
+  fb.shape = {1, 2, 2, 2, Layout::plain};
+  fb.eps = 0.0f;
+  fb.type = DataType::bf16;
+  fb.x = xb.data();
+  fb.y = yb.data();
+  fb.gamma = gamma_b.data();
+  fb.beta = beta_b.data();
+  std::vector<float> mb(2), rb(2);
+  fb.mean = mb.data();
+  fb.rstd = rb.data();
+  forward(fb);
+  CHECK(yb[0] == 0xbf80);  // -(1 + 2^-8): ties to even, -1
+  CHECK(yb[1] == 0x3f80);
+  CHECK((yb[2] & 0x7f80) == 0x7f80);  // NaN stays NaN
+  CHECK((yb[2] & 0x007f) != 0);
+}
