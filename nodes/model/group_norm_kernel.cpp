@@ -1,5 +1,7 @@
 #include "nodes/model/group_norm_kernel.hpp"
 
+#include "nodes/model/vector16.hpp"
+
 #include <algorithm>
 #include <cmath>
 #include <cstring>
@@ -9,52 +11,12 @@ namespace diffuflow::group_norm_kernel {
 
 namespace {
 
-// The spans below work on 16 lanes at once, in GCC's portable vector types:
-// a channel block of nChw16c, or 16 neighbouring positions of one channel in
-// the plain layout, with per-lane coefficients and accumulators. Each entry
-// point is compiled for AVX-512 (one register per vector), for AVX2 and for
-// the baseline, and the CPU picks one when the program loads.
-#if defined(__GNUC__) && defined(__x86_64__) && !defined(__clang__)
-#define DIFFUFLOW_SPAN_CLONES __attribute__((target_clones("arch=x86-64-v4", "arch=x86-64-v3", "default")))
-#else
-#define DIFFUFLOW_SPAN_CLONES
-#endif
-#define DIFFUFLOW_INLINE inline __attribute__((always_inline))
+using namespace vector16;
 
-constexpr int kLanes = 16;
-typedef float vf __attribute__((vector_size(64)));     // 16 lanes
-typedef float half_vf __attribute__((vector_size(32)));
-typedef double vd __attribute__((vector_size(64)));    // 8 lanes
-typedef int32_t vi __attribute__((vector_size(64)));
-typedef uint32_t vu __attribute__((vector_size(64)));
-typedef uint16_t vh __attribute__((vector_size(32)));  // 16 bf16
+// The spans below work on 16 lanes at once: a channel block of nChw16c, or 16
+// neighbouring positions of one channel in the plain layout, with per-lane
+// coefficients and accumulators.
 
-DIFFUFLOW_INLINE vf splat(float v) { return vf{} + v; }
-DIFFUFLOW_INLINE vf load16(const float* p) {
-  vf v;
-  std::memcpy(&v, p, sizeof v);
-  return v;
-}
-DIFFUFLOW_INLINE vf load16(const uint16_t* p) {
-  vh h;
-  std::memcpy(&h, p, sizeof h);
-  const vu bits = __builtin_convertvector(h, vu) << 16;
-  vf v;
-  std::memcpy(&v, &bits, sizeof v);
-  return v;
-}
-DIFFUFLOW_INLINE void store16(float* p, vf v) { std::memcpy(p, &v, sizeof v); }
-// Rounded to nearest even, as oneDNN converts; a NaN stays a (quiet) NaN.
-DIFFUFLOW_INLINE void store16(uint16_t* p, vf v) {
-  vu bits;
-  std::memcpy(&bits, &v, sizeof bits);
-  const vu rounded = (bits + 0x7fffu + ((bits >> 16) & 1u)) >> 16;
-  const vu quiet = (bits >> 16) | 0x40u;
-  const vu nan = reinterpret_cast<vu>((bits & 0x7fffffffu) > 0x7f800000u);  // all ones where NaN
-  const vu out = (quiet & nan) | (rounded & ~nan);
-  const vh h = __builtin_convertvector(out, vh);
-  std::memcpy(p, &h, sizeof h);
-}
 // The two halves of 16 lanes in double.
 DIFFUFLOW_INLINE void widen(vf v, vd* lo, vd* hi) {
   half_vf a, b;
@@ -78,30 +40,6 @@ struct Sums {
     for (int l = 0; l < kLanes; ++l) out[l] += lanes[l];
   }
 };
-
-// e^x for x in [-87, 88] (clamped there), within about 2 ulp: 2^k times a
-// degree-7 Taylor polynomial in r = x - k ln2, |r| <= ln2 / 2.
-DIFFUFLOW_INLINE vf exp_approx(vf x) {
-  const vf lo = splat(-87.0f), hi = splat(88.0f);
-  x = x < lo ? lo : x;
-  x = x > hi ? hi : x;
-  const vf k = (x * 1.44269504088896341f + 12582912.0f) - 12582912.0f;  // round(x / ln2)
-  const vf r = (x - k * 0.693145751953125f) - k * 1.428606765330187e-06f;
-  vf p = splat(1.0f / 5040.0f);
-  p = p * r + 1.0f / 720.0f;
-  p = p * r + 1.0f / 120.0f;
-  p = p * r + 1.0f / 24.0f;
-  p = p * r + 1.0f / 6.0f;
-  p = p * r + 0.5f;
-  p = p * r + 1.0f;
-  p = p * r + 1.0f;
-  const vi exponent = (__builtin_convertvector(k, vi) + 127) << 23;
-  vf scale;
-  std::memcpy(&scale, &exponent, sizeof scale);
-  return p * scale;
-}
-
-DIFFUFLOW_INLINE vf sigmoid(vf v) { return 1.0f / (1.0f + exp_approx(-v)); }
 
 // dy from dz: through SiLU's derivative at y = a x + b.
 template <bool Silu>
