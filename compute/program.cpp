@@ -118,12 +118,14 @@ void Program::host_backward(HostFn fn, Args args) {
   backward_.push_back({dnnl::primitive(), std::move(args), std::move(fn), layer_ ? layer_ : "other"});
 }
 
-void Program::native_forward(HostFn fn, Args args) {
-  forward_.push_back({dnnl::primitive(), std::move(args), std::move(fn), layer_ ? layer_ : "other", "native", false});
+void Program::native_forward(HostFn fn, Args args, double flops) {
+  forward_.push_back(
+      {dnnl::primitive(), std::move(args), std::move(fn), layer_ ? layer_ : "other", "native", false, flops});
 }
 
-void Program::native_backward(HostFn fn, Args args) {
-  backward_.push_back({dnnl::primitive(), std::move(args), std::move(fn), layer_ ? layer_ : "other", "native", false});
+void Program::native_backward(HostFn fn, Args args, double flops) {
+  backward_.push_back(
+      {dnnl::primitive(), std::move(args), std::move(fn), layer_ ? layer_ : "other", "native", false, flops});
 }
 
 void Program::copy(const dnnl::memory& src, const dnnl::memory& dst, bool in_backward, bool accumulate) {
@@ -369,7 +371,8 @@ void run_timed(Step& step, dnnl::stream& stream, PassProfile& profile) {
   const double seconds = std::chrono::duration<double>(clock::now() - t0).count();
   const char* primitive =
       step.host ? step.kind : dnnl_prim_kind2str(static_cast<dnnl_primitive_kind_t>(step.primitive.get_kind()));
-  const StepCost cost = step_cost(step.host ? dnnl::primitive() : step.primitive, step.args);
+  StepCost cost = step_cost(step.host ? dnnl::primitive() : step.primitive, step.args);
+  if (step.host && step.flops >= 0) cost.flops = step.flops;
   profile.push_back({step.layer, primitive, seconds, cost.flops, cost.bytes});
 }
 

@@ -83,6 +83,7 @@ struct Step {
   const char* layer = "other";  // the kind of layer that appended it (LayerScope)
   const char* kind = "host";    // a host step's name in profiles
   bool waits = true;            // a host step waits for the engine first (native steps need not)
+  double flops = -1;            // a native step's work, where one per element written would be wrong
 };
 
 // One step of a profiled pass: its layer kind, its primitive kind ("convolution",
@@ -203,9 +204,10 @@ class Program {
   // normalisation), appended instead of primitives where native_kernels()
   // says so. CPU primitives have finished when execute() returns, so it runs
   // without a wait; `kind` names it in profiles ("native" steps of the layer).
-  // Args use DNNL_ARG_* keys as a primitive's would (step costs read them).
-  void native_forward(HostFn fn, Args args);
-  void native_backward(HostFn fn, Args args);
+  // Args use DNNL_ARG_* keys as a primitive's would (step costs read them);
+  // `flops`, when >= 0, replaces the count of one per element written.
+  void native_forward(HostFn fn, Args args, double flops = -1);
+  void native_backward(HostFn fn, Args args, double flops = -1);
   // Whether layers append native steps: on CPU engines, unless turned off
   // (tests compare both paths; set it before any layer is added).
   bool native_kernels() const { return native_kernels_; }

@@ -4,6 +4,7 @@
 #include "compute/program.hpp"
 #include "nodes/model/layers.hpp"
 
+#include <optional>
 #include <string>
 
 namespace diffuflow::layer_util {
@@ -32,9 +33,14 @@ dnnl::memory ones(Program& p, const dims& shape);
 void append_channel_sums(Program& p, const dnnl::memory& src, const dnnl::memory::desc& x_md, const dnnl::memory& dst);
 
 // GroupNorm of x (plus a [N,C] shift when shift >= 0), then SiLU when
-// `silu`, as native steps (layers_group_norm.cpp): for programs whose
+// `silu`, as native steps (layers_native.cpp): for programs whose
 // native_kernels() is on. x plain or nChw16c.
 ValueId group_norm_native(Program& p, ValueId x, const ParamRef& weight, const ParamRef& bias, int64_t groups,
                           float eps, bool silu, ValueId shift);
+// conv2d as a native step when it has a few channels (<= 8) on one side
+// and a multiple of 16 on the other, stride 1, one padding all round and no
+// residual (layers_native.cpp); else nothing.
+std::optional<ValueId> conv2d_few_channels(Program& p, ValueId x, const ParamRef& weight, const ParamRef& bias,
+                                           int64_t stride, int64_t padding, int64_t padding_end, ValueId residual);
 
 }  // namespace diffuflow::layer_util

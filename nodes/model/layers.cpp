@@ -308,6 +308,7 @@ ValueId conv2d_impl(Program& p, ValueId x, const ParamRef& weight, const ParamRe
   const int64_t co = weight.shape[0], k = weight.shape[2];
   const int64_t ho = (xs[2] + padding + padding_end - k) / stride + 1;
   const int64_t wo = (xs[3] + padding + padding_end - k) / stride + 1;
+  if (auto y = conv2d_few_channels(p, x, weight, bias, stride, padding, padding_end, residual)) return *y;
   if (auto y = conv2d_bf16(p, x, weight, bias, {xs[0], co, ho, wo}, {stride, stride}, {padding, padding},
                            {padding_end, padding_end}, residual, residual_spent, fused))
     return *y;

@@ -1,6 +1,7 @@
 // 16-lane float vectors for the native kernels (GCC's portable vector
 // types: one AVX-512 register, two AVX2 ones, four SSE ones), the loads and
-// stores of f32 and bf16 data, and a vectorisable exponential and sigmoid.
+// stores of f32 and bf16 data, a lane sum, and a vectorisable exponential and
+// sigmoid.
 // Internal to the kernel files of nodes/model.
 #pragma once
 
@@ -53,6 +54,21 @@ DIFFUFLOW_INLINE void store16(uint16_t* p, vf v) {
   const vh h = __builtin_convertvector(out, vh);
   std::memcpy(p, &h, sizeof h);
 }
+// The sum of the 16 lanes, halving the vector (a tree, so that reductions
+// in flight overlap).
+typedef float quarter_vf __attribute__((vector_size(16)));
+DIFFUFLOW_INLINE float sum_lanes(vf v) {
+  half_vf a, b;
+  std::memcpy(&a, &v, sizeof a);
+  std::memcpy(&b, reinterpret_cast<const char*>(&v) + sizeof a, sizeof b);
+  a += b;
+  quarter_vf c, d;
+  std::memcpy(&c, &a, sizeof c);
+  std::memcpy(&d, reinterpret_cast<const char*>(&a) + sizeof c, sizeof d);
+  c += d;
+  return (c[0] + c[2]) + (c[1] + c[3]);
+}
+
 // e^x for x in [-87, 88] (clamped there), within about 2 ulp: 2^k times a
 // degree-7 Taylor polynomial in r = x - k ln2, |r| <= ln2 / 2.
 DIFFUFLOW_INLINE vf exp_approx(vf x) {

@@ -135,6 +135,26 @@ TEST_CASE("conv2d 3x3 stride 1 gradients match finite differences") {
   h.check_all("conv3x3");
 }
 
+TEST_CASE("few-channel conv2d (native on the CPU) gradients match finite differences, widening and narrowing") {
+  SUBCASE("three channels to 16") {
+    LayerHarness h(16 * 3 * 9 + 16);
+    const ValueId x = h.input({2, 3, 4, 5});
+    const auto w = h.param({16, 3, 3, 3});
+    const auto b = h.param({16});
+    h.finish(conv2d(h.p(), x, w, b, 1, 1));
+    h.check_all("conv 3 -> 16");
+  }
+  SUBCASE("16 channels to one and to two, from one input: the second input gradient adds into the first") {
+    LayerHarness h(16 * 16 * 9 + 16 + 16 * 9 + 1 + 2 * 16 * 9 + 2);
+    const ValueId input = h.input({2, 16, 4, 4});
+    const ValueId x = conv2d(h.p(), input, h.param({16, 16, 3, 3}), h.param({16}), 1, 1);  // nChw16c
+    const ValueId one = conv2d(h.p(), x, h.param({1, 16, 3, 3}), h.param({1}), 1, 1);
+    const ValueId two = conv2d(h.p(), x, h.param({2, 16, 3, 3}), h.param({2}), 1, 1);
+    h.finish(concat_channels(h.p(), one, two));
+    h.check_all("conv 16 -> 1 and 2");
+  }
+}
+
 TEST_CASE("conv2d 3x3 stride 2 (downsampling) gradients match finite differences and halve the size") {
   LayerHarness h(4 * 3 * 9 + 4);
   const ValueId x = h.input({2, 3, 6, 6});

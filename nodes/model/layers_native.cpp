@@ -1,15 +1,21 @@
-// GroupNorm (optionally followed by SiLU, optionally of x plus a per-(sample,
-// channel) shift) as native steps: the fused CPU kernels of
-// group_norm_kernel.hpp, which programs on CPU engines use instead of the
-// primitive-built group norm in layers.cpp.
+// The layers whose CPU version is a native step, a kernel of the project's
+// own, which programs on CPU engines use instead of the primitives of
+// layers.cpp: GroupNorm (optionally followed by SiLU, optionally of x plus a
+// per-(sample, channel) shift; group_norm_kernel.hpp) and the convolutions
+// with a few channels on one side (few_channel_conv_kernel.hpp).
+#include "nodes/model/few_channel_conv_kernel.hpp"
 #include "nodes/model/group_norm_kernel.hpp"
 #include "nodes/model/layer_util.hpp"
+
+#include <optional>
 
 namespace diffuflow::layer_util {
 
 namespace {
 
 namespace kernel = group_norm_kernel;
+
+constexpr int64_t kFewChannels = 8;
 
 float* floats(const Args& args, int key) { return static_cast<float*>(args.at(key).get_data_handle()); }
 const float* floats_or_null(const Args& args, int key) {
@@ -115,6 +121,80 @@ ValueId group_norm_native(Program& p, ValueId x, const ParamRef& weight, const P
       if (dshift != shift_sink.memory) p.copy(dshift, shift_sink.memory, true, shift_sink.add_into);
       p.commit(shift_sink);
     }
+  });
+  return y;
+}
+
+std::optional<ValueId> conv2d_few_channels(Program& p, ValueId x, const ParamRef& weight, const ParamRef& bias,
+                                           int64_t stride, int64_t padding, int64_t padding_end, ValueId residual) {
+  // x [N,Ci,H,W] -> y [N,Co,Ho,Wo], stride 1, one padding all round, no
+  // residual, and a few channels on one side and a multiple of 16 on the
+  // other: narrowing (Co few) reads x nChw16c and writes y plain; widening
+  // (Ci few) reads x plain and writes y nChw16c. Anything else: nothing (the
+  // caller runs oneDNN's convolution).
+  const dims xs = p.shape(x);
+  const int64_t ci = xs[1], co = weight.shape[0], k = weight.shape[2];
+  const bool narrowing = co <= kFewChannels && ci % 16 == 0, widening = ci <= kFewChannels && co % 16 == 0;
+  if (!p.native_kernels() || stride != 1 || padding != padding_end || residual >= 0 || weight.shape[3] != k ||
+      !(narrowing || widening))
+    return std::nullopt;
+  const few_channel_conv::Geometry g{xs[0], xs[2], xs[3], k, padding};
+  const dims ys{xs[0], co, g.ho(), g.wo()};
+  const auto wide_x_md = dnnl::memory::desc(xs, dnnl::memory::data_type::f32, tag::nChw16c);
+  const auto wide_y_md = dnnl::memory::desc(ys, dnnl::memory::data_type::f32, tag::nChw16c);
+  const auto x_md = narrowing ? wide_x_md : plain_f32(xs);
+  const auto y_md = narrowing ? plain_f32(ys) : wide_y_md;
+  if (!narrowing && activation_desc(ys) != wide_y_md) return std::nullopt;
+  const Program::LayerScope layer(p, "convolution");
+  const int64_t few = narrowing ? co : ci, wide = narrowing ? ci : co;
+  const double flops = 2.0 * static_cast<double>(xs[0] * g.ho() * g.wo() * co * ci * k * k);
+  const dnnl::memory x_mem = p.reorder_if_needed(p.data(x), x_md, false);
+  const dnnl::memory w = p.param(weight.offset, plain_f32(weight.shape)), b = p.param(bias.offset, plain_f32({co}));
+  const ValueId y = p.new_value(y_md, true);
+  p.native_forward(
+      [g, few, wide, narrowing](const Args& a) {
+        const float* in = floats(a, DNNL_ARG_SRC);
+        if (narrowing)
+          few_channel_conv::narrow(g, few, wide, in, floats(a, DNNL_ARG_WEIGHTS), floats(a, DNNL_ARG_BIAS),
+                                   floats(a, DNNL_ARG_DST), false, false);
+        else
+          few_channel_conv::widen(g, few, wide, in, floats(a, DNNL_ARG_WEIGHTS), floats(a, DNNL_ARG_BIAS),
+                                  floats(a, DNNL_ARG_DST), false, false);
+      },
+      {{DNNL_ARG_SRC, x_mem}, {DNNL_ARG_WEIGHTS, w}, {DNNL_ARG_BIAS, b}, {DNNL_ARG_DST, p.data(y)}}, flops);
+
+  p.on_backward([=](Program& p) {
+    // The input gradient (when wanted) is the other direction over dy's grid
+    // with the weights transposed and flipped; then the weight and bias
+    // gradients. One step.
+    Args args{{DNNL_ARG_SRC, x_mem},
+              {DNNL_ARG_DIFF_DST, p.grad(y)},
+              {DNNL_ARG_WEIGHTS, w},
+              {DNNL_ARG_DIFF_WEIGHTS, p.param_grad(weight.offset, plain_f32(weight.shape))},
+              {DNNL_ARG_DIFF_BIAS, p.param_grad(bias.offset, plain_f32({co}))}};
+    GradSink s;
+    dnnl::memory dx;
+    if (p.needs_grad(x)) {
+      s = p.sink(x, true);
+      dx = s.memory.get_desc() == x_md ? s.memory : p.alloc(x_md);
+      args[DNNL_ARG_DIFF_SRC] = dx;
+    }
+    const bool add = dx && dx == s.memory && s.add_into;
+    const few_channel_conv::Geometry back{g.n, g.ho(), g.wo(), k, k - 1 - padding};
+    p.native_backward(
+        [g, back, few, wide, narrowing, add](const Args& a) {
+          float* dx = const_cast<float*>(floats_or_null(a, DNNL_ARG_DIFF_SRC));
+          const float* dy = floats(a, DNNL_ARG_DIFF_DST);
+          if (dx && narrowing)
+            few_channel_conv::widen(back, few, wide, dy, floats(a, DNNL_ARG_WEIGHTS), nullptr, dx, true, add);
+          else if (dx)
+            few_channel_conv::narrow(back, few, wide, dy, floats(a, DNNL_ARG_WEIGHTS), nullptr, dx, true, add);
+          few_channel_conv::weight_grad(g, few, wide, narrowing, floats(a, DNNL_ARG_SRC), dy,
+                                        floats(a, DNNL_ARG_DIFF_WEIGHTS), floats(a, DNNL_ARG_DIFF_BIAS));
+        },
+        std::move(args), (dx ? 2.0 : 1.0) * flops);
+    if (dx && dx != s.memory) p.copy(dx, s.memory, true, s.add_into);
+    if (s.memory) p.commit(s);
   });
   return y;
 }

@@ -1,6 +1,7 @@
-// The native group norm (fused CPU kernels) against the group norm built from
-// oneDNN primitives (what other engines run), forward and backward, and
-// against a double-precision reference where f32 sums would cancel.
+// The native kernels (the CPU's own: group norm, few-channel convolutions)
+// against the same layers built from oneDNN primitives (what other engines
+// run), forward and backward, and the group norm against a double-precision
+// reference where f32 sums would cancel.
 #include "nodes/model/group_norm_kernel.hpp"
 #include "nodes/model/layers.hpp"
 #include "compute/program.hpp"
@@ -8,6 +9,7 @@
 #include <doctest/doctest.h>
 
 #include <algorithm>
+#include <string>
 #include <cmath>
 #include <optional>
 #include <random>
@@ -214,4 +216,104 @@ TEST_CASE("native group norm writes bf16 rounded to nearest even, NaN kept, and 
   CHECK(yb[1] == 0x3f80);
   CHECK((yb[2] & 0x7f80) == 0x7f80);  // NaN stays NaN
   CHECK((yb[2] & 0x007f) != 0);
+}
+
+namespace {
+
+struct ConvCase {
+  int64_t n, ci, co, h, w, k, pad;
+};
+
+// y, dx, and the parameter gradients (weights then bias) of conv2d, plain.
+Results run_conv(const ConvCase& c, bool native) {
+  dnnl::engine engine(dnnl::engine::kind::cpu, 0);
+  dnnl::stream stream(engine);
+  const dims xs{c.n, c.ci, c.h, c.w};
+  const int64_t ho = c.h + 2 * c.pad - c.k + 1, wo = c.w + 2 * c.pad - c.k + 1;
+  const dims ys{c.n, c.co, ho, wo};
+  const int64_t weights = c.co * c.ci * c.k * c.k, count = weights + c.co;
+  std::mt19937 rng(17);
+  std::normal_distribution<float> normal(0.1f, 1.0f);
+  auto draw = [&](const dims& shape) {
+    std::vector<float> v(static_cast<size_t>(shape_numel(Shape(shape.begin(), shape.end()))));
+    for (auto& e : v) e = normal(rng);
+    return v;
+  };
+  const std::vector<float> x_values = draw(xs), dy_values = draw(ys), param_values = draw({count});
+  dnnl::memory params(plain_f32({count}), engine);
+  std::copy(param_values.begin(), param_values.end(), static_cast<float*>(params.get_data_handle()));
+  PrimitiveCache cache;
+  Program p(engine, cache, params, count, /*training=*/true);
+  p.set_native_kernels(native);
+  const ValueId x = p.new_value(activation_desc(xs), true);  // nChw16c for 16k channels, else plain
+  p.pin(x);
+  const ValueId y = conv2d(p, x, ParamRef{0, {c.co, c.ci, c.k, c.k}}, ParamRef{weights, {c.co}}, 1, c.pad);
+  p.pin(y);
+  p.finalize(y, true);
+  from_plain(x_values, p.data(x), xs, stream);
+  p.prepare(stream, 0);
+  p.run_forward(stream);
+  from_plain(dy_values, p.grad(y), ys, stream);
+  p.run_backward(stream);
+  stream.wait();
+  Results r;
+  r.y = to_plain(p.data(y), ys, stream);
+  r.dx = to_plain(p.grad(x), xs, stream);
+  const float* staging = static_cast<const float*>(p.grad_staging().get_data_handle());
+  r.dparams.assign(staging, staging + count);
+  return r;
+}
+
+}  // namespace
+
+TEST_CASE("native few-channel convolutions match oneDNN's: output, input gradient, weight and bias gradients") {
+  const std::vector<ConvCase> cases = {
+      {2, 1, 32, 5, 5, 3, 1},   // widening: an image's one channel in (the first convolution)
+      {3, 3, 16, 6, 4, 3, 1},   // three channels in
+      {2, 2, 32, 5, 3, 1, 0},   // 1x1
+      {2, 32, 1, 5, 5, 3, 1},   // narrowing: one channel out (the last convolution)
+      {1, 48, 3, 7, 6, 3, 0},   // three out, no padding: the output is smaller
+      {2, 16, 2, 6, 6, 5, 2},   // 5x5
+  };
+  for (const ConvCase& c : cases) {
+    CAPTURE(c.ci);
+    CAPTURE(c.co);
+    CAPTURE(c.k);
+    CAPTURE(c.pad);
+    const Results native = run_conv(c, true), primitives = run_conv(c, false);
+    CHECK(worst(native.y, primitives.y) < 2e-5);
+    CHECK(worst(native.dx, primitives.dx) < 2e-5);
+    CHECK(worst(native.dparams, primitives.dparams) < 5e-5);
+  }
+}
+
+TEST_CASE("the first and last convolutions of a U-Net run as native steps on the CPU, others as oneDNN's") {
+  dnnl::engine engine(dnnl::engine::kind::cpu, 0);
+  dnnl::stream stream(engine);
+  const int64_t count = 32 * 1 * 9 + 32 + 32 * 32 * 9 + 32 + 1 * 32 * 9 + 1;
+  dnnl::memory params(plain_f32({count}), engine);
+  PrimitiveCache cache;
+  Program p(engine, cache, params, count, /*training=*/true);
+  const ValueId x = p.new_value(plain_f32({2, 1, 8, 8}), true);
+  p.pin(x);
+  int64_t at = 0;
+  auto param = [&](const Shape& shape) {
+    const ParamRef r{at, shape};
+    at += shape_numel(shape);
+    return r;
+  };
+  const ValueId a = conv2d(p, x, param({32, 1, 3, 3}), param({32}), 1, 1);
+  const ValueId b = conv2d(p, a, param({32, 32, 3, 3}), param({32}), 1, 1);
+  const ValueId y = conv2d(p, b, param({1, 32, 3, 3}), param({1}), 1, 1);
+  p.finalize(y, true);
+  p.prepare(stream, 0);
+  PassProfile forward;
+  p.run_forward(stream, &forward);
+  stream.wait();
+  std::vector<std::string> kinds;
+  for (const StepTime& step : forward)
+    if (std::string(step.layer) == "convolution" && std::string(step.primitive) != "reorder")
+      kinds.push_back(step.primitive);
+  CHECK(kinds == std::vector<std::string>{"native", "convolution", "native"});
+  CHECK(p.desc(y) == plain_f32({2, 1, 8, 8}));
 }
