@@ -51,24 +51,41 @@ struct Row {
   }
 };
 
+// Both directions run tap by tap over a stretch of the row (the inner loop
+// over output columns), so the multiply-adds of neighbouring columns are
+// independent and overlap; per column and tap a sum would wait on the one
+// before.
+constexpr int64_t kStretch = 64;
+
 DIFFUFLOW_SPAN_CLONES void narrow_row(const Row& r, const float* x, const float* packed, const float* bias, float* y,
                                       bool add) {
   const Geometry& g = r.g;
-  const int64_t taps = r.taps(), block_stride = g.h * g.w * kLanes, weight_stride = taps * kLanes;
+  const int64_t taps = r.taps(), block_stride = g.h * g.w * kLanes;
+  float sums[kStretch * kLanes];
   for (int64_t f = 0; f < r.few; ++f) {
     float* out = const_cast<float*>(r.few_row(y, f, r.oh, g.ho(), g.wo()));
     const float b = bias ? bias[f] : 0.0f;
-    for (int64_t ow = 0; ow < g.wo(); ++ow) {
-      vf acc = splat(0.0f);
+    for (int64_t from = 0; from < g.wo(); from += kStretch) {
+      const int64_t to = std::min(g.wo(), from + kStretch);
+      std::fill(sums, sums + (to - from) * kLanes, 0.0f);
       for (int64_t kh = r.kh_begin(); kh < r.kh_end(); ++kh) {
-        const float* image = r.wide_row(x, 0, r.oh + kh - g.pad, g.h, g.w) + (ow - g.pad) * kLanes;
-        const float* w = packed + (f * r.blocks * taps + kh * g.k) * kLanes;
-        for (int64_t kw = r.kw_begin(ow); kw < r.kw_end(ow); ++kw)
-          for (int64_t cb = 0; cb < r.blocks; ++cb)
-            acc += load16(w + cb * weight_stride + kw * kLanes) * load16(image + cb * block_stride + kw * kLanes);
+        const float* image = r.wide_row(x, 0, r.oh + kh - g.pad, g.h, g.w);
+        for (int64_t kw = 0; kw < g.k; ++kw) {
+          const int64_t begin = std::max(from, r.ow_begin(kw)), end = std::min(to, r.ow_end(kw));
+          for (int64_t cb = 0; cb < r.blocks; ++cb) {
+            const vf w = load16(packed + ((f * r.blocks + cb) * taps + kh * g.k + kw) * kLanes);
+            const float* in = image + cb * block_stride + (kw - g.pad) * kLanes;
+            for (int64_t ow = begin; ow < end; ++ow) {
+              float* s = sums + (ow - from) * kLanes;
+              store16(s, load16(s) + w * load16(in + ow * kLanes));
+            }
+          }
+        }
       }
-      const float v = sum_lanes(acc) + b;
-      out[ow] = add ? out[ow] + v : v;
+      for (int64_t ow = from; ow < to; ++ow) {
+        const float v = sum_lanes(load16(sums + (ow - from) * kLanes)) + b;
+        out[ow] = add ? out[ow] + v : v;
+      }
     }
   }
 }
@@ -81,17 +98,20 @@ DIFFUFLOW_SPAN_CLONES void widen_row(const Row& r, const float* x, const float* 
     float* out = const_cast<float*>(r.wide_row(y, cb, r.oh, g.ho(), g.wo()));
     const vf b = bias ? load16(bias + cb * kLanes) : splat(0.0f);
     for (int64_t ow = 0; ow < g.wo(); ++ow) {
-      vf acc = b;
-      for (int64_t f = 0; f < r.few; ++f) {
-        const float* w = packed + (f * r.blocks + cb) * taps * kLanes;
-        for (int64_t kh = r.kh_begin(); kh < r.kh_end(); ++kh) {
-          const float* image = r.few_row(x, f, r.oh + kh - g.pad, g.h, g.w) + ow - g.pad;
-          for (int64_t kw = r.kw_begin(ow); kw < r.kw_end(ow); ++kw)
-            acc += splat(image[kw]) * load16(w + (kh * g.k + kw) * kLanes);
+      float* o = out + ow * kLanes;
+      store16(o, add ? load16(o) + b : b);
+    }
+    for (int64_t f = 0; f < r.few; ++f) {
+      for (int64_t kh = r.kh_begin(); kh < r.kh_end(); ++kh) {
+        const float* image = r.few_row(x, f, r.oh + kh - g.pad, g.h, g.w) - g.pad;
+        for (int64_t kw = 0; kw < g.k; ++kw) {
+          const vf w = load16(packed + ((f * r.blocks + cb) * taps + kh * g.k + kw) * kLanes);
+          for (int64_t ow = r.ow_begin(kw); ow < r.ow_end(kw); ++ow) {
+            float* o = out + ow * kLanes;
+            store16(o, load16(o) + splat(image[ow + kw]) * w);
+          }
         }
       }
-      float* o = out + ow * kLanes;
-      store16(o, add ? load16(o) + acc : acc);
     }
   }
 }
@@ -128,11 +148,15 @@ DIFFUFLOW_SPAN_CLONES void weight_grad_row(const Row& r, bool few_out, const flo
           const float* few_at = few_out ? r.few_row(dy, f, r.oh, ho, wo) : r.few_row(x, f, ih, g.h, g.w) + kw - g.pad;
           const float* wide_at =
               few_out ? r.wide_row(x, cb, ih, g.h, g.w) + (kw - g.pad) * kLanes : r.wide_row(dy, cb, r.oh, ho, wo);
-          vf sum = splat(0.0f);
-          for (int64_t ow = r.ow_begin(kw); ow < r.ow_end(kw); ++ow)
-            sum += splat(few_at[ow]) * load16(wide_at + ow * kLanes);
+          // Four partial sums, so that four multiply-adds are in flight.
+          vf sum[4] = {splat(0.0f), splat(0.0f), splat(0.0f), splat(0.0f)};
+          int64_t ow = r.ow_begin(kw);
+          const int64_t end = r.ow_end(kw);
+          for (; ow + 4 <= end; ow += 4)
+            for (int u = 0; u < 4; ++u) sum[u] += splat(few_at[ow + u]) * load16(wide_at + (ow + u) * kLanes);
+          for (; ow < end; ++ow) sum[0] += splat(few_at[ow]) * load16(wide_at + ow * kLanes);
           float* a = acc + ((f * r.blocks + cb) * taps + kh * g.k + kw) * kLanes;
-          store16(a, load16(a) + sum);
+          store16(a, load16(a) + ((sum[0] + sum[1]) + (sum[2] + sum[3])));
         }
       }
     }

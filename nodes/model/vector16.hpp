@@ -28,7 +28,12 @@ typedef int32_t vi __attribute__((vector_size(64)));
 typedef uint32_t vu __attribute__((vector_size(64)));
 typedef uint16_t vh __attribute__((vector_size(32)));  // 16 bf16
 
-DIFFUFLOW_INLINE vf splat(float v) { return vf{} + v; }
+// (Lane 0 broadcast, not vf{} + v: without fast-math the compiler must keep
+// the scalar 0 + v, for the sign of zero, before it broadcasts.)
+DIFFUFLOW_INLINE vf splat(float v) {
+  const vf first{v};
+  return __builtin_shufflevector(first, first, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0);
+}
 DIFFUFLOW_INLINE vf load16(const float* p) {
   vf v;
   std::memcpy(&v, p, sizeof v);
