@@ -210,13 +210,16 @@ struct Split {
     chunks = std::max<int64_t>(1, std::min(vectors, (kMinItems + units - 1) / units));
   }
   int64_t items() const { return units * chunks; }
-  // Element range [begin, end) of an item within its unit.
-  void range(int64_t item, int64_t* begin, int64_t* end) const {
-    const int64_t k = item % chunks;
-    *begin = std::min(elements, k * vectors / chunks * kLanes);
-    *end = std::min(elements, (k + 1) * vectors / chunks * kLanes);
+  // An item's unit, the offset of its first element, and its element count.
+  struct Item {
+    int64_t unit, at, count;
+  };
+  Item item(int64_t i) const {
+    const int64_t unit = i / chunks, k = i % chunks;
+    const int64_t begin = std::min(elements, k * vectors / chunks * kLanes);
+    const int64_t end = std::min(elements, (k + 1) * vectors / chunks * kLanes);
+    return {unit, unit * elements + begin, end - begin};
   }
-  int64_t unit_offset(int64_t unit) const { return unit * elements; }
   // The 16 lanes' values of per-(n, c) numbers `per_nc` for a unit (0 past C).
   void lanes(int64_t unit, const float* per_nc, float* out) const {
     if (layout == Layout::blocked16) {
@@ -253,6 +256,30 @@ std::vector<double> gather_sums(const Split& split, const std::vector<double>& p
 
 float shift_at(const float* shift, int64_t i) { return shift ? shift[i] : 0.0f; }
 
+// y = a x + b per (n, c), from the group statistics as stored (forward and
+// backward compute them alike): a = gamma r, b = beta + (t - m) a.
+struct Coefficients {
+  std::vector<float> a, b;
+  Coefficients(const Shape& s, const float* gamma, const float* beta, const float* shift, const float* mean,
+               const float* rstd)
+      : a(static_cast<size_t>(s.n * s.c)), b(static_cast<size_t>(s.n * s.c)) {
+    const int64_t cg = s.c / s.groups;
+    for (int64_t n = 0; n < s.n; ++n) {
+      for (int64_t c = 0; c < s.c; ++c) {
+        const int64_t i = n * s.c + c, g = n * s.groups + c / cg;
+        const double ai = static_cast<double>(gamma[c]) * rstd[g];
+        a[static_cast<size_t>(i)] = static_cast<float>(ai);
+        b[static_cast<size_t>(i)] = static_cast<float>(static_cast<double>(beta[c]) + (shift_at(shift, i) - mean[g]) * ai);
+      }
+    }
+  }
+  // A unit's 16 lanes of a and of b.
+  void lanes(const Split& split, int64_t unit, float* a_lanes, float* b_lanes) const {
+    split.lanes(unit, a.data(), a_lanes);
+    split.lanes(unit, b.data(), b_lanes);
+  }
+};
+
 }  // namespace
 
 void forward(const Forward& f) {
@@ -264,20 +291,18 @@ void forward(const Forward& f) {
   // 1. Per-(n, c) sums of x and x^2, one read.
   std::vector<double> partial(static_cast<size_t>(split.items() * 2 * kLanes), 0.0);
 #pragma omp parallel for schedule(static)
-  for (int64_t item = 0; item < split.items(); ++item) {
-    int64_t begin, end;
-    split.range(item, &begin, &end);
-    const int64_t at = split.unit_offset(item / split.chunks) + begin;
-    double* sums = &partial[static_cast<size_t>(item * 2 * kLanes)];
+  for (int64_t i = 0; i < split.items(); ++i) {
+    const Split::Item it = split.item(i);
+    double* sums = &partial[static_cast<size_t>(i * 2 * kLanes)];
     if (bf16)
-      stats_bf16(static_cast<const uint16_t*>(f.x) + at, end - begin, sums, sums + kLanes);
+      stats_bf16(static_cast<const uint16_t*>(f.x) + it.at, it.count, sums, sums + kLanes);
     else
-      stats_f32(static_cast<const float*>(f.x) + at, end - begin, sums, sums + kLanes);
+      stats_f32(static_cast<const float*>(f.x) + it.at, it.count, sums, sums + kLanes);
   }
   const std::vector<double> sums = gather_sums(split, partial, 2, nc);
 
-  // 2. Group statistics of u = x + t, and y = a x + b's coefficients.
-  std::vector<float> a(static_cast<size_t>(nc)), b(static_cast<size_t>(nc));
+  // 2. Group statistics of u = x + t (stored as backward will read them),
+  // and from them y = a x + b's coefficients.
   const double count = static_cast<double>(cg * s.spatial), hw = static_cast<double>(s.spatial);
   for (int64_t n = 0; n < s.n; ++n) {
     for (int64_t g = 0; g < s.groups; ++g) {
@@ -290,33 +315,23 @@ void forward(const Forward& f) {
         squ += sxx + 2.0 * t * sx + hw * t * t;
       }
       const double m = su / count, var = std::max(0.0, squ / count - m * m);
-      const double r = 1.0 / std::sqrt(var + static_cast<double>(f.eps));
       f.mean[n * s.groups + g] = static_cast<float>(m);
-      f.rstd[n * s.groups + g] = static_cast<float>(r);
-      for (int64_t c = g * cg; c < (g + 1) * cg; ++c) {
-        const int64_t i = n * s.c + c;
-        const double ai = static_cast<double>(f.gamma[c]) * r;
-        a[static_cast<size_t>(i)] = static_cast<float>(ai);
-        b[static_cast<size_t>(i)] =
-            static_cast<float>(static_cast<double>(f.beta[c]) + (shift_at(f.shift, i) - m) * ai);
-      }
+      f.rstd[n * s.groups + g] = static_cast<float>(1.0 / std::sqrt(var + static_cast<double>(f.eps)));
     }
   }
+  const Coefficients k(s, f.gamma, f.beta, f.shift, f.mean, f.rstd);
 
   // 3. y = act(a x + b), one read and one write.
 #pragma omp parallel for schedule(static)
-  for (int64_t item = 0; item < split.items(); ++item) {
-    int64_t begin, end;
-    split.range(item, &begin, &end);
-    const int64_t unit = item / split.chunks, at = split.unit_offset(unit) + begin;
+  for (int64_t i = 0; i < split.items(); ++i) {
+    const Split::Item it = split.item(i);
     float la[kLanes], lb[kLanes];
-    split.lanes(unit, a.data(), la);
-    split.lanes(unit, b.data(), lb);
-    const int64_t len = end - begin;
+    k.lanes(split, it.unit, la, lb);
     if (bf16)
-      apply_bf16(static_cast<const uint16_t*>(f.x) + at, static_cast<uint16_t*>(f.y) + at, len, la, lb, f.silu);
+      apply_bf16(static_cast<const uint16_t*>(f.x) + it.at, static_cast<uint16_t*>(f.y) + it.at, it.count, la, lb,
+                 f.silu);
     else
-      apply_f32(static_cast<const float*>(f.x) + at, static_cast<float*>(f.y) + at, len, la, lb, f.silu);
+      apply_f32(static_cast<const float*>(f.x) + it.at, static_cast<float*>(f.y) + it.at, it.count, la, lb, f.silu);
   }
 }
 
@@ -325,30 +340,17 @@ void backward(const Backward& bw) {
   const Split split(s);
   const int64_t nc = s.n * s.c, cg = s.c / s.groups;
 
-  // The forward's coefficients again: y = a x + b.
-  std::vector<float> a(static_cast<size_t>(nc)), b(static_cast<size_t>(nc));
-  for (int64_t n = 0; n < s.n; ++n) {
-    for (int64_t c = 0; c < s.c; ++c) {
-      const int64_t i = n * s.c + c, g = n * s.groups + c / cg;
-      const double ai = static_cast<double>(bw.gamma[c]) * bw.rstd[g];
-      a[static_cast<size_t>(i)] = static_cast<float>(ai);
-      b[static_cast<size_t>(i)] =
-          static_cast<float>(static_cast<double>(bw.beta[c]) + (shift_at(bw.shift, i) - bw.mean[g]) * ai);
-    }
-  }
+  const Coefficients k(s, bw.gamma, bw.beta, bw.shift, bw.mean, bw.rstd);  // the forward's y = a x + b
 
   // 1. Per-(n, c) sums of dy, x and dy x, one read of x and dz.
   std::vector<double> partial(static_cast<size_t>(split.items() * 3 * kLanes), 0.0);
 #pragma omp parallel for schedule(static)
-  for (int64_t item = 0; item < split.items(); ++item) {
-    int64_t begin, end;
-    split.range(item, &begin, &end);
-    const int64_t unit = item / split.chunks, at = split.unit_offset(unit) + begin;
+  for (int64_t i = 0; i < split.items(); ++i) {
+    const Split::Item it = split.item(i);
     float la[kLanes], lb[kLanes];
-    split.lanes(unit, a.data(), la);
-    split.lanes(unit, b.data(), lb);
-    double* sums = &partial[static_cast<size_t>(item * 3 * kLanes)];
-    grad_sums(bw.x + at, bw.dz + at, end - begin, la, lb, bw.silu, sums, sums + kLanes, sums + 2 * kLanes);
+    k.lanes(split, it.unit, la, lb);
+    double* sums = &partial[static_cast<size_t>(i * 3 * kLanes)];
+    grad_sums(bw.x + it.at, bw.dz + it.at, it.count, la, lb, bw.silu, sums, sums + kLanes, sums + 2 * kLanes);
   }
   const std::vector<double> sums = gather_sums(split, partial, 3, nc);
   const double* s1 = sums.data();
@@ -395,17 +397,14 @@ void backward(const Backward& bw) {
 
   // 3. dx, one read of x and dz and one write (or add) of dx.
 #pragma omp parallel for schedule(static)
-  for (int64_t item = 0; item < split.items(); ++item) {
-    int64_t begin, end;
-    split.range(item, &begin, &end);
-    const int64_t unit = item / split.chunks, at = split.unit_offset(unit) + begin;
+  for (int64_t i = 0; i < split.items(); ++i) {
+    const Split::Item it = split.item(i);
     float la[kLanes], lb[kLanes], lal[kLanes], lbe[kLanes], lde[kLanes];
-    split.lanes(unit, a.data(), la);
-    split.lanes(unit, b.data(), lb);
-    split.lanes(unit, alpha.data(), lal);
-    split.lanes(unit, beta.data(), lbe);
-    split.lanes(unit, delta.data(), lde);
-    grad_apply(bw.x + at, bw.dz + at, bw.dx + at, end - begin, la, lb, lal, lbe, lde, bw.silu, bw.dx_add);
+    k.lanes(split, it.unit, la, lb);
+    split.lanes(it.unit, alpha.data(), lal);
+    split.lanes(it.unit, beta.data(), lbe);
+    split.lanes(it.unit, delta.data(), lde);
+    grad_apply(bw.x + it.at, bw.dz + it.at, bw.dx + it.at, it.count, la, lb, lal, lbe, lde, bw.silu, bw.dx_add);
   }
 }
 

@@ -103,6 +103,21 @@ double worst(const std::vector<float>& a, const std::vector<float>& b) {
   return w;
 }
 
+// The kernel's forward arguments (f32, no shift, no activation).
+group_norm_kernel::Forward forward_args(const group_norm_kernel::Shape& shape, const void* x, void* y,
+                                        const std::vector<float>& gamma, const std::vector<float>& beta,
+                                        std::vector<float>& mean, std::vector<float>& rstd) {
+  group_norm_kernel::Forward f;
+  f.shape = shape;
+  f.x = x;
+  f.y = y;
+  f.gamma = gamma.data();
+  f.beta = beta.data();
+  f.mean = mean.data();
+  f.rstd = rstd.data();
+  return f;
+}
+
 }  // namespace
 
 TEST_CASE("native group norm matches the primitive-built one: outputs and every gradient") {
@@ -141,15 +156,7 @@ TEST_CASE("native group norm: inputs far from zero keep their precision (the one
   for (auto& v : x) v = 300.0f + normal(rng);
   const std::vector<float> gamma(c, 1.0f), beta(c, 0.0f);
   std::vector<float> mean(n * groups), rstd(n * groups);
-  Forward f;
-  f.shape = {n, c, spatial, groups, Layout::plain};
-  f.x = x.data();
-  f.y = y.data();
-  f.gamma = gamma.data();
-  f.beta = beta.data();
-  f.mean = mean.data();
-  f.rstd = rstd.data();
-  forward(f);
+  forward(forward_args({n, c, spatial, groups, Layout::plain}, x.data(), y.data(), gamma, beta, mean, rstd));
   double worst = 0;
   for (int64_t s = 0; s < n; ++s) {
     for (int64_t g = 0; g < groups; ++g) {
@@ -181,15 +188,7 @@ TEST_CASE("native group norm writes bf16 rounded to nearest even, NaN kept, and 
         if (b * 16 + l < c) x[static_cast<size_t>((b * spatial + s) * 16 + l)] = static_cast<float>(s + l % 3);
   std::vector<float> y(x.size(), 7.0f), mean(1), rstd(1);
   const std::vector<float> gamma(c, 2.0f), beta(c, 0.5f);
-  Forward f;
-  f.shape = {n, c, spatial, 1, Layout::blocked16};
-  f.x = x.data();
-  f.y = y.data();
-  f.gamma = gamma.data();
-  f.beta = beta.data();
-  f.mean = mean.data();
-  f.rstd = rstd.data();
-  forward(f);
+  forward(forward_args({n, c, spatial, 1, Layout::blocked16}, x.data(), y.data(), gamma, beta, mean, rstd));
   for (int64_t s = 0; s < spatial; ++s)
     for (int64_t l = c - 16; l < 16; ++l) CHECK(y[static_cast<size_t>((spatial + s) * 16 + l)] == 0.0f);
 
@@ -200,17 +199,10 @@ TEST_CASE("native group norm writes bf16 rounded to nearest even, NaN kept, and 
   std::vector<uint16_t> xb = {minus_one, one, minus_one, one}, yb(4);
   const float g1 = 1.0f + 1.0f / 256.0f;  // 1 + 2^-8: halfway between bf16 1 and 1 + 2^-7
   const std::vector<float> gamma_b = {g1, 1.0f}, beta_b = {0.0f, std::nanf("")};
-  Forward fb;
-  fb.shape = {1, 2, 2, 2, Layout::plain};
+  std::vector<float> mb(2), rb(2);
+  Forward fb = forward_args({1, 2, 2, 2, Layout::plain}, xb.data(), yb.data(), gamma_b, beta_b, mb, rb);
   fb.eps = 0.0f;
   fb.type = DataType::bf16;
-  fb.x = xb.data();
-  fb.y = yb.data();
-  fb.gamma = gamma_b.data();
-  fb.beta = beta_b.data();
-  std::vector<float> mb(2), rb(2);
-  fb.mean = mb.data();
-  fb.rstd = rb.data();
   forward(fb);
   CHECK(yb[0] == 0xbf80);  // -(1 + 2^-8): ties to even, -1
   CHECK(yb[1] == 0x3f80);
