@@ -200,12 +200,13 @@ class Program {
   void backward(dnnl::primitive primitive, Args args);
   void host_forward(HostFn fn, Args args);
   void host_backward(HostFn fn, Args args);
-  // A native step: a fused CPU kernel for what oneDNN lacks (group
-  // normalisation), appended instead of primitives where native_kernels()
-  // says so. CPU primitives have finished when execute() returns, so it runs
-  // without a wait; `kind` names it in profiles ("native" steps of the layer).
-  // Args use DNNL_ARG_* keys as a primitive's would (step costs read them);
-  // `flops`, when >= 0, replaces the count of one per element written.
+  // A native step: a CPU kernel of the project's own where oneDNN 2.6 has no
+  // fast primitive (group normalisation, few-channel convolutions), appended
+  // instead of primitives where native_kernels() says so. CPU primitives have
+  // finished when execute() returns, so it runs without a wait; profiles name
+  // it "native". Args use DNNL_ARG_* keys as a primitive's would (step costs
+  // read them); `flops`, when >= 0, replaces the count of one per element
+  // written.
   void native_forward(HostFn fn, Args args, double flops = -1);
   void native_backward(HostFn fn, Args args, double flops = -1);
   // Whether layers append native steps: on CPU engines, unless turned off
