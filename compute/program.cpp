@@ -30,7 +30,10 @@ Program::Program(const dnnl::engine& engine, PrimitiveCache& cache, dnnl::memory
 }
 
 dnnl::memory::data_type Program::activation_type() const {
-  const bool bf16 = !training_ && precision_ == Precision::bf16 && native_bf16(engine_);
+  // Training stores bf16 only where every layer's backward takes bf16 data
+  // with f32 gradients: with the native GroupNorm (oneDNN 2.6's
+  // normalisation backward does not).
+  const bool bf16 = precision_ == Precision::bf16 && native_bf16(engine_) && (!training_ || native_kernels_);
   return bf16 ? dnnl::memory::data_type::bf16 : dnnl::memory::data_type::f32;
 }
 
@@ -151,6 +154,11 @@ dnnl::memory Program::reorder_if_needed(const dnnl::memory& src, const dnnl::mem
   return out;
 }
 
+dnnl::memory::desc Program::grad_desc(ValueId v) const {
+  const dnnl::memory::desc& d = values_.at(v).desc;
+  return d.data_type() == dnnl::memory::data_type::f32 ? d : with_type(d, dnnl::memory::data_type::f32);
+}
+
 const dnnl::memory& Program::grad(ValueId v) const {
   const Value& value = values_.at(v);
   if (value.contributions == 0) {
@@ -163,14 +171,14 @@ GradSink Program::sink(ValueId v, bool writer_adds) {
   Value& value = values_.at(v);
   GradSink s;
   s.value = v;
-  if (!value.grad) value.grad = owned(value.desc, false);
+  if (!value.grad) value.grad = owned(grad_desc(v), false);
   if (value.contributions == 0) {
     s.memory = value.grad;
   } else if (writer_adds) {
     s.memory = value.grad;
     s.add_into = true;
   } else {
-    s.memory = alloc(value.desc);
+    s.memory = alloc(grad_desc(v));
     s.accumulate = true;
   }
   return s;
@@ -184,7 +192,7 @@ void Program::commit(const GradSink& s) {
 
 void Program::contribute(ValueId v, const dnnl::memory& src) {
   Value& value = values_.at(v);
-  if (!value.grad) value.grad = owned(value.desc, false);
+  if (!value.grad) value.grad = owned(grad_desc(v), false);
   // A source with another (equal-sized) shape writes the gradient seen as a
   // plain tensor of that shape, e.g. [N,S,h,d] for a [N,S,C] value.
   const dims src_dims = src.get_desc().dims();
@@ -196,7 +204,8 @@ void Program::contribute(ValueId v, const dnnl::memory& src) {
 bool Program::share_grad(ValueId v, ValueId from) {
   Value& value = values_.at(v);
   const Value& source = values_.at(from);
-  if (v == from || value.contributions > 0 || value.grad || source.contributions == 0 || !(value.desc == source.desc))
+  if (v == from || value.contributions > 0 || value.grad || source.contributions == 0 ||
+      !(grad_desc(v) == grad_desc(from)))
     return false;
   value.grad = source.grad;
   ++value.contributions;
@@ -208,7 +217,7 @@ void Program::finalize(ValueId output, bool with_backward) {
   if (with_backward) {
     // The gradient of the output arrives from outside: count it as written.
     Value& out = values_.at(output);
-    if (!out.grad) out.grad = owned(out.desc, false);
+    if (!out.grad) out.grad = owned(grad_desc(output), false);
     out.contributions = 1;
     for (auto it = backward_builders_.rbegin(); it != backward_builders_.rend(); ++it) {
       layer_ = it->first;

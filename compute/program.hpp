@@ -48,9 +48,9 @@ namespace diffuflow {
 // The arithmetic precision of a program's convolutions. bf16: inputs and
 // weights rounded to bfloat16, products accumulated and written in f32 (mixed
 // precision, as PyTorch's autocast does), on the AMX / AVX512-BF16 kernels
-// where the CPU has them. Parameters and gradients stay f32 either way, and
-// so do the activations between layers in training; inference stores them in
-// bf16 (Program::activation_type). A convolution with no fast bf16 kernel (or
+// where the CPU has them. Parameters and all gradients stay f32 either way;
+// the activations between layers are stored in bf16 where
+// Program::activation_type says so. A convolution with no fast bf16 kernel (or
 // whose channels in or out are not a multiple of 16) stays f32. Spelled
 // "f32" / "bf16" (parse_enum<Precision>, enum_name).
 DIFFUFLOW_ENUM(Precision, f32, bf16);
@@ -135,11 +135,12 @@ class Program {
   const dnnl::engine& engine() const { return engine_; }
   bool training() const { return training_; }
   Precision precision() const { return precision_; }
-  // The data type of the image activations layers produce: bf16 in inference
-  // programs of bf16 precision where the engine computes bf16 natively (as
-  // PyTorch's autocast keeps convolution outputs), else f32. Training keeps
-  // f32 activations: oneDNN 2.6's normalisation backward takes no bf16 data
-  // with f32 gradients.
+  // The data type of the image activations layers produce: bf16 in programs
+  // of bf16 precision where the engine computes bf16 natively (as PyTorch's
+  // autocast keeps convolution outputs), else f32. Training programs store
+  // bf16 only with native kernels (the CPU): the native GroupNorm's backward
+  // reads bf16 data, oneDNN 2.6's normalisation backward does not.
+  // Gradients are f32 whatever the data's type (grad_desc).
   dnnl::memory::data_type activation_type() const;
 
   // --- values -------------------------------------------------------------
@@ -151,6 +152,9 @@ class Program {
   const dnnl::memory::desc& desc(ValueId v) const { return values_.at(v).desc; }
   dims shape(ValueId v) const { return values_.at(v).desc.dims(); }
   bool needs_grad(ValueId v) const { return values_.at(v).needs_grad; }
+  // The descriptor of v's gradient: v's layout in f32 (a bf16 activation's
+  // gradient is f32, as parameter gradients are).
+  dnnl::memory::desc grad_desc(ValueId v) const;
   // Program-owned temporary memory.
   dnnl::memory alloc(const dnnl::memory::desc& desc);
   // Program-owned memory whose contents last from one pass to the next (kept

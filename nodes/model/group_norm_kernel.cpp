@@ -101,8 +101,8 @@ DIFFUFLOW_INLINE void apply_span(const T* __restrict x, T* __restrict y, int64_t
   }
 }
 
-template <bool Silu>
-DIFFUFLOW_INLINE void grad_sums_step(const float* x, const float* dz, vf a, vf b, Sums* s1, Sums* sx, Sums* sdx) {
+template <typename T, bool Silu>
+DIFFUFLOW_INLINE void grad_sums_step(const T* x, const float* dz, vf a, vf b, Sums* s1, Sums* sx, Sums* sdx) {
   const vf xv = load16(x);
   vd dlo, dhi, xlo, xhi;
   widen(input_grad<Silu>(xv, load16(dz), a, b), &dlo, &dhi);
@@ -112,16 +112,16 @@ DIFFUFLOW_INLINE void grad_sums_step(const float* x, const float* dz, vf a, vf b
   sdx->add(dlo * xlo, dhi * xhi);
 }
 
-template <bool Silu>
-DIFFUFLOW_INLINE void grad_sums_span(const float* x, const float* dz, int64_t count, const float* a, const float* b,
+template <typename T, bool Silu>
+DIFFUFLOW_INLINE void grad_sums_span(const T* x, const float* dz, int64_t count, const float* a, const float* b,
                                      double* s1, double* sx, double* sdx) {
   const vf va = load16(a), vb = load16(b);
   Sums l1, lx, ldx;
   int64_t i = 0;
-  for (; i + kLanes <= count; i += kLanes) grad_sums_step<Silu>(x + i, dz + i, va, vb, &l1, &lx, &ldx);
+  for (; i + kLanes <= count; i += kLanes) grad_sums_step<T, Silu>(x + i, dz + i, va, vb, &l1, &lx, &ldx);
   if (i < count)
-    grad_sums_step<Silu>(Tail<float>(x + i, count - i).lanes, Tail<float>(dz + i, count - i).lanes, va, vb, &l1, &lx,
-                         &ldx);
+    grad_sums_step<T, Silu>(Tail<T>(x + i, count - i).lanes, Tail<float>(dz + i, count - i).lanes, va, vb, &l1,
+                            &lx, &ldx);
   l1.add_to(s1);
   lx.add_to(sx);
   ldx.add_to(sdx);
@@ -131,26 +131,43 @@ struct GradCoefficients {
   vf a, b, alpha, beta, delta;  // y = a x + b; dx = alpha dy + beta x + delta
 };
 
-template <bool Silu, bool Add>
-DIFFUFLOW_INLINE void grad_apply_step(const float* x, const float* dz, float* dx, const GradCoefficients& k) {
+template <typename T, bool Silu, bool Add>
+DIFFUFLOW_INLINE void grad_apply_step(const T* x, const float* dz, float* dx, const GradCoefficients& k) {
   const vf xv = load16(x);
   vf g = k.alpha * input_grad<Silu>(xv, load16(dz), k.a, k.b) + k.beta * xv + k.delta;
   if (Add) g += load16(dx);
   store16(dx, g);
 }
 
-template <bool Silu, bool Add>
-DIFFUFLOW_INLINE void grad_apply_span(const float* __restrict x, const float* __restrict dz, float* __restrict dx,
-                                      int64_t count, const float* a, const float* b, const float* alpha,
-                                      const float* beta, const float* delta) {
-  const GradCoefficients k{load16(a), load16(b), load16(alpha), load16(beta), load16(delta)};
+template <typename T, bool Silu, bool Add>
+DIFFUFLOW_INLINE void grad_apply_span(const T* __restrict x, const float* __restrict dz, float* __restrict dx,
+                                      int64_t count, const GradCoefficients& k) {
   int64_t i = 0;
-  for (; i + kLanes <= count; i += kLanes) grad_apply_step<Silu, Add>(x + i, dz + i, dx + i, k);
+  for (; i + kLanes <= count; i += kLanes) grad_apply_step<T, Silu, Add>(x + i, dz + i, dx + i, k);
   if (i < count) {
     Tail<float> out(dx + i, count - i);
-    grad_apply_step<Silu, Add>(Tail<float>(x + i, count - i).lanes, Tail<float>(dz + i, count - i).lanes, out.lanes,
-                               k);
+    grad_apply_step<T, Silu, Add>(Tail<T>(x + i, count - i).lanes, Tail<float>(dz + i, count - i).lanes, out.lanes,
+                                  k);
     out.copy_to(dx + i);
+  }
+}
+
+template <typename T>
+DIFFUFLOW_INLINE void grad_sums_any(const T* x, const float* dz, int64_t count, const float* a, const float* b,
+                                    bool silu, double* s1, double* sx, double* sdx) {
+  silu ? grad_sums_span<T, true>(x, dz, count, a, b, s1, sx, sdx)
+       : grad_sums_span<T, false>(x, dz, count, a, b, s1, sx, sdx);
+}
+
+template <typename T>
+DIFFUFLOW_INLINE void grad_apply_any(const T* x, const float* dz, float* dx, int64_t count, const float* a,
+                                     const float* b, const float* alpha, const float* beta, const float* delta,
+                                     bool silu, bool add) {
+  const GradCoefficients k{load16(a), load16(b), load16(alpha), load16(beta), load16(delta)};
+  if (silu) {
+    add ? grad_apply_span<T, true, true>(x, dz, dx, count, k) : grad_apply_span<T, true, false>(x, dz, dx, count, k);
+  } else {
+    add ? grad_apply_span<T, false, true>(x, dz, dx, count, k) : grad_apply_span<T, false, false>(x, dz, dx, count, k);
   }
 }
 
@@ -170,21 +187,23 @@ DIFFUFLOW_SPAN_CLONES void apply_bf16(const uint16_t* x, uint16_t* y, int64_t co
   silu ? apply_span<uint16_t, true>(x, y, count, a, b)
        : apply_span<uint16_t, false>(x, y, count, a, b);
 }
-DIFFUFLOW_SPAN_CLONES void grad_sums(const float* x, const float* dz, int64_t count, const float* a, const float* b,
-                                     bool silu, double* s1, double* sx, double* sdx) {
-  silu ? grad_sums_span<true>(x, dz, count, a, b, s1, sx, sdx)
-       : grad_sums_span<false>(x, dz, count, a, b, s1, sx, sdx);
+DIFFUFLOW_SPAN_CLONES void grad_sums_f32(const float* x, const float* dz, int64_t count, const float* a,
+                                         const float* b, bool silu, double* s1, double* sx, double* sdx) {
+  grad_sums_any(x, dz, count, a, b, silu, s1, sx, sdx);
 }
-DIFFUFLOW_SPAN_CLONES void grad_apply(const float* x, const float* dz, float* dx, int64_t count, const float* a,
-                                      const float* b, const float* alpha, const float* beta, const float* delta,
-                                      bool silu, bool add) {
-  if (silu) {
-    add ? grad_apply_span<true, true>(x, dz, dx, count, a, b, alpha, beta, delta)
-        : grad_apply_span<true, false>(x, dz, dx, count, a, b, alpha, beta, delta);
-  } else {
-    add ? grad_apply_span<false, true>(x, dz, dx, count, a, b, alpha, beta, delta)
-        : grad_apply_span<false, false>(x, dz, dx, count, a, b, alpha, beta, delta);
-  }
+DIFFUFLOW_SPAN_CLONES void grad_sums_bf16(const uint16_t* x, const float* dz, int64_t count, const float* a,
+                                          const float* b, bool silu, double* s1, double* sx, double* sdx) {
+  grad_sums_any(x, dz, count, a, b, silu, s1, sx, sdx);
+}
+DIFFUFLOW_SPAN_CLONES void grad_apply_f32(const float* x, const float* dz, float* dx, int64_t count, const float* a,
+                                          const float* b, const float* alpha, const float* beta, const float* delta,
+                                          bool silu, bool add) {
+  grad_apply_any(x, dz, dx, count, a, b, alpha, beta, delta, silu, add);
+}
+DIFFUFLOW_SPAN_CLONES void grad_apply_bf16(const uint16_t* x, const float* dz, float* dx, int64_t count,
+                                           const float* a, const float* b, const float* alpha, const float* beta,
+                                           const float* delta, bool silu, bool add) {
+  grad_apply_any(x, dz, dx, count, a, b, alpha, beta, delta, silu, add);
 }
 
 // --- the work split -----------------------------------------------------------
@@ -339,6 +358,7 @@ void backward(const Backward& bw) {
   const Shape& s = bw.shape;
   const Split split(s);
   const int64_t nc = s.n * s.c, cg = s.c / s.groups;
+  const bool bf16 = bw.type == DataType::bf16;
 
   const Coefficients k(s, bw.gamma, bw.beta, bw.shift, bw.mean, bw.rstd);  // the forward's y = a x + b
 
@@ -350,7 +370,12 @@ void backward(const Backward& bw) {
     float la[kLanes], lb[kLanes];
     k.lanes(split, it.unit, la, lb);
     double* sums = &partial[static_cast<size_t>(i * 3 * kLanes)];
-    grad_sums(bw.x + it.at, bw.dz + it.at, it.count, la, lb, bw.silu, sums, sums + kLanes, sums + 2 * kLanes);
+    if (bf16)
+      grad_sums_bf16(static_cast<const uint16_t*>(bw.x) + it.at, bw.dz + it.at, it.count, la, lb, bw.silu, sums,
+                     sums + kLanes, sums + 2 * kLanes);
+    else
+      grad_sums_f32(static_cast<const float*>(bw.x) + it.at, bw.dz + it.at, it.count, la, lb, bw.silu, sums,
+                    sums + kLanes, sums + 2 * kLanes);
   }
   const std::vector<double> sums = gather_sums(split, partial, 3, nc);
   const double* s1 = sums.data();
@@ -404,7 +429,12 @@ void backward(const Backward& bw) {
     split.lanes(it.unit, alpha.data(), lal);
     split.lanes(it.unit, beta.data(), lbe);
     split.lanes(it.unit, delta.data(), lde);
-    grad_apply(bw.x + it.at, bw.dz + it.at, bw.dx + it.at, it.count, la, lb, lal, lbe, lde, bw.silu, bw.dx_add);
+    if (bf16)
+      grad_apply_bf16(static_cast<const uint16_t*>(bw.x) + it.at, bw.dz + it.at, bw.dx + it.at, it.count, la, lb, lal,
+                      lbe, lde, bw.silu, bw.dx_add);
+    else
+      grad_apply_f32(static_cast<const float*>(bw.x) + it.at, bw.dz + it.at, bw.dx + it.at, it.count, la, lb, lal,
+                     lbe, lde, bw.silu, bw.dx_add);
   }
 }
 

@@ -56,11 +56,12 @@ struct Forward {
 };
 void forward(const Forward& f);
 
-// f32 only (training programs keep f32 activations).
+// x of either type (the forward's); the gradients are f32.
 struct Backward {
   Shape shape;
   bool silu = false;
-  const float* x = nullptr;      // the forward's input
+  DataType type = DataType::f32;  // of x
+  const void* x = nullptr;       // the forward's input
   const float* dz = nullptr;     // the gradient of the forward's output
   const float* gamma = nullptr;  // [C]
   const float* beta = nullptr;   // [C]

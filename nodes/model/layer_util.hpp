@@ -26,6 +26,10 @@ dnnl::memory::desc per_sample_channels(const dnnl::memory::desc& x_md);
 // (the same memory as plain [N*C] when N*C is a multiple of 16) so that the
 // jit kernels take it.
 dnnl::memory::desc per_channel_operand(const dnnl::memory::desc& view_md);
+// x's data as f32, for a backward step that reads it next to f32 gradients
+// (oneDNN 2.6's eltwise and binary backward take one data type): the data
+// itself when f32, else a copy converted in the backward list.
+dnnl::memory data_as_f32(Program& p, ValueId x);
 // A plain f32 tensor of ones of this shape: a program constant, one per shape.
 dnnl::memory ones(Program& p, const dims& shape);
 // Appends to the backward list: dst [N,C] (plain) = the sums over H, W of

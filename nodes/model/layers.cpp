@@ -39,6 +39,10 @@ dnnl::memory::desc per_channel_operand(const dnnl::memory::desc& view_md) {
   return plain_f32({1, nc, 1, 1});
 }
 
+dnnl::memory data_as_f32(Program& p, ValueId x) {
+  return p.reorder_if_needed(p.data(x), p.grad_desc(x), /*in_backward=*/true);
+}
+
 dnnl::memory ones(Program& p, const dims& shape) {
   return p.constant("ones" + shape_str(shape), plain_f32(shape),
                     [](float* data, size_t count) { std::fill(data, data + count, 1.0f); });
@@ -127,7 +131,7 @@ void append_conv_weight_grads(Program& p, const dnnl::convolution_forward::primi
 void append_conv_input_grad(Program& p, const dnnl::convolution_backward_data::primitive_desc& pd, ValueId x,
                             const dnnl::memory& dy, const dnnl::memory& w) {
   const dnnl::memory::desc dx_md = pd.diff_src_desc();
-  const GradSink s = dx_md == p.desc(x) ? p.sink(x) : GradSink{};
+  const GradSink s = dx_md == p.grad_desc(x) ? p.sink(x) : GradSink{};
   const dnnl::memory dx = s.memory ? s.memory : p.alloc(dx_md);
   p.backward(p.make<dnnl::convolution_backward_data>(pd),
              {{DNNL_ARG_DIFF_DST, dy}, {DNNL_ARG_WEIGHTS, w}, {DNNL_ARG_DIFF_SRC, dx}});
@@ -189,8 +193,8 @@ std::optional<Bf16Conv> bf16_conv(const Program& p, const dims& xs, const dims& 
 
 // The bf16 convolution (Precision::bf16): x and the weights are rounded to
 // bf16 copies in bf16_conv's layout; the convolution accumulates in f32 and
-// writes the program's activation type (f32 in training, bf16 in inference)
-// in the same layout: channel-blocked straight into the activation,
+// writes the program's activation type (bf16 where activation_type() says
+// so, else f32) in the same layout: channel-blocked straight into the activation,
 // channels-last through a reorder into it. Backward: dy is rounded the same
 // way; the input gradient comes back f32 and the weight and bias gradients
 // are f32. The bf16 copy of x is kept from forward for the weight gradient.
@@ -328,7 +332,7 @@ ValueId conv2d_impl(Program& p, ValueId x, const ParamRef& weight, const ParamRe
   // The convolution runs on the activations' layout unless that mix of
   // layouts (e.g. a blocked input and a few-channel plain output) only has a
   // reference kernel: then on plain tensors.
-  // A bf16 input (an inference program's activation) is read through an f32
+  // A bf16 input (a bf16 program's activation) is read through an f32
   // copy, and the output is f32.
   auto x_md = p.desc(x).data_type() == dt::f32 ? p.desc(x) : activation_desc(xs);
   auto fwd_pd = make_fwd(x_md, y_md);
@@ -603,11 +607,12 @@ ValueId group_norm_impl(Program& p, ValueId x, const ParamRef& weight, const Par
   const int64_t n = xs[0], c = xs[1], cg = c / groups, spatial = product(xs, 2), nc = n * c;
   const auto x_md = p.desc(x);
   // The [1, N*C, H, W] view is the same memory for these two layouts only.
-  // bf16 data (an inference program's activations) is normalised into bf16
-  // by the same primitives: statistics, scale and shift stay f32.
+  // bf16 data is normalised into bf16, statistics, scale and shift in f32:
+  // by the native kernel, or in inference by the same primitives (oneDNN
+  // 2.6's batch-norm backward takes no bf16 data with f32 gradients).
   const dt type = x_md.data_type();
-  require(type == dt::f32 || (type == dt::bf16 && !p.training()),
-          "group_norm takes f32 inputs (bf16 in inference programs only)");
+  require(type == dt::f32 || (type == dt::bf16 && (!p.training() || p.native_kernels())),
+          "group_norm takes f32 inputs (bf16 in inference programs, or with the native kernel)");
   require(x_md == dnnl::memory::desc(xs, type, plain_format(xs.size())) ||
               (xs.size() == 4 && x_md == dnnl::memory::desc(xs, type, tag::nChw16c)),
           "group_norm takes plain or nChw16c inputs");
@@ -821,11 +826,13 @@ ValueId activation(Program& p, ValueId x, Activation act) {
   p.forward(p.make<dnnl::eltwise_forward>(fwd_pd), {{DNNL_ARG_SRC, p.data(x)}, {DNNL_ARG_DST, p.data(y)}});
   p.on_backward([=](Program& p) {
     if (!p.needs_grad(x)) return;
+    const auto dx_md = p.grad_desc(x);
     dnnl::eltwise_backward::primitive_desc pd(
-        dnnl::eltwise_backward::desc(op.algorithm, x_md, x_md, op.alpha, op.beta), attr, p.engine(), fwd_pd);
+        dnnl::eltwise_backward::desc(op.algorithm, dx_md, dx_md, op.alpha, op.beta), attr, p.engine(), fwd_pd);
+    const dnnl::memory x_data = data_as_f32(p, x);
     const GradSink s = p.sink(x);
     p.backward(p.make<dnnl::eltwise_backward>(pd),
-               {{DNNL_ARG_SRC, p.data(x)}, {DNNL_ARG_DIFF_DST, p.grad(y)}, {DNNL_ARG_DIFF_SRC, s.memory}});
+               {{DNNL_ARG_SRC, x_data}, {DNNL_ARG_DIFF_DST, p.grad(y)}, {DNNL_ARG_DIFF_SRC, s.memory}});
     p.commit(s);
   });
   return y;
@@ -892,9 +899,9 @@ ValueId concat_channels(Program& p, ValueId a, ValueId b) {
   // Channel-blocked output when the split falls on a block boundary (so the
   // backward's channel slices are block-aligned sub-memories).
   const dims ys{as[0], as[1] + bs[1], as[2], as[3]};
-  // One data type for all three: bf16 if either input is (an inference
-  // program's activations, next to an f32 one such as the first
-  // convolution's output), the other converted.
+  // One data type for all three: bf16 if either input is (a bf16 program's
+  // activations, next to an f32 one such as the first convolution's
+  // output), the other converted.
   const dt type = p.desc(a).data_type() == p.desc(b).data_type() ? p.desc(a).data_type() : dt::bf16;
   const auto y_md = as[1] % 16 == 0 ? activation_desc(ys, type) : with_type(plain_f32(ys), type);
   const dnnl::memory a_mem = p.reorder_if_needed(p.data(a), with_type(p.desc(a), type), false);
@@ -906,8 +913,9 @@ ValueId concat_channels(Program& p, ValueId a, ValueId b) {
                                        {DNNL_ARG_DST, p.data(y)}});
   p.on_backward([=](Program& p) {
     const dnnl::memory dy = p.grad(y);
-    if (p.needs_grad(a)) p.contribute(a, view(dy, y_md.submemory_desc(as, {0, 0, 0, 0})));
-    if (p.needs_grad(b)) p.contribute(b, view(dy, y_md.submemory_desc(bs, {0, as[1], 0, 0})));
+    const auto dy_md = p.grad_desc(y);
+    if (p.needs_grad(a)) p.contribute(a, view(dy, dy_md.submemory_desc(as, {0, 0, 0, 0})));
+    if (p.needs_grad(b)) p.contribute(b, view(dy, dy_md.submemory_desc(bs, {0, as[1], 0, 0})));
   });
   return y;
 }
@@ -928,7 +936,8 @@ ValueId upsample_nearest2x(Program& p, ValueId x) {
   p.on_backward([=](Program& p) {
     if (!p.needs_grad(x)) return;
     dnnl::resampling_backward::primitive_desc pd(
-        dnnl::resampling_backward::desc(algorithm::resampling_nearest, x_md, y_md), attr, p.engine(), fwd_pd);
+        dnnl::resampling_backward::desc(algorithm::resampling_nearest, p.grad_desc(x), p.grad_desc(y)), attr,
+        p.engine(), fwd_pd);
     const GradSink s = p.sink(x);
     p.backward(p.make<dnnl::resampling_backward>(pd), {{DNNL_ARG_DIFF_DST, p.grad(y)}, {DNNL_ARG_DIFF_SRC, s.memory}});
     p.commit(s);

@@ -4,9 +4,9 @@
 // in activation_desc()'s layout (channel-blocked where the channel count
 // allows, so convolutions run on jit kernels without reorders; layers accept
 // any layout for their inputs) and of the program's activation_type(): f32,
-// or bf16 in bf16 inference programs (layers take either, and convolutions
-// and from_tokens write that type); tokens, embeddings and parameters are
-// plain row-major f32. Parameters are slices of the model's flat buffer, their
+// or bf16 in bf16 programs (layers take either, and convolutions and
+// from_tokens write that type); tokens, embeddings and parameters are plain
+// row-major f32, and every gradient is f32 (Program::grad_desc). Parameters are slices of the model's flat buffer, their
 // gradients slices of the program's staging buffer. Each layer labels its
 // steps with its kind for profiles (Program::LayerScope): convolution,
 // linear, group_norm, elementwise (activations, adds, scales, dropout),
@@ -18,11 +18,13 @@
 //   linear          x [M,I] -> [M,O]                    weight [O,I], bias [O]
 //   group_norm      x [N,C,H,W] -> [N,C,H,W]            weight [C], bias [C] (batch-norm
 //                   primitives over a [1,N*C,H,W] view, tiny primitives on the N*C statistics);
-//                   y has x's type (bf16 in inference only), statistics in f32
+//                   y has x's type (bf16 in training with the native kernel
+//                   only), statistics in f32
 //   silu, activation any -> same (SiLU, Mish, GELU, ReLU)
-//   group_norm_act  act(group_norm(x)); one fused pass in programs built
-//                   for inference (training keeps the normalised values for
-//                   the activation's backward); group_norm_silu with SiLU
+//   group_norm_act  act(group_norm(x)); one fused pass in inference, and in
+//                   training with the native kernel and SiLU (its backward
+//                   recomputes the norm); else training keeps the normalised
+//                   values for the activation's backward; group_norm_silu
 //   shifted_group_norm_act x [N,C,H,W], shift [N,C] -> group_norm_act(x + shift[:,:,None,None])
 //   affine          any -> alpha * x + beta
 //   add             a, b (same shape) -> a + b

@@ -27,8 +27,8 @@ const float* floats_or_null(const Args& args, int key) {
 
 ValueId group_norm_native(Program& p, ValueId x, const ParamRef& weight, const ParamRef& bias, int64_t groups,
                           float eps, bool silu, ValueId shift) {
-  // x [N,C,...] plain or nChw16c, f32 (or bf16 in inference) -> y, x's
-  // descriptor. Forward arguments: SRC x, DST y, SCALE gamma, SHIFT beta,
+  // x [N,C,...] plain or nChw16c, f32 or bf16 -> y, x's descriptor (the
+  // gradients f32 in x's layout). Forward arguments: SRC x, DST y, SCALE gamma, SHIFT beta,
   // SRC_1 the shift [N,C] (plain), MEAN and VARIANCE the group mean and
   // 1/sqrt(var + eps) [N * groups], which backward reads.
   const Program::LayerScope layer(p, "group_norm");
@@ -81,7 +81,7 @@ ValueId group_norm_native(Program& p, ValueId x, const ParamRef& weight, const P
     GradSink xs_sink, shift_sink;
     if (p.needs_grad(x)) {
       xs_sink = p.sink(x, true);
-      require(xs_sink.memory.get_desc() == x_md, "group_norm gradient in another layout than its input");
+      require(xs_sink.memory.get_desc() == p.grad_desc(x), "group_norm gradient in another layout than its input");
       args[DNNL_ARG_DIFF_SRC] = xs_sink.memory;
     }
     // The shift's gradient in plain [N,C]: the sink's memory when it is
@@ -96,11 +96,12 @@ ValueId group_norm_native(Program& p, ValueId x, const ParamRef& weight, const P
     const bool dx_add = xs_sink.add_into;
     const bool dshift_add = want_shift && dshift == shift_sink.memory && shift_sink.add_into;
     p.native_backward(
-        [shape, silu, dx_add, dshift_add](const Args& a) {
+        [shape, type, silu, dx_add, dshift_add](const Args& a) {
           kernel::Backward b;
           b.shape = shape;
           b.silu = silu;
-          b.x = floats(a, DNNL_ARG_SRC);
+          b.type = type;
+          b.x = a.at(DNNL_ARG_SRC).get_data_handle();
           b.dz = floats(a, DNNL_ARG_DIFF_DST);
           b.gamma = floats(a, DNNL_ARG_SCALE);
           b.beta = floats(a, DNNL_ARG_SHIFT);

@@ -33,11 +33,13 @@ ValueId affine(Program& p, ValueId x, float alpha, float beta) {
   p.forward(p.make<dnnl::eltwise_forward>(fwd_pd), {{DNNL_ARG_SRC, p.data(x)}, {DNNL_ARG_DST, p.data(y)}});
   p.on_backward([=](Program& p) {
     if (!p.needs_grad(x)) return;
+    const auto dx_md = p.grad_desc(x);
     dnnl::eltwise_backward::primitive_desc pd(
-        dnnl::eltwise_backward::desc(algorithm::eltwise_linear, x_md, x_md, alpha, beta), attr, p.engine(), fwd_pd);
+        dnnl::eltwise_backward::desc(algorithm::eltwise_linear, dx_md, dx_md, alpha, beta), attr, p.engine(), fwd_pd);
+    const dnnl::memory x_data = data_as_f32(p, x);
     const GradSink s = p.sink(x);
     p.backward(p.make<dnnl::eltwise_backward>(pd),
-               {{DNNL_ARG_SRC, p.data(x)}, {DNNL_ARG_DIFF_DST, p.grad(y)}, {DNNL_ARG_DIFF_SRC, s.memory}});
+               {{DNNL_ARG_SRC, x_data}, {DNNL_ARG_DIFF_DST, p.grad(y)}, {DNNL_ARG_DIFF_SRC, s.memory}});
     p.commit(s);
   });
   return y;
@@ -60,23 +62,28 @@ ValueId scale_channels(Program& p, ValueId x, ValueId scale) {
                                        {DNNL_ARG_SRC_1, view(p.data(scale), s4)},
                                        {DNNL_ARG_DST, view(p.data(y), bn_md)}});
   p.on_backward([=](Program& p) {
+    // Gradients are f32 whatever x's type.
     const dnnl::memory dy = p.grad(y);
+    const auto dx_md = p.grad_desc(x);
+    const auto dbn_md = per_sample_channels(dx_md);
     if (p.needs_grad(scale)) {
-      dnnl::binary::primitive_desc prod_pd(dnnl::binary::desc(algorithm::binary_mul, bn_md, bn_md, bn_md), attr,
+      dnnl::binary::primitive_desc prod_pd(dnnl::binary::desc(algorithm::binary_mul, dbn_md, dbn_md, dbn_md), attr,
                                            p.engine());
-      const dnnl::memory product_memory = p.alloc(x_md);
-      p.backward(p.make<dnnl::binary>(prod_pd), {{DNNL_ARG_SRC_0, view(dy, bn_md)},
-                                                 {DNNL_ARG_SRC_1, view(p.data(x), bn_md)},
-                                                 {DNNL_ARG_DST, view(product_memory, bn_md)}});
+      const dnnl::memory product_memory = p.alloc(dx_md);
+      p.backward(p.make<dnnl::binary>(prod_pd), {{DNNL_ARG_SRC_0, view(dy, dbn_md)},
+                                                 {DNNL_ARG_SRC_1, view(data_as_f32(p, x), dbn_md)},
+                                                 {DNNL_ARG_DST, view(product_memory, dbn_md)}});
       const GradSink s = p.sink(scale);
-      append_channel_sums(p, product_memory, x_md, s.memory);
+      append_channel_sums(p, product_memory, dx_md, s.memory);
       p.commit(s);
     }
     if (p.needs_grad(x)) {
+      dnnl::binary::primitive_desc dx_pd(dnnl::binary::desc(algorithm::binary_mul, dbn_md, s4, dbn_md), attr,
+                                         p.engine());
       const GradSink s = p.sink(x);
-      p.backward(p.make<dnnl::binary>(pd), {{DNNL_ARG_SRC_0, view(dy, bn_md)},
+      p.backward(p.make<dnnl::binary>(dx_pd), {{DNNL_ARG_SRC_0, view(dy, dbn_md)},
                                             {DNNL_ARG_SRC_1, view(p.data(scale), s4)},
-                                            {DNNL_ARG_DST, view(s.memory, bn_md)}});
+                                            {DNNL_ARG_DST, view(s.memory, dbn_md)}});
       p.commit(s);
     }
   });
@@ -103,7 +110,8 @@ ValueId avg_pool2x(Program& p, ValueId x) {
   p.on_backward([=](Program& p) {
     if (!p.needs_grad(x)) return;
     dnnl::pooling_backward::primitive_desc pd(
-        dnnl::pooling_backward::desc(algorithm::pooling_avg_exclude_padding, x_md, y_md, strides, kernel, pads, pads),
+        dnnl::pooling_backward::desc(algorithm::pooling_avg_exclude_padding, p.grad_desc(x), p.grad_desc(y), strides,
+                                     kernel, pads, pads),
         attr, p.engine(), fwd_pd);
     const GradSink s = p.sink(x);
     p.backward(p.make<dnnl::pooling_backward>(pd), {{DNNL_ARG_DIFF_DST, p.grad(y)}, {DNNL_ARG_DIFF_SRC, s.memory}});
@@ -144,16 +152,22 @@ ValueId dropout(Program& p, ValueId x, float rate, std::shared_ptr<const uint64_
         for (size_t i = 0; i < mask.size(); ++i) mask[i] = mix64(stream + i) < threshold ? 0.0f : keep_scale;
       },
       {{0, mask_plain}});
-  const dnnl::memory mask = p.reorder_if_needed(mask_plain, x_md, false);
+  // The mask in x's layout, f32 whatever x's type (1 / (1 - rate) is not a
+  // bf16 number), as the f32 gradient's backward reads it too.
+  const auto mask_md = with_type(x_md, dt::f32);
+  const dnnl::memory mask = p.reorder_if_needed(mask_plain, mask_md, false);
   const auto attr = user_scratchpad_attr();
-  dnnl::binary::primitive_desc pd(dnnl::binary::desc(algorithm::binary_mul, x_md, x_md, x_md), attr, p.engine());
+  dnnl::binary::primitive_desc pd(dnnl::binary::desc(algorithm::binary_mul, x_md, mask_md, x_md), attr, p.engine());
   const ValueId y = p.new_value(x_md, true);
   p.forward(p.make<dnnl::binary>(pd),
             {{DNNL_ARG_SRC_0, p.data(x)}, {DNNL_ARG_SRC_1, mask}, {DNNL_ARG_DST, p.data(y)}});
   p.on_backward([=](Program& p) {
     if (!p.needs_grad(x)) return;
+    dnnl::binary::primitive_desc dx_pd(dnnl::binary::desc(algorithm::binary_mul, mask_md, mask_md, mask_md), attr,
+                                       p.engine());
     const GradSink s = p.sink(x);
-    p.backward(p.make<dnnl::binary>(pd), {{DNNL_ARG_SRC_0, p.grad(y)}, {DNNL_ARG_SRC_1, mask}, {DNNL_ARG_DST, s.memory}});
+    p.backward(p.make<dnnl::binary>(dx_pd),
+               {{DNNL_ARG_SRC_0, p.grad(y)}, {DNNL_ARG_SRC_1, mask}, {DNNL_ARG_DST, s.memory}});
     p.commit(s);
   });
   return y;

@@ -397,7 +397,7 @@ ForwardResult UNetModel::forward(const Tensor& x, const Tensor& t, bool for_trai
     made->copy_x_in = p.add_io_copy(x_md, x_md);
     made->copy_out = p.add_io_copy(p.desc(made->out), y_md);
     if (for_training) {
-      made->copy_grad_in = p.add_io_copy(y_md, p.desc(made->out));
+      made->copy_grad_in = p.add_io_copy(y_md, p.grad_desc(made->out));
       made->copy_grad_x = p.add_io_copy(x_md, x_md);
     }
     p.finalize(made->out, for_training);

@@ -47,8 +47,8 @@ class UNetModelResource : public ModelResource {
                     .range(0, 9.0e15));
     DIFFUFLOW_PARAM(Precision, precision, Precision::f32,
                     "convolution arithmetic: f32, or bf16 inputs and weights with f32 accumulation, f32 "
-                    "parameters and gradients, f32 activations in training and bf16 ones in sampling "
-                    "(mixed precision; fast on CPUs with AMX or AVX512-BF16)");
+                    "parameters and gradients, bf16 activations between layers (mixed precision; fast on "
+                    "CPUs with AMX or AVX512-BF16)");
   };
 
   static ResourceContract contract();

@@ -10,6 +10,7 @@
 #include <cmath>
 #include <memory>
 #include <random>
+#include <tuple>
 
 using namespace diffuflow;
 
@@ -354,6 +355,57 @@ TEST_CASE("conv2d_add: a residual that is also used elsewhere gets both gradient
   h.check_all("conv2d_add");
 }
 
+TEST_CASE("bf16 training: every layer's backward takes bf16 data with f32 gradients, within rounding of f32") {
+  // One chain through the layers that store image activations, run as a bf16
+  // and as an f32 training program from the same parameters and inputs.
+  const bool native = native_bf16(dnnl::engine(dnnl::engine::kind::cpu, 0));
+  const int64_t c = 16, count = c * c * 9 + c + 2 * c;
+  auto seed = std::make_shared<uint64_t>(7);
+  struct Run {
+    std::vector<float> dx, dscale, dparams;
+  };
+  auto run = [&](Precision precision) {
+    LayerHarness h(count, precision);
+    Program& p = h.p();
+    const ValueId x = h.input({2, c, 8, 8});
+    const ValueId scale = h.input({2, c});
+    const ValueId conv = conv2d(p, x, h.param({c, c, 3, 3}), h.param({c}), 1, 1);
+    const ValueId norm = group_norm_act(p, conv, h.param({c}), h.param({c}), 4, 1e-5f, Activation::gelu);
+    const ValueId dropped = dropout(p, norm, 0.25f, seed, 3);
+    const ValueId pooled = scale_channels(p, avg_pool2x(p, dropped), scale);
+    const ValueId up = activation(p, affine(p, upsample_nearest2x(p, pooled), 0.5f, 0.1f), Activation::mish);
+    const ValueId joined = concat_channels(p, up, x);  // x: f32, plain
+    const ValueId sum = add(p, from_tokens(p, to_tokens(p, joined), {2, 2 * c, 8, 8}), joined);
+    const ValueId out = to_tokens(p, sum);  // f32 tokens: the harness reads the output as f32
+    const auto expected = precision == Precision::bf16 && native ? dnnl::memory::data_type::bf16
+                                                                 : dnnl::memory::data_type::f32;
+    for (const ValueId v : {conv, norm, dropped, pooled, up, joined, sum}) {
+      CAPTURE(v);
+      CHECK(p.desc(v).data_type() == expected);
+    }
+    h.finish(out);
+    h.backward();
+    auto floats = [](const dnnl::memory& m, int64_t n) {
+      const float* f = static_cast<const float*>(m.get_data_handle());
+      return std::vector<float>(f, f + n);
+    };
+    for (const ValueId v : {conv, pooled, joined}) CHECK(p.grad_desc(v).data_type() == dnnl::memory::data_type::f32);
+    return Run{floats(p.grad(x), 2 * c * 64), floats(p.grad(scale), 2 * c), floats(p.grad_staging(), count)};
+  };
+  const Run bf16 = run(Precision::bf16), f32 = run(Precision::f32);
+  for (const auto& [name, got, want] : {std::make_tuple(std::string("x"), bf16.dx, f32.dx),
+                                        std::make_tuple(std::string("scale"), bf16.dscale, f32.dscale),
+                                        std::make_tuple(std::string("parameters"), bf16.dparams, f32.dparams)}) {
+    CAPTURE(name);
+    double num = 0, den = 0;
+    for (size_t i = 0; i < want.size(); ++i) num += (double(got[i]) - want[i]) * (double(got[i]) - want[i]), den += double(want[i]) * want[i];
+    const double error = std::sqrt(num / den);
+    MESSAGE("bf16 training gradient of " << name << " against f32, relative L2: " << error);
+    CHECK(error < 3e-2);
+    if (native) CHECK(error > 0.0);
+  }
+}
+
 TEST_CASE("conv2d_add is one primitive fewer with the result of conv2d then add (f32; bf16 over a spent residual)") {
   for (const Precision precision : {Precision::f32, Precision::bf16}) {
     CAPTURE(enum_name(precision));
@@ -390,7 +442,25 @@ TEST_CASE("conv2d_add is one primitive fewer with the result of conv2d then add 
       const float* f = static_cast<const float*>(m.get_data_handle());
       return std::vector<float>(f, f + m.get_desc().get_size() / sizeof(float));
     };
-    CHECK(values(fused->p().data(y_fused)) == values(plain->p().data(y_plain)));
+    const auto outputs = [](LayerHarness& h, ValueId y) {
+      std::vector<float> out(static_cast<size_t>(shape_numel(h.p().shape(y))));
+      dnnl::memory from = h.p().data(y), to(plain_f32(h.p().shape(y)), from.get_engine(), out.data());
+      dnnl::stream stream(from.get_engine());
+      dnnl::reorder(from, to).execute(stream, from, to);
+      stream.wait();
+      return out;
+    };
+    const auto y1 = outputs(*fused, y_fused), y2 = outputs(*plain, y_plain);
+    if (fused->p().desc(y_fused).data_type() == dnnl::memory::data_type::f32) {
+      CHECK(y1 == y2);
+    } else {
+      // bf16 activations: the fused sum is rounded once, the separate add's
+      // twice (the convolution's output, then the sum).
+      double num = 0, den = 0;
+      for (size_t i = 0; i < y1.size(); ++i) num += (double(y1[i]) - y2[i]) * (double(y1[i]) - y2[i]), den += double(y2[i]) * y2[i];
+      CHECK(std::sqrt(num / den) < 4e-3);
+    }
+    // The backward reads the same gradients and data either way.
     CHECK(values(fused->p().grad_staging()) == values(plain->p().grad_staging()));
     CHECK(values(fused->p().grad(0)) == values(plain->p().grad(0)));
   }
@@ -618,9 +688,9 @@ TEST_CASE("timestep embedding with flip_sin_to_cos false and freq_shift 1 is sin
 namespace {
 
 // conv (16 -> 16) -> shifted group norm + SiLU -> conv (16 -> `co`) in a bf16
-// program; returns the output [N,co,H,W] (plain f32) and sets the first
-// convolution's output type.
-std::vector<float> bf16_norm_chain(bool training, int64_t co, dnnl::memory::data_type& stored) {
+// program (with or without native kernels); returns the output [N,co,H,W]
+// (plain f32) and sets the first convolution's output type.
+std::vector<float> bf16_norm_chain(bool training, int64_t co, bool native_kernels, dnnl::memory::data_type& stored) {
   dnnl::engine engine(dnnl::engine::kind::cpu, 0);
   dnnl::stream stream(engine);
   const int64_t n = 2, c = 16, hw = 6;
@@ -632,6 +702,7 @@ std::vector<float> bf16_norm_chain(bool training, int64_t co, dnnl::memory::data
   for (int64_t i = 0; i < count; ++i) w[i] = normal(rng);
   PrimitiveCache cache;
   Program p(engine, cache, params, count, training, Precision::bf16);
+  p.set_native_kernels(native_kernels);
   const ValueId x = p.new_value(plain_f32({n, c, hw, hw}), false);
   const ValueId shift = p.new_value(plain_f32({n, c}), false);
   int64_t at = 0;
@@ -670,21 +741,28 @@ double relative_l2(const std::vector<float>& a, const std::vector<float>& b) {
 
 }  // namespace
 
-TEST_CASE("bf16 inference keeps a convolution's output in bf16 through the group norm, within rounding of training") {
+TEST_CASE("bf16 activations: a convolution's output stays bf16 through the group norm, within rounding of f32 ones") {
   const bool native = native_bf16(dnnl::engine(dnnl::engine::kind::cpu, 0));
+  const auto bf16_or_f32 = native ? dnnl::memory::data_type::bf16 : dnnl::memory::data_type::f32;
   // co 16: the second convolution reads the bf16 norm output as it is; co 8
   // (no bf16 kernel for 8 output channels): it reads an f32 copy.
   for (const int64_t co : {16, 8}) {
     CAPTURE(co);
-    dnnl::memory::data_type inference_type{}, training_type{};
-    const auto inference = bf16_norm_chain(false, co, inference_type);
-    const auto training = bf16_norm_chain(true, co, training_type);
-    CHECK(inference_type == (native ? dnnl::memory::data_type::bf16 : dnnl::memory::data_type::f32));
-    // Training keeps f32 activations (the norm's backward needs them).
-    CHECK(training_type == dnnl::memory::data_type::f32);
-    const double error = relative_l2(inference, training);
+    dnnl::memory::data_type inference_type{}, training_type{}, primitive_type{};
+    const auto inference = bf16_norm_chain(false, co, true, inference_type);
+    const auto training = bf16_norm_chain(true, co, true, training_type);
+    // Training without the native GroupNorm keeps f32 activations (oneDNN's
+    // normalisation backward takes no bf16 data).
+    const auto f32_activations = bf16_norm_chain(true, co, false, primitive_type);
+    CHECK(inference_type == bf16_or_f32);
+    CHECK(training_type == bf16_or_f32);
+    CHECK(primitive_type == dnnl::memory::data_type::f32);
+    // Training and inference programs compute the same forward.
+    CHECK(inference == training);
+    const double error = relative_l2(training, f32_activations);
     MESSAGE("bf16 activations against f32 ones, relative L2: " << error);
     CHECK(error < 2e-2);
+    if (native) CHECK(error > 0.0);
     if (!native) CHECK(error < 1e-6);
   }
 }
@@ -730,12 +808,20 @@ TEST_CASE("bf16 inference: pooling, upsampling, concatenation with an f32 input,
   if (native) CHECK(error > 0.0);  // the bf16 path did run
 }
 
-TEST_CASE("group_norm refuses bf16 data in a training program, whose backward takes f32 only") {
+TEST_CASE("group_norm takes bf16 data in a training program with the native kernel only") {
   dnnl::engine engine(dnnl::engine::kind::cpu, 0);
   PrimitiveCache cache;
   dnnl::memory params(plain_f32({2 * 16}), engine);
   Program p(engine, cache, params, 2 * 16, /*training=*/true);
   const ValueId x = p.new_value(activation_desc({2, 16, 3, 3}, dnnl::memory::data_type::bf16), true);
+  // The primitive version's backward (oneDNN's batch normalisation) takes f32 only.
+  p.set_native_kernels(false);
   CHECK_THROWS_WITH_AS(group_norm(p, x, ParamRef{0, {16}}, ParamRef{16, {16}}, 4, 1e-5f),
-                       doctest::Contains("bf16 in inference programs only"), std::invalid_argument);
+                       doctest::Contains("bf16 in inference programs, or with the native kernel"),
+                       std::invalid_argument);
+  Program native(engine, cache, params, 2 * 16, /*training=*/true);
+  const ValueId xn = native.new_value(activation_desc({2, 16, 3, 3}, dnnl::memory::data_type::bf16), true);
+  const ValueId y = group_norm(native, xn, ParamRef{0, {16}}, ParamRef{16, {16}}, 4, 1e-5f);
+  CHECK(native.desc(y).data_type() == dnnl::memory::data_type::bf16);
+  CHECK(native.grad_desc(y).data_type() == dnnl::memory::data_type::f32);
 }

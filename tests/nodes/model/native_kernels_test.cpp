@@ -11,6 +11,7 @@
 #include <algorithm>
 #include <string>
 #include <cmath>
+#include <cstring>
 #include <optional>
 #include <random>
 #include <vector>
@@ -208,6 +209,75 @@ TEST_CASE("native group norm writes bf16 rounded to nearest even, NaN kept, and 
   CHECK(yb[1] == 0x3f80);
   CHECK((yb[2] & 0x7f80) == 0x7f80);  // NaN stays NaN
   CHECK((yb[2] & 0x007f) != 0);
+}
+
+TEST_CASE("native group norm backward on bf16 data equals it on the same values in f32, tails and shifts included") {
+  // bf16 -> f32 is exact, so both versions compute the same numbers: the
+  // gradients must agree bitwise, in both layouts, with SiLU and a shift.
+  using namespace group_norm_kernel;
+  for (const Layout layout : {Layout::plain, Layout::blocked16}) {
+    for (const bool silu : {false, true}) {
+      CAPTURE(layout == Layout::plain);
+      CAPTURE(silu);
+      const int64_t n = 2, c = 32, spatial = 21, groups = 8;  // 21: a 16-lane tail in plain
+      const size_t size = static_cast<size_t>(n * c * spatial), nc = static_cast<size_t>(n * c);
+      std::mt19937 rng(9);
+      std::normal_distribution<float> normal(0.3f, 1.2f);
+      std::vector<uint16_t> xb(size);
+      std::vector<float> xf(size), dz(size), shift(nc), gamma(c), beta(c);
+      for (size_t i = 0; i < size; ++i) {
+        float v = normal(rng);
+        uint32_t bits;
+        std::memcpy(&bits, &v, sizeof bits);
+        xb[i] = static_cast<uint16_t>(bits >> 16);  // truncated: any bf16 value will do
+        bits = static_cast<uint32_t>(xb[i]) << 16;
+        std::memcpy(&xf[i], &bits, sizeof bits);
+        dz[i] = normal(rng);
+      }
+      for (auto& v : shift) v = normal(rng);
+      for (auto& v : gamma) v = normal(rng);
+      for (auto& v : beta) v = normal(rng);
+      const group_norm_kernel::Shape shape{n, c, spatial, groups, layout};
+      std::vector<float> mean(static_cast<size_t>(n * groups)), rstd(mean.size());
+      std::vector<float> yf(size);
+      Forward f = forward_args(shape, xf.data(), yf.data(), gamma, beta, mean, rstd);
+      f.shift = shift.data();
+      f.silu = silu;
+      forward(f);
+      struct Grads {
+        std::vector<float> dx, dgamma, dbeta, dshift, dz;
+      };
+      auto grads = [&](DataType type, const void* x) {
+        Grads g{std::vector<float>(size, 0.5f), std::vector<float>(c), std::vector<float>(c), std::vector<float>(nc),
+                dz};
+        Backward b;
+        b.shape = shape;
+        b.silu = silu;
+        b.type = type;
+        b.x = x;
+        b.dz = g.dz.data();
+        b.gamma = gamma.data();
+        b.beta = beta.data();
+        b.shift = shift.data();
+        b.mean = mean.data();
+        b.rstd = rstd.data();
+        b.dx = g.dx.data();
+        b.dx_add = true;
+        b.dgamma = g.dgamma.data();
+        b.dbeta = g.dbeta.data();
+        b.dshift = g.dshift.data();
+        backward(b);
+        return g;
+      };
+      const Grads from_f32 = grads(DataType::f32, xf.data());
+      const Grads from_bf16 = grads(DataType::bf16, xb.data());
+      CHECK(from_bf16.dx == from_f32.dx);
+      CHECK(from_bf16.dgamma == from_f32.dgamma);
+      CHECK(from_bf16.dbeta == from_f32.dbeta);
+      CHECK(from_bf16.dshift == from_f32.dshift);
+      CHECK(std::any_of(from_f32.dx.begin(), from_f32.dx.end(), [](float v) { return v != 0.5f; }));
+    }
+  }
 }
 
 namespace {
