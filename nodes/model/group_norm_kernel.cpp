@@ -3,6 +3,7 @@
 #include "nodes/model/vector16.hpp"
 
 #include <algorithm>
+#include <atomic>
 #include <cmath>
 #include <cstring>
 #include <vector>
@@ -101,11 +102,15 @@ DIFFUFLOW_INLINE void apply_span(const T* __restrict x, T* __restrict y, int64_t
   }
 }
 
+// With SiLU the gradient before it, dy, is written over dz, so that the
+// second pass reads it instead of computing the sigmoid again.
 template <typename T, bool Silu>
-DIFFUFLOW_INLINE void grad_sums_step(const T* x, const float* dz, vf a, vf b, Sums* s1, Sums* sx, Sums* sdx) {
+DIFFUFLOW_INLINE void grad_sums_step(const T* x, float* dz, vf a, vf b, Sums* s1, Sums* sx, Sums* sdx) {
   const vf xv = load16(x);
+  const vf dy = input_grad<Silu>(xv, load16(dz), a, b);
+  if (Silu) store16(dz, dy);
   vd dlo, dhi, xlo, xhi;
-  widen(input_grad<Silu>(xv, load16(dz), a, b), &dlo, &dhi);
+  widen(dy, &dlo, &dhi);
   widen(xv, &xlo, &xhi);
   s1->add(dlo, dhi);
   sx->add(xlo, xhi);
@@ -113,62 +118,57 @@ DIFFUFLOW_INLINE void grad_sums_step(const T* x, const float* dz, vf a, vf b, Su
 }
 
 template <typename T, bool Silu>
-DIFFUFLOW_INLINE void grad_sums_span(const T* x, const float* dz, int64_t count, const float* a, const float* b,
-                                     double* s1, double* sx, double* sdx) {
+DIFFUFLOW_INLINE void grad_sums_span(const T* x, float* dz, int64_t count, const float* a, const float* b, double* s1,
+                                     double* sx, double* sdx) {
   const vf va = load16(a), vb = load16(b);
   Sums l1, lx, ldx;
   int64_t i = 0;
   for (; i + kLanes <= count; i += kLanes) grad_sums_step<T, Silu>(x + i, dz + i, va, vb, &l1, &lx, &ldx);
-  if (i < count)
-    grad_sums_step<T, Silu>(Tail<T>(x + i, count - i).lanes, Tail<float>(dz + i, count - i).lanes, va, vb, &l1,
-                            &lx, &ldx);
+  if (i < count) {
+    Tail<float> tail(dz + i, count - i);
+    grad_sums_step<T, Silu>(Tail<T>(x + i, count - i).lanes, tail.lanes, va, vb, &l1, &lx, &ldx);
+    if (Silu) tail.copy_to(dz + i);
+  }
   l1.add_to(s1);
   lx.add_to(sx);
   ldx.add_to(sdx);
 }
 
 struct GradCoefficients {
-  vf a, b, alpha, beta, delta;  // y = a x + b; dx = alpha dy + beta x + delta
+  vf alpha, beta, delta;  // dx = alpha dy + beta x + delta
 };
 
-template <typename T, bool Silu, bool Add>
-DIFFUFLOW_INLINE void grad_apply_step(const T* x, const float* dz, float* dx, const GradCoefficients& k) {
-  const vf xv = load16(x);
-  vf g = k.alpha * input_grad<Silu>(xv, load16(dz), k.a, k.b) + k.beta * xv + k.delta;
+template <typename T, bool Add>
+DIFFUFLOW_INLINE void grad_apply_step(const T* x, const float* dy, float* dx, const GradCoefficients& k) {
+  vf g = k.alpha * load16(dy) + k.beta * load16(x) + k.delta;
   if (Add) g += load16(dx);
   store16(dx, g);
 }
 
-template <typename T, bool Silu, bool Add>
-DIFFUFLOW_INLINE void grad_apply_span(const T* __restrict x, const float* __restrict dz, float* __restrict dx,
+template <typename T, bool Add>
+DIFFUFLOW_INLINE void grad_apply_span(const T* __restrict x, const float* __restrict dy, float* __restrict dx,
                                       int64_t count, const GradCoefficients& k) {
   int64_t i = 0;
-  for (; i + kLanes <= count; i += kLanes) grad_apply_step<T, Silu, Add>(x + i, dz + i, dx + i, k);
+  for (; i + kLanes <= count; i += kLanes) grad_apply_step<T, Add>(x + i, dy + i, dx + i, k);
   if (i < count) {
     Tail<float> out(dx + i, count - i);
-    grad_apply_step<T, Silu, Add>(Tail<T>(x + i, count - i).lanes, Tail<float>(dz + i, count - i).lanes, out.lanes,
-                                  k);
+    grad_apply_step<T, Add>(Tail<T>(x + i, count - i).lanes, Tail<float>(dy + i, count - i).lanes, out.lanes, k);
     out.copy_to(dx + i);
   }
 }
 
 template <typename T>
-DIFFUFLOW_INLINE void grad_sums_any(const T* x, const float* dz, int64_t count, const float* a, const float* b,
-                                    bool silu, double* s1, double* sx, double* sdx) {
+DIFFUFLOW_INLINE void grad_sums_any(const T* x, float* dz, int64_t count, const float* a, const float* b, bool silu,
+                                    double* s1, double* sx, double* sdx) {
   silu ? grad_sums_span<T, true>(x, dz, count, a, b, s1, sx, sdx)
        : grad_sums_span<T, false>(x, dz, count, a, b, s1, sx, sdx);
 }
 
 template <typename T>
-DIFFUFLOW_INLINE void grad_apply_any(const T* x, const float* dz, float* dx, int64_t count, const float* a,
-                                     const float* b, const float* alpha, const float* beta, const float* delta,
-                                     bool silu, bool add) {
-  const GradCoefficients k{load16(a), load16(b), load16(alpha), load16(beta), load16(delta)};
-  if (silu) {
-    add ? grad_apply_span<T, true, true>(x, dz, dx, count, k) : grad_apply_span<T, true, false>(x, dz, dx, count, k);
-  } else {
-    add ? grad_apply_span<T, false, true>(x, dz, dx, count, k) : grad_apply_span<T, false, false>(x, dz, dx, count, k);
-  }
+DIFFUFLOW_INLINE void grad_apply_any(const T* x, const float* dy, float* dx, int64_t count, const float* alpha,
+                                     const float* beta, const float* delta, bool add) {
+  const GradCoefficients k{load16(alpha), load16(beta), load16(delta)};
+  add ? grad_apply_span<T, true>(x, dy, dx, count, k) : grad_apply_span<T, false>(x, dy, dx, count, k);
 }
 
 // The compiled entry points, one per combination the models use.
@@ -187,23 +187,67 @@ DIFFUFLOW_SPAN_CLONES void apply_bf16(const uint16_t* x, uint16_t* y, int64_t co
   silu ? apply_span<uint16_t, true>(x, y, count, a, b)
        : apply_span<uint16_t, false>(x, y, count, a, b);
 }
-DIFFUFLOW_SPAN_CLONES void grad_sums_f32(const float* x, const float* dz, int64_t count, const float* a,
-                                         const float* b, bool silu, double* s1, double* sx, double* sdx) {
+DIFFUFLOW_SPAN_CLONES void grad_sums_f32(const float* x, float* dz, int64_t count, const float* a, const float* b,
+                                         bool silu, double* s1, double* sx, double* sdx) {
   grad_sums_any(x, dz, count, a, b, silu, s1, sx, sdx);
 }
-DIFFUFLOW_SPAN_CLONES void grad_sums_bf16(const uint16_t* x, const float* dz, int64_t count, const float* a,
-                                          const float* b, bool silu, double* s1, double* sx, double* sdx) {
+DIFFUFLOW_SPAN_CLONES void grad_sums_bf16(const uint16_t* x, float* dz, int64_t count, const float* a, const float* b,
+                                          bool silu, double* s1, double* sx, double* sdx) {
   grad_sums_any(x, dz, count, a, b, silu, s1, sx, sdx);
 }
-DIFFUFLOW_SPAN_CLONES void grad_apply_f32(const float* x, const float* dz, float* dx, int64_t count, const float* a,
-                                          const float* b, const float* alpha, const float* beta, const float* delta,
-                                          bool silu, bool add) {
-  grad_apply_any(x, dz, dx, count, a, b, alpha, beta, delta, silu, add);
+DIFFUFLOW_SPAN_CLONES void grad_apply_f32(const float* x, const float* dy, float* dx, int64_t count,
+                                          const float* alpha, const float* beta, const float* delta, bool add) {
+  grad_apply_any(x, dy, dx, count, alpha, beta, delta, add);
 }
-DIFFUFLOW_SPAN_CLONES void grad_apply_bf16(const uint16_t* x, const float* dz, float* dx, int64_t count,
-                                           const float* a, const float* b, const float* alpha, const float* beta,
-                                           const float* delta, bool silu, bool add) {
-  grad_apply_any(x, dz, dx, count, a, b, alpha, beta, delta, silu, add);
+DIFFUFLOW_SPAN_CLONES void grad_apply_bf16(const uint16_t* x, const float* dy, float* dx, int64_t count,
+                                           const float* alpha, const float* beta, const float* delta, bool add) {
+  grad_apply_any(x, dy, dx, count, alpha, beta, delta, add);
+}
+
+#ifdef DIFFUFLOW_VECTOR16_CLONES
+// The bf16 entry points again, converting with AVX512-BF16's instructions.
+DIFFUFLOW_BF16_ENTRY void stats_bf16_isa(const uint16_t* x, int64_t count, double* s, double* q) {
+  stats_span(reinterpret_cast<const bf16_bits*>(x), count, s, q);
+}
+DIFFUFLOW_BF16_ENTRY void apply_bf16_isa(const uint16_t* x, uint16_t* y, int64_t count, const float* a,
+                                         const float* b, bool silu) {
+  const auto* in = reinterpret_cast<const bf16_bits*>(x);
+  auto* out = reinterpret_cast<bf16_bits*>(y);
+  silu ? apply_span<bf16_bits, true>(in, out, count, a, b) : apply_span<bf16_bits, false>(in, out, count, a, b);
+}
+DIFFUFLOW_BF16_ENTRY void grad_sums_bf16_isa(const uint16_t* x, float* dz, int64_t count, const float* a,
+                                             const float* b, bool silu, double* s1, double* sx, double* sdx) {
+  grad_sums_any(reinterpret_cast<const bf16_bits*>(x), dz, count, a, b, silu, s1, sx, sdx);
+}
+DIFFUFLOW_BF16_ENTRY void grad_apply_bf16_isa(const uint16_t* x, const float* dy, float* dx, int64_t count,
+                                              const float* alpha, const float* beta, const float* delta, bool add) {
+  grad_apply_any(reinterpret_cast<const bf16_bits*>(x), dy, dx, count, alpha, beta, delta, add);
+}
+#endif
+
+// The bf16 entry points: with the CPU's bf16 instructions or without.
+struct Bf16Spans {
+  decltype(&stats_bf16) stats = stats_bf16;
+  decltype(&apply_bf16) apply = apply_bf16;
+  decltype(&grad_sums_bf16) grad_sums = grad_sums_bf16;
+  decltype(&grad_apply_bf16) grad_apply = grad_apply_bf16;
+  explicit Bf16Spans(bool instructions) {
+#ifdef DIFFUFLOW_VECTOR16_CLONES
+    if (!instructions) return;
+    stats = stats_bf16_isa;
+    apply = apply_bf16_isa;
+    grad_sums = grad_sums_bf16_isa;
+    grad_apply = grad_apply_bf16_isa;
+#endif
+  }
+};
+std::atomic<bool> bf16_instructions_allowed{true};
+const Bf16Spans& bf16_spans() {
+  static const Bf16Spans portable(false), instructions(true);
+#ifdef DIFFUFLOW_VECTOR16_CLONES
+  if (bf16_instructions_allowed.load(std::memory_order_relaxed) && bf16_instructions()) return instructions;
+#endif
+  return portable;
 }
 
 // --- the work split -----------------------------------------------------------
@@ -301,6 +345,15 @@ struct Coefficients {
 
 }  // namespace
 
+bool set_bf16_instructions(bool allowed) {
+  bf16_instructions_allowed = allowed;
+#ifdef DIFFUFLOW_VECTOR16_CLONES
+  return allowed && bf16_instructions();
+#else
+  return false;
+#endif
+}
+
 void forward(const Forward& f) {
   const Shape& s = f.shape;
   const Split split(s);
@@ -314,7 +367,7 @@ void forward(const Forward& f) {
     const Split::Item it = split.item(i);
     double* sums = &partial[static_cast<size_t>(i * 2 * kLanes)];
     if (bf16)
-      stats_bf16(static_cast<const uint16_t*>(f.x) + it.at, it.count, sums, sums + kLanes);
+      bf16_spans().stats(static_cast<const uint16_t*>(f.x) + it.at, it.count, sums, sums + kLanes);
     else
       stats_f32(static_cast<const float*>(f.x) + it.at, it.count, sums, sums + kLanes);
   }
@@ -347,7 +400,7 @@ void forward(const Forward& f) {
     float la[kLanes], lb[kLanes];
     k.lanes(split, it.unit, la, lb);
     if (bf16)
-      apply_bf16(static_cast<const uint16_t*>(f.x) + it.at, static_cast<uint16_t*>(f.y) + it.at, it.count, la, lb,
+      bf16_spans().apply(static_cast<const uint16_t*>(f.x) + it.at, static_cast<uint16_t*>(f.y) + it.at, it.count, la, lb,
                  f.silu);
     else
       apply_f32(static_cast<const float*>(f.x) + it.at, static_cast<float*>(f.y) + it.at, it.count, la, lb, f.silu);
@@ -362,7 +415,8 @@ void backward(const Backward& bw) {
 
   const Coefficients k(s, bw.gamma, bw.beta, bw.shift, bw.mean, bw.rstd);  // the forward's y = a x + b
 
-  // 1. Per-(n, c) sums of dy, x and dy x, one read of x and dz.
+  // 1. Per-(n, c) sums of dy, x and dy x, one read of x and dz (with SiLU,
+  // dy written over dz).
   std::vector<double> partial(static_cast<size_t>(split.items() * 3 * kLanes), 0.0);
 #pragma omp parallel for schedule(static)
   for (int64_t i = 0; i < split.items(); ++i) {
@@ -371,7 +425,7 @@ void backward(const Backward& bw) {
     k.lanes(split, it.unit, la, lb);
     double* sums = &partial[static_cast<size_t>(i * 3 * kLanes)];
     if (bf16)
-      grad_sums_bf16(static_cast<const uint16_t*>(bw.x) + it.at, bw.dz + it.at, it.count, la, lb, bw.silu, sums,
+      bf16_spans().grad_sums(static_cast<const uint16_t*>(bw.x) + it.at, bw.dz + it.at, it.count, la, lb, bw.silu, sums,
                      sums + kLanes, sums + 2 * kLanes);
     else
       grad_sums_f32(static_cast<const float*>(bw.x) + it.at, bw.dz + it.at, it.count, la, lb, bw.silu, sums,
@@ -420,21 +474,21 @@ void backward(const Backward& bw) {
   }
   if (!bw.dx) return;
 
-  // 3. dx, one read of x and dz and one write (or add) of dx.
+  // 3. dx, one read of x and dy (dz without SiLU, else what step 1 wrote
+  // over it) and one write (or add) of dx.
 #pragma omp parallel for schedule(static)
   for (int64_t i = 0; i < split.items(); ++i) {
     const Split::Item it = split.item(i);
-    float la[kLanes], lb[kLanes], lal[kLanes], lbe[kLanes], lde[kLanes];
-    k.lanes(split, it.unit, la, lb);
+    float lal[kLanes], lbe[kLanes], lde[kLanes];
     split.lanes(it.unit, alpha.data(), lal);
     split.lanes(it.unit, beta.data(), lbe);
     split.lanes(it.unit, delta.data(), lde);
     if (bf16)
-      grad_apply_bf16(static_cast<const uint16_t*>(bw.x) + it.at, bw.dz + it.at, bw.dx + it.at, it.count, la, lb, lal,
-                      lbe, lde, bw.silu, bw.dx_add);
+      bf16_spans().grad_apply(static_cast<const uint16_t*>(bw.x) + it.at, bw.dz + it.at, bw.dx + it.at, it.count, lal,
+                              lbe, lde, bw.dx_add);
     else
-      grad_apply_f32(static_cast<const float*>(bw.x) + it.at, bw.dz + it.at, bw.dx + it.at, it.count, la, lb, lal,
-                     lbe, lde, bw.silu, bw.dx_add);
+      grad_apply_f32(static_cast<const float*>(bw.x) + it.at, bw.dz + it.at, bw.dx + it.at, it.count, lal, lbe, lde,
+                     bw.dx_add);
   }
 }
 

@@ -1,10 +1,12 @@
 // GroupNorm, and GroupNorm followed by SiLU, as fused CPU kernels: the
 // statistics in one read of x, the normalisation (and activation) in one
 // read of x and one write of y; backward in two reads of x and of the
-// output's gradient and one write (or add) of x's. oneDNN 2.6 has no group
-// normalisation, and building one from its primitives costs four reads and
-// two writes of the image forward and eight reads and three writes backward
-// (docs/performance.md, "GroupNorm as one fused kernel").
+// output's gradient and one write (or add) of x's (with SiLU, the first read
+// writes the gradient before the SiLU over the output's, for the second).
+// oneDNN 2.6 has no group normalisation, and building one from its
+// primitives costs four reads and two writes of the image forward and eight
+// reads and three writes backward (docs/performance.md, "GroupNorm as one
+// fused kernel").
 //
 //   Shape s{n, c, h * w, groups, Layout::blocked16};
 //   group_norm_kernel::Forward f{s, eps, /*silu=*/true, DataType::f32, x, y, gamma, beta,
@@ -62,7 +64,8 @@ struct Backward {
   bool silu = false;
   DataType type = DataType::f32;  // of x
   const void* x = nullptr;       // the forward's input
-  const float* dz = nullptr;     // the gradient of the forward's output
+  float* dz = nullptr;           // the gradient of the forward's output; with SiLU,
+                                 // overwritten by the gradient before it (dy)
   const float* gamma = nullptr;  // [C]
   const float* beta = nullptr;   // [C]
   const float* shift = nullptr;  // [N, C] or null
@@ -76,5 +79,11 @@ struct Backward {
   bool dshift_add = false;
 };
 void backward(const Backward& b);
+
+// bf16 data is converted with the CPU's AVX512-BF16 instructions where it has
+// them (GCC builds without sanitizers), else with integer arithmetic that
+// rounds the same way. Tests turn the instructions off to compare the two;
+// returns whether they are in use.
+bool set_bf16_instructions(bool allowed);
 
 }  // namespace diffuflow::group_norm_kernel

@@ -68,7 +68,11 @@ ValueId group_norm_native(Program& p, ValueId x, const ParamRef& weight, const P
 
   p.on_backward([=](Program& p) {
     // Reads x and the gradient of y twice; writes dx (adding into an earlier
-    // contribution in place), d gamma, d beta and d shift.
+    // contribution in place), d gamma, d beta and d shift. With SiLU it also
+    // writes the gradient before the SiLU over y's gradient: this step is the
+    // last to read that memory (the layers after y write it, only y's
+    // producer reads it, and a gradient that a later value shares with y had
+    // its other readers appended before this step).
     Args args{{DNNL_ARG_SRC, p.data(x)},
               {DNNL_ARG_DIFF_DST, p.grad(y)},
               {DNNL_ARG_SCALE, gamma},

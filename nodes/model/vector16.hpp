@@ -7,6 +7,9 @@
 
 #include <cstdint>
 #include <cstring>
+#if defined(__GNUC__) && defined(__x86_64__) && !defined(__clang__) && !defined(__SANITIZE_ADDRESS__)
+#include <immintrin.h>
+#endif
 
 namespace diffuflow::vector16 {
 
@@ -17,6 +20,7 @@ namespace diffuflow::vector16 {
 // detection) are aligned to 32 bytes, and the AVX-512 clone aligns local
 // arrays to 64.
 #if defined(__GNUC__) && defined(__x86_64__) && !defined(__clang__) && !defined(__SANITIZE_ADDRESS__)
+#define DIFFUFLOW_VECTOR16_CLONES 1
 #define DIFFUFLOW_SPAN_CLONES __attribute__((target_clones("arch=x86-64-v4", "arch=x86-64-v3", "default")))
 #else
 #define DIFFUFLOW_SPAN_CLONES
@@ -64,6 +68,39 @@ DIFFUFLOW_INLINE void store16(uint16_t* p, vf v) {
   const vh h = __builtin_convertvector(out, vh);
   std::memcpy(p, &h, sizeof h);
 }
+#ifdef DIFFUFLOW_VECTOR16_CLONES
+// bf16 data converted by AVX512-BF16's instruction (rounding to nearest even,
+// NaN kept, as store16 above) rather than integer arithmetic: a bf16 span
+// reads and writes these where bf16_instructions() says the CPU has them,
+// from an entry point declared DIFFUFLOW_BF16_ENTRY, whose `flatten` inlines
+// these ISA-specific loads and stores into it (an always_inline function of
+// the baseline ISA could not take them).
+#define DIFFUFLOW_BF16_TARGET target("arch=x86-64-v4,avx512bf16")
+#define DIFFUFLOW_BF16_ENTRY __attribute__((DIFFUFLOW_BF16_TARGET, flatten))
+struct bf16_bits {
+  uint16_t bits;
+};
+__attribute__((DIFFUFLOW_BF16_TARGET)) inline vf load16(const bf16_bits* p) {
+  const __m512i wide = _mm512_maskz_cvtepu16_epi32(0xffff, _mm256_loadu_si256(reinterpret_cast<const __m256i*>(p)));
+  vu bits;
+  std::memcpy(&bits, &wide, sizeof bits);
+  bits <<= 16;
+  vf v;
+  std::memcpy(&v, &bits, sizeof v);
+  return v;
+}
+__attribute__((DIFFUFLOW_BF16_TARGET)) inline void store16(bf16_bits* p, vf v) {
+  __m512 m;
+  std::memcpy(&m, &v, sizeof m);
+  const __m256bh h = _mm512_cvtneps_pbh(m);
+  std::memcpy(p, &h, sizeof h);
+}
+inline bool bf16_instructions() {
+  static const bool present = __builtin_cpu_supports("avx512bf16");
+  return present;
+}
+#endif
+
 // The sum of the 16 lanes, halving the vector (a tree, so that reductions
 // in flight overlap).
 typedef float quarter_vf __attribute__((vector_size(16)));

@@ -204,11 +204,18 @@ TEST_CASE("native group norm writes bf16 rounded to nearest even, NaN kept, and 
   Forward fb = forward_args({1, 2, 2, 2, Layout::plain}, xb.data(), yb.data(), gamma_b, beta_b, mb, rb);
   fb.eps = 0.0f;
   fb.type = DataType::bf16;
-  forward(fb);
-  CHECK(yb[0] == 0xbf80);  // -(1 + 2^-8): ties to even, -1
-  CHECK(yb[1] == 0x3f80);
-  CHECK((yb[2] & 0x7f80) == 0x7f80);  // NaN stays NaN
-  CHECK((yb[2] & 0x007f) != 0);
+  // Converted by the CPU's bf16 instructions where it has them, and by the
+  // integer arithmetic used elsewhere: the same bits.
+  for (const bool instructions : {true, false}) {
+    CAPTURE(set_bf16_instructions(instructions));
+    std::fill(yb.begin(), yb.end(), uint16_t{0});
+    forward(fb);
+    CHECK(yb[0] == 0xbf80);  // -(1 + 2^-8): ties to even, -1
+    CHECK(yb[1] == 0x3f80);
+    CHECK((yb[2] & 0x7f80) == 0x7f80);  // NaN stays NaN
+    CHECK((yb[2] & 0x007f) != 0);
+  }
+  set_bf16_instructions(true);
 }
 
 TEST_CASE("native group norm backward on bf16 data equals it on the same values in f32, tails and shifts included") {
@@ -248,6 +255,7 @@ TEST_CASE("native group norm backward on bf16 data equals it on the same values 
         std::vector<float> dx, dgamma, dbeta, dshift, dz;
       };
       auto grads = [&](DataType type, const void* x) {
+        // dz is the step's to overwrite (with SiLU, by the gradient before it).
         Grads g{std::vector<float>(size, 0.5f), std::vector<float>(c), std::vector<float>(c), std::vector<float>(nc),
                 dz};
         Backward b;
@@ -270,11 +278,31 @@ TEST_CASE("native group norm backward on bf16 data equals it on the same values 
         return g;
       };
       const Grads from_f32 = grads(DataType::f32, xf.data());
-      const Grads from_bf16 = grads(DataType::bf16, xb.data());
-      CHECK(from_bf16.dx == from_f32.dx);
-      CHECK(from_bf16.dgamma == from_f32.dgamma);
-      CHECK(from_bf16.dbeta == from_f32.dbeta);
-      CHECK(from_bf16.dshift == from_f32.dshift);
+      if (!silu) CHECK(from_f32.dz == dz);
+      // bf16 data read with the CPU's bf16 instructions and without; the
+      // forward's bf16 output from both, the same bits.
+      std::vector<std::vector<uint16_t>> outputs;
+      for (const bool instructions : {true, false}) {
+        CAPTURE(set_bf16_instructions(instructions));
+        const Grads from_bf16 = grads(DataType::bf16, xb.data());
+        CHECK(from_bf16.dx == from_f32.dx);
+        CHECK(from_bf16.dgamma == from_f32.dgamma);
+        CHECK(from_bf16.dbeta == from_f32.dbeta);
+        CHECK(from_bf16.dshift == from_f32.dshift);
+        CHECK(from_bf16.dz == from_f32.dz);
+        std::vector<uint16_t> yb(size);
+        std::vector<float> mb(mean.size()), rb(rstd.size());
+        Forward fb = forward_args(shape, xb.data(), yb.data(), gamma, beta, mb, rb);
+        fb.shift = shift.data();
+        fb.silu = silu;
+        fb.type = DataType::bf16;
+        forward(fb);
+        CHECK(mb == mean);
+        CHECK(rb == rstd);
+        outputs.push_back(yb);
+      }
+      set_bf16_instructions(true);
+      CHECK(outputs[0] == outputs[1]);
       CHECK(std::any_of(from_f32.dx.begin(), from_f32.dx.end(), [](float v) { return v != 0.5f; }));
     }
   }
