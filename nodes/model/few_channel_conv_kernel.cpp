@@ -43,7 +43,8 @@ struct Row {
   int64_t ow_begin(int64_t kw) const { return std::max<int64_t>(0, g.pad - kw); }
   int64_t ow_end(int64_t kw) const { return std::min<int64_t>(g.wo(), g.w + g.pad - kw); }
   // Image row `row` (of `rows`) of block cb / channel f, and a block's stride.
-  const float* wide_row(const float* image, int64_t cb, int64_t row, int64_t rows, int64_t cols) const {
+  template <typename T>
+  const T* wide_row(const T* image, int64_t cb, int64_t row, int64_t rows, int64_t cols) const {
     return image + (((n * blocks + cb) * rows + row) * cols) * kLanes;
   }
   const float* few_row(const float* image, int64_t f, int64_t row, int64_t rows, int64_t cols) const {
@@ -57,8 +58,8 @@ struct Row {
 // before.
 constexpr int64_t kStretch = 64;
 
-DIFFUFLOW_SPAN_CLONES void narrow_row(const Row& r, const float* x, const float* packed, const float* bias, float* y,
-                                      bool add) {
+template <typename T>
+DIFFUFLOW_INLINE void narrow_row(const Row& r, const T* x, const float* packed, const float* bias, float* y, bool add) {
   const Geometry& g = r.g;
   const int64_t taps = r.taps(), block_stride = g.h * g.w * kLanes;
   float sums[kStretch * kLanes];
@@ -69,12 +70,12 @@ DIFFUFLOW_SPAN_CLONES void narrow_row(const Row& r, const float* x, const float*
       const int64_t to = std::min(g.wo(), from + kStretch);
       std::fill(sums, sums + (to - from) * kLanes, 0.0f);
       for (int64_t kh = r.kh_begin(); kh < r.kh_end(); ++kh) {
-        const float* image = r.wide_row(x, 0, r.oh + kh - g.pad, g.h, g.w);
+        const T* image = r.wide_row(x, 0, r.oh + kh - g.pad, g.h, g.w);
         for (int64_t kw = 0; kw < g.k; ++kw) {
           const int64_t begin = std::max(from, r.ow_begin(kw)), end = std::min(to, r.ow_end(kw));
           for (int64_t cb = 0; cb < r.blocks; ++cb) {
             const vf w = load16(packed + ((f * r.blocks + cb) * taps + kh * g.k + kw) * kLanes);
-            const float* in = image + cb * block_stride + (kw - g.pad) * kLanes;
+            const T* in = image + cb * block_stride + (kw - g.pad) * kLanes;
             for (int64_t ow = begin; ow < end; ++ow) {
               float* s = sums + (ow - from) * kLanes;
               store16(s, load16(s) + w * load16(in + ow * kLanes));
@@ -88,6 +89,15 @@ DIFFUFLOW_SPAN_CLONES void narrow_row(const Row& r, const float* x, const float*
       }
     }
   }
+}
+
+DIFFUFLOW_SPAN_CLONES void narrow_row_f32(const Row& r, const float* x, const float* packed, const float* bias,
+                                          float* y, bool add) {
+  narrow_row(r, x, packed, bias, y, add);
+}
+DIFFUFLOW_SPAN_CLONES void narrow_row_bf16(const Row& r, const uint16_t* x, const float* packed, const float* bias,
+                                           float* y, bool add) {
+  narrow_row(r, x, packed, bias, y, add);
 }
 
 DIFFUFLOW_SPAN_CLONES void widen_row(const Row& r, const float* x, const float* packed, const float* bias, float* y,
@@ -116,15 +126,28 @@ DIFFUFLOW_SPAN_CLONES void widen_row(const Row& r, const float* x, const float* 
   }
 }
 
+// sum[0..3] += few_at[ow] * wide_at[ow] (16 lanes) over [begin, end), in
+// four partial sums so that four multiply-adds are in flight.
+template <typename W>
+DIFFUFLOW_INLINE void row_products(const float* few_at, const W* wide_at, int64_t begin, int64_t end, vf* sum) {
+  int64_t ow = begin;
+  for (; ow + 4 <= end; ow += 4)
+    for (int u = 0; u < 4; ++u) sum[u] += splat(few_at[ow + u]) * load16(wide_at + (ow + u) * kLanes);
+  for (; ow < end; ++ow) sum[0] += splat(few_at[ow]) * load16(wide_at + ow * kLanes);
+}
+
 // Adds one output row's products into acc[(f * blocks + cb) * taps + tap]
 // (16 lanes each) and the bias sums: few_bias[f] (few_out) or
 // wide_bias[cb] (16 lanes). Each (f, cb, tap) sums along the row in a
 // register.
-DIFFUFLOW_SPAN_CLONES void weight_grad_row(const Row& r, bool few_out, const float* x, const float* dy, float* acc,
-                                           float* few_bias, float* wide_bias) {
+// X: the type of x, which is the wide side's when FewOut (f32 or bf16) and
+// f32 otherwise.
+template <bool FewOut, typename X>
+DIFFUFLOW_INLINE void weight_grad_row(const Row& r, const X* x, const float* dy, float* acc, float* few_bias,
+                                      float* wide_bias) {
   const Geometry& g = r.g;
   const int64_t taps = r.taps(), ho = g.ho(), wo = g.wo();
-  if (few_out) {
+  if constexpr (FewOut) {
     for (int64_t f = 0; f < r.few; ++f) {
       const float* d = r.few_row(dy, f, r.oh, ho, wo);
       float total = 0.0f;
@@ -145,22 +168,29 @@ DIFFUFLOW_SPAN_CLONES void weight_grad_row(const Row& r, bool few_out, const flo
         const int64_t ih = r.oh + kh - g.pad;
         for (int64_t kw = 0; kw < g.k; ++kw) {
           // Output column ow meets image column ow + kw - pad.
-          const float* few_at = few_out ? r.few_row(dy, f, r.oh, ho, wo) : r.few_row(x, f, ih, g.h, g.w) + kw - g.pad;
-          const float* wide_at =
-              few_out ? r.wide_row(x, cb, ih, g.h, g.w) + (kw - g.pad) * kLanes : r.wide_row(dy, cb, r.oh, ho, wo);
-          // Four partial sums, so that four multiply-adds are in flight.
           vf sum[4] = {splat(0.0f), splat(0.0f), splat(0.0f), splat(0.0f)};
-          int64_t ow = r.ow_begin(kw);
-          const int64_t end = r.ow_end(kw);
-          for (; ow + 4 <= end; ow += 4)
-            for (int u = 0; u < 4; ++u) sum[u] += splat(few_at[ow + u]) * load16(wide_at + (ow + u) * kLanes);
-          for (; ow < end; ++ow) sum[0] += splat(few_at[ow]) * load16(wide_at + ow * kLanes);
+          if constexpr (FewOut)
+            row_products(r.few_row(dy, f, r.oh, ho, wo), r.wide_row(x, cb, ih, g.h, g.w) + (kw - g.pad) * kLanes,
+                         r.ow_begin(kw), r.ow_end(kw), sum);
+          else
+            row_products(r.few_row(x, f, ih, g.h, g.w) + kw - g.pad, r.wide_row(dy, cb, r.oh, ho, wo),
+                         r.ow_begin(kw), r.ow_end(kw), sum);
           float* a = acc + ((f * r.blocks + cb) * taps + kh * g.k + kw) * kLanes;
           store16(a, load16(a) + ((sum[0] + sum[1]) + (sum[2] + sum[3])));
         }
       }
     }
   }
+}
+
+DIFFUFLOW_SPAN_CLONES void weight_grad_row_f32(const Row& r, bool few_out, const float* x, const float* dy,
+                                               float* acc, float* few_bias, float* wide_bias) {
+  few_out ? weight_grad_row<true>(r, x, dy, acc, few_bias, wide_bias)
+          : weight_grad_row<false>(r, x, dy, acc, few_bias, wide_bias);
+}
+DIFFUFLOW_SPAN_CLONES void weight_grad_row_bf16(const Row& r, const uint16_t* x, const float* dy, float* acc,
+                                                float* few_bias) {
+  weight_grad_row<true>(r, x, dy, acc, few_bias, nullptr);
 }
 
 // Rows are the pieces of work: at least 64 of them where the output has
@@ -175,7 +205,16 @@ void narrow(const Geometry& g, int64_t few, int64_t wide, const float* x_wide, c
   const int64_t rows = g.n * g.ho(), blocks = wide / kLanes;
 #pragma omp parallel for schedule(static)
   for (int64_t row = 0; row < rows; ++row)
-    narrow_row(Row{g, few, blocks, row / g.ho(), row % g.ho()}, x_wide, packed.data(), bias, y_few, add);
+    narrow_row_f32(Row{g, few, blocks, row / g.ho(), row % g.ho()}, x_wide, packed.data(), bias, y_few, add);
+}
+
+void narrow(const Geometry& g, int64_t few, int64_t wide, const uint16_t* x_wide, const float* weight,
+            const float* bias, float* y_few) {
+  const std::vector<float> packed = pack(weight, few, wide, g.k, false, false);
+  const int64_t rows = g.n * g.ho(), blocks = wide / kLanes;
+#pragma omp parallel for schedule(static)
+  for (int64_t row = 0; row < rows; ++row)
+    narrow_row_bf16(Row{g, few, blocks, row / g.ho(), row % g.ho()}, x_wide, packed.data(), bias, y_few, false);
 }
 
 void widen(const Geometry& g, int64_t few, int64_t wide, const float* x_few, const float* weight, const float* bias,
@@ -187,8 +226,13 @@ void widen(const Geometry& g, int64_t few, int64_t wide, const float* x_few, con
     widen_row(Row{g, few, blocks, row / g.ho(), row % g.ho()}, x_few, packed.data(), bias, y_wide, add);
 }
 
-void weight_grad(const Geometry& g, int64_t few, int64_t wide, bool few_out, const float* x, const float* dy,
-                 float* dweight, float* dbias) {
+namespace {
+
+// The weight and bias gradients from `row(Row, acc, few_bias, wide_bias)`,
+// which adds one output row's products.
+template <typename RowFn>
+void weight_grad_rows(const Geometry& g, int64_t few, int64_t wide, bool few_out, float* dweight, float* dbias,
+                      RowFn row_fn) {
   const int64_t taps = g.k * g.k, blocks = wide / kLanes, ho = g.ho();
   // Items: (sample, group of rows); per item the sums in f32, then all items
   // added in double in item order.
@@ -201,7 +245,7 @@ void weight_grad(const Geometry& g, int64_t few, int64_t wide, bool few_out, con
     float* acc = &partial[static_cast<size_t>(item * (acc_size + bias_size))];
     float* b = acc + acc_size;
     for (int64_t oh = group * ho / groups; oh < (group + 1) * ho / groups; ++oh)
-      weight_grad_row(Row{g, few, blocks, n, oh}, few_out, x, dy, acc, few_out ? b : nullptr, few_out ? nullptr : b);
+      row_fn(Row{g, few, blocks, n, oh}, acc, few_out ? b : nullptr, few_out ? nullptr : b);
   }
   std::vector<double> total(static_cast<size_t>(acc_size + bias_size), 0.0);
   for (int64_t item = 0; item < items; ++item)
@@ -216,6 +260,22 @@ void weight_grad(const Geometry& g, int64_t few, int64_t wide, bool few_out, con
         dweight[at] = static_cast<float>(v);
       }
   for (int64_t i = 0; i < bias_size; ++i) dbias[i] = static_cast<float>(total[static_cast<size_t>(acc_size + i)]);
+}
+
+}  // namespace
+
+void weight_grad(const Geometry& g, int64_t few, int64_t wide, bool few_out, const float* x, const float* dy,
+                 float* dweight, float* dbias) {
+  weight_grad_rows(g, few, wide, few_out, dweight, dbias, [&](const Row& r, float* acc, float* fb, float* wb) {
+    weight_grad_row_f32(r, few_out, x, dy, acc, fb, wb);
+  });
+}
+
+void weight_grad(const Geometry& g, int64_t few, int64_t wide, const uint16_t* x_wide, const float* dy,
+                 float* dweight, float* dbias) {
+  weight_grad_rows(g, few, wide, true, dweight, dbias, [&](const Row& r, float* acc, float* fb, float*) {
+    weight_grad_row_bf16(r, x_wide, dy, acc, fb);
+  });
 }
 
 }  // namespace diffuflow::few_channel_conv

@@ -32,6 +32,11 @@ struct Geometry {
 void narrow(const Geometry& g, int64_t few, int64_t wide, const float* x_wide, const float* weight, const float* bias,
             float* y_few, bool transposed, bool add);
 
+// The forward of a narrowing convolution whose wide input is bf16 (a bf16
+// program's activation): y_few = bias + conv(x_wide), products in f32.
+void narrow(const Geometry& g, int64_t few, int64_t wide, const uint16_t* x_wide, const float* weight,
+            const float* bias, float* y_few);
+
 // y_wide [N,C,Ho,Wo] nChw16c (+)= bias + conv(x_few [N,F,H,W]). weight
 // [C, F, k, k]; `transposed`: weight is [F, C, k, k] applied flipped.
 void widen(const Geometry& g, int64_t few, int64_t wide, const float* x_few, const float* weight, const float* bias,
@@ -42,6 +47,9 @@ void widen(const Geometry& g, int64_t few, int64_t wide, const float* x_few, con
 // channels (true: the output, a narrowing convolution, weights [F, C, k, k];
 // false: the input, weights [C, F, k, k]). dweight and dbias are overwritten.
 void weight_grad(const Geometry& g, int64_t few, int64_t wide, bool few_out, const float* x, const float* dy,
+                 float* dweight, float* dbias);
+// The same for a narrowing convolution whose wide input x_wide is bf16.
+void weight_grad(const Geometry& g, int64_t few, int64_t wide, const uint16_t* x_wide, const float* dy,
                  float* dweight, float* dbias);
 
 }  // namespace diffuflow::few_channel_conv

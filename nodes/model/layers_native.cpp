@@ -153,13 +153,19 @@ std::optional<ValueId> conv2d_few_channels(Program& p, ValueId x, const ParamRef
   const Program::LayerScope layer(p, "convolution");
   const int64_t few = narrowing ? co : ci, wide = narrowing ? ci : co;
   const double flops = 2.0 * static_cast<double>(xs[0] * g.ho() * g.wo() * co * ci * k * k);
-  const dnnl::memory x_mem = p.reorder_if_needed(p.data(x), x_md, false);
+  // A narrowing convolution reads a bf16 input (a bf16 program's activation)
+  // as it is; anything else in x_md's layout and f32.
+  const bool bf16_in = narrowing && p.desc(x) == with_type(wide_x_md, dnnl::memory::data_type::bf16);
+  const dnnl::memory x_mem = bf16_in ? p.data(x) : p.reorder_if_needed(p.data(x), x_md, false);
   const dnnl::memory w = p.param(weight.offset, plain_f32(weight.shape)), b = p.param(bias.offset, plain_f32({co}));
   const ValueId y = p.new_value(y_md, true);
   p.native_forward(
-      [g, few, wide, narrowing](const Args& a) {
+      [g, few, wide, narrowing, bf16_in](const Args& a) {
         const float* in = floats(a, DNNL_ARG_SRC);
-        if (narrowing)
+        if (bf16_in)
+          few_channel_conv::narrow(g, few, wide, static_cast<const uint16_t*>(a.at(DNNL_ARG_SRC).get_data_handle()),
+                                   floats(a, DNNL_ARG_WEIGHTS), floats(a, DNNL_ARG_BIAS), floats(a, DNNL_ARG_DST));
+        else if (narrowing)
           few_channel_conv::narrow(g, few, wide, in, floats(a, DNNL_ARG_WEIGHTS), floats(a, DNNL_ARG_BIAS),
                                    floats(a, DNNL_ARG_DST), false, false);
         else
@@ -181,21 +187,25 @@ std::optional<ValueId> conv2d_few_channels(Program& p, ValueId x, const ParamRef
     dnnl::memory dx;
     if (p.needs_grad(x)) {
       s = p.sink(x, true);
-      dx = s.memory.get_desc() == x_md ? s.memory : p.alloc(x_md);
+      dx = s.memory.get_desc() == x_md ? s.memory : p.alloc(x_md);  // f32, in x_md's layout
       args[DNNL_ARG_DIFF_SRC] = dx;
     }
     const bool add = dx && dx == s.memory && s.add_into;
     const few_channel_conv::Geometry back{g.n, g.ho(), g.wo(), k, k - 1 - padding};
     p.native_backward(
-        [g, back, few, wide, narrowing, add](const Args& a) {
+        [g, back, few, wide, narrowing, add, bf16_in](const Args& a) {
           float* dx = const_cast<float*>(floats_or_null(a, DNNL_ARG_DIFF_SRC));
           const float* dy = floats(a, DNNL_ARG_DIFF_DST);
           if (dx && narrowing)
             few_channel_conv::widen(back, few, wide, dy, floats(a, DNNL_ARG_WEIGHTS), nullptr, dx, true, add);
           else if (dx)
             few_channel_conv::narrow(back, few, wide, dy, floats(a, DNNL_ARG_WEIGHTS), nullptr, dx, true, add);
-          few_channel_conv::weight_grad(g, few, wide, narrowing, floats(a, DNNL_ARG_SRC), dy,
-                                        floats(a, DNNL_ARG_DIFF_WEIGHTS), floats(a, DNNL_ARG_DIFF_BIAS));
+          if (bf16_in)
+            few_channel_conv::weight_grad(g, few, wide, static_cast<const uint16_t*>(a.at(DNNL_ARG_SRC).get_data_handle()),
+                                          dy, floats(a, DNNL_ARG_DIFF_WEIGHTS), floats(a, DNNL_ARG_DIFF_BIAS));
+          else
+            few_channel_conv::weight_grad(g, few, wide, narrowing, floats(a, DNNL_ARG_SRC), dy,
+                                          floats(a, DNNL_ARG_DIFF_WEIGHTS), floats(a, DNNL_ARG_DIFF_BIAS));
         },
         std::move(args), (dx ? 2.0 : 1.0) * flops);
     if (dx && dx != s.memory) p.copy(dx, s.memory, true, s.add_into);

@@ -2,6 +2,7 @@
 // against the same layers built from oneDNN primitives (what other engines
 // run), forward and backward, and the group norm against a double-precision
 // reference where f32 sums would cancel.
+#include "nodes/model/few_channel_conv_kernel.hpp"
 #include "nodes/model/group_norm_kernel.hpp"
 #include "nodes/model/layers.hpp"
 #include "compute/program.hpp"
@@ -406,4 +407,47 @@ TEST_CASE("the first and last convolutions of a U-Net run as native steps on the
       kinds.push_back(step.primitive);
   CHECK(kinds == std::vector<std::string>{"native", "convolution", "native"});
   CHECK(p.desc(y) == plain_f32({2, 1, 8, 8}));
+}
+
+TEST_CASE("a narrowing few-channel convolution reads a bf16 input as it is: the same results as from its f32 values") {
+  // bf16 -> f32 is exact, so the bf16 kernels compute what the f32 ones do
+  // on the widened values, bitwise: forward, and the weight and bias gradients.
+  const few_channel_conv::Geometry g{2, 7, 9, 3, 1};
+  const int64_t few = 3, wide = 32, size = g.n * wide * g.h * g.w;
+  std::mt19937 rng(21);
+  std::normal_distribution<float> normal(0.0f, 1.0f);
+  std::vector<uint16_t> xb(static_cast<size_t>(size));
+  std::vector<float> xf(xb.size()), weight(static_cast<size_t>(few * wide * 9)), bias(few),
+      dy(static_cast<size_t>(g.n * few * g.ho() * g.wo()));
+  for (size_t i = 0; i < xb.size(); ++i) {
+    float v = normal(rng);
+    uint32_t bits;
+    std::memcpy(&bits, &v, sizeof bits);
+    xb[i] = static_cast<uint16_t>(bits >> 16);
+    bits = static_cast<uint32_t>(xb[i]) << 16;
+    std::memcpy(&xf[i], &bits, sizeof bits);
+  }
+  for (auto* v : {&weight, &bias, &dy})
+    for (auto& e : *v) e = normal(rng);
+  std::vector<float> y_f32(dy.size()), y_bf16(dy.size()), dw_f32(weight.size()), dw_bf16(weight.size()),
+      db_f32(bias.size()), db_bf16(bias.size());
+  few_channel_conv::narrow(g, few, wide, xf.data(), weight.data(), bias.data(), y_f32.data(), false, false);
+  few_channel_conv::narrow(g, few, wide, xb.data(), weight.data(), bias.data(), y_bf16.data());
+  few_channel_conv::weight_grad(g, few, wide, true, xf.data(), dy.data(), dw_f32.data(), db_f32.data());
+  few_channel_conv::weight_grad(g, few, wide, xb.data(), dy.data(), dw_bf16.data(), db_bf16.data());
+  CHECK(y_bf16 == y_f32);
+  CHECK(dw_bf16 == dw_f32);
+  CHECK(db_bf16 == db_f32);
+  CHECK(std::any_of(y_f32.begin(), y_f32.end(), [](float v) { return v != 0.0f; }));
+
+  // In a bf16 program the layer reads its bf16 input with no conversion step.
+  dnnl::engine engine(dnnl::engine::kind::cpu, 0);
+  PrimitiveCache cache;
+  const int64_t count = few * wide * 9 + few;
+  dnnl::memory params(plain_f32({count}), engine);
+  Program p(engine, cache, params, count, /*training=*/true, Precision::bf16);
+  const ValueId x = p.new_value(activation_desc({g.n, wide, g.h, g.w}, dnnl::memory::data_type::bf16), true);
+  const ValueId y = conv2d(p, x, ParamRef{0, {few, wide, 3, 3}}, ParamRef{few * wide * 9, {few}}, 1, 1);
+  CHECK(p.forward_steps() == 1);
+  CHECK(p.desc(y) == plain_f32({g.n, few, g.ho(), g.wo()}));
 }
