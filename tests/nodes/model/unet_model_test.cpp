@@ -342,14 +342,10 @@ TEST_CASE("passes after load, init_random or copy_flat into the parameters read 
 TEST_CASE("bf16 training with 16 channels in and out (bf16 first and last convolutions): within rounding of f32") {
   // conv_in and conv_out run as bf16 convolutions here, so the output is a
   // bf16 activation read out as f32 and the output gradient comes in as f32.
-  UNetConfig c;
+  UNetConfig c = UNetConfig::named("unet-tiny");
   c.in_channels = 16;
   c.out_channels = 16;
   c.sample_size = 8;
-  c.block_out_channels = {16, 32};
-  c.layers_per_block = 1;
-  c.down_block_types = {"DownBlock2D", "AttnDownBlock2D"};
-  c.up_block_types = {"AttnUpBlock2D", "UpBlock2D"};
   c.norm_num_groups = 8;
   c.attention_head_dim = 8;
   Device device(DeviceSpec{});
