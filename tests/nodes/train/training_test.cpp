@@ -50,11 +50,11 @@ double mean(const std::vector<double>& v, size_t from, size_t to) {
   return std::accumulate(v.begin() + from, v.begin() + to, 0.0) / double(to - from);
 }
 
-PipelineSpec training_spec(int64_t checkpoint_every) {
+PipelineSpec training_spec(int64_t checkpoint_every, const std::string& precision) {
   return PipelineSpecBuilder("train_tiny")
       .setting("seed", 5)
       .resource("schedule", "noise_schedule", {{"kind", "linear"}})
-      .resource("model", "unet_model", {{"config", "unet-tiny"}, {"init_seed", 3}})
+      .resource("model", "unet_model", {{"config", "unet-tiny"}, {"init_seed", 3}, {"precision", precision}})
       .node("data", "synthetic_source", {{"kind", "shapes"}, {"size", 16}, {"batch_size", 4}, {"count", 16},
                                          {"epochs", 0}})
       .node("timesteps", "timestep_sampler")
@@ -81,8 +81,9 @@ struct RunResult {
   std::filesystem::path latest;
 };
 
-RunResult run_training(const std::filesystem::path& out_dir, int64_t max_steps, const std::filesystem::path& resume) {
-  const PipelineSpec spec = training_spec(10);
+RunResult run_training(const std::filesystem::path& out_dir, int64_t max_steps, const std::filesystem::path& resume,
+                       const std::string& precision) {
+  const PipelineSpec spec = training_spec(10, precision);
   RunContext ctx(std::make_shared<Device>(DeviceSpec{}), 5);
   ctx.set_out_dir(out_dir);
   ctx.max_steps = max_steps;
@@ -135,20 +136,25 @@ TEST_CASE("a tiny U-Net trained through noiser, loss, backward and optimiser lea
 }
 
 TEST_CASE("a run resumed from its step-10 checkpoint ends with weights bitwise equal to 20 uninterrupted steps") {
-  TempDir whole("whole"), split("split");
-  const RunResult uninterrupted = run_training(whole.path(), 20, {});
-  const RunResult first_half = run_training(split.path(), 10, {});
-  REQUIRE(Optimiser::checkpoint_step(first_half.latest) == 10);
-  const RunResult resumed = run_training(split.path(), 20, first_half.latest);
+  // bf16: bf16 activations between layers (where the CPU has bf16), f32
+  // parameters, gradients and moments; as deterministic as f32.
+  for (const std::string precision : {"f32", "bf16"}) {
+    CAPTURE(precision);
+    TempDir whole("whole"), split("split");
+    const RunResult uninterrupted = run_training(whole.path(), 20, {}, precision);
+    const RunResult first_half = run_training(split.path(), 10, {}, precision);
+    REQUIRE(Optimiser::checkpoint_step(first_half.latest) == 10);
+    const RunResult resumed = run_training(split.path(), 20, first_half.latest, precision);
 
-  CHECK(Optimiser::checkpoint_step(resumed.latest) == 20);
-  CHECK(first_half.params != uninterrupted.params);  // the check below is not trivially true
-  CHECK(resumed.params == uninterrupted.params);
-  const auto a = SafetensorsFile::read(uninterrupted.latest), b = SafetensorsFile::read(resumed.latest);
-  CHECK(a.names() == b.names());
-  bool identical = true;
-  for (const auto& name : a.names()) identical = identical && a.entry(name).data == b.entry(name).data;
-  CHECK(identical);  // weights, EMA and moments
-  CHECK(std::filesystem::exists(split.path() / "checkpoints" / "step_000010.safetensors"));
-  CHECK(std::filesystem::exists(split.path() / "checkpoints" / "step_000020.safetensors"));
+    CHECK(Optimiser::checkpoint_step(resumed.latest) == 20);
+    CHECK(first_half.params != uninterrupted.params);  // the check below is not trivially true
+    CHECK(resumed.params == uninterrupted.params);
+    const auto a = SafetensorsFile::read(uninterrupted.latest), b = SafetensorsFile::read(resumed.latest);
+    CHECK(a.names() == b.names());
+    bool identical = true;
+    for (const auto& name : a.names()) identical = identical && a.entry(name).data == b.entry(name).data;
+    CHECK(identical);  // weights, EMA and moments
+    CHECK(std::filesystem::exists(split.path() / "checkpoints" / "step_000010.safetensors"));
+    CHECK(std::filesystem::exists(split.path() / "checkpoints" / "step_000020.safetensors"));
+  }
 }
