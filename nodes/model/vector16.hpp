@@ -75,7 +75,10 @@ DIFFUFLOW_INLINE void store16(uint16_t* p, vf v) {
 // from an entry point declared DIFFUFLOW_BF16_ENTRY, whose `flatten` inlines
 // these ISA-specific loads and stores into it (an always_inline function of
 // the baseline ISA could not take them).
-#define DIFFUFLOW_BF16_TARGET target("arch=x86-64-v4,avx512bf16")
+// (ISA features added to the file's, not an arch=: with -march=native or the
+// like, a function of another arch may not inline the file's functions.)
+#define DIFFUFLOW_BF16_TARGET \
+  target("avx2,fma,f16c,bmi,bmi2,lzcnt,movbe,avx512f,avx512cd,avx512bw,avx512dq,avx512vl,avx512bf16")
 #define DIFFUFLOW_BF16_ENTRY __attribute__((DIFFUFLOW_BF16_TARGET, flatten))
 struct bf16_bits {
   uint16_t bits;
