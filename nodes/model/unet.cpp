@@ -282,8 +282,8 @@ class UNetBuilder {
 
 }  // namespace
 
-// Programs per (batch, height, width, training, precision).
-using UNetPoolKey = std::tuple<int64_t, int64_t, int64_t, bool, Precision>;
+// Programs per (batch, height, width, training, precision, native kernels).
+using UNetPoolKey = std::tuple<int64_t, int64_t, int64_t, bool, Precision, bool>;
 
 struct UNetModel::Workspace {
   UNetPoolKey key;
@@ -374,7 +374,8 @@ ForwardResult UNetModel::forward(const Tensor& x, const Tensor& t, bool for_trai
   }
 
   const Precision precision = precision_.load();
-  const UNetPoolKey key{n, h, w, for_training, precision};
+  const bool native = native_kernels_.load();
+  const UNetPoolKey key{n, h, w, for_training, precision, native};
   auto ws = pool_->acquire(key, [&](PrimitiveCache& cache) {
     auto made = std::make_unique<Workspace>();
     made->key = key;
@@ -385,6 +386,7 @@ ForwardResult UNetModel::forward(const Tensor& x, const Tensor& t, bool for_trai
     made->program = std::make_unique<Program>(engine(), cache, params(), for_training ? param_count() : 1,
                                                for_training, precision);
     Program& p = *made->program;
+    p.set_native_kernels(native);
     const auto x_md = plain_f32({n, config_.in_channels, h, w});
     const auto y_md = plain_f32({n, config_.out_channels, h, w});
     made->x = p.new_value(x_md, for_training);

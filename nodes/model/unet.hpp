@@ -49,6 +49,11 @@ class UNetModel : public DenoiserModel {
   // the precision it ran with.
   void set_precision(Precision precision) { precision_ = precision; }
   Precision precision() const { return precision_; }
+  // Whether CPU programs use the native kernels (GroupNorm, few-channel
+  // convolutions; Program::native_kernels) or only oneDNN primitives, as
+  // programs on other engines do. Programs are built per choice.
+  void set_native_kernels(bool on) { native_kernels_ = on; }
+  bool native_kernels() const { return native_kernels_; }
   // Programs built so far (one per distinct shape and mode), for tests.
   size_t programs_built() const;
   // While set (nullptr: not), every pass appends the time of each of its
@@ -65,6 +70,7 @@ class UNetModel : public DenoiserModel {
  private:
   UNetConfig config_;
   std::atomic<Precision> precision_{Precision::f32};
+  std::atomic<bool> native_kernels_{true};
   std::shared_ptr<Pool> pool_;
   std::atomic<StepProfiles*> profiles_{nullptr};
 };

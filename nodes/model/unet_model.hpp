@@ -49,6 +49,10 @@ class UNetModelResource : public ModelResource {
                     "convolution arithmetic: f32, or bf16 inputs and weights with f32 accumulation, f32 "
                     "parameters and gradients, bf16 activations between layers (mixed precision; fast on "
                     "CPUs with AMX or AVX512-BF16)");
+    DIFFUFLOW_PARAM(bool, native_kernels, true,
+                    "on a CPU, run GroupNorm and the few-channel first and last convolutions as diffuflow's own "
+                    "kernels (faster); false: oneDNN primitives only, as on other engines (bf16 training then "
+                    "keeps f32 activations)");
   };
 
   static ResourceContract contract();

@@ -387,3 +387,37 @@ TEST_CASE("bf16 training with 16 channels in and out (bf16 first and last convol
   }
   if (native_bf16(device.engine())) CHECK(relative(bf16.prediction, f32.prediction) > 1e-5);
 }
+
+TEST_CASE("native_kernels off: oneDNN primitives only, the same prediction and gradients within f32 rounding") {
+  Device device(DeviceSpec{});
+  auto model = make_unet(UNetConfig::named("unet-tiny"), device);
+  model->init_random(1);
+  std::mt19937 rng(5);
+  const Tensor x = random_tensor({2, 1, 16, 16}, rng), g = random_tensor({2, 1, 16, 16}, rng);
+  const Tensor t = timesteps({3, 700});
+  auto run = [&](bool native, std::set<std::string>& primitives) {
+    model->set_native_kernels(native);
+    UNetModel::StepProfiles profiles;
+    model->profile_steps(&profiles);
+    model->zero_grads();
+    auto fwd = model->forward(x, t, true);
+    std::vector<float> out = fwd.prediction.to_vector();
+    const auto gx = model->backward(*fwd.state, g).to_vector();
+    model->profile_steps(nullptr);
+    out.insert(out.end(), gx.begin(), gx.end());
+    for (const auto* passes : {&profiles.forward, &profiles.backward})
+      for (const PassProfile& pass : *passes)
+        for (const StepTime& step : pass) primitives.insert(step.primitive);
+    return out;
+  };
+  std::set<std::string> with_native, without;
+  const auto native = run(true, with_native), primitives = run(false, without);
+  CHECK(with_native.count("native"));
+  CHECK(!without.count("native"));
+  CHECK(!without.count("host"));
+  CHECK(model->programs_built() == 2);
+  REQUIRE(native.size() == primitives.size());
+  float worst = 0;
+  for (size_t i = 0; i < native.size(); ++i) worst = std::max(worst, std::fabs(native[i] - primitives[i]));
+  CHECK(worst < 1e-4f);
+}
