@@ -155,8 +155,7 @@ dnnl::memory Program::reorder_if_needed(const dnnl::memory& src, const dnnl::mem
 }
 
 dnnl::memory::desc Program::grad_desc(ValueId v) const {
-  const dnnl::memory::desc& d = values_.at(v).desc;
-  return d.data_type() == dnnl::memory::data_type::f32 ? d : with_type(d, dnnl::memory::data_type::f32);
+  return with_type(values_.at(v).desc, dnnl::memory::data_type::f32);
 }
 
 const dnnl::memory& Program::grad(ValueId v) const {

@@ -3,6 +3,7 @@
 #include "nodes/model/vector16.hpp"
 
 #include <algorithm>
+#include <type_traits>
 #include <vector>
 
 namespace diffuflow::few_channel_conv {
@@ -199,22 +200,33 @@ constexpr int64_t kMinItems = 64;
 
 }  // namespace
 
-void narrow(const Geometry& g, int64_t few, int64_t wide, const float* x_wide, const float* weight, const float* bias,
-            float* y_few, bool transposed, bool add) {
+namespace {
+
+template <typename T>
+void narrow_rows(const Geometry& g, int64_t few, int64_t wide, const T* x_wide, const float* weight,
+                 const float* bias, float* y_few, bool transposed, bool add) {
   const std::vector<float> packed = pack(weight, few, wide, g.k, transposed, transposed);
   const int64_t rows = g.n * g.ho(), blocks = wide / kLanes;
 #pragma omp parallel for schedule(static)
-  for (int64_t row = 0; row < rows; ++row)
-    narrow_row_f32(Row{g, few, blocks, row / g.ho(), row % g.ho()}, x_wide, packed.data(), bias, y_few, add);
+  for (int64_t row = 0; row < rows; ++row) {
+    const Row r{g, few, blocks, row / g.ho(), row % g.ho()};
+    if constexpr (std::is_same_v<T, float>)
+      narrow_row_f32(r, x_wide, packed.data(), bias, y_few, add);
+    else
+      narrow_row_bf16(r, x_wide, packed.data(), bias, y_few, add);
+  }
+}
+
+}  // namespace
+
+void narrow(const Geometry& g, int64_t few, int64_t wide, const float* x_wide, const float* weight, const float* bias,
+            float* y_few, bool transposed, bool add) {
+  narrow_rows(g, few, wide, x_wide, weight, bias, y_few, transposed, add);
 }
 
 void narrow(const Geometry& g, int64_t few, int64_t wide, const uint16_t* x_wide, const float* weight,
             const float* bias, float* y_few) {
-  const std::vector<float> packed = pack(weight, few, wide, g.k, false, false);
-  const int64_t rows = g.n * g.ho(), blocks = wide / kLanes;
-#pragma omp parallel for schedule(static)
-  for (int64_t row = 0; row < rows; ++row)
-    narrow_row_bf16(Row{g, few, blocks, row / g.ho(), row % g.ho()}, x_wide, packed.data(), bias, y_few, false);
+  narrow_rows(g, few, wide, x_wide, weight, bias, y_few, false, false);
 }
 
 void widen(const Geometry& g, int64_t few, int64_t wide, const float* x_few, const float* weight, const float* bias,

@@ -359,6 +359,7 @@ void forward(const Forward& f) {
   const Split split(s);
   const int64_t nc = s.n * s.c, cg = s.c / s.groups;
   const bool bf16 = f.type == DataType::bf16;
+  const Bf16Spans& spans = bf16_spans();
 
   // 1. Per-(n, c) sums of x and x^2, one read.
   std::vector<double> partial(static_cast<size_t>(split.items() * 2 * kLanes), 0.0);
@@ -367,7 +368,7 @@ void forward(const Forward& f) {
     const Split::Item it = split.item(i);
     double* sums = &partial[static_cast<size_t>(i * 2 * kLanes)];
     if (bf16)
-      bf16_spans().stats(static_cast<const uint16_t*>(f.x) + it.at, it.count, sums, sums + kLanes);
+      spans.stats(static_cast<const uint16_t*>(f.x) + it.at, it.count, sums, sums + kLanes);
     else
       stats_f32(static_cast<const float*>(f.x) + it.at, it.count, sums, sums + kLanes);
   }
@@ -400,7 +401,7 @@ void forward(const Forward& f) {
     float la[kLanes], lb[kLanes];
     k.lanes(split, it.unit, la, lb);
     if (bf16)
-      bf16_spans().apply(static_cast<const uint16_t*>(f.x) + it.at, static_cast<uint16_t*>(f.y) + it.at, it.count, la, lb,
+      spans.apply(static_cast<const uint16_t*>(f.x) + it.at, static_cast<uint16_t*>(f.y) + it.at, it.count, la, lb,
                  f.silu);
     else
       apply_f32(static_cast<const float*>(f.x) + it.at, static_cast<float*>(f.y) + it.at, it.count, la, lb, f.silu);
@@ -412,6 +413,7 @@ void backward(const Backward& bw) {
   const Split split(s);
   const int64_t nc = s.n * s.c, cg = s.c / s.groups;
   const bool bf16 = bw.type == DataType::bf16;
+  const Bf16Spans& spans = bf16_spans();
 
   const Coefficients k(s, bw.gamma, bw.beta, bw.shift, bw.mean, bw.rstd);  // the forward's y = a x + b
 
@@ -425,7 +427,7 @@ void backward(const Backward& bw) {
     k.lanes(split, it.unit, la, lb);
     double* sums = &partial[static_cast<size_t>(i * 3 * kLanes)];
     if (bf16)
-      bf16_spans().grad_sums(static_cast<const uint16_t*>(bw.x) + it.at, bw.dz + it.at, it.count, la, lb, bw.silu, sums,
+      spans.grad_sums(static_cast<const uint16_t*>(bw.x) + it.at, bw.dz + it.at, it.count, la, lb, bw.silu, sums,
                      sums + kLanes, sums + 2 * kLanes);
     else
       grad_sums_f32(static_cast<const float*>(bw.x) + it.at, bw.dz + it.at, it.count, la, lb, bw.silu, sums,
@@ -484,7 +486,7 @@ void backward(const Backward& bw) {
     split.lanes(it.unit, beta.data(), lbe);
     split.lanes(it.unit, delta.data(), lde);
     if (bf16)
-      bf16_spans().grad_apply(static_cast<const uint16_t*>(bw.x) + it.at, bw.dz + it.at, bw.dx + it.at, it.count, lal,
+      spans.grad_apply(static_cast<const uint16_t*>(bw.x) + it.at, bw.dz + it.at, bw.dx + it.at, it.count, lal,
                               lbe, lde, bw.dx_add);
     else
       grad_apply_f32(static_cast<const float*>(bw.x) + it.at, bw.dz + it.at, bw.dx + it.at, it.count, lal, lbe, lde,

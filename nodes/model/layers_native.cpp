@@ -23,6 +23,17 @@ const float* floats_or_null(const Args& args, int key) {
   return it == args.end() ? nullptr : static_cast<const float*>(it->second.get_data_handle());
 }
 
+// The arguments GroupNorm's forward and backward steps read alike: gamma,
+// beta, the shift (or null) and the group statistics.
+template <typename Step>
+void read_norm_args(const Args& a, Step& step) {
+  step.gamma = floats(a, DNNL_ARG_SCALE);
+  step.beta = floats(a, DNNL_ARG_SHIFT);
+  step.shift = floats_or_null(a, DNNL_ARG_SRC_1);
+  step.mean = floats(a, DNNL_ARG_MEAN);
+  step.rstd = floats(a, DNNL_ARG_VARIANCE);
+}
+
 }  // namespace
 
 ValueId group_norm_native(Program& p, ValueId x, const ParamRef& weight, const ParamRef& bias, int64_t groups,
@@ -57,11 +68,7 @@ ValueId group_norm_native(Program& p, ValueId x, const ParamRef& weight, const P
         f.type = type;
         f.x = a.at(DNNL_ARG_SRC).get_data_handle();
         f.y = a.at(DNNL_ARG_DST).get_data_handle();
-        f.gamma = floats(a, DNNL_ARG_SCALE);
-        f.beta = floats(a, DNNL_ARG_SHIFT);
-        f.shift = floats_or_null(a, DNNL_ARG_SRC_1);
-        f.mean = floats(a, DNNL_ARG_MEAN);
-        f.rstd = floats(a, DNNL_ARG_VARIANCE);
+        read_norm_args(a, f);
         kernel::forward(f);
       },
       std::move(args));
@@ -107,11 +114,7 @@ ValueId group_norm_native(Program& p, ValueId x, const ParamRef& weight, const P
           b.type = type;
           b.x = a.at(DNNL_ARG_SRC).get_data_handle();
           b.dz = floats(a, DNNL_ARG_DIFF_DST);
-          b.gamma = floats(a, DNNL_ARG_SCALE);
-          b.beta = floats(a, DNNL_ARG_SHIFT);
-          b.shift = floats_or_null(a, DNNL_ARG_SRC_1);
-          b.mean = floats(a, DNNL_ARG_MEAN);
-          b.rstd = floats(a, DNNL_ARG_VARIANCE);
+          read_norm_args(a, b);
           b.dx = const_cast<float*>(floats_or_null(a, DNNL_ARG_DIFF_SRC));
           b.dx_add = dx_add;
           b.dgamma = floats(a, DNNL_ARG_DIFF_SCALE);
