@@ -41,6 +41,31 @@ double dot(const std::vector<float>& a, const std::vector<float>& b) {
   return s;
 }
 
+// A randomly initialised unet-tiny with a batch of two inputs, timesteps and
+// an output gradient; pass() runs forward (and backward when training) and
+// returns the prediction followed by the input gradient.
+struct TinyPass {
+  std::shared_ptr<UNetModel> model;
+  Tensor x, g, t;
+  explicit TinyPass(Device& device) : model(make_unet(UNetConfig::named("unet-tiny"), device)) {
+    model->init_random(1);
+    std::mt19937 rng(5);
+    x = random_tensor({2, 1, 16, 16}, rng);
+    g = random_tensor({2, 1, 16, 16}, rng);
+    t = timesteps({3, 700});
+  }
+  std::vector<float> pass(bool for_training) {
+    model->zero_grads();
+    auto fwd = model->forward(x, t, for_training);
+    std::vector<float> out = fwd.prediction.to_vector();
+    if (for_training) {
+      const auto gx = model->backward(*fwd.state, g).to_vector();
+      out.insert(out.end(), gx.begin(), gx.end());
+    }
+    return out;
+  }
+};
+
 }  // namespace
 
 TEST_CASE("a 3-level U-Net with attention at 8x8 and 4x4 runs forward and backward with correct gradients") {
@@ -248,21 +273,9 @@ TEST_CASE("unet_model resource loads the fixture weights and rejects a bad confi
 
 TEST_CASE("a profiled pass times every step under its layer kind and gives the same results") {
   Device device(DeviceSpec{});
-  auto model = make_unet(UNetConfig::named("unet-tiny"), device);
-  model->init_random(1);
-  std::mt19937 rng(5);
-  const Tensor x = random_tensor({2, 1, 16, 16}, rng), g = random_tensor({2, 1, 16, 16}, rng);
-  const Tensor t = timesteps({3, 700});
-  auto run = [&](bool for_training) {
-    model->zero_grads();
-    auto fwd = model->forward(x, t, for_training);
-    std::vector<float> out = fwd.prediction.to_vector();
-    if (for_training) {
-      const auto gx = model->backward(*fwd.state, g).to_vector();
-      out.insert(out.end(), gx.begin(), gx.end());
-    }
-    return out;
-  };
+  TinyPass tiny(device);
+  auto& model = tiny.model;
+  auto run = [&](bool for_training) { return tiny.pass(for_training); };
   const auto plain_inference = run(false), plain_training = run(true);
 
   UNetModel::StepProfiles profiles;
@@ -390,21 +403,14 @@ TEST_CASE("bf16 training with 16 channels in and out (bf16 first and last convol
 
 TEST_CASE("native_kernels off: oneDNN primitives only, the same prediction and gradients within f32 rounding") {
   Device device(DeviceSpec{});
-  auto model = make_unet(UNetConfig::named("unet-tiny"), device);
-  model->init_random(1);
-  std::mt19937 rng(5);
-  const Tensor x = random_tensor({2, 1, 16, 16}, rng), g = random_tensor({2, 1, 16, 16}, rng);
-  const Tensor t = timesteps({3, 700});
+  TinyPass tiny(device);
+  auto& model = tiny.model;
   auto run = [&](bool native, std::set<std::string>& primitives) {
     model->set_native_kernels(native);
     UNetModel::StepProfiles profiles;
     model->profile_steps(&profiles);
-    model->zero_grads();
-    auto fwd = model->forward(x, t, true);
-    std::vector<float> out = fwd.prediction.to_vector();
-    const auto gx = model->backward(*fwd.state, g).to_vector();
+    const std::vector<float> out = tiny.pass(true);
     model->profile_steps(nullptr);
-    out.insert(out.end(), gx.begin(), gx.end());
     for (const auto* passes : {&profiles.forward, &profiles.backward})
       for (const PassProfile& pass : *passes)
         for (const StepTime& step : pass) primitives.insert(step.primitive);
