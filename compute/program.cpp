@@ -18,6 +18,8 @@ bool native_bf16(const dnnl::engine& engine) {
   return isa == dnnl::cpu_isa::avx512_core_bf16 || isa == dnnl::cpu_isa::avx512_core_amx;
 }
 
+bool prefers_winograd(int64_t tiles, int threads) { return tiles >= 128 * static_cast<int64_t>(std::max(threads, 1)); }
+
 Program::Program(const dnnl::engine& engine, PrimitiveCache& cache, dnnl::memory params, int64_t param_count,
                  bool training, Precision precision)
     : engine_(engine),
@@ -453,6 +455,20 @@ void Program::run_backward(dnnl::stream& stream, GradientObserver* observer, Pas
   }
   stream.wait();
   observer->end();
+}
+
+std::vector<std::string> Program::implementations(bool backward) const {
+  std::vector<std::string> names;
+  for (const Step& step : backward ? backward_ : forward_) {
+    if (!step.primitive) continue;
+    const_dnnl_primitive_desc_t pd = nullptr;
+    const char* impl = nullptr;
+    if (dnnl_primitive_get_primitive_desc(step.primitive.get(), &pd) == dnnl_success &&
+        dnnl_primitive_desc_query(pd, dnnl_query_impl_info_str, 0, &impl) == dnnl_success && impl) {
+      names.emplace_back(impl);
+    }
+  }
+  return names;
 }
 
 }  // namespace diffuflow

@@ -58,6 +58,20 @@ DIFFUFLOW_ENUM(Precision, f32, bf16);
 // AVX512-BF16 or AMX. Elsewhere oneDNN 2.6 has no bf16 convolution (AVX2) or
 // emulates it slower than f32 (AVX-512 without BF16), so bf16 programs run f32.
 bool native_bf16(const dnnl::engine& engine);
+// How a program computes its f32 3x3 stride-1 convolutions: `winograd` by
+// Winograd's F(4x4, 3x3) minimal filtering (oneDNN's CPU kernel: 36
+// multiplications per 4x4 output tile where the direct sum has 144, at about
+// twice the direct method's rounding error); `direct` by the direct sum;
+// `by_shape` by Winograd on CPU engines where the layer has enough output
+// tiles per thread to repay the transforms (prefers_winograd), else direct.
+// Where oneDNN has no Winograd kernel for a layer (other shapes, strides,
+// layouts; bf16; most GPUs) the direct one runs whatever the setting.
+// Spelled "by_shape" / "direct" / "winograd".
+DIFFUFLOW_ENUM(ConvAlgorithm, by_shape, direct, winograd);
+// by_shape's rule for a 3x3 stride-1 f32 convolution with `tiles` 4x4 output
+// tiles (N * ceil(Ho/4) * ceil(Wo/4)) run by `threads` threads: Winograd from
+// 128 tiles per thread on (measured on 2 cores: docs/performance.md).
+bool prefers_winograd(int64_t tiles, int threads);
 
 // Primitives created once per (model, batch size) and handed out in build order.
 class PrimitiveCache {
@@ -217,6 +231,10 @@ class Program {
   // (tests compare both paths; set it before any layer is added).
   bool native_kernels() const { return native_kernels_; }
   void set_native_kernels(bool on) { native_kernels_ = on && engine_.get_kind() == dnnl::engine::kind::cpu; }
+  // The f32 convolutions' algorithm (ConvAlgorithm; set it before any layer
+  // is added). by_shape on GPU engines is direct.
+  ConvAlgorithm conv_algorithm() const { return conv_algorithm_; }
+  void set_conv_algorithm(ConvAlgorithm algorithm) { conv_algorithm_ = algorithm; }
   // `src` in the layout `want`: returns src itself when the layouts agree,
   // otherwise a program-owned memory filled by a reorder appended to the
   // forward (or backward) list. The one place where layouts are reconciled.
@@ -288,6 +306,10 @@ class Program {
   size_t prepare_steps() const { return prepare_.size(); }
   size_t forward_steps() const { return forward_.size(); }
   size_t backward_steps() const { return backward_.size(); }
+  // oneDNN's implementation of each primitive step of the forward (or the
+  // backward) list, in order ("jit:avx512_core", "jit_wino_4x3:avx512_core",
+  // ...); host and native steps are left out. For tests and reports.
+  std::vector<std::string> implementations(bool backward) const;
 
  private:
   struct Value {
@@ -310,6 +332,7 @@ class Program {
   bool training_ = true;
   Precision precision_ = Precision::f32;
   bool native_kernels_ = false;
+  ConvAlgorithm conv_algorithm_ = ConvAlgorithm::by_shape;
   PrimitiveCache& cache_;
   size_t cache_index_ = 0;
   dnnl::memory params_;

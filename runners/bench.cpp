@@ -10,6 +10,8 @@
 //
 //   --sweep threads=1,2 | batch=16,32,64 | max_in_flight=1,2 | concurrency=NODE:1,2 | NODE.PARAM=a,b
 //           | precision=f32,bf16 (bench unet, matmul; pipelines: model.precision=f32,bf16)
+//           | convolution=direct,winograd (bench unet; pipelines: model.convolution=direct,winograd)
+//   --convolution by_shape|direct|winograd (bench unet: the f32 3x3 convolutions' algorithm)
 //   --json FILE --csv FILE --plot FILE.png
 //   --breakdown (bench unet: time, FLOPs and bytes per layer kind)
 //   --roofline FILE.png (bench unet: also the memory bandwidth, and the layer kinds on a roofline; implies --breakdown)
@@ -447,8 +449,10 @@ OptionTable bench_options() {
           shared::set_overrides(),
           OptionSpec::text("sweep", "NAME=v1,v2,...",
                            "one dimension: threads=1,2 | batch=16,32,64 | max_in_flight=1,2 | concurrency=NODE:1,2 | "
-                           "NODE.PARAM=a,b | precision=f32,bf16 (bench unet, matmul)"),
+                           "NODE.PARAM=a,b | precision=f32,bf16 (bench unet, matmul) | convolution=direct,winograd (bench "
+                           "unet)"),
           shared::precision().fallback(""),
+          shared::convolution().fallback(""),
           shared::breakdown(),
           shared::json_file(),
           OptionSpec::text("csv", "FILE", "write one CSV row per sweep value"),
@@ -505,6 +509,16 @@ int run_bench(const ParsedOptions& opts) {
     }
     if (base.kind == "bandwidth") throw bad_option("--precision", "bench bandwidth copies f32; it takes no precision");
   }
+  if (opts.has("convolution")) {
+    if (base.kind != "unet") {
+      throw bad_option("--convolution", "only bench unet takes it; pipelines set --set model.convolution=direct");
+    }
+    try {
+      base.convolution = enum_name(parse_enum<ConvAlgorithm>(opts.text("convolution"), "convolution"));
+    } catch (const ConfigError& e) {
+      throw bad_option("--convolution", e.message());
+    }
+  }
   if (opts.has("mib")) {
     if (base.kind != "bandwidth") throw bad_option("--mib", "only bench bandwidth copies a buffer of M MiB");
     base.mib = opts.integer("mib");
@@ -540,15 +554,19 @@ int run_bench(const ParsedOptions& opts) {
     sweep_values = split(values, ',');
     if (sweep_values.empty()) throw bad_option("--sweep", "no values");
     const bool known = sweep_name == "threads" || sweep_name == "batch" || sweep_name == "max_in_flight" ||
-                       sweep_name == "concurrency" || sweep_name == "precision" ||
+                       sweep_name == "concurrency" || sweep_name == "precision" || sweep_name == "convolution" ||
                        sweep_name.find('.') != std::string::npos;
     if (!known) {
       throw bad_option("--sweep", "unknown sweep '" + sweep_name +
                                       "': threads, batch, max_in_flight, concurrency=NODE:..., precision (bench "
                                       "unet), or NODE.PARAM");
     }
-    if (base.kind == "unet" && sweep_name != "threads" && sweep_name != "batch" && sweep_name != "precision") {
-      throw bad_option("--sweep", "bench unet sweeps threads, batch or precision");
+    if (base.kind == "unet" && sweep_name != "threads" && sweep_name != "batch" && sweep_name != "precision" &&
+        sweep_name != "convolution") {
+      throw bad_option("--sweep", "bench unet sweeps threads, batch, precision or convolution");
+    }
+    if (base.kind != "unet" && sweep_name == "convolution") {
+      throw bad_option("--sweep", "only bench unet sweeps convolution; pipelines: --sweep model.convolution=direct,winograd");
     }
     if (base.kind == "matmul" && sweep_name != "threads" && sweep_name != "precision") {
       throw bad_option("--sweep", "bench matmul sweeps threads or precision");
@@ -557,13 +575,12 @@ int run_bench(const ParsedOptions& opts) {
     if (!standalone && sweep_name == "precision") {
       throw bad_option("--sweep", "pipelines sweep the model's precision as a parameter: --sweep model.precision=f32,bf16");
     }
-    if (sweep_name == "precision") {
-      for (const auto& v : sweep_values) {
-        try {
-          parse_enum<Precision>(v, "precision");
-        } catch (const ConfigError& e) {
-          throw bad_option("--sweep", e.message());
-        }
+    for (const auto& v : sweep_values) {
+      try {
+        if (sweep_name == "precision") parse_enum<Precision>(v, "precision");
+        if (sweep_name == "convolution") parse_enum<ConvAlgorithm>(v, "convolution");
+      } catch (const ConfigError& e) {
+        throw bad_option("--sweep", e.message());
       }
     }
   }
@@ -580,6 +597,7 @@ int run_bench(const ParsedOptions& opts) {
       if (sweep_name == "max_in_flight") s.max_in_flight = parse_positive(v, "--sweep");
       if (sweep_name == "concurrency") s.concurrency = parse_positive(v, "--sweep");
       if (sweep_name == "precision") s.precision = v;
+      if (sweep_name == "convolution") s.convolution = v;
       if (sweep_name.find('.') != std::string::npos) s.param = parse_override(sweep_name + "=" + v);
       try {
         size_t used = 0;
@@ -621,7 +639,10 @@ int run_bench(const ParsedOptions& opts) {
     out << "config " << (base.config.empty() ? "(pipeline's)" : base.config) << ", batch " << base.batch;
   }
   out << ", warm-up " << base.warmup << ", measured " << base.steps << ", repeats " << base.repeats;
-  if (base.kind == "unet") out << ", mode " << mode << ", precision " << (sweep_name == "precision" ? "swept" : precision);
+  if (base.kind == "unet") {
+    out << ", mode " << mode << ", precision " << (sweep_name == "precision" ? "swept" : precision) << ", convolution "
+        << (sweep_name == "convolution" ? "swept" : base.convolution.empty() ? "by_shape" : base.convolution);
+  }
   if (!standalone) out << ", prefetch " << base.prefetch;
   out << "\n";
   const std::string method =

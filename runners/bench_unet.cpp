@@ -308,6 +308,7 @@ nlohmann::json UNetBenchResult::json() const {
           {"warmup", settings.warmup},
           {"isa", isa},
           {"precision", enum_name(settings.precision)},
+          {"convolution", enum_name(settings.convolution)},
           {"gflops_per_image_forward", gflop},
           {"forward_images_per_s", rate(forward.median)},
           {"forward_images_per_s_min", rate(forward.max)},
@@ -352,6 +353,7 @@ UNetBenchResult bench_unet(const UNetBenchSettings& settings, std::ostream* log)
   auto model = make_unet(config, device);
   model->init_random(s.seed);
   model->set_precision(s.precision);
+  model->set_conv_algorithm(s.convolution);
   result.parameters = model->param_count();
   result.isa = describe_cpu_isa();
 
@@ -378,7 +380,7 @@ UNetBenchResult bench_unet(const UNetBenchSettings& settings, std::ostream* log)
   if (log) {
     *log << "bench-unet: config " << s.config << ", batch " << batch << ", " << size << "x" << size << ", "
          << s.threads << " OpenMP thread(s), " << result.parameters << " parameters, " << enum_name(s.precision)
-         << " convolutions\n"
+         << " convolutions (" << enum_name(s.convolution) << ")\n"
          << "isa: " << result.isa << "\n"
          << std::fixed << std::setprecision(3) << "forward GFLOP per image: " << fwd_flops * 1e-9 << "\n";
   }
@@ -529,6 +531,7 @@ OptionTable bench_unet_options() {
           shared::warmup().fallback("1"),
           shared::unet_mode().fallback("both"),
           shared::precision(),
+          shared::convolution(),
           shared::seed().fallback("1"),
           shared::breakdown(),
           OptionSpec::flag("peak", "first time a 2048^3 oneDNN matmul in the same precision and threads, and give "
@@ -556,6 +559,11 @@ int run_bench_unet(const ParsedOptions& options) {
     s.precision = parse_enum<Precision>(options.text("precision"), "precision");
   } catch (const ConfigError& e) {
     throw bad_setting("--precision", e.message());
+  }
+  try {
+    s.convolution = parse_enum<ConvAlgorithm>(options.text("convolution"), "convolution");
+  } catch (const ConfigError& e) {
+    throw bad_setting("--convolution", e.message());
   }
   const UNetBenchResult result = bench_unet(s, &std::cout);
   if (options.has("json")) {

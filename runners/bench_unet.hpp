@@ -32,6 +32,7 @@ struct UNetBenchSettings {
   int warmup = 1;                 // untimed passes before each kind
   UNetBenchMode mode = UNetBenchMode::both;
   Precision precision = Precision::f32;
+  ConvAlgorithm convolution = ConvAlgorithm::by_shape;  // the f32 3x3 convolutions' algorithm
   uint64_t seed = 1;              // weights and inputs
   // Also time the matmul peak probe (bench_matmul.hpp) in the same precision
   // and threads, first, and give each GFLOP/s figure as a fraction of it.

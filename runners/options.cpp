@@ -167,6 +167,12 @@ OptionSpec precision() {
       .fallback("f32");
 }
 
+OptionSpec convolution() {
+  return OptionSpec::text("convolution", "by_shape|direct|winograd",
+                          "how f32 3x3 convolutions are computed (unet_model's `convolution`)")
+      .fallback("by_shape");
+}
+
 OptionSpec class_choice() {
   return OptionSpec::text("class", "all|C|C1,C2,...",
                           "the classes a class-conditional model draws: all (the default), one, or a list; image i "

@@ -6,6 +6,7 @@
 #include <cctype>
 #include <cmath>
 #include <cstdio>
+#include <omp.h>
 #include <optional>
 #include <string>
 #include <stdexcept>
@@ -105,16 +106,22 @@ using dt = dnnl::memory::data_type;
 // Appends the weight and bias gradients of a convolution to the backward
 // list: d weight into the plain parameter-gradient slot (through a blocked
 // temporary when the kernel prefers one), d bias straight into its slot.
+// `alg`: Winograd where oneDNN has that kernel for the shape, else direct.
 void append_conv_weight_grads(Program& p, const dnnl::convolution_forward::primitive_desc& fwd_pd,
                               const dnnl::memory& x, const dnnl::memory& dy, const ParamRef& weight,
-                              const ParamRef& bias, const dims& strides, const dims& pads, const dims& pads_end) {
+                              const ParamRef& bias, const dims& strides, const dims& pads, const dims& pads_end,
+                              algorithm alg = algorithm::convolution_direct) {
   const auto w_plain = plain_f32(weight.shape);
   const auto b_md = plain_f32({weight.shape[0]});
   const dnnl::memory::desc w_any(weight.shape, dt::f32, tag::any);
-  dnnl::convolution_backward_weights::primitive_desc pd(
-      dnnl::convolution_backward_weights::desc(algorithm::convolution_direct, x.get_desc(), w_any, b_md,
-                                               dy.get_desc(), strides, pads, pads_end),
-      user_scratchpad_attr(), p.engine(), fwd_pd);
+  auto make = [&](algorithm a, bool allow_empty) {
+    return dnnl::convolution_backward_weights::primitive_desc(
+        dnnl::convolution_backward_weights::desc(a, x.get_desc(), w_any, b_md, dy.get_desc(), strides, pads,
+                                                 pads_end),
+        user_scratchpad_attr(), p.engine(), fwd_pd, allow_empty);
+  };
+  auto pd = make(alg, alg != algorithm::convolution_direct);
+  if (!pd) pd = make(algorithm::convolution_direct, false);
   const dnnl::memory dw_plain = p.param_grad(weight.offset, w_plain);
   const bool same = pd.diff_weights_desc() == w_plain;
   const dnnl::memory dw = same ? dw_plain : p.alloc(pd.diff_weights_desc());
@@ -296,11 +303,29 @@ std::optional<ValueId> conv2d_bf16(Program& p, ValueId x, const ParamRef& weight
 
 namespace {
 
-// conv2d; with a residual (>= 0), conv2d + residual in one primitive (a
-// binary post-op reading the residual, `fused` set) when oneDNN has a jit
-// kernel for that: f32, the residual in the output's layout; bf16: the
-// output written over a spent residual. Else `fused` stays false and the
-// caller adds the residual.
+// The algorithm an f32 convolution asks oneDNN for (ConvAlgorithm): Winograd
+// is only ever asked for 3x3 stride-1 kernels; by_shape asks for it on CPU
+// engines for channels in and out in whole blocks of 16 and enough output
+// tiles per OpenMP thread (prefers_winograd). The caller falls back to direct
+// where oneDNN has no Winograd kernel.
+algorithm f32_conv_algorithm(const Program& p, const dims& xs, const dims& weight_shape, const dims& ys,
+                             int64_t stride) {
+  const ConvAlgorithm setting = p.conv_algorithm();
+  const bool three_by_three = weight_shape[2] == 3 && weight_shape[3] == 3 && stride == 1;
+  if (setting == ConvAlgorithm::direct || !three_by_three) return algorithm::convolution_direct;
+  if (setting == ConvAlgorithm::winograd) return algorithm::convolution_winograd;
+  const int64_t tiles = ys[0] * ((ys[2] + 3) / 4) * ((ys[3] + 3) / 4);
+  const bool pays = p.engine().get_kind() == dnnl::engine::kind::cpu && xs[1] % 16 == 0 && ys[1] % 16 == 0 &&
+                    prefers_winograd(tiles, omp_get_max_threads());
+  return pays ? algorithm::convolution_winograd : algorithm::convolution_direct;
+}
+
+// conv2d; with a residual (>= 0), conv2d + residual in one primitive when
+// oneDNN has a jit kernel for that (`fused` set): f32 direct, a binary
+// post-op reading the residual in the output's layout; f32 Winograd, a sum
+// post-op adding into the output, written over a spent residual or first
+// filled with a copy of it; bf16: see conv2d_bf16. Else `fused` stays false
+// and the caller adds the residual.
 ValueId conv2d_impl(Program& p, ValueId x, const ParamRef& weight, const ParamRef& bias, int64_t stride,
                     int64_t padding, int64_t padding_end, ValueId residual, bool residual_spent, bool& fused) {
   const Program::LayerScope layer(p, "convolution");
@@ -322,11 +347,12 @@ ValueId conv2d_impl(Program& p, ValueId x, const ParamRef& weight, const ParamRe
   const auto b_md = plain_f32({co});
   const dims strides{stride, stride}, pads{padding, padding}, pads_end{padding_end, padding_end};
   const auto attr = user_scratchpad_attr();
+  algorithm alg = f32_conv_algorithm(p, xs, weight.shape, y_md.dims(), stride);
   auto make_fwd = [&](const dnnl::memory::desc& src, const dnnl::memory::desc& dst,
                       const dnnl::primitive_attr& with = user_scratchpad_attr(), bool allow_empty = false) {
     return dnnl::convolution_forward::primitive_desc(
-        dnnl::convolution_forward::desc(prop_kind::forward_training, algorithm::convolution_direct, src, w_any, b_md,
-                                        dst, strides, pads, pads_end),
+        dnnl::convolution_forward::desc(prop_kind::forward_training, alg, src, w_any, b_md, dst, strides, pads,
+                                        pads_end),
         with, p.engine(), allow_empty);
   };
   // The convolution runs on the activations' layout unless that mix of
@@ -335,14 +361,16 @@ ValueId conv2d_impl(Program& p, ValueId x, const ParamRef& weight, const ParamRe
   // A bf16 input (a bf16 program's activation) is read through an f32
   // copy, and the output is f32.
   auto x_md = p.desc(x).data_type() == dt::f32 ? p.desc(x) : activation_desc(xs);
+  if (alg == algorithm::convolution_winograd && !make_fwd(x_md, y_md, attr, /*allow_empty=*/true))
+    alg = algorithm::convolution_direct;
   auto fwd_pd = make_fwd(x_md, y_md);
   // A few-channel output of a blocked input (the last convolution) first
   // tries the blocked layout with its channels zero-padded to a block: the
   // jit kernels take it, where plain tensors only have a gemm kernel.
   if (is_channel_blocked(x_md) && !is_channel_blocked(y_md) && y_md.dims()[1] < 16) {
     const dnnl::memory::desc padded(y_md.dims(), dt::f32, tag::nChw16c);
-    auto pd = make_fwd(x_md, padded);
-    if (std::string(pd.impl_info_str()).rfind("jit", 0) == 0) {
+    auto pd = make_fwd(x_md, padded, attr, /*allow_empty=*/true);
+    if (pd && std::string(pd.impl_info_str()).rfind("jit", 0) == 0) {
       y_md = padded;
       fwd_pd = pd;
     }
@@ -355,10 +383,16 @@ ValueId conv2d_impl(Program& p, ValueId x, const ParamRef& weight, const ParamRe
   const dnnl::memory x_mem = p.reorder_if_needed(p.data(x), x_md, false);
   // The residual add as a post-op: dst = conv(x) + bias + residual. The
   // backward needs no hint of it (fwd_pd stays the plain convolution).
+  // Winograd takes no binary post-op but a sum: dst += conv(x) + bias.
+  const bool winograd = alg == algorithm::convolution_winograd;
   dnnl::convolution_forward::primitive_desc run_pd = fwd_pd;
   if (residual >= 0 && residual != x && p.desc(residual) == y_md) {
     dnnl::post_ops ops;
-    ops.append_binary(algorithm::binary_add, y_md);
+    if (winograd) {
+      ops.append_sum(1.f);
+    } else {
+      ops.append_binary(algorithm::binary_add, y_md);
+    }
     dnnl::primitive_attr add_attr = user_scratchpad_attr();
     add_attr.set_post_ops(ops);
     auto pd = make_fwd(x_md, y_md, add_attr, /*allow_empty=*/true);
@@ -368,11 +402,18 @@ ValueId conv2d_impl(Program& p, ValueId x, const ParamRef& weight, const ParamRe
     }
   }
   const bool with_residual = fused;
-  const ValueId y = p.new_value(y_md, true);
+  const bool sum_into = with_residual && winograd;
+  ValueId y;
+  if (sum_into && residual_spent) {
+    y = p.overwrite(residual, true);
+  } else {
+    y = p.new_value(y_md, true);
+    if (sum_into) p.copy(p.data(residual), p.data(y), false);
+  }
   const dnnl::memory b_mem = p.param(bias.offset, b_md);
   const dnnl::memory w_fwd = p.param_as(weight.offset, w_plain, fwd_pd.weights_desc());
   Args args{{DNNL_ARG_SRC, x_mem}, {DNNL_ARG_WEIGHTS, w_fwd}, {DNNL_ARG_BIAS, b_mem}, {DNNL_ARG_DST, p.data(y)}};
-  if (with_residual) args[DNNL_ARG_ATTR_MULTIPLE_POST_OP(0) | DNNL_ARG_SRC_1] = p.data(residual);
+  if (with_residual && !sum_into) args[DNNL_ARG_ATTR_MULTIPLE_POST_OP(0) | DNNL_ARG_SRC_1] = p.data(residual);
   p.forward(p.make<dnnl::convolution_forward>(run_pd), std::move(args));
 
   p.on_backward([=](Program& p) {
@@ -382,10 +423,13 @@ ValueId conv2d_impl(Program& p, ValueId x, const ParamRef& weight, const ParamRe
     if (with_residual && p.needs_grad(residual) && !p.share_grad(residual, y)) p.contribute(residual, dy);
     if (p.needs_grad(x)) {
       auto make_bwd = [&](const dnnl::memory::desc& diff_src, const dnnl::memory::desc& diff_dst) {
-        return dnnl::convolution_backward_data::primitive_desc(
-            dnnl::convolution_backward_data::desc(algorithm::convolution_direct, diff_src, w_any, diff_dst, strides,
-                                                  pads, pads_end),
-            attr, p.engine(), fwd_pd);
+        auto make = [&](algorithm a, bool allow_empty) {
+          return dnnl::convolution_backward_data::primitive_desc(
+              dnnl::convolution_backward_data::desc(a, diff_src, w_any, diff_dst, strides, pads, pads_end), attr,
+              p.engine(), fwd_pd, allow_empty);
+        };
+        auto pd = make(alg, winograd);
+        return pd ? pd : make(algorithm::convolution_direct, false);
       };
       dnnl::memory::desc dx_md = x_md;
       auto pd = make_bwd(dx_md, y_md);
@@ -409,7 +453,7 @@ ValueId conv2d_impl(Program& p, ValueId x, const ParamRef& weight, const ParamRe
       }
       append_conv_input_grad(p, pd, x, dy_data, p.param_as(weight.offset, w_plain, pd.weights_desc()));
     }
-    append_conv_weight_grads(p, fwd_pd, x_mem, dy, weight, bias, strides, pads, pads_end);
+    append_conv_weight_grads(p, fwd_pd, x_mem, dy, weight, bias, strides, pads, pads_end, alg);
   });
   return y;
 }

@@ -71,10 +71,12 @@ ValueId conv2d(Program& p, ValueId x, const ParamRef& weight, const ParamRef& bi
                int64_t padding_end = -1);
 // residual + conv2d(x), residual [N,Co,Ho,Wo]: the add done by the
 // convolution as it writes its output where oneDNN has a fast kernel for it
-// (f32), else a separate add. bf16 convolutions write channels-last; with
-// `residual_spent` (no later step, forward or backward, reads the residual's
-// data) the reorder into the activation layout adds into the residual's
-// memory instead. The same result either way; backward gives the residual dy.
+// (f32), else a separate add. With `residual_spent` (no later step, forward
+// or backward, reads the residual's data) the output may be written over the
+// residual's memory: f32 Winograd convolutions add into it (else into a
+// copy of the residual), and bf16 ones, which write channels-last, add into
+// it as they are reordered into the activation layout. The same result
+// either way; backward gives the residual dy.
 ValueId conv2d_add(Program& p, ValueId x, const ParamRef& weight, const ParamRef& bias, ValueId residual,
                    int64_t stride, int64_t padding, bool residual_spent = false);
 ValueId linear(Program& p, ValueId x, const ParamRef& weight, const ParamRef& bias);

@@ -7,6 +7,7 @@
 
 #include <algorithm>
 #include <map>
+#include <omp.h>
 #include <stdexcept>
 #include <tuple>
 #include <unordered_map>
@@ -282,8 +283,9 @@ class UNetBuilder {
 
 }  // namespace
 
-// Programs per (batch, height, width, training, precision, native kernels).
-using UNetPoolKey = std::tuple<int64_t, int64_t, int64_t, bool, Precision, bool>;
+// Programs per (batch, height, width, training, precision, native kernels,
+// convolution algorithm, OpenMP threads: by_shape's choice depends on them).
+using UNetPoolKey = std::tuple<int64_t, int64_t, int64_t, bool, Precision, bool, ConvAlgorithm, int>;
 
 struct UNetModel::Workspace {
   UNetPoolKey key;
@@ -375,7 +377,8 @@ ForwardResult UNetModel::forward(const Tensor& x, const Tensor& t, bool for_trai
 
   const Precision precision = precision_.load();
   const bool native = native_kernels_.load();
-  const UNetPoolKey key{n, h, w, for_training, precision, native};
+  const ConvAlgorithm conv_algorithm = conv_algorithm_.load();
+  const UNetPoolKey key{n, h, w, for_training, precision, native, conv_algorithm, omp_get_max_threads()};
   auto ws = pool_->acquire(key, [&](PrimitiveCache& cache) {
     auto made = std::make_unique<Workspace>();
     made->key = key;
@@ -387,6 +390,7 @@ ForwardResult UNetModel::forward(const Tensor& x, const Tensor& t, bool for_trai
                                                for_training, precision);
     Program& p = *made->program;
     p.set_native_kernels(native);
+    p.set_conv_algorithm(conv_algorithm);
     const auto x_md = plain_f32({n, config_.in_channels, h, w});
     const auto y_md = plain_f32({n, config_.out_channels, h, w});
     made->x = p.new_value(x_md, for_training);

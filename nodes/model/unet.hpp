@@ -54,6 +54,10 @@ class UNetModel : public DenoiserModel {
   // programs on other engines do. Programs are built per choice.
   void set_native_kernels(bool on) { native_kernels_ = on; }
   bool native_kernels() const { return native_kernels_; }
+  // How CPU programs compute their f32 3x3 convolutions (ConvAlgorithm;
+  // Winograd or direct by shape unless set). Programs are built per choice.
+  void set_conv_algorithm(ConvAlgorithm algorithm) { conv_algorithm_ = algorithm; }
+  ConvAlgorithm conv_algorithm() const { return conv_algorithm_; }
   // Programs built so far (one per distinct shape and mode), for tests.
   size_t programs_built() const;
   // While set (nullptr: not), every pass appends the time of each of its
@@ -71,6 +75,7 @@ class UNetModel : public DenoiserModel {
   UNetConfig config_;
   std::atomic<Precision> precision_{Precision::f32};
   std::atomic<bool> native_kernels_{true};
+  std::atomic<ConvAlgorithm> conv_algorithm_{ConvAlgorithm::by_shape};
   std::shared_ptr<Pool> pool_;
   std::atomic<StepProfiles*> profiles_{nullptr};
 };

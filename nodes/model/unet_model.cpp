@@ -74,6 +74,7 @@ UNetModelResource::UNetModelResource(const ResourceConfig& config, RunContext& c
   model_ = std::shared_ptr<UNetModel>(make_unet(source.config, ctx.device()));
   model_->set_precision(params_.precision);
   model_->set_native_kernels(params_.native_kernels);
+  model_->set_conv_algorithm(params_.convolution);
   if (!source.weights.empty()) {
     const SafetensorsFile file = SafetensorsFile::read(source.weights);
     // A checkpoint's metadata (the settings it was trained with) for the nodes that must agree with it.

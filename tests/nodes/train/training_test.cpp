@@ -50,11 +50,12 @@ double mean(const std::vector<double>& v, size_t from, size_t to) {
   return std::accumulate(v.begin() + from, v.begin() + to, 0.0) / double(to - from);
 }
 
-PipelineSpec training_spec(int64_t checkpoint_every, const std::string& precision) {
+PipelineSpec training_spec(int64_t checkpoint_every, const std::string& precision, const std::string& convolution) {
   return PipelineSpecBuilder("train_tiny")
       .setting("seed", 5)
       .resource("schedule", "noise_schedule", {{"kind", "linear"}})
-      .resource("model", "unet_model", {{"config", "unet-tiny"}, {"init_seed", 3}, {"precision", precision}})
+      .resource("model", "unet_model",
+                {{"config", "unet-tiny"}, {"init_seed", 3}, {"precision", precision}, {"convolution", convolution}})
       .node("data", "synthetic_source", {{"kind", "shapes"}, {"size", 16}, {"batch_size", 4}, {"count", 16},
                                          {"epochs", 0}})
       .node("timesteps", "timestep_sampler")
@@ -82,8 +83,8 @@ struct RunResult {
 };
 
 RunResult run_training(const std::filesystem::path& out_dir, int64_t max_steps, const std::filesystem::path& resume,
-                       const std::string& precision) {
-  const PipelineSpec spec = training_spec(10, precision);
+                       const std::string& precision, const std::string& convolution) {
+  const PipelineSpec spec = training_spec(10, precision, convolution);
   RunContext ctx(std::make_shared<Device>(DeviceSpec{}), 5);
   ctx.set_out_dir(out_dir);
   ctx.max_steps = max_steps;
@@ -137,14 +138,18 @@ TEST_CASE("a tiny U-Net trained through noiser, loss, backward and optimiser lea
 
 TEST_CASE("a run resumed from its step-10 checkpoint ends with weights bitwise equal to 20 uninterrupted steps") {
   // bf16: bf16 activations between layers (where the CPU has bf16), f32
-  // parameters, gradients and moments; as deterministic as f32.
-  for (const std::string precision : {"f32", "bf16"}) {
+  // parameters, gradients and moments; as deterministic as f32. Winograd's
+  // convolutions (forced: this batch is below by_shape's threshold) too.
+  for (const auto& [precision, convolution] : {std::pair<std::string, std::string>{"f32", "by_shape"},
+                                               {"bf16", "by_shape"},
+                                               {"f32", "winograd"}}) {
     CAPTURE(precision);
+    CAPTURE(convolution);
     TempDir whole("whole"), split("split");
-    const RunResult uninterrupted = run_training(whole.path(), 20, {}, precision);
-    const RunResult first_half = run_training(split.path(), 10, {}, precision);
+    const RunResult uninterrupted = run_training(whole.path(), 20, {}, precision, convolution);
+    const RunResult first_half = run_training(split.path(), 10, {}, precision, convolution);
     REQUIRE(Optimiser::checkpoint_step(first_half.latest) == 10);
-    const RunResult resumed = run_training(split.path(), 20, first_half.latest, precision);
+    const RunResult resumed = run_training(split.path(), 20, first_half.latest, precision, convolution);
 
     CHECK(Optimiser::checkpoint_step(resumed.latest) == 20);
     CHECK(first_half.params != uninterrupted.params);  // the check below is not trivially true
