@@ -10,12 +10,19 @@ and the ratios against the first binary.
   python3 benchmarks/ab_unet.py --bin base=OLD/diffuflow --bin fused=NEW/diffuflow \\
       --rounds 2 --precisions f32,bf16 [--json FILE] -- --config unet-s --batch 64 --threads 2 --repeats 3
 
-Arguments after `--` go to every `bench unet`. Standard library only.
+Arguments after `--` go to every `bench unet`; words after a binary's path go to its runs only, so
+one binary can be compared with itself under two settings:
+
+  python3 benchmarks/ab_unet.py --bin "direct=build/diffuflow --convolution direct" \\
+      --bin "by_shape=build/diffuflow --convolution by_shape" --precisions f32 -- --batch 64 --threads 2
+
+Standard library only.
 """
 
 import argparse
 import json
 import os
+import shlex
 import statistics
 import subprocess
 import sys
@@ -35,8 +42,9 @@ def main():
     parser.add_argument("bench_args", nargs=argparse.REMAINDER)
     args = parser.parse_args()
     bins = [b.split("=", 1) for b in args.bin]
-    if any(len(b) != 2 for b in bins):
-        parser.error("--bin takes NAME=PATH")
+    if any(len(b) != 2 or not b[1].strip() for b in bins):
+        parser.error("--bin takes NAME=PATH [ARGS...]")
+    bins = [(name, shlex.split(spec)) for name, spec in bins]
     extra = args.bench_args[1:] if args.bench_args[:1] == ["--"] else args.bench_args
     precisions = args.precisions.split(",")
     keys = ["forward_images_per_s", "forward_backward_images_per_s", "forward_fraction_of_peak",
@@ -45,9 +53,9 @@ def main():
     with tempfile.TemporaryDirectory() as tmp:
         for r in range(args.rounds):
             for p in precisions:
-                for name, path in bins:
+                for name, (path, *own) in bins:
                     out = os.path.join(tmp, "r.json")
-                    cmd = [path, "bench", "unet", "--mode", "both", "--precision", p, "--json", out] + extra
+                    cmd = [path, "bench", "unet", "--mode", "both", "--precision", p, "--json", out] + own + extra
                     print(f"round {r + 1}/{args.rounds}: {name} {p}", file=sys.stderr, flush=True)
                     subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL)
                     with open(out) as f:
@@ -76,7 +84,7 @@ def main():
                   f"{t['median'] / b['forward_backward_images_per_s']['median']:>11.3f}")
     if args.json:
         with open(args.json, "w") as f:
-            json.dump({"bins": dict(bins), "precisions": precisions, "rounds": args.rounds, "bench_args": extra,
+            json.dump({"bins": {name: shlex.join(spec) for name, spec in bins}, "precisions": precisions, "rounds": args.rounds, "bench_args": extra,
                        "repeats": {f"{n}/{p}": v for (n, p), v in runs.items()}, "summary": table}, f, indent=2)
 
 

@@ -18,7 +18,9 @@ bool native_bf16(const dnnl::engine& engine) {
   return isa == dnnl::cpu_isa::avx512_core_bf16 || isa == dnnl::cpu_isa::avx512_core_amx;
 }
 
-bool prefers_winograd(int64_t tiles, int threads) { return tiles >= 128 * static_cast<int64_t>(std::max(threads, 1)); }
+bool prefers_winograd(int64_t tiles, int threads, bool backward) {
+  return tiles >= (backward ? 128 : 64) * static_cast<int64_t>(std::max(threads, 1));
+}
 
 Program::Program(const dnnl::engine& engine, PrimitiveCache& cache, dnnl::memory params, int64_t param_count,
                  bool training, Precision precision)

@@ -70,8 +70,10 @@ bool native_bf16(const dnnl::engine& engine);
 DIFFUFLOW_ENUM(ConvAlgorithm, by_shape, direct, winograd);
 // by_shape's rule for a 3x3 stride-1 f32 convolution with `tiles` 4x4 output
 // tiles (N * ceil(Ho/4) * ceil(Wo/4)) run by `threads` threads: Winograd from
-// 128 tiles per thread on (measured on 2 cores: docs/performance.md).
-bool prefers_winograd(int64_t tiles, int threads);
+// 64 tiles per thread on for the forward, from 128 for the `backward` passes
+// (the data and weight gradients), as measured layer by layer on 2 cores
+// (docs/performance.md).
+bool prefers_winograd(int64_t tiles, int threads, bool backward);
 
 // Primitives created once per (model, batch size) and handed out in build order.
 class PrimitiveCache {

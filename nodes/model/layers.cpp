@@ -303,20 +303,21 @@ std::optional<ValueId> conv2d_bf16(Program& p, ValueId x, const ParamRef& weight
 
 namespace {
 
-// The algorithm an f32 convolution asks oneDNN for (ConvAlgorithm): Winograd
-// is only ever asked for 3x3 stride-1 kernels; by_shape asks for it on CPU
-// engines for channels in and out in whole blocks of 16 and enough output
-// tiles per OpenMP thread (prefers_winograd). The caller falls back to direct
-// where oneDNN has no Winograd kernel.
+// The algorithm an f32 convolution's forward (or, `backward`, its backward
+// passes) asks oneDNN for (ConvAlgorithm): Winograd is only ever asked for
+// 3x3 stride-1 kernels; by_shape asks for it on CPU engines for channels in
+// and out in whole blocks of 16 and enough output tiles per OpenMP thread
+// (prefers_winograd). The caller falls back to direct where oneDNN has no
+// Winograd kernel.
 algorithm f32_conv_algorithm(const Program& p, const dims& xs, const dims& weight_shape, const dims& ys,
-                             int64_t stride) {
+                             int64_t stride, bool backward) {
   const ConvAlgorithm setting = p.conv_algorithm();
   const bool three_by_three = weight_shape[2] == 3 && weight_shape[3] == 3 && stride == 1;
   if (setting == ConvAlgorithm::direct || !three_by_three) return algorithm::convolution_direct;
   if (setting == ConvAlgorithm::winograd) return algorithm::convolution_winograd;
   const int64_t tiles = ys[0] * ((ys[2] + 3) / 4) * ((ys[3] + 3) / 4);
   const bool pays = p.engine().get_kind() == dnnl::engine::kind::cpu && xs[1] % 16 == 0 && ys[1] % 16 == 0 &&
-                    prefers_winograd(tiles, omp_get_max_threads());
+                    prefers_winograd(tiles, omp_get_max_threads(), backward);
   return pays ? algorithm::convolution_winograd : algorithm::convolution_direct;
 }
 
@@ -347,7 +348,8 @@ ValueId conv2d_impl(Program& p, ValueId x, const ParamRef& weight, const ParamRe
   const auto b_md = plain_f32({co});
   const dims strides{stride, stride}, pads{padding, padding}, pads_end{padding_end, padding_end};
   const auto attr = user_scratchpad_attr();
-  algorithm alg = f32_conv_algorithm(p, xs, weight.shape, y_md.dims(), stride);
+  algorithm alg = f32_conv_algorithm(p, xs, weight.shape, y_md.dims(), stride, /*backward=*/false);
+  const algorithm bwd_alg = f32_conv_algorithm(p, xs, weight.shape, y_md.dims(), stride, /*backward=*/true);
   auto make_fwd = [&](const dnnl::memory::desc& src, const dnnl::memory::desc& dst,
                       const dnnl::primitive_attr& with = user_scratchpad_attr(), bool allow_empty = false) {
     return dnnl::convolution_forward::primitive_desc(
@@ -428,7 +430,7 @@ ValueId conv2d_impl(Program& p, ValueId x, const ParamRef& weight, const ParamRe
               dnnl::convolution_backward_data::desc(a, diff_src, w_any, diff_dst, strides, pads, pads_end), attr,
               p.engine(), fwd_pd, allow_empty);
         };
-        auto pd = make(alg, winograd);
+        auto pd = make(bwd_alg, bwd_alg != algorithm::convolution_direct);
         return pd ? pd : make(algorithm::convolution_direct, false);
       };
       dnnl::memory::desc dx_md = x_md;
@@ -453,7 +455,7 @@ ValueId conv2d_impl(Program& p, ValueId x, const ParamRef& weight, const ParamRe
       }
       append_conv_input_grad(p, pd, x, dy_data, p.param_as(weight.offset, w_plain, pd.weights_desc()));
     }
-    append_conv_weight_grads(p, fwd_pd, x_mem, dy, weight, bias, strides, pads, pads_end, alg);
+    append_conv_weight_grads(p, fwd_pd, x_mem, dy, weight, bias, strides, pads, pads_end, bwd_alg);
   });
   return y;
 }

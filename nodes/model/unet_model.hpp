@@ -56,7 +56,8 @@ class UNetModelResource : public ModelResource {
     DIFFUFLOW_PARAM(ConvAlgorithm, convolution, ConvAlgorithm::by_shape,
                     "how f32 3x3 convolutions are computed on a CPU: winograd (Winograd's F(4x4,3x3), about 1.4x "
                     "faster at batch 64 on 2 cores, about twice the direct sum's rounding error), direct, or "
-                    "by_shape: winograd where a layer has at least 128 4x4 output tiles per thread, else direct");
+                    "by_shape: winograd where a layer has enough 4x4 output tiles per thread (64 forward, 128 "
+                    "backward), else direct");
   };
 
   static ResourceContract contract();

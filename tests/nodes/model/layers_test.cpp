@@ -366,12 +366,13 @@ int count_containing(const std::vector<std::string>& names, const std::string& p
 }  // namespace
 
 TEST_CASE("Winograd and direct convolutions (with residuals read later or spent) agree within f32 rounding; by_shape picks by output tiles per thread") {
-  CHECK(prefers_winograd(256, 2));
-  CHECK(!prefers_winograd(255, 2));
-  CHECK(prefers_winograd(128, 1));
-  CHECK(prefers_winograd(128, 0));
-  CHECK(prefers_winograd(2048, 16));
-  CHECK(!prefers_winograd(1024, 16));
+  CHECK(prefers_winograd(128, 2, false));
+  CHECK(!prefers_winograd(127, 2, false));
+  CHECK(prefers_winograd(256, 2, true));
+  CHECK(!prefers_winograd(255, 2, true));
+  CHECK(prefers_winograd(64, 0, false));
+  CHECK(prefers_winograd(1024, 16, false));
+  CHECK(!prefers_winograd(1024, 16, true));
 
   const bool avx512 = dnnl::get_effective_cpu_isa() >= dnnl::cpu_isa::avx512_core;
   const int64_t c = 32, conv = c * c * 9 + c, count = 3 * conv + c * c + c;
@@ -422,11 +423,15 @@ TEST_CASE("Winograd and direct convolutions (with residuals read later or spent)
   CHECK(error < 1e-4);
   if (avx512) CHECK(error > 0.0);  // a different sum: the algorithm did change
 
-  // by_shape: Winograd from 128 tiles per OpenMP thread on.
-  const int64_t enough = 8 * omp_get_max_threads();  // images of 16 tiles
-  run(ConvAlgorithm::by_shape, enough - 1, steps);
+  // by_shape: Winograd from 64 tiles per OpenMP thread on for the forward
+  // (a Winograd forward then has direct backward passes), from 128 for the
+  // backward ones.
+  const int64_t threads = omp_get_max_threads();  // images of 16 tiles:
+  run(ConvAlgorithm::by_shape, 4 * threads - 1, steps);
   CHECK(steps == 0);
-  run(ConvAlgorithm::by_shape, enough, steps);
+  run(ConvAlgorithm::by_shape, 4 * threads, steps);
+  if (avx512) CHECK(steps == 3);
+  run(ConvAlgorithm::by_shape, 8 * threads, steps);
   if (avx512) CHECK(steps == 9);
 }
 
