@@ -54,8 +54,9 @@ class UNetModelResource : public ModelResource {
                     "kernels (faster); false: oneDNN primitives only, as on other engines (bf16 training then "
                     "keeps f32 activations)");
     DIFFUFLOW_PARAM(ConvAlgorithm, convolution, ConvAlgorithm::by_shape,
-                    "how f32 3x3 convolutions are computed on a CPU: winograd (Winograd's F(4x4,3x3), about 1.4x "
-                    "faster at batch 64 on 2 cores, about twice the direct sum's rounding error), direct, or "
+                    "how f32 3x3 convolutions are computed on a CPU: winograd (Winograd's F(4x4,3x3): fewer "
+                    "multiplications, about twice the direct sum's rounding error, slower on small batches), "
+                    "direct, or "
                     "by_shape: winograd where a layer has enough 4x4 output tiles per thread (64 forward, 128 "
                     "backward), else direct");
   };

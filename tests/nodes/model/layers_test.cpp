@@ -26,6 +26,7 @@ class LayerHarness {
     program_ = std::make_unique<Program>(engine_, cache_, params_, param_count_, true, precision);
   }
   Program& p() { return *program_; }
+  const dnnl::memory& params() const { return params_; }
 
   ParamRef param(Shape shape) {
     ParamRef ref{next_offset_, shape};
@@ -364,6 +365,59 @@ int count_containing(const std::vector<std::string>& names, const std::string& p
 }
 
 }  // namespace
+
+TEST_CASE("Winograd and direct convolutions against one computed in double precision") {
+  const int64_t n = 4, c = 32, side = 12;
+  std::vector<double> errors;
+  for (const ConvAlgorithm algorithm : {ConvAlgorithm::direct, ConvAlgorithm::winograd}) {
+    LayerHarness h(c * c * 9 + c + c * c + c);
+    Program& p = h.p();
+    p.set_conv_algorithm(algorithm);
+    const ValueId x = h.input({n, c, side, side});
+    // A 1x1 convolution writes the channel-blocked layout Winograd takes.
+    const ParamRef w1 = h.param({c, c, 1, 1}), b1 = h.param({c});
+    const ParamRef w = h.param({c, c, 3, 3}), b = h.param({c});
+    const ValueId y = to_tokens(p, conv2d(p, conv2d(p, x, w1, b1, 1, 0), w, b, 1, 1));  // [n*s, c]
+    h.finish(y);
+    h.loss();  // one forward pass
+    const float* xv = static_cast<const float*>(p.data(x).get_data_handle());  // [n, c, side, side]
+    const float* yt = static_cast<const float*>(p.data(y).get_data_handle());
+    const float* params = static_cast<const float*>(h.params().get_data_handle());
+    const float* wv = params + w.offset;
+    const float* bv = params + b.offset;
+    // u = the 1x1 convolution in double, [n, side, side, c]
+    std::vector<double> ut(static_cast<size_t>(n * side * side * c));
+    for (int64_t i = 0; i < n; ++i)
+      for (int64_t pix = 0; pix < side * side; ++pix)
+        for (int64_t o = 0; o < c; ++o) {
+          double sum = params[b1.offset + o];
+          for (int64_t k = 0; k < c; ++k) sum += double(xv[(i * c + k) * side * side + pix]) * params[w1.offset + o * c + k];
+          ut[static_cast<size_t>((i * side * side + pix) * c + o)] = sum;
+        }
+    double num = 0, den = 0;
+    for (int64_t i = 0; i < n; ++i)
+      for (int64_t r = 0; r < side; ++r)
+        for (int64_t q = 0; q < side; ++q)
+          for (int64_t o = 0; o < c; ++o) {
+            double sum = bv[o];
+            for (int64_t k = 0; k < c; ++k)
+              for (int64_t dr = 0; dr < 3; ++dr)
+                for (int64_t dq = 0; dq < 3; ++dq) {
+                  const int64_t rr = r + dr - 1, qq = q + dq - 1;
+                  if (rr < 0 || qq < 0 || rr >= side || qq >= side) continue;
+                  sum += ut[static_cast<size_t>(((i * side + rr) * side + qq) * c + k)] * wv[((o * c + k) * 3 + dr) * 3 + dq];
+                }
+            const double got = yt[((i * side + r) * side + q) * c + o];
+            num += (got - sum) * (got - sum);
+            den += sum * sum;
+          }
+    errors.push_back(std::sqrt(num / den));
+  }
+  MESSAGE("relative L2 against double precision: direct " << errors[0] << ", Winograd " << errors[1]);
+  CHECK(errors[0] < 2e-6);
+  CHECK(errors[1] < 2e-6);
+  if (dnnl::get_effective_cpu_isa() >= dnnl::cpu_isa::avx512_core) CHECK(errors[0] != errors[1]);
+}
 
 TEST_CASE("Winograd and direct convolutions (with residuals read later or spent) agree within f32 rounding; by_shape picks by output tiles per thread") {
   CHECK(prefers_winograd(128, 2, false));
