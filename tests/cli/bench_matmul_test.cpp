@@ -98,11 +98,29 @@ TEST_CASE("bench matmul in bf16 on a CPU without native bf16 says so and fails")
 TEST_CASE("bench matmul and bench unet options: precision, sweeps, mode and overrides are checked (exit 2)") {
   for (const std::string args :
        {"bench matmul --precision fp8", "bench matmul --sweep batch=1,2", "bench matmul --set a.b=1",
-        "bench train --precision bf16", "bench data --mode both", "bench unet --precision f16"}) {
+        "bench train --precision bf16", "bench data --mode both", "bench unet --precision f16",
+        "bench unet --convolution fft", "bench train --convolution direct", "bench unet --sweep convolution=direct,fft",
+        "bench matmul --sweep convolution=direct", "bench-unet --convolution sideways"}) {
     const auto result = run_cli(args);
     CAPTURE(args);
     CAPTURE(result.output);
     CHECK(result.exit_code == 2);
+  }
+}
+
+TEST_CASE("bench unet sweeps the convolution algorithm and records it in each row") {
+  TempDir dir;
+  const auto result = run_cli("bench unet --config unet-tiny --batch 2 --warmup 0 --steps 1 --repeats 1 --threads 1 "
+                              "--mode forward --sweep convolution=direct,winograd --json " + (dir / "u.json").string());
+  CAPTURE(result.output);
+  REQUIRE(result.exit_code == 0);
+  CHECK(contains(result.output, "convolution swept"));
+  const json rows = json::parse(read_file(dir / "u.json"))["results"];
+  REQUIRE(rows.size() == 2);
+  for (size_t i = 0; i < 2; ++i) {
+    CAPTURE(i);
+    CHECK(rows[i]["sweep_value"] == (i == 0 ? "direct" : "winograd"));
+    CHECK(rows[i]["repeats"][0]["convolution"] == rows[i]["sweep_value"]);
   }
 }
 
