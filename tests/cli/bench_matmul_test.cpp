@@ -4,6 +4,7 @@
 #include "graph/errors.hpp"
 #include "runners/bench_matmul.hpp"
 #include "test_util.hpp"
+#include "tiny_bench_unet.hpp"
 
 #include <doctest/doctest.h>
 #include <nlohmann/json.hpp>
@@ -110,12 +111,9 @@ TEST_CASE("bench matmul and bench unet options: precision, sweeps, mode and over
 
 TEST_CASE("bench unet sweeps the convolution algorithm and records it in each row") {
   TempDir dir;
-  const auto result = run_cli("bench unet --config unet-tiny --batch 2 --warmup 0 --steps 1 --repeats 1 --threads 1 "
-                              "--mode forward --sweep convolution=direct,winograd --json " + (dir / "u.json").string());
-  CAPTURE(result.output);
-  REQUIRE(result.exit_code == 0);
-  CHECK(contains(result.output, "convolution swept"));
-  const json rows = json::parse(read_file(dir / "u.json"))["results"];
+  std::string output;
+  const json rows = run_tiny_bench_unet("--mode forward --sweep convolution=direct,winograd", dir.path(), output);
+  CHECK(contains(output, "convolution swept"));
   REQUIRE(rows.size() == 2);
   for (size_t i = 0; i < 2; ++i) {
     CAPTURE(i);
@@ -126,12 +124,9 @@ TEST_CASE("bench unet sweeps the convolution algorithm and records it in each ro
 
 TEST_CASE("bench unet gives each GFLOP/s figure as a fraction of the matmul peak of the same run") {
   TempDir dir;
-  const auto result = run_cli("bench unet --config unet-tiny --batch 2 --warmup 0 --steps 1 --repeats 1 --threads 1 "
-                              "--mode both --json " + (dir / "u.json").string() + " --csv " + (dir / "u.csv").string());
-  CAPTURE(result.output);
-  REQUIRE(result.exit_code == 0);
-  CHECK(contains(result.output, "of the matmul peak"));
-  const json r = json::parse(read_file(dir / "u.json"))["results"][0];
+  std::string output;
+  const json r = run_tiny_bench_unet("--mode both --csv " + (dir / "u.csv").string(), dir.path(), output)[0];
+  CHECK(contains(output, "of the matmul peak"));
   const double peak = r["matmul_peak_gflops_per_s"].get<double>();
   REQUIRE(peak > 0);
   for (const std::string pass : {"forward", "forward_backward"}) {
@@ -147,12 +142,9 @@ TEST_CASE("bench unet gives each GFLOP/s figure as a fraction of the matmul peak
 
 TEST_CASE("bench unet --breakdown splits each pass by layer kind; other kinds refuse it") {
   TempDir dir;
-  const auto result = run_cli("bench unet --config unet-tiny --batch 2 --warmup 0 --steps 1 --repeats 1 --threads 1 "
-                              "--mode both --breakdown --json " + (dir / "u.json").string());
-  CAPTURE(result.output);
-  REQUIRE(result.exit_code == 0);
-  CHECK(contains(result.output, "time per layer kind"));
-  const json b = json::parse(read_file(dir / "u.json"))["results"][0]["repeats"][0]["breakdown"];
+  std::string output;
+  const json b = run_tiny_bench_unet("--mode both --breakdown", dir.path(), output)[0]["repeats"][0]["breakdown"];
+  CHECK(contains(output, "time per layer kind"));
   REQUIRE(b["rows"].size() > 0);
   std::set<std::string> layers;
   double forward = 0, backward = 0;

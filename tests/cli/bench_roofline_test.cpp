@@ -3,6 +3,7 @@
 // timing is asserted.
 #include "nodes/common/images.hpp"
 #include "test_util.hpp"
+#include "tiny_bench_unet.hpp"
 
 #include <doctest/doctest.h>
 #include <nlohmann/json.hpp>
@@ -15,12 +16,9 @@ using json = nlohmann::json;
 
 TEST_CASE("bench unet --breakdown counts each layer kind's FLOPs and bytes, and the convolutions' FLOPs dominate") {
   TempDir dir;
-  const auto result = run_cli("bench unet --config unet-tiny --batch 2 --warmup 0 --steps 1 --repeats 1 --threads 1 "
-                              "--mode both --breakdown --json " + (dir / "u.json").string());
-  CAPTURE(result.output);
-  REQUIRE(result.exit_code == 0);
-  CHECK(contains(result.output, "work per layer kind"));
-  const json r = json::parse(read_file(dir / "u.json"))["results"][0]["repeats"][0];
+  std::string output;
+  const json r = run_tiny_bench_unet("--mode both --breakdown", dir.path(), output)[0]["repeats"][0];
+  CHECK(contains(output, "work per layer kind"));
   const json& b = r["breakdown"];
   REQUIRE(b["layers"].size() > 0);
   double forward_gflop = 0;
