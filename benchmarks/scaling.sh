@@ -3,6 +3,7 @@
 # benchmarks/compare_torch.py at each thread count, for each kind of comparison:
 #   f32                 diffuflow f32 against the peer in NCHW
 #   f32_channels_last   diffuflow f32 against the peer in channels_last
+#   f32_direct          diffuflow f32 with --convolution direct (no Winograd) against the peer in NCHW
 #   bf16                diffuflow --precision bf16 against torch.autocast bf16
 #
 #   benchmarks/scaling.sh [DIFFUFLOW] [OUT_DIR] [THREADS...]
@@ -25,8 +26,8 @@ HERE=$(cd "$(dirname "$0")" && pwd)
 failed=0
 for kind in $KINDS; do
   case "$kind" in
-    f32|bf16|f32_channels_last) ;;
-    *) echo "scaling: unknown kind '$kind' (f32, bf16, f32_channels_last)" >&2; exit 2 ;;
+    f32|bf16|f32_channels_last|f32_direct) ;;
+    *) echo "scaling: unknown kind '$kind' (f32, bf16, f32_channels_last, f32_direct)" >&2; exit 2 ;;
   esac
 done
 mkdir -p "$OUT" || exit 2
@@ -50,6 +51,7 @@ for kind in $KINDS; do
       f32) compare "f32_t$t" --threads "$t" ;;
       bf16) compare "bf16_t$t" --threads "$t" --diffuflow-args=--precision=bf16 --peer-args=--bf16 ;;
       f32_channels_last) compare "f32_channels_last_t$t" --threads "$t" --peer-args=--channels-last ;;
+      f32_direct) compare "f32_direct_t$t" --threads "$t" --diffuflow-args=--convolution=direct ;;
     esac
   done
 done
