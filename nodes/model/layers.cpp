@@ -103,6 +103,16 @@ using dnnl::algorithm;
 using dnnl::prop_kind;
 using dt = dnnl::memory::data_type;
 
+// The primitive descriptor `make(alg, allow_empty)` gives for `alg`, or for
+// the direct algorithm where oneDNN has no kernel of `alg` for the shape.
+template <typename Make>
+auto with_direct_fallback(algorithm alg, Make make) {
+  if (alg != algorithm::convolution_direct) {
+    if (auto pd = make(alg, /*allow_empty=*/true)) return pd;
+  }
+  return make(algorithm::convolution_direct, /*allow_empty=*/false);
+}
+
 // Appends the weight and bias gradients of a convolution to the backward
 // list: d weight into the plain parameter-gradient slot (through a blocked
 // temporary when the kernel prefers one), d bias straight into its slot.
@@ -120,8 +130,7 @@ void append_conv_weight_grads(Program& p, const dnnl::convolution_forward::primi
                                                  pads_end),
         user_scratchpad_attr(), p.engine(), fwd_pd, allow_empty);
   };
-  auto pd = make(alg, alg != algorithm::convolution_direct);
-  if (!pd) pd = make(algorithm::convolution_direct, false);
+  const auto pd = with_direct_fallback(alg, make);
   const dnnl::memory dw_plain = p.param_grad(weight.offset, w_plain);
   const bool same = pd.diff_weights_desc() == w_plain;
   const dnnl::memory dw = same ? dw_plain : p.alloc(pd.diff_weights_desc());
@@ -350,12 +359,16 @@ ValueId conv2d_impl(Program& p, ValueId x, const ParamRef& weight, const ParamRe
   const auto attr = user_scratchpad_attr();
   algorithm alg = f32_conv_algorithm(p, xs, weight.shape, y_md.dims(), stride, /*backward=*/false);
   const algorithm bwd_alg = f32_conv_algorithm(p, xs, weight.shape, y_md.dims(), stride, /*backward=*/true);
-  auto make_fwd = [&](const dnnl::memory::desc& src, const dnnl::memory::desc& dst,
-                      const dnnl::primitive_attr& with = user_scratchpad_attr(), bool allow_empty = false) {
+  auto make_fwd_with = [&](algorithm a, const dnnl::memory::desc& src, const dnnl::memory::desc& dst,
+                           const dnnl::primitive_attr& with, bool allow_empty) {
     return dnnl::convolution_forward::primitive_desc(
-        dnnl::convolution_forward::desc(prop_kind::forward_training, alg, src, w_any, b_md, dst, strides, pads,
+        dnnl::convolution_forward::desc(prop_kind::forward_training, a, src, w_any, b_md, dst, strides, pads,
                                         pads_end),
         with, p.engine(), allow_empty);
+  };
+  auto make_fwd = [&](const dnnl::memory::desc& src, const dnnl::memory::desc& dst,
+                      const dnnl::primitive_attr& with = user_scratchpad_attr(), bool allow_empty = false) {
+    return make_fwd_with(alg, src, dst, with, allow_empty);
   };
   // The convolution runs on the activations' layout unless that mix of
   // layouts (e.g. a blocked input and a few-channel plain output) only has a
@@ -363,9 +376,12 @@ ValueId conv2d_impl(Program& p, ValueId x, const ParamRef& weight, const ParamRe
   // A bf16 input (a bf16 program's activation) is read through an f32
   // copy, and the output is f32.
   auto x_md = p.desc(x).data_type() == dt::f32 ? p.desc(x) : activation_desc(xs);
-  if (alg == algorithm::convolution_winograd && !make_fwd(x_md, y_md, attr, /*allow_empty=*/true))
-    alg = algorithm::convolution_direct;
-  auto fwd_pd = make_fwd(x_md, y_md);
+  // `alg` becomes the algorithm the forward got.
+  auto fwd_pd = with_direct_fallback(alg, [&](algorithm a, bool allow_empty) {
+    auto pd = make_fwd_with(a, x_md, y_md, attr, allow_empty);
+    if (pd) alg = a;
+    return pd;
+  });
   // A few-channel output of a blocked input (the last convolution) first
   // tries the blocked layout with its channels zero-padded to a block: the
   // jit kernels take it, where plain tensors only have a gemm kernel.
@@ -425,13 +441,11 @@ ValueId conv2d_impl(Program& p, ValueId x, const ParamRef& weight, const ParamRe
     if (with_residual && p.needs_grad(residual) && !p.share_grad(residual, y)) p.contribute(residual, dy);
     if (p.needs_grad(x)) {
       auto make_bwd = [&](const dnnl::memory::desc& diff_src, const dnnl::memory::desc& diff_dst) {
-        auto make = [&](algorithm a, bool allow_empty) {
+        return with_direct_fallback(bwd_alg, [&](algorithm a, bool allow_empty) {
           return dnnl::convolution_backward_data::primitive_desc(
               dnnl::convolution_backward_data::desc(a, diff_src, w_any, diff_dst, strides, pads, pads_end), attr,
               p.engine(), fwd_pd, allow_empty);
-        };
-        auto pd = make(bwd_alg, bwd_alg != algorithm::convolution_direct);
-        return pd ? pd : make(algorithm::convolution_direct, false);
+        });
       };
       dnnl::memory::desc dx_md = x_md;
       auto pd = make_bwd(dx_md, y_md);
