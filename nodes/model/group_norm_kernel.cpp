@@ -8,6 +8,9 @@
 #include <cstring>
 #include <vector>
 
+#include <omp.h>
+#include <unistd.h>
+
 namespace diffuflow::group_norm_kernel {
 
 namespace {
@@ -102,13 +105,15 @@ DIFFUFLOW_INLINE void apply_span(const T* __restrict x, T* __restrict y, int64_t
   }
 }
 
-// With SiLU the gradient before it, dy, is written over dz, so that the
-// second pass reads it instead of computing the sigmoid again.
+// With SiLU the gradient before it, dy, is written out (over dz, or to a
+// sample's scratch), so that the second pass reads it instead of computing
+// the sigmoid again.
 template <typename T, bool Silu>
-DIFFUFLOW_INLINE void grad_sums_step(const T* x, float* dz, vf a, vf b, Sums* s1, Sums* sx, Sums* sdx) {
+DIFFUFLOW_INLINE void grad_sums_step(const T* x, const float* dz, float* dy_out, vf a, vf b, Sums* s1, Sums* sx,
+                                     Sums* sdx) {
   const vf xv = load16(x);
   const vf dy = input_grad<Silu>(xv, load16(dz), a, b);
-  if (Silu) store16(dz, dy);
+  if (Silu) store16(dy_out, dy);
   vd dlo, dhi, xlo, xhi;
   widen(dy, &dlo, &dhi);
   widen(xv, &xlo, &xhi);
@@ -118,16 +123,16 @@ DIFFUFLOW_INLINE void grad_sums_step(const T* x, float* dz, vf a, vf b, Sums* s1
 }
 
 template <typename T, bool Silu>
-DIFFUFLOW_INLINE void grad_sums_span(const T* x, float* dz, int64_t count, const float* a, const float* b, double* s1,
-                                     double* sx, double* sdx) {
+DIFFUFLOW_INLINE void grad_sums_span(const T* x, const float* dz, float* dy, int64_t count, const float* a,
+                                     const float* b, double* s1, double* sx, double* sdx) {
   const vf va = load16(a), vb = load16(b);
   Sums l1, lx, ldx;
   int64_t i = 0;
-  for (; i + kLanes <= count; i += kLanes) grad_sums_step<T, Silu>(x + i, dz + i, va, vb, &l1, &lx, &ldx);
+  for (; i + kLanes <= count; i += kLanes) grad_sums_step<T, Silu>(x + i, dz + i, dy + i, va, vb, &l1, &lx, &ldx);
   if (i < count) {
     Tail<float> tail(dz + i, count - i);
-    grad_sums_step<T, Silu>(Tail<T>(x + i, count - i).lanes, tail.lanes, va, vb, &l1, &lx, &ldx);
-    if (Silu) tail.copy_to(dz + i);
+    grad_sums_step<T, Silu>(Tail<T>(x + i, count - i).lanes, tail.lanes, tail.lanes, va, vb, &l1, &lx, &ldx);
+    if (Silu) tail.copy_to(dy + i);
   }
   l1.add_to(s1);
   lx.add_to(sx);
@@ -158,10 +163,10 @@ DIFFUFLOW_INLINE void grad_apply_span(const T* __restrict x, const float* __rest
 }
 
 template <typename T>
-DIFFUFLOW_INLINE void grad_sums_any(const T* x, float* dz, int64_t count, const float* a, const float* b, bool silu,
-                                    double* s1, double* sx, double* sdx) {
-  silu ? grad_sums_span<T, true>(x, dz, count, a, b, s1, sx, sdx)
-       : grad_sums_span<T, false>(x, dz, count, a, b, s1, sx, sdx);
+DIFFUFLOW_INLINE void grad_sums_any(const T* x, const float* dz, float* dy, int64_t count, const float* a,
+                                    const float* b, bool silu, double* s1, double* sx, double* sdx) {
+  silu ? grad_sums_span<T, true>(x, dz, dy, count, a, b, s1, sx, sdx)
+       : grad_sums_span<T, false>(x, dz, dy, count, a, b, s1, sx, sdx);
 }
 
 template <typename T>
@@ -187,13 +192,13 @@ DIFFUFLOW_SPAN_CLONES void apply_bf16(const uint16_t* x, uint16_t* y, int64_t co
   silu ? apply_span<uint16_t, true>(x, y, count, a, b)
        : apply_span<uint16_t, false>(x, y, count, a, b);
 }
-DIFFUFLOW_SPAN_CLONES void grad_sums_f32(const float* x, float* dz, int64_t count, const float* a, const float* b,
-                                         bool silu, double* s1, double* sx, double* sdx) {
-  grad_sums_any(x, dz, count, a, b, silu, s1, sx, sdx);
+DIFFUFLOW_SPAN_CLONES void grad_sums_f32(const float* x, const float* dz, float* dy, int64_t count, const float* a,
+                                         const float* b, bool silu, double* s1, double* sx, double* sdx) {
+  grad_sums_any(x, dz, dy, count, a, b, silu, s1, sx, sdx);
 }
-DIFFUFLOW_SPAN_CLONES void grad_sums_bf16(const uint16_t* x, float* dz, int64_t count, const float* a, const float* b,
-                                          bool silu, double* s1, double* sx, double* sdx) {
-  grad_sums_any(x, dz, count, a, b, silu, s1, sx, sdx);
+DIFFUFLOW_SPAN_CLONES void grad_sums_bf16(const uint16_t* x, const float* dz, float* dy, int64_t count, const float* a,
+                                          const float* b, bool silu, double* s1, double* sx, double* sdx) {
+  grad_sums_any(x, dz, dy, count, a, b, silu, s1, sx, sdx);
 }
 DIFFUFLOW_SPAN_CLONES void grad_apply_f32(const float* x, const float* dy, float* dx, int64_t count,
                                           const float* alpha, const float* beta, const float* delta, bool add) {
@@ -215,9 +220,10 @@ DIFFUFLOW_BF16_ENTRY void apply_bf16_isa(const uint16_t* x, uint16_t* y, int64_t
   auto* out = reinterpret_cast<bf16_bits*>(y);
   silu ? apply_span<bf16_bits, true>(in, out, count, a, b) : apply_span<bf16_bits, false>(in, out, count, a, b);
 }
-DIFFUFLOW_BF16_ENTRY void grad_sums_bf16_isa(const uint16_t* x, float* dz, int64_t count, const float* a,
-                                             const float* b, bool silu, double* s1, double* sx, double* sdx) {
-  grad_sums_any(reinterpret_cast<const bf16_bits*>(x), dz, count, a, b, silu, s1, sx, sdx);
+DIFFUFLOW_BF16_ENTRY void grad_sums_bf16_isa(const uint16_t* x, const float* dz, float* dy, int64_t count,
+                                             const float* a, const float* b, bool silu, double* s1, double* sx,
+                                             double* sdx) {
+  grad_sums_any(reinterpret_cast<const bf16_bits*>(x), dz, dy, count, a, b, silu, s1, sx, sdx);
 }
 DIFFUFLOW_BF16_ENTRY void grad_apply_bf16_isa(const uint16_t* x, const float* dy, float* dx, int64_t count,
                                               const float* alpha, const float* beta, const float* delta, bool add) {
@@ -256,23 +262,29 @@ const Bf16Spans& bf16_spans() {
 // (sample, 16-channel block) of nChw16c, or a (sample, channel) row of the
 // plain layout. Units are cut into chunks of whole 16-element vectors so that
 // there are at least kMinItems items whatever the batch: a sampler's batch of
-// one still spreads over the cores. The split does not depend on the thread
-// count, so neither do the sums.
+// one still spreads over the cores. A sample's items are consecutive. Each
+// item sums into lanes of its own, and a channel's sums gather its sample's
+// items in order, so neither the thread count nor the schedule (below)
+// changes a bit of the results.
 constexpr int64_t kMinItems = 64;
 
 struct Split {
-  int64_t units = 0, elements = 0, vectors = 0, chunks = 1, blocks = 0;
+  int64_t units = 0, elements = 0, vectors = 0, chunks = 1, blocks = 0, units_per_sample = 0;
   Layout layout = Layout::plain;
   int64_t c = 0;
 
   explicit Split(const Shape& s) : layout(s.layout), c(s.c) {
     blocks = (s.c + kLanes - 1) / kLanes;
-    units = s.layout == Layout::blocked16 ? s.n * blocks : s.n * s.c;
+    units_per_sample = s.layout == Layout::blocked16 ? blocks : s.c;
+    units = s.n * units_per_sample;
     elements = s.layout == Layout::blocked16 ? s.spatial * kLanes : s.spatial;
     vectors = (elements + kLanes - 1) / kLanes;
     chunks = std::max<int64_t>(1, std::min(vectors, (kMinItems + units - 1) / units));
   }
   int64_t items() const { return units * chunks; }
+  int64_t items_per_sample() const { return units_per_sample * chunks; }
+  int64_t sample_elements() const { return units_per_sample * elements; }
+  int64_t sample_of_item(int64_t i) const { return i / items_per_sample(); }
   // An item's unit, the offset of its first element, and its element count.
   struct Item {
     int64_t unit, at, count;
@@ -283,65 +295,210 @@ struct Split {
     const int64_t end = std::min(elements, (k + 1) * vectors / chunks * kLanes);
     return {unit, unit * elements + begin, end - begin};
   }
-  // The 16 lanes' values of per-(n, c) numbers `per_nc` for a unit (0 past C).
-  void lanes(int64_t unit, const float* per_nc, float* out) const {
+  // The 16 lanes' values, for a unit, of per-channel numbers `per_c` of the
+  // unit's sample (0 past C).
+  void lanes(int64_t unit, const float* per_c, float* out) const {
     if (layout == Layout::blocked16) {
-      const int64_t n = unit / blocks, first = unit % blocks * kLanes;
-      for (int l = 0; l < kLanes; ++l) out[l] = first + l < c ? per_nc[n * c + first + l] : 0.0f;
+      const int64_t first = unit % blocks * kLanes;
+      for (int l = 0; l < kLanes; ++l) out[l] = first + l < c ? per_c[first + l] : 0.0f;
     } else {
-      std::fill(out, out + kLanes, per_nc[unit]);
+      std::fill(out, out + kLanes, per_c[unit % c]);
     }
   }
-  // Adds an item's 16 lane sums into per-(n, c) sums.
-  void gather(int64_t unit, const double* lane_sums, double* per_nc) const {
+  // Adds a unit's 16 lane sums into its sample's per-channel sums.
+  void gather(int64_t unit, const double* lane_sums, double* per_c) const {
     if (layout == Layout::blocked16) {
-      const int64_t n = unit / blocks, first = unit % blocks * kLanes;
-      for (int l = 0; l < kLanes && first + l < c; ++l) per_nc[n * c + first + l] += lane_sums[l];
+      const int64_t first = unit % blocks * kLanes;
+      for (int l = 0; l < kLanes && first + l < c; ++l) per_c[first + l] += lane_sums[l];
     } else {
       double total = 0;
       for (int l = 0; l < kLanes; ++l) total += lane_sums[l];
-      per_nc[unit] += total;
+      per_c[unit % c] += total;
+    }
+  }
+  // Sample n's per-channel sums ([kinds][C], overwritten) from the lane sums
+  // of its items ([items of n][kinds][16]), gathered in item order.
+  void gather_sample(int64_t n, const double* partial, int kinds, double* per_c) const {
+    std::fill(per_c, per_c + kinds * c, 0.0);
+    for (int64_t j = 0; j < items_per_sample(); ++j) {
+      const int64_t unit = (n * items_per_sample() + j) / chunks;
+      for (int k = 0; k < kinds; ++k) gather(unit, partial + (j * kinds + k) * kLanes, per_c + k * c);
     }
   }
 };
 
-// Per-item lane sums ([items][sums][16]) gathered into per-(n, c) sums
-// ([sums][N*C]) in item order.
-std::vector<double> gather_sums(const Split& split, const std::vector<double>& partial, int sums, int64_t nc) {
-  std::vector<double> per_nc(static_cast<size_t>(sums * nc), 0.0);
-  for (int64_t item = 0; item < split.items(); ++item) {
-    for (int k = 0; k < sums; ++k)
-      split.gather(item / split.chunks, &partial[static_cast<size_t>((item * sums + k) * kLanes)],
-                   &per_nc[static_cast<size_t>(k * nc)]);
-  }
-  return per_nc;
+// --- the schedule ---------------------------------------------------------------
+//
+// whole_tensor: each pass over the whole tensor, every item in parallel, the
+// per-sample arithmetic in between; the image is read from memory in each
+// pass. per_sample: the samples in parallel, each thread running both passes
+// over one sample before the next, so the second pass reads what the first
+// left in the thread's L2 cache: forward one read of x from memory instead of
+// two, backward one of x and of dz (and no write of dy) instead of two each
+// and a write.
+std::atomic<Schedule> schedule_setting{Schedule::by_size};
+
+int64_t l2_cache_bytes() {
+  static const int64_t bytes = [] {
+    const long reported = sysconf(_SC_LEVEL2_CACHE_SIZE);
+    return reported > 0 ? static_cast<int64_t>(reported) : int64_t{1} << 20;
+  }();
+  return bytes;
+}
+
+int64_t sample_elements(const Shape& s) {
+  return s.spatial * (s.layout == Layout::blocked16 ? (s.c + kLanes - 1) / kLanes * kLanes : s.c);
 }
 
 float shift_at(const float* shift, int64_t i) { return shift ? shift[i] : 0.0f; }
 
-// y = a x + b per (n, c), from the group statistics as stored (forward and
-// backward compute them alike): a = gamma r, b = beta + (t - m) a.
-struct Coefficients {
-  std::vector<float> a, b;
-  Coefficients(const Shape& s, const float* gamma, const float* beta, const float* shift, const float* mean,
-               const float* rstd)
-      : a(static_cast<size_t>(s.n * s.c)), b(static_cast<size_t>(s.n * s.c)) {
+// --- forward ----------------------------------------------------------------------
+
+struct ForwardPasses {
+  const Forward& f;
+  const Split& split;
+  const Bf16Spans& spans;
+
+  // Item i's lane sums of x and x^2 ([2][16], overwritten).
+  void stats(int64_t i, double* sums) const {
+    std::fill(sums, sums + 2 * kLanes, 0.0);
+    const Split::Item it = split.item(i);
+    if (f.type == DataType::bf16)
+      spans.stats(static_cast<const uint16_t*>(f.x) + it.at, it.count, sums, sums + kLanes);
+    else
+      stats_f32(static_cast<const float*>(f.x) + it.at, it.count, sums, sums + kLanes);
+  }
+
+  // Sample n's group statistics of u = x + t from its per-channel sums
+  // ([2][C]), stored as backward reads them, and from the stored values its
+  // coefficients of y = a x + b ([C] each): a = gamma r, b = beta + (t - m) a.
+  void coefficients(int64_t n, const double* sums, float* a, float* b) const {
+    const Shape& s = f.shape;
     const int64_t cg = s.c / s.groups;
-    for (int64_t n = 0; n < s.n; ++n) {
-      for (int64_t c = 0; c < s.c; ++c) {
-        const int64_t i = n * s.c + c, g = n * s.groups + c / cg;
-        const double ai = static_cast<double>(gamma[c]) * rstd[g];
-        a[static_cast<size_t>(i)] = static_cast<float>(ai);
-        b[static_cast<size_t>(i)] = static_cast<float>(static_cast<double>(beta[c]) + (shift_at(shift, i) - mean[g]) * ai);
+    const double count = static_cast<double>(cg * s.spatial), hw = static_cast<double>(s.spatial);
+    for (int64_t g = 0; g < s.groups; ++g) {
+      double su = 0, squ = 0;
+      for (int64_t c = g * cg; c < (g + 1) * cg; ++c) {
+        const double t = shift_at(f.shift, n * s.c + c), sx = sums[c], sxx = sums[s.c + c];
+        su += sx + hw * t;
+        squ += sxx + 2.0 * t * sx + hw * t * t;
+      }
+      const double m = su / count, var = std::max(0.0, squ / count - m * m);
+      f.mean[n * s.groups + g] = static_cast<float>(m);
+      f.rstd[n * s.groups + g] = static_cast<float>(1.0 / std::sqrt(var + static_cast<double>(f.eps)));
+    }
+    for (int64_t c = 0; c < s.c; ++c) {
+      const int64_t g = n * s.groups + c / cg;
+      const double ac = static_cast<double>(f.gamma[c]) * f.rstd[g];
+      a[c] = static_cast<float>(ac);
+      b[c] = static_cast<float>(static_cast<double>(f.beta[c]) + (shift_at(f.shift, n * s.c + c) - f.mean[g]) * ac);
+    }
+  }
+
+  // y = act(a x + b) over item i, with its sample's coefficients.
+  void apply(int64_t i, const float* a, const float* b) const {
+    const Split::Item it = split.item(i);
+    float la[kLanes], lb[kLanes];
+    split.lanes(it.unit, a, la);
+    split.lanes(it.unit, b, lb);
+    if (f.type == DataType::bf16)
+      spans.apply(static_cast<const uint16_t*>(f.x) + it.at, static_cast<uint16_t*>(f.y) + it.at, it.count, la, lb,
+                  f.silu);
+    else
+      apply_f32(static_cast<const float*>(f.x) + it.at, static_cast<float*>(f.y) + it.at, it.count, la, lb, f.silu);
+  }
+};
+
+// --- backward -----------------------------------------------------------------------
+
+struct BackwardPasses {
+  const Backward& bw;
+  const Split& split;
+  const Bf16Spans& spans;
+
+  // Sample n's forward coefficients, y = a x + b ([C] each), from the group
+  // statistics as stored.
+  void forward_coefficients(int64_t n, float* a, float* b) const {
+    const Shape& s = bw.shape;
+    const int64_t cg = s.c / s.groups;
+    for (int64_t c = 0; c < s.c; ++c) {
+      const int64_t g = n * s.groups + c / cg;
+      const double ac = static_cast<double>(bw.gamma[c]) * bw.rstd[g];
+      a[c] = static_cast<float>(ac);
+      b[c] = static_cast<float>(static_cast<double>(bw.beta[c]) + (shift_at(bw.shift, n * s.c + c) - bw.mean[g]) * ac);
+    }
+  }
+
+  // Item i's lane sums of dy, x and dy x ([3][16], overwritten); with SiLU
+  // dy is written at `dy` (the item's elements).
+  void sums(int64_t i, const float* a, const float* b, float* dy, double* out) const {
+    std::fill(out, out + 3 * kLanes, 0.0);
+    const Split::Item it = split.item(i);
+    float la[kLanes], lb[kLanes];
+    split.lanes(it.unit, a, la);
+    split.lanes(it.unit, b, lb);
+    if (bw.type == DataType::bf16)
+      spans.grad_sums(static_cast<const uint16_t*>(bw.x) + it.at, bw.dz + it.at, dy, it.count, la, lb, bw.silu, out,
+                      out + kLanes, out + 2 * kLanes);
+    else
+      grad_sums_f32(static_cast<const float*>(bw.x) + it.at, bw.dz + it.at, dy, it.count, la, lb, bw.silu, out,
+                    out + kLanes, out + 2 * kLanes);
+  }
+
+  // From sample n's per-channel sums ([3][C]: dy, x, dy x): per group A and
+  // B, per channel dx = alpha dy + beta x + delta ([C] each), the shift's
+  // gradient, and the sample's parts of d gamma and d beta ([C] each).
+  void coefficients(int64_t n, const double* sums, float* alpha, float* beta, float* delta, double* dgamma_part,
+                    double* dbeta_part) const {
+    const Shape& s = bw.shape;
+    const int64_t cg = s.c / s.groups;
+    const double* s1 = sums;
+    const double* sx = sums + s.c;
+    const double* sdx = sums + 2 * s.c;
+    const double count = static_cast<double>(cg * s.spatial), hw = static_cast<double>(s.spatial);
+    for (int64_t g = 0; g < s.groups; ++g) {
+      const double m = bw.mean[n * s.groups + g], r = bw.rstd[n * s.groups + g];
+      double sum_a = 0, sum_b = 0;
+      for (int64_t c = g * cg; c < (g + 1) * cg; ++c) {
+        const double gamma = bw.gamma[c], xhat_dy = r * (sdx[c] + (shift_at(bw.shift, n * s.c + c) - m) * s1[c]);
+        sum_a += gamma * s1[c];
+        sum_b += gamma * xhat_dy;
+        dgamma_part[c] = xhat_dy;
+        dbeta_part[c] = s1[c];
+      }
+      const double big_a = sum_a / count, big_b = sum_b / count;
+      for (int64_t c = g * cg; c < (g + 1) * cg; ++c) {
+        const int64_t i = n * s.c + c;
+        const double al = r * bw.gamma[c], be = -r * r * big_b,
+                     de = -r * big_a - r * r * big_b * (shift_at(bw.shift, i) - m);
+        alpha[c] = static_cast<float>(al);
+        beta[c] = static_cast<float>(be);
+        delta[c] = static_cast<float>(de);
+        if (bw.dshift) {
+          const float d = static_cast<float>(al * s1[c] + be * sx[c] + hw * de);
+          bw.dshift[i] = bw.dshift_add ? bw.dshift[i] + d : d;
+        }
       }
     }
   }
-  // A unit's 16 lanes of a and of b.
-  void lanes(const Split& split, int64_t unit, float* a_lanes, float* b_lanes) const {
-    split.lanes(unit, a.data(), a_lanes);
-    split.lanes(unit, b.data(), b_lanes);
+
+  // dx over item i from dy (the item's elements at `dy`) and its sample's
+  // coefficients.
+  void apply(int64_t i, const float* dy, const float* alpha, const float* beta, const float* delta) const {
+    const Split::Item it = split.item(i);
+    float lal[kLanes], lbe[kLanes], lde[kLanes];
+    split.lanes(it.unit, alpha, lal);
+    split.lanes(it.unit, beta, lbe);
+    split.lanes(it.unit, delta, lde);
+    if (bw.type == DataType::bf16)
+      spans.grad_apply(static_cast<const uint16_t*>(bw.x) + it.at, dy, bw.dx + it.at, it.count, lal, lbe, lde,
+                       bw.dx_add);
+    else
+      grad_apply_f32(static_cast<const float*>(bw.x) + it.at, dy, bw.dx + it.at, it.count, lal, lbe, lde, bw.dx_add);
   }
 };
+
+size_t sz(int64_t v) { return static_cast<size_t>(v); }
 
 }  // namespace
 
@@ -354,143 +511,133 @@ bool set_bf16_instructions(bool allowed) {
 #endif
 }
 
+Schedule set_schedule(Schedule schedule) { return schedule_setting.exchange(schedule); }
+
+// by_size: per sample when every thread has a sample and the bytes the
+// second pass rereads (x; backward also dz, and dy with SiLU) fit in half
+// the L2 cache, the other half left to the output streaming through.
+bool picks_per_sample(const Shape& s, DataType type, bool backward, bool silu) {
+  const Schedule setting = schedule_setting.load(std::memory_order_relaxed);
+  if (setting != Schedule::by_size) return setting == Schedule::per_sample;
+  const int64_t x_bytes = type == DataType::bf16 ? 2 : 4;
+  const int64_t reread = x_bytes + (backward ? 4 + (silu ? 4 : 0) : 0);
+  return s.n >= omp_get_max_threads() && sample_elements(s) * reread <= l2_cache_bytes() / 2;
+}
+
 void forward(const Forward& f) {
   const Shape& s = f.shape;
   const Split split(s);
-  const int64_t nc = s.n * s.c, cg = s.c / s.groups;
-  const bool bf16 = f.type == DataType::bf16;
-  const Bf16Spans& spans = bf16_spans();
+  const ForwardPasses passes{f, split, bf16_spans()};
+  const int64_t per_sample = split.items_per_sample();
 
-  // 1. Per-(n, c) sums of x and x^2, one read.
-  std::vector<double> partial(static_cast<size_t>(split.items() * 2 * kLanes), 0.0);
-#pragma omp parallel for schedule(static)
-  for (int64_t i = 0; i < split.items(); ++i) {
-    const Split::Item it = split.item(i);
-    double* sums = &partial[static_cast<size_t>(i * 2 * kLanes)];
-    if (bf16)
-      spans.stats(static_cast<const uint16_t*>(f.x) + it.at, it.count, sums, sums + kLanes);
-    else
-      stats_f32(static_cast<const float*>(f.x) + it.at, it.count, sums, sums + kLanes);
-  }
-  const std::vector<double> sums = gather_sums(split, partial, 2, nc);
-
-  // 2. Group statistics of u = x + t (stored as backward will read them),
-  // and from them y = a x + b's coefficients.
-  const double count = static_cast<double>(cg * s.spatial), hw = static_cast<double>(s.spatial);
-  for (int64_t n = 0; n < s.n; ++n) {
-    for (int64_t g = 0; g < s.groups; ++g) {
-      double su = 0, squ = 0;
-      for (int64_t c = g * cg; c < (g + 1) * cg; ++c) {
-        const int64_t i = n * s.c + c;
-        const double t = shift_at(f.shift, i), sx = sums[static_cast<size_t>(i)],
-                     sxx = sums[static_cast<size_t>(nc + i)];
-        su += sx + hw * t;
-        squ += sxx + 2.0 * t * sx + hw * t * t;
+  if (picks_per_sample(s, f.type, false, f.silu)) {
+#pragma omp parallel
+    {
+      std::vector<double> partial(sz(per_sample * 2 * kLanes)), sums(sz(2 * s.c));
+      std::vector<float> a(sz(s.c)), b(sz(s.c));
+#pragma omp for schedule(static)
+      for (int64_t n = 0; n < s.n; ++n) {
+        for (int64_t j = 0; j < per_sample; ++j) passes.stats(n * per_sample + j, &partial[sz(j * 2 * kLanes)]);
+        split.gather_sample(n, partial.data(), 2, sums.data());
+        passes.coefficients(n, sums.data(), a.data(), b.data());
+        for (int64_t j = 0; j < per_sample; ++j) passes.apply(n * per_sample + j, a.data(), b.data());
       }
-      const double m = su / count, var = std::max(0.0, squ / count - m * m);
-      f.mean[n * s.groups + g] = static_cast<float>(m);
-      f.rstd[n * s.groups + g] = static_cast<float>(1.0 / std::sqrt(var + static_cast<double>(f.eps)));
     }
+    return;
   }
-  const Coefficients k(s, f.gamma, f.beta, f.shift, f.mean, f.rstd);
 
+  // 1. Every item's sums of x and x^2, one read.
+  std::vector<double> partial(sz(split.items() * 2 * kLanes));
+#pragma omp parallel for schedule(static)
+  for (int64_t i = 0; i < split.items(); ++i) passes.stats(i, &partial[sz(i * 2 * kLanes)]);
+  // 2. Each sample's statistics and coefficients.
+  std::vector<double> sums(sz(2 * s.c));
+  std::vector<float> a(sz(s.n * s.c)), b(sz(s.n * s.c));
+  for (int64_t n = 0; n < s.n; ++n) {
+    split.gather_sample(n, &partial[sz(n * per_sample * 2 * kLanes)], 2, sums.data());
+    passes.coefficients(n, sums.data(), &a[sz(n * s.c)], &b[sz(n * s.c)]);
+  }
   // 3. y = act(a x + b), one read and one write.
 #pragma omp parallel for schedule(static)
   for (int64_t i = 0; i < split.items(); ++i) {
-    const Split::Item it = split.item(i);
-    float la[kLanes], lb[kLanes];
-    k.lanes(split, it.unit, la, lb);
-    if (bf16)
-      spans.apply(static_cast<const uint16_t*>(f.x) + it.at, static_cast<uint16_t*>(f.y) + it.at, it.count, la, lb,
-                 f.silu);
-    else
-      apply_f32(static_cast<const float*>(f.x) + it.at, static_cast<float*>(f.y) + it.at, it.count, la, lb, f.silu);
+    const int64_t n = split.sample_of_item(i);
+    passes.apply(i, &a[sz(n * s.c)], &b[sz(n * s.c)]);
   }
 }
 
 void backward(const Backward& bw) {
   const Shape& s = bw.shape;
   const Split split(s);
-  const int64_t nc = s.n * s.c, cg = s.c / s.groups;
-  const bool bf16 = bw.type == DataType::bf16;
-  const Bf16Spans& spans = bf16_spans();
+  const BackwardPasses passes{bw, split, bf16_spans()};
+  const int64_t per_sample = split.items_per_sample(), nc = s.n * s.c;
+  // Each sample's parts of d gamma and d beta, summed over the samples in
+  // order at the end.
+  std::vector<double> dgamma_parts(sz(nc)), dbeta_parts(sz(nc));
 
-  const Coefficients k(s, bw.gamma, bw.beta, bw.shift, bw.mean, bw.rstd);  // the forward's y = a x + b
-
-  // 1. Per-(n, c) sums of dy, x and dy x, one read of x and dz (with SiLU,
-  // dy written over dz).
-  std::vector<double> partial(static_cast<size_t>(split.items() * 3 * kLanes), 0.0);
-#pragma omp parallel for schedule(static)
-  for (int64_t i = 0; i < split.items(); ++i) {
-    const Split::Item it = split.item(i);
-    float la[kLanes], lb[kLanes];
-    k.lanes(split, it.unit, la, lb);
-    double* sums = &partial[static_cast<size_t>(i * 3 * kLanes)];
-    if (bf16)
-      spans.grad_sums(static_cast<const uint16_t*>(bw.x) + it.at, bw.dz + it.at, it.count, la, lb, bw.silu, sums,
-                     sums + kLanes, sums + 2 * kLanes);
-    else
-      grad_sums_f32(static_cast<const float*>(bw.x) + it.at, bw.dz + it.at, it.count, la, lb, bw.silu, sums,
-                    sums + kLanes, sums + 2 * kLanes);
-  }
-  const std::vector<double> sums = gather_sums(split, partial, 3, nc);
-  const double* s1 = sums.data();
-  const double* sx = s1 + nc;
-  const double* sdx = sx + nc;
-
-  // 2. Per group A and B; per (n, c) dx = alpha dy + beta x + delta; the
-  // parameter and shift gradients.
-  std::vector<float> alpha(static_cast<size_t>(nc)), beta(static_cast<size_t>(nc)), delta(static_cast<size_t>(nc));
-  std::vector<double> dgamma(static_cast<size_t>(s.c), 0.0), dbeta(static_cast<size_t>(s.c), 0.0);
-  const double count = static_cast<double>(cg * s.spatial), hw = static_cast<double>(s.spatial);
-  for (int64_t n = 0; n < s.n; ++n) {
-    for (int64_t g = 0; g < s.groups; ++g) {
-      const double m = bw.mean[n * s.groups + g], r = bw.rstd[n * s.groups + g];
-      double sum_a = 0, sum_b = 0;
-      for (int64_t c = g * cg; c < (g + 1) * cg; ++c) {
-        const int64_t i = n * s.c + c;
-        const double gamma = bw.gamma[c], xhat_dy = r * (sdx[i] + (shift_at(bw.shift, i) - m) * s1[i]);
-        sum_a += gamma * s1[i];
-        sum_b += gamma * xhat_dy;
-        dgamma[static_cast<size_t>(c)] += xhat_dy;
-        dbeta[static_cast<size_t>(c)] += s1[i];
+  if (picks_per_sample(s, bw.type, true, bw.silu)) {
+    // With SiLU, dy goes to the thread's scratch, which stays in its cache,
+    // instead of over dz.
+#pragma omp parallel
+    {
+      std::vector<double> partial(sz(per_sample * 3 * kLanes)), sums(sz(3 * s.c));
+      std::vector<float> a(sz(s.c)), b(sz(s.c)), alpha(sz(s.c)), beta(sz(s.c)), delta(sz(s.c));
+      std::vector<float> scratch(bw.silu ? sz(split.sample_elements()) : 0);
+#pragma omp for schedule(static)
+      for (int64_t n = 0; n < s.n; ++n) {
+        const int64_t first = n * split.sample_elements();
+        // The dy of an item: in the scratch (with SiLU), else dz itself.
+        const auto dy = [&](int64_t j) {
+          const int64_t at = split.item(n * per_sample + j).at;
+          return bw.silu ? scratch.data() + (at - first) : bw.dz + at;
+        };
+        passes.forward_coefficients(n, a.data(), b.data());
+        for (int64_t j = 0; j < per_sample; ++j)
+          passes.sums(n * per_sample + j, a.data(), b.data(), dy(j), &partial[sz(j * 3 * kLanes)]);
+        split.gather_sample(n, partial.data(), 3, sums.data());
+        passes.coefficients(n, sums.data(), alpha.data(), beta.data(), delta.data(), &dgamma_parts[sz(n * s.c)],
+                            &dbeta_parts[sz(n * s.c)]);
+        if (bw.dx)
+          for (int64_t j = 0; j < per_sample; ++j)
+            passes.apply(n * per_sample + j, dy(j), alpha.data(), beta.data(), delta.data());
       }
-      const double big_a = sum_a / count, big_b = sum_b / count;
-      for (int64_t c = g * cg; c < (g + 1) * cg; ++c) {
-        const int64_t i = n * s.c + c;
-        const double al = r * bw.gamma[c], be = -r * r * big_b,
-                     de = -r * big_a - r * r * big_b * (shift_at(bw.shift, i) - m);
-        alpha[static_cast<size_t>(i)] = static_cast<float>(al);
-        beta[static_cast<size_t>(i)] = static_cast<float>(be);
-        delta[static_cast<size_t>(i)] = static_cast<float>(de);
-        if (bw.dshift) {
-          const float d = static_cast<float>(al * s1[i] + be * sx[i] + hw * de);
-          bw.dshift[i] = bw.dshift_add ? bw.dshift[i] + d : d;
-        }
+    }
+  } else {
+    // 1. Every item's sums of dy, x and dy x, one read of x and dz (with
+    // SiLU, dy written over dz).
+    std::vector<float> a(sz(nc)), b(sz(nc));
+    for (int64_t n = 0; n < s.n; ++n) passes.forward_coefficients(n, &a[sz(n * s.c)], &b[sz(n * s.c)]);
+    std::vector<double> partial(sz(split.items() * 3 * kLanes));
+#pragma omp parallel for schedule(static)
+    for (int64_t i = 0; i < split.items(); ++i) {
+      const int64_t n = split.sample_of_item(i);
+      passes.sums(i, &a[sz(n * s.c)], &b[sz(n * s.c)], bw.dz + split.item(i).at, &partial[sz(i * 3 * kLanes)]);
+    }
+    // 2. Each sample's coefficients of dx.
+    std::vector<double> sums(sz(3 * s.c));
+    std::vector<float> alpha(sz(nc)), beta(sz(nc)), delta(sz(nc));
+    for (int64_t n = 0; n < s.n; ++n) {
+      split.gather_sample(n, &partial[sz(n * per_sample * 3 * kLanes)], 3, sums.data());
+      const size_t at = sz(n * s.c);
+      passes.coefficients(n, sums.data(), &alpha[at], &beta[at], &delta[at], &dgamma_parts[at], &dbeta_parts[at]);
+    }
+    // 3. dx, one read of x and dy and one write (or add) of dx.
+    if (bw.dx) {
+#pragma omp parallel for schedule(static)
+      for (int64_t i = 0; i < split.items(); ++i) {
+        const size_t at = sz(split.sample_of_item(i) * s.c);
+        passes.apply(i, bw.dz + split.item(i).at, &alpha[at], &beta[at], &delta[at]);
       }
     }
   }
-  for (int64_t c = 0; c < s.c; ++c) {
-    bw.dgamma[c] = static_cast<float>(dgamma[static_cast<size_t>(c)]);
-    bw.dbeta[c] = static_cast<float>(dbeta[static_cast<size_t>(c)]);
-  }
-  if (!bw.dx) return;
 
-  // 3. dx, one read of x and dy (dz without SiLU, else what step 1 wrote
-  // over it) and one write (or add) of dx.
-#pragma omp parallel for schedule(static)
-  for (int64_t i = 0; i < split.items(); ++i) {
-    const Split::Item it = split.item(i);
-    float lal[kLanes], lbe[kLanes], lde[kLanes];
-    split.lanes(it.unit, alpha.data(), lal);
-    split.lanes(it.unit, beta.data(), lbe);
-    split.lanes(it.unit, delta.data(), lde);
-    if (bf16)
-      spans.grad_apply(static_cast<const uint16_t*>(bw.x) + it.at, bw.dz + it.at, bw.dx + it.at, it.count, lal,
-                              lbe, lde, bw.dx_add);
-    else
-      grad_apply_f32(static_cast<const float*>(bw.x) + it.at, bw.dz + it.at, bw.dx + it.at, it.count, lal, lbe, lde,
-                     bw.dx_add);
+  for (int64_t c = 0; c < s.c; ++c) {
+    double dgamma = 0, dbeta = 0;
+    for (int64_t n = 0; n < s.n; ++n) {
+      dgamma += dgamma_parts[sz(n * s.c + c)];
+      dbeta += dbeta_parts[sz(n * s.c + c)];
+    }
+    bw.dgamma[c] = static_cast<float>(dgamma);
+    bw.dbeta[c] = static_cast<float>(dbeta);
   }
 }
 

@@ -2,7 +2,9 @@
 // statistics in one read of x, the normalisation (and activation) in one
 // read of x and one write of y; backward in two reads of x and of the
 // output's gradient and one write (or add) of x's (with SiLU, the first read
-// writes the gradient before the SiLU over the output's, for the second).
+// writes the gradient before the SiLU, for the second). Where a sample fits
+// in a core's L2 cache each thread runs both reads over one sample at a
+// time, so the second finds it in the cache (Schedule, below).
 // oneDNN 2.6 has no group normalisation, and building one from its
 // primitives costs four reads and two writes of the image forward and eight
 // reads and three writes backward (docs/performance.md, "GroupNorm as one
@@ -65,7 +67,7 @@ struct Backward {
   DataType type = DataType::f32;  // of x
   const void* x = nullptr;       // the forward's input
   float* dz = nullptr;           // the gradient of the forward's output; with SiLU,
-                                 // overwritten by the gradient before it (dy)
+                                 // may be overwritten by the gradient before it (dy)
   const float* gamma = nullptr;  // [C]
   const float* beta = nullptr;   // [C]
   const float* shift = nullptr;  // [N, C] or null
@@ -79,6 +81,20 @@ struct Backward {
   bool dshift_add = false;
 };
 void backward(const Backward& b);
+
+// How the two passes over the data run. whole_tensor: each over the whole
+// tensor in turn, all its parts in parallel. per_sample: the samples in
+// parallel, both passes over one sample before the next. by_size (the
+// default): per_sample when there are at least as many samples as OpenMP
+// threads and what the second pass rereads of a sample (x; backward also the
+// gradients) fits in half the L2 cache, else whole_tensor. The results are the
+// same to the bit under each. Returns the setting it replaces (for tests and
+// benchmarks).
+enum class Schedule { by_size, whole_tensor, per_sample };
+Schedule set_schedule(Schedule schedule);
+// Whether a forward (or backward) call on this shape runs per sample under
+// the current setting, at the calling thread's OpenMP thread count.
+bool picks_per_sample(const Shape& shape, DataType type, bool backward, bool silu);
 
 // bf16 data is converted with the CPU's AVX512-BF16 instructions where it has
 // them (GCC builds without sanitizers), else with integer arithmetic that

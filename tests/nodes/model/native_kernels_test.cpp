@@ -17,6 +17,8 @@
 #include <random>
 #include <vector>
 
+#include <omp.h>
+
 using namespace diffuflow;
 
 namespace {
@@ -219,6 +221,96 @@ TEST_CASE("native group norm writes bf16 rounded to nearest even, NaN kept, and 
   set_bf16_instructions(true);
 }
 
+namespace {
+
+// Random data for the group norm kernel called directly: x as bf16 values
+// (and the same values in f32), dz, a shift and the parameters; forward and
+// backward on it with either type of x.
+struct KernelData {
+  group_norm_kernel::Shape shape;
+  bool silu;
+  size_t size, nc;
+  std::vector<uint16_t> xb;
+  std::vector<float> xf, dz, shift, gamma, beta;
+
+  KernelData(const group_norm_kernel::Shape& s, bool with_silu, unsigned seed)
+      : shape(s), silu(with_silu), size(static_cast<size_t>(s.n * s.spatial *
+                                                            (s.layout == group_norm_kernel::Layout::blocked16
+                                                                 ? (s.c + 15) / 16 * 16 : s.c))),
+        nc(static_cast<size_t>(s.n * s.c)), xb(size), xf(size), dz(size), shift(nc), gamma(s.c), beta(s.c) {
+    std::mt19937 rng(seed);
+    std::normal_distribution<float> normal(0.3f, 1.2f);
+    for (size_t i = 0; i < size; ++i) {
+      float v = normal(rng);
+      uint32_t bits;
+      std::memcpy(&bits, &v, sizeof bits);
+      xb[i] = static_cast<uint16_t>(bits >> 16);  // truncated: any bf16 value will do
+      bits = static_cast<uint32_t>(xb[i]) << 16;
+      std::memcpy(&xf[i], &bits, sizeof bits);
+      dz[i] = normal(rng);
+    }
+    for (auto& v : shift) v = normal(rng);
+    for (auto& v : gamma) v = normal(rng);
+    for (auto& v : beta) v = normal(rng);
+  }
+  const void* x(group_norm_kernel::DataType type) const {
+    return type == group_norm_kernel::DataType::bf16 ? static_cast<const void*>(xb.data()) : xf.data();
+  }
+
+  struct Outputs {
+    std::vector<float> y, mean, rstd;  // y in f32 (bf16 widened)
+  };
+  Outputs forward(group_norm_kernel::DataType type) const {
+    using namespace group_norm_kernel;
+    Outputs o{std::vector<float>(size), std::vector<float>(static_cast<size_t>(shape.n * shape.groups)),
+              std::vector<float>(static_cast<size_t>(shape.n * shape.groups))};
+    std::vector<uint16_t> yb(size);
+    Forward f = forward_args(shape, x(type), type == DataType::bf16 ? static_cast<void*>(yb.data()) : o.y.data(),
+                             gamma, beta, o.mean, o.rstd);
+    f.shift = shift.data();
+    f.silu = silu;
+    f.type = type;
+    group_norm_kernel::forward(f);
+    if (type == DataType::bf16)
+      for (size_t i = 0; i < size; ++i) {
+        const uint32_t bits = static_cast<uint32_t>(yb[i]) << 16;
+        std::memcpy(&o.y[i], &bits, sizeof bits);
+      }
+    return o;
+  }
+
+  struct Grads {
+    std::vector<float> dx, dgamma, dbeta, dshift, dz;
+  };
+  // Adds into dx and dshift (both start at 0.5); dz is the step's to
+  // overwrite (with SiLU, by the gradient before it).
+  Grads backward(group_norm_kernel::DataType type, const Outputs& fwd) const {
+    Grads g{std::vector<float>(size, 0.5f), std::vector<float>(static_cast<size_t>(shape.c)),
+            std::vector<float>(static_cast<size_t>(shape.c)), std::vector<float>(nc, 0.5f), dz};
+    group_norm_kernel::Backward b;
+    b.shape = shape;
+    b.silu = silu;
+    b.type = type;
+    b.x = x(type);
+    b.dz = g.dz.data();
+    b.gamma = gamma.data();
+    b.beta = beta.data();
+    b.shift = shift.data();
+    b.mean = fwd.mean.data();
+    b.rstd = fwd.rstd.data();
+    b.dx = g.dx.data();
+    b.dx_add = true;
+    b.dgamma = g.dgamma.data();
+    b.dbeta = g.dbeta.data();
+    b.dshift = g.dshift.data();
+    b.dshift_add = true;
+    group_norm_kernel::backward(b);
+    return g;
+  }
+};
+
+}  // namespace
+
 TEST_CASE("native group norm backward on bf16 data equals it on the same values in f32, tails and shifts included") {
   // bf16 -> f32 is exact, so both versions compute the same numbers: the
   // gradients must agree bitwise, in both layouts, with SiLU and a shift.
@@ -227,85 +319,103 @@ TEST_CASE("native group norm backward on bf16 data equals it on the same values 
     for (const bool silu : {false, true}) {
       CAPTURE(layout == Layout::plain);
       CAPTURE(silu);
-      const int64_t n = 2, c = 32, spatial = 21, groups = 8;  // 21: a 16-lane tail in plain
-      const size_t size = static_cast<size_t>(n * c * spatial), nc = static_cast<size_t>(n * c);
-      std::mt19937 rng(9);
-      std::normal_distribution<float> normal(0.3f, 1.2f);
-      std::vector<uint16_t> xb(size);
-      std::vector<float> xf(size), dz(size), shift(nc), gamma(c), beta(c);
-      for (size_t i = 0; i < size; ++i) {
-        float v = normal(rng);
-        uint32_t bits;
-        std::memcpy(&bits, &v, sizeof bits);
-        xb[i] = static_cast<uint16_t>(bits >> 16);  // truncated: any bf16 value will do
-        bits = static_cast<uint32_t>(xb[i]) << 16;
-        std::memcpy(&xf[i], &bits, sizeof bits);
-        dz[i] = normal(rng);
-      }
-      for (auto& v : shift) v = normal(rng);
-      for (auto& v : gamma) v = normal(rng);
-      for (auto& v : beta) v = normal(rng);
-      const group_norm_kernel::Shape shape{n, c, spatial, groups, layout};
-      std::vector<float> mean(static_cast<size_t>(n * groups)), rstd(mean.size());
-      std::vector<float> yf(size);
-      Forward f = forward_args(shape, xf.data(), yf.data(), gamma, beta, mean, rstd);
-      f.shift = shift.data();
-      f.silu = silu;
-      forward(f);
-      struct Grads {
-        std::vector<float> dx, dgamma, dbeta, dshift, dz;
-      };
-      auto grads = [&](DataType type, const void* x) {
-        // dz is the step's to overwrite (with SiLU, by the gradient before it).
-        Grads g{std::vector<float>(size, 0.5f), std::vector<float>(c), std::vector<float>(c), std::vector<float>(nc),
-                dz};
-        Backward b;
-        b.shape = shape;
-        b.silu = silu;
-        b.type = type;
-        b.x = x;
-        b.dz = g.dz.data();
-        b.gamma = gamma.data();
-        b.beta = beta.data();
-        b.shift = shift.data();
-        b.mean = mean.data();
-        b.rstd = rstd.data();
-        b.dx = g.dx.data();
-        b.dx_add = true;
-        b.dgamma = g.dgamma.data();
-        b.dbeta = g.dbeta.data();
-        b.dshift = g.dshift.data();
-        backward(b);
-        return g;
-      };
-      const Grads from_f32 = grads(DataType::f32, xf.data());
-      if (!silu) CHECK(from_f32.dz == dz);
+      // 21 positions: a 16-lane tail in plain
+      const KernelData data({2, 32, 21, 8, layout}, silu, 9);
+      const KernelData::Outputs fwd = data.forward(DataType::f32);
+      const KernelData::Grads from_f32 = data.backward(DataType::f32, fwd);
+      if (!silu) CHECK(from_f32.dz == data.dz);
       // bf16 data read with the CPU's bf16 instructions and without; the
       // forward's bf16 output from both, the same bits.
-      std::vector<std::vector<uint16_t>> outputs;
+      std::vector<std::vector<float>> outputs;
       for (const bool instructions : {true, false}) {
         CAPTURE(set_bf16_instructions(instructions));
-        const Grads from_bf16 = grads(DataType::bf16, xb.data());
+        const KernelData::Grads from_bf16 = data.backward(DataType::bf16, fwd);
         CHECK(from_bf16.dx == from_f32.dx);
         CHECK(from_bf16.dgamma == from_f32.dgamma);
         CHECK(from_bf16.dbeta == from_f32.dbeta);
         CHECK(from_bf16.dshift == from_f32.dshift);
         CHECK(from_bf16.dz == from_f32.dz);
-        std::vector<uint16_t> yb(size);
-        std::vector<float> mb(mean.size()), rb(rstd.size());
-        Forward fb = forward_args(shape, xb.data(), yb.data(), gamma, beta, mb, rb);
-        fb.shift = shift.data();
-        fb.silu = silu;
-        fb.type = DataType::bf16;
-        forward(fb);
-        CHECK(mb == mean);
-        CHECK(rb == rstd);
-        outputs.push_back(yb);
+        const KernelData::Outputs fb = data.forward(DataType::bf16);
+        CHECK(fb.mean == fwd.mean);
+        CHECK(fb.rstd == fwd.rstd);
+        outputs.push_back(fb.y);
       }
       set_bf16_instructions(true);
       CHECK(outputs[0] == outputs[1]);
       CHECK(std::any_of(from_f32.dx.begin(), from_f32.dx.end(), [](float v) { return v != 0.5f; }));
     }
+  }
+}
+
+TEST_CASE("native group norm: the per-sample and whole-tensor schedules give the same bits") {
+  // Per sample, a thread runs both passes over one sample at a time (the
+  // second reading it from its cache); whole-tensor, each pass runs over
+  // every sample in parallel. Each channel's sums gather the same items in
+  // the same order, so every output must agree to the bit: both layouts
+  // (with padding lanes), units split into chunks, tails, SiLU, a shift, and
+  // batches smaller than the thread count.
+  using namespace group_norm_kernel;
+  struct ShapeCase {
+    int64_t n, c, spatial, groups;
+  };
+  const std::vector<ShapeCase> shapes = {
+      {3, 20, 50, 5},   // plain: 4 vectors a row, 2 chunks a unit; nChw16c: 12 padding lanes
+      {1, 32, 37, 4},   // one sample: chunks of whole vectors and a tail
+      {5, 48, 9, 6},    // more samples than items a thread takes in the whole-tensor passes
+  };
+  int compared = 0;
+  for (const ShapeCase& sc : shapes)
+    for (const Layout layout : {Layout::plain, Layout::blocked16})
+      for (const bool silu : {false, true})
+        for (const DataType type : {DataType::f32, DataType::bf16}) {
+          CAPTURE(sc.n);
+          CAPTURE(sc.c);
+          CAPTURE(layout == Layout::plain);
+          CAPTURE(silu);
+          CAPTURE(type == DataType::bf16);
+          const KernelData data({sc.n, sc.c, sc.spatial, sc.groups, layout}, silu, 21);
+          std::vector<KernelData::Outputs> fwd;
+          std::vector<KernelData::Grads> grads;
+          for (const Schedule schedule : {Schedule::whole_tensor, Schedule::per_sample}) {
+            set_schedule(schedule);
+            fwd.push_back(data.forward(type));
+            grads.push_back(data.backward(type, fwd.back()));
+          }
+          set_schedule(Schedule::by_size);
+          CHECK(fwd[0].y == fwd[1].y);
+          CHECK(fwd[0].mean == fwd[1].mean);
+          CHECK(fwd[0].rstd == fwd[1].rstd);
+          CHECK(grads[0].dx == grads[1].dx);
+          CHECK(grads[0].dgamma == grads[1].dgamma);
+          CHECK(grads[0].dbeta == grads[1].dbeta);
+          CHECK(grads[0].dshift == grads[1].dshift);
+          // Not a vacuous comparison: the outputs were written.
+          CHECK(std::none_of(grads[1].dx.begin(), grads[1].dx.end(), [](float v) { return std::isnan(v); }));
+          CHECK(std::count(grads[1].dx.begin(), grads[1].dx.end(), 0.5f) < static_cast<long>(data.size / 2));
+          ++compared;
+        }
+  CHECK(compared == 24);
+}
+
+TEST_CASE("native group norm: by_size runs per sample when every thread has a sample that fits its cache") {
+  using namespace group_norm_kernel;
+  const int threads = omp_get_max_threads();
+  using KShape = group_norm_kernel::Shape;
+  const KShape small{std::max(threads, 4), 32, 7 * 7, 8, Layout::blocked16};  // 6 KiB of x a sample
+  KShape few = small;
+  few.n = threads - 1;                                                      // a thread without a sample
+  const KShape huge{64, 64, 4096 * 4096, 8, Layout::plain};                 // 4 GiB of x a sample
+  for (const bool backward : {false, true}) {
+    CAPTURE(backward);
+    CHECK(picks_per_sample(small, DataType::f32, backward, true));
+    CHECK(picks_per_sample(small, DataType::bf16, backward, false));
+    CHECK_FALSE(picks_per_sample(huge, DataType::bf16, backward, false));
+    if (few.n >= 1) CHECK_FALSE(picks_per_sample(few, DataType::f32, backward, true));
+    set_schedule(Schedule::whole_tensor);
+    CHECK_FALSE(picks_per_sample(small, DataType::f32, backward, true));
+    set_schedule(Schedule::per_sample);
+    CHECK(picks_per_sample(huge, DataType::f32, backward, true));
+    CHECK(set_schedule(Schedule::by_size) == Schedule::per_sample);
   }
 }
 
