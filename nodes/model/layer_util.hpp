@@ -41,6 +41,12 @@ void append_channel_sums(Program& p, const dnnl::memory& src, const dnnl::memory
 // native_kernels() is on. x plain or nChw16c.
 ValueId group_norm_native(Program& p, ValueId x, const ParamRef& weight, const ParamRef& bias, int64_t groups,
                           float eps, bool silu, ValueId shift);
+// Softmax over each of `rows` rows of `length` in plain f32 memory, as a
+// native step (layers_native.cpp): forward in place on `probs`; backward
+// dscores = the gradient through it, from the forward's output and dprobs.
+void softmax_native_forward(Program& p, const dnnl::memory& probs, int64_t rows, int64_t length);
+void softmax_native_backward(Program& p, const dnnl::memory& probs, const dnnl::memory& dprobs,
+                             const dnnl::memory& dscores, int64_t rows, int64_t length);
 // conv2d as a native step when it has a few channels (<= 8) on one side
 // and a multiple of 16 on the other, stride 1, one padding all round and no
 // residual (layers_native.cpp); else nothing.

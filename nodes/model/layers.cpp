@@ -1067,9 +1067,16 @@ ValueId attention_core(Program& p, ValueId q, ValueId k, ValueId v, int64_t batc
   dnnl::matmul::primitive_desc scores_pd(dnnl::matmul::desc(bsd, bds_t, bss), scaled, p.engine());
   p.forward(p.make<dnnl::matmul>(scores_pd),
             {{DNNL_ARG_SRC, view(qh, bsd)}, {DNNL_ARG_WEIGHTS, view(kh, bds_t)}, {DNNL_ARG_DST, probs}});
-  dnnl::softmax_forward::primitive_desc softmax_pd(dnnl::softmax_forward::desc(prop_kind::forward_training, bss, 2),
-                                                   attr, p.engine());
-  p.forward(p.make<dnnl::softmax_forward>(softmax_pd), {{DNNL_ARG_SRC, probs}, {DNNL_ARG_DST, probs}});
+  // The softmax over each row of scores: a native step on CPU engines
+  // (oneDNN's is slow on rows this short), else the primitive.
+  const bool native = p.native_kernels();
+  std::optional<dnnl::softmax_forward::primitive_desc> softmax_pd;
+  if (native) {
+    softmax_native_forward(p, probs, b * s, s);
+  } else {
+    softmax_pd.emplace(dnnl::softmax_forward::desc(prop_kind::forward_training, bss, 2), attr, p.engine());
+    p.forward(p.make<dnnl::softmax_forward>(*softmax_pd), {{DNNL_ARG_SRC, probs}, {DNNL_ARG_DST, probs}});
+  }
   const dnnl::memory oh = p.alloc(bsd);
   dnnl::matmul::primitive_desc pv_pd(dnnl::matmul::desc(bss, bsd, bsd), attr, p.engine());
   p.forward(p.make<dnnl::matmul>(pv_pd),
@@ -1091,10 +1098,14 @@ ValueId attention_core(Program& p, ValueId q, ValueId k, ValueId v, int64_t batc
                {{DNNL_ARG_SRC, view(probs, bss_t)}, {DNNL_ARG_WEIGHTS, doh}, {DNNL_ARG_DST, dvh}});
     // dScores = softmax backward ; dQ = scale dS K ; dK = scale dS^T Q
     const dnnl::memory dscores = p.alloc(bss);
-    dnnl::softmax_backward::primitive_desc sb_pd(dnnl::softmax_backward::desc(bss, bss, 2), attr, p.engine(),
-                                                 softmax_pd);
-    p.backward(p.make<dnnl::softmax_backward>(sb_pd),
-               {{DNNL_ARG_DST, probs}, {DNNL_ARG_DIFF_DST, dprobs}, {DNNL_ARG_DIFF_SRC, dscores}});
+    if (native) {
+      softmax_native_backward(p, probs, dprobs, dscores, b * s, s);
+    } else {
+      dnnl::softmax_backward::primitive_desc sb_pd(dnnl::softmax_backward::desc(bss, bss, 2), attr, p.engine(),
+                                                   *softmax_pd);
+      p.backward(p.make<dnnl::softmax_backward>(sb_pd),
+                 {{DNNL_ARG_DST, probs}, {DNNL_ARG_DIFF_DST, dprobs}, {DNNL_ARG_DIFF_SRC, dscores}});
+    }
     const dnnl::memory dqh = p.alloc(bsd), dkh = p.alloc(bsd);
     dnnl::matmul::primitive_desc dq_pd(dnnl::matmul::desc(bss, bsd, bsd), scaled, p.engine());
     p.backward(p.make<dnnl::matmul>(dq_pd),

@@ -1,11 +1,13 @@
 // The layers whose CPU version is a native step, a kernel of the project's
 // own, which programs on CPU engines use instead of the primitives of
 // layers.cpp: GroupNorm (optionally followed by SiLU, optionally of x plus a
-// per-(sample, channel) shift; group_norm_kernel.hpp) and the convolutions
-// with a few channels on one side (few_channel_conv_kernel.hpp).
+// per-(sample, channel) shift; group_norm_kernel.hpp), the convolutions
+// with a few channels on one side (few_channel_conv_kernel.hpp) and
+// attention's softmax (softmax_kernel.hpp).
 #include "nodes/model/few_channel_conv_kernel.hpp"
 #include "nodes/model/group_norm_kernel.hpp"
 #include "nodes/model/layer_util.hpp"
+#include "nodes/model/softmax_kernel.hpp"
 
 #include <optional>
 
@@ -131,6 +133,24 @@ ValueId group_norm_native(Program& p, ValueId x, const ParamRef& weight, const P
     }
   });
   return y;
+}
+
+void softmax_native_forward(Program& p, const dnnl::memory& probs, int64_t rows, int64_t length) {
+  p.native_forward(
+      [rows, length](const Args& a) {
+        softmax_kernel::forward(floats(a, DNNL_ARG_SRC), floats(a, DNNL_ARG_DST), rows, length);
+      },
+      {{DNNL_ARG_SRC, probs}, {DNNL_ARG_DST, probs}});
+}
+
+void softmax_native_backward(Program& p, const dnnl::memory& probs, const dnnl::memory& dprobs,
+                             const dnnl::memory& dscores, int64_t rows, int64_t length) {
+  p.native_backward(
+      [rows, length](const Args& a) {
+        softmax_kernel::backward(floats(a, DNNL_ARG_DST), floats(a, DNNL_ARG_DIFF_DST), floats(a, DNNL_ARG_DIFF_SRC),
+                                 rows, length);
+      },
+      {{DNNL_ARG_DST, probs}, {DNNL_ARG_DIFF_DST, dprobs}, {DNNL_ARG_DIFF_SRC, dscores}});
 }
 
 std::optional<ValueId> conv2d_few_channels(Program& p, ValueId x, const ParamRef& weight, const ParamRef& bias,

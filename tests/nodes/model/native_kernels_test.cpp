@@ -5,6 +5,7 @@
 #include "nodes/model/few_channel_conv_kernel.hpp"
 #include "nodes/model/group_norm_kernel.hpp"
 #include "nodes/model/layers.hpp"
+#include "nodes/model/softmax_kernel.hpp"
 #include "compute/program.hpp"
 
 #include <doctest/doctest.h>
@@ -560,4 +561,74 @@ TEST_CASE("a narrowing few-channel convolution reads a bf16 input as it is: the 
   const ValueId y = conv2d(p, x, ParamRef{0, {few, wide, 3, 3}}, ParamRef{few * wide * 9, {few}}, 1, 1);
   CHECK(p.forward_steps() == 1);
   CHECK(p.desc(y) == plain_f32({g.n, few, g.ho(), g.wo()}));
+}
+
+TEST_CASE("native softmax matches oneDNN's forward and backward, short rows, tails and in place included") {
+  // Rows of 4 (shorter than a vector), 16, 49 (unet-s's 7x7 tokens: three
+  // vectors and a tail), 64 and 196; forward in place as attention runs it.
+  dnnl::engine engine(dnnl::engine::kind::cpu, 0);
+  dnnl::stream stream(engine);
+  for (const int64_t length : {4, 16, 49, 64, 196}) {
+    CAPTURE(length);
+    const int64_t rows = 3 * length + 5;
+    const auto md = plain_f32({rows, length});
+    std::mt19937 rng(static_cast<unsigned>(length));
+    std::normal_distribution<float> normal(0.0f, 3.0f);
+    std::vector<float> x(static_cast<size_t>(rows * length)), dy(x.size());
+    for (auto& v : x) v = normal(rng);
+    for (auto& v : dy) v = normal(rng);
+    x[7] = 60.0f;  // a row where the others' exponentials are tiny
+
+    std::vector<float> y_ref(x.size()), dx_ref(x.size());
+    dnnl::memory x_m(md, engine, x.data()), y_m(md, engine, y_ref.data()), dy_m(md, engine, dy.data()),
+        dx_m(md, engine, dx_ref.data());
+    const dnnl::softmax_forward::primitive_desc fwd(
+        dnnl::softmax_forward::desc(dnnl::prop_kind::forward_training, md, 1), engine);
+    dnnl::softmax_forward(fwd).execute(stream, {{DNNL_ARG_SRC, x_m}, {DNNL_ARG_DST, y_m}});
+    const dnnl::softmax_backward::primitive_desc bwd(dnnl::softmax_backward::desc(md, md, 1), engine, fwd);
+    dnnl::softmax_backward(bwd).execute(stream,
+                                        {{DNNL_ARG_DST, y_m}, {DNNL_ARG_DIFF_DST, dy_m}, {DNNL_ARG_DIFF_SRC, dx_m}});
+    stream.wait();
+
+    std::vector<float> y = x;  // in place
+    softmax_kernel::forward(y.data(), y.data(), rows, length);
+    CHECK(worst(y, y_ref) < 1e-6);
+    std::vector<float> dx(x.size(), 9.0f);
+    softmax_kernel::backward(y_ref.data(), dy.data(), dx.data(), rows, length);
+    CHECK(worst(dx, dx_ref) < 1e-5);
+    std::vector<float> dx_over_dy = dy;  // dx written over dy
+    softmax_kernel::backward(y_ref.data(), dx_over_dy.data(), dx_over_dy.data(), rows, length);
+    CHECK(dx_over_dy == dx);
+    // Each row sums to one.
+    for (int64_t r = 0; r < rows; ++r) {
+      double total = 0;
+      for (int64_t j = 0; j < length; ++j) total += y[static_cast<size_t>(r * length + j)];
+      CHECK(std::fabs(total - 1.0) < 1e-5);
+    }
+  }
+}
+
+TEST_CASE("attention's softmax is a native step on the CPU and oneDNN's primitive without native kernels") {
+  dnnl::engine engine(dnnl::engine::kind::cpu, 0);
+  std::vector<size_t> steps;
+  for (const bool native : {true, false}) {
+    CAPTURE(native);
+    PrimitiveCache cache;
+    dnnl::memory params(plain_f32({1}), engine);
+    Program p(engine, cache, params, 1, /*training=*/true);
+    p.set_native_kernels(native);
+    const ValueId q = p.new_value(plain_f32({2, 49, 16}), true), k = p.new_value(plain_f32({2, 49, 16}), true),
+                  v = p.new_value(plain_f32({2, 49, 16}), true);
+    const ValueId out = attention_core(p, q, k, v, 2, 8);
+    p.pin(out);
+    p.finalize(out, true);
+    // implementations() lists the primitive steps only; the two lists differ
+    // by the native ones, the softmax forward and backward, which take the
+    // place of the primitives one for one.
+    const size_t native_steps = p.forward_steps() - p.implementations(false).size() + p.backward_steps() -
+                                p.implementations(true).size();
+    CHECK(native_steps == (native ? 2u : 0u));
+    steps.push_back(p.forward_steps() + p.backward_steps());
+  }
+  CHECK(steps[0] == steps[1]);
 }
