@@ -1,9 +1,9 @@
 // Softmax over the rows of a plain f32 matrix, forward and backward, as CPU
 // kernels: attention's probabilities, P = softmax(scores) per query row.
-// oneDNN 2.6's softmax takes about 1.1-1.4 ms for unet-s's 512 x 49 x 49
-// scores at batch 64 on 2 cores, three to four times the matmul that writes
-// them, its rows of 49 being short for its per-row work; these kernels take
-// each row through the 16-lane vectors once it is in L1
+// oneDNN 2.6's softmax takes about 1 ms per call on unet-s's 512 x 49 x 49
+// scores at batch 64 on 2 cores, nearly twice the matmul that writes them,
+// its rows of 49 being short for its per-row work; these kernels take each
+// row through the 16-lane vectors while it is in L1, in about half the time
 // (docs/performance.md, "Attention's softmax").
 //
 //   softmax_kernel::forward(scores, probs, rows, length);          // may be in place
