@@ -352,6 +352,22 @@ int64_t sample_elements(const Shape& s) {
 
 float shift_at(const float* shift, int64_t i) { return shift ? shift[i] : 0.0f; }
 
+// Sample n's coefficients of y = a x + b ([C] each) from its group
+// statistics as stored (forward and backward compute them alike):
+// a = gamma r, b = beta + (t - m) a.
+template <typename Step>
+void affine_coefficients(const Step& step, int64_t n, float* a, float* b) {
+  const Shape& s = step.shape;
+  const int64_t cg = s.c / s.groups;
+  for (int64_t c = 0; c < s.c; ++c) {
+    const int64_t g = n * s.groups + c / cg;
+    const double ac = static_cast<double>(step.gamma[c]) * step.rstd[g];
+    a[c] = static_cast<float>(ac);
+    const float t = shift_at(step.shift, n * s.c + c);
+    b[c] = static_cast<float>(static_cast<double>(step.beta[c]) + (t - step.mean[g]) * ac);
+  }
+}
+
 // --- forward ----------------------------------------------------------------------
 
 struct ForwardPasses {
@@ -387,12 +403,7 @@ struct ForwardPasses {
       f.mean[n * s.groups + g] = static_cast<float>(m);
       f.rstd[n * s.groups + g] = static_cast<float>(1.0 / std::sqrt(var + static_cast<double>(f.eps)));
     }
-    for (int64_t c = 0; c < s.c; ++c) {
-      const int64_t g = n * s.groups + c / cg;
-      const double ac = static_cast<double>(f.gamma[c]) * f.rstd[g];
-      a[c] = static_cast<float>(ac);
-      b[c] = static_cast<float>(static_cast<double>(f.beta[c]) + (shift_at(f.shift, n * s.c + c) - f.mean[g]) * ac);
-    }
+    affine_coefficients(f, n, a, b);
   }
 
   // y = act(a x + b) over item i, with its sample's coefficients.
@@ -415,19 +426,6 @@ struct BackwardPasses {
   const Backward& bw;
   const Split& split;
   const Bf16Spans& spans;
-
-  // Sample n's forward coefficients, y = a x + b ([C] each), from the group
-  // statistics as stored.
-  void forward_coefficients(int64_t n, float* a, float* b) const {
-    const Shape& s = bw.shape;
-    const int64_t cg = s.c / s.groups;
-    for (int64_t c = 0; c < s.c; ++c) {
-      const int64_t g = n * s.groups + c / cg;
-      const double ac = static_cast<double>(bw.gamma[c]) * bw.rstd[g];
-      a[c] = static_cast<float>(ac);
-      b[c] = static_cast<float>(static_cast<double>(bw.beta[c]) + (shift_at(bw.shift, n * s.c + c) - bw.mean[g]) * ac);
-    }
-  }
 
   // Item i's lane sums of dy, x and dy x ([3][16], overwritten); with SiLU
   // dy is written at `dy` (the item's elements).
@@ -590,7 +588,7 @@ void backward(const Backward& bw) {
           const int64_t at = split.item(n * per_sample + j).at;
           return bw.silu ? scratch.data() + (at - first) : bw.dz + at;
         };
-        passes.forward_coefficients(n, a.data(), b.data());
+        affine_coefficients(bw, n, a.data(), b.data());
         for (int64_t j = 0; j < per_sample; ++j)
           passes.sums(n * per_sample + j, a.data(), b.data(), dy(j), &partial[sz(j * 3 * kLanes)]);
         split.gather_sample(n, partial.data(), 3, sums.data());
@@ -605,7 +603,7 @@ void backward(const Backward& bw) {
     // 1. Every item's sums of dy, x and dy x, one read of x and dz (with
     // SiLU, dy written over dz).
     std::vector<float> a(sz(nc)), b(sz(nc));
-    for (int64_t n = 0; n < s.n; ++n) passes.forward_coefficients(n, &a[sz(n * s.c)], &b[sz(n * s.c)]);
+    for (int64_t n = 0; n < s.n; ++n) affine_coefficients(bw, n, &a[sz(n * s.c)], &b[sz(n * s.c)]);
     std::vector<double> partial(sz(split.items() * 3 * kLanes));
 #pragma omp parallel for schedule(static)
     for (int64_t i = 0; i < split.items(); ++i) {
