@@ -50,9 +50,9 @@ class UNetModelResource : public ModelResource {
                     "parameters and gradients, bf16 activations between layers (mixed precision; fast on "
                     "CPUs with AMX or AVX512-BF16)");
     DIFFUFLOW_PARAM(bool, native_kernels, true,
-                    "on a CPU, run GroupNorm and the few-channel first and last convolutions as diffuflow's own "
-                    "kernels (faster); false: oneDNN primitives only, as on other engines (bf16 training then "
-                    "keeps f32 activations)");
+                    "on a CPU, run GroupNorm, the few-channel first and last convolutions and attention's "
+                    "softmax as diffuflow's own kernels (faster); false: oneDNN primitives only, as on other "
+                    "engines (bf16 training then keeps f32 activations)");
     DIFFUFLOW_PARAM(ConvAlgorithm, convolution, ConvAlgorithm::by_shape,
                     "how f32 3x3 convolutions are computed on a CPU: winograd (Winograd's F(4x4,3x3): fewer "
                     "multiplications, about twice the direct sum's rounding error, slower on small batches), "
