@@ -284,8 +284,9 @@ struct KernelData {
     std::vector<float> dx, dgamma, dbeta, dshift, dz;
   };
   // Adds into dx and dshift (both start at 0.5); dz is the step's to
-  // overwrite (with SiLU, by the gradient before it).
-  Grads backward(group_norm_kernel::DataType type, const Outputs& fwd) const {
+  // overwrite (with SiLU, by the gradient before it). Without `want_dx` the
+  // step gets no dx (the input needs no gradient) and g.dx stays empty.
+  Grads backward(group_norm_kernel::DataType type, const Outputs& fwd, bool want_dx = true) const {
     Grads g{std::vector<float>(size, 0.5f), std::vector<float>(static_cast<size_t>(shape.c)),
             std::vector<float>(static_cast<size_t>(shape.c)), std::vector<float>(nc, 0.5f), dz};
     group_norm_kernel::Backward b;
@@ -299,7 +300,8 @@ struct KernelData {
     b.shift = shift.data();
     b.mean = fwd.mean.data();
     b.rstd = fwd.rstd.data();
-    b.dx = g.dx.data();
+    if (!want_dx) g.dx.clear();
+    b.dx = want_dx ? g.dx.data() : nullptr;
     b.dx_add = true;
     b.dgamma = g.dgamma.data();
     b.dbeta = g.dbeta.data();
@@ -376,13 +378,20 @@ TEST_CASE("native group norm: the per-sample and whole-tensor schedules give the
           CAPTURE(type == DataType::bf16);
           const KernelData data({sc.n, sc.c, sc.spatial, sc.groups, layout}, silu, 21);
           std::vector<KernelData::Outputs> fwd;
-          std::vector<KernelData::Grads> grads;
+          std::vector<KernelData::Grads> grads, without_dx;
           for (const Schedule schedule : {Schedule::whole_tensor, Schedule::per_sample}) {
             set_schedule(schedule);
             fwd.push_back(data.forward(type));
             grads.push_back(data.backward(type, fwd.back()));
+            without_dx.push_back(data.backward(type, fwd.back(), false));
           }
           set_schedule(Schedule::by_size);
+          // Without dx the parameter and shift gradients are the same.
+          for (const KernelData::Grads& g : without_dx) {
+            CHECK(g.dgamma == grads[0].dgamma);
+            CHECK(g.dbeta == grads[0].dbeta);
+            CHECK(g.dshift == grads[0].dshift);
+          }
           CHECK(fwd[0].y == fwd[1].y);
           CHECK(fwd[0].mean == fwd[1].mean);
           CHECK(fwd[0].rstd == fwd[1].rstd);
