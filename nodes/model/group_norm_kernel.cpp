@@ -579,7 +579,10 @@ void backward(const Backward& bw) {
     {
       std::vector<double> partial(sz(per_sample * 3 * kLanes)), sums(sz(3 * s.c));
       std::vector<float> a(sz(s.c)), b(sz(s.c)), alpha(sz(s.c)), beta(sz(s.c)), delta(sz(s.c));
-      std::vector<float> scratch(bw.silu ? sz(split.sample_elements()) : 0);
+      // The thread's scratch for dy, kept between calls: neither allocated
+      // nor zeroed again while samples fit it.
+      thread_local std::vector<float> scratch;
+      if (bw.silu && scratch.size() < sz(split.sample_elements())) scratch.resize(sz(split.sample_elements()));
 #pragma omp for schedule(static)
       for (int64_t n = 0; n < s.n; ++n) {
         const int64_t first = n * split.sample_elements();
