@@ -269,13 +269,14 @@ const Bf16Spans& bf16_spans() {
 constexpr int64_t kMinItems = 64;
 
 struct Split {
-  int64_t units = 0, elements = 0, vectors = 0, chunks = 1, blocks = 0, units_per_sample = 0;
+  int64_t units = 0, elements = 0, vectors = 0, chunks = 1, blocks = 0, units_per_sample = 0, units_first = 0;
   Layout layout = Layout::plain;
   int64_t c = 0;
 
   explicit Split(const Shape& s) : layout(s.layout), c(s.c) {
     blocks = (s.c + kLanes - 1) / kLanes;
     units_per_sample = s.layout == Layout::blocked16 ? blocks : s.c;
+    units_first = s.c_first <= 0 ? units_per_sample : s.layout == Layout::blocked16 ? s.c_first / kLanes : s.c_first;
     units = s.n * units_per_sample;
     elements = s.layout == Layout::blocked16 ? s.spatial * kLanes : s.spatial;
     vectors = (elements + kLanes - 1) / kLanes;
@@ -294,6 +295,17 @@ struct Split {
     const int64_t begin = std::min(elements, k * vectors / chunks * kLanes);
     const int64_t end = std::min(elements, (k + 1) * vectors / chunks * kLanes);
     return {unit, unit * elements + begin, end - begin};
+  }
+  // Where an item's elements are in the sources: the first (x) or the second
+  // (x2), and the offset there. With one source, x at the item's offset.
+  struct Source {
+    bool second;
+    int64_t at;
+  };
+  Source source(const Item& it) const {
+    const int64_t n = it.unit / units_per_sample, k = it.unit % units_per_sample, begin = it.at - it.unit * elements;
+    if (k < units_first) return {false, (n * units_first + k) * elements + begin};
+    return {true, (n * (units_per_sample - units_first) + k - units_first) * elements + begin};
   }
   // The 16 lanes' values, for a unit, of per-channel numbers `per_c` of the
   // unit's sample (0 past C).
@@ -379,10 +391,12 @@ struct ForwardPasses {
   void stats(int64_t i, double* sums) const {
     std::fill(sums, sums + 2 * kLanes, 0.0);
     const Split::Item it = split.item(i);
+    const Split::Source src = split.source(it);
+    const void* x = src.second ? f.x2 : f.x;
     if (f.type == DataType::bf16)
-      spans.stats(static_cast<const uint16_t*>(f.x) + it.at, it.count, sums, sums + kLanes);
+      spans.stats(static_cast<const uint16_t*>(x) + src.at, it.count, sums, sums + kLanes);
     else
-      stats_f32(static_cast<const float*>(f.x) + it.at, it.count, sums, sums + kLanes);
+      stats_f32(static_cast<const float*>(x) + src.at, it.count, sums, sums + kLanes);
   }
 
   // Sample n's group statistics of u = x + t from its per-channel sums
@@ -412,11 +426,13 @@ struct ForwardPasses {
     float la[kLanes], lb[kLanes];
     split.lanes(it.unit, a, la);
     split.lanes(it.unit, b, lb);
+    const Split::Source src = split.source(it);
+    const void* x = src.second ? f.x2 : f.x;
     if (f.type == DataType::bf16)
-      spans.apply(static_cast<const uint16_t*>(f.x) + it.at, static_cast<uint16_t*>(f.y) + it.at, it.count, la, lb,
+      spans.apply(static_cast<const uint16_t*>(x) + src.at, static_cast<uint16_t*>(f.y) + it.at, it.count, la, lb,
                   f.silu);
     else
-      apply_f32(static_cast<const float*>(f.x) + it.at, static_cast<float*>(f.y) + it.at, it.count, la, lb, f.silu);
+      apply_f32(static_cast<const float*>(x) + src.at, static_cast<float*>(f.y) + it.at, it.count, la, lb, f.silu);
   }
 };
 
@@ -435,11 +451,13 @@ struct BackwardPasses {
     float la[kLanes], lb[kLanes];
     split.lanes(it.unit, a, la);
     split.lanes(it.unit, b, lb);
+    const Split::Source src = split.source(it);
+    const void* x = src.second ? bw.x2 : bw.x;
     if (bw.type == DataType::bf16)
-      spans.grad_sums(static_cast<const uint16_t*>(bw.x) + it.at, bw.dz + it.at, dy, it.count, la, lb, bw.silu, out,
+      spans.grad_sums(static_cast<const uint16_t*>(x) + src.at, bw.dz + it.at, dy, it.count, la, lb, bw.silu, out,
                       out + kLanes, out + 2 * kLanes);
     else
-      grad_sums_f32(static_cast<const float*>(bw.x) + it.at, bw.dz + it.at, dy, it.count, la, lb, bw.silu, out,
+      grad_sums_f32(static_cast<const float*>(x) + src.at, bw.dz + it.at, dy, it.count, la, lb, bw.silu, out,
                     out + kLanes, out + 2 * kLanes);
   }
 
@@ -488,11 +506,15 @@ struct BackwardPasses {
     split.lanes(it.unit, alpha, lal);
     split.lanes(it.unit, beta, lbe);
     split.lanes(it.unit, delta, lde);
+    const Split::Source src = split.source(it);
+    const void* x = src.second ? bw.x2 : bw.x;
+    float* dx = src.second ? bw.dx2 : bw.dx;
+    const bool add = src.second ? bw.dx2_add : bw.dx_add;
+    if (!dx) return;
     if (bw.type == DataType::bf16)
-      spans.grad_apply(static_cast<const uint16_t*>(bw.x) + it.at, dy, bw.dx + it.at, it.count, lal, lbe, lde,
-                       bw.dx_add);
+      spans.grad_apply(static_cast<const uint16_t*>(x) + src.at, dy, dx + src.at, it.count, lal, lbe, lde, add);
     else
-      grad_apply_f32(static_cast<const float*>(bw.x) + it.at, dy, bw.dx + it.at, it.count, lal, lbe, lde, bw.dx_add);
+      grad_apply_f32(static_cast<const float*>(x) + src.at, dy, dx + src.at, it.count, lal, lbe, lde, add);
   }
 };
 
@@ -597,7 +619,7 @@ void backward(const Backward& bw) {
         split.gather_sample(n, partial.data(), 3, sums.data());
         passes.coefficients(n, sums.data(), alpha.data(), beta.data(), delta.data(), &dgamma_parts[sz(n * s.c)],
                             &dbeta_parts[sz(n * s.c)]);
-        if (bw.dx)
+        if (bw.dx || bw.dx2)
           for (int64_t j = 0; j < per_sample; ++j)
             passes.apply(n * per_sample + j, dy(j), alpha.data(), beta.data(), delta.data());
       }
@@ -622,7 +644,7 @@ void backward(const Backward& bw) {
       passes.coefficients(n, sums.data(), &alpha[at], &beta[at], &delta[at], &dgamma_parts[at], &dbeta_parts[at]);
     }
     // 3. dx, one read of x and dy and one write (or add) of dx.
-    if (bw.dx) {
+    if (bw.dx || bw.dx2) {
 #pragma omp parallel for schedule(static)
       for (int64_t i = 0; i < split.items(); ++i) {
         const size_t at = sz(split.sample_of_item(i) * s.c);

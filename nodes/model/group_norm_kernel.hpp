@@ -40,9 +40,14 @@ namespace diffuflow::group_norm_kernel {
 enum class Layout { plain, blocked16 };
 enum class DataType { f32, bf16 };
 
+// With two sources (Forward::x2), x holds the first c_first channels and x2
+// the other c - c_first, each in the layout with its own channel count (in
+// blocked16, c_first a multiple of 16): the norm of their concatenation,
+// which is never written. 0: one source.
 struct Shape {
   int64_t n = 0, c = 0, spatial = 0, groups = 0;
   Layout layout = Layout::plain;
+  int64_t c_first = 0;
 };
 
 struct Forward {
@@ -51,7 +56,8 @@ struct Forward {
   bool silu = false;
   DataType type = DataType::f32;  // of x and y
   const void* x = nullptr;
-  void* y = nullptr;
+  const void* x2 = nullptr;      // the second source (Shape::c_first), or null
+  void* y = nullptr;             // all C channels
   const float* gamma = nullptr;  // [C]
   const float* beta = nullptr;   // [C]
   const float* shift = nullptr;  // [N, C] plain, or null
@@ -66,6 +72,7 @@ struct Backward {
   bool silu = false;
   DataType type = DataType::f32;  // of x
   const void* x = nullptr;       // the forward's input
+  const void* x2 = nullptr;      // and its second source, or null
   float* dz = nullptr;           // the gradient of the forward's output; with SiLU,
                                  // may be overwritten by the gradient before it (dy)
   const float* gamma = nullptr;  // [C]
@@ -75,6 +82,8 @@ struct Backward {
   const float* rstd = nullptr;
   float* dx = nullptr;           // null: not wanted
   bool dx_add = false;           // dx += the gradient, else dx = it
+  float* dx2 = nullptr;          // the second source's gradient (null: not wanted)
+  bool dx2_add = false;
   float* dgamma = nullptr;       // [C], overwritten
   float* dbeta = nullptr;        // [C], overwritten
   float* dshift = nullptr;       // [N, C] plain, or null

@@ -39,8 +39,10 @@ void append_channel_sums(Program& p, const dnnl::memory& src, const dnnl::memory
 // GroupNorm of x (plus a [N,C] shift when shift >= 0), then SiLU when
 // `silu`, as native steps (layers_native.cpp): for programs whose
 // native_kernels() is on. x plain or nChw16c.
+// With x2 >= 0 (no shift): the norm of x and x2 concatenated along the
+// channels, read from the two (both nChw16c, x's channels whole blocks).
 ValueId group_norm_native(Program& p, ValueId x, const ParamRef& weight, const ParamRef& bias, int64_t groups,
-                          float eps, bool silu, ValueId shift);
+                          float eps, bool silu, ValueId shift, ValueId x2 = -1);
 // Softmax over each of `rows` rows of `length` in plain f32 memory, as a
 // native step (layers_native.cpp): forward in place on `probs`; backward
 // dscores = the gradient through it, from the forward's output and dprobs.

@@ -113,6 +113,15 @@ auto with_direct_fallback(algorithm alg, Make make) {
   return make(algorithm::convolution_direct, /*allow_empty=*/false);
 }
 
+// A parameter's plain f32 descriptor: dense, or with its strides.
+dnnl::memory::desc param_desc(const ParamRef& r) {
+  return r.strides.empty() ? plain_f32(r.shape) : dnnl::memory::desc(r.shape, dt::f32, r.strides);
+}
+// A convolution bias's descriptor, or the zero descriptor for none.
+dnnl::memory::desc bias_desc(const ParamRef& bias, int64_t co) {
+  return bias.shape.empty() ? dnnl::memory::desc() : plain_f32({co});
+}
+
 // Appends the weight and bias gradients of a convolution to the backward
 // list: d weight into the plain parameter-gradient slot (through a blocked
 // temporary when the kernel prefers one), d bias straight into its slot.
@@ -121,8 +130,8 @@ void append_conv_weight_grads(Program& p, const dnnl::convolution_forward::primi
                               const dnnl::memory& x, const dnnl::memory& dy, const ParamRef& weight,
                               const ParamRef& bias, const dims& strides, const dims& pads, const dims& pads_end,
                               algorithm alg = algorithm::convolution_direct) {
-  const auto w_plain = plain_f32(weight.shape);
-  const auto b_md = plain_f32({weight.shape[0]});
+  const auto w_plain = param_desc(weight);
+  const auto b_md = bias_desc(bias, weight.shape[0]);
   const dnnl::memory::desc w_any(weight.shape, dt::f32, tag::any);
   auto make = [&](algorithm a, bool allow_empty) {
     return dnnl::convolution_backward_weights::primitive_desc(
@@ -134,10 +143,9 @@ void append_conv_weight_grads(Program& p, const dnnl::convolution_forward::primi
   const dnnl::memory dw_plain = p.param_grad(weight.offset, w_plain);
   const bool same = pd.diff_weights_desc() == w_plain;
   const dnnl::memory dw = same ? dw_plain : p.alloc(pd.diff_weights_desc());
-  p.backward(p.make<dnnl::convolution_backward_weights>(pd), {{DNNL_ARG_SRC, x},
-                                                              {DNNL_ARG_DIFF_DST, dy},
-                                                              {DNNL_ARG_DIFF_WEIGHTS, dw},
-                                                              {DNNL_ARG_DIFF_BIAS, p.param_grad(bias.offset, b_md)}});
+  Args args{{DNNL_ARG_SRC, x}, {DNNL_ARG_DIFF_DST, dy}, {DNNL_ARG_DIFF_WEIGHTS, dw}};
+  if (!bias.shape.empty()) args[DNNL_ARG_DIFF_BIAS] = p.param_grad(bias.offset, b_md);
+  p.backward(p.make<dnnl::convolution_backward_weights>(pd), std::move(args));
   if (!same) p.copy(dw, dw_plain, true);
 }
 
@@ -347,14 +355,19 @@ ValueId conv2d_impl(Program& p, ValueId x, const ParamRef& weight, const ParamRe
   const int64_t co = weight.shape[0], k = weight.shape[2];
   const int64_t ho = (xs[2] + padding + padding_end - k) / stride + 1;
   const int64_t wo = (xs[3] + padding + padding_end - k) / stride + 1;
-  if (auto y = conv2d_few_channels(p, x, weight, bias, stride, padding, padding_end, residual)) return *y;
-  if (auto y = conv2d_bf16(p, x, weight, bias, {xs[0], co, ho, wo}, {stride, stride}, {padding, padding},
-                           {padding_end, padding_end}, residual, residual_spent, fused))
-    return *y;
+  // The native and bf16 paths take dense weights and a bias; a weight slice
+  // or no bias runs the f32 primitives.
+  const bool whole_params = weight.strides.empty() && !bias.shape.empty();
+  if (whole_params) {
+    if (auto y = conv2d_few_channels(p, x, weight, bias, stride, padding, padding_end, residual)) return *y;
+    if (auto y = conv2d_bf16(p, x, weight, bias, {xs[0], co, ho, wo}, {stride, stride}, {padding, padding},
+                             {padding_end, padding_end}, residual, residual_spent, fused))
+      return *y;
+  }
   auto y_md = activation_desc({xs[0], co, ho, wo});
-  const auto w_plain = plain_f32(weight.shape);
+  const auto w_plain = param_desc(weight);
   const dnnl::memory::desc w_any(weight.shape, dt::f32, tag::any);
-  const auto b_md = plain_f32({co});
+  const auto b_md = bias_desc(bias, co);
   const dims strides{stride, stride}, pads{padding, padding}, pads_end{padding_end, padding_end};
   const auto attr = user_scratchpad_attr();
   algorithm alg = f32_conv_algorithm(p, xs, weight.shape, y_md.dims(), stride, /*backward=*/false);
@@ -428,9 +441,9 @@ ValueId conv2d_impl(Program& p, ValueId x, const ParamRef& weight, const ParamRe
     y = p.new_value(y_md, true);
     if (sum_into) p.copy(p.data(residual), p.data(y), false);
   }
-  const dnnl::memory b_mem = p.param(bias.offset, b_md);
   const dnnl::memory w_fwd = p.param_as(weight.offset, w_plain, fwd_pd.weights_desc());
-  Args args{{DNNL_ARG_SRC, x_mem}, {DNNL_ARG_WEIGHTS, w_fwd}, {DNNL_ARG_BIAS, b_mem}, {DNNL_ARG_DST, p.data(y)}};
+  Args args{{DNNL_ARG_SRC, x_mem}, {DNNL_ARG_WEIGHTS, w_fwd}, {DNNL_ARG_DST, p.data(y)}};
+  if (!bias.shape.empty()) args[DNNL_ARG_BIAS] = p.param(bias.offset, b_md);
   if (with_residual && !sum_into) args[DNNL_ARG_ATTR_MULTIPLE_POST_OP(0) | DNNL_ARG_SRC_1] = p.data(residual);
   p.forward(p.make<dnnl::convolution_forward>(run_pd), std::move(args));
 
@@ -948,6 +961,22 @@ ValueId add_channel_bias(Program& p, ValueId x, ValueId bias) {
     p.commit(s);
   });
   return y;
+}
+
+bool group_norm_reads_two(const Program& p, ValueId a, ValueId b) {
+  const dims as = p.shape(a), bs = p.shape(b);
+  return p.native_kernels() && as.size() == 4 && bs.size() == 4 && as[0] == bs[0] && as[2] == bs[2] &&
+         as[3] == bs[3] && as[1] % 16 == 0 && is_channel_blocked(p.desc(a)) && is_channel_blocked(p.desc(b)) &&
+         p.desc(a).data_type() == p.desc(b).data_type();
+}
+
+ValueId group_norm_act_two(Program& p, ValueId a, ValueId b, const ParamRef& weight, const ParamRef& bias,
+                           int64_t groups, float eps, Activation act) {
+  require(group_norm_reads_two(p, a, b), "group_norm of two sources: needs the native kernel and nChw16c inputs");
+  require((p.shape(a)[1] + p.shape(b)[1]) % groups == 0, "group_norm channels not divisible by groups");
+  const bool silu = act == Activation::silu;
+  const ValueId y = group_norm_native(p, a, weight, bias, groups, eps, silu, -1, b);
+  return silu ? y : activation(p, y, act);
 }
 
 ValueId concat_channels(Program& p, ValueId a, ValueId b) {

@@ -50,9 +50,14 @@
 namespace diffuflow {
 
 // A parameter: offset (elements) into the flat buffer and its shape.
+// A parameter in the flat buffer: from `offset`, dense in `shape`, or with
+// `strides` (in elements) when set: a slice of a larger parameter, such as
+// some input channels of a convolution's weights. An empty shape is no
+// parameter (a convolution without bias).
 struct ParamRef {
   int64_t offset = 0;
   Shape shape;
+  Shape strides = {};
 };
 
 // The activations of diffusers' act_fn: silu (= swish), mish, gelu (exact, erf), relu.
@@ -87,6 +92,12 @@ ValueId group_norm_silu(Program& p, ValueId x, const ParamRef& weight, const Par
                         float eps);
 ValueId group_norm_act(Program& p, ValueId x, const ParamRef& weight, const ParamRef& bias, int64_t groups, float eps,
                        Activation act);
+// group_norm_act(concat_channels(a, b)) read from a and b, the concatenation
+// never written: with the native kernel, where both are nChw16c of one type
+// and a's channels are whole blocks (group_norm_reads_two).
+bool group_norm_reads_two(const Program& p, ValueId a, ValueId b);
+ValueId group_norm_act_two(Program& p, ValueId a, ValueId b, const ParamRef& weight, const ParamRef& bias,
+                           int64_t groups, float eps, Activation act);
 // group_norm_act(add_channel_bias(x, shift)), shift [N,C], without the sum
 // ever written: a per-(n,c) constant only moves that channel's mean, which the
 // group norm's statistics step takes in. The same result to float rounding;

@@ -39,28 +39,40 @@ void read_norm_args(const Args& a, Step& step) {
 }  // namespace
 
 ValueId group_norm_native(Program& p, ValueId x, const ParamRef& weight, const ParamRef& bias, int64_t groups,
-                          float eps, bool silu, ValueId shift) {
+                          float eps, bool silu, ValueId shift, ValueId x2) {
   // x [N,C,...] plain or nChw16c, f32 or bf16 -> y, x's descriptor (the
-  // gradients f32 in x's layout). Forward arguments: SRC x, DST y, SCALE gamma, SHIFT beta,
-  // SRC_1 the shift [N,C] (plain), MEAN and VARIANCE the group mean and
-  // 1/sqrt(var + eps) [N * groups], which backward reads.
+  // gradients f32 in x's layout). With x2 [N,C2,...] (nChw16c, x's type;
+  // C a multiple of 16): the norm of their concatenation [N,C+C2,...],
+  // which is never written. Forward arguments: SRC x, SRC_2 x2, DST y,
+  // SCALE gamma, SHIFT beta, SRC_1 the shift [N,C] (plain), MEAN and
+  // VARIANCE the group mean and 1/sqrt(var + eps) [N * groups], which
+  // backward reads.
   const Program::LayerScope layer(p, "group_norm");
   const dims xs = p.shape(x);
   const auto x_md = p.desc(x);
-  const int64_t n = xs[0], c = xs[1];
+  const int64_t n = xs[0], c_first = x2 >= 0 ? xs[1] : 0, c = xs[1] + (x2 >= 0 ? p.shape(x2)[1] : 0);
   const kernel::Shape shape{n, c, product(xs, 2), groups,
-                            is_channel_blocked(x_md) ? kernel::Layout::blocked16 : kernel::Layout::plain};
+                            is_channel_blocked(x_md) ? kernel::Layout::blocked16 : kernel::Layout::plain, c_first};
+  if (x2 >= 0) {
+    const dims x2s = p.shape(x2);
+    require(is_channel_blocked(x_md) && is_channel_blocked(p.desc(x2)) && c_first % 16 == 0 && x2s[0] == n &&
+                product(x2s, 2) == shape.spatial && p.desc(x2).data_type() == x_md.data_type(),
+            "group_norm of two sources takes nChw16c inputs of one type and shape, the first of whole blocks");
+  }
   const kernel::DataType type =
       x_md.data_type() == dnnl::memory::data_type::bf16 ? kernel::DataType::bf16 : kernel::DataType::f32;
   const auto numbers_md = plain_f32({n, c});
   const dnnl::memory mean = p.alloc(plain_f32({n * groups})), rstd = p.alloc(plain_f32({n * groups}));
   const dnnl::memory gamma = p.param(weight.offset, plain_f32({c})), beta = p.param(bias.offset, plain_f32({c}));
   const dnnl::memory t = shift >= 0 ? p.reorder_if_needed(p.data(shift), numbers_md, false) : dnnl::memory();
-  const ValueId y = p.new_value(x_md, true);
+  dims ys = xs;
+  ys[1] = c;
+  const ValueId y = p.new_value(x2 >= 0 ? activation_desc(ys, x_md.data_type()) : x_md, true);
 
   Args args{{DNNL_ARG_SRC, p.data(x)}, {DNNL_ARG_DST, p.data(y)}, {DNNL_ARG_SCALE, gamma},
             {DNNL_ARG_SHIFT, beta},    {DNNL_ARG_MEAN, mean},    {DNNL_ARG_VARIANCE, rstd}};
   if (t) args[DNNL_ARG_SRC_1] = t;
+  if (x2 >= 0) args[DNNL_ARG_SRC_2] = p.data(x2);
   p.native_forward(
       [shape, type, eps, silu](const Args& a) {
         kernel::Forward f;
@@ -69,6 +81,7 @@ ValueId group_norm_native(Program& p, ValueId x, const ParamRef& weight, const P
         f.silu = silu;
         f.type = type;
         f.x = a.at(DNNL_ARG_SRC).get_data_handle();
+        if (shape.c_first > 0) f.x2 = a.at(DNNL_ARG_SRC_2).get_data_handle();
         f.y = a.at(DNNL_ARG_DST).get_data_handle();
         read_norm_args(a, f);
         kernel::forward(f);
@@ -77,9 +90,9 @@ ValueId group_norm_native(Program& p, ValueId x, const ParamRef& weight, const P
 
   p.on_backward([=](Program& p) {
     // Reads x and the gradient of y twice; writes dx (adding into an earlier
-    // contribution in place), d gamma, d beta and d shift. With SiLU it also
-    // writes the gradient before the SiLU over y's gradient: this step is the
-    // last to read that memory (the layers after y write it, only y's
+    // contribution in place), d gamma, d beta and d shift. With SiLU it may
+    // also write the gradient before the SiLU over y's gradient: this step is
+    // the last to read that memory (the layers after y write it, only y's
     // producer reads it, and a gradient that a later value shares with y had
     // its other readers appended before this step).
     Args args{{DNNL_ARG_SRC, p.data(x)},
@@ -91,14 +104,20 @@ ValueId group_norm_native(Program& p, ValueId x, const ParamRef& weight, const P
               {DNNL_ARG_DIFF_SCALE, p.param_grad(weight.offset, plain_f32({c}))},
               {DNNL_ARG_DIFF_SHIFT, p.param_grad(bias.offset, plain_f32({c}))}};
     if (t) args[DNNL_ARG_SRC_1] = t;
-    GradSink xs_sink, shift_sink;
-    if (p.needs_grad(x)) {
-      xs_sink = p.sink(x, true);
-      require(xs_sink.memory.get_desc() == p.grad_desc(x), "group_norm gradient in another layout than its input");
-      args[DNNL_ARG_DIFF_SRC] = xs_sink.memory;
-    }
+    if (x2 >= 0) args[DNNL_ARG_SRC_2] = p.data(x2);
+    // Each source's gradient straight into its sink.
+    const auto input_sink = [&](ValueId v, int key) {
+      GradSink sink;
+      if (v < 0 || !p.needs_grad(v)) return sink;
+      sink = p.sink(v, true);
+      require(sink.memory.get_desc() == p.grad_desc(v), "group_norm gradient in another layout than its input");
+      args[key] = sink.memory;
+      return sink;
+    };
+    const GradSink xs_sink = input_sink(x, DNNL_ARG_DIFF_SRC), x2_sink = input_sink(x2, DNNL_ARG_DIFF_SRC_2);
     // The shift's gradient in plain [N,C]: the sink's memory when it is
     // that, else a temporary copied (added) into it after the step.
+    GradSink shift_sink;
     dnnl::memory dshift;
     const bool want_shift = shift >= 0 && p.needs_grad(shift);
     if (want_shift) {
@@ -106,19 +125,22 @@ ValueId group_norm_native(Program& p, ValueId x, const ParamRef& weight, const P
       dshift = shift_sink.memory.get_desc() == numbers_md ? shift_sink.memory : p.alloc(numbers_md);
       args[DNNL_ARG_DIFF_SRC_1] = dshift;
     }
-    const bool dx_add = xs_sink.add_into;
+    const bool dx_add = xs_sink.add_into, dx2_add = x2_sink.add_into;
     const bool dshift_add = want_shift && dshift == shift_sink.memory && shift_sink.add_into;
     p.native_backward(
-        [shape, type, silu, dx_add, dshift_add](const Args& a) {
+        [shape, type, silu, dx_add, dx2_add, dshift_add](const Args& a) {
           kernel::Backward b;
           b.shape = shape;
           b.silu = silu;
           b.type = type;
           b.x = a.at(DNNL_ARG_SRC).get_data_handle();
+          if (shape.c_first > 0) b.x2 = a.at(DNNL_ARG_SRC_2).get_data_handle();
           b.dz = floats(a, DNNL_ARG_DIFF_DST);
           read_norm_args(a, b);
           b.dx = const_cast<float*>(floats_or_null(a, DNNL_ARG_DIFF_SRC));
           b.dx_add = dx_add;
+          b.dx2 = const_cast<float*>(floats_or_null(a, DNNL_ARG_DIFF_SRC_2));
+          b.dx2_add = dx2_add;
           b.dgamma = floats(a, DNNL_ARG_DIFF_SCALE);
           b.dbeta = floats(a, DNNL_ARG_DIFF_SHIFT);
           b.dshift = const_cast<float*>(floats_or_null(a, DNNL_ARG_DIFF_SRC_1));
@@ -127,6 +149,7 @@ ValueId group_norm_native(Program& p, ValueId x, const ParamRef& weight, const P
         },
         std::move(args));
     if (xs_sink.memory) p.commit(xs_sink);
+    if (x2_sink.memory) p.commit(x2_sink);
     if (want_shift) {
       if (dshift != shift_sink.memory) p.copy(dshift, shift_sink.memory, true, shift_sink.add_into);
       p.commit(shift_sink);

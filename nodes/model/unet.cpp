@@ -171,8 +171,7 @@ class UNetBuilder {
       for (int64_t j = 0; j <= L; ++j) {
         const ValueId skip = skips.back();
         skips.pop_back();
-        h = concat_channels(p_, h, skip);
-        h = resnet(prefix + ".resnets." + std::to_string(j), h);
+        h = resnet_of_concat(prefix + ".resnets." + std::to_string(j), h, skip);
         if (block.attention) h = attention(prefix + ".attentions." + std::to_string(j), h, c_.norm_num_groups);
       }
       if (i + 1 < nb) {
@@ -225,6 +224,18 @@ class UNetBuilder {
       x = upsample_nearest2x(p_, x);
       h = upsample_nearest2x(p_, h);
     }
+    const bool projected = index_.count(prefix + ".conv_shortcut.weight") > 0;
+    return resnet_body(
+        prefix, h, [&] { return projected ? conv(prefix + ".conv_shortcut", x, 1, 0) : x; }, projected, out_scale);
+  }
+
+  // A ResNet block from norm1's output h (resampled) on: conv1, the time
+  // embedding, norm2, conv2, and the shortcut added, which `shortcut` makes
+  // just before conv2; `projected`: the shortcut is a projection's output,
+  // read by this add alone.
+  template <typename MakeShortcut>
+  ValueId resnet_body(const std::string& prefix, ValueId h, MakeShortcut shortcut, bool projected,
+                      double out_scale = 1.0) {
     h = conv(prefix + ".conv1", h, 1, 1);
     if (!c_.scale_shift()) {
       // norm2(h + time_emb_proj [N,Co] over H, W), the sum never written.
@@ -244,13 +255,33 @@ class UNetBuilder {
       h = activation(p_, h, act_);
     }
     if (p_.training() && c_.dropout > 0.0) h = dropout(p_, h, static_cast<float>(c_.dropout), dropout_seed_, dropouts_++);
-    const bool projected = index_.count(prefix + ".conv_shortcut.weight") > 0;
-    const ValueId shortcut = projected ? conv(prefix + ".conv_shortcut", x, 1, 0) : x;
     // shortcut + conv2(h), the add inside the convolution where it can be. A
     // projected shortcut is read by this add alone (its convolution's backward
     // needs only its input), so the sum may overwrite it.
-    h = conv2d_add(p_, h, param(prefix + ".conv2.weight"), param(prefix + ".conv2.bias"), shortcut, 1, 1, projected);
+    h = conv2d_add(p_, h, param(prefix + ".conv2.weight"), param(prefix + ".conv2.bias"), shortcut(), 1, 1, projected);
     return rescale(h, out_scale);
+  }
+
+  // resnet(concat_channels(a, b)), the up path's block on its input and a
+  // skip connection. Where GroupNorm can read the two (the native kernel)
+  // and the block projects its shortcut (a 1x1 convolution, split here over
+  // a's and b's input channels of its weights, in f32), the concatenation
+  // is never written.
+  ValueId resnet_of_concat(const std::string& prefix, ValueId a, ValueId b) {
+    const bool projected = index_.count(prefix + ".conv_shortcut.weight") > 0;
+    if (!projected || p_.precision() != Precision::f32 || !group_norm_reads_two(p_, a, b))
+      return resnet(prefix, concat_channels(p_, a, b));
+    const ValueId h = group_norm_act_two(p_, a, b, param(prefix + ".norm1.weight"), param(prefix + ".norm1.bias"),
+                                         c_.norm_num_groups, static_cast<float>(c_.norm_eps), act_);
+    const auto shortcut = [&] {
+      const ParamRef& w = param(prefix + ".conv_shortcut.weight");  // [Co, Ca + Cb, 1, 1]
+      const int64_t co = w.shape[0], ci = w.shape[1], ca = p_.shape(a)[1];
+      const ParamRef wa{w.offset, {co, ca, 1, 1}, {ci, 1, 1, 1}};
+      const ParamRef wb{w.offset + ca, {co, ci - ca, 1, 1}, {ci, 1, 1, 1}};
+      const ValueId from_a = conv2d(p_, a, wa, param(prefix + ".conv_shortcut.bias"), 1, 0);
+      return conv2d_add(p_, b, wb, ParamRef{}, from_a, 1, 0, /*residual_spent=*/true);
+    };
+    return resnet_body(prefix, h, shortcut, true);
   }
 
   // Attention with (when groups > 0) group norm, and residual: x [N,C,H,W] ->

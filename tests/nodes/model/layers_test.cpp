@@ -959,3 +959,75 @@ TEST_CASE("group_norm takes bf16 data in a training program with the native kern
   CHECK(native.desc(y).data_type() == dnnl::memory::data_type::bf16);
   CHECK(native.grad_desc(y).data_type() == dnnl::memory::data_type::f32);
 }
+
+namespace {
+
+// A resnet-like head on two inputs, as the U-Net's up path builds it: the
+// native GroupNorm + SiLU of their concatenation, a 1x1 convolution of that,
+// plus a 1x1 shortcut of the concatenation, either read from a and b
+// (`two`: no concatenation written, the shortcut's weights split by input
+// channels) or through concat_channels. Returns the output; a and b are
+// made channel-blocked by a 1x1 convolution each.
+ValueId head_on_two(LayerHarness& h, bool two, ValueId a_in, ValueId b_in) {
+  Program& p = h.p();
+  const ValueId a = conv2d(p, a_in, h.param({16, 16, 1, 1}), h.param({16}), 1, 0);
+  const ValueId b = conv2d(p, b_in, h.param({16, 16, 1, 1}), h.param({16}), 1, 0);
+  const ParamRef gamma = h.param({32}), beta = h.param({32});
+  const ParamRef w = h.param({16, 32, 1, 1}), bias = h.param({16});
+  const ParamRef w_out = h.param({16, 32, 1, 1}), bias_out = h.param({16});
+  if (!two) {
+    const ValueId x = concat_channels(p, a, b);
+    const ValueId n = group_norm_act(p, x, gamma, beta, 4, 1e-5f, Activation::silu);
+    return conv2d_add(p, n, w_out, bias_out, conv2d(p, x, w, bias, 1, 0), 1, 0, true);
+  }
+  REQUIRE(group_norm_reads_two(p, a, b));
+  const ValueId n = group_norm_act_two(p, a, b, gamma, beta, 4, 1e-5f, Activation::silu);
+  const ParamRef wa{w.offset, {16, 16, 1, 1}, {32, 1, 1, 1}}, wb{w.offset + 16, {16, 16, 1, 1}, {32, 1, 1, 1}};
+  const ValueId shortcut = conv2d_add(p, b, wb, ParamRef{}, conv2d(p, a, wa, bias, 1, 0), 1, 0, true);
+  return conv2d_add(p, n, w_out, bias_out, shortcut, 1, 0, true);
+}
+
+}  // namespace
+
+TEST_CASE("group norm and a 1x1 convolution read from two inputs: gradients match finite differences") {
+  const int64_t params = 2 * (16 * 16 + 16) + 2 * 32 + 2 * (16 * 32 + 16);
+  LayerHarness h(params);
+  h.p().set_native_kernels(true);
+  const ValueId a = h.input({2, 16, 3, 3}), b = h.input({2, 16, 3, 3});
+  h.finish(head_on_two(h, true, a, b));
+  h.check_all("two-input head");
+}
+
+TEST_CASE("group norm and a 1x1 convolution read from two inputs equal them on the concatenation") {
+  const int64_t params = 2 * (16 * 16 + 16) + 2 * 32 + 2 * (16 * 32 + 16);
+  std::vector<std::vector<float>> outputs, grads, input_grads;
+  for (const bool two : {false, true}) {
+    CAPTURE(two);
+    LayerHarness h(params);  // the same seed: the same parameters and inputs
+    h.p().set_native_kernels(true);
+    const ValueId a = h.input({2, 16, 5, 5}), b = h.input({2, 16, 5, 5});
+    const ValueId y = head_on_two(h, two, a, b);
+    h.finish(y);
+    h.backward();
+    const auto read = [&](const dnnl::memory& m, int64_t n) {
+      const float* f = static_cast<const float*>(m.get_data_handle());
+      return std::vector<float>(f, f + n);
+    };
+    outputs.push_back(read(h.p().data(y), shape_numel(h.p().shape(y))));
+    grads.push_back(read(h.p().grad_staging(), params));
+    std::vector<float> da = read(h.p().grad(a), 2 * 16 * 25), db = read(h.p().grad(b), 2 * 16 * 25);
+    da.insert(da.end(), db.begin(), db.end());
+    input_grads.push_back(da);
+  }
+  const auto worst = [](const std::vector<float>& x, const std::vector<float>& y) {
+    REQUIRE(x.size() == y.size());
+    double w = 0;
+    for (size_t i = 0; i < x.size(); ++i)
+      w = std::max(w, std::fabs(double(x[i]) - y[i]) / std::max(1.0, std::fabs(double(y[i]))));
+    return w;
+  };
+  CHECK(worst(outputs[1], outputs[0]) < 1e-5);
+  CHECK(worst(grads[1], grads[0]) < 1e-5);
+  CHECK(worst(input_grads[1], input_grads[0]) < 1e-5);
+  CHECK(std::any_of(grads[1].begin(), grads[1].end(), [](float v) { return v != 0.0f; }));
+}

@@ -16,6 +16,7 @@
 #include <cstring>
 #include <optional>
 #include <random>
+#include <type_traits>
 #include <vector>
 
 #include <omp.h>
@@ -405,6 +406,95 @@ TEST_CASE("native group norm: the per-sample and whole-tensor schedules give the
           ++compared;
         }
   CHECK(compared == 24);
+}
+
+TEST_CASE("native group norm of two sources equals it of their concatenation, to the bit") {
+  // x holds the first c_first channels and x2 the rest: what the U-Net's up
+  // path norms instead of writing the concatenation of its two inputs.
+  using namespace group_norm_kernel;
+  for (const Layout layout : {Layout::plain, Layout::blocked16})
+    for (const Schedule schedule : {Schedule::whole_tensor, Schedule::per_sample})
+      for (const DataType type : {DataType::f32, DataType::bf16}) {
+        CAPTURE(layout == Layout::plain);
+        CAPTURE(schedule == Schedule::per_sample);
+        CAPTURE(type == DataType::bf16);
+        set_schedule(schedule);
+        const int64_t n = 3, c = 48, c_first = 32, spatial = 21, groups = 6;  // a group across the two sources
+        const KernelData data({n, c, spatial, groups, layout}, true, 5);
+        const KernelData::Outputs whole = data.forward(type);
+        const KernelData::Grads whole_grads = data.backward(type, whole);
+        // The per-sample split of a tensor of this shape into its first
+        // c_first channels and the rest (both layouts keep a sample's first
+        // channels first: blocks of 16, or rows).
+        const size_t per_sample = data.size / static_cast<size_t>(n),
+                     first = per_sample * static_cast<size_t>(c_first) / static_cast<size_t>(c);
+        auto split = [&](const auto& v) {
+          std::remove_cv_t<std::remove_reference_t<decltype(v)>> a, b;
+          for (size_t s = 0; s < static_cast<size_t>(n); ++s) {
+            a.insert(a.end(), v.begin() + s * per_sample, v.begin() + s * per_sample + first);
+            b.insert(b.end(), v.begin() + s * per_sample + first, v.begin() + (s + 1) * per_sample);
+          }
+          return std::make_pair(a, b);
+        };
+        const auto xf = split(data.xf);
+        const auto xb = split(data.xb);
+        const void* x1 = type == DataType::bf16 ? static_cast<const void*>(xb.first.data()) : xf.first.data();
+        const void* x2 = type == DataType::bf16 ? static_cast<const void*>(xb.second.data()) : xf.second.data();
+
+        group_norm_kernel::Shape two = data.shape;
+        two.c_first = c_first;
+        KernelData::Outputs o{std::vector<float>(data.size), std::vector<float>(whole.mean.size()),
+                              std::vector<float>(whole.rstd.size())};
+        std::vector<uint16_t> yb(data.size);
+        Forward f = forward_args(two, x1, type == DataType::bf16 ? static_cast<void*>(yb.data()) : o.y.data(),
+                                 data.gamma, data.beta, o.mean, o.rstd);
+        f.x2 = x2;
+        f.shift = data.shift.data();
+        f.silu = true;
+        f.type = type;
+        forward(f);
+        if (type == DataType::bf16)
+          for (size_t i = 0; i < data.size; ++i) {
+            const uint32_t bits = static_cast<uint32_t>(yb[i]) << 16;
+            std::memcpy(&o.y[i], &bits, sizeof bits);
+          }
+        CHECK(o.y == whole.y);
+        CHECK(o.mean == whole.mean);
+        CHECK(o.rstd == whole.rstd);
+
+        // Backward: dx split the same way, each part added into (from 0.5).
+        std::vector<float> dz = data.dz, dx1(first * static_cast<size_t>(n), 0.5f),
+                           dx2(data.size - dx1.size(), 0.5f), dgamma(static_cast<size_t>(c)),
+                           dbeta(static_cast<size_t>(c)), dshift(data.nc, 0.5f);
+        Backward b;
+        b.shape = two;
+        b.silu = true;
+        b.type = type;
+        b.x = x1;
+        b.x2 = x2;
+        b.dz = dz.data();
+        b.gamma = data.gamma.data();
+        b.beta = data.beta.data();
+        b.shift = data.shift.data();
+        b.mean = o.mean.data();
+        b.rstd = o.rstd.data();
+        b.dx = dx1.data();
+        b.dx_add = true;
+        b.dx2 = dx2.data();
+        b.dx2_add = true;
+        b.dgamma = dgamma.data();
+        b.dbeta = dbeta.data();
+        b.dshift = dshift.data();
+        b.dshift_add = true;
+        backward(b);
+        const auto expected = split(whole_grads.dx);
+        CHECK(dx1 == expected.first);
+        CHECK(dx2 == expected.second);
+        CHECK(dgamma == whole_grads.dgamma);
+        CHECK(dbeta == whole_grads.dbeta);
+        CHECK(dshift == whole_grads.dshift);
+      }
+  set_schedule(Schedule::by_size);
 }
 
 TEST_CASE("native group norm: by_size runs per sample when every thread has a sample that fits its cache") {
