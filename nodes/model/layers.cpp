@@ -181,11 +181,11 @@ struct Bf16Conv {
 // the program runs convolutions in f32 or oneDNN has no fast bf16 kernel for
 // the shape.
 std::optional<Bf16Conv> bf16_conv(const Program& p, const dims& xs, const dims& weight_shape, const dims& ys,
-                                  const dims& strides, const dims& pads, const dims& pads_end) {
+                                  const dims& strides, const dims& pads, const dims& pads_end, bool has_bias) {
   if (p.precision() != Precision::bf16 || xs[1] % 16 != 0 || ys[1] % 16 != 0 || !native_bf16(p.engine()))
     return std::nullopt;
   const dnnl::memory::desc w_any(weight_shape, dt::bf16, tag::any);
-  const auto b_md = plain_f32({ys[1]});
+  const auto b_md = has_bias ? plain_f32({ys[1]}) : dnnl::memory::desc();
   auto forward = [&](tag layout) {
     return dnnl::convolution_forward::primitive_desc(
         dnnl::convolution_forward::desc(prop_kind::forward_training, algorithm::convolution_direct,
@@ -231,7 +231,7 @@ std::optional<ValueId> conv2d_bf16(Program& p, ValueId x, const ParamRef& weight
                                    const dims& ys, const dims& strides, const dims& pads, const dims& pads_end,
                                    ValueId residual, bool residual_spent, bool& fused) {
   const dims xs = p.shape(x);
-  const auto found = bf16_conv(p, xs, weight.shape, ys, strides, pads, pads_end);
+  const auto found = bf16_conv(p, xs, weight.shape, ys, strides, pads, pads_end, !bias.shape.empty());
   if (!found) return std::nullopt;
   const tag layout = found->layout;
   const bool blocked = layout == tag::nChw16c;
@@ -240,8 +240,8 @@ std::optional<ValueId> conv2d_bf16(Program& p, ValueId x, const ParamRef& weight
   const dnnl::memory::desc yb_md(ys, dt::bf16, layout);
   const dnnl::memory::desc x_grad_md(xs, dt::f32, layout);
   const dnnl::memory::desc wb_any(weight.shape, dt::bf16, tag::any);
-  const auto w_plain = plain_f32(weight.shape);
-  const auto b_md = plain_f32({ys[1]});
+  const auto w_plain = param_desc(weight);
+  const auto b_md = bias_desc(bias, ys[1]);
   const auto attr = user_scratchpad_attr();
 
   const dnnl::memory xb = p.reorder_if_needed(p.data(x), xb_md, false);
@@ -284,18 +284,15 @@ std::optional<ValueId> conv2d_bf16(Program& p, ValueId x, const ParamRef& weight
   ValueId y;
   if (blocked) {
     y = p.new_value(y_out_md, true);
-    Args args{{DNNL_ARG_SRC, xb},
-              {DNNL_ARG_WEIGHTS, wb},
-              {DNNL_ARG_BIAS, p.param(bias.offset, b_md)},
-              {DNNL_ARG_DST, p.data(y)}};
+    Args args{{DNNL_ARG_SRC, xb}, {DNNL_ARG_WEIGHTS, wb}, {DNNL_ARG_DST, p.data(y)}};
+    if (!bias.shape.empty()) args[DNNL_ARG_BIAS] = p.param(bias.offset, b_md);
     if (fused) args[DNNL_ARG_ATTR_MULTIPLE_POST_OP(0) | DNNL_ARG_SRC_1] = p.data(residual);
     p.forward(p.make<dnnl::convolution_forward>(run_pd), std::move(args));
   } else {
     const dnnl::memory y_out = p.alloc(y_out_md);
-    p.forward(p.make<dnnl::convolution_forward>(run_pd), {{DNNL_ARG_SRC, xb},
-                                                          {DNNL_ARG_WEIGHTS, wb},
-                                                          {DNNL_ARG_BIAS, p.param(bias.offset, b_md)},
-                                                          {DNNL_ARG_DST, y_out}});
+    Args args{{DNNL_ARG_SRC, xb}, {DNNL_ARG_WEIGHTS, wb}, {DNNL_ARG_DST, y_out}};
+    if (!bias.shape.empty()) args[DNNL_ARG_BIAS] = p.param(bias.offset, b_md);
+    p.forward(p.make<dnnl::convolution_forward>(run_pd), std::move(args));
     y = add_into ? p.overwrite(residual, true) : p.new_value(activation_desc(ys, y_out_md.data_type()), true);
     p.copy(y_out, p.data(y), false, /*accumulate=*/add_into);
   }
@@ -355,15 +352,14 @@ ValueId conv2d_impl(Program& p, ValueId x, const ParamRef& weight, const ParamRe
   const int64_t co = weight.shape[0], k = weight.shape[2];
   const int64_t ho = (xs[2] + padding + padding_end - k) / stride + 1;
   const int64_t wo = (xs[3] + padding + padding_end - k) / stride + 1;
-  // The native and bf16 paths take dense weights and a bias; a weight slice
-  // or no bias runs the f32 primitives.
-  const bool whole_params = weight.strides.empty() && !bias.shape.empty();
-  if (whole_params) {
+  // The native kernels take dense weights and a bias; a weight slice or no
+  // bias runs oneDNN's convolutions.
+  if (weight.strides.empty() && !bias.shape.empty()) {
     if (auto y = conv2d_few_channels(p, x, weight, bias, stride, padding, padding_end, residual)) return *y;
-    if (auto y = conv2d_bf16(p, x, weight, bias, {xs[0], co, ho, wo}, {stride, stride}, {padding, padding},
-                             {padding_end, padding_end}, residual, residual_spent, fused))
-      return *y;
   }
+  if (auto y = conv2d_bf16(p, x, weight, bias, {xs[0], co, ho, wo}, {stride, stride}, {padding, padding},
+                           {padding_end, padding_end}, residual, residual_spent, fused))
+    return *y;
   auto y_md = activation_desc({xs[0], co, ho, wo});
   const auto w_plain = param_desc(weight);
   const dnnl::memory::desc w_any(weight.shape, dt::f32, tag::any);

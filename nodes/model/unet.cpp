@@ -263,13 +263,13 @@ class UNetBuilder {
   }
 
   // resnet(concat_channels(a, b)), the up path's block on its input and a
-  // skip connection. Where GroupNorm can read the two (the native kernel)
-  // and the block projects its shortcut (a 1x1 convolution, split here over
-  // a's and b's input channels of its weights, in f32), the concatenation
-  // is never written.
+  // skip connection. Where GroupNorm can read the two (the native kernel,
+  // both of one type) and the block projects its shortcut (a 1x1
+  // convolution, split here over a's and b's input channels of its
+  // weights), the concatenation is never written.
   ValueId resnet_of_concat(const std::string& prefix, ValueId a, ValueId b) {
     const bool projected = index_.count(prefix + ".conv_shortcut.weight") > 0;
-    if (!projected || p_.precision() != Precision::f32 || !group_norm_reads_two(p_, a, b))
+    if (!projected || !group_norm_reads_two(p_, a, b))
       return resnet(prefix, concat_channels(p_, a, b));
     const ValueId h = group_norm_act_two(p_, a, b, param(prefix + ".norm1.weight"), param(prefix + ".norm1.bias"),
                                          c_.norm_num_groups, static_cast<float>(c_.norm_eps), act_);

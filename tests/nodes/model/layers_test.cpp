@@ -1000,10 +1000,16 @@ TEST_CASE("group norm and a 1x1 convolution read from two inputs: gradients matc
 
 TEST_CASE("group norm and a 1x1 convolution read from two inputs equal them on the concatenation") {
   const int64_t params = 2 * (16 * 16 + 16) + 2 * 32 + 2 * (16 * 32 + 16);
+  // bf16: bf16 activations and convolutions, whose results the split
+  // shortcut rounds once more (the first half's output, stored bf16, where
+  // the shortcut's two halves partly cancel: measured 3.7e-2 here).
+  for (const Precision precision : {Precision::f32, Precision::bf16}) {
+  CAPTURE(precision == Precision::bf16);
+  const double bound = precision == Precision::f32 ? 1e-5 : 6e-2;
   std::vector<std::vector<float>> outputs, grads, input_grads;
   for (const bool two : {false, true}) {
     CAPTURE(two);
-    LayerHarness h(params);  // the same seed: the same parameters and inputs
+    LayerHarness h(params, precision);  // the same seed: the same parameters and inputs
     h.p().set_native_kernels(true);
     const ValueId a = h.input({2, 16, 5, 5}), b = h.input({2, 16, 5, 5});
     const ValueId y = head_on_two(h, two, a, b);
@@ -1013,7 +1019,13 @@ TEST_CASE("group norm and a 1x1 convolution read from two inputs equal them on t
       const float* f = static_cast<const float*>(m.get_data_handle());
       return std::vector<float>(f, f + n);
     };
-    outputs.push_back(read(h.p().data(y), shape_numel(h.p().shape(y))));
+    // The output in plain f32 (a bf16 program's is bf16).
+    dnnl::memory y_f32(plain_f32(h.p().shape(y)), h.p().engine());
+    dnnl::stream stream(h.p().engine());
+    dnnl::memory y_data = h.p().data(y);
+    dnnl::reorder(y_data, y_f32).execute(stream, y_data, y_f32);
+    stream.wait();
+    outputs.push_back(read(y_f32, shape_numel(h.p().shape(y))));
     grads.push_back(read(h.p().grad_staging(), params));
     std::vector<float> da = read(h.p().grad(a), 2 * 16 * 25), db = read(h.p().grad(b), 2 * 16 * 25);
     da.insert(da.end(), db.begin(), db.end());
@@ -1026,8 +1038,9 @@ TEST_CASE("group norm and a 1x1 convolution read from two inputs equal them on t
       w = std::max(w, std::fabs(double(x[i]) - y[i]) / std::max(1.0, std::fabs(double(y[i]))));
     return w;
   };
-  CHECK(worst(outputs[1], outputs[0]) < 1e-5);
-  CHECK(worst(grads[1], grads[0]) < 1e-5);
-  CHECK(worst(input_grads[1], input_grads[0]) < 1e-5);
+  CHECK(worst(outputs[1], outputs[0]) < bound);
+  CHECK(worst(grads[1], grads[0]) < bound);
+  CHECK(worst(input_grads[1], input_grads[0]) < bound);
   CHECK(std::any_of(grads[1].begin(), grads[1].end(), [](float v) { return v != 0.0f; }));
+  }
 }
