@@ -288,8 +288,22 @@ struct KernelData {
   // overwrite (with SiLU, by the gradient before it). Without `want_dx` the
   // step gets no dx (the input needs no gradient) and g.dx stays empty.
   Grads backward(group_norm_kernel::DataType type, const Outputs& fwd, bool want_dx = true) const {
-    Grads g{std::vector<float>(size, 0.5f), std::vector<float>(static_cast<size_t>(shape.c)),
+    Grads g = grads();
+    group_norm_kernel::Backward b = backward_step(type, fwd, g);
+    if (!want_dx) {
+      g.dx.clear();
+      b.dx = nullptr;
+    }
+    group_norm_kernel::backward(b);
+    return g;
+  }
+  // The gradients' buffers before a backward step, and the step's arguments
+  // writing them.
+  Grads grads() const {
+    return {std::vector<float>(size, 0.5f), std::vector<float>(static_cast<size_t>(shape.c)),
             std::vector<float>(static_cast<size_t>(shape.c)), std::vector<float>(nc, 0.5f), dz};
+  }
+  group_norm_kernel::Backward backward_step(group_norm_kernel::DataType type, const Outputs& fwd, Grads& g) const {
     group_norm_kernel::Backward b;
     b.shape = shape;
     b.silu = silu;
@@ -301,15 +315,13 @@ struct KernelData {
     b.shift = shift.data();
     b.mean = fwd.mean.data();
     b.rstd = fwd.rstd.data();
-    if (!want_dx) g.dx.clear();
-    b.dx = want_dx ? g.dx.data() : nullptr;
+    b.dx = g.dx.data();
     b.dx_add = true;
     b.dgamma = g.dgamma.data();
     b.dbeta = g.dbeta.data();
     b.dshift = g.dshift.data();
     b.dshift_add = true;
-    group_norm_kernel::backward(b);
-    return g;
+    return b;
   }
 };
 
@@ -463,36 +475,22 @@ TEST_CASE("native group norm of two sources equals it of their concatenation, to
         CHECK(o.rstd == whole.rstd);
 
         // Backward: dx split the same way, each part added into (from 0.5).
-        std::vector<float> dz = data.dz, dx1(first * static_cast<size_t>(n), 0.5f),
-                           dx2(data.size - dx1.size(), 0.5f), dgamma(static_cast<size_t>(c)),
-                           dbeta(static_cast<size_t>(c)), dshift(data.nc, 0.5f);
-        Backward b;
+        KernelData::Grads g = data.grads();
+        std::vector<float> dx1(first * static_cast<size_t>(n), 0.5f), dx2(data.size - dx1.size(), 0.5f);
+        Backward b = data.backward_step(type, o, g);
         b.shape = two;
-        b.silu = true;
-        b.type = type;
         b.x = x1;
         b.x2 = x2;
-        b.dz = dz.data();
-        b.gamma = data.gamma.data();
-        b.beta = data.beta.data();
-        b.shift = data.shift.data();
-        b.mean = o.mean.data();
-        b.rstd = o.rstd.data();
         b.dx = dx1.data();
-        b.dx_add = true;
         b.dx2 = dx2.data();
         b.dx2_add = true;
-        b.dgamma = dgamma.data();
-        b.dbeta = dbeta.data();
-        b.dshift = dshift.data();
-        b.dshift_add = true;
         backward(b);
         const auto expected = split(whole_grads.dx);
         CHECK(dx1 == expected.first);
         CHECK(dx2 == expected.second);
-        CHECK(dgamma == whole_grads.dgamma);
-        CHECK(dbeta == whole_grads.dbeta);
-        CHECK(dshift == whole_grads.dshift);
+        CHECK(g.dgamma == whole_grads.dgamma);
+        CHECK(g.dbeta == whole_grads.dbeta);
+        CHECK(g.dshift == whole_grads.dshift);
       }
   set_schedule(Schedule::by_size);
 }
