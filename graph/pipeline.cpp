@@ -14,6 +14,7 @@
 #include <omp.h>
 
 #include <algorithm>
+#include <atomic>
 #include <chrono>
 #include <cstdlib>
 #include <condition_variable>
@@ -26,6 +27,7 @@
 #include <sstream>
 #include <thread>
 #include <tuple>
+#include <utility>
 
 namespace diffuflow {
 
@@ -36,19 +38,26 @@ namespace {
 using Msg = PacketPtr;
 using Clock = std::chrono::steady_clock;
 
-// What a node body receives: the port (for `any` nodes) and the packet(s).
+// What a node body receives: the port (for `any` nodes), the packet(s), and
+// the input's place in the order the node received its inputs.
 struct Work {
   int port = 0;
   std::vector<PacketPtr> packets;
+  uint64_t order = 0;
 };
 
-// What a node body returns: packets tagged with the output port they go to.
-using Routed = std::vector<std::pair<int, PacketPtr>>;
+// What a node body returns: packets tagged with the output port they go to,
+// and the order of the input they came from.
+struct Routed {
+  uint64_t order = 0;
+  std::vector<std::pair<int, PacketPtr>> packets;
+};
 using RoutedPtr = std::shared_ptr<Routed>;
 
 constexpr int kMaxPorts = 4;
 using RouterPorts = std::tuple<Msg, Msg, Msg, Msg>;
 using Router = flow::multifunction_node<RoutedPtr, RouterPorts>;
+using Numberer = flow::multifunction_node<Msg, std::tuple<Work>>;
 using Join2 = flow::join_node<std::tuple<Msg, Msg>, flow::tag_matching>;
 using Join3 = flow::join_node<std::tuple<Msg, Msg, Msg>, flow::tag_matching>;
 using Join4 = flow::join_node<std::tuple<Msg, Msg, Msg, Msg>, flow::tag_matching>;
@@ -74,7 +83,7 @@ class CollectingEmitter : public Emitter {
       throw std::logic_error("node '" + node_ + "' emitted on output port " + std::to_string(port) + " of " +
                              std::to_string(ports_));
     }
-    out_.emplace_back(port, std::move(packet));
+    out_.packets.emplace_back(port, std::move(packet));
   }
 
  private:
@@ -158,12 +167,15 @@ struct Pipeline::Impl {
     std::unique_ptr<flow::queue_node<Msg>> limiter_queue;
     std::unique_ptr<flow::limiter_node<Msg>> limiter;
     std::unique_ptr<flow::function_node<Msg, flow::continue_msg>> decrement;
-    std::vector<std::unique_ptr<flow::function_node<Msg, Work>>> adapters;
+    std::vector<std::unique_ptr<Numberer>> adapters;
     std::unique_ptr<flow::graph_node> join;
     std::unique_ptr<flow::graph_node> join_adapter;
     std::unique_ptr<flow::function_node<Work, RoutedPtr>> body;
     std::unique_ptr<flow::async_node<Work, RoutedPtr>> async_body;
+    std::unique_ptr<flow::sequencer_node<RoutedPtr>> in_order;
     std::unique_ptr<Router> router;
+    // The next input's place in the order this node receives its inputs.
+    std::atomic<uint64_t> next_order{0};
     // Source state (the input_node body runs serially).
     std::deque<PacketPtr> pending;
     bool exhausted = false;
@@ -230,6 +242,7 @@ struct Pipeline::Impl {
 
   RoutedPtr invoke(Runtime& rt, const Work& work) {
     auto routed = std::make_shared<Routed>();
+    routed->order = work.order;
     if (failed.load()) return routed;
     const int64_t seq = work.packets.empty() ? -1 : work.packets.front()->seq();
     const int64_t t0 = now_ns();
@@ -241,7 +254,7 @@ struct Pipeline::Impl {
       rt.node->process(NodeInput{work.port, work.packets}, emitter);
     } catch (...) {
       fail(rt, seq, std::current_exception());
-      routed->clear();
+      routed->packets.clear();
     }
     record(rt, t0, now_ns(), seq);
     return routed;
@@ -259,8 +272,8 @@ struct Pipeline::Impl {
         Routed out;
         CollectingEmitter emitter(out, rt.contract->outputs.size(), rt.spec->name);
         if (!rt.node->produce(emitter)) rt.exhausted = true;
-        for (auto& [port, packet] : out) rt.pending.push_back(std::move(packet));
-        if (out.empty()) continue;
+        for (auto& [port, packet] : out.packets) rt.pending.push_back(std::move(packet));
+        if (out.packets.empty()) continue;
       }
       rt.pending.pop_front();
       ++rt.emitted;
@@ -286,7 +299,7 @@ struct Pipeline::Impl {
         return {};
       }
       record(rt, t0, now_ns(), rt.emitted);
-      for (auto& [port, packet] : out) rt.pending.push_back(std::move(packet));
+      for (auto& [port, packet] : out.packets) rt.pending.push_back(std::move(packet));
     }
     PacketPtr next = std::move(rt.pending.front());
     rt.pending.pop_front();
@@ -379,24 +392,36 @@ struct Pipeline::Impl {
                                             : static_cast<flow::receiver<Work>&>(*rt.async_body);
     flow::sender<RoutedPtr>& body_out = rt.body ? static_cast<flow::sender<RoutedPtr>&>(*rt.body)
                                                 : flow::output_port<0>(*rt.async_body);  // async_node: via its port
-    // Inputs.
+    // Inputs. Each input is numbered in the order it arrives, by a serial
+    // node that passes it on within its body (a function_node may hand its
+    // next input to another worker before it passes on its last output).
     const size_t k = c.inputs.size();
     if (c.input_policy == InputPolicy::any || k == 1) {
       for (size_t p = 0; p < k; ++p) {
         const int port = static_cast<int>(p);
-        rt.adapters.push_back(std::make_unique<flow::function_node<Msg, Work>>(
-            graph, flow::unlimited, [port](const Msg& m) { return Work{port, {m}}; }));
+        rt.adapters.push_back(std::make_unique<Numberer>(
+            graph, flow::serial, [r, port](const Msg& m, Numberer::output_ports_type& ports) {
+              std::get<0>(ports).try_put(Work{port, {m}, r->next_order++});
+            }));
         flow::make_edge(*rt.adapters.back(), body_in);
       }
+    } else if (k == 2) {
+      make_join<Join2>(rt, body_in, std::make_index_sequence<2>{});
+    } else if (k == 3) {
+      make_join<Join3>(rt, body_in, std::make_index_sequence<3>{});
     } else {
-      make_join(rt, k, body_in);
+      make_join<Join4>(rt, body_in, std::make_index_sequence<4>{});
     }
-    // Outputs.
+    // Outputs, in the order of the inputs they came from, whatever the
+    // node's concurrency: every input gives one Routed (empty when the node
+    // emits nothing or fails), so the sequencer never waits for a gap.
     if (!c.outputs.empty()) {
-      const size_t router_concurrency = rt.spec->concurrency == 1 ? flow::serial : flow::unlimited;
+      rt.in_order = std::make_unique<flow::sequencer_node<RoutedPtr>>(
+          graph, [](const RoutedPtr& routed) { return static_cast<size_t>(routed->order); });
+      flow::make_edge(body_out, *rt.in_order);
       rt.router = std::make_unique<Router>(
-          graph, router_concurrency, [](const RoutedPtr& routed, Router::output_ports_type& ports) {
-            for (auto& [port, packet] : *routed) {
+          graph, flow::serial, [](const RoutedPtr& routed, Router::output_ports_type& ports) {
+            for (auto& [port, packet] : routed->packets) {
               switch (port) {
                 case 0: std::get<0>(ports).try_put(packet); break;
                 case 1: std::get<1>(ports).try_put(packet); break;
@@ -405,42 +430,27 @@ struct Pipeline::Impl {
               }
             }
           });
-      flow::make_edge(body_out, *rt.router);
+      flow::make_edge(*rt.in_order, *rt.router);
     }
   }
 
-  void make_join(Runtime& rt, size_t k, flow::receiver<Work>& body_in) {
+  // A tag-matching join on the step number, whose tuples are numbered like
+  // single inputs.
+  template <typename JoinT, size_t... I>
+  void make_join(Runtime& rt, flow::receiver<Work>& body_in, std::index_sequence<I...>) {
+    using Tuple = typename JoinT::output_type;
+    using TupleNumberer = flow::multifunction_node<Tuple, std::tuple<Work>>;
     auto tag = [](const Msg& m) { return static_cast<flow::tag_value>(m->seq()); };
-    if (k == 2) {
-      auto join = std::make_unique<Join2>(graph, tag, tag);
-      auto adapter = std::make_unique<flow::function_node<std::tuple<Msg, Msg>, Work>>(
-          graph, flow::unlimited,
-          [](const std::tuple<Msg, Msg>& t) { return Work{0, {std::get<0>(t), std::get<1>(t)}}; });
-      flow::make_edge(*join, *adapter);
-      flow::make_edge(*adapter, body_in);
-      rt.join = std::move(join);
-      rt.join_adapter = std::move(adapter);
-    } else if (k == 3) {
-      auto join = std::make_unique<Join3>(graph, tag, tag, tag);
-      auto adapter = std::make_unique<flow::function_node<std::tuple<Msg, Msg, Msg>, Work>>(
-          graph, flow::unlimited, [](const std::tuple<Msg, Msg, Msg>& t) {
-            return Work{0, {std::get<0>(t), std::get<1>(t), std::get<2>(t)}};
-          });
-      flow::make_edge(*join, *adapter);
-      flow::make_edge(*adapter, body_in);
-      rt.join = std::move(join);
-      rt.join_adapter = std::move(adapter);
-    } else {
-      auto join = std::make_unique<Join4>(graph, tag, tag, tag, tag);
-      auto adapter = std::make_unique<flow::function_node<std::tuple<Msg, Msg, Msg, Msg>, Work>>(
-          graph, flow::unlimited, [](const std::tuple<Msg, Msg, Msg, Msg>& t) {
-            return Work{0, {std::get<0>(t), std::get<1>(t), std::get<2>(t), std::get<3>(t)}};
-          });
-      flow::make_edge(*join, *adapter);
-      flow::make_edge(*adapter, body_in);
-      rt.join = std::move(join);
-      rt.join_adapter = std::move(adapter);
-    }
+    auto join = std::make_unique<JoinT>(graph, ((void)I, tag)...);
+    Runtime* r = &rt;
+    auto adapter = std::make_unique<TupleNumberer>(
+        graph, flow::serial, [r](const Tuple& t, typename TupleNumberer::output_ports_type& ports) {
+          std::get<0>(ports).try_put(Work{0, {std::get<I>(t)...}, r->next_order++});
+        });
+    flow::make_edge(*join, *adapter);
+    flow::make_edge(*adapter, body_in);
+    rt.join = std::move(join);
+    rt.join_adapter = std::move(adapter);
   }
 
   flow::sender<Msg>& output_of(Runtime& rt, int port) {

@@ -70,6 +70,39 @@ class Add : public Node {
   Params params_;
 };
 
+// Takes longer over the earlier packets of each group of five (sleep_us times
+// 5, 4, 3, 2, 1), so that at concurrency > 1 later packets finish first; may
+// drop some packets and emit two of others.
+class Uneven : public Node {
+ public:
+  struct Params {
+    DIFFUFLOW_PARAMS(Params);
+    DIFFUFLOW_PARAM(int64_t, sleep_us, 100, "work time of the fastest packet");
+    DIFFUFLOW_PARAM(int64_t, drop_every, 0, "emit nothing for seqs that are multiples of this (0: none)",
+                    .at_least(0));
+    DIFFUFLOW_PARAM(int64_t, twice_every, 0, "emit two packets for seqs that are multiples of this (0: none)",
+                    .at_least(0));
+  };
+  static NodeContract contract() {
+    NodeContract c;
+    c.doc = "test: passes packets on after uneven work, dropping or doubling some";
+    c.inputs = {{"in", {kValue}, ""}};
+    c.outputs = {{"out", {kValue}, ""}};
+    return c;
+  }
+  Uneven(const NodeConfig& config, RunContext& ctx) : Node(config, ctx), params_(config.params_as<Params>()) {}
+  void process(const NodeInput& in, Emitter& out) override {
+    const int64_t seq = in.seq();
+    std::this_thread::sleep_for(std::chrono::microseconds(params_.sleep_us * (5 - seq % 5)));
+    if (params_.drop_every && seq % params_.drop_every == 0) return;
+    out.emit(in.ptr());
+    if (params_.twice_every && seq % params_.twice_every == 0) out.emit(in.ptr());
+  }
+
+ private:
+  Params params_;
+};
+
 // The same as Add, but declared a device node: it runs on the compute thread.
 class DeviceAdd : public Add {
  public:
@@ -225,6 +258,7 @@ int64_t max_in_flight_seen() { return g_max_in_flight.load(); }
 DIFFUFLOW_REGISTER_NODE(test_source, diffuflow::test::CounterSource);
 DIFFUFLOW_REGISTER_NODE(test_add, diffuflow::test::Add);
 DIFFUFLOW_REGISTER_NODE(test_device_add, diffuflow::test::DeviceAdd);
+DIFFUFLOW_REGISTER_NODE(test_uneven, diffuflow::test::Uneven);
 DIFFUFLOW_REGISTER_NODE(test_pair_sum, diffuflow::test::PairSum);
 DIFFUFLOW_REGISTER_NODE(test_loop, diffuflow::test::LoopStep);
 DIFFUFLOW_REGISTER_NODE(test_enter, diffuflow::test::Enter);

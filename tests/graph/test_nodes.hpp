@@ -1,6 +1,6 @@
 // Small node types used only by the graph tests: a counting source, an adder,
-// a two-input join, a loop body, a sink that records what it saw, and a node
-// that fails on a chosen step.
+// a two-input join, a loop body, a sink that records what it saw, a node whose
+// packets take uneven time, and a node that fails on a chosen step.
 #pragma once
 
 #include <cstdint>
