@@ -59,6 +59,12 @@ template <typename Class, typename P, typename = void>
 struct has_check : std::false_type {};
 template <typename Class, typename P>
 struct has_check<Class, P, std::void_t<decltype(Class::check(std::declval<const P&>()))>> : std::true_type {};
+template <typename Class, typename P, typename = void>
+struct has_pipeline_check : std::false_type {};
+template <typename Class, typename P>
+struct has_pipeline_check<
+    Class, P, std::void_t<decltype(Class::check(std::declval<const P&>(), std::declval<const PipelineFacts&>()))>>
+    : std::true_type {};
 
 template <typename Contract>
 void add_param_rows(Contract& contract, const std::vector<ParamSpec>& rows, const char* class_name) {
@@ -87,8 +93,12 @@ ResourceContract resource_contract_of(const char* class_name) {
   if constexpr (detail::declares_params<Class>::value) {
     using P = typename Class::Params;
     detail::add_param_rows(contract, param_specs<P>(), class_name);
-    if constexpr (detail::has_check<Class, P>::value) {
-      contract.check = [](const ParamValues& values) { Class::check(params_from<P>(values)); };
+    if constexpr (detail::has_pipeline_check<Class, P>::value) {
+      contract.check = [](const ParamValues& values, const PipelineFacts& pipeline) {
+        Class::check(params_from<P>(values), pipeline);
+      };
+    } else if constexpr (detail::has_check<Class, P>::value) {
+      contract.check = [](const ParamValues& values, const PipelineFacts&) { Class::check(params_from<P>(values)); };
     }
   }
   return contract;

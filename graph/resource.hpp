@@ -10,7 +10,8 @@
 //
 // where NoiseSchedule has `static ResourceContract contract();`, optionally a
 // nested parameter struct `Params` (graph/param_table.hpp) and a
-// `static void check(const Params&)` run at validation, and a constructor
+// `static void check(const Params&)` (or `check(const Params&, const
+// PipelineFacts&)`) run at validation, and a constructor
 // `NoiseSchedule(const ResourceConfig&, RunContext&)`.
 #pragma once
 
@@ -22,6 +23,11 @@
 #include <vector>
 
 namespace diffuflow {
+
+// What a resource's check may know of the pipeline beyond its own parameters.
+struct PipelineFacts {
+  bool deterministic = false;  // the pipeline's `deterministic:`
+};
 
 struct ResourceContract {
   std::string type;  // filled in by the registration macro
@@ -35,7 +41,7 @@ struct ResourceContract {
   // config file that must exist and parse): the resource's static check(),
   // wrapped by the registration macro. Throws ConfigError; the validator
   // attaches the resource's location.
-  std::function<void(const ParamValues& params)> check;
+  std::function<void(const ParamValues& params, const PipelineFacts& pipeline)> check;
 };
 
 struct ResourceConfig {

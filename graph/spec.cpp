@@ -441,7 +441,7 @@ PipelineSpec parse_pipeline_tree(const YAML::Node& root, const std::string& file
     const ResourceContract* contract = Registry::instance().resource_contract(r.type);
     if (!contract || !contract->check) continue;
     try {
-      contract->check(r.params);
+      contract->check(r.params, PipelineFacts{spec.deterministic});
     } catch (const ConfigError& e) {
       SourceLocation where = e.where().file.empty() ? r.where : e.where();
       errors.emplace_back(where, "resource '" + r.name + "': " + e.message());

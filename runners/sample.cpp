@@ -143,7 +143,7 @@ PipelineSpecBuilder sampling_pipeline(const SampleRequest& request, const Sample
   builder.resource("schedule", "noise_schedule", schedule);
   UNetModelResource::Params unet;
   unet.weights = model.weights;
-  unet.precision = request.precision;
+  unet.precision = request.precision == Precision::bf16 ? PrecisionChoice::bf16 : PrecisionChoice::f32;
   builder.resource<UNetModelResource>("model", unet);
 
   NoiseSource::Params noise;

@@ -74,7 +74,7 @@ inline std::shared_ptr<Resource> make_resource(const std::string& type, const st
   config.name = name;
   config.type = type;
   config.params = resolve_test_params(contract->params, yaml_params);
-  if (contract->check) contract->check(config.params);
+  if (contract->check) contract->check(config.params, PipelineFacts{ctx.deterministic});
   auto resource = Registry::instance().create_resource(config, ctx);
   ctx.add_resource(name, resource);
   return resource;

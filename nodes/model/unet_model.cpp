@@ -2,6 +2,7 @@
 
 #include "graph/registry.hpp"
 #include "graph/safetensors.hpp"
+#include "graph/world.hpp"
 #include "nodes/model/diffusers_folder.hpp"
 
 #include <filesystem>
@@ -66,13 +67,45 @@ UNetModelResource::Source UNetModelResource::resolve(const Params& params) {
   return source;
 }
 
-void UNetModelResource::check(const Params& params) { resolve(params); }
+namespace {
+
+const char* const kFastestNotDeterministic =
+    "precision: fastest chooses by timing, which a deterministic run cannot; name f32 or bf16";
+
+// f32 and bf16 as named; fastest by timing both here, which a deterministic
+// run cannot have (the choice could differ between two machines of one kind).
+// Over several processes rank 0 times and every rank takes its choice, so the
+// weights stay equal on all.
+Precision precision_of(PrecisionChoice choice, const std::string& name, RunContext& ctx) {
+  if (choice != PrecisionChoice::fastest) return choice == PrecisionChoice::bf16 ? Precision::bf16 : Precision::f32;
+  if (ctx.deterministic) {
+    throw ConfigError(SourceLocation{"", 0, 0, "precision"}, kFastestNotDeterministic);
+  }
+  World& world = ctx.world();
+  std::string chosen;
+  if (world.rank() == 0) {
+    const PrecisionProbe probe = probe_precision(ctx.device().engine());
+    ctx.info(name + ": " + probe.summary());
+    chosen = enum_name(probe.chosen);
+  }
+  if (world.distributed()) chosen = world.broadcast(chosen, 0);
+  return parse_enum<Precision>(chosen, "precision");
+}
+
+}  // namespace
+
+void UNetModelResource::check(const Params& params, const PipelineFacts& pipeline) {
+  resolve(params);
+  if (pipeline.deterministic && params.precision == PrecisionChoice::fastest) {
+    throw ConfigError(SourceLocation{"", 0, 0, "precision"}, kFastestNotDeterministic);
+  }
+}
 
 UNetModelResource::UNetModelResource(const ResourceConfig& config, RunContext& ctx)
     : params_(config.params_as<Params>()) {
   const Source source = resolve(params_);
   model_ = std::shared_ptr<UNetModel>(make_unet(source.config, ctx.device()));
-  model_->set_precision(params_.precision);
+  model_->set_precision(precision_of(params_.precision, config.name, ctx));
   model_->set_native_kernels(params_.native_kernels);
   model_->set_conv_algorithm(params_.convolution);
   if (!source.weights.empty()) {

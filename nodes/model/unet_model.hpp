@@ -19,11 +19,13 @@
 // (conv/linear weights and biases U(-1/sqrt(fan_in), 1/sqrt(fan_in)) as
 // PyTorch's defaults, GroupNorm weight 1 and bias 0, embedding tables
 // N(0, 1)). precision: f32 or bf16 convolutions (mixed precision; see
-// Precision in program.hpp).
+// Precision in program.hpp), or fastest: the one a convolution timed in both
+// finds faster here (compute/precision_probe.hpp).
 #pragma once
 
 #include "nodes/model/model_resource.hpp"
 
+#include "compute/precision_probe.hpp"
 #include "graph/resource.hpp"
 #include "nodes/model/unet.hpp"
 
@@ -45,10 +47,12 @@ class UNetModelResource : public ModelResource {
     DIFFUFLOW_PARAM(bool, use_ema, true, "from a training checkpoint, load its EMA weights when it has them");
     DIFFUFLOW_PARAM(int64_t, init_seed, 0, "seed of the random init used when no weights are given",
                     .range(0, 9.0e15));
-    DIFFUFLOW_PARAM(Precision, precision, Precision::f32,
-                    "convolution arithmetic: f32, or bf16 inputs and weights with f32 accumulation, f32 "
-                    "parameters and gradients, bf16 activations between layers (mixed precision; fast on "
-                    "CPUs with AMX or AVX512-BF16)");
+    DIFFUFLOW_PARAM(PrecisionChoice, precision, PrecisionChoice::f32,
+                    "convolution arithmetic: f32; bf16: bf16 inputs and weights with f32 accumulation, f32 "
+                    "parameters and gradients, bf16 activations between layers (mixed precision: several times "
+                    "faster with AMX, slower than f32 on some CPUs with AVX512-BF16 alone); fastest: bf16 where "
+                    "a convolution timed in both as the model is made runs at least 1.2x faster in it, else f32 "
+                    "(not with deterministic: true)");
     DIFFUFLOW_PARAM(bool, native_kernels, true,
                     "on a CPU, run GroupNorm, the few-channel first and last convolutions and attention's "
                     "softmax as diffuflow's own kernels (faster); false: oneDNN primitives only, as on other "
@@ -65,7 +69,8 @@ class UNetModelResource : public ModelResource {
   // Parses and validates the config (ConfigError naming the key), and checks
   // that a given checkpoint or folder exists and agrees with the config,
   // before anything runs.
-  static void check(const Params& params);
+  // precision: fastest in a deterministic pipeline is refused here too.
+  static void check(const Params& params, const PipelineFacts& pipeline = {});
 
   // The config and the weights file the parameters name.
   struct Source {

@@ -134,6 +134,51 @@ TEST_CASE("a cosine over --max-time takes the same rate on both ranks and ends n
   CHECK(std::stod(meta.at("lr_progress")) > 0.75);
 }
 
+TEST_CASE("precision: fastest is rank 0's choice on every rank: they train as one process in it does") {
+  // The probes are made to disagree (rank 0's says bf16, rank 1's f32). Both
+  // ranks must compute in bf16: 2 ranks x batch 4 then train the weights
+  // 1 process x batch 8 does in bf16, and not those it does in f32.
+  TempDir dir;
+  write_file(dir / "p.yaml", R"(name: fastest
+seed: 3
+threads: 1
+resources:
+  - {name: schedule, type: noise_schedule, params: {kind: linear, timesteps: 100}}
+  - {name: model, type: unet_model, params: {config: unet-tiny, precision: fastest}}
+nodes:
+  - {name: data, type: synthetic_source, params: {kind: shapes, size: 16, batch_size: 4, count: 64, epochs: 0}}
+  - {name: gate, type: limiter, params: {max_in_flight: 1}}
+  - {name: timesteps, type: timestep_sampler, params: {timesteps: 100}}
+  - {name: noiser, type: noiser, params: {schedule: schedule}}
+  - {name: forward, type: model_forward, params: {model: model, training: true}}
+  - {name: loss, type: diffusion_loss, params: {schedule: schedule}}
+  - {name: backward, type: model_backward, params: {model: model}}
+  - {name: optimiser, type: optimiser, params: {model: model, lr: 1e-3}}
+edges: [data -> gate, gate -> timesteps, timesteps -> noiser, noiser -> forward, forward -> loss,
+        loss -> backward, backward -> optimiser, optimiser -> gate.decrement]
+)");
+  const std::string common = " run " + (dir / "p.yaml").string() + " --progress 0 --max-steps 6";
+  const std::string two_args = common + " --out " + (dir / "two").string();
+  CommandResult two = shell(std::string(MPIRUN) + " --oversubscribe --allow-run-as-root -np 1 -x DIFFUFLOW_PRECISION_PROBE=bf16 " +
+                            binary() + two_args + " : -np 1 -x DIFFUFLOW_PRECISION_PROBE=f32 " + binary() + two_args);
+  REQUIRE_MESSAGE(two.exit_code == 0, two.output);
+  const std::string probed = "precision fastest";
+  const size_t at = two.output.find(probed);
+  CHECK_MESSAGE(two.output.find(probed, at + probed.size()) == std::string::npos, two.output);  // rank 1 did not probe
+  CHECK(two.output.find("model: precision fastest: bf16 (named by DIFFUFLOW_PRECISION_PROBE)") == at - 7);
+
+  const std::string one = common + " -q --set data.batch_size=8 --out ";
+  for (const char* precision : {"bf16", "f32"}) {
+    CommandResult r = run_cli(one + (dir / precision).string() + " --set model.precision=" + precision);
+    REQUIRE_MESSAGE(r.exit_code == 0, r.output);
+  }
+  const fs::path latest = "checkpoints/latest.safetensors";
+  const double to_bf16 = max_weight_difference(dir / "two" / latest, dir / "bf16" / latest);
+  const double to_f32 = max_weight_difference(dir / "two" / latest, dir / "f32" / latest);
+  MESSAGE("max weight difference of 2 ranks x batch 4 to 1 x 8: bf16 " << to_bf16 << ", f32 " << to_f32);
+  CHECK(to_bf16 * 10 < to_f32);
+}
+
 TEST_CASE("only rank 0 writes: a rank started in another folder leaves it empty") {
   TempDir dir;
   fs::create_directories(dir / "a");

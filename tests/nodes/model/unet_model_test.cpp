@@ -271,6 +271,30 @@ TEST_CASE("unet_model resource loads the fixture weights and rejects a bad confi
   CHECK(a[0] != 0.0f);
 }
 
+TEST_CASE("unet_model's precision: fastest takes the probe's choice, and a deterministic run refuses it") {
+  RunContext ctx;
+  auto named = [&](const std::string& name, const std::string& precision) {
+    auto resource = test::make_resource("unet_model", name, "{config: unet-tiny, precision: " + precision + "}", ctx);
+    return std::dynamic_pointer_cast<UNetModelResource>(resource)->unet().precision();
+  };
+  CHECK(named("a", "f32") == Precision::f32);
+  CHECK(named("b", "bf16") == Precision::bf16);
+  CHECK(named("c", "fastest") == probe_precision(ctx.device().engine()).chosen);
+  CHECK_THROWS_WITH(test::make_resource("unet_model", "d", "{config: unet-tiny, precision: fastets}", ctx),
+                    doctest::Contains("expected one of f32|bf16|fastest (did you mean 'fastest'?)"));
+
+  ctx.deterministic = true;
+  CHECK(named("e", "bf16") == Precision::bf16);
+  // At validation (the pipeline's check), and by the resource itself.
+  CHECK_THROWS_WITH_AS(test::make_resource("unet_model", "f", "{config: unet-tiny, precision: fastest}", ctx),
+                       doctest::Contains("precision: fastest chooses by timing"), ConfigError);
+  ResourceConfig config{"g", "unet_model", {}};
+  config.params = test::resolve_test_params(Registry::instance().resource_contract("unet_model")->params,
+                                            "{config: unet-tiny, precision: fastest}");
+  CHECK_THROWS_WITH_AS(Registry::instance().create_resource(config, ctx),
+                       doctest::Contains("precision: fastest chooses by timing"), ConfigError);
+}
+
 TEST_CASE("a profiled pass times every step under its layer kind and gives the same results") {
   Device device(DeviceSpec{});
   TinyPass tiny(device);
