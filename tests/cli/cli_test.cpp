@@ -40,6 +40,19 @@ edges: [data -> writer]
   CHECK(contains(result.output, "expected int"));
 }
 
+TEST_CASE("a deterministic run refuses precision: fastest at validation, naming the resource's line") {
+  TempDir dir;
+  const auto result = run_cli("run pipelines/train_mnist.yaml --set deterministic=true --threads 2 --out " +
+                              (dir / "out").string());
+  CAPTURE(result.output);
+  CHECK(result.exit_code == 2);
+  CHECK(contains(result.output, "train_mnist.yaml:"));
+  CHECK(contains(result.output, "resource 'model': precision: fastest chooses by timing"));
+  CHECK(!fs::exists(dir / "out"));
+  CHECK(run_cli("validate pipelines/train_mnist.yaml --set deterministic=true --set model.precision=f32").exit_code ==
+        0);
+}
+
 TEST_CASE("run refuses a bad --set value with exit code 2 and leaves no output folder") {
   TempDir dir;
   const auto result =
