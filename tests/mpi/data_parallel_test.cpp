@@ -24,18 +24,21 @@ namespace fs = std::filesystem;
 
 namespace {
 
-// A tiny MLP on two moons: each run takes well under a second.
-std::string pipeline_yaml(const std::string& data = "{kind: moons, batch_size: 16, count: 512, epochs: 0}") {
+// A training pipeline; by default a tiny MLP on two moons, each run well
+// under a second. `model` and `data` are the two types and their parameters.
+std::string pipeline_yaml(const std::string& model = "mlp_model, params: {hidden: 64, layers: 2}",
+                          const std::string& data = "toy2d_source, params: {kind: moons, batch_size: 16, count: 512, "
+                                                    "epochs: 0}",
+                          bool deterministic = true) {
   return R"(name: data_parallel
 seed: 3
 threads: 1
-deterministic: true
+deterministic: )" + std::string(deterministic ? "true" : "false") + R"(
 resources:
   - {name: schedule, type: noise_schedule, params: {kind: linear, timesteps: 100}}
-  - {name: model, type: mlp_model, params: {hidden: 64, layers: 2}}
+  - {name: model, type: )" + model + R"(}
 nodes:
-  - {name: data, type: toy2d_source, params: )" +
-         data + R"(}
+  - {name: data, type: )" + data + R"(}
   - {name: gate, type: limiter, params: {max_in_flight: 1}}
   - {name: timesteps, type: timestep_sampler, params: {timesteps: 100}}
   - {name: noiser, type: noiser, params: {schedule: schedule}}
@@ -139,24 +142,10 @@ TEST_CASE("precision: fastest is rank 0's choice on every rank: they train as on
   // ranks must compute in bf16: 2 ranks x batch 4 then train the weights
   // 1 process x batch 8 does in bf16, and not those it does in f32.
   TempDir dir;
-  write_file(dir / "p.yaml", R"(name: fastest
-seed: 3
-threads: 1
-resources:
-  - {name: schedule, type: noise_schedule, params: {kind: linear, timesteps: 100}}
-  - {name: model, type: unet_model, params: {config: unet-tiny, precision: fastest}}
-nodes:
-  - {name: data, type: synthetic_source, params: {kind: shapes, size: 16, batch_size: 4, count: 64, epochs: 0}}
-  - {name: gate, type: limiter, params: {max_in_flight: 1}}
-  - {name: timesteps, type: timestep_sampler, params: {timesteps: 100}}
-  - {name: noiser, type: noiser, params: {schedule: schedule}}
-  - {name: forward, type: model_forward, params: {model: model, training: true}}
-  - {name: loss, type: diffusion_loss, params: {schedule: schedule}}
-  - {name: backward, type: model_backward, params: {model: model}}
-  - {name: optimiser, type: optimiser, params: {model: model, lr: 1e-3}}
-edges: [data -> gate, gate -> timesteps, timesteps -> noiser, noiser -> forward, forward -> loss,
-        loss -> backward, backward -> optimiser, optimiser -> gate.decrement]
-)");
+  write_file(dir / "p.yaml", pipeline_yaml("unet_model, params: {config: unet-tiny, precision: fastest}",
+                                           "synthetic_source, params: {kind: shapes, size: 16, batch_size: 4, "
+                                           "count: 64, epochs: 0}",
+                                           false));
   const std::string common = " run " + (dir / "p.yaml").string() + " --progress 0 --max-steps 6";
   const std::string two_args = common + " --out " + (dir / "two").string();
   CommandResult two = shell(std::string(MPIRUN) + " --oversubscribe --allow-run-as-root -np 1 -x DIFFUFLOW_PRECISION_PROBE=bf16 " +
