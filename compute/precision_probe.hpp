@@ -1,12 +1,12 @@
 // Which precision to run a model in when the pipeline asks for the faster one.
 //
 // A CPU that has bf16 instructions does not always run bf16 convolutions
-// faster: with AMX they are several times faster than f32, on a 2-core AMD
-// EPYC (AVX512-BF16) about 1.3x, but on a Xeon that exposes AVX512-BF16
-// without AMX oneDNN 2.6's bf16 kernels are about half as fast as its f32 ones
-// (docs/performance.md, "Choosing the precision"). So `precision: fastest`
-// times one convolution in both and takes bf16 only when it is clearly
-// faster.
+// faster: with AMX they ran 1.5x faster than f32 (the U-Net's, 16 cores), on
+// a 2-core AMD EPYC (AVX512-BF16) the U-Net 1.3x, but on a Xeon that exposes
+// AVX512-BF16 without AMX oneDNN 2.6's bf16 kernels take 2.6-3.2x the time of
+// its f32 ones (docs/performance.md, "Choosing the precision"). So
+// `precision: fastest` times one convolution in both and takes bf16 only when
+// it is clearly faster.
 //
 //   const PrecisionProbe probe = probe_precision(engine);   // on the thread whose OpenMP team will run the model
 //   model.set_precision(probe.chosen);

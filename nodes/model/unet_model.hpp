@@ -49,8 +49,8 @@ class UNetModelResource : public ModelResource {
                     .range(0, 9.0e15));
     DIFFUFLOW_PARAM(PrecisionChoice, precision, PrecisionChoice::f32,
                     "convolution arithmetic: f32; bf16: bf16 inputs and weights with f32 accumulation, f32 "
-                    "parameters and gradients, bf16 activations between layers (mixed precision: several times "
-                    "faster with AMX, slower than f32 on some CPUs with AVX512-BF16 alone); fastest: bf16 where "
+                    "parameters and gradients, bf16 activations between layers (mixed precision: faster with "
+                    "AMX, slower than f32 on some CPUs with AVX512-BF16 alone); fastest: bf16 where "
                     "a convolution timed in both as the model is made runs at least 1.2x faster in it, else f32 "
                     "(not with deterministic: true)");
     DIFFUFLOW_PARAM(bool, native_kernels, true,
