@@ -49,7 +49,6 @@
 
 namespace diffuflow {
 
-// A parameter: offset (elements) into the flat buffer and its shape.
 // A parameter in the flat buffer: from `offset`, dense in `shape`, or with
 // `strides` (in elements) when set: a slice of a larger parameter, such as
 // some input channels of a convolution's weights. An empty shape is no
