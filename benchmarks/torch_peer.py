@@ -547,8 +547,15 @@ def loaded_blas():
             kind = "ATLAS"
         elif "/blas/" in low or os.path.basename(low).startswith("libblas"):
             kind = "reference BLAS (netlib)"
-        out.append({"path": p, "resolved": real, "kind": kind})
+        out.append({"path": _site_relative(p), "resolved": _site_relative(real), "kind": kind})
     return out
+
+
+def _site_relative(path):
+    """A path inside a Python environment from its site-packages folder on (where the
+    environment lives says nothing about the library and only names the machine)."""
+    head, sep, tail = path.partition("site-packages/")
+    return sep + tail if sep else path
 
 
 def cpu_model():

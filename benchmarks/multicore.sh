@@ -1,0 +1,178 @@
+#!/bin/bash
+# Every multi-core measurement docs/performance.md reports, in one run on one
+# machine, most important first, so that a run cut short still has its first
+# stages complete:
+#   1. the machine: `diffuflow version`, lscpu, memory, torch's build;
+#      the matmul peak (f32, bf16) at full width and on one thread, the
+#      memory bandwidth at full width
+#   2. a thread sweep of the U-Net against the PyTorch peer, f32 and bf16
+#      (scaling.sh, round a)
+#   3. where the time goes at full width and on one thread: bench unet
+#      --breakdown, f32 and bf16; each convolution's time and kernel in a
+#      training pass at both widths (conv_times.py)
+#   4. precision: fastest: the probe's choice and timings at each thread
+#      count, and bench train in f32, bf16 and fastest at full width
+#   5. the OpenMP wait at full width: the default short spin, longer spins,
+#      passive and active, alternated; the default against a long spin at a
+#      quarter of the width
+#   6. DDIM-50 sampling against the same loop in PyTorch, alternated
+#   7. f32 against the channels_last peer; f32 with --convolution direct
+#   8. more sweep rounds (b, c) while the budget lasts
+#
+#   benchmarks/multicore.sh [DIFFUFLOW] [OUT_DIR]
+#   BUDGET=420 benchmarks/multicore.sh build/diffuflow mc-out
+#
+# DIFFUFLOW is a binary or a bundle's launcher (benchmarks/bundle.sh).
+# Environment: THREADS (the sweep's thread counts; default the usable CPUs,
+# halved down to 1), BUDGET (seconds; a stage that would end past it is
+# skipped, and says so; default 3600), PEER (the python3 with torch),
+# QUICK=1 (tiny settings that only check the script).
+# OUT_DIR gets one folder per stage and log.txt; after the sweeps
+# scaling_table.py writes OUT_DIR/scaling.csv over the sweep rounds.
+set -u
+DIFFUFLOW=${1:-build/diffuflow}
+OUT=${2:-multicore-out}
+HERE=$(cd "$(dirname "$0")" && pwd)
+ROOT=$(dirname "$HERE")
+PEER=${PEER:-python3}
+BUDGET=${BUDGET:-3600}
+QUICK=${QUICK:-0}
+usable=$("$PEER" -c "import os; print(len(os.sched_getaffinity(0)))" 2>/dev/null || nproc)
+if [ -z "${THREADS:-}" ]; then
+  THREADS=""
+  t=$usable
+  while [ "$t" -ge 1 ]; do THREADS="$THREADS $t"; t=$((t / 2)); done
+fi
+full=$(echo $THREADS | awk '{print $1}')
+CONFIG=unet-s BATCH=64 STEPS=5 SAMPLE_COUNT=128
+[ "$QUICK" = 1 ] && CONFIG=unet-tiny BATCH=8 STEPS=2 SAMPLE_COUNT=16
+mkdir -p "$OUT" || exit 2
+exec > >(tee -a "$OUT/log.txt") 2>&1
+start=$(date +%s)
+failed=0
+
+# stage NAME SECONDS: true when a stage of about SECONDS fits in the budget.
+stage() {
+  local now=$(( $(date +%s) - start ))
+  if [ $((now + $2)) -gt "$BUDGET" ]; then
+    echo "== $1: skipped ($now s spent, about $2 s needed, budget $BUDGET s)"
+    return 1
+  fi
+  echo "== $1 (at $now s)"
+}
+# run NAME CMD...: the command's output to NAME.txt and the log, a failure noted.
+run() {
+  local name=$1; shift
+  local cmd="$*"
+  echo "\$ ${cmd//$ROOT\//}" > "$OUT/$name.txt"
+  timeout 600 "$@" >> "$OUT/$name.txt" 2>&1
+  local rc=$?
+  grep -E "images/s|GFLOP/s|GB/s|precision fastest|^ +[0-9]|  [a-z_]+ +[0-9.]+ " "$OUT/$name.txt" | head -40
+  [ $rc -eq 0 ] || { echo "multicore: $name failed (exit $rc)"; tail -5 "$OUT/$name.txt"; failed=1; }
+}
+
+echo "multicore: $DIFFUFLOW, threads $THREADS, budget $BUDGET s"
+{ "$DIFFUFLOW" version; echo; lscpu; echo; free -g
+  "$PEER" -c "import torch; print('torch', torch.__version__, torch.backends.cpu.get_cpu_capability())"
+} > "$OUT/machine.txt" 2>&1
+head -7 "$OUT/machine.txt"
+
+if stage peaks 30; then
+  mkdir -p "$OUT/peaks"
+  run peaks/matmul "$DIFFUFLOW" bench matmul --threads "$full" --sweep precision=f32,bf16
+  run peaks/matmul_t1 "$DIFFUFLOW" bench matmul --threads 1 --sweep precision=f32,bf16
+  run peaks/bandwidth "$DIFFUFLOW" bench bandwidth --threads "$full"
+fi
+
+sweep() {  # sweep ROUND SECONDS
+  if stage "sweep $1" "$2"; then
+    ROUNDS=1 KINDS="f32 bf16" "$HERE/scaling.sh" "$DIFFUFLOW" "$OUT/sweep/$1" $THREADS || failed=1
+  fi
+}
+sweep a 150
+
+if stage breakdown 70; then
+  mkdir -p "$OUT/breakdown"
+  for p in f32 bf16; do
+    run "breakdown/$p" "$DIFFUFLOW" bench unet --config $CONFIG --batch $BATCH --threads "$full" \
+        --mode both --precision $p --breakdown --steps $STEPS --warmup 1 --repeats 2 \
+        --json "$OUT/breakdown/$p.json"
+    run "breakdown/${p}_t1" "$DIFFUFLOW" bench unet --config $CONFIG --batch $BATCH --threads 1 \
+        --mode both --precision $p --breakdown --steps 2 --warmup 1 --repeats 1 \
+        --json "$OUT/breakdown/${p}_t1.json"
+  done
+fi
+
+if stage "convolution kernels" 60; then
+  mkdir -p "$OUT/kernels"
+  for p in bf16 f32; do
+    run "kernels/$p" "$PEER" "$HERE/conv_times.py" -- \
+        "$DIFFUFLOW" bench-unet --config $CONFIG --batch $BATCH --threads "$full" --iters 2 --warmup 1 \
+        --mode train --precision $p --- \
+        "$DIFFUFLOW" bench-unet --config $CONFIG --batch $BATCH --threads 1 --iters 1 --warmup 1 \
+        --mode train --precision $p
+  done
+fi
+
+if stage precision 60; then
+  mkdir -p "$OUT/precision"
+  for t in $THREADS; do
+    "$DIFFUFLOW" bench train --config unet-tiny --batch 8 --threads "$t" --steps 1 --warmup 1 \
+        --repeats 1 --set model.precision=fastest 2>&1 | grep "precision fastest" \
+        | tee -a "$OUT/precision/probe.txt"
+  done
+  for p in f32 bf16 fastest; do
+    run "precision/train_$p" "$DIFFUFLOW" bench train --config $CONFIG --batch $BATCH \
+        --threads "$full" --steps $((STEPS * 2)) --warmup 2 --repeats 2 --set model.precision=$p \
+        --json "$OUT/precision/train_$p.json"
+  done
+fi
+
+if stage wait 80; then
+  mkdir -p "$OUT/wait"
+  quarter=$(echo $THREADS | awk '{print (NF >= 3) ? $3 : ""}')
+  wait_run() {  # wait_run THREADS SETTING ROUND
+    local env_args=()
+    [ "$2" = default ] || env_args=("$2")
+    run "wait/t$1_${2//=/_}_r$3" env "${env_args[@]}" "$DIFFUFLOW" bench unet --config $CONFIG \
+        --batch $BATCH --threads "$1" --mode both --precision f32 --steps $STEPS --warmup 1 --repeats 1
+  }
+  for round in 1 2; do
+    for setting in default GOMP_SPINCOUNT=30000 GOMP_SPINCOUNT=100000 OMP_WAIT_POLICY=passive \
+                   OMP_WAIT_POLICY=active; do
+      wait_run "$full" "$setting" $round
+    done
+    if [ -n "$quarter" ]; then
+      for setting in default GOMP_SPINCOUNT=100000; do wait_run "$quarter" "$setting" $round; done
+    fi
+  done
+fi
+
+if stage sampling 90; then
+  mkdir -p "$OUT/sampling"
+  for round in 1 2; do
+    run "sampling/diffuflow_r$round" "$DIFFUFLOW" bench sample --config $CONFIG --batch $BATCH \
+        --warmup 1 --steps $((SAMPLE_COUNT / BATCH)) --repeats 1 --threads "$full" \
+        --json "$OUT/sampling/diffuflow_r$round.json"
+    run "sampling/torch_r$round" "$PEER" "$HERE/torch_peer.py" sample --config $CONFIG \
+        --batch $BATCH --count $SAMPLE_COUNT --steps 50 --threads "$full" \
+        --json "$OUT/sampling/torch_r$round.json"
+  done
+fi
+
+if stage "channels_last and direct" 40; then
+  two=$(echo $THREADS | awk '{print ($NF == 1 && NF > 1) ? $(NF-1) : ""}')  # the 2-thread point
+  [ "$two" = "$full" ] && two=""
+  ROUNDS=1 KINDS="f32_channels_last f32_direct" "$HERE/scaling.sh" "$DIFFUFLOW" "$OUT/sweep/a" \
+      "$full" $two || failed=1
+fi
+
+sweep b 150
+sweep c 150
+
+rounds=$(ls -d "$OUT"/sweep/? 2>/dev/null)
+if [ -n "$rounds" ]; then
+  "$PEER" "$HERE/scaling_table.py" --csv "$OUT/scaling.csv" $rounds | tee "$OUT/scaling.md" || failed=1
+fi
+echo "multicore: done in $(( $(date +%s) - start )) s, exit $failed"
+exit $failed
