@@ -15,8 +15,9 @@
 # libraries of the same names that define exactly the OpenCV symbols the
 # binary imports; calling any of them ends the program with a message. So the
 # bundle runs `bench unet|matmul|bandwidth|train|sample|data` (without
-# --roofline or --plot, which draw PNGs) and pipelines that read no images,
-# write none and draw nothing; it is not a general-purpose build.
+# --roofline or --plot, which draw PNGs: keep --json and draw with the full
+# build's `diffuflow roofline` or `diffuflow plot`) and pipelines that read no
+# images, write none and draw nothing; it is not a general-purpose build.
 set -euo pipefail
 BINARY=${1:-build/diffuflow}
 OUT=${2:-diffuflow-bundle.tar.xz}

@@ -140,7 +140,7 @@ OptionSpec output() {
   return OptionSpec::text("out", "PATH",
                           "where the results go: run, a new folder (default runs/<pipeline>-<timestamp>); "
                           "export, a new diffusers pipeline folder; unet-io and scheduler-io, a .safetensors file; "
-                          "plot, a PNG; sample, a grid PNG or a folder for one PNG per image");
+                          "plot and roofline, a PNG; sample, a grid PNG or a folder for one PNG per image");
 }
 
 OptionSpec unet_mode() {

@@ -102,3 +102,73 @@ TEST_CASE("bench unet --roofline refuses paths it cannot write, other kinds and 
     CHECK(!contains(result.output, "images/s"));  // refused before anything ran
   }
 }
+
+TEST_CASE("diffuflow roofline draws a saved bench unet --breakdown result from its median repeat") {
+  TempDir dir;
+  std::string output;
+  run_tiny_bench_unet("--mode both --breakdown", dir.path(), output);
+  // Three repeats with made-up rates: the median (2.0) is the one with the marked breakdown.
+  json j = json::parse(read_file(dir / "u.json"));
+  json& repeats = j["results"][0]["repeats"];
+  const json base = repeats[0];
+  repeats = json::array();
+  for (const double rate : {3.0, 1.0, 2.0}) {
+    json r = base;
+    r["images_per_s"] = rate;
+    r["matmul_peak_gflops_per_s"] = 100.0 * rate;
+    repeats.push_back(r);
+  }
+  write_file(dir / "three.json", j.dump());
+  const auto png = dir / "r.png";
+  const auto ok = run_cli("roofline " + (dir / "three.json").string() + " --bandwidth 12.5 --out " + png.string());
+  CAPTURE(ok.output);
+  REQUIRE(ok.exit_code == 0);
+  CHECK(contains(ok.output, "memory roof 12.5 GB/s"));
+  CHECK(contains(ok.output, "compute roof 200.0 GFLOP/s"));  // the median repeat's peak
+  CHECK(contains(ok.output, "U-Net"));
+  const cv::Mat image = cv::imread(png.string());
+  REQUIRE(!image.empty());
+  CHECK(image.cols == 900);
+
+  const auto given = run_cli("roofline " + (dir / "three.json").string() + " --bandwidth 12.5 --compute-roof 777 --out " +
+                             (dir / "p.png").string());
+  CHECK(given.exit_code == 0);
+  CHECK(contains(given.output, "compute roof 777.0 GFLOP/s"));
+}
+
+TEST_CASE("diffuflow roofline refuses what is not one bench unet run with a breakdown, naming the file (exit 2)") {
+  TempDir dir;
+  std::string output;
+  run_tiny_bench_unet("--mode both", dir.path(), output);  // no --breakdown
+  const json plain = json::parse(read_file(dir / "u.json"));
+  json other = plain;
+  other["bench"] = "train";
+  json sweep = plain;
+  sweep["results"].push_back(sweep["results"][0]);
+  json wrong_type = plain;
+  wrong_type["results"][0]["repeats"][0]["images_per_s"] = "fast";
+  write_file(dir / "plain.json", plain.dump());
+  write_file(dir / "other.json", other.dump());
+  write_file(dir / "sweep.json", sweep.dump());
+  write_file(dir / "type.json", wrong_type.dump());
+  write_file(dir / "broken.json", "{\"bench\": \"unet\",\n  \"results\": [");
+  const std::pair<std::string, std::string> cases[] = {
+      {"plain.json", "--breakdown"}, {"other.json", "not a `bench unet` result"}, {"sweep.json", "a sweep"},
+      {"type.json", "not a `bench unet` result"}, {"broken.json", "not valid JSON"}, {"missing.json", "cannot open"}};
+  for (const auto& [file, message] : cases) {
+    const auto result = run_cli("roofline " + (dir / file).string() + " --bandwidth 10 --out " + (dir / "r.png").string());
+    CAPTURE(file);
+    CAPTURE(result.output);
+    CHECK(result.exit_code == 2);
+    CHECK(contains(result.output, file));
+    CHECK(contains(result.output, message));
+    CHECK(!std::filesystem::exists(dir / "r.png"));
+  }
+  for (const std::string args : {std::string(" --out r.png"), std::string(" --bandwidth 0 --out r.png"),
+                                 std::string(" --bandwidth 10 --out r.jpg")}) {
+    const auto result = run_cli("roofline " + (dir / "plain.json").string() + args);
+    CAPTURE(args);
+    CAPTURE(result.output);
+    CHECK(result.exit_code == 2);
+  }
+}
