@@ -10,14 +10,15 @@
 #   3. where the time goes at full width and on one thread: bench unet
 #      --breakdown, f32 and bf16; each convolution's time and kernel in a
 #      training pass at both widths (conv_times.py)
-#   4. precision: fastest: the probe's choice and timings at each thread
+#   4. a second sweep round (b)
+#   5. DDIM-50 sampling against the same loop in PyTorch, alternated
+#   6. precision: fastest: the probe's choice and timings at each thread
 #      count, and bench train in f32, bf16 and fastest at full width
-#   5. the OpenMP wait at full width: the default short spin, longer spins,
+#   7. the OpenMP wait at full width: the default short spin, longer spins,
 #      passive and active, alternated; the default against a long spin at a
 #      quarter of the width
-#   6. DDIM-50 sampling against the same loop in PyTorch, alternated
-#   7. f32 against the channels_last peer; f32 with --convolution direct
-#   8. more sweep rounds (b, c) while the budget lasts
+#   8. f32 against the channels_last peer; f32 with --convolution direct
+#   9. a third sweep round (c) while the budget lasts
 #
 #   benchmarks/multicore.sh [DIFFUFLOW] [OUT_DIR]
 #   BUDGET=420 benchmarks/multicore.sh build/diffuflow mc-out
@@ -114,6 +115,20 @@ if stage "convolution kernels" 60; then
   done
 fi
 
+sweep b 150
+
+if stage sampling 90; then
+  mkdir -p "$OUT/sampling"
+  for round in 1 2; do
+    run "sampling/diffuflow_r$round" "$DIFFUFLOW" bench sample --config $CONFIG --batch $BATCH \
+        --warmup 1 --steps $((SAMPLE_COUNT / BATCH)) --repeats 1 --threads "$full" \
+        --json "$OUT/sampling/diffuflow_r$round.json"
+    run "sampling/torch_r$round" "$PEER" "$HERE/torch_peer.py" sample --config $CONFIG \
+        --batch $BATCH --count $SAMPLE_COUNT --steps 50 --threads "$full" \
+        --json "$OUT/sampling/torch_r$round.json"
+  done
+fi
+
 if stage precision 60; then
   mkdir -p "$OUT/precision"
   for t in $THREADS; do
@@ -148,18 +163,6 @@ if stage wait 80; then
   done
 fi
 
-if stage sampling 90; then
-  mkdir -p "$OUT/sampling"
-  for round in 1 2; do
-    run "sampling/diffuflow_r$round" "$DIFFUFLOW" bench sample --config $CONFIG --batch $BATCH \
-        --warmup 1 --steps $((SAMPLE_COUNT / BATCH)) --repeats 1 --threads "$full" \
-        --json "$OUT/sampling/diffuflow_r$round.json"
-    run "sampling/torch_r$round" "$PEER" "$HERE/torch_peer.py" sample --config $CONFIG \
-        --batch $BATCH --count $SAMPLE_COUNT --steps 50 --threads "$full" \
-        --json "$OUT/sampling/torch_r$round.json"
-  done
-fi
-
 if stage "channels_last and direct" 40; then
   two=$(echo $THREADS | awk '{print ($NF == 1 && NF > 1) ? $(NF-1) : ""}')  # the 2-thread point
   [ "$two" = "$full" ] && two=""
@@ -167,7 +170,6 @@ if stage "channels_last and direct" 40; then
       "$full" $two || failed=1
 fi
 
-sweep b 150
 sweep c 150
 
 rounds=$(ls -d "$OUT"/sweep/? 2>/dev/null)
