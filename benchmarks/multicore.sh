@@ -9,7 +9,8 @@
 #      (scaling.sh, round a)
 #   3. where the time goes at full width and on one thread: bench unet
 #      --breakdown, f32 and bf16; each convolution's time and kernel in a
-#      training pass at both widths (conv_times.py)
+#      training pass at both widths (conv_times.py); with AMX, bf16 also with
+#      oneDNN held to AVX512-BF16 (bf16_no_amx)
 #   4. a second sweep round (b)
 #   5. DDIM-50 sampling against the same loop in PyTorch, alternated
 #   6. precision: fastest: the probe's choice and timings at each thread
@@ -92,26 +93,35 @@ sweep() {  # sweep ROUND SECONDS
 }
 sweep a 150
 
-if stage breakdown 70; then
+# With AMX, bf16 runs a second time with oneDNN held to AVX512-BF16
+# (ONEDNN_MAX_CPU_ISA): the channel-blocked kernels forward and backward
+# against AMX's channels-last ones, layer kind by layer kind and convolution
+# by convolution.
+variants="f32 bf16"
+grep -q "ISA: avx512_core_amx" "$OUT/machine.txt" && variants="$variants bf16_no_amx"
+variant_env() { [ "$1" = bf16_no_amx ] && echo ONEDNN_MAX_CPU_ISA=AVX512_CORE_BF16; }  # for env(1)
+precision_of() { echo "${1%_no_amx}"; }
+
+if stage breakdown 100; then
   mkdir -p "$OUT/breakdown"
-  for p in f32 bf16; do
-    run "breakdown/$p" "$DIFFUFLOW" bench unet --config $CONFIG --batch $BATCH --threads "$full" \
-        --mode both --precision $p --breakdown --steps $STEPS --warmup 1 --repeats 2 \
-        --json "$OUT/breakdown/$p.json"
-    run "breakdown/${p}_t1" "$DIFFUFLOW" bench unet --config $CONFIG --batch $BATCH --threads 1 \
-        --mode both --precision $p --breakdown --steps 2 --warmup 1 --repeats 1 \
-        --json "$OUT/breakdown/${p}_t1.json"
+  for v in $variants; do
+    run "breakdown/$v" env $(variant_env $v) "$DIFFUFLOW" bench unet --config $CONFIG --batch $BATCH \
+        --threads "$full" --mode both --precision "$(precision_of $v)" --breakdown --steps $STEPS --warmup 1 \
+        --repeats 2 --json "$OUT/breakdown/$v.json"
+    run "breakdown/${v}_t1" env $(variant_env $v) "$DIFFUFLOW" bench unet --config $CONFIG --batch $BATCH \
+        --threads 1 --mode both --precision "$(precision_of $v)" --breakdown --steps 2 --warmup 1 --repeats 1 \
+        --json "$OUT/breakdown/${v}_t1.json"
   done
 fi
 
-if stage "convolution kernels" 60; then
+if stage "convolution kernels" 90; then
   mkdir -p "$OUT/kernels"
-  for p in bf16 f32; do
-    run "kernels/$p" "$PEER" "$HERE/conv_times.py" -- \
+  for v in $variants; do
+    run "kernels/$v" env $(variant_env $v) "$PEER" "$HERE/conv_times.py" -- \
         "$DIFFUFLOW" bench-unet --config $CONFIG --batch $BATCH --threads "$full" --iters 2 --warmup 1 \
-        --mode train --precision $p --- \
+        --mode train --precision "$(precision_of $v)" --- \
         "$DIFFUFLOW" bench-unet --config $CONFIG --batch $BATCH --threads 1 --iters 1 --warmup 1 \
-        --mode train --precision $p
+        --mode train --precision "$(precision_of $v)"
   done
 fi
 
