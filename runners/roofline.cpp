@@ -91,6 +91,19 @@ int run_roofline(const ParsedOptions& options) {
     if (!roofline.contains("forward") && !roofline.contains("forward_backward")) {
       throw DataError(path, "its breakdown timed no pass");
     }
+    // A measured intensity or rate is never negative (a layer kind that does
+    // no arithmetic has 0): a negative one is a damaged file, not a point.
+    for (const char* pass : {"forward", "forward_backward"}) {
+      if (!roofline.contains(pass)) continue;
+      for (const json& point : roofline.at(pass)) {
+        for (const char* key : {"flop_per_byte", "gflops_per_s"}) {
+          if (point.at(key).get<double>() < 0) {
+            throw DataError(path, std::string("the breakdown's ") + pass + " " + key + " of " +
+                                      point.at("name").get<std::string>() + " is negative");
+          }
+        }
+      }
+    }
     if (options.has("title")) {
       title = options.text("title");
     } else {

@@ -148,13 +148,18 @@ TEST_CASE("diffuflow roofline refuses what is not one bench unet run with a brea
   json wrong_type = plain;
   wrong_type["results"][0]["repeats"][0]["images_per_s"] = "fast";
   write_file(dir / "plain.json", plain.dump());
+  run_tiny_bench_unet("--mode both --breakdown", dir.path(), output);
+  json negative = json::parse(read_file(dir / "u.json"));
+  negative["results"][0]["repeats"][0]["breakdown"]["layers"][0]["forward"]["gflops_per_s"] = -1.0;
+  write_file(dir / "negative.json", negative.dump());
   write_file(dir / "other.json", other.dump());
   write_file(dir / "sweep.json", sweep.dump());
   write_file(dir / "type.json", wrong_type.dump());
   write_file(dir / "broken.json", "{\"bench\": \"unet\",\n  \"results\": [");
   const std::pair<std::string, std::string> cases[] = {
       {"plain.json", "--breakdown"}, {"other.json", "not a `bench unet` result"}, {"sweep.json", "a sweep"},
-      {"type.json", "not a `bench unet` result"}, {"broken.json", "not valid JSON"}, {"missing.json", "cannot open"}};
+      {"type.json", "not a `bench unet` result"}, {"broken.json", "not valid JSON"}, {"missing.json", "cannot open"},
+      {"negative.json", "is negative"}};
   for (const auto& [file, message] : cases) {
     const auto result = run_cli("roofline " + (dir / file).string() + " --bandwidth 10 --out " + (dir / "r.png").string());
     CAPTURE(file);
