@@ -85,7 +85,7 @@ int run_roofline(const ParsedOptions& options) {
       throw DataError(path, "has no breakdown: measure with `bench unet --breakdown --json`");
     }
     const double peak = options.has("compute-roof") ? options.number("compute-roof")
-                                            : repeat.at("matmul_peak_gflops_per_s").get<double>();
+                                                    : repeat.at("matmul_peak_gflops_per_s").get<double>();
     if (!(peak > 0)) throw DataError(path, "holds no matmul peak: give one with --compute-roof");
     roofline = unet_roofline(repeat.at("breakdown"), options.number("bandwidth"), peak);
     if (!roofline.contains("forward") && !roofline.contains("forward_backward")) {

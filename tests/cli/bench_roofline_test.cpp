@@ -107,7 +107,7 @@ TEST_CASE("diffuflow roofline draws a saved bench unet --breakdown result from i
   TempDir dir;
   std::string output;
   run_tiny_bench_unet("--mode both --breakdown", dir.path(), output);
-  // Three repeats with made-up rates: the median (2.0) is the one with the marked breakdown.
+  // Three repeats with made-up rates and peaks: the median rate (2.0) must give the compute roof (200).
   json j = json::parse(read_file(dir / "u.json"));
   json& repeats = j["results"][0]["repeats"];
   const json base = repeats[0];
@@ -169,8 +169,8 @@ TEST_CASE("diffuflow roofline refuses what is not one bench unet run with a brea
     CHECK(contains(result.output, message));
     CHECK(!std::filesystem::exists(dir / "r.png"));
   }
-  for (const std::string args : {std::string(" --out r.png"), std::string(" --bandwidth 0 --out r.png"),
-                                 std::string(" --bandwidth 10 --out r.jpg")}) {
+  const std::string png = (dir / "r.png").string(), jpg = (dir / "r.jpg").string();
+  for (const std::string args : {" --out " + png, " --bandwidth 0 --out " + png, " --bandwidth 10 --out " + jpg}) {
     const auto result = run_cli("roofline " + (dir / "plain.json").string() + args);
     CAPTURE(args);
     CAPTURE(result.output);
