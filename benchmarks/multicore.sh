@@ -18,7 +18,8 @@
 #   7. the OpenMP wait at full width: the default short spin, longer spins,
 #      passive and active, alternated; the default against a long spin at a
 #      quarter of the width
-#   8. f32 against the channels_last peer; f32 with --convolution direct
+#   8. f32 against the channels_last peer; f32 with --convolution direct;
+#      Winograd (by_shape) against direct alone, alternated in three rounds
 #   9. a third sweep round (c) while the budget lasts
 #
 #   benchmarks/multicore.sh [DIFFUFLOW] [OUT_DIR]
@@ -178,6 +179,19 @@ if stage "channels_last and direct" 40; then
   [ "$two" = "$full" ] && two=""
   ROUNDS=1 KINDS="f32_channels_last f32_direct" "$HERE/scaling.sh" "$DIFFUFLOW" "$OUT/sweep/a" \
       "$full" $two || failed=1
+fi
+
+# Winograd (by_shape, the default) against the direct kernels, f32, both
+# passes, alternated in three rounds at full width, on 2 threads and on one:
+# whether by_shape's choice pays on this CPU, in training too.
+if stage "winograd or direct" 90; then
+  mkdir -p "$OUT/winograd"
+  for t in $(echo "$full $two 1" | tr ' ' '\n' | awk 'NF && !seen[$0]++'); do
+    run "winograd/t$t" "$PEER" "$HERE/ab_unet.py" --bin "by_shape=$DIFFUFLOW --convolution by_shape" \
+        --bin "direct=$DIFFUFLOW --convolution direct" --rounds 3 --precisions f32 \
+        --json "$OUT/winograd/t$t.json" -- --config $CONFIG --batch $BATCH --threads "$t" --steps 3 --warmup 1 \
+        --repeats 1
+  done
 fi
 
 sweep c 150
