@@ -657,6 +657,15 @@ struct GroupMatrix {
 // With a shift (>= 0, [N,C]): the group norm of x + shift[:,:,None,None],
 // the sum never stored: the shift moves each (n,c)'s mean and nothing else,
 // so the statistics take it in and every pass over x reads x itself.
+// The native kernel's GroupNorm followed by `act`: SiLU inside the kernel,
+// any other activation as a step of its own.
+ValueId native_group_norm_act(Program& p, ValueId x, const ParamRef& weight, const ParamRef& bias, int64_t groups,
+                              float eps, std::optional<Activation> act, ValueId shift, ValueId x2 = -1) {
+  const bool silu = act && *act == Activation::silu;
+  const ValueId y = group_norm_native(p, x, weight, bias, groups, eps, silu, shift, x2);
+  return act && !silu ? activation(p, y, *act) : y;
+}
+
 ValueId group_norm_impl(Program& p, ValueId x, const ParamRef& weight, const ParamRef& bias, int64_t groups, float eps,
                         std::optional<Activation> fused, ValueId shift = -1) {
   const Program::LayerScope layer(p, "group_norm");
@@ -685,11 +694,7 @@ ValueId group_norm_impl(Program& p, ValueId x, const ParamRef& weight, const Par
   require(x_md == dnnl::memory::desc(xs, type, plain_format(xs.size())) ||
               (xs.size() == 4 && x_md == dnnl::memory::desc(xs, type, tag::nChw16c)),
           "group_norm takes plain or nChw16c inputs");
-  if (p.native_kernels()) {
-    const bool silu = fused && *fused == Activation::silu;
-    const ValueId y = group_norm_native(p, x, weight, bias, groups, eps, silu, shift);
-    return fused && !silu ? activation(p, y, *fused) : y;
-  }
+  if (p.native_kernels()) return native_group_norm_act(p, x, weight, bias, groups, eps, fused, shift);
   const auto bn_md = per_sample_channels(x_md);
   const auto nc_b = per_channel_operand(bn_md);
   const auto numbers_md = plain_f32({n, c});
@@ -970,9 +975,7 @@ ValueId group_norm_act_two(Program& p, ValueId a, ValueId b, const ParamRef& wei
                            int64_t groups, float eps, Activation act) {
   require(group_norm_reads_two(p, a, b), "group_norm of two sources: needs the native kernel and nChw16c inputs");
   require((p.shape(a)[1] + p.shape(b)[1]) % groups == 0, "group_norm channels not divisible by groups");
-  const bool silu = act == Activation::silu;
-  const ValueId y = group_norm_native(p, a, weight, bias, groups, eps, silu, -1, b);
-  return silu ? y : activation(p, y, act);
+  return native_group_norm_act(p, a, weight, bias, groups, eps, act, -1, b);
 }
 
 ValueId concat_channels(Program& p, ValueId a, ValueId b) {
