@@ -329,15 +329,12 @@ struct Row {
 };
 
 void summarise(Row& row) {
-  std::vector<std::pair<double, size_t>> v;
-  for (size_t i = 0; i < row.repeats.size(); ++i) v.emplace_back(row.repeats[i].rate, i);
-  std::sort(v.begin(), v.end());
-  std::vector<double> values;
-  for (const auto& p : v) values.push_back(p.first);
-  row.median = median_of(values);
-  row.min = v.front().first;
-  row.max = v.back().first;
-  row.median_index = v[(v.size() - 1) / 2].second;
+  std::vector<double> rates;
+  for (const auto& m : row.repeats) rates.push_back(m.rate);
+  row.median = median_of(rates);
+  row.min = *std::min_element(rates.begin(), rates.end());
+  row.max = *std::max_element(rates.begin(), rates.end());
+  row.median_index = median_index(rates);
 }
 
 json node_json(const NodeWindow& n) {
@@ -745,10 +742,8 @@ int run_bench(const ParsedOptions& opts) {
     const Measurement& m = rows.front().repeats[rows.front().median_index];
     out << "\nmedian repeat, ";
     print_unet_roofline(m.extra.at("roofline"), out);
-    const std::string title = "roofline: " + (base.config.empty() ? std::string("unet-s") : fs::path(base.config).filename().string()) +
-                              ", batch " +
-                              std::to_string(base.batch) + ", " + precision + ", " +
-                              std::to_string(resolved_threads(base.threads)) + " threads, " + describe_cpu_model();
+    const std::string title = roofline_title(base.config.empty() ? "unet-s" : base.config, base.batch, precision,
+                                             resolved_threads(base.threads), describe_cpu_model());
     write_png_atomic(draw_unet_roofline(m.extra.at("roofline"), title), base.roofline);
     out << "wrote " << base.roofline << "\n";
   }

@@ -8,9 +8,11 @@
 
 #include <nlohmann/json.hpp>
 
+#include <algorithm>
 #include <cstdint>
 #include <optional>
 #include <string>
+#include <utility>
 #include <vector>
 
 namespace diffuflow::bench_cli {
@@ -85,5 +87,15 @@ Measurement measure_bandwidth_row(const Settings& s);
 extern const char* const kUNetFigures[8];
 // "; forward 320.1 images/s, 180.2 GFLOP/s = 51% of the matmul peak (352.0 GFLOP/s); forward+backward ..."
 std::string unet_figures(const Measurement& m, UNetBenchMode mode);
+
+// The repeat whose rate is the median: the lower of the two middles of an
+// even count. `bench` reports that repeat's breakdown and roofline, and
+// `diffuflow roofline` draws the same one from a saved result.
+inline size_t median_index(const std::vector<double>& rates) {
+  std::vector<std::pair<double, size_t>> v;
+  for (size_t i = 0; i < rates.size(); ++i) v.emplace_back(rates[i], i);
+  std::sort(v.begin(), v.end());
+  return v[(v.size() - 1) / 2].second;
+}
 
 }  // namespace diffuflow::bench_cli

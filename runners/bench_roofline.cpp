@@ -55,6 +55,12 @@ json unet_roofline(const json& breakdown, double bandwidth_gb_per_s, double peak
   return r;
 }
 
+std::string roofline_title(const std::string& config, int64_t batch, const std::string& precision, int64_t threads,
+                           const std::string& cpu_model) {
+  return "roofline: " + fs::path(config).filename().string() + ", batch " + std::to_string(batch) + ", " + precision +
+         ", " + std::to_string(threads) + " threads, " + cpu_model;
+}
+
 void print_unet_roofline(const json& roofline, std::ostream& out) {
   out << "roofline: memory roof " << fixed_text(roofline.at("bandwidth_gb_per_s").get<double>(), 1)
       << " GB/s (bench bandwidth), compute roof " << fixed_text(roofline.at("peak_gflops_per_s").get<double>(), 1)

@@ -13,6 +13,7 @@
 #include <nlohmann/json.hpp>
 #include <opencv2/core.hpp>
 
+#include <cstdint>
 #include <ostream>
 #include <string>
 
@@ -27,6 +28,11 @@ nlohmann::json unet_roofline(const nlohmann::json& breakdown, double bandwidth_g
 
 // The roofline as a table per pass: intensity, achieved GFLOP/s, the roof there, the fraction of it.
 void print_unet_roofline(const nlohmann::json& roofline, std::ostream& out);
+
+// "roofline: unet-s, batch 64, f32, 16 threads, CPU": a roofline figure's
+// title (a config path by its file name).
+std::string roofline_title(const std::string& config, int64_t batch, const std::string& precision, int64_t threads,
+                           const std::string& cpu_model);
 
 // A log-log roofline of unet_roofline()'s points, one series per pass.
 cv::Mat draw_unet_roofline(const nlohmann::json& roofline, const std::string& title);

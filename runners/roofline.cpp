@@ -13,16 +13,16 @@
 // sweep) is bad input: one message naming the file, exit 2, nothing written.
 #include "graph/errors.hpp"
 #include "nodes/common/images.hpp"
+#include "runners/bench_measurement.hpp"
 #include "runners/bench_roofline.hpp"
 #include "runners/cli_common.hpp"
 #include "runners/command.hpp"
 
 #include <nlohmann/json.hpp>
 
-#include <algorithm>
 #include <fstream>
 #include <iostream>
-#include <sstream>
+#include <vector>
 
 namespace diffuflow {
 
@@ -40,13 +40,11 @@ json read_result(const std::string& path) {
   }
 }
 
-// The repeat whose images/s is the median (the lower of two middles), as
-// `bench` reports it.
+// The repeat `bench` reported as the median.
 const json& median_repeat(const json& repeats) {
-  std::vector<std::pair<double, size_t>> rates;
-  for (size_t i = 0; i < repeats.size(); ++i) rates.emplace_back(repeats[i].at("images_per_s").get<double>(), i);
-  std::sort(rates.begin(), rates.end());
-  return repeats[rates[(rates.size() - 1) / 2].second];
+  std::vector<double> rates;
+  for (const json& r : repeats) rates.push_back(r.at("images_per_s").get<double>());
+  return repeats[bench_cli::median_index(rates)];
 }
 
 OptionTable roofline_options() {
@@ -108,11 +106,9 @@ int run_roofline(const ParsedOptions& options) {
       title = options.text("title");
     } else {
       const json& s = result.at("settings");
-      std::ostringstream t;
-      t << "roofline: " << s.value("config", std::string("unet-s")) << ", batch " << s.at("batch").get<int64_t>()
-        << ", " << s.value("precision", std::string("f32")) << ", " << rows[0].at("threads").get<int64_t>()
-        << " threads, " << result.at("machine").value("cpu_model", std::string("unknown CPU"));
-      title = t.str();
+      title = roofline_title(s.value("config", std::string("unet-s")), s.at("batch").get<int64_t>(),
+                             s.value("precision", std::string("f32")), rows[0].at("threads").get<int64_t>(),
+                             result.at("machine").value("cpu_model", std::string("unknown CPU")));
     }
   } catch (const json::exception& e) {
     throw DataError(path, std::string("not a `bench unet` result: ") + e.what());
