@@ -143,7 +143,7 @@ fi
 if stage precision 60; then
   mkdir -p "$OUT/precision"
   for t in $THREADS; do
-    "$DIFFUFLOW" bench train --config unet-tiny --batch 8 --threads "$t" --steps 1 --warmup 1 \
+    timeout 600 "$DIFFUFLOW" bench train --config unet-tiny --batch 8 --threads "$t" --steps 1 --warmup 1 \
         --repeats 1 --set model.precision=fastest 2>&1 | grep "precision fastest" \
         | tee -a "$OUT/precision/probe.txt"
   done
