@@ -13,8 +13,11 @@ column per command (the same shapes side by side, e.g. --convolution direct and 
 
   python3 benchmarks/conv_times.py -- CMD1 ... --- CMD2 ...
 
-The kernel named is that of the most frequent call; the time of a shape and pass is the
-median of its calls, so warm-up passes and stray slow calls weigh little. Standard library only.
+The kernel named is that of the most frequent call, with its source's layout (oneDNN's letters:
+acdb channels-last, aBcd16b channel-blocked); the time of a shape and pass is the median of its
+calls, so warm-up passes and stray slow calls weigh little. The last rows total, per pass, the
+median times the calls of every shape (comparable between commands run with the same passes).
+Standard library only.
 """
 
 import collections
@@ -39,7 +42,9 @@ def run(cmd):
             continue
         key = (fields[-2], PASSES.get(fields[5], fields[5]))
         times[key].append(float(fields[-1]))
-        kernels[key][fields[4]] += 1
+        src = fields[6].split(" ")[0].split(":")  # e.g. src_bf16::blocked:acdb:f0
+        layout = src[3] if len(src) > 3 else "?"
+        kernels[key][f"{fields[4]} {layout}"] += 1
     return {k: (statistics.median(v), len(v), kernels[k].most_common(1)[0][0]) for k, v in times.items()}
 
 
@@ -62,14 +67,20 @@ def main():
     keys = sorted(set().union(*results), key=lambda k: (k[0], k[1]))
     for i, c in enumerate(commands):
         print(f"[{i + 1}] {' '.join(c)}")
-    header = f"{'shape':<62}{'pass':<7}" + "".join(f"{f'[{i + 1}] ms':>10}{'calls':>7}  {'kernel':<26}"
+    header = f"{'shape':<62}{'pass':<7}" + "".join(f"{f'[{i + 1}] ms':>10}{'calls':>7}  {'kernel':<34}"
                                                  for i in range(len(results)))
     print(header)
     for k in keys:
         row = f"{k[0]:<62}{k[1]:<7}"
         for r in results:
             ms, calls, kernel = r.get(k, (float("nan"), 0, "-"))
-            row += f"{ms:>10.3f}{calls:>7}  {kernel:<26}"
+            row += f"{ms:>10.3f}{calls:>7}  {kernel:<34}"
+        print(row)
+    for pass_name in sorted({k[1] for k in keys}):
+        row = f"{'total (median x calls)':<62}{pass_name:<7}"
+        for r in results:
+            total = sum(ms * calls for (shape, p), (ms, calls, _) in r.items() if p == pass_name)
+            row += f"{total:>10.2f}{'':>7}  {'':<34}"
         print(row)
     return 0
 

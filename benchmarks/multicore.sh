@@ -7,20 +7,26 @@
 #      memory bandwidth at full width
 #   2. a thread sweep of the U-Net against the PyTorch peer, f32 and bf16
 #      (scaling.sh, round a)
-#   3. where the time goes at full width and on one thread: bench unet
+#   3. bf16 training's backward convolutions channels-last (AMX's kernels
+#      where the CPU has AMX) against channel-blocked (--bf16-backward):
+#      bench unet alternated in three rounds at each thread count, each
+#      convolution's kernel and time at full width and on one thread, both
+#      against the PyTorch peer at each thread count, and the breakdown of
+#      both on one thread
+#   4. where the time goes at full width and on one thread: bench unet
 #      --breakdown, f32 and bf16; each convolution's time and kernel in a
 #      training pass at both widths (conv_times.py); with AMX, bf16 also with
 #      oneDNN held to AVX512-BF16 (bf16_no_amx)
-#   4. a second sweep round (b)
-#   5. DDIM-50 sampling against the same loop in PyTorch, alternated
-#   6. precision: fastest: the probe's choice and timings at each thread
+#   5. a second sweep round (b)
+#   6. DDIM-50 sampling against the same loop in PyTorch, alternated
+#   7. precision: fastest: the probe's choice and timings at each thread
 #      count, and bench train in f32, bf16 and fastest at full width
-#   7. the OpenMP wait at full width: the default short spin, longer spins,
+#   8. the OpenMP wait at full width: the default short spin, longer spins,
 #      passive and active, alternated; the default against a long spin at a
 #      quarter of the width
-#   8. f32 against the channels_last peer; f32 with --convolution direct;
+#   9. f32 against the channels_last peer; f32 with --convolution direct;
 #      Winograd (by_shape) against direct alone, alternated in three rounds
-#   9. a third sweep round (c) while the budget lasts
+#  10. a third sweep round (c) while the budget lasts
 #
 #   benchmarks/multicore.sh [DIFFUFLOW] [OUT_DIR]
 #   BUDGET=420 benchmarks/multicore.sh build/diffuflow mc-out
@@ -29,7 +35,8 @@
 # Environment: THREADS (the sweep's thread counts; default the usable CPUs,
 # halved down to 1), BUDGET (seconds; a stage that would end past it is
 # skipped, and says so; default 3600), PEER (the python3 with torch),
-# QUICK=1 (tiny settings that only check the script).
+# STAGES (the stages to run, by name with _ for spaces, e.g. "bf16_backward
+# sweep_a"; default all), QUICK=1 (tiny settings that only check the script).
 # OUT_DIR gets one folder per stage and log.txt; after the sweeps
 # scaling_table.py writes OUT_DIR/scaling.csv over the sweep rounds.
 set -u
@@ -57,6 +64,10 @@ failed=0
 # stage NAME SECONDS: true when a stage of about SECONDS fits in the budget.
 stage() {
   local now=$(( $(date +%s) - start ))
+  if [ -n "${STAGES:-}" ] && ! [[ " $STAGES " == *" ${1// /_} "* ]]; then
+    echo "== $1: not in STAGES"
+    return 1
+  fi
   if [ $((now + $2)) -gt "$BUDGET" ]; then
     echo "== $1: skipped ($now s spent, about $2 s needed, budget $BUDGET s)"
     return 1
@@ -93,6 +104,34 @@ sweep() {  # sweep ROUND SECONDS
   fi
 }
 sweep a 150
+
+# bf16 training with the backward convolutions channels-last (on AMX, AMX's
+# kernels, the forward's layout there) against channel-blocked.
+if stage "bf16 backward" 330; then
+  mkdir -p "$OUT/bf16_backward"
+  for t in $THREADS; do
+    run "bf16_backward/ab_t$t" "$PEER" "$HERE/ab_unet.py" \
+        --bin "channels_last=$DIFFUFLOW --bf16-backward channels_last" \
+        --bin "blocked=$DIFFUFLOW --bf16-backward blocked" --rounds 3 --precisions bf16 \
+        --json "$OUT/bf16_backward/ab_t$t.json" -- --config $CONFIG --batch $BATCH --threads "$t" --steps 3 \
+        --warmup 1 --repeats 1
+  done
+  kernels=()
+  for t in "$full" 1; do
+    for layout in channels_last blocked; do
+      [ ${#kernels[@]} -gt 0 ] && kernels+=(---)
+      kernels+=("$DIFFUFLOW" bench-unet --config $CONFIG --batch $BATCH --threads "$t" --iters 1 --warmup 1
+                --mode train --precision bf16 --bf16-backward $layout)
+    done
+  done
+  run bf16_backward/kernels "$PEER" "$HERE/conv_times.py" -- "${kernels[@]}"
+  ROUNDS=1 KINDS="bf16 bf16_blocked" "$HERE/scaling.sh" "$DIFFUFLOW" "$OUT/bf16_backward/peer" $THREADS || failed=1
+  for layout in channels_last blocked; do
+    run "bf16_backward/breakdown_${layout}_t1" "$DIFFUFLOW" bench unet --config $CONFIG --batch $BATCH \
+        --threads 1 --mode both --precision bf16 --bf16-backward $layout --breakdown --steps 2 --warmup 1 \
+        --repeats 1 --json "$OUT/bf16_backward/breakdown_${layout}_t1.json"
+  done
+fi
 
 # With AMX, bf16 runs a second time with oneDNN held to AVX512-BF16
 # (ONEDNN_MAX_CPU_ISA): the channel-blocked kernels forward and backward

@@ -5,6 +5,7 @@
 #   f32_channels_last   diffuflow f32 against the peer in channels_last
 #   f32_direct          diffuflow f32 with --convolution direct (no Winograd) against the peer in NCHW
 #   bf16                diffuflow --precision bf16 against torch.autocast bf16
+#   bf16_blocked        the same with --bf16-backward blocked (channel-blocked backward convolutions)
 #
 #   benchmarks/scaling.sh [DIFFUFLOW] [OUT_DIR] [THREADS...]
 #   KINDS="f32 bf16" ROUNDS=2 benchmarks/scaling.sh build/diffuflow scaling-out 16 8 4 2 1
@@ -26,8 +27,8 @@ HERE=$(cd "$(dirname "$0")" && pwd)
 failed=0
 for kind in $KINDS; do
   case "$kind" in
-    f32|bf16|f32_channels_last|f32_direct) ;;
-    *) echo "scaling: unknown kind '$kind' (f32, bf16, f32_channels_last, f32_direct)" >&2; exit 2 ;;
+    f32|bf16|bf16_blocked|f32_channels_last|f32_direct) ;;
+    *) echo "scaling: unknown kind '$kind' (f32, bf16, bf16_blocked, f32_channels_last, f32_direct)" >&2; exit 2 ;;
   esac
 done
 mkdir -p "$OUT" || exit 2
@@ -50,6 +51,8 @@ for kind in $KINDS; do
     case "$kind" in
       f32) compare "f32_t$t" --threads "$t" ;;
       bf16) compare "bf16_t$t" --threads "$t" --diffuflow-args=--precision=bf16 --peer-args=--bf16 ;;
+      bf16_blocked) compare "bf16_blocked_t$t" --threads "$t" \
+          "--diffuflow-args=--precision=bf16 --bf16-backward=blocked" --peer-args=--bf16 ;;
       f32_channels_last) compare "f32_channels_last_t$t" --threads "$t" --peer-args=--channels-last ;;
       f32_direct) compare "f32_direct_t$t" --threads "$t" --diffuflow-args=--convolution=direct ;;
     esac

@@ -68,6 +68,14 @@ bool native_bf16(const dnnl::engine& engine);
 // layouts; bf16; most GPUs) the direct one runs whatever the setting.
 // Spelled "by_shape" / "direct" / "winograd".
 DIFFUFLOW_ENUM(ConvAlgorithm, by_shape, direct, winograd);
+// The layout of a bf16 convolution's backward passes (data and weight
+// gradients), which may differ from its forward's: `channels_last` (nhwc; on
+// AMX CPUs oneDNN's AMX backward kernels, which take no other layout),
+// `blocked` (nChw16c; the AVX512-BF16 kernels), or `by_shape`: the forward's
+// layout. Where oneDNN has no fast kernel for the layout asked for, the
+// forward's runs. Spelled
+// "by_shape" / "channels_last" / "blocked".
+DIFFUFLOW_ENUM(Bf16Backward, by_shape, channels_last, blocked);
 // by_shape's rule for a 3x3 stride-1 f32 convolution with `tiles` 4x4 output
 // tiles (N * ceil(Ho/4) * ceil(Wo/4)) run by `threads` threads: Winograd from
 // 64 tiles per thread on for the forward, from 128 for the `backward` passes
@@ -237,6 +245,10 @@ class Program {
   // is added). by_shape on GPU engines is direct.
   ConvAlgorithm conv_algorithm() const { return conv_algorithm_; }
   void set_conv_algorithm(ConvAlgorithm algorithm) { conv_algorithm_ = algorithm; }
+  // The bf16 convolutions' backward layout (Bf16Backward; set it before any
+  // layer is added).
+  Bf16Backward bf16_backward() const { return bf16_backward_; }
+  void set_bf16_backward(Bf16Backward layout) { bf16_backward_ = layout; }
   // `src` in the layout `want`: returns src itself when the layouts agree,
   // otherwise a program-owned memory filled by a reorder appended to the
   // forward (or backward) list. The one place where layouts are reconciled.
@@ -312,6 +324,8 @@ class Program {
   // backward) list, in order ("jit:avx512_core", "jit_wino_4x3:avx512_core",
   // ...); host and native steps are left out. For tests and reports.
   std::vector<std::string> implementations(bool backward) const;
+  // The forward (or backward) list's steps, for tests.
+  const std::vector<Step>& steps(bool backward) const { return backward ? backward_ : forward_; }
 
  private:
   struct Value {
@@ -335,6 +349,7 @@ class Program {
   Precision precision_ = Precision::f32;
   bool native_kernels_ = false;
   ConvAlgorithm conv_algorithm_ = ConvAlgorithm::by_shape;
+  Bf16Backward bf16_backward_ = Bf16Backward::by_shape;
   PrimitiveCache& cache_;
   size_t cache_index_ = 0;
   dnnl::memory params_;

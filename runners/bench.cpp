@@ -11,7 +11,9 @@
 //   --sweep threads=1,2 | batch=16,32,64 | max_in_flight=1,2 | concurrency=NODE:1,2 | NODE.PARAM=a,b
 //           | precision=f32,bf16 (bench unet, matmul; pipelines: model.precision=f32,bf16)
 //           | convolution=direct,winograd (bench unet; pipelines: model.convolution=direct,winograd)
+//           | bf16_backward=channels_last,blocked (bench unet; pipelines: model.bf16_backward=...)
 //   --convolution by_shape|direct|winograd (bench unet: the f32 3x3 convolutions' algorithm)
+//   --bf16-backward by_shape|channels_last|blocked (bench unet: bf16 training's backward convolution layout)
 //   --json FILE --csv FILE --plot FILE.png
 //   --breakdown (bench unet: time, FLOPs and bytes per layer kind)
 //   --roofline FILE.png (bench unet: also the memory bandwidth, and the layer kinds on a roofline; implies --breakdown)
@@ -447,9 +449,10 @@ OptionTable bench_options() {
           OptionSpec::text("sweep", "NAME=v1,v2,...",
                            "one dimension: threads=1,2 | batch=16,32,64 | max_in_flight=1,2 | concurrency=NODE:1,2 | "
                            "NODE.PARAM=a,b | precision=f32,bf16 (bench unet, matmul) | convolution=direct,winograd (bench "
-                           "unet)"),
+                           "unet) | bf16_backward=channels_last,blocked (bench unet)"),
           shared::precision().fallback(""),
           shared::convolution().fallback(""),
+          shared::bf16_backward().fallback(""),
           shared::breakdown(),
           shared::json_file(),
           OptionSpec::text("csv", "FILE", "write one CSV row per sweep value"),
@@ -516,6 +519,17 @@ int run_bench(const ParsedOptions& opts) {
       throw bad_option("--convolution", e.message());
     }
   }
+  if (opts.has("bf16-backward")) {
+    if (base.kind != "unet") {
+      throw bad_option("--bf16-backward",
+                       "only bench unet takes it; pipelines set --set model.bf16_backward=blocked");
+    }
+    try {
+      base.bf16_backward = enum_name(parse_enum<Bf16Backward>(opts.text("bf16-backward"), "bf16-backward"));
+    } catch (const ConfigError& e) {
+      throw bad_option("--bf16-backward", e.message());
+    }
+  }
   if (opts.has("mib")) {
     if (base.kind != "bandwidth") throw bad_option("--mib", "only bench bandwidth copies a buffer of M MiB");
     base.mib = opts.integer("mib");
@@ -552,18 +566,19 @@ int run_bench(const ParsedOptions& opts) {
     if (sweep_values.empty()) throw bad_option("--sweep", "no values");
     const bool known = sweep_name == "threads" || sweep_name == "batch" || sweep_name == "max_in_flight" ||
                        sweep_name == "concurrency" || sweep_name == "precision" || sweep_name == "convolution" ||
-                       sweep_name.find('.') != std::string::npos;
+                       sweep_name == "bf16_backward" || sweep_name.find('.') != std::string::npos;
     if (!known) {
       throw bad_option("--sweep", "unknown sweep '" + sweep_name +
-                                      "': threads, batch, max_in_flight, concurrency=NODE:..., precision (bench "
-                                      "unet), or NODE.PARAM");
+                                      "': threads, batch, max_in_flight, concurrency=NODE:..., precision, "
+                                      "convolution, bf16_backward (bench unet), or NODE.PARAM");
     }
     if (base.kind == "unet" && sweep_name != "threads" && sweep_name != "batch" && sweep_name != "precision" &&
-        sweep_name != "convolution") {
-      throw bad_option("--sweep", "bench unet sweeps threads, batch, precision or convolution");
+        sweep_name != "convolution" && sweep_name != "bf16_backward") {
+      throw bad_option("--sweep", "bench unet sweeps threads, batch, precision, convolution or bf16_backward");
     }
-    if (base.kind != "unet" && sweep_name == "convolution") {
-      throw bad_option("--sweep", "only bench unet sweeps convolution; pipelines: --sweep model.convolution=direct,winograd");
+    if (base.kind != "unet" && (sweep_name == "convolution" || sweep_name == "bf16_backward")) {
+      throw bad_option("--sweep", "only bench unet sweeps " + sweep_name + "; pipelines: --sweep model." + sweep_name +
+                                      "=...");
     }
     if (base.kind == "matmul" && sweep_name != "threads" && sweep_name != "precision") {
       throw bad_option("--sweep", "bench matmul sweeps threads or precision");
@@ -576,6 +591,7 @@ int run_bench(const ParsedOptions& opts) {
       try {
         if (sweep_name == "precision") parse_enum<Precision>(v, "precision");
         if (sweep_name == "convolution") parse_enum<ConvAlgorithm>(v, "convolution");
+        if (sweep_name == "bf16_backward") parse_enum<Bf16Backward>(v, "bf16_backward");
       } catch (const ConfigError& e) {
         throw bad_option("--sweep", e.message());
       }
@@ -595,6 +611,7 @@ int run_bench(const ParsedOptions& opts) {
       if (sweep_name == "concurrency") s.concurrency = parse_positive(v, "--sweep");
       if (sweep_name == "precision") s.precision = v;
       if (sweep_name == "convolution") s.convolution = v;
+      if (sweep_name == "bf16_backward") s.bf16_backward = v;
       if (sweep_name.find('.') != std::string::npos) s.param = parse_override(sweep_name + "=" + v);
       try {
         size_t used = 0;
@@ -625,7 +642,8 @@ int run_bench(const ParsedOptions& opts) {
                                           " (mpirun; batch and threads per process, images/s over all)\n"
                                     : "")
             << "threads: " << resolved_threads(base.threads) << " (OpenMP threads of the compute thread and TBB "
-            << "max_allowed_parallelism)" << (sweep_name == "threads" ? ", swept" : "") << "\n"
+            << "max_allowed_parallelism)" << (sweep_name == "threads" ? ", swept" : "")
+            << "\n"
             << "settings: ";
   const std::string precision = base.precision.empty() ? "f32" : base.precision;
   if (base.kind == "matmul") {
@@ -638,7 +656,9 @@ int run_bench(const ParsedOptions& opts) {
   out << ", warm-up " << base.warmup << ", measured " << base.steps << ", repeats " << base.repeats;
   if (base.kind == "unet") {
     out << ", mode " << mode << ", precision " << (sweep_name == "precision" ? "swept" : precision) << ", convolution "
-        << (sweep_name == "convolution" ? "swept" : base.convolution.empty() ? "by_shape" : base.convolution);
+        << (sweep_name == "convolution" ? "swept" : base.convolution.empty() ? "by_shape" : base.convolution)
+        << ", bf16 backward "
+        << (sweep_name == "bf16_backward" ? "swept" : base.bf16_backward.empty() ? "by_shape" : base.bf16_backward);
   }
   if (!standalone) out << ", prefetch " << base.prefetch;
   out << "\n";

@@ -53,6 +53,7 @@ Measurement measure_unet(const Settings& s, UNetBenchMode mode) {
   u.mode = mode;
   if (!s.precision.empty()) u.precision = parse_enum<Precision>(s.precision, "precision");
   if (!s.convolution.empty()) u.convolution = parse_enum<ConvAlgorithm>(s.convolution, "convolution");
+  if (!s.bf16_backward.empty()) u.bf16_backward = parse_enum<Bf16Backward>(s.bf16_backward, "bf16_backward");
   u.matmul_peak = true;
   u.breakdown = s.breakdown;
   u.bandwidth = !s.roofline.empty();
@@ -67,7 +68,7 @@ Measurement measure_unet(const Settings& s, UNetBenchMode mode) {
   m.images = static_cast<int64_t>(s.steps) * s.batch;
   const json j = r.json();
   for (const char* key : {"forward_images_per_s", "forward_gflops_per_s", "forward_backward_images_per_s",
-                          "forward_backward_gflops_per_s", "gflops_per_image_forward", "isa", "precision", "convolution",
+                          "forward_backward_gflops_per_s", "gflops_per_image_forward", "isa", "precision", "convolution", "bf16_backward",
                           "matmul_peak_gflops_per_s", "forward_fraction_of_peak", "forward_backward_fraction_of_peak"}) {
     m.extra[key] = j.at(key);
   }

@@ -309,6 +309,7 @@ nlohmann::json UNetBenchResult::json() const {
           {"isa", isa},
           {"precision", enum_name(settings.precision)},
           {"convolution", enum_name(settings.convolution)},
+          {"bf16_backward", enum_name(settings.bf16_backward)},
           {"gflops_per_image_forward", gflop},
           {"forward_images_per_s", rate(forward.median)},
           {"forward_images_per_s_min", rate(forward.max)},
@@ -354,6 +355,7 @@ UNetBenchResult bench_unet(const UNetBenchSettings& settings, std::ostream* log)
   model->init_random(s.seed);
   model->set_precision(s.precision);
   model->set_conv_algorithm(s.convolution);
+  model->set_bf16_backward(s.bf16_backward);
   result.parameters = model->param_count();
   result.isa = describe_cpu_isa();
 
@@ -380,7 +382,8 @@ UNetBenchResult bench_unet(const UNetBenchSettings& settings, std::ostream* log)
   if (log) {
     *log << "bench-unet: config " << s.config << ", batch " << batch << ", " << size << "x" << size << ", "
          << s.threads << " OpenMP thread(s), " << result.parameters << " parameters, " << enum_name(s.precision)
-         << " convolutions (" << enum_name(s.convolution) << ")\n"
+         << " convolutions (" << enum_name(s.convolution) << ", bf16 backward " << enum_name(s.bf16_backward)
+         << ")\n"
          << "isa: " << result.isa << "\n"
          << std::fixed << std::setprecision(3) << "forward GFLOP per image: " << fwd_flops * 1e-9 << "\n";
   }
@@ -532,6 +535,7 @@ OptionTable bench_unet_options() {
           shared::unet_mode().fallback("both"),
           shared::precision(),
           shared::convolution(),
+          shared::bf16_backward(),
           shared::seed().fallback("1"),
           shared::breakdown(),
           OptionSpec::flag("peak", "first time a 2048^3 oneDNN matmul in the same precision and threads, and give "
@@ -564,6 +568,11 @@ int run_bench_unet(const ParsedOptions& options) {
     s.convolution = parse_enum<ConvAlgorithm>(options.text("convolution"), "convolution");
   } catch (const ConfigError& e) {
     throw bad_setting("--convolution", e.message());
+  }
+  try {
+    s.bf16_backward = parse_enum<Bf16Backward>(options.text("bf16-backward"), "bf16-backward");
+  } catch (const ConfigError& e) {
+    throw bad_setting("--bf16-backward", e.message());
   }
   const UNetBenchResult result = bench_unet(s, &std::cout);
   if (options.has("json")) {

@@ -167,6 +167,12 @@ OptionSpec precision() {
       .fallback("f32");
 }
 
+OptionSpec bf16_backward() {
+  return OptionSpec::text("bf16-backward", "by_shape|channels_last|blocked",
+                          "layout of bf16 training's backward convolutions (unet_model's `bf16_backward`)")
+      .fallback("by_shape");
+}
+
 OptionSpec convolution() {
   return OptionSpec::text("convolution", "by_shape|direct|winograd",
                           "how f32 3x3 convolutions are computed (unet_model's `convolution`)")

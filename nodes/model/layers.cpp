@@ -171,10 +171,14 @@ void append_conv_input_grad(Program& p, const dnnl::convolution_backward_data::p
 // has), else channel-blocked nChw16c where the jit kernels take it forward
 // and backward (that layout is the f32 activations', so the convolution
 // writes its output in place and adds a residual as a post-op), else
-// channels-last.
+// channels-last. The backward passes run in `backward_layout` (the program's
+// Bf16Backward where oneDNN has fast kernels for it, else `layout`), with
+// `backward_hint` the forward descriptor of that layout.
 struct Bf16Conv {
   dnnl::convolution_forward::primitive_desc pd;
   dnnl::memory::format_tag layout;
+  dnnl::convolution_forward::primitive_desc backward_hint;
+  dnnl::memory::format_tag backward_layout;
 };
 
 // The bf16 convolution for x [N,Ci,H,W] -> [N,Co,Ho,Wo], or nothing where
@@ -194,34 +198,56 @@ std::optional<Bf16Conv> bf16_conv(const Program& p, const dims& xs, const dims& 
         user_scratchpad_attr(), p.engine(), /*allow_empty=*/true);
   };
   auto fast = [](const auto& pd) { return pd && !is_reference(pd.impl_info_str()); };
-  const auto last = forward(tag::nhwc);
-  if (fast(last) && std::string(last.impl_info_str()).find("amx") != std::string::npos) return Bf16Conv{last, tag::nhwc};
-  const auto blocked = forward(tag::nChw16c);
-  if (fast(blocked)) {
-    const dnnl::memory::desc xb(xs, dt::bf16, tag::nChw16c), yb(ys, dt::bf16, tag::nChw16c);
+  // Whether oneDNN has fast backward-data and backward-weights kernels in `layout`.
+  auto fast_backward = [&](tag layout, const dnnl::convolution_forward::primitive_desc& hint) {
+    const dnnl::memory::desc yb(ys, dt::bf16, layout);
     const dnnl::convolution_backward_data::primitive_desc data(
-        dnnl::convolution_backward_data::desc(algorithm::convolution_direct,
-                                              dnnl::memory::desc(xs, dt::f32, tag::nChw16c), w_any, yb, strides, pads,
-                                              pads_end),
-        user_scratchpad_attr(), p.engine(), blocked, /*allow_empty=*/true);
+        dnnl::convolution_backward_data::desc(algorithm::convolution_direct, dnnl::memory::desc(xs, dt::f32, layout),
+                                              w_any, yb, strides, pads, pads_end),
+        user_scratchpad_attr(), p.engine(), hint, /*allow_empty=*/true);
     const dnnl::convolution_backward_weights::primitive_desc weights(
-        dnnl::convolution_backward_weights::desc(algorithm::convolution_direct, xb,
+        dnnl::convolution_backward_weights::desc(algorithm::convolution_direct,
+                                                 dnnl::memory::desc(xs, dt::bf16, layout),
                                                  dnnl::memory::desc(weight_shape, dt::f32, tag::any), b_md, yb,
                                                  strides, pads, pads_end),
-        user_scratchpad_attr(), p.engine(), blocked, /*allow_empty=*/true);
-    if (fast(data) && fast(weights)) return Bf16Conv{blocked, tag::nChw16c};
+        user_scratchpad_attr(), p.engine(), hint, /*allow_empty=*/true);
+    return fast(data) && fast(weights);
+  };
+  std::optional<Bf16Conv> found;
+  const auto last = forward(tag::nhwc);
+  const auto blocked = forward(tag::nChw16c);
+  if (fast(last) && std::string(last.impl_info_str()).find("amx") != std::string::npos) {
+    found = Bf16Conv{last, tag::nhwc, last, tag::nhwc};
+  } else if (fast(blocked) && fast_backward(tag::nChw16c, blocked)) {
+    found = Bf16Conv{blocked, tag::nChw16c, blocked, tag::nChw16c};
+  } else if (fast(last)) {
+    found = Bf16Conv{last, tag::nhwc, last, tag::nhwc};
+  } else {
+    return std::nullopt;
   }
-  if (fast(last)) return Bf16Conv{last, tag::nhwc};
-  return std::nullopt;
+  if (!p.training()) return found;
+  const Bf16Backward asked = p.bf16_backward();
+  const tag want = asked == Bf16Backward::channels_last ? tag::nhwc
+                   : asked == Bf16Backward::blocked     ? tag::nChw16c
+                                                        : found->layout;
+  if (want != found->layout) {
+    const auto& hint = want == tag::nhwc ? last : blocked;
+    if (fast(hint) && fast_backward(want, hint)) {
+      found->backward_hint = hint;
+      found->backward_layout = want;
+    }
+  }
+  return found;
 }
 
 // The bf16 convolution (Precision::bf16): x and the weights are rounded to
 // bf16 copies in bf16_conv's layout; the convolution accumulates in f32 and
 // writes the program's activation type (bf16 where activation_type() says
 // so, else f32) in the same layout: channel-blocked straight into the activation,
-// channels-last through a reorder into it. Backward: dy is rounded the same
-// way; the input gradient comes back f32 and the weight and bias gradients
-// are f32. The bf16 copy of x is kept from forward for the weight gradient.
+// channels-last through a reorder into it. Backward, in bf16_conv's backward
+// layout: dy is rounded to bf16 in it; the input gradient comes back f32 and
+// the weight and bias gradients are f32. The bf16 copy of x is kept from
+// forward for the weight gradient (reordered there when the layouts differ).
 // Returns no value (the caller runs f32) when bf16_conv finds none for the
 // shape. A residual in the activation layout (either type) is added as the
 // output is written (`fused` set): by a binary post-op (channel-blocked), or,
@@ -237,8 +263,6 @@ std::optional<ValueId> conv2d_bf16(Program& p, ValueId x, const ParamRef& weight
   const bool blocked = layout == tag::nChw16c;
   dnnl::convolution_forward::primitive_desc fwd_pd = found->pd;
   const dnnl::memory::desc xb_md(xs, dt::bf16, layout);
-  const dnnl::memory::desc yb_md(ys, dt::bf16, layout);
-  const dnnl::memory::desc x_grad_md(xs, dt::f32, layout);
   const dnnl::memory::desc wb_any(weight.shape, dt::bf16, tag::any);
   const auto w_plain = param_desc(weight);
   const auto b_md = bias_desc(bias, ys[1]);
@@ -300,15 +324,18 @@ std::optional<ValueId> conv2d_bf16(Program& p, ValueId x, const ParamRef& weight
   p.on_backward([=](Program& p) {
     // The residual's gradient is dy itself (see conv2d_impl).
     if (fused && p.needs_grad(residual) && !p.share_grad(residual, y)) p.contribute(residual, p.grad(y));
-    const dnnl::memory dyb = p.reorder_if_needed(p.grad(y), yb_md, true);
+    const tag back = found->backward_layout;
+    const dnnl::memory::desc dyb_md(ys, dt::bf16, back);
+    const dnnl::memory dyb = p.reorder_if_needed(p.grad(y), dyb_md, true);
     if (p.needs_grad(x)) {
       dnnl::convolution_backward_data::primitive_desc pd(
-          dnnl::convolution_backward_data::desc(algorithm::convolution_direct, x_grad_md, wb_any, yb_md, strides,
-                                                pads, pads_end),
-          attr, p.engine(), fwd_pd);
+          dnnl::convolution_backward_data::desc(algorithm::convolution_direct, dnnl::memory::desc(xs, dt::f32, back),
+                                                wb_any, dyb_md, strides, pads, pads_end),
+          attr, p.engine(), found->backward_hint);
       append_conv_input_grad(p, pd, x, dyb, p.param_as(weight.offset, w_plain, pd.weights_desc()));
     }
-    append_conv_weight_grads(p, fwd_pd, xb, dyb, weight, bias, strides, pads, pads_end);
+    const dnnl::memory xb_back = p.reorder_if_needed(xb, dnnl::memory::desc(xs, dt::bf16, back), true);
+    append_conv_weight_grads(p, found->backward_hint, xb_back, dyb, weight, bias, strides, pads, pads_end);
   });
   return y;
 }

@@ -315,8 +315,9 @@ class UNetBuilder {
 }  // namespace
 
 // Programs per (batch, height, width, training, precision, native kernels,
-// convolution algorithm, OpenMP threads: by_shape's choice depends on them).
-using UNetPoolKey = std::tuple<int64_t, int64_t, int64_t, bool, Precision, bool, ConvAlgorithm, int>;
+// convolution algorithm, bf16 backward layout, OpenMP threads: by_shape's
+// choice depends on them).
+using UNetPoolKey = std::tuple<int64_t, int64_t, int64_t, bool, Precision, bool, ConvAlgorithm, Bf16Backward, int>;
 
 struct UNetModel::Workspace {
   UNetPoolKey key;
@@ -409,7 +410,9 @@ ForwardResult UNetModel::forward(const Tensor& x, const Tensor& t, bool for_trai
   const Precision precision = precision_.load();
   const bool native = native_kernels_.load();
   const ConvAlgorithm conv_algorithm = conv_algorithm_.load();
-  const UNetPoolKey key{n, h, w, for_training, precision, native, conv_algorithm, omp_get_max_threads()};
+  const Bf16Backward bf16_backward = bf16_backward_.load();
+  const UNetPoolKey key{n, h, w, for_training, precision, native, conv_algorithm, bf16_backward,
+                        omp_get_max_threads()};
   auto ws = pool_->acquire(key, [&](PrimitiveCache& cache) {
     auto made = std::make_unique<Workspace>();
     made->key = key;
@@ -422,6 +425,7 @@ ForwardResult UNetModel::forward(const Tensor& x, const Tensor& t, bool for_trai
     Program& p = *made->program;
     p.set_native_kernels(native);
     p.set_conv_algorithm(conv_algorithm);
+    p.set_bf16_backward(bf16_backward);
     const auto x_md = plain_f32({n, config_.in_channels, h, w});
     const auto y_md = plain_f32({n, config_.out_channels, h, w});
     made->x = p.new_value(x_md, for_training);

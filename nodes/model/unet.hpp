@@ -58,6 +58,10 @@ class UNetModel : public DenoiserModel {
   // Winograd or direct by shape unless set). Programs are built per choice.
   void set_conv_algorithm(ConvAlgorithm algorithm) { conv_algorithm_ = algorithm; }
   ConvAlgorithm conv_algorithm() const { return conv_algorithm_; }
+  // The layout of bf16 training's backward convolutions (Bf16Backward; the
+  // forward's unless set). Programs are built per choice.
+  void set_bf16_backward(Bf16Backward layout) { bf16_backward_ = layout; }
+  Bf16Backward bf16_backward() const { return bf16_backward_; }
   // Programs built so far (one per distinct shape and mode), for tests.
   size_t programs_built() const;
   // While set (nullptr: not), every pass appends the time of each of its
@@ -76,6 +80,7 @@ class UNetModel : public DenoiserModel {
   std::atomic<Precision> precision_{Precision::f32};
   std::atomic<bool> native_kernels_{true};
   std::atomic<ConvAlgorithm> conv_algorithm_{ConvAlgorithm::by_shape};
+  std::atomic<Bf16Backward> bf16_backward_{Bf16Backward::by_shape};
   std::shared_ptr<Pool> pool_;
   std::atomic<StepProfiles*> profiles_{nullptr};
 };

@@ -63,6 +63,11 @@ class UNetModelResource : public ModelResource {
                     "direct, or "
                     "by_shape: winograd where a layer has enough 4x4 output tiles per thread (64 forward, 128 "
                     "backward), else direct");
+    DIFFUFLOW_PARAM(Bf16Backward, bf16_backward, Bf16Backward::by_shape,
+                    "layout of bf16 training's backward convolutions: channels_last (with AMX, oneDNN's AMX "
+                    "kernels), blocked (channel-blocked AVX512-BF16 kernels), or by_shape: the forward's layout "
+                    "(channels_last with AMX, else blocked); a layout without a fast kernel for a layer falls back "
+                    "to the forward's");
   };
 
   static ResourceContract contract();

@@ -101,7 +101,10 @@ TEST_CASE("bench matmul and bench unet options: precision, sweeps, mode and over
        {"bench matmul --precision fp8", "bench matmul --sweep batch=1,2", "bench matmul --set a.b=1",
         "bench train --precision bf16", "bench data --mode both", "bench unet --precision f16",
         "bench unet --convolution fft", "bench train --convolution direct", "bench unet --sweep convolution=direct,fft",
-        "bench matmul --sweep convolution=direct", "bench-unet --convolution sideways"}) {
+        "bench matmul --sweep convolution=direct", "bench-unet --convolution sideways",
+        "bench unet --bf16-backward nhwc", "bench train --bf16-backward blocked",
+        "bench unet --sweep bf16_backward=blocked,diagonal", "bench sample --sweep bf16_backward=blocked",
+        "bench-unet --bf16-backward sideways"}) {
     const auto result = run_cli(args);
     CAPTURE(args);
     CAPTURE(result.output);
@@ -119,6 +122,20 @@ TEST_CASE("bench unet sweeps the convolution algorithm and records it in each ro
     CAPTURE(i);
     CHECK(rows[i]["sweep_value"] == (i == 0 ? "direct" : "winograd"));
     CHECK(rows[i]["repeats"][0]["convolution"] == rows[i]["sweep_value"]);
+  }
+}
+
+TEST_CASE("bench unet sweeps the bf16 backward layout and records it in each row") {
+  TempDir dir;
+  std::string output;
+  const json rows =
+      run_tiny_bench_unet("--mode train --precision bf16 --sweep bf16_backward=channels_last,blocked", dir.path(), output);
+  CHECK(contains(output, "bf16 backward swept"));
+  REQUIRE(rows.size() == 2);
+  for (size_t i = 0; i < 2; ++i) {
+    CAPTURE(i);
+    CHECK(rows[i]["sweep_value"] == (i == 0 ? "channels_last" : "blocked"));
+    CHECK(rows[i]["repeats"][0]["bf16_backward"] == rows[i]["sweep_value"]);
   }
 }
 

@@ -540,6 +540,67 @@ TEST_CASE("bf16 training: every layer's backward takes bf16 data with f32 gradie
   }
 }
 
+TEST_CASE("bf16 training: the backward convolutions run in the layout bf16_backward asks for, same gradients") {
+  const bool native = native_bf16(dnnl::engine(dnnl::engine::kind::cpu, 0));
+  const int64_t c = 32, count = c * c + c + 2 * (c * c * 9 + c);
+  struct Run {
+    std::vector<float> grads;
+    std::vector<tag> forward, backward;  // the source layout of each convolution step
+  };
+  // A 1x1 convolution, a 3x3 and a 3x3 adding a residual, on [4, 32, 8, 8].
+  auto run = [&](Bf16Backward layout) {
+    LayerHarness h(count, Precision::bf16);
+    Program& p = h.p();
+    p.set_bf16_backward(layout);
+    const ValueId x = h.input({4, c, 8, 8});
+    const ValueId a = conv2d(p, x, h.param({c, c, 1, 1}), h.param({c}), 1, 0);
+    const ValueId b = conv2d(p, silu(p, a), h.param({c, c, 3, 3}), h.param({c}), 1, 1);
+    const ValueId y = conv2d_add(p, silu(p, b), h.param({c, c, 3, 3}), h.param({c}), a, 1, 1);
+    h.finish(to_tokens(p, y));
+    h.backward();
+    Run r;
+    for (const bool backward : {false, true}) {
+      for (const Step& step : p.steps(backward)) {
+        if (!step.primitive || step.primitive.get_kind() != dnnl::primitive::kind::convolution) continue;
+        const int arg = backward ? DNNL_ARG_DIFF_DST : DNNL_ARG_SRC;
+        const dnnl::memory::desc md = step.args.at(arg).get_desc();
+        const bool last = md == dnnl::memory::desc(md.dims(), md.data_type(), tag::nhwc);
+        (backward ? r.backward : r.forward).push_back(last ? tag::nhwc : tag::nChw16c);
+      }
+    }
+    const float* g = static_cast<const float*>(p.grad_staging().get_data_handle());
+    r.grads.assign(g, g + count);
+    const float* dx = static_cast<const float*>(p.grad(x).get_data_handle());
+    r.grads.insert(r.grads.end(), dx, dx + 4 * c * 64);
+    return r;
+  };
+  const Run by_shape = run(Bf16Backward::by_shape), last = run(Bf16Backward::channels_last),
+            blocked = run(Bf16Backward::blocked);
+  if (!native) {
+    // f32 convolutions: the setting changes nothing.
+    CHECK(last.grads == by_shape.grads);
+    CHECK(blocked.grads == by_shape.grads);
+    return;
+  }
+  REQUIRE(by_shape.forward.size() == 3);
+  REQUIRE(by_shape.backward.size() == 6);  // data and weight gradients of each
+  // by_shape: the forward's layout (channels-last with AMX, else blocked).
+  for (const tag t : by_shape.backward) CHECK(t == by_shape.forward[0]);
+  for (const Run* r : {&last, &blocked}) CHECK(r->forward == by_shape.forward);
+  for (const tag t : last.backward) CHECK(t == tag::nhwc);
+  for (const tag t : blocked.backward) CHECK(t == tag::nChw16c);
+  // The same bf16 operands summed in f32 in another order.
+  for (const Run* r : {&last, &blocked}) {
+    double num = 0, den = 0;
+    for (size_t i = 0; i < by_shape.grads.size(); ++i) {
+      const double d = double(r->grads[i]) - by_shape.grads[i];
+      num += d * d, den += double(by_shape.grads[i]) * by_shape.grads[i];
+    }
+    MESSAGE("gradients against by_shape's layout, relative L2: " << std::sqrt(num / den));
+    CHECK(std::sqrt(num / den) < 1e-4);
+  }
+}
+
 TEST_CASE("conv2d_add is one primitive fewer with the result of conv2d then add (f32; bf16 over a spent residual)") {
   for (const Precision precision : {Precision::f32, Precision::bf16}) {
     CAPTURE(enum_name(precision));
