@@ -163,7 +163,7 @@ Measurement measure_pipeline(const Settings& s) {
   const PipelineSpec spec = build_spec(s);
   const int threads = resolved_threads(s.threads);
   oneapi::tbb::global_control parallelism(oneapi::tbb::global_control::max_allowed_parallelism,
-                                          static_cast<size_t>(threads));
+                                          static_cast<size_t>(s.graph_threads > 0 ? s.graph_threads : threads));
   static int counter = 0;
   const fs::path trace =
       fs::temp_directory_path() / ("diffuflow-bench-" + std::to_string(::getpid()) + "-" + std::to_string(++counter) +
@@ -435,6 +435,11 @@ OptionTable bench_options() {
           shared::unet_config(),
           shared::batch(),
           shared::threads().fallback("0"),
+          OptionSpec::integer("graph-threads", "N",
+                              "pipelines: the graph's TBB threads (max_allowed_parallelism; 0: --threads), the "
+                              "compute thread's OpenMP team keeping --threads")
+              .range(0, 4096)
+              .fallback("0"),
           shared::steps()
               .range(1, 1 << 20)
               .fallback("10"),
@@ -479,6 +484,10 @@ int run_bench(const ParsedOptions& opts) {
   if (opts.has("config")) base.config = opts.text("config");
   base.batch = opts.integer("batch");
   base.threads = static_cast<int>(opts.integer("threads"));
+  base.graph_threads = static_cast<int>(opts.integer("graph-threads"));
+  if (base.graph_threads > 0 && standalone) {
+    throw bad_option("--graph-threads", "bench " + base.kind + " runs no graph; pipelines (train, sample, data) take it");
+  }
   base.steps = static_cast<int>(opts.integer("steps"));
   base.warmup = static_cast<int>(opts.integer("warmup"));
   base.repeats = static_cast<int>(opts.integer("repeats"));
@@ -643,6 +652,7 @@ int run_bench(const ParsedOptions& opts) {
                                     : "")
             << "threads: " << resolved_threads(base.threads) << " (OpenMP threads of the compute thread and TBB "
             << "max_allowed_parallelism)" << (sweep_name == "threads" ? ", swept" : "")
+            << (base.graph_threads > 0 ? "; the graph's TBB threads: " + std::to_string(base.graph_threads) : "")
             << "\n"
             << "settings: ";
   const std::string precision = base.precision.empty() ? "f32" : base.precision;
@@ -787,6 +797,7 @@ int run_bench(const ParsedOptions& opts) {
                     {"isa", describe_cpu_isa()},
                     {"versions", describe_versions()}};
     j["settings"] = {{"config", base.config}, {"batch", base.batch},       {"threads", resolved_threads(base.threads)},
+                     {"graph_threads", base.graph_threads},
                      {"steps", base.steps},   {"warmup", base.warmup},     {"repeats", base.repeats},
                      {"prefetch", base.prefetch}, {"mode", mode}, {"processes", world.size()},          {"set", base.sets},
                      {"precision", precision}};

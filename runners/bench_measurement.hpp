@@ -25,6 +25,7 @@ struct Settings {
   std::string config;    // empty: the pipeline's
   int64_t batch = 64;
   int threads = 0;
+  int graph_threads = 0;  // pipelines: TBB's max_allowed_parallelism (0: threads)
   int steps = 10;
   int warmup = 2;
   int repeats = 1;

@@ -104,7 +104,8 @@ TEST_CASE("bench matmul and bench unet options: precision, sweeps, mode and over
         "bench matmul --sweep convolution=direct", "bench-unet --convolution sideways",
         "bench unet --bf16-backward nhwc", "bench train --bf16-backward blocked",
         "bench unet --sweep bf16_backward=blocked,diagonal", "bench sample --sweep bf16_backward=blocked",
-        "bench-unet --bf16-backward sideways"}) {
+        "bench-unet --bf16-backward sideways", "bench unet --graph-threads 2", "bench matmul --graph-threads 1",
+        "bench sample --graph-threads -1"}) {
     const auto result = run_cli(args);
     CAPTURE(args);
     CAPTURE(result.output);

@@ -125,6 +125,19 @@ TEST_CASE("bench data sweeps threads with repeats") {
   CHECK(!names.count("forward"));
 }
 
+TEST_CASE("bench data with --graph-threads runs the graph under that TBB limit and records it") {
+  TempDir dir;
+  const auto result = run_cli("bench data --batch 4 --warmup 1 --steps 2 --repeats 1 --threads 2 --graph-threads 1 "
+                              "--json " + (dir / "b.json").string());
+  CAPTURE(result.output);
+  REQUIRE(result.exit_code == 0);
+  CHECK(contains(result.output, "the graph's TBB threads: 1"));
+  const json j = json::parse(read_file(dir / "b.json"));
+  CHECK(j["settings"]["graph_threads"] == 1);
+  CHECK(j["settings"]["threads"] == 2);
+  CHECK(j["results"][0]["images_per_s"]["median"].get<double>() > 0);
+}
+
 TEST_CASE("bench data sweeps a node's concurrency and any node parameter") {
   TempDir dir;
   run_bench(dir, "data --batch 4 --warmup 1 --steps 2 --repeats 1 --sweep concurrency=augment:1,2", 2);
