@@ -113,30 +113,30 @@ TEST_CASE("bench matmul and bench unet options: precision, sweeps, mode and over
   }
 }
 
-TEST_CASE("bench unet sweeps the convolution algorithm and records it in each row") {
-  TempDir dir;
-  std::string output;
-  const json rows = run_tiny_bench_unet("--mode forward --sweep convolution=direct,winograd", dir.path(), output);
-  CHECK(contains(output, "convolution swept"));
-  REQUIRE(rows.size() == 2);
-  for (size_t i = 0; i < 2; ++i) {
-    CAPTURE(i);
-    CHECK(rows[i]["sweep_value"] == (i == 0 ? "direct" : "winograd"));
-    CHECK(rows[i]["repeats"][0]["convolution"] == rows[i]["sweep_value"]);
-  }
-}
-
-TEST_CASE("bench unet sweeps the bf16 backward layout and records it in each row") {
-  TempDir dir;
-  std::string output;
-  const json rows =
-      run_tiny_bench_unet("--mode train --precision bf16 --sweep bf16_backward=channels_last,blocked", dir.path(), output);
-  CHECK(contains(output, "bf16 backward swept"));
-  REQUIRE(rows.size() == 2);
-  for (size_t i = 0; i < 2; ++i) {
-    CAPTURE(i);
-    CHECK(rows[i]["sweep_value"] == (i == 0 ? "channels_last" : "blocked"));
-    CHECK(rows[i]["repeats"][0]["bf16_backward"] == rows[i]["sweep_value"]);
+TEST_CASE("bench unet sweeps the convolution algorithm and the bf16 backward layout, recording each row's") {
+  struct Sweep {
+    const char* args;
+    const char* name;    // the JSON field of each repeat
+    const char* header;  // what the header says of the swept setting
+    const char* first;
+    const char* second;
+  };
+  for (const Sweep& sweep :
+       {Sweep{"--mode forward --sweep convolution=direct,winograd", "convolution", "convolution swept", "direct",
+              "winograd"},
+        Sweep{"--mode train --precision bf16 --sweep bf16_backward=channels_last,blocked", "bf16_backward",
+              "bf16 backward swept", "channels_last", "blocked"}}) {
+    CAPTURE(sweep.args);
+    TempDir dir;
+    std::string output;
+    const json rows = run_tiny_bench_unet(sweep.args, dir.path(), output);
+    CHECK(contains(output, sweep.header));
+    REQUIRE(rows.size() == 2);
+    for (size_t i = 0; i < 2; ++i) {
+      CAPTURE(i);
+      CHECK(rows[i]["sweep_value"] == (i == 0 ? sweep.first : sweep.second));
+      CHECK(rows[i]["repeats"][0][sweep.name] == rows[i]["sweep_value"]);
+    }
   }
 }
 
