@@ -7,12 +7,8 @@
 #      memory bandwidth at full width
 #   2. a thread sweep of the U-Net against the PyTorch peer, f32 and bf16
 #      (scaling.sh, round a)
-#   3. bf16 training's backward convolutions channels-last (AMX's kernels
-#      where the CPU has AMX) against channel-blocked (--bf16-backward):
-#      bench unet alternated in three rounds at each thread count, each
-#      convolution's kernel and time at full width and on one thread, both
-#      against the PyTorch peer at each thread count, and the breakdown of
-#      both on one thread
+#   3. one thread: three more alternated rounds of f32 and bf16 against the
+#      peer (scaling.sh with ROUNDS=3)
 #   4. where the time goes at full width and on one thread: bench unet
 #      --breakdown, f32 and bf16; each convolution's time and kernel in a
 #      training pass at both widths (conv_times.py); with AMX, bf16 also with
@@ -26,7 +22,13 @@
 #      quarter of the width
 #   9. f32 against the channels_last peer; f32 with --convolution direct;
 #      Winograd (by_shape) against direct alone, alternated in three rounds
-#  10. a third sweep round (c) while the budget lasts
+#  10. bf16 training's backward convolutions channels-last (AMX's kernels
+#      where the CPU has AMX) against channel-blocked (--bf16-backward):
+#      bench unet alternated in three rounds at each thread count, each
+#      convolution's kernel and time at full width and on one thread, both
+#      against the PyTorch peer at each thread count, and the breakdown of
+#      both on one thread
+#  11. a third sweep round (c) while the budget lasts
 #
 #   benchmarks/multicore.sh [DIFFUFLOW] [OUT_DIR]
 #   BUDGET=420 benchmarks/multicore.sh build/diffuflow mc-out
@@ -105,33 +107,13 @@ sweep() {  # sweep ROUND SECONDS
 }
 sweep a 150
 
-# bf16 training with the backward convolutions channels-last (on AMX, AMX's
-# kernels, the forward's layout there) against channel-blocked.
-if stage "bf16 backward" 330; then
-  mkdir -p "$OUT/bf16_backward"
-  for t in $THREADS; do
-    run "bf16_backward/ab_t$t" "$PEER" "$HERE/ab_unet.py" \
-        --bin "channels_last=$DIFFUFLOW --bf16-backward channels_last" \
-        --bin "blocked=$DIFFUFLOW --bf16-backward blocked" --rounds 3 --precisions bf16 \
-        --json "$OUT/bf16_backward/ab_t$t.json" -- --config $CONFIG --batch $BATCH --threads "$t" --steps 3 \
-        --warmup 1 --repeats 1
-  done
-  kernels=()
-  for t in "$full" 1; do
-    for layout in channels_last blocked; do
-      [ ${#kernels[@]} -gt 0 ] && kernels+=(---)
-      kernels+=("$DIFFUFLOW" bench-unet --config $CONFIG --batch $BATCH --threads "$t" --iters 1 --warmup 1
-                --mode train --precision bf16 --bf16-backward $layout)
-    done
-  done
-  run bf16_backward/kernels "$PEER" "$HERE/conv_times.py" -- "${kernels[@]}"
-  ROUNDS=1 KINDS="bf16 bf16_blocked" "$HERE/scaling.sh" "$DIFFUFLOW" "$OUT/bf16_backward/peer" $THREADS || failed=1
-  for layout in channels_last blocked; do
-    run "bf16_backward/breakdown_${layout}_t1" "$DIFFUFLOW" bench unet --config $CONFIG --batch $BATCH \
-        --threads 1 --mode both --precision bf16 --bf16-backward $layout --breakdown --steps 2 --warmup 1 \
-        --repeats 1 --json "$OUT/bf16_backward/breakdown_${layout}_t1.json"
-  done
+# One thread, where run-to-run spread is widest: three more alternated
+# rounds of f32 and bf16 against the peer.
+if stage "one thread" 80; then
+  ROUNDS=$([ "$QUICK" = 1 ] && echo 1 || echo 3) KINDS="f32 bf16" "$HERE/scaling.sh" "$DIFFUFLOW" \
+      "$OUT/one_thread" 1 || failed=1
 fi
+
 
 # With AMX, bf16 runs a second time with oneDNN held to AVX512-BF16
 # (ONEDNN_MAX_CPU_ISA): the channel-blocked kernels forward and backward
@@ -230,6 +212,34 @@ if stage "winograd or direct" 90; then
         --bin "direct=$DIFFUFLOW --convolution direct" --rounds 3 --precisions f32 \
         --json "$OUT/winograd/t$t.json" -- --config $CONFIG --batch $BATCH --threads "$t" --steps 3 --warmup 1 \
         --repeats 1
+  done
+fi
+
+# bf16 training with the backward convolutions channels-last (on AMX, AMX's
+# kernels, the forward's layout there) against channel-blocked.
+if stage "bf16 backward" 330; then
+  mkdir -p "$OUT/bf16_backward"
+  for t in $THREADS; do
+    run "bf16_backward/ab_t$t" "$PEER" "$HERE/ab_unet.py" \
+        --bin "channels_last=$DIFFUFLOW --bf16-backward channels_last" \
+        --bin "blocked=$DIFFUFLOW --bf16-backward blocked" --rounds 3 --precisions bf16 \
+        --json "$OUT/bf16_backward/ab_t$t.json" -- --config $CONFIG --batch $BATCH --threads "$t" --steps 3 \
+        --warmup 1 --repeats 1
+  done
+  kernels=()
+  for t in "$full" 1; do
+    for layout in channels_last blocked; do
+      [ ${#kernels[@]} -gt 0 ] && kernels+=(---)
+      kernels+=("$DIFFUFLOW" bench-unet --config $CONFIG --batch $BATCH --threads "$t" --iters 1 --warmup 1
+                --mode train --precision bf16 --bf16-backward $layout)
+    done
+  done
+  run bf16_backward/kernels "$PEER" "$HERE/conv_times.py" -- "${kernels[@]}"
+  ROUNDS=1 KINDS="bf16 bf16_blocked" "$HERE/scaling.sh" "$DIFFUFLOW" "$OUT/bf16_backward/peer" $THREADS || failed=1
+  for layout in channels_last blocked; do
+    run "bf16_backward/breakdown_${layout}_t1" "$DIFFUFLOW" bench unet --config $CONFIG --batch $BATCH \
+        --threads 1 --mode both --precision bf16 --bf16-backward $layout --breakdown --steps 2 --warmup 1 \
+        --repeats 1 --json "$OUT/bf16_backward/breakdown_${layout}_t1.json"
   done
 fi
 
