@@ -72,9 +72,9 @@ DIFFUFLOW_ENUM(ConvAlgorithm, by_shape, direct, winograd);
 // gradients), which may differ from its forward's: `channels_last` (nhwc; on
 // AMX CPUs oneDNN's AMX backward kernels, which take no other layout),
 // `blocked` (nChw16c; the AVX512-BF16 kernels), or `by_shape`: the forward's
-// layout. Where oneDNN has no fast kernel for the layout asked for, the
-// forward's runs. Spelled
-// "by_shape" / "channels_last" / "blocked".
+// layout, the fastest measured on CPUs with AMX and without
+// (docs/performance.md). Where oneDNN has no fast kernel for the layout asked
+// for, the forward's runs. Spelled "by_shape" / "channels_last" / "blocked".
 DIFFUFLOW_ENUM(Bf16Backward, by_shape, channels_last, blocked);
 // by_shape's rule for a 3x3 stride-1 f32 convolution with `tiles` 4x4 output
 // tiles (N * ceil(Ho/4) * ceil(Wo/4)) run by `threads` threads: Winograd from
