@@ -511,33 +511,21 @@ int run_bench(const ParsedOptions& opts) {
     if (!standalone) {
       throw bad_option("--precision", "pipelines set the model's precision as a parameter: --set model.precision=bf16");
     }
-    try {
-      base.precision = enum_name(parse_enum<Precision>(opts.text("precision"), "precision"));
-    } catch (const ConfigError& e) {
-      throw bad_option("--precision", e.message());
-    }
+    base.precision = enum_name(enum_option<Precision>(opts, "precision"));
     if (base.kind == "bandwidth") throw bad_option("--precision", "bench bandwidth copies f32; it takes no precision");
   }
   if (opts.has("convolution")) {
     if (base.kind != "unet") {
       throw bad_option("--convolution", "only bench unet takes it; pipelines set --set model.convolution=direct");
     }
-    try {
-      base.convolution = enum_name(parse_enum<ConvAlgorithm>(opts.text("convolution"), "convolution"));
-    } catch (const ConfigError& e) {
-      throw bad_option("--convolution", e.message());
-    }
+    base.convolution = enum_name(enum_option<ConvAlgorithm>(opts, "convolution"));
   }
   if (opts.has("bf16-backward")) {
     if (base.kind != "unet") {
       throw bad_option("--bf16-backward",
                        "only bench unet takes it; pipelines set --set model.bf16_backward=blocked");
     }
-    try {
-      base.bf16_backward = enum_name(parse_enum<Bf16Backward>(opts.text("bf16-backward"), "bf16-backward"));
-    } catch (const ConfigError& e) {
-      throw bad_option("--bf16-backward", e.message());
-    }
+    base.bf16_backward = enum_name(enum_option<Bf16Backward>(opts, "bf16-backward"));
   }
   if (opts.has("mib")) {
     if (base.kind != "bandwidth") throw bad_option("--mib", "only bench bandwidth copies a buffer of M MiB");

@@ -554,26 +554,10 @@ int run_bench_unet(const ParsedOptions& options) {
   s.seed = static_cast<uint64_t>(options.integer("seed"));
   s.matmul_peak = options.flag("peak");
   s.breakdown = options.flag("breakdown");
-  try {
-    s.mode = parse_enum<UNetBenchMode>(options.text("mode"), "mode");
-  } catch (const ConfigError& e) {
-    throw bad_setting("--mode", e.message());
-  }
-  try {
-    s.precision = parse_enum<Precision>(options.text("precision"), "precision");
-  } catch (const ConfigError& e) {
-    throw bad_setting("--precision", e.message());
-  }
-  try {
-    s.convolution = parse_enum<ConvAlgorithm>(options.text("convolution"), "convolution");
-  } catch (const ConfigError& e) {
-    throw bad_setting("--convolution", e.message());
-  }
-  try {
-    s.bf16_backward = parse_enum<Bf16Backward>(options.text("bf16-backward"), "bf16-backward");
-  } catch (const ConfigError& e) {
-    throw bad_setting("--bf16-backward", e.message());
-  }
+  s.mode = enum_option<UNetBenchMode>(options, "mode");
+  s.precision = enum_option<Precision>(options, "precision");
+  s.convolution = enum_option<ConvAlgorithm>(options, "convolution");
+  s.bf16_backward = enum_option<Bf16Backward>(options, "bf16-backward");
   const UNetBenchResult result = bench_unet(s, &std::cout);
   if (options.has("json")) {
     const std::string path = options.text("json");

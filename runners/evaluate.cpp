@@ -111,15 +111,6 @@ OptionTable evaluate_options() {
           shared::json_file()};
 }
 
-template <typename E>
-E enum_option(const ParsedOptions& options, const std::string& name) {
-  try {
-    return parse_enum<E>(options.text(name), "--" + name);
-  } catch (const ConfigError& e) {
-    throw bad_option("--" + name, e.what());
-  }
-}
-
 // The first `count` images of `images` (all when count is 0 or larger).
 Tensor first_images(const Tensor& images, int64_t count) {
   if (count <= 0 || count >= images.dim(0)) return images;

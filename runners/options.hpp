@@ -16,6 +16,9 @@
 // default or make it required; the meaning stays the same.
 #pragma once
 
+#include "graph/enum_names.hpp"
+#include "graph/errors.hpp"
+
 #include <boost/program_options.hpp>
 
 #include <cstdint>
@@ -128,6 +131,17 @@ class ParsedOptions {
   OptionTable table_;
   boost::program_options::variables_map values_;
 };
+
+// The text option `name` as the enum E (parse_enum's spellings); a ConfigError
+// naming --name when it is none of them.
+template <typename E>
+E enum_option(const ParsedOptions& options, const std::string& name) {
+  try {
+    return parse_enum<E>(options.text(name), "--" + name);
+  } catch (const ConfigError& e) {
+    throw ConfigError(SourceLocation{"command line", 0, 0, "--" + name}, e.message());
+  }
+}
 
 // "run P.yaml [--set NODE.PARAM=VALUE ...] [--out PATH] ...", one line.
 std::string usage_line(const std::string& command, const OptionTable& table);

@@ -279,12 +279,12 @@ int run_sample(const ParsedOptions& options) {
   request.model = options.text("model");
   request.guidance = options.number("guidance");
   request.steps = options.integer("steps");
-  request.sampler = parse_enum<SamplerMethod>(options.text("sampler"), "--sampler");
+  request.sampler = enum_option<SamplerMethod>(options, "sampler");
   request.eta = options.number("eta");
   request.seed = options.integer("seed");
   request.batch = options.integer("batch");
   request.out = options.text("out");
-  request.precision = parse_enum<Precision>(options.text("precision"), "--precision");
+  request.precision = enum_option<Precision>(options, "precision");
   std::optional<int> threads;
   if (options.has("threads")) threads = static_cast<int>(options.integer("threads"));
   if (request.eta != 0 && request.sampler != SamplerMethod::ddim) {
