@@ -215,8 +215,11 @@ std::optional<Bf16Conv> bf16_conv(const Program& p, const dims& xs, const dims& 
   };
   std::optional<Bf16Conv> found;
   const auto last = forward(tag::nhwc);
-  const auto blocked = forward(tag::nChw16c);
-  if (fast(last) && std::string(last.impl_info_str()).find("amx") != std::string::npos) {
+  const bool amx = fast(last) && std::string(last.impl_info_str()).find("amx") != std::string::npos;
+  // The channel-blocked forward only where it may run: without AMX, or for a blocked backward.
+  const bool want_blocked = !amx || (p.training() && p.bf16_backward() == Bf16Backward::blocked);
+  const auto blocked = want_blocked ? forward(tag::nChw16c) : dnnl::convolution_forward::primitive_desc();
+  if (amx) {
     found = Bf16Conv{last, tag::nhwc, last, tag::nhwc};
   } else if (fast(blocked) && fast_backward(tag::nChw16c, blocked)) {
     found = Bf16Conv{blocked, tag::nChw16c, blocked, tag::nChw16c};
