@@ -8,8 +8,9 @@ dnnl::memory::desc plain_f32(const dims& shape) {
   return dnnl::memory::desc(shape, dnnl::memory::data_type::f32, plain_format(shape.size()));
 }
 
-dnnl::memory::desc activation_desc(const dims& nchw, dnnl::memory::data_type type) {
-  if (nchw.size() == 4 && nchw[1] % 16 == 0) return dnnl::memory::desc(nchw, type, tag::nChw16c);
+dnnl::memory::desc activation_desc(const dims& nchw, dnnl::memory::data_type type, bool channels_last) {
+  if (nchw.size() == 4 && nchw[1] % 16 == 0)
+    return dnnl::memory::desc(nchw, type, channels_last ? tag::nhwc : tag::nChw16c);
   return dnnl::memory::desc(nchw, type, plain_format(nchw.size()));
 }
 

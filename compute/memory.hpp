@@ -23,11 +23,13 @@ using Args = std::unordered_map<int, dnnl::memory>;
 
 // Plain row-major f32 descriptor.
 dnnl::memory::desc plain_f32(const dims& shape);
-// The layout of image activations [N,C,H,W]: channel-blocked nChw16c when C
-// is a multiple of 16 (what oneDNN's jit convolutions prefer), else plain;
-// f32 unless told (bf16 for an activation stored in bf16).
-dnnl::memory::desc activation_desc(const dims& nchw,
-                                   dnnl::memory::data_type type = dnnl::memory::data_type::f32);
+// The layout of image activations [N,C,H,W]: when C is a multiple of 16,
+// channel-blocked nChw16c (what oneDNN's AVX-512 convolutions prefer) or,
+// `channels_last`, nhwc (the only layout of its AMX convolutions); else plain;
+// f32 unless told (bf16 for an activation stored in bf16). Layers ask their
+// program (Program::activation_desc), which knows which of the two it uses.
+dnnl::memory::desc activation_desc(const dims& nchw, dnnl::memory::data_type type = dnnl::memory::data_type::f32,
+                                   bool channels_last = false);
 bool is_channel_blocked(const dnnl::memory::desc& desc);
 // The same layout (strides, blocking) with elements of another type.
 dnnl::memory::desc with_type(const dnnl::memory::desc& desc, dnnl::memory::data_type type);

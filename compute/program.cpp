@@ -18,6 +18,24 @@ bool native_bf16(const dnnl::engine& engine) {
   return isa == dnnl::cpu_isa::avx512_core_bf16 || isa == dnnl::cpu_isa::avx512_core_amx;
 }
 
+bool amx_convolutions(const dnnl::engine& engine) {
+  if (engine.get_kind() != dnnl::engine::kind::cpu || dnnl::get_effective_cpu_isa() != dnnl::cpu_isa::avx512_core_amx)
+    return false;
+  // The ISA allows AMX; whether oneDNN's pick for a typical layer uses it.
+  static const bool amx = [&] {
+    using dt = dnnl::memory::data_type;
+    const dims x{1, 32, 16, 16}, w{32, 32, 3, 3};
+    const dnnl::convolution_forward::primitive_desc pd(
+        dnnl::convolution_forward::desc(dnnl::prop_kind::forward_inference, dnnl::algorithm::convolution_direct,
+                                        dnnl::memory::desc(x, dt::bf16, tag::nhwc),
+                                        dnnl::memory::desc(w, dt::bf16, tag::any), dnnl::memory::desc(),
+                                        dnnl::memory::desc(x, dt::f32, tag::nhwc), {1, 1}, {1, 1}, {1, 1}),
+        engine, /*allow_empty=*/true);
+    return pd && std::string(pd.impl_info_str()).find("amx") != std::string::npos;
+  }();
+  return amx;
+}
+
 bool prefers_winograd(int64_t tiles, int threads, bool backward) {
   return tiles >= (backward ? 128 : 64) * static_cast<int64_t>(std::max(threads, 1));
 }
@@ -39,6 +57,22 @@ dnnl::memory::data_type Program::activation_type() const {
   // normalisation backward does not).
   const bool bf16 = precision_ == Precision::bf16 && native_bf16(engine_) && (!training_ || native_kernels_);
   return bf16 ? dnnl::memory::data_type::bf16 : dnnl::memory::data_type::f32;
+}
+
+ActivationLayout Program::activation_layout() const {
+  if (!native_kernels_ || activation_layout_ == ActivationLayout::blocked) return ActivationLayout::blocked;
+  if (activation_layout_ == ActivationLayout::channels_last) return ActivationLayout::channels_last;
+  const bool amx = precision_ == Precision::bf16 && amx_convolutions(engine_);
+  return amx ? ActivationLayout::channels_last : ActivationLayout::blocked;
+}
+
+dnnl::memory::desc Program::activation_desc(const dims& nchw, dnnl::memory::data_type type) const {
+  return diffuflow::activation_desc(nchw, type, activation_layout() == ActivationLayout::channels_last);
+}
+
+bool Program::in_activation_layout(const dnnl::memory::desc& desc) const {
+  const dims d = desc.dims();
+  return d.size() == 4 && d[1] % 16 == 0 && desc == activation_desc(d, desc.data_type());
 }
 
 ValueId Program::new_value(const dnnl::memory::desc& desc, bool needs_grad) {

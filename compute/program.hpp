@@ -76,6 +76,18 @@ DIFFUFLOW_ENUM(ConvAlgorithm, by_shape, direct, winograd);
 // (docs/performance.md). Where oneDNN has no fast kernel for the layout asked
 // for, the forward's runs. Spelled "by_shape" / "channels_last" / "blocked".
 DIFFUFLOW_ENUM(Bf16Backward, by_shape, channels_last, blocked);
+// The layout of a program's image activations whose channels fill whole
+// blocks of 16 (activation_desc): `blocked` (nChw16c, what oneDNN's AVX-512
+// f32 and AVX512-BF16 convolutions run fastest on), `channels_last` (nhwc,
+// the only layout of its AMX convolutions: a bf16 program on AMX then needs
+// no layout reorder around its convolutions), or `by_isa`: channels_last for
+// bf16 programs whose convolutions run on AMX, else blocked. channels_last
+// takes the native kernels (its GroupNorm is theirs): without them (GPU
+// engines, or turned off) the program is blocked. Spelled "by_isa" /
+// "blocked" / "channels_last".
+DIFFUFLOW_ENUM(ActivationLayout, by_isa, blocked, channels_last);
+// Whether oneDNN runs bf16 convolutions on this engine with AMX.
+bool amx_convolutions(const dnnl::engine& engine);
 // by_shape's rule for a 3x3 stride-1 f32 convolution with `tiles` 4x4 output
 // tiles (N * ceil(Ho/4) * ceil(Wo/4)) run by `threads` threads: Winograd from
 // 64 tiles per thread on for the forward, from 128 for the `backward` passes
@@ -249,6 +261,18 @@ class Program {
   // layer is added).
   Bf16Backward bf16_backward() const { return bf16_backward_; }
   void set_bf16_backward(Bf16Backward layout) { bf16_backward_ = layout; }
+  // The activations' layout (ActivationLayout; set it, and the native
+  // kernels, before any layer is added). activation_layout() is the layout
+  // in force: blocked or channels_last, never by_isa.
+  void set_activation_layout(ActivationLayout layout) { activation_layout_ = layout; }
+  ActivationLayout activation_layout() const;
+  // An image activation's descriptor [N,C,H,W] in this program's layout
+  // (see activation_desc in compute/memory.hpp).
+  dnnl::memory::desc activation_desc(const dims& nchw,
+                                     dnnl::memory::data_type type = dnnl::memory::data_type::f32) const;
+  // Whether `desc` is an activation in this program's wide layout: 4-d,
+  // channels a multiple of 16, laid out as activation_desc lays them.
+  bool in_activation_layout(const dnnl::memory::desc& desc) const;
   // `src` in the layout `want`: returns src itself when the layouts agree,
   // otherwise a program-owned memory filled by a reorder appended to the
   // forward (or backward) list. The one place where layouts are reconciled.
@@ -350,6 +374,7 @@ class Program {
   bool native_kernels_ = false;
   ConvAlgorithm conv_algorithm_ = ConvAlgorithm::by_shape;
   Bf16Backward bf16_backward_ = Bf16Backward::by_shape;
+  ActivationLayout activation_layout_ = ActivationLayout::blocked;
   PrimitiveCache& cache_;
   size_t cache_index_ = 0;
   dnnl::memory params_;

@@ -14,6 +14,7 @@
 //           | bf16_backward=channels_last,blocked (bench unet; pipelines: model.bf16_backward=...)
 //   --convolution by_shape|direct|winograd (bench unet: the f32 3x3 convolutions' algorithm)
 //   --bf16-backward by_shape|channels_last|blocked (bench unet: bf16 training's backward convolution layout)
+//   --activation-layout blocked|channels_last|by_isa (bench unet: the image activations' layout)
 //   --json FILE --csv FILE --plot FILE.png
 //   --breakdown (bench unet: time, FLOPs and bytes per layer kind)
 //   --roofline FILE.png (bench unet: also the memory bandwidth, and the layer kinds on a roofline; implies --breakdown)
@@ -458,6 +459,7 @@ OptionTable bench_options() {
           shared::precision().fallback(""),
           shared::convolution().fallback(""),
           shared::bf16_backward().fallback(""),
+          shared::activation_layout().fallback(""),
           shared::breakdown(),
           shared::json_file(),
           OptionSpec::text("csv", "FILE", "write one CSV row per sweep value"),
@@ -526,6 +528,13 @@ int run_bench(const ParsedOptions& opts) {
                        "only bench unet takes it; pipelines set --set model.bf16_backward=blocked");
     }
     base.bf16_backward = enum_name(enum_option<Bf16Backward>(opts, "bf16-backward"));
+  }
+  if (opts.has("activation-layout")) {
+    if (base.kind != "unet") {
+      throw bad_option("--activation-layout",
+                       "only bench unet takes it; pipelines set --set model.activation_layout=channels_last");
+    }
+    base.activation_layout = enum_name(enum_option<ActivationLayout>(opts, "activation-layout"));
   }
   if (opts.has("mib")) {
     if (base.kind != "bandwidth") throw bad_option("--mib", "only bench bandwidth copies a buffer of M MiB");
@@ -656,7 +665,8 @@ int run_bench(const ParsedOptions& opts) {
     out << ", mode " << mode << ", precision " << (sweep_name == "precision" ? "swept" : precision) << ", convolution "
         << (sweep_name == "convolution" ? "swept" : base.convolution.empty() ? "by_shape" : base.convolution)
         << ", bf16 backward "
-        << (sweep_name == "bf16_backward" ? "swept" : base.bf16_backward.empty() ? "by_shape" : base.bf16_backward);
+        << (sweep_name == "bf16_backward" ? "swept" : base.bf16_backward.empty() ? "by_shape" : base.bf16_backward)
+        << ", activations " << (base.activation_layout.empty() ? "blocked" : base.activation_layout);
   }
   if (!standalone) out << ", prefetch " << base.prefetch;
   out << "\n";

@@ -54,6 +54,8 @@ Measurement measure_unet(const Settings& s, UNetBenchMode mode) {
   if (!s.precision.empty()) u.precision = parse_enum<Precision>(s.precision, "precision");
   if (!s.convolution.empty()) u.convolution = parse_enum<ConvAlgorithm>(s.convolution, "convolution");
   if (!s.bf16_backward.empty()) u.bf16_backward = parse_enum<Bf16Backward>(s.bf16_backward, "bf16_backward");
+  if (!s.activation_layout.empty())
+    u.activation_layout = parse_enum<ActivationLayout>(s.activation_layout, "activation_layout");
   u.matmul_peak = true;
   u.breakdown = s.breakdown;
   u.bandwidth = !s.roofline.empty();
@@ -69,6 +71,7 @@ Measurement measure_unet(const Settings& s, UNetBenchMode mode) {
   const json j = r.json();
   for (const char* key : {"forward_images_per_s", "forward_gflops_per_s", "forward_backward_images_per_s",
                           "forward_backward_gflops_per_s", "gflops_per_image_forward", "isa", "precision", "convolution", "bf16_backward",
+                          "activation_layout",
                           "matmul_peak_gflops_per_s", "forward_fraction_of_peak", "forward_backward_fraction_of_peak"}) {
     m.extra[key] = j.at(key);
   }

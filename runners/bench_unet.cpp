@@ -310,6 +310,7 @@ nlohmann::json UNetBenchResult::json() const {
           {"precision", enum_name(settings.precision)},
           {"convolution", enum_name(settings.convolution)},
           {"bf16_backward", enum_name(settings.bf16_backward)},
+          {"activation_layout", enum_name(settings.activation_layout)},
           {"gflops_per_image_forward", gflop},
           {"forward_images_per_s", rate(forward.median)},
           {"forward_images_per_s_min", rate(forward.max)},
@@ -356,6 +357,7 @@ UNetBenchResult bench_unet(const UNetBenchSettings& settings, std::ostream* log)
   model->set_precision(s.precision);
   model->set_conv_algorithm(s.convolution);
   model->set_bf16_backward(s.bf16_backward);
+  model->set_activation_layout(s.activation_layout);
   result.parameters = model->param_count();
   result.isa = describe_cpu_isa();
 
@@ -383,7 +385,7 @@ UNetBenchResult bench_unet(const UNetBenchSettings& settings, std::ostream* log)
     *log << "bench-unet: config " << s.config << ", batch " << batch << ", " << size << "x" << size << ", "
          << s.threads << " OpenMP thread(s), " << result.parameters << " parameters, " << enum_name(s.precision)
          << " convolutions (" << enum_name(s.convolution) << ", bf16 backward " << enum_name(s.bf16_backward)
-         << ")\n"
+         << ", activations " << enum_name(s.activation_layout) << ")\n"
          << "isa: " << result.isa << "\n"
          << std::fixed << std::setprecision(3) << "forward GFLOP per image: " << fwd_flops * 1e-9 << "\n";
   }
@@ -536,6 +538,7 @@ OptionTable bench_unet_options() {
           shared::precision(),
           shared::convolution(),
           shared::bf16_backward(),
+          shared::activation_layout(),
           shared::seed().fallback("1"),
           shared::breakdown(),
           OptionSpec::flag("peak", "first time a 2048^3 oneDNN matmul in the same precision and threads, and give "
@@ -558,6 +561,7 @@ int run_bench_unet(const ParsedOptions& options) {
   s.precision = enum_option<Precision>(options, "precision");
   s.convolution = enum_option<ConvAlgorithm>(options, "convolution");
   s.bf16_backward = enum_option<Bf16Backward>(options, "bf16-backward");
+  s.activation_layout = enum_option<ActivationLayout>(options, "activation-layout");
   const UNetBenchResult result = bench_unet(s, &std::cout);
   if (options.has("json")) {
     const std::string path = options.text("json");

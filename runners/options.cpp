@@ -167,6 +167,12 @@ OptionSpec precision() {
       .fallback("f32");
 }
 
+OptionSpec activation_layout() {
+  return OptionSpec::text("activation-layout", "blocked|channels_last|by_isa",
+                          "layout of the image activations between layers (unet_model's `activation_layout`)")
+      .fallback("blocked");
+}
+
 OptionSpec bf16_backward() {
   return OptionSpec::text("bf16-backward", "by_shape|channels_last|blocked",
                           "layout of bf16 training's backward convolutions (unet_model's `bf16_backward`)")

@@ -40,7 +40,7 @@ ValueId avg_pool(Program& p, ValueId x, int64_t k) {
   }
   const auto x_md = p.desc(x);
   const dims ys{xs[0], xs[1], xs[2] / k, xs[3] / k};
-  const auto y_md = is_channel_blocked(x_md) ? activation_desc(ys) : plain_f32(ys);
+  const auto y_md = p.in_activation_layout(x_md) ? p.activation_desc(ys) : plain_f32(ys);
   const dims window{k, k}, none{0, 0};
   const auto attr = user_scratchpad_attr();
   dnnl::pooling_forward::primitive_desc fwd_pd(
@@ -68,7 +68,7 @@ ValueId global_avg_pool(Program& p, ValueId x) {
   const dims xs = p.shape(x);
   const auto x_md = p.desc(x);
   const dims ps{xs[0], xs[1], 1, 1};
-  const auto pooled_md = is_channel_blocked(x_md) ? activation_desc(ps) : plain_f32(ps);
+  const auto pooled_md = p.in_activation_layout(x_md) ? p.activation_desc(ps) : plain_f32(ps);
   const auto rows_as_nchw = plain_f32(ps);
   const dims window{xs[2], xs[3]}, none{0, 0};
   const auto attr = user_scratchpad_attr();

@@ -17,9 +17,13 @@ namespace {
 
 using namespace vector16;
 
-// The spans below work on 16 lanes at once: a channel block of nChw16c, or 16
-// neighbouring positions of one channel in the plain layout, with per-lane
-// coefficients and accumulators.
+// The spans below work on 16 lanes at once: a channel block of nChw16c or of
+// nhwc, or 16 neighbouring positions of one channel in the plain layout, with
+// per-lane coefficients and accumulators. A span is `count` elements (its
+// lanes' values at count / 16 positions); each pointer comes with its stride,
+// the elements from one position's 16 lanes to the next: 16 where they are
+// contiguous (plain, nChw16c, a scratch), the tensor's channel count in nhwc.
+// Only contiguous spans (stride 16) have a tail of count % 16.
 
 // The two halves of 16 lanes in double.
 DIFFUFLOW_INLINE void widen(vf v, vd* lo, vd* hi) {
@@ -75,11 +79,11 @@ DIFFUFLOW_INLINE void stats_step(const T* x, Sums* s, Sums* q) {
 }
 
 template <typename T>
-DIFFUFLOW_INLINE void stats_span(const T* x, int64_t count, double* s, double* q) {
+DIFFUFLOW_INLINE void stats_span(const T* x, int64_t count, int64_t xs, double* s, double* q) {
   Sums ls, lq;
   int64_t i = 0;
-  for (; i + kLanes <= count; i += kLanes) stats_step(x + i, &ls, &lq);
-  if (i < count) stats_step(Tail<T>(x + i, count - i).lanes, &ls, &lq);
+  for (; i + kLanes <= count; i += kLanes, x += xs) stats_step(x, &ls, &lq);
+  if (i < count) stats_step(Tail<T>(x, count - i).lanes, &ls, &lq);
   ls.add_to(s);
   lq.add_to(q);
 }
@@ -92,18 +96,23 @@ DIFFUFLOW_INLINE void apply_step(const T* x, T* y, vf a, vf b) {
 }
 
 template <typename T, bool Silu>
-DIFFUFLOW_INLINE void apply_span(const T* __restrict x, T* __restrict y, int64_t count, const float* a,
-                                 const float* b) {
+DIFFUFLOW_INLINE void apply_span(const T* __restrict x, T* __restrict y, int64_t count, int64_t xs, int64_t ys,
+                                 const float* a, const float* b) {
   const vf va = load16(a), vb = load16(b);
   int64_t i = 0;
-  for (; i + kLanes <= count; i += kLanes) apply_step<T, Silu>(x + i, y + i, va, vb);
+  for (; i + kLanes <= count; i += kLanes, x += xs, y += ys) apply_step<T, Silu>(x, y, va, vb);
   if (i < count) {
-    const Tail<T> in(x + i, count - i);
-    Tail<T> out(y + i, count - i);
+    const Tail<T> in(x, count - i);
+    Tail<T> out(y, count - i);
     apply_step<T, Silu>(in.lanes, out.lanes, va, vb);
-    out.copy_to(y + i);
+    out.copy_to(y);
   }
 }
+
+// The strides of a backward span's pointers (see above).
+struct Strides {
+  int64_t x = kLanes, dz = kLanes, dy = kLanes, dx = kLanes;
+};
 
 // With SiLU the gradient before it, dy, is written out (over dz, or to a
 // sample's scratch), so that the second pass reads it instead of computing
@@ -123,16 +132,17 @@ DIFFUFLOW_INLINE void grad_sums_step(const T* x, const float* dz, float* dy_out,
 }
 
 template <typename T, bool Silu>
-DIFFUFLOW_INLINE void grad_sums_span(const T* x, const float* dz, float* dy, int64_t count, const float* a,
-                                     const float* b, double* s1, double* sx, double* sdx) {
+DIFFUFLOW_INLINE void grad_sums_span(const T* x, const float* dz, float* dy, int64_t count, const Strides& st,
+                                     const float* a, const float* b, double* s1, double* sx, double* sdx) {
   const vf va = load16(a), vb = load16(b);
   Sums l1, lx, ldx;
   int64_t i = 0;
-  for (; i + kLanes <= count; i += kLanes) grad_sums_step<T, Silu>(x + i, dz + i, dy + i, va, vb, &l1, &lx, &ldx);
+  for (; i + kLanes <= count; i += kLanes, x += st.x, dz += st.dz, dy += st.dy)
+    grad_sums_step<T, Silu>(x, dz, dy, va, vb, &l1, &lx, &ldx);
   if (i < count) {
-    Tail<float> tail(dz + i, count - i);
-    grad_sums_step<T, Silu>(Tail<T>(x + i, count - i).lanes, tail.lanes, tail.lanes, va, vb, &l1, &lx, &ldx);
-    if (Silu) tail.copy_to(dy + i);
+    Tail<float> tail(dz, count - i);
+    grad_sums_step<T, Silu>(Tail<T>(x, count - i).lanes, tail.lanes, tail.lanes, va, vb, &l1, &lx, &ldx);
+    if (Silu) tail.copy_to(dy);
   }
   l1.add_to(s1);
   lx.add_to(sx);
@@ -152,82 +162,88 @@ DIFFUFLOW_INLINE void grad_apply_step(const T* x, const float* dy, float* dx, co
 
 template <typename T, bool Add>
 DIFFUFLOW_INLINE void grad_apply_span(const T* __restrict x, const float* __restrict dy, float* __restrict dx,
-                                      int64_t count, const GradCoefficients& k) {
+                                      int64_t count, const Strides& st, const GradCoefficients& k) {
   int64_t i = 0;
-  for (; i + kLanes <= count; i += kLanes) grad_apply_step<T, Add>(x + i, dy + i, dx + i, k);
+  for (; i + kLanes <= count; i += kLanes, x += st.x, dy += st.dy, dx += st.dx) grad_apply_step<T, Add>(x, dy, dx, k);
   if (i < count) {
-    Tail<float> out(dx + i, count - i);
-    grad_apply_step<T, Add>(Tail<T>(x + i, count - i).lanes, Tail<float>(dy + i, count - i).lanes, out.lanes, k);
-    out.copy_to(dx + i);
+    Tail<float> out(dx, count - i);
+    grad_apply_step<T, Add>(Tail<T>(x, count - i).lanes, Tail<float>(dy, count - i).lanes, out.lanes, k);
+    out.copy_to(dx);
   }
 }
 
 template <typename T>
-DIFFUFLOW_INLINE void grad_sums_any(const T* x, const float* dz, float* dy, int64_t count, const float* a,
-                                    const float* b, bool silu, double* s1, double* sx, double* sdx) {
-  silu ? grad_sums_span<T, true>(x, dz, dy, count, a, b, s1, sx, sdx)
-       : grad_sums_span<T, false>(x, dz, dy, count, a, b, s1, sx, sdx);
+DIFFUFLOW_INLINE void grad_sums_any(const T* x, const float* dz, float* dy, int64_t count, const Strides& st,
+                                    const float* a, const float* b, bool silu, double* s1, double* sx, double* sdx) {
+  silu ? grad_sums_span<T, true>(x, dz, dy, count, st, a, b, s1, sx, sdx)
+       : grad_sums_span<T, false>(x, dz, dy, count, st, a, b, s1, sx, sdx);
 }
 
 template <typename T>
-DIFFUFLOW_INLINE void grad_apply_any(const T* x, const float* dy, float* dx, int64_t count, const float* alpha,
-                                     const float* beta, const float* delta, bool add) {
+DIFFUFLOW_INLINE void grad_apply_any(const T* x, const float* dy, float* dx, int64_t count, const Strides& st,
+                                     const float* alpha, const float* beta, const float* delta, bool add) {
   const GradCoefficients k{load16(alpha), load16(beta), load16(delta)};
-  add ? grad_apply_span<T, true>(x, dy, dx, count, k) : grad_apply_span<T, false>(x, dy, dx, count, k);
+  add ? grad_apply_span<T, true>(x, dy, dx, count, st, k) : grad_apply_span<T, false>(x, dy, dx, count, st, k);
 }
 
 // The compiled entry points, one per combination the models use.
-DIFFUFLOW_SPAN_CLONES void stats_f32(const float* x, int64_t count, double* s, double* q) {
-  stats_span(x, count, s, q);
+DIFFUFLOW_SPAN_CLONES void stats_f32(const float* x, int64_t count, int64_t xs, double* s, double* q) {
+  stats_span(x, count, xs, s, q);
 }
-DIFFUFLOW_SPAN_CLONES void stats_bf16(const uint16_t* x, int64_t count, double* s, double* q) {
-  stats_span(x, count, s, q);
+DIFFUFLOW_SPAN_CLONES void stats_bf16(const uint16_t* x, int64_t count, int64_t xs, double* s, double* q) {
+  stats_span(x, count, xs, s, q);
 }
-DIFFUFLOW_SPAN_CLONES void apply_f32(const float* x, float* y, int64_t count, const float* a, const float* b,
-                                     bool silu) {
-  silu ? apply_span<float, true>(x, y, count, a, b) : apply_span<float, false>(x, y, count, a, b);
+DIFFUFLOW_SPAN_CLONES void apply_f32(const float* x, float* y, int64_t count, int64_t xs, int64_t ys, const float* a,
+                                     const float* b, bool silu) {
+  silu ? apply_span<float, true>(x, y, count, xs, ys, a, b) : apply_span<float, false>(x, y, count, xs, ys, a, b);
 }
-DIFFUFLOW_SPAN_CLONES void apply_bf16(const uint16_t* x, uint16_t* y, int64_t count, const float* a, const float* b,
-                                      bool silu) {
-  silu ? apply_span<uint16_t, true>(x, y, count, a, b)
-       : apply_span<uint16_t, false>(x, y, count, a, b);
+DIFFUFLOW_SPAN_CLONES void apply_bf16(const uint16_t* x, uint16_t* y, int64_t count, int64_t xs, int64_t ys,
+                                      const float* a, const float* b, bool silu) {
+  silu ? apply_span<uint16_t, true>(x, y, count, xs, ys, a, b)
+       : apply_span<uint16_t, false>(x, y, count, xs, ys, a, b);
 }
-DIFFUFLOW_SPAN_CLONES void grad_sums_f32(const float* x, const float* dz, float* dy, int64_t count, const float* a,
-                                         const float* b, bool silu, double* s1, double* sx, double* sdx) {
-  grad_sums_any(x, dz, dy, count, a, b, silu, s1, sx, sdx);
+DIFFUFLOW_SPAN_CLONES void grad_sums_f32(const float* x, const float* dz, float* dy, int64_t count, const Strides& st,
+                                         const float* a, const float* b, bool silu, double* s1, double* sx,
+                                         double* sdx) {
+  grad_sums_any(x, dz, dy, count, st, a, b, silu, s1, sx, sdx);
 }
-DIFFUFLOW_SPAN_CLONES void grad_sums_bf16(const uint16_t* x, const float* dz, float* dy, int64_t count, const float* a,
-                                          const float* b, bool silu, double* s1, double* sx, double* sdx) {
-  grad_sums_any(x, dz, dy, count, a, b, silu, s1, sx, sdx);
+DIFFUFLOW_SPAN_CLONES void grad_sums_bf16(const uint16_t* x, const float* dz, float* dy, int64_t count,
+                                          const Strides& st, const float* a, const float* b, bool silu, double* s1,
+                                          double* sx, double* sdx) {
+  grad_sums_any(x, dz, dy, count, st, a, b, silu, s1, sx, sdx);
 }
 DIFFUFLOW_SPAN_CLONES void grad_apply_f32(const float* x, const float* dy, float* dx, int64_t count,
-                                          const float* alpha, const float* beta, const float* delta, bool add) {
-  grad_apply_any(x, dy, dx, count, alpha, beta, delta, add);
+                                          const Strides& st, const float* alpha, const float* beta,
+                                          const float* delta, bool add) {
+  grad_apply_any(x, dy, dx, count, st, alpha, beta, delta, add);
 }
 DIFFUFLOW_SPAN_CLONES void grad_apply_bf16(const uint16_t* x, const float* dy, float* dx, int64_t count,
-                                           const float* alpha, const float* beta, const float* delta, bool add) {
-  grad_apply_any(x, dy, dx, count, alpha, beta, delta, add);
+                                           const Strides& st, const float* alpha, const float* beta,
+                                           const float* delta, bool add) {
+  grad_apply_any(x, dy, dx, count, st, alpha, beta, delta, add);
 }
 
 #ifdef DIFFUFLOW_VECTOR16_CLONES
 // The bf16 entry points again, converting with AVX512-BF16's instructions.
-DIFFUFLOW_BF16_ENTRY void stats_bf16_isa(const uint16_t* x, int64_t count, double* s, double* q) {
-  stats_span(reinterpret_cast<const bf16_bits*>(x), count, s, q);
+DIFFUFLOW_BF16_ENTRY void stats_bf16_isa(const uint16_t* x, int64_t count, int64_t xs, double* s, double* q) {
+  stats_span(reinterpret_cast<const bf16_bits*>(x), count, xs, s, q);
 }
-DIFFUFLOW_BF16_ENTRY void apply_bf16_isa(const uint16_t* x, uint16_t* y, int64_t count, const float* a,
-                                         const float* b, bool silu) {
+DIFFUFLOW_BF16_ENTRY void apply_bf16_isa(const uint16_t* x, uint16_t* y, int64_t count, int64_t xs, int64_t ys,
+                                         const float* a, const float* b, bool silu) {
   const auto* in = reinterpret_cast<const bf16_bits*>(x);
   auto* out = reinterpret_cast<bf16_bits*>(y);
-  silu ? apply_span<bf16_bits, true>(in, out, count, a, b) : apply_span<bf16_bits, false>(in, out, count, a, b);
+  silu ? apply_span<bf16_bits, true>(in, out, count, xs, ys, a, b)
+       : apply_span<bf16_bits, false>(in, out, count, xs, ys, a, b);
 }
 DIFFUFLOW_BF16_ENTRY void grad_sums_bf16_isa(const uint16_t* x, const float* dz, float* dy, int64_t count,
-                                             const float* a, const float* b, bool silu, double* s1, double* sx,
-                                             double* sdx) {
-  grad_sums_any(reinterpret_cast<const bf16_bits*>(x), dz, dy, count, a, b, silu, s1, sx, sdx);
+                                             const Strides& st, const float* a, const float* b, bool silu,
+                                             double* s1, double* sx, double* sdx) {
+  grad_sums_any(reinterpret_cast<const bf16_bits*>(x), dz, dy, count, st, a, b, silu, s1, sx, sdx);
 }
 DIFFUFLOW_BF16_ENTRY void grad_apply_bf16_isa(const uint16_t* x, const float* dy, float* dx, int64_t count,
-                                              const float* alpha, const float* beta, const float* delta, bool add) {
-  grad_apply_any(reinterpret_cast<const bf16_bits*>(x), dy, dx, count, alpha, beta, delta, add);
+                                              const Strides& st, const float* alpha, const float* beta,
+                                              const float* delta, bool add) {
+  grad_apply_any(reinterpret_cast<const bf16_bits*>(x), dy, dx, count, st, alpha, beta, delta, add);
 }
 #endif
 
@@ -258,9 +274,12 @@ const Bf16Spans& bf16_spans() {
 
 // --- the work split -----------------------------------------------------------
 //
-// A unit is the contiguous run that one coefficient vector covers: a
-// (sample, 16-channel block) of nChw16c, or a (sample, channel) row of the
-// plain layout. Units are cut into chunks of whole 16-element vectors so that
+// A unit is the run that one coefficient vector covers: a (sample, 16-channel
+// block) of nChw16c (contiguous) or of nhwc (the block's 16 channels at each
+// position, a row of channels apart), or a (sample, channel) row of the plain
+// layout. Items count elements in nChw16c's order whatever the layout (their
+// `at`), so the two 16-channel layouts split and sum alike; y_at and
+// source() place them in memory. Units are cut into chunks of whole 16-element vectors so that
 // there are at least kMinItems items whatever the batch: a sampler's batch of
 // one still spreads over the cores. A sample's items are consecutive. Each
 // item sums into lanes of its own, and a channel's sums gather its sample's
@@ -271,14 +290,16 @@ constexpr int64_t kMinItems = 64;
 struct Split {
   int64_t units = 0, elements = 0, vectors = 0, chunks = 1, blocks = 0, units_per_sample = 0, units_first = 0;
   Layout layout = Layout::plain;
-  int64_t c = 0;
+  int64_t c = 0, spatial = 0, c_first = 0;
 
-  explicit Split(const Shape& s) : layout(s.layout), c(s.c) {
+  explicit Split(const Shape& s)
+      : layout(s.layout), c(s.c), spatial(s.spatial), c_first(s.c_first <= 0 ? s.c : s.c_first) {
+    const bool wide = s.layout != Layout::plain;
     blocks = (s.c + kLanes - 1) / kLanes;
-    units_per_sample = s.layout == Layout::blocked16 ? blocks : s.c;
-    units_first = s.c_first <= 0 ? units_per_sample : s.layout == Layout::blocked16 ? s.c_first / kLanes : s.c_first;
+    units_per_sample = wide ? blocks : s.c;
+    units_first = s.c_first <= 0 ? units_per_sample : wide ? s.c_first / kLanes : s.c_first;
     units = s.n * units_per_sample;
-    elements = s.layout == Layout::blocked16 ? s.spatial * kLanes : s.spatial;
+    elements = wide ? s.spatial * kLanes : s.spatial;
     vectors = (elements + kLanes - 1) / kLanes;
     chunks = std::max<int64_t>(1, std::min(vectors, (kMinItems + units - 1) / units));
   }
@@ -296,21 +317,36 @@ struct Split {
     const int64_t end = std::min(elements, (k + 1) * vectors / chunks * kLanes);
     return {unit, unit * elements + begin, end - begin};
   }
+  bool channels_last() const { return layout == Layout::channels_last16; }
+  // Where an item's elements are in a tensor of all C channels (y and the
+  // gradients of y), and the stride between its positions there.
+  int64_t y_at(const Item& it) const {
+    if (!channels_last()) return it.at;
+    const int64_t n = it.unit / blocks, k = it.unit % blocks, position = (it.at - it.unit * elements) / kLanes;
+    return (n * spatial + position) * c + k * kLanes;
+  }
+  int64_t y_stride() const { return channels_last() ? c : kLanes; }
   // Where an item's elements are in the sources: the first (x) or the second
-  // (x2), and the offset there. With one source, x at the item's offset.
+  // (x2), the offset there, and the stride between positions. With one
+  // source, x where y_at places the item.
   struct Source {
     bool second;
-    int64_t at;
+    int64_t at, stride;
   };
   Source source(const Item& it) const {
     const int64_t n = it.unit / units_per_sample, k = it.unit % units_per_sample, begin = it.at - it.unit * elements;
-    if (k < units_first) return {false, (n * units_first + k) * elements + begin};
-    return {true, (n * (units_per_sample - units_first) + k - units_first) * elements + begin};
+    const bool second = k >= units_first;
+    if (channels_last()) {
+      const int64_t channels = second ? c - c_first : c_first, block = second ? k - units_first : k;
+      return {second, (n * spatial + begin / kLanes) * channels + block * kLanes, channels};
+    }
+    if (!second) return {false, (n * units_first + k) * elements + begin, kLanes};
+    return {true, (n * (units_per_sample - units_first) + k - units_first) * elements + begin, kLanes};
   }
   // The 16 lanes' values, for a unit, of per-channel numbers `per_c` of the
   // unit's sample (0 past C).
   void lanes(int64_t unit, const float* per_c, float* out) const {
-    if (layout == Layout::blocked16) {
+    if (layout != Layout::plain) {
       const int64_t first = unit % blocks * kLanes;
       for (int l = 0; l < kLanes; ++l) out[l] = first + l < c ? per_c[first + l] : 0.0f;
     } else {
@@ -319,7 +355,7 @@ struct Split {
   }
   // Adds a unit's 16 lane sums into its sample's per-channel sums.
   void gather(int64_t unit, const double* lane_sums, double* per_c) const {
-    if (layout == Layout::blocked16) {
+    if (layout != Layout::plain) {
       const int64_t first = unit % blocks * kLanes;
       for (int l = 0; l < kLanes && first + l < c; ++l) per_c[first + l] += lane_sums[l];
     } else {
@@ -359,7 +395,7 @@ int64_t l2_cache_bytes() {
 }
 
 int64_t sample_elements(const Shape& s) {
-  return s.spatial * (s.layout == Layout::blocked16 ? (s.c + kLanes - 1) / kLanes * kLanes : s.c);
+  return s.spatial * (s.layout != Layout::plain ? (s.c + kLanes - 1) / kLanes * kLanes : s.c);
 }
 
 float shift_at(const float* shift, int64_t i) { return shift ? shift[i] : 0.0f; }
@@ -394,9 +430,9 @@ struct ForwardPasses {
     const Split::Source src = split.source(it);
     const void* x = src.second ? f.x2 : f.x;
     if (f.type == DataType::bf16)
-      spans.stats(static_cast<const uint16_t*>(x) + src.at, it.count, sums, sums + kLanes);
+      spans.stats(static_cast<const uint16_t*>(x) + src.at, it.count, src.stride, sums, sums + kLanes);
     else
-      stats_f32(static_cast<const float*>(x) + src.at, it.count, sums, sums + kLanes);
+      stats_f32(static_cast<const float*>(x) + src.at, it.count, src.stride, sums, sums + kLanes);
   }
 
   // Sample n's group statistics of u = x + t from its per-channel sums
@@ -428,11 +464,13 @@ struct ForwardPasses {
     split.lanes(it.unit, b, lb);
     const Split::Source src = split.source(it);
     const void* x = src.second ? f.x2 : f.x;
+    const int64_t y_at = split.y_at(it), ys = split.y_stride();
     if (f.type == DataType::bf16)
-      spans.apply(static_cast<const uint16_t*>(x) + src.at, static_cast<uint16_t*>(f.y) + it.at, it.count, la, lb,
-                  f.silu);
+      spans.apply(static_cast<const uint16_t*>(x) + src.at, static_cast<uint16_t*>(f.y) + y_at, it.count, src.stride,
+                  ys, la, lb, f.silu);
     else
-      apply_f32(static_cast<const float*>(x) + src.at, static_cast<float*>(f.y) + it.at, it.count, la, lb, f.silu);
+      apply_f32(static_cast<const float*>(x) + src.at, static_cast<float*>(f.y) + y_at, it.count, src.stride, ys, la,
+                lb, f.silu);
   }
 };
 
@@ -444,8 +482,8 @@ struct BackwardPasses {
   const Bf16Spans& spans;
 
   // Item i's lane sums of dy, x and dy x ([3][16], overwritten); with SiLU
-  // dy is written at `dy` (the item's elements).
-  void sums(int64_t i, const float* a, const float* b, float* dy, double* out) const {
+  // dy is written at `dy` (the item's elements, `dy_stride` apart).
+  void sums(int64_t i, const float* a, const float* b, float* dy, int64_t dy_stride, double* out) const {
     std::fill(out, out + 3 * kLanes, 0.0);
     const Split::Item it = split.item(i);
     float la[kLanes], lb[kLanes];
@@ -453,12 +491,14 @@ struct BackwardPasses {
     split.lanes(it.unit, b, lb);
     const Split::Source src = split.source(it);
     const void* x = src.second ? bw.x2 : bw.x;
+    const Strides st{src.stride, split.y_stride(), dy_stride, kLanes};
+    const float* dz = bw.dz + split.y_at(it);
     if (bw.type == DataType::bf16)
-      spans.grad_sums(static_cast<const uint16_t*>(x) + src.at, bw.dz + it.at, dy, it.count, la, lb, bw.silu, out,
+      spans.grad_sums(static_cast<const uint16_t*>(x) + src.at, dz, dy, it.count, st, la, lb, bw.silu, out,
                       out + kLanes, out + 2 * kLanes);
     else
-      grad_sums_f32(static_cast<const float*>(x) + src.at, bw.dz + it.at, dy, it.count, la, lb, bw.silu, out,
-                    out + kLanes, out + 2 * kLanes);
+      grad_sums_f32(static_cast<const float*>(x) + src.at, dz, dy, it.count, st, la, lb, bw.silu, out, out + kLanes,
+                    out + 2 * kLanes);
   }
 
   // From sample n's per-channel sums ([3][C]: dy, x, dy x): per group A and
@@ -498,9 +538,10 @@ struct BackwardPasses {
     }
   }
 
-  // dx over item i from dy (the item's elements at `dy`) and its sample's
-  // coefficients.
-  void apply(int64_t i, const float* dy, const float* alpha, const float* beta, const float* delta) const {
+  // dx over item i from dy (the item's elements at `dy`, `dy_stride` apart)
+  // and its sample's coefficients.
+  void apply(int64_t i, const float* dy, int64_t dy_stride, const float* alpha, const float* beta,
+             const float* delta) const {
     const Split::Item it = split.item(i);
     float lal[kLanes], lbe[kLanes], lde[kLanes];
     split.lanes(it.unit, alpha, lal);
@@ -511,10 +552,11 @@ struct BackwardPasses {
     float* dx = src.second ? bw.dx2 : bw.dx;
     const bool add = src.second ? bw.dx2_add : bw.dx_add;
     if (!dx) return;
+    const Strides st{src.stride, kLanes, dy_stride, src.stride};
     if (bw.type == DataType::bf16)
-      spans.grad_apply(static_cast<const uint16_t*>(x) + src.at, dy, dx + src.at, it.count, lal, lbe, lde, add);
+      spans.grad_apply(static_cast<const uint16_t*>(x) + src.at, dy, dx + src.at, it.count, st, lal, lbe, lde, add);
     else
-      grad_apply_f32(static_cast<const float*>(x) + src.at, dy, dx + src.at, it.count, lal, lbe, lde, add);
+      grad_apply_f32(static_cast<const float*>(x) + src.at, dy, dx + src.at, it.count, st, lal, lbe, lde, add);
   }
 };
 
@@ -610,18 +652,19 @@ void backward(const Backward& bw) {
         const int64_t first = n * split.sample_elements();
         // The dy of an item: in the scratch (with SiLU), else dz itself.
         const auto dy = [&](int64_t j) {
-          const int64_t at = split.item(n * per_sample + j).at;
-          return bw.silu ? scratch.data() + (at - first) : bw.dz + at;
+          const Split::Item it = split.item(n * per_sample + j);
+          return bw.silu ? scratch.data() + (it.at - first) : bw.dz + split.y_at(it);
         };
+        const int64_t dy_stride = bw.silu ? kLanes : split.y_stride();
         affine_coefficients(bw, n, a.data(), b.data());
         for (int64_t j = 0; j < per_sample; ++j)
-          passes.sums(n * per_sample + j, a.data(), b.data(), dy(j), &partial[sz(j * 3 * kLanes)]);
+          passes.sums(n * per_sample + j, a.data(), b.data(), dy(j), dy_stride, &partial[sz(j * 3 * kLanes)]);
         split.gather_sample(n, partial.data(), 3, sums.data());
         passes.coefficients(n, sums.data(), alpha.data(), beta.data(), delta.data(), &dgamma_parts[sz(n * s.c)],
                             &dbeta_parts[sz(n * s.c)]);
         if (bw.dx || bw.dx2)
           for (int64_t j = 0; j < per_sample; ++j)
-            passes.apply(n * per_sample + j, dy(j), alpha.data(), beta.data(), delta.data());
+            passes.apply(n * per_sample + j, dy(j), dy_stride, alpha.data(), beta.data(), delta.data());
       }
     }
   } else {
@@ -633,7 +676,8 @@ void backward(const Backward& bw) {
 #pragma omp parallel for schedule(static)
     for (int64_t i = 0; i < split.items(); ++i) {
       const int64_t n = split.sample_of_item(i);
-      passes.sums(i, &a[sz(n * s.c)], &b[sz(n * s.c)], bw.dz + split.item(i).at, &partial[sz(i * 3 * kLanes)]);
+      passes.sums(i, &a[sz(n * s.c)], &b[sz(n * s.c)], bw.dz + split.y_at(split.item(i)), split.y_stride(),
+                  &partial[sz(i * 3 * kLanes)]);
     }
     // 2. Each sample's coefficients of dx.
     std::vector<double> sums(sz(3 * s.c));
@@ -648,7 +692,7 @@ void backward(const Backward& bw) {
 #pragma omp parallel for schedule(static)
       for (int64_t i = 0; i < split.items(); ++i) {
         const size_t at = sz(split.sample_of_item(i) * s.c);
-        passes.apply(i, bw.dz + split.item(i).at, &alpha[at], &beta[at], &delta[at]);
+        passes.apply(i, bw.dz + split.y_at(split.item(i)), split.y_stride(), &alpha[at], &beta[at], &delta[at]);
       }
     }
   }

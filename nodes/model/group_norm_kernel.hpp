@@ -37,13 +37,15 @@ namespace diffuflow::group_norm_kernel {
 
 // plain: [N, C, spatial] contiguous. blocked16: [N, ceil(C/16), spatial, 16]
 // (oneDNN's nChw16c), channels past C being padding that is written as 0.
-enum class Layout { plain, blocked16 };
+// channels_last16: [N, spatial, C] (oneDNN's nhwc), C a multiple of 16. The
+// two 16-channel layouts give the same results to the bit.
+enum class Layout { plain, blocked16, channels_last16 };
 enum class DataType { f32, bf16 };
 
 // With two sources (Forward::x2), x holds the first c_first channels and x2
 // the other c - c_first, each in the layout with its own channel count (in
-// blocked16, c_first a multiple of 16): the norm of their concatenation,
-// which is never written. 0: one source.
+// blocked16, c_first a multiple of 16; in channels_last16 both): the norm of
+// their concatenation, which is never written. 0: one source.
 struct Shape {
   int64_t n = 0, c = 0, spatial = 0, groups = 0;
   Layout layout = Layout::plain;

@@ -27,21 +27,39 @@ void require(bool ok, const std::string& what) {
 
 bool is_reference(const char* impl) { return std::string(impl).rfind("ref", 0) == 0; }
 
+bool is_channels_last(const dnnl::memory::desc& x_md) {
+  const dims xs = x_md.dims();
+  return xs.size() == 4 && xs[1] > 1 && x_md == dnnl::memory::desc(xs, x_md.data_type(), tag::nhwc);
+}
+
 dnnl::memory::desc per_sample_channels(const dnnl::memory::desc& x_md) {
   const dims xs = x_md.dims();
+  if (is_channels_last(x_md)) return dnnl::memory::desc({xs[0], xs[2] * xs[3], xs[1]}, x_md.data_type(), tag::abc);
   if (xs.size() == 4 && is_channel_blocked(x_md))
     return dnnl::memory::desc({1, xs[0] * xs[1], xs[2], xs[3]}, x_md.data_type(), tag::nChw16c);
   return dnnl::memory::desc({1, xs[0] * xs[1], product(xs, 2), 1}, x_md.data_type(), tag::nchw);
 }
 
 dnnl::memory::desc per_channel_operand(const dnnl::memory::desc& view_md) {
-  const int64_t nc = view_md.dims()[1];
+  const dims v = view_md.dims();
+  if (v.size() == 3) return plain_f32({v[0], 1, v[2]});
+  const int64_t nc = v[1];
   if (is_channel_blocked(view_md)) return dnnl::memory::desc({1, nc, 1, 1}, dnnl::memory::data_type::f32, tag::nChw16c);
   return plain_f32({1, nc, 1, 1});
 }
 
 dnnl::memory data_as_f32(Program& p, ValueId x) {
   return p.reorder_if_needed(p.data(x), p.grad_desc(x), /*in_backward=*/true);
+}
+
+ValueId relayout(Program& p, ValueId x, const dnnl::memory::desc& want) {
+  if (p.desc(x) == want) return x;
+  const ValueId y = p.new_value(want, true);
+  p.copy(p.data(x), p.data(y), false);
+  p.on_backward([=](Program& p) {
+    if (p.needs_grad(x)) p.contribute(x, p.grad(y));
+  });
+  return y;
 }
 
 dnnl::memory ones(Program& p, const dims& shape) {
@@ -51,16 +69,19 @@ dnnl::memory ones(Program& p, const dims& shape) {
 
 void append_channel_sums(Program& p, const dnnl::memory& src, const dnnl::memory::desc& x_md, const dnnl::memory& dst) {
   // sum[n,c] = sum over H, W of src: a matmul with a vector of ones.
-  //   plain:   [N*C, S] x [S, 1]            -> [N*C, 1]
-  //   blocked: [1, 1, S] x [N*C/16, S, 16]  -> [N*C/16, 1, 16] (= plain [N, C])
+  //   plain:         [N*C, S] x [S, 1]            -> [N*C, 1]
+  //   blocked:       [1, 1, S] x [N*C/16, S, 16]  -> [N*C/16, 1, 16] (= plain [N, C])
+  //   channels-last: [1, 1, S] x [N, S, C]        -> [N, 1, C]
   const dims xs = x_md.dims();
   const int64_t nc = xs[0] * xs[1], spatial = product(xs, 2);
   const auto attr = user_scratchpad_attr();
-  const bool blocked = is_channel_blocked(x_md);
+  const bool channels_last = is_channels_last(x_md);
+  const bool blocked = channels_last || is_channel_blocked(x_md);
   const dnnl::memory ones = layer_util::ones(p, blocked ? dims{1, 1, spatial} : dims{spatial, 1});
   if (blocked) {
-    const auto src_md = plain_f32({nc / 16, spatial, 16});
-    const auto out_md = plain_f32({nc / 16, 1, 16});
+    const int64_t batch = channels_last ? xs[0] : nc / 16, lanes = channels_last ? xs[1] : 16;
+    const auto src_md = plain_f32({batch, spatial, lanes});
+    const auto out_md = plain_f32({batch, 1, lanes});
     dnnl::matmul::primitive_desc mm(dnnl::matmul::desc(ones.get_desc(), src_md, out_md), attr, p.engine());
     p.backward(p.make<dnnl::matmul>(mm),
                {{DNNL_ARG_SRC, ones}, {DNNL_ARG_WEIGHTS, view(src, src_md)}, {DNNL_ARG_DST, view(dst, out_md)}});
@@ -168,10 +189,11 @@ void append_conv_input_grad(Program& p, const dnnl::convolution_backward_data::p
 
 // A bf16 convolution's forward descriptor and the layout of its input and
 // output: channels-last where oneDNN runs it on AMX (which only that layout
-// has), else channel-blocked nChw16c where the jit kernels take it forward
-// and backward (that layout is the f32 activations', so the convolution
-// writes its output in place and adds a residual as a post-op), else
-// channels-last. The backward passes run in `backward_layout` (the program's
+// has) or where the program's activations are channels-last and oneDNN has a
+// fast kernel for it, else channel-blocked nChw16c where the jit kernels take
+// it forward and backward, else channels-last. In the activations' layout
+// the convolution writes its output in place and adds a residual as a
+// post-op. The backward passes run in `backward_layout` (the program's
 // Bf16Backward where oneDNN has fast kernels for it, else `layout`), with
 // `backward_hint` the forward descriptor of that layout.
 struct Bf16Conv {
@@ -218,8 +240,9 @@ std::optional<Bf16Conv> bf16_conv(const Program& p, const dims& xs, const dims& 
   const bool amx = fast(last) && std::string(last.impl_info_str()).find("amx") != std::string::npos;
   // The channel-blocked forward only where it may run: without AMX, or for a blocked backward.
   const bool want_blocked = !amx || (p.training() && p.bf16_backward() == Bf16Backward::blocked);
+  // (A channels-last program without AMX builds it too, for its fallback.)
   const auto blocked = want_blocked ? forward(tag::nChw16c) : dnnl::convolution_forward::primitive_desc();
-  if (amx) {
+  if (amx || (p.activation_layout() == ActivationLayout::channels_last && fast(last))) {
     found = Bf16Conv{last, tag::nhwc, last, tag::nhwc};
   } else if (fast(blocked) && fast_backward(tag::nChw16c, blocked)) {
     found = Bf16Conv{blocked, tag::nChw16c, blocked, tag::nChw16c};
@@ -246,16 +269,17 @@ std::optional<Bf16Conv> bf16_conv(const Program& p, const dims& xs, const dims& 
 // The bf16 convolution (Precision::bf16): x and the weights are rounded to
 // bf16 copies in bf16_conv's layout; the convolution accumulates in f32 and
 // writes the program's activation type (bf16 where activation_type() says
-// so, else f32) in the same layout: channel-blocked straight into the activation,
-// channels-last through a reorder into it. Backward, in bf16_conv's backward
+// so, else f32) in the same layout: straight into the activation where that
+// is the activations' layout, else through a reorder into it. Backward, in bf16_conv's backward
 // layout: dy is rounded to bf16 in it; the input gradient comes back f32 and
 // the weight and bias gradients are f32. The bf16 copy of x is kept from
 // forward for the weight gradient (reordered there when the layouts differ).
 // Returns no value (the caller runs f32) when bf16_conv finds none for the
 // shape. A residual in the activation layout (either type) is added as the
-// output is written (`fused` set): by a binary post-op (channel-blocked), or,
-// when no later step reads the residual (`residual_spent`), by the reorder
-// out of channels-last adding into the residual's memory.
+// output is written (`fused` set): by a binary post-op (in the activations'
+// layout), or, when no later step reads the residual (`residual_spent`), by
+// the reorder out of the convolution's layout adding into the residual's
+// memory.
 std::optional<ValueId> conv2d_bf16(Program& p, ValueId x, const ParamRef& weight, const ParamRef& bias,
                                    const dims& ys, const dims& strides, const dims& pads, const dims& pads_end,
                                    ValueId residual, bool residual_spent, bool& fused) {
@@ -263,7 +287,8 @@ std::optional<ValueId> conv2d_bf16(Program& p, ValueId x, const ParamRef& weight
   const auto found = bf16_conv(p, xs, weight.shape, ys, strides, pads, pads_end, !bias.shape.empty());
   if (!found) return std::nullopt;
   const tag layout = found->layout;
-  const bool blocked = layout == tag::nChw16c;
+  // Whether the convolution's layout is the activations'.
+  const bool direct = dnnl::memory::desc(ys, dt::f32, layout) == p.activation_desc(ys);
   dnnl::convolution_forward::primitive_desc fwd_pd = found->pd;
   const dnnl::memory::desc xb_md(xs, dt::bf16, layout);
   const dnnl::memory::desc wb_any(weight.shape, dt::bf16, tag::any);
@@ -274,7 +299,7 @@ std::optional<ValueId> conv2d_bf16(Program& p, ValueId x, const ParamRef& weight
   const dnnl::memory xb = p.reorder_if_needed(p.data(x), xb_md, false);
   const dnnl::memory wb = p.param_as(weight.offset, w_plain, fwd_pd.weights_desc());
   const bool has_residual = residual >= 0 && residual != x &&
-                            p.desc(residual) == activation_desc(ys, p.desc(residual).data_type());
+                            p.desc(residual) == p.activation_desc(ys, p.desc(residual).data_type());
   // The convolution writing `out` (+ the residual as a binary post-op), or
   // nothing where oneDNN has no fast kernel for that or picks other weights.
   auto make_run = [&](const dnnl::memory::desc& out, bool add_residual) {
@@ -293,7 +318,7 @@ std::optional<ValueId> conv2d_bf16(Program& p, ValueId x, const ParamRef& weight
     return fast ? std::optional<dnnl::convolution_forward::primitive_desc>(pd) : std::nullopt;
   };
   dnnl::memory::desc y_out_md(ys, p.activation_type(), layout);
-  const bool with_post_op = blocked && has_residual;
+  const bool with_post_op = direct && has_residual;
   auto run = make_run(y_out_md, with_post_op);
   if (!run && y_out_md.data_type() != dt::f32) {
     y_out_md = dnnl::memory::desc(ys, dt::f32, layout);
@@ -305,11 +330,11 @@ std::optional<ValueId> conv2d_bf16(Program& p, ValueId x, const ParamRef& weight
     run = fwd_pd;
   }
   const dnnl::convolution_forward::primitive_desc run_pd = *run;
-  // Channels-last: the reorder out of the convolution's output adds into the spent residual.
-  const bool add_into = !blocked && has_residual && residual_spent;
+  // Another layout: the reorder out of the convolution's output adds into the spent residual.
+  const bool add_into = !direct && has_residual && residual_spent;
   fused = fused || add_into;
   ValueId y;
-  if (blocked) {
+  if (direct) {
     y = p.new_value(y_out_md, true);
     Args args{{DNNL_ARG_SRC, xb}, {DNNL_ARG_WEIGHTS, wb}, {DNNL_ARG_DST, p.data(y)}};
     if (!bias.shape.empty()) args[DNNL_ARG_BIAS] = p.param(bias.offset, b_md);
@@ -320,7 +345,7 @@ std::optional<ValueId> conv2d_bf16(Program& p, ValueId x, const ParamRef& weight
     Args args{{DNNL_ARG_SRC, xb}, {DNNL_ARG_WEIGHTS, wb}, {DNNL_ARG_DST, y_out}};
     if (!bias.shape.empty()) args[DNNL_ARG_BIAS] = p.param(bias.offset, b_md);
     p.forward(p.make<dnnl::convolution_forward>(run_pd), std::move(args));
-    y = add_into ? p.overwrite(residual, true) : p.new_value(activation_desc(ys, y_out_md.data_type()), true);
+    y = add_into ? p.overwrite(residual, true) : p.new_value(p.activation_desc(ys, y_out_md.data_type()), true);
     p.copy(y_out, p.data(y), false, /*accumulate=*/add_into);
   }
 
@@ -390,7 +415,7 @@ ValueId conv2d_impl(Program& p, ValueId x, const ParamRef& weight, const ParamRe
   if (auto y = conv2d_bf16(p, x, weight, bias, {xs[0], co, ho, wo}, {stride, stride}, {padding, padding},
                            {padding_end, padding_end}, residual, residual_spent, fused))
     return *y;
-  auto y_md = activation_desc({xs[0], co, ho, wo});
+  auto y_md = p.activation_desc({xs[0], co, ho, wo});
   const auto w_plain = param_desc(weight);
   const dnnl::memory::desc w_any(weight.shape, dt::f32, tag::any);
   const auto b_md = bias_desc(bias, co);
@@ -414,7 +439,7 @@ ValueId conv2d_impl(Program& p, ValueId x, const ParamRef& weight, const ParamRe
   // reference kernel: then on plain tensors.
   // A bf16 input (a bf16 program's activation) is read through an f32
   // copy, and the output is f32.
-  auto x_md = p.desc(x).data_type() == dt::f32 ? p.desc(x) : activation_desc(xs);
+  auto x_md = p.desc(x).data_type() == dt::f32 ? p.desc(x) : p.activation_desc(xs);
   // `alg` becomes the algorithm the forward got.
   auto fwd_pd = with_direct_fallback(alg, [&](algorithm a, bool allow_empty) {
     auto pd = make_fwd_with(a, x_md, y_md, attr, allow_empty);
@@ -721,10 +746,10 @@ ValueId group_norm_impl(Program& p, ValueId x, const ParamRef& weight, const Par
   const dt type = x_md.data_type();
   require(type == dt::f32 || (type == dt::bf16 && (!p.training() || p.native_kernels())),
           "group_norm takes f32 inputs (bf16 in inference programs, or with the native kernel)");
+  if (p.native_kernels()) return native_group_norm_act(p, x, weight, bias, groups, eps, fused, shift);
   require(x_md == dnnl::memory::desc(xs, type, plain_format(xs.size())) ||
               (xs.size() == 4 && x_md == dnnl::memory::desc(xs, type, tag::nChw16c)),
-          "group_norm takes plain or nChw16c inputs");
-  if (p.native_kernels()) return native_group_norm_act(p, x, weight, bias, groups, eps, fused, shift);
+          "group_norm takes plain or nChw16c inputs (nhwc with the native kernel)");
   const auto bn_md = per_sample_channels(x_md);
   const auto nc_b = per_channel_operand(bn_md);
   const auto numbers_md = plain_f32({n, c});
@@ -997,13 +1022,14 @@ ValueId add_channel_bias(Program& p, ValueId x, ValueId bias) {
 bool group_norm_reads_two(const Program& p, ValueId a, ValueId b) {
   const dims as = p.shape(a), bs = p.shape(b);
   return p.native_kernels() && as.size() == 4 && bs.size() == 4 && as[0] == bs[0] && as[2] == bs[2] &&
-         as[3] == bs[3] && as[1] % 16 == 0 && is_channel_blocked(p.desc(a)) && is_channel_blocked(p.desc(b)) &&
+         as[3] == bs[3] && p.in_activation_layout(p.desc(a)) && p.in_activation_layout(p.desc(b)) &&
          p.desc(a).data_type() == p.desc(b).data_type();
 }
 
 ValueId group_norm_act_two(Program& p, ValueId a, ValueId b, const ParamRef& weight, const ParamRef& bias,
                            int64_t groups, float eps, Activation act) {
-  require(group_norm_reads_two(p, a, b), "group_norm of two sources: needs the native kernel and nChw16c inputs");
+  require(group_norm_reads_two(p, a, b),
+          "group_norm of two sources: needs the native kernel and inputs in the activations' 16-channel layout");
   require((p.shape(a)[1] + p.shape(b)[1]) % groups == 0, "group_norm channels not divisible by groups");
   return native_group_norm_act(p, a, weight, bias, groups, eps, act, -1, b);
 }
@@ -1021,7 +1047,7 @@ ValueId concat_channels(Program& p, ValueId a, ValueId b) {
   // activations, next to an f32 one such as the first convolution's
   // output), the other converted.
   const dt type = p.desc(a).data_type() == p.desc(b).data_type() ? p.desc(a).data_type() : dt::bf16;
-  const auto y_md = as[1] % 16 == 0 ? activation_desc(ys, type) : with_type(plain_f32(ys), type);
+  const auto y_md = as[1] % 16 == 0 ? p.activation_desc(ys, type) : with_type(plain_f32(ys), type);
   const dnnl::memory a_mem = p.reorder_if_needed(p.data(a), with_type(p.desc(a), type), false);
   const dnnl::memory b_mem = p.reorder_if_needed(p.data(b), with_type(p.desc(b), type), false);
   dnnl::concat::primitive_desc pd(y_md, 1, {a_mem.get_desc(), b_mem.get_desc()}, p.engine(), user_scratchpad_attr());
@@ -1043,8 +1069,8 @@ ValueId upsample_nearest2x(Program& p, ValueId x) {
   const dims xs = p.shape(x);
   const auto x_md = p.desc(x);
   const dims ys{xs[0], xs[1], 2 * xs[2], 2 * xs[3]};
-  const auto y_md =
-      is_channel_blocked(x_md) ? activation_desc(ys, x_md.data_type()) : with_type(plain_f32(ys), x_md.data_type());
+  const auto y_md = p.in_activation_layout(x_md) ? p.activation_desc(ys, x_md.data_type())
+                                                 : with_type(plain_f32(ys), x_md.data_type());
   const auto attr = user_scratchpad_attr();
   dnnl::resampling_forward::primitive_desc fwd_pd(
       dnnl::resampling_forward::desc(prop_kind::forward_training, algorithm::resampling_nearest, x_md, y_md), attr,
@@ -1084,7 +1110,7 @@ ValueId to_tokens(Program& p, ValueId x) {
 ValueId from_tokens(Program& p, ValueId tokens, const dims& nchw) {
   // [N,S,C] -> [N,C,H,W] in the activation layout
   require(p.shape(tokens) == dims({nchw[0], nchw[2] * nchw[3], nchw[1]}), "from_tokens shape mismatch");
-  const ValueId y = p.new_value(activation_desc(nchw, p.activation_type()), true);
+  const ValueId y = p.new_value(p.activation_desc(nchw, p.activation_type()), true);
   p.copy(view(p.data(tokens), tokens_as_nchw(nchw)), p.data(y), false);
   p.on_backward([=](Program& p) {
     if (!p.needs_grad(tokens)) return;

@@ -40,9 +40,10 @@ void read_norm_args(const Args& a, Step& step) {
 
 ValueId group_norm_native(Program& p, ValueId x, const ParamRef& weight, const ParamRef& bias, int64_t groups,
                           float eps, bool silu, ValueId shift, ValueId x2) {
-  // x [N,C,...] plain or nChw16c, f32 or bf16 -> y, x's descriptor (the
-  // gradients f32 in x's layout). With x2 [N,C2,...] (nChw16c, x's type;
-  // C a multiple of 16): the norm of their concatenation [N,C+C2,...],
+  // x [N,C,...] plain, or nChw16c or nhwc (C a multiple of 16), f32 or bf16
+  // -> y, x's descriptor (the gradients f32 in x's layout). With x2
+  // [N,C2,...] (in x's 16-channel layout and type; C a multiple of 16): the
+  // norm of their concatenation [N,C+C2,...],
   // which is never written. Forward arguments: SRC x, SRC_2 x2, DST y,
   // SCALE gamma, SHIFT beta, SRC_1 the shift [N,C] (plain), MEAN and
   // VARIANCE the group mean and 1/sqrt(var + eps) [N * groups], which
@@ -51,13 +52,23 @@ ValueId group_norm_native(Program& p, ValueId x, const ParamRef& weight, const P
   const dims xs = p.shape(x);
   const auto x_md = p.desc(x);
   const int64_t n = xs[0], c_first = x2 >= 0 ? xs[1] : 0, c = xs[1] + (x2 >= 0 ? p.shape(x2)[1] : 0);
-  const kernel::Shape shape{n, c, product(xs, 2), groups,
-                            is_channel_blocked(x_md) ? kernel::Layout::blocked16 : kernel::Layout::plain, c_first};
+  const bool channels_last =
+      xs.size() == 4 && xs[1] % 16 == 0 && x_md == dnnl::memory::desc(xs, x_md.data_type(), tag::nhwc);
+  const kernel::Layout layout = channels_last                ? kernel::Layout::channels_last16
+                                : is_channel_blocked(x_md) ? kernel::Layout::blocked16
+                                                           : kernel::Layout::plain;
+  require(layout != kernel::Layout::plain || x_md == with_type(plain_f32(xs), x_md.data_type()),
+          "group_norm takes plain, nChw16c or nhwc inputs (nhwc with channels in whole blocks of 16)");
+  const kernel::Shape shape{n, c, product(xs, 2), groups, layout, c_first};
   if (x2 >= 0) {
     const dims x2s = p.shape(x2);
-    require(is_channel_blocked(x_md) && is_channel_blocked(p.desc(x2)) && c_first % 16 == 0 && x2s[0] == n &&
-                product(x2s, 2) == shape.spatial && p.desc(x2).data_type() == x_md.data_type(),
-            "group_norm of two sources takes nChw16c inputs of one type and shape, the first of whole blocks");
+    const auto x2_md = p.desc(x2);
+    const bool same_layout = channels_last ? x2s[1] % 16 == 0 && x2_md == dnnl::memory::desc(x2s, x2_md.data_type(), tag::nhwc)
+                                           : is_channel_blocked(x_md) && is_channel_blocked(x2_md);
+    require(same_layout && c_first % 16 == 0 && x2s[0] == n && product(x2s, 2) == shape.spatial &&
+                x2_md.data_type() == x_md.data_type(),
+            "group_norm of two sources takes inputs of one 16-channel layout, type and shape, the first of whole "
+            "blocks");
   }
   const kernel::DataType type =
       x_md.data_type() == dnnl::memory::data_type::bf16 ? kernel::DataType::bf16 : kernel::DataType::f32;
@@ -67,7 +78,7 @@ ValueId group_norm_native(Program& p, ValueId x, const ParamRef& weight, const P
   const dnnl::memory t = shift >= 0 ? p.reorder_if_needed(p.data(shift), numbers_md, false) : dnnl::memory();
   dims ys = xs;
   ys[1] = c;
-  const ValueId y = p.new_value(x2 >= 0 ? activation_desc(ys, x_md.data_type()) : x_md, true);
+  const ValueId y = p.new_value(x2 >= 0 ? p.activation_desc(ys, x_md.data_type()) : x_md, true);
 
   Args args{{DNNL_ARG_SRC, p.data(x)}, {DNNL_ARG_DST, p.data(y)}, {DNNL_ARG_SCALE, gamma},
             {DNNL_ARG_SHIFT, beta},    {DNNL_ARG_MEAN, mean},    {DNNL_ARG_VARIANCE, rstd}};
@@ -182,7 +193,8 @@ std::optional<ValueId> conv2d_few_channels(Program& p, ValueId x, const ParamRef
   // residual, and a few channels on one side and a multiple of 16 on the
   // other: narrowing (Co few) reads x nChw16c and writes y plain; widening
   // (Ci few) reads x plain and writes y nChw16c. Anything else: nothing (the
-  // caller runs oneDNN's convolution).
+  // caller runs oneDNN's convolution). In a channels-last program the wide
+  // side is reordered to and from nChw16c around the kernel.
   const dims xs = p.shape(x);
   const int64_t ci = xs[1], co = weight.shape[0], k = weight.shape[2];
   const bool narrowing = co <= kFewChannels && ci % 16 == 0, widening = ci <= kFewChannels && co % 16 == 0;
@@ -195,14 +207,14 @@ std::optional<ValueId> conv2d_few_channels(Program& p, ValueId x, const ParamRef
   const auto wide_y_md = dnnl::memory::desc(ys, dnnl::memory::data_type::f32, tag::nChw16c);
   const auto x_md = narrowing ? wide_x_md : plain_f32(xs);
   const auto y_md = narrowing ? plain_f32(ys) : wide_y_md;
-  if (!narrowing && activation_desc(ys) != wide_y_md) return std::nullopt;
   const Program::LayerScope layer(p, "convolution");
   const int64_t few = narrowing ? co : ci, wide = narrowing ? ci : co;
   const double flops = 2.0 * static_cast<double>(xs[0] * g.ho() * g.wo() * co * ci * k * k);
   // A narrowing convolution reads a bf16 input (a bf16 program's activation)
-  // as it is; anything else in x_md's layout and f32.
-  const bool bf16_in = narrowing && p.desc(x) == with_type(wide_x_md, dnnl::memory::data_type::bf16);
-  const dnnl::memory x_mem = bf16_in ? p.data(x) : p.reorder_if_needed(p.data(x), x_md, false);
+  // in bf16, in nChw16c; anything else in x_md's layout and f32.
+  const bool bf16_in = narrowing && p.desc(x).data_type() == dnnl::memory::data_type::bf16;
+  const dnnl::memory x_mem = p.reorder_if_needed(
+      p.data(x), bf16_in ? with_type(wide_x_md, dnnl::memory::data_type::bf16) : x_md, false);
   const dnnl::memory w = p.param(weight.offset, plain_f32(weight.shape)), b = p.param(bias.offset, plain_f32({co}));
   const ValueId y = p.new_value(y_md, true);
   p.native_forward(
@@ -257,6 +269,7 @@ std::optional<ValueId> conv2d_few_channels(Program& p, ValueId x, const ParamRef
     if (dx && dx != s.memory) p.copy(dx, s.memory, true, s.add_into);
     if (s.memory) p.commit(s);
   });
+  if (!narrowing && p.activation_desc(ys) != wide_y_md) return relayout(p, y, p.activation_desc(ys));
   return y;
 }
 

@@ -98,7 +98,7 @@ ValueId avg_pool2x(Program& p, ValueId x) {
   const auto x_md = p.desc(x);
   const dims ys{xs[0], xs[1], xs[2] / 2, xs[3] / 2};
   const auto y_md =
-      is_channel_blocked(x_md) ? activation_desc(ys, x_md.data_type()) : with_type(plain_f32(ys), x_md.data_type());
+      p.in_activation_layout(x_md) ? p.activation_desc(ys, x_md.data_type()) : with_type(plain_f32(ys), x_md.data_type());
   const dims strides{2, 2}, kernel{2, 2}, pads{0, 0};
   const auto attr = user_scratchpad_attr();
   dnnl::pooling_forward::primitive_desc fwd_pd(

@@ -315,9 +315,10 @@ class UNetBuilder {
 }  // namespace
 
 // Programs per (batch, height, width, training, precision, native kernels,
-// convolution algorithm, bf16 backward layout, OpenMP threads: by_shape's
-// choice depends on them).
-using UNetPoolKey = std::tuple<int64_t, int64_t, int64_t, bool, Precision, bool, ConvAlgorithm, Bf16Backward, int>;
+// convolution algorithm, bf16 backward layout, activation layout, OpenMP
+// threads: by_shape's choice depends on them).
+using UNetPoolKey =
+    std::tuple<int64_t, int64_t, int64_t, bool, Precision, bool, ConvAlgorithm, Bf16Backward, ActivationLayout, int>;
 
 struct UNetModel::Workspace {
   UNetPoolKey key;
@@ -411,7 +412,8 @@ ForwardResult UNetModel::forward(const Tensor& x, const Tensor& t, bool for_trai
   const bool native = native_kernels_.load();
   const ConvAlgorithm conv_algorithm = conv_algorithm_.load();
   const Bf16Backward bf16_backward = bf16_backward_.load();
-  const UNetPoolKey key{n, h, w, for_training, precision, native, conv_algorithm, bf16_backward,
+  const ActivationLayout activation_layout = activation_layout_.load();
+  const UNetPoolKey key{n, h, w, for_training, precision, native, conv_algorithm, bf16_backward, activation_layout,
                         omp_get_max_threads()};
   auto ws = pool_->acquire(key, [&](PrimitiveCache& cache) {
     auto made = std::make_unique<Workspace>();
@@ -426,6 +428,7 @@ ForwardResult UNetModel::forward(const Tensor& x, const Tensor& t, bool for_trai
     p.set_native_kernels(native);
     p.set_conv_algorithm(conv_algorithm);
     p.set_bf16_backward(bf16_backward);
+    p.set_activation_layout(activation_layout);
     const auto x_md = plain_f32({n, config_.in_channels, h, w});
     const auto y_md = plain_f32({n, config_.out_channels, h, w});
     made->x = p.new_value(x_md, for_training);

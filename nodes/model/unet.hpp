@@ -62,6 +62,10 @@ class UNetModel : public DenoiserModel {
   // forward's unless set). Programs are built per choice.
   void set_bf16_backward(Bf16Backward layout) { bf16_backward_ = layout; }
   Bf16Backward bf16_backward() const { return bf16_backward_; }
+  // The layout of the image activations (ActivationLayout; channel-blocked
+  // unless set). Programs are built per choice.
+  void set_activation_layout(ActivationLayout layout) { activation_layout_ = layout; }
+  ActivationLayout activation_layout() const { return activation_layout_; }
   // Programs built so far (one per distinct shape and mode), for tests.
   size_t programs_built() const;
   // While set (nullptr: not), every pass appends the time of each of its
@@ -81,6 +85,7 @@ class UNetModel : public DenoiserModel {
   std::atomic<bool> native_kernels_{true};
   std::atomic<ConvAlgorithm> conv_algorithm_{ConvAlgorithm::by_shape};
   std::atomic<Bf16Backward> bf16_backward_{Bf16Backward::by_shape};
+  std::atomic<ActivationLayout> activation_layout_{ActivationLayout::blocked};
   std::shared_ptr<Pool> pool_;
   std::atomic<StepProfiles*> profiles_{nullptr};
 };

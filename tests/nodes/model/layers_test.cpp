@@ -601,6 +601,109 @@ TEST_CASE("bf16 training: the backward convolutions run in the layout bf16_backw
   }
 }
 
+TEST_CASE("channels-last activations: every layer kind in nhwc, convolutions without reorders, channel-blocked's results") {
+  // A first few-channel convolution, GroupNorm with a shift, a convolution
+  // adding a residual, GroupNorm of two sources, upsampling, a stride-2
+  // convolution, per-channel scale and bias, and a last few-channel
+  // convolution: with activation_layout channels_last every activation of
+  // 16-channel blocks is nhwc, every oneDNN convolution writes nhwc straight
+  // into it, the only layout reorders are the two few-channel kernels' (which
+  // take nChw16c; conversions to bf16 are not counted), and the outputs and gradients agree with the
+  // channel-blocked program's within rounding (f32, and bf16 where the CPU
+  // has it natively).
+  const int64_t n = 2, c = 32, count = 16 * 9 + 16 + 2 * c + c * 16 * 9 + c + c * c * 9 + c + 4 * c + 16 * 2 * c * 9 +
+                                       16 + 16 * 9 + 1;
+  struct Run {
+    std::vector<float> out, grads;
+    std::vector<bool> nhwc;  // of each intermediate activation
+    size_t reorders = 0;     // forward reorder steps that only change the layout
+    bool convolutions_nhwc = true;  // every forward convolution step writes nhwc
+  };
+  auto run = [&](Precision precision, ActivationLayout layout, bool finite_differences) {
+    LayerHarness h(count, precision);
+    // Small weights keep the activations of this deep stack in a range where
+    // finite differences are accurate.
+    float* weights = static_cast<float*>(h.params().get_data_handle());
+    for (int64_t i = 0; i < count; ++i) weights[i] *= 0.15f;
+    Program& p = h.p();
+    p.set_activation_layout(layout);
+    const ValueId x = h.input({n, 1, 8, 8});
+    const ValueId shift = h.input({n, c}), scale = h.input({n, 16}), bias = h.input({n, 16});
+    const ValueId a = conv2d(p, x, h.param({16, 1, 3, 3}), h.param({16}), 1, 1);
+    const ValueId a2 = conv2d(p, silu(p, a), h.param({c, 16, 3, 3}), h.param({c}), 1, 1);
+    const ValueId b = shifted_group_norm_act(p, a2, shift, h.param({c}), h.param({c}), 8, 1e-5f, Activation::silu);
+    const ValueId d = conv2d_add(p, b, h.param({c, c, 3, 3}), h.param({c}), a2, 1, 1);
+    const ValueId e = group_norm_act_two(p, d, a2, h.param({2 * c}), h.param({2 * c}), 8, 1e-5f, Activation::silu);
+    const ValueId f = conv2d(p, upsample_nearest2x(p, e), h.param({16, 2 * c, 3, 3}), h.param({16}), 2, 1);
+    const ValueId g = add_channel_bias(p, scale_channels(p, f, scale), bias);
+    const ValueId y = conv2d(p, g, h.param({1, 16, 3, 3}), h.param({1}), 1, 1);
+    h.finish(y);
+    Run r;
+    for (const ValueId v : {a, a2, b, d, e, f, g}) r.nhwc.push_back(p.desc(v) == dnnl::memory::desc(p.shape(v), p.desc(v).data_type(), tag::nhwc));
+    for (const Step& step : p.steps(false)) {
+      if (!step.primitive) continue;
+      // A reorder between two layouts of one type (not a conversion to bf16).
+      if (step.primitive.get_kind() == dnnl::primitive::kind::reorder &&
+          step.args.at(DNNL_ARG_FROM).get_desc().data_type() == step.args.at(DNNL_ARG_TO).get_desc().data_type())
+        ++r.reorders;
+      if (step.primitive.get_kind() == dnnl::primitive::kind::convolution) {
+        const dnnl::memory::desc md = step.args.at(DNNL_ARG_DST).get_desc();
+        r.convolutions_nhwc = r.convolutions_nhwc && md == dnnl::memory::desc(md.dims(), md.data_type(), tag::nhwc);
+      }
+    }
+    if (finite_differences) h.check_all("channels-last network");
+    h.backward();  // (again after finite differences: the outputs of the unperturbed weights)
+    const float* out = static_cast<const float*>(p.data(y).get_data_handle());
+    r.out.assign(out, out + n * 64);
+    const float* grads = static_cast<const float*>(p.grad_staging().get_data_handle());
+    r.grads.assign(grads, grads + count);
+    for (const ValueId v : {x, shift, scale, bias}) {
+      const float* dv = static_cast<const float*>(p.grad(v).get_data_handle());
+      r.grads.insert(r.grads.end(), dv, dv + shape_numel(p.shape(v)));
+    }
+    return r;
+  };
+  auto relative_l2 = [](const std::vector<float>& got, const std::vector<float>& want) {
+    REQUIRE(got.size() == want.size());
+    double num = 0, den = 0;
+    for (size_t i = 0; i < got.size(); ++i) {
+      const double d = double(got[i]) - want[i];
+      num += d * d, den += double(want[i]) * want[i];
+    }
+    return std::sqrt(num / den);
+  };
+  const Run f32_blocked = run(Precision::f32, ActivationLayout::blocked, false);
+  const Run f32_last = run(Precision::f32, ActivationLayout::channels_last, true);
+  // The few-channel first output (16 channels) is a block too.
+  for (size_t i = 0; i < f32_last.nhwc.size(); ++i) {
+    CAPTURE(i);
+    CHECK(f32_last.nhwc[i]);
+    CHECK_FALSE(f32_blocked.nhwc[i]);
+  }
+  CHECK(f32_last.convolutions_nhwc);
+  CHECK_FALSE(f32_blocked.convolutions_nhwc);
+  CHECK(f32_last.reorders == 2);
+  MESSAGE("f32 channels-last against channel-blocked, relative L2: output "
+          << relative_l2(f32_last.out, f32_blocked.out) << ", gradients "
+          << relative_l2(f32_last.grads, f32_blocked.grads));
+  CHECK(relative_l2(f32_last.out, f32_blocked.out) < 1e-5);
+  CHECK(relative_l2(f32_last.grads, f32_blocked.grads) < 1e-5);
+  // by_isa: channels-last only for bf16 on AMX.
+  CHECK(run(Precision::f32, ActivationLayout::by_isa, false).nhwc == f32_blocked.nhwc);
+
+  if (!native_bf16(dnnl::engine(dnnl::engine::kind::cpu, 0))) return;
+  const Run bf16_blocked = run(Precision::bf16, ActivationLayout::blocked, false);
+  const Run bf16_last = run(Precision::bf16, ActivationLayout::channels_last, false);
+  for (const bool v : bf16_last.nhwc) CHECK(v);
+  MESSAGE("bf16 forward layout reorders: channel-blocked " << bf16_blocked.reorders << ", channels-last "
+                                                            << bf16_last.reorders);
+  CHECK(bf16_last.convolutions_nhwc);
+  CHECK(bf16_last.reorders == 2);
+  // The same bf16 operands summed in another order; a rounding apart moves later bf16 roundings.
+  CHECK(relative_l2(bf16_last.out, bf16_blocked.out) < 1e-2);
+  CHECK(relative_l2(bf16_last.grads, bf16_blocked.grads) < 1e-2);
+}
+
 TEST_CASE("conv2d_add is one primitive fewer with the result of conv2d then add (f32; bf16 over a spent residual)") {
   for (const Precision precision : {Precision::f32, Precision::bf16}) {
     CAPTURE(enum_name(precision));
@@ -729,14 +832,14 @@ TEST_CASE("shifted_group_norm_act gives group_norm_act of the sum, in training a
   }
 }
 
-TEST_CASE("group_norm refuses an NHWC input, which its [1, N*C, H, W] view would misread") {
+TEST_CASE("group_norm refuses an NHWC input whose channels are not whole blocks of 16") {
   dnnl::engine engine(dnnl::engine::kind::cpu, 0);
   PrimitiveCache cache;
   dnnl::memory params(plain_f32({2 * 24}), engine);
   Program p(engine, cache, params, 2 * 24);
   const ValueId x = p.new_value(dnnl::memory::desc({2, 24, 3, 2}, dnnl::memory::data_type::f32, tag::nhwc), true);
   CHECK_THROWS_WITH_AS(group_norm(p, x, ParamRef{0, {24}}, ParamRef{24, {24}}, 6, 1e-5f),
-                       doctest::Contains("plain or nChw16c"), std::invalid_argument);
+                       doctest::Contains("nhwc with channels in whole blocks of 16"), std::invalid_argument);
 }
 
 TEST_CASE("token transposes around a linear layer match finite differences") {

@@ -217,26 +217,40 @@ double relative_l2(const std::vector<float>& got, const std::vector<float>& ref)
 
 }  // namespace
 
-TEST_CASE("bf16 convolutions: prediction and gradients stay within bf16 rounding of the PyTorch fixture") {
-  Device device(DeviceSpec{});
-  auto model = make_unet(UNetConfig::from_file(test::fixture("unet_tiny/config.json")), device);
-  model->load(SafetensorsFile::read(test::fixture("unet_tiny/weights.safetensors")));
-  model->set_precision(Precision::bf16);
-  const auto io = SafetensorsFile::read(test::fixture("unet_tiny/io.safetensors"));
-  const auto steps = io.ints("t");
-  Tensor t({4}, DType::s32, device.engine());
-  {
+namespace {
+
+// The fixture's x, timesteps and g_out, and a pass of `model` over them.
+struct FixturePass {
+  Device device{DeviceSpec{}};
+  SafetensorsFile io = SafetensorsFile::read(test::fixture("unet_tiny/io.safetensors"));
+  Tensor t{{4}, DType::s32, device.engine()};
+  FixturePass() {
     auto m = t.map<int32_t>();
+    const auto steps = io.ints("t");
     for (size_t i = 0; i < 4; ++i) m[i] = static_cast<int32_t>(steps[i]);
   }
-  model->zero_grads();
-  auto fwd = model->forward(io.tensor("x"), t, true);
-  const Tensor grad_x = model->backward(*fwd.state, io.tensor("g_out"));
-  SafetensorsFile got;
-  model->save_grads_to(got);
+  std::unique_ptr<UNetModel> model() {
+    auto m = make_unet(UNetConfig::from_file(test::fixture("unet_tiny/config.json")), device);
+    m->load(SafetensorsFile::read(test::fixture("unet_tiny/weights.safetensors")));
+    return m;
+  }
+  // eps_out, grad_x and the parameter gradients of one training pass.
+  SafetensorsFile run(UNetModel& m) {
+    m.zero_grads();
+    auto fwd = m.forward(io.tensor("x"), t, true);
+    SafetensorsFile got;
+    got.add_f32("eps_out", fwd.prediction);
+    got.add_f32("grad_x", m.backward(*fwd.state, io.tensor("g_out")));
+    m.save_grads_to(got);
+    return got;
+  }
+};
 
-  const double eps_err = relative_l2(fwd.prediction.to_vector(), io.floats("eps_out"));
-  const double gx_err = relative_l2(grad_x.to_vector(), io.floats("grad_x"));
+// A bf16 pass's relative L2 errors against the fixture, checked against the
+// bf16 tolerances; returns eps_out's.
+double check_bf16_against_fixture(const SafetensorsFile& io, const SafetensorsFile& got, const std::string& what) {
+  const double eps_err = relative_l2(got.floats("eps_out"), io.floats("eps_out"));
+  const double gx_err = relative_l2(got.floats("grad_x"), io.floats("grad_x"));
   double worst_grad = 0;
   std::string worst_name;
   for (const auto& name : io.names()) {
@@ -246,11 +260,24 @@ TEST_CASE("bf16 convolutions: prediction and gradients stay within bf16 rounding
     const double e = relative_l2(got.floats(name), io.floats(name));
     if (e > worst_grad) worst_grad = e, worst_name = name;
   }
-  MESSAGE("bf16 unet_tiny relative L2 error: eps_out " << eps_err << ", grad_x " << gx_err << ", worst gradient "
-                                                       << worst_grad << " (" << worst_name << ")");
+  MESSAGE(what << " unet_tiny relative L2 error: eps_out " << eps_err << ", grad_x " << gx_err << ", worst gradient "
+               << worst_grad << " (" << worst_name << ")");
   CHECK(eps_err < 1e-2);
   CHECK(gx_err < 3e-2);
   CHECK(worst_grad < 5e-2);
+  return eps_err;
+}
+
+}  // namespace
+
+TEST_CASE("bf16 convolutions: prediction and gradients stay within bf16 rounding of the PyTorch fixture") {
+  FixturePass fixture;
+  Device& device = fixture.device;
+  const SafetensorsFile& io = fixture.io;
+  const Tensor& t = fixture.t;
+  auto model = fixture.model();
+  model->set_precision(Precision::bf16);
+  const double eps_err = check_bf16_against_fixture(io, fixture.run(*model), "bf16");
   // The bf16 kernels did run: the rounding shows (an f32 pass is within 1e-6).
   if (native_bf16(device.engine())) CHECK(eps_err > 1e-5);
 
@@ -267,4 +294,26 @@ TEST_CASE("bf16 convolutions: prediction and gradients stay within bf16 rounding
     auto f32 = model->forward(io.tensor("x"), t, false);
     CHECK(max_diff(f32.prediction.to_vector(), io.floats("eps_out")) <= 1e-4f);
   }
+}
+
+TEST_CASE("channels-last activations: unet-tiny matches PyTorch in f32 and stays within bf16 rounding in bf16") {
+  FixturePass fixture;
+  auto model = fixture.model();
+  model->set_activation_layout(ActivationLayout::channels_last);
+  check_against_fixture(fixture.io, fixture.run(*model), true);
+  const SafetensorsFile f32_last = fixture.run(*model);
+  model->set_activation_layout(ActivationLayout::blocked);
+  const SafetensorsFile f32_blocked = fixture.run(*model);
+  // The other layout's kernels ran: the rounding differs.
+  if (dnnl::get_effective_cpu_isa() >= dnnl::cpu_isa::avx512_core)
+    CHECK(max_diff(f32_last.floats("grad_x"), f32_blocked.floats("grad_x")) > 0.0f);
+
+  model->set_precision(Precision::bf16);
+  model->set_activation_layout(ActivationLayout::channels_last);
+  const double eps_err = check_bf16_against_fixture(fixture.io, fixture.run(*model), "bf16 channels-last");
+  if (native_bf16(fixture.device.engine())) CHECK(eps_err > 1e-5);
+  auto inference = model->forward(fixture.io.tensor("x"), fixture.t, false);
+  const double err = relative_l2(inference.prediction.to_vector(), fixture.io.floats("eps_out"));
+  MESSAGE("bf16 channels-last unet_tiny inference relative L2 error: " << err);
+  CHECK(err < 1e-2);
 }
