@@ -7,28 +7,32 @@
 #      memory bandwidth at full width
 #   2. a thread sweep of the U-Net against the PyTorch peer, f32 and bf16
 #      (scaling.sh, round a)
-#   3. one thread: three more alternated rounds of f32 and bf16 against the
+#   3. the activations' layout: channels-last against channel-blocked
+#      (--activation-layout), bench unet alternated in three rounds at full
+#      width and on one thread; bf16 channels-last against the peer on one
+#      thread; the bf16 breakdown of both
+#   4. one thread: three more alternated rounds of f32 and bf16 against the
 #      peer (scaling.sh with ROUNDS=3)
-#   4. where the time goes at full width and on one thread: bench unet
+#   5. where the time goes at full width and on one thread: bench unet
 #      --breakdown, f32 and bf16; each convolution's time and kernel in a
 #      training pass at both widths (conv_times.py); with AMX, bf16 also with
 #      oneDNN held to AVX512-BF16 (bf16_no_amx)
-#   5. a second sweep round (b)
-#   6. DDIM-50 sampling against the same loop in PyTorch, alternated
-#   7. precision: fastest: the probe's choice and timings at each thread
+#   6. a second sweep round (b)
+#   7. DDIM-50 sampling against the same loop in PyTorch, alternated
+#   8. precision: fastest: the probe's choice and timings at each thread
 #      count, and bench train in f32, bf16 and fastest at full width
-#   8. the OpenMP wait at full width: the default short spin, longer spins,
+#   9. the OpenMP wait at full width: the default short spin, longer spins,
 #      passive and active, alternated; the default against a long spin at a
 #      quarter of the width
-#   9. f32 against the channels_last peer; f32 with --convolution direct;
+#  10. f32 against the channels_last peer; f32 with --convolution direct;
 #      Winograd (by_shape) against direct alone, alternated in three rounds
-#  10. bf16 training's backward convolutions channels-last (AMX's kernels
+#  11. bf16 training's backward convolutions channels-last (AMX's kernels
 #      where the CPU has AMX) against channel-blocked (--bf16-backward):
 #      bench unet alternated in three rounds at each thread count, each
 #      convolution's kernel and time at full width and on one thread, both
 #      against the PyTorch peer at each thread count, and the breakdown of
 #      both on one thread
-#  11. a third sweep round (c) while the budget lasts
+#  12. a third sweep round (c) while the budget lasts
 #
 #   benchmarks/multicore.sh [DIFFUFLOW] [OUT_DIR]
 #   BUDGET=420 benchmarks/multicore.sh build/diffuflow mc-out
@@ -38,7 +42,9 @@
 # halved down to 1), BUDGET (seconds; a stage that would end past it is
 # skipped, and says so; default 3600), PEER (the python3 with torch),
 # STAGES (the stages to run, by name with _ for spaces, e.g. "bf16_backward
-# sweep_a"; default all), QUICK=1 (tiny settings that only check the script).
+# sweep_a"; default all), QUICK=1 (tiny settings that only check the script),
+# SAMPLE_BATCH and SAMPLE_COUNT_OVERRIDE (the sampling stage's chain length
+# and image count; default the U-Net batch and 128).
 # OUT_DIR gets one folder per stage and log.txt; after the sweeps
 # scaling_table.py writes OUT_DIR/scaling.csv over the sweep rounds.
 set -u
@@ -58,6 +64,8 @@ fi
 full=$(echo $THREADS | awk '{print $1}')
 CONFIG=unet-s BATCH=64 STEPS=5 SAMPLE_COUNT=128
 [ "$QUICK" = 1 ] && CONFIG=unet-tiny BATCH=8 STEPS=2 SAMPLE_COUNT=16
+SAMPLE_BATCH=${SAMPLE_BATCH:-$BATCH}
+SAMPLE_COUNT=${SAMPLE_COUNT_OVERRIDE:-$SAMPLE_COUNT}
 mkdir -p "$OUT" || exit 2
 exec > >(tee -a "$OUT/log.txt") 2>&1
 start=$(date +%s)
@@ -107,6 +115,32 @@ sweep() {  # sweep ROUND SECONDS
 }
 sweep a 150
 
+# The activations' layout: bf16 (and f32 at full width) with channels-last
+# activations against channel-blocked, bench unet alternated in three rounds
+# at full width and on one thread; bf16 channels-last against the peer on one
+# thread in three alternated rounds; the breakdown of both layouts in bf16.
+if stage "activation layout" 300; then
+  mkdir -p "$OUT/activation_layout"
+  for t in $(echo "$full 1" | tr ' ' '\n' | awk 'NF && !seen[$0]++'); do
+    precisions=bf16
+    [ "$t" = "$full" ] && precisions=bf16,f32
+    run "activation_layout/ab_t$t" "$PEER" "$HERE/ab_unet.py" \
+        --bin "blocked=$DIFFUFLOW --activation-layout blocked" \
+        --bin "channels_last=$DIFFUFLOW --activation-layout channels_last" --rounds 3 --precisions $precisions \
+        --json "$OUT/activation_layout/ab_t$t.json" -- --config $CONFIG --batch $BATCH --threads "$t" --steps 3 \
+        --warmup 1 --repeats 1
+  done
+  ROUNDS=$([ "$QUICK" = 1 ] && echo 1 || echo 3) KINDS="bf16_nhwc" "$HERE/scaling.sh" "$DIFFUFLOW" \
+      "$OUT/activation_layout/peer" 1 || failed=1
+  for t in $(echo "$full 1" | tr ' ' '\n' | awk 'NF && !seen[$0]++'); do
+    for layout in blocked channels_last; do
+      run "activation_layout/breakdown_${layout}_t$t" "$DIFFUFLOW" bench unet --config $CONFIG --batch $BATCH \
+          --threads "$t" --mode both --precision bf16 --activation-layout $layout --breakdown --steps 2 --warmup 1 \
+          --repeats 1 --json "$OUT/activation_layout/breakdown_${layout}_t$t.json"
+    done
+  done
+fi
+
 # One thread, where run-to-run spread is widest: three more alternated
 # rounds of f32 and bf16 against the peer.
 if stage "one thread" 80; then
@@ -152,11 +186,11 @@ sweep b 150
 if stage sampling 90; then
   mkdir -p "$OUT/sampling"
   for round in 1 2; do
-    run "sampling/diffuflow_r$round" "$DIFFUFLOW" bench sample --config $CONFIG --batch $BATCH \
-        --warmup 1 --steps $((SAMPLE_COUNT / BATCH)) --repeats 1 --threads "$full" \
+    run "sampling/diffuflow_r$round" "$DIFFUFLOW" bench sample --config $CONFIG --batch $SAMPLE_BATCH \
+        --warmup 1 --steps $((SAMPLE_COUNT / SAMPLE_BATCH)) --repeats 1 --threads "$full" \
         --json "$OUT/sampling/diffuflow_r$round.json"
     run "sampling/torch_r$round" "$PEER" "$HERE/torch_peer.py" sample --config $CONFIG \
-        --batch $BATCH --count $SAMPLE_COUNT --steps 50 --threads "$full" \
+        --batch $SAMPLE_BATCH --count $SAMPLE_COUNT --steps 50 --threads "$full" \
         --json "$OUT/sampling/torch_r$round.json"
   done
 fi

@@ -27,8 +27,9 @@ HERE=$(cd "$(dirname "$0")" && pwd)
 failed=0
 for kind in $KINDS; do
   case "$kind" in
-    f32|bf16|bf16_blocked|f32_channels_last|f32_direct) ;;
-    *) echo "scaling: unknown kind '$kind' (f32, bf16, bf16_blocked, f32_channels_last, f32_direct)" >&2; exit 2 ;;
+    f32|bf16|bf16_blocked|bf16_nhwc|f32_channels_last|f32_direct) ;;
+    *) echo "scaling: unknown kind '$kind' (f32, bf16, bf16_blocked, bf16_nhwc, f32_channels_last, f32_direct)" >&2
+       exit 2 ;;
   esac
 done
 mkdir -p "$OUT" || exit 2
@@ -53,6 +54,8 @@ for kind in $KINDS; do
       bf16) compare "bf16_t$t" --threads "$t" --diffuflow-args=--precision=bf16 --peer-args=--bf16 ;;
       bf16_blocked) compare "bf16_blocked_t$t" --threads "$t" \
           "--diffuflow-args=--precision=bf16 --bf16-backward=blocked" --peer-args=--bf16 ;;
+      bf16_nhwc) compare "bf16_nhwc_t$t" --threads "$t" \
+          "--diffuflow-args=--precision=bf16 --activation-layout=channels_last" --peer-args=--bf16 ;;
       f32_channels_last) compare "f32_channels_last_t$t" --threads "$t" --peer-args=--channels-last ;;
       f32_direct) compare "f32_direct_t$t" --threads "$t" --diffuflow-args=--convolution=direct ;;
     esac
