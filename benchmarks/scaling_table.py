@@ -22,7 +22,7 @@ import re
 import statistics
 import sys
 
-KINDS = ["f32", "f32_channels_last", "bf16", "bf16_blocked", "f32_direct"]
+KINDS = ["f32", "f32_channels_last", "bf16", "bf16_blocked", "bf16_nhwc", "f32_direct"]
 TOOLS = ("diffuflow", "torch")
 FIGURES = ("forward", "train", "rss")
 
