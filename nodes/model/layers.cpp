@@ -276,10 +276,12 @@ std::optional<Bf16Conv> bf16_conv(const Program& p, const dims& xs, const dims& 
 // forward for the weight gradient (reordered there when the layouts differ).
 // Returns no value (the caller runs f32) when bf16_conv finds none for the
 // shape. A residual in the activation layout (either type) is added as the
-// output is written (`fused` set): by a binary post-op (in the activations'
-// layout), or, when no later step reads the residual (`residual_spent`), by
-// the reorder out of the convolution's layout adding into the residual's
-// memory.
+// output is written (`fused` set): in the activations' layout by a binary
+// post-op, or where oneDNN has none for a whole tensor (its brgemm kernels,
+// AMX's among them) by a sum post-op into the output, written over the
+// residual when no later step reads it (`residual_spent`), else over a copy
+// of it; in another layout, when the residual is spent, by the reorder out
+// of the convolution's layout adding into the residual's memory.
 std::optional<ValueId> conv2d_bf16(Program& p, ValueId x, const ParamRef& weight, const ParamRef& bias,
                                    const dims& ys, const dims& strides, const dims& pads, const dims& pads_end,
                                    ValueId residual, bool residual_spent, bool& fused) {
@@ -300,13 +302,20 @@ std::optional<ValueId> conv2d_bf16(Program& p, ValueId x, const ParamRef& weight
   const dnnl::memory wb = p.param_as(weight.offset, w_plain, fwd_pd.weights_desc());
   const bool has_residual = residual >= 0 && residual != x &&
                             p.desc(residual) == p.activation_desc(ys, p.desc(residual).data_type());
-  // The convolution writing `out` (+ the residual as a binary post-op), or
+  // How the convolution adds the residual: not at all, by a binary post-op
+  // reading it, or by a sum post-op adding into the output's memory.
+  enum class Add { none, binary, sum };
+  // The convolution writing `out` (adding the residual as `add` says), or
   // nothing where oneDNN has no fast kernel for that or picks other weights.
-  auto make_run = [&](const dnnl::memory::desc& out, bool add_residual) {
+  auto make_run = [&](const dnnl::memory::desc& out, Add add) {
     dnnl::primitive_attr run_attr = user_scratchpad_attr();
-    if (add_residual) {
+    if (add != Add::none) {
       dnnl::post_ops ops;
-      ops.append_binary(algorithm::binary_add, p.desc(residual));
+      if (add == Add::binary) {
+        ops.append_binary(algorithm::binary_add, p.desc(residual));
+      } else {
+        ops.append_sum(1.f);
+      }
       run_attr.set_post_ops(ops);
     }
     const auto kind = p.training() ? prop_kind::forward_training : prop_kind::forward_inference;
@@ -317,28 +326,47 @@ std::optional<ValueId> conv2d_bf16(Program& p, ValueId x, const ParamRef& weight
     const bool fast = pd && !is_reference(pd.impl_info_str()) && pd.weights_desc() == fwd_pd.weights_desc();
     return fast ? std::optional<dnnl::convolution_forward::primitive_desc>(pd) : std::nullopt;
   };
+  // Writing `out`: with the residual added by a post-op where one is fast.
+  Add how = Add::none;
+  auto make_out = [&](const dnnl::memory::desc& out) {
+    if (direct && has_residual) {
+      for (const Add add : {Add::binary, Add::sum}) {
+        if (auto r = make_run(out, add)) {
+          how = add;
+          return r;
+        }
+      }
+    }
+    how = Add::none;
+    return make_run(out, Add::none);
+  };
   dnnl::memory::desc y_out_md(ys, p.activation_type(), layout);
-  const bool with_post_op = direct && has_residual;
-  auto run = make_run(y_out_md, with_post_op);
+  auto run = make_out(y_out_md);
   if (!run && y_out_md.data_type() != dt::f32) {
     y_out_md = dnnl::memory::desc(ys, dt::f32, layout);
-    run = make_run(y_out_md, with_post_op);
+    run = make_out(y_out_md);
   }
-  fused = run.has_value() && with_post_op;
   if (!run) {
     y_out_md = dnnl::memory::desc(ys, dt::f32, layout);
     run = fwd_pd;
+    how = Add::none;
   }
+  fused = how != Add::none;
   const dnnl::convolution_forward::primitive_desc run_pd = *run;
   // Another layout: the reorder out of the convolution's output adds into the spent residual.
   const bool add_into = !direct && has_residual && residual_spent;
   fused = fused || add_into;
   ValueId y;
   if (direct) {
-    y = p.new_value(y_out_md, true);
+    if (how == Add::sum && residual_spent && p.desc(residual) == y_out_md) {
+      y = p.overwrite(residual, true);
+    } else {
+      y = p.new_value(y_out_md, true);
+      if (how == Add::sum) p.copy(p.data(residual), p.data(y), false);
+    }
     Args args{{DNNL_ARG_SRC, xb}, {DNNL_ARG_WEIGHTS, wb}, {DNNL_ARG_DST, p.data(y)}};
     if (!bias.shape.empty()) args[DNNL_ARG_BIAS] = p.param(bias.offset, b_md);
-    if (fused) args[DNNL_ARG_ATTR_MULTIPLE_POST_OP(0) | DNNL_ARG_SRC_1] = p.data(residual);
+    if (how == Add::binary) args[DNNL_ARG_ATTR_MULTIPLE_POST_OP(0) | DNNL_ARG_SRC_1] = p.data(residual);
     p.forward(p.make<dnnl::convolution_forward>(run_pd), std::move(args));
   } else {
     const dnnl::memory y_out = p.alloc(y_out_md);
@@ -392,9 +420,9 @@ algorithm f32_conv_algorithm(const Program& p, const dims& xs, const dims& weigh
 
 // conv2d; with a residual (>= 0), conv2d + residual in one primitive when
 // oneDNN has a jit kernel for that (`fused` set): f32 direct, a binary
-// post-op reading the residual in the output's layout; f32 Winograd, a sum
-// post-op adding into the output, written over a spent residual or first
-// filled with a copy of it; bf16: see conv2d_bf16. Else `fused` stays false
+// post-op reading the residual in the output's layout; f32 Winograd (and
+// kernels without that post-op), a sum post-op adding into the output,
+// written over a spent residual or first filled with a copy of it; bf16: see conv2d_bf16. Else `fused` stays false
 // and the caller adds the residual.
 ValueId conv2d_impl(Program& p, ValueId x, const ParamRef& weight, const ParamRef& bias, int64_t stride,
                     int64_t padding, int64_t padding_end, ValueId residual, bool residual_spent, bool& fused) {
@@ -466,25 +494,32 @@ ValueId conv2d_impl(Program& p, ValueId x, const ParamRef& weight, const ParamRe
   // The residual add as a post-op: dst = conv(x) + bias + residual. The
   // backward needs no hint of it (fwd_pd stays the plain convolution).
   // Winograd takes no binary post-op but a sum: dst += conv(x) + bias.
+  // The brgemm kernels (channels-last) take a sum post-op too, but no binary
+  // one over a whole tensor: those get the sum.
   const bool winograd = alg == algorithm::convolution_winograd;
   dnnl::convolution_forward::primitive_desc run_pd = fwd_pd;
+  bool sum_into = false;
   if (residual >= 0 && residual != x && p.desc(residual) == y_md) {
-    dnnl::post_ops ops;
-    if (winograd) {
-      ops.append_sum(1.f);
-    } else {
-      ops.append_binary(algorithm::binary_add, y_md);
-    }
-    dnnl::primitive_attr add_attr = user_scratchpad_attr();
-    add_attr.set_post_ops(ops);
-    auto pd = make_fwd(x_md, y_md, add_attr, /*allow_empty=*/true);
-    if (pd && !is_reference(pd.impl_info_str()) && pd.weights_desc() == fwd_pd.weights_desc()) {
-      run_pd = pd;
-      fused = true;
+    for (const bool sum : {false, true}) {
+      if (winograd && !sum) continue;
+      dnnl::post_ops ops;
+      if (sum) {
+        ops.append_sum(1.f);
+      } else {
+        ops.append_binary(algorithm::binary_add, y_md);
+      }
+      dnnl::primitive_attr add_attr = user_scratchpad_attr();
+      add_attr.set_post_ops(ops);
+      auto pd = make_fwd(x_md, y_md, add_attr, /*allow_empty=*/true);
+      if (pd && !is_reference(pd.impl_info_str()) && pd.weights_desc() == fwd_pd.weights_desc()) {
+        run_pd = pd;
+        fused = true;
+        sum_into = sum;
+        break;
+      }
     }
   }
   const bool with_residual = fused;
-  const bool sum_into = with_residual && winograd;
   ValueId y;
   if (sum_into && residual_spent) {
     y = p.overwrite(residual, true);

@@ -608,7 +608,8 @@ TEST_CASE("channels-last activations: every layer kind in nhwc, convolutions wit
   // convolution: with activation_layout channels_last every activation of
   // 16-channel blocks is nhwc, every oneDNN convolution writes nhwc straight
   // into it, the only layout reorders are the two few-channel kernels' (which
-  // take nChw16c; conversions to bf16 are not counted), and the outputs and gradients agree with the
+  // take nChw16c), the residual is added inside its convolution as in the
+  // channel-blocked program, and the outputs and gradients agree with the
   // channel-blocked program's within rounding (f32, and bf16 where the CPU
   // has it natively).
   const int64_t n = 2, c = 32, count = 16 * 9 + 16 + 2 * c + c * 16 * 9 + c + c * c * 9 + c + 4 * c + 16 * 2 * c * 9 +
@@ -616,7 +617,8 @@ TEST_CASE("channels-last activations: every layer kind in nhwc, convolutions wit
   struct Run {
     std::vector<float> out, grads;
     std::vector<bool> nhwc;  // of each intermediate activation
-    size_t reorders = 0;     // forward reorder steps that only change the layout
+    size_t reorders = 0;     // forward reorder steps that change the layout
+    size_t binaries = 0;     // forward binary steps (the residual add, where no convolution takes it)
     bool convolutions_nhwc = true;  // every forward convolution step writes nhwc
   };
   auto run = [&](Precision precision, ActivationLayout layout, bool finite_differences) {
@@ -639,13 +641,17 @@ TEST_CASE("channels-last activations: every layer kind in nhwc, convolutions wit
     const ValueId y = conv2d(p, g, h.param({1, 16, 3, 3}), h.param({1}), 1, 1);
     h.finish(y);
     Run r;
-    for (const ValueId v : {a, a2, b, d, e, f, g}) r.nhwc.push_back(p.desc(v) == dnnl::memory::desc(p.shape(v), p.desc(v).data_type(), tag::nhwc));
+    for (const ValueId v : {a, a2, b, d, e, f, g})
+      r.nhwc.push_back(p.desc(v) == dnnl::memory::desc(p.shape(v), p.desc(v).data_type(), tag::nhwc));
     for (const Step& step : p.steps(false)) {
       if (!step.primitive) continue;
-      // A reorder between two layouts of one type (not a conversion to bf16).
-      if (step.primitive.get_kind() == dnnl::primitive::kind::reorder &&
-          step.args.at(DNNL_ARG_FROM).get_desc().data_type() == step.args.at(DNNL_ARG_TO).get_desc().data_type())
-        ++r.reorders;
+      // A reorder between two layouts (not a copy, nor a conversion to bf16 in one layout).
+      if (step.primitive.get_kind() == dnnl::primitive::kind::reorder) {
+        const dnnl::memory::desc from = step.args.at(DNNL_ARG_FROM).get_desc();
+        const dnnl::memory::desc to = step.args.at(DNNL_ARG_TO).get_desc();
+        if (with_type(from, to.data_type()) != to) ++r.reorders;
+      }
+      if (step.primitive.get_kind() == dnnl::primitive::kind::binary) ++r.binaries;
       if (step.primitive.get_kind() == dnnl::primitive::kind::convolution) {
         const dnnl::memory::desc md = step.args.at(DNNL_ARG_DST).get_desc();
         r.convolutions_nhwc = r.convolutions_nhwc && md == dnnl::memory::desc(md.dims(), md.data_type(), tag::nhwc);
@@ -683,6 +689,7 @@ TEST_CASE("channels-last activations: every layer kind in nhwc, convolutions wit
   CHECK(f32_last.convolutions_nhwc);
   CHECK_FALSE(f32_blocked.convolutions_nhwc);
   CHECK(f32_last.reorders == 2);
+  CHECK(f32_last.binaries == f32_blocked.binaries);
   MESSAGE("f32 channels-last against channel-blocked, relative L2: output "
           << relative_l2(f32_last.out, f32_blocked.out) << ", gradients "
           << relative_l2(f32_last.grads, f32_blocked.grads));
@@ -699,6 +706,7 @@ TEST_CASE("channels-last activations: every layer kind in nhwc, convolutions wit
                                                             << bf16_last.reorders);
   CHECK(bf16_last.convolutions_nhwc);
   CHECK(bf16_last.reorders == 2);
+  CHECK(bf16_last.binaries == bf16_blocked.binaries);
   // The same bf16 operands summed in another order; a rounding apart moves later bf16 roundings.
   CHECK(relative_l2(bf16_last.out, bf16_blocked.out) < 1e-2);
   CHECK(relative_l2(bf16_last.grads, bf16_blocked.grads) < 1e-2);
