@@ -186,6 +186,89 @@ DIFFUFLOW_INLINE void grad_apply_any(const T* x, const float* dy, float* dx, int
   add ? grad_apply_span<T, true>(x, dy, dx, count, st, k) : grad_apply_span<T, false>(x, dy, dx, count, st, k);
 }
 
+// --- tiles: a few neighbouring 16-channel blocks of nhwc over one position range
+//
+// A block's span alone would read 16 channels of each row of C, a row apart;
+// a tile reads up to kTileBlocks blocks of each row in turn, so a row's
+// channels are read together. Each block keeps its own accumulators and adds
+// its positions in its span's order: a tile gives the bits its blocks' spans
+// give. A Walk says where the next block and the next position are.
+constexpr int kTileBlocks = 4;
+struct Walk {
+  int64_t block = kLanes, position = kLanes;
+};
+
+template <typename T>
+DIFFUFLOW_INLINE void stats_tile(const T* x, Walk xw, int64_t positions, int nb, double* out, int64_t out_block) {
+  Sums s[kTileBlocks], q[kTileBlocks];
+  for (int64_t p = 0; p < positions; ++p, x += xw.position)
+    for (int b = 0; b < nb; ++b) stats_step(x + b * xw.block, &s[b], &q[b]);
+  for (int b = 0; b < nb; ++b) {
+    s[b].add_to(out + b * out_block);
+    q[b].add_to(out + b * out_block + kLanes);
+  }
+}
+
+template <typename T, bool Silu>
+DIFFUFLOW_INLINE void apply_tile(const T* __restrict x, Walk xw, T* __restrict y, Walk yw, int64_t positions, int nb,
+                                 const float* a, const float* b) {
+  vf va[kTileBlocks], vb[kTileBlocks];
+  for (int j = 0; j < nb; ++j) va[j] = load16(a + j * kLanes), vb[j] = load16(b + j * kLanes);
+  for (int64_t p = 0; p < positions; ++p, x += xw.position, y += yw.position)
+    for (int j = 0; j < nb; ++j) apply_step<T, Silu>(x + j * xw.block, y + j * yw.block, va[j], vb[j]);
+}
+
+template <typename T, bool Silu>
+DIFFUFLOW_INLINE void grad_sums_tile(const T* x, Walk xw, const float* dz, Walk zw, float* dy, Walk yw,
+                                     int64_t positions, int nb, const float* a, const float* b, double* out,
+                                     int64_t out_block) {
+  vf va[kTileBlocks], vb[kTileBlocks];
+  for (int j = 0; j < nb; ++j) va[j] = load16(a + j * kLanes), vb[j] = load16(b + j * kLanes);
+  Sums l1[kTileBlocks], lx[kTileBlocks], ldx[kTileBlocks];
+  for (int64_t p = 0; p < positions; ++p, x += xw.position, dz += zw.position, dy += yw.position)
+    for (int j = 0; j < nb; ++j)
+      grad_sums_step<T, Silu>(x + j * xw.block, dz + j * zw.block, dy + j * yw.block, va[j], vb[j], &l1[j], &lx[j],
+                              &ldx[j]);
+  for (int j = 0; j < nb; ++j) {
+    l1[j].add_to(out + j * out_block);
+    lx[j].add_to(out + j * out_block + kLanes);
+    ldx[j].add_to(out + j * out_block + 2 * kLanes);
+  }
+}
+
+template <typename T, bool Add>
+DIFFUFLOW_INLINE void grad_apply_tile(const T* __restrict x, Walk xw, const float* __restrict dy, Walk yw,
+                                      float* __restrict dx, Walk dxw, int64_t positions, int nb, const float* alpha,
+                                      const float* beta, const float* delta) {
+  GradCoefficients k[kTileBlocks];
+  for (int j = 0; j < nb; ++j)
+    k[j] = {load16(alpha + j * kLanes), load16(beta + j * kLanes), load16(delta + j * kLanes)};
+  for (int64_t p = 0; p < positions; ++p, x += xw.position, dy += yw.position, dx += dxw.position)
+    for (int j = 0; j < nb; ++j) grad_apply_step<T, Add>(x + j * xw.block, dy + j * yw.block, dx + j * dxw.block, k[j]);
+}
+
+// The tiles' entry points take both types' pointers through these.
+template <typename T>
+DIFFUFLOW_INLINE void apply_tile_any(const T* x, Walk xw, T* y, Walk yw, int64_t positions, int nb, const float* a,
+                                     const float* b, bool silu) {
+  silu ? apply_tile<T, true>(x, xw, y, yw, positions, nb, a, b)
+       : apply_tile<T, false>(x, xw, y, yw, positions, nb, a, b);
+}
+template <typename T>
+DIFFUFLOW_INLINE void grad_sums_tile_any(const T* x, Walk xw, const float* dz, Walk zw, float* dy, Walk yw,
+                                         int64_t positions, int nb, const float* a, const float* b, bool silu,
+                                         double* out, int64_t out_block) {
+  silu ? grad_sums_tile<T, true>(x, xw, dz, zw, dy, yw, positions, nb, a, b, out, out_block)
+       : grad_sums_tile<T, false>(x, xw, dz, zw, dy, yw, positions, nb, a, b, out, out_block);
+}
+template <typename T>
+DIFFUFLOW_INLINE void grad_apply_tile_any(const T* x, Walk xw, const float* dy, Walk yw, float* dx, Walk dxw,
+                                          int64_t positions, int nb, const float* alpha, const float* beta,
+                                          const float* delta, bool add) {
+  add ? grad_apply_tile<T, true>(x, xw, dy, yw, dx, dxw, positions, nb, alpha, beta, delta)
+      : grad_apply_tile<T, false>(x, xw, dy, yw, dx, dxw, positions, nb, alpha, beta, delta);
+}
+
 // The compiled entry points, one per combination the models use.
 DIFFUFLOW_SPAN_CLONES void stats_f32(const float* x, int64_t count, int64_t xs, double* s, double* q) {
   stats_span(x, count, xs, s, q);
@@ -223,7 +306,33 @@ DIFFUFLOW_SPAN_CLONES void grad_apply_bf16(const uint16_t* x, const float* dy, f
   grad_apply_any(x, dy, dx, count, st, alpha, beta, delta, add);
 }
 
+// Tiles, f32 and bf16 (T: float, uint16_t; the bf16 entry points through the
+// CPU's instructions below use bf16_bits).
+#define DIFFUFLOW_TILE_ENTRIES(ATTR, SUFFIX, T, IN)                                                                  \
+  ATTR void stats_tile##SUFFIX(const T* x, Walk xw, int64_t positions, int nb, double* out, int64_t out_block) {    \
+    stats_tile(reinterpret_cast<const IN*>(x), xw, positions, nb, out, out_block);                                   \
+  }                                                                                                                  \
+  ATTR void apply_tile##SUFFIX(const T* x, Walk xw, T* y, Walk yw, int64_t positions, int nb, const float* a,        \
+                               const float* b, bool silu) {                                                          \
+    apply_tile_any(reinterpret_cast<const IN*>(x), xw, reinterpret_cast<IN*>(y), yw, positions, nb, a, b, silu);     \
+  }                                                                                                                  \
+  ATTR void grad_sums_tile##SUFFIX(const T* x, Walk xw, const float* dz, Walk zw, float* dy, Walk yw,                \
+                                   int64_t positions, int nb, const float* a, const float* b, bool silu, double* out, \
+                                   int64_t out_block) {                                                              \
+    grad_sums_tile_any(reinterpret_cast<const IN*>(x), xw, dz, zw, dy, yw, positions, nb, a, b, silu, out,           \
+                       out_block);                                                                                   \
+  }                                                                                                                  \
+  ATTR void grad_apply_tile##SUFFIX(const T* x, Walk xw, const float* dy, Walk yw, float* dx, Walk dxw,              \
+                                    int64_t positions, int nb, const float* alpha, const float* beta,                \
+                                    const float* delta, bool add) {                                                  \
+    grad_apply_tile_any(reinterpret_cast<const IN*>(x), xw, dy, yw, dx, dxw, positions, nb, alpha, beta, delta, add); \
+  }
+DIFFUFLOW_TILE_ENTRIES(DIFFUFLOW_SPAN_CLONES, _f32, float, float)
+DIFFUFLOW_TILE_ENTRIES(DIFFUFLOW_SPAN_CLONES, _bf16, uint16_t, uint16_t)
+
 #ifdef DIFFUFLOW_VECTOR16_CLONES
+DIFFUFLOW_TILE_ENTRIES(DIFFUFLOW_BF16_ENTRY, _bf16_isa, uint16_t, bf16_bits)
+
 // The bf16 entry points again, converting with AVX512-BF16's instructions.
 DIFFUFLOW_BF16_ENTRY void stats_bf16_isa(const uint16_t* x, int64_t count, int64_t xs, double* s, double* q) {
   stats_span(reinterpret_cast<const bf16_bits*>(x), count, xs, s, q);
@@ -253,6 +362,10 @@ struct Bf16Spans {
   decltype(&apply_bf16) apply = apply_bf16;
   decltype(&grad_sums_bf16) grad_sums = grad_sums_bf16;
   decltype(&grad_apply_bf16) grad_apply = grad_apply_bf16;
+  decltype(&stats_tile_bf16) stats_tile = stats_tile_bf16;
+  decltype(&apply_tile_bf16) apply_tile = apply_tile_bf16;
+  decltype(&grad_sums_tile_bf16) grad_sums_tile = grad_sums_tile_bf16;
+  decltype(&grad_apply_tile_bf16) grad_apply_tile = grad_apply_tile_bf16;
   explicit Bf16Spans(bool instructions) {
 #ifdef DIFFUFLOW_VECTOR16_CLONES
     if (!instructions) return;
@@ -260,6 +373,10 @@ struct Bf16Spans {
     apply = apply_bf16_isa;
     grad_sums = grad_sums_bf16_isa;
     grad_apply = grad_apply_bf16_isa;
+    stats_tile = stats_tile_bf16_isa;
+    apply_tile = apply_tile_bf16_isa;
+    grad_sums_tile = grad_sums_tile_bf16_isa;
+    grad_apply_tile = grad_apply_tile_bf16_isa;
 #endif
   }
 };
@@ -302,11 +419,17 @@ struct Split {
     elements = wide ? s.spatial * kLanes : s.spatial;
     vectors = (elements + kLanes - 1) / kLanes;
     chunks = std::max<int64_t>(1, std::min(vectors, (kMinItems + units - 1) / units));
+    if (channels_last()) {
+      // Each source's blocks in groups of up to kTileBlocks.
+      const int64_t bounds[] = {0, units_first, units_per_sample};
+      for (int source = 0; source < 2; ++source)
+        for (int64_t b = bounds[source]; b < bounds[source + 1]; b += kTileBlocks)
+          groups.push_back({b, std::min<int64_t>(kTileBlocks, bounds[source + 1] - b)});
+    }
   }
   int64_t items() const { return units * chunks; }
   int64_t items_per_sample() const { return units_per_sample * chunks; }
   int64_t sample_elements() const { return units_per_sample * elements; }
-  int64_t sample_of_item(int64_t i) const { return i / items_per_sample(); }
   // An item's unit, the offset of its first element, and its element count.
   struct Item {
     int64_t unit, at, count;
@@ -318,6 +441,27 @@ struct Split {
     return {unit, unit * elements + begin, end - begin};
   }
   bool channels_last() const { return layout == Layout::channels_last16; }
+
+  // The pieces the passes run in parallel: items, or in nhwc tiles (each
+  // chunk of each group of blocks of one source, a sample's chunk by chunk).
+  struct Group {
+    int64_t first, blocks;
+  };
+  std::vector<Group> groups;  // nhwc only
+  int64_t pieces_per_sample() const {
+    return channels_last() ? chunks * static_cast<int64_t>(groups.size()) : items_per_sample();
+  }
+  int64_t pieces() const { return pieces_per_sample() * (units / units_per_sample); }
+  int64_t sample_of_piece(int64_t p) const { return p / pieces_per_sample(); }
+  // A piece's first item, and its count of items (its blocks; 1 but in nhwc).
+  // A piece's items are chunks apart.
+  std::pair<int64_t, int64_t> piece_items(int64_t p) const {
+    if (!channels_last()) return {p, 1};
+    const int64_t n = p / pieces_per_sample(), r = p % pieces_per_sample();
+    const int64_t k = r / static_cast<int64_t>(groups.size());
+    const Group& g = groups[static_cast<size_t>(r % static_cast<int64_t>(groups.size()))];
+    return {(n * units_per_sample + g.first) * chunks + k, g.blocks};
+  }
   // Where an item's elements are in a tensor of all C channels (y and the
   // gradients of y), and the stride between its positions there.
   int64_t y_at(const Item& it) const {
@@ -423,16 +567,29 @@ struct ForwardPasses {
   const Split& split;
   const Bf16Spans& spans;
 
-  // Item i's lane sums of x and x^2 ([2][16], overwritten).
-  void stats(int64_t i, double* sums) const {
-    std::fill(sums, sums + 2 * kLanes, 0.0);
-    const Split::Item it = split.item(i);
+  // The lane sums of x and x^2 ([2][16], overwritten) of piece p's items,
+  // item i's at base + (i - base_item) * 2 * 16.
+  void stats(int64_t p, double* base, int64_t base_item) const {
+    const auto [first, nb] = split.piece_items(p);
+    double* sums = base + (first - base_item) * 2 * kLanes;
+    const int64_t out_block = split.chunks * 2 * kLanes;
+    for (int64_t j = 0; j < nb; ++j) std::fill(sums + j * out_block, sums + j * out_block + 2 * kLanes, 0.0);
+    const Split::Item it = split.item(first);
     const Split::Source src = split.source(it);
     const void* x = src.second ? f.x2 : f.x;
-    if (f.type == DataType::bf16)
+    if (split.channels_last()) {
+      const Walk xw{kLanes, src.stride};
+      const int64_t positions = it.count / kLanes;
+      const int n_blocks = static_cast<int>(nb);
+      if (f.type == DataType::bf16)
+        spans.stats_tile(static_cast<const uint16_t*>(x) + src.at, xw, positions, n_blocks, sums, out_block);
+      else
+        stats_tile_f32(static_cast<const float*>(x) + src.at, xw, positions, n_blocks, sums, out_block);
+    } else if (f.type == DataType::bf16) {
       spans.stats(static_cast<const uint16_t*>(x) + src.at, it.count, src.stride, sums, sums + kLanes);
-    else
+    } else {
       stats_f32(static_cast<const float*>(x) + src.at, it.count, src.stride, sums, sums + kLanes);
+    }
   }
 
   // Sample n's group statistics of u = x + t from its per-channel sums
@@ -456,16 +613,29 @@ struct ForwardPasses {
     affine_coefficients(f, n, a, b);
   }
 
-  // y = act(a x + b) over item i, with its sample's coefficients.
-  void apply(int64_t i, const float* a, const float* b) const {
-    const Split::Item it = split.item(i);
-    float la[kLanes], lb[kLanes];
-    split.lanes(it.unit, a, la);
-    split.lanes(it.unit, b, lb);
+  // y = act(a x + b) over piece p, with its sample's coefficients.
+  void apply(int64_t p, const float* a, const float* b) const {
+    const auto [first, nb] = split.piece_items(p);
+    const Split::Item it = split.item(first);
+    float la[kTileBlocks * kLanes], lb[kTileBlocks * kLanes];
+    for (int64_t j = 0; j < nb; ++j) {
+      split.lanes(it.unit + j, a, la + j * kLanes);
+      split.lanes(it.unit + j, b, lb + j * kLanes);
+    }
     const Split::Source src = split.source(it);
     const void* x = src.second ? f.x2 : f.x;
     const int64_t y_at = split.y_at(it), ys = split.y_stride();
-    if (f.type == DataType::bf16)
+    if (split.channels_last()) {
+      const Walk xw{kLanes, src.stride}, yw{kLanes, ys};
+      const int64_t positions = it.count / kLanes;
+      const int n_blocks = static_cast<int>(nb);
+      if (f.type == DataType::bf16)
+        spans.apply_tile(static_cast<const uint16_t*>(x) + src.at, xw, static_cast<uint16_t*>(f.y) + y_at, yw,
+                         positions, n_blocks, la, lb, f.silu);
+      else
+        apply_tile_f32(static_cast<const float*>(x) + src.at, xw, static_cast<float*>(f.y) + y_at, yw, positions,
+                       n_blocks, la, lb, f.silu);
+    } else if (f.type == DataType::bf16)
       spans.apply(static_cast<const uint16_t*>(x) + src.at, static_cast<uint16_t*>(f.y) + y_at, it.count, src.stride,
                   ys, la, lb, f.silu);
     else
@@ -481,18 +651,36 @@ struct BackwardPasses {
   const Split& split;
   const Bf16Spans& spans;
 
-  // Item i's lane sums of dy, x and dy x ([3][16], overwritten); with SiLU
-  // dy is written at `dy` (the item's elements, `dy_stride` apart).
-  void sums(int64_t i, const float* a, const float* b, float* dy, int64_t dy_stride, double* out) const {
-    std::fill(out, out + 3 * kLanes, 0.0);
-    const Split::Item it = split.item(i);
-    float la[kLanes], lb[kLanes];
-    split.lanes(it.unit, a, la);
-    split.lanes(it.unit, b, lb);
+  // The lane sums of dy, x and dy x ([3][16], overwritten) of piece p's
+  // items, item i's at base + (i - base_item) * 3 * 16; with SiLU dy is
+  // written at `dy` (the first item's elements; `dyw` walks on from there).
+  void sums(int64_t p, const float* a, const float* b, float* dy, Walk dyw, double* base, int64_t base_item) const {
+    const auto [first, nb] = split.piece_items(p);
+    double* out = base + (first - base_item) * 3 * kLanes;
+    const int64_t out_block = split.chunks * 3 * kLanes;
+    for (int64_t j = 0; j < nb; ++j) std::fill(out + j * out_block, out + j * out_block + 3 * kLanes, 0.0);
+    const Split::Item it = split.item(first);
+    float la[kTileBlocks * kLanes], lb[kTileBlocks * kLanes];
+    for (int64_t j = 0; j < nb; ++j) {
+      split.lanes(it.unit + j, a, la + j * kLanes);
+      split.lanes(it.unit + j, b, lb + j * kLanes);
+    }
     const Split::Source src = split.source(it);
     const void* x = src.second ? bw.x2 : bw.x;
-    const Strides st{src.stride, split.y_stride(), dy_stride, kLanes};
     const float* dz = bw.dz + split.y_at(it);
+    if (split.channels_last()) {
+      const Walk xw{kLanes, src.stride}, zw{kLanes, split.y_stride()};
+      const int64_t positions = it.count / kLanes;
+      const int n_blocks = static_cast<int>(nb);
+      if (bw.type == DataType::bf16)
+        spans.grad_sums_tile(static_cast<const uint16_t*>(x) + src.at, xw, dz, zw, dy, dyw, positions, n_blocks, la,
+                             lb, bw.silu, out, out_block);
+      else
+        grad_sums_tile_f32(static_cast<const float*>(x) + src.at, xw, dz, zw, dy, dyw, positions, n_blocks, la, lb,
+                           bw.silu, out, out_block);
+      return;
+    }
+    const Strides st{src.stride, split.y_stride(), dyw.position, kLanes};
     if (bw.type == DataType::bf16)
       spans.grad_sums(static_cast<const uint16_t*>(x) + src.at, dz, dy, it.count, st, la, lb, bw.silu, out,
                       out + kLanes, out + 2 * kLanes);
@@ -538,21 +726,35 @@ struct BackwardPasses {
     }
   }
 
-  // dx over item i from dy (the item's elements at `dy`, `dy_stride` apart)
-  // and its sample's coefficients.
-  void apply(int64_t i, const float* dy, int64_t dy_stride, const float* alpha, const float* beta,
-             const float* delta) const {
-    const Split::Item it = split.item(i);
-    float lal[kLanes], lbe[kLanes], lde[kLanes];
-    split.lanes(it.unit, alpha, lal);
-    split.lanes(it.unit, beta, lbe);
-    split.lanes(it.unit, delta, lde);
+  // dx over piece p from dy (the first item's elements at `dy`; `dyw` walks
+  // on from there) and its sample's coefficients.
+  void apply(int64_t p, const float* dy, Walk dyw, const float* alpha, const float* beta, const float* delta) const {
+    const auto [first, nb] = split.piece_items(p);
+    const Split::Item it = split.item(first);
     const Split::Source src = split.source(it);
     const void* x = src.second ? bw.x2 : bw.x;
     float* dx = src.second ? bw.dx2 : bw.dx;
     const bool add = src.second ? bw.dx2_add : bw.dx_add;
     if (!dx) return;
-    const Strides st{src.stride, kLanes, dy_stride, src.stride};
+    float lal[kTileBlocks * kLanes], lbe[kTileBlocks * kLanes], lde[kTileBlocks * kLanes];
+    for (int64_t j = 0; j < nb; ++j) {
+      split.lanes(it.unit + j, alpha, lal + j * kLanes);
+      split.lanes(it.unit + j, beta, lbe + j * kLanes);
+      split.lanes(it.unit + j, delta, lde + j * kLanes);
+    }
+    if (split.channels_last()) {
+      const Walk xw{kLanes, src.stride};
+      const int64_t positions = it.count / kLanes;
+      const int n_blocks = static_cast<int>(nb);
+      if (bw.type == DataType::bf16)
+        spans.grad_apply_tile(static_cast<const uint16_t*>(x) + src.at, xw, dy, dyw, dx + src.at, xw, positions,
+                              n_blocks, lal, lbe, lde, add);
+      else
+        grad_apply_tile_f32(static_cast<const float*>(x) + src.at, xw, dy, dyw, dx + src.at, xw, positions,
+                            n_blocks, lal, lbe, lde, add);
+      return;
+    }
+    const Strides st{src.stride, kLanes, dyw.position, src.stride};
     if (bw.type == DataType::bf16)
       spans.grad_apply(static_cast<const uint16_t*>(x) + src.at, dy, dx + src.at, it.count, st, lal, lbe, lde, add);
     else
@@ -590,7 +792,7 @@ void forward(const Forward& f) {
   const Shape& s = f.shape;
   const Split split(s);
   const ForwardPasses passes{f, split, bf16_spans()};
-  const int64_t per_sample = split.items_per_sample();
+  const int64_t per_sample = split.items_per_sample(), pieces = split.pieces_per_sample();
 
   if (picks_per_sample(s, f.type, false, f.silu)) {
 #pragma omp parallel
@@ -599,10 +801,10 @@ void forward(const Forward& f) {
       std::vector<float> a(sz(s.c)), b(sz(s.c));
 #pragma omp for schedule(static)
       for (int64_t n = 0; n < s.n; ++n) {
-        for (int64_t j = 0; j < per_sample; ++j) passes.stats(n * per_sample + j, &partial[sz(j * 2 * kLanes)]);
+        for (int64_t j = 0; j < pieces; ++j) passes.stats(n * pieces + j, partial.data(), n * per_sample);
         split.gather_sample(n, partial.data(), 2, sums.data());
         passes.coefficients(n, sums.data(), a.data(), b.data());
-        for (int64_t j = 0; j < per_sample; ++j) passes.apply(n * per_sample + j, a.data(), b.data());
+        for (int64_t j = 0; j < pieces; ++j) passes.apply(n * pieces + j, a.data(), b.data());
       }
     }
     return;
@@ -611,7 +813,7 @@ void forward(const Forward& f) {
   // 1. Every item's sums of x and x^2, one read.
   std::vector<double> partial(sz(split.items() * 2 * kLanes));
 #pragma omp parallel for schedule(static)
-  for (int64_t i = 0; i < split.items(); ++i) passes.stats(i, &partial[sz(i * 2 * kLanes)]);
+  for (int64_t i = 0; i < split.pieces(); ++i) passes.stats(i, partial.data(), 0);
   // 2. Each sample's statistics and coefficients.
   std::vector<double> sums(sz(2 * s.c));
   std::vector<float> a(sz(s.n * s.c)), b(sz(s.n * s.c));
@@ -621,8 +823,8 @@ void forward(const Forward& f) {
   }
   // 3. y = act(a x + b), one read and one write.
 #pragma omp parallel for schedule(static)
-  for (int64_t i = 0; i < split.items(); ++i) {
-    const int64_t n = split.sample_of_item(i);
+  for (int64_t i = 0; i < split.pieces(); ++i) {
+    const int64_t n = split.sample_of_piece(i);
     passes.apply(i, &a[sz(n * s.c)], &b[sz(n * s.c)]);
   }
 }
@@ -631,10 +833,15 @@ void backward(const Backward& bw) {
   const Shape& s = bw.shape;
   const Split split(s);
   const BackwardPasses passes{bw, split, bf16_spans()};
-  const int64_t per_sample = split.items_per_sample(), nc = s.n * s.c;
+  const int64_t per_sample = split.items_per_sample(), pieces = split.pieces_per_sample(), nc = s.n * s.c;
   // Each sample's parts of d gamma and d beta, summed over the samples in
   // order at the end.
   std::vector<double> dgamma_parts(sz(nc)), dbeta_parts(sz(nc));
+  // dz as a piece's dy: at its first item, its blocks and positions as y's.
+  const auto dz_of = [&](int64_t piece) {
+    return std::make_pair(bw.dz + split.y_at(split.item(split.piece_items(piece).first)),
+                          Walk{kLanes, split.y_stride()});
+  };
 
   if (picks_per_sample(s, bw.type, true, bw.silu)) {
     // With SiLU, dy goes to the thread's scratch, which stays in its cache,
@@ -650,21 +857,26 @@ void backward(const Backward& bw) {
 #pragma omp for schedule(static)
       for (int64_t n = 0; n < s.n; ++n) {
         const int64_t first = n * split.sample_elements();
-        // The dy of an item: in the scratch (with SiLU), else dz itself.
+        // The dy of a piece: in the scratch (with SiLU; in items' order, an
+        // item's elements after another's), else dz itself.
         const auto dy = [&](int64_t j) {
-          const Split::Item it = split.item(n * per_sample + j);
-          return bw.silu ? scratch.data() + (it.at - first) : bw.dz + split.y_at(it);
+          if (!bw.silu) return dz_of(n * pieces + j);
+          const Split::Item it = split.item(split.piece_items(n * pieces + j).first);
+          return std::make_pair(scratch.data() + (it.at - first), Walk{split.elements, kLanes});
         };
-        const int64_t dy_stride = bw.silu ? kLanes : split.y_stride();
         affine_coefficients(bw, n, a.data(), b.data());
-        for (int64_t j = 0; j < per_sample; ++j)
-          passes.sums(n * per_sample + j, a.data(), b.data(), dy(j), dy_stride, &partial[sz(j * 3 * kLanes)]);
+        for (int64_t j = 0; j < pieces; ++j) {
+          const auto [d, walk] = dy(j);
+          passes.sums(n * pieces + j, a.data(), b.data(), d, walk, partial.data(), n * per_sample);
+        }
         split.gather_sample(n, partial.data(), 3, sums.data());
         passes.coefficients(n, sums.data(), alpha.data(), beta.data(), delta.data(), &dgamma_parts[sz(n * s.c)],
                             &dbeta_parts[sz(n * s.c)]);
         if (bw.dx || bw.dx2)
-          for (int64_t j = 0; j < per_sample; ++j)
-            passes.apply(n * per_sample + j, dy(j), dy_stride, alpha.data(), beta.data(), delta.data());
+          for (int64_t j = 0; j < pieces; ++j) {
+            const auto [d, walk] = dy(j);
+            passes.apply(n * pieces + j, d, walk, alpha.data(), beta.data(), delta.data());
+          }
       }
     }
   } else {
@@ -674,10 +886,10 @@ void backward(const Backward& bw) {
     for (int64_t n = 0; n < s.n; ++n) affine_coefficients(bw, n, &a[sz(n * s.c)], &b[sz(n * s.c)]);
     std::vector<double> partial(sz(split.items() * 3 * kLanes));
 #pragma omp parallel for schedule(static)
-    for (int64_t i = 0; i < split.items(); ++i) {
-      const int64_t n = split.sample_of_item(i);
-      passes.sums(i, &a[sz(n * s.c)], &b[sz(n * s.c)], bw.dz + split.y_at(split.item(i)), split.y_stride(),
-                  &partial[sz(i * 3 * kLanes)]);
+    for (int64_t i = 0; i < split.pieces(); ++i) {
+      const int64_t n = split.sample_of_piece(i);
+      const auto [d, walk] = dz_of(i);
+      passes.sums(i, &a[sz(n * s.c)], &b[sz(n * s.c)], d, walk, partial.data(), 0);
     }
     // 2. Each sample's coefficients of dx.
     std::vector<double> sums(sz(3 * s.c));
@@ -690,9 +902,10 @@ void backward(const Backward& bw) {
     // 3. dx, one read of x and dy and one write (or add) of dx.
     if (bw.dx || bw.dx2) {
 #pragma omp parallel for schedule(static)
-      for (int64_t i = 0; i < split.items(); ++i) {
-        const size_t at = sz(split.sample_of_item(i) * s.c);
-        passes.apply(i, bw.dz + split.y_at(split.item(i)), split.y_stride(), &alpha[at], &beta[at], &delta[at]);
+      for (int64_t i = 0; i < split.pieces(); ++i) {
+        const size_t at = sz(split.sample_of_piece(i) * s.c);
+        const auto [d, walk] = dz_of(i);
+        passes.apply(i, d, walk, &alpha[at], &beta[at], &delta[at]);
       }
     }
   }

@@ -531,91 +531,98 @@ std::pair<std::vector<T>, std::vector<T>> split_channels_last(const std::vector<
 
 TEST_CASE("native group norm in nhwc equals it in nChw16c to the bit, one source or two") {
   // The two 16-channel layouts split the work into the same items and sum
-  // them in the same order, so every output must agree bitwise once
+  // them in the same order (nhwc reads a row's blocks together, each block
+  // summed in its own order), so every output must agree bitwise once
   // transposed: both schedules, both types, SiLU and a shift, several
-  // blocks, chunks and the norm of two sources (32 channels and 16).
+  // blocks (up to the 4 read together, and more), chunks, and the norm of
+  // two sources (32 channels and 16; 64 and 32).
   using namespace group_norm_kernel;
-  const int64_t n = 3, c = 48, spatial = 21, groups = 6, c_first = 32;
+  struct Case {
+    int64_t n, c, spatial, groups, c_first;
+  };
   int compared = 0;
-  for (const Schedule schedule : {Schedule::whole_tensor, Schedule::per_sample})
-    for (const DataType type : {DataType::f32, DataType::bf16})
-      for (const bool silu : {false, true})
-        for (const bool two : {false, true}) {
-          CAPTURE(schedule == Schedule::per_sample);
-          CAPTURE(type == DataType::bf16);
-          CAPTURE(silu);
-          CAPTURE(two);
-          set_schedule(schedule);
-          const KernelData blocked({n, c, spatial, groups, Layout::blocked16}, silu, 13);
-          const KernelData::Outputs bo = blocked.forward(type);
-          const KernelData::Grads bg = blocked.backward(type, bo);
+  for (const Case cs : {Case{3, 48, 21, 6, 32}, Case{2, 96, 13, 8, 64}})
+    for (const Schedule schedule : {Schedule::whole_tensor, Schedule::per_sample})
+      for (const DataType type : {DataType::f32, DataType::bf16})
+        for (const bool silu : {false, true})
+          for (const bool two : {false, true}) {
+            CAPTURE(cs.c);
+            CAPTURE(schedule == Schedule::per_sample);
+            CAPTURE(type == DataType::bf16);
+            CAPTURE(silu);
+            CAPTURE(two);
+            set_schedule(schedule);
+            const int64_t n = cs.n, c = cs.c, spatial = cs.spatial, groups = cs.groups, c_first = cs.c_first;
+            const KernelData blocked({n, c, spatial, groups, Layout::blocked16}, silu, 13);
+            const KernelData::Outputs bo = blocked.forward(type);
+            const KernelData::Grads bg = blocked.backward(type, bo);
 
-          KernelData last = blocked;
-          last.shape.layout = Layout::channels_last16;
-          auto to_last = [&](const auto& v) { return transpose_blocks(v, n, c, spatial, false); };
-          auto to_blocked = [&](const auto& v) { return transpose_blocks(v, n, c, spatial, true); };
-          last.xf = to_last(blocked.xf);
-          last.xb = to_last(blocked.xb);
-          last.dz = to_last(blocked.dz);
-          if (!two) {
-            const KernelData::Outputs lo = last.forward(type);
-            const KernelData::Grads lg = last.backward(type, lo);
-            CHECK(to_blocked(lo.y) == bo.y);
-            CHECK(lo.mean == bo.mean);
-            CHECK(lo.rstd == bo.rstd);
-            CHECK(to_blocked(lg.dx) == bg.dx);
-            CHECK(to_blocked(lg.dz) == bg.dz);
-            CHECK(lg.dgamma == bg.dgamma);
-            CHECK(lg.dbeta == bg.dbeta);
-            CHECK(lg.dshift == bg.dshift);
-          } else {
-            group_norm_kernel::Shape shape = last.shape;
-            shape.c_first = c_first;
-            const auto xf = split_channels_last(last.xf, c, c_first);
-            const auto xb = split_channels_last(last.xb, c, c_first);
-            const void* x1 = type == DataType::bf16 ? static_cast<const void*>(xb.first.data()) : xf.first.data();
-            const void* x2 = type == DataType::bf16 ? static_cast<const void*>(xb.second.data()) : xf.second.data();
-            KernelData::Outputs o{std::vector<float>(last.size), std::vector<float>(bo.mean.size()),
-                                  std::vector<float>(bo.rstd.size())};
-            std::vector<uint16_t> yb(last.size);
-            Forward f = forward_args(shape, x1, type == DataType::bf16 ? static_cast<void*>(yb.data()) : o.y.data(),
-                                     last.gamma, last.beta, o.mean, o.rstd);
-            f.x2 = x2;
-            f.shift = last.shift.data();
-            f.silu = silu;
-            f.type = type;
-            forward(f);
-            if (type == DataType::bf16)
-              for (size_t i = 0; i < last.size; ++i) {
-                const uint32_t bits = static_cast<uint32_t>(yb[i]) << 16;
-                std::memcpy(&o.y[i], &bits, sizeof bits);
-              }
-            CHECK(to_blocked(o.y) == bo.y);
-            CHECK(o.mean == bo.mean);
-            CHECK(o.rstd == bo.rstd);
-            KernelData::Grads g = last.grads();
-            const auto half = split_channels_last(std::vector<float>(last.size, 0.5f), c, c_first);
-            std::vector<float> dx1 = half.first, dx2 = half.second;
-            Backward b = last.backward_step(type, o, g);
-            b.shape = shape;
-            b.x = x1;
-            b.x2 = x2;
-            b.dx = dx1.data();
-            b.dx2 = dx2.data();
-            b.dx2_add = true;
-            backward(b);
-            const auto expected = split_channels_last(to_last(bg.dx), c, c_first);
-            CHECK(dx1 == expected.first);
-            CHECK(dx2 == expected.second);
-            CHECK(g.dgamma == bg.dgamma);
-            CHECK(g.dbeta == bg.dbeta);
-            CHECK(g.dshift == bg.dshift);
+            KernelData last = blocked;
+            last.shape.layout = Layout::channels_last16;
+            auto to_last = [&](const auto& v) { return transpose_blocks(v, n, c, spatial, false); };
+            auto to_blocked = [&](const auto& v) { return transpose_blocks(v, n, c, spatial, true); };
+            last.xf = to_last(blocked.xf);
+            last.xb = to_last(blocked.xb);
+            last.dz = to_last(blocked.dz);
+            if (!two) {
+              const KernelData::Outputs lo = last.forward(type);
+              const KernelData::Grads lg = last.backward(type, lo);
+              CHECK(to_blocked(lo.y) == bo.y);
+              CHECK(lo.mean == bo.mean);
+              CHECK(lo.rstd == bo.rstd);
+              CHECK(to_blocked(lg.dx) == bg.dx);
+              CHECK(to_blocked(lg.dz) == bg.dz);
+              CHECK(lg.dgamma == bg.dgamma);
+              CHECK(lg.dbeta == bg.dbeta);
+              CHECK(lg.dshift == bg.dshift);
+            } else {
+              group_norm_kernel::Shape shape = last.shape;
+              shape.c_first = c_first;
+              const auto xf = split_channels_last(last.xf, c, c_first);
+              const auto xb = split_channels_last(last.xb, c, c_first);
+              const void* x1 = type == DataType::bf16 ? static_cast<const void*>(xb.first.data()) : xf.first.data();
+              const void* x2 = type == DataType::bf16 ? static_cast<const void*>(xb.second.data()) : xf.second.data();
+              KernelData::Outputs o{std::vector<float>(last.size), std::vector<float>(bo.mean.size()),
+                                    std::vector<float>(bo.rstd.size())};
+              std::vector<uint16_t> yb(last.size);
+              Forward f = forward_args(shape, x1, type == DataType::bf16 ? static_cast<void*>(yb.data()) : o.y.data(),
+                                       last.gamma, last.beta, o.mean, o.rstd);
+              f.x2 = x2;
+              f.shift = last.shift.data();
+              f.silu = silu;
+              f.type = type;
+              forward(f);
+              if (type == DataType::bf16)
+                for (size_t i = 0; i < last.size; ++i) {
+                  const uint32_t bits = static_cast<uint32_t>(yb[i]) << 16;
+                  std::memcpy(&o.y[i], &bits, sizeof bits);
+                }
+              CHECK(to_blocked(o.y) == bo.y);
+              CHECK(o.mean == bo.mean);
+              CHECK(o.rstd == bo.rstd);
+              KernelData::Grads g = last.grads();
+              const auto half = split_channels_last(std::vector<float>(last.size, 0.5f), c, c_first);
+              std::vector<float> dx1 = half.first, dx2 = half.second;
+              Backward b = last.backward_step(type, o, g);
+              b.shape = shape;
+              b.x = x1;
+              b.x2 = x2;
+              b.dx = dx1.data();
+              b.dx2 = dx2.data();
+              b.dx2_add = true;
+              backward(b);
+              const auto expected = split_channels_last(to_last(bg.dx), c, c_first);
+              CHECK(dx1 == expected.first);
+              CHECK(dx2 == expected.second);
+              CHECK(g.dgamma == bg.dgamma);
+              CHECK(g.dbeta == bg.dbeta);
+              CHECK(g.dshift == bg.dshift);
+            }
+            CHECK(std::count(bg.dx.begin(), bg.dx.end(), 0.5f) < static_cast<long>(blocked.size / 2));
+            ++compared;
           }
-          CHECK(std::count(bg.dx.begin(), bg.dx.end(), 0.5f) < static_cast<long>(blocked.size / 2));
-          ++compared;
-        }
   set_schedule(Schedule::by_size);
-  CHECK(compared == 16);
+  CHECK(compared == 32);
 }
 
 TEST_CASE("native group norm: by_size runs per sample when every thread has a sample that fits its cache") {
