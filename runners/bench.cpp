@@ -14,7 +14,7 @@
 //           | bf16_backward=channels_last,blocked (bench unet; pipelines: model.bf16_backward=...)
 //   --convolution by_shape|direct|winograd (bench unet: the f32 3x3 convolutions' algorithm)
 //   --bf16-backward by_shape|channels_last|blocked (bench unet: bf16 training's backward convolution layout)
-//   --activation-layout blocked|channels_last|by_isa (bench unet: the image activations' layout)
+//   --activation-layout by_isa|blocked|channels_last (bench unet: the image activations' layout)
 //   --json FILE --csv FILE --plot FILE.png
 //   --breakdown (bench unet: time, FLOPs and bytes per layer kind)
 //   --roofline FILE.png (bench unet: also the memory bandwidth, and the layer kinds on a roofline; implies --breakdown)
@@ -666,7 +666,7 @@ int run_bench(const ParsedOptions& opts) {
         << (sweep_name == "convolution" ? "swept" : base.convolution.empty() ? "by_shape" : base.convolution)
         << ", bf16 backward "
         << (sweep_name == "bf16_backward" ? "swept" : base.bf16_backward.empty() ? "by_shape" : base.bf16_backward)
-        << ", activations " << (base.activation_layout.empty() ? "blocked" : base.activation_layout);
+        << ", activations " << (base.activation_layout.empty() ? "by_isa" : base.activation_layout);
   }
   if (!standalone) out << ", prefetch " << base.prefetch;
   out << "\n";

@@ -38,7 +38,7 @@ struct Settings {
   std::string precision;          // bench unet, matmul: f32 or bf16 (empty: f32)
   std::string convolution;        // bench unet: by_shape, direct or winograd (empty: by_shape)
   std::string bf16_backward;      // bench unet: by_shape, channels_last or blocked (empty: by_shape)
-  std::string activation_layout;  // bench unet: blocked, channels_last or by_isa (empty: blocked)
+  std::string activation_layout;  // bench unet: by_isa, blocked or channels_last (empty: by_isa)
   bool breakdown = false;         // bench unet: time per layer kind too
   int64_t mib = 256;              // bench bandwidth: the buffer copied
   std::string roofline;           // bench unet: the roofline figure to write (empty: none)

@@ -34,7 +34,7 @@ struct UNetBenchSettings {
   Precision precision = Precision::f32;
   ConvAlgorithm convolution = ConvAlgorithm::by_shape;  // the f32 3x3 convolutions' algorithm
   Bf16Backward bf16_backward = Bf16Backward::by_shape;  // bf16 training's backward convolution layout
-  ActivationLayout activation_layout = ActivationLayout::blocked;  // the image activations' layout
+  ActivationLayout activation_layout = ActivationLayout::by_isa;  // the image activations' layout
   uint64_t seed = 1;              // weights and inputs
   // Also time the matmul peak probe (bench_matmul.hpp) in the same precision
   // and threads, first, and give each GFLOP/s figure as a fraction of it.

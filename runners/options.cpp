@@ -168,9 +168,9 @@ OptionSpec precision() {
 }
 
 OptionSpec activation_layout() {
-  return OptionSpec::text("activation-layout", "blocked|channels_last|by_isa",
+  return OptionSpec::text("activation-layout", "by_isa|blocked|channels_last",
                           "layout of the image activations between layers (unet_model's `activation_layout`)")
-      .fallback("blocked");
+      .fallback("by_isa");
 }
 
 OptionSpec bf16_backward() {

@@ -106,7 +106,7 @@ OptionSpec inputs();          // --inputs IN.safetensors
 OptionSpec seed();            // --seed S
 OptionSpec precision();       // --precision f32|bf16
 OptionSpec bf16_backward();  // --bf16-backward by_shape|channels_last|blocked
-OptionSpec activation_layout();  // --activation-layout blocked|channels_last|by_isa
+OptionSpec activation_layout();  // --activation-layout by_isa|blocked|channels_last
 OptionSpec convolution();     // --convolution by_shape|direct|winograd
 OptionSpec class_choice();    // --class all|C|C1,C2
 OptionSpec guidance();        // --guidance W

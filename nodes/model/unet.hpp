@@ -62,8 +62,8 @@ class UNetModel : public DenoiserModel {
   // forward's unless set). Programs are built per choice.
   void set_bf16_backward(Bf16Backward layout) { bf16_backward_ = layout; }
   Bf16Backward bf16_backward() const { return bf16_backward_; }
-  // The layout of the image activations (ActivationLayout; channel-blocked
-  // unless set). Programs are built per choice.
+  // The layout of the image activations (ActivationLayout; by_isa unless
+  // set: channels-last for bf16 on AMX). Programs are built per choice.
   void set_activation_layout(ActivationLayout layout) { activation_layout_ = layout; }
   ActivationLayout activation_layout() const { return activation_layout_; }
   // Programs built so far (one per distinct shape and mode), for tests.
@@ -85,7 +85,7 @@ class UNetModel : public DenoiserModel {
   std::atomic<bool> native_kernels_{true};
   std::atomic<ConvAlgorithm> conv_algorithm_{ConvAlgorithm::by_shape};
   std::atomic<Bf16Backward> bf16_backward_{Bf16Backward::by_shape};
-  std::atomic<ActivationLayout> activation_layout_{ActivationLayout::blocked};
+  std::atomic<ActivationLayout> activation_layout_{ActivationLayout::by_isa};
   std::shared_ptr<Pool> pool_;
   std::atomic<StepProfiles*> profiles_{nullptr};
 };

@@ -68,7 +68,7 @@ class UNetModelResource : public ModelResource {
                     "kernels), blocked (channel-blocked AVX512-BF16 kernels), or by_shape: the forward's layout "
                     "(channels_last with AMX, else blocked); a layout without a fast kernel for a layer falls back "
                     "to the forward's");
-    DIFFUFLOW_PARAM(ActivationLayout, activation_layout, ActivationLayout::blocked,
+    DIFFUFLOW_PARAM(ActivationLayout, activation_layout, ActivationLayout::by_isa,
                     "layout of the image activations between layers: blocked (nChw16c, the layout of oneDNN's "
                     "AVX-512 convolutions), channels_last (nhwc, the only layout of its AMX convolutions: no "
                     "reorder around a bf16 convolution on AMX), or by_isa: channels_last for bf16 on AMX, else "
