@@ -270,8 +270,8 @@ std::optional<Bf16Conv> bf16_conv(const Program& p, const dims& xs, const dims& 
 // bf16 copies in bf16_conv's layout; the convolution accumulates in f32 and
 // writes the program's activation type (bf16 where activation_type() says
 // so, else f32) in the same layout: straight into the activation where that
-// is the activations' layout, else through a reorder into it. Backward, in bf16_conv's backward
-// layout: dy is rounded to bf16 in it; the input gradient comes back f32 and
+// is the activations' layout, else through a reorder into it. Backward, in
+// bf16_conv's backward layout: dy is rounded to bf16 in it; the input gradient comes back f32 and
 // the weight and bias gradients are f32. The bf16 copy of x is kept from
 // forward for the weight gradient (reordered there when the layouts differ).
 // Returns no value (the caller runs f32) when bf16_conv finds none for the
@@ -422,8 +422,9 @@ algorithm f32_conv_algorithm(const Program& p, const dims& xs, const dims& weigh
 // oneDNN has a jit kernel for that (`fused` set): f32 direct, a binary
 // post-op reading the residual in the output's layout; f32 Winograd (and
 // kernels without that post-op), a sum post-op adding into the output,
-// written over a spent residual or first filled with a copy of it; bf16: see conv2d_bf16. Else `fused` stays false
-// and the caller adds the residual.
+// written over a spent residual or first filled with a copy of it; bf16:
+// see conv2d_bf16. Else `fused` stays false and the caller adds the
+// residual.
 ValueId conv2d_impl(Program& p, ValueId x, const ParamRef& weight, const ParamRef& bias, int64_t stride,
                     int64_t padding, int64_t padding_end, ValueId residual, bool residual_spent, bool& fused) {
   const Program::LayerScope layer(p, "convolution");

@@ -52,8 +52,7 @@ ValueId group_norm_native(Program& p, ValueId x, const ParamRef& weight, const P
   const dims xs = p.shape(x);
   const auto x_md = p.desc(x);
   const int64_t n = xs[0], c_first = x2 >= 0 ? xs[1] : 0, c = xs[1] + (x2 >= 0 ? p.shape(x2)[1] : 0);
-  const bool channels_last =
-      xs.size() == 4 && xs[1] % 16 == 0 && x_md == dnnl::memory::desc(xs, x_md.data_type(), tag::nhwc);
+  const bool channels_last = is_channels_last(x_md) && xs[1] % 16 == 0;
   const kernel::Layout layout = channels_last                ? kernel::Layout::channels_last16
                                 : is_channel_blocked(x_md) ? kernel::Layout::blocked16
                                                            : kernel::Layout::plain;
@@ -63,7 +62,7 @@ ValueId group_norm_native(Program& p, ValueId x, const ParamRef& weight, const P
   if (x2 >= 0) {
     const dims x2s = p.shape(x2);
     const auto x2_md = p.desc(x2);
-    const bool same_layout = channels_last ? x2s[1] % 16 == 0 && x2_md == dnnl::memory::desc(x2s, x2_md.data_type(), tag::nhwc)
+    const bool same_layout = channels_last ? is_channels_last(x2_md) && x2s[1] % 16 == 0
                                            : is_channel_blocked(x_md) && is_channel_blocked(x2_md);
     require(same_layout && c_first % 16 == 0 && x2s[0] == n && product(x2s, 2) == shape.spatial &&
                 x2_md.data_type() == x_md.data_type(),
