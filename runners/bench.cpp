@@ -85,10 +85,6 @@ const std::set<std::string> kModelTypes = {"model_forward", "diffusion_loss", "m
 const std::set<std::string> kSourceTypes = {"mnist_loader", "image_folder_loader", "synthetic_source", "noise_source",
                                             "toy2d_source"};
 
-ConfigError bad_option(const std::string& option, const std::string& what) {
-  return ConfigError(SourceLocation{"command line", 0, 0, option}, what);
-}
-
 // ---- intervals ----------------------------------------------------------------------------------
 
 struct Interval {

@@ -122,10 +122,6 @@ double peak_rss_mib() {
   return static_cast<double>(usage.ru_maxrss) / 1024.0;  // ru_maxrss is in KiB on Linux
 }
 
-ConfigError bad_setting(const std::string& option, const std::string& what) {
-  return ConfigError(SourceLocation{"command line", 0, 0, option}, what);
-}
-
 double images_per_s(int64_t batch, double seconds) { return seconds > 0 ? static_cast<double>(batch) / seconds : 0.0; }
 
 double median(std::vector<double> v) { return stats_of(std::move(v), 0).median; }
@@ -335,11 +331,11 @@ nlohmann::json UNetBenchResult::json() const {
 }
 
 UNetBenchResult bench_unet(const UNetBenchSettings& settings, std::ostream* log) {
-  if (settings.batch < 1) throw bad_setting("--batch", "must be >= 1");
-  if (settings.iters < 1) throw bad_setting("--iters", "must be >= 1");
-  if (settings.warmup < 0) throw bad_setting("--warmup", "must be >= 0");
-  if (settings.size < 0) throw bad_setting("--size", "must be >= 0");
-  if (settings.threads < 0) throw bad_setting("--threads", "must be >= 0");
+  if (settings.batch < 1) throw bad_option("--batch", "must be >= 1");
+  if (settings.iters < 1) throw bad_option("--iters", "must be >= 1");
+  if (settings.warmup < 0) throw bad_option("--warmup", "must be >= 0");
+  if (settings.size < 0) throw bad_option("--size", "must be >= 0");
+  if (settings.threads < 0) throw bad_option("--threads", "must be >= 0");
   const UNetConfig config = UNetConfig::resolve(settings.config);
   UNetBenchResult result;
   result.settings = settings;

@@ -54,10 +54,6 @@ namespace {
 
 namespace fs = std::filesystem;
 
-ConfigError bad_option(const std::string& option, const std::string& what) {
-  return ConfigError(SourceLocation{"command line", 0, 0, option}, what);
-}
-
 OptionTable evaluate_options() {
   return {OptionSpec::positional("input", "DIR|CKPT|SAMPLES.safetensors",
                                  "the images to score: a folder of PNGs, a folder of MNIST IDX files, a .safetensors "

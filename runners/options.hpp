@@ -133,6 +133,12 @@ class ParsedOptions {
   boost::program_options::variables_map values_;
 };
 
+// A bad command-line option: a ConfigError naming it ("--batch", or a
+// positional argument's name), located on the command line.
+inline ConfigError bad_option(const std::string& option, const std::string& what) {
+  return ConfigError(SourceLocation{"command line", 0, 0, option}, what);
+}
+
 // The text option `name` as the enum E (parse_enum's spellings); a ConfigError
 // naming --name when it is none of them.
 template <typename E>
@@ -140,7 +146,7 @@ E enum_option(const ParsedOptions& options, const std::string& name) {
   try {
     return parse_enum<E>(options.text(name), "--" + name);
   } catch (const ConfigError& e) {
-    throw ConfigError(SourceLocation{"command line", 0, 0, "--" + name}, e.message());
+    throw bad_option("--" + name, e.message());
   }
 }
 
