@@ -262,13 +262,18 @@ struct KernelData {
   struct Outputs {
     std::vector<float> y, mean, rstd;  // y in f32 (bf16 widened)
   };
-  Outputs forward(group_norm_kernel::DataType type) const {
+  Outputs forward(group_norm_kernel::DataType type) const { return forward(type, shape, x(type), nullptr); }
+  // The forward with x from `x1` and, when `x2` is given, the channels past
+  // s.c_first from it.
+  Outputs forward(group_norm_kernel::DataType type, const group_norm_kernel::Shape& s, const void* x1,
+                  const void* x2) const {
     using namespace group_norm_kernel;
     Outputs o{std::vector<float>(size), std::vector<float>(static_cast<size_t>(shape.n * shape.groups)),
               std::vector<float>(static_cast<size_t>(shape.n * shape.groups))};
     std::vector<uint16_t> yb(size);
-    Forward f = forward_args(shape, x(type), type == DataType::bf16 ? static_cast<void*>(yb.data()) : o.y.data(),
-                             gamma, beta, o.mean, o.rstd);
+    Forward f = forward_args(s, x1, type == DataType::bf16 ? static_cast<void*>(yb.data()) : o.y.data(), gamma, beta,
+                             o.mean, o.rstd);
+    f.x2 = x2;
     f.shift = shift.data();
     f.silu = silu;
     f.type = type;
@@ -322,6 +327,36 @@ struct KernelData {
     b.dshift = g.dshift.data();
     b.dshift_add = true;
     return b;
+  }
+
+  // Forward and backward with x given as two sources, its first c_first
+  // channels and the rest, as `split` (a tensor of this shape -> the pair)
+  // cuts them; dx comes back cut the same way (each part added into from 0.5).
+  struct TwoSources {
+    Outputs out;
+    Grads grads;
+    std::pair<std::vector<float>, std::vector<float>> dx;
+  };
+  template <typename Split>
+  TwoSources two_sources(group_norm_kernel::DataType type, int64_t c_first, const Split& split) const {
+    using namespace group_norm_kernel;
+    const auto xf_parts = split(xf);
+    const auto xb_parts = split(xb);
+    const bool bf16 = type == DataType::bf16;
+    const void* x1 = bf16 ? static_cast<const void*>(xb_parts.first.data()) : xf_parts.first.data();
+    const void* x2 = bf16 ? static_cast<const void*>(xb_parts.second.data()) : xf_parts.second.data();
+    group_norm_kernel::Shape two = shape;
+    two.c_first = c_first;
+    TwoSources r{forward(type, two, x1, x2), grads(), split(std::vector<float>(size, 0.5f))};
+    Backward b = backward_step(type, r.out, r.grads);
+    b.shape = two;
+    b.x = x1;
+    b.x2 = x2;
+    b.dx = r.dx.first.data();
+    b.dx2 = r.dx.second.data();
+    b.dx2_add = true;
+    group_norm_kernel::backward(b);
+    return r;
   }
 };
 
@@ -448,49 +483,14 @@ TEST_CASE("native group norm of two sources equals it of their concatenation, to
           }
           return std::make_pair(a, b);
         };
-        const auto xf = split(data.xf);
-        const auto xb = split(data.xb);
-        const void* x1 = type == DataType::bf16 ? static_cast<const void*>(xb.first.data()) : xf.first.data();
-        const void* x2 = type == DataType::bf16 ? static_cast<const void*>(xb.second.data()) : xf.second.data();
-
-        group_norm_kernel::Shape two = data.shape;
-        two.c_first = c_first;
-        KernelData::Outputs o{std::vector<float>(data.size), std::vector<float>(whole.mean.size()),
-                              std::vector<float>(whole.rstd.size())};
-        std::vector<uint16_t> yb(data.size);
-        Forward f = forward_args(two, x1, type == DataType::bf16 ? static_cast<void*>(yb.data()) : o.y.data(),
-                                 data.gamma, data.beta, o.mean, o.rstd);
-        f.x2 = x2;
-        f.shift = data.shift.data();
-        f.silu = true;
-        f.type = type;
-        forward(f);
-        if (type == DataType::bf16)
-          for (size_t i = 0; i < data.size; ++i) {
-            const uint32_t bits = static_cast<uint32_t>(yb[i]) << 16;
-            std::memcpy(&o.y[i], &bits, sizeof bits);
-          }
-        CHECK(o.y == whole.y);
-        CHECK(o.mean == whole.mean);
-        CHECK(o.rstd == whole.rstd);
-
-        // Backward: dx split the same way, each part added into (from 0.5).
-        KernelData::Grads g = data.grads();
-        std::vector<float> dx1(first * static_cast<size_t>(n), 0.5f), dx2(data.size - dx1.size(), 0.5f);
-        Backward b = data.backward_step(type, o, g);
-        b.shape = two;
-        b.x = x1;
-        b.x2 = x2;
-        b.dx = dx1.data();
-        b.dx2 = dx2.data();
-        b.dx2_add = true;
-        backward(b);
-        const auto expected = split(whole_grads.dx);
-        CHECK(dx1 == expected.first);
-        CHECK(dx2 == expected.second);
-        CHECK(g.dgamma == whole_grads.dgamma);
-        CHECK(g.dbeta == whole_grads.dbeta);
-        CHECK(g.dshift == whole_grads.dshift);
+        const KernelData::TwoSources two = data.two_sources(type, c_first, split);
+        CHECK(two.out.y == whole.y);
+        CHECK(two.out.mean == whole.mean);
+        CHECK(two.out.rstd == whole.rstd);
+        CHECK(two.dx == split(whole_grads.dx));
+        CHECK(two.grads.dgamma == whole_grads.dgamma);
+        CHECK(two.grads.dbeta == whole_grads.dbeta);
+        CHECK(two.grads.dshift == whole_grads.dshift);
       }
   set_schedule(Schedule::by_size);
 }
@@ -576,47 +576,15 @@ TEST_CASE("native group norm in nhwc equals it in nChw16c to the bit, one source
               CHECK(lg.dbeta == bg.dbeta);
               CHECK(lg.dshift == bg.dshift);
             } else {
-              group_norm_kernel::Shape shape = last.shape;
-              shape.c_first = c_first;
-              const auto xf = split_channels_last(last.xf, c, c_first);
-              const auto xb = split_channels_last(last.xb, c, c_first);
-              const void* x1 = type == DataType::bf16 ? static_cast<const void*>(xb.first.data()) : xf.first.data();
-              const void* x2 = type == DataType::bf16 ? static_cast<const void*>(xb.second.data()) : xf.second.data();
-              KernelData::Outputs o{std::vector<float>(last.size), std::vector<float>(bo.mean.size()),
-                                    std::vector<float>(bo.rstd.size())};
-              std::vector<uint16_t> yb(last.size);
-              Forward f = forward_args(shape, x1, type == DataType::bf16 ? static_cast<void*>(yb.data()) : o.y.data(),
-                                       last.gamma, last.beta, o.mean, o.rstd);
-              f.x2 = x2;
-              f.shift = last.shift.data();
-              f.silu = silu;
-              f.type = type;
-              forward(f);
-              if (type == DataType::bf16)
-                for (size_t i = 0; i < last.size; ++i) {
-                  const uint32_t bits = static_cast<uint32_t>(yb[i]) << 16;
-                  std::memcpy(&o.y[i], &bits, sizeof bits);
-                }
-              CHECK(to_blocked(o.y) == bo.y);
-              CHECK(o.mean == bo.mean);
-              CHECK(o.rstd == bo.rstd);
-              KernelData::Grads g = last.grads();
-              const auto half = split_channels_last(std::vector<float>(last.size, 0.5f), c, c_first);
-              std::vector<float> dx1 = half.first, dx2 = half.second;
-              Backward b = last.backward_step(type, o, g);
-              b.shape = shape;
-              b.x = x1;
-              b.x2 = x2;
-              b.dx = dx1.data();
-              b.dx2 = dx2.data();
-              b.dx2_add = true;
-              backward(b);
-              const auto expected = split_channels_last(to_last(bg.dx), c, c_first);
-              CHECK(dx1 == expected.first);
-              CHECK(dx2 == expected.second);
-              CHECK(g.dgamma == bg.dgamma);
-              CHECK(g.dbeta == bg.dbeta);
-              CHECK(g.dshift == bg.dshift);
+              const auto split = [&](const auto& v) { return split_channels_last(v, c, c_first); };
+              const KernelData::TwoSources two = last.two_sources(type, c_first, split);
+              CHECK(to_blocked(two.out.y) == bo.y);
+              CHECK(two.out.mean == bo.mean);
+              CHECK(two.out.rstd == bo.rstd);
+              CHECK(two.dx == split(to_last(bg.dx)));
+              CHECK(two.grads.dgamma == bg.dgamma);
+              CHECK(two.grads.dbeta == bg.dbeta);
+              CHECK(two.grads.dshift == bg.dshift);
             }
             CHECK(std::count(bg.dx.begin(), bg.dx.end(), 0.5f) < static_cast<long>(blocked.size / 2));
             ++compared;
