@@ -105,7 +105,8 @@ TEST_CASE("bench matmul and bench unet options: precision, sweeps, mode and over
         "bench unet --bf16-backward nhwc", "bench train --bf16-backward blocked",
         "bench unet --sweep bf16_backward=blocked,diagonal", "bench sample --sweep bf16_backward=blocked",
         "bench-unet --bf16-backward sideways", "bench unet --graph-threads 2", "bench matmul --graph-threads 1",
-        "bench sample --graph-threads -1"}) {
+        "bench sample --graph-threads -1", "bench unet --activation-layout nchw",
+        "bench train --activation-layout channels_last", "bench-unet --activation-layout sideways"}) {
     const auto result = run_cli(args);
     CAPTURE(args);
     CAPTURE(result.output);
@@ -137,6 +138,20 @@ TEST_CASE("bench unet sweeps the convolution algorithm and the bf16 backward lay
       CHECK(rows[i]["sweep_value"] == (i == 0 ? sweep.first : sweep.second));
       CHECK(rows[i]["repeats"][0][sweep.name] == rows[i]["sweep_value"]);
     }
+  }
+}
+
+TEST_CASE("bench unet --activation-layout is said in the header and recorded in each repeat (default by_isa)") {
+  for (const std::string layout : {"", "channels_last", "blocked"}) {
+    CAPTURE(layout);
+    TempDir dir;
+    std::string output;
+    const json r =
+        run_tiny_bench_unet("--mode forward" + (layout.empty() ? "" : " --activation-layout " + layout), dir.path(),
+                            output)[0];
+    const std::string expected = layout.empty() ? "by_isa" : layout;
+    CHECK(contains(output, "activations " + expected));
+    CHECK(r["repeats"][0]["activation_layout"] == expected);
   }
 }
 
