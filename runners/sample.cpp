@@ -1,7 +1,7 @@
 // `diffuflow sample`: images from a trained model in one line.
 //
 //   diffuflow sample MODEL [-n 64] [--steps 50] [--sampler ddim|ddpm|dpmpp|euler|euler_ancestral|unipc] [--eta 0]
-//                    [--class all|C|C1,C2] [--guidance W] [--clip auto|on|off] [--seed 0] [--batch 64]
+//                    [--class all|C|C1,C2] [--guidance W] [--clip auto|on|off] [--seed 0] [--batch 256]
 //                    [-o samples.png | -o DIR] [--precision f32|bf16] [--threads N] [--set NODE.PARAM=VALUE]
 //                    [--print-pipeline]
 //
@@ -65,7 +65,7 @@ struct SampleRequest {
   SamplerMethod sampler = SamplerMethod::ddim;
   double eta = 0;
   int64_t seed = 0;
-  int64_t batch = 64;
+  int64_t batch = 256;
   std::string out = "samples.png";
   Precision precision = Precision::f32;
   std::vector<std::string> sets;  // --set overrides, as given
@@ -265,7 +265,8 @@ OptionTable sample_options() {
                            "with guidance, whose amplified estimates clipping ruins")
               .fallback("auto"),
           shared::seed().range(0, 9.0e15).fallback("0"),
-          shared::batch(),
+          // Chains of 256 sample as fast as 64 on 2 cores and give many cores more work per layer.
+          shared::batch().fallback("256"),
           shared::output().short_name('o').fallback("samples.png"),
           shared::precision(),
           shared::threads(),
