@@ -6,6 +6,7 @@
 #include <atomic>
 #include <cmath>
 #include <cstring>
+#include <stdexcept>
 #include <vector>
 
 #include <omp.h>
@@ -764,6 +765,14 @@ struct BackwardPasses {
 
 size_t sz(int64_t v) { return static_cast<size_t>(v); }
 
+// What the layouts assume of the shape.
+void check_shape(const Shape& s) {
+  const bool first_blocks = s.c_first <= 0 || s.c_first % kLanes == 0;
+  if (s.n < 1 || s.c < 1 || s.spatial < 1 || s.groups < 1 || s.c % s.groups != 0 || s.c_first >= s.c ||
+      (s.layout != Layout::plain && !first_blocks) || (s.layout == Layout::channels_last16 && s.c % kLanes != 0))
+    throw std::invalid_argument("group_norm_kernel: a shape its layout cannot hold");
+}
+
 }  // namespace
 
 bool set_bf16_instructions(bool allowed) {
@@ -790,6 +799,7 @@ bool picks_per_sample(const Shape& s, DataType type, bool backward, bool silu) {
 
 void forward(const Forward& f) {
   const Shape& s = f.shape;
+  check_shape(s);
   const Split split(s);
   const ForwardPasses passes{f, split, bf16_spans()};
   const int64_t per_sample = split.items_per_sample(), pieces = split.pieces_per_sample();
@@ -831,6 +841,7 @@ void forward(const Forward& f) {
 
 void backward(const Backward& bw) {
   const Shape& s = bw.shape;
+  check_shape(s);
   const Split split(s);
   const BackwardPasses passes{bw, split, bf16_spans()};
   const int64_t per_sample = split.items_per_sample(), pieces = split.pieces_per_sample(), nc = s.n * s.c;

@@ -66,6 +66,8 @@ struct Forward {
   float* mean = nullptr;         // [N * groups] written: m, in the frame of x + t
   float* rstd = nullptr;         // [N * groups] written: r
 };
+// Throws std::invalid_argument for a shape its layout cannot hold (channels
+// not whole blocks of 16 where the layout needs them, groups not dividing C).
 void forward(const Forward& f);
 
 // x of either type (the forward's); the gradients are f32.

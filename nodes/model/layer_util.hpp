@@ -15,7 +15,7 @@ void require(bool ok, const std::string& what);
 // Whether oneDNN picked a reference (slow) implementation.
 bool is_reference(const char* impl);
 
-// Whether x_md is an image [N,C,H,W] (C > 1) laid out nhwc.
+// Whether x_md is an image [N,C,H,W] (C > 1, H*W > 1) laid out nhwc.
 bool is_channels_last(const dnnl::memory::desc& x_md);
 // x [N,C,...] seen as [1, N*C, H, W]: every (sample, channel) pair becomes a
 // channel of its own, which is the same memory for plain NCHW and for

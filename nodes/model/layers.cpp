@@ -28,8 +28,11 @@ void require(bool ok, const std::string& what) {
 bool is_reference(const char* impl) { return std::string(impl).rfind("ref", 0) == 0; }
 
 bool is_channels_last(const dnnl::memory::desc& x_md) {
+  // (At one position nhwc is plain NCHW's memory, and oneDNN calls the two
+  // descriptors equal: that is plain.)
   const dims xs = x_md.dims();
-  return xs.size() == 4 && xs[1] > 1 && x_md == dnnl::memory::desc(xs, x_md.data_type(), tag::nhwc);
+  return xs.size() == 4 && xs[1] > 1 && xs[2] * xs[3] > 1 &&
+         x_md == dnnl::memory::desc(xs, x_md.data_type(), tag::nhwc);
 }
 
 dnnl::memory::desc per_sample_channels(const dnnl::memory::desc& x_md) {
@@ -242,7 +245,8 @@ std::optional<Bf16Conv> bf16_conv(const Program& p, const dims& xs, const dims& 
   const bool want_blocked = !amx || (p.training() && p.bf16_backward() == Bf16Backward::blocked);
   // (A channels-last program without AMX builds it too, for its fallback.)
   const auto blocked = want_blocked ? forward(tag::nChw16c) : dnnl::convolution_forward::primitive_desc();
-  if (amx || (p.activation_layout() == ActivationLayout::channels_last && fast(last))) {
+  const bool channels_last_program = p.activation_layout() == ActivationLayout::channels_last;
+  if (amx || (channels_last_program && fast(last) && (!p.training() || fast_backward(tag::nhwc, last)))) {
     found = Bf16Conv{last, tag::nhwc, last, tag::nhwc};
   } else if (fast(blocked) && fast_backward(tag::nChw16c, blocked)) {
     found = Bf16Conv{blocked, tag::nChw16c, blocked, tag::nChw16c};
@@ -327,6 +331,8 @@ std::optional<ValueId> conv2d_bf16(Program& p, ValueId x, const ParamRef& weight
     return fast ? std::optional<dnnl::convolution_forward::primitive_desc>(pd) : std::nullopt;
   };
   // Writing `out`: with the residual added by a post-op where one is fast.
+  // The activation type unfused comes before an f32 output fused: an f32
+  // output would make the next layers convert.
   Add how = Add::none;
   auto make_out = [&](const dnnl::memory::desc& out) {
     if (direct && has_residual) {

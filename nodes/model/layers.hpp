@@ -75,12 +75,15 @@ ValueId conv2d(Program& p, ValueId x, const ParamRef& weight, const ParamRef& bi
                int64_t padding_end = -1);
 // residual + conv2d(x), residual [N,Co,Ho,Wo]: the add done by the
 // convolution as it writes its output where oneDNN has a fast kernel for it
-// (f32), else a separate add. With `residual_spent` (no later step, forward
-// or backward, reads the residual's data) the output may be written over the
-// residual's memory: f32 Winograd convolutions add into it (else into a
-// copy of the residual), and bf16 ones, which write channels-last, add into
-// it as they are reordered into the activation layout. The same result
-// either way; backward gives the residual dy.
+// (a binary post-op reading the residual, or a sum post-op adding into the
+// output where the kernel takes no binary one: Winograd's, the brgemm
+// ones), else a separate add. With `residual_spent` (no later step, forward
+// or backward, reads the residual's data) the output may be written over
+// the residual's memory: a sum post-op adds into it (else into a copy of
+// the residual), and a bf16 convolution in another layout than the
+// activations' adds into it as its output is reordered into that layout.
+// The same result either way (to rounding: a copy into a bf16 output rounds
+// an f32 residual first); backward gives the residual dy.
 ValueId conv2d_add(Program& p, ValueId x, const ParamRef& weight, const ParamRef& bias, ValueId residual,
                    int64_t stride, int64_t padding, bool residual_spent = false);
 ValueId linear(Program& p, ValueId x, const ParamRef& weight, const ParamRef& bias);

@@ -52,7 +52,13 @@ ValueId group_norm_native(Program& p, ValueId x, const ParamRef& weight, const P
   const dims xs = p.shape(x);
   const auto x_md = p.desc(x);
   const int64_t n = xs[0], c_first = x2 >= 0 ? xs[1] : 0, c = xs[1] + (x2 >= 0 ? p.shape(x2)[1] : 0);
-  const bool channels_last = is_channels_last(x_md) && xs[1] % 16 == 0;
+  // nhwc in whole blocks of 16 (at one position also plain's memory, which
+  // this layout reads alike).
+  const auto nhwc16 = [](const dnnl::memory::desc& md) {
+    const dims d = md.dims();
+    return d.size() == 4 && d[1] % 16 == 0 && md == dnnl::memory::desc(d, md.data_type(), tag::nhwc);
+  };
+  const bool channels_last = nhwc16(x_md);
   const kernel::Layout layout = channels_last                ? kernel::Layout::channels_last16
                                 : is_channel_blocked(x_md) ? kernel::Layout::blocked16
                                                            : kernel::Layout::plain;
@@ -62,8 +68,8 @@ ValueId group_norm_native(Program& p, ValueId x, const ParamRef& weight, const P
   if (x2 >= 0) {
     const dims x2s = p.shape(x2);
     const auto x2_md = p.desc(x2);
-    const bool same_layout = channels_last ? is_channels_last(x2_md) && x2s[1] % 16 == 0
-                                           : is_channel_blocked(x_md) && is_channel_blocked(x2_md);
+    const bool same_layout =
+        channels_last ? nhwc16(x2_md) : is_channel_blocked(x_md) && is_channel_blocked(x2_md);
     require(same_layout && c_first % 16 == 0 && x2s[0] == n && product(x2s, 2) == shape.spatial &&
                 x2_md.data_type() == x_md.data_type(),
             "group_norm of two sources takes inputs of one 16-channel layout, type and shape, the first of whole "
@@ -77,7 +83,9 @@ ValueId group_norm_native(Program& p, ValueId x, const ParamRef& weight, const P
   const dnnl::memory t = shift >= 0 ? p.reorder_if_needed(p.data(shift), numbers_md, false) : dnnl::memory();
   dims ys = xs;
   ys[1] = c;
-  const ValueId y = p.new_value(x2 >= 0 ? p.activation_desc(ys, x_md.data_type()) : x_md, true);
+  // Two sources: y in their layout.
+  const ValueId y = p.new_value(
+      x2 >= 0 ? dnnl::memory::desc(ys, x_md.data_type(), channels_last ? tag::nhwc : tag::nChw16c) : x_md, true);
 
   Args args{{DNNL_ARG_SRC, p.data(x)}, {DNNL_ARG_DST, p.data(y)}, {DNNL_ARG_SCALE, gamma},
             {DNNL_ARG_SHIFT, beta},    {DNNL_ARG_MEAN, mean},    {DNNL_ARG_VARIANCE, rstd}};
