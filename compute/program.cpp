@@ -59,11 +59,17 @@ dnnl::memory::data_type Program::activation_type() const {
   return bf16 ? dnnl::memory::data_type::bf16 : dnnl::memory::data_type::f32;
 }
 
-ActivationLayout Program::activation_layout() const {
-  if (!native_kernels_ || activation_layout_ == ActivationLayout::blocked) return ActivationLayout::blocked;
-  if (activation_layout_ == ActivationLayout::channels_last) return ActivationLayout::channels_last;
-  const bool amx = precision_ == Precision::bf16 && amx_convolutions(engine_);
+ActivationLayout resolved_activation_layout(ActivationLayout layout, Precision precision, bool native_kernels,
+                                            const dnnl::engine& engine) {
+  const bool native = native_kernels && engine.get_kind() == dnnl::engine::kind::cpu;
+  if (!native || layout == ActivationLayout::blocked) return ActivationLayout::blocked;
+  if (layout == ActivationLayout::channels_last) return ActivationLayout::channels_last;
+  const bool amx = precision == Precision::bf16 && amx_convolutions(engine);
   return amx ? ActivationLayout::channels_last : ActivationLayout::blocked;
+}
+
+ActivationLayout Program::activation_layout() const {
+  return resolved_activation_layout(activation_layout_, precision_, native_kernels_, engine_);
 }
 
 dnnl::memory::desc Program::activation_desc(const dims& nchw, dnnl::memory::data_type type) const {

@@ -88,6 +88,10 @@ DIFFUFLOW_ENUM(Bf16Backward, by_shape, channels_last, blocked);
 DIFFUFLOW_ENUM(ActivationLayout, by_isa, blocked, channels_last);
 // Whether oneDNN runs bf16 convolutions on this engine with AMX.
 bool amx_convolutions(const dnnl::engine& engine);
+// The layout `layout` gives a program of this precision on this engine,
+// with or without the native kernels: blocked or channels_last.
+ActivationLayout resolved_activation_layout(ActivationLayout layout, Precision precision, bool native_kernels,
+                                            const dnnl::engine& engine);
 // by_shape's rule for a 3x3 stride-1 f32 convolution with `tiles` 4x4 output
 // tiles (N * ceil(Ho/4) * ceil(Wo/4)) run by `threads` threads: Winograd from
 // 64 tiles per thread on for the forward, from 128 for the `backward` passes

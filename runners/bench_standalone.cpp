@@ -71,7 +71,7 @@ Measurement measure_unet(const Settings& s, UNetBenchMode mode) {
   const json j = r.json();
   for (const char* key : {"forward_images_per_s", "forward_gflops_per_s", "forward_backward_images_per_s",
                           "forward_backward_gflops_per_s", "gflops_per_image_forward", "isa", "precision", "convolution", "bf16_backward",
-                          "activation_layout",
+                          "activation_layout", "activation_layout_used",
                           "matmul_peak_gflops_per_s", "forward_fraction_of_peak", "forward_backward_fraction_of_peak"}) {
     m.extra[key] = j.at(key);
   }

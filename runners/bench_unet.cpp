@@ -307,6 +307,7 @@ nlohmann::json UNetBenchResult::json() const {
           {"convolution", enum_name(settings.convolution)},
           {"bf16_backward", enum_name(settings.bf16_backward)},
           {"activation_layout", enum_name(settings.activation_layout)},
+          {"activation_layout_used", enum_name(activation_layout_used)},
           {"gflops_per_image_forward", gflop},
           {"forward_images_per_s", rate(forward.median)},
           {"forward_images_per_s_min", rate(forward.max)},
@@ -354,6 +355,8 @@ UNetBenchResult bench_unet(const UNetBenchSettings& settings, std::ostream* log)
   model->set_conv_algorithm(s.convolution);
   model->set_bf16_backward(s.bf16_backward);
   model->set_activation_layout(s.activation_layout);
+  result.activation_layout_used =
+      resolved_activation_layout(s.activation_layout, s.precision, model->native_kernels(), device.engine());
   result.parameters = model->param_count();
   result.isa = describe_cpu_isa();
 
@@ -381,7 +384,8 @@ UNetBenchResult bench_unet(const UNetBenchSettings& settings, std::ostream* log)
     *log << "bench-unet: config " << s.config << ", batch " << batch << ", " << size << "x" << size << ", "
          << s.threads << " OpenMP thread(s), " << result.parameters << " parameters, " << enum_name(s.precision)
          << " convolutions (" << enum_name(s.convolution) << ", bf16 backward " << enum_name(s.bf16_backward)
-         << ", activations " << enum_name(s.activation_layout) << ")\n"
+         << ", activations " << enum_name(s.activation_layout) << ": " << enum_name(result.activation_layout_used)
+         << ")\n"
          << "isa: " << result.isa << "\n"
          << std::fixed << std::setprecision(3) << "forward GFLOP per image: " << fwd_flops * 1e-9 << "\n";
   }

@@ -56,6 +56,7 @@ struct PassTimes {
 struct UNetBenchResult {
   UNetBenchSettings settings;  // as run: size and threads resolved
   std::string isa;
+  ActivationLayout activation_layout_used = ActivationLayout::blocked;  // settings.activation_layout resolved
   int64_t parameters = 0;
   double forward_flops_per_image = 0;  // 2 * multiply-accumulates; a backward pass counts twice this
   PassTimes forward, train;            // train: forward + backward

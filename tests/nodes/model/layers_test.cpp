@@ -620,6 +620,7 @@ TEST_CASE("channels-last activations: every layer kind in nhwc, convolutions wit
     size_t reorders = 0;     // forward reorder steps that change the layout
     size_t binaries = 0;     // forward binary steps (the residual add, where no convolution takes it)
     bool convolutions_nhwc = true;  // every forward convolution step writes nhwc
+    bool in_place = false;   // the convolutions making a2 and d (with the residual) write their values' memory
   };
   auto run = [&](Precision precision, ActivationLayout layout, bool finite_differences) {
     LayerHarness h(count, precision);
@@ -643,8 +644,13 @@ TEST_CASE("channels-last activations: every layer kind in nhwc, convolutions wit
     Run r;
     for (const ValueId v : {a, a2, b, d, e, f, g})
       r.nhwc.push_back(p.desc(v) == dnnl::memory::desc(p.shape(v), p.desc(v).data_type(), tag::nhwc));
+    int writers = 0;
     for (const Step& step : p.steps(false)) {
       if (!step.primitive) continue;
+      if (step.primitive.get_kind() == dnnl::primitive::kind::convolution) {
+        const void* dst = step.args.at(DNNL_ARG_DST).get_data_handle();
+        writers += dst == p.data(a2).get_data_handle() || dst == p.data(d).get_data_handle();
+      }
       // A reorder between two layouts (not a copy, nor a conversion to bf16 in one layout).
       if (step.primitive.get_kind() == dnnl::primitive::kind::reorder) {
         const dnnl::memory::desc from = step.args.at(DNNL_ARG_FROM).get_desc();
@@ -657,6 +663,7 @@ TEST_CASE("channels-last activations: every layer kind in nhwc, convolutions wit
         r.convolutions_nhwc = r.convolutions_nhwc && md == dnnl::memory::desc(md.dims(), md.data_type(), tag::nhwc);
       }
     }
+    r.in_place = writers == 2;
     if (finite_differences) h.check_all("channels-last network");
     h.backward();  // (again after finite differences: the outputs of the unperturbed weights)
     const float* out = static_cast<const float*>(p.data(y).get_data_handle());
@@ -689,6 +696,13 @@ TEST_CASE("channels-last activations: every layer kind in nhwc, convolutions wit
   CHECK(f32_last.convolutions_nhwc);
   CHECK_FALSE(f32_blocked.convolutions_nhwc);
   CHECK(f32_last.reorders == 2);
+  CHECK(f32_last.in_place);
+  CHECK(f32_blocked.in_place);
+  // The two binary steps are the per-channel scale and bias: the residual
+  // goes into its convolution (every AVX-512 kernel takes a binary or a sum
+  // post-op).
+  const bool avx512 = dnnl::get_effective_cpu_isa() >= dnnl::cpu_isa::avx512_core;
+  if (avx512) CHECK(f32_last.binaries == 2);
   CHECK(f32_last.binaries == f32_blocked.binaries);
   MESSAGE("f32 channels-last against channel-blocked, relative L2: output "
           << relative_l2(f32_last.out, f32_blocked.out) << ", gradients "
@@ -697,6 +711,8 @@ TEST_CASE("channels-last activations: every layer kind in nhwc, convolutions wit
   CHECK(relative_l2(f32_last.grads, f32_blocked.grads) < 1e-5);
   // by_isa: channels-last only for bf16 on AMX.
   CHECK(run(Precision::f32, ActivationLayout::by_isa, false).nhwc == f32_blocked.nhwc);
+  const bool amx = amx_convolutions(dnnl::engine(dnnl::engine::kind::cpu, 0));
+  for (const bool v : run(Precision::bf16, ActivationLayout::by_isa, false).nhwc) CHECK(v == amx);
 
   if (!native_bf16(dnnl::engine(dnnl::engine::kind::cpu, 0))) return;
   const Run bf16_blocked = run(Precision::bf16, ActivationLayout::blocked, false);
@@ -706,6 +722,8 @@ TEST_CASE("channels-last activations: every layer kind in nhwc, convolutions wit
                                                             << bf16_last.reorders);
   CHECK(bf16_last.convolutions_nhwc);
   CHECK(bf16_last.reorders == 2);
+  CHECK(bf16_last.in_place);
+  if (avx512) CHECK(bf16_last.binaries == 2);
   CHECK(bf16_last.binaries == bf16_blocked.binaries);
   // The same bf16 operands summed in another order; a rounding apart moves later bf16 roundings.
   CHECK(relative_l2(bf16_last.out, bf16_blocked.out) < 1e-2);

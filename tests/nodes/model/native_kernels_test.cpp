@@ -593,6 +593,27 @@ TEST_CASE("native group norm in nhwc equals it in nChw16c to the bit, one source
   CHECK(compared == 32);
 }
 
+TEST_CASE("native group norm refuses a shape its layout cannot hold, before touching memory") {
+  using namespace group_norm_kernel;
+  struct Bad {
+    group_norm_kernel::Shape shape;
+    const char* why;
+  };
+  for (const Bad& bad : {Bad{{2, 20, 9, 5, Layout::channels_last16}, "nhwc channels not whole blocks"},
+                         Bad{{2, 48, 9, 6, Layout::channels_last16, 24}, "nhwc first source not whole blocks"},
+                         Bad{{2, 48, 9, 6, Layout::blocked16, 40}, "nChw16c first source not whole blocks"},
+                         Bad{{2, 48, 9, 5, Layout::plain}, "groups not dividing the channels"},
+                         Bad{{2, 48, 9, 6, Layout::plain, 48}, "no channels left for the second source"}}) {
+    CAPTURE(bad.why);
+    // No buffers: a shape that got past the check would write through null.
+    std::vector<float> none;
+    CHECK_THROWS_AS(forward(forward_args(bad.shape, nullptr, nullptr, none, none, none, none)), std::invalid_argument);
+    Backward b;
+    b.shape = bad.shape;
+    CHECK_THROWS_AS(backward(b), std::invalid_argument);
+  }
+}
+
 TEST_CASE("native group norm: by_size runs per sample when every thread has a sample that fits its cache") {
   using namespace group_norm_kernel;
   const int threads = omp_get_max_threads();

@@ -301,12 +301,6 @@ TEST_CASE("channels-last activations: unet-tiny matches PyTorch in f32 and stays
   auto model = fixture.model();
   model->set_activation_layout(ActivationLayout::channels_last);
   check_against_fixture(fixture.io, fixture.run(*model), true);
-  const SafetensorsFile f32_last = fixture.run(*model);
-  model->set_activation_layout(ActivationLayout::blocked);
-  const SafetensorsFile f32_blocked = fixture.run(*model);
-  // The other layout's kernels ran: the rounding differs.
-  if (dnnl::get_effective_cpu_isa() >= dnnl::cpu_isa::avx512_core)
-    CHECK(max_diff(f32_last.floats("grad_x"), f32_blocked.floats("grad_x")) > 0.0f);
 
   model->set_precision(Precision::bf16);
   model->set_activation_layout(ActivationLayout::channels_last);
