@@ -43,8 +43,9 @@
 # skipped, and says so; default 3600), PEER (the python3 with torch),
 # STAGES (the stages to run, by name with _ for spaces, e.g. "bf16_backward
 # sweep_a"; default all), QUICK=1 (tiny settings that only check the script),
-# SAMPLE_BATCH and SAMPLE_COUNT_OVERRIDE (the sampling stage's chain length
-# and image count; default the U-Net batch and 128).
+# SAMPLE_BATCH_OVERRIDE and SAMPLE_COUNT_OVERRIDE (the sampling stage's
+# chain length and image count; default 256 and 256: diffuflow sample's
+# chains, one after a warm-up chain).
 # OUT_DIR gets one folder per stage and log.txt; after the sweeps
 # scaling_table.py writes OUT_DIR/scaling.csv over the sweep rounds.
 set -u
@@ -62,9 +63,9 @@ if [ -z "${THREADS:-}" ]; then
   while [ "$t" -ge 1 ]; do THREADS="$THREADS $t"; t=$((t / 2)); done
 fi
 full=$(echo $THREADS | awk '{print $1}')
-CONFIG=unet-s BATCH=64 STEPS=5 SAMPLE_COUNT=128
-[ "$QUICK" = 1 ] && CONFIG=unet-tiny BATCH=8 STEPS=2 SAMPLE_COUNT=16
-SAMPLE_BATCH=${SAMPLE_BATCH:-$BATCH}
+CONFIG=unet-s BATCH=64 STEPS=5 SAMPLE_BATCH=256 SAMPLE_COUNT=256
+[ "$QUICK" = 1 ] && CONFIG=unet-tiny BATCH=8 STEPS=2 SAMPLE_BATCH=8 SAMPLE_COUNT=16
+SAMPLE_BATCH=${SAMPLE_BATCH_OVERRIDE:-$SAMPLE_BATCH}
 SAMPLE_COUNT=${SAMPLE_COUNT_OVERRIDE:-$SAMPLE_COUNT}
 mkdir -p "$OUT" || exit 2
 exec > >(tee -a "$OUT/log.txt") 2>&1
@@ -183,7 +184,7 @@ fi
 
 sweep b 150
 
-if stage sampling 90; then
+if stage sampling 110; then
   mkdir -p "$OUT/sampling"
   for round in 1 2; do
     run "sampling/diffuflow_r$round" "$DIFFUFLOW" bench sample --config $CONFIG --batch $SAMPLE_BATCH \
