@@ -1,5 +1,6 @@
 #include "runners/options.hpp"
 
+#include "compute/program.hpp"
 #include "graph/errors.hpp"
 
 #include <algorithm>
@@ -163,26 +164,22 @@ OptionSpec seed() {
 }
 
 OptionSpec precision() {
-  return OptionSpec::text("precision", "f32|bf16", "convolution arithmetic: f32 or bf16 (mixed precision)")
-      .fallback("f32");
+  return enum_spec("precision", Precision::f32, "convolution arithmetic: f32 or bf16 (mixed precision)");
 }
 
 OptionSpec activation_layout() {
-  return OptionSpec::text("activation-layout", "by_isa|blocked|channels_last",
-                          "layout of the image activations between layers (unet_model's `activation_layout`)")
-      .fallback("by_isa");
+  return enum_spec("activation-layout", ActivationLayout::by_isa,
+                   "layout of the image activations between layers (unet_model's `activation_layout`)");
 }
 
 OptionSpec bf16_backward() {
-  return OptionSpec::text("bf16-backward", "by_shape|channels_last|blocked",
-                          "layout of bf16 training's backward convolutions (unet_model's `bf16_backward`)")
-      .fallback("by_shape");
+  return enum_spec("bf16-backward", Bf16Backward::by_shape,
+                   "layout of bf16 training's backward convolutions (unet_model's `bf16_backward`)");
 }
 
 OptionSpec convolution() {
-  return OptionSpec::text("convolution", "by_shape|direct|winograd",
-                          "how f32 3x3 convolutions are computed (unet_model's `convolution`)")
-      .fallback("by_shape");
+  return enum_spec("convolution", ConvAlgorithm::by_shape,
+                   "how f32 3x3 convolutions are computed (unet_model's `convolution`)");
 }
 
 OptionSpec class_choice() {

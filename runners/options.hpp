@@ -89,6 +89,15 @@ struct OptionSpec {
 using OptionTable = std::vector<OptionSpec>;
 
 // Options with one meaning wherever they appear.
+// A text option taking the enum E's names (shown "a|b|c", in declaration
+// order), `fallback` unless given; read it with enum_option<E>.
+template <typename E>
+OptionSpec enum_spec(std::string name, E fallback, std::string doc) {
+  std::string values;
+  for (const std::string& n : enum_choices<E>()) values += (values.empty() ? "" : "|") + n;
+  return OptionSpec::text(std::move(name), std::move(values), std::move(doc)).fallback(enum_name(fallback));
+}
+
 namespace shared {
 OptionSpec pipeline_file();   // positional P.yaml
 OptionSpec set_overrides();   // --set NODE.PARAM=VALUE, repeatable
