@@ -190,6 +190,37 @@ void append_conv_input_grad(Program& p, const dnnl::convolution_backward_data::p
   }
 }
 
+// How a convolution adds a residual as it writes its output: not at all, by
+// a binary post-op reading it, or by a sum post-op adding into the output's
+// memory (for kernels without a binary post-op over a whole tensor: Winograd's,
+// the brgemm ones).
+enum class ResidualAdd { none, binary, sum };
+
+// The attribute of a convolution adding a residual of `residual_md` by `add`.
+dnnl::primitive_attr residual_attr(ResidualAdd add, const dnnl::memory::desc& residual_md) {
+  dnnl::primitive_attr attr = user_scratchpad_attr();
+  if (add == ResidualAdd::none) return attr;
+  dnnl::post_ops ops;
+  if (add == ResidualAdd::binary) {
+    ops.append_binary(algorithm::binary_add, residual_md);
+  } else {
+    ops.append_sum(1.f);
+  }
+  attr.set_post_ops(ops);
+  return attr;
+}
+
+// The value a convolution adding `residual` by `add` writes, of `y_md`: for
+// a sum, the residual's own memory when no later step reads it and it has
+// that descriptor, else a new value first filled with a copy of it.
+ValueId residual_output(Program& p, const dnnl::memory::desc& y_md, ResidualAdd add, ValueId residual,
+                        bool residual_spent) {
+  if (add == ResidualAdd::sum && residual_spent && p.desc(residual) == y_md) return p.overwrite(residual, true);
+  const ValueId y = p.new_value(y_md, true);
+  if (add == ResidualAdd::sum) p.copy(p.data(residual), p.data(y), false);
+  return y;
+}
+
 // A bf16 convolution's forward descriptor and the layout of its input and
 // output: channels-last where oneDNN runs it on AMX (which only that layout
 // has) or where the program's activations are channels-last and oneDNN has a
@@ -306,22 +337,11 @@ std::optional<ValueId> conv2d_bf16(Program& p, ValueId x, const ParamRef& weight
   const dnnl::memory wb = p.param_as(weight.offset, w_plain, fwd_pd.weights_desc());
   const bool has_residual = residual >= 0 && residual != x &&
                             p.desc(residual) == p.activation_desc(ys, p.desc(residual).data_type());
-  // How the convolution adds the residual: not at all, by a binary post-op
-  // reading it, or by a sum post-op adding into the output's memory.
-  enum class Add { none, binary, sum };
   // The convolution writing `out` (adding the residual as `add` says), or
   // nothing where oneDNN has no fast kernel for that or picks other weights.
+  using Add = ResidualAdd;
   auto make_run = [&](const dnnl::memory::desc& out, Add add) {
-    dnnl::primitive_attr run_attr = user_scratchpad_attr();
-    if (add != Add::none) {
-      dnnl::post_ops ops;
-      if (add == Add::binary) {
-        ops.append_binary(algorithm::binary_add, p.desc(residual));
-      } else {
-        ops.append_sum(1.f);
-      }
-      run_attr.set_post_ops(ops);
-    }
+    const dnnl::primitive_attr run_attr = residual_attr(add, add == Add::none ? out : p.desc(residual));
     const auto kind = p.training() ? prop_kind::forward_training : prop_kind::forward_inference;
     dnnl::convolution_forward::primitive_desc pd(
         dnnl::convolution_forward::desc(kind, algorithm::convolution_direct, xb_md, wb_any, b_md, out, strides, pads,
@@ -364,12 +384,7 @@ std::optional<ValueId> conv2d_bf16(Program& p, ValueId x, const ParamRef& weight
   fused = fused || add_into;
   ValueId y;
   if (direct) {
-    if (how == Add::sum && residual_spent && p.desc(residual) == y_out_md) {
-      y = p.overwrite(residual, true);
-    } else {
-      y = p.new_value(y_out_md, true);
-      if (how == Add::sum) p.copy(p.data(residual), p.data(y), false);
-    }
+    y = residual_output(p, y_out_md, how, residual, residual_spent);
     Args args{{DNNL_ARG_SRC, xb}, {DNNL_ARG_WEIGHTS, wb}, {DNNL_ARG_DST, p.data(y)}};
     if (!bias.shape.empty()) args[DNNL_ARG_BIAS] = p.param(bias.offset, b_md);
     if (how == Add::binary) args[DNNL_ARG_ATTR_MULTIPLE_POST_OP(0) | DNNL_ARG_SRC_1] = p.data(residual);
@@ -505,39 +520,25 @@ ValueId conv2d_impl(Program& p, ValueId x, const ParamRef& weight, const ParamRe
   // one over a whole tensor: those get the sum.
   const bool winograd = alg == algorithm::convolution_winograd;
   dnnl::convolution_forward::primitive_desc run_pd = fwd_pd;
-  bool sum_into = false;
+  ResidualAdd how = ResidualAdd::none;
   if (residual >= 0 && residual != x && p.desc(residual) == y_md) {
-    for (const bool sum : {false, true}) {
-      if (winograd && !sum) continue;
-      dnnl::post_ops ops;
-      if (sum) {
-        ops.append_sum(1.f);
-      } else {
-        ops.append_binary(algorithm::binary_add, y_md);
-      }
-      dnnl::primitive_attr add_attr = user_scratchpad_attr();
-      add_attr.set_post_ops(ops);
-      auto pd = make_fwd(x_md, y_md, add_attr, /*allow_empty=*/true);
+    for (const ResidualAdd add : {ResidualAdd::binary, ResidualAdd::sum}) {
+      if (winograd && add == ResidualAdd::binary) continue;
+      auto pd = make_fwd(x_md, y_md, residual_attr(add, y_md), /*allow_empty=*/true);
       if (pd && !is_reference(pd.impl_info_str()) && pd.weights_desc() == fwd_pd.weights_desc()) {
         run_pd = pd;
-        fused = true;
-        sum_into = sum;
+        how = add;
         break;
       }
     }
   }
+  fused = how != ResidualAdd::none;
   const bool with_residual = fused;
-  ValueId y;
-  if (sum_into && residual_spent) {
-    y = p.overwrite(residual, true);
-  } else {
-    y = p.new_value(y_md, true);
-    if (sum_into) p.copy(p.data(residual), p.data(y), false);
-  }
+  const ValueId y = residual_output(p, y_md, how, residual, residual_spent);
   const dnnl::memory w_fwd = p.param_as(weight.offset, w_plain, fwd_pd.weights_desc());
   Args args{{DNNL_ARG_SRC, x_mem}, {DNNL_ARG_WEIGHTS, w_fwd}, {DNNL_ARG_DST, p.data(y)}};
   if (!bias.shape.empty()) args[DNNL_ARG_BIAS] = p.param(bias.offset, b_md);
-  if (with_residual && !sum_into) args[DNNL_ARG_ATTR_MULTIPLE_POST_OP(0) | DNNL_ARG_SRC_1] = p.data(residual);
+  if (how == ResidualAdd::binary) args[DNNL_ARG_ATTR_MULTIPLE_POST_OP(0) | DNNL_ARG_SRC_1] = p.data(residual);
   p.forward(p.make<dnnl::convolution_forward>(run_pd), std::move(args));
 
   p.on_backward([=](Program& p) {
