@@ -8,7 +8,10 @@
 #
 # The archive unpacks to diffuflow-bundle/: `diffuflow` (a launcher that puts
 # lib/ first on the library path), bin/diffuflow (stripped) and lib/. glibc
-# itself (libc, libm, the loader) is the target machine's.
+# itself (libc, libm, the loader) is the target machine's. A binary built
+# with Open MPI also gets `mpirun` (Open MPI's launcher with its components,
+# for ranks x threads on one machine: run `diffuflow-bundle/mpirun -np R ...
+# diffuflow-bundle/diffuflow bench train ...`) and mpi/.
 #
 # OpenCV is left out: with its image codecs it loads about 200 MiB of
 # libraries (GDAL, codecs, BLAS) that no benchmark uses. In its place go stub
@@ -29,12 +32,14 @@ root=$work/diffuflow-bundle
 mkdir -p "$root/bin" "$root/lib" "$work/stub"
 strip -o "$root/bin/diffuflow" "$BINARY"
 
-# Library search order of the binary: RUNPATH, then the system's.
-runpath=$(readelf -d "$BINARY" | sed -n 's/.*(RUNPATH).*\[\(.*\)\]/\1/p' | tr ':' ' ')
-find_lib() {
-  local dir
-  for dir in $runpath /lib/x86_64-linux-gnu /usr/lib/x86_64-linux-gnu /lib64 /usr/lib; do
-    [ -e "$dir/$1" ] && { echo "$dir/$1"; return 0; }
+# Library search order: the loading file's RUNPATH, the binary's, then the system's.
+runpath_of() { readelf -d "$1" | sed -n 's/.*(RUNPATH).*\[\(.*\)\]/\1/p' | tr ':' ' '; }
+runpath=$(runpath_of "$BINARY")
+find_lib() {  # find_lib LIB [DIR...]
+  local lib=$1 dir
+  shift
+  for dir in "$@" $runpath /lib/x86_64-linux-gnu /usr/lib/x86_64-linux-gnu /lib64 /usr/lib; do
+    [ -e "$dir/$lib" ] && { echo "$dir/$lib"; return 0; }
   done
   return 1
 }
@@ -77,21 +82,90 @@ for lib in $cv_libs; do
   ${CXX:-g++} -shared -fPIC -O1 -o "$root/lib/$lib" -Wl,-soname,"$lib" "$work/stub/$lib.cpp"
 done
 
-# Every other library the binary loads, transitively, glibc's own excepted.
+# Every other library the given files load, transitively, into lib/ (glibc's
+# own excepted, and the OpenCV libraries, stubbed above).
 declare -A seen
-todo=$(needed "$BINARY" | grep -v '^libopencv_' || true)
-while [ -n "$todo" ]; do
-  next=""
-  for lib in $todo; do
-    [ -n "${seen[$lib]:-}" ] && continue
-    seen[$lib]=1
-    is_glibc "$lib" && continue
-    path=$(find_lib "$lib") || { echo "bundle: $lib not found" >&2; exit 2; }
-    cp -L "$path" "$root/lib/$lib"
-    next="$next $(needed "$path")"
+copy_deps() {
+  local file lib path todo=()
+  for file in "$@"; do
+    for lib in $(needed "$file"); do
+      [ -n "${seen[$lib]:-}" ] && continue
+      seen[$lib]=1
+      is_glibc "$lib" && continue
+      [[ $lib == libopencv_* ]] && continue
+      path=$(find_lib "$lib" $(runpath_of "$file")) || { echo "bundle: $lib (for $file) not found" >&2; exit 2; }
+      cp -L "$path" "$root/lib/$lib"
+      todo+=("$path")
+    done
   done
-  todo=$next
-done
+  [ ${#todo[@]} -eq 0 ] || copy_deps "${todo[@]}"
+}
+copy_deps "$BINARY"
+
+# Open MPI's launcher, for ranks x threads runs on one machine: orterun as
+# bin/mpirun with the components and help files it and the ranks load, kept
+# at their installed paths under mpi/ (OPAL_DESTDIR and PMIX_DESTDIR, set by
+# the mpirun launcher, put that prefix before every path Open MPI and PMIx
+# look in). Components for networks between machines (UCX, libfabric,
+# InfiniBand verbs, PSM) and OpenSHMEM's are left out: the bundle's MPI runs
+# over shared memory and TCP on one machine. Skipped when the binary has no
+# Open MPI (MPI=0 skips it too).
+mpi_note="no MPI"
+if [ "${MPI:-1}" != 0 ] && needed "$BINARY" | grep '^libmpi\.so\.40$' > /dev/null && command -v orterun > /dev/null \
+    && command -v ompi_info > /dev/null; then
+  ompi_path() { ompi_info --path "$1" --parsable | sed -n "s/^path:$1://p"; }
+  pkglibdir=$(ompi_path pkglibdir)
+  pkgdatadir=$(ompi_path pkgdatadir)
+  sysconfdir=$(ompi_path sysconfdir)
+  mpi=$root/mpi
+  mkdir -p "$mpi$pkglibdir" "$mpi$pkgdatadir" "$mpi$sysconfdir"
+  cp -L "$(command -v orterun)" "$root/bin/mpirun"
+  copy_deps "$root/bin/mpirun"
+  remote='^lib(ucp|ucs|uct|fabric|ibverbs|rdmacm|psm2|psm_infinipath|oshmem|nl-3)\.'
+  components=()
+  for so in "$pkglibdir"/mca_*.so; do
+    # the libraries a component loads, its own common libraries' included
+    deps=$(needed "$so"; for lib in $(needed "$so" | grep '^libmca_common_' || true); do
+      needed "$(find_lib "$lib" $(runpath_of "$so"))"; done)
+    echo "$deps" | grep -Eq "$remote" && continue
+    cp "$so" "$mpi$pkglibdir/"
+    components+=("$so")
+  done
+  copy_deps "${components[@]}"
+  cp -r "$pkgdatadir/." "$mpi$pkgdatadir/"
+  # PMIx, which Open MPI's launcher and ranks load: its plugins and help files
+  pmix_lib=$(readlink -f "$(find_lib libpmix.so.2 $(runpath_of "$root/bin/mpirun") $(runpath_of "${components[0]}"))")
+  pmix_prefix=$(dirname "$(dirname "$pmix_lib")")
+  if [ -d "$pmix_prefix/lib/pmix" ]; then
+    mkdir -p "$mpi$pmix_prefix/lib"
+    cp -r "$pmix_prefix/lib/pmix" "$mpi$pmix_prefix/lib/"
+    copy_deps "$pmix_prefix"/lib/pmix/*.so
+    # (not Debian's pmix-mca-params.conf: it names the plugins' folder
+    # without PMIX_DESTDIR, where the default path has it)
+    if [ -d "$pmix_prefix/share/pmix" ]; then
+      mkdir -p "$mpi$pmix_prefix/share"
+      cp -r "$pmix_prefix/share/pmix" "$mpi$pmix_prefix/share/"
+    fi
+  fi
+  {
+    echo '# Open MPI parameters of the bundle (made by benchmarks/bundle.sh)'
+    echo 'btl_base_warn_component_unused = 0'
+    # no cross-memory attach between ranks: containers often forbid it, and
+    # vader then fails in the middle of a run
+    echo 'btl_vader_single_copy_mechanism = none'
+  } > "$mpi$sysconfdir/openmpi-mca-params.conf"
+  cat > "$root/mpirun" <<'EOF'
+#!/bin/sh
+# Open MPI's mpirun with the bundle's libraries and components (made by
+# benchmarks/bundle.sh); run diffuflow-bundle/diffuflow under it.
+here=$(cd "$(dirname "$0")" && pwd)
+export LD_LIBRARY_PATH="$here/lib${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
+export OPAL_DESTDIR="$here/mpi" PMIX_DESTDIR="$here/mpi"
+exec "$here/bin/mpirun" "$@"
+EOF
+  chmod +x "$root/mpirun"
+  mpi_note="Open MPI $(ompi_info --parsable | sed -n 's/^ompi:version:full://p') with ${#components[@]} components"
+fi
 
 cat > "$root/diffuflow" <<'EOF'
 #!/bin/sh
@@ -101,5 +175,5 @@ LD_LIBRARY_PATH="$here/lib${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}" exec "$here/bin
 EOF
 chmod +x "$root/diffuflow"
 tar -C "$work" -cf - diffuflow-bundle | xz -T0 -6 > "$OUT"
-echo "bundle: $OUT ($(du -h "$OUT" | cut -f1)): $(ls "$root/lib" | wc -l) libraries, OpenCV stubbed ($cv_libs)" | tr '\n' ' '
+echo "bundle: $OUT ($(du -h "$OUT" | cut -f1)): $(ls "$root/lib" | wc -l) libraries, OpenCV stubbed ($cv_libs), $mpi_note" | tr '\n' ' '
 echo

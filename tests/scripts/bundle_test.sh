@@ -2,7 +2,9 @@
 # benchmarks/bundle.sh makes a bundle that runs on its own libraries: every
 # library the binary loads, glibc's aside, resolves inside the bundle; the
 # bench commands run; a call into the stubbed OpenCV ends the program with
-# exit 70 and a message saying so.
+# exit 70 and a message saying so. With Open MPI, the bundle's mpirun runs two
+# ranks of bench train on the bundle's libraries and components (with the
+# system's Open MPI and PMIx hidden where a mount namespace can be made).
 #
 #   tests/scripts/bundle_test.sh BINARY
 set -u
@@ -36,4 +38,39 @@ grep -q "GFLOP/s" "$work/matmul.txt" || fail "bench matmul printed no rate"
 rc=$?
 [ $rc -eq 70 ] || fail "a pipeline that draws exited $rc, not 70: $(tail -3 "$work/run.txt")"
 grep -q "this bundle has no OpenCV (_ZN2cv" "$work/run.txt" || fail "no message naming the OpenCV call"
-echo "bundle_test: ok"
+if ! readelf -d "$BINARY" | grep -q 'NEEDED.*\[libmpi\.so\.40\]' || ! command -v orterun > /dev/null; then
+  echo "bundle_test: ok (no Open MPI in this build: the bundle's mpirun not checked)"
+  exit 0
+fi
+[ -x "$bundle/mpirun" ] && [ -x "$bundle/bin/mpirun" ] || fail "no mpirun in a bundle of an Open MPI build"
+for file in "$bundle/bin/mpirun" $(find "$bundle/mpi" -name '*.so'); do
+  trace=$(LD_LIBRARY_PATH="$bundle/lib" ldd "$file") || fail "no loader trace of $file"
+  outside=$(echo "$trace" | awk '$2 == "=>" {print $1 " " $3}' | grep -v " $bundle/lib/" |
+            grep -Ev '^(libc|libm|libpthread|libdl|librt|libresolv)\.so' || true)
+  [ -z "$outside" ] || fail "$file loads libraries from outside the bundle: $outside"
+done
+# Two ranks of bench train; the system's Open MPI components, help files and
+# PMIx hidden under empty folders when this user may make a mount namespace.
+hide=""
+for dir in "$(ompi_info --path pkglibdir --parsable | sed -n 's/^path:pkglibdir://p')" \
+           "$(ompi_info --path pkgdatadir --parsable | sed -n 's/^path:pkgdatadir://p')" \
+           $(find "$bundle/mpi" \( -path '*/lib/pmix' -o -path '*/share/pmix' \) -type d | sed "s|^$bundle/mpi||"); do
+  [ -d "$dir" ] && hide="$hide mount -t tmpfs none '$dir' &&"
+done
+as_root=""
+[ "$(id -u)" = 0 ] && as_root=--allow-run-as-root
+ranks="'$bundle/mpirun' -np 2 --oversubscribe $as_root '$bundle/diffuflow' bench train --config unet-tiny \
+       --batch 2 --threads 1 --steps 2 --warmup 1 --repeats 1"
+hidden=no
+mkdir "$work/probe"
+if unshare -m sh -c "mount -t tmpfs none '$work/probe'" 2> /dev/null; then
+  (cd "$ROOT" && unshare -m sh -c "$hide $ranks") > "$work/ranks.txt" 2>&1 || fail "two ranks: $(tail -5 "$work/ranks.txt")"
+  hidden=yes
+else
+  (cd "$ROOT" && sh -c "$ranks") > "$work/ranks.txt" 2>&1 || fail "two ranks: $(tail -5 "$work/ranks.txt")"
+fi
+# a missing component or help file shows as a complaint, not a failure
+complaint=$(grep -E -m3 "Sorry!|help file|failed to add|WARNING" "$work/ranks.txt")
+[ -z "$complaint" ] || fail "Open MPI complained: $complaint"
+grep -q "^processes: 2" "$work/ranks.txt" || fail "bench train under the bundle's mpirun ran no 2 processes"
+echo "bundle_test: ok (two ranks under the bundle's mpirun; system's Open MPI hidden: $hidden)"
