@@ -1,7 +1,9 @@
 #!/usr/bin/env python3
 """Medians and ranges of the runs mpi_train.sh wrote: one Markdown row per
-setup and global batch (images/s over all processes, per-rank step time,
-gradient-sum time and the part of it not hidden behind the backward pass)."""
+precision, global batch and setup (images/s over all processes; against one
+process with as many threads, and against one process on one thread where
+those ran; the slowest rank's step time, the gradient sums' time and the part
+of it not hidden behind the backward pass)."""
 import glob
 import json
 import os
@@ -9,31 +11,47 @@ import re
 import statistics
 import sys
 
+NAME = re.compile(r"(?:(f32|bf16|fastest)_)?(proc|ranks|tcp)(\d+)x(\d+)_b(\d+)_r(\d+)\.json")
+TRANSPORT = {"proc": "", "ranks": " (shared memory)", "tcp": " (TCP loopback)"}
 
-def main():
-    folder = sys.argv[1] if len(sys.argv) > 1 else "."
+
+def read(folder):
     rows = {}
     for path in sorted(glob.glob(os.path.join(folder, "*_b*_r*.json"))):
-        m = re.match(r"(\w+?)_b(\d+)_r(\d+)\.json", os.path.basename(path))
+        m = NAME.fullmatch(os.path.basename(path))
         if not m:
             continue
         with open(path) as f:
-            result = json.load(f)["results"][0]
-        rep = result["repeats"][0]
+            rep = json.load(f)["results"][0]["repeats"][0]
         steps = [r["step_ms_median"] for r in rep.get("ranks", [])] or [rep["step_ms_median"]]
-        rows.setdefault((m.group(1), int(m.group(2))), []).append(
-            (rep["images_per_s"], max(steps), rep.get("exposed_comm_ms_per_step", 0.0),
-             rep.get("allreduce_ms_per_step", 0.0)))
-    names = {"ranks2x1": "2 ranks x 1 thread (shared memory)", "tcp2x1": "2 ranks x 1 thread (TCP loopback)",
-             "proc1x2": "1 process x 2 threads"}
-    print("| setup | global batch | images/s median (range) | step ms (slowest rank) | allreduce ms/step "
-          "| exposed ms/step | runs |")
-    print("|---|---|---|---|---|---|---|")
-    for (setup, batch), runs in sorted(rows.items(), key=lambda kv: (kv[0][1], kv[0][0])):
+        key = (m.group(1) or "f32", int(m.group(5)), m.group(2), int(m.group(3)), int(m.group(4)))
+        rows.setdefault(key, []).append((rep["images_per_s"], max(steps), rep.get("exposed_comm_ms_per_step", 0.0),
+                                         rep.get("allreduce_ms_per_step", 0.0)))
+    return rows
+
+
+def main():
+    rows = read(sys.argv[1] if len(sys.argv) > 1 else ".")
+    median = {key: statistics.median(r[0] for r in runs) for key, runs in rows.items()}
+
+    def ratio(key, base):
+        return f"{median[key] / median[base]:.2f}x" if base in median and base != key else "-"
+
+    print("| precision | setup | global batch | images/s median (range) | vs 1 process, same threads | vs 1 thread "
+          "| step ms (slowest rank) | allreduce ms/step | exposed ms/step | runs |")
+    print("|---|---|---|---|---|---|---|---|---|---|")
+    order = lambda key: (key[0], key[1], key[3] * key[4], key[3], key[2])
+    for key in sorted(rows, key=order):
+        precision, batch, setup, ranks, threads = key
+        runs = rows[key]
         ips = [r[0] for r in runs]
         med = lambda i: statistics.median(r[i] for r in runs)
-        print(f"| {names.get(setup, setup)} | {batch} | {statistics.median(ips):.1f} ({min(ips):.1f}-{max(ips):.1f}) "
-              f"| {med(1):.0f} | {med(3):.1f} | {med(2):.2f} | {len(runs)} |")
+        name = (f"1 process x {threads} thread{'s' * (threads > 1)}" if setup == "proc" else
+                f"{ranks} ranks x {threads} thread{'s' * (threads > 1)}{TRANSPORT[setup]}")
+        same = ratio(key, (precision, batch, "proc", 1, ranks * threads))
+        single = ratio(key, (precision, batch, "proc", 1, 1))
+        print(f"| {precision} | {name} | {batch} | {median[key]:.1f} ({min(ips):.1f}-{max(ips):.1f}) | {same} "
+              f"| {single} | {med(1):.0f} | {med(3):.1f} | {med(2):.2f} | {len(runs)} |")
 
 
 if __name__ == "__main__":

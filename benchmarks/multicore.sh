@@ -11,28 +11,31 @@
 #      (--activation-layout), bench unet alternated in three rounds at full
 #      width and on one thread; bf16 channels-last against the peer on one
 #      thread; the bf16 breakdown of both
-#   4. one thread: three more alternated rounds of f32 and bf16 against the
+#   4. ranks x threads: data-parallel training (bench train under mpirun,
+#      mpi_train.sh) at the full width split 1 x N, 2 x N/2, ... N x 1, and
+#      one process on one thread, f32 and bf16, two rounds
+#   5. one thread: three more alternated rounds of f32 and bf16 against the
 #      peer (scaling.sh with ROUNDS=3)
-#   5. where the time goes at full width and on one thread: bench unet
+#   6. where the time goes at full width and on one thread: bench unet
 #      --breakdown, f32 and bf16; each convolution's time and kernel in a
 #      training pass at both widths (conv_times.py); with AMX, bf16 also with
 #      oneDNN held to AVX512-BF16 (bf16_no_amx)
-#   6. a second sweep round (b)
-#   7. DDIM-50 sampling against the same loop in PyTorch, alternated
-#   8. precision: fastest: the probe's choice and timings at each thread
+#   7. a second sweep round (b)
+#   8. DDIM-50 sampling against the same loop in PyTorch, alternated
+#   9. precision: fastest: the probe's choice and timings at each thread
 #      count, and bench train in f32, bf16 and fastest at full width
-#   9. the OpenMP wait at full width: the default short spin, longer spins,
+#  10. the OpenMP wait at full width: the default short spin, longer spins,
 #      passive and active, alternated; the default against a long spin at a
 #      quarter of the width
-#  10. f32 against the channels_last peer; f32 with --convolution direct;
+#  11. f32 against the channels_last peer; f32 with --convolution direct;
 #      Winograd (by_shape) against direct alone, alternated in three rounds
-#  11. bf16 training's backward convolutions channels-last (AMX's kernels
+#  12. bf16 training's backward convolutions channels-last (AMX's kernels
 #      where the CPU has AMX) against channel-blocked (--bf16-backward):
 #      bench unet alternated in three rounds at each thread count, each
 #      convolution's kernel and time at full width and on one thread, both
 #      against the PyTorch peer at each thread count, and the breakdown of
 #      both on one thread
-#  12. a third sweep round (c) while the budget lasts
+#  13. a third sweep round (c) while the budget lasts
 #
 #   benchmarks/multicore.sh [DIFFUFLOW] [OUT_DIR]
 #   BUDGET=420 benchmarks/multicore.sh build/diffuflow mc-out
@@ -140,6 +143,19 @@ if stage "activation layout" 300; then
           --repeats 1 --json "$OUT/activation_layout/breakdown_${layout}_t$t.json"
     done
   done
+fi
+
+# Data-parallel training at the full width: ranks x threads (mpirun: the one
+# beside a bundle's launcher, else MPIRUN or the system's) against one
+# process, and one process on one thread for the scaling from one core.
+if stage ranks 300; then
+  splits="1x1"
+  for t in $THREADS; do
+    r=$((full / t))
+    [ $((r * t)) -eq "$full" ] && [ $((BATCH % r)) -eq 0 ] && splits="$splits ${r}x$t"
+  done
+  GLOBAL_BATCHES=$BATCH SPLITS="$splits" PRECISIONS="f32 bf16" TCP=0 ROUNDS=2 STEPS=$((STEPS + 1)) WARMUP=2 \
+      CONFIG=$CONFIG "$HERE/mpi_train.sh" "$DIFFUFLOW" "$OUT/ranks" || failed=1
 fi
 
 # One thread, where run-to-run spread is widest: three more alternated
