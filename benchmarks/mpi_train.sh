@@ -13,9 +13,10 @@
 # threads, "2x1 1x2"), PRECISIONS ("f32"), TCP (1: multi-rank splits once
 # more over TCP on loopback, --mca btl tcp,self; default 1), ROUNDS (3),
 # STEPS (8), WARMUP (2), MPIRUN (the mpirun beside DIFFUFLOW when it is a
-# bundle's launcher, else mpirun), MPIRUN_ARGS (--allow-run-as-root). Ranks
-# are bound to THREADS cores each (--map-by slot:PE=THREADS --bind-to core)
-# while the split fits in the usable CPUs, else oversubscribed and unbound.
+# bundle's launcher, else mpirun), MPIRUN_ARGS (--allow-run-as-root), BIND
+# (1: ranks bound to THREADS cores each, --map-by slot:PE=THREADS --bind-to
+# core, while the split fits in the usable CPUs; else, or with BIND=0,
+# unbound and oversubscribed).
 # Files: OUT_DIR/<precision>_<setup>_b<global batch>_r<round>.{json,txt},
 # setup proc1x<T> (one process), ranks<R>x<T> (shared memory), tcp<R>x<T>.
 set -eu
@@ -34,6 +35,7 @@ if [ -z "${MPIRUN:-}" ]; then
   [ -x "$(dirname "$DIFFUFLOW")/mpirun" ] && MPIRUN=$(dirname "$DIFFUFLOW")/mpirun
 fi
 MPIRUN_ARGS=${MPIRUN_ARGS:---allow-run-as-root}
+BIND=${BIND:-1}
 usable=$(nproc)
 for split in $SPLITS; do
   [[ $split =~ ^[1-9][0-9]*x[1-9][0-9]*$ ]] || { echo "mpi_train: split $split is not RANKSxTHREADS" >&2; exit 2; }
@@ -59,7 +61,7 @@ one() {
     "$DIFFUFLOW" bench train $args --json "$file.json" > "$file.txt" 2>&1
   else
     local place="--map-by slot:PE=$threads --bind-to core"
-    [ $((ranks * threads)) -le "$usable" ] || place="--oversubscribe --bind-to none"
+    [ "$BIND" = 1 ] && [ $((ranks * threads)) -le "$usable" ] || place="--oversubscribe --bind-to none"
     # shellcheck disable=SC2086  # word splitting of the option lists is intended
     "$MPIRUN" -np "$ranks" $MPIRUN_ARGS $place "$@" "$DIFFUFLOW" bench train $args \
       --json "$file.json" > "$file.txt" 2>&1
