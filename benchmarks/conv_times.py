@@ -17,6 +17,8 @@ The kernel named is that of the most frequent call, with its source's layout (on
 acdb channels-last, aBcd16b channel-blocked); the time of a shape and pass is the median of its
 calls, so warm-up passes and stray slow calls weigh little. The last rows total, per pass, the
 median times the calls of every shape (comparable between commands run with the same passes).
+Other primitive kinds instead of convolutions: --kinds matmul,inner_product (before the `--`);
+their shapes are then prefixed with the kind, and a matmul's pass (it has none) reads `any`.
 Standard library only.
 """
 
@@ -27,10 +29,10 @@ import subprocess
 import sys
 
 PASSES = {"forward_training": "fwd", "forward_inference": "fwd", "backward_data": "bwd_d",
-          "backward_weights": "bwd_w"}
+          "backward_weights": "bwd_w", "undef": "any"}
 
 
-def run(cmd):
+def run(cmd, kinds=("convolution",)):
     env = dict(os.environ, ONEDNN_VERBOSE="1")
     out = subprocess.run(cmd, env=env, check=True, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                          text=True).stdout
@@ -38,9 +40,10 @@ def run(cmd):
     kernels = collections.defaultdict(collections.Counter)
     for line in out.splitlines():
         fields = line.split(",")
-        if len(fields) < 10 or fields[1] != "exec" or fields[3] != "convolution":
+        if len(fields) < 10 or fields[1] != "exec" or fields[3] not in kinds:
             continue
-        key = (fields[-2], PASSES.get(fields[5], fields[5]))
+        shape = fields[-2] if kinds == ("convolution",) else f"{fields[3]} {fields[-2]}"
+        key = (shape, PASSES.get(fields[5], fields[5]))
         times[key].append(float(fields[-1]))
         src = fields[6].split(" ")[0].split(":")  # e.g. src_bf16::blocked:acdb:f0
         layout = src[3] if len(src) > 3 else "?"
@@ -50,6 +53,10 @@ def run(cmd):
 
 def main():
     args = sys.argv[1:]
+    kinds = ("convolution",)
+    if args[:1] == ["--kinds"] and len(args) > 1:
+        kinds = tuple(args[1].split(","))
+        args = args[2:]
     if args[:1] == ["--"]:
         args = args[1:]
     if not args or args[0] in ("-h", "--help"):
@@ -63,7 +70,7 @@ def main():
         else:
             current.append(a)
     commands.append(current)
-    results = [run(c) for c in commands if c]
+    results = [run(c, kinds) for c in commands if c]
     keys = sorted(set().union(*results), key=lambda k: (k[0], k[1]))
     for i, c in enumerate(commands):
         print(f"[{i + 1}] {' '.join(c)}")

@@ -9,6 +9,7 @@
 #include <omp.h>
 #include <optional>
 #include <string>
+#include <tuple>
 #include <stdexcept>
 
 namespace diffuflow {
@@ -597,6 +598,57 @@ ValueId conv2d_add(Program& p, ValueId x, const ParamRef& weight, const ParamRef
   return fused ? y : add(p, residual, y);
 }
 
+int64_t linear_row_batches(int64_t rows) {
+  for (int64_t b = 16; b > 1; --b) {
+    if (rows % b == 0 && rows / b >= 128) return b;
+  }
+  return 1;
+}
+
+namespace {
+
+// A linear layer's parameter gradients: d weight = dy^T x ([O, M] x [M, I])
+// and d bias = ones^T dy, matmuls over the M rows that write the plain
+// gradients directly (the inner-product backward-weights kernel reduces over
+// many rows far slower). One such matmul has only a few blocks of its small
+// output to share among threads, so with many rows (the attention's
+// projections: M = N*S tokens) the rows are split into batches, each
+// reduced into partial sums [B, O, I] and [B, 1, O] by a batched matmul, and
+// a second matmul with ones adds the B partials.
+void linear_param_grads(Program& p, const dnnl::memory& x, const dnnl::memory& dy, int64_t rows, int64_t in,
+                        int64_t out, int64_t weight_offset, int64_t bias_offset) {
+  const auto attr = user_scratchpad_attr();
+  const int64_t batches = linear_row_batches(rows), r = rows / batches;
+  // dy [M, O] seen per batch as [B, O, r] (transposed) and [B, r, O]; x as [B, r, I]
+  const dnnl::memory::desc dy_t({batches, out, r}, dt::f32, dims{r * out, 1, out});
+  const auto dy3 = plain_f32({batches, r, out});
+  const auto x3 = plain_f32({batches, r, in});
+  const auto dw_md = plain_f32({batches, out, in});
+  const auto db_md = plain_f32({batches, 1, out});
+  const dnnl::memory ones = layer_util::ones(p, {batches, 1, r});
+  const bool split = batches > 1;
+  const dnnl::memory dw = split ? p.alloc(dw_md) : view(p.param_grad(weight_offset, plain_f32({out, in})), dw_md);
+  const dnnl::memory db = split ? p.alloc(db_md) : view(p.param_grad(bias_offset, plain_f32({out})), db_md);
+  dnnl::matmul::primitive_desc dw_pd(dnnl::matmul::desc(dy_t, x3, dw_md), attr, p.engine());
+  p.backward(p.make<dnnl::matmul>(dw_pd),
+             {{DNNL_ARG_SRC, view(dy, dy_t)}, {DNNL_ARG_WEIGHTS, view(x, x3)}, {DNNL_ARG_DST, dw}});
+  dnnl::matmul::primitive_desc db_pd(dnnl::matmul::desc(ones.get_desc(), dy3, db_md), attr, p.engine());
+  p.backward(p.make<dnnl::matmul>(db_pd), {{DNNL_ARG_SRC, ones}, {DNNL_ARG_WEIGHTS, view(dy, dy3)}, {DNNL_ARG_DST, db}});
+  if (!split) return;
+  // the partials' sums: [1, B] x [B, O*I] and [1, B] x [B, O]
+  const dnnl::memory sum_ones = layer_util::ones(p, {1, batches});
+  for (const auto& [partial, offset, size] : {std::tuple{dw, weight_offset, out * in}, std::tuple{db, bias_offset, out}}) {
+    const auto parts_md = plain_f32({batches, size});
+    const auto total_md = plain_f32({1, size});
+    dnnl::matmul::primitive_desc pd(dnnl::matmul::desc(sum_ones.get_desc(), parts_md, total_md), attr, p.engine());
+    p.backward(p.make<dnnl::matmul>(pd), {{DNNL_ARG_SRC, sum_ones},
+                                          {DNNL_ARG_WEIGHTS, view(partial, parts_md)},
+                                          {DNNL_ARG_DST, p.param_grad(offset, total_md)}});
+  }
+}
+
+}  // namespace
+
 ValueId linear(Program& p, ValueId x, const ParamRef& weight, const ParamRef& bias) {
   const Program::LayerScope layer(p, "linear");
   // x [..., I] seen as [M, I] -> y [..., O]; weight [O, I], bias [O]
@@ -624,29 +676,18 @@ ValueId linear(Program& p, ValueId x, const ParamRef& weight, const ParamRef& bi
   p.on_backward([=](Program& p) {
     const dnnl::memory dy = view(p.grad(y), y2);
     if (p.needs_grad(x)) {
-      dnnl::inner_product_backward_data::primitive_desc pd(dnnl::inner_product_backward_data::desc(x2, w_any, y2),
-                                                           attr, p.engine(), fwd_pd);
-      const dnnl::memory w_bwd = p.param_as(weight.offset, w_plain, pd.weights_desc());
+      // dx = dy w: [M, O] x [O, I], the plain weight as it is. A matmul
+      // shares the M rows among threads where the inner-product backward-data
+      // kernel scaled 1.3x from one thread to two on the attention's
+      // projections (M = N*S tokens).
+      dnnl::matmul::primitive_desc pd(dnnl::matmul::desc(y2, w_plain, x2), attr, p.engine());
       const GradSink s = p.sink(x);
-      p.backward(p.make<dnnl::inner_product_backward_data>(pd),
-                 {{DNNL_ARG_DIFF_DST, dy}, {DNNL_ARG_WEIGHTS, w_bwd}, {DNNL_ARG_DIFF_SRC, view(s.memory, x2)}});
+      p.backward(p.make<dnnl::matmul>(pd), {{DNNL_ARG_SRC, dy},
+                                            {DNNL_ARG_WEIGHTS, p.param(weight.offset, w_plain)},
+                                            {DNNL_ARG_DST, view(s.memory, x2)}});
       p.commit(s);
     }
-    // d weight = dy^T x and d bias = ones^T dy as matmuls: [O, M] x [M, I]
-    // writes the plain weight gradient directly, and the matmul kernels reduce
-    // over many rows (M = N*S tokens) far faster than the inner-product
-    // backward-weights kernel.
-    const dnnl::memory::desc dy_t({out, rows}, dt::f32, dims{1, out});
-    dnnl::matmul::primitive_desc dw_pd(dnnl::matmul::desc(dy_t, x2, w_plain), attr, p.engine());
-    p.backward(p.make<dnnl::matmul>(dw_pd), {{DNNL_ARG_SRC, view(dy, dy_t)},
-                                             {DNNL_ARG_WEIGHTS, view(p.data(x), x2)},
-                                             {DNNL_ARG_DST, p.param_grad(weight.offset, w_plain)}});
-    const dnnl::memory ones = layer_util::ones(p, {1, rows});
-    const auto db_md = plain_f32({1, out});
-    dnnl::matmul::primitive_desc db_pd(dnnl::matmul::desc(ones.get_desc(), y2, db_md), attr, p.engine());
-    p.backward(p.make<dnnl::matmul>(db_pd), {{DNNL_ARG_SRC, ones},
-                                             {DNNL_ARG_WEIGHTS, dy},
-                                             {DNNL_ARG_DST, view(p.param_grad(bias.offset, b_md), db_md)}});
+    linear_param_grads(p, p.data(x), dy, rows, in, out, weight.offset, bias.offset);
   });
   return y;
 }

@@ -87,6 +87,11 @@ ValueId conv2d(Program& p, ValueId x, const ParamRef& weight, const ParamRef& bi
 ValueId conv2d_add(Program& p, ValueId x, const ParamRef& weight, const ParamRef& bias, ValueId residual,
                    int64_t stride, int64_t padding, bool residual_spent = false);
 ValueId linear(Program& p, ValueId x, const ParamRef& weight, const ParamRef& bias);
+// How many batches linear's backward splits its M rows into for the weight
+// and bias gradients (partial sums per batch, then their sum): a divisor of
+// M, at most 16, of at least 128 rows each; 1 (no split) for fewer rows. By
+// the shape alone, so gradients do not change with the thread count.
+int64_t linear_row_batches(int64_t rows);
 ValueId group_norm(Program& p, ValueId x, const ParamRef& weight, const ParamRef& bias, int64_t groups, float eps);
 ValueId silu(Program& p, ValueId x);
 ValueId activation(Program& p, ValueId x, Activation act);

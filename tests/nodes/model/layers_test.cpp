@@ -197,6 +197,28 @@ TEST_CASE("linear gradients match finite differences for 2-D and token (3-D) inp
     h.finish(y);
     h.check_all("linear3d");
   }
+  SUBCASE("many tokens: the weight and bias gradients summed in row batches") {
+    REQUIRE(linear_row_batches(2 * 256) == 4);
+    LayerHarness h(4 * 5 + 4);
+    const ValueId x = h.input({2, 256, 5});
+    const auto w = h.param({4, 5});
+    const auto b = h.param({4});
+    h.finish(linear(h.p(), x, w, b));
+    h.check_all("linear, 512 rows");
+  }
+}
+
+TEST_CASE("linear's backward splits many rows into batches by the shape alone") {
+  CHECK(linear_row_batches(64) == 1);          // the time embedding's rows at batch 64
+  CHECK(linear_row_batches(8 * 49) == 2);      // attention tokens at batch 8
+  CHECK(linear_row_batches(64 * 49) == 16);    // ... at batch 64: 196 rows each
+  CHECK(linear_row_batches(257) == 1);         // a prime count of rows: no split
+  for (int64_t rows : {256, 392, 1000, 3136, 6272}) {
+    const int64_t b = linear_row_batches(rows);
+    CHECK(rows % b == 0);
+    CHECK(rows / b >= 128);
+    CHECK(b <= 16);
+  }
 }
 
 TEST_CASE("group_norm (layer norm over groups + affine) gradients match finite differences") {
