@@ -633,11 +633,13 @@ void linear_param_grads(Program& p, const dnnl::memory& x, const dnnl::memory& d
   p.backward(p.make<dnnl::matmul>(dw_pd),
              {{DNNL_ARG_SRC, view(dy, dy_t)}, {DNNL_ARG_WEIGHTS, view(x, x3)}, {DNNL_ARG_DST, dw}});
   dnnl::matmul::primitive_desc db_pd(dnnl::matmul::desc(ones.get_desc(), dy3, db_md), attr, p.engine());
-  p.backward(p.make<dnnl::matmul>(db_pd), {{DNNL_ARG_SRC, ones}, {DNNL_ARG_WEIGHTS, view(dy, dy3)}, {DNNL_ARG_DST, db}});
+  p.backward(p.make<dnnl::matmul>(db_pd),
+             {{DNNL_ARG_SRC, ones}, {DNNL_ARG_WEIGHTS, view(dy, dy3)}, {DNNL_ARG_DST, db}});
   if (!split) return;
   // the partials' sums: [1, B] x [B, O*I] and [1, B] x [B, O]
   const dnnl::memory sum_ones = layer_util::ones(p, {1, batches});
-  for (const auto& [partial, offset, size] : {std::tuple{dw, weight_offset, out * in}, std::tuple{db, bias_offset, out}}) {
+  for (const auto& [partial, offset, size] :
+       {std::tuple{dw, weight_offset, out * in}, std::tuple{db, bias_offset, out}}) {
     const auto parts_md = plain_f32({batches, size});
     const auto total_md = plain_f32({1, size});
     dnnl::matmul::primitive_desc pd(dnnl::matmul::desc(sum_ones.get_desc(), parts_md, total_md), attr, p.engine());
