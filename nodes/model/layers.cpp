@@ -1028,10 +1028,14 @@ ValueId group_norm_silu(Program& p, ValueId x, const ParamRef& weight, const Par
 ValueId silu(Program& p, ValueId x) { return activation(p, x, Activation::silu); }
 
 ValueId activation(Program& p, ValueId x, Activation act) {
-  const Program::LayerScope layer(p, "elementwise");
   // SiLU(x) = x * sigmoid(x) (eltwise_swish with alpha = 1), Mish, GELU (erf),
-  // ReLU. Shape unchanged; backward from the input.
-  const eltwise_op op = activation_op(act);
+  // ReLU.
+  return eltwise(p, x, activation_op(act));
+}
+
+ValueId eltwise(Program& p, ValueId x, const eltwise_op& op) {
+  const Program::LayerScope layer(p, "elementwise");
+  // Shape and layout unchanged; backward from the input.
   const auto x_md = p.desc(x);
   const auto attr = user_scratchpad_attr();
   dnnl::eltwise_forward::primitive_desc fwd_pd(

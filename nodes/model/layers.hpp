@@ -68,6 +68,9 @@ struct eltwise_op {
   float alpha, beta;
 };
 eltwise_op activation_op(Activation act);
+// One oneDNN elementwise operation, x -> op(x) (any shape and layout), with
+// its backward from the input: what activation() and affine() run.
+ValueId eltwise(Program& p, ValueId x, const eltwise_op& op);
 
 // `padding` zeros before each spatial dimension and `padding_end` after it
 // (-1: `padding`); diffusers' downsample_padding 0 is padding 0, padding_end 1.

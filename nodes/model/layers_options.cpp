@@ -22,27 +22,8 @@ using dt = dnnl::memory::data_type;
 }  // namespace
 
 ValueId affine(Program& p, ValueId x, float alpha, float beta) {
-  const Program::LayerScope layer(p, "elementwise");
-  // x (any shape, any layout) -> alpha * x + beta; dx = alpha * dy.
-  const auto x_md = p.desc(x);
-  const auto attr = user_scratchpad_attr();
-  dnnl::eltwise_forward::primitive_desc fwd_pd(
-      dnnl::eltwise_forward::desc(prop_kind::forward_training, algorithm::eltwise_linear, x_md, alpha, beta), attr,
-      p.engine());
-  const ValueId y = p.new_value(x_md, true);
-  p.forward(p.make<dnnl::eltwise_forward>(fwd_pd), {{DNNL_ARG_SRC, p.data(x)}, {DNNL_ARG_DST, p.data(y)}});
-  p.on_backward([=](Program& p) {
-    if (!p.needs_grad(x)) return;
-    const auto dx_md = p.grad_desc(x);
-    dnnl::eltwise_backward::primitive_desc pd(
-        dnnl::eltwise_backward::desc(algorithm::eltwise_linear, dx_md, dx_md, alpha, beta), attr, p.engine(), fwd_pd);
-    const dnnl::memory x_data = data_as_f32(p, x);
-    const GradSink s = p.sink(x);
-    p.backward(p.make<dnnl::eltwise_backward>(pd),
-               {{DNNL_ARG_SRC, x_data}, {DNNL_ARG_DIFF_DST, p.grad(y)}, {DNNL_ARG_DIFF_SRC, s.memory}});
-    p.commit(s);
-  });
-  return y;
+  // alpha * x + beta (any shape, any layout); dx = alpha * dy.
+  return eltwise(p, x, {algorithm::eltwise_linear, alpha, beta});
 }
 
 ValueId scale_channels(Program& p, ValueId x, ValueId scale) {
