@@ -30,37 +30,6 @@ std::string stage_prefix(size_t stage, int64_t layer) {
   return "stages." + std::to_string(stage) + "." + std::to_string(layer);
 }
 
-// Average pooling over k x k windows with stride k, no padding:
-// x [N,C,H,W] (any layout) -> [N,C,H/k,W/k] in the same kind of layout.
-ValueId avg_pool(Program& p, ValueId x, int64_t k) {
-  const dims xs = p.shape(x);
-  if (xs.size() != 4 || xs[2] < k || xs[3] < k) {
-    throw std::invalid_argument("classifier: average pooling of " + std::to_string(k) + "x" + std::to_string(k) +
-                                " windows needs an image at least that large");
-  }
-  const auto x_md = p.desc(x);
-  const dims ys{xs[0], xs[1], xs[2] / k, xs[3] / k};
-  const auto y_md = p.in_activation_layout(x_md) ? p.activation_desc(ys) : plain_f32(ys);
-  const dims window{k, k}, none{0, 0};
-  const auto attr = user_scratchpad_attr();
-  dnnl::pooling_forward::primitive_desc fwd_pd(
-      dnnl::pooling_forward::desc(prop_kind::forward_training, algorithm::pooling_avg_exclude_padding, x_md, y_md,
-                                  window, window, none, none),
-      attr, p.engine());
-  const ValueId y = p.new_value(y_md, true);
-  p.forward(p.make<dnnl::pooling_forward>(fwd_pd), {{DNNL_ARG_SRC, p.data(x)}, {DNNL_ARG_DST, p.data(y)}});
-  p.on_backward([=](Program& p) {
-    if (!p.needs_grad(x)) return;
-    dnnl::pooling_backward::primitive_desc pd(
-        dnnl::pooling_backward::desc(algorithm::pooling_avg_exclude_padding, x_md, y_md, window, window, none, none),
-        attr, p.engine(), fwd_pd);
-    const GradSink s = p.sink(x);
-    p.backward(p.make<dnnl::pooling_backward>(pd), {{DNNL_ARG_DIFF_DST, p.grad(y)}, {DNNL_ARG_DIFF_SRC, s.memory}});
-    p.commit(s);
-  });
-  return y;
-}
-
 // The mean over H, W: x [N,C,H,W] (any layout) -> plain [N,C]. One pooling
 // over the whole image into [N,C,1,1] in x's kind of layout, then a copy to
 // the plain rows the head's linear layer reads.

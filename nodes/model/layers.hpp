@@ -118,6 +118,9 @@ ValueId affine(Program& p, ValueId x, float alpha, float beta);
 ValueId add(Program& p, ValueId a, ValueId b);
 ValueId add_channel_bias(Program& p, ValueId x, ValueId bias);
 ValueId scale_channels(Program& p, ValueId x, ValueId scale);
+// The mean of each k x k window at stride k: [N,C,H,W] -> [N,C,H/k,W/k]
+// (rounded down).
+ValueId avg_pool(Program& p, ValueId x, int64_t k);
 ValueId avg_pool2x(Program& p, ValueId x);
 // The mask of element i (in [N,C,H,W] order) is a hash of (*seed, key, i):
 // the same seed gives the same masks whatever the layout or thread count.

@@ -71,34 +71,43 @@ ValueId scale_channels(Program& p, ValueId x, ValueId scale) {
   return y;
 }
 
-ValueId avg_pool2x(Program& p, ValueId x) {
-  // x [N,C,H,W] -> [N,C,H/2,W/2]: the mean of each 2x2 block (PyTorch's
-  // AvgPool2d(2, 2), which a resnet with down=True applies).
+ValueId avg_pool(Program& p, ValueId x, int64_t k) {
+  // x [N,C,H,W] -> [N,C,H/k,W/k] (rounded down): the mean of each k x k
+  // window at stride k, in x's type and kind of layout.
   const dims xs = p.shape(x);
-  require(xs.size() == 4 && xs[2] % 2 == 0 && xs[3] % 2 == 0, "avg_pool2x needs an even height and width");
+  require(xs.size() == 4 && k >= 1 && xs[2] >= k && xs[3] >= k,
+          "average pooling of " + std::to_string(k) + "x" + std::to_string(k) +
+              " windows needs an image at least that large");
   const auto x_md = p.desc(x);
-  const dims ys{xs[0], xs[1], xs[2] / 2, xs[3] / 2};
+  const dims ys{xs[0], xs[1], xs[2] / k, xs[3] / k};
   const auto y_md =
       p.in_activation_layout(x_md) ? p.activation_desc(ys, x_md.data_type()) : with_type(plain_f32(ys), x_md.data_type());
-  const dims strides{2, 2}, kernel{2, 2}, pads{0, 0};
+  const dims window{k, k}, pads{0, 0};
   const auto attr = user_scratchpad_attr();
   dnnl::pooling_forward::primitive_desc fwd_pd(
       dnnl::pooling_forward::desc(prop_kind::forward_training, algorithm::pooling_avg_exclude_padding, x_md, y_md,
-                                  strides, kernel, pads, pads),
+                                  window, window, pads, pads),
       attr, p.engine());
   const ValueId y = p.new_value(y_md, true);
   p.forward(p.make<dnnl::pooling_forward>(fwd_pd), {{DNNL_ARG_SRC, p.data(x)}, {DNNL_ARG_DST, p.data(y)}});
   p.on_backward([=](Program& p) {
     if (!p.needs_grad(x)) return;
     dnnl::pooling_backward::primitive_desc pd(
-        dnnl::pooling_backward::desc(algorithm::pooling_avg_exclude_padding, p.grad_desc(x), p.grad_desc(y), strides,
-                                     kernel, pads, pads),
+        dnnl::pooling_backward::desc(algorithm::pooling_avg_exclude_padding, p.grad_desc(x), p.grad_desc(y), window,
+                                     window, pads, pads),
         attr, p.engine(), fwd_pd);
     const GradSink s = p.sink(x);
     p.backward(p.make<dnnl::pooling_backward>(pd), {{DNNL_ARG_DIFF_DST, p.grad(y)}, {DNNL_ARG_DIFF_SRC, s.memory}});
     p.commit(s);
   });
   return y;
+}
+
+ValueId avg_pool2x(Program& p, ValueId x) {
+  // PyTorch's AvgPool2d(2, 2), which a resnet with down=True applies.
+  const dims xs = p.shape(x);
+  require(xs.size() == 4 && xs[2] % 2 == 0 && xs[3] % 2 == 0, "avg_pool2x needs an even height and width");
+  return avg_pool(p, x, 2);
 }
 
 namespace {
