@@ -125,18 +125,25 @@ if [ "${MPI:-1}" != 0 ] && needed "$BINARY" | grep '^libmpi\.so\.40$' > /dev/nul
   components=()
   for so in "$pkglibdir"/mca_*.so; do
     # the libraries a component loads, its own common libraries' included
-    deps=$(needed "$so"; for lib in $(needed "$so" | grep '^libmca_common_' || true); do
-      needed "$(find_lib "$lib" $(runpath_of "$so"))"; done)
-    echo "$deps" | grep -Eq "$remote" && continue
+    # (one not found is reported by copy_deps below)
+    deps=$(needed "$so"
+           for lib in $(needed "$so" | grep '^libmca_common_' || true); do
+             path=$(find_lib "$lib" $(runpath_of "$so")) && needed "$path"
+           done || true)
+    grep -E "$remote" <<< "$deps" > /dev/null && continue
     cp "$so" "$mpi$pkglibdir/"
     components+=("$so")
   done
   copy_deps "${components[@]}"
   cp -r "$pkgdatadir/." "$mpi$pkgdatadir/"
-  # PMIx, which Open MPI's launcher and ranks load: its plugins and help files
-  pmix_lib=$(readlink -f "$(find_lib libpmix.so.2 $(runpath_of "$root/bin/mpirun") $(runpath_of "${components[0]}"))")
-  pmix_prefix=$(dirname "$(dirname "$pmix_lib")")
-  if [ -d "$pmix_prefix/lib/pmix" ]; then
+  # An external PMIx, which Open MPI's launcher and ranks load: its plugins
+  # and help files (an Open MPI with its internal PMIx has none apart).
+  pmix_prefix=""
+  if path=$(find_lib libpmix.so.2 $(runpath_of "$root/bin/mpirun") \
+            $(for so in "${components[@]}"; do runpath_of "$so"; done | sort -u)); then
+    pmix_prefix=$(dirname "$(dirname "$(readlink -f "$path")")")
+  fi
+  if [ -n "$pmix_prefix" ] && [ -d "$pmix_prefix/lib/pmix" ]; then
     mkdir -p "$mpi$pmix_prefix/lib"
     cp -r "$pmix_prefix/lib/pmix" "$mpi$pmix_prefix/lib/"
     copy_deps "$pmix_prefix"/lib/pmix/*.so

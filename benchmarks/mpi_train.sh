@@ -12,14 +12,18 @@
 # ranks, "32 64"; each must divide by every split's ranks), SPLITS (ranks x
 # threads, "2x1 1x2"), PRECISIONS ("f32"), TCP (1: multi-rank splits once
 # more over TCP on loopback, --mca btl tcp,self; default 1), ROUNDS (3),
-# STEPS (8), WARMUP (2), MPIRUN (the mpirun beside DIFFUFLOW when it is a
-# bundle's launcher, else mpirun), MPIRUN_ARGS (--allow-run-as-root), BIND
-# (1: ranks bound to THREADS cores each, --map-by slot:PE=THREADS --bind-to
-# core, while the split fits in the usable CPUs; else, or with BIND=0,
-# unbound and oversubscribed).
+# STEPS (8), WARMUP (2), MPIRUN (default: the mpirun beside DIFFUFLOW when
+# it is a bundle's launcher, else mpirun), MPIRUN_ARGS (--allow-run-as-root),
+# BIND (1: ranks bound to THREADS cores each, --map-by slot:PE=THREADS
+# --bind-to core, while the split fits in the usable cores; else, or with
+# BIND=0, unbound and oversubscribed), TIMEOUT (seconds per run, 600).
 # Files: OUT_DIR/<precision>_<setup>_b<global batch>_r<round>.{json,txt},
 # setup proc1x<T> (one process), ranks<R>x<T> (shared memory), tcp<R>x<T>.
 set -eu
+if [ -n "${BATCHES:-}" ]; then
+  echo "mpi_train: BATCHES (per-rank batches) is now GLOBAL_BATCHES (images per step over all ranks)" >&2
+  exit 2
+fi
 DIFFUFLOW=${1:-build/diffuflow}
 OUT=${2:-runs/mpi-train-$(date +%Y%m%d-%H%M%S)}
 CONFIG=${CONFIG:-unet-s}
@@ -36,7 +40,12 @@ if [ -z "${MPIRUN:-}" ]; then
 fi
 MPIRUN_ARGS=${MPIRUN_ARGS:---allow-run-as-root}
 BIND=${BIND:-1}
+TIMEOUT=${TIMEOUT:-600}
+# cores a rank's threads can be bound to: the usable CPUs, at most one per
+# physical core (--bind-to core counts cores, not hardware threads)
 usable=$(nproc)
+cores=$(lscpu -p=CORE,SOCKET 2> /dev/null | grep -v '^#' | sort -u | wc -l)
+[ "$cores" -gt 0 ] && [ "$cores" -lt "$usable" ] && usable=$cores
 for split in $SPLITS; do
   [[ $split =~ ^[1-9][0-9]*x[1-9][0-9]*$ ]] || { echo "mpi_train: split $split is not RANKSxTHREADS" >&2; exit 2; }
   for g in $GLOBAL_BATCHES; do
@@ -58,12 +67,12 @@ one() {
   local args="$common --batch $((global / ranks)) --threads $threads --set model.precision=$precision"
   local file="$OUT/${precision}_${name}${ranks}x${threads}_b${global}_r$round"
   if [ "$ranks" = 1 ]; then
-    "$DIFFUFLOW" bench train $args --json "$file.json" > "$file.txt" 2>&1
+    timeout "$TIMEOUT" "$DIFFUFLOW" bench train $args --json "$file.json" > "$file.txt" 2>&1
   else
     local place="--map-by slot:PE=$threads --bind-to core"
     [ "$BIND" = 1 ] && [ $((ranks * threads)) -le "$usable" ] || place="--oversubscribe --bind-to none"
     # shellcheck disable=SC2086  # word splitting of the option lists is intended
-    "$MPIRUN" -np "$ranks" $MPIRUN_ARGS $place "$@" "$DIFFUFLOW" bench train $args \
+    timeout "$TIMEOUT" "$MPIRUN" -np "$ranks" $MPIRUN_ARGS $place "$@" "$DIFFUFLOW" bench train $args \
       --json "$file.json" > "$file.txt" 2>&1
   fi || { echo "mpi_train: $file failed:"; tail -5 "$file.txt"; return 1; }
 }

@@ -23,6 +23,11 @@ def read(folder):
             continue
         with open(path) as f:
             rep = json.load(f)["results"][0]["repeats"][0]
+        if rep.get("processes", int(m.group(3))) != int(m.group(3)):
+            # e.g. a binary without MPI started by mpirun: R separate runs, one file
+            print(f"mpi_train_table: {path} ran {rep.get('processes')} process(es), not {m.group(3)}: left out",
+                  file=sys.stderr)
+            continue
         steps = [r["step_ms_median"] for r in rep.get("ranks", [])] or [rep["step_ms_median"]]
         key = (m.group(1) or "f32", int(m.group(5)), m.group(2), int(m.group(3)), int(m.group(4)))
         rows.setdefault(key, []).append((rep["images_per_s"], max(steps), rep.get("exposed_comm_ms_per_step", 0.0),

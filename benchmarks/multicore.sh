@@ -145,9 +145,9 @@ if stage "activation layout" 300; then
   done
 fi
 
-# Data-parallel training at the full width: ranks x threads (mpirun: the one
-# beside a bundle's launcher, else MPIRUN or the system's) against one
-# process, and one process on one thread for the scaling from one core.
+# Data-parallel training at the full width: ranks x threads (mpirun: MPIRUN
+# if set, else the one beside a bundle's launcher, else the system's) against
+# one process, and one process on one thread for the scaling from one core.
 if stage ranks 300; then
   splits="1x1"
   for t in $THREADS; do

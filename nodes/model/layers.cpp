@@ -8,9 +8,9 @@
 #include <cstdio>
 #include <omp.h>
 #include <optional>
+#include <stdexcept>
 #include <string>
 #include <tuple>
-#include <stdexcept>
 
 namespace diffuflow {
 
@@ -679,9 +679,9 @@ ValueId linear(Program& p, ValueId x, const ParamRef& weight, const ParamRef& bi
     const dnnl::memory dy = view(p.grad(y), y2);
     if (p.needs_grad(x)) {
       // dx = dy w: [M, O] x [O, I], the plain weight as it is. A matmul
-      // shares the M rows among threads where the inner-product backward-data
-      // kernel scaled 1.3x from one thread to two on the attention's
-      // projections (M = N*S tokens).
+      // shares the M rows among threads better than the inner-product
+      // backward-data kernel did on the attention's projections (M = N*S
+      // tokens; docs/performance.md).
       dnnl::matmul::primitive_desc pd(dnnl::matmul::desc(y2, w_plain, x2), attr, p.engine());
       const GradSink s = p.sink(x);
       p.backward(p.make<dnnl::matmul>(pd), {{DNNL_ARG_SRC, dy},

@@ -30,6 +30,7 @@
 //   add             a, b (same shape) -> a + b
 //   add_channel_bias x [N,C,H,W], b [N,C] -> x + b[:,:,None,None]
 //   scale_channels  x [N,C,H,W], s [N,C] -> x * s[:,:,None,None]
+//   avg_pool        x [N,C,H,W] -> [N,C,H/k,W/k], the mean of each k x k block
 //   avg_pool2x      x [N,C,H,W] -> [N,C,H/2,W/2], the mean of each 2x2 block
 //   dropout         any -> x * mask / (1 - rate), the mask drawn per pass
 //   embedding       one_hot [N,K], table [K,D] -> [N,D] (the rows of the table)

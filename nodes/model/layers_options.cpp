@@ -1,7 +1,8 @@
 // The layers that UNet2DModel's options add to the plain network (see
 // layers.hpp for shapes): affine (center_input_sample, output scale
 // factors, 1 + scale), scale_channels (resnet_time_scale_shift
-// scale_shift), avg_pool2x (resnet downsampling), dropout, and embedding
+// scale_shift), avg_pool and avg_pool2x (resnet downsampling; the
+// classifier's pooling), dropout, and embedding
 // (the class embedding table).
 #include "nodes/model/layer_util.hpp"
 #include "nodes/model/layers.hpp"
