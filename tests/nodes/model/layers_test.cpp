@@ -204,6 +204,7 @@ TEST_CASE("linear gradients match finite differences for 2-D and token (3-D) inp
     const auto w = h.param({4, 5});
     const auto b = h.param({4});
     h.finish(linear(h.p(), x, w, b));
+    h.backward();  // a second pass must overwrite the gradients, not add to them
     h.check_all("linear, 512 rows");
   }
 }
