@@ -963,7 +963,7 @@ TEST_CASE("mish and gelu, alone and after group_norm, match finite differences")
   CHECK_THROWS_WITH_AS(activation_named("tanh"), doctest::Contains("unknown activation 'tanh'"), std::invalid_argument);
 }
 
-TEST_CASE("affine, per-channel scale and 2x2 average pooling gradients match finite differences") {
+TEST_CASE("affine, per-channel scale and average pooling gradients match finite differences") {
   SUBCASE("affine") {
     LayerHarness h(0);
     const ValueId x = h.input({2, 3, 4});
@@ -984,6 +984,20 @@ TEST_CASE("affine, per-channel scale and 2x2 average pooling gradients match fin
     CHECK(h.p().shape(y) == dims{2, 3, 2, 3});
     h.finish(y);
     h.check_all("avg_pool2x");
+  }
+  SUBCASE("avg_pool over 3x3 windows of an image they do not tile: the last rows and columns left out") {
+    LayerHarness h(0);
+    const ValueId x = h.input({2, 3, 7, 8});
+    const ValueId y = avg_pool(h.p(), x, 3);
+    CHECK(h.p().shape(y) == dims{2, 3, 2, 2});
+    h.finish(y);
+    h.check_all("avg_pool 3");
+  }
+  SUBCASE("avg_pool refuses windows larger than the image, avg_pool2x odd sizes") {
+    LayerHarness h(0);
+    const ValueId x = h.input({1, 2, 3, 5});
+    CHECK_THROWS_AS(avg_pool(h.p(), x, 4), std::invalid_argument);
+    CHECK_THROWS_AS(avg_pool2x(h.p(), x), std::invalid_argument);
   }
 }
 
