@@ -67,6 +67,7 @@ class RunContext {
   void set_seed(uint64_t seed) { seed_ = seed; }
   bool deterministic = false;
   int threads = 0;  // 0: every usable CPU (usable_cpus())
+  int teams = 1;    // the U-Net's batch split among this many OpenMP teams (PipelineSpec::teams)
 
   // The processes this run is spread over (data parallel); a world of one by default.
   World& world() const { return *world_; }

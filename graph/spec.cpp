@@ -25,8 +25,8 @@ const ResourceSpec* PipelineSpec::resource(const std::string& resource_name) con
 
 namespace {
 
-const std::vector<std::string> kTopLevelKeys = {"name", "description", "device", "seed", "threads",
-                                                "deterministic", "resources", "nodes", "edges"};
+const std::vector<std::string> kTopLevelKeys = {"name",          "description", "device", "seed",  "threads",
+                                                "teams",         "deterministic", "resources", "nodes", "edges"};
 
 SourceLocation locate(const std::string& file, const YAML::Node& node, const std::string& key_path) {
   SourceLocation where{file, 0, 0, key_path};
@@ -122,6 +122,13 @@ class Parser {
       if (v) spec.threads = static_cast<int>(std::get<int64_t>(*v));
       for (auto& e : local) errors_.push_back(e);
     }
+    if (const YAML::Node teams = root["teams"]; teams.IsDefined()) {
+      std::vector<ConfigError> local;
+      auto v = parse_param(ParamSpec::integer("teams", 1, "").range(1, 1024), teams, locate(file_, teams, "teams"),
+                           local);
+      if (v) spec.teams = static_cast<int>(std::get<int64_t>(*v));
+      for (auto& e : local) errors_.push_back(e);
+    }
     if (const YAML::Node det = root["deterministic"]; det.IsDefined()) {
       std::vector<ConfigError> local;
       auto v = parse_param(ParamSpec::boolean("deterministic", false, ""), det, locate(file_, det, "deterministic"),
@@ -170,12 +177,15 @@ class Parser {
       } else if (o.param == "threads") {
         if (auto v = parse_param(ParamSpec::integer("threads", 0, "").range(0, 1024), value, where, local))
           spec.threads = static_cast<int>(std::get<int64_t>(*v));
+      } else if (o.param == "teams") {
+        if (auto v = parse_param(ParamSpec::integer("teams", 1, "").range(1, 1024), value, where, local))
+          spec.teams = static_cast<int>(std::get<int64_t>(*v));
       } else if (o.param == "deterministic") {
         if (auto v = parse_param(ParamSpec::boolean("deterministic", false, ""), value, where, local))
           spec.deterministic = std::get<bool>(*v);
       } else {
         local.emplace_back(where, "unknown pipeline setting '" + o.param + "'" +
-                                      suggestion(o.param, {"seed", "device", "threads", "deterministic"}));
+                                      suggestion(o.param, {"seed", "device", "threads", "teams", "deterministic"}));
       }
       for (auto& e : local) errors_.push_back(e);
     }
@@ -411,7 +421,7 @@ Override parse_override(const std::string& text) {
   const auto dot = key.find('.');
   if (eq == std::string::npos || dot == std::string::npos || dot == 0 || dot + 1 >= key.size()) {
     if (eq != std::string::npos && dot == std::string::npos &&
-        (key == "seed" || key == "device" || key == "threads" || key == "deterministic")) {
+        (key == "seed" || key == "device" || key == "threads" || key == "teams" || key == "deterministic")) {
       return Override{"pipeline", key, text.substr(eq + 1)};
     }
     throw ConfigError(SourceLocation{"--set", 0, 0, text}, "expected node.param=value, got '" + text + "'");
@@ -469,6 +479,7 @@ std::string PipelineSpec::resolved_yaml() const {
   out << YAML::Key << "device" << YAML::Value << device;
   out << YAML::Key << "seed" << YAML::Value << seed;
   out << YAML::Key << "threads" << YAML::Value << threads;
+  out << YAML::Key << "teams" << YAML::Value << teams;
   out << YAML::Key << "deterministic" << YAML::Value << deterministic;
   auto emit_params = [&](const ParamValues& params) {
     out << YAML::Key << "params" << YAML::Value << YAML::BeginMap;

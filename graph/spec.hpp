@@ -4,6 +4,7 @@
 //   device: cpu            # cpu | gpu | gpu:N
 //   seed: 0
 //   threads: 0             # 0: every CPU the process may use
+//   teams: 1               # the U-Net's batch split among this many OpenMP teams
 //   deterministic: false
 //   resources:
 //     - {name: schedule, type: noise_schedule, params: {kind: linear}}
@@ -60,6 +61,10 @@ struct PipelineSpec {
   std::string device = "cpu";
   uint64_t seed = 0;
   int threads = 0;
+  // Each U-Net pass's batch split into `teams` parts computed at once, each
+  // by a team of threads / teams OpenMP threads (UNetModel::set_teams); the
+  // other device work runs on one such team.
+  int teams = 1;
   bool deterministic = false;
   std::vector<ResourceSpec> resources;
   std::vector<NodeSpec> nodes;
@@ -74,7 +79,7 @@ struct PipelineSpec {
 
 // One `--set target.param=value` override, checked like the YAML it replaces.
 struct Override {
-  std::string target;  // node or resource name; or "pipeline" for top-level keys (seed, device, threads)
+  std::string target;  // node or resource name; or "pipeline" for top-level keys (seed, device, threads, teams)
   std::string param;
   std::string value;   // YAML scalar or flow sequence text, e.g. "3", "1e-4", "[0, 10, 999]"
 };

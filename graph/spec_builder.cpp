@@ -12,7 +12,7 @@ namespace diffuflow {
 
 namespace {
 
-const std::vector<std::string> kSettings = {"seed", "device", "threads", "deterministic", "description"};
+const std::vector<std::string> kSettings = {"seed", "device", "threads", "teams", "deterministic", "description"};
 
 template <typename T>
 std::string list_text(const std::vector<T>& items) {
@@ -142,15 +142,16 @@ PipelineSpecBuilder::Assembly PipelineSpecBuilder::assemble(bool checked) const 
         a.errors.emplace_back(SourceLocation{call, 0, 0, ""},
                               "unknown pipeline setting '" + key + "'" +
                                   (near.empty() ? "" : " (did you mean '" + near + "'?)") +
-                                  "; settings: seed, device, threads, deterministic, description");
+                                  "; settings: seed, device, threads, teams, deterministic, description");
         continue;
       }
       const ParamValue& v = value.value();
-      const bool ok = key == "seed" || key == "threads" ? std::holds_alternative<int64_t>(v)
+      const bool integral = key == "seed" || key == "threads" || key == "teams";
+      const bool ok = integral                          ? std::holds_alternative<int64_t>(v)
                       : key == "deterministic"          ? std::holds_alternative<bool>(v)
                                                         : std::holds_alternative<std::string>(v);
       if (!ok) {
-        const std::string want = key == "seed" || key == "threads" ? "an integer"
+        const std::string want = integral                          ? "an integer"
                                  : key == "deterministic"          ? "a boolean"
                                                                    : "a text";
         a.errors.emplace_back(SourceLocation{call, 0, 0, ""}, "expected " + want + ", got " + value.describe());

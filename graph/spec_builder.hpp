@@ -80,7 +80,7 @@ class PipelineSpecBuilder {
 
   explicit PipelineSpecBuilder(std::string name);
 
-  // A pipeline setting: seed, device, threads, deterministic or description.
+  // A pipeline setting: seed, device, threads, teams, deterministic or description.
   PipelineSpecBuilder& setting(const std::string& key, const SpecValue& value);
 
   PipelineSpecBuilder& resource(const std::string& name, const std::string& type, const Values& params = {});

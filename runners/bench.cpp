@@ -142,6 +142,7 @@ PipelineSpec build_spec(const Settings& s) {
   if (s.param) overrides.push_back(*s.param);
   PipelineSpec spec = load_pipeline(s.pipeline, overrides);
   spec.threads = resolved_threads(s.threads);
+  if (s.teams > 0) spec.teams = s.teams;
   if (s.concurrency_node) {
     const int index = spec.node_index(*s.concurrency_node);
     if (index < 0) throw bad_option("--sweep", "the pipeline has no node '" + *s.concurrency_node + "'");
@@ -179,12 +180,13 @@ Measurement measure_pipeline(const Settings& s) {
   {
     RunContext ctx(std::make_shared<Device>(DeviceSpec::parse(spec.device)), spec.seed);
     ctx.threads = threads;
+    ctx.teams = spec.teams;
     // out_dir stays empty: nothing is written. Train and data run `prefetch` steps past the window: the
     // data path works that far ahead, so the measured steps carry their share of its work as they would
     // in a long run (stopping the source at W+K would leave the last steps' loading and noising in the warm-up).
     ctx.max_steps = static_cast<int64_t>(s.warmup) + s.steps + (s.kind == "sample" ? 0 : s.prefetch);
     RunOptions options;
-    options.compute_threads = threads;
+    options.compute_threads = team_threads(threads, spec.teams, spec.file);
     options.prefetch = s.prefetch;
     options.trace_file = trace.string();
     const auto t0 = std::chrono::steady_clock::now();
@@ -321,6 +323,7 @@ struct Row {
   std::string sweep_value;  // empty without a sweep
   double x = NAN;           // the value as a number, for the plot
   int threads = 0;
+  int teams = 0;  // 0: the pipeline's
   int64_t batch = 0;
   std::vector<Measurement> repeats;
   double median = 0, min = 0, max = 0;
@@ -432,6 +435,7 @@ OptionTable bench_options() {
           shared::unet_config(),
           shared::batch(),
           shared::threads().fallback("0"),
+          shared::teams(),
           OptionSpec::integer("graph-threads", "N",
                               "pipelines: the graph's TBB threads (max_allowed_parallelism; 0: --threads), the "
                               "compute thread's OpenMP team keeping --threads")
@@ -449,7 +453,8 @@ OptionTable bench_options() {
           OptionSpec::text("pipeline", "P.yaml", "the pipeline to run (default pipelines/bench_KIND.yaml)"),
           shared::set_overrides(),
           OptionSpec::text("sweep", "NAME=v1,v2,...",
-                           "one dimension: threads=1,2 | batch=16,32,64 | max_in_flight=1,2 | concurrency=NODE:1,2 | "
+                           "one dimension: threads=1,2 | teams=1,2,4 | batch=16,32,64 | max_in_flight=1,2 | "
+                           "concurrency=NODE:1,2 | "
                            "NODE.PARAM=a,b | precision=f32,bf16 (bench unet, matmul) | convolution=direct,winograd (bench "
                            "unet) | bf16_backward=channels_last,blocked (bench unet)"),
           shared::precision().fallback(""),
@@ -482,6 +487,10 @@ int run_bench(const ParsedOptions& opts) {
   if (opts.has("config")) base.config = opts.text("config");
   base.batch = opts.integer("batch");
   base.threads = static_cast<int>(opts.integer("threads"));
+  if (opts.has("teams")) {
+    base.teams = static_cast<int>(opts.integer("teams"));
+    if (probe) throw bad_option("--teams", "bench " + base.kind + " runs no U-Net");
+  }
   base.graph_threads = static_cast<int>(opts.integer("graph-threads"));
   if (base.graph_threads > 0 && standalone) {
     throw bad_option("--graph-threads", "bench " + base.kind + " runs no graph; pipelines (train, sample, data) take it");
@@ -566,17 +575,19 @@ int run_bench(const ParsedOptions& opts) {
     }
     sweep_values = split(values, ',');
     if (sweep_values.empty()) throw bad_option("--sweep", "no values");
-    const bool known = sweep_name == "threads" || sweep_name == "batch" || sweep_name == "max_in_flight" ||
+    const bool known = sweep_name == "threads" || sweep_name == "teams" || sweep_name == "batch" ||
+                       sweep_name == "max_in_flight" ||
                        sweep_name == "concurrency" || sweep_name == "precision" || sweep_name == "convolution" ||
                        sweep_name == "bf16_backward" || sweep_name.find('.') != std::string::npos;
     if (!known) {
       throw bad_option("--sweep", "unknown sweep '" + sweep_name +
-                                      "': threads, batch, max_in_flight, concurrency=NODE:..., precision, "
+                                      "': threads, teams, batch, max_in_flight, concurrency=NODE:..., precision, "
                                       "convolution, bf16_backward (bench unet), or NODE.PARAM");
     }
-    if (base.kind == "unet" && sweep_name != "threads" && sweep_name != "batch" && sweep_name != "precision" &&
+    if (base.kind == "unet" && sweep_name != "threads" && sweep_name != "teams" && sweep_name != "batch" &&
+        sweep_name != "precision" &&
         sweep_name != "convolution" && sweep_name != "bf16_backward") {
-      throw bad_option("--sweep", "bench unet sweeps threads, batch, precision, convolution or bf16_backward");
+      throw bad_option("--sweep", "bench unet sweeps threads, teams, batch, precision, convolution or bf16_backward");
     }
     if (base.kind != "unet" && (sweep_name == "convolution" || sweep_name == "bf16_backward")) {
       throw bad_option("--sweep", "only bench unet sweeps " + sweep_name + "; pipelines: --sweep model." + sweep_name +
@@ -608,6 +619,7 @@ int run_bench(const ParsedOptions& opts) {
       const std::string& v = sweep_values[i];
       row.sweep_value = v;
       if (sweep_name == "threads") s.threads = parse_positive(v, "--sweep");
+      if (sweep_name == "teams") s.teams = parse_positive(v, "--sweep");
       if (sweep_name == "batch") s.batch = parse_positive(v, "--sweep");
       if (sweep_name == "max_in_flight") s.max_in_flight = parse_positive(v, "--sweep");
       if (sweep_name == "concurrency") s.concurrency = parse_positive(v, "--sweep");
@@ -624,6 +636,7 @@ int run_bench(const ParsedOptions& opts) {
       }
     }
     row.threads = resolved_threads(s.threads);
+    row.teams = s.teams;
     row.batch = s.batch;
     if (std::isnan(row.x)) row.x = sweep_values.empty() ? row.threads : static_cast<double>(i);
     rows.push_back(row);
@@ -646,6 +659,10 @@ int run_bench(const ParsedOptions& opts) {
             << "threads: " << resolved_threads(base.threads) << " (OpenMP threads of the compute thread and TBB "
             << "max_allowed_parallelism)" << (sweep_name == "threads" ? ", swept" : "")
             << (base.graph_threads > 0 ? "; the graph's TBB threads: " + std::to_string(base.graph_threads) : "")
+            << (sweep_name == "teams" ? "; teams swept (the U-Net's batch split among them)"
+                : base.teams > 1
+                    ? "; in " + std::to_string(base.teams) + " teams (the U-Net's batch split among them)"
+                    : "")
             << "\n"
             << "settings: ";
   const std::string precision = base.precision.empty() ? "f32" : base.precision;
@@ -791,6 +808,7 @@ int run_bench(const ParsedOptions& opts) {
                     {"isa", describe_cpu_isa()},
                     {"versions", describe_versions()}};
     j["settings"] = {{"config", base.config}, {"batch", base.batch},       {"threads", resolved_threads(base.threads)},
+                     {"teams", base.teams > 0 ? json(base.teams) : json(nullptr)},
                      {"graph_threads", base.graph_threads},
                      {"steps", base.steps},   {"warmup", base.warmup},     {"repeats", base.repeats},
                      {"prefetch", base.prefetch}, {"mode", mode}, {"processes", world.size()},          {"set", base.sets},
@@ -802,6 +820,7 @@ int run_bench(const ParsedOptions& opts) {
       const Measurement& m = row.repeats[row.median_index];
       json r = {{"sweep_value", row.sweep_value},
                 {"threads", row.threads},
+                {"teams", row.teams > 0 ? json(row.teams) : json(nullptr)},
                 {"batch", row.batch},
                 {rate_key(base.kind), {{"median", row.median}, {"min", row.min}, {"max", row.max}}},
                 {"model_busy_fraction", m.model_busy_fraction},

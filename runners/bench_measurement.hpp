@@ -25,6 +25,7 @@ struct Settings {
   std::string config;    // empty: the pipeline's
   int64_t batch = 64;
   int threads = 0;
+  int teams = 0;          // the U-Net's batch split among this many OpenMP teams (0: the pipeline's; unet: 1)
   int graph_threads = 0;  // pipelines: TBB's max_allowed_parallelism (0: threads)
   int steps = 10;
   int warmup = 2;

@@ -48,6 +48,7 @@ Measurement measure_unet(const Settings& s, UNetBenchMode mode) {
   u.batch = s.batch;
   u.size = 28;  // the size the graphs run (MNIST)
   u.threads = resolved_threads(s.threads);
+  u.teams = std::max(1, s.teams);
   u.iters = s.steps;
   u.warmup = s.warmup;
   u.mode = mode;

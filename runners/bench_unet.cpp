@@ -300,6 +300,7 @@ nlohmann::json UNetBenchResult::json() const {
           {"batch", settings.batch},
           {"image_size", settings.size},
           {"threads", settings.threads},
+          {"teams", settings.teams},
           {"iters", settings.iters},
           {"warmup", settings.warmup},
           {"isa", isa},
@@ -337,12 +338,20 @@ UNetBenchResult bench_unet(const UNetBenchSettings& settings, std::ostream* log)
   if (settings.warmup < 0) throw bad_option("--warmup", "must be >= 0");
   if (settings.size < 0) throw bad_option("--size", "must be >= 0");
   if (settings.threads < 0) throw bad_option("--threads", "must be >= 0");
+  if (settings.teams < 1) throw bad_option("--teams", "must be >= 1");
+  if (settings.teams > 1 && settings.breakdown) {
+    throw bad_option("--teams", "a breakdown times one team's steps at a time: leave out --teams or --breakdown");
+  }
   const UNetConfig config = UNetConfig::resolve(settings.config);
   UNetBenchResult result;
   result.settings = settings;
   UNetBenchSettings& s = result.settings;
   if (s.size == 0) s.size = config.sample_size;
   if (s.threads == 0) s.threads = usable_cpus();
+  if (s.threads % s.teams != 0) {
+    throw bad_option("--teams", std::to_string(s.threads) + " threads do not split into " + std::to_string(s.teams) +
+                                    " equal teams");
+  }
   omp_set_num_threads(s.threads);
   oneapi::tbb::global_control parallelism(oneapi::tbb::global_control::max_allowed_parallelism,
                                           static_cast<size_t>(s.threads));
@@ -355,6 +364,7 @@ UNetBenchResult bench_unet(const UNetBenchSettings& settings, std::ostream* log)
   model->set_conv_algorithm(s.convolution);
   model->set_bf16_backward(s.bf16_backward);
   model->set_activation_layout(s.activation_layout);
+  model->set_teams(s.teams);
   result.activation_layout_used =
       resolved_activation_layout(s.activation_layout, s.precision, model->native_kernels(), device.engine());
   result.parameters = model->param_count();
@@ -382,7 +392,9 @@ UNetBenchResult bench_unet(const UNetBenchSettings& settings, std::ostream* log)
 
   if (log) {
     *log << "bench-unet: config " << s.config << ", batch " << batch << ", " << size << "x" << size << ", "
-         << s.threads << " OpenMP thread(s), " << result.parameters << " parameters, " << enum_name(s.precision)
+         << s.threads << " OpenMP thread(s)"
+         << (s.teams > 1 ? " in " + std::to_string(s.teams) + " teams (the batch split among them)" : "") << ", "
+         << result.parameters << " parameters, " << enum_name(s.precision)
          << " convolutions (" << enum_name(s.convolution) << ", bf16 backward " << enum_name(s.bf16_backward)
          << ", activations " << enum_name(s.activation_layout) << ": " << enum_name(result.activation_layout_used)
          << ")\n"
@@ -420,6 +432,8 @@ UNetBenchResult bench_unet(const UNetBenchSettings& settings, std::ostream* log)
     }
   }
 
+  // The probes ran on every thread; a pass runs on this thread's team and its helpers' (UNetModel::set_teams).
+  omp_set_num_threads(s.threads / s.teams);
   std::vector<double> fwd_times, train_times;
   double first_forward_s = 0, first_train_s = 0;
   if (s.mode != UNetBenchMode::train) {
@@ -532,6 +546,7 @@ OptionTable bench_unet_options() {
           shared::batch(),
           OptionSpec::integer("size", "PIXELS", "image side (0: the config's sample_size)").range(0, 4096).fallback("0"),
           shared::threads().fallback("0"),
+          shared::teams().fallback("1"),
           OptionSpec::integer("iters", "K", "timed passes of each kind").range(1, 1 << 20).fallback("5"),
           shared::warmup().fallback("1"),
           shared::unet_mode().fallback("both"),
@@ -552,6 +567,7 @@ int run_bench_unet(const ParsedOptions& options) {
   s.batch = options.integer("batch");
   s.size = options.integer("size");
   s.threads = static_cast<int>(options.integer("threads"));
+  s.teams = static_cast<int>(options.integer("teams"));
   s.iters = static_cast<int>(options.integer("iters"));
   s.warmup = static_cast<int>(options.integer("warmup"));
   s.seed = static_cast<uint64_t>(options.integer("seed"));

@@ -28,6 +28,7 @@ struct UNetBenchSettings {
   int64_t batch = 64;
   int64_t size = 0;               // image side; 0: the config's sample_size
   int threads = 0;                // OpenMP threads (and oneTBB's parallelism limit); 0: every usable CPU
+  int teams = 1;                  // the batch split among this many OpenMP teams (UNetModel::set_teams)
   int iters = 5;                  // timed passes of each kind
   int warmup = 1;                 // untimed passes before each kind
   UNetBenchMode mode = UNetBenchMode::both;

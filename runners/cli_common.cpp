@@ -5,6 +5,16 @@
 
 namespace diffuflow {
 
+int team_threads(int threads, int teams, const std::string& file) {
+  if (teams < 1 || threads % teams != 0) {
+    throw ConfigError(SourceLocation{file, 0, 0, "teams"},
+                      std::to_string(threads) + " threads do not split into " + std::to_string(teams) +
+                          " equal teams: give a thread count that " + std::to_string(teams) +
+                          " divides (threads: or --threads)");
+  }
+  return threads / teams;
+}
+
 ClassChoice class_choice_from(const ParsedOptions& options, int64_t num_class_embeds, const std::string& model) {
   ClassChoice choice;
   const bool given_class = options.has("class");

@@ -16,6 +16,10 @@ std::vector<Override> parse_overrides(const std::vector<std::string>& texts);
 // Loads and validates the pipeline named by the `pipeline` argument, applying --set.
 PipelineSpec load_from_command_line(const ParsedOptions& options);
 
+// The OpenMP threads of each of `teams` teams sharing `threads`: a
+// ConfigError naming `teams` (in `file`) when they do not divide evenly.
+int team_threads(int threads, int teams, const std::string& file);
+
 // What --class and --guidance ask of a model with `num_class_embeds` rows
 // (0: unconditional), checked before anything runs: a class-conditional model
 // draws --class (all classes by default) in cycle order; an unconditional one

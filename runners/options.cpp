@@ -195,6 +195,14 @@ OptionSpec guidance() {
       .fallback("1");
 }
 
+OptionSpec teams() {
+  return OptionSpec::integer("teams", "R",
+                             "split each U-Net pass's batch into R parts computed at once, each by a team of "
+                             "threads/R OpenMP threads (R must divide the threads); 1: one team of them all; "
+                             "overrides a pipeline's `teams:`")
+      .range(1, 1024);
+}
+
 OptionSpec breakdown() {
   return OptionSpec::flag("breakdown",
                           "U-Net: after the timed passes, as many again with each step waited for and timed, for "

@@ -119,6 +119,7 @@ OptionSpec activation_layout();  // --activation-layout by_isa|blocked|channels_
 OptionSpec convolution();     // --convolution by_shape|direct|winograd
 OptionSpec class_choice();    // --class all|C|C1,C2
 OptionSpec guidance();        // --guidance W
+OptionSpec teams();           // --teams R: the U-Net's batch split among R OpenMP teams
 OptionSpec breakdown();       // --breakdown (the U-Net's time per layer kind)
 }  // namespace shared
 

@@ -208,6 +208,7 @@ OptionTable run_options() {
           shared::output(),
           shared::device(),
           shared::threads(),
+          shared::teams(),
           OptionSpec::integer("max-steps", "N", "stop each source after this many packets").at_least(0),
           OptionSpec::number("max-time", "SECONDS", "stop the sources after this many seconds; in-flight work finishes"),
           shared::prefetch(),
@@ -242,7 +243,8 @@ int run_spec(PipelineSpec spec, const RunSettings& settings) {
   const long long max_steps = settings.max_steps;
 
   const int threads = spec.threads > 0 ? spec.threads : usable_cpus();
-  run_options.compute_threads = threads;
+  if (settings.teams) spec.teams = *settings.teams;
+  run_options.compute_threads = team_threads(threads, spec.teams, spec.file);
   oneapi::tbb::global_control parallelism(oneapi::tbb::global_control::max_allowed_parallelism,
                                           static_cast<size_t>(std::max(1, threads)));
 
@@ -282,6 +284,7 @@ int run_spec(PipelineSpec spec, const RunSettings& settings) {
   RunContext ctx(device, spec.seed);
   ctx.deterministic = spec.deterministic;
   ctx.threads = threads;
+  ctx.teams = spec.teams;
   ctx.max_steps = max_steps;
   ctx.resume_path = resume_path;
   ctx.start_step = start_step;
@@ -299,7 +302,7 @@ int run_spec(PipelineSpec spec, const RunSettings& settings) {
     std::ostringstream header;
     header << "diffuflow: running '" << spec.name << "' on " << device->spec().str() << " ("
               << describe_cpu_model() << ", ISA " << describe_cpu_isa() << ", " << describe_versions() << ", "
-              << threads << " threads";
+              << threads << " threads" << (spec.teams > 1 ? " in " + std::to_string(spec.teams) + " teams" : "");
     if (world.distributed()) {
       header << " x " << world.size() << " processes";
       for (size_t r = 0; r < hosts.size(); ++r) header << (r ? ", " : ": ") << "rank " << r << " on " << hosts[r];
@@ -358,6 +361,7 @@ int run_pipeline(const ParsedOptions& opts) {
   if (opts.has("out")) settings.out = opts.text("out");
   if (opts.has("device")) settings.device = opts.text("device");
   if (opts.has("threads")) settings.threads = static_cast<int>(opts.integer("threads"));
+  if (opts.has("teams")) settings.teams = static_cast<int>(opts.integer("teams"));
   settings.prefetch = static_cast<int>(opts.integer("prefetch"));
   if (opts.has("max-time")) {
     settings.max_time_s = opts.number("max-time");

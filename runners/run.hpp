@@ -14,6 +14,7 @@ struct RunSettings {
   std::string out;     // the run's folder; empty: runs/<pipeline>-<timestamp>
   std::string device;  // empty: the pipeline's
   std::optional<int> threads;  // overrides the pipeline's
+  std::optional<int> teams;    // overrides the pipeline's
   int prefetch = 4;
   double max_time_s = 0;  // 0: none
   long long max_steps = -1;

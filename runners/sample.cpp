@@ -2,7 +2,8 @@
 //
 //   diffuflow sample MODEL [-n 64] [--steps 50] [--sampler ddim|ddpm|dpmpp|euler|euler_ancestral|unipc] [--eta 0]
 //                    [--class all|C|C1,C2] [--guidance W] [--clip auto|on|off] [--seed 0] [--batch 256]
-//                    [-o samples.png | -o DIR] [--precision f32|bf16] [--threads N] [--set NODE.PARAM=VALUE]
+//                    [-o samples.png | -o DIR] [--precision f32|bf16] [--threads N] [--teams R]
+//                    [--set NODE.PARAM=VALUE]
 //                    [--print-pipeline]
 //
 // MODEL is a training checkpoint, a run folder (its checkpoints/latest.safetensors)
@@ -270,6 +271,7 @@ OptionTable sample_options() {
           shared::output().short_name('o').fallback("samples.png"),
           shared::precision(),
           shared::threads(),
+          shared::teams(),
           shared::set_overrides(),
           OptionSpec::flag("print-pipeline", "print the sampling pipeline as YAML (for diffuflow run) and stop"),
           OptionSpec::flag("quiet", "no profile table at the end").short_name('q')};
@@ -313,6 +315,7 @@ int run_sample(const ParsedOptions& options) {
   RunSettings settings;
   settings.out = scratch.string();
   settings.threads = threads;
+  if (options.has("teams")) settings.teams = static_cast<int>(options.integer("teams"));
   settings.progress_s = 10;
   settings.quiet = options.flag("quiet");
   struct RemoveScratch {

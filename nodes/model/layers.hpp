@@ -123,10 +123,18 @@ ValueId scale_channels(Program& p, ValueId x, ValueId scale);
 // (rounded down).
 ValueId avg_pool(Program& p, ValueId x, int64_t k);
 ValueId avg_pool2x(Program& p, ValueId x);
-// The mask of element i (in [N,C,H,W] order) is a hash of (*seed, key, i):
-// the same seed gives the same masks whatever the layout or thread count.
-// `seed` is read when the pass runs (set it before each training pass).
-ValueId dropout(Program& p, ValueId x, float rate, std::shared_ptr<const uint64_t> seed, uint64_t key);
+// What a training pass's dropout masks are drawn from: its seed, and where
+// the program's first sample sits in the whole batch (a batch computed in
+// parts draws each sample's masks as the whole batch would).
+struct DropoutDraw {
+  uint64_t seed = 0;
+  int64_t first_sample = 0;
+};
+// The mask of element i (in the whole batch's [N,C,H,W] order) is a hash of
+// (seed, key, i): the same seed gives the same masks whatever the layout,
+// thread count or split of the batch. `draw` is read when the pass runs (set
+// it before each training pass).
+ValueId dropout(Program& p, ValueId x, float rate, std::shared_ptr<const DropoutDraw> draw, uint64_t key);
 ValueId embedding(Program& p, ValueId one_hot, const ParamRef& table);
 ValueId concat_channels(Program& p, ValueId a, ValueId b);
 ValueId upsample_nearest2x(Program& p, ValueId x);

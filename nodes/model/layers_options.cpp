@@ -122,7 +122,7 @@ uint64_t mix64(uint64_t z) {
 
 }  // namespace
 
-ValueId dropout(Program& p, ValueId x, float rate, std::shared_ptr<const uint64_t> seed, uint64_t key) {
+ValueId dropout(Program& p, ValueId x, float rate, std::shared_ptr<const DropoutDraw> draw, uint64_t key) {
   const Program::LayerScope layer(p, "elementwise");
   // x [N,C,H,W] -> x * mask, mask = 0 with probability `rate`, else
   // 1 / (1 - rate) (PyTorch's scaling); dx = dy * mask. The mask is drawn on
@@ -136,10 +136,13 @@ ValueId dropout(Program& p, ValueId x, float rate, std::shared_ptr<const uint64_
   const dnnl::memory mask_plain = p.alloc(plain);
   const uint64_t threshold = static_cast<uint64_t>(static_cast<double>(rate) * 18446744073709551616.0);
   const float keep_scale = 1.0f / (1.0f - rate);
+  int64_t per_sample = 1;
+  for (size_t d = 1; d < xs.size(); ++d) per_sample *= xs[d];
   p.host_forward(
       [=](const Args& args) {
         HostMap<float> mask(args.at(0));
-        const uint64_t stream = mix64(*seed ^ mix64(key + 0x9e3779b97f4a7c15ull));
+        const uint64_t stream = mix64(draw->seed ^ mix64(key + 0x9e3779b97f4a7c15ull)) +
+                                static_cast<uint64_t>(draw->first_sample * per_sample);
         for (size_t i = 0; i < mask.size(); ++i) mask[i] = mix64(stream + i) < threshold ? 0.0f : keep_scale;
       },
       {{0, mask_plain}});

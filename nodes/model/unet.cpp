@@ -4,6 +4,7 @@
 #include "nodes/model/layers.hpp"
 #include "nodes/model/pooled_state.hpp"
 #include "compute/program.hpp"
+#include "compute/teams.hpp"
 
 #include <algorithm>
 #include <map>
@@ -116,11 +117,11 @@ namespace {
 // UNet2DModel.forward).
 class UNetBuilder {
  public:
-  // `dropout_seed`: read by the dropout layers when the program runs
+  // `dropout`: read by the dropout layers when the program runs
   // (training programs of configs with dropout only).
   UNetBuilder(Program& p, const UNetConfig& c, const std::vector<ParamSlot>& slots,
-              std::shared_ptr<const uint64_t> dropout_seed)
-      : p_(p), c_(c), act_(activation_named(c.act_fn)), dropout_seed_(std::move(dropout_seed)) {
+              std::shared_ptr<const DropoutDraw> dropout)
+      : p_(p), c_(c), act_(activation_named(c.act_fn)), dropout_(std::move(dropout)) {
     for (const auto& s : slots) index_[s.name] = ParamRef{s.offset, s.shape};
   }
 
@@ -254,7 +255,7 @@ class UNetBuilder {
       h = add_channel_bias(p_, scale_channels(p_, h, affine(p_, scale, 1.0f, 1.0f)), shift);
       h = activation(p_, h, act_);
     }
-    if (p_.training() && c_.dropout > 0.0) h = dropout(p_, h, static_cast<float>(c_.dropout), dropout_seed_, dropouts_++);
+    if (p_.training() && c_.dropout > 0.0) h = dropout(p_, h, static_cast<float>(c_.dropout), dropout_, dropouts_++);
     // shortcut + conv2(h), the add inside the convolution where it can be. A
     // projected shortcut is read by this add alone (its convolution's backward
     // needs only its input), so the sum may overwrite it.
@@ -306,7 +307,7 @@ class UNetBuilder {
   Program& p_;
   const UNetConfig& c_;
   Activation act_;
-  std::shared_ptr<const uint64_t> dropout_seed_;
+  std::shared_ptr<const DropoutDraw> dropout_;
   uint64_t dropouts_ = 0;
   std::unordered_map<std::string, ParamRef> index_;
   ValueId emb_act_ = -1;
@@ -314,11 +315,7 @@ class UNetBuilder {
 
 }  // namespace
 
-// Programs per (batch, height, width, training, precision, native kernels,
-// convolution algorithm, bf16 backward layout, activation layout, OpenMP
-// threads: by_shape's choice depends on them).
-using UNetPoolKey =
-    std::tuple<int64_t, int64_t, int64_t, bool, Precision, bool, ConvAlgorithm, Bf16Backward, ActivationLayout, int>;
+using UNetPoolKey = UNetModel::PoolKey;
 
 struct UNetModel::Workspace {
   UNetPoolKey key;
@@ -326,7 +323,7 @@ struct UNetModel::Workspace {
   bool training = false;
   std::unique_ptr<Program> program;
   ValueId x = -1, temb0 = -1, classes = -1, out = -1;
-  std::shared_ptr<uint64_t> dropout_seed = std::make_shared<uint64_t>(0);
+  std::shared_ptr<DropoutDraw> dropout = std::make_shared<DropoutDraw>();
   int copy_x_in = -1, copy_out = -1, copy_grad_in = -1, copy_grad_x = -1;
   dnnl::stream stream;
 };
@@ -336,6 +333,17 @@ class UNetModel::Pool : public ProgramPool<UNetPoolKey, UNetModel::Workspace> {}
 namespace {
 
 using UNetState = PooledState<UNetModel::Pool, UNetModel::Workspace>;
+
+// A batch computed in parts, one per team: each part's state in part order.
+class SplitState : public ForwardState {
+ public:
+  SplitState(const UNetModel::Pool* owner, int64_t batch, size_t parts) : owner(owner), batch_(batch), parts(parts) {}
+  int64_t batch() const override { return batch_; }
+
+  const UNetModel::Pool* owner;
+  int64_t batch_;
+  std::vector<std::shared_ptr<UNetState>> parts;
+};
 
 // src (a tensor from outside, possibly on another engine or layout) -> dst inside the program.
 void copy_in(Program& program, int copy_id, const Tensor& src, const dnnl::memory& dst, const dnnl::engine& engine,
@@ -350,6 +358,28 @@ void copy_in(Program& program, int copy_id, const Tensor& src, const dnnl::memor
   }
 }
 
+// `t` as a plain f32 tensor on `engine` (a CPU engine): itself, or a copy.
+Tensor plain_on(const Tensor& t, const dnnl::engine& engine) {
+  if (t.engine().get_kind() == engine.get_kind() && t.desc() == plain_f32(t.shape())) return t;
+  return t.copy_to(engine);
+}
+
+// Samples [range.begin, range.end) of a plain f32 tensor on a CPU engine, as
+// a tensor over the same data (valid while `t` lives).
+Tensor batch_rows(const Tensor& t, PartRange range) {
+  Shape shape = t.shape();
+  const int64_t per_sample = t.numel() / shape[0];
+  shape[0] = range.end - range.begin;
+  float* base = static_cast<float*>(t.memory().get_data_handle());
+  return Tensor(shape, DType::f32, dnnl::memory(plain_f32(shape), t.engine(), base + range.begin * per_sample));
+}
+
+template <typename T>
+std::vector<T> rows_of(const std::vector<T>& v, PartRange range) {
+  if (v.empty()) return {};
+  return std::vector<T>(v.begin() + range.begin, v.begin() + range.end);
+}
+
 }  // namespace
 
 UNetModel::UNetModel(const UNetConfig& config, const dnnl::engine& engine)
@@ -361,6 +391,25 @@ size_t UNetModel::programs_built() const { return pool_->built(); }
 
 std::unique_ptr<UNetModel> make_unet(const UNetConfig& config, Device& device) {
   return std::make_unique<UNetModel>(config, device.engine());
+}
+
+void UNetModel::set_teams(int teams) {
+  if (teams < 1) throw std::invalid_argument("unet: teams must be at least 1, got " + std::to_string(teams));
+  teams_ = teams;
+}
+
+int UNetModel::parts_for(int64_t batch) {
+  if (engine().get_kind() != dnnl::engine::kind::cpu) return 1;
+  return static_cast<int>(std::min<int64_t>(teams_.load(), batch));
+}
+
+std::shared_ptr<Teams> UNetModel::teams_for(int parts) {
+  const int threads = omp_get_max_threads();
+  std::lock_guard<std::mutex> lock(teams_mutex_);
+  if (!team_threads_ || team_threads_->count() < parts || team_threads_->threads() != threads) {
+    team_threads_ = std::make_shared<Teams>(std::max(parts, teams_.load()), threads);
+  }
+  return team_threads_;
 }
 
 ForwardResult UNetModel::forward(const Tensor& x, const Tensor& t, bool for_training) {
@@ -408,13 +457,44 @@ ForwardResult UNetModel::forward(const Tensor& x, const Tensor& t, bool for_trai
                                 "takes no class labels");
   }
 
-  const Precision precision = precision_.load();
-  const bool native = native_kernels_.load();
-  const ConvAlgorithm conv_algorithm = conv_algorithm_.load();
-  const Bf16Backward bf16_backward = bf16_backward_.load();
-  const ActivationLayout activation_layout = activation_layout_.load();
-  const UNetPoolKey key{n, h, w, for_training, precision, native, conv_algorithm, bf16_backward, activation_layout,
-                        omp_get_max_threads()};
+  // The settings are read once, so every part of a split batch runs with the same.
+  const UNetPoolKey key{n, h, w, for_training, precision_.load(), native_kernels_.load(), conv_algorithm_.load(),
+                        bf16_backward_.load(), activation_layout_.load(), 0};
+  Tensor prediction({n, config_.out_channels, h, w}, DType::f32, engine());
+  ForwardResult result;
+  result.prediction = prediction;
+  const int parts = parts_for(n);
+  if (parts == 1) {
+    StepProfiles* profiles = profiles_.load();
+    auto state = forward_part(key, x, prediction, steps, labels, 0, inputs.dropout_seed,
+                              profiles ? &profiles->forward.emplace_back() : nullptr);
+    if (for_training) result.state = state;
+    return result;
+  }
+  // Part i of the batch on team i, written into its rows of the prediction.
+  const Tensor local = plain_on(x, engine());
+  auto split = std::make_shared<SplitState>(pool_.get(), n, static_cast<size_t>(parts));
+  teams_for(parts)->run(parts, [&](int i) {
+    const PartRange rows = part_range(n, parts, i);
+    split->parts[static_cast<size_t>(i)] = std::static_pointer_cast<UNetState>(
+        forward_part(key, batch_rows(local, rows), batch_rows(prediction, rows), rows_of(steps, rows),
+                     rows_of(labels, rows), rows.begin, inputs.dropout_seed, nullptr));
+  });
+  if (for_training) result.state = split;
+  return result;
+}
+
+std::shared_ptr<ForwardState> UNetModel::forward_part(UNetPoolKey key, const Tensor& x, const Tensor& prediction,
+                                                      const std::vector<float>& steps,
+                                                      const std::vector<int64_t>& labels, int64_t first_sample,
+                                                      uint64_t dropout_seed, PassProfile* profile) {
+  const int64_t n = x.dim(0), h = x.dim(2), w = x.dim(3);
+  const bool for_training = std::get<3>(key);
+  const Precision precision = std::get<4>(key);
+  const int64_t classes = config_.num_classes();
+  std::get<0>(key) = n;
+  // Primitives run with the threads of the team they were created on.
+  std::get<9>(key) = omp_get_max_threads();
   auto ws = pool_->acquire(key, [&](PrimitiveCache& cache) {
     auto made = std::make_unique<Workspace>();
     made->key = key;
@@ -425,16 +505,16 @@ ForwardResult UNetModel::forward(const Tensor& x, const Tensor& t, bool for_trai
     made->program = std::make_unique<Program>(engine(), cache, params(), for_training ? param_count() : 1,
                                                for_training, precision);
     Program& p = *made->program;
-    p.set_native_kernels(native);
-    p.set_conv_algorithm(conv_algorithm);
-    p.set_bf16_backward(bf16_backward);
-    p.set_activation_layout(activation_layout);
+    p.set_native_kernels(std::get<5>(key));
+    p.set_conv_algorithm(std::get<6>(key));
+    p.set_bf16_backward(std::get<7>(key));
+    p.set_activation_layout(std::get<8>(key));
     const auto x_md = plain_f32({n, config_.in_channels, h, w});
     const auto y_md = plain_f32({n, config_.out_channels, h, w});
     made->x = p.new_value(x_md, for_training);
     made->temb0 = p.new_value(plain_f32({n, config_.block_out_channels[0]}), false);
     if (classes > 0) made->classes = p.new_value(plain_f32({n, classes}), false);
-    made->out = UNetBuilder(p, config_, param_slots(), made->dropout_seed).build(made->x, made->temb0, made->classes);
+    made->out = UNetBuilder(p, config_, param_slots(), made->dropout).build(made->x, made->temb0, made->classes);
     p.pin(made->x);
     p.pin(made->temb0);
     if (classes > 0) p.pin(made->classes);
@@ -452,10 +532,8 @@ ForwardResult UNetModel::forward(const Tensor& x, const Tensor& t, bool for_trai
   Workspace& space = state->workspace();
   Program& p = *space.program;
 
-  StepProfiles* profiles = profiles_.load();
-  PassProfile* profile = profiles ? &profiles->forward.emplace_back() : nullptr;
   copy_in(p, space.copy_x_in, x, p.data(space.x), engine(), space.stream);
-  // While x uploads: the timestep embedding, the one-hot class rows, the seed.
+  // While x uploads: the timestep embedding, the one-hot class rows, the dropout draw.
   write_timestep_embedding(steps, config_.block_out_channels[0], p.data(space.temb0), config_.flip_sin_to_cos,
                            config_.freq_shift);
   if (classes > 0) {
@@ -463,37 +541,75 @@ ForwardResult UNetModel::forward(const Tensor& x, const Tensor& t, bool for_trai
     std::fill(one_hot.begin(), one_hot.end(), 0.0f);
     for (int64_t i = 0; i < n; ++i) one_hot[i * classes + labels[i]] = 1.0f;
   }
-  *space.dropout_seed = inputs.dropout_seed;
+  *space.dropout = DropoutDraw{dropout_seed, first_sample};
   p.prepare(space.stream, params_version(), profile);
   p.run_forward(space.stream, profile);
-  Tensor prediction({n, config_.out_channels, h, w}, DType::f32, engine());
   p.run_io_copy(space.copy_out, p.data(space.out), prediction.memory(), space.stream);
   space.stream.wait();
-
-  ForwardResult result;
-  result.prediction = prediction;
-  if (for_training) result.state = state;
-  return result;
+  return state;
 }
 
 Tensor UNetModel::backward(const ForwardState& state, const Tensor& grad_out) {
-  const auto* s = dynamic_cast<const UNetState*>(&state);
-  if (!s || s->owner() != pool_.get()) throw std::invalid_argument("unet backward: the state is not from this model");
-  Workspace& space = s->workspace();
-  if (!space.training) throw std::invalid_argument("unet backward: the forward pass was not run for training");
-  const Shape want{space.batch, config_.out_channels, space.height, space.width};
+  const auto* whole = dynamic_cast<const UNetState*>(&state);
+  const auto* split = dynamic_cast<const SplitState*>(&state);
+  const UNetModel::Pool* owner = whole ? whole->owner() : split ? split->owner : nullptr;
+  if (owner != pool_.get()) throw std::invalid_argument("unet backward: the state is not from this model");
+  const Workspace& first = whole ? whole->workspace() : split->parts.front()->workspace();
+  if (!first.training) throw std::invalid_argument("unet backward: the forward pass was not run for training");
+  const int64_t n = state.batch();
+  const Shape want{n, config_.out_channels, first.height, first.width};
   if (grad_out.shape() != want || grad_out.dtype() != DType::f32) {
     throw std::invalid_argument("unet backward: grad_out must be f32 " + shape_str(want) + ", got " +
                                 dtype_name(grad_out.dtype()) + " " + shape_str(grad_out.shape()));
   }
-  Program& p = *space.program;
-  copy_in(p, space.copy_grad_in, grad_out, p.grad(space.out), engine(), space.stream);
-  StepProfiles* profiles = profiles_.load();
-  p.run_backward(space.stream, gradient_observer(), profiles ? &profiles->backward.emplace_back() : nullptr);
-  Tensor grad_x({space.batch, config_.in_channels, space.height, space.width}, DType::f32, engine());
-  p.run_io_copy(space.copy_grad_x, p.grad(space.x), grad_x.memory(), space.stream);
-  space.stream.wait();
-  accumulate_grads(p.grad_staging());
+  Tensor grad_x({n, config_.in_channels, first.height, first.width}, DType::f32, engine());
+  if (whole) {
+    Workspace& space = whole->workspace();
+    Program& p = *space.program;
+    copy_in(p, space.copy_grad_in, grad_out, p.grad(space.out), engine(), space.stream);
+    StepProfiles* profiles = profiles_.load();
+    p.run_backward(space.stream, gradient_observer(), profiles ? &profiles->backward.emplace_back() : nullptr);
+    p.run_io_copy(space.copy_grad_x, p.grad(space.x), grad_x.memory(), space.stream);
+    space.stream.wait();
+    accumulate_grads(p.grad_staging());
+    return grad_x;
+  }
+  // Each part's backward on its team, then the parts' parameter gradients
+  // summed in part order (the same sums whichever team finishes first).
+  const int parts = static_cast<int>(split->parts.size());
+  const Tensor local = plain_on(grad_out, engine());
+  const std::shared_ptr<Teams> teams = teams_for(parts);
+  teams->run(parts, [&](int i) {
+    Workspace& space = split->parts[static_cast<size_t>(i)]->workspace();
+    Program& p = *space.program;
+    const PartRange rows = part_range(n, parts, i);
+    copy_in(p, space.copy_grad_in, batch_rows(local, rows), p.grad(space.out), engine(), space.stream);
+    p.run_backward(space.stream, nullptr, nullptr);
+    p.run_io_copy(space.copy_grad_x, p.grad(space.x), batch_rows(grad_x, rows).memory(), space.stream);
+    space.stream.wait();
+  });
+  const dnnl::memory& total = split->parts.front()->workspace().program->grad_staging();
+  std::vector<const float*> others;
+  for (int i = 1; i < parts; ++i) {
+    others.push_back(static_cast<const float*>(
+        split->parts[static_cast<size_t>(i)]->workspace().program->grad_staging().get_data_handle()));
+  }
+  float* sum = static_cast<float*>(total.get_data_handle());
+  teams->run(parts, [&](int i) {
+    const PartRange slice = part_range(param_count(), parts, i);
+    for (const float* part : others) {
+#pragma omp parallel for simd schedule(static)
+      for (int64_t j = slice.begin; j < slice.end; ++j) sum[j] += part[j];
+    }
+  });
+  // One pass's gradients, all final at once: an observer (data-parallel
+  // ranks) sums them across processes after the parts, not during them.
+  if (GradientObserver* observer = gradient_observer()) {
+    observer->begin(total, param_count());
+    observer->ready(0);
+    observer->end();
+  }
+  accumulate_grads(total);
   return grad_x;
 }
 

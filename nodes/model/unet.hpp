@@ -22,12 +22,16 @@
 
 #include <atomic>
 #include <memory>
+#include <mutex>
+#include <tuple>
+#include <vector>
 
 namespace diffuflow {
 
 // The parameter table (diffusers state-dict names and shapes, module order) of a config.
 std::vector<ParamSlot> unet_param_slots(const UNetConfig& config);
 
+class Teams;
 class UNetModel;
 std::unique_ptr<UNetModel> make_unet(const UNetConfig& config, Device& device);
 
@@ -66,6 +70,17 @@ class UNetModel : public DenoiserModel {
   // set: channels-last for bf16 on AMX). Programs are built per choice.
   void set_activation_layout(ActivationLayout layout) { activation_layout_ = layout; }
   ActivationLayout activation_layout() const { return activation_layout_; }
+  // Into how many parts a pass splits its batch, each computed at once by
+  // an OpenMP team of its own (compute/teams.hpp): part i on team i, a team
+  // having the OpenMP threads of the thread that calls forward(). 1 (the
+  // default): the whole batch on the calling thread's team. CPU engines only
+  // (elsewhere a pass is one part); a batch smaller than `teams` runs one
+  // sample per team. The parts' parameter gradients are summed in part
+  // order, so a split pass is as reproducible as a whole one; dropout masks
+  // follow the sample, not the part. Passes split into parts are not
+  // profiled (profile_steps).
+  void set_teams(int teams);
+  int teams() const { return teams_.load(); }
   // Programs built so far (one per distinct shape and mode), for tests.
   size_t programs_built() const;
   // While set (nullptr: not), every pass appends the time of each of its
@@ -78,8 +93,24 @@ class UNetModel : public DenoiserModel {
 
   struct Workspace;
   class Pool;
+  // Programs per (batch, height, width, training, precision, native kernels,
+  // convolution algorithm, bf16 backward layout, activation layout, OpenMP
+  // threads: by_shape's choice depends on them, and a CPU primitive runs
+  // with the threads it was created with).
+  using PoolKey =
+      std::tuple<int64_t, int64_t, int64_t, bool, Precision, bool, ConvAlgorithm, Bf16Backward, ActivationLayout, int>;
 
  private:
+  int parts_for(int64_t batch);
+  // Teams of the calling thread's OpenMP threads, at least `parts` of them.
+  std::shared_ptr<Teams> teams_for(int parts);
+  // One program's forward pass over `x` (the whole batch, or the part from
+  // sample `first_sample` on) into `prediction` (as many samples), on the
+  // calling thread's team; returns its UNetState.
+  std::shared_ptr<ForwardState> forward_part(PoolKey key, const Tensor& x, const Tensor& prediction,
+                                             const std::vector<float>& steps, const std::vector<int64_t>& labels,
+                                             int64_t first_sample, uint64_t dropout_seed, PassProfile* profile);
+
   UNetConfig config_;
   std::atomic<Precision> precision_{Precision::f32};
   std::atomic<bool> native_kernels_{true};
@@ -88,6 +119,9 @@ class UNetModel : public DenoiserModel {
   std::atomic<ActivationLayout> activation_layout_{ActivationLayout::by_isa};
   std::shared_ptr<Pool> pool_;
   std::atomic<StepProfiles*> profiles_{nullptr};
+  std::atomic<int> teams_{1};
+  std::mutex teams_mutex_;
+  std::shared_ptr<Teams> team_threads_;
 };
 
 }  // namespace diffuflow

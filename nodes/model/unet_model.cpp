@@ -110,6 +110,7 @@ UNetModelResource::UNetModelResource(const ResourceConfig& config, RunContext& c
   model_->set_conv_algorithm(params_.convolution);
   model_->set_bf16_backward(params_.bf16_backward);
   model_->set_activation_layout(params_.activation_layout);
+  model_->set_teams(ctx.teams);
   if (!source.weights.empty()) {
     const SafetensorsFile file = SafetensorsFile::read(source.weights);
     // A checkpoint's metadata (the settings it was trained with) for the nodes that must agree with it.

@@ -163,11 +163,30 @@ TEST_CASE("bench unet sweeps the convolution precision") {
   CHECK(j["results"][1]["repeats"][0]["precision"] == "bf16");
 }
 
+TEST_CASE("bench unet sweeps teams, and bench train splits its U-Net's batch between teams") {
+  TempDir dir;
+  const json j = run_bench(dir, "unet --config unet-tiny --batch 4 --warmup 0 --steps 1 --repeats 1 --threads 2 "
+                                "--sweep teams=1,2", 2);
+  CHECK(j["sweep"]["name"] == "teams");
+  CHECK(j["results"][0]["teams"] == 1);
+  CHECK(j["results"][1]["teams"] == 2);
+  CHECK(j["results"][1]["threads"] == 2);
+  const auto train = run_cli("bench train --config unet-tiny --batch 4 --warmup 1 --steps 2 --repeats 1 --threads 2 "
+                             "--teams 2 --json " + (dir / "t.json").string());
+  CAPTURE(train.output);
+  REQUIRE(train.exit_code == 0);
+  CHECK(contains(train.output, "in 2 teams"));
+  CHECK(json::parse(read_file(dir / "t.json"))["settings"]["teams"] == 2);
+}
+
 TEST_CASE("bench: bad kinds, sweeps and overrides are bad input (exit 2)") {
   for (const std::string args : {"bench trian", "bench train --sweep colour=1,2", "bench train --sweep threads=0",
                                  "bench data --set augment.pad=-1", "bench data --sweep concurrency=nobody:1",
                                  "bench train --steps 0", "bench unet --sweep max_in_flight=1",
-                                 "bench unet --sweep precision=f16", "bench train --sweep precision=bf16"}) {
+                                 "bench unet --sweep precision=f16", "bench train --sweep precision=bf16",
+                                 "bench unet --threads 3 --teams 2", "bench unet --teams 2 --breakdown",
+                                 "bench matmul --teams 2", "bench train --threads 3 --teams 2",
+                                 "bench unet --sweep teams=0"}) {
     const auto result = run_cli(args);
     CAPTURE(args);
     CAPTURE(result.output);

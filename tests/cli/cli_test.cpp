@@ -64,6 +64,18 @@ TEST_CASE("run refuses a bad --set value with exit code 2 and leaves no output f
   CHECK(!fs::exists(dir / "out"));
 }
 
+TEST_CASE("run refuses teams that do not divide the threads, naming the setting, and leaves no output folder") {
+  TempDir dir;
+  for (const std::string args : {"--threads 3 --teams 2", "--threads 3 --set teams=2"}) {
+    CAPTURE(args);
+    const auto result = run_cli("run pipelines/train_mnist.yaml " + args + " --out " + (dir / "out").string());
+    CAPTURE(result.output);
+    CHECK(result.exit_code == 2);
+    CHECK(contains(result.output, "train_mnist.yaml: teams: 3 threads do not split into 2 equal teams"));
+    CHECK(!fs::exists(dir / "out"));
+  }
+}
+
 TEST_CASE("run writes the resolved pipeline, metrics, profile and artefacts, and never reuses a folder") {
   TempDir dir;
   const std::string out = (dir / "run").string();

@@ -517,7 +517,7 @@ TEST_CASE("bf16 training: every layer's backward takes bf16 data with f32 gradie
   // and as an f32 training program from the same parameters and inputs.
   const bool native = native_bf16(dnnl::engine(dnnl::engine::kind::cpu, 0));
   const int64_t c = 16, count = c * c * 9 + c + 2 * c;
-  auto seed = std::make_shared<uint64_t>(7);
+  auto seed = std::make_shared<DropoutDraw>(DropoutDraw{7, 0});
   struct Run {
     std::vector<float> dx, dscale, dparams;
   };
@@ -1004,7 +1004,7 @@ TEST_CASE("affine, per-channel scale and average pooling gradients match finite 
 TEST_CASE("dropout with a fixed seed is a fixed mask: its gradients match finite differences") {
   LayerHarness h(0);
   const ValueId x = h.input({2, 4, 8, 8});
-  auto seed = std::make_shared<uint64_t>(42);
+  auto seed = std::make_shared<DropoutDraw>(DropoutDraw{42, 0});
   const ValueId y = dropout(h.p(), x, 0.25f, seed, 0);
   h.finish(y);
   h.loss();

@@ -7,6 +7,8 @@
 
 #include <doctest/doctest.h>
 
+#include <omp.h>
+
 #include <cmath>
 #include <random>
 #include <set>
@@ -450,4 +452,120 @@ TEST_CASE("native_kernels off: oneDNN primitives only, the same prediction and g
   float worst = 0;
   for (size_t i = 0; i < native.size(); ++i) worst = std::max(worst, std::fabs(native[i] - primitives[i]));
   CHECK(worst < 1e-4f);
+}
+
+namespace {
+
+// Records the gradients an observer is handed, as data-parallel ranks would sum them.
+class RecordingObserver : public GradientObserver {
+ public:
+  void begin(const dnnl::memory& staging, int64_t count) override {
+    staging_ = staging;
+    count_ = count;
+    ready_.clear();
+  }
+  void ready(int64_t from) override { ready_.push_back(from); }
+  void end() override {
+    const float* data = static_cast<const float*>(staging_.get_data_handle());
+    seen.assign(data, data + count_);
+  }
+  std::vector<float> seen;
+  std::vector<int64_t> ready_;
+
+ private:
+  dnnl::memory staging_;
+  int64_t count_ = 0;
+};
+
+}  // namespace
+
+TEST_CASE("a batch split among teams gives the whole batch's predictions and gradients, dropout masks included") {
+  UNetConfig c = UNetConfig::named("unet-tiny");
+  c.dropout = 0.2;
+  c.num_class_embeds = 4;
+  Device device(DeviceSpec{});
+  auto model = make_unet(c, device);
+  model->init_random(3);
+  std::mt19937 rng(8);
+  const Tensor x = random_tensor({5, 1, 16, 16}, rng);
+  const Tensor g = random_tensor({5, 1, 16, 16}, rng);
+  const Tensor t = timesteps({3, 700, 12, 999, 450});
+  Tensor labels({5}, DType::s32, Device::host()->engine());
+  {
+    auto m = labels.map<int32_t>();
+    for (int i = 0; i < 5; ++i) m[i] = (i * 3) % 4;
+  }
+  ForwardInputs inputs;
+  inputs.class_labels = labels;
+  inputs.dropout_seed = 77;
+  struct Out {
+    std::vector<float> prediction, grad_x, grads, observed;
+  };
+  auto run = [&](int teams) {
+    model->set_teams(teams);
+    RecordingObserver observer;
+    model->set_gradient_observer(&observer);
+    model->zero_grads();
+    Out out;
+    auto fwd = model->forward(x, t, true, inputs);
+    out.prediction = fwd.prediction.to_vector();
+    out.grad_x = model->backward(*fwd.state, g).to_vector();
+    model->set_gradient_observer(nullptr);
+    HostMap<float> grads(model->grads());
+    out.grads.assign(grads.begin(), grads.end());
+    out.observed = observer.seen;
+    CHECK(observer.ready_.back() == 0);
+    return out;
+  };
+  auto worst = [](const std::vector<float>& a, const std::vector<float>& b) {
+    REQUIRE(a.size() == b.size());
+    float scale = 0, diff = 0;
+    for (size_t i = 0; i < a.size(); ++i) {
+      scale = std::max(scale, std::fabs(a[i]));
+      diff = std::max(diff, std::fabs(a[i] - b[i]));
+    }
+    return diff / std::max(scale, 1e-30f);
+  };
+  const Out whole = run(1);
+  CHECK(whole.observed == whole.grads);
+  // 2 teams: parts of 3 and 2 samples; 3 teams: 2, 2, 1; 8 teams: one sample each (5 parts).
+  for (int teams : {2, 3, 8}) {
+    CAPTURE(teams);
+    const Out split = run(teams);
+    CHECK(worst(split.prediction, whole.prediction) < 1e-5f);
+    CHECK(worst(split.grad_x, whole.grad_x) < 1e-5f);
+    CHECK(worst(split.grads, whole.grads) < 1e-5f);
+    // The observer sees the sum of every part's gradients, as grads() receives it.
+    CHECK(split.observed == split.grads);
+    // The parts' gradients are summed in part order: a second pass is bitwise the same.
+    const Out again = run(teams);
+    CHECK(again.prediction == split.prediction);
+    CHECK(again.grads == split.grads);
+  }
+  // Another dropout seed changes the prediction: the masks act in split passes too.
+  inputs.dropout_seed = 78;
+  model->set_teams(2);
+  CHECK(worst(model->forward(x, t, true, inputs).prediction.to_vector(), whole.prediction) > 1e-3f);
+  CHECK_THROWS_AS(model->set_teams(0), std::invalid_argument);
+}
+
+TEST_CASE("a split pass builds each part's program on its team's threads") {
+  Device device(DeviceSpec{});
+  auto model = make_unet(UNetConfig::named("unet-tiny"), device);
+  model->init_random(1);
+  std::mt19937 rng(2);
+  const Tensor x = random_tensor({4, 1, 16, 16}, rng);
+  const Tensor t = timesteps({1, 2, 3, 4});
+  const int before = omp_get_max_threads();
+  omp_set_num_threads(1);
+  model->set_teams(2);
+  model->forward(x, t, false);
+  // Two parts of two samples: one program (its key holds the team's one thread), built twice.
+  CHECK(model->programs_built() == 2);
+  model->forward(x, t, false);
+  CHECK(model->programs_built() == 2);
+  model->set_teams(1);
+  model->forward(x, t, false);  // the whole batch: another program
+  CHECK(model->programs_built() == 3);
+  omp_set_num_threads(before);
 }
