@@ -11,31 +11,34 @@
 #      (--activation-layout), bench unet alternated in three rounds at full
 #      width and on one thread; bf16 channels-last against the peer on one
 #      thread; the bf16 breakdown of both
-#   4. ranks x threads: data-parallel training (bench train under mpirun,
+#   4. teams: the U-Net's batch split among 1, 2, 4, ... N OpenMP teams at
+#      the full width (bench unet --teams, alternated in two rounds, f32 and
+#      bf16), forward and training
+#   5. ranks x threads: data-parallel training (bench train under mpirun,
 #      mpi_train.sh) at the full width split 1 x N, 2 x N/2, ... N x 1, and
 #      one process on one thread, f32 and bf16, two rounds
-#   5. one thread: three more alternated rounds of f32 and bf16 against the
+#   6. one thread: three more alternated rounds of f32 and bf16 against the
 #      peer (scaling.sh with ROUNDS=3)
-#   6. where the time goes at full width and on one thread: bench unet
+#   7. where the time goes at full width and on one thread: bench unet
 #      --breakdown, f32 and bf16; each convolution's time and kernel in a
 #      training pass at both widths (conv_times.py); with AMX, bf16 also with
 #      oneDNN held to AVX512-BF16 (bf16_no_amx)
-#   7. a second sweep round (b)
-#   8. DDIM-50 sampling against the same loop in PyTorch, alternated
-#   9. precision: fastest: the probe's choice and timings at each thread
+#   8. a second sweep round (b)
+#   9. DDIM-50 sampling against the same loop in PyTorch, alternated
+#  10. precision: fastest: the probe's choice and timings at each thread
 #      count, and bench train in f32, bf16 and fastest at full width
-#  10. the OpenMP wait at full width: the default short spin, longer spins,
+#  11. the OpenMP wait at full width: the default short spin, longer spins,
 #      passive and active, alternated; the default against a long spin at a
 #      quarter of the width
-#  11. f32 against the channels_last peer; f32 with --convolution direct;
+#  12. f32 against the channels_last peer; f32 with --convolution direct;
 #      Winograd (by_shape) against direct alone, alternated in three rounds
-#  12. bf16 training's backward convolutions channels-last (AMX's kernels
+#  13. bf16 training's backward convolutions channels-last (AMX's kernels
 #      where the CPU has AMX) against channel-blocked (--bf16-backward):
 #      bench unet alternated in three rounds at each thread count, each
 #      convolution's kernel and time at full width and on one thread, both
 #      against the PyTorch peer at each thread count, and the breakdown of
 #      both on one thread
-#  13. a third sweep round (c) while the budget lasts
+#  14. a third sweep round (c) while the budget lasts
 #
 #   benchmarks/multicore.sh [DIFFUFLOW] [OUT_DIR]
 #   BUDGET=420 benchmarks/multicore.sh build/diffuflow mc-out
@@ -95,7 +98,7 @@ run() {
   echo "\$ ${cmd//$ROOT\//}" > "$OUT/$name.txt"
   timeout 600 "$@" >> "$OUT/$name.txt" 2>&1
   local rc=$?
-  grep -E "images/s|GFLOP/s|GB/s|precision fastest|^ +[0-9]|  [a-z_]+ +[0-9.]+ " "$OUT/$name.txt" | head -40
+  grep -E "images/s|GFLOP/s|GB/s|precision fastest|^ +[0-9]|  [a-z_0-9]+ +[0-9.]+ " "$OUT/$name.txt" | head -40
   [ $rc -eq 0 ] || { echo "multicore: $name failed (exit $rc)"; tail -5 "$OUT/$name.txt"; failed=1; }
 }
 
@@ -143,6 +146,21 @@ if stage "activation layout" 300; then
           --repeats 1 --json "$OUT/activation_layout/breakdown_${layout}_t$t.json"
     done
   done
+fi
+
+# The batch split among teams at the full width: R OpenMP teams of N/R
+# threads each compute a part of every U-Net pass (bench unet --teams),
+# alternated in two rounds; the one-thread base is the sweep's.
+if stage teams 200; then
+  mkdir -p "$OUT/teams"
+  bins=()
+  for t in $THREADS; do
+    r=$((full / t))
+    [ $((r * t)) -eq "$full" ] && bins+=(--bin "teams$r=$DIFFUFLOW --teams $r")
+  done
+  run teams/ab "$PEER" "$HERE/ab_unet.py" "${bins[@]}" --rounds 2 --precisions f32,bf16 \
+      --json "$OUT/teams/ab.json" -- --config $CONFIG --batch $BATCH --threads "$full" --steps $STEPS --warmup 1 \
+      --repeats 1
 fi
 
 # Data-parallel training at the full width: ranks x threads (mpirun: MPIRUN
