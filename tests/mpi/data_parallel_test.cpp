@@ -85,29 +85,41 @@ double max_weight_difference(const fs::path& a, const fs::path& b) {
   return worst;
 }
 
+// `common` (a run's arguments) on 2 ranks with `split` more, into dir/two;
+// then on one process with `one` more, into dir/one, and again with another
+// seed into dir/seed. Returns the largest weight differences of the 2-rank
+// run and of the other seed, each against the one-process run.
+struct Differences {
+  CommandResult two;
+  double split = 0, seed = 0;
+};
+Differences against_one_process(const TempDir& dir, const std::string& common, const std::string& split,
+                                const std::string& one) {
+  Differences d;
+  d.two = shell(mpirun(2) + binary() + common + split + " --out " + (dir / "two").string());
+  REQUIRE_MESSAGE(d.two.exit_code == 0, d.two.output);
+  for (const auto& [name, extra] : {std::pair<std::string, std::string>{"one", ""}, {"seed", " --set seed=4"}}) {
+    const CommandResult run = run_cli(common + one + extra + " --out " + (dir / name).string());
+    REQUIRE_MESSAGE(run.exit_code == 0, run.output);
+  }
+  const fs::path latest = "checkpoints/latest.safetensors";
+  d.split = max_weight_difference(dir / "two" / latest, dir / "one" / latest);
+  d.seed = max_weight_difference(dir / "seed" / latest, dir / "one" / latest);
+  return d;
+}
+
 }  // namespace
 
 TEST_CASE("2 ranks x batch 16 train the weights 1 process x batch 32 does, up to summation order") {
   TempDir dir;
   write_file(dir / "p.yaml", pipeline_yaml());
   const std::string common = " run " + (dir / "p.yaml").string() + " -q --progress 0 --max-steps 30";
-  CommandResult two = shell(mpirun(2) + binary() + common + " --out " + (dir / "two").string());
-  REQUIRE_MESSAGE(two.exit_code == 0, two.output);
-  CHECK(two.output.find("x 2 processes") != std::string::npos);
-  CommandResult one = run_cli(common + " --set data.batch_size=32 --out " + (dir / "one").string());
-  REQUIRE_MESSAGE(one.exit_code == 0, one.output);
-  CommandResult other_seed =
-      run_cli(common + " --set data.batch_size=32 --set seed=4 --out " + (dir / "seed").string());
-  REQUIRE_MESSAGE(other_seed.exit_code == 0, other_seed.output);
-
-  const double split = max_weight_difference(dir / "two/checkpoints/latest.safetensors",
-                                             dir / "one/checkpoints/latest.safetensors");
-  const double seed = max_weight_difference(dir / "seed/checkpoints/latest.safetensors",
-                                            dir / "one/checkpoints/latest.safetensors");
-  MESSAGE("max weight difference: 2x16 vs 1x32 " << split << ", another seed " << seed);
-  CHECK(split < 1e-5);
-  CHECK(seed > 1e-3);
-  CHECK(split * 1000 < seed);
+  const Differences d = against_one_process(dir, common, "", " --set data.batch_size=32");
+  CHECK(d.two.output.find("x 2 processes") != std::string::npos);
+  MESSAGE("max weight difference: 2x16 vs 1x32 " << d.split << ", another seed " << d.seed);
+  CHECK(d.split < 1e-5);
+  CHECK(d.seed > 1e-3);
+  CHECK(d.split * 1000 < d.seed);
   const auto meta = SafetensorsFile::read(dir / "two/checkpoints/latest.safetensors").metadata();
   CHECK(meta.at("samples") == "960");
   CHECK(meta.at("world_size") == "2");
@@ -123,23 +135,13 @@ TEST_CASE("2 ranks x 2 teams train the U-Net weights 1 process x 1 team does, up
                            "synthetic_source, params: {kind: shapes, size: 16, batch_size: 8, count: 512, epochs: 0}",
                            false));
   const std::string common = " run " + (dir / "p.yaml").string() + " -q --progress 0 --max-steps 6 --threads 2";
-  CommandResult split = shell(mpirun(2) + binary() + common + " --teams 2 --out " + (dir / "split").string());
-  REQUIRE_MESSAGE(split.exit_code == 0, split.output);
-  CHECK(split.output.find("in 2 teams x 2 processes") != std::string::npos);
-  CommandResult one = run_cli(common + " --set data.batch_size=16 --out " + (dir / "one").string());
-  REQUIRE_MESSAGE(one.exit_code == 0, one.output);
-  CommandResult other_seed =
-      run_cli(common + " --set data.batch_size=16 --set seed=4 --out " + (dir / "seed").string());
-  REQUIRE_MESSAGE(other_seed.exit_code == 0, other_seed.output);
-  const double difference = max_weight_difference(dir / "split/checkpoints/latest.safetensors",
-                                                  dir / "one/checkpoints/latest.safetensors");
-  const double seed = max_weight_difference(dir / "seed/checkpoints/latest.safetensors",
-                                            dir / "one/checkpoints/latest.safetensors");
-  MESSAGE("max weight difference: 2 ranks x 2 teams vs 1 x 1 " << difference << ", another seed " << seed);
+  const Differences d = against_one_process(dir, common, " --teams 2", " --set data.batch_size=16");
+  CHECK(d.two.output.find("in 2 teams x 2 processes") != std::string::npos);
+  MESSAGE("max weight difference: 2 ranks x 2 teams vs 1 x 1 " << d.split << ", another seed " << d.seed);
   // Measured: 4e-5 against 1e-2 (Adam's normalisation enlarges the float-order differences of small gradients).
-  CHECK(difference < 5e-4);
-  CHECK(difference * 20 < seed);
-  CHECK(read_file(dir / "split/pipeline.yaml").find("teams: 2") != std::string::npos);
+  CHECK(d.split < 5e-4);
+  CHECK(d.split * 20 < d.seed);
+  CHECK(read_file(dir / "two/pipeline.yaml").find("teams: 2") != std::string::npos);
 }
 
 TEST_CASE("a cosine over --max-time takes the same rate on both ranks and ends near min_lr") {
