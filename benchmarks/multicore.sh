@@ -13,7 +13,8 @@
 #      thread; the bf16 breakdown of both
 #   4. teams: the U-Net's batch split among 1, 2, 4, ... N OpenMP teams at
 #      the full width (bench unet --teams, alternated in two rounds, f32 and
-#      bf16), forward and training
+#      bf16), forward and training; the training graph likewise (bench train
+#      --sweep teams, two repeats)
 #   5. ranks x threads: data-parallel training (bench train under mpirun,
 #      mpi_train.sh) at the full width split 1 x N, 2 x N/2, ... N x 1, and
 #      one process on one thread, f32 and bf16, two rounds
@@ -150,17 +151,23 @@ fi
 
 # The batch split among teams at the full width: R OpenMP teams of N/R
 # threads each compute a part of every U-Net pass (bench unet --teams),
-# alternated in two rounds; the one-thread base is the sweep's.
-if stage teams 200; then
+# alternated in two rounds, then the training graph with its optimiser on one
+# team (bench train); the one-thread base is the sweep's and the ranks'.
+if stage teams 260; then
   mkdir -p "$OUT/teams"
-  bins=()
+  bins=() counts=""
   for t in $THREADS; do
     r=$((full / t))
-    [ $((r * t)) -eq "$full" ] && bins+=(--bin "teams$r=$DIFFUFLOW --teams $r")
+    [ $((r * t)) -eq "$full" ] && bins+=(--bin "teams$r=$DIFFUFLOW --teams $r") && counts="$counts${counts:+,}$r"
   done
   run teams/ab "$PEER" "$HERE/ab_unet.py" "${bins[@]}" --rounds 2 --precisions f32,bf16 \
       --json "$OUT/teams/ab.json" -- --config $CONFIG --batch $BATCH --threads "$full" --steps $STEPS --warmup 1 \
       --repeats 1
+  for p in f32 bf16; do
+    run "teams/train_$p" "$DIFFUFLOW" bench train --config $CONFIG --batch $BATCH --threads "$full" \
+        --sweep "teams=$counts" --steps $((STEPS + 1)) --warmup 2 --repeats 2 --set model.precision=$p \
+        --json "$OUT/teams/train_$p.json"
+  done
 fi
 
 # Data-parallel training at the full width: ranks x threads (mpirun: MPIRUN
