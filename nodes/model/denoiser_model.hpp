@@ -25,6 +25,7 @@
 #include <dnnl.hpp>
 
 #include <atomic>
+#include <functional>
 #include <memory>
 #include <mutex>
 #include <string>
@@ -115,6 +116,19 @@ class DenoiserModel {
   // their biases U(-1/sqrt(fan_in), 1/sqrt(fan_in)); norm weights 1, biases 0;
   // a class embedding table N(0, 1).
   void init_random(uint64_t seed);
+
+  // Work over the flat [P] buffers (an optimiser's step), shared among the
+  // OpenMP teams the model's passes run on (UNetModel::set_teams):
+  // for_flat_slices runs job(part, begin, end) for flat_parts(count)
+  // consecutive slices of [0, count) at once, part i on team i and part 0 on
+  // the calling thread. Without teams one part, job(0, 0, count), here.
+  virtual int flat_parts(int64_t count) {
+    (void)count;
+    return 1;
+  }
+  virtual void for_flat_slices(int64_t count, const std::function<void(int, int64_t, int64_t)>& job) {
+    job(0, 0, count);
+  }
 
   // Told during each backward pass as parameter gradients become final (data
   // parallel training sums them across processes then); null: none. The

@@ -403,6 +403,20 @@ int UNetModel::parts_for(int64_t batch) {
   return static_cast<int>(std::min<int64_t>(teams_.load(), batch));
 }
 
+int UNetModel::flat_parts(int64_t count) { return parts_for(count); }
+
+void UNetModel::for_flat_slices(int64_t count, const std::function<void(int, int64_t, int64_t)>& job) {
+  const int parts = flat_parts(count);
+  if (parts == 1) {
+    job(0, 0, count);
+    return;
+  }
+  teams_for(parts)->run(parts, [&](int i) {
+    const PartRange slice = part_range(count, parts, i);
+    job(i, slice.begin, slice.end);
+  });
+}
+
 std::shared_ptr<Teams> UNetModel::teams_for(int parts) {
   const int threads = omp_get_max_threads();
   std::lock_guard<std::mutex> lock(teams_mutex_);

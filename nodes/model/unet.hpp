@@ -81,6 +81,9 @@ class UNetModel : public DenoiserModel {
   // profiled (profile_steps).
   void set_teams(int teams);
   int teams() const { return teams_.load(); }
+  // Flat work (an optimiser's step) in as many slices as there are teams.
+  int flat_parts(int64_t count) override;
+  void for_flat_slices(int64_t count, const std::function<void(int, int64_t, int64_t)>& job) override;
   // Programs built so far (one per distinct shape and mode), for tests.
   size_t programs_built() const;
   // While set (nullptr: not), every pass appends the time of each of its

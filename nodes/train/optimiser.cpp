@@ -69,108 +69,135 @@ std::string config_mismatch(const std::string& saved, const std::string& ours) {
 
 }  // namespace
 
-// The optimiser's buffers on the model's engine and the primitives of one
-// step, all over flat f32 [P] buffers; src1 of the scalar ones is one element
-// of `scalars`, broadcast over [P].
+// The optimiser's buffers on the model's engine, and the primitives of a
+// step over consecutive elements of them: the whole flat [P] buffers, or,
+// where the model's passes run on several OpenMP teams (UNetModel::set_teams),
+// one slice per team, so that the step is shared among the teams as the
+// passes are (DenoiserModel::for_flat_slices). Each part has its own kernels
+// (and so its own scratchpad) and stream, made on the thread that runs it.
+// src1 of the scalar operations is one element of `scalars`, broadcast.
 struct Optimiser::State {
-  // The per-step numbers, one f32 each in `scalars`: the squared gradient norm
-  // (written by the device) and what the step's primitives read. One host
-  // mapping per step reads the norm and writes the rest.
-  enum Scalar { norm_sq, scale, weight_decay, one_minus_beta1, inv_bc2, decay, neg_step_size, ema_d, ema_one_minus_d,
-                kScalars };
+  // The per-step numbers, one f32 each in `scalars`: what the step's
+  // primitives read, then from kNorms on each part's squared gradient norm
+  // (written by the device). One host mapping per step reads the norms and
+  // writes the rest.
+  enum Scalar { scale, weight_decay, one_minus_beta1, inv_bc2, decay, neg_step_size, ema_d, ema_one_minus_d, kNorms };
+  static constexpr int64_t kMaxParts = 1024;  // the most teams a pipeline may have
   enum class Op { norm, mul_scalar, mul_scalar_add, first_moment, second_moment, denominator, update };
 
-  dnnl::stream stream;
-  dnnl::memory exp_avg, exp_avg_sq, denom, ema;  // [P]
-  dnnl::memory scalars;                           // [kScalars]
-  dnnl::memory::desc row, column, one_by_one;     // grads as [1, P] and [P, 1]; norm_sq as [1, 1]
-  KernelSet<Op> kernels;
-  const Kernel* norm;            // norm_sq = grads . grads (a [1,P] x [P,1] matmul)
-  const Kernel* mul_scalar;      // dst = src0 * s                  (grads *= scale; p *= 1 - lr wd; ema *= d)
-  const Kernel* mul_scalar_add;  // dst = src0 * s + dst            (grads += wd p; ema += (1 - d) p)
-  const Kernel* first_moment;    // m = g * (1 - beta1) + beta1 m
-  const Kernel* second_moment;   // v = (1 - beta2) g g + beta2 v
-  const Kernel* denominator;     // denom = sqrt(v * inv_bc2) + eps
-  const Kernel* update;          // p = (m / denom) * (-lr / bc1) + p
+  // One part's primitives over `length` elements, and its stream.
+  struct Part {
+    int64_t length;
+    dnnl::stream stream;
+    dnnl::memory::desc flat, row, column;  // the slice as [length], [1, length] and [length, 1]
+    KernelSet<Op> kernels;
+    const Kernel* norm;            // norm_sq = grads . grads (a [1,L] x [L,1] matmul)
+    const Kernel* mul_scalar;      // dst = src0 * s                  (grads *= scale; p *= 1 - lr wd; ema *= d)
+    const Kernel* mul_scalar_add;  // dst = src0 * s + dst            (grads += wd p; ema += (1 - d) p)
+    const Kernel* first_moment;    // m = g * (1 - beta1) + beta1 m
+    const Kernel* second_moment;   // v = (1 - beta2) g g + beta2 v
+    const Kernel* denominator;     // denom = sqrt(v * inv_bc2) + eps
+    const Kernel* update;          // p = (m / denom) * (-lr / bc1) + p
 
-  State(const Optimiser::Params& p, const dnnl::engine& engine, int64_t count) : stream(engine), kernels(engine) {
+    Part(const Optimiser::Params& p, const dnnl::engine& engine, int64_t length)
+        : length(length), stream(engine), kernels(engine) {
+      flat = plain_f32({length});
+      const auto one = plain_f32({1});
+      // A dot product of the gradient with itself: oneDNN 2.6 has only a
+      // reference (single-threaded, ~30x slower) kernel for a reduction of a
+      // flat buffer, while the matmul kernels vectorise and thread it.
+      row = plain_f32({1, length});
+      column = plain_f32({length, 1});
+      norm = &kernels.get(Op::norm, [&] {
+        return dnnl::matmul::primitive_desc(dnnl::matmul::desc(row, column, plain_f32({1, 1})),
+                                            user_scratchpad_attr(), engine);
+      });
+      auto binary = [&](Op op, alg a, const dnnl::memory::desc& src1, const dnnl::post_ops& po) {
+        return &kernels.get(op, [&] {
+          dnnl::primitive_attr attr = user_scratchpad_attr();
+          attr.set_post_ops(po);
+          return dnnl::binary::primitive_desc(dnnl::binary::desc(a, flat, src1, flat), attr, engine);
+        });
+      };
+      mul_scalar = binary(Op::mul_scalar, alg::binary_mul, one, dnnl::post_ops());
+      {
+        dnnl::post_ops po;
+        po.append_sum(1.f);
+        mul_scalar_add = binary(Op::mul_scalar_add, alg::binary_mul, one, po);
+      }
+      {
+        dnnl::post_ops po;
+        po.append_sum(static_cast<float>(p.beta1));
+        first_moment = binary(Op::first_moment, alg::binary_mul, one, po);
+      }
+      {
+        dnnl::post_ops po;
+        po.append_eltwise(1.f, alg::eltwise_linear, static_cast<float>(1.0 - p.beta2), 0.f);
+        po.append_sum(static_cast<float>(p.beta2));
+        second_moment = binary(Op::second_moment, alg::binary_mul, flat, po);
+      }
+      {
+        dnnl::post_ops po;
+        po.append_eltwise(1.f, alg::eltwise_sqrt, 0.f, 0.f);
+        po.append_eltwise(1.f, alg::eltwise_linear, 1.f, static_cast<float>(p.eps));
+        denominator = binary(Op::denominator, alg::binary_mul, one, po);
+      }
+      {
+        dnnl::post_ops po;
+        po.append_binary(alg::binary_mul, one);
+        po.append_sum(1.f);
+        update = binary(Op::update, alg::binary_div, flat, po);
+      }
+    }
+
+    // dst = src0 (op) src1 [then the post-op's binary with post_src1].
+    void binary(const Kernel& kernel, const dnnl::memory& src0, const dnnl::memory& src1, const dnnl::memory& dst,
+                const dnnl::memory* post_src1 = nullptr) {
+      Args args{{DNNL_ARG_SRC_0, src0}, {DNNL_ARG_SRC_1, src1}, {DNNL_ARG_DST, dst}};
+      if (post_src1) args[DNNL_ARG_ATTR_MULTIPLE_POST_OP(0) | DNNL_ARG_SRC_1] = *post_src1;
+      kernel.run(stream, std::move(args));
+    }
+  };
+
+  const Optimiser::Params& params;
+  dnnl::engine engine;
+  dnnl::memory exp_avg, exp_avg_sq, denom, ema;  // [P]
+  dnnl::memory scalars;                           // [kNorms + kMaxParts]
+  std::vector<std::unique_ptr<Part>> parts;       // by part index, made on first use
+
+  State(const Optimiser::Params& p, const dnnl::engine& engine, int64_t count)
+      : params(p), engine(engine), parts(static_cast<size_t>(kMaxParts)) {
     const auto flat = plain_f32({std::max<int64_t>(count, 1)});
-    const auto one = plain_f32({1});
     exp_avg = dnnl::memory(flat, engine);
     exp_avg_sq = dnnl::memory(flat, engine);
     denom = dnnl::memory(flat, engine);
     HostMap<float>(exp_avg).fill(0.0f);
     HostMap<float>(exp_avg_sq).fill(0.0f);
     if (p.ema_decay > 0) ema = dnnl::memory(flat, engine);
-    scalars = dnnl::memory(plain_f32({kScalars}), engine);
-    {
-      HostMap<float> host(scalars);
-      host.fill(0.0f);
-      host[weight_decay] = static_cast<float>(p.weight_decay);
-      host[one_minus_beta1] = static_cast<float>(1.0 - p.beta1);
-    }
-
-    {
-      // A dot product of the gradient with itself: oneDNN 2.6 has only a
-      // reference (single-threaded, ~30x slower) kernel for a reduction of a
-      // flat buffer, while the matmul kernels vectorise and thread it.
-      const int64_t n = flat.dims()[0];
-      row = plain_f32({1, n});
-      column = plain_f32({n, 1});
-      one_by_one = plain_f32({1, 1});
-      norm = &kernels.get(Op::norm, [&] {
-        return dnnl::matmul::primitive_desc(dnnl::matmul::desc(row, column, one_by_one), user_scratchpad_attr(),
-                                            engine);
-      });
-    }
-    auto binary = [&](Op op, alg a, const dnnl::memory::desc& src1, const dnnl::post_ops& po) {
-      return &kernels.get(op, [&] {
-        dnnl::primitive_attr attr = user_scratchpad_attr();
-        attr.set_post_ops(po);
-        return dnnl::binary::primitive_desc(dnnl::binary::desc(a, flat, src1, flat), attr, engine);
-      });
-    };
-    mul_scalar = binary(Op::mul_scalar, alg::binary_mul, one, dnnl::post_ops());
-    {
-      dnnl::post_ops po;
-      po.append_sum(1.f);
-      mul_scalar_add = binary(Op::mul_scalar_add, alg::binary_mul, one, po);
-    }
-    {
-      dnnl::post_ops po;
-      po.append_sum(static_cast<float>(p.beta1));
-      first_moment = binary(Op::first_moment, alg::binary_mul, one, po);
-    }
-    {
-      dnnl::post_ops po;
-      po.append_eltwise(1.f, alg::eltwise_linear, static_cast<float>(1.0 - p.beta2), 0.f);
-      po.append_sum(static_cast<float>(p.beta2));
-      second_moment = binary(Op::second_moment, alg::binary_mul, flat, po);
-    }
-    {
-      dnnl::post_ops po;
-      po.append_eltwise(1.f, alg::eltwise_sqrt, 0.f, 0.f);
-      po.append_eltwise(1.f, alg::eltwise_linear, 1.f, static_cast<float>(p.eps));
-      denominator = binary(Op::denominator, alg::binary_mul, one, po);
-    }
-    {
-      dnnl::post_ops po;
-      po.append_binary(alg::binary_mul, one);
-      po.append_sum(1.f);
-      update = binary(Op::update, alg::binary_div, flat, po);
-    }
+    scalars = dnnl::memory(plain_f32({kNorms + kMaxParts}), engine);
+    HostMap<float> host(scalars);
+    host.fill(0.0f);
+    host[weight_decay] = static_cast<float>(p.weight_decay);
+    host[one_minus_beta1] = static_cast<float>(1.0 - p.beta1);
   }
 
-  // One element of `scalars` as a 1-element operand.
+  // Part i over `length` elements: made (or remade for another length) by
+  // the calling thread, the one that runs it, so its primitives are sized
+  // for that thread's team.
+  Part& part(int i, int64_t length) {
+    std::unique_ptr<Part>& made = parts.at(static_cast<size_t>(i));
+    if (!made || made->length != length) made = std::make_unique<Part>(params, engine, length);
+    return *made;
+  }
+  // Every part's work is done.
+  void wait() {
+    for (auto& p : parts)
+      if (p) p->stream.wait();
+  }
+
+  // One element of `scalars` as a 1-element operand; part i's norm as [1, 1].
   dnnl::memory scalar(Scalar s) const { return flat_slice(scalars, s, plain_f32({1})); }
-
-  // dst = src0 (op) src1 [then the post-op's binary with post_src1].
-  void binary(const Kernel& kernel, const dnnl::memory& src0, const dnnl::memory& src1, const dnnl::memory& dst,
-              const dnnl::memory* post_src1 = nullptr) {
-    Args args{{DNNL_ARG_SRC_0, src0}, {DNNL_ARG_SRC_1, src1}, {DNNL_ARG_DST, dst}};
-    if (post_src1) args[DNNL_ARG_ATTR_MULTIPLE_POST_OP(0) | DNNL_ARG_SRC_1] = *post_src1;
-    kernel.run(stream, std::move(args));
-  }
+  dnnl::memory norm_of(int i) const { return flat_slice(scalars, kNorms + i, plain_f32({1, 1})); }
 };
 
 NodeContract Optimiser::contract() {
@@ -326,19 +353,27 @@ bool Optimiser::take_step(int64_t seq, double loss) {
   State& s = *state_;
   dnnl::memory& params = model_.params();
   dnnl::memory& grads = model_.grads();
+  const int64_t count = std::max<int64_t>(model_.param_count(), 1);
+  const int parts = model_.flat_parts(count);
+  if (parts > State::kMaxParts) throw std::logic_error("optimiser: more parts than kMaxParts");
 
-  // norm_sq = grads . grads                                     [1,P] x [P,1] -> [1,1]
-  s.norm->run(s.stream, {{DNNL_ARG_SRC, view(grads, s.row)},
-                         {DNNL_ARG_WEIGHTS, view(grads, s.column)},
-                         {DNNL_ARG_DST, flat_slice(s.scalars, State::norm_sq, s.one_by_one)}});
-  s.stream.wait();
+  // norm_sq of each part's slice = grads . grads                [1,L] x [L,1] -> [1,1]
+  model_.for_flat_slices(count, [&](int i, int64_t begin, int64_t end) {
+    State::Part& part = s.part(i, end - begin);
+    part.norm->run(part.stream, {{DNNL_ARG_SRC, flat_slice(grads, begin, part.row)},
+                                 {DNNL_ARG_WEIGHTS, flat_slice(grads, begin, part.column)},
+                                 {DNNL_ARG_DST, s.norm_of(i)}});
+    part.stream.wait();
+  });
   double norm = 0, lr = 0;
   bool finite = false;
   bool scaled = false;
   {
-    // One mapping of the scalars: the norm out, this step's scalars in.
+    // One mapping of the scalars: the norms out, this step's scalars in.
     HostMap<float> scalars(s.scalars);
-    norm = std::sqrt(static_cast<double>(scalars[State::norm_sq])) / static_cast<double>(params_.accumulate);
+    double norm_sq = 0;  // the parts' in part order, so a step is as reproducible with teams as without
+    for (int i = 0; i < parts; ++i) norm_sq += static_cast<double>(scalars[State::kNorms + i]);
+    norm = std::sqrt(norm_sq) / static_cast<double>(params_.accumulate);
     finite = std::isfinite(norm);
     if (finite) {
       double scale = 1.0 / static_cast<double>(params_.accumulate);
@@ -378,25 +413,31 @@ bool Optimiser::take_step(int64_t seq, double loss) {
     return false;
   }
 
-  // All over [P]: the gradient scaled and decayed, the moments, the update, the EMA.
-  if (scaled) s.binary(*s.mul_scalar, grads, s.scalar(State::scale), grads);
-  if (params_.weight_decay > 0) {
-    if (params_.algorithm == Algorithm::adam) {
-      s.binary(*s.mul_scalar_add, params, s.scalar(State::weight_decay), grads);
-    } else {
-      s.binary(*s.mul_scalar, params, s.scalar(State::decay), params);
+  // All over [P], a slice per part: the gradient scaled and decayed, the moments, the update, the EMA.
+  model_.for_flat_slices(count, [&](int i, int64_t begin, int64_t end) {
+    State::Part& part = s.part(i, end - begin);
+    const auto at = [&](const dnnl::memory& flat) { return flat_slice(flat, begin, part.flat); };
+    const dnnl::memory g = at(grads), p = at(params), m = at(s.exp_avg), v = at(s.exp_avg_sq), d = at(s.denom);
+    if (scaled) part.binary(*part.mul_scalar, g, s.scalar(State::scale), g);
+    if (params_.weight_decay > 0) {
+      if (params_.algorithm == Algorithm::adam) {
+        part.binary(*part.mul_scalar_add, p, s.scalar(State::weight_decay), g);
+      } else {
+        part.binary(*part.mul_scalar, p, s.scalar(State::decay), p);
+      }
     }
-  }
-  s.binary(*s.first_moment, grads, s.scalar(State::one_minus_beta1), s.exp_avg);
-  s.binary(*s.second_moment, grads, grads, s.exp_avg_sq);
-  s.binary(*s.denominator, s.exp_avg_sq, s.scalar(State::inv_bc2), s.denom);
-  const dnnl::memory neg_step_size = s.scalar(State::neg_step_size);
-  s.binary(*s.update, s.exp_avg, s.denom, params, &neg_step_size);
-  if (params_.ema_decay > 0) {
-    s.binary(*s.mul_scalar, s.ema, s.scalar(State::ema_d), s.ema);
-    s.binary(*s.mul_scalar_add, params, s.scalar(State::ema_one_minus_d), s.ema);
-  }
-  s.stream.wait();
+    part.binary(*part.first_moment, g, s.scalar(State::one_minus_beta1), m);
+    part.binary(*part.second_moment, g, g, v);
+    part.binary(*part.denominator, v, s.scalar(State::inv_bc2), d);
+    const dnnl::memory neg_step_size = s.scalar(State::neg_step_size);
+    part.binary(*part.update, m, d, p, &neg_step_size);
+    if (params_.ema_decay > 0) {
+      const dnnl::memory e = at(s.ema);
+      part.binary(*part.mul_scalar, e, s.scalar(State::ema_d), e);
+      part.binary(*part.mul_scalar_add, p, s.scalar(State::ema_one_minus_d), e);
+    }
+    part.stream.wait();
+  });
   model_.params_written();
   model_.zero_grads();
 
@@ -409,7 +450,7 @@ bool Optimiser::take_step(int64_t seq, double loss) {
 
 void Optimiser::write_checkpoint(const std::filesystem::path& path) const {
   State& s = *state_;
-  s.stream.wait();
+  s.wait();
   SafetensorsFile file;
   model_.save_to(file);
   const int64_t count = model_.param_count();

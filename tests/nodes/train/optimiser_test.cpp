@@ -69,9 +69,14 @@ void run_steps(Node& node, DenoiserModel& model, int steps, uint64_t seed, Colle
   }
 }
 
-void check_matches_reference(const std::string& yaml, ReferenceAdam reference, double lr) {
+// The optimiser's results on the flat model: parameters, moments, EMA.
+using Results = std::vector<std::vector<float>>;
+
+Results check_matches_reference(const std::string& yaml, ReferenceAdam reference, double lr, int parts = 1) {
   RunContext ctx;
-  auto& model = add_flat_model(ctx)->model();
+  auto resource = add_flat_model(ctx);
+  resource->flat().parts = parts;
+  auto& model = resource->model();
   const auto start = random_values(kCount, 1);
   write_flat(model.params(), start);
   reference.p.assign(start.begin(), start.end());
@@ -97,6 +102,8 @@ void check_matches_reference(const std::string& yaml, ReferenceAdam reference, d
   CHECK(worst_relative(read_flat(*optimiser.ema()), reference.ema) < 1e-5);
   // the step leaves the gradients zeroed for the next batch
   for (float g : read_flat(model.grads())) CHECK(g == 0.0f);
+  return {read_flat(model.params()), read_flat(optimiser.exp_avg()), read_flat(optimiser.exp_avg_sq()),
+          read_flat(*optimiser.ema())};
 }
 
 }  // namespace
@@ -121,6 +128,33 @@ TEST_CASE("optimiser adamw decays weights decoupled like torch.optim.AdamW over 
   check_matches_reference(
       "{model: model, algorithm: adamw, lr: 0.02, beta1: 0.8, beta2: 0.99, eps: 1.0e-6, weight_decay: 0.1}",
       reference, 0.02);
+}
+
+TEST_CASE("a step shared among teams, a slice each, is bitwise the step of one; with clipping within rounding") {
+  // Every operation but the gradient norm is elementwise; the norm is the sum
+  // of the parts' in part order, here close enough that clipping scales alike.
+  ReferenceAdam reference({});
+  reference.wd = 0.05;
+  reference.ema_decay = 0.9;
+  const std::string yaml = "{model: model, algorithm: adam, lr: 0.01, weight_decay: 0.05, ema_decay: 0.9}";
+  const Results one = check_matches_reference(yaml, reference, 0.01);
+  for (int parts : {2, 3, 17}) {
+    CAPTURE(parts);
+    CHECK(check_matches_reference(yaml, reference, 0.01, parts) == one);
+  }
+  // With clipping, the norm that decides the scale is summed over the parts: the same steps within rounding.
+  RunContext a, b;
+  auto whole = add_flat_model(a), split = add_flat_model(b);
+  split->flat().parts = 3;
+  auto clip_one = make_node("optimiser", "{model: model, clip_grad_norm: 0.5}", a);
+  auto clip_three = make_node("optimiser", "{model: model, clip_grad_norm: 0.5}", b);
+  CollectingEmitter out;
+  run_steps(*clip_one, whole->model(), 3, 40, out);
+  run_steps(*clip_three, split->model(), 3, 40, out);
+  const auto p1 = read_flat(whole->model().params()), p3 = read_flat(split->model().params());
+  for (size_t i = 0; i < kCount; ++i) CHECK(p3[i] == doctest::Approx(p1[i]).epsilon(1e-6));
+  CHECK(dynamic_cast<Optimiser&>(*clip_three).last_grad_norm() ==
+        doctest::Approx(dynamic_cast<Optimiser&>(*clip_one).last_grad_norm()).epsilon(1e-6));
 }
 
 TEST_CASE("learning rate warms up linearly from 0 and then follows the cosine down to min_lr") {

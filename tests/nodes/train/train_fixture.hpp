@@ -7,19 +7,32 @@
 #include "nodes/model/model_resource.hpp"
 #include "test_util.hpp"
 
+#include <algorithm>
 #include <cstring>
 #include <filesystem>
 #include <memory>
 #include <random>
 #include <stdexcept>
 #include <string>
+#include <thread>
 #include <vector>
 
 namespace diffuflow::test {
 
 // Two parameters, 17 floats: "layer.weight" [3,4] and "layer.bias" [5].
+// With `parts` > 1 its flat work runs in that many slices, one thread each,
+// as a model's on several teams does (DenoiserModel::for_flat_slices).
 class FlatModel : public DenoiserModel {
  public:
+  int parts = 1;
+  int flat_parts(int64_t count) override { return static_cast<int>(std::min<int64_t>(parts, count)); }
+  void for_flat_slices(int64_t count, const std::function<void(int, int64_t, int64_t)>& job) override {
+    const int n = flat_parts(count);
+    std::vector<std::thread> threads;
+    for (int i = 0; i < n; ++i) threads.emplace_back([&, i] { job(i, count * i / n, count * (i + 1) / n); });
+    for (auto& thread : threads) thread.join();
+  }
+
   explicit FlatModel(const dnnl::engine& engine)
       : DenoiserModel({{"layer.weight", {3, 4}, 0}, {"layer.bias", {5}, 0}}, engine) {}
   std::string kind() const override { return "flat"; }
@@ -35,6 +48,7 @@ class FlatModelResource : public ModelResource {
  public:
   explicit FlatModelResource(const dnnl::engine& engine) : model_(engine) {}
   DenoiserModel& model() override { return model_; }
+  FlatModel& flat() { return model_; }
   std::string config_json() const override { return "{\"kind\": \"flat\", \"params\": 17}"; }
 
  private:
