@@ -10,7 +10,8 @@
 # Setups: diffuflow with its default OpenMP wait (a short spin:
 # OMP_WAIT_POLICY=active GOMP_SPINCOUNT=3000), with OMP_WAIT_POLICY=passive,
 # with a long spin (GOMP_SPINCOUNT=100000) and with OMP_WAIT_POLICY=active
-# (spinning for good), diffuflow with one thread, and the PyTorch peer
+# (spinning for good), diffuflow with one thread, diffuflow with THREADS
+# one-thread teams (--teams THREADS: the batch split among them), and the PyTorch peer
 # (benchmarks/torch_peer.py) at THREADS threads. Prints one table row per setup
 # and competitor: median images/s (range) of forward+backward, unet-s, f32.
 set -eu
@@ -45,6 +46,9 @@ while [ "$round" -le "$ROUNDS" ]; do
       --warmup 1 --threads "$THREADS" --json "$OUT/diffuflow_active_${competitor}_r${round}.json" > /dev/null 2>&1
     env -u OMP_WAIT_POLICY -u GOMP_SPINCOUNT "$DIFFUFLOW" bench-unet --config unet-s --batch "$BATCH" --mode train \
       --iters "$ITERS" --warmup 1 --threads 1 --json "$OUT/diffuflow_1thread_${competitor}_r${round}.json" > /dev/null 2>&1
+    env -u OMP_WAIT_POLICY -u GOMP_SPINCOUNT "$DIFFUFLOW" bench-unet --config unet-s --batch "$BATCH" --mode train \
+      --iters "$ITERS" --warmup 1 --threads "$THREADS" --teams "$THREADS" \
+      --json "$OUT/diffuflow_teams_${competitor}_r${round}.json" > /dev/null 2>&1
     "$PEER" "$here/torch_peer.py" bench --config unet-s --batch "$BATCH" --threads "$THREADS" --mode train \
       --iters "$ITERS" --warmup 1 --json "$OUT/torch_${competitor}_r${round}.json" > /dev/null 2>&1
     if [ -n "$burner" ]; then kill "$burner"; fi
@@ -63,7 +67,8 @@ def ips(path):
     return d["forward_backward_images_per_s"]
 print("| setup | no competitor: images/s | one busy process: images/s | kept |")
 print("|---|---|---|---|")
-for setup in ["diffuflow_default", "diffuflow_passive", "diffuflow_spin", "diffuflow_active", "diffuflow_1thread", "torch"]:
+for setup in ["diffuflow_default", "diffuflow_passive", "diffuflow_spin", "diffuflow_active", "diffuflow_1thread",
+              "diffuflow_teams", "torch"]:
     cells, medians = [], []
     if not glob.glob(os.path.join(out, f"{setup}_*_r*.json")):
         continue  # (folders measured before the setup existed)

@@ -14,8 +14,9 @@
 // (a fraction of a millisecond; libgomp cuts it to 1,000 when its threads
 // outnumber the CPUs, where GOMP_SPINCOUNT alone would cut it to 100). It
 // bridges the gaps between a pass's primitives and sleeps between passes.
-// On a machine shared with busy processes, OMP_WAIT_POLICY=passive degrades
-// least; a value the user set is always kept.
+// On a machine shared with busy processes, one-thread teams (teams: equal to
+// threads; compute/teams.hpp) degrade least, and OMP_WAIT_POLICY=passive
+// less than the default; a value the user set is always kept.
 //
 // libgomp reads OMP_WAIT_POLICY and GOMP_SPINCOUNT once, when it is loaded,
 // before main(). So ensure_openmp_wait_policy() re-executes the program with
