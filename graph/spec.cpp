@@ -25,8 +25,8 @@ const ResourceSpec* PipelineSpec::resource(const std::string& resource_name) con
 
 namespace {
 
-const std::vector<std::string> kTopLevelKeys = {"name",          "description", "device", "seed",  "threads",
-                                                "teams",         "deterministic", "resources", "nodes", "edges"};
+const std::vector<std::string> kTopLevelKeys = {"name",  "description",   "device",    "seed",  "threads",
+                                                "teams", "deterministic", "resources", "nodes", "edges"};
 
 SourceLocation locate(const std::string& file, const YAML::Node& node, const std::string& key_path) {
   SourceLocation where{file, 0, 0, key_path};
