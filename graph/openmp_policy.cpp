@@ -5,6 +5,7 @@
 
 #include <algorithm>
 #include <cstdlib>
+#include <string>
 #include <unistd.h>
 #include <vector>
 
@@ -50,6 +51,19 @@ void ensure_openmp_wait_policy(int argc, char** argv) {
   undo_initial_binding();
   ::execv("/proc/self/exe", argv);
   // execv only returns on failure: carry on with the default policy.
+}
+
+std::string teams_binding_problem(int teams) {
+  if (teams <= 1 || openmp_place_cpus().empty()) return "";
+  std::string settings;
+  for (const char* name : {"OMP_PROC_BIND", "OMP_PLACES"}) {
+    const char* value = std::getenv(name);
+    if (value == nullptr) continue;
+    settings += std::string(settings.empty() ? "" : ", ") + name + "=" + value;
+  }
+  return std::to_string(teams) + " teams with OpenMP binding (" + settings +
+         "): libgomp binds every team's threads from the first place, so the teams would share cores; unset "
+         "OMP_PROC_BIND and OMP_PLACES to run teams";
 }
 
 std::string describe_openmp_wait_policy() {

@@ -13,6 +13,7 @@
 #include "graph/atomic_file.hpp"
 #include "graph/device.hpp"
 #include "graph/errors.hpp"
+#include "graph/openmp_policy.hpp"
 #include "nodes/model/unet.hpp"
 #include "runners/command.hpp"
 
@@ -351,6 +352,9 @@ UNetBenchResult bench_unet(const UNetBenchSettings& settings, std::ostream* log)
   if (s.threads % s.teams != 0) {
     throw bad_option("--teams", std::to_string(s.threads) + " threads do not split into " + std::to_string(s.teams) +
                                     " equal teams");
+  }
+  if (const std::string binding = teams_binding_problem(s.teams); !binding.empty()) {
+    throw bad_option("--teams", binding);
   }
   omp_set_num_threads(s.threads);
   oneapi::tbb::global_control parallelism(oneapi::tbb::global_control::max_allowed_parallelism,

@@ -1,6 +1,7 @@
 #include "runners/cli_common.hpp"
 
 #include "graph/errors.hpp"
+#include "graph/openmp_policy.hpp"
 #include "nodes/common/class_labels.hpp"
 
 namespace diffuflow {
@@ -12,6 +13,8 @@ int team_threads(int threads, int teams, const std::string& file) {
                           " equal teams: give a thread count that " + std::to_string(teams) +
                           " divides (threads: or --threads)");
   }
+  const std::string binding = teams_binding_problem(teams);
+  if (!binding.empty()) throw ConfigError(SourceLocation{file, 0, 0, "teams"}, binding);
   return threads / teams;
 }
 

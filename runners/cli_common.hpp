@@ -17,7 +17,8 @@ std::vector<Override> parse_overrides(const std::vector<std::string>& texts);
 PipelineSpec load_from_command_line(const ParsedOptions& options);
 
 // The OpenMP threads of each of `teams` teams sharing `threads`: a
-// ConfigError naming `teams` (in `file`) when they do not divide evenly.
+// ConfigError naming `teams` (in `file`) when they do not divide evenly, or
+// when OpenMP binding would put every team on the same cores.
 int team_threads(int threads, int teams, const std::string& file);
 
 // What --class and --guidance ask of a model with `num_class_embeds` rows

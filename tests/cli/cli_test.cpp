@@ -76,6 +76,24 @@ TEST_CASE("run refuses teams that do not divide the threads, naming the setting,
   }
 }
 
+TEST_CASE("teams under OpenMP binding are refused, naming the settings: every team would bind from the first place") {
+  TempDir dir;
+  const std::string bound = "export OMP_PROC_BIND=close OMP_PLACES=cores; ";
+  for (const std::string& args : std::vector<std::string>{
+           "bench-unet --config unet-tiny --batch 2 --iters 1 --warmup 0 --threads 2 --teams 2",
+           "run pipelines/train_mnist.yaml --threads 2 --teams 2 --out " + (dir / "out").string()}) {
+    CAPTURE(args);
+    const auto result = run_cli(args, bound);
+    CAPTURE(result.output);
+    CHECK(result.exit_code == 2);
+    CHECK(contains(result.output, "2 teams with OpenMP binding (OMP_PROC_BIND=close, OMP_PLACES=cores)"));
+  }
+  CHECK(!fs::exists(dir / "out"));
+  // One team binds as before.
+  CHECK(run_cli("bench-unet --config unet-tiny --batch 2 --iters 1 --warmup 0 --threads 2 --teams 1", bound).exit_code ==
+        0);
+}
+
 TEST_CASE("run writes the resolved pipeline, metrics, profile and artefacts, and never reuses a folder") {
   TempDir dir;
   const std::string out = (dir / "run").string();
