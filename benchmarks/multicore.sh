@@ -151,8 +151,9 @@ fi
 
 # The batch split among teams at the full width: R OpenMP teams of N/R
 # threads each compute a part of every U-Net pass (bench unet --teams),
-# alternated in two rounds, then the training graph with its optimiser on one
-# team (bench train); the one-thread base is the sweep's and the ranks'.
+# alternated in two rounds, then the training graph (bench train: its
+# optimiser's step shared among the teams, the loss and noiser on one); the
+# one-thread base is the sweep's and the ranks'.
 if stage teams 260; then
   mkdir -p "$OUT/teams"
   bins=() counts=""

@@ -186,7 +186,7 @@ Measurement measure_pipeline(const Settings& s) {
     // in a long run (stopping the source at W+K would leave the last steps' loading and noising in the warm-up).
     ctx.max_steps = static_cast<int64_t>(s.warmup) + s.steps + (s.kind == "sample" ? 0 : s.prefetch);
     RunOptions options;
-    options.compute_threads = team_threads(threads, spec.teams, spec.file);
+    options.compute_threads = team_threads(spec, threads);
     options.prefetch = s.prefetch;
     options.trace_file = trace.string();
     const auto t0 = std::chrono::steady_clock::now();
@@ -323,7 +323,7 @@ struct Row {
   std::string sweep_value;  // empty without a sweep
   double x = NAN;           // the value as a number, for the plot
   int threads = 0;
-  int teams = 0;  // 0: the pipeline's
+  int teams = 0;  // in effect (0: none, bench matmul and bandwidth)
   int64_t batch = 0;
   std::vector<Measurement> repeats;
   double median = 0, min = 0, max = 0;
@@ -636,15 +636,21 @@ int run_bench(const ParsedOptions& opts) {
       }
     }
     row.threads = resolved_threads(s.threads);
-    row.teams = s.teams;
     row.batch = s.batch;
     if (std::isnan(row.x)) row.x = sweep_values.empty() ? row.threads : static_cast<double>(i);
     rows.push_back(row);
     points.push_back(s);
   }
-  // Every point's pipeline is checked before anything runs.
-  if (!standalone) {
-    for (const auto& s : points) build_spec(s);
+  // Every point's pipeline is checked before anything runs; each row records the teams in effect (--teams, else
+  // the pipeline's; bench unet: --teams, else 1).
+  for (size_t i = 0; i < points.size(); ++i) {
+    if (!standalone) {
+      const PipelineSpec spec = build_spec(points[i]);
+      rows[i].teams = spec.teams;
+      team_threads(spec, resolved_threads(points[i].threads));
+    } else if (base.kind == "unet") {
+      rows[i].teams = std::max(1, points[i].teams);
+    }
   }
 
   // The machine first.
@@ -660,8 +666,8 @@ int run_bench(const ParsedOptions& opts) {
             << "max_allowed_parallelism)" << (sweep_name == "threads" ? ", swept" : "")
             << (base.graph_threads > 0 ? "; the graph's TBB threads: " + std::to_string(base.graph_threads) : "")
             << (sweep_name == "teams" ? "; teams swept (the U-Net's batch split among them)"
-                : base.teams > 1
-                    ? "; in " + std::to_string(base.teams) + " teams (the U-Net's batch split among them)"
+                : rows.front().teams > 1
+                    ? "; in " + std::to_string(rows.front().teams) + " teams (the U-Net's batch split among them)"
                     : "")
             << "\n"
             << "settings: ";
@@ -808,7 +814,8 @@ int run_bench(const ParsedOptions& opts) {
                     {"isa", describe_cpu_isa()},
                     {"versions", describe_versions()}};
     j["settings"] = {{"config", base.config}, {"batch", base.batch},       {"threads", resolved_threads(base.threads)},
-                     {"teams", base.teams > 0 ? json(base.teams) : json(nullptr)},
+                     {"teams", sweep_name == "teams" || rows.front().teams == 0 ? json(nullptr)
+                                                                                : json(rows.front().teams)},
                      {"graph_threads", base.graph_threads},
                      {"steps", base.steps},   {"warmup", base.warmup},     {"repeats", base.repeats},
                      {"prefetch", base.prefetch}, {"mode", mode}, {"processes", world.size()},          {"set", base.sets},

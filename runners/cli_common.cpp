@@ -1,12 +1,28 @@
 #include "runners/cli_common.hpp"
 
+#include "graph/device.hpp"
 #include "graph/errors.hpp"
 #include "graph/openmp_policy.hpp"
 #include "nodes/common/class_labels.hpp"
 
 namespace diffuflow {
 
-int team_threads(int threads, int teams, const std::string& file) {
+int team_threads(const PipelineSpec& spec, int threads) {
+  const int teams = spec.teams;
+  const std::string& file = spec.file;
+  if (teams == 1) return threads;
+  if (DeviceSpec::parse(spec.device).kind != DeviceKind::cpu) {
+    throw ConfigError(SourceLocation{file, 0, 0, "teams"},
+                      "teams split the U-Net's batch among OpenMP teams on the CPU; on device " + spec.device +
+                          " the model runs on the GPU: leave teams at 1");
+  }
+  bool unet = false;
+  for (const auto& r : spec.resources) unet = unet || r.type == "unet_model";
+  if (!unet) {
+    throw ConfigError(SourceLocation{file, 0, 0, "teams"},
+                      "teams split a unet_model's batch, and this pipeline has none: leave teams at 1 (the other "
+                      "nodes would only run on fewer threads)");
+  }
   if (teams < 1 || threads % teams != 0) {
     throw ConfigError(SourceLocation{file, 0, 0, "teams"},
                       std::to_string(threads) + " threads do not split into " + std::to_string(teams) +

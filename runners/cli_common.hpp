@@ -16,10 +16,12 @@ std::vector<Override> parse_overrides(const std::vector<std::string>& texts);
 // Loads and validates the pipeline named by the `pipeline` argument, applying --set.
 PipelineSpec load_from_command_line(const ParsedOptions& options);
 
-// The OpenMP threads of each of `teams` teams sharing `threads`: a
-// ConfigError naming `teams` (in `file`) when they do not divide evenly, or
-// when OpenMP binding would put every team on the same cores.
-int team_threads(int threads, int teams, const std::string& file);
+// The OpenMP threads of each of the pipeline's `teams` teams sharing
+// `threads`. More than one team is a ConfigError naming `teams` (in the
+// pipeline's file) when they do not divide the threads, when OpenMP binding
+// would put every team on the same cores, and where nothing would split: a
+// device other than the CPU, or no unet_model resource.
+int team_threads(const PipelineSpec& spec, int threads);
 
 // What --class and --guidance ask of a model with `num_class_embeds` rows
 // (0: unconditional), checked before anything runs: a class-conditional model

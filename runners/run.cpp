@@ -244,7 +244,7 @@ int run_spec(PipelineSpec spec, const RunSettings& settings) {
 
   const int threads = spec.threads > 0 ? spec.threads : usable_cpus();
   if (settings.teams) spec.teams = *settings.teams;
-  run_options.compute_threads = team_threads(threads, spec.teams, spec.file);
+  run_options.compute_threads = team_threads(spec, threads);
   oneapi::tbb::global_control parallelism(oneapi::tbb::global_control::max_allowed_parallelism,
                                           static_cast<size_t>(std::max(1, threads)));
 

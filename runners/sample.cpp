@@ -135,10 +135,11 @@ SampleModel resolve_model(const std::string& model) {
 
 // The sampling graph, as a pipeline file would hold it.
 PipelineSpecBuilder sampling_pipeline(const SampleRequest& request, const SampleModel& model,
-                                      std::optional<int> threads) {
+                                      std::optional<int> threads, std::optional<int> teams) {
   PipelineSpecBuilder builder("sample");
   builder.setting("seed", request.seed);
   if (threads) builder.setting("threads", *threads);
+  if (teams) builder.setting("teams", *teams);
   PipelineSpecBuilder::Values schedule;
   if (!model.schedule_config.empty()) schedule.emplace_back("config", model.schedule_config);
   builder.resource("schedule", "noise_schedule", schedule);
@@ -288,8 +289,9 @@ int run_sample(const ParsedOptions& options) {
   request.batch = options.integer("batch");
   request.out = options.text("out");
   request.precision = enum_option<Precision>(options, "precision");
-  std::optional<int> threads;
+  std::optional<int> threads, teams;
   if (options.has("threads")) threads = static_cast<int>(options.integer("threads"));
+  if (options.has("teams")) teams = static_cast<int>(options.integer("teams"));
   if (request.eta != 0 && request.sampler != SamplerMethod::ddim) {
     throw ConfigError(SourceLocation{"--eta", 0, 0, ""}, "eta is a DDIM setting; --sampler " +
                                                              enum_name(request.sampler) + " takes none");
@@ -297,7 +299,7 @@ int run_sample(const ParsedOptions& options) {
 
   const SampleModel model = resolve_model(request.model);
   choose_classes(options, model, request);
-  PipelineSpecBuilder builder = sampling_pipeline(request, model, threads);
+  PipelineSpecBuilder builder = sampling_pipeline(request, model, threads, teams);
   request.sets = options.texts("set");
   for (const Override& o : parse_overrides(request.sets)) builder.set(o);
   PipelineSpec spec = builder.build();
@@ -315,7 +317,6 @@ int run_sample(const ParsedOptions& options) {
   RunSettings settings;
   settings.out = scratch.string();
   settings.threads = threads;
-  if (options.has("teams")) settings.teams = static_cast<int>(options.integer("teams"));
   settings.progress_s = 10;
   settings.quiet = options.flag("quiet");
   struct RemoveScratch {

@@ -394,7 +394,9 @@ std::unique_ptr<UNetModel> make_unet(const UNetConfig& config, Device& device) {
 }
 
 void UNetModel::set_teams(int teams) {
-  if (teams < 1) throw std::invalid_argument("unet: teams must be at least 1, got " + std::to_string(teams));
+  if (teams < 1 || teams > 1024) {
+    throw std::invalid_argument("unet: teams must be in [1, 1024], got " + std::to_string(teams));
+  }
   teams_ = teams;
 }
 

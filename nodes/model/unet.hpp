@@ -78,7 +78,7 @@ class UNetModel : public DenoiserModel {
   // sample per team. The parts' parameter gradients are summed in part
   // order, so a split pass is as reproducible as a whole one; dropout masks
   // follow the sample, not the part. Passes split into parts are not
-  // profiled (profile_steps).
+  // profiled (profile_steps). At most 1024 teams.
   void set_teams(int teams);
   int teams() const { return teams_.load(); }
   // Flat work (an optimiser's step) in as many slices as there are teams.

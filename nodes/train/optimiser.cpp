@@ -11,6 +11,7 @@
 #include "compute/kernels.hpp"
 
 #include <nlohmann/json.hpp>
+#include <omp.h>
 
 #include <algorithm>
 #include <cmath>
@@ -85,9 +86,12 @@ struct Optimiser::State {
   static constexpr int64_t kMaxParts = 1024;  // the most teams a pipeline may have
   enum class Op { norm, mul_scalar, mul_scalar_add, first_moment, second_moment, denominator, update };
 
-  // One part's primitives over `length` elements, and its stream.
+  // One part's primitives over `length` elements, made on a thread with
+  // `threads` OpenMP threads (a CPU primitive runs with the thread count it
+  // was made with), and its stream.
   struct Part {
     int64_t length;
+    int threads;
     dnnl::stream stream;
     dnnl::memory::desc flat, row, column;  // the slice as [length], [1, length] and [length, 1]
     KernelSet<Op> kernels;
@@ -100,7 +104,7 @@ struct Optimiser::State {
     const Kernel* update;          // p = (m / denom) * (-lr / bc1) + p
 
     Part(const Optimiser::Params& p, const dnnl::engine& engine, int64_t length)
-        : length(length), stream(engine), kernels(engine) {
+        : length(length), threads(omp_get_max_threads()), stream(engine), kernels(engine) {
       flat = plain_f32({length});
       const auto one = plain_f32({1});
       // A dot product of the gradient with itself: oneDNN 2.6 has only a
@@ -181,12 +185,14 @@ struct Optimiser::State {
     host[one_minus_beta1] = static_cast<float>(1.0 - p.beta1);
   }
 
-  // Part i over `length` elements: made (or remade for another length) by
-  // the calling thread, the one that runs it, so its primitives are sized
-  // for that thread's team.
+  // Part i over `length` elements: made (or remade for another length or
+  // team size) by the calling thread, the one that runs it, so its
+  // primitives are sized for that thread's team.
   Part& part(int i, int64_t length) {
     std::unique_ptr<Part>& made = parts.at(static_cast<size_t>(i));
-    if (!made || made->length != length) made = std::make_unique<Part>(params, engine, length);
+    if (!made || made->length != length || made->threads != omp_get_max_threads()) {
+      made = std::make_unique<Part>(params, engine, length);
+    }
     return *made;
   }
   // Every part's work is done.

@@ -177,6 +177,10 @@ TEST_CASE("bench unet sweeps teams, and bench train splits its U-Net's batch bet
   REQUIRE(train.exit_code == 0);
   CHECK(contains(train.output, "in 2 teams"));
   CHECK(json::parse(read_file(dir / "t.json"))["settings"]["teams"] == 2);
+  // The pipeline's own teams: is what a row records when --teams is not given.
+  const json own = run_bench(dir, "train --config unet-tiny --batch 4 --warmup 1 --steps 2 --repeats 1 --threads 2 "
+                                  "--set teams=2", 1);
+  CHECK(own["results"][0]["teams"] == 2);
 }
 
 TEST_CASE("bench: bad kinds, sweeps and overrides are bad input (exit 2)") {
@@ -186,7 +190,7 @@ TEST_CASE("bench: bad kinds, sweeps and overrides are bad input (exit 2)") {
                                  "bench unet --sweep precision=f16", "bench train --sweep precision=bf16",
                                  "bench unet --threads 3 --teams 2", "bench unet --teams 2 --breakdown",
                                  "bench matmul --teams 2", "bench train --threads 3 --teams 2",
-                                 "bench unet --sweep teams=0"}) {
+                                 "bench unet --sweep teams=0", "bench data --teams 2"}) {
     const auto result = run_cli(args);
     CAPTURE(args);
     CAPTURE(result.output);

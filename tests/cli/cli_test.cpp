@@ -74,6 +74,18 @@ TEST_CASE("run refuses teams that do not divide the threads, naming the setting,
     CHECK(contains(result.output, "train_mnist.yaml: teams: 3 threads do not split into 2 equal teams"));
     CHECK(!fs::exists(dir / "out"));
   }
+  // Where nothing would split: no U-Net, or a model on the GPU.
+  for (const auto& [args, message] :
+       {std::pair<std::string, std::string>{"pipelines/toy2d.yaml --threads 2 --teams 2", "this pipeline has none"},
+        {"pipelines/train_mnist.yaml --threads 2 --teams 2 --device gpu", "on device gpu the model runs on the GPU"}}) {
+    CAPTURE(args);
+    const auto result = run_cli("run " + args + " --out " + (dir / "out").string());
+    CAPTURE(result.output);
+    CHECK(result.exit_code == 2);
+    CHECK(contains(result.output, "teams: "));
+    CHECK(contains(result.output, message));
+    CHECK(!fs::exists(dir / "out"));
+  }
 }
 
 TEST_CASE("teams under OpenMP binding are refused, naming the settings: every team would bind from the first place") {

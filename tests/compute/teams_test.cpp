@@ -6,6 +6,7 @@
 #include <omp.h>
 
 #include <atomic>
+#include <chrono>
 #include <set>
 #include <stdexcept>
 #include <thread>
@@ -37,6 +38,25 @@ TEST_CASE("teams run each part once, part 0 on the caller and the others on thre
     // The helpers' teams have the threads asked for (the caller's is its own setting).
     for (int i = 1; i < parts; ++i) CHECK(team_size[static_cast<size_t>(i)] == 2);
   }
+}
+
+TEST_CASE("the parts of a run run at the same time") {
+  // Each part waits until every part has started: parts run one after another would never all start.
+  Teams teams(4, 1);
+  std::atomic<int> started{0};
+  std::atomic<bool> all_seen{true};
+  teams.run(4, [&](int) {
+    ++started;
+    const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(20);
+    while (started.load() < 4) {
+      if (std::chrono::steady_clock::now() > deadline) {
+        all_seen = false;
+        return;
+      }
+      std::this_thread::yield();
+    }
+  });
+  CHECK(all_seen.load());
 }
 
 TEST_CASE("a part that throws is rethrown after every part has run; the lowest part's error wins") {

@@ -9,9 +9,11 @@
 
 #include <omp.h>
 
+#include <array>
 #include <cmath>
 #include <random>
 #include <set>
+#include <thread>
 
 using namespace diffuflow;
 
@@ -549,7 +551,7 @@ TEST_CASE("a batch split among teams gives the whole batch's predictions and gra
   CHECK_THROWS_AS(model->set_teams(0), std::invalid_argument);
 }
 
-TEST_CASE("a split pass builds each part's program on its team's threads") {
+TEST_CASE("a split pass builds one program per part and reuses them") {
   Device device(DeviceSpec{});
   auto model = make_unet(UNetConfig::named("unet-tiny"), device);
   model->init_random(1);
@@ -568,4 +570,31 @@ TEST_CASE("a split pass builds each part's program on its team's threads") {
   model->forward(x, t, false);  // the whole batch: another program
   CHECK(model->programs_built() == 3);
   omp_set_num_threads(before);
+}
+
+TEST_CASE("flat work is cut into one slice per team, part 0 on the calling thread, the others at once elsewhere") {
+  Device device(DeviceSpec{});
+  auto model = make_unet(UNetConfig::named("unet-tiny"), device);
+  for (const int teams : {1, 3}) {
+    CAPTURE(teams);
+    model->set_teams(teams);
+    CHECK(model->flat_parts(10) == teams);
+    CHECK(model->flat_parts(2) == std::min(teams, 2));  // never more parts than elements
+    std::vector<std::array<int64_t, 2>> slices(static_cast<size_t>(teams));
+    std::vector<std::thread::id> ran_on(static_cast<size_t>(teams));
+    model->for_flat_slices(10, [&](int part, int64_t begin, int64_t end) {
+      slices[static_cast<size_t>(part)] = {begin, end};
+      ran_on[static_cast<size_t>(part)] = std::this_thread::get_id();
+    });
+    int64_t next = 0;
+    for (const auto& [begin, end] : slices) {
+      CHECK(begin == next);
+      CHECK(end > begin);
+      next = end;
+    }
+    CHECK(next == 10);
+    CHECK((ran_on[0] == std::this_thread::get_id()));
+    CHECK(std::set<std::thread::id>(ran_on.begin(), ran_on.end()).size() == static_cast<size_t>(teams));
+  }
+  CHECK_THROWS_AS(model->set_teams(1025), std::invalid_argument);
 }

@@ -7,6 +7,7 @@
 #include "graph/safetensors.hpp"
 #include "node_test_util.hpp"
 #include "nodes/model/model_resource.hpp"
+#include "nodes/model/unet_model.hpp"
 #include "train_fixture.hpp"
 
 #include <doctest/doctest.h>
@@ -80,6 +81,7 @@ PipelineSpec training_spec(int64_t checkpoint_every, const std::string& precisio
 struct RunResult {
   std::vector<float> params;
   std::filesystem::path latest;
+  size_t programs = 0;  // the U-Net's programs built (a pass split in two parts builds two)
 };
 
 RunResult run_training(const std::filesystem::path& out_dir, int64_t max_steps, const std::filesystem::path& resume,
@@ -97,8 +99,9 @@ RunResult run_training(const std::filesystem::path& out_dir, int64_t max_steps, 
   options.compute_threads = 2 / teams;
   Pipeline pipeline(spec, ctx, options);
   pipeline.run();
-  auto model = ctx.resource_as<ModelResource>("model");
-  return {read_flat(model->model().params()), out_dir / "checkpoints" / "latest.safetensors"};
+  auto model = ctx.resource_as<UNetModelResource>("model");
+  return {read_flat(model->model().params()), out_dir / "checkpoints" / "latest.safetensors",
+          model->unet().programs_built()};
 }
 
 }  // namespace
@@ -182,4 +185,7 @@ TEST_CASE("training with the batch split between two teams follows one team's we
   CHECK(moved > 1e-3f);
   CHECK(worst < 3e-4f);
   CHECK(repeated.params == split.params);
+  // The pipeline's teams reached the model: each pass ran as two parts, each with a program of its own.
+  CHECK(whole.programs == 1);
+  CHECK(split.programs == 2);
 }
