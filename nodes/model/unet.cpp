@@ -3,6 +3,7 @@
 #include "graph/errors.hpp"
 #include "nodes/model/layers.hpp"
 #include "nodes/model/pooled_state.hpp"
+#include "compute/kernels.hpp"
 #include "compute/program.hpp"
 #include "compute/teams.hpp"
 
@@ -326,6 +327,8 @@ struct UNetModel::Workspace {
   std::shared_ptr<DropoutDraw> dropout = std::make_shared<DropoutDraw>();
   int copy_x_in = -1, copy_out = -1, copy_grad_in = -1, copy_grad_x = -1;
   dnnl::stream stream;
+  // A split pass's gradient sums over this part's slice: by (slice length, parts).
+  std::unique_ptr<KernelSet<std::pair<int64_t, int>>> sums;
 };
 
 class UNetModel::Pool : public ProgramPool<UNetPoolKey, UNetModel::Workspace> {};
@@ -604,19 +607,27 @@ Tensor UNetModel::backward(const ForwardState& state, const Tensor& grad_out) {
     p.run_io_copy(space.copy_grad_x, p.grad(space.x), batch_rows(grad_x, rows).memory(), space.stream);
     space.stream.wait();
   });
+  // Team i adds slice i of every part's staging buffer into part 0's with a
+  // oneDNN sum primitive (sources in part order), made on that team by its
+  // part's workspace.
   const dnnl::memory& total = split->parts.front()->workspace().program->grad_staging();
-  std::vector<const float*> others;
-  for (int i = 1; i < parts; ++i) {
-    others.push_back(static_cast<const float*>(
-        split->parts[static_cast<size_t>(i)]->workspace().program->grad_staging().get_data_handle()));
-  }
-  float* sum = static_cast<float*>(total.get_data_handle());
   teams->run(parts, [&](int i) {
+    Workspace& space = split->parts[static_cast<size_t>(i)]->workspace();
     const PartRange slice = part_range(param_count(), parts, i);
-    for (const float* part : others) {
-#pragma omp parallel for simd schedule(static)
-      for (int64_t j = slice.begin; j < slice.end; ++j) sum[j] += part[j];
+    const auto slice_md = plain_f32({slice.end - slice.begin});
+    if (!space.sums) space.sums = std::make_unique<KernelSet<std::pair<int64_t, int>>>(engine());
+    const Kernel& sum = space.sums->get({slice.end - slice.begin, parts}, [&] {
+      return dnnl::sum::primitive_desc(slice_md, std::vector<float>(static_cast<size_t>(parts), 1.0f),
+                                       std::vector<dnnl::memory::desc>(static_cast<size_t>(parts), slice_md),
+                                       engine(), user_scratchpad_attr());
+    });
+    Args args{{DNNL_ARG_DST, flat_slice(total, slice.begin, slice_md)}};
+    for (int k = 0; k < parts; ++k) {
+      args[DNNL_ARG_MULTIPLE_SRC + k] =
+          flat_slice(split->parts[static_cast<size_t>(k)]->workspace().program->grad_staging(), slice.begin, slice_md);
     }
+    sum.run(space.stream, std::move(args));
+    space.stream.wait();
   });
   // One pass's gradients, all final at once: an observer (data-parallel
   // ranks) sums them across processes after the parts, not during them.
