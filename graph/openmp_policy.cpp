@@ -53,8 +53,12 @@ void ensure_openmp_wait_policy(int argc, char** argv) {
   // execv only returns on failure: carry on with the default policy.
 }
 
-std::string teams_binding_problem(int teams) {
-  if (teams <= 1 || openmp_place_cpus().empty()) return "";
+std::string teams_problem(int threads, int teams) {
+  if (teams < 1 || threads % teams != 0) {
+    return std::to_string(threads) + " threads do not split into " + std::to_string(teams) +
+           " equal teams: give a thread count that " + std::to_string(teams) + " divides";
+  }
+  if (teams == 1 || openmp_place_cpus().empty()) return "";
   std::string settings;
   for (const char* name : {"OMP_PROC_BIND", "OMP_PLACES"}) {
     const char* value = std::getenv(name);

@@ -39,12 +39,13 @@ std::vector<int> openmp_place_cpus();
 // it failed, in which case the program goes on with the policy it has).
 void ensure_openmp_wait_policy(int argc, char** argv);
 
-// Why `teams` OpenMP teams cannot run in this process, or empty when they
-// can: with binding (OMP_PROC_BIND, OMP_PLACES) libgomp binds the threads of
+// Why `threads` cannot run as `teams` OpenMP teams in this process, or empty
+// when they can: the teams must divide the threads evenly, and not under
+// binding (OMP_PROC_BIND, OMP_PLACES), where libgomp binds the threads of
 // every team started outside an OpenMP region from the first place, so the
 // teams would share the first cores (on 2 cores two bound one-thread teams
 // trained at 0.48x the speed of unbound ones).
-std::string teams_binding_problem(int teams);
+std::string teams_problem(int threads, int teams);
 
 // "OMP_WAIT_POLICY=active, GOMP_SPINCOUNT=3000", ...: the wait settings
 // this process runs with, for version and benchmark records.

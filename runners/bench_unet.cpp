@@ -349,12 +349,8 @@ UNetBenchResult bench_unet(const UNetBenchSettings& settings, std::ostream* log)
   UNetBenchSettings& s = result.settings;
   if (s.size == 0) s.size = config.sample_size;
   if (s.threads == 0) s.threads = usable_cpus();
-  if (s.threads % s.teams != 0) {
-    throw bad_option("--teams", std::to_string(s.threads) + " threads do not split into " + std::to_string(s.teams) +
-                                    " equal teams");
-  }
-  if (const std::string binding = teams_binding_problem(s.teams); !binding.empty()) {
-    throw bad_option("--teams", binding);
+  if (const std::string problem = teams_problem(s.threads, s.teams); !problem.empty()) {
+    throw bad_option("--teams", problem);
   }
   omp_set_num_threads(s.threads);
   oneapi::tbb::global_control parallelism(oneapi::tbb::global_control::max_allowed_parallelism,

@@ -23,14 +23,8 @@ int team_threads(const PipelineSpec& spec, int threads) {
                       "teams split a unet_model's batch, and this pipeline has none: leave teams at 1 (the other "
                       "nodes would only run on fewer threads)");
   }
-  if (teams < 1 || threads % teams != 0) {
-    throw ConfigError(SourceLocation{file, 0, 0, "teams"},
-                      std::to_string(threads) + " threads do not split into " + std::to_string(teams) +
-                          " equal teams: give a thread count that " + std::to_string(teams) +
-                          " divides (threads: or --threads)");
-  }
-  const std::string binding = teams_binding_problem(teams);
-  if (!binding.empty()) throw ConfigError(SourceLocation{file, 0, 0, "teams"}, binding);
+  const std::string problem = teams_problem(threads, teams);
+  if (!problem.empty()) throw ConfigError(SourceLocation{file, 0, 0, "teams"}, problem);
   return threads / teams;
 }
 
