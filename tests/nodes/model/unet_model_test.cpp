@@ -9,6 +9,7 @@
 
 #include <omp.h>
 
+#include <algorithm>
 #include <array>
 #include <cmath>
 #include <random>
@@ -458,20 +459,29 @@ TEST_CASE("native_kernels off: oneDNN primitives only, the same prediction and g
 
 namespace {
 
-// Records the gradients an observer is handed, as data-parallel ranks would sum them.
+// Records the gradients an observer is handed, as data-parallel ranks would
+// sum them: each range as it is announced final, and the whole buffer at the end.
 class RecordingObserver : public GradientObserver {
  public:
   void begin(const dnnl::memory& staging, int64_t count) override {
     staging_ = staging;
     count_ = count;
     ready_.clear();
+    announced.assign(static_cast<size_t>(count), std::nanf(""));
   }
-  void ready(int64_t from) override { ready_.push_back(from); }
+  void ready(int64_t from) override {
+    const int64_t above = ready_.empty() ? count_ : ready_.back();
+    CHECK(from < above);  // falling offsets
+    ready_.push_back(from);
+    const float* data = static_cast<const float*>(staging_.get_data_handle());
+    std::copy(data + from, data + above, announced.begin() + from);
+  }
   void end() override {
     const float* data = static_cast<const float*>(staging_.get_data_handle());
     seen.assign(data, data + count_);
   }
-  std::vector<float> seen;
+  std::vector<float> seen;       // the buffer at end()
+  std::vector<float> announced;  // each value as it was when announced final
   std::vector<int64_t> ready_;
 
  private:
@@ -503,10 +513,10 @@ TEST_CASE("a batch split among teams gives the whole batch's predictions and gra
   struct Out {
     std::vector<float> prediction, grad_x, grads, observed;
   };
-  auto run = [&](int teams) {
+  auto run = [&](int teams, bool observed = true) {
     model->set_teams(teams);
     RecordingObserver observer;
-    model->set_gradient_observer(&observer);
+    model->set_gradient_observer(observed ? &observer : nullptr);
     model->zero_grads();
     Out out;
     auto fwd = model->forward(x, t, true, inputs);
@@ -515,8 +525,12 @@ TEST_CASE("a batch split among teams gives the whole batch's predictions and gra
     model->set_gradient_observer(nullptr);
     HostMap<float> grads(model->grads());
     out.grads.assign(grads.begin(), grads.end());
+    if (!observed) return out;
     out.observed = observer.seen;
     CHECK(observer.ready_.back() == 0);
+    // Announced in several ranges (the sums overlap the backward), each final when announced.
+    CHECK(observer.ready_.size() > 2);
+    CHECK(observer.announced == observer.seen);
     return out;
   };
   auto worst = [](const std::vector<float>& a, const std::vector<float>& b) {
@@ -543,6 +557,9 @@ TEST_CASE("a batch split among teams gives the whole batch's predictions and gra
     const Out again = run(teams);
     CHECK(again.prediction == split.prediction);
     CHECK(again.grads == split.grads);
+    // Without an observer the teams add up a slice each, after every part:
+    // the same sums, bitwise.
+    CHECK(run(teams, false).grads == split.grads);
   }
   // Another dropout seed changes the prediction: the masks act in split passes too.
   inputs.dropout_seed = 78;
