@@ -14,7 +14,8 @@
 #   4. teams: the U-Net's batch split among 1, 2, 4, ... N OpenMP teams at
 #      the full width (bench unet --teams, alternated in two rounds, f32 and
 #      bf16), forward and training; the training graph likewise (bench train
-#      --sweep teams, two repeats)
+#      --sweep teams, two repeats); the f32 breakdown of one team's steps
+#      with N one-thread teams
 #   5. ranks x threads: data-parallel training (bench train under mpirun,
 #      mpi_train.sh) at the full width split 1 x N, 2 x N/2, ... N x 1, and
 #      one process on one thread, f32 and bf16, two rounds
@@ -154,7 +155,7 @@ fi
 # alternated in two rounds, then the training graph (bench train: its
 # optimiser's step shared among the teams, the loss and noiser on one); the
 # one-thread base is the sweep's and the ranks'.
-if stage teams 260; then
+if stage teams 290; then
   mkdir -p "$OUT/teams"
   bins=() counts=""
   for t in $THREADS; do
@@ -169,6 +170,9 @@ if stage teams 260; then
         --sweep "teams=$counts" --steps $((STEPS + 1)) --warmup 2 --repeats 2 --set model.precision=$p \
         --json "$OUT/teams/train_$p.json"
   done
+  # Where one team's time goes when every thread is a team (part 0's steps).
+  run teams/breakdown_f32 "$DIFFUFLOW" bench unet --config $CONFIG --batch $BATCH --threads "$full" --teams "$full" \
+      --mode both --breakdown --steps 3 --warmup 1 --repeats 1 --json "$OUT/teams/breakdown_f32.json"
 fi
 
 # Data-parallel training at the full width: ranks x threads (mpirun: MPIRUN

@@ -10,6 +10,7 @@
 // resident memory of the process and the ISA oneDNN dispatches to.
 #include "runners/bench_unet.hpp"
 
+#include "compute/teams.hpp"
 #include "graph/atomic_file.hpp"
 #include "graph/device.hpp"
 #include "graph/errors.hpp"
@@ -166,8 +167,10 @@ nlohmann::json work_json(double ms, double gflop, double mb) {
 
 // Per layer kind and for the whole pass, forward and forward+backward (the
 // training forward plus the backward): the "layers" and "unet" entries of the
-// breakdown. The whole pass takes its time from the unprofiled passes.
-void add_work_summary(nlohmann::json& breakdown, double forward_pass_ms, double train_pass_ms) {
+// breakdown. The whole pass takes its time from the unprofiled passes, and its
+// work is the profiled steps' times `scale` (the batch over the profiled
+// part's samples, when the pass was split among teams).
+void add_work_summary(nlohmann::json& breakdown, double forward_pass_ms, double train_pass_ms, double scale) {
   std::map<std::string, std::array<double, 6>> by_layer;  // forward ms, gflop, mb; f+b ms, gflop, mb
   std::array<double, 6> total{};
   for (const auto& r : breakdown.at("rows")) {
@@ -186,8 +189,8 @@ void add_work_summary(nlohmann::json& breakdown, double forward_pass_ms, double 
                       {"forward_backward", work_json(v[3], v[4], v[5])}});
   }
   breakdown["layers"] = layers;
-  breakdown["unet"] = {{"forward", work_json(forward_pass_ms, total[1], total[2])},
-                       {"forward_backward", work_json(train_pass_ms, total[4], total[5])}};
+  breakdown["unet"] = {{"forward", work_json(forward_pass_ms, total[1] * scale, total[2] * scale)},
+                       {"forward_backward", work_json(train_pass_ms, total[4] * scale, total[5] * scale)}};
 }
 
 std::string fixed_text(double v, int digits) {
@@ -244,6 +247,12 @@ void print_unet_breakdown(const nlohmann::json& breakdown, std::ostream& out) {
   }
   const auto share = [](double part, double whole) { return whole > 0 ? fixed_text(100 * part / whole, 1) + "%" : "-"; };
   const double train_total = total.train_forward + total.backward;
+  if (breakdown.contains("profiled_part")) {
+    const nlohmann::json& part = breakdown.at("profiled_part");
+    out << "the batch of " << part.at("batch").get<int64_t>() << " split into " << part.at("parts").get<int>()
+        << " parts, one per team: the steps are part 0's (" << part.at("samples").get<int64_t>()
+        << " samples, on its team while the others run)\n";
+  }
   out << "time per layer kind, ms per pass (per step the median of " << breakdown.at("passes").get<int>()
       << " passes, each step waited for):\n"
       << "  " << std::left << std::setw(14) << "layer kind" << std::right << std::setw(10) << "forward" << std::setw(8)
@@ -340,9 +349,6 @@ UNetBenchResult bench_unet(const UNetBenchSettings& settings, std::ostream* log)
   if (settings.size < 0) throw bad_option("--size", "must be >= 0");
   if (settings.threads < 0) throw bad_option("--threads", "must be >= 0");
   if (settings.teams < 1) throw bad_option("--teams", "must be >= 1");
-  if (settings.teams > 1 && settings.breakdown) {
-    throw bad_option("--teams", "a breakdown times one team's steps at a time: leave out --teams or --breakdown");
-  }
   const UNetConfig config = UNetConfig::resolve(settings.config);
   UNetBenchResult result;
   result.settings = settings;
@@ -506,7 +512,14 @@ UNetBenchResult bench_unet(const UNetBenchSettings& settings, std::ostream* log)
                         {"forward_pass_ms", median(forward_pass_s) * 1e3},
                         {"train_pass_ms", median(train_pass_s) * 1e3},
                         {"rows", table}};
-    add_work_summary(result.breakdown, result.forward.median * 1e3, result.train.median * 1e3);
+    // A split pass profiles its part 0 only (UNetModel::profile_steps).
+    const int parts = static_cast<int>(std::min<int64_t>(s.teams, batch));
+    const PartRange part0 = part_range(batch, parts, 0);
+    if (parts > 1) {
+      result.breakdown["profiled_part"] = {{"parts", parts}, {"samples", part0.end - part0.begin}, {"batch", batch}};
+    }
+    add_work_summary(result.breakdown, result.forward.median * 1e3, result.train.median * 1e3,
+                     static_cast<double>(batch) / static_cast<double>(part0.end - part0.begin));
   }
   result.peak_rss_mib = peak_rss_mib();
 

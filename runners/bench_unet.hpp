@@ -72,7 +72,10 @@ struct UNetBenchResult {
   // profiled passes, each GFLOP and MB (1e6 bytes) the sum of step_cost()
   // over them (compute/step_cost.hpp); "layers" and "unet" entries are
   // {"ms", "gflop", "mb", "flop_per_byte", "gflops_per_s"}, "unet" timed by
-  // the unprofiled passes (print_unet_breakdown prints it).
+  // the unprofiled passes (print_unet_breakdown prints it). With teams the
+  // rows are part 0's steps, timed while the other parts run, and
+  // "profiled_part": {"parts", "samples", "batch"} says so; "unet" counts the
+  // whole batch's work (part 0's times batch / samples).
   nlohmann::json breakdown;
 
   double forward_images_per_s() const;        // at the median pass time

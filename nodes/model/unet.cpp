@@ -579,14 +579,17 @@ ForwardResult UNetModel::forward(const Tensor& x, const Tensor& t, bool for_trai
     if (for_training) result.state = state;
     return result;
   }
-  // Part i of the batch on team i, written into its rows of the prediction.
+  // Part i of the batch on team i, written into its rows of the prediction;
+  // part 0's steps profiled when asked.
   const Tensor local = plain_on(x, engine());
   auto split = std::make_shared<SplitState>(pool_.get(), n, static_cast<size_t>(parts));
+  StepProfiles* profiles = profiles_.load();
+  PassProfile* profile = profiles ? &profiles->forward.emplace_back() : nullptr;
   teams_for(parts)->run(parts, [&](int i) {
     const PartRange rows = part_range(n, parts, i);
     split->parts[static_cast<size_t>(i)] = std::static_pointer_cast<UNetState>(
         forward_part(key, batch_rows(local, rows), batch_rows(prediction, rows), rows_of(steps, rows),
-                     rows_of(labels, rows), rows.begin, inputs.dropout_seed, nullptr));
+                     rows_of(labels, rows), rows.begin, inputs.dropout_seed, i == 0 ? profile : nullptr));
   });
   if (for_training) result.state = split;
   return result;
@@ -689,6 +692,8 @@ Tensor UNetModel::backward(const ForwardState& state, const Tensor& grad_out) {
   const std::shared_ptr<Teams> teams = teams_for(parts);
   const dnnl::memory& total = split->parts.front()->workspace().program->grad_staging();
   GradientObserver* observer = gradient_observer();
+  StepProfiles* profiles = profiles_.load();
+  PassProfile* profile = profiles ? &profiles->backward.emplace_back() : nullptr;
   std::unique_ptr<PartsAnnouncer> announcer;
   if (observer) {
     observer->begin(total, param_count());
@@ -699,7 +704,7 @@ Tensor UNetModel::backward(const ForwardState& state, const Tensor& grad_out) {
     Program& p = *space.program;
     const PartRange rows = part_range(n, parts, i);
     copy_in(p, space.copy_grad_in, batch_rows(local, rows), p.grad(space.out), engine(), space.stream);
-    p.run_backward(space.stream, announcer ? announcer->part(i) : nullptr, nullptr);
+    p.run_backward(space.stream, announcer ? announcer->part(i) : nullptr, i == 0 ? profile : nullptr);
     p.run_io_copy(space.copy_grad_x, p.grad(space.x), batch_rows(grad_x, rows).memory(), space.stream);
     space.stream.wait();
   });

@@ -77,8 +77,9 @@ class UNetModel : public DenoiserModel {
   // (elsewhere a pass is one part); a batch smaller than `teams` runs one
   // sample per team. The parts' parameter gradients are summed in part
   // order, so a split pass is as reproducible as a whole one; dropout masks
-  // follow the sample, not the part. Passes split into parts are not
-  // profiled (profile_steps). At most 1024 teams.
+  // follow the sample, not the part. Of a pass split into parts,
+  // profile_steps times part 0's steps (on its team, while the other parts
+  // run). At most 1024 teams.
   void set_teams(int teams);
   int teams() const { return teams_.load(); }
   // Flat work (an optimiser's step) in as many slices as there are teams.

@@ -49,6 +49,30 @@ TEST_CASE("bench unet --breakdown counts each layer kind's FLOPs and bytes, and 
   CHECK(mb < 1e4);
 }
 
+TEST_CASE("bench unet --breakdown with teams profiles part 0 and counts the whole batch's work for the pass") {
+  TempDir dir;
+  // A batch of 3 in 2 parts: part 0 has 2 samples.
+  const auto result = run_cli("bench unet --config unet-tiny --batch 3 --warmup 0 --steps 1 --repeats 1 --threads 2 "
+                              "--teams 2 --mode both --breakdown --json " + (dir / "u.json").string());
+  CAPTURE(result.output);
+  REQUIRE(result.exit_code == 0);
+  CHECK(contains(result.output, "split into 2 parts, one per team: the steps are part 0's (2 samples"));
+  const json r = json::parse(read_file(dir / "u.json"))["results"][0]["repeats"][0];
+  const json& b = r["breakdown"];
+  CHECK(b["profiled_part"]["parts"] == 2);
+  CHECK(b["profiled_part"]["samples"] == 2);
+  double forward_gflop = 0, backward_ms = 0;
+  for (const auto& layer : b["layers"]) forward_gflop += layer["forward"]["gflop"].get<double>();
+  for (const auto& row : b["rows"]) backward_ms += row["backward_ms"].get<double>();
+  CHECK(backward_ms > 0);
+  // The rows are one part's steps (2 samples' work), not both parts' ...
+  const double analytic = r["gflops_per_image_forward"].get<double>() * 2;
+  CHECK(forward_gflop >= analytic * 0.999);
+  CHECK(forward_gflop <= analytic * 1.1);
+  // ... and the pass line counts the batch of 3.
+  CHECK(b["unet"]["forward"]["gflop"].get<double>() == doctest::Approx(forward_gflop * 1.5));
+}
+
 TEST_CASE("bench unet --roofline measures the bandwidth, places each layer kind under the roofs and writes the PNG") {
   TempDir dir;
   const auto png = dir / "figures" / "roofline.png";  // the missing folder is created

@@ -188,7 +188,7 @@ TEST_CASE("bench: bad kinds, sweeps and overrides are bad input (exit 2)") {
                                  "bench data --set augment.pad=-1", "bench data --sweep concurrency=nobody:1",
                                  "bench train --steps 0", "bench unet --sweep max_in_flight=1",
                                  "bench unet --sweep precision=f16", "bench train --sweep precision=bf16",
-                                 "bench unet --threads 3 --teams 2", "bench unet --teams 2 --breakdown",
+                                 "bench unet --threads 3 --teams 2",
                                  "bench matmul --teams 2", "bench train --threads 3 --teams 2",
                                  "bench unet --sweep teams=0", "bench data --teams 2"}) {
     const auto result = run_cli(args);
