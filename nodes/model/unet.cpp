@@ -4,12 +4,12 @@
 #include "nodes/model/layers.hpp"
 #include "nodes/model/pooled_state.hpp"
 #include "compute/kernels.hpp"
+#include "compute/part_gradients.hpp"
 #include "compute/program.hpp"
 #include "compute/teams.hpp"
 
 #include <algorithm>
 #include <map>
-#include <mutex>
 #include <omp.h>
 #include <stdexcept>
 #include <tuple>
@@ -370,73 +370,6 @@ void sum_parts(const SplitState& split, UNetModel::Workspace& space, int64_t beg
   space.stream.wait();
 }
 
-// A split pass's backward under a gradient observer (data-parallel ranks).
-// Each part's program reports as it goes the offset above which its gradients
-// are final; once every part is past a chunk of the buffer, the part that got
-// there last adds the chunk up (sum_parts, on its own team) and announces it,
-// so the observer's cross-process sums overlap the parts' backward as they
-// overlap one whole pass's. Chunks are whole 1/32nds of the buffer (at least
-// 4,096 floats) counted from offset 0, so the sums have two shapes at most.
-class PartsAnnouncer {
- public:
-  PartsAnnouncer(const SplitState& split, GradientObserver& outer, int64_t count, dnnl::engine engine)
-      : split_(split), outer_(outer), engine_(std::move(engine)), count_(count), summed_(count),
-        chunk_(std::max<int64_t>(4096, (count + 31) / 32)), from_(split.parts.size(), count) {
-    for (size_t i = 0; i < split.parts.size(); ++i) parts_.push_back(Part(this, static_cast<int>(i)));
-  }
-  GradientObserver* part(int i) { return &parts_[static_cast<size_t>(i)]; }
-
-  // After every part's backward: whatever no part announced (none, when each
-  // ran to its end).
-  void finish() {
-    std::lock_guard<std::mutex> lock(mutex_);
-    std::fill(from_.begin(), from_.end(), 0);
-    advance(0);
-  }
-
- private:
-  class Part : public GradientObserver {
-   public:
-    Part(PartsAnnouncer* owner, int index) : owner_(owner), index_(index) {}
-    void begin(const dnnl::memory&, int64_t) override {}
-    void ready(int64_t from) override { owner_->ready(index_, from); }
-    void end() override {}
-
-   private:
-    PartsAnnouncer* owner_;
-    int index_;
-  };
-
-  void ready(int part, int64_t from) {
-    std::lock_guard<std::mutex> lock(mutex_);
-    from_[static_cast<size_t>(part)] = from;
-    advance(part);
-  }
-
-  // Sums and announces every whole chunk that is final in every part: above
-  // the highest part's offset.
-  void advance(int part) {
-    const int64_t high = *std::max_element(from_.begin(), from_.end());
-    const int64_t edge = std::min(count_, (high + chunk_ - 1) / chunk_ * chunk_);
-    while (summed_ > edge) {
-      const int64_t lo = (summed_ - 1) / chunk_ * chunk_;
-      sum_parts(split_, split_.parts[static_cast<size_t>(part)]->workspace(), lo, summed_ - lo, engine_);
-      summed_ = lo;
-      outer_.ready(summed_);
-    }
-  }
-
-  const SplitState& split_;
-  GradientObserver& outer_;
-  dnnl::engine engine_;
-  const int64_t count_;
-  int64_t summed_;  // every offset >= summed_ is added up and announced
-  const int64_t chunk_;
-  std::vector<int64_t> from_;  // per part: its gradients >= from_ are final
-  std::vector<Part> parts_;
-  std::mutex mutex_;
-};
-
 // src (a tensor from outside, possibly on another engine or layout) -> dst inside the program.
 void copy_in(Program& program, int copy_id, const Tensor& src, const dnnl::memory& dst, const dnnl::engine& engine,
              dnnl::stream& stream) {
@@ -694,23 +627,29 @@ Tensor UNetModel::backward(const ForwardState& state, const Tensor& grad_out) {
   GradientObserver* observer = gradient_observer();
   StepProfiles* profiles = profiles_.load();
   PassProfile* profile = profiles ? &profiles->backward.emplace_back() : nullptr;
-  std::unique_ptr<PartsAnnouncer> announcer;
+  // Under an observer (data-parallel ranks) the parts' gradients are added up
+  // and handed over chunk by chunk as every part's backward passes them, so
+  // the sums across processes overlap the backward as with one part.
+  std::unique_ptr<PartGradients> merge;
   if (observer) {
     observer->begin(total, param_count());
-    announcer = std::make_unique<PartsAnnouncer>(*split, *observer, param_count(), engine());
+    merge = std::make_unique<PartGradients>(parts, param_count(), *observer,
+                                            [&](int part, int64_t begin, int64_t length) {
+                                              sum_parts(*split, split->parts[static_cast<size_t>(part)]->workspace(),
+                                                        begin, length, engine());
+                                            });
   }
   teams->run(parts, [&](int i) {
     Workspace& space = split->parts[static_cast<size_t>(i)]->workspace();
     Program& p = *space.program;
     const PartRange rows = part_range(n, parts, i);
     copy_in(p, space.copy_grad_in, batch_rows(local, rows), p.grad(space.out), engine(), space.stream);
-    p.run_backward(space.stream, announcer ? announcer->part(i) : nullptr, i == 0 ? profile : nullptr);
+    p.run_backward(space.stream, merge ? merge->part(i) : nullptr, i == 0 ? profile : nullptr);
     p.run_io_copy(space.copy_grad_x, p.grad(space.x), batch_rows(grad_x, rows).memory(), space.stream);
     space.stream.wait();
   });
-  if (announcer) {
-    // Every chunk was added up and announced as the parts passed it.
-    announcer->finish();
+  if (merge) {
+    merge->finish(0);
     observer->end();
   } else {
     // Team i adds slice i of every part's buffer into part 0's, all teams at once.
