@@ -169,7 +169,8 @@ nlohmann::json work_json(double ms, double gflop, double mb) {
 // training forward plus the backward): the "layers" and "unet" entries of the
 // breakdown. The whole pass takes its time from the unprofiled passes, and its
 // work is the profiled steps' times `scale` (the batch over the profiled
-// part's samples, when the pass was split among teams).
+// part's samples, when the pass was split among teams: exact for FLOPs, and
+// for bytes when the parts are equal, as each part reads the weights once).
 void add_work_summary(nlohmann::json& breakdown, double forward_pass_ms, double train_pass_ms, double scale) {
   std::map<std::string, std::array<double, 6>> by_layer;  // forward ms, gflop, mb; f+b ms, gflop, mb
   std::array<double, 6> total{};
@@ -225,7 +226,8 @@ void print_work(const nlohmann::json& breakdown, const Layers& layers, std::ostr
       if (entry.at("layer") == name) line(name, entry);
   }
   line("U-Net pass", breakdown.at("unet"));
-  out << "  (U-Net pass: every step's work over the median unprofiled pass time)\n";
+  out << "  (U-Net pass: every step's work over the median unprofiled pass time"
+      << (breakdown.contains("profiled_part") ? "; part 0's work scaled to the batch" : "") << ")\n";
 }
 
 }  // namespace
@@ -251,7 +253,7 @@ void print_unet_breakdown(const nlohmann::json& breakdown, std::ostream& out) {
     const nlohmann::json& part = breakdown.at("profiled_part");
     out << "the batch of " << part.at("batch").get<int64_t>() << " split into " << part.at("parts").get<int>()
         << " parts, one per team: the steps are part 0's (" << part.at("samples").get<int64_t>()
-        << " samples, on its team while the others run)\n";
+        << " samples, each step waited for on its team; the other parts run unprofiled beside it)\n";
   }
   out << "time per layer kind, ms per pass (per step the median of " << breakdown.at("passes").get<int>()
       << " passes, each step waited for):\n"

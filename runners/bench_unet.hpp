@@ -75,7 +75,8 @@ struct UNetBenchResult {
   // the unprofiled passes (print_unet_breakdown prints it). With teams the
   // rows are part 0's steps, timed while the other parts run, and
   // "profiled_part": {"parts", "samples", "batch"} says so; "unet" counts the
-  // whole batch's work (part 0's times batch / samples).
+  // whole batch's work as part 0's times batch / samples (exact for FLOPs;
+  // for bytes when the parts are equal).
   nlohmann::json breakdown;
 
   double forward_images_per_s() const;        // at the median pass time

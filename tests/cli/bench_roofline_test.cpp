@@ -70,7 +70,9 @@ TEST_CASE("bench unet --breakdown with teams profiles part 0 and counts the whol
   CHECK(forward_gflop >= analytic * 0.999);
   CHECK(forward_gflop <= analytic * 1.1);
   // ... and the pass line counts the batch of 3.
-  CHECK(b["unet"]["forward"]["gflop"].get<double>() == doctest::Approx(forward_gflop * 1.5));
+  const double unet = b["unet"]["forward"]["gflop"].get<double>();
+  CHECK(unet >= analytic * 1.5 * 0.999);
+  CHECK(unet <= analytic * 1.5 * 1.1);
 }
 
 TEST_CASE("bench unet --roofline measures the bandwidth, places each layer kind under the roofs and writes the PNG") {
