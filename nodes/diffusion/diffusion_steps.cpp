@@ -2,6 +2,8 @@
 
 #include "graph/errors.hpp"
 
+#include <tbb/parallel_for.h>
+
 #include <algorithm>
 #include <cmath>
 #include <climits>
@@ -57,16 +59,19 @@ Tensor standard_normal_per_image(const Shape& shape, const std::function<std::mt
     auto values = out.map<float>();
     const int64_t images = shape.at(0);
     const size_t per_image = images > 0 ? values.size() / static_cast<size_t>(images) : 0;
-    for (int64_t k = 0; k < images; ++k) {
+    float* data = values.data();
+    // Each image its own stream: drawn on the graph's threads at once, the
+    // same values as one after another.
+    tbb::parallel_for(int64_t{0}, images, [&](int64_t k) {
       std::mt19937_64 rng = rng_of(k);
-      float* image = &values[static_cast<size_t>(k) * per_image];
+      float* image = data + static_cast<size_t>(k) * per_image;
       for (size_t i = 0; i < per_image; i += 2) {
         const double radius = std::sqrt(-2.0 * std::log(uniform_open_zero(rng)));
         const double angle = kTwoPi * uniform_open_zero(rng);
         image[i] = static_cast<float>(radius * std::cos(angle));
         if (i + 1 < per_image) image[i + 1] = static_cast<float>(radius * std::sin(angle));
       }
-    }
+    });
   }
   return out;
 }

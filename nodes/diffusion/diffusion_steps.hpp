@@ -59,7 +59,8 @@ PredictionType prediction_type(PredictionTarget target);
 Tensor standard_normal(const Shape& shape, std::mt19937_64& rng, Device& device, float scale = 1.0f);
 
 // The same per image: image i of the N draws from rng_of(i) alone, so an
-// image's values do not depend on which others share its batch.
+// image's values do not depend on which others share its batch. The images
+// are drawn on oneTBB's threads at once: rng_of is called concurrently.
 Tensor standard_normal_per_image(const Shape& shape, const std::function<std::mt19937_64(int64_t)>& rng_of,
                                  Device& device);
 

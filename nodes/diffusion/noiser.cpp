@@ -3,6 +3,8 @@
 #include "graph/registry.hpp"
 #include "nodes/common/fields.hpp"
 
+#include <tbb/parallel_for.h>
+
 namespace diffuflow {
 
 NodeContract Noiser::contract() {
@@ -33,9 +35,13 @@ void Noiser::process(const NodeInput& in, Emitter& out) {
   Tensor noise(x0.shape(), DType::f32, ctx().device().engine());
   {
     auto values = noise.map<float>();  // free on a CPU engine, a transfer on a GPU
-    for (int64_t i = 0; i < n; ++i) {
-      ctx().item_rng(name(), packet.item_position(i, n)).fill_normal(values.data() + i * per_image, per_image);
-    }
+    float* data = values.data();
+    // Each image its own stream, so the images are drawn on the graph's
+    // threads at once (the compute thread's team idles meanwhile) with the
+    // same values as one after another.
+    tbb::parallel_for(int64_t{0}, n, [&](int64_t i) {
+      ctx().item_rng(name(), packet.item_position(i, n)).fill_normal(data + i * per_image, per_image);
+    });
   }
   Tensor x_t = steps_.q_sample(x0, noise, t);
   out.emit(packet.with(fields::kNoise, noise).with(fields::kXt, x_t));

@@ -5,6 +5,7 @@
 
 #include <doctest/doctest.h>
 
+#include <algorithm>
 #include <cmath>
 #include <random>
 
@@ -92,6 +93,23 @@ TEST_CASE("noiser draws the same noise for the same seed and seq, and different 
   CHECK(max_abs_diff(first, run_noiser(*a, x0, t, 5).noise.to_vector()) == 0.0);  // replay on the same node
   CHECK(max_abs_diff(first, run_noiser(*a, x0, t, 6).noise.to_vector()) > 0.5);
   CHECK(max_abs_diff(first, run_noiser(*c, x0, t, 5).noise.to_vector()) > 0.5);  // another pipeline seed
+}
+
+TEST_CASE("noiser draws each image's noise from that image's own stream, whichever thread draws it") {
+  RunContext ctx(Device::host(), 9);
+  make_resource("noise_schedule", "schedule", "{}", ctx);
+  auto node = make_node("noiser", "{schedule: schedule}", ctx);
+  const Shape shape{16, 1, 8, 8};
+  const std::vector<int64_t> ts(16, 100);
+  const int64_t seq = 3;
+  const auto noise = run_noiser(*node, uniform_images(shape, 4), timesteps_tensor(ts), seq).noise.to_vector();
+  // Image i is the stream of its place in the data (seq * batch + i), drawn alone.
+  std::vector<float> alone(64);
+  for (int64_t i = 0; i < 16; ++i) {
+    ctx.item_rng("noiser", seq * 16 + i).fill_normal(alone.data(), alone.size());
+    CAPTURE(i);
+    CHECK(std::equal(alone.begin(), alone.end(), noise.begin() + i * 64));
+  }
 }
 
 TEST_CASE("noiser's noise is standard normal over a big batch") {
