@@ -138,10 +138,14 @@ Tensor Tensor::copy_to(const dnnl::engine& target) const {
   return out;
 }
 
+Tensor Tensor::plain_on(const dnnl::engine& target) const {
+  if (memory_.get_engine().get_kind() == target.get_kind() && desc() == plain_desc(shape_, dtype_)) return *this;
+  return copy_to(target);
+}
+
 std::vector<float> Tensor::to_vector() const {
   if (dtype_ != DType::f32) throw std::invalid_argument("to_vector needs an f32 tensor");
-  Tensor plain = *this;
-  if (desc() != plain_desc(shape_, dtype_)) plain = copy_to(engine());
+  const Tensor plain = plain_on(engine());
   auto host = plain.map<float>();
   return std::vector<float>(host.begin(), host.end());
 }
@@ -150,8 +154,7 @@ std::vector<int64_t> Tensor::to_int64_vector() const {
   if (dtype_ != DType::s32 && dtype_ != DType::s64) {
     throw std::invalid_argument("to_int64_vector needs an s32 or s64 tensor, got " + dtype_name(dtype_));
   }
-  Tensor plain = *this;
-  if (!on_cpu() || desc() != plain_desc(shape_, dtype_)) plain = copy_to(Device::host()->engine());
+  const Tensor plain = plain_on(Device::host()->engine());
   if (dtype_ == DType::s32) {
     auto host = plain.map<int32_t>();
     return std::vector<int64_t>(host.begin(), host.end());

@@ -67,6 +67,10 @@ class Tensor {
 
   // A deep copy on `engine` (a reorder), plain layout. Waits for completion.
   Tensor copy_to(const dnnl::engine& engine) const;
+  // This tensor in plain layout on an engine of `engine`'s kind: itself when
+  // it already is (no copy; any CPU engine's memory is the host's), else
+  // copy_to(engine).
+  Tensor plain_on(const dnnl::engine& engine) const;
   Tensor clone() const { return copy_to(engine()); }
 
   // Host access. The mapping is released when the HostMap goes out of scope.

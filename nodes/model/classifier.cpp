@@ -64,11 +64,10 @@ ValueId global_avg_pool(Program& p, ValueId x) {
   return y;
 }
 
-// A tensor from outside as plain f32 memory of `shape` on `engine`.
-dnnl::memory plain_on(const Tensor& x, const dims& shape, const dnnl::engine& engine) {
-  Tensor local = x;
-  if (x.engine().get_kind() != engine.get_kind() || x.desc() != plain_f32(x.shape())) local = x.copy_to(engine);
-  return view(local.memory(), plain_f32(shape));
+// A tensor from outside as plain f32 of `shape` on `engine` (a copy, if one
+// was needed, lives as long as the returned tensor).
+Tensor plain_on(const Tensor& x, const dims& shape, const dnnl::engine& engine) {
+  return x.plain_on(engine).reshaped(Shape(shape.begin(), shape.end()));
 }
 
 }  // namespace
@@ -268,7 +267,7 @@ Classifier::Output Classifier::classify(const Tensor& x, bool for_training) {
   Workspace& space = state->workspace();
   Program& p = *space.program;
 
-  p.run_io_copy(space.copy_x_in, plain_on(x, xs, engine()), p.data(space.x), space.stream);
+  p.run_io_copy(space.copy_x_in, plain_on(x, xs, engine()).memory(), p.data(space.x), space.stream);
   p.prepare(space.stream, params_version());
   p.run_forward(space.stream);
   Output out;
@@ -302,7 +301,8 @@ Tensor Classifier::backward(const ForwardState& state, const Tensor& grad_logits
                                 shape_str(grad_logits.shape()));
   }
   Program& p = *space.program;
-  p.run_io_copy(space.copy_grad_in, plain_on(grad_logits, {n, k}, engine()), p.grad(space.logits), space.stream);
+  p.run_io_copy(space.copy_grad_in, plain_on(grad_logits, {n, k}, engine()).memory(), p.grad(space.logits),
+                space.stream);
   p.run_backward(space.stream);
   Tensor grad_x(Shape(space.input.begin(), space.input.end()), DType::f32, engine());
   p.run_io_copy(space.copy_grad_x, p.grad(space.x), grad_x.memory(), space.stream);

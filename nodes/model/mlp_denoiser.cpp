@@ -71,11 +71,10 @@ namespace {
 
 using MlpState = PooledState<MlpDenoiser::Pool, MlpDenoiser::Workspace>;
 
-// A [N,D,1,1] (or [N,D]) tensor from outside as plain [N,D] memory on `engine`.
-dnnl::memory rows_on(const Tensor& x, int64_t n, int64_t d, const dnnl::engine& engine) {
-  Tensor local = x;
-  if (x.engine().get_kind() != engine.get_kind() || x.desc() != plain_f32(x.shape())) local = x.copy_to(engine);
-  return view(local.memory(), plain_f32({n, d}));
+// A [N,D,1,1] (or [N,D]) tensor from outside as plain [N,D] on `engine` (a
+// copy, if one was needed, lives as long as the returned tensor).
+Tensor rows_on(const Tensor& x, int64_t n, int64_t d, const dnnl::engine& engine) {
+  return x.plain_on(engine).reshaped({n, d});
 }
 
 }  // namespace
@@ -134,7 +133,7 @@ ForwardResult MlpDenoiser::forward(const Tensor& x, const Tensor& t, bool for_tr
   Workspace& space = state->workspace();
   Program& p = *space.program;
 
-  p.run_io_copy(space.copy_x_in, rows_on(x, n, d, engine()), p.data(space.x), space.stream);
+  p.run_io_copy(space.copy_x_in, rows_on(x, n, d, engine()).memory(), p.data(space.x), space.stream);
   write_timestep_embedding(steps, config_.time_embed_dim, p.data(space.temb0));  // while x uploads
   p.prepare(space.stream, params_version());
   p.run_forward(space.stream);
@@ -160,7 +159,7 @@ Tensor MlpDenoiser::backward(const ForwardState& state, const Tensor& grad_out) 
                                 shape_str(grad_out.shape()));
   }
   Program& p = *space.program;
-  p.run_io_copy(space.copy_grad_in, rows_on(grad_out, n, d, engine()), p.grad(space.out), space.stream);
+  p.run_io_copy(space.copy_grad_in, rows_on(grad_out, n, d, engine()).memory(), p.grad(space.out), space.stream);
   p.run_backward(space.stream, gradient_observer());
   Tensor grad_x({n, d, 1, 1}, DType::f32, engine());
   p.run_io_copy(space.copy_grad_x, p.grad(space.x), view(grad_x.memory(), plain_f32({n, d})), space.stream);

@@ -383,12 +383,6 @@ void copy_in(Program& program, int copy_id, const Tensor& src, const dnnl::memor
   }
 }
 
-// `t` as a plain f32 tensor on `engine` (a CPU engine): itself, or a copy.
-Tensor plain_on(const Tensor& t, const dnnl::engine& engine) {
-  if (t.engine().get_kind() == engine.get_kind() && t.desc() == plain_f32(t.shape())) return t;
-  return t.copy_to(engine);
-}
-
 // Samples [range.begin, range.end) of a plain f32 tensor on a CPU engine, as
 // a tensor over the same data (valid while `t` lives).
 Tensor batch_rows(const Tensor& t, PartRange range) {
@@ -514,7 +508,7 @@ ForwardResult UNetModel::forward(const Tensor& x, const Tensor& t, bool for_trai
   }
   // Part i of the batch on team i, written into its rows of the prediction;
   // part 0's steps profiled when asked.
-  const Tensor local = plain_on(x, engine());
+  const Tensor local = x.plain_on(engine());
   auto split = std::make_shared<SplitState>(pool_.get(), n, static_cast<size_t>(parts));
   StepProfiles* profiles = profiles_.load();
   PassProfile* profile = profiles ? &profiles->forward.emplace_back() : nullptr;
@@ -621,7 +615,7 @@ Tensor UNetModel::backward(const ForwardState& state, const Tensor& grad_out) {
   // Each part's backward on its team, then the parts' parameter gradients
   // summed in part order (the same sums whichever team finishes first).
   const int parts = static_cast<int>(split->parts.size());
-  const Tensor local = plain_on(grad_out, engine());
+  const Tensor local = grad_out.plain_on(engine());
   const std::shared_ptr<Teams> teams = teams_for(parts);
   const dnnl::memory& total = split->parts.front()->workspace().program->grad_staging();
   GradientObserver* observer = gradient_observer();

@@ -27,6 +27,27 @@ TEST_CASE("to_int64_vector reads s32 and s64 tensors and refuses floats") {
   CHECK_THROWS_AS(Tensor::from_vector({2}, {1.0f, 2.0f}).to_int64_vector(), std::invalid_argument);
 }
 
+TEST_CASE("plain_on is the tensor itself when plain on that kind of engine, else a plain copy") {
+  const dnnl::engine& cpu = Device::host()->engine();
+  std::vector<float> values(2 * 3 * 2 * 2);
+  for (size_t i = 0; i < values.size(); ++i) values[i] = static_cast<float>(i) - 5.0f;
+  const Tensor plain = Tensor::from_vector({2, 3, 2, 2}, values);
+  CHECK(plain.plain_on(cpu).memory().get_data_handle() == plain.memory().get_data_handle());
+  // The same values in a channel-blocked layout: a copy, plain, with the values in order.
+  const dnnl::memory::desc blocked_md({2, 3, 2, 2}, dnnl::memory::data_type::f32, dnnl::memory::format_tag::nChw16c);
+  dnnl::memory blocked_memory(blocked_md, plain.engine());
+  dnnl::stream stream(plain.engine());
+  dnnl::memory src = plain.memory();
+  dnnl::reorder(src, blocked_memory).execute(stream, src, blocked_memory);
+  stream.wait();
+  const Tensor blocked({2, 3, 2, 2}, DType::f32, blocked_memory);
+  const Tensor copy = blocked.plain_on(cpu);
+  CHECK(copy.memory().get_data_handle() != blocked_memory.get_data_handle());
+  CHECK(copy.desc() == plain.desc());
+  auto host = copy.map<float>();
+  CHECK(std::equal(host.begin(), host.end(), values.begin()));
+}
+
 TEST_CASE("HostMap on a dnnl::memory covers the whole memory and writes through to it") {
   const dnnl::engine& engine = Device::host()->engine();
   dnnl::memory floats({{3, 4}, dnnl::memory::data_type::f32, dnnl::memory::format_tag::ab}, engine);
