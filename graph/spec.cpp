@@ -27,6 +27,8 @@ namespace {
 
 const std::vector<std::string> kTopLevelKeys = {"name",  "description",   "device",    "seed",  "threads",
                                                 "teams", "deterministic", "resources", "nodes", "edges"};
+// The top-level keys that --set pipeline.KEY=VALUE (or KEY=VALUE) may override.
+const std::vector<std::string> kSettings = {"seed", "device", "threads", "teams", "deterministic"};
 
 SourceLocation locate(const std::string& file, const YAML::Node& node, const std::string& key_path) {
   SourceLocation where{file, 0, 0, key_path};
@@ -185,7 +187,7 @@ class Parser {
           spec.deterministic = std::get<bool>(*v);
       } else {
         local.emplace_back(where, "unknown pipeline setting '" + o.param + "'" +
-                                      suggestion(o.param, {"seed", "device", "threads", "teams", "deterministic"}));
+                                      suggestion(o.param, kSettings));
       }
       for (auto& e : local) errors_.push_back(e);
     }
@@ -421,7 +423,7 @@ Override parse_override(const std::string& text) {
   const auto dot = key.find('.');
   if (eq == std::string::npos || dot == std::string::npos || dot == 0 || dot + 1 >= key.size()) {
     if (eq != std::string::npos && dot == std::string::npos &&
-        (key == "seed" || key == "device" || key == "threads" || key == "teams" || key == "deterministic")) {
+        std::find(kSettings.begin(), kSettings.end(), key) != kSettings.end()) {
       return Override{"pipeline", key, text.substr(eq + 1)};
     }
     throw ConfigError(SourceLocation{"--set", 0, 0, text}, "expected node.param=value, got '" + text + "'");
